@@ -1,0 +1,5 @@
+import sys
+
+from pymgr.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The core: modules, actions, dispatch. Knows nothing about sockets, HTTP or storage."""

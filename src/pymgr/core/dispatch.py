@@ -1,0 +1,113 @@
+"""One dispatch path from a request to a result, for every transport.
+
+Rules:
+- Order: look up, authorize, validate, call. A caller who may not call an
+  action learns nothing from its parameter errors.
+- Sync actions run in the default executor so they never block the loop.
+- An action's own ``PymgrError`` passes through; any other exception becomes
+  ``ActionFailed`` (logged with its traceback); cancellation propagates.
+- The result leaves as JSON-ready data, so every transport encodes the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic
+import pydantic_core
+
+from pymgr.core.identity import Identity
+from pymgr.core.registry import ActionSpec, Registry
+from pymgr.errors import ActionFailed, ParamsInvalid, PymgrError
+
+log = logging.getLogger("pymgr.dispatch")
+
+#: Called before validation; raises Unauthenticated/Forbidden to refuse.
+Authorizer = Callable[[Identity, ActionSpec], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One request to run an action, whatever transport it came by."""
+
+    module: str
+    action: str
+    params: Mapping[str, Any]
+    identity: Identity
+
+
+def _allow_all(identity: Identity, spec: ActionSpec) -> None:
+    return None
+
+
+def params_error(qualname: str, exc: pydantic.ValidationError) -> ParamsInvalid:
+    """Turn pydantic's errors into one message naming field, value and rule."""
+    errors = exc.errors(include_url=False, include_context=False)
+    parts = []
+    for err in errors:
+        where = ".".join(str(p) for p in err["loc"]) or "(params)"
+        got = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
+        parts.append(f"{where}: {err['msg']}{got}")
+    details = [
+        {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"], "type": e["type"]} for e in errors
+    ]
+    return ParamsInvalid(f"bad params for {qualname}: " + "; ".join(parts), details={"errors": details})
+
+
+class Dispatcher:
+    """Runs calls against a registry."""
+
+    def __init__(self, registry: Registry, authorize: Authorizer = _allow_all) -> None:
+        self.registry = registry
+        self.authorize = authorize
+
+    async def call(self, call: Call) -> Any:
+        """Run one action.
+
+        Returns:
+            The action's result as JSON-ready data.
+
+        Raises:
+            PymgrError: NotFound, Unauthenticated, Forbidden, ParamsInvalid,
+                ActionFailed, or whatever PymgrError the action raised.
+        """
+        spec = self.registry.get(call.module, call.action)
+        self.authorize(call.identity, spec)
+        if not isinstance(call.params, Mapping):
+            raise ParamsInvalid(
+                f"params for {spec.qualname} must be an object of name: value, not {type(call.params).__name__}"
+            )
+        try:
+            params = spec.params_model.model_validate(dict(call.params))
+        except pydantic.ValidationError as exc:
+            raise params_error(spec.qualname, exc) from None
+        kwargs = dict(params)
+        if params.model_extra:
+            kwargs.update(params.model_extra)
+        if spec.identity_param is not None:
+            kwargs[spec.identity_param] = call.identity
+        result = await self._invoke(spec, kwargs)
+        try:
+            return pydantic_core.to_jsonable_python(result)
+        except pydantic_core.PydanticSerializationError as exc:
+            raise ActionFailed(f"action {spec.qualname} returned a value that is not JSON: {exc}") from exc
+
+    async def _invoke(self, spec: ActionSpec, kwargs: dict[str, Any]) -> Any:
+        try:
+            if spec.is_async:
+                return await spec.func(**kwargs)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, functools.partial(spec.func, **kwargs))
+        except PymgrError:
+            raise
+        except Exception as exc:
+            log.exception("action %s raised", spec.qualname)
+            raise ActionFailed(
+                f"action {spec.qualname} failed: {type(exc).__name__}: {exc}",
+                details={"exception": type(exc).__name__},
+            ) from exc

@@ -1,0 +1,36 @@
+"""Who is calling: the identity every transport attaches to a request.
+
+The transport fills it in (peer credentials, a key id, the legacy
+signature); the core only reads it. It is frozen so no action can change
+who it was called by.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """The caller of one request, as the daemon sees it."""
+
+    #: "unix", "tcp", "legacy" or "internal" (the daemon itself).
+    transport: str
+    uid: int | None = None
+    gid: int | None = None
+    pid: int | None = None
+    user: str | None = None
+    groups: tuple[str, ...] = field(default_factory=tuple)
+    #: The HMAC key id of a signed TCP request.
+    key_id: str | None = None
+    #: The peer's address for network transports ("host:port").
+    peer: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["groups"] = list(self.groups)
+        return data
+
+
+INTERNAL = Identity(transport="internal")

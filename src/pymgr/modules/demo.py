@@ -1,0 +1,36 @@
+"""The demo module: what `make run` serves to show the daemon working."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pydantic import Field
+
+from pymgr.core.identity import Identity
+from pymgr.core.registry import Module, action
+
+#: Longest demo sleep; enough to watch a graceful shutdown wait for a request.
+MAX_SLEEP_S = 60.0
+
+
+class Demo(Module):
+    """Demo actions: echo params back, show the caller, sleep."""
+
+    name = "demo"
+
+    @action(read_only=True)
+    async def echo(self, **params: Any) -> dict[str, Any]:
+        """Return the params exactly as received."""
+        return params
+
+    @action(read_only=True)
+    async def whoami(self, caller: Identity) -> dict[str, Any]:
+        """Return the caller's identity as the daemon sees it (transport, uid, gid, user, groups or key id)."""
+        return caller.to_dict()
+
+    @action(read_only=True)
+    async def sleep(self, seconds: float = Field(1.0, ge=0, le=MAX_SLEEP_S)) -> dict[str, float]:
+        """Sleep, then reply: a slow request, to watch shutdown wait for it."""
+        await asyncio.sleep(seconds)
+        return {"slept_s": seconds}

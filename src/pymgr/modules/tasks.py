@@ -1,0 +1,72 @@
+"""The ``tasks`` module: background tasks as actions, the single task API.
+
+Rules:
+- Every action is a thin call into the daemon's ``TaskManager``
+  (``self.context.tasks``); the manager owns all task state.
+- The HTTP routes under ``/v1/tasks`` map onto these actions, so a task
+  behaves the same whether started through them or through the module call.
+- Records leave as ``TaskRecord.to_dict()``.
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from pymgr.core.identity import Identity
+from pymgr.core.registry import Module, action
+from pymgr.errors import Unavailable
+from pymgr.tasks.manager import MAX_KEY_CHARS, TaskManager
+
+#: A key as callers send it (the manager checks the same bound).
+Key = Annotated[str | None, Field(min_length=1, max_length=MAX_KEY_CHARS)]
+
+
+class Tasks(Module):
+    """Start, stop and inspect background tasks of the types the config declares."""
+
+    name = "tasks"
+
+    @property
+    def manager(self) -> TaskManager:
+        manager = self.context.tasks
+        if manager is None:
+            raise Unavailable("this daemon runs no task manager; the tasks module needs one")
+        return manager  # type: ignore[no-any-return]
+
+    @action(read_only=True)
+    async def list(self, state: str | None = None, type: str | None = None, key: Key = None) -> list[dict[str, Any]]:
+        """Task runs, newest first, filtered by state, type and key."""
+        return [record.to_dict() for record in self.manager.list(state=state, type=type, key=key)]
+
+    @action(read_only=True)
+    async def show(self, id: int) -> dict[str, Any]:
+        """One task run by id."""
+        return self.manager.get(id).to_dict()
+
+    @action(read_only=True)
+    async def types(self) -> builtins.list[dict[str, Any]]:
+        """The task types that can be started, with their parameter schemas."""
+        return self.manager.describe_types()
+
+    @action
+    async def start(
+        self,
+        type: str,
+        # Never mutated: pydantic validates a fresh dict for every call.
+        params: dict[str, Any] = {},  # noqa: B006
+        key: Key = None,
+        *,
+        caller: Identity,
+    ) -> dict[str, Any]:
+        """Start a run of a task type; with a key, an active run holding that key is returned instead."""
+        record = await self.manager.start(type, params, key, caller)
+        return record.to_dict()
+
+    @action
+    async def stop(self, id: int, *, caller: Identity) -> dict[str, Any]:
+        """Stop a run (SIGTERM, grace period, SIGKILL to its whole process tree)."""
+        record = await self.manager.stop(id, caller)
+        return record.to_dict()

@@ -1,0 +1,1 @@
+"""Pure codecs, no I/O: nothing here imports asyncio, socket or os."""

@@ -1,0 +1,422 @@
+"""The 2014 design's ``key:value`` line protocol, as a pure state machine.
+
+Shape (h11's ``Connection``): the server feeds the bytes it reads to
+``receive_data`` (``b""`` means EOF), takes events out of ``next_event`` and
+turns its answer into bytes with ``send``. Nothing here does I/O or imports
+asyncio, socket or os. docs/protocol-legacy.md has the wire format.
+
+Rules:
+- One request per connection: lines ``key:value`` separated by ``\\n`` (a
+  ``\\r`` just before it is dropped), ended by a blank line. EOF after at
+  least one complete line also ends the request, as the old stdlib header
+  parser did. EOF in the middle of a line is an error: a cut-off
+  ``task_ids:1,2`` must not run as ``task_ids:1,``.
+- A blank line before any ``key:value`` line, or EOF before any byte, is an
+  empty request: an error, not a ``Command`` with nothing in it.
+- Keys are stripped and lower-cased, values stripped. ``module``, ``action``
+  and ``signature`` become fields of ``Command`` ("" when absent: the server
+  answers that, not the parser); every other key is a parameter.
+- Every read is bounded (``max_line_bytes``, ``max_lines``) and buffer work
+  is O(bytes read): each byte is searched for ``\\n`` once.
+- Bytes after the request are ignored (one request per connection).
+- Everything that moves the state lives in ``_TRANSITIONS``.
+- After any error the connection is in ``ERROR`` and every later call
+  raises; the server then encodes its error reply with ``encode_reply``.
+- Exactly one ``Reply`` per connection.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Final, cast
+
+from pymgr.errors import MalformedRequest, PymgrInternalError, TooLarge
+
+__all__ = [
+    "CLIENT",
+    "DEFAULT_MAX_LINES",
+    "DEFAULT_MAX_LINE_BYTES",
+    "DONE",
+    "ERROR",
+    "NEED_DATA",
+    "PAUSED",
+    "RECEIVING",
+    "REPLYING",
+    "SERVER",
+    "Command",
+    "Connection",
+    "ConnectionClosed",
+    "Event",
+    "LocalProtocolError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "Reply",
+    "Sentinel",
+    "encode_reply",
+    "error_reply",
+]
+
+#: Longest request line, in bytes, without its line ending. The 2014 design's
+#: requests are a handful of short lines; 4 KiB leaves room for long parameter
+#: values and matches the default of ``[legacy] max_line_bytes``.
+DEFAULT_MAX_LINE_BYTES: Final = 4096
+#: Most ``key:value`` lines in one request: three headers plus parameters.
+DEFAULT_MAX_LINES: Final = 64
+
+#: How much of a bad line an error message quotes.
+_PREVIEW_CHARS = 40
+
+
+class Sentinel:
+    """A named constant: a state, a role, or a ``next_event`` marker."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+# States of the one exchange a connection carries.
+#: Reading the request's lines.
+RECEIVING: Final = Sentinel("RECEIVING")
+#: The request has been handed out as a ``Command``; the server owes a reply.
+REPLYING: Final = Sentinel("REPLYING")
+#: The reply has been sent; nothing more will happen on this connection.
+DONE: Final = Sentinel("DONE")
+#: Something went wrong; every later call raises.
+ERROR: Final = Sentinel("ERROR")
+
+# Roles: who produced an event.
+CLIENT: Final = Sentinel("CLIENT")
+SERVER: Final = Sentinel("SERVER")
+
+# What ``next_event`` returns when it has no event.
+#: Feed more bytes (or EOF) first.
+NEED_DATA: Final = Sentinel("NEED_DATA")
+#: The request is complete: stop reading, the server answers now.
+PAUSED: Final = Sentinel("PAUSED")
+
+
+class ProtocolError(Exception):
+    """Base of the errors this codec raises; ``legacy_code`` goes in the reply."""
+
+    def __init__(self, message: str, *, legacy_code: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.legacy_code = legacy_code
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something this protocol does not allow."""
+
+    def __init__(self, message: str, *, legacy_code: int = MalformedRequest.legacy_code) -> None:
+        super().__init__(message, legacy_code=legacy_code)
+
+
+class LocalProtocolError(ProtocolError):
+    """The code driving this connection misused it: a bug on our side."""
+
+    def __init__(self, message: str, *, legacy_code: int = PymgrInternalError.legacy_code) -> None:
+        super().__init__(message, legacy_code=legacy_code)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A complete request: which action to run, its signature and parameters."""
+
+    module: str
+    action: str
+    signature: str
+    #: Every other key (lower-cased) with its stripped value.
+    params: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The server's one answer: ``{"success": success, "msg": msg}``."""
+
+    success: bool
+    msg: Any = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.success, bool):
+            raise TypeError(f"Reply.success must be a bool, not {self.success!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """The peer closed its side after its request; it may still read the reply."""
+
+
+Event = Command | Reply | ConnectionClosed
+
+# Rule: everything that moves the state is in this table.
+# (SERVER, Reply) in RECEIVING: the server may answer before the request is
+# complete (a read timeout, a shutdown), as an HTTP server may send a 408.
+# (CLIENT, ConnectionClosed) after the request: a half-close, still answered.
+_TRANSITIONS: Final[dict[Sentinel, dict[tuple[Sentinel, type[Event]], Sentinel]]] = {
+    RECEIVING: {(CLIENT, Command): REPLYING, (SERVER, Reply): DONE},
+    REPLYING: {(CLIENT, ConnectionClosed): REPLYING, (SERVER, Reply): DONE},
+    DONE: {(CLIENT, ConnectionClosed): DONE},
+    ERROR: {},
+}
+
+
+def encode_reply(reply: Reply) -> bytes:
+    """The wire bytes of a reply: the 2014 design's ``json.dumps`` output.
+
+    Default separators (``", "``, ``": "``), key order ``success`` then
+    ``msg``, ASCII-only (``ensure_ascii``), no trailing newline: the daemon
+    closes the connection to end it.
+
+    Raises:
+        TypeError, ValueError: ``msg`` is not JSON-serializable.
+    """
+    return json.dumps({"success": reply.success, "msg": reply.msg}).encode("utf-8")
+
+
+def error_reply(legacy_code: int, message: str) -> Reply:
+    """An error reply: ``{"success": false, "msg": {"err_code": N, "message": ...}}``.
+
+    Old clients read only ``err_code``; ``message`` says what went wrong.
+    """
+    return Reply(False, {"err_code": legacy_code, "message": message})
+
+
+def _preview(text: str) -> str:
+    if len(text) <= _PREVIEW_CHARS:
+        return repr(text)
+    return repr(text[:_PREVIEW_CHARS]) + "..."
+
+
+class Connection:
+    """The server side of one legacy connection: bytes in, events out.
+
+    Args:
+        max_line_bytes: longest accepted line, without its line ending.
+        max_lines: most ``key:value`` lines in one request.
+
+    Raises:
+        ValueError: a limit is not a positive int.
+    """
+
+    def __init__(self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, max_lines: int = DEFAULT_MAX_LINES) -> None:
+        for name, value in (("max_line_bytes", max_line_bytes), ("max_lines", max_lines)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, not {value!r}")
+        self.max_line_bytes = max_line_bytes
+        self.max_lines = max_lines
+        self._state = RECEIVING
+        self._buffer = bytearray()
+        #: Bytes at the start of ``_buffer`` already searched for b"\n".
+        self._scanned = 0
+        self._fields: dict[str, str] = {}
+        #: Line number where each key was seen, for duplicate-key messages.
+        self._key_lines: dict[str, int] = {}
+        self._line_count = 0
+        self._eof = False
+        self._eof_reported = False
+
+    @property
+    def state(self) -> Sentinel:
+        """RECEIVING, REPLYING, DONE or ERROR."""
+        return self._state
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes read from the peer; ``b""`` means the peer closed (EOF).
+
+        Call ``next_event`` after each call: that is where bytes are parsed
+        and where the limits are checked. Once the request is complete,
+        later bytes are dropped.
+
+        Raises:
+            LocalProtocolError: in state ERROR, or bytes after EOF.
+        """
+        self._check_usable("receive_data")
+        if not data:
+            self._eof = True
+            return
+        if self._eof:
+            self._state = ERROR
+            raise LocalProtocolError(f"received {len(data)} bytes after EOF (receive_data(b'') was already called)")
+        if self._state is RECEIVING:
+            self._buffer += data
+
+    def next_event(self) -> Event | Sentinel:
+        """Parse what has arrived.
+
+        Returns:
+            A ``Command`` once the request is complete; ``ConnectionClosed``
+            once, if the peer closed after its request; otherwise
+            ``NEED_DATA`` (while receiving) or ``PAUSED`` (after the request).
+
+        Raises:
+            RemoteProtocolError: the request is malformed or too large; its
+                ``legacy_code`` is the reply's ``err_code``.
+            LocalProtocolError: in state ERROR.
+        """
+        self._check_usable("next_event")
+        if self._state is not RECEIVING:
+            return self._event_after_request()
+        try:
+            command = self._maybe_extract_command()
+        except RemoteProtocolError:
+            self._state = ERROR
+            raise
+        if command is None:
+            return NEED_DATA
+        self._transition(CLIENT, command)
+        return command
+
+    def send(self, event: Event) -> bytes:
+        """Encode the server's reply and move to DONE.
+
+        Returns:
+            The bytes to write; the server closes the connection after them.
+
+        Raises:
+            LocalProtocolError: not a ``Reply``, a second reply, a ``msg``
+                that is not JSON-serializable, or state ERROR.
+        """
+        self._check_usable("send")
+        next_state = self._next_state(SERVER, event)
+        # The table lets the server send nothing but a Reply.
+        reply = cast(Reply, event)
+        try:
+            data = encode_reply(reply)
+        except (TypeError, ValueError) as exc:
+            self._state = ERROR
+            raise LocalProtocolError(f"reply msg is not JSON-serializable: {exc}") from exc
+        self._state = next_state
+        return data
+
+    # --- state ---------------------------------------------------------
+
+    def _check_usable(self, method: str) -> None:
+        if self._state is ERROR:
+            raise LocalProtocolError(
+                f"can't call {method}() in state ERROR: an earlier error ended this connection; "
+                "close it and open a new one"
+            )
+
+    def _next_state(self, role: Sentinel, event: object) -> Sentinel:
+        next_state = _TRANSITIONS[self._state].get((role, type(event)))  # type: ignore[arg-type]
+        if next_state is None:
+            message = f"can't handle event type {type(event).__name__} from {role} in state {self._state}"
+            self._state = ERROR
+            raise LocalProtocolError(message)
+        return next_state
+
+    def _transition(self, role: Sentinel, event: Event) -> None:
+        self._state = self._next_state(role, event)
+
+    def _event_after_request(self) -> Event | Sentinel:
+        if self._eof and not self._eof_reported:
+            self._eof_reported = True
+            event = ConnectionClosed()
+            self._transition(CLIENT, event)
+            return event
+        return PAUSED
+
+    # --- parsing -------------------------------------------------------
+
+    def _maybe_extract_command(self) -> Command | None:
+        buffer = self._buffer
+        start = 0
+        # Search only bytes not searched before: O(bytes read) over the request.
+        while (end := buffer.find(b"\n", max(start, self._scanned))) >= 0:
+            line = bytes(buffer[start:end])
+            start = end + 1
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:
+                return self._end_at_blank_line()
+            self._add_line(line)
+        # Dropping a bytearray's head is cheap in CPython (it moves a start offset).
+        del buffer[:start]
+        self._scanned = len(buffer)
+        self._check_partial_line()
+        if self._eof:
+            return self._end_at_eof()
+        return None
+
+    def _add_line(self, line: bytes) -> None:
+        self._line_count += 1
+        number = self._line_count
+        if number > self.max_lines:
+            raise RemoteProtocolError(
+                f"request has more than max_lines={self.max_lines} key:value lines",
+                legacy_code=TooLarge.legacy_code,
+            )
+        if len(line) > self.max_line_bytes:
+            raise RemoteProtocolError(
+                f"request line of {len(line)} bytes is longer than max_line_bytes={self.max_line_bytes}",
+                legacy_code=TooLarge.legacy_code,
+            )
+        key, value = self._split_line(number, line)
+        first = self._key_lines.get(key)
+        if first is not None:
+            raise RemoteProtocolError(f"duplicate key {key!r} on request lines {first} and {number}")
+        self._key_lines[key] = number
+        self._fields[key] = value
+
+    @staticmethod
+    def _split_line(number: int, line: bytes) -> tuple[str, str]:
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RemoteProtocolError(
+                f"request line {number} is not UTF-8: byte 0x{line[exc.start]:02x} at offset {exc.start}"
+            ) from None
+        key, sep, value = text.partition(":")
+        if not sep:
+            raise RemoteProtocolError(f"request line {number} has no ':'; expected key:value, got {_preview(text)}")
+        key = key.strip().lower()
+        if not key:
+            raise RemoteProtocolError(
+                f"request line {number} has an empty key; expected key:value, got {_preview(text)}"
+            )
+        return key, value.strip()
+
+    def _check_partial_line(self) -> None:
+        size = len(self._buffer)
+        if self._buffer.endswith(b"\r"):
+            size -= 1  # may be the start of a "\r\n" line ending
+        if size > self.max_line_bytes:
+            raise RemoteProtocolError(
+                f"request line of at least {size} bytes is longer than max_line_bytes={self.max_line_bytes}",
+                legacy_code=TooLarge.legacy_code,
+            )
+
+    def _end_at_blank_line(self) -> Command:
+        if self._line_count == 0:
+            raise RemoteProtocolError("request is empty: a blank line came before any key:value line")
+        self._buffer.clear()  # bytes after the request are ignored
+        self._scanned = 0
+        return self._make_command()
+
+    def _end_at_eof(self) -> Command:
+        if self._buffer:
+            raise RemoteProtocolError(
+                f"connection closed in the middle of request line {self._line_count + 1} "
+                f"({len(self._buffer)} bytes after the last newline); end every line with '\\n'"
+            )
+        if self._line_count == 0:
+            raise RemoteProtocolError(
+                "connection closed before a request was sent; expected key:value lines ended by a blank line"
+            )
+        return self._make_command()
+
+    def _make_command(self) -> Command:
+        fields = self._fields
+        self._fields = {}
+        return Command(
+            module=fields.pop("module", ""),
+            action=fields.pop("action", ""),
+            signature=fields.pop("signature", ""),
+            params=fields,
+        )

@@ -1,0 +1,1 @@
+"""Background tasks: types, records, the manager and the process runner."""

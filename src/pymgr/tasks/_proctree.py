@@ -1,0 +1,175 @@
+"""Finding and signalling the processes of a run, without ever hitting a stranger.
+
+Rules:
+- A process is named by ``ProcRef(pid, start_time)``; ``start_time`` is the
+  kernel's start time (/proc/PID/stat field 22, clock ticks since boot).
+  A pid alone is not an identity: the kernel reuses pids.
+- Signals go through a pidfd: open it, check the start time, then signal
+  the pidfd. Once open, a pidfd names that one process, so there is no
+  window in which a reused pid could receive the signal.
+- A run's processes are those started no earlier than its leader that are
+  its descendants (only while the leader is unreaped: after that its pid may
+  be reused) or that carry the run's marker in their environment
+  (descendants that called setsid() and were re-parented): both
+  ``PYMGR_TASK_ID=<id>`` and ``PYMGR_TASK_MARKER=<the run's random token>``.
+  The id alone is not enough: another daemon, or a test suite running
+  beside this one, has a task with the same id.
+- Linux only: /proc and pidfds (kernel 5.3+).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import psutil
+
+#: Environment variables every run carries, so escaped descendants can be found.
+TASK_ID_VAR = "PYMGR_TASK_ID"
+MARKER_VAR = "PYMGR_TASK_MARKER"
+
+#: Index of the start time among the fields after the ")" of /proc/PID/stat:
+#: those start at field 3 (state), and the start time is field 22.
+_STARTTIME_INDEX = 22 - 3
+
+
+@dataclass(frozen=True, slots=True)
+class ProcRef:
+    """One process, by pid and kernel start time."""
+
+    pid: int
+    start_time: int
+
+
+def start_time(pid: int) -> int | None:
+    """The kernel start time of ``pid``, or None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may hold spaces and ")", so split after the last ")".
+    return int(stat[stat.rindex(b")") + 2 :].split()[_STARTTIME_INDEX])
+
+
+def _processes_since(since: int) -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, start time) of every live process started at or after ``since``."""
+    found = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        started = int(fields[_STARTTIME_INDEX])
+        # Zombies ("Z") and the dead ("X") have exited already: nothing to stop.
+        if started >= since and fields[0] not in (b"Z", b"X"):
+            found[int(name)] = (int(fields[1]), started)
+    return found
+
+
+def run_marker(task_id: int, token: str) -> dict[str, str]:
+    """The environment entries that mark a run's processes."""
+    return {TASK_ID_VAR: str(task_id), MARKER_VAR: token}
+
+
+def _has_marker(pid: int, marker: Mapping[str, str]) -> bool:
+    try:
+        environ = psutil.Process(pid).environ()
+        return all(environ.get(name) == value for name, value in marker.items())
+    except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+
+
+def find_run_processes(leader: ProcRef, marker: Mapping[str, str], *, leader_reaped: bool) -> set[ProcRef]:
+    """The processes of one run, leader excluded (see the module rules).
+
+    Args:
+        leader: the run's first process.
+        marker: the run's ``run_marker``.
+        leader_reaped: True once the leader's pid may have been reused;
+            descendants are then found by the marker alone.
+    """
+    candidates = _processes_since(leader.start_time)
+    candidates.pop(leader.pid, None)
+    candidates.pop(os.getpid(), None)
+    found: set[int] = set()
+    if not leader_reaped:
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _) in candidates.items():
+            children.setdefault(ppid, []).append(pid)
+        stack = list(children.get(leader.pid, ()))
+        while stack:
+            pid = stack.pop()
+            found.add(pid)
+            stack.extend(children.get(pid, ()))
+    found.update(pid for pid in candidates if pid not in found and _has_marker(pid, marker))
+    return {ProcRef(pid, candidates[pid][1]) for pid in found}
+
+
+def _open_checked(ref: ProcRef) -> int | None:
+    """A pidfd for ``ref``, or None when that process is gone (or its pid reused)."""
+    try:
+        fd = os.pidfd_open(ref.pid)
+    except ProcessLookupError:
+        return None
+    if start_time(ref.pid) != ref.start_time:
+        os.close(fd)
+        return None
+    return fd
+
+
+def send_signal(ref: ProcRef, sig: signal.Signals) -> bool:
+    """Signal one process if it is still the one ``ref`` names.
+
+    Returns:
+        True if the signal was sent.
+    """
+    fd = _open_checked(ref)
+    if fd is None:
+        return False
+    try:
+        signal.pidfd_send_signal(fd, sig)
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+async def wait_gone(refs: Iterable[ProcRef], timeout_s: float) -> set[ProcRef]:
+    """Wait until every process in ``refs`` has exited (a zombie counts as exited).
+
+    Returns:
+        The ones still alive after ``timeout_s``.
+    """
+    loop = asyncio.get_running_loop()
+    waiting: dict[ProcRef, tuple[int, asyncio.Future[None]]] = {}
+    try:
+        for ref in refs:
+            fd = _open_checked(ref)
+            if fd is None:
+                continue
+            done: asyncio.Future[None] = loop.create_future()
+            waiting[ref] = (fd, done)
+            # A pidfd turns readable when its process exits.
+            loop.add_reader(fd, _resolve, loop, fd, done)
+        if waiting:
+            await asyncio.wait([done for _, done in waiting.values()], timeout=timeout_s)
+        return {ref for ref, (_, done) in waiting.items() if not done.done()}
+    finally:
+        for fd, _ in waiting.values():
+            loop.remove_reader(fd)
+            os.close(fd)
+
+
+def _resolve(loop: asyncio.AbstractEventLoop, fd: int, done: asyncio.Future[None]) -> None:
+    # Readiness is level-triggered: stop watching at once, or the loop spins.
+    loop.remove_reader(fd)
+    if not done.done():
+        done.set_result(None)

@@ -1,0 +1,171 @@
+"""The native HTTP/JSON API as a plain ASGI application.
+
+Rules:
+- Every route that runs an action goes through the one ``Dispatcher``; the
+  ``/v1/tasks`` routes are the ``tasks`` module's actions under REST paths,
+  so policy and audit see task operations like any other call.
+- Replies are ``{"ok": true, "result": ...}`` or ``{"ok": false, "error":
+  {...}}`` with the status the error class owns.
+- The body is bounded before it is read (``Content-Length``) and while it is
+  read (chunked), so a huge request costs the daemon nothing.
+
+Why no framework: DESIGN.md measured a bare ASGI app at 33 µs of server CPU
+per call and Starlette at ~51 µs on this stack; the routing here is a handful
+of fixed paths, which a dict and one split do at no measurable cost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from pymgr.core.dispatch import Call, Dispatcher
+from pymgr.core.identity import Identity
+from pymgr.errors import MalformedRequest, NotFound, PymgrError, PymgrInternalError, TooLarge
+from pymgr.transport.peercred import IDENTITY_KEY
+
+log = logging.getLogger("pymgr.http")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+#: Query parameters `GET /v1/tasks` understands; others are a client mistake.
+_TASK_FILTERS = frozenset({"state", "type", "key"})
+
+
+class MethodNotAllowed(PymgrError):
+    code = "not_found"
+    http_status = 405
+    legacy_code = 1
+
+
+def _encode(status: int, body: dict[str, Any]) -> tuple[int, bytes]:
+    return status, json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class HttpApp:
+    """The ASGI app: routes, body limits, JSON envelopes."""
+
+    def __init__(self, dispatcher: Dispatcher, *, max_body_bytes: int, version: str) -> None:
+        self.dispatcher = dispatcher
+        self.max_body_bytes = max_body_bytes
+        self.version = version
+        self.started_at = time.monotonic()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan and websockets are not served
+            return
+        try:
+            status, result = await self._route(scope, receive)
+            reply = _encode(status, {"ok": True, "result": result})
+        except PymgrError as exc:
+            reply = _encode(exc.http_status, {"ok": False, "error": exc.to_dict()})
+        except Exception:
+            log.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            exc = PymgrInternalError(f"unhandled error in {scope['method']} {scope['path']}")
+            reply = _encode(exc.http_status, {"ok": False, "error": exc.to_dict()})
+        headers = [*_JSON_HEADERS, (b"content-length", str(len(reply[1])).encode())]
+        await send({"type": "http.response.start", "status": reply[0], "headers": headers})
+        await send({"type": "http.response.body", "body": reply[1]})
+
+    async def _route(self, scope: Scope, receive: Receive) -> tuple[int, Any]:
+        method: str = scope["method"]
+        parts = scope["path"].strip("/").split("/")
+        if parts[0] != "v1" or len(parts) < 2:
+            raise NotFound(f"no route {scope['path']}; the API lives under /v1/ (try GET /v1/modules)")
+        identity = scope.get("extensions", {}).get(IDENTITY_KEY) or Identity(transport="tcp")
+        route = parts[1:]
+        if route == ["health"]:
+            _allow(method, "GET", scope)
+            return 200, self._health()
+        if route == ["modules"]:
+            _allow(method, "GET", scope)
+            return 200, self.dispatcher.registry.describe()
+        if route[0] == "modules" and len(route) == 3:
+            _allow(method, "POST", scope)
+            params = await self._json_body(scope, receive)
+            return 200, await self._call(route[1], route[2], params, identity)
+        if route == ["task-types"]:
+            _allow(method, "GET", scope)
+            return 200, await self._call("tasks", "types", {}, identity)
+        if route[0] == "tasks":
+            return await self._tasks(method, route[1:], scope, receive, identity)
+        raise NotFound(f"no route {scope['path']}; see GET /v1/modules and docs/api.md")
+
+    async def _tasks(self, method: str, rest: list[str], scope: Scope, receive: Receive, identity: Identity) -> tuple[int, Any]:
+        if not rest:
+            if method == "GET":
+                query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
+                unknown = sorted(set(query) - _TASK_FILTERS)
+                if unknown:
+                    raise MalformedRequest(f"unknown filter {unknown[0]!r}; filters: state, type, key")
+                return 200, await self._call("tasks", "list", query, identity)
+            _allow(method, "POST", scope, also="GET")
+            body = await self._json_body(scope, receive)
+            return 202, await self._call("tasks", "start", body, identity)
+        task_id = rest[0]
+        if len(rest) == 1:
+            _allow(method, "GET", scope)
+            return 200, await self._call("tasks", "show", {"id": task_id}, identity)
+        if rest[1:] == ["stop"]:
+            _allow(method, "POST", scope)
+            return 202, await self._call("tasks", "stop", {"id": task_id}, identity)
+        raise NotFound(f"no route {scope['path']}; task routes: /v1/tasks, /v1/tasks/ID, /v1/tasks/ID/stop")
+
+    async def _call(self, module: str, action: str, params: Any, identity: Identity) -> Any:
+        return await self.dispatcher.call(Call(module, action, params, identity))
+
+    def _health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "version": self.version,
+            "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self.started_at, 3),
+        }
+
+    async def _json_body(self, scope: Scope, receive: Receive) -> Any:
+        body = await self._read_body(scope, receive)
+        if not body.strip():
+            return {}
+        try:
+            params = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise MalformedRequest(f"request body is not valid JSON: {exc}") from None
+        if not isinstance(params, dict):
+            raise MalformedRequest(f"request body must be a JSON object, not {type(params).__name__}")
+        return params
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                raise TooLarge(
+                    f"request body of {int(value)} bytes is larger than max_body_bytes={limit}",
+                    details={"limit": limit},
+                )
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise MalformedRequest("client disconnected before sending the whole body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge(f"request body is larger than max_body_bytes={limit}", details={"limit": limit})
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+def _allow(method: str, allowed: str, scope: Scope, also: str | None = None) -> None:
+    if method != allowed:
+        methods = f"{allowed} or {also}" if also else allowed
+        raise MethodNotAllowed(f"{method} {scope['path']} is not allowed; use {methods}")

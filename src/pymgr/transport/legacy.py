@@ -1,0 +1,360 @@
+"""The legacy protocol's asyncio server: a thin Protocol around ``protocol/legacy``.
+
+Owns the sockets, the clock and the dispatch call; the codec owns the bytes.
+
+Rules:
+- One connection, one request, one reply, then close. Once a ``Command``
+  has arrived, reading pauses; later bytes are never parsed.
+- Checks run in this order: parse (err_code 9 or 6), signature (3), an
+  ``action`` line (3), then dispatch (1 no such module or action, 4 bad
+  params, 2 the action raised, ...). A caller without a valid signature
+  learns nothing about modules or parameters.
+- Every error reply is ``{"success": false, "msg": {"err_code": N,
+  "message": "..."}}``: old clients read only ``err_code``; ``message``
+  tells a human what to fix. The code comes from the error class
+  (``PymgrError.legacy_code``, ``ProtocolError.legacy_code``).
+- Every read is bounded: the codec's line limits, and ``read_timeout_s``
+  from connect until the request is complete.
+- A protocol error is one warning line in the log and one error reply.
+- After the reply the server half-closes, then reads and drops what the
+  peer still sends for up to ``LINGER_S`` before closing. Closing a socket
+  with unread input makes the kernel send a reset, which can destroy the
+  reply before the peer has read it.
+- Shutdown has two steps: stop accepting (a half-received request gets
+  err_code 8), let running actions finish for up to ``timeout_s``, then
+  cancel the rest (their callers get err_code 8 too).
+- Every task has a strong reference until it is done; its errors are logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import Coroutine
+from typing import Any, cast
+
+from pymgr.auth.legacy import verify_legacy_signature
+from pymgr.config import ConfigError, LegacyConfig
+from pymgr.core.dispatch import Call, Dispatcher
+from pymgr.core.identity import Identity
+from pymgr.errors import MalformedRequest, PymgrError, PymgrInternalError, Unauthenticated, Unavailable
+from pymgr.protocol import legacy as proto
+
+__all__ = ["LINGER_S", "ActionMissing", "LegacyServer"]
+
+log = logging.getLogger("pymgr.legacy")
+
+#: Seconds to keep reading (and dropping) after the reply, waiting for the
+#: peer to close first. Apache httpd's lingering close waits 2 s
+#: (SECONDS_TO_LINGER) for the same reason: a reset must not eat the reply.
+LINGER_S = 2.0
+
+
+class ActionMissing(MalformedRequest):
+    """The request has no ``action`` line.
+
+    The 2014 design answered this with err_code 3, and its clients expect it.
+    """
+
+    legacy_code = 3
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name, or "" for every interface
+        return False
+
+
+def _format_peer(peername: Any) -> str:
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        host, port = peername[0], peername[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(peername)
+
+
+def _error_bytes(exc: PymgrError | proto.ProtocolError) -> bytes:
+    return proto.encode_reply(proto.error_reply(exc.legacy_code, exc.message))
+
+
+class LegacyServer:
+    """The legacy protocol's TCP listener.
+
+    Args:
+        config: the ``[legacy]`` section.
+        dispatcher: runs the actions, as for every other transport.
+    """
+
+    def __init__(self, config: LegacyConfig, dispatcher: Dispatcher) -> None:
+        self.config = config
+        self.dispatcher = dispatcher
+        self._port: int | None = None
+        self._secret = ""
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[_LegacyProtocol] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    @property
+    def port(self) -> int:
+        """The bound port (the first socket's, if the host resolved to several).
+
+        Raises:
+            RuntimeError: before ``start``.
+        """
+        if self._port is None:
+            raise RuntimeError("LegacyServer.port is known only after start(); await server.start() first")
+        return self._port
+
+    async def start(self) -> None:
+        """Bind ``config.host:config.port`` and accept connections.
+
+        Raises:
+            ConfigError: the listener is not enabled, or no secret is set.
+            OSError: the address cannot be bound.
+            RuntimeError: already started.
+        """
+        if self._server is not None:
+            raise RuntimeError("LegacyServer.start() was already called; create a new server to listen again")
+        if not self.config.enabled:
+            raise ConfigError("the legacy listener is disabled; set enabled = true in [legacy] to start it")
+        secret = self.config.secret.get_secret_value() if self.config.secret is not None else ""
+        if not secret:
+            raise ConfigError(
+                "[legacy] secret is not set: old clients sign requests with it; "
+                'set secret = "..." in [legacy], or enabled = false to turn the listener off'
+            )
+        self._secret = secret
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _LegacyProtocol(self), self.config.host, self.config.port)
+        self._port = int(self._server.sockets[0].getsockname()[1])
+        self._warn_replayable()
+
+    def _warn_replayable(self) -> None:
+        host, port = self.config.host, self.port
+        log.warning(
+            "LEGACY PROTOCOL ON %s:%s: its signature is a static HMAC-MD5 of the module name and is REPLAYABLE: "
+            "anyone who sees one request can send it again, with any action and parameters. "
+            "Keep it on loopback and move clients to the HTTP API",
+            host,
+            port,
+        )
+        if not _is_loopback(host):
+            log.warning(
+                "legacy listener is bound to %r, which is not a loopback address: any host that can reach "
+                'port %s can replay a captured signature; set host = "127.0.0.1" in [legacy] unless you must',
+                host,
+                port,
+            )
+
+    async def close(self, timeout_s: float) -> None:
+        """Stop accepting, let running actions finish for up to ``timeout_s``, cancel the rest.
+
+        Raises:
+            ValueError: ``timeout_s`` is negative.
+        """
+        if timeout_s < 0:
+            raise ValueError(f"timeout_s must be non-negative, not {timeout_s!r}")
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._connections):
+            conn.refuse_unfinished_request()
+        running = set(self._tasks)
+        pending: set[asyncio.Task[None]] = set()
+        if running:
+            _, pending = await asyncio.wait(running, timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        for conn in list(self._connections):
+            conn.close_transport()
+        if running:
+            log.info(
+                "legacy listener closed: %d requests finished, %d cancelled after %g s",
+                len(running) - len(pending),
+                len(pending),
+                timeout_s,
+            )
+
+    # --- used by the per-connection protocol ------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Run ``coro`` as a task that ``close`` waits for."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._reap)
+        return task
+
+    def _reap(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s crashed", task.get_name(), exc_info=task.exception())
+
+    async def _answer(self, command: proto.Command, peer: str) -> Any:
+        """Check the signature and the action, then dispatch.
+
+        Raises:
+            PymgrError: Unauthenticated, ActionMissing, or what dispatch raised.
+        """
+        if not command.signature:
+            raise Unauthenticated(
+                "no signature given; send signature:<hex HMAC-MD5 of the module name under the shared secret>"
+            )
+        if not verify_legacy_signature(self._secret, command.module, command.signature):
+            raise Unauthenticated(
+                f"signature for module {command.module!r} does not match; it must be the hex HMAC-MD5 "
+                "of the module name under the shared secret"
+            )
+        if not command.action:
+            raise ActionMissing(f"no action given; send action:<name> for module {command.module!r}")
+        identity = Identity(transport="legacy", peer=peer)
+        return await self.dispatcher.call(Call(command.module, command.action, command.params, identity))
+
+
+class _LegacyProtocol(asyncio.Protocol):
+    """One connection: feeds the codec, runs the command, writes one reply."""
+
+    def __init__(self, server: LegacyServer) -> None:
+        self._server = server
+        config = server.config
+        self._conn = proto.Connection(max_line_bytes=config.max_line_bytes, max_lines=config.max_lines)
+        self._transport: asyncio.Transport | None = None
+        self._peer = "?"
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._peer_eof = False
+        self._replied = False
+
+    # --- asyncio callbacks -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._peer = _format_peer(transport.get_extra_info("peername"))
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._server.config.read_timeout_s, self._on_read_timeout)
+        self._server._connections.add(self)
+        if self._server._closing:  # accepted just before the listener closed
+            self.refuse_unfinished_request()
+
+    def data_received(self, data: bytes) -> None:
+        if self._replied:
+            return  # lingering after the reply: drop
+        self._conn.receive_data(data)
+        self._process_events()
+
+    def eof_received(self) -> bool:
+        self._peer_eof = True
+        if self._replied:
+            return False  # the peer closed after our reply: the transport closes now
+        self._conn.receive_data(b"")
+        self._process_events()
+        return True  # keep our side open: the reply is still to come
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        self._server._connections.discard(self)
+        if self._task is not None and not self._task.done():
+            log.debug("legacy client %s left before its reply; the action keeps running", self._peer)
+
+    # --- request -----------------------------------------------------------
+
+    def _process_events(self) -> None:
+        while True:
+            try:
+                event = self._conn.next_event()
+            except proto.RemoteProtocolError as exc:
+                log.warning("legacy request from %s rejected (err_code %d): %s", self._peer, exc.legacy_code, exc)
+                self._finish(_error_bytes(exc))
+                return
+            if isinstance(event, proto.Command):
+                self._start_command(event)
+            elif event is proto.NEED_DATA or event is proto.PAUSED:
+                return
+            # ConnectionClosed: the peer half-closed after its request; it still reads the reply.
+
+    def _start_command(self, command: proto.Command) -> None:
+        self._cancel_timer()
+        transport = cast(asyncio.Transport, self._transport)
+        if transport.is_reading():
+            transport.pause_reading()  # one request per connection: read no further
+        name = f"legacy {self._peer} {command.module}.{command.action}"
+        self._task = self._server._spawn(self._run(command), name=name)
+
+    async def _run(self, command: proto.Command) -> None:
+        qualname = f"{command.module}.{command.action}"
+        try:
+            result = await self._server._answer(command, self._peer)
+        except asyncio.CancelledError:
+            self._send(proto.error_reply(Unavailable.legacy_code, "pymgr shut down before the action finished"))
+            raise
+        except PymgrError as exc:
+            log.info("legacy %s %r -> err_code %d", self._peer, qualname, exc.legacy_code)
+            reply = proto.error_reply(exc.legacy_code, exc.message)
+        except Exception as exc:  # dispatch wraps action errors; this is a bug in pymgr
+            log.exception("legacy %s %r: dispatch failed", self._peer, qualname)
+            internal = PymgrInternalError(f"{qualname} failed inside pymgr: {type(exc).__name__}: {exc}")
+            reply = proto.error_reply(internal.legacy_code, internal.message)
+        else:
+            log.info("legacy %s %r -> ok", self._peer, qualname)
+            reply = proto.Reply(True, result)
+        self._send(reply)
+
+    def _on_read_timeout(self) -> None:
+        self._timer = None
+        message = f"request not complete within {self._server.config.read_timeout_s:g} s"
+        code = MalformedRequest.legacy_code
+        log.warning("legacy request from %s rejected (err_code %d): %s", self._peer, code, message)
+        self._send(proto.error_reply(code, message))
+
+    # --- reply and close ---------------------------------------------------
+
+    def _send(self, reply: proto.Reply) -> None:
+        try:
+            data = self._conn.send(reply)
+        except proto.LocalProtocolError as exc:
+            log.error("legacy reply to %s cannot be sent: %s", self._peer, exc)
+            data = _error_bytes(PymgrInternalError(f"the reply cannot be encoded: {exc}"))
+        self._finish(data)
+
+    def _finish(self, data: bytes) -> None:
+        """Write the one reply, half-close, and linger until the peer closes."""
+        if self._replied:
+            return
+        self._replied = True
+        self._cancel_timer()
+        transport = cast(asyncio.Transport, self._transport)
+        if transport.is_closing():
+            return  # the peer is gone; the reply has nowhere to go
+        transport.write(data)
+        if self._peer_eof or not transport.can_write_eof():
+            transport.close()
+            return
+        try:
+            transport.write_eof()
+        except OSError:  # the peer reset the connection while its action ran
+            transport.abort()
+            return
+        if not transport.is_reading():
+            transport.resume_reading()
+        self._timer = asyncio.get_running_loop().call_later(LINGER_S, transport.close)
+
+    def refuse_unfinished_request(self) -> None:
+        """At shutdown: answer a request still being read with err_code 8."""
+        if self._task is None and not self._replied:
+            self._send(proto.error_reply(Unavailable.legacy_code, "pymgr is shutting down; retry later"))
+
+    def close_transport(self) -> None:
+        """At shutdown: close now, after writing what is buffered."""
+        self._cancel_timer()
+        if self._transport is not None:
+            self._transport.close()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

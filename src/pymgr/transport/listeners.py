@@ -1,0 +1,107 @@
+"""Binding the daemon's listening sockets before any server starts.
+
+Rules:
+- Sockets are bound here, up front, so a bad address fails start-up with a
+  clear message before anything else runs, and servers only ever receive
+  ready sockets (the same path systemd socket activation will take).
+- A Unix socket is created with a restrictive umask and then given its
+  configured mode and group: there is no moment at which it is more open
+  than configured.
+- An existing path is removed only if it is a socket nobody answers on
+  (a stale one); a live daemon or a non-socket file stops start-up.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import os
+import socket
+import stat
+from pathlib import Path
+
+#: Pending connections the kernel queues per listener; matches uvicorn's default.
+BACKLOG = 2048
+
+
+class ListenerError(Exception):
+    """A listener cannot be bound; the message says which and why."""
+
+
+def _remove_stale_socket(path: Path) -> None:
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ListenerError(f"{path} exists and is not a socket; refusing to remove it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)  # stale: left by a daemon that died
+        return
+    finally:
+        probe.close()
+    raise ListenerError(f"another daemon is already listening on {path}; stop it first")
+
+
+def bind_unix(path: Path, mode: int, group: str | None = None) -> socket.socket:
+    """A listening Unix socket at ``path`` with the given mode and group.
+
+    Raises:
+        ListenerError: the path is taken, the group is unknown, or bind failed.
+    """
+    gid = -1
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ListenerError(f"socket_group {group!r} is not a group on this host") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise ListenerError(f"cannot bind Unix socket {path}: {exc.strerror}") from None
+    finally:
+        os.umask(old_umask)
+    os.chown(path, -1, gid)
+    os.chmod(path, mode)
+    sock.listen(BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+def bind_tcp(address: str) -> socket.socket:
+    """A listening TCP socket on ``"host:port"`` (port 0 picks a free one).
+
+    Raises:
+        ListenerError: the address cannot be bound.
+    """
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, int(port)))
+    except OSError as exc:
+        sock.close()
+        hint = " (is another daemon running?)" if exc.errno == errno.EADDRINUSE else ""
+        raise ListenerError(f"cannot bind TCP {address}: {exc.strerror}{hint}") from None
+    sock.listen(BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+def unix_path_of(sock: socket.socket) -> Path | None:
+    """The filesystem path of a bound Unix socket, if it is one."""
+    if sock.family == socket.AF_UNIX:
+        name = sock.getsockname()
+        if isinstance(name, str) and name and not name.startswith("\0"):
+            return Path(name)
+    return None

@@ -1,0 +1,158 @@
+"""Shared fixtures: a real daemon process on temporary sockets.
+
+The daemon runs as a subprocess through the `pymgr` console script, with a
+config written into tmp_path: a Unix socket there, the legacy listener on an
+ephemeral loopback port, state in tmp_path. It never touches ./var or 6667,
+so tests pass while a demo runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+PYMGR = Path(sys.executable).parent / "pymgr"
+LEGACY_SECRET = "test-secret"
+
+BASE_CONFIG = f"""
+state_dir = "state"
+log_level = "debug"
+
+[http]
+unix_socket = "pymgr.sock"
+socket_mode = "0666"
+
+[legacy]
+enabled = true
+host = "127.0.0.1"
+port = 0
+secret = "{LEGACY_SECRET}"
+read_timeout_s = 2
+
+[modules]
+enabled = ["demo", "tasks", "SCAN_MODULE"]
+
+[tasks]
+stop_grace_s = 1
+
+[tasks.types.scan]
+argv = ["{{python}}", "{EXAMPLES}/scan.py", "--task-id", "{{task_id}}", "--duration", "{{duration}}",
+        "--exit-code", "{{exit_code}}", "--fork-child", "{{fork_child}}"]
+cwd = "{EXAMPLES}"
+
+[tasks.types.scan.params]
+task_id = {{ type = "int", min = 0 }}
+duration = {{ type = "float", default = 30, min = 0 }}
+exit_code = {{ type = "int", default = 0, min = 0, max = 255 }}
+fork_child = {{ type = "bool", default = false }}
+
+[tasks.types.echo]
+argv = ["/bin/echo", "{{word}}"]
+
+[tasks.types.echo.params]
+word = {{ type = "str" }}
+"""
+
+#: Seconds a daemon gets to print its ready line; generous for a loaded CI box.
+READY_TIMEOUT_S = 20.0
+
+
+@dataclass
+class Daemon:
+    """A running daemon process and where to reach it."""
+
+    proc: subprocess.Popen[bytes]
+    dir: Path
+    socket: Path
+    legacy_port: int | None
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout_s)
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], log_path: Path) -> dict[str, object]:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        for line in log_path.read_text(errors="replace").splitlines():
+            if " pymgr: ready " in line:
+                return json.loads(line.split(" pymgr: ready ", 1)[1])
+        if proc.poll() is not None:
+            raise RuntimeError(f"daemon exited with {proc.returncode}:\n{log_path.read_text()}")
+        time.sleep(0.02)
+    proc.kill()
+    raise RuntimeError(f"daemon not ready within {READY_TIMEOUT_S} s:\n{log_path.read_text()}")
+
+
+def launch_daemon(directory: Path, config_text: str = BASE_CONFIG) -> Daemon:
+    """Write a config into ``directory`` and start a daemon on it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "pymgr.toml"
+    config.write_text(config_text)
+    log_path = directory / "daemon.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [str(PYMGR), "serve", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    ready = _wait_ready(proc, log_path)
+    legacy = ready.get("legacy")
+    return Daemon(
+        proc=proc,
+        dir=directory,
+        socket=directory / "pymgr.sock",
+        legacy_port=int(str(legacy).rsplit(":", 1)[1]) if legacy else None,
+        log_path=log_path,
+    )
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Factory: start daemons with a given config text; all are stopped after the test."""
+    started: list[Daemon] = []
+
+    def start(config_text: str = BASE_CONFIG, name: str = "d", base: Path | None = None) -> Daemon:
+        daemon = launch_daemon((base or tmp_path) / name, config_text)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A temporary directory other users can traverse (pytest's tmp_path is 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="pymgr-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(start_daemon: Callable[..., Daemon]) -> Daemon:
+    """A daemon with the test config (demo, tasks, SCAN_MODULE, legacy)."""
+    return start_daemon()

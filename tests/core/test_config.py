@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pymgr.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_demo_config_loads_with_paths_relative_to_the_file() -> None:
+    config = load_config(REPO / "examples" / "demo.toml")
+    assert config.http.unix_socket == REPO / "var" / "pymgr.sock"
+    assert config.http.socket_mode == 0o660
+    assert config.state_dir == REPO / "var"
+    assert config.legacy.enabled and config.legacy.port == 6667
+    assert config.legacy.secret is not None and config.legacy.secret.get_secret_value() == "YI-LUO-KEHAN"
+    assert config.tasks.types["scan"].cwd == REPO / "examples"
+    assert "YI-LUO" not in repr(config)  # the secret never lands in a log line
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("")
+    config = load_config(path)
+    assert config.http.unix_socket == Path("/run/pymgr/pymgr.sock")
+    assert config.legacy.enabled is False and config.legacy.host == "127.0.0.1"
+    assert config.modules.enabled == ["tasks"]
+
+
+def test_unix_socket_can_be_turned_off(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[http]\nunix_socket = ""\ntcp = "127.0.0.1:0"\n')
+    assert load_config(path).http.unix_socket is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[http]\nsocket_mode = \"rw\"\n", r"http\.socket_mode: Value error, must be an octal mode such as \"0660\", not 'rw'"),
+        ("[http]\nsocket_mode = 0o1777\n", r"http\.socket_mode: Input should be less than or equal to 511"),
+        ("[http]\ntcp = \"localhost\"\n", r"http\.tcp: Value error, must be \"host:port\""),
+        ("[legacy]\nport = 70000\n", r"legacy\.port: Input should be less than or equal to 65535"),
+        ("[legacy]\nmax_line_bytes = 1\n", r"legacy\.max_line_bytes: Input should be greater than or equal to 16"),
+        ("bogus = 1\n", r"bogus: Extra inputs are not permitted"),
+        ("[tasks.types.x]\nargv = []\n", r"tasks\.types\.x\.argv: List should have at least 1 item"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"^config {path} is invalid:\n(.|\n)*{message}"):
+        load_config(path)
+
+
+def test_unreadable_and_non_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^cannot read config .*missing\.toml: No such file or directory$"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[x\n")
+    with pytest.raises(ConfigError, match=r"^config .*bad\.toml is not valid TOML: "):
+        load_config(bad)
