@@ -36,6 +36,7 @@ system-deps:
 	fi
 
 test: $(VENV)/.test-installed system-deps
+	$(BIN)/ruff check src tests examples
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:

@@ -1,0 +1,133 @@
+"""The ``pymgr`` typer app: global options, serve, health, modules, call."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pymgr import __version__
+from pymgr.cli._params import (
+    _build_params,
+    _find_schema,
+)
+from pymgr.cli._render import (
+    _render_modules,
+    _render_record,
+    _render_result,
+)
+from pymgr.cli._session import (
+    EXIT_ERROR,
+    _Options,
+    _run,
+)
+from pymgr.cli.tasks import tasks_app
+from pymgr.client import DEV_SOCKET, SOCKET_ENV, SYSTEM_SOCKET, Client
+
+_SOCKET_HELP = f"The daemon's Unix socket (default: ./{DEV_SOCKET} if it exists, else {SYSTEM_SOCKET})."
+
+
+app = typer.Typer(
+    name="pymgr",
+    help="Run the pymgr daemon, and call its actions and tasks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+app.add_typer(tasks_app, name="tasks")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"pymgr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    socket: Annotated[
+        Path | None, typer.Option("--socket", envvar=SOCKET_ENV, metavar="PATH", help=_SOCKET_HELP)
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option("--url", metavar="URL", help="Reach the daemon over TCP (http://host:port).")
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the exact JSON of the result (errors as JSON on stderr).")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """pymgr: a privileged task daemon for web applications."""
+    if url is not None and socket is not None:
+        source = ctx.get_parameter_source("socket")  # typer's own enum (it vendors click): compare by name
+        if source is None or source.name != "ENVIRONMENT":
+            raise typer.BadParameter("give --socket or --url, not both", param_hint="--url")
+        socket = None  # an explicit --url beats $PYMGR_SOCKET
+    ctx.obj = _Options(socket=socket, url=url, json=json_output)
+
+
+@app.command()
+def serve(
+    config: Annotated[
+        Path, typer.Option("--config", exists=True, dir_okay=False, metavar="FILE", help="The daemon's TOML config.")
+    ],
+    log_level: Annotated[
+        str | None, typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error.")
+    ] = None,
+) -> None:
+    """Run the daemon in the foreground (systemd, containers, development)."""
+    try:
+        from pymgr.daemon import serve as serve_daemon
+    except ModuleNotFoundError as exc:
+        if exc.name != "pymgr.daemon":
+            raise
+        typer.echo("error: unavailable: this pymgr has no daemon (pymgr.daemon is missing)", err=True)
+        raise typer.Exit(EXIT_ERROR) from None
+    raise typer.Exit(serve_daemon(config, log_level))
+
+
+@app.command()
+def health(ctx: typer.Context) -> None:
+    """Show the daemon's status, version, pid and uptime."""
+    _run(ctx, Client.health, _render_record)
+
+
+@app.command()
+def modules(ctx: typer.Context) -> None:
+    """List every module.action with its parameters (? marks optional ones)."""
+    _run(ctx, Client.modules, _render_modules)
+
+
+@app.command()
+def call(
+    ctx: typer.Context,
+    module: Annotated[str, typer.Argument(metavar="MODULE", help="The module's name.")],
+    action: Annotated[str, typer.Argument(metavar="ACTION", help="The action's name.")],
+    params: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="NAME=VALUE|NAME:=JSON...", help="Parameters, typed by the action's schema."),
+    ] = None,
+) -> None:
+    """Call MODULE.ACTION with parameters and print its result."""
+
+    def request(client: Client) -> Any:
+        schema = lambda: _find_schema(client.modules(), action, actions_of=module)  # noqa: E731
+        return client.call(module, action, _build_params(params or [], schema, f"{module}.{action}"))
+
+    _run(ctx, request, _render_result)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console script: run the command line and return its exit code."""
+    try:
+        app(args=argv, prog_name="pymgr")
+    except SystemExit as exc:  # click ends every run this way
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    return 0
+
