@@ -4,11 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= examples/demo.toml
 
-.PHONY: run test venv system-deps clean
+.PHONY: run test venv system-deps clean bench
 
-# System tools the end-to-end tests drive for real (curl, setpriv). Installed
-# with apt-get only when missing, so a machine that has them needs no root.
-SYSTEM_TOOLS := curl:curl setpriv:util-linux
+# System tools the end-to-end tests drive for real (curl, setpriv; systemd's
+# socket activator and unit checker, which work without systemd as PID 1).
+# Installed with apt-get only when missing, so a machine that has them needs no root.
+SYSTEM_TOOLS := curl:curl setpriv:util-linux systemd-socket-activate:systemd systemd-analyze:systemd
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +39,27 @@ system-deps:
 test: $(VENV)/.test-installed system-deps
 	$(BIN)/ruff check src tests examples
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Benchmarks against the peers (docs/performance.md): a venv of their own, with
+# what they compare against (supervisor, gevent); then the task and security
+# benches of bench/, when they exist. Under 10 minutes on 2 cores.
+BENCH_VENV := .venv-bench
+BENCH_BIN := $(BENCH_VENV)/bin
+BENCH_ARGS ?=
+
+$(BENCH_BIN)/python:
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_BIN)/pip install -q --upgrade pip
+
+$(BENCH_VENV)/.installed: pyproject.toml | $(BENCH_BIN)/python
+	$(BENCH_BIN)/pip install -q -e '.[bench]'
+	touch $@
+
+bench: $(BENCH_VENV)/.installed
+	$(BENCH_BIN)/python -m bench.run $(BENCH_ARGS)
+	@for script in bench/bench_tasks.py bench/bench_security.py; do \
+	  if [ -f $$script ]; then echo "== $$script"; $(BENCH_BIN)/python $$script || exit 1; fi; \
+	done
 
 clean:
 	rm -rf $(VENV) var build src/*.egg-info

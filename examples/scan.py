@@ -2,8 +2,11 @@
 
     python scan.py --task-id N --duration S --exit-code C --fork-child true|false
 
-Prints ``scan N: P%`` every 0.1 s (flushed, so ``pymgr logs -f`` shows it
-live), then exits with the given code after ``duration`` seconds. With
+Prints ``scan N: P%`` every 0.1 s (flushed, so ``pymgr tasks logs -f`` shows
+it live), and a progress line ``PYMGR_PROGRESS P scan N`` whenever the
+percentage changes (pymgr puts the latest in the task's record and sends it
+as an event; docs/tasks.md, "Progress"), then exits with the given code after
+``duration`` seconds. With
 ``--fork-child true`` it first starts a grandchild in a new session that
 sleeps for an hour: a process that escaped the task's process group, which
 a stop must still find and kill. On SIGTERM it prints one line and dies of
@@ -67,10 +70,14 @@ def main(argv: list[str]) -> int:
     if args.fork_child:
         _start_grandchild(args.task_id)
     started = time.monotonic()
+    reported = -1
     while True:
         elapsed = time.monotonic() - started
         percent = 100 if args.duration <= 0 else min(100, int(100 * elapsed / args.duration))
         print(f"scan {args.task_id}: {percent}%", flush=True)
+        if percent != reported:
+            print(f"PYMGR_PROGRESS {percent} scan {args.task_id}", flush=True)
+            reported = percent
         if elapsed >= args.duration:
             return int(args.exit_code)
         time.sleep(min(TICK_S, args.duration - elapsed))

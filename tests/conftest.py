@@ -34,6 +34,8 @@ log_level = "debug"
 [http]
 unix_socket = "pymgr.sock"
 socket_mode = "0666"
+# Tests call as other users too (www-data, nobody) from a 0700 tmp_path.
+allow_world_writable = true
 
 [legacy]
 enabled = true
@@ -41,6 +43,13 @@ host = "127.0.0.1"
 port = 0
 secret = "{LEGACY_SECRET}"
 read_timeout_s = 2
+
+# Every caller may do everything, as before the policy existed; the policy's
+# own tests (tests/auth/) write their own rules.
+[[policy.rules]]
+name = "tests: everyone, everything"
+subjects = ["any", "legacy"]
+actions = ["*"]
 
 [modules]
 enabled = ["demo", "tasks", "SCAN_MODULE"]

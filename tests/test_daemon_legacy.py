@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 import httpx
 import psutil
 import pytest
 
 from examples.legacy_client import call, exchange, sign
-from tests.conftest import EXAMPLES, LEGACY_SECRET, Daemon
+from tests.conftest import BASE_CONFIG, EXAMPLES, LEGACY_SECRET, Daemon
 from tests.test_daemon_http import wait_for
 
 
@@ -97,3 +98,9 @@ def test_example_client_script_runs(daemon: Daemon) -> None:
         capture_output=True, text=True, timeout=30,
     )
     assert out.returncode == 0 and out.stdout.strip() == '{"success": true, "msg": {"a": "1"}}'
+
+
+def test_published_secret_gets_a_loud_warning(start_daemon: Callable[..., Daemon]) -> None:
+    daemon = start_daemon(BASE_CONFIG.replace(f'secret = "{LEGACY_SECRET}"', 'secret = "YI-LUO-KEHAN"'))
+    assert "LEGACY SECRET IS PUBLIC" in daemon.log()
+    assert call("127.0.0.1", daemon.legacy_port, "YI-LUO-KEHAN", "demo", "echo") == {"success": True, "msg": {}}

@@ -2,22 +2,51 @@
 
 What action authors need is re-exported here; everything else is imported by
 its full module path (``pymgr.client.Client``, ``pymgr.config.Config``).
+
+The re-exports are imported on first use (PEP 562 ``__getattr__``), so that
+importing a submodule costs only that submodule: the task keeper
+(``python -m pymgr.tasks.keeper``) runs on the standard library alone.
 """
 
-from pydantic import Field
+from typing import TYPE_CHECKING, Any
 
-from pymgr.core.identity import Identity
-from pymgr.core.registry import Module, ModuleContext, Params, action, register
-from pymgr.errors import (
-    ActionFailed,
-    Conflict,
-    Forbidden,
-    NotFound,
-    ParamsInvalid,
-    PymgrError,
-    PymgrInternalError,
-    Unavailable,
-)
+if TYPE_CHECKING:
+    from pydantic import Field
+
+    from pymgr.core.identity import Identity
+    from pymgr.core.registry import Module, ModuleContext, Params, action, register
+    from pymgr.errors import (
+        ActionFailed,
+        Conflict,
+        Forbidden,
+        NotFound,
+        ParamsInvalid,
+        PymgrError,
+        PymgrInternalError,
+        Unavailable,
+    )
+
+#: Where each re-exported name lives.
+_EXPORTS = {
+    "Field": "pydantic",
+    "Identity": "pymgr.core.identity",
+    **dict.fromkeys(["Module", "ModuleContext", "Params", "action", "register"], "pymgr.core.registry"),
+    **dict.fromkeys(
+        ["ActionFailed", "Conflict", "Forbidden", "NotFound", "ParamsInvalid", "PymgrError", "PymgrInternalError", "Unavailable"],
+        "pymgr.errors",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pymgr' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 __version__ = "0.1.0"
 

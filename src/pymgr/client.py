@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Awaitable, Mapping
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -27,6 +28,8 @@ from urllib.parse import quote
 
 import httpx
 
+from pymgr._sse import SseParser
+from pymgr.auth.hmac_auth import HmacAuth
 from pymgr.errors import PymgrError, Unavailable, error_class_for
 
 __all__ = [
@@ -90,6 +93,8 @@ class _Request:
     path: str
     query: dict[str, str] | None = None
     body: dict[str, Any] | None = None
+    #: A success reply is the body's bytes (a log), not the JSON envelope.
+    raw: bool = False
 
     def httpx_args(self) -> dict[str, Any]:
         args: dict[str, Any] = {"method": self.method, "url": self.path}
@@ -219,6 +224,32 @@ def _segment(value: str | int, what: str) -> str:
     return quote(text, safe="")
 
 
+def _security_options(
+    target: _Target, key_id: str | None, secret: str | bytes | None, tls: ssl.SSLContext | None
+) -> dict[str, Any]:
+    """httpx options for request signing and TLS."""
+    options: dict[str, Any] = {}
+    if (key_id is None) != (secret is None):
+        raise ValueError("pass both key_id and secret to sign requests, or neither")
+    if key_id is not None and secret is not None:
+        if target.url is None:
+            raise ValueError("key_id and secret sign TCP requests; on a Unix socket the kernel says who you are: pass url=")
+        options["auth"] = HmacAuth(key_id, secret)
+    if tls is not None:
+        options["verify"] = tls
+    return options
+
+
+def _logs_request(id: str | int, offset: int, follow: bool) -> _Request:
+    query = {"offset": str(offset), **({"follow": "true"} if follow else {})}
+    return _Request("GET", f"/v1/tasks/{_segment(id, 'task id')}/logs", query=query, raw=True)
+
+
+def _stream_timeout(timeout_s: float) -> httpx.Timeout:
+    """Connect within ``timeout_s``; then wait for the next chunk as long as it takes (a quiet log)."""
+    return httpx.Timeout(timeout_s, read=None)
+
+
 def _call_params(params: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
     merged = dict(params or {})
     both = sorted(set(merged) & set(kwargs))
@@ -299,6 +330,15 @@ class _Api(Generic[R]):
         """The task types a client may start, with their parameter JSON Schemas."""
         return self._send(_Request("GET", "/v1/task-types"))
 
+    def logs(self, id: str | int, offset: int = 0) -> R:
+        """A task's output (bytes) from logical ``offset`` to its current end.
+
+        Raises:
+            ParamsInvalid: ``offset`` is negative, past the end, or rotated
+                away (``details["start"]`` is the first offset still kept).
+        """
+        return self._send(_logs_request(id, offset, follow=False))
+
 
 class Client(_Api[Any]):
     """A blocking client: ``with Client() as c: c.call("demo", "echo", x=1)``.
@@ -307,24 +347,70 @@ class Client(_Api[Any]):
         socket: the daemon's Unix socket; default ``default_socket()``.
         url: a TCP base URL (``http://host:port``) instead of a socket.
         timeout_s: seconds to wait for connect and for each reply.
+        key_id, secret: sign every request with this HMAC key (TCP only;
+            docs/security.md, "Signed requests").
+        tls: the TLS settings of an ``https://`` URL (CA to trust, client
+            certificate); default: the system's CAs.
 
     Raises:
-        ValueError: both socket and url, a URL that is not http(s), or a
-            timeout that is not positive.
+        ValueError: both socket and url, a URL that is not http(s), a
+            timeout that is not positive, or only one of key_id and secret.
     """
 
     def __init__(
-        self, socket: str | Path | None = None, url: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S
+        self,
+        socket: str | Path | None = None,
+        url: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        *,
+        key_id: str | None = None,
+        secret: str | bytes | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(socket, url, timeout_s)
-        self._http = httpx.Client(**self._target.httpx_options(httpx.HTTPTransport, timeout_s))
+        options = self._target.httpx_options(httpx.HTTPTransport, timeout_s)
+        self._http = httpx.Client(**options, **_security_options(self._target, key_id, secret, tls))
 
     def _send(self, request: _Request) -> Any:
         try:
             response = self._http.request(**request.httpx_args())
         except httpx.TransportError as exc:
             raise _connection_failed(exc, self._target, self._timeout_s) from exc
+        if request.raw and response.is_success:
+            return response.content
         return _decode(response, self._target)
+
+    def follow_logs(self, id: str | int, offset: int = 0) -> Iterator[bytes]:
+        """A task's output from ``offset`` on, as it is written, until the task has ended.
+
+        Raises:
+            ParamsInvalid: as ``logs``; also when the daemon rotated bytes away
+                before this reader got them (``details["start"]``).
+        """
+        while True:  # a stream ends when the task ended, or when it fell behind a rotation: ask again
+            got = 0
+            for chunk in self._stream(_logs_request(id, offset, follow=True)):
+                got += len(chunk)
+                offset += len(chunk)
+                yield chunk
+            if not got:
+                return
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        """Task events as they happen (``GET /v1/events``): ``{"event", "id", "data"}``, heartbeats included."""
+        parser = SseParser()
+        for chunk in self._stream(_Request("GET", "/v1/events")):
+            yield from parser.feed(chunk)
+
+    def _stream(self, request: _Request) -> Iterator[bytes]:
+        try:
+            with self._http.stream(**request.httpx_args(), timeout=_stream_timeout(self._timeout_s)) as response:
+                if not response.is_success:
+                    response.read()
+                    _decode(response, self._target)  # raises the reply's error
+                yield from response.iter_bytes()
+        except httpx.TransportError as exc:
+            raise _connection_failed(exc, self._target, self._timeout_s) from exc
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -347,17 +433,56 @@ class AsyncClient(_Api[Awaitable[Any]]):
     """
 
     def __init__(
-        self, socket: str | Path | None = None, url: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S
+        self,
+        socket: str | Path | None = None,
+        url: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        *,
+        key_id: str | None = None,
+        secret: str | bytes | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(socket, url, timeout_s)
-        self._http = httpx.AsyncClient(**self._target.httpx_options(httpx.AsyncHTTPTransport, timeout_s))
+        options = self._target.httpx_options(httpx.AsyncHTTPTransport, timeout_s)
+        self._http = httpx.AsyncClient(**options, **_security_options(self._target, key_id, secret, tls))
 
     async def _send(self, request: _Request) -> Any:
         try:
             response = await self._http.request(**request.httpx_args())
         except httpx.TransportError as exc:
             raise _connection_failed(exc, self._target, self._timeout_s) from exc
+        if request.raw and response.is_success:
+            return response.content
         return _decode(response, self._target)
+
+    async def follow_logs(self, id: str | int, offset: int = 0) -> AsyncIterator[bytes]:
+        """As ``Client.follow_logs``: ``async for chunk in client.follow_logs(3)``."""
+        while True:
+            got = 0
+            async for chunk in self._stream(_logs_request(id, offset, follow=True)):
+                got += len(chunk)
+                offset += len(chunk)
+                yield chunk
+            if not got:
+                return
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """As ``Client.events``: ``async for event in client.events()``."""
+        parser = SseParser()
+        async for chunk in self._stream(_Request("GET", "/v1/events")):
+            for event in parser.feed(chunk):
+                yield event
+
+    async def _stream(self, request: _Request) -> AsyncIterator[bytes]:
+        try:
+            async with self._http.stream(**request.httpx_args(), timeout=_stream_timeout(self._timeout_s)) as response:
+                if not response.is_success:
+                    await response.aread()
+                    _decode(response, self._target)  # raises the reply's error
+                async for chunk in response.aiter_bytes():
+                    yield chunk
+        except httpx.TransportError as exc:
+            raise _connection_failed(exc, self._target, self._timeout_s) from exc
 
     async def close(self) -> None:
         """Close the connection pool."""

@@ -8,13 +8,27 @@ working directory (systemd starts it in /) reads the same paths.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from pymgr.auth.policy import PolicyConfig
+from pymgr.auth.settings import AuditConfig, AuthConfig, LimitsConfig, TlsConfig
 from pymgr.core.paramspec import ParamSpec
+from pymgr.modules.commandspec import CommandConfig
 
 
 def _octal_mode(value: Any) -> Any:
@@ -35,18 +49,50 @@ class HttpConfig(_Section):
 
     #: Unix socket path; empty string turns the Unix listener off.
     unix_socket: Path | None = Path("/run/pymgr/pymgr.sock")
+    #: Start even though socket_mode lets every local user connect (o+w).
+    #: (Declared before socket_mode: its check reads this.)
+    allow_world_writable: bool = False
     #: File mode of the socket (octal); 0660 lets only the owner and the group connect.
     socket_mode: Annotated[int, BeforeValidator(_octal_mode), Field(ge=0, le=0o777)] = 0o660
     #: Group that owns the socket (name); none keeps the daemon's group.
     socket_group: str | None = None
+    #: false: a socket_group that does not exist (or may not be set by this
+    #: user) is a warning and the daemon's group stays; true: a start-up error.
+    socket_group_required: bool = True
     #: Optional TCP listener, "host:port" (port 0 picks a free one).
     tcp: str | None = None
     #: Largest request body accepted (bytes); more gets 413.
     max_body_bytes: int = Field(1024 * 1024, ge=1)
+    #: Longest request target (path and query), in bytes; more gets 413.
+    max_request_line_bytes: int = Field(8 * 1024, ge=64)
+    #: Largest request head (request line and headers), in bytes; more gets 413.
+    #: h11 allows 16 KiB; httptools has no limit of its own.
+    max_header_bytes: int = Field(16 * 1024, ge=256)
+    #: Seconds from connect (or the first byte of a request) until its head is complete; then 408 and close.
+    header_timeout_s: float = Field(10.0, gt=0)
+    #: Seconds from a complete head until the whole body has arrived; then 408 and close.
+    body_timeout_s: float = Field(30.0, gt=0)
+    #: Open connections per listener; more are answered 503 and closed.
+    max_connections: int = Field(1000, ge=1)
+    #: Open connections per identity (uid on the Unix socket, client address
+    #: or certificate on TCP); more are answered 429 and closed.
+    max_connections_per_identity: int = Field(200, ge=1)
+    #: TLS on the TCP listener; none serves plain HTTP (signed requests still required).
+    tls: TlsConfig | None = None
     #: Seconds an idle keep-alive connection stays open.
     keepalive_timeout_s: float = Field(5.0, gt=0)
     #: Seconds to finish in-flight requests on shutdown before cancelling them.
     shutdown_timeout_s: float = Field(10.0, ge=0)
+
+    @field_validator("socket_mode")
+    @classmethod
+    def _not_world_writable(cls, value: int, info: ValidationInfo) -> int:
+        if value & 0o002 and not info.data.get("allow_world_writable", False):
+            raise ValueError(
+                f'"{value:04o}" lets every local user write to the socket and call pymgr; use "0660" '
+                "with socket_group, or set allow_world_writable = true in [http] to accept that"
+            )
+        return value
 
     @field_validator("tcp")
     @classmethod
@@ -74,6 +120,36 @@ class LegacyConfig(_Section):
     max_lines: int = Field(64, ge=3)
     #: Seconds from connect until the request must be complete.
     read_timeout_s: float = Field(10.0, gt=0)
+    #: Open connections at once; more get err_code 8 and are closed.
+    max_connections: int = Field(100, ge=1)
+    #: Open connections from one client address; more get err_code 7 and are closed.
+    max_connections_per_peer: int = Field(20, ge=1)
+
+
+#: One resource limit: a number sets soft and hard, [soft, hard] sets both (soft <= hard).
+Rlimit = Annotated[int, Field(ge=0)] | tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]
+
+
+class RlimitsConfig(_Section):
+    """Resource limits of a task's process (setrlimit(2)); unset ones are inherited from the keeper."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    #: Most open file descriptors (RLIMIT_NOFILE).
+    nofile: Rlimit | None = None
+    #: Largest address space in bytes (RLIMIT_AS); `as` in the config file.
+    as_: Rlimit | None = Field(None, alias="as")
+    #: CPU seconds; SIGXCPU at the soft limit, SIGKILL at the hard one (RLIMIT_CPU).
+    cpu: Rlimit | None = None
+    #: Most processes of the task's user (RLIMIT_NPROC).
+    nproc: Rlimit | None = None
+
+    @field_validator("nofile", "as_", "cpu", "nproc")
+    @classmethod
+    def _soft_at_most_hard(cls, value: Any) -> Any:
+        if isinstance(value, tuple) and value[0] > value[1]:
+            raise ValueError(f"soft limit {value[0]} must be <= hard limit {value[1]}")
+        return value
 
 
 class TaskTypeConfig(_Section):
@@ -89,6 +165,40 @@ class TaskTypeConfig(_Section):
     #: Seconds between SIGTERM and SIGKILL on stop; the [tasks] default if unset.
     stop_grace_s: float | None = Field(None, ge=0)
     doc: str = ""
+    #: Seconds a run may run; then it is stopped and ends `timed_out`. None: no limit.
+    timeout_s: float | None = Field(None, gt=0)
+    #: Most runs of this type running at once; more starts wait `queued`, in order. None: no limit.
+    max_concurrent: int | None = Field(None, ge=1)
+    #: Start a new attempt when a run ends: never, after a failure (failed, timed_out), or always.
+    restart: Literal["no", "on-failure", "always"] = "no"
+    #: Back-off before attempt N+1: restart_delay_s * 2**(N-1), at most restart_delay_max_s.
+    restart_delay_s: float = Field(1.0, ge=0)
+    restart_delay_max_s: float = Field(60.0, ge=0)
+    #: Most attempts (the first run counts); None: no limit but the flapping guard.
+    max_attempts: int | None = Field(None, ge=1)
+    #: Flapping guard: this many restarts within flap_window_s and the type gives up.
+    flap_restarts: int = Field(5, ge=1)
+    flap_window_s: float = Field(60.0, gt=0)
+    #: Run as this user (name or uid), with its groups; the keeper must be root. None: as the keeper.
+    user: str | None = None
+    #: Run with this group (name or gid); default the user's primary group.
+    group: str | None = None
+    #: Resource limits of the process, by name (nofile, as, cpu, nproc); a number sets soft and hard.
+    rlimits: RlimitsConfig = Field(default_factory=lambda: RlimitsConfig())
+    #: Size of one log file in bytes before it is rotated; the [tasks] default if unset.
+    log_max_bytes: int | None = Field(None, ge=1024)
+    #: Rotated log files kept besides the current one; the [tasks] default if unset.
+    log_keep: int | None = Field(None, ge=1)
+    #: Start each output line in the log with its UTC arrival time.
+    log_timestamps: bool = False
+
+    @model_validator(mode="after")
+    def _delays_ordered(self) -> TaskTypeConfig:
+        if self.restart_delay_max_s < self.restart_delay_s:
+            raise ValueError(
+                f"restart_delay_max_s ({self.restart_delay_max_s}) must be >= restart_delay_s ({self.restart_delay_s})"
+            )
+        return self
 
 
 class TasksConfig(_Section):
@@ -98,8 +208,30 @@ class TasksConfig(_Section):
     stop_grace_s: float = Field(5.0, ge=0)
     #: What a daemon shutdown does to running tasks.
     on_shutdown: Literal["stop", "leave"] = "stop"
-    #: Most task records kept in memory; the oldest ended ones go first.
+    #: Most task records kept (in <state_dir>/tasks.db); the oldest ended ones go first, with their logs.
     max_records: int = Field(10_000, ge=1)
+    #: Ended records (and logs) older than this many days are dropped; None keeps them (up to max_records).
+    max_age_days: float | None = Field(30.0, gt=0)
+    #: Seconds between two retention passes (max_age_days).
+    prune_interval_s: float = Field(3600.0, gt=0)
+    #: Default size of one run's log file before rotation (bytes); 10 MiB.
+    log_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    #: Default number of rotated log files kept per run (besides the current one).
+    log_keep: int = Field(3, ge=1)
+    #: Seconds between two heartbeats on GET /v1/events.
+    events_heartbeat_s: float = Field(15.0, gt=0)
+    #: Events buffered per /v1/events subscriber; a slower one loses the oldest and gets a "gap" event.
+    events_queue_size: int = Field(1000, ge=1)
+    #: Seconds between two reads of a followed log (logs?follow=true) looking for new output.
+    log_follow_poll_s: float = Field(0.1, gt=0)
+    #: Seconds between two writes of the runs' latest progress to the store (events carry each update at once).
+    progress_flush_s: float = Field(1.0, gt=0)
+    #: Seconds the keeper process lingers with no run and no daemon connected, then exits.
+    keeper_idle_exit_s: float = Field(30.0, ge=0)
+    #: Seconds the daemon waits for a keeper it started to accept connections.
+    keeper_start_timeout_s: float = Field(10.0, gt=0)
+    #: Seconds SQLite waits for a lock held by another connection (an operator's sqlite3 shell).
+    store_busy_timeout_s: float = Field(5.0, ge=0)
     types: dict[str, TaskTypeConfig] = Field(default_factory=dict)
 
 
@@ -113,6 +245,39 @@ class ModulesConfig(_Section):
     settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
+class ServiceConfig(_Section):
+    """How pymgr runs as a system service: systemd units, `pymgr daemon`, Windows (docs/install.md)."""
+
+    #: Sandboxing of the generated systemd unit: "strict", "relaxed" or "off" (docs/install.md lists each option).
+    hardening: Literal["strict", "relaxed", "off"] = "strict"
+    #: [Service] directives that replace the hardening level's value, e.g. {ProtectSystem = "full"}; "" drops one.
+    overrides: dict[Annotated[str, Field(pattern=r"^[A-Z][A-Za-z]+$")], Annotated[str, Field(pattern=r"^[^\n\r]*$")]] = (
+        Field(default_factory=dict)
+    )
+    #: Extra paths the daemon and its tasks may write under ProtectSystem=strict (state_dir is always writable).
+    read_write_paths: list[Path] = Field(default_factory=list)
+    #: systemd WatchdogSec: the event loop must answer within this many seconds or systemd restarts
+    #: the daemon; 0 turns the watchdog off. Below 2 s a busy host would see false alarms.
+    watchdog_s: int = Field(30, ge=0, le=3600)
+    #: systemd RestartSec: seconds between a failure and the restart.
+    restart_delay_s: int = Field(2, ge=0, le=3600)
+    #: `pymgr daemon`: the pidfile, locked for the daemon's life (--pidfile overrides).
+    pidfile: Path = Path("/run/pymgr/pymgr.pid")
+    #: `pymgr daemon` and the Windows service: the log file; <state_dir>/pymgr.log if unset.
+    log_file: Path | None = None
+    #: `pymgr daemon start`: seconds to wait for the daemon to be ready.
+    start_timeout_s: float = Field(30.0, gt=0)
+    #: `pymgr daemon stop`: seconds to wait after SIGTERM (in-flight requests and task stops need time).
+    stop_timeout_s: float = Field(60.0, gt=0)
+
+    @field_validator("watchdog_s")
+    @classmethod
+    def _watchdog_floor(cls, value: int) -> int:
+        if 0 < value < 2:
+            raise ValueError(f"must be 0 (off) or at least 2 seconds, not {value}")
+        return value
+
+
 class Config(_Section):
     """The whole configuration file."""
 
@@ -123,6 +288,17 @@ class Config(_Section):
     legacy: LegacyConfig = Field(default_factory=LegacyConfig)
     tasks: TasksConfig = Field(default_factory=TasksConfig)
     modules: ModulesConfig = Field(default_factory=ModulesConfig)
+    #: HMAC keys of signed TCP requests (docs/security.md).
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    #: Who may call what; deny by default (docs/security.md).
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    #: The audit log of every privileged request.
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    #: Per-identity rate and params size, for every transport.
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    #: Commands served as actions, by name (docs/security.md, "Commands").
+    commands: dict[str, CommandConfig] = Field(default_factory=dict)
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
 
     def resolve_paths(self, base: Path) -> Config:
         """A copy with every relative path made absolute against ``base``."""
@@ -130,22 +306,59 @@ class Config(_Section):
         def absolute(p: Path | None) -> Path | None:
             return None if p is None else (p if p.is_absolute() else (base / p).resolve())
 
-        http = self.http.model_copy(update={"unix_socket": absolute(self.http.unix_socket)})
+        tls = self.http.tls
+        if tls is not None:
+            tls = tls.model_copy(
+                update={"certfile": absolute(tls.certfile), "keyfile": absolute(tls.keyfile), "client_ca": absolute(tls.client_ca)}
+            )
+        http = self.http.model_copy(update={"unix_socket": absolute(self.http.unix_socket), "tls": tls})
+        keys = [k.model_copy(update={"secret_file": absolute(k.secret_file)}) for k in self.auth.keys]
+        state_dir = absolute(self.state_dir)
+        audit_path = absolute(self.audit.path) or state_dir / "audit.log"  # type: ignore[operator]
         types = {
             name: t.model_copy(update={"cwd": absolute(t.cwd) if t.cwd else base})
             for name, t in self.tasks.types.items()
         }
         return self.model_copy(
             update={
-                "state_dir": absolute(self.state_dir),
+                "state_dir": state_dir,
                 "http": http,
+                "auth": self.auth.model_copy(update={"keys": keys}),
+                "audit": self.audit.model_copy(update={"path": audit_path}),
+                "commands": {
+                    name: c.model_copy(update={"cwd": absolute(c.cwd)}) for name, c in self.commands.items()
+                },
                 "tasks": self.tasks.model_copy(update={"types": types}),
+                "service": self.service.model_copy(
+                    update={
+                        "pidfile": absolute(self.service.pidfile),
+                        "log_file": absolute(self.service.log_file),
+                        "read_write_paths": [absolute(p) for p in self.service.read_write_paths],
+                    }
+                ),
             }
         )
 
 
 class ConfigError(Exception):
     """The config file cannot be read or does not validate."""
+
+
+def _line_of(text: str, loc: tuple[Any, ...], value: Any) -> int | None:
+    """Best guess at the line of a bad value: where the string value, else the key, first appears."""
+    lines = text.splitlines()
+    if isinstance(value, str) and value:
+        for quoted in (f'"{value}"', f"'{value}'"):
+            for number, line in enumerate(lines, start=1):
+                if quoted in line:
+                    return number
+    keys = [part for part in loc if isinstance(part, str)]
+    if keys:
+        pattern = re.compile(rf"^\s*{re.escape(keys[-1])}\s*=")
+        for number, line in enumerate(lines, start=1):
+            if pattern.match(line):
+                return number
+    return None
 
 
 def load_config(path: Path) -> Config:
@@ -155,7 +368,8 @@ def load_config(path: Path) -> Config:
         ConfigError: naming the file and every bad key.
     """
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        raw = tomllib.loads(text)
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
@@ -167,6 +381,8 @@ def load_config(path: Path) -> Config:
     except ValidationError as exc:
         lines = [f"config {path} is invalid:"]
         for err in exc.errors(include_url=False):
-            lines.append(f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
+            line = _line_of(text, err["loc"], err.get("input"))
+            where = f" (line {line})" if line else ""
+            lines.append(f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}{where}")
         raise ConfigError("\n".join(lines)) from None
     return config.resolve_paths(path.resolve().parent)

@@ -17,20 +17,25 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pymgr
+from pymgr.auth.legacy import PUBLISHED_SECRET
 from pymgr.config import Config, ConfigError, load_config
 from pymgr.core.dispatch import Dispatcher
 from pymgr.core.loader import module_classes
 from pymgr.core.registry import ModuleContext, Registry, RegistryError
+from pymgr.errors import Unavailable
+from pymgr.modules.commands import command_modules
+from pymgr.security import Security, SecurityError, build_security, socket_group
+from pymgr.service.hooks import NO_HOOKS, Runtime, ServiceHooks
 from pymgr.tasks.manager import TaskManager
+from pymgr.tasks.streams import TaskStreams
 from pymgr.transport.http import HttpApp
 from pymgr.transport.legacy import LegacyServer
 from pymgr.transport.listeners import ListenerError, bind_tcp, bind_unix, unix_path_of
-from pymgr.transport.uvicorn_server import UvicornServer
 
 try:
     import uvloop
@@ -53,14 +58,18 @@ def build_registry(config: Config, tasks: TaskManager) -> Registry:
     for cls in module_classes(config.modules.enabled):
         context = ModuleContext(tasks=tasks, settings=config.modules.settings.get(cls.name, {}))
         registry.add(cls(context))
+    for module in command_modules(config.commands):  # [commands.NAME]: actions with no Python
+        registry.add(module)
     return registry
 
 
-def bind_http(config: Config) -> list[socket.socket]:
-    sockets = []
-    if config.http.unix_socket is not None:
-        sockets.append(bind_unix(config.http.unix_socket, config.http.socket_mode, config.http.socket_group))
-    if config.http.tcp is not None:
+def bind_http(config: Config, inherited: Mapping[str, list[socket.socket]] | None = None) -> list[socket.socket]:
+    """The HTTP listeners: passed ones (socket activation) replace the configured ones they name."""
+    inherited = inherited or {}
+    sockets = [*inherited.get("http", []), *inherited.get("http-tcp", [])]
+    if config.http.unix_socket is not None and "http" not in inherited:
+        sockets.append(bind_unix(config.http.unix_socket, config.http.socket_mode, socket_group(config)))
+    if config.http.tcp is not None and "http-tcp" not in inherited:
         sockets.append(bind_tcp(config.http.tcp))
     if not sockets:
         raise StartupError("no HTTP listener configured: set http.unix_socket or http.tcp")
@@ -75,18 +84,23 @@ def _address(sock: socket.socket) -> str:
     return f"tcp:{host}:{port}"
 
 
-async def run(config: Config, stop: asyncio.Event | None = None) -> None:
-    """Serve until ``stop`` is set (or SIGTERM/SIGINT arrives)."""
+async def run(config: Config, stop: asyncio.Event | None = None, hooks: ServiceHooks = NO_HOOKS) -> None:
+    """Serve until ``stop`` is set (or SIGTERM/SIGINT arrives); ``hooks`` hear when ready and stopping."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # Windows, or not the main thread: the caller sets `stop`
+            break
     config.state_dir.mkdir(parents=True, exist_ok=True)
     tasks = TaskManager(config.tasks, config.state_dir)
     try:
-        dispatcher = Dispatcher(build_registry(config, tasks))
-        sockets = bind_http(config)
-    except (RegistryError, ListenerError) as exc:
+        registry = build_registry(config, tasks)
+        security = build_security(config, registry, tasks)
+        dispatcher = security.dispatcher(registry)
+        sockets = bind_http(config, hooks.inherited)
+    except (RegistryError, ListenerError, SecurityError, ConfigError) as exc:
         raise StartupError(str(exc)) from None
     closers: list[Callable[[], Awaitable[None]]] = []
 
@@ -96,35 +110,72 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
 
     async with AsyncExitStack() as stack:
         stack.push_async_callback(tasks.aclose)
+        try:  # re-adopt the runs left by an earlier daemon, record those that ended meanwhile
+            await tasks.open()
+        except Unavailable as exc:
+            log.error("tasks: %s; task records can be read, starts fail until this is fixed", exc)
+        stack.callback(security.close)
         # uvicorn closes the sockets on shutdown, so their paths are taken now.
-        stack.callback(_remove_files, [p for p in map(unix_path_of, sockets) if p is not None])
+        # Passed sockets' files belong to the service manager (socket activation).
+        owned = [s for s in sockets if not any(s in socks for socks in hooks.inherited.values())]
+        stack.callback(_remove_files, [p for p in map(unix_path_of, owned) if p is not None])
         stack.push_async_callback(close_servers)
-        http = UvicornServer(
-            HttpApp(dispatcher, max_body_bytes=config.http.max_body_bytes, version=pymgr.__version__),
+        for http in security.http_servers(
+            security.wrap(
+                HttpApp(
+                    dispatcher,
+                    max_body_bytes=config.http.max_body_bytes,
+                    version=pymgr.__version__,
+                    streams=TaskStreams(tasks, stop),
+                )
+            ),
             sockets,
             keepalive_timeout_s=config.http.keepalive_timeout_s,
             shutdown_timeout_s=config.http.shutdown_timeout_s,
-        )
-        await http.start()
-        closers.append(http.close)
+        ):
+            await http.start()
+            closers.append(http.close)
         listeners = {"http": [_address(s) for s in sockets], "modules": dispatcher.registry.names()}
         if config.legacy.enabled:
-            listeners["legacy"] = await _start_legacy(config, dispatcher, closers)
+            listeners["legacy"] = await _start_legacy(
+                config, dispatcher, closers, hooks.inherited.get("legacy"), security
+            )
         log.info("ready %s", json.dumps(listeners))
+        _call_hook(hooks.ready, Runtime(config, tasks, dispatcher, listeners))
         await stop.wait()
+        _call_hook(hooks.stopping)
     log.info("stopped")
 
 
-async def _start_legacy(config: Config, dispatcher: Dispatcher, closers: list[Callable[[], Awaitable[None]]]) -> str:
-    legacy = LegacyServer(config.legacy, dispatcher)
+async def _start_legacy(
+    config: Config,
+    dispatcher: Dispatcher,
+    closers: list[Callable[[], Awaitable[None]]],
+    passed: list[socket.socket] | None = None,
+    security: Security | None = None,
+) -> str:
+    legacy = LegacyServer(config.legacy, dispatcher, edge=security.edge if security is not None else None)
     try:
-        await legacy.start()
+        await legacy.start(sock=passed[0] if passed else None)
     except ConfigError as exc:
         raise StartupError(str(exc)) from None
     except OSError as exc:
         raise StartupError(f"cannot listen for the legacy protocol on {config.legacy.host}:{config.legacy.port}: {exc.strerror}") from None
     closers.append(functools.partial(legacy.close, config.http.shutdown_timeout_s))
+    secret = config.legacy.secret
+    if secret is not None and secret.get_secret_value() == PUBLISHED_SECRET:
+        log.warning(
+            "LEGACY SECRET IS PUBLIC: [legacy] secret is the 2014 design's published secret; anyone can sign "
+            "requests with it. Fine for the demo on loopback, never on a real host: set your own secret"
+        )
     return f"tcp:{config.legacy.host}:{legacy.port}"
+
+
+def _call_hook(hook: Callable[..., None], *args: object) -> None:
+    try:
+        hook(*args)
+    except Exception:  # a failed notification must not take the API down
+        log.exception("service hook %s failed; this is a bug", getattr(hook, "__qualname__", hook))
 
 
 def _remove_files(paths: list[Path]) -> None:

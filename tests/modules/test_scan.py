@@ -190,5 +190,9 @@ async def test_demo_scan_runs_to_its_exit_code(dispatcher: Dispatcher, manager: 
     final = await asyncio.wait_for(manager.wait(record.id), 15)
     assert (final.state.value, final.exit_code) == ("failed", 7)
     lines = Path(final.log_path).read_text().splitlines()
-    assert lines[0] == "scan 3: 0%" and lines[-1] == "scan 3: 100%"
-    assert all(line.startswith("scan 3: ") and line.endswith("%") for line in lines)
+    output = [line for line in lines if not line.startswith("PYMGR_PROGRESS ")]
+    assert output[0] == "scan 3: 0%" and output[-1] == "scan 3: 100%"
+    assert all(line.startswith("scan 3: ") and line.endswith("%") for line in output)
+    progress = [line for line in lines if line.startswith("PYMGR_PROGRESS ")]
+    assert progress[0] == "PYMGR_PROGRESS 0 scan 3" and progress[-1] == "PYMGR_PROGRESS 100 scan 3"
+    assert (final.progress, final.progress_message) == (100.0, "scan 3")

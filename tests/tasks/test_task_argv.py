@@ -62,7 +62,7 @@ def test_render_argv_uses_validated_params() -> None:
             flag={"type": "bool", "default": False},
             ratio={"type": "float", "default": 1},
         ),
-        5.0,
+        TasksConfig(stop_grace_s=5.0),
     )
     params = t.params_model.model_validate({"n": "3", "flag": True, "ratio": 2})
     assert t.render_argv(params) == [sys.executable, "x", "3", "true", "2.0"]
@@ -90,17 +90,17 @@ def test_param_named_python_is_reserved() -> None:
         ConfigError,
         match=r"^\[tasks\.types\.t\] params: 'python' is reserved for the daemon's interpreter; rename the parameter$",
     ):
-        compile_type("t", type_config(["x"], python={"type": "str"}), 1.0)
+        compile_type("t", type_config(["x"], python={"type": "str"}), TasksConfig())
 
 
 def test_type_grace_overrides_default() -> None:
     own = TaskTypeConfig.model_validate({"argv": ["x"], "stop_grace_s": 0.5})
-    assert compile_type("t", own, 5.0).stop_grace_s == 0.5
-    assert compile_type("t", type_config(["x"]), 5.0).stop_grace_s == 5.0
+    assert compile_type("t", own, TasksConfig(stop_grace_s=5.0)).stop_grace_s == 0.5
+    assert compile_type("t", type_config(["x"]), TasksConfig(stop_grace_s=5.0)).stop_grace_s == 5.0
 
 
 def test_describe_shows_the_params_schema() -> None:
-    t = compile_type("t", type_config(["x", "{n}"], n={"type": "int", "min": 0, "doc": "how many"}), 1.0)
+    t = compile_type("t", type_config(["x", "{n}"], n={"type": "int", "min": 0, "doc": "how many"}), TasksConfig())
     described = t.describe()
     assert described["name"] == "t"
     assert described["params"]["properties"]["n"] == {

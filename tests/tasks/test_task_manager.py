@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import logging
-import os
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -211,7 +209,7 @@ async def test_list_filters_and_orders_newest_first(manager: TaskManager) -> Non
 
 async def test_list_bad_state_names_the_valid_ones(manager: TaskManager) -> None:
     with pytest.raises(
-        ParamsInvalid, match=r"^state: must be one of queued, running, succeeded, failed, stopped, lost; not 'done'$"
+        ParamsInvalid, match=r"^state: must be one of queued, running, succeeded, failed, stopped, timed_out, lost; not 'done'$"
     ):
         manager.list(state="done")
 
@@ -232,6 +230,7 @@ async def test_ids_continue_after_existing_logs(tmp_path: Path) -> None:
     record = await manager.start("missing", {}, None, CALLER)
     assert record.id == 13
     await wait_end(manager, record.id)
+    await manager.aclose()
 
 
 async def test_max_records_drops_the_oldest_ended(make_manager: MakeManager) -> None:
@@ -263,6 +262,7 @@ async def test_times_come_from_the_clock(tmp_path: Path) -> None:
     manager = TaskManager(tasks_config(), tmp_path, clock=clock)
     record = await manager.start("missing", {}, None, CALLER)
     ended = await wait_end(manager, record.id)
+    await manager.aclose()
     assert ended.to_dict()["created_at"] == "2024-01-01T00:00:01.000+00:00"
     assert ended.ended_at is not None and ended.ended_at > ended.created_at
 
@@ -295,15 +295,17 @@ async def test_runs_under_uvloop(tmp_path: Path) -> None:
     assert result == (TaskState.FAILED, 4)
 
 
-async def test_a_process_that_cannot_be_watched_is_killed(manager: TaskManager, monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_fds(pid: int, flags: int = 0) -> int:
-        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
-
-    monkeypatch.setattr(os, "pidfd_open", no_fds)
+async def test_a_symlink_planted_as_the_next_log_is_never_followed(manager: TaskManager, tmp_path: Path) -> None:
+    first = await wait_end(manager, (await manager.start("exit", {"code": 0}, None, CALLER)).id)
+    target = tmp_path / "precious"
+    target.write_text("keep me")
+    (Path(first.log_path).parent / f"{first.id + 1}.log").symlink_to(target)
     record = await manager.start("sleep", {}, None, CALLER)
+    assert record.id == first.id + 1
     ended = await wait_end(manager, record.id)
-    monkeypatch.undo()
-    assert (ended.state, ended.pid, ended.error) == (TaskState.FAILED, None, "spawn failed: [Errno 24] Too many open files")
+    assert (ended.state, ended.pid) == (TaskState.FAILED, None)
+    assert re.match(r"^spawn failed: cannot open the run's log file: \[Errno 40\] Too many levels of symbolic links", ended.error or "")
+    assert target.read_text() == "keep me"
     for proc in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
             assert proc.environ().get("PYMGR_TASK_MARKER") != record.marker

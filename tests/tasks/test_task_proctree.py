@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,17 @@ import psutil
 import pytest
 from taskhelpers import CALLER, MakeManager, gone, wait_end, wait_log, wait_running
 
-from pymgr.tasks._proctree import ProcRef, find_run_processes, run_marker, send_signal, start_time, wait_gone
+from pymgr.tasks._proctree import (
+    ProcRef,
+    alive,
+    boot_id,
+    environ,
+    find_marked,
+    find_run_processes,
+    run_marker,
+    send_signal,
+    start_time,
+)
 from pymgr.tasks.states import TaskState
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(60)"]
@@ -43,11 +54,39 @@ def test_signal_goes_only_to_the_same_start_time(sleeper: subprocess.Popen[bytes
     assert not send_signal(ref, signal.SIGKILL)  # gone: nothing to signal
 
 
-async def test_wait_gone_reports_survivors(sleeper: subprocess.Popen[bytes]) -> None:
+def test_alive_follows_the_start_time_and_zombies(sleeper: subprocess.Popen[bytes]) -> None:
     ref = ProcRef(sleeper.pid, start_time(sleeper.pid))  # type: ignore[arg-type]
-    assert await wait_gone([ref], 0.05) == {ref}
+    assert alive(ref)
+    assert not alive(ProcRef(ref.pid, ref.start_time + 1))  # a "reused" pid
     sleeper.kill()
-    assert await wait_gone([ref], 5) == set()  # a zombie counts as gone
+    deadline = time.monotonic() + 5
+    while alive(ref):  # a zombie counts as gone
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert sleeper.poll() is not None or sleeper.wait(5) is not None
+
+
+def test_find_marked_finds_exactly_the_markers_processes() -> None:
+    marker = run_marker(8, "abcdefabcdefabcd")
+    marked = subprocess.Popen(SLEEP, env=marker, start_new_session=True)
+    other = subprocess.Popen(SLEEP, env=run_marker(9, "abcdefabcdefabcd"), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not (found := find_marked([marker, run_marker(3, "0000000000000001")])):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert found == {"abcdefabcdefabcd": [ProcRef(marked.pid, start_time(marked.pid))]}  # type: ignore[arg-type]
+        assert environ(marked.pid)[b"PYMGR_TASK_ID"] == b"8"  # type: ignore[index]
+        assert environ(2**22 + 1) is None
+    finally:
+        for proc in (marked, other):
+            proc.kill()
+            proc.wait()
+
+
+def test_boot_id_is_the_kernels() -> None:
+    assert boot_id() == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert re.fullmatch(r"[0-9a-f-]{36}", boot_id())
 
 
 def test_find_by_descendant_and_by_marker() -> None:

@@ -10,23 +10,24 @@ import pytest
 from pymgr.errors import PymgrInternalError
 from pymgr.tasks.states import ACTIVE, TERMINAL, TRANSITIONS, IllegalTransition, TaskState, transition
 
-Q, R, OK, F, S, L = (
+Q, R, OK, F, S, T, L = (
     TaskState.QUEUED,
     TaskState.RUNNING,
     TaskState.SUCCEEDED,
     TaskState.FAILED,
     TaskState.STOPPED,
+    TaskState.TIMED_OUT,
     TaskState.LOST,
 )
 
 #: Written out by hand, not derived from TRANSITIONS, so the table is checked against intent.
-LEGAL = {(Q, R), (Q, F), (Q, S), (R, OK), (R, F), (R, S), (R, L)}
+LEGAL = {(Q, R), (Q, F), (Q, S), (R, OK), (R, F), (R, S), (R, T), (R, L)}
 
 ALL_MOVES = list(itertools.product(TaskState, repeat=2))
 
 
 def test_values_are_lowercase_names() -> None:
-    assert [s.value for s in TaskState] == ["queued", "running", "succeeded", "failed", "stopped", "lost"]
+    assert [s.value for s in TaskState] == ["queued", "running", "succeeded", "failed", "stopped", "timed_out", "lost"]
     assert all(s.value == s.name.lower() for s in TaskState)
     assert TaskState("running") is R
 
@@ -36,7 +37,7 @@ def test_table_has_every_state() -> None:
 
 
 def test_terminal_and_active() -> None:
-    assert {OK, F, S, L} == TERMINAL
+    assert {OK, F, S, T, L} == TERMINAL
     assert {Q, R} == ACTIVE
 
 

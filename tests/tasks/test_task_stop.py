@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import threading
 import time
 from pathlib import Path
@@ -190,19 +189,26 @@ async def test_aclose_waits_for_user_stops_in_progress(make_manager: MakeManager
     assert (final.state, final.cancel_source, final.signal) == (TaskState.STOPPED, "user", "SIGKILL")
 
 
-async def test_aclose_leave_leaves_runs_running(make_manager: MakeManager) -> None:
+async def test_aclose_leave_leaves_runs_to_the_next_manager(make_manager: MakeManager) -> None:
     manager = make_manager(on_shutdown="leave")
     record = await started(manager, "sleep")
     queued = await manager.start("sleep", {}, None, CALLER)
     await manager.aclose()
     assert record.pid is not None
-    try:
-        assert manager.get(record.id).state is TaskState.RUNNING
-        assert not gone(record.pid)
-        assert (manager.get(queued.id).state, manager.get(queued.id).cancel_source) == (TaskState.STOPPED, "shutdown")
-    finally:
-        os.killpg(record.pid, signal.SIGKILL)
-        os.waitpid(record.pid, 0)
+    assert manager.get(record.id).state is TaskState.RUNNING and not gone(record.pid)
+    # A queued run is accepted work: it stays for the next daemon (which spawns it, or finds it spawned).
+    assert manager.get(queued.id).state in (TaskState.QUEUED, TaskState.RUNNING)
+    assert manager.get(queued.id).cancel_source is None
+    successor = make_manager(on_shutdown="stop")
+    await successor.open()
+    again = await wait_running(successor, queued.id)
+    assert successor.get(record.id).pid == record.pid
+    await successor.stop(record.id, CALLER)
+    ended = await wait_end(successor, record.id)
+    assert (ended.state, ended.signal, ended.cancel_source) == (TaskState.STOPPED, "SIGTERM", "user")
+    await successor.aclose()
+    assert successor.get(again.id).state is TaskState.STOPPED
+    assert gone(record.pid) and gone(again.pid)  # type: ignore[arg-type]
 
 
 async def test_leave_is_the_configured_choice_not_the_default() -> None:

@@ -21,7 +21,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-__all__ = ["legacy_signature", "verify_legacy_signature"]
+__all__ = ["PUBLISHED_SECRET", "legacy_signature", "verify_legacy_signature"]
+
+#: The 2014 design's secret, published with its source: the demo uses it so old
+#: clients work unchanged, and the daemon warns loudly whenever it is configured.
+PUBLISHED_SECRET = "YI-LUO-KEHAN"
 
 
 def legacy_signature(secret: str, module: str) -> str:

@@ -23,6 +23,8 @@ from pymgr.cli._session import (
     _Options,
     _run,
 )
+from pymgr.cli.daemon import LogFormatChoice, daemon_app
+from pymgr.cli.service import service_app
 from pymgr.cli.tasks import tasks_app
 from pymgr.client import DEV_SOCKET, SOCKET_ENV, SYSTEM_SOCKET, Client
 
@@ -39,6 +41,8 @@ app = typer.Typer(
 
 
 app.add_typer(tasks_app, name="tasks")
+app.add_typer(daemon_app, name="daemon")
+app.add_typer(service_app, name="service")
 
 
 def _print_version(value: bool) -> None:
@@ -80,16 +84,22 @@ def serve(
     log_level: Annotated[
         str | None, typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error.")
     ] = None,
+    log_format: Annotated[
+        LogFormatChoice, typer.Option("--log-format", help="text, or json (one object per line).")
+    ] = LogFormatChoice.text,
+    log_file: Annotated[
+        Path | None, typer.Option("--log-file", metavar="PATH", dir_okay=False, help="Log here, not to stderr.")
+    ] = None,
 ) -> None:
-    """Run the daemon in the foreground (systemd, containers, development)."""
+    """Run the daemon in the foreground (systemd Type=notify, containers, development)."""
     try:
-        from pymgr.daemon import serve as serve_daemon
+        from pymgr.service.foreground import serve as serve_daemon
     except ModuleNotFoundError as exc:
-        if exc.name != "pymgr.daemon":
+        if exc.name not in ("pymgr.daemon", "pymgr.service.foreground"):
             raise
         typer.echo("error: unavailable: this pymgr has no daemon (pymgr.daemon is missing)", err=True)
         raise typer.Exit(EXIT_ERROR) from None
-    raise typer.Exit(serve_daemon(config, log_level))
+    raise typer.Exit(serve_daemon(config, log_level, log_format.value, log_file))
 
 
 @app.command()

@@ -1,17 +1,23 @@
-"""``pymgr tasks ...``: list, show, start, stop, types."""
+"""``pymgr tasks ...``: list, show, start, stop, types, logs, watch."""
 
 from __future__ import annotations
 
+import json
+import sys
+import time
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
 
 from pymgr.cli._params import _build_params, _find_schema
 from pymgr.cli._render import _render_record, _render_schemas, _render_tasks
-from pymgr.cli._session import _run
+from pymgr.cli._render import _printable
+from pymgr.cli._session import _run, _session
 from pymgr.client import Client
+from pymgr.errors import ParamsInvalid
 
-tasks_app = typer.Typer(help="Background tasks: list, show, start, stop, types.", no_args_is_help=True)
+tasks_app = typer.Typer(help="Background tasks: list, show, start, stop, types, logs, watch.", no_args_is_help=True)
 
 
 @tasks_app.command("list")
@@ -61,3 +67,70 @@ def tasks_types(ctx: typer.Context) -> None:
     """List the task types a client may start."""
     _run(ctx, Client.task_types, lambda types: _render_schemas("type", types))
 
+
+@tasks_app.command("logs")
+def tasks_logs(
+    ctx: typer.Context,
+    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new output until the task ends.")] = False,
+    offset: Annotated[
+        int | None, typer.Option("--offset", min=0, help="Start at this byte of the log (default: its start).")
+    ] = None,
+) -> None:
+    """Print a task's output (stdout and stderr), as raw bytes."""
+    out = sys.stdout.buffer
+    with _session(ctx) as client:
+        for chunk in _log_chunks(client, task_id, offset, follow):
+            out.write(chunk)
+            out.flush()
+
+
+def _log_chunks(client: Client, task_id: str, offset: int | None, follow: bool) -> Iterator[bytes]:
+    """The log's bytes; without an explicit offset, from the oldest byte still kept (saying so on stderr)."""
+    start = offset or 0
+    while True:
+        try:
+            if not follow:
+                yield client.logs(task_id, start)
+                return
+            for chunk in client.follow_logs(task_id, start):
+                start += len(chunk)
+                yield chunk
+            return
+        except ParamsInvalid as exc:
+            kept = (exc.details or {}).get("start")
+            if offset is not None or not isinstance(kept, int) or kept <= start:
+                raise
+            typer.echo(f"pymgr: bytes {start}-{kept - 1} of task {task_id}'s log were rotated away", err=True)
+            start = kept
+
+
+@tasks_app.command("watch")
+def tasks_watch(ctx: typer.Context) -> None:
+    """Print task events as they happen (state changes, progress) until interrupted."""
+    with _session(ctx) as client:
+        try:
+            for event in client.events():
+                line = _event_line(event, ctx.obj.json)
+                if line is not None:
+                    typer.echo(line)
+        except KeyboardInterrupt:
+            return
+
+
+def _event_line(event: dict[str, Any], as_json: bool) -> str | None:
+    kind, data = event.get("event"), event.get("data") or {}
+    if kind == "heartbeat":
+        return None
+    if as_json:
+        return json.dumps({"event": kind, "data": data}, ensure_ascii=False)
+    clock = time.strftime("%H:%M:%S")
+    if kind == "gap":
+        return f"{clock}  ({data.get('dropped')} event(s) missed: this terminal read too slowly)"
+    progress = data.get("progress")
+    text = "" if progress is None else f"  {progress:g}%"
+    if data.get("progress_message"):
+        text += f" {data['progress_message']}"
+    if kind == "progress":
+        return _printable(f"{clock}  task {data.get('id')}  progress{text}")
+    return _printable(f"{clock}  task {data.get('id')} {data.get('type')}  {data.get('state')}{text}")

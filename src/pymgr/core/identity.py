@@ -24,6 +24,8 @@ class Identity:
     groups: tuple[str, ...] = field(default_factory=tuple)
     #: The HMAC key id of a signed TCP request.
     key_id: str | None = None
+    #: The common name (CN) of a verified TLS client certificate.
+    cert: str | None = None
     #: The peer's address for network transports ("host:port").
     peer: str | None = None
 

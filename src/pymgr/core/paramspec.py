@@ -5,15 +5,20 @@ field of a pydantic model, so config-declared parameters validate and show
 their JSON Schema exactly like the type hints of a Python action.
 
 Strings are argv material: they may never contain a NUL byte, and they are
-bounded (``max_length``, 1024 unless declared).
+bounded (``max_length``, 1024 unless declared). A ``path`` is a string
+confined to its ``base`` directory (``core/pathparam.py``).
 """
 
 from __future__ import annotations
 
+import functools
 import re
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
+
+from pymgr.core.pathparam import confine
 
 #: Default bound on a string parameter; an argv element longer than this is
 #: almost surely a mistake or an attack, and the kernel's own ARG_MAX is shared
@@ -32,7 +37,7 @@ class ParamSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["int", "float", "bool", "str", "enum"]
+    type: Literal["int", "float", "bool", "str", "enum", "path"]
     default: Any = None
     required: bool | None = None
     min: float | None = None
@@ -40,6 +45,8 @@ class ParamSpec(BaseModel):
     pattern: str | None = None
     max_length: int = Field(DEFAULT_MAX_STR, ge=1)
     choices: list[str] | None = None
+    #: For type "path": the absolute directory the path must stay inside.
+    base: Path | None = None
     doc: str = ""
 
     @model_validator(mode="after")
@@ -57,6 +64,10 @@ class ParamSpec(BaseModel):
                 raise ValueError(f"`pattern` {self.pattern!r} is not a regular expression: {exc}") from None
         if (self.min is not None or self.max is not None) and self.type not in ("int", "float"):
             raise ValueError(f"`min`/`max` only apply to 'int' and 'float', not {self.type!r}")
+        if (self.type == "path") != (self.base is not None):
+            raise ValueError("type 'path' needs `base`, an absolute directory; `base` only applies to type 'path'")
+        if self.base is not None and not self.base.is_absolute():
+            raise ValueError(f"`base` must be an absolute directory, not {str(self.base)!r}")
         return self
 
     @property
@@ -73,6 +84,12 @@ class ParamSpec(BaseModel):
             return bool
         if self.type == "enum":
             return Literal[tuple(self.choices or ())]
+        if self.type == "path":
+            return Annotated[
+                str,
+                Field(max_length=self.max_length),
+                AfterValidator(functools.partial(confine, self.base)),
+            ]
         return Annotated[
             str,
             Field(max_length=self.max_length, pattern=self.pattern),

@@ -256,6 +256,14 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._modules)
 
+    def module(self, name: str) -> Module:
+        """The module instance registered as ``name`` (a config reload updates its settings).
+
+        Raises:
+            KeyError: no module has this name; ``names()`` lists them.
+        """
+        return self._modules[name]
+
     def describe(self) -> list[dict[str, Any]]:
         """Every module with its actions, docs and parameter schemas."""
         return [

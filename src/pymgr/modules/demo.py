@@ -29,6 +29,11 @@ class Demo(Module):
         """Return the caller's identity as the daemon sees it (transport, uid, gid, user, groups or key id)."""
         return caller.to_dict()
 
+    @action(allow=["uid:0"], read_only=True)
+    async def root_only(self, caller: Identity) -> str:
+        """Only root may call this: the action itself requires uid:0, and the policy cannot loosen that."""
+        return f"hello root (pid {caller.pid})"
+
     @action(read_only=True)
     async def sleep(self, seconds: float = Field(1.0, ge=0, le=MAX_SLEEP_S)) -> dict[str, float]:
         """Sleep, then reply: a slow request, to watch shutdown wait for it."""

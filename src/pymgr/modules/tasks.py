@@ -18,7 +18,13 @@ from pydantic import Field
 from pymgr.core.identity import Identity
 from pymgr.core.registry import Module, action
 from pymgr.errors import Unavailable
+from pymgr.tasks.events import RECENT_EVENTS
 from pymgr.tasks.manager import MAX_KEY_CHARS, TaskManager
+from pymgr.tasks.states import ACTIVE
+
+#: Bytes ``tasks.logs`` returns by default, and at most: a JSON reply stays small.
+DEFAULT_LOG_READ_BYTES = 64 * 1024
+MAX_LOG_READ_BYTES = 1024 * 1024
 
 #: A key as callers send it (the manager checks the same bound).
 Key = Annotated[str | None, Field(min_length=1, max_length=MAX_KEY_CHARS)]
@@ -70,3 +76,30 @@ class Tasks(Module):
         """Stop a run (SIGTERM, grace period, SIGKILL to its whole process tree)."""
         record = await self.manager.stop(id, caller)
         return record.to_dict()
+
+    @action(read_only=True)
+    async def logs(
+        self,
+        id: int,
+        offset: int = 0,
+        limit: Annotated[int, Field(ge=0, le=MAX_LOG_READ_BYTES)] = DEFAULT_LOG_READ_BYTES,
+    ) -> dict[str, Any]:
+        """Up to ``limit`` bytes of a run's output from logical ``offset`` (text; GET /v1/tasks/ID/logs gives raw bytes and follows)."""
+        record = self.manager.get(id)
+        data, span = self.manager.logs.read(record.id, offset, limit)
+        return {
+            "id": record.id,
+            "offset": offset,
+            "next_offset": offset + len(data),
+            "start": span.start,
+            "end": span.end,
+            "ended": record.state not in ACTIVE,
+            "data": data.decode("utf-8", "replace"),
+        }
+
+    @action(read_only=True)
+    async def events(
+        self, limit: Annotated[int, Field(ge=0, le=RECENT_EVENTS)] = RECENT_EVENTS
+    ) -> builtins.list[dict[str, Any]]:
+        """The latest task events, oldest first (GET /v1/events streams them live)."""
+        return [event.to_dict() for event in self.manager.events.recent(limit)]

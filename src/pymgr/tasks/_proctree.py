@@ -14,18 +14,18 @@ Rules:
   ``PYMGR_TASK_ID=<id>`` and ``PYMGR_TASK_MARKER=<the run's random token>``.
   The id alone is not enough: another daemon, or a test suite running
   beside this one, has a task with the same id.
-- Linux only: /proc and pidfds (kernel 5.3+).
+- A pid and start time mean nothing after a reboot: records carry the
+  ``boot_id`` too.
+- Linux only: /proc and pidfds (kernel 5.3+). Standard library only: the
+  keeper process imports this.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-
-import psutil
 
 #: Environment variables every run carries, so escaped descendants can be found.
 TASK_ID_VAR = "PYMGR_TASK_ID"
@@ -42,6 +42,16 @@ class ProcRef:
 
     pid: int
     start_time: int
+
+
+#: Where the kernel names the current boot: a new random UUID at every boot.
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+
+
+def boot_id() -> str:
+    """This boot's id (``BOOT_ID_PATH``)."""
+    with open(BOOT_ID_PATH, encoding="ascii") as f:
+        return f.read().strip()
 
 
 def start_time(pid: int) -> int | None:
@@ -78,12 +88,47 @@ def run_marker(task_id: int, token: str) -> dict[str, str]:
     return {TASK_ID_VAR: str(task_id), MARKER_VAR: token}
 
 
-def _has_marker(pid: int, marker: Mapping[str, str]) -> bool:
+def environ(pid: int) -> dict[bytes, bytes] | None:
+    """The environment ``pid`` was started with, or None if it cannot be read (gone, a kernel thread)."""
     try:
-        environ = psutil.Process(pid).environ()
-        return all(environ.get(name) == value for name, value in marker.items())
-    except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            raw = f.read()
+    except OSError:  # gone (ENOENT, ESRCH) or not ours to read (EACCES)
+        return None
+    return dict(item.partition(b"=")[::2] for item in raw.split(b"\0") if item)
+
+
+def _has_marker(pid: int, marker: Mapping[str, str]) -> bool:
+    env = environ(pid)
+    return env is not None and all(env.get(name.encode()) == value.encode() for name, value in marker.items())
+
+
+def alive(ref: ProcRef) -> bool:
+    """True while ``ref`` names a live process (not a zombie, pid not reused)."""
+    try:
+        with open(f"/proc/{ref.pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
         return False
+    return int(fields[_STARTTIME_INDEX]) == ref.start_time and fields[0] not in (b"Z", b"X")
+
+
+def find_marked(markers: Iterable[Mapping[str, str]]) -> dict[str, list[ProcRef]]:
+    """Live processes carrying each marker, oldest first, by the marker's token.
+
+    One pass over /proc for all markers: used at recovery, to find runs a
+    keeper started just before it died.
+    """
+    wanted = {m[MARKER_VAR].encode(): m[TASK_ID_VAR].encode() for m in markers}
+    found: dict[str, list[ProcRef]] = {}
+    for pid, (_, started) in _processes_since(0).items():
+        env = environ(pid)
+        token = None if env is None else env.get(MARKER_VAR.encode())
+        if token in wanted and env is not None and env.get(TASK_ID_VAR.encode()) == wanted[token]:
+            found.setdefault(token.decode(), []).append(ProcRef(pid, started))
+    for refs in found.values():
+        refs.sort(key=lambda ref: (ref.start_time, ref.pid))
+    return found
 
 
 def find_run_processes(leader: ProcRef, marker: Mapping[str, str], *, leader_reaped: bool) -> set[ProcRef]:
@@ -112,7 +157,7 @@ def find_run_processes(leader: ProcRef, marker: Mapping[str, str], *, leader_rea
     return {ProcRef(pid, candidates[pid][1]) for pid in found}
 
 
-def _open_checked(ref: ProcRef) -> int | None:
+def open_checked(ref: ProcRef) -> int | None:
     """A pidfd for ``ref``, or None when that process is gone (or its pid reused)."""
     try:
         fd = os.pidfd_open(ref.pid)
@@ -130,7 +175,7 @@ def send_signal(ref: ProcRef, sig: signal.Signals) -> bool:
     Returns:
         True if the signal was sent.
     """
-    fd = _open_checked(ref)
+    fd = open_checked(ref)
     if fd is None:
         return False
     try:
@@ -140,36 +185,3 @@ def send_signal(ref: ProcRef, sig: signal.Signals) -> bool:
     finally:
         os.close(fd)
     return True
-
-
-async def wait_gone(refs: Iterable[ProcRef], timeout_s: float) -> set[ProcRef]:
-    """Wait until every process in ``refs`` has exited (a zombie counts as exited).
-
-    Returns:
-        The ones still alive after ``timeout_s``.
-    """
-    loop = asyncio.get_running_loop()
-    waiting: dict[ProcRef, tuple[int, asyncio.Future[None]]] = {}
-    try:
-        for ref in refs:
-            fd = _open_checked(ref)
-            if fd is None:
-                continue
-            done: asyncio.Future[None] = loop.create_future()
-            waiting[ref] = (fd, done)
-            # A pidfd turns readable when its process exits.
-            loop.add_reader(fd, _resolve, loop, fd, done)
-        if waiting:
-            await asyncio.wait([done for _, done in waiting.values()], timeout=timeout_s)
-        return {ref for ref, (_, done) in waiting.items() if not done.done()}
-    finally:
-        for fd, _ in waiting.values():
-            loop.remove_reader(fd)
-            os.close(fd)
-
-
-def _resolve(loop: asyncio.AbstractEventLoop, fd: int, done: asyncio.Future[None]) -> None:
-    # Readiness is level-triggered: stop watching at once, or the loop spins.
-    loop.remove_reader(fd)
-    if not done.done():
-        done.set_result(None)

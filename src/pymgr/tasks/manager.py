@@ -3,31 +3,39 @@
 Rules:
 - Only the manager changes a run's state, through ``states.transition``;
   transports and modules call its methods and get records back.
-- ``start`` and ``stop`` reply at once. ``start`` records a ``queued`` run
-  and queues its spawn on the loop: spawns run one per loop turn, in start
-  order, after the reply is handed back. ``stop`` records the cancel source
-  and kills the process tree in the background. ``wait`` awaits a run's end.
+- Processes belong to the keeper (``keeper.py``), a separate process that
+  outlives the daemon; the manager sends it requests and records what it
+  reports (``_supervision.py``). Records live in SQLite (``store.py``).
+- ``start`` and ``stop`` reply at once. ``start`` records a ``queued``
+  run (its attempt counted in the store before any process exists) and
+  queues it; runs leave the queue in start order, as their type's
+  ``max_concurrent`` allows (``runqueue.py``), and are spawned by the
+  keeper. ``stop`` records the cancel source and asks the keeper to kill
+  the process tree. ``wait`` awaits a run's end.
 - One active run per key: starting with the key of a queued or running run
   returns that run, it does not start another.
-- Every cancellation keeps its source (``user``, ``shutdown``) and who asked.
+- Every cancellation keeps its source (``user``, ``deadline``,
+  ``shutdown``) and who asked.
+- A running run keeps the settings of its type as they were when it
+  started (``reload`` changes them for new runs only); ``max_concurrent``
+  is a limit of the type and applies at once.
 - One log line per transition, always the same shape: elapsed seconds since
-  the run was created, a mark, task id and type, outcome.
-- Ids continue after the highest ``<id>.log`` in ``<state_dir>/logs``, so a
-  restarted daemon (records are in memory in this version) never reuses an
-  id or a log file of a run that may still exist.
+  the run was created, a mark, task id and type, outcome. Every transition
+  is also an event (``events.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
-import collections
 import dataclasses
+import fcntl
 import logging
 import os
 import secrets
+import time
 from collections.abc import Callable, Coroutine, Mapping
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +44,18 @@ import pydantic
 from pymgr.config import TasksConfig
 from pymgr.core.dispatch import params_error
 from pymgr.core.identity import INTERNAL, Identity
-from pymgr.errors import Conflict, NotFound, ParamsInvalid, PymgrInternalError, Unavailable
-from pymgr.tasks import runner
-from pymgr.tasks._proctree import run_marker
+from pymgr.errors import Conflict, NotFound, ParamsInvalid, Unavailable
+from pymgr.tasks import _proctree
+from pymgr.tasks._supervision import Supervision
+from pymgr.tasks._treekill import KILL_WAIT_S
+from pymgr.tasks.events import EventHub
+from pymgr.tasks.keeperlink import KeeperLink
+from pymgr.tasks.logs import LogReader
 from pymgr.tasks.records import CancelSource, TaskRecord
-from pymgr.tasks.runner import ExitStatus, Process
-from pymgr.tasks.states import ACTIVE, TERMINAL, TaskState, transition
-from pymgr.tasks.store import MemoryStore, TaskStore
-from pymgr.tasks.tasktypes import TaskType, compile_types
+from pymgr.tasks.runqueue import RunQueue
+from pymgr.tasks.states import TERMINAL, TaskState
+from pymgr.tasks.store import SqliteStore, TaskStore
+from pymgr.tasks.tasktypes import TaskType, compile_types, describe_changes
 
 log = logging.getLogger("pymgr.tasks")
 
@@ -54,21 +66,15 @@ MARKER_BYTES = 8
 #: Longest idempotency key: a key names a run ("scan:1"); it is not data.
 MAX_KEY_CHARS = 256
 
-_MARKS = {
-    TaskState.QUEUED: "·",
-    TaskState.RUNNING: "→",
-    TaskState.SUCCEEDED: "✓",
-    TaskState.FAILED: "✗",
-    TaskState.STOPPED: "⊘",
-    TaskState.LOST: "?",
-}
+#: Seconds between reconnection attempts to a keeper that went away, at most.
+RECONNECT_MAX_S = 5.0
 
 
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class TaskManager:
+class TaskManager(Supervision):
     """Runs configured task types as supervised processes and keeps their records."""
 
     def __init__(
@@ -82,33 +88,75 @@ class TaskManager:
         """
         Args:
             config: the ``[tasks]`` section.
-            state_dir: run logs go to ``<state_dir>/logs/<id>.log``.
-            store: where records live; a ``MemoryStore`` by default.
+            state_dir: records in ``tasks.db``, run logs in ``logs/``, the
+                keeper's socket, lock and statuses in ``run/``.
+            store: where records live; a ``SqliteStore`` in ``state_dir`` by default.
             clock: the current UTC time (tests pass a fake one).
 
         Raises:
             ConfigError: a task type's argv template is bad.
             RuntimeError: this platform has no pidfds (Linux 5.3+ is needed).
+            Unavailable: the store cannot be opened at all.
         """
         if not hasattr(os, "pidfd_open"):
             raise RuntimeError("background tasks need Linux 5.3 or later (os.pidfd_open is missing)")
         self._config = config
         self._types = compile_types(config)
+        self._state_dir = state_dir
         self._log_dir = state_dir / "logs"
         self._log_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
-        self._store = store if store is not None else MemoryStore(config.max_records, _first_free_id(self._log_dir))
+        self._store = store if store is not None else _open_store(config, state_dir, self._log_dir)
         self._clock = clock
-        self._spawn_queue: collections.deque[int] = collections.deque()
-        self._processes: dict[int, Process] = {}
-        self._ended: dict[int, asyncio.Event] = {}
-        self._stoppers: dict[int, asyncio.Task[None]] = {}
+        self.events = EventHub(config.events_queue_size)
+        self.logs = LogReader(self._log_dir)
+        self._queue = RunQueue(self._limit)
+        self._link = KeeperLink(
+            state_dir,
+            idle_exit_s=config.keeper_idle_exit_s,
+            start_timeout_s=config.keeper_start_timeout_s,
+            on_message=self._on_keeper_message,
+            on_lost=self._on_keeper_lost,
+        )
+        self._init_supervision(_proctree.boot_id())
+        self._waiters: dict[int, asyncio.Event] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._pump_handle: asyncio.Handle | None = None
+        self._open_lock = asyncio.Lock()
+        self._opened = False
         self._closing = False
+        self._lock_fd: int | None = None
 
     # -- the public API ----------------------------------------------------
 
+    @property
+    def config(self) -> TasksConfig:
+        """The ``[tasks]`` section in force (``reload`` replaces it)."""
+        return self._config
+
+    async def open(self) -> None:
+        """Take the state directory, reach the keeper and account for every run left from before.
+
+        Called by the daemon at start-up; ``start`` calls it too if needed.
+
+        Raises:
+            Unavailable: the store is read-only, another daemon uses this
+                state directory, or no keeper could be reached.
+        """
+        async with self._open_lock:
+            if self._opened:
+                return
+            if self._closing:
+                raise Unavailable("the task manager is shutting down; no new task can start")
+            read_only = getattr(self._store, "read_only", None)
+            if read_only is not None:
+                raise Unavailable(read_only)
+            self._take_state_dir()
+            await self._connect()
+            self._opened = True
+            self._track(self._housekeeping())
+
     async def start(self, type: str, params: Mapping[str, Any], key: str | None, identity: Identity) -> TaskRecord:
-        """Record a new run and schedule its spawn; returns at once.
+        """Record a new run and queue its spawn; returns at once.
 
         Returns:
             The ``queued`` record, or the active run that already holds ``key``.
@@ -117,45 +165,28 @@ class TaskManager:
             Conflict: ``key`` is held by an active run of another type.
             NotFound: no such task type (the message lists the types).
             ParamsInvalid: the parameters or the key do not validate.
-            Unavailable: the manager is shutting down.
+            Unavailable: the manager is shutting down, or the store cannot be written.
         """
         if self._closing:
             raise Unavailable("the task manager is shutting down; no new task can start")
         task_type = self._type(type)
         values = _validate(task_type, params)
         _check_key(key)
+        await self.open()
         if key is not None and (active := self._store.find_active(key)) is not None:
             if active.type != task_type.name:
                 raise Conflict(
                     f"key {key!r} is held by task {active.id} of type {active.type!r}, not {task_type.name!r}",
                     details={"key": key, "id": active.id, "type": active.type},
                 )
-            return active
-        record = self._store.add(
-            TaskRecord(
-                id=0,
-                type=task_type.name,
-                key=key,
-                params=values.model_dump(mode="json"),
-                argv=task_type.render_argv(values),
-                state=TaskState.QUEUED,
-                started_by=identity.to_dict(),
-                created_at=self._clock(),
-                log_path="",
-                marker=secrets.token_hex(MARKER_BYTES),
-            )
-        )
-        record = dataclasses.replace(record, log_path=str(self._log_dir / f"{record.id}.log"))
-        self._store.update(record)
-        self._ended[record.id] = asyncio.Event()
+            return self._with_progress(active)
+        new = self._new_record(task_type, values.model_dump(mode="json"), task_type.render_argv(values), key)
+        record = self._add(dataclasses.replace(new, started_by=identity.to_dict()), task_type)
         self._log(record, f"queued by {_who(record.started_by)}")
-        self._spawn_queue.append(record.id)
-        if len(self._spawn_queue) == 1:
-            asyncio.get_running_loop().call_soon(self._spawn_next)
         return record
 
     async def stop(self, task_id: int, identity: Identity) -> TaskRecord:
-        """Stop a run; returns at once while its process tree is killed in the background.
+        """Stop a run; returns at once while the keeper kills its process tree.
 
         A queued run ends ``stopped`` without ever being spawned. Stopping an
         ended run, or one already being stopped, changes nothing.
@@ -165,6 +196,7 @@ class TaskManager:
 
         Raises:
             NotFound: no run with this id.
+            Unavailable: the store cannot be written.
         """
         record = self.get(task_id)
         if record.state in TERMINAL or record.cancel_source is not None:
@@ -175,7 +207,7 @@ class TaskManager:
         """One run's record.
 
         Raises:
-            NotFound: no run with this id (or it was dropped as too old).
+            NotFound: no run with this id (or it was dropped by retention).
         """
         record = self._store.get(task_id)
         if record is None:
@@ -183,7 +215,7 @@ class TaskManager:
                 f"no task with id {task_id}; tasks.list shows the ones that exist",
                 details={"id": task_id},
             )
-        return record
+        return self._with_progress(record)
 
     def list(
         self, state: str | TaskState | None = None, type: str | None = None, key: str | None = None
@@ -193,11 +225,16 @@ class TaskManager:
         Raises:
             ParamsInvalid: ``state`` is not a state name (the message lists them).
         """
-        return self._store.list(state=_parse_state(state), type=type, key=key)
+        return [self._with_progress(r) for r in self._store.list(state=_parse_state(state), type=type, key=key)]
 
     def describe_types(self) -> builtins.list[dict[str, Any]]:
         """Every task type: name, doc and the JSON Schema of its parameters."""
         return [self._types[name].describe() for name in sorted(self._types)]
+
+    def running(self, task_id: int) -> bool:
+        """True while the run is queued or running (used by log followers)."""
+        record = self._store.get(task_id)
+        return record is not None and record.state not in TERMINAL
 
     async def wait(self, task_id: int) -> TaskRecord:
         """Wait until a run has ended; returns its final record.
@@ -207,171 +244,239 @@ class TaskManager:
         """
         record = self.get(task_id)
         if record.state not in TERMINAL:
-            await self._ended[task_id].wait()
+            await self._waiters.setdefault(task_id, asyncio.Event()).wait()
         return self.get(task_id)
+
+    def reload(self, config: TasksConfig) -> builtins.list[str]:
+        """Swap task types and limits for new runs; returns what changed, one line each.
+
+        Running and queued runs keep the settings they started with; a
+        removed type's runs keep running. ``max_concurrent`` applies at once.
+
+        Raises:
+            ConfigError: a task type of ``config`` is bad (nothing changed).
+        """
+        types = compile_types(config)
+        changes = describe_changes(self._config, config)
+        self._config, self._types = config, types
+        if isinstance(self._store, SqliteStore):
+            self._store.max_records = config.max_records
+            self._store.max_age_s = None if config.max_age_days is None else config.max_age_days * 86400
+        self._schedule_pump()
+        for line in changes:
+            log.info("reload: %s", line)
+        return changes
 
     async def aclose(self) -> None:
         """Daemon shutdown: no new runs; then stop or leave the active ones (config ``on_shutdown``).
 
-        With "stop", every active run is stopped (``cancel_source`` "shutdown")
-        and waited for: its grace period, then ``KILL_WAIT_S`` for SIGKILL.
-        With "leave", running processes keep running unwatched (their records
-        stay ``running``); queued runs end ``stopped`` (nobody is left to
-        spawn them); stops already in progress are still waited for.
+        With "stop", every active run is stopped (``cancel_source``
+        "shutdown") and waited for, and the keeper exits once it has no run.
+        With "leave", runs keep running under the keeper and queued runs stay
+        queued: the next daemon on this state directory takes them over.
+        Stops already in progress are waited for either way.
         """
         if self._closing:
             return
         self._closing = True
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        active = [r for r in self._store.list() if r.state in ACTIVE]
-        left = 0
-        for record in active:
-            if record.cancel_source is not None:
-                continue  # already being stopped; waited for below
-            if self._config.on_shutdown == "leave" and record.state is TaskState.RUNNING:
-                self._processes[record.id].detach()
-                left += 1
-            else:
-                self._cancel(record, "shutdown", INTERNAL)
-        still = await self._wait_stoppers()
+        started = time.monotonic()
+        stopping = self._opened and self._config.on_shutdown == "stop"
+        active = self._store.active() if self._opened else []
+        if stopping:
+            for record in active:
+                if record.cancel_source is None:
+                    self._cancel(record, "shutdown", INTERNAL)
+        pending = await self._wait_ended([r for r in self._store.active() if stopping or r.cancel_source])
+        if stopping and self._link.connected:
+            self._link.send({"op": "exit_when_idle"})
+        self._flush_progress()
+        await self._link.close(wait_exit_s=2.0 if stopping else 0.0)
+        left = len(self._store.active()) - pending
         log.info(
-            "shutdown: %d task(s) ended in %.2fs, %d left running, %d still stopping",
-            len(active) - left - still,
-            loop.time() - started,
-            left,
-            still,
-        )
+            "shutdown: %d task(s) ended in %.2fs, %d left to the keeper, %d still stopping",
+            len(active) - left - pending, time.monotonic() - started, left, pending,
+        )  # fmt: skip
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-
-    async def _wait_stoppers(self) -> int:
-        """Wait for the stops in progress; returns how many did not finish."""
-        if not self._stoppers:
-            return 0
-        grace_s = max(self._types[self.get(task_id).type].stop_grace_s for task_id in self._stoppers)
-        # A little past the kill phase, so a stop that ends on time is counted.
-        _, pending = await asyncio.wait(set(self._stoppers.values()), timeout=grace_s + runner.KILL_WAIT_S + 1.0)
-        return len(pending)
-
-    # -- the life of one run -------------------------------------------------
-
-    def _spawn_next(self) -> None:
-        """Loop callback: spawn the oldest queued run, and come back next loop turn for the rest.
-
-        One spawn per turn (a fork and exec, a few ms) keeps a burst of starts
-        from holding up every other callback of the loop.
-        """
-        self._spawn(self._spawn_queue.popleft())
-        if self._spawn_queue:
-            asyncio.get_running_loop().call_soon(self._spawn_next)
-
-    def _spawn(self, task_id: int) -> None:
-        """Spawn a queued run (unless it was stopped meanwhile)."""
-        record = self._store.get(task_id)
-        if record is None or record.state is not TaskState.QUEUED:
-            return
-        task_type = self._types[record.type]
+        self._cancel_timers()
         try:
-            process = runner.spawn(
-                record.argv,
-                cwd=task_type.cwd,
-                env=task_type.env,
-                marker=run_marker(task_id, record.marker),
-                log_path=Path(record.log_path),
-            )
-        except OSError as exc:
-            self._move(record, TaskState.FAILED, ended_at=self._clock(), error=_spawn_error(exc))
-            return
-        except Exception as exc:  # a bug; the record must not stay queued forever
-            log.exception("task %d: spawn raised", task_id)
-            self._move(record, TaskState.FAILED, ended_at=self._clock(), error=f"spawn raised {exc!r}")
-            return
-        self._processes[task_id] = process
-        self._move(
-            record,
-            TaskState.RUNNING,
-            pid=process.pid,
-            pid_start_time=process.ref.start_time,
-            started_at=self._clock(),
-        )
-        self._track(self._watch(task_id, process))
+            # The connection stays open: the records can still be read (not changed) after shutdown.
+            self._store.checkpoint()
+        except Unavailable as exc:
+            log.warning("task store: %s", exc)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
 
-    async def _watch(self, task_id: int, process: Process) -> None:
-        status = await process.wait()
-        if task_id not in self._stoppers:  # else the stopper ends the run, after the tree is gone
-            self._end(task_id, status)
+    # -- opening and connecting ---------------------------------------------------
+
+    def _take_state_dir(self) -> None:
+        if self._lock_fd is not None:
+            return
+        run_dir = self._state_dir / "run"
+        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(run_dir / "daemon.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise Unavailable(
+                f"state directory {self._state_dir} is in use by another pymgr daemon (pid {holder}); "
+                "give each daemon its own state_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    async def _connect(self) -> None:
+        self._synced.clear()
+        await self._link.connect()
+        try:
+            async with asyncio.timeout(self._config.keeper_start_timeout_s):
+                await self._synced.wait()
+        except TimeoutError:
+            raise Unavailable("the task keeper did not report its runs in time") from None
+
+    def _on_keeper_lost(self) -> None:
+        self._synced.clear()
+        if not self._closing:
+            logging.getLogger("pymgr.keeper").error(
+                "lost the task keeper; reconnecting (runs it was supervising are re-adopted)"
+            )
+            self._track(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = 0.05
+        while not self._closing and not self._link.connected:
+            try:
+                await self._connect()
+            except Unavailable as exc:
+                logging.getLogger("pymgr.keeper").error("cannot reach the task keeper: %s; retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(RECONNECT_MAX_S, delay * 2)
+
+    # -- records --------------------------------------------------------------------
+
+    def _new_record(self, task_type: TaskType, params: dict[str, Any], argv: list[str], key: str | None) -> TaskRecord:
+        return TaskRecord(
+            id=0,
+            type=task_type.name,
+            key=key,
+            params=params,
+            argv=argv,
+            state=TaskState.QUEUED,
+            started_by=INTERNAL.to_dict(),
+            created_at=self._clock(),
+            log_path="",
+            marker=secrets.token_hex(MARKER_BYTES),
+        )
+
+    def _add(self, record: TaskRecord, task_type: TaskType) -> TaskRecord:
+        """Store a new queued run (and prune by count) in one transaction, then queue it."""
+        with self._store.batch():
+            record = self._store.add(record)
+            record = dataclasses.replace(record, log_path=str(self._log_dir / f"{record.id}.log"))
+            self._store.update(record)
+            pruned = self._store.prune(self._clock(), by_age=False)
+        for old in pruned:
+            self.logs.remove(old.id)
+        self._snapshots[record.id] = task_type
+        self.events.publish("state", record.to_dict())
+        self._enqueue(record)
+        return record
+
+    def _enqueue(self, record: TaskRecord) -> None:
+        not_before = None if record.not_before is None else record.not_before.timestamp()
+        self._queue.add(record.id, record.type, not_before)
+        self._schedule_pump()
 
     def _cancel(self, record: TaskRecord, source: CancelSource, identity: Identity) -> TaskRecord:
         stopped_by = identity.to_dict()
-        if record.state is TaskState.QUEUED:
+        if record.state is TaskState.QUEUED and record.id not in self._in_flight:
+            self._queue.remove(record.id)
             return self._move(
                 record, TaskState.STOPPED, cancel_source=source, stopped_by=stopped_by, ended_at=self._clock()
             )
-        process = self._processes.get(record.id)
-        if process is None:
-            raise PymgrInternalError(f"task {record.id} is {record.state.value} but has no process")
         record = dataclasses.replace(record, cancel_source=source, stopped_by=stopped_by)
         self._store.update(record)
         self._log(record, f"stopping ({source}) by {_who(stopped_by)}")
-        grace_s = self._types[record.type].stop_grace_s
-        self._stoppers[record.id] = self._track(self._kill(record, process, grace_s))
-        return record
-
-    async def _kill(self, record: TaskRecord, process: Process, grace_s: float) -> None:
-        task_id = record.id
-        survivors = await runner.kill_tree(process, run_marker(task_id, record.marker), grace_s)
-        status = await process.wait()
-        error = None
-        if survivors:
-            pids = ", ".join(str(ref.pid) for ref in sorted(survivors, key=lambda r: r.pid))
-            error = f"still alive after SIGKILL: pid {pids}"
-            log.warning("task %d: %s", task_id, error)
-        self._end(task_id, status, error)
-
-    def _end(self, task_id: int, status: ExitStatus, error: str | None = None) -> None:
-        record = self.get(task_id)
-        self._processes.pop(task_id, None)
-        self._stoppers.pop(task_id, None)
-        if record.cancel_source is not None:
-            state = TaskState.STOPPED
-        elif status.error is not None:
-            state = TaskState.LOST
-        elif status.signal is not None or status.exit_code != 0:
-            state = TaskState.FAILED
-        else:
-            state = TaskState.SUCCEEDED
-        self._move(
-            record,
-            state,
-            exit_code=status.exit_code,
-            signal=status.signal,
-            ended_at=self._clock(),
-            error=status.error or error,
-        )
+        if record.state is TaskState.RUNNING:
+            self._send_kill(record)
+        return self._with_progress(record)
 
     def _move(self, record: TaskRecord, state: TaskState, **changes: Any) -> TaskRecord:
-        record = dataclasses.replace(record, state=transition(record.state, state), **changes)
+        record = self._moved(record, state, **changes)
         self._store.update(record)
-        self._log(record, _outcome(record))
-        if state in TERMINAL:
-            ended = self._ended.pop(record.id, None)
-            if ended is not None:
-                ended.set()
+        self._announce(record)
         return record
 
-    # -- helpers ---------------------------------------------------------------
+    def _announce(self, record: TaskRecord) -> None:
+        """Log, publish and wake waiters for a stored transition."""
+        self._log(record, _outcome(record))
+        self.events.publish("state", record.to_dict())
+        if record.state in TERMINAL:
+            self._forget(record.id)
+            waiter = self._waiters.pop(record.id, None)
+            if waiter is not None:
+                waiter.set()
 
-    def _type(self, name: str) -> TaskType:
-        task_type = self._types.get(name)
-        if task_type is None:
-            names = sorted(self._types)
-            raise NotFound(
-                f"no task type {name!r}; types: {', '.join(names) or '(none configured)'}",
-                details={"type": name, "types": names},
-            )
-        return task_type
+    # -- the queue ------------------------------------------------------------------
+
+    def _limit(self, type_name: str) -> int | None:
+        task_type = self._types.get(type_name)
+        return None if task_type is None else task_type.max_concurrent
+
+    def _schedule_pump(self) -> None:
+        if self._pump_handle is None:
+            self._pump_handle = asyncio.get_running_loop().call_soon(self._pump)
+
+    def _pump(self) -> None:
+        """Spawn the runs the queue releases; come back when the next back-off ends."""
+        self._pump_handle = None
+        if not self._synced.is_set() or self._closing:
+            return  # the keeper's hello triggers the next pump
+        now = self._clock().timestamp()
+        for task_id, type_name in self._queue.take_ready(now):
+            self._slots[task_id] = type_name
+            record = self._store.get(task_id)
+            if record is None or record.state is not TaskState.QUEUED:
+                self._release(task_id)
+                continue
+            self._send_spawn(record)
+        due = self._queue.next_due(now)
+        if due is not None:
+            self._pump_handle = asyncio.get_running_loop().call_later(due - now, self._pump)
+
+    # -- background work ------------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        """Write progress to the store, apply retention, ask for unacknowledged exits again."""
+        next_prune = 0.0
+        while True:
+            await asyncio.sleep(self._config.progress_flush_s)
+            try:
+                self._flush_progress()
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + self._config.prune_interval_s
+                    for old in self._store.prune(self._clock()):
+                        self.logs.remove(old.id)
+            except Unavailable as exc:
+                log.warning("task store: %s", exc)
+            if self._resend_needed and self._link.connected and self._synced.is_set():
+                self._resend_needed = False
+                self._link.send({"op": "resend"})
+
+    async def _wait_ended(self, records: builtins.list[TaskRecord]) -> int:
+        """Wait for runs to end (grace periods plus the SIGKILL wait); returns how many did not."""
+        if not records:
+            return 0
+        grace_s = max(self._type_of(record).stop_grace_s for record in records)
+        waits = [asyncio.ensure_future(self.wait(record.id)) for record in records]
+        _, pending = await asyncio.wait(waits, timeout=grace_s + KILL_WAIT_S + 1.0)
+        for waiting in pending:
+            waiting.cancel()
+        return len(pending)
 
     def _track(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
@@ -384,9 +489,42 @@ class TaskManager:
         if not task.cancelled() and task.exception() is not None:
             log.error("task supervision failed; this is a bug", exc_info=task.exception())
 
+    # -- helpers ---------------------------------------------------------------------
+
+    def _type(self, name: str) -> TaskType:
+        task_type = self._types.get(name)
+        if task_type is None:
+            names = sorted(self._types)
+            raise NotFound(
+                f"no task type {name!r}; types: {', '.join(names) or '(none configured)'}",
+                details={"type": name, "types": names},
+            )
+        return task_type
+
     def _log(self, record: TaskRecord, outcome: str) -> None:
         elapsed = (self._clock() - record.created_at).total_seconds()
         log.info("%6.2fs %s task %d %s: %s", elapsed, _MARKS[record.state], record.id, record.type, outcome)
+
+
+_MARKS = {
+    TaskState.QUEUED: "·",
+    TaskState.RUNNING: "→",
+    TaskState.SUCCEEDED: "✓",
+    TaskState.FAILED: "✗",
+    TaskState.STOPPED: "⊘",
+    TaskState.TIMED_OUT: "⌛",
+    TaskState.LOST: "?",
+}
+
+
+def _open_store(config: TasksConfig, state_dir: Path, log_dir: Path) -> SqliteStore:
+    return SqliteStore(
+        state_dir / "tasks.db",
+        max_records=config.max_records,
+        max_age_s=None if config.max_age_days is None else config.max_age_days * 86400,
+        busy_timeout_s=config.store_busy_timeout_s,
+        first_id=_first_free_id(log_dir),
+    )
 
 
 def _validate(task_type: TaskType, params: Mapping[str, Any]) -> pydantic.BaseModel:
@@ -420,18 +558,13 @@ def _parse_state(state: str | TaskState | None) -> TaskState | None:
 
 
 def _first_free_id(log_dir: Path) -> int:
+    """One past the highest ``<id>.log`` in the logs directory: a new store never reuses a log's id."""
     highest = 0
     for entry in os.scandir(log_dir):
         stem, dot, ext = entry.name.partition(".")
         if dot and ext == "log" and stem.isdigit():
             highest = max(highest, int(stem))
     return highest + 1
-
-
-def _spawn_error(exc: OSError) -> str:
-    if exc.filename is not None:
-        return f"spawn failed: {exc.strerror}: {os.fsdecode(exc.filename)!r}"
-    return f"spawn failed: {exc}"
 
 
 def _who(identity: Mapping[str, Any]) -> str:
@@ -455,3 +588,8 @@ def _outcome(record: TaskRecord) -> str:
     if record.error is not None:
         words.append(f"- {record.error}")
     return " ".join(words)
+
+
+def after(moment: datetime, seconds: float) -> datetime:
+    """``moment`` plus ``seconds`` (a restart's ``not_before``)."""
+    return moment + timedelta(seconds=seconds)

@@ -17,6 +17,8 @@ from typing import Any, Literal
 from pymgr.tasks.states import TaskState
 
 #: Who or what cancelled a run (STYLE.md "Every cancellation has a source").
+#: "user" a stop request, "deadline" the type's ``timeout_s`` passed,
+#: "shutdown" the daemon stopped it on its way out.
 CancelSource = Literal["user", "deadline", "shutdown"]
 
 
@@ -58,8 +60,22 @@ class TaskRecord:
     cancel_source: CancelSource | None = None
     #: Identity.to_dict() of whoever asked for the stop.
     stopped_by: dict[str, Any] | None = None
-    #: Why it failed or was lost, in words (e.g. the spawn's OS error).
+    #: Why it failed or was lost, or why it was not restarted, in words
+    #: (e.g. the spawn's OS error, "max 3 attempts reached").
     error: str | None = None
+    #: 1 for a first run; a restart is a new run with ``attempt`` one higher,
+    #: recorded (counted) before its process is spawned.
+    attempt: int = 1
+    #: The run this one restarts (the previous attempt), or None.
+    retry_of: int | None = None
+    #: A restart waits in ``queued`` until this time (its back-off delay).
+    not_before: datetime | None = None
+    #: /proc/sys/kernel/random/boot_id when it was spawned: after a reboot a
+    #: pid and start time mean nothing.
+    boot_id: str | None = None
+    #: The latest ``PYMGR_PROGRESS`` line of its output: percent 0-100 and a message.
+    progress: float | None = None
+    progress_message: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready data (what every API returns)."""
@@ -81,6 +97,12 @@ class TaskRecord:
             "stopped_by": None if self.stopped_by is None else dict(self.stopped_by),
             "cancel_source": self.cancel_source,
             "error": self.error,
+            "attempt": self.attempt,
+            "retry_of": self.retry_of,
+            "not_before": _iso(self.not_before),
+            "progress": self.progress,
+            "progress_message": self.progress_message,
+            "boot_id": self.boot_id,
             "log_path": self.log_path,
             "marker": self.marker,
         }

@@ -27,9 +27,12 @@ class TaskState(str, Enum):
     SUCCEEDED = "succeeded"
     #: It could not be spawned, exited non-zero, or was killed by a signal nobody here sent.
     FAILED = "failed"
-    #: Someone stopped it (``cancel_source`` says who: user, deadline, shutdown).
+    #: Someone stopped it (``cancel_source`` says who: user, shutdown).
     STOPPED = "stopped"
-    #: Its exit status can no longer be known (the process was reaped elsewhere).
+    #: It ran longer than its type's ``timeout_s`` and was stopped (``cancel_source`` "deadline").
+    TIMED_OUT = "timed_out"
+    #: It cannot be accounted for: its exit status is unknowable (the keeper
+    #: was gone when it ended) or its process vanished (host reboot); ``error`` says why.
     LOST = "lost"
 
 
@@ -37,10 +40,13 @@ class TaskState(str, Enum):
 #: set, is an illegal move.
 TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     TaskState.QUEUED: frozenset({TaskState.RUNNING, TaskState.FAILED, TaskState.STOPPED}),
-    TaskState.RUNNING: frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.STOPPED, TaskState.LOST}),
+    TaskState.RUNNING: frozenset(
+        {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.STOPPED, TaskState.TIMED_OUT, TaskState.LOST}
+    ),
     TaskState.SUCCEEDED: frozenset(),
     TaskState.FAILED: frozenset(),
     TaskState.STOPPED: frozenset(),
+    TaskState.TIMED_OUT: frozenset(),
     TaskState.LOST: frozenset(),
 }
 

@@ -1,24 +1,93 @@
-"""Where task records live: a small interface, and its in-memory version.
+"""Where task records live: the ``TaskStore`` interface and its SQLite version.
 
 Rules:
-- The manager talks to ``TaskStore`` only, so a SQLite store can replace
-  ``MemoryStore`` without touching the manager.
-- The store assigns ids: increasing integers, never reused while the store lives.
-- At most one active (queued or running) record per key; ``find_active``
-  answers from an index, not a scan.
-- At most ``max_records`` are kept: adding one more drops the oldest *ended*
-  records. Active records are never dropped, so while more than
-  ``max_records`` runs are active the store holds more than that.
-- ``MemoryStore`` forgets everything when the daemon exits.
+- The manager talks to ``TaskStore`` only; ``SqliteStore`` is the one the
+  daemon uses, a file under the state directory (``<state_dir>/tasks.db``).
+- Ids are SQLite's ``INTEGER PRIMARY KEY AUTOINCREMENT``: increasing and never
+  reused, not even after the newest rows were deleted.
+- At most one active (queued or running) record per key, enforced by a
+  partial unique index; ``find_active`` answers from that index.
+- Retention: at most ``max_records`` rows, and (when ``max_age_s`` is set)
+  no ended row older than that. Only *ended* rows are ever dropped, oldest
+  first, so while more than ``max_records`` runs are active the store holds
+  more. ``prune`` returns what it dropped, so the caller deletes their logs.
+- Every write is one ``BEGIN IMMEDIATE`` transaction (``batch()`` groups
+  several into one). WAL mode with ``synchronous=NORMAL``: a commit is in
+  the WAL file when ``commit()`` returns, so it survives the daemon being
+  killed (``kill -9``) at any point; only a power loss or kernel crash can
+  take back the last commits, never corrupt the file. ``busy_timeout`` lets
+  a second reader (``sqlite3`` on the command line) wait instead of failing.
+- A write that fails (read-only or full disk, I/O error) raises
+  ``Unavailable`` naming the file, SQLite's error and the OS errno, and
+  changes nothing: the transaction is rolled back. Reads keep working.
+- The schema's version is ``PRAGMA user_version``; a newer one than this
+  code knows is refused at open, never silently used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Protocol
+import errno
+import json
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
 
+from pymgr.errors import PymgrInternalError, Unavailable
 from pymgr.tasks.records import TaskRecord
-from pymgr.tasks.states import ACTIVE, TaskState
+from pymgr.tasks.states import ACTIVE, TERMINAL, TaskState
+
+#: The schema this code writes (``PRAGMA user_version``).
+SCHEMA_VERSION = 1
+
+#: Seconds a write waits for another connection's lock before failing; the
+#: daemon is the only writer, so this only covers an operator's sqlite3 shell.
+DEFAULT_BUSY_TIMEOUT_S = 5.0
+
+_ACTIVE_SQL = ", ".join(f"'{s.value}'" for s in sorted(ACTIVE))
+_TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL))
+
+_SCHEMA = f"""
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    type TEXT NOT NULL,
+    key TEXT,
+    params TEXT NOT NULL,
+    argv TEXT NOT NULL,
+    state TEXT NOT NULL,
+    started_by TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    log_path TEXT NOT NULL,
+    marker TEXT NOT NULL,
+    pid INTEGER,
+    pid_start_time INTEGER,
+    exit_code INTEGER,
+    signal TEXT,
+    started_at REAL,
+    ended_at REAL,
+    cancel_source TEXT,
+    stopped_by TEXT,
+    error TEXT,
+    attempt INTEGER NOT NULL,
+    retry_of INTEGER,
+    not_before REAL,
+    boot_id TEXT,
+    progress REAL,
+    progress_message TEXT
+);
+CREATE UNIQUE INDEX runs_active_key ON runs(key) WHERE key IS NOT NULL AND state IN ({_ACTIVE_SQL});
+CREATE INDEX runs_active ON runs(state) WHERE state IN ({_ACTIVE_SQL});
+CREATE INDEX runs_ended_at ON runs(ended_at) WHERE ended_at IS NOT NULL;
+"""
+
+#: Columns in TaskRecord field order (the table's order too).
+_COLUMNS = tuple(field.name for field in dataclasses.fields(TaskRecord))
+_JSON_COLUMNS = frozenset({"params", "argv", "started_by", "stopped_by"})
+_TIME_COLUMNS = frozenset({"created_at", "started_at", "ended_at", "not_before"})
 
 
 class TaskStore(Protocol):
@@ -44,68 +113,291 @@ class TaskStore(Protocol):
         """The queued or running record with this key, or None."""
         ...
 
+    def active(self) -> list[TaskRecord]:
+        """Every queued or running record, oldest first."""
+        ...
 
-class MemoryStore:
-    """Records in a dict, oldest first (ids increase, dicts keep insertion order)."""
+    def set_progress(self, progress: Mapping[int, tuple[float, str | None]]) -> None:
+        """Record the latest progress of several runs at once."""
+        ...
 
-    def __init__(self, max_records: int, first_id: int = 1) -> None:
+    def prune(self, now: datetime, by_age: bool = True) -> list[TaskRecord]:
+        """Drop ended records past the retention limits; returns the dropped ones."""
+        ...
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """Group the writes inside into one transaction."""
+        ...
+
+    def checkpoint(self) -> None:
+        """Make everything written so far durable in the main file (clean shutdown)."""
+        ...
+
+    def close(self) -> None:
+        """Release the store."""
+        ...
+
+
+def _to_row(record: TaskRecord) -> tuple[Any, ...]:
+    row = []
+    for name in _COLUMNS:
+        value = getattr(record, name)
+        if value is not None and name in _JSON_COLUMNS:
+            value = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        elif value is not None and name in _TIME_COLUMNS:
+            value = value.timestamp()
+        elif name == "state":
+            value = value.value
+        row.append(value)
+    return tuple(row)
+
+
+def _from_row(row: sqlite3.Row) -> TaskRecord:
+    values: dict[str, Any] = {}
+    for name in _COLUMNS:
+        value = row[name]
+        if value is not None and name in _JSON_COLUMNS:
+            value = json.loads(value)
+        elif value is not None and name in _TIME_COLUMNS:
+            value = datetime.fromtimestamp(value, timezone.utc)
+        elif name == "state":
+            value = TaskState(value)
+        values[name] = value
+    return TaskRecord(**values)
+
+
+def _os_reason(directory: Path) -> str:
+    """Why the OS refuses writes in ``directory``, by trying one: "errno 30 (EROFS): ..." or ""."""
+    probe = directory / f".pymgr-write-probe-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"x" * 4096)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        return f"; errno {exc.errno} ({errno.errorcode.get(exc.errno or 0, '?')}): {exc.strerror}"
+    return ""
+
+
+class SqliteStore:
+    """Task records in one SQLite file (see the module rules)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_records: int,
+        max_age_s: float | None = None,
+        busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
+        first_id: int = 1,
+    ) -> None:
+        """
+        Args:
+            path: the database file; created (with its directory) if missing.
+            max_records, max_age_s: the retention limits (see the module rules).
+            first_id: the lowest id a new database hands out (ids of log
+                files already in the state directory are never reused).
+
+        Raises:
+            ValueError: ``max_records`` < 1 or ``max_age_s`` <= 0.
+            Unavailable: the file cannot be opened or created, or its schema
+                is newer than this code.
+        """
         if max_records < 1:
             raise ValueError(f"max_records must be >= 1, not {max_records}")
+        if max_age_s is not None and not max_age_s > 0:
+            raise ValueError(f"max_age_s must be > 0 or None, not {max_age_s}")
+        self.path = path
         self.max_records = max_records
-        self._next_id = first_id
-        self._records: dict[int, TaskRecord] = {}
-        self._active_by_key: dict[str, int] = {}
+        self.max_age_s = max_age_s
+        self._depth = 0
+        self._count = 0
+        #: Why writes are refused (the directory is read-only), or None.
+        self.read_only: str | None = None
+        try:
+            self._db = self._connect(str(path), busy_timeout_s, first_id)
+        except Unavailable as exc:
+            reason = _os_reason(path.parent)
+            if not reason or not isinstance(exc.__cause__, sqlite3.OperationalError):
+                raise
+            # Serve reads all the same: the file as it is (nobody can change a
+            # read-only directory's file), or nothing if there is no file yet.
+            self.read_only = f"task store {path} is read-only{reason}; no task can start or change until it is writable"
+            uri = f"{path.absolute().as_uri()}?immutable=1" if path.exists() else ":memory:"
+            self._db = self._connect(uri, busy_timeout_s, first_id, uri=True, create=not path.exists())
+
+    def _connect(
+        self, where: str, busy_timeout_s: float, first_id: int, *, uri: bool = False, create: bool = True
+    ) -> sqlite3.Connection:
+        with self._guard("open"):
+            db = sqlite3.connect(where, isolation_level=None, timeout=busy_timeout_s, uri=uri)
+            db.row_factory = sqlite3.Row
+            self._db = db
+            if self.read_only is None:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+            if create:
+                self._migrate(first_id)
+            self._count = db.execute("SELECT count(*) FROM runs").fetchone()[0]
+        return db
+
+    def _migrate(self, first_id: int) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise Unavailable(
+                f"task store {self.path} has schema version {version}, newer than this pymgr's "
+                f"{SCHEMA_VERSION}; run the pymgr version that wrote it, or move the file away",
+                details={"path": str(self.path), "version": version},
+            )
+        if version == SCHEMA_VERSION:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                self._db.execute(statement)
+            if first_id > 1:
+                self._db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('runs', ?)", (first_id - 1,))
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    # -- transactions and errors ------------------------------------------------
+
+    @contextlib.contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.IntegrityError as exc:
+            # The manager checks keys before adding: a clash here is a bug, not the disk.
+            raise PymgrInternalError(f"task store {self.path}: {what}: {exc}") from exc
+        except sqlite3.Error as exc:
+            name = getattr(exc, "sqlite_errorname", type(exc).__name__)
+            raise Unavailable(
+                f"task store {self.path}: cannot {what}: {exc} ({name}){_os_reason(self.path.parent)}; "
+                "nothing was changed",
+                details={"path": str(self.path), "sqlite_error": name},
+            ) from exc
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """One write transaction around the block (nested blocks join the outer one).
+
+        Raises:
+            Unavailable: the transaction could not start or commit; it is rolled back.
+        """
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        if self.read_only is not None:
+            raise Unavailable(self.read_only, details={"path": str(self.path)})
+        count = self._count
+        with self._guard("write"):
+            self._db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+            with self._guard("write"):
+                self._db.execute("COMMIT")
+        except BaseException:
+            self._count = count
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        finally:
+            self._depth = 0
+
+    # -- writes -------------------------------------------------------------------
 
     def add(self, record: TaskRecord) -> TaskRecord:
-        record = dataclasses.replace(record, id=self._next_id)
-        self._next_id += 1
-        self._records[record.id] = record
-        self._index(record)
-        self._drop_oldest_ended()
-        return record
+        row = _to_row(record)[1:]
+        placeholders = ", ".join("?" * len(row))
+        with self.batch(), self._guard("add a record"):
+            cursor = self._db.execute(f"INSERT INTO runs ({', '.join(_COLUMNS[1:])}) VALUES ({placeholders})", row)
+            self._count += 1
+        return dataclasses.replace(record, id=cursor.lastrowid)
 
     def update(self, record: TaskRecord) -> None:
-        if record.id not in self._records:
+        assignments = ", ".join(f"{name} = ?" for name in _COLUMNS[1:])
+        with self.batch(), self._guard("update a record"):
+            cursor = self._db.execute(f"UPDATE runs SET {assignments} WHERE id = ?", (*_to_row(record)[1:], record.id))
+        if cursor.rowcount != 1:
             raise KeyError(f"no task record {record.id} to update")
-        self._records[record.id] = record
-        self._index(record)
+
+    def set_progress(self, progress: Mapping[int, tuple[float, str | None]]) -> None:
+        if not progress:
+            return
+        rows = [(percent, message, task_id) for task_id, (percent, message) in progress.items()]
+        with self.batch(), self._guard("record progress"):
+            self._db.executemany("UPDATE runs SET progress = ?, progress_message = ? WHERE id = ?", rows)
+
+    def prune(self, now: datetime, by_age: bool = True) -> list[TaskRecord]:
+        doomed: list[TaskRecord] = []
+        with self.batch(), self._guard("prune records"):
+            if by_age and self.max_age_s is not None:
+                doomed += self._select(
+                    f"state IN ({_TERMINAL_SQL}) AND ended_at < ? ORDER BY id", (now.timestamp() - self.max_age_s,)
+                )
+                self._delete(doomed)
+            excess = self._count - self.max_records
+            if excess > 0:
+                extra = self._select(f"state IN ({_TERMINAL_SQL}) ORDER BY id LIMIT ?", (excess,))
+                self._delete(extra)
+                doomed += extra
+        return doomed
+
+    def _delete(self, records: list[TaskRecord]) -> None:
+        self._db.executemany("DELETE FROM runs WHERE id = ?", [(r.id,) for r in records])
+        self._count -= len(records)
+
+    # -- reads --------------------------------------------------------------------
+
+    def _select(self, where: str, args: tuple[Any, ...] = ()) -> list[TaskRecord]:
+        with self._guard("read records"):
+            return [_from_row(row) for row in self._db.execute(f"SELECT * FROM runs WHERE {where}", args)]
 
     def get(self, task_id: int) -> TaskRecord | None:
-        return self._records.get(task_id)
+        found = self._select("id = ?", (task_id,))
+        return found[0] if found else None
 
     def list(self, state: TaskState | None = None, type: str | None = None, key: str | None = None) -> list[TaskRecord]:
-        return [
-            r
-            for r in reversed(self._records.values())
-            if (state is None or r.state == state)
-            and (type is None or r.type == type)
-            and (key is None or r.key == key)
-        ]
+        conditions, args = ["1"], []
+        for column, value in (("state", state.value if state else None), ("type", type), ("key", key)):
+            if value is not None:
+                conditions.append(f"{column} = ?")
+                args.append(value)
+        return self._select(" AND ".join(conditions) + " ORDER BY id DESC", tuple(args))
 
     def find_active(self, key: str) -> TaskRecord | None:
-        task_id = self._active_by_key.get(key)
-        return None if task_id is None else self._records[task_id]
+        found = self._select(f"key = ? AND state IN ({_ACTIVE_SQL})", (key,))
+        return found[0] if found else None
+
+    def active(self) -> list[TaskRecord]:
+        return self._select(f"state IN ({_ACTIVE_SQL}) ORDER BY id")
 
     def __len__(self) -> int:
-        return len(self._records)
+        return int(self._count)
 
-    def _index(self, record: TaskRecord) -> None:
-        if record.key is None:
-            return
-        if record.state in ACTIVE:
-            self._active_by_key[record.key] = record.id
-        elif self._active_by_key.get(record.key) == record.id:
-            del self._active_by_key[record.key]
+    def integrity_check(self) -> str:
+        """SQLite's ``PRAGMA integrity_check``: "ok" for a sound file."""
+        with self._guard("check integrity"):
+            return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
 
-    def _drop_oldest_ended(self) -> None:
-        excess = len(self._records) - self.max_records
-        if excess <= 0:
-            return
-        doomed = []
-        for record in self._records.values():
-            if record.state not in ACTIVE:
-                doomed.append(record.id)
-                if len(doomed) == excess:
-                    break
-        for task_id in doomed:
-            del self._records[task_id]
+    def checkpoint(self) -> None:
+        """Fold the WAL into the database file (a clean shutdown; reads keep working)."""
+        if self.read_only is None:
+            with self._guard("checkpoint"):
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def close(self) -> None:
+        if self._depth:
+            raise PymgrInternalError("task store closed inside a transaction")
+        self._db.close()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from pydantic import BaseModel
 
 from pymgr.config import ConfigError, TasksConfig, TaskTypeConfig
 from pymgr.core.paramspec import build_params_model
+from pymgr.tasks.policy import RestartRules
 
 #: A placeholder in an argv element: a lowercase identifier in braces.
 PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
@@ -47,6 +48,16 @@ class TaskType:
     cwd: Path | None
     env: Mapping[str, str]
     stop_grace_s: float
+    timeout_s: float | None = None
+    max_concurrent: int | None = None
+    restart: RestartRules = RestartRules()
+    user: str | None = None
+    group: str | None = None
+    #: rlimit name ("nofile", "as", "cpu", "nproc") -> (soft, hard).
+    rlimits: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_keep: int = 3
+    log_timestamps: bool = False
 
     def describe(self) -> dict[str, Any]:
         """The type as ``tasks.types`` shows it."""
@@ -78,7 +89,7 @@ def render_element(element: str, values: Mapping[str, str]) -> str:
     return PLACEHOLDER.sub(lambda match: values[match.group(1)], element)
 
 
-def compile_type(name: str, config: TaskTypeConfig, default_grace_s: float) -> TaskType:
+def compile_type(name: str, config: TaskTypeConfig, defaults: TasksConfig) -> TaskType:
     """Build one type's parameter model and check its argv template.
 
     Raises:
@@ -96,6 +107,7 @@ def compile_type(name: str, config: TaskTypeConfig, default_grace_s: float) -> T
                     f"{where} argv[{index}] {element!r}: unknown placeholder {match.group(0)!r}; "
                     f"known: {', '.join('{' + k + '}' for k in sorted(known))}"
                 )
+    limits = config.rlimits.model_dump(by_alias=True, exclude_none=True)
     return TaskType(
         name=name,
         doc=config.doc,
@@ -103,7 +115,23 @@ def compile_type(name: str, config: TaskTypeConfig, default_grace_s: float) -> T
         params_model=build_params_model(f"tasks.{name}", config.params),
         cwd=config.cwd,
         env=dict(config.env),
-        stop_grace_s=config.stop_grace_s if config.stop_grace_s is not None else default_grace_s,
+        stop_grace_s=config.stop_grace_s if config.stop_grace_s is not None else defaults.stop_grace_s,
+        timeout_s=config.timeout_s,
+        max_concurrent=config.max_concurrent,
+        restart=RestartRules(
+            policy=config.restart,
+            base_s=config.restart_delay_s,
+            cap_s=config.restart_delay_max_s,
+            max_attempts=config.max_attempts,
+            flap_restarts=config.flap_restarts,
+            flap_window_s=config.flap_window_s,
+        ),
+        user=config.user,
+        group=config.group,
+        rlimits={k: (v, v) if isinstance(v, int) else (v[0], v[1]) for k, v in limits.items()},
+        log_max_bytes=config.log_max_bytes if config.log_max_bytes is not None else defaults.log_max_bytes,
+        log_keep=config.log_keep if config.log_keep is not None else defaults.log_keep,
+        log_timestamps=config.log_timestamps,
     )
 
 
@@ -113,4 +141,45 @@ def compile_types(config: TasksConfig) -> dict[str, TaskType]:
     Raises:
         ConfigError: the first bad type, named.
     """
-    return {name: compile_type(name, t, config.stop_grace_s) for name, t in config.types.items()}
+    return {name: compile_type(name, t, config) for name, t in config.types.items()}
+
+
+def describe_changes(old: TasksConfig, new: TasksConfig) -> list[str]:
+    """What a reload from ``old`` to ``new`` changes, one line each.
+
+    ``["added type(s) a, b", "removed type(s) c", "type scan: timeout_s 30.0 -> 60.0",
+    "stop_grace_s 5.0 -> 2.0"]``; [] when nothing changed.
+    """
+    added = sorted(new.types.keys() - old.types.keys())
+    removed = sorted(old.types.keys() - new.types.keys())
+    changes = [f"{label} type(s) {', '.join(names)}" for label, names in (("added", added), ("removed", removed)) if names]
+    for name in sorted(old.types.keys() & new.types.keys()):
+        before = old.types[name].model_dump(by_alias=True)
+        after = new.types[name].model_dump(by_alias=True)
+        changes += [f"type {name}: {line}" for line in _field_changes(before, after)]
+    changes += _field_changes(old.model_dump(exclude={"types"}), new.model_dump(exclude={"types"}))
+    return changes
+
+
+def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested tables as dotted keys: {"rlimits": {"as": 5}} -> {"rlimits.as": 5}."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(_flat(value, f"{prefix}{key}."))  # an empty table has no keys to compare
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _field_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    before, after = _flat(before), _flat(after)
+    return [
+        f"{key} {_show(before.get(key))} -> {_show(after.get(key))}"
+        for key in sorted(set(before) | set(after))
+        if before.get(key) != after.get(key)
+    ]
+
+
+def _show(value: Any) -> str:
+    return "unset" if value is None else (str(value) if isinstance(value, int | float | str | Path) else repr(value))

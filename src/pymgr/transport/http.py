@@ -16,7 +16,6 @@ of fixed paths, which a dict and one split do at no measurable cost.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -24,9 +23,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
+import pydantic_core
+
 from pymgr.core.dispatch import Call, Dispatcher
 from pymgr.core.identity import Identity
 from pymgr.errors import MalformedRequest, NotFound, PymgrError, PymgrInternalError, TooLarge
+from pymgr.transport.http_stream import Stream, StreamSource, log_query, send_stream
 from pymgr.transport.peercred import IDENTITY_KEY
 
 log = logging.getLogger("pymgr.http")
@@ -47,14 +49,20 @@ class MethodNotAllowed(PymgrError):
 
 
 def _encode(status: int, body: dict[str, Any]) -> tuple[int, bytes]:
-    return status, json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    # pydantic-core's encoder: the same compact UTF-8 JSON as json.dumps(separators=(",", ":"),
+    # ensure_ascii=False), 10x cheaper (0.4 µs, not 3.6 µs, for a small reply; docs/performance.md).
+    return status, pydantic_core.to_json(body)
 
 
 class HttpApp:
     """The ASGI app: routes, body limits, JSON envelopes."""
 
-    def __init__(self, dispatcher: Dispatcher, *, max_body_bytes: int, version: str) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, *, max_body_bytes: int, version: str, streams: StreamSource | None = None
+    ) -> None:
         self.dispatcher = dispatcher
+        #: Task logs and events for the streaming routes (None: those routes are 404).
+        self.streams = streams
         self.max_body_bytes = max_body_bytes
         self.version = version
         self.started_at = time.monotonic()
@@ -64,6 +72,9 @@ class HttpApp:
             return
         try:
             status, result = await self._route(scope, receive)
+            if isinstance(result, Stream):  # logs and events: sent as they are produced
+                await send_stream(status, result, receive, send)
+                return
             reply = _encode(status, {"ok": True, "result": result})
         except PymgrError as exc:
             reply = _encode(exc.http_status, {"ok": False, "error": exc.to_dict()})
@@ -97,6 +108,10 @@ class HttpApp:
             return 200, await self._call("tasks", "types", {}, identity)
         if route[0] == "tasks":
             return await self._tasks(method, route[1:], scope, receive, identity)
+        if route == ["events"]:
+            _allow(method, "GET", scope)
+            await self._call("tasks", "events", {"limit": 0}, identity)  # the policy's say, as for tasks.events
+            return 200, Stream(b"text/event-stream", self._streams().events())
         raise NotFound(f"no route {scope['path']}; see GET /v1/modules and docs/api.md")
 
     async def _tasks(self, method: str, rest: list[str], scope: Scope, receive: Receive, identity: Identity) -> tuple[int, Any]:
@@ -117,7 +132,22 @@ class HttpApp:
         if rest[1:] == ["stop"]:
             _allow(method, "POST", scope)
             return 202, await self._call("tasks", "stop", {"id": task_id}, identity)
-        raise NotFound(f"no route {scope['path']}; task routes: /v1/tasks, /v1/tasks/ID, /v1/tasks/ID/stop")
+        if rest[1:] == ["logs"]:
+            _allow(method, "GET", scope)
+            offset, follow = log_query(scope["query_string"])
+            # The action checks policy, the id and the offset (limit 0: nothing read yet).
+            span = await self._call("tasks", "logs", {"id": task_id, "offset": offset, "limit": 0}, identity)
+            headers = [(b"x-pymgr-log-start", str(span["start"]).encode()), (b"x-pymgr-log-end", str(span["end"]).encode())]
+            chunks = self._streams().task_log(span["id"], span["offset"], follow)
+            return 200, Stream(b"text/plain; charset=utf-8", chunks, headers)
+        raise NotFound(
+            f"no route {scope['path']}; task routes: /v1/tasks, /v1/tasks/ID, /v1/tasks/ID/stop, /v1/tasks/ID/logs"
+        )
+
+    def _streams(self) -> StreamSource:
+        if self.streams is None:
+            raise NotFound("this daemon serves no task streams (it runs without a task manager)")
+        return self.streams
 
     async def _call(self, module: str, action: str, params: Any, identity: Identity) -> Any:
         return await self.dispatcher.call(Call(module, action, params, identity))
@@ -135,7 +165,8 @@ class HttpApp:
         if not body.strip():
             return {}
         try:
-            params = json.loads(body)
+            # As fast as _encode's encoder (0.2 µs, not 2.7 µs); JSON over HTTP is UTF-8 (RFC 8259).
+            params = pydantic_core.from_json(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise MalformedRequest(f"request body is not valid JSON: {exc}") from None
         if not isinstance(params, dict):

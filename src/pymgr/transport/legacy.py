@@ -14,7 +14,10 @@ Rules:
   tells a human what to fix. The code comes from the error class
   (``PymgrError.legacy_code``, ``ProtocolError.legacy_code``).
 - Every read is bounded: the codec's line limits, and ``read_timeout_s``
-  from connect until the request is complete.
+  from connect until the request is complete. Connections are capped
+  (``max_connections``: err_code 8; ``max_connections_per_peer``: 7), and
+  with an ``EdgeGuard`` each request takes a token from its address's rate
+  (7) and a bad signature leaves an audit line.
 - A protocol error is one warning line in the log and one error reply.
 - After the reply the server half-closes, then reads and drops what the
   peer still sends for up to ``LINGER_S`` before closing. Closing a socket
@@ -31,15 +34,18 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import socket
 from collections.abc import Coroutine
 from typing import Any, cast
 
+from pymgr.auth.guard import EdgeGuard
 from pymgr.auth.legacy import verify_legacy_signature
 from pymgr.config import ConfigError, LegacyConfig
 from pymgr.core.dispatch import Call, Dispatcher
 from pymgr.core.identity import Identity
-from pymgr.errors import MalformedRequest, PymgrError, PymgrInternalError, Unauthenticated, Unavailable
+from pymgr.errors import MalformedRequest, PymgrError, PymgrInternalError, RateLimited, Unauthenticated, Unavailable
 from pymgr.protocol import legacy as proto
+from pymgr.transport.conncount import ConnectionCounter
 
 __all__ = ["LINGER_S", "ActionMissing", "LegacyServer"]
 
@@ -86,11 +92,14 @@ class LegacyServer:
     Args:
         config: the ``[legacy]`` section.
         dispatcher: runs the actions, as for every other transport.
+        edge: the per-caller rate and the audit of refused requests (none: neither).
     """
 
-    def __init__(self, config: LegacyConfig, dispatcher: Dispatcher) -> None:
+    def __init__(self, config: LegacyConfig, dispatcher: Dispatcher, *, edge: EdgeGuard | None = None) -> None:
         self.config = config
         self.dispatcher = dispatcher
+        self._edge = edge
+        self._counter = ConnectionCounter(config.max_connections, config.max_connections_per_peer)
         self._port: int | None = None
         self._secret = ""
         self._server: asyncio.AbstractServer | None = None
@@ -109,8 +118,8 @@ class LegacyServer:
             raise RuntimeError("LegacyServer.port is known only after start(); await server.start() first")
         return self._port
 
-    async def start(self) -> None:
-        """Bind ``config.host:config.port`` and accept connections.
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Bind ``config.host:config.port`` (or serve ``sock``, bound by a service manager) and accept connections.
 
         Raises:
             ConfigError: the listener is not enabled, or no secret is set.
@@ -129,7 +138,10 @@ class LegacyServer:
             )
         self._secret = secret
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _LegacyProtocol(self), self.config.host, self.config.port)
+        if sock is not None:
+            self._server = await loop.create_server(lambda: _LegacyProtocol(self), sock=sock)
+        else:
+            self._server = await loop.create_server(lambda: _LegacyProtocol(self), self.config.host, self.config.port)
         self._port = int(self._server.sockets[0].getsockname()[1])
         self._warn_replayable()
 
@@ -201,6 +213,21 @@ class LegacyServer:
         Raises:
             PymgrError: Unauthenticated, ActionMissing, or what dispatch raised.
         """
+        identity = Identity(transport="legacy", peer=peer)
+        what = f"legacy {command.module}.{command.action}"
+        if self._edge is not None:
+            self._edge.admit(identity, what)  # RateLimited (err_code 7), audited
+        try:
+            self._check_signature(command)
+        except Unauthenticated as exc:
+            if self._edge is not None:
+                self._edge.refused(identity, what, exc)
+            raise
+        if not command.action:
+            raise ActionMissing(f"no action given; send action:<name> for module {command.module!r}")
+        return await self.dispatcher.call(Call(command.module, command.action, command.params, identity))
+
+    def _check_signature(self, command: proto.Command) -> None:
         if not command.signature:
             raise Unauthenticated(
                 "no signature given; send signature:<hex HMAC-MD5 of the module name under the shared secret>"
@@ -210,10 +237,6 @@ class LegacyServer:
                 f"signature for module {command.module!r} does not match; it must be the hex HMAC-MD5 "
                 "of the module name under the shared secret"
             )
-        if not command.action:
-            raise ActionMissing(f"no action given; send action:<name> for module {command.module!r}")
-        identity = Identity(transport="legacy", peer=peer)
-        return await self.dispatcher.call(Call(command.module, command.action, command.params, identity))
 
 
 class _LegacyProtocol(asyncio.Protocol):
@@ -229,6 +252,7 @@ class _LegacyProtocol(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._peer_eof = False
         self._replied = False
+        self._counted: str | None = None
 
     # --- asyncio callbacks -------------------------------------------------
 
@@ -240,6 +264,20 @@ class _LegacyProtocol(asyncio.Protocol):
         self._server._connections.add(self)
         if self._server._closing:  # accepted just before the listener closed
             self.refuse_unfinished_request()
+            return
+        host = self._peer.rsplit(":", 1)[0]
+        refused = self._server._counter.open("legacy", host)
+        if refused is None:
+            self._counted = host
+            return
+        config = self._server.config
+        if refused == "listener":
+            error: PymgrError = Unavailable(f"too many connections: at most max_connections={config.max_connections}")
+        else:
+            error = RateLimited(f"too many connections from {host}: at most max_connections_per_peer="
+                                f"{config.max_connections_per_peer}")
+        log.warning("legacy connection from %s refused (err_code %d): %s", self._peer, error.legacy_code, error)
+        self._send(proto.error_reply(error.legacy_code, error.message))
 
     def data_received(self, data: bytes) -> None:
         if self._replied:
@@ -258,6 +296,9 @@ class _LegacyProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
         self._server._connections.discard(self)
+        if self._counted is not None:
+            self._server._counter.close("legacy", self._counted)
+            self._counted = None
         if self._task is not None and not self._task.done():
             log.debug("legacy client %s left before its reply; the action keeps running", self._peer)
 
@@ -300,7 +341,9 @@ class _LegacyProtocol(asyncio.Protocol):
             internal = PymgrInternalError(f"{qualname} failed inside pymgr: {type(exc).__name__}: {exc}")
             reply = proto.error_reply(internal.legacy_code, internal.message)
         else:
-            log.info("legacy %s %r -> ok", self._peer, qualname)
+            # debug, not info: the audit log has a line for every call already, HTTP logs
+            # none per request either, and this one cost 30 µs a request (docs/performance.md).
+            log.debug("legacy %s %r -> ok", self._peer, qualname)
             reply = proto.Reply(True, result)
         self._send(reply)
 

@@ -10,6 +10,7 @@ in-flight requests finish within ``shutdown_timeout_s``, then cancels them.
 from __future__ import annotations
 
 import socket
+import ssl
 from typing import Any
 
 import uvicorn
@@ -20,11 +21,24 @@ from pymgr.transport.peercred import PeerCredHttpToolsProtocol
 class UvicornServer:
     """One uvicorn server over already-bound listening sockets."""
 
-    def __init__(self, app: Any, sockets: list[socket.socket], *, keepalive_timeout_s: float, shutdown_timeout_s: float) -> None:
+    def __init__(
+        self,
+        app: Any,
+        sockets: list[socket.socket],
+        *,
+        keepalive_timeout_s: float,
+        shutdown_timeout_s: float,
+        protocol: type[PeerCredHttpToolsProtocol] = PeerCredHttpToolsProtocol,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.sockets = sockets
+        tls: dict[str, Any] = {}
+        if ssl_context is not None:  # uvicorn builds its own context unless given a factory
+            tls["ssl_context_factory"] = lambda config, default: ssl_context
         config = uvicorn.Config(
             app,
-            http=PeerCredHttpToolsProtocol,
+            http=protocol,
+            **tls,
             ws="none",
             lifespan="off",
             log_config=None,

@@ -1,0 +1,267 @@
+"""The audit log: one JSON line per privileged request, denied and failed ones included.
+
+Rules:
+- One line per request that reached dispatch (every action call, whatever
+  the transport) and per request a transport refused before dispatch
+  (401 bad signature, 429 rate limit). Fields: ``time`` (UTC, ISO 8601, ms),
+  ``transport``, ``identity`` (non-empty fields only), ``operation``
+  (``module.action`` or ``tasks.start:TYPE``), ``module``, ``action``,
+  ``params``, ``outcome`` (``ok``/``error``/``cancelled``), ``code`` and
+  ``status`` (for errors), ``duration_ms``.
+- Secrets never reach the file: a parameter whose JSON Schema says
+  ``format: password`` (pydantic ``SecretStr``), ``writeOnly`` or
+  ``"secret": true`` (``json_schema_extra={"secret": True}``) is written as
+  ``"[redacted]"``. For an unknown module or action there is no schema, so
+  only the parameter names are written.
+- The file is opened append-only, mode 0600, never through a symlink, and
+  rotated by size (``audit.log`` -> ``audit.log.1`` -> ...). Writes are
+  unbuffered ``os.write`` calls: when one returns, the line is in the kernel.
+- A failed write is loud: an error in the daemon's log, and (``fail_closed``)
+  the request fails with 503 and no further request runs until a write
+  succeeds again. Syslog is a copy, best effort; the file is the record.
+
+Why not ``logging.handlers.RotatingFileHandler``: it swallows write errors
+(``handleError`` prints them to stderr), which is exactly what an audit log
+must not do; and its per-record locking and formatting cost more than the
+whole write here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from pymgr.core.identity import Identity
+from pymgr.errors import PymgrError, Unavailable
+
+__all__ = ["REDACTED", "AuditLog", "Auditor", "redact", "secret_params"]
+
+log = logging.getLogger("pymgr.audit")
+
+REDACTED = "[redacted]"
+NOT_RECORDED = "[not recorded: unknown action]"
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+_IDENTITY_FIELDS = ("uid", "gid", "pid", "user", "key_id", "cert", "peer")
+
+
+class AuditLog:
+    """The audit file (and an optional syslog copy).
+
+    Args:
+        path: the log file; its directory must exist.
+        max_bytes: rotate before a write would make the file larger than this.
+        backups: rotated files kept (``path.1`` is the newest).
+        syslog: a handler that gets a copy of every line, or None.
+    """
+
+    def __init__(self, path: Path, *, max_bytes: int, backups: int, syslog: logging.Handler | None = None) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._fd: int | None = None
+        self._size = 0
+        self._syslog = _syslog_logger(syslog) if syslog is not None else None
+
+    def open(self) -> None:
+        """Open (or reopen) the file.
+
+        Raises:
+            OSError: it cannot be opened for appending.
+        """
+        self.close()
+        fd = os.open(self.path, _OPEN_FLAGS, 0o600)
+        self._fd = fd
+        self._size = os.fstat(fd).st_size
+
+    def write_line(self, line: bytes) -> None:
+        """Append one line (rotating first if needed).
+
+        Raises:
+            OSError: the line could not be written; the file is closed and
+                the next write reopens it.
+        """
+        try:
+            if self._fd is None:
+                self.open()
+            if self._size and self._size + len(line) > self.max_bytes:
+                self._rotate()
+            written = os.write(self._fd, line)  # type: ignore[arg-type]
+            if written != len(line):
+                raise OSError(0, f"short write: {written} of {len(line)} bytes")
+            self._size += written
+        except OSError:
+            self.close()
+            raise
+        if self._syslog is not None:
+            self._syslog.info(line.decode().rstrip("\n"))
+
+    def _rotate(self) -> None:
+        self.close()
+        if self.backups == 0:
+            self.path.unlink(missing_ok=True)
+        for n in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{n}")
+            if older.exists():
+                older.replace(self.path.with_name(f"{self.path.name}.{n + 1}"))
+        if self.backups:
+            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        self.open()
+
+    def close(self) -> None:
+        """Close the file (the next write reopens it)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def shutdown(self) -> None:
+        """Close the file and the syslog connection for good."""
+        self.close()
+        if self._syslog is not None:
+            for handler in self._syslog.handlers:
+                handler.close()
+            self._syslog.handlers = []
+            self._syslog = None
+
+
+def _syslog_logger(handler: logging.Handler) -> logging.Logger:
+    logger = logging.getLogger("pymgr.audit.syslog")
+    logger.propagate = False  # the daemon's own log must not get every audit line twice
+    logger.handlers = [handler]
+    logger.setLevel(logging.INFO)
+    return logger
+
+
+def syslog_handler(address: str, facility: str) -> logging.Handler:
+    """A handler that sends lines to the syslog socket at ``address``.
+
+    Raises:
+        OSError: nothing listens there.
+    """
+    handler = logging.handlers.SysLogHandler(address=address, facility=facility)
+    handler.ident = "pymgr-audit: "
+    return handler
+
+
+# --- redaction --------------------------------------------------------------
+
+
+def _is_secret(schema: Mapping[str, Any]) -> bool:
+    if schema.get("format") == "password" or schema.get("writeOnly") is True or schema.get("secret") is True:
+        return True
+    return any(_is_secret(s) for key in ("anyOf", "oneOf", "allOf") for s in schema.get(key, ()))
+
+
+def secret_params(model: type[BaseModel]) -> frozenset[str]:
+    """Names of the top-level parameters the model's JSON Schema marks secret."""
+    properties = model.model_json_schema().get("properties", {})
+    return frozenset(name for name, schema in properties.items() if _is_secret(schema))
+
+
+def redact(params: Any, secrets: frozenset[str] | None) -> Any:
+    """Params as the audit line shows them; ``secrets`` None means the action is unknown."""
+    if not isinstance(params, Mapping):
+        return f"[not an object: {type(params).__name__}]"
+    if secrets is None:
+        return dict.fromkeys(params, NOT_RECORDED)
+    if not secrets.intersection(params):
+        return params
+    return {name: REDACTED if name in secrets else value for name, value in params.items()}
+
+
+# --- the auditor ------------------------------------------------------------
+
+
+def _identity_fields(identity: Identity) -> dict[str, Any]:
+    fields = {name: value for name in _IDENTITY_FIELDS if (value := getattr(identity, name)) is not None}
+    if identity.groups:
+        fields["groups"] = list(identity.groups)
+    return fields
+
+
+def _timestamp(now: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+
+
+class Auditor:
+    """Builds audit lines and writes them, failing closed when told to.
+
+    Args:
+        audit_log: where lines go.
+        fail_closed: a failed write raises ``Unavailable`` (503).
+        clock: wall-clock seconds (``time.time``), for the ``time`` field.
+    """
+
+    def __init__(self, audit_log: AuditLog, *, fail_closed: bool = True, clock: Any = time.time) -> None:
+        self.log = audit_log
+        self.fail_closed = fail_closed
+        self._clock = clock
+        self.broken = False
+
+    def ensure_writable(self) -> None:
+        """Before running a request: refuse it while the log is broken.
+
+        Raises:
+            Unavailable: the last write failed and the file still cannot be opened.
+        """
+        if not (self.broken and self.fail_closed):
+            return
+        try:
+            self.log.open()
+        except OSError as exc:
+            raise self._unavailable(exc) from None
+        self.broken = False
+        log.warning("audit log %s is writable again; serving requests", self.log.path)
+
+    def record(
+        self,
+        identity: Identity,
+        *,
+        operation: str,
+        module: str | None,
+        action: str | None,
+        params: Any,
+        error: PymgrError | str | None,
+        duration_s: float,
+    ) -> None:
+        """Write one line.
+
+        Raises:
+            Unavailable: the write failed and ``fail_closed`` is set.
+        """
+        line: dict[str, Any] = {
+            "time": _timestamp(self._clock()),
+            "transport": identity.transport,
+            "identity": _identity_fields(identity),
+            "operation": operation,
+            "module": module,
+            "action": action,
+            "params": params,
+            "outcome": "ok" if error is None else ("cancelled" if isinstance(error, str) else "error"),
+        }
+        if isinstance(error, PymgrError):
+            line["code"] = error.code
+            line["status"] = error.http_status
+        line["duration_ms"] = round(duration_s * 1000, 3)
+        data = (json.dumps(line, ensure_ascii=False, separators=(",", ":"), default=str) + "\n").encode()
+        try:
+            self.log.write_line(data)
+        except OSError as exc:
+            self.broken = True
+            log.error("AUDIT LOG WRITE FAILED for %s %s: %s", identity.transport, operation, exc)
+            if self.fail_closed:
+                raise self._unavailable(exc) from None
+
+    def _unavailable(self, exc: OSError) -> Unavailable:
+        return Unavailable(
+            f"the audit log {self.log.path} cannot be written ({exc.strerror or exc}); "
+            "pymgr refuses requests it cannot record. Free the disk or fix the file, then retry",
+            details={"audit_log": str(self.log.path)},
+        )

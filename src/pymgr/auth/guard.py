@@ -1,0 +1,184 @@
+"""The security checks every transport shares, around and in front of dispatch.
+
+Rules:
+- ``GuardedDispatcher`` is the one dispatcher the daemon serves with: it
+  bounds the params, lets the policy decide (``Dispatcher.authorize`` and
+  ``authorize_params``), runs the call, and writes one audit line whatever
+  happened (ok, error, denied, cancelled). Transports only hand it calls, so
+  an action is checked and recorded the same way over every transport.
+- ``EdgeGuard`` is what a transport checks before it has a call: the
+  per-identity request rate (429 / legacy err_code 7), and the audit line of
+  a request it refuses itself (a bad signature).
+- When the audit log is broken and ``fail_closed`` is set, no call runs
+  (503); a call that ran but whose line failed gets 503 too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from typing import Any
+
+from pymgr.auth.audit import Auditor, redact, secret_params
+from pymgr.auth.policy import Policy
+from pymgr.auth.ratelimit import RateLimiter
+from pymgr.core.dispatch import Call, Dispatcher
+from pymgr.core.identity import Identity
+from pymgr.core.registry import Registry
+from pymgr.errors import NotFound, PymgrError, PymgrInternalError, RateLimited, TooLarge
+
+__all__ = ["EdgeGuard", "GuardedDispatcher", "identity_key"]
+
+
+def identity_key(identity: Identity) -> str:
+    """The key of a caller for per-identity limits: its strongest name."""
+    if identity.transport == "unix":
+        return f"uid:{identity.uid}"
+    if identity.key_id is not None:
+        return f"key:{identity.key_id}"
+    if identity.cert is not None:
+        return f"cert:{identity.cert}"
+    host = (identity.peer or "?").rsplit(":", 1)[0]
+    return f"{identity.transport}:{host}"
+
+
+class GuardedDispatcher(Dispatcher):
+    """A Dispatcher with the policy as its authorizer, a params bound and an audit line per call.
+
+    Args:
+        policy: decides who may call what; None allows every call (tests, benches).
+        auditor: writes the lines; None writes none.
+        max_params_bytes: the largest params object, as compact JSON.
+    """
+
+    def __init__(
+        self, registry: Registry, *, policy: Policy | None, auditor: Auditor | None, max_params_bytes: int
+    ) -> None:
+        if policy is None:
+            super().__init__(registry)
+        else:
+            super().__init__(registry, authorize=policy.authorize, authorize_params=policy.authorize_params)
+        self.policy = policy
+        self.auditor = auditor
+        self.max_params_bytes = max_params_bytes
+        self._secrets: dict[str, frozenset[str]] = {}
+
+    async def call(self, call: Call) -> Any:
+        """Run one call, as ``Dispatcher.call``, bounded and audited.
+
+        Raises:
+            TooLarge: the params are larger than ``max_params_bytes``.
+            Unavailable: the audit log cannot be written (``fail_closed``).
+            PymgrError: whatever dispatch raised.
+        """
+        if self.auditor is None:
+            self._check_size(call)
+            return await super().call(call)
+        started = time.perf_counter()
+        self.auditor.ensure_writable()
+        try:
+            self._check_size(call)
+            result = await super().call(call)
+        except PymgrError as exc:
+            self._record(call, started, exc)
+            raise
+        except asyncio.CancelledError:
+            self._record_quietly(call, started, "cancelled")
+            raise
+        except Exception as exc:  # a bug in dispatch: recorded like any failure, then raised as is
+            self._record_quietly(call, started, PymgrInternalError(f"{type(exc).__name__} in dispatch"))
+            raise
+        self._record(call, started, None)
+        return result
+
+    def _check_size(self, call: Call) -> None:
+        try:
+            size = len(json.dumps(call.params, ensure_ascii=False, separators=(",", ":"), default=str).encode())
+        except (TypeError, ValueError):  # not JSON-able at all; dispatch reports the type
+            return
+        if size > self.max_params_bytes:
+            raise TooLarge(
+                f"params of {call.module}.{call.action} are {size} bytes of JSON, more than "
+                f"max_params_bytes={self.max_params_bytes}",
+                details={"limit": self.max_params_bytes, "size": size},
+            )
+
+    def _record(self, call: Call, started: float, error: PymgrError | str | None) -> None:
+        auditor = self.auditor
+        if auditor is None:
+            return
+        operation = self.policy.operation_name(call.module, call.action, call.params) if self.policy else (
+            f"{call.module}.{call.action}"
+        )
+        auditor.record(
+            call.identity,
+            operation=operation,
+            module=call.module,
+            action=call.action,
+            params=redact(call.params, self._secret_names(call)),
+            error=error,
+            duration_s=time.perf_counter() - started,
+        )
+
+    def _record_quietly(self, call: Call, started: float, error: PymgrError | str) -> None:
+        """Record when another exception is already on its way (it must not be replaced)."""
+        try:
+            self._record(call, started, error)
+        except PymgrError:
+            pass  # Auditor.record has logged the failure; the original exception wins
+
+    def _secret_names(self, call: Call) -> frozenset[str] | None:
+        qualname = f"{call.module}.{call.action}"
+        names = self._secrets.get(qualname)
+        if names is None:
+            try:
+                spec = self.registry.get(call.module, call.action)
+            except NotFound:
+                return None
+            names = self._secrets[qualname] = secret_params(spec.params_model)
+        return names
+
+
+class EdgeGuard:
+    """Checks a transport makes before dispatch, and the audit of what it refuses.
+
+    Args:
+        limiter: the per-identity rate; None means no rate limit.
+        auditor: records refusals; None records nothing.
+    """
+
+    def __init__(self, limiter: RateLimiter | None, auditor: Auditor | None) -> None:
+        self.limiter = limiter
+        self.auditor = auditor
+
+    def admit(self, identity: Identity, what: str) -> None:
+        """Take one request from the caller's rate.
+
+        Raises:
+            RateLimited: with ``details.retry_after_s`` (whole seconds, at least 1).
+        """
+        if self.limiter is None:
+            return
+        wait_s = self.limiter.check(identity_key(identity))
+        if wait_s > 0:
+            retry = max(1, math.ceil(wait_s))
+            error = RateLimited(
+                f"too many requests from {identity_key(identity)}: the limit is {self.limiter.rate_per_s:g} per "
+                f"second (bursts of {self.limiter.burst}); retry in {retry} s",
+                details={"retry_after_s": retry},
+            )
+            self.refused(identity, what, error)
+            raise error
+
+    def refused(self, identity: Identity, what: str, error: PymgrError) -> None:
+        """Audit a request the transport refused (never raises: the request fails anyway)."""
+        if self.auditor is None:
+            return
+        try:
+            self.auditor.record(
+                identity, operation=what, module=None, action=None, params=None, error=error, duration_s=0.0
+            )
+        except PymgrError:
+            pass  # Auditor.record has logged the failure; the refusal stands

@@ -1,0 +1,478 @@
+"""The policy: who may run which action. Deny by default.
+
+Rules:
+- A call is allowed only if some ``[[policy.rules]]`` entry names a subject
+  the caller matches and an action pattern the call's *operation* matches.
+  Nothing else allows anything: not uid 0, not the socket's mode, not the
+  transport. (The daemon's own ``internal`` calls are the one exception;
+  no transport can produce that identity.)
+- Subjects: ``user:NAME``, ``uid:N``, ``group:NAME`` (peer credentials on the
+  Unix socket), ``key:ID`` (a signed TCP request), ``cert:CN`` (a verified
+  TLS client certificate), ``legacy`` (the 2014 line protocol), ``owner``
+  (the daemon's own uid, on the Unix socket) and ``any`` (every caller
+  identified by the kernel, a key or a certificate; never ``legacy``).
+- An operation is ``module.action``, except for the ``tasks`` module:
+  its read-only actions are ``tasks.read``; ``start`` is
+  ``tasks.start:TYPE``, ``stop`` and ``logs`` are ``tasks.stop:TYPE`` and
+  ``tasks.logs:TYPE`` (the type of the task the id names).
+- Patterns are fnmatch-style (``*``, ``?``, ``[...]``), case-sensitive.
+  ``PATTERN:read`` matches only read-only operations (``*:read`` is a
+  read-only role in one line).
+- An action's ``@action(allow=[...])`` is a requirement the config can
+  tighten but not silently loosen: the caller must match it too, unless the
+  allowing rule says ``override = true`` (logged at start).
+- A malformed rule or an unknown subject is a config error naming the rule.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import grp
+import pwd
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from pymgr.core.identity import Identity
+from pymgr.core.registry import ActionSpec, Registry
+from pymgr.errors import Forbidden
+
+__all__ = [
+    "Operation",
+    "Policy",
+    "PolicyConfig",
+    "PolicyError",
+    "PolicyRule",
+    "Subject",
+    "describe_identity",
+    "parse_pattern",
+    "parse_subject",
+]
+
+SUBJECT_HELP = "user:NAME, uid:N, group:NAME, key:ID, cert:CN, legacy, owner or any"
+#: Task operations that name a task type after the colon.
+TYPED_TASK_OPS = ("tasks.start", "tasks.stop", "tasks.logs")
+#: Characters a pattern may hold: names, dots, colons and fnmatch's own.
+_PATTERN_CHARS = re.compile(r"^[A-Za-z0-9_.\-*?\[\]!:]+$")
+#: A task type name that no configured type can have: it matches only
+#: wildcard patterns, so "may start some type" is one fnmatch per rule.
+_ANY_TYPE = "\x00any"
+#: Decisions cached per (identity, action, operation); cleared when full.
+_CACHE_MAX = 4096
+
+
+class PolicyError(ValueError):
+    """The policy cannot be built (a rule names an unknown key, a bad allow entry)."""
+
+
+# --- subjects ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """One parsed subject: ``kind`` and its value (None for bare kinds)."""
+
+    kind: str
+    value: str | int | None = None
+
+    def __str__(self) -> str:
+        return self.kind if self.value is None else f"{self.kind}:{self.value}"
+
+
+_BARE = frozenset({"legacy", "owner", "any"})
+_NAMED = frozenset({"user", "uid", "group", "key", "cert"})
+
+
+def parse_subject(text: str) -> Subject:
+    """Parse ``user:NAME``, ``uid:N``, ... or a bare kind.
+
+    Raises:
+        ValueError: an unknown kind, an empty name or a uid that is not a number.
+    """
+    if text in _BARE:
+        return Subject(text)
+    kind, sep, value = text.partition(":")
+    if not sep or kind not in _NAMED:
+        raise ValueError(f"unknown subject {text!r}; subjects are {SUBJECT_HELP}")
+    if not value or value != value.strip():
+        raise ValueError(f"subject {text!r} needs a name after {kind!r}:, without spaces")
+    if kind == "uid":
+        if not value.isascii() or not value.isdigit():
+            raise ValueError(f"subject {text!r}: uid must be a number, like uid:33")
+        return Subject(kind, int(value))
+    return Subject(kind, value)
+
+
+def _check_subject(text: str) -> str:
+    parse_subject(text)
+    return text
+
+
+def subject_matches(subject: Subject, identity: Identity, owner_uid: int) -> bool:
+    """Whether ``identity`` is ``subject``."""
+    kind, value = subject.kind, subject.value
+    unix = identity.transport == "unix"
+    if kind == "any":
+        return unix or identity.key_id is not None or identity.cert is not None
+    if kind == "legacy":
+        return identity.transport == "legacy"
+    if kind == "owner":
+        return unix and identity.uid == owner_uid
+    if kind == "user":
+        return unix and identity.user == value
+    if kind == "uid":
+        return unix and identity.uid == value
+    if kind == "group":
+        return unix and value in identity.groups
+    if kind == "key":
+        return identity.key_id == value
+    return kind == "cert" and identity.cert == value
+
+
+def describe_identity(identity: Identity) -> str:
+    """The caller in a message: ``user:www-data (uid 33)``, ``key:ci``, ..."""
+    if identity.transport == "unix":
+        name = f"user:{identity.user}" if identity.user else f"uid:{identity.uid}"
+        return f"{name} (uid {identity.uid})"
+    parts = [f"key:{identity.key_id}"] if identity.key_id else []
+    parts += [f"cert:{identity.cert}"] if identity.cert else []
+    if parts:
+        return " ".join(parts)
+    return f"{identity.transport} caller {identity.peer or '(unknown address)'}"
+
+
+# --- patterns and operations ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """What a call does, as the policy names it (``tasks.start:scan``)."""
+
+    name: str
+    read_only: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """One parsed action pattern."""
+
+    text: str
+    glob: str
+    read_only: bool
+
+    def matches(self, op: Operation) -> bool:
+        return (op.read_only or not self.read_only) and fnmatch.fnmatchcase(op.name, self.glob)
+
+
+def parse_pattern(text: str) -> Pattern:
+    """Parse ``module.action``, ``PATTERN:read`` or ``tasks.start:TYPE``.
+
+    Raises:
+        ValueError: the pattern cannot match anything meaningful; the message
+            says what to write instead.
+    """
+    if not _PATTERN_CHARS.match(text):
+        raise ValueError(f"action pattern {text!r} has characters other than names, '.', ':' and * ? [ ] !")
+    head, sep, tail = text.partition(":")
+    if sep and head in TYPED_TASK_OPS:
+        if not tail:
+            raise ValueError(f"action pattern {text!r} needs a task type after the colon, or * for every type")
+        return Pattern(text, text, read_only=False)
+    if sep:
+        if tail != "read" or not head:
+            raise ValueError(
+                f"action pattern {text!r}: after ':' only 'read' may follow (PATTERN:read, read-only actions), "
+                f"except in {', '.join(t + ':TYPE' for t in TYPED_TASK_OPS)}"
+            )
+        _check_plain(text, head)
+        return Pattern(text, head, read_only=True)
+    _check_plain(text, head)
+    return Pattern(text, head, read_only=False)
+
+
+def _check_plain(text: str, glob: str) -> None:
+    if glob in TYPED_TASK_OPS:
+        raise ValueError(f"action pattern {text!r} needs a task type: write {glob}:TYPE, or {glob}:* for every type")
+    if glob in ("tasks.list", "tasks.show", "tasks.types"):
+        raise ValueError(f"action pattern {text!r}: task reads are one operation; write tasks.read")
+    if "." not in glob and glob.strip("*") != "":
+        raise ValueError(f"action pattern {text!r} names no action: write {glob}.* for every action of module {glob!r}")
+
+
+def _check_pattern(text: str) -> str:
+    parse_pattern(text)
+    return text
+
+
+# --- config -----------------------------------------------------------------
+
+
+class PolicyRule(BaseModel):
+    """One ``[[policy.rules]]`` entry."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Shown in errors, start-up notes and 403 details.
+    name: str | None = None
+    #: Who the rule is for: any of these.
+    subjects: list[Annotated[str, AfterValidator(_check_subject)]] = Field(min_length=1)
+    #: What they may do: any of these patterns.
+    actions: list[Annotated[str, AfterValidator(_check_pattern)]] = Field(min_length=1)
+    #: Also lift an action's own ``@action(allow=...)`` requirement (logged at start).
+    override: bool = False
+
+
+class PolicyConfig(BaseModel):
+    """The ``[policy]`` section."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rules: list[PolicyRule] = Field(default_factory=list)
+
+
+# --- the compiled policy ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    label: str
+    subjects: tuple[Subject, ...]
+    patterns: tuple[Pattern, ...]
+    override: bool
+
+    def allows(self, op: Operation) -> bool:
+        return any(p.matches(op) for p in self.patterns)
+
+
+def _label(index: int, rule: PolicyRule) -> str:
+    return f"policy rule #{index + 1}" + (f" ({rule.name!r})" if rule.name else "")
+
+
+class Policy:
+    """The compiled rules; ``authorize`` and ``authorize_params`` are the dispatcher's hooks.
+
+    Args:
+        config: the ``[policy]`` section.
+        registry: every served action (for code requirements and start-up notes).
+        key_ids: the configured HMAC key ids (``key:ID`` must name one).
+        task_types: the configured task type names.
+        task_type_of: the type of a task by id, or None if there is no such task.
+        owner_uid: the daemon's own uid (the ``owner`` subject).
+
+    Raises:
+        PolicyError: a rule names an unknown key, or an action's ``allow`` entry is malformed.
+    """
+
+    def __init__(
+        self,
+        config: PolicyConfig,
+        registry: Registry,
+        *,
+        key_ids: Iterable[str] = (),
+        task_types: Iterable[str] = (),
+        task_type_of: Callable[[int], str | None] = lambda task_id: None,
+        owner_uid: int,
+    ) -> None:
+        self._registry = registry
+        self._task_types = (*task_types, _ANY_TYPE)
+        self._task_type_of = task_type_of
+        self._owner_uid = owner_uid
+        self._rules = tuple(_compile(i, r, frozenset(key_ids)) for i, r in enumerate(config.rules))
+        self._specs = _all_specs(registry)
+        self._required = {spec.qualname: _requirement(spec) for spec in self._specs if spec.options.allow}
+        self._cache: dict[tuple[Identity, str, str], str | None] = {}
+
+    # --- dispatcher hooks -----------------------------------------------
+
+    def authorize(self, identity: Identity, spec: ActionSpec) -> None:
+        """Before validation: may the caller run this action at all?
+
+        Raises:
+            Forbidden: naming the caller, the operation and what would allow it.
+        """
+        kind = _typed_kind(spec)
+        if kind is None:
+            self._check(identity, spec, operation_of(spec))
+            return
+        # A typed task operation: the type is known only after validation;
+        # here the caller must hold it for at least one type.
+        denial = None
+        for task_type in self._task_types:
+            denial = self._decide(identity, spec, Operation(f"{kind}:{task_type}", spec.options.read_only))
+            if denial is None:
+                return
+        op_name = f"{kind}:TYPE"
+        raise Forbidden(denial or f"no rule allows {op_name}", details={"operation": op_name})
+
+    def authorize_params(self, identity: Identity, spec: ActionSpec, params: BaseModel) -> None:
+        """After validation: the task type of ``tasks.start|stop|logs``.
+
+        Raises:
+            Forbidden: the caller may not do this to a task of this type.
+        """
+        kind = _typed_kind(spec)
+        if kind is None:
+            return
+        task_type = self._type_from(kind, params)
+        if task_type is not None:
+            self._check(identity, spec, Operation(f"{kind}:{task_type}", spec.options.read_only))
+
+    # --- for audit and start-up -----------------------------------------
+
+    def operation_name(self, module: str, action: str, params: Any) -> str:
+        """The operation of a call as the audit log names it, from raw params (best effort)."""
+        try:
+            spec = self._registry.get(module, action)
+        except Exception:  # NotFound: the audit line still names what was asked
+            return f"{module}.{action}"
+        kind = _typed_kind(spec)
+        if kind is None:
+            return operation_of(spec).name
+        task_type = None
+        if isinstance(params, dict):
+            if kind == "tasks.start":
+                task_type = params.get("type") if isinstance(params.get("type"), str) else None
+            else:
+                task_type = self._type_by_id(params.get("id"))
+        return f"{kind}:{task_type if task_type is not None else '?'}"
+
+    def startup_notes(self) -> list[str]:
+        """Warnings for the start-up log: overrides, patterns that match nothing, unknown names."""
+        notes = []
+        for rule in self._rules:
+            notes += self._override_notes(rule) + self._unmatched_notes(rule) + _unknown_name_notes(rule)
+        return notes
+
+    # --- internals ------------------------------------------------------
+
+    def _check(self, identity: Identity, spec: ActionSpec, op: Operation) -> None:
+        denial = self._decide(identity, spec, op)
+        if denial is not None:
+            raise Forbidden(denial, details={"operation": op.name, "caller": describe_identity(identity)})
+
+    def _decide(self, identity: Identity, spec: ActionSpec, op: Operation) -> str | None:
+        """None if allowed, else the denial message (cached)."""
+        key = (identity, spec.qualname, op.name)
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        denial = self._compute(identity, spec, op)
+        if len(self._cache) >= _CACHE_MAX:
+            self._cache.clear()
+        self._cache[key] = denial
+        return denial
+
+    def _compute(self, identity: Identity, spec: ActionSpec, op: Operation) -> str | None:
+        if identity.transport == "internal":
+            return None
+        who = describe_identity(identity)
+        allowing = [r for r in self._rules if r.allows(op) and self._is(identity, r.subjects)]
+        if not allowing:
+            shown = op.name.replace(_ANY_TYPE, "TYPE")
+            return f"the policy allows {who} no {shown}; an admin can add it to [[policy.rules]]"
+        required = self._required.get(spec.qualname)
+        if required is None or self._is(identity, required) or any(r.override for r in allowing):
+            return None
+        needs = ", ".join(map(str, required))
+        return (
+            f"{spec.qualname} may only be called by {needs} (required by the action itself); {who} is none of "
+            "them, and a policy rule lifts that only with override = true"
+        )
+
+    def _is(self, identity: Identity, subjects: Sequence[Subject]) -> bool:
+        return any(subject_matches(s, identity, self._owner_uid) for s in subjects)
+
+    def _type_from(self, kind: str, params: BaseModel) -> str | None:
+        if kind == "tasks.start":
+            value = getattr(params, "type", None)
+            return value if isinstance(value, str) else None
+        return self._type_by_id(getattr(params, "id", None))
+
+    def _type_by_id(self, task_id: Any) -> str | None:
+        if isinstance(task_id, str) and task_id.isascii() and task_id.isdigit():
+            task_id = int(task_id)
+        if not isinstance(task_id, int) or isinstance(task_id, bool):
+            return None
+        return self._task_type_of(task_id)
+
+    def _override_notes(self, rule: _Rule) -> list[str]:
+        if not rule.override:
+            return []
+        notes = []
+        for spec in self._specs:
+            if spec.qualname in self._required and any(rule.allows(op) for op in self._ops_of(spec)):
+                needs = ", ".join(map(str, self._required[spec.qualname]))
+                who = ", ".join(map(str, rule.subjects))
+                notes.append(
+                    f"{rule.label} has override = true: it lets {who} call {spec.qualname}, "
+                    f"which its code restricts to {needs}"
+                )
+        if not notes:
+            notes.append(f"{rule.label} has override = true but loosens no action's own requirement")
+        return notes
+
+    def _unmatched_notes(self, rule: _Rule) -> list[str]:
+        ops = [op for spec in self._specs for op in self._ops_of(spec)]
+        return [
+            f"{rule.label}: action pattern {p.text!r} matches no action this daemon serves"
+            for p in rule.patterns
+            if not any(p.matches(op) for op in ops)
+        ]
+
+    def _ops_of(self, spec: ActionSpec) -> list[Operation]:
+        kind = _typed_kind(spec)
+        if kind is None:
+            return [operation_of(spec)]
+        return [Operation(f"{kind}:{t}", spec.options.read_only) for t in self._task_types]
+
+
+def operation_of(spec: ActionSpec) -> Operation:
+    """The operation of an action that needs no params to name it."""
+    if spec.module == "tasks" and spec.options.read_only and _typed_kind(spec) is None:
+        return Operation("tasks.read", True)
+    return Operation(spec.qualname, spec.options.read_only)
+
+
+def _typed_kind(spec: ActionSpec) -> str | None:
+    if spec.module != "tasks":
+        return None
+    kind = f"tasks.{spec.name}"
+    return kind if kind in TYPED_TASK_OPS else None
+
+
+def _all_specs(registry: Registry) -> list[ActionSpec]:
+    return [registry.get(m["name"], a["name"]) for m in registry.describe() for a in m["actions"]]
+
+
+def _requirement(spec: ActionSpec) -> tuple[Subject, ...]:
+    try:
+        return tuple(parse_subject(entry) for entry in spec.options.allow or ())
+    except ValueError as exc:
+        raise PolicyError(f"action {spec.qualname}: @action(allow=...) entry is not a subject: {exc}") from None
+
+
+def _compile(index: int, rule: PolicyRule, key_ids: frozenset[str]) -> _Rule:
+    label = _label(index, rule)
+    subjects = tuple(parse_subject(s) for s in rule.subjects)
+    for subject in subjects:
+        if subject.kind == "key" and subject.value not in key_ids:
+            known = ", ".join(sorted(key_ids)) or "(none)"
+            raise PolicyError(f"{label}: subject '{subject}' names no key in [[auth.keys]]; keys: {known}")
+    return _Rule(label, subjects, tuple(parse_pattern(p) for p in rule.actions), rule.override)
+
+
+def _unknown_name_notes(rule: _Rule) -> list[str]:
+    notes = []
+    for subject in rule.subjects:
+        lookup = {"user": pwd.getpwnam, "group": grp.getgrnam}.get(subject.kind)
+        if lookup is None:
+            continue
+        try:
+            lookup(str(subject.value))
+        except KeyError:
+            notes.append(f"{rule.label}: subject '{subject}' names no {subject.kind} on this host (yet)")
+    return notes

@@ -1,0 +1,122 @@
+"""The security sections of the config: ``[auth]``, ``[audit]``, ``[limits]``, ``[http.tls]``.
+
+Data only, like the rest of ``pymgr.config`` (which includes these models);
+the policy's own section lives with its parser in ``auth/policy.py``. Every
+limit has a default that carries its reason and is documented in
+docs/security.md ("Limits").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+#: A key id as it travels in ``X-Pymgr-Key``: short, printable, no separators
+#: that could confuse the canonical request or a log line.
+KEY_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+
+#: Shortest accepted HMAC secret, in bytes. RFC 2104 advises a key at least as
+#: long as the hash output (32 bytes for SHA-256); 16 random bytes is the floor
+#: below which a guessed or brute-forced key becomes plausible.
+MIN_SECRET_BYTES = 16
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KeyConfig(_Section):
+    """One HMAC key a TCP caller may sign with (``[[auth.keys]]``)."""
+
+    #: The key id callers send in ``X-Pymgr-Key``; ``key:ID`` in the policy.
+    id: str = Field(pattern=KEY_ID_PATTERN)
+    #: The shared secret, inline; or ``secret_file`` instead.
+    secret: SecretStr | None = None
+    #: A file holding the secret (mode 0600 or 0400, owned by the daemon's user).
+    secret_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> KeyConfig:
+        if (self.secret is None) == (self.secret_file is None):
+            raise ValueError(f"key {self.id!r}: set exactly one of `secret` or `secret_file`")
+        if self.secret is not None and len(self.secret.get_secret_value().encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"key {self.id!r}: secret must be at least {MIN_SECRET_BYTES} bytes long")
+        return self
+
+
+class AuthConfig(_Section):
+    """How TCP callers prove who they are (HMAC request signing)."""
+
+    keys: list[KeyConfig] = Field(default_factory=list)
+    #: Seconds a signed request's timestamp may differ from the daemon's clock,
+    #: either way. Five minutes is what AWS SigV4 and Kerberos allow.
+    clock_skew_s: float = Field(300.0, gt=0, le=3600)
+    #: Most nonces remembered at once (each for its request's 2 x clock_skew_s
+    #: window at most); when full, signed requests get 503 until some expire.
+    nonce_cache_max: int = Field(100_000, ge=1)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> AuthConfig:
+        seen: set[str] = set()
+        for key in self.keys:
+            if key.id in seen:
+                raise ValueError(f"key id {key.id!r} is declared twice in [[auth.keys]]")
+            seen.add(key.id)
+        return self
+
+
+class AuditConfig(_Section):
+    """The audit log: one JSON line per privileged request."""
+
+    #: The log file; ``<state_dir>/audit.log`` if unset.
+    path: Path | None = None
+    #: Size at which the file is rotated (renamed to ``.1``, ``.2``, ...).
+    max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    #: Rotated files kept; the oldest is deleted.
+    backups: int = Field(5, ge=0, le=100)
+    #: Also send every line to syslog at this Unix socket (e.g. "/dev/log",
+    #: which journald serves too); none turns syslog off.
+    syslog_address: str | None = None
+    #: Syslog facility of those lines.
+    syslog_facility: Literal["auth", "authpriv", "daemon", "local0", "local1", "local2", "local3", "local4",
+                             "local5", "local6", "local7"] = "authpriv"
+    #: A request whose audit line cannot be written fails with 503 (and no
+    #: further request runs until the log is writable again); false only logs
+    #: the error and serves on.
+    fail_closed: bool = True
+
+
+class LimitsConfig(_Section):
+    """Per-identity limits shared by every transport."""
+
+    #: Requests per second each identity may sustain (token bucket refill rate).
+    rate_per_s: float = Field(50.0, gt=0)
+    #: Requests an identity may send in a burst before ``rate_per_s`` applies.
+    rate_burst: int = Field(100, ge=1)
+    #: Identities whose buckets are tracked at once; more evicts full buckets first.
+    max_tracked_identities: int = Field(10_000, ge=1)
+    #: Largest params object of one call, as JSON bytes (every transport).
+    max_params_bytes: int = Field(64 * 1024, ge=2)
+
+
+class TlsConfig(_Section):
+    """TLS on the TCP listener (``[http.tls]``)."""
+
+    #: The server's certificate chain (PEM).
+    certfile: Path
+    #: Its private key (PEM).
+    keyfile: Path
+    #: CA bundle that client certificates are verified against; a verified
+    #: client certificate identifies the caller as ``cert:CN``.
+    client_ca: Path | None = None
+    #: Refuse the TLS handshake of a client without a valid certificate
+    #: (otherwise it may still sign its requests).
+    require_client_cert: bool = False
+
+    @model_validator(mode="after")
+    def _ca_for_required(self) -> TlsConfig:
+        if self.require_client_cert and self.client_ca is None:
+            raise ValueError("require_client_cert = true needs client_ca, the CA that signs client certificates")
+        return self

@@ -1,0 +1,298 @@
+"""HMAC-SHA256 request signing for TCP callers: the scheme, exactly, and its checks.
+
+No I/O here: canonical forms, signatures and checks are functions of their
+inputs (the clock and the nonce cache are passed in), so the client, the
+server and the docs' worked example all run the same code.
+
+The scheme (docs/security.md says the same, for clients in other languages):
+
+    X-Pymgr-Key:       the key id
+    X-Pymgr-Timestamp: Unix time, whole seconds, decimal
+    X-Pymgr-Nonce:     16-64 characters of [A-Za-z0-9_-], new for every request
+    X-Pymgr-Signature: lower-case hex HMAC-SHA256(secret, canonical request)
+
+    canonical request = these 8 lines joined by "\\n" (no trailing newline):
+        PYMGR-HMAC-SHA256
+        METHOD                   upper case
+        canonical path           see canonical_path
+        canonical query          see canonical_query ("" if none)
+        hex SHA-256 of the body  the exact bytes sent (empty body too)
+        timestamp                as in the header
+        nonce                    as in the header
+        key id                   as in the header
+
+Rules of the check, in order (each failure is 401 ``unauthenticated`` and
+says which): all four headers present and well-formed; the key id is
+configured; ``|now - timestamp| <= clock_skew_s``; the signature matches
+(constant-time compare); the (key id, nonce) pair was not seen within its
+window. A nonce is remembered only after its signature checked out, until
+its timestamp leaves the window; if the cache is full of live nonces the
+request gets 503 rather than forgetting one (which would allow a replay).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import hmac
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from urllib.parse import quote, unquote, unquote_to_bytes
+
+from pymgr.errors import Unauthenticated, Unavailable
+
+__all__ = [
+    "HEADER_KEY",
+    "HEADER_NONCE",
+    "HEADER_SIGNATURE",
+    "HEADER_TIMESTAMP",
+    "SCHEME",
+    "NonceCache",
+    "Verifier",
+    "canonical_path",
+    "canonical_query",
+    "canonical_request",
+    "sign",
+    "signed_headers",
+]
+
+SCHEME = "PYMGR-HMAC-SHA256"
+HEADER_KEY = "X-Pymgr-Key"
+HEADER_TIMESTAMP = "X-Pymgr-Timestamp"
+HEADER_NONCE = "X-Pymgr-Nonce"
+HEADER_SIGNATURE = "X-Pymgr-Signature"
+_HEADERS = (HEADER_KEY, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE)
+
+#: RFC 3986 unreserved characters besides letters and digits: the only ones
+#: left unencoded in canonical forms (as in AWS SigV4).
+_UNRESERVED = "-_.~"
+_KEY_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_TIMESTAMP = re.compile(r"^[0-9]{1,12}$")
+#: 16 characters of base64url carry 96 bits: collisions between honest
+#: clients are negligible; 64 bounds what the cache stores per request.
+_NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+_SIGNATURE = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def canonical_path(path: str) -> str:
+    """The path as sent on the request line (percent-encoded, no query), each
+    "/"-separated segment percent-decoded as UTF-8 and encoded again leaving
+    only unreserved characters (upper-case hex). ``/v1/modules/a%20b/x`` and
+    ``/v1/modules/a b/x`` both give ``/v1/modules/a%20b/x``; an encoded
+    slash stays encoded (``a%2Fb`` is one segment, not two).
+
+    Raises:
+        ValueError: a percent-escape does not decode as UTF-8.
+    """
+    return "/".join(quote(unquote(segment, errors="strict"), safe=_UNRESERVED) for segment in path.split("/"))
+
+
+def canonical_query(query: str | bytes) -> str:
+    """The query string in a canonical order and encoding.
+
+    Split on "&" (empty parts dropped); each part into name and value at its
+    first "=" (no "=" means an empty value); "+" is a space; percent-decode
+    each as UTF-8; percent-encode again leaving only unreserved characters
+    (upper-case hex); sort by name, then value; join as ``name=value`` with "&".
+
+    Raises:
+        ValueError: the raw query is not ASCII, or a name or value is not
+            UTF-8 once decoded.
+    """
+    raw = query.decode("ascii") if isinstance(query, bytes) else query
+    pairs = []
+    for part in raw.split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        pairs.append((_requote(name), _requote(value)))
+    return "&".join(f"{name}={value}" for name, value in sorted(pairs))
+
+
+def _requote(text: str) -> str:
+    decoded = unquote_to_bytes(text.replace("+", " ")).decode("utf-8")
+    return quote(decoded, safe=_UNRESERVED)
+
+
+def body_sha256(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def canonical_request(
+    method: str, path: str, query: str | bytes, body: bytes, *, timestamp: str, nonce: str, key_id: str
+) -> str:
+    """The text that is signed (see the module docstring)."""
+    lines = (
+        SCHEME,
+        method.upper(),
+        canonical_path(path),
+        canonical_query(query),
+        body_sha256(body),
+        timestamp,
+        nonce,
+        key_id,
+    )
+    return "\n".join(lines)
+
+
+def sign(secret: bytes, canonical: str) -> str:
+    """Lower-case hex HMAC-SHA256 of the canonical request."""
+    return hmac.new(secret, canonical.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def signed_headers(
+    key_id: str, secret: bytes, method: str, path: str, query: str | bytes, body: bytes, *, timestamp: int, nonce: str
+) -> dict[str, str]:
+    """The four headers a client adds to a request."""
+    stamp = str(timestamp)
+    canonical = canonical_request(method, path, query, body, timestamp=stamp, nonce=nonce, key_id=key_id)
+    return {
+        HEADER_KEY: key_id,
+        HEADER_TIMESTAMP: stamp,
+        HEADER_NONCE: nonce,
+        HEADER_SIGNATURE: sign(secret, canonical),
+    }
+
+
+class NonceCache:
+    """Nonces seen recently, each until its expiry; at most ``max_entries``.
+
+    Raises:
+        ValueError: ``max_entries`` is not positive.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be positive, not {max_entries}")
+        self.max_entries = max_entries
+        self._expiry: dict[tuple[str, str], float] = {}
+        self._heap: list[tuple[float, tuple[str, str]]] = []
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def add(self, key_id: str, nonce: str, expires_at: float, now: float) -> bool:
+        """Remember a nonce; False if it is already there (a replay).
+
+        Raises:
+            Unavailable: the cache is full of nonces that have not expired.
+        """
+        self._evict(now)
+        entry = (key_id, nonce)
+        if entry in self._expiry:
+            return False
+        if len(self._expiry) >= self.max_entries:
+            raise Unavailable(
+                f"the nonce cache is full ({self.max_entries} live nonces, nonce_cache_max); retry in a few "
+                "seconds, or raise [auth] nonce_cache_max",
+                details={"limit": self.max_entries},
+            )
+        self._expiry[entry] = expires_at
+        heapq.heappush(self._heap, (expires_at, entry))
+        return True
+
+    def _evict(self, now: float) -> None:
+        heap = self._heap
+        while heap and heap[0][0] < now:
+            _, entry = heapq.heappop(heap)
+            del self._expiry[entry]
+
+
+@dataclass(frozen=True, slots=True)
+class SignedRequest:
+    """The four signing headers, checked for form."""
+
+    key_id: str
+    timestamp: str
+    nonce: str
+    signature: str
+
+
+def parse_headers(headers: Mapping[str, str]) -> SignedRequest:
+    """The signing headers of a request (names lower-case).
+
+    Raises:
+        Unauthenticated: a header is missing or malformed.
+    """
+    missing = [name for name in _HEADERS if name.lower() not in headers]
+    if missing:
+        raise Unauthenticated(
+            f"request is not signed: missing {', '.join(missing)}; TCP callers sign every request "
+            "with HMAC-SHA256 (docs/security.md, 'Signed requests')",
+            details={"missing": missing},
+        )
+    values = [headers[name.lower()] for name in _HEADERS]
+    for name, value, form, expected in zip(
+        _HEADERS,
+        values,
+        (_KEY_ID, _TIMESTAMP, _NONCE, _SIGNATURE),
+        ("1-64 of [A-Za-z0-9._-]", "Unix seconds", "16-64 of [A-Za-z0-9_-]", "64 hex digits"),
+        strict=True,
+    ):
+        if not form.match(value):
+            raise Unauthenticated(f"{name} must be {expected}, not {value[:80]!r}")
+    return SignedRequest(*values)
+
+
+class Verifier:
+    """Checks signed requests against the configured keys.
+
+    Args:
+        keys: secret by key id.
+        clock_skew_s: how far a timestamp may be from ``clock()``, either way.
+        nonces: the replay cache.
+        clock: wall-clock seconds (``time.time``).
+    """
+
+    def __init__(
+        self, keys: Mapping[str, bytes], *, clock_skew_s: float, nonces: NonceCache, clock: Callable[[], float]
+    ) -> None:
+        self.keys = dict(keys)
+        self.clock_skew_s = clock_skew_s
+        self.nonces = nonces
+        self._clock = clock
+
+    def verify(
+        self, method: str, path: str, query: str | bytes, body: bytes, headers: Mapping[str, str]
+    ) -> str:
+        """The key id of a correctly signed, fresh, first-seen request.
+
+        Args:
+            headers: the request's headers, names in lower case.
+
+        Raises:
+            Unauthenticated: unsigned, unknown key, outside the window, bad signature, replayed.
+            Unavailable: the nonce cache is full.
+        """
+        signed = parse_headers(headers)
+        secret = self.keys.get(signed.key_id)
+        if secret is None:
+            raise Unauthenticated(f"unknown key id {signed.key_id!r}", details={"key_id": signed.key_id})
+        now = self._clock()
+        skew = int(signed.timestamp) - now
+        if abs(skew) > self.clock_skew_s:
+            when = "in the future" if skew > 0 else "in the past"
+            raise Unauthenticated(
+                f"{HEADER_TIMESTAMP} {signed.timestamp} is {abs(skew):.0f} s {when}; the limit is "
+                f"clock_skew_s={self.clock_skew_s:g} (server time {now:.0f}): check the client's clock",
+                details={"server_time": int(now)},
+            )
+        try:
+            canonical = canonical_request(
+                method, path, query, body, timestamp=signed.timestamp, nonce=signed.nonce, key_id=signed.key_id
+            )
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise Unauthenticated(f"the path or query cannot be canonicalized (not UTF-8): {exc}") from None
+        if not hmac.compare_digest(sign(secret, canonical).encode(), signed.signature.lower().encode()):
+            raise Unauthenticated(
+                f"signature does not match for key {signed.key_id!r}; details.canonical_request is what the "
+                "server signed (compare it with the client's)",
+                details={"canonical_request": canonical},
+            )
+        if not self.nonces.add(signed.key_id, signed.nonce, int(signed.timestamp) + self.clock_skew_s, now):
+            raise Unauthenticated(
+                f"{HEADER_NONCE} {signed.nonce!r} was already used with key {signed.key_id!r}: a replay; "
+                "send a new nonce with every request"
+            )
+        return signed.key_id

@@ -1,0 +1,145 @@
+"""Commands declared in the config (``[commands.NAME]``), served as actions: sudo done right.
+
+Rules:
+- Each command is an action ``MODULE.NAME`` (``commands.NAME`` unless the
+  command names another ``module``), with the parameters it declares: they
+  validate, show their JSON Schema and pass the policy and the audit like
+  any Python action's. No client can run anything else.
+- The argv template renders with the task types' own renderer
+  (``tasks/tasktypes.py``): each ``{name}`` becomes exactly one argv element,
+  whatever the value holds; no shell ever sees it.
+- Checked at start-up, so a bad command never waits for its first call:
+  argv[0] is an absolute path to an executable regular file; every
+  placeholder names a declared parameter; the ``user`` exists, and running
+  as another user needs a root daemon.
+- A run replies with ``exit_code``, ``signal``, ``stdout``, ``stderr``
+  (each capped at ``max_output_bytes``), ``truncated``, ``timed_out`` and
+  ``duration_s`` (``modules/_cmdrun.py``). A non-zero exit is a result, not
+  an error; a program that cannot start is ``ActionFailed``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import pwd
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from pymgr.config import ConfigError
+from pymgr.core.identity import Identity
+from pymgr.core.registry import Module, action
+from pymgr.errors import ActionFailed
+from pymgr.modules._cmdrun import RunAs, run_command
+from pymgr.modules.commandspec import COMMAND_NAME, CommandConfig
+from pymgr.tasks.tasktypes import PLACEHOLDER, render_element, render_value
+
+__all__ = ["CommandModule", "command_modules"]
+
+#: The parameter through which dispatch passes the caller (never a command parameter).
+_CALLER = "pymgr_caller"
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One command, checked and ready to run."""
+
+    name: str
+    config: CommandConfig
+    run_as: RunAs | None
+
+    async def run(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        values = {name: render_value(value) for name, value in params.items()}
+        argv = [render_element(element, values) for element in self.config.argv]
+        try:
+            return await run_command(
+                argv,
+                env=self.config.env,
+                cwd=self.config.cwd or Path("/"),
+                run_as=self.run_as,
+                timeout_s=self.config.timeout_s,
+                max_output_bytes=self.config.max_output_bytes,
+            )
+        except OSError as exc:
+            raise ActionFailed(
+                f"command {self.config.module}.{self.name} could not start {argv[0]}: {exc.strerror or exc}",
+                details={"executable": argv[0]},
+            ) from None
+
+
+class CommandModule(Module):
+    """Actions that run the commands the config declares."""
+
+    commands: dict[str, Command] = {}
+
+
+def _check(name: str, config: CommandConfig) -> RunAs | None:
+    where = f"[commands.{name}]"
+    if not re.match(COMMAND_NAME, name):
+        raise ConfigError(f"{where}: a command name is letters, digits, '_' and '-' (at most 64), not {name!r}")
+    if _CALLER in config.params:
+        raise ConfigError(f"{where} params: {_CALLER!r} is reserved; rename the parameter")
+    executable = Path(config.argv[0])
+    if not executable.is_file() or not os.access(executable, os.X_OK):
+        raise ConfigError(f"{where} argv[0] {str(executable)!r} is not an executable file")
+    for index, element in enumerate(config.argv):
+        for match in PLACEHOLDER.finditer(element):
+            if match.group(1) not in config.params:
+                known = ", ".join("{" + k + "}" for k in sorted(config.params)) or "(no params)"
+                raise ConfigError(f"{where} argv[{index}] {element!r}: unknown placeholder {match.group(0)!r}; known: {known}")
+    if config.user is None:
+        return None
+    try:
+        user = pwd.getpwnam(config.user)
+    except KeyError:
+        raise ConfigError(f"{where} user {config.user!r} does not exist on this host") from None
+    if user.pw_uid != os.geteuid() and os.geteuid() != 0:
+        raise ConfigError(f"{where} user {config.user!r}: only a daemon running as root can run commands as another user")
+    groups = tuple(g for g in os.getgrouplist(user.pw_name, user.pw_gid) if g != user.pw_gid)
+    return RunAs(user.pw_uid, user.pw_gid, groups)
+
+
+def _action_for(command: Command) -> Any:
+    """A method with the command's parameters as its signature, marked as an action."""
+
+    async def run(self: CommandModule, **params: Any) -> dict[str, Any]:
+        params.pop(_CALLER, None)
+        return await command.run(params)
+
+    parameters = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    annotations: dict[str, Any] = {}
+    for pname, spec in command.config.params.items():
+        default = Field(... if spec.is_required else spec.default, description=spec.doc or None)
+        parameters.append(inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY, default=default))
+        annotations[pname] = spec.annotation()
+    parameters.append(inspect.Parameter(_CALLER, inspect.Parameter.KEYWORD_ONLY, annotation=Identity))
+    annotations[_CALLER] = Identity
+    run.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    run.__annotations__ = annotations
+    run.__name__ = run.__qualname__ = command.name
+    run.__doc__ = command.config.doc or f"Runs {command.config.argv[0]}."
+    return action(name=command.name, read_only=command.config.read_only)(run)
+
+
+def command_modules(commands: Mapping[str, CommandConfig]) -> list[CommandModule]:
+    """One module instance per module name the commands use.
+
+    Raises:
+        ConfigError: naming the first bad command.
+    """
+    by_module: dict[str, dict[str, Command]] = {}
+    for name, config in commands.items():
+        by_module.setdefault(config.module, {})[name] = Command(name, config, _check(name, config))
+    modules: list[CommandModule] = []
+    for module_name, members in by_module.items():
+        namespace: dict[str, Any] = {"name": module_name, "commands": members}
+        namespace.update({f"_run_{name}": _action_for(cmd) for name, cmd in members.items()})
+        namespace["__doc__"] = f"Commands declared in the config ({', '.join(sorted(members))})."
+        cls = type(f"Commands_{module_name}", (CommandModule,), namespace)
+        modules.append(cls())
+    return modules

@@ -1,0 +1,56 @@
+"""The config of commands declared in TOML (``[commands.NAME]``): data only.
+
+``modules/commands.py`` turns each into an action; this file holds only the
+pydantic model, so ``pymgr.config`` can include it without importing the
+runner.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pymgr.core.paramspec import ParamSpec
+
+__all__ = ["COMMAND_NAME", "CommandConfig"]
+
+#: A command's name is its action's name, part of a URL path: keep it plain.
+COMMAND_NAME = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
+
+#: Default bound on each of stdout and stderr kept for the reply: enough for
+#: a status report, small enough that a chatty command cannot bloat the daemon.
+DEFAULT_MAX_OUTPUT_BYTES = 64 * 1024
+
+
+class CommandConfig(BaseModel):
+    """One command an operator offers as an action, with no Python."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: The module the action belongs to (``commands.NAME`` by default).
+    module: str = Field("commands", pattern=COMMAND_NAME)
+    #: argv template: argv[0] is the executable's absolute path; "{name}"
+    #: stands for a parameter and is always exactly one argv element.
+    argv: list[str] = Field(min_length=1)
+    params: dict[str, ParamSpec] = Field(default_factory=dict)
+    #: Seconds before the command's process group gets SIGTERM (then SIGKILL).
+    timeout_s: float = Field(30.0, gt=0, le=86400)
+    #: Bytes of stdout and of stderr kept each; the rest is counted, not kept.
+    max_output_bytes: int = Field(DEFAULT_MAX_OUTPUT_BYTES, ge=0, le=16 * 1024 * 1024)
+    #: Run as this user (its primary group and supplementary groups); the daemon's own if unset.
+    user: str | None = None
+    #: Working directory (relative to the config file); "/" if unset.
+    cwd: Path | None = None
+    #: The whole environment of the command: empty unless declared here.
+    env: dict[str, str] = Field(default_factory=dict)
+    #: The command changes nothing: read-only roles (``*:read``) may call it.
+    read_only: bool = False
+    doc: str = ""
+
+    @field_validator("argv")
+    @classmethod
+    def _absolute_executable(cls, argv: list[str]) -> list[str]:
+        if not argv[0].startswith("/") or "{" in argv[0]:
+            raise ValueError(f"argv[0] must be the executable's absolute path, without placeholders, not {argv[0]!r}")
+        return argv

@@ -1,0 +1,236 @@
+"""Wiring the security model into the daemon: identity, policy, audit, limits, TLS.
+
+``build_security`` turns the config's ``[auth]``, ``[policy]``, ``[audit]``,
+``[limits]`` and ``[http]`` limits into the objects the daemon serves with;
+everything that can be wrong (a bad rule, a key file readable by others, an
+audit log that cannot be opened, a TCP listener nobody could authenticate
+on) fails here, before any socket accepts. docs/security.md describes the
+model; each part lives in its own file under ``auth/`` and ``transport/``.
+"""
+
+from __future__ import annotations
+
+import grp
+import ipaddress
+import logging
+import os
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pymgr.auth.audit import AuditLog, Auditor, syslog_handler
+from pymgr.auth.guard import EdgeGuard, GuardedDispatcher
+from pymgr.auth.keys import KeyLoadError, load_keys
+from pymgr.auth.policy import Policy, PolicyError
+from pymgr.auth.ratelimit import RateLimiter
+from pymgr.auth.signing import NonceCache, Verifier
+from pymgr.config import Config
+from pymgr.core.registry import Registry
+from pymgr.errors import PymgrError
+from pymgr.transport.conncount import ConnectionCounter
+from pymgr.transport.http_guard import SecurityMiddleware
+from pymgr.transport.http_limits import HttpLimits, LimitedHttpToolsProtocol, limited_protocol
+from pymgr.transport.uvicorn_server import UvicornServer
+
+__all__ = ["Security", "SecurityError", "build_security", "socket_group"]
+
+log = logging.getLogger("pymgr.security")
+
+
+class SecurityError(Exception):
+    """The security config cannot be put in force; the message says what to fix."""
+
+
+@dataclass
+class Security:
+    """The security parts of one running daemon."""
+
+    policy: Policy | None
+    auditor: Auditor | None
+    edge: EdgeGuard
+    verifier: Verifier | None
+    protocol: type[LimitedHttpToolsProtocol]
+    ssl_context: ssl.SSLContext | None
+    max_params_bytes: int
+    max_body_bytes: int
+
+    def dispatcher(self, registry: Registry) -> GuardedDispatcher:
+        """The dispatcher every transport calls: policy, params bound, audit."""
+        return GuardedDispatcher(
+            registry, policy=self.policy, auditor=self.auditor, max_params_bytes=self.max_params_bytes
+        )
+
+    def wrap(self, app: Any) -> SecurityMiddleware:
+        """The HTTP app behind signature checks and the per-identity rate."""
+        return SecurityMiddleware(app, edge=self.edge, verifier=self.verifier, max_body_bytes=self.max_body_bytes)
+
+    def http_servers(
+        self, app: Any, sockets: list[socket.socket], *, keepalive_timeout_s: float, shutdown_timeout_s: float
+    ) -> list[UvicornServer]:
+        """uvicorn servers for the listening sockets: one for the Unix ones, one
+        for TCP (with TLS when configured; uvicorn's TLS setting is per server)."""
+        unix = [s for s in sockets if s.family == socket.AF_UNIX]
+        tcp = [s for s in sockets if s.family != socket.AF_UNIX]
+        options = {
+            "keepalive_timeout_s": keepalive_timeout_s,
+            "shutdown_timeout_s": shutdown_timeout_s,
+            "protocol": self.protocol,
+        }
+        servers = [UvicornServer(app, unix, **options)] if unix else []
+        if tcp:
+            servers.append(UvicornServer(app, tcp, ssl_context=self.ssl_context, **options))
+        return servers
+
+    def close(self) -> None:
+        if self.auditor is not None:
+            self.auditor.log.shutdown()
+
+
+def build_security(config: Config, registry: Registry, tasks: Any) -> Security:
+    """Everything the daemon needs to check callers, from the config.
+
+    Args:
+        tasks: the TaskManager (the policy asks it a task's type by id).
+
+    Raises:
+        SecurityError: naming the rule, key, file or setting at fault.
+    """
+    try:
+        keys = load_keys(config.auth)
+        policy = Policy(
+            config.policy,
+            registry,
+            key_ids=keys,
+            task_types=config.tasks.types,
+            task_type_of=_type_lookup(tasks),
+            owner_uid=os.geteuid(),
+        )
+    except (KeyLoadError, PolicyError) as exc:
+        raise SecurityError(str(exc)) from None
+    _log_policy(config, policy)
+    _check_tcp_auth(config, keys)
+    auditor = Auditor(_open_audit(config), fail_closed=config.audit.fail_closed)
+    limits = config.limits
+    limiter = RateLimiter(limits.rate_per_s, limits.rate_burst, max_keys=limits.max_tracked_identities)
+    verifier = None
+    if keys:
+        verifier = Verifier(
+            keys,
+            clock_skew_s=config.auth.clock_skew_s,
+            nonces=NonceCache(config.auth.nonce_cache_max),
+            clock=time.time,
+        )
+    http = config.http
+    protocol = limited_protocol(
+        HttpLimits(http.max_request_line_bytes, http.max_header_bytes, http.header_timeout_s, http.body_timeout_s),
+        ConnectionCounter(http.max_connections, http.max_connections_per_identity),
+    )
+    return Security(
+        policy=policy,
+        auditor=auditor,
+        edge=EdgeGuard(limiter, auditor),
+        verifier=verifier,
+        protocol=protocol,
+        ssl_context=_ssl_context(config),
+        max_params_bytes=limits.max_params_bytes,
+        max_body_bytes=http.max_body_bytes,
+    )
+
+
+def _type_lookup(tasks: Any) -> Any:
+    def task_type_of(task_id: int) -> str | None:
+        if tasks is None:
+            return None
+        try:
+            return str(tasks.get(task_id).type)
+        except PymgrError:  # NotFound: the action says so itself
+            return None
+
+    return task_type_of
+
+
+def _log_policy(config: Config, policy: Policy) -> None:
+    if not config.policy.rules:
+        log.warning("the policy has no rules: every call is denied (deny by default); see docs/security.md")
+    for note in policy.startup_notes():
+        log.warning("%s", note)
+
+
+def _check_tcp_auth(config: Config, keys: dict[str, bytes]) -> None:
+    if config.http.tcp is None:
+        if config.http.tls is not None:
+            log.warning("[http.tls] is set but http.tcp is not: TLS applies only to the TCP listener")
+        return
+    tls = config.http.tls
+    if not keys and (tls is None or tls.client_ca is None):
+        raise SecurityError(
+            f"http.tcp = {config.http.tcp!r} but no caller could authenticate on it: add [[auth.keys]] "
+            "(signed requests) or [http.tls] client_ca (client certificates)"
+        )
+    host = config.http.tcp.rpartition(":")[0].strip("[]")
+    if tls is None and not _is_loopback(host):
+        log.warning(
+            "TCP listener %s has no TLS: signed requests cannot be forged or replayed, but their bodies "
+            "and replies travel in clear; set [http.tls]", config.http.tcp
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def _open_audit(config: Config) -> AuditLog:
+    audit = config.audit
+    if audit.path is None:
+        raise RuntimeError("audit.path is resolved by load_config; a Config built by hand must set it")
+    handler = None
+    if audit.syslog_address is not None:
+        try:
+            handler = syslog_handler(audit.syslog_address, audit.syslog_facility)
+        except OSError as exc:
+            raise SecurityError(f"[audit] syslog_address {audit.syslog_address!r}: {exc.strerror or exc}") from None
+    audit_log = AuditLog(audit.path, max_bytes=audit.max_bytes, backups=audit.backups, syslog=handler)
+    try:
+        audit.path.parent.mkdir(parents=True, exist_ok=True)
+        audit_log.open()
+    except OSError as exc:
+        raise SecurityError(f"cannot open the audit log {audit.path}: {exc.strerror or exc}") from None
+    return audit_log
+
+
+def _ssl_context(config: Config) -> ssl.SSLContext | None:
+    tls = config.http.tls
+    if tls is None or config.http.tcp is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(tls.certfile, tls.keyfile)
+        if tls.client_ca is not None:
+            context.load_verify_locations(cafile=tls.client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
+    except (OSError, ssl.SSLError) as exc:
+        raise SecurityError(f"[http.tls]: cannot load the certificate, key or CA: {exc}") from None
+    return context
+
+
+def socket_group(config: Config) -> str | None:
+    """The group to give the Unix socket: ``socket_group``, unless it cannot be
+    used and ``socket_group_required = false`` (then a warning and None)."""
+    group = config.http.socket_group
+    if group is None or config.http.socket_group_required:
+        return group
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        log.warning("socket_group %r does not exist on this host; the socket keeps the daemon's group", group)
+        return None
+    if os.geteuid() != 0 and gid not in os.getgroups() and gid != os.getegid():
+        log.warning("socket_group %r: this user may not give files that group; the socket keeps the daemon's", group)
+        return None
+    return group

@@ -1,0 +1,118 @@
+"""The daemon's log output: text or JSON lines, to stderr or a file.
+
+Rules:
+- ``text`` is ``TIME LEVEL LOGGER: MESSAGE``. When stderr is connected to
+  the journal (``$JOURNAL_STREAM`` names stderr's device and inode, see
+  systemd.exec(5)), the time is left out (journald stamps every line) and
+  each line starts with the ``<N>`` syslog priority prefix sd-daemon(3)
+  defines, so ``journalctl -p warning`` filters by level.
+- ``json`` is one object per line: ``time`` (UTC, ISO 8601, ms), ``level``,
+  ``logger``, ``message``, ``pid``, and ``exc`` (the traceback) when there is
+  one. Hand-written: the formatter is a dozen lines, and the daemon's core
+  dependencies stay few (python-json-logger would do the same).
+- A log file is opened with ``WatchedFileHandler``: after logrotate moves it,
+  the next line goes to a new file at the same path (no copytruncate needed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal, TextIO
+
+LogFormat = Literal["text", "json"]
+#: The values ``--log-format`` accepts.
+LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+JOURNAL_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+#: syslog priorities of the logging levels (sd-daemon(3) prefixes).
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+class JournalFormatter(logging.Formatter):
+    """Text with the ``<N>`` priority prefix journald reads, and no time stamp."""
+
+    def __init__(self) -> None:
+        super().__init__(JOURNAL_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = _PRIORITY.get(record.levelno, 6)
+        return f"<{priority}>" + super().format(record).replace("\n", f"\n<{priority}>")
+
+
+def stderr_is_journal(stream: TextIO = sys.stderr, env: dict[str, str] | os._Environ[str] = os.environ) -> bool:
+    """Whether ``stream`` is the journal stream systemd connected (``$JOURNAL_STREAM``)."""
+    value = env.get("JOURNAL_STREAM", "")
+    dev, sep, ino = value.partition(":")
+    if not sep or not dev.isdigit() or not ino.isdigit():
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError):  # a closed or fake stream
+        return False
+    return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+
+
+def make_handler(log_format: LogFormat, log_file: Path | None, stream: TextIO | None = None) -> logging.Handler:
+    """A handler writing ``log_format`` to ``log_file``, or to ``stream`` (stderr).
+
+    Raises:
+        ValueError: an unknown format.
+        OSError: the log file cannot be opened.
+    """
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}")
+    handler: logging.Handler
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.handlers.WatchedFileHandler(log_file, encoding="utf-8")
+        journal = False
+    else:
+        stream = stream if stream is not None else sys.stderr
+        handler = logging.StreamHandler(stream)
+        journal = stderr_is_journal(stream)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    elif journal:
+        handler.setFormatter(JournalFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    return handler
+
+
+def setup_logging(level: str, log_format: LogFormat = "text", log_file: Path | None = None) -> None:
+    """Route every logger of the process through one handler at ``level``.
+
+    Raises:
+        ValueError: an unknown format.
+        OSError: the log file cannot be opened.
+    """
+    logging.basicConfig(level=level.upper(), handlers=[make_handler(log_format, log_file)], force=True)
+
+
+def set_level(level: str) -> None:
+    """Change the root logger's level (a reload does this)."""
+    logging.getLogger().setLevel(level.upper())

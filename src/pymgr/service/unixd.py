@@ -1,0 +1,345 @@
+"""``pymgr daemon start|stop|restart|status|reload``: pymgr as a classic Unix daemon.
+
+For hosts without systemd (BusyBox or OpenRC appliances, old init scripts).
+Detaching is python-daemon's ``DaemonContext`` (PEP 3143: double fork,
+setsid, chdir /, umask, every other fd closed, stdio to the log file, no
+core dumps), not hand-written.
+
+Rules:
+- ``start`` validates the config in the foreground (exit 6 if it is bad),
+  then forks; the daemon reports back through a pipe once every listener is
+  bound (``ready PID``) or why it failed (``failed CODE REASON``), and
+  ``start`` prints that and exits with the matching code. It never reports
+  success before the daemon serves.
+- The pidfile (``_pidfile``) is locked for the daemon's life: "running" is
+  "the lock is held". A pidfile nobody holds is stale; its pid is only used
+  to explain what happened to it.
+- ``stop`` sends SIGTERM and waits up to ``stop_timeout_s`` for the lock to
+  be released; with ``force`` it then sends SIGKILL. It always says what it
+  did. ``reload`` sends SIGHUP (the daemon logs what changed).
+- Exit codes are the LSB init-script ones (LSB Core, "Init Script
+  Actions"), so an init script can ``exec pymgr daemon "$1"``: ``status``
+  0 running, 1 dead with a pidfile left, 3 not running; the others 0
+  success (also "already running" for start and "not running" for stop, as
+  LSB asks), 1 generic failure, 4 no privilege, 6 not configured, 7 not
+  running (``reload``).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+import select
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from pymgr.config import Config, ConfigError, load_config
+from pymgr.service._outcome import Outcome
+from pymgr.service._pidfile import PidFile, PidFileLocked, PidState, probe, read_pid
+from pymgr.service.foreground import run_service
+from pymgr.service.hooks import Runtime
+from pymgr.service.logsetup import LogFormat, setup_logging
+
+try:
+    import daemon as python_daemon
+except ModuleNotFoundError:  # pragma: no cover - Windows, or installed without its dependencies
+    python_daemon = None
+
+#: Seconds between checks while waiting for the daemon to exit.
+POLL_S = 0.05
+#: Seconds to wait for the kernel to reap a SIGKILLed daemon.
+KILL_WAIT_S = 5.0
+#: Lines of the log shown when a start fails without a reason.
+LOG_TAIL_LINES = 10
+
+
+class Lsb(enum.IntEnum):
+    """Exit codes of init-script actions other than ``status`` (LSB Core)."""
+
+    SUCCESS = 0
+    GENERIC = 1
+    INVALID_ARGS = 2
+    UNIMPLEMENTED = 3
+    NO_PRIVILEGE = 4
+    NOT_INSTALLED = 5
+    NOT_CONFIGURED = 6
+    NOT_RUNNING = 7
+
+
+class LsbStatus(enum.IntEnum):
+    """Exit codes of the ``status`` action (LSB Core)."""
+
+    RUNNING = 0
+    DEAD_PIDFILE = 1
+    DEAD_LOCKFILE = 2
+    NOT_RUNNING = 3
+    UNKNOWN = 4
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonOptions:
+    """Where the daemon's files are and how long to wait for it."""
+
+    pidfile: Path
+    log_file: Path
+    log_format: LogFormat = "text"
+    log_level: str | None = None
+    start_timeout_s: float = 30.0
+    stop_timeout_s: float = 60.0
+
+
+def read_config(config_path: Path) -> Config | Outcome:
+    """The config, or the ``NOT_CONFIGURED`` outcome that says what is wrong with it."""
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        return Outcome(Lsb.NOT_CONFIGURED, str(exc))
+
+
+# -- start -------------------------------------------------------------------
+
+
+def start(config_path: Path, config: Config, opts: DaemonOptions) -> Outcome:
+    """Start the daemon detached, and wait until it serves (or says why it cannot)."""
+    if python_daemon is None:
+        return Outcome(Lsb.NOT_INSTALLED, "pymgr daemon needs python-daemon: pip install python-daemon")
+    found = probe(opts.pidfile)
+    if found.state is PidState.RUNNING:
+        return Outcome(Lsb.SUCCESS, f"pymgr is already running (pid {found.pid}, pidfile {opts.pidfile})")
+    opts.log_file.parent.mkdir(parents=True, exist_ok=True)
+    read_end, write_end = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the daemon's side; the tests see it through the pipe
+        _child_main(config_path, config, opts, read_end, write_end)
+    os.close(write_end)
+    os.waitpid(child, 0)  # it exits as soon as it has forked the daemon
+    try:
+        report = _read_report(read_end, opts.start_timeout_s)
+    finally:
+        os.close(read_end)
+    outcome = _start_outcome(report, opts)
+    if found.state is PidState.STALE and outcome.code == Lsb.SUCCESS:
+        return Outcome(outcome.code, f"{outcome.message}\n(replaced a stale pidfile: {found.detail})")
+    return outcome
+
+
+def _child_main(config_path: Path, config: Config, opts: DaemonOptions, read_end: int, write_end: int) -> None:
+    """The forked child: become the daemon, serve, and never return into the CLI."""
+    code = Lsb.GENERIC
+    try:
+        os.close(read_end)
+        code = _become_daemon(config_path, config, opts, _Reporter(write_end))
+    except BaseException:  # the log file is stderr by now: leave the traceback there
+        traceback.print_exc()
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+class _Reporter:
+    """The daemon's end of the readiness pipe: one line, then closed."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+
+    def send(self, line: str) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, (" ".join(line.split()) + "\n").encode("utf-8", "replace"))
+        except OSError:  # `start` gave up waiting and closed its end
+            pass
+        finally:
+            os.close(self.fd)
+            self.fd = None
+
+    def ready(self, runtime: Runtime) -> None:
+        self.send(f"ready {os.getpid()} {json.dumps(runtime.listeners.get('http', []))}")
+
+    def failed(self, reason: str, code: int = Lsb.GENERIC) -> None:
+        self.send(f"failed {int(code)} {reason}")
+
+
+#: Job-control signals are ignored (the daemon has no terminal). SIGHUP too,
+#: until the daemon is ready and turns it into "reload"; SIGTERM keeps its
+#: default until the event loop takes it over.
+_SIGNAL_MAP = {signal.SIGTSTP: None, signal.SIGTTIN: None, signal.SIGTTOU: None, signal.SIGHUP: None}
+
+
+def _become_daemon(config_path: Path, config: Config, opts: DaemonOptions, reporter: _Reporter) -> int:
+    log_stream = open(opts.log_file, "a", buffering=1, encoding="utf-8")  # lives as long as the daemon
+    context = python_daemon.DaemonContext(
+        working_directory="/",
+        umask=0o022,
+        pidfile=PidFile(opts.pidfile),
+        files_preserve=[reporter.fd, log_stream],
+        stdout=log_stream,
+        stderr=log_stream,
+        signal_map=_SIGNAL_MAP,
+        detach_process=True,
+    )
+    try:
+        context.open()
+    except PidFileLocked as exc:
+        reporter.failed(str(exc))
+        return Lsb.GENERIC
+    except PermissionError as exc:
+        reporter.failed(f"cannot create pidfile {opts.pidfile}: {exc.strerror}", Lsb.NO_PRIVILEGE)
+        return Lsb.NO_PRIVILEGE
+    except OSError as exc:
+        reporter.failed(f"cannot become a daemon: {exc}")
+        return Lsb.GENERIC
+    try:
+        setup_logging(opts.log_level or config.log_level, opts.log_format, opts.log_file)
+        code = run_service(config_path, config, on_ready=reporter.ready, on_failure=reporter.failed)
+    finally:
+        context.close()  # removes the pidfile, releases its lock
+    return code
+
+
+def _read_report(fd: int, timeout_s: float) -> str | None:
+    """The daemon's report line; "" if it exited without one, None on timeout."""
+    deadline = time.monotonic() + timeout_s
+    data = b""
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if not readable:
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode("utf-8", "replace").strip()
+
+
+def _start_outcome(report: str | None, opts: DaemonOptions) -> Outcome:
+    if report is None:
+        pid = read_pid(opts.pidfile)
+        return Outcome(
+            Lsb.GENERIC,
+            f"pymgr (pid {pid if pid is not None else '?'}) is not ready after {opts.start_timeout_s:g} s; "
+            f"it may still be starting: see {opts.log_file} and `pymgr daemon status`",
+        )
+    word, _, rest = report.partition(" ")
+    if word == "ready":
+        pid, _, addresses = rest.partition(" ")
+        served = ", ".join(json.loads(addresses)) if addresses else "?"
+        return Outcome(Lsb.SUCCESS, f"pymgr started: pid {pid}, serving {served}; log {opts.log_file}")
+    if word == "failed":
+        code, _, reason = rest.partition(" ")
+        return Outcome(
+            int(code) if code.isdigit() else Lsb.GENERIC, f"pymgr did not start: {reason} (log: {opts.log_file})"
+        )
+    return Outcome(
+        Lsb.GENERIC,
+        f"pymgr exited during start-up without saying why; the end of {opts.log_file}:\n{_tail(opts.log_file)}",
+    )
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        return f"(cannot read it: {exc.strerror})"
+    return "\n".join(lines[-LOG_TAIL_LINES:])
+
+
+# -- stop, restart, status, reload ----------------------------------------------
+
+
+def stop(opts: DaemonOptions, force: bool = False) -> Outcome:
+    """SIGTERM the daemon, wait for it to exit; SIGKILL it after the timeout if ``force``."""
+    found = probe(opts.pidfile)
+    if found.state is PidState.ABSENT:
+        return Outcome(Lsb.SUCCESS, f"pymgr is not running (no pidfile {opts.pidfile})")
+    if found.state is PidState.STALE or found.pid is None:
+        opts.pidfile.unlink(missing_ok=True)
+        return Outcome(Lsb.SUCCESS, f"pymgr is not running; removed its stale pidfile {opts.pidfile} ({found.detail})")
+    pid = found.pid
+    if (denied := _signal(pid, signal.SIGTERM)) is not None:
+        return denied
+    started = time.monotonic()
+    if _wait_exit(opts.pidfile, opts.stop_timeout_s):
+        return Outcome(
+            Lsb.SUCCESS, f"stopped pymgr (pid {pid}): it exited {time.monotonic() - started:.1f} s after SIGTERM"
+        )
+    if not force:
+        return Outcome(
+            Lsb.GENERIC,
+            f"pymgr (pid {pid}) is still running {opts.stop_timeout_s:g} s after SIGTERM (requests or task stops "
+            "still finishing?); wait, or run `pymgr daemon stop --force` to SIGKILL it",
+        )
+    if (denied := _signal(pid, signal.SIGKILL)) is not None:
+        return denied
+    if not _wait_exit(opts.pidfile, KILL_WAIT_S):
+        return Outcome(Lsb.GENERIC, f"pymgr (pid {pid}) survived SIGKILL for {KILL_WAIT_S:g} s (stuck in the kernel?)")
+    opts.pidfile.unlink(missing_ok=True)  # it had no chance to remove it
+    return Outcome(
+        Lsb.SUCCESS, f"killed pymgr (pid {pid}) with SIGKILL: it ignored SIGTERM for {opts.stop_timeout_s:g} s"
+    )
+
+
+def _signal(pid: int, sig: signal.Signals) -> Outcome | None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return None  # it exited meanwhile: the wait sees it at once
+    except PermissionError:
+        return Outcome(
+            Lsb.NO_PRIVILEGE, f"not allowed to send {sig.name} to pymgr (pid {pid}): run as its user or root"
+        )
+    return None
+
+
+def _wait_exit(pidfile: Path, timeout_s: float) -> bool:
+    """Wait until nobody holds the pidfile's lock; False on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while probe(pidfile).state is PidState.RUNNING:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL_S)
+    return True
+
+
+def status(opts: DaemonOptions) -> Outcome:
+    """The LSB status of the daemon (``LsbStatus``)."""
+    found = probe(opts.pidfile)
+    if found.state is PidState.RUNNING:
+        return Outcome(LsbStatus.RUNNING, f"pymgr is running (pid {found.pid}, pidfile {opts.pidfile})")
+    if found.state is PidState.STALE:
+        return Outcome(
+            LsbStatus.DEAD_PIDFILE, f"pymgr is not running, but its pidfile {opts.pidfile} remains: {found.detail}"
+        )
+    return Outcome(LsbStatus.NOT_RUNNING, "pymgr is not running")
+
+
+def reload(opts: DaemonOptions) -> Outcome:
+    """SIGHUP: the daemon reloads its config and logs what changed or why it refused."""
+    found = probe(opts.pidfile)
+    if found.state is not PidState.RUNNING or found.pid is None:
+        return Outcome(Lsb.NOT_RUNNING, f"pymgr is not running (pidfile {opts.pidfile}); nothing to reload")
+    if (denied := _signal(found.pid, signal.SIGHUP)) is not None:
+        return denied
+    return Outcome(
+        Lsb.SUCCESS, f"sent SIGHUP to pymgr (pid {found.pid}): it reloads its config; {opts.log_file} says what changed"
+    )
+
+
+def restart(config_path: Path, config: Config, opts: DaemonOptions, force: bool = False) -> Outcome:
+    """Stop (if running), then start. Tasks survive where ``[tasks] on_shutdown = "leave"``."""
+    stopped = stop(opts, force)
+    if stopped.code != Lsb.SUCCESS:
+        return stopped
+    started = start(config_path, config, opts)
+    return Outcome(started.code, f"{stopped.message}\n{started.message}")

@@ -1,0 +1,219 @@
+"""The keeper's view of one run, and the durable exit statuses it owes the daemon.
+
+Rules:
+- A ``Run`` is a process the keeper started (its child, with an output
+  pipe) or adopted after an earlier keeper died (not its child: watched
+  through a pidfd, no output, exit status unknowable).
+- Output is drained without ever blocking: the pipe is non-blocking and is
+  read until it is empty or ``MAX_READS`` chunks were taken (then the loop
+  serves the others and comes back). Output the disk refuses is dropped,
+  with one line on the keeper's stderr: a task never blocks on its log.
+- The read end stays open until the last writer closes it (leftover
+  descendants of an ended run included), so no writer ever gets SIGPIPE.
+- An exit status is written to ``<run_dir>/status/<id>.json`` (write,
+  fsync, rename, fsync the directory) before it is sent, and deleted only
+  when the daemon acknowledges it, after recording it in its store. So a
+  status survives the daemon and the keeper being killed at any point, and
+  is delivered at least once: the daemon ignores repeats.
+- Standard library only: the keeper imports this.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from pymgr.tasks._progress import Progress, ProgressScanner
+from pymgr.tasks._proctree import ProcRef, run_marker
+from pymgr.tasks._runlog import RunLog
+from pymgr.tasks._treekill import TreeKill
+
+#: Bytes taken from a pipe per read: the pipe's default capacity.
+CHUNK_BYTES = 64 * 1024
+
+#: Chunks taken from one pipe before the loop serves the others: 1 MiB, so
+#: one chatty task cannot starve the rest, nor the daemon's messages.
+MAX_READS = 16
+
+#: The reason of every run whose end no keeper saw.
+UNKNOWN_EXIT = "exit status unknown: the keeper was gone when it ended"
+
+
+class Run:
+    """One run the keeper supervises (see the module rules)."""
+
+    def __init__(
+        self,
+        task_id: int,
+        leader: ProcRef,
+        token: str,
+        boot_id: str,
+        started_at: float,
+        *,
+        popen: subprocess.Popen[bytes] | None = None,
+        output_fd: int | None = None,
+        log: RunLog | None = None,
+        pidfd: int | None = None,
+    ) -> None:
+        self.id = task_id
+        self.leader = leader
+        self.token = token
+        self.boot_id = boot_id
+        self.started_at = started_at
+        self.popen = popen
+        self.output_fd = output_fd
+        self.log = log
+        #: Set for an adopted run: readable once it exited.
+        self.pidfd = pidfd
+        self.scanner = ProgressScanner()
+        self.progress: Progress | None = None
+        self.exited = False
+        self.exit_code: int | None = None
+        self.signal: str | None = None
+        self.error: str | None = None
+        self.kill: TreeKill | None = None
+        self.killed = False
+        self.survivors: set[ProcRef] = set()
+        self._log_failed = False
+
+    @property
+    def adopted(self) -> bool:
+        return self.pidfd is not None
+
+    @property
+    def marker(self) -> dict[str, str]:
+        return run_marker(self.id, self.token)
+
+    def info(self) -> dict[str, Any]:
+        """What the daemon is told about a live run."""
+        return {
+            "id": self.id,
+            "pid": self.leader.pid,
+            "start_time": self.leader.start_time,
+            "boot_id": self.boot_id,
+            "started_at": self.started_at,
+            "adopted": self.adopted,
+            "stopping": self.kill is not None,
+            "progress": list(self.progress) if self.progress else None,
+        }
+
+    def set_exit(self, code: int) -> None:
+        """Record the leader's exit (``os.waitstatus_to_exitcode``: negative for a signal)."""
+        self.exited = True
+        if code < 0:
+            self.signal = signal.Signals(-code).name
+        else:
+            self.exit_code = code
+        if self.popen is not None:
+            self.popen.returncode = code  # so Popen never waits for it itself
+
+    def drain(self) -> tuple[bool, Progress | None]:
+        """Read what the pipe holds; returns (the pipe reached EOF, the latest progress line)."""
+        latest = None
+        for _ in range(MAX_READS):
+            if self.output_fd is None:
+                return True, latest
+            try:
+                data = os.read(self.output_fd, CHUNK_BYTES)
+            except BlockingIOError:
+                return False, latest
+            if not data:
+                return True, latest
+            latest = self.scanner.feed(data) or latest
+            self._write_log(data)
+        return False, latest
+
+    def _write_log(self, data: bytes) -> None:
+        if self.log is None:
+            return
+        try:
+            self.log.write(data)
+        except OSError as exc:
+            if not self._log_failed:
+                print(f"keeper: run {self.id}: log write failed, dropping output: {exc}", file=sys.stderr, flush=True)
+            self._log_failed = True
+
+    def close_output(self) -> None:
+        if self.output_fd is not None:
+            os.close(self.output_fd)
+            self.output_fd = None
+        if self.log is not None:
+            self.log.close()
+
+    def status(self) -> dict[str, Any]:
+        """The exit status the daemon records."""
+        error = self.error
+        if self.survivors:
+            pids = ", ".join(str(ref.pid) for ref in sorted(self.survivors, key=lambda r: r.pid))
+            error = f"{error}; " if error else ""
+            error += f"still alive after SIGKILL: pid {pids}"
+        return {
+            "id": self.id,
+            "pid": self.leader.pid,
+            "start_time": self.leader.start_time,
+            "boot_id": self.boot_id,
+            "started_at": self.started_at,
+            "ended_at": time.time(),
+            "exit_code": self.exit_code,
+            "signal": self.signal,
+            "error": error,
+            "killed": self.killed,
+            "progress": list(self.progress) if self.progress else None,
+        }
+
+
+class StatusDir:
+    """Exit statuses not yet acknowledged by the daemon, one file each."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        os.makedirs(path, mode=0o700, exist_ok=True)
+
+    def _file(self, task_id: int) -> str:
+        return os.path.join(self.path, f"{int(task_id)}.json")
+
+    def load(self) -> dict[int, dict[str, Any]]:
+        """Every status on disk, by id (unreadable files are reported and skipped)."""
+        found = {}
+        for name in sorted(os.listdir(self.path)):
+            stem, dot, ext = name.partition(".")
+            if not (stem.isdigit() and dot and ext == "json"):
+                continue
+            try:
+                with open(os.path.join(self.path, name), "rb") as f:
+                    status = json.load(f)
+                found[int(stem)] = status
+            except (OSError, ValueError) as exc:
+                print(f"keeper: cannot read status file {name}: {exc}", file=sys.stderr, flush=True)
+        return found
+
+    def write(self, status: dict[str, Any]) -> None:
+        """Store durably (see the module rules); an OSError leaves it in memory only, said on stderr."""
+        final = self._file(status["id"])
+        temporary = final + ".tmp"
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, json.dumps(status).encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(temporary, final)
+            directory = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        except OSError as exc:
+            print(f"keeper: cannot store the status of run {status['id']}: {exc}", file=sys.stderr, flush=True)
+
+    def remove(self, task_id: int) -> None:
+        try:
+            os.unlink(self._file(task_id))
+        except FileNotFoundError:
+            pass  # acknowledged twice, or never stored (disk trouble)

@@ -1,0 +1,130 @@
+"""Writing one run's output to its log files: size cap, rotation, optional timestamps.
+
+Rules:
+- Files live in the logs directory and are named from the run's integer id
+  only: ``<id>.log`` is the current file, ``<id>.log.<offset>`` a rotated
+  one, where ``<offset>`` is the logical offset of its first byte (bytes
+  the run wrote before it, over all files). So a reader maps any logical
+  offset to a file and a position without asking the writer, and the
+  current file starts where the newest rotated one ends.
+- No file grows past ``max_bytes``: a write that would is split, the
+  current file is renamed to ``<id>.log.<offset>`` and a new one started.
+  Only the ``keep`` newest rotated files stay; older ones are deleted.
+  Rotated files never change once renamed.
+- With ``timestamps``, each line starts with its UTC arrival time
+  (``2024-05-01T12:00:00.123Z``, the time the chunk holding it was read);
+  the logical offsets count those bytes too: they are the file's bytes.
+- Files are created with ``O_NOFOLLOW`` (a symlink planted in the logs
+  directory is never followed) and mode 0640.
+- Standard library only: the keeper imports this.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+
+#: Flags of a new log file: never follow a symlink planted in the log dir.
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+
+#: Mode of log files: the daemon's group may read them, nobody else.
+LOG_MODE = 0o640
+
+
+def log_name(task_id: int) -> str:
+    """The current log file's name of a run."""
+    return f"{int(task_id)}.log"
+
+
+def rotated_name(task_id: int, offset: int) -> str:
+    """The name of a rotated log file whose first byte is at logical ``offset``."""
+    return f"{int(task_id)}.log.{int(offset)}"
+
+
+def _stamp() -> bytes:
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)).encode() + b".%03dZ " % (int(now * 1000) % 1000)
+
+
+class RunLog:
+    """The log of one run, written by the keeper as its output arrives."""
+
+    def __init__(self, directory: str, task_id: int, *, max_bytes: int, keep: int, timestamps: bool) -> None:
+        """
+        Raises:
+            ValueError: ``max_bytes`` < 1 or ``keep`` < 1.
+            OSError: the file cannot be created.
+        """
+        if max_bytes < 1 or keep < 1:
+            raise ValueError(f"max_bytes and keep must be >= 1, not {max_bytes} and {keep}")
+        self.directory = directory
+        self.task_id = task_id
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self.timestamps = timestamps
+        self.path = os.path.join(directory, log_name(task_id))
+        #: Logical offset of the current file's first byte.
+        self.base = 0
+        #: Bytes in the current file.
+        self.size = 0
+        self._rotated: deque[int] = deque()
+        self._at_line_start = True
+        self._fd: int | None = os.open(self.path, _CREATE_FLAGS, LOG_MODE)
+
+    @property
+    def end(self) -> int:
+        """The logical offset just past the last byte written."""
+        return self.base + self.size
+
+    def write(self, data: bytes) -> None:
+        """Append output, rotating as needed.
+
+        Raises:
+            OSError: the disk refused the write (full, I/O error); the
+                caller decides whether to drop the output.
+        """
+        if not data or self._fd is None:
+            return
+        if self.timestamps:
+            data = self._stamped(data)
+        while data:
+            room = self.max_bytes - self.size
+            if room <= 0:
+                self._rotate()
+                continue
+            part, data = data[:room], data[room:]
+            written = os.write(self._fd, part)
+            self.size += written
+            if written < len(part):  # short write (disk full): keep going with the rest
+                data = part[written:] + data
+
+    def _stamped(self, data: bytes) -> bytes:
+        stamp = _stamp()
+        ends_line = data.endswith(b"\n")
+        body = data[:-1] if ends_line else data
+        out = (stamp if self._at_line_start else b"") + body.replace(b"\n", b"\n" + stamp)
+        self._at_line_start = ends_line
+        return out + b"\n" if ends_line else out
+
+    def _rotate(self) -> None:
+        if self._fd is None:
+            return
+        os.close(self._fd)
+        self._fd = None
+        os.rename(self.path, os.path.join(self.directory, rotated_name(self.task_id, self.base)))
+        self._rotated.append(self.base)
+        self.base += self.size
+        self.size = 0
+        self._fd = os.open(self.path, _CREATE_FLAGS, LOG_MODE)
+        while len(self._rotated) > self.keep:
+            oldest = self._rotated.popleft()
+            try:
+                os.unlink(os.path.join(self.directory, rotated_name(self.task_id, oldest)))
+            except FileNotFoundError:
+                pass  # removed by retention already
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

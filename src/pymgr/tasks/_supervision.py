@@ -1,0 +1,399 @@
+"""What the keeper tells the manager, and what the manager asks of it (a part of ``TaskManager``).
+
+Rules:
+- The keeper's messages are handled one at a time, in order, on the event
+  loop. A message about a run whose record already ended is acknowledged
+  and ignored: the keeper delivers exits at least once.
+- An exit is acknowledged only after it was committed to the store, in the
+  same transaction as the restart it may cause; if the store refuses, the
+  keeper keeps the status and is asked to send it again later.
+- After the keeper's ``synced`` every active record is accounted for:
+  runs the keeper reported are running (or ended); a ``running`` record it
+  does not know (the keeper died, or the host rebooted) is re-adopted if
+  its pid still has its recorded start time on this boot, else ``lost``
+  with the reason; a ``queued`` record the keeper does not know is queued
+  again, unless a process carrying its marker exists (a keeper that died
+  while spawning it): that one is adopted.
+- Deadlines (``timeout_s``) are timers of the daemon, measured from the
+  run's ``started_at``: one that passed while no daemon was up fires as
+  soon as the next daemon has re-adopted the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from pymgr.core.identity import INTERNAL
+from pymgr.errors import Unavailable
+from pymgr.tasks import _proctree, policy
+from pymgr.tasks._proctree import run_marker
+from pymgr.tasks.records import TaskRecord
+from pymgr.tasks.states import TERMINAL, TaskState, transition
+from pymgr.tasks.tasktypes import TaskType
+
+if TYPE_CHECKING:
+    from pymgr.config import TasksConfig
+    from pymgr.tasks.events import EventHub
+    from pymgr.tasks.keeperlink import KeeperLink
+    from pymgr.tasks.runqueue import RunQueue
+    from pymgr.tasks.store import TaskStore
+
+log = logging.getLogger("pymgr.tasks")
+#: Lines about the keeper itself, apart from the one-line-per-transition log.
+keeper_log = logging.getLogger("pymgr.keeper")
+
+
+def _when(epoch: Any) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(float(epoch), timezone.utc)
+
+
+class Supervision:
+    """The keeper-facing half of ``TaskManager`` (see the module rules)."""
+
+    _config: TasksConfig
+    _types: dict[str, TaskType]
+    _store: TaskStore
+    _link: KeeperLink
+    _queue: RunQueue
+    events: EventHub
+
+    def _init_supervision(self, boot_id: str) -> None:
+        self._boot_id = boot_id
+        #: The settings each active run started with.
+        self._snapshots: dict[int, TaskType] = {}
+        self._deadlines: dict[int, asyncio.TimerHandle] = {}
+        #: Spawn requested, no answer yet.
+        self._in_flight: set[int] = set()
+        #: Runs holding a slot of their type (id -> type).
+        self._slots: dict[int, str] = {}
+        #: Latest progress of active runs (written to the store every progress_flush_s).
+        self._progress: dict[int, tuple[float, str | None]] = {}
+        self._progress_dirty: set[int] = set()
+        self._synced = asyncio.Event()
+        self._known: set[int] = set()
+        self._resend_needed = False
+
+    # -- what the keeper says -------------------------------------------------------
+
+    def _on_keeper_message(self, message: dict[str, Any]) -> None:
+        handlers = {
+            "hello": self._on_hello,
+            "live": self._on_live,
+            "exit": self._on_exit,
+            "synced": self._on_synced,
+            "spawned": self._on_live,
+            "adopted": self._on_live,
+            "spawn_failed": self._on_spawn_failed,
+            "adopt_failed": self._on_adopt_failed,
+            "gone": self._on_adopt_failed,
+            "progress": self._on_progress,
+        }
+        op = message.get("op")
+        handler = handlers.get(str(op))
+        if handler is None:
+            keeper_log.error("task keeper says: %s", message.get("message", message))
+            return
+        try:
+            handler(message)
+        except Unavailable as exc:
+            log.error("task store: %s; the keeper keeps the news and sends it again", exc)
+            self._resend_needed = True
+        except Exception:
+            log.exception("handling the keeper's %r failed; this is a bug", op)
+
+    def _on_hello(self, message: dict[str, Any]) -> None:
+        self._known = set()
+        keeper_log.info("task keeper pid %s connected", message.get("keeper_pid"))
+
+    def _on_live(self, info: dict[str, Any]) -> None:
+        """A run the keeper supervises: just spawned, adopted, or reported on connect."""
+        task_id = info["id"]
+        self._known.add(task_id)
+        self._in_flight.discard(task_id)
+        record = self._store.get(task_id)
+        if record is None or record.state in TERMINAL:
+            log.warning("task keeper runs task %s, whose record is %s", task_id, record and record.state.value)
+            return
+        if record.state is TaskState.QUEUED:
+            record = self._move(
+                record,
+                TaskState.RUNNING,
+                pid=info["pid"],
+                pid_start_time=info["start_time"],
+                boot_id=info.get("boot_id"),
+                started_at=_when(info.get("started_at")) or self._clock(),
+            )
+        if info.get("progress") and task_id not in self._progress:
+            self._progress[task_id] = tuple(info["progress"])  # type: ignore[assignment]
+        self._hold_slot(record)
+        self._arm_deadline(record)
+        if record.cancel_source is not None and not info.get("stopping"):
+            self._send_kill(record)
+
+    def _on_exit(self, status: dict[str, Any]) -> None:
+        task_id = status["id"]
+        self._known.add(task_id)
+        self._in_flight.discard(task_id)
+        record = self._store.get(task_id)
+        if record is not None and record.state not in TERMINAL:
+            self._record_exit(record, status)
+        if self._link.connected:
+            self._link.send({"op": "ack", "id": task_id})
+
+    def _record_exit(self, record: TaskRecord, status: dict[str, Any]) -> None:
+        if record.state is TaskState.QUEUED:  # it started and ended while no daemon listened
+            record = self._moved(
+                record,
+                TaskState.RUNNING,
+                pid=status.get("pid"),
+                pid_start_time=status.get("start_time"),
+                boot_id=status.get("boot_id"),
+                started_at=_when(status.get("started_at")),
+            )
+        progress = self._progress.get(record.id) or (tuple(status["progress"]) if status.get("progress") else None)
+        final = self._moved(
+            record,
+            _end_state(record, status),
+            exit_code=status.get("exit_code"),
+            signal=status.get("signal"),
+            ended_at=_when(status.get("ended_at")) or self._clock(),
+            error=status.get("error"),
+            progress=progress[0] if progress else record.progress,
+            progress_message=progress[1] if progress else record.progress_message,
+        )
+        task_type = self._type_of(record)
+        with self._store.batch():
+            final, retry = self._restart(final, task_type)
+            self._store.update(final)
+            if retry is not None:
+                retry = self._store.add(retry)
+                retry = dataclasses.replace(retry, log_path=str(self._log_dir / f"{retry.id}.log"))
+                self._store.update(retry)
+        self._release(record.id)
+        self._announce(final)
+        if retry is not None:
+            self._snapshots[retry.id] = task_type
+            self._log(final, f"↻ restarting as task {retry.id} (attempt {retry.attempt}) at {retry.not_before}")
+            self.events.publish("state", retry.to_dict())
+            self._enqueue(retry)
+        self._schedule_pump()
+
+    def _restart(self, final: TaskRecord, task_type: TaskType) -> tuple[TaskRecord, TaskRecord | None]:
+        """The ended record (with the reason when a restart is refused) and the next attempt, if any."""
+        rules = task_type.restart
+        if rules.policy == "no":
+            return final, None
+        now = self._clock()
+        decision = policy.decide(rules, final.state, final.attempt, self._restart_times(final), now.timestamp())
+        if not decision.restart:
+            if decision.reason is None:
+                return final, None
+            error = f"{final.error}; {decision.reason}" if final.error else decision.reason
+            return dataclasses.replace(final, error=error), None
+        retry = dataclasses.replace(
+            self._new_record(task_type, final.params, final.argv, final.key),
+            started_by=final.started_by,
+            attempt=final.attempt + 1,
+            retry_of=final.id,
+            not_before=now + timedelta(seconds=decision.delay_s),
+        )
+        return final, retry
+
+    def _restart_times(self, record: TaskRecord) -> list[float]:
+        """Start times of the restarts in ``record``'s chain, newest first (as many as the guard needs)."""
+        times: list[float] = []
+        limit = self._type_of(record).restart.flap_restarts
+        current: TaskRecord | None = record
+        while current is not None and current.retry_of is not None and len(times) < limit:
+            if current.started_at is not None:
+                times.append(current.started_at.timestamp())
+            current = self._store.get(current.retry_of)
+        return times
+
+    def _on_spawn_failed(self, message: dict[str, Any]) -> None:
+        task_id = message["id"]
+        self._in_flight.discard(task_id)
+        self._release(task_id)
+        record = self._store.get(task_id)
+        if record is not None and record.state is TaskState.QUEUED:
+            state = TaskState.STOPPED if record.cancel_source is not None else TaskState.FAILED
+            self._move(record, state, ended_at=self._clock(), error=message.get("error"))
+        self._schedule_pump()
+
+    def _on_adopt_failed(self, message: dict[str, Any]) -> None:
+        task_id = message["id"]
+        self._release(task_id)
+        record = self._store.get(task_id)
+        if record is not None and record.state is TaskState.RUNNING:
+            reason = message.get("error") or "the keeper does not know this run"
+            self._move(record, TaskState.LOST, ended_at=self._clock(), error=reason)
+        self._schedule_pump()
+
+    def _on_progress(self, message: dict[str, Any]) -> None:
+        task_id = message["id"]
+        self._progress[task_id] = (float(message["percent"]), message.get("message"))
+        self._progress_dirty.add(task_id)
+        self.events.publish(
+            "progress", {"id": task_id, "progress": message["percent"], "progress_message": message.get("message")}
+        )
+
+    # -- recovery -------------------------------------------------------------------
+
+    def _on_synced(self, message: dict[str, Any]) -> None:
+        maybe_spawned = []
+        for record in self._store.active():
+            if record.id in self._known or record.id in self._queue:
+                continue
+            if record.state is TaskState.RUNNING:
+                self._adopt(record, _proctree.ProcRef(record.pid or 0, record.pid_start_time or 0))
+            else:
+                maybe_spawned.append(record)
+        found = _proctree.find_marked([run_marker(r.id, r.marker) for r in maybe_spawned]) if maybe_spawned else {}
+        for record in maybe_spawned:
+            self._in_flight.discard(record.id)
+            refs = found.get(record.marker)
+            if refs:
+                record = self._move(
+                    record, TaskState.RUNNING, pid=refs[0].pid, pid_start_time=refs[0].start_time,
+                    boot_id=self._boot_id, started_at=self._clock(),
+                )  # fmt: skip
+                self._adopt(record, refs[0])
+            else:
+                self._enqueue(record)
+        self._synced.set()
+        self._schedule_pump()
+
+    def _adopt(self, record: TaskRecord, leader: _proctree.ProcRef) -> None:
+        self._hold_slot(record)
+        self._link.send(
+            {
+                "op": "adopt",
+                "id": record.id,
+                "pid": leader.pid,
+                "start_time": leader.start_time,
+                "boot_id": record.boot_id,
+                "marker": record.marker,
+                "started_at": record.started_at.timestamp() if record.started_at else None,
+            }
+        )
+
+    # -- requests -------------------------------------------------------------------
+
+    def _send_spawn(self, record: TaskRecord) -> None:
+        task_type = self._type_of(record)
+        self._in_flight.add(record.id)
+        self._link.send(
+            {
+                "op": "spawn",
+                "id": record.id,
+                "argv": record.argv,
+                "env": {**task_type.env, **run_marker(record.id, record.marker)},
+                "cwd": None if task_type.cwd is None else str(task_type.cwd),
+                "user": task_type.user,
+                "group": task_type.group,
+                "rlimits": {name: list(limits) for name, limits in task_type.rlimits.items()},
+                "marker": record.marker,
+                "log": {
+                    "dir": str(self._log_dir),
+                    "max_bytes": task_type.log_max_bytes,
+                    "keep": task_type.log_keep,
+                    "timestamps": task_type.log_timestamps,
+                },
+            }
+        )
+
+    def _send_kill(self, record: TaskRecord) -> None:
+        if self._link.connected:
+            self._link.send({"op": "kill", "id": record.id, "grace_s": self._type_of(record).stop_grace_s})
+
+    # -- deadlines, slots, progress ----------------------------------------------------
+
+    def _arm_deadline(self, record: TaskRecord) -> None:
+        timeout_s = self._type_of(record).timeout_s
+        if timeout_s is None or record.id in self._deadlines or record.started_at is None:
+            return
+        remaining = timeout_s - (self._clock() - record.started_at).total_seconds()
+        loop = asyncio.get_running_loop()
+        self._deadlines[record.id] = loop.call_later(max(0.0, remaining), self._on_deadline, record.id)
+
+    def _on_deadline(self, task_id: int) -> None:
+        self._deadlines.pop(task_id, None)
+        record = self._store.get(task_id)
+        if record is not None and record.state is TaskState.RUNNING and record.cancel_source is None:
+            try:
+                self._cancel(record, "deadline", INTERNAL)
+            except Unavailable as exc:
+                log.error("task %d: cannot record its deadline stop: %s", task_id, exc)
+
+    def _hold_slot(self, record: TaskRecord) -> None:
+        if record.id not in self._slots:
+            self._slots[record.id] = record.type
+            self._queue.occupy(record.type)
+
+    def _release(self, task_id: int) -> None:
+        type_name = self._slots.pop(task_id, None)
+        if type_name is not None:
+            self._queue.release(type_name)
+
+    def _forget(self, task_id: int) -> None:
+        """Drop the memory of an ended run."""
+        self._snapshots.pop(task_id, None)
+        self._progress.pop(task_id, None)
+        self._progress_dirty.discard(task_id)
+        self._in_flight.discard(task_id)
+        self._release(task_id)
+        handle = self._deadlines.pop(task_id, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _cancel_timers(self) -> None:
+        for handle in self._deadlines.values():
+            handle.cancel()
+        self._deadlines.clear()
+
+    def _with_progress(self, record: TaskRecord) -> TaskRecord:
+        latest = self._progress.get(record.id)
+        if latest is None or record.state in TERMINAL:
+            return record
+        return dataclasses.replace(record, progress=latest[0], progress_message=latest[1])
+
+    def _flush_progress(self) -> None:
+        if not self._progress_dirty:
+            return
+        dirty = {task_id: self._progress[task_id] for task_id in self._progress_dirty if task_id in self._progress}
+        self._store.set_progress(dirty)
+        self._progress_dirty.clear()
+
+    def _type_of(self, record: TaskRecord) -> TaskType:
+        """The settings a run started with; for a run from before this daemon, its type now (or defaults)."""
+        snapshot = self._snapshots.get(record.id)
+        if snapshot is None:
+            snapshot = self._types.get(record.type) or TaskType(
+                name=record.type, doc="", argv=tuple(record.argv), params_model=BaseModel,
+                cwd=None, env={}, stop_grace_s=self._config.stop_grace_s,
+            )  # fmt: skip
+            if record.state not in TERMINAL:
+                self._snapshots[record.id] = snapshot
+        return snapshot
+
+    def _moved(self, record: TaskRecord, state: TaskState, **changes: Any) -> TaskRecord:
+        """The record after a checked move (not stored)."""
+        return dataclasses.replace(record, state=transition(record.state, state), **changes)
+
+
+def _end_state(record: TaskRecord, status: dict[str, Any]) -> TaskState:
+    if record.cancel_source == "deadline":
+        return TaskState.TIMED_OUT
+    if record.cancel_source is not None:
+        return TaskState.STOPPED
+    if status.get("exit_code") is None and status.get("signal") is None:
+        return TaskState.LOST
+    if status.get("signal") is not None or status.get("exit_code") != 0:
+        return TaskState.FAILED
+    return TaskState.SUCCEEDED

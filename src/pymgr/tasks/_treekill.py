@@ -1,0 +1,111 @@
+"""Stopping a run and everything it started, as a state machine the keeper's loop drives.
+
+Rules:
+- Stop: SIGTERM to the run's leader (its whole process group while the
+  leader is the keeper's unreaped child) and to every other process of the
+  run (``_proctree.find_run_processes``: descendants, and processes with
+  the run's marker, such as a grandchild that called ``setsid()``); wait
+  up to the grace period for all of them; then look again (late forks,
+  leftovers of a leader that exited) and SIGKILL whatever is still there;
+  wait up to ``KILL_WAIT_S``; then it is done, naming the survivors.
+- The keeper does the killing, not the daemon: it is the leader's parent,
+  so it alone knows the leader is unreaped, and only then may the process
+  group (whose id is the leader's pid) be signalled without hitting a
+  stranger that reused the pid. A stop in progress also survives the
+  daemon dying.
+- Every other process is signalled through a pidfd after checking its
+  start time (``_proctree.send_signal``). A run re-adopted after the
+  keeper died is not this keeper's child: its leader is signalled the same
+  careful way, and its group is reached through the descendant walk.
+- No sleeping and no threads: ``poll(now)`` is called by the keeper's loop
+  (on every child exit and on a short tick) and returns the survivors once
+  the stop is over, None until then.
+- Standard library only: the keeper imports this.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable, Mapping
+
+from pymgr.tasks import _proctree
+from pymgr.tasks._proctree import ProcRef
+
+#: Seconds to wait for processes to vanish after SIGKILL. SIGKILL cannot be
+#: caught; only a process stuck in the kernel (uninterruptible I/O) outlives
+#: this, and waiting longer would hold up a stop that cannot finish anyway.
+KILL_WAIT_S = 5.0
+
+
+class TreeKill:
+    """The stop of one run (see the module rules)."""
+
+    def __init__(
+        self,
+        leader: ProcRef,
+        marker: Mapping[str, str],
+        grace_s: float,
+        *,
+        leader_gone: Callable[[], bool],
+        signal_leader: Callable[[signal.Signals], None],
+    ) -> None:
+        """
+        Args:
+            leader: the run's first process.
+            marker: the run's ``_proctree.run_marker``.
+            grace_s: seconds between SIGTERM and SIGKILL.
+            leader_gone: True once the leader has exited (reaped, for a child).
+            signal_leader: signals the leader (and its group, when safe).
+        """
+        self.leader = leader
+        self.marker = marker
+        self.grace_s = grace_s
+        self._leader_gone = leader_gone
+        self._signal_leader = signal_leader
+        self._phase = "new"
+        self._deadline = 0.0
+        self._watched: set[ProcRef] = set()
+
+    def _find(self) -> set[ProcRef]:
+        return _proctree.find_run_processes(self.leader, self.marker, leader_reaped=self._leader_gone())
+
+    def _send(self, sig: signal.Signals, refs: set[ProcRef]) -> None:
+        if not self._leader_gone():
+            self._signal_leader(sig)
+        for ref in refs:
+            _proctree.send_signal(ref, sig)
+
+    def start(self, now: float) -> None:
+        """Send SIGTERM to every process of the run."""
+        self._watched = self._find()
+        self._send(signal.SIGTERM, self._watched)
+        self._phase = "term"
+        self._deadline = now + self.grace_s
+
+    def poll(self, now: float) -> set[ProcRef] | None:
+        """Advance the stop; returns the processes that outlived SIGKILL once it is over, else None."""
+        self._watched = {ref for ref in self._watched if _proctree.alive(ref)}
+        if not self._watched and self._leader_gone():
+            return set()
+        if now < self._deadline:
+            return None
+        if self._phase == "term":
+            self._watched |= self._find()
+            if not self._watched and self._leader_gone():
+                return set()
+            count = len(self._watched) + (not self._leader_gone())
+            print(
+                f"keeper: run {self.marker.get(_proctree.TASK_ID_VAR)}: still running after {self.grace_s:.1f}s "
+                f"grace, sending SIGKILL to {count} process(es)",
+                file=sys.stderr,
+                flush=True,
+            )
+            self._send(signal.SIGKILL, self._watched)
+            self._phase = "kill"
+            self._deadline = now + KILL_WAIT_S
+            return None
+        survivors = set(self._watched)
+        if not self._leader_gone():
+            survivors.add(self.leader)
+        return survivors

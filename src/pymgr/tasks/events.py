@@ -1,0 +1,115 @@
+"""The events hub: every state change and progress update of every run, to whoever listens.
+
+Rules:
+- ``publish`` never blocks and never fails: it stamps the event with the
+  next sequence number and appends it to each subscriber's bounded queue.
+- A subscriber that falls behind loses its *oldest* events, not the daemon
+  its time: its queue keeps the newest ``queue_size``, and the next event it
+  reads is a ``gap`` event saying how many it missed (then it can re-read
+  the records it cares about).
+- The hub keeps the last ``RECENT_EVENTS`` for ``tasks.events`` (polling
+  clients), whether anyone subscribes or not.
+- Event kinds: ``state`` (a run's record after a state change), ``progress``
+  (``{"id", "progress", "progress_message"}``), ``gap`` (``{"dropped": N}``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+#: Events kept for polling clients (``tasks.events``).
+RECENT_EVENTS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing that happened to a run."""
+
+    #: Increasing from 1 for the daemon's lifetime (0 for a gap marker).
+    seq: int
+    kind: str
+    data: dict[str, Any]
+    #: Epoch seconds.
+    time: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "kind": self.kind, "time": round(self.time, 3), "data": self.data}
+
+
+class Subscription:
+    """One listener's bounded queue; use as a context manager to unsubscribe."""
+
+    def __init__(self, hub: EventHub, queue_size: int) -> None:
+        self._hub = hub
+        self._events: deque[Event] = deque(maxlen=queue_size)
+        self._dropped = 0
+        self._ready = asyncio.Event()
+
+    def _push(self, event: Event) -> None:
+        if len(self._events) == self._events.maxlen:
+            self._dropped += 1
+        self._events.append(event)
+        self._ready.set()
+
+    async def get(self, timeout_s: float | None = None) -> Event | None:
+        """The next event (a ``gap`` first if some were lost), or None after ``timeout_s``."""
+        if not self._events and not self._dropped:
+            self._ready.clear()
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._ready.wait()
+            except TimeoutError:
+                return None
+        if self._dropped:
+            dropped, self._dropped = self._dropped, 0
+            return Event(0, "gap", {"dropped": dropped}, time.time())
+        return self._events.popleft()
+
+    def close(self) -> None:
+        self._hub._subscribers.discard(self)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class EventHub:
+    """See the module rules."""
+
+    def __init__(self, queue_size: int) -> None:
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, not {queue_size}")
+        self.queue_size = queue_size
+        self._seq = 0
+        self._subscribers: set[Subscription] = set()
+        self._recent: deque[Event] = deque(maxlen=RECENT_EVENTS)
+
+    def publish(self, kind: str, data: dict[str, Any]) -> Event:
+        self._seq += 1
+        event = Event(self._seq, kind, data, time.time())
+        self._recent.append(event)
+        for subscriber in self._subscribers:
+            subscriber._push(event)
+        return event
+
+    def subscribe(self) -> Subscription:
+        subscription = Subscription(self, self.queue_size)
+        self._subscribers.add(subscription)
+        return subscription
+
+    def recent(self, limit: int = RECENT_EVENTS) -> list[Event]:
+        """The newest ``limit`` events, oldest first."""
+        return list(self._recent)[-limit:] if limit > 0 else []
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)

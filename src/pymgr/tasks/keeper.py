@@ -1,0 +1,520 @@
+"""The keeper: the small process that is the parent of every task run.
+
+Run as ``python -m pymgr.tasks.keeper --state-dir DIR``; the daemon starts
+it when none is running. One keeper per state directory.
+
+Rules:
+- Standard library only, one thread, its own session: signals meant for
+  the daemon (a terminal's ^C, ``kill -TERM`` of the daemon) never reach
+  it, and it outlives the daemon: a daemon restart or crash leaves every
+  run running, still supervised, its output still drained, its exit still
+  recorded.
+- One keeper per state directory: it holds ``<run_dir>/keeper.lock``
+  (flock); a second one exits at once, leaving the first to serve.
+- It listens on ``<run_dir>/keeper.sock`` (mode 0600, in a 0700
+  directory) and serves one daemon at a time, with length-prefixed JSON
+  frames (``_framing``). A new connection replaces the old one, after the
+  old one's pending requests were handled (a dead daemon's last spawn
+  request is never lost nor run twice: spawn is idempotent by run id).
+- On connect it sends ``hello``, then ``live`` for each run, ``exit`` for
+  each status not acknowledged yet, then ``synced``.
+- Requests: ``spawn``, ``kill``, ``adopt``, ``ack``, ``resend``,
+  ``exit_when_idle``. Replies and news: ``spawned``, ``spawn_failed``,
+  ``adopted``, ``adopt_failed``, ``gone`` (no such run here), ``exit``,
+  ``progress`` (the latest per run only, sent when the daemon has read
+  everything before: a slow daemon never makes the keeper block or grow).
+  A daemon that stops reading for ``MAX_PENDING_BYTES`` is disconnected;
+  it gets the whole state again when it reconnects.
+- It is a child subreaper: descendants orphaned by a run's leader are
+  re-parented here and reaped, never left as zombies; exits are noticed
+  through SIGCHLD (``signal.set_wakeup_fd``) and ``waitpid(-1, WNOHANG)``.
+- It exits when it has no run and no daemon was connected for
+  ``--idle-exit-s`` seconds, or once it has no run after ``exit_when_idle``
+  (a daemon shutting down with ``on_shutdown = "stop"``) or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import fcntl
+import os
+import resource
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pymgr.tasks import _proctree
+from pymgr.tasks._framing import CLOSED, FrameDecoder, FrameError, encode
+from pymgr.tasks._keeperruns import UNKNOWN_EXIT, Run, StatusDir
+from pymgr.tasks._proctree import ProcRef
+from pymgr.tasks._runlog import RunLog
+from pymgr.tasks._spawn import SpawnError, SpawnSpec, spawn
+from pymgr.tasks._treekill import TreeKill
+
+#: Version of the daemon-keeper messages; a daemon refuses a keeper with another one.
+PROTOCOL = 1
+
+#: Bytes of messages waiting for a daemon that does not read before it is
+#: disconnected: far above any burst (a message is ~200 bytes; progress is
+#: coalesced), so only a stuck daemon hits it.
+MAX_PENDING_BYTES = 8 * 1024 * 1024
+
+#: Seconds between two looks at the processes of runs being stopped: short
+#: enough that a stop ends promptly, long enough to cost nothing.
+KILL_TICK_S = 0.05
+
+#: prctl(2) option that makes this process the reaper of orphaned descendants.
+PR_SET_CHILD_SUBREAPER = 36
+
+#: Backlog of the listening socket: one daemon, and a few reconnects.
+_BACKLOG = 8
+
+
+class _Conn:
+    """The daemon's connection: a decoder in, a bounded buffer out."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.decoder = FrameDecoder()
+        self.out = bytearray()
+        self.closed = False
+
+
+class Keeper:
+    """The keeper's loop and its state (see the module rules)."""
+
+    def __init__(self, listener: socket.socket, run_dir: str, idle_exit_s: float) -> None:
+        self.listener = listener
+        self.idle_exit_s = idle_exit_s
+        self.boot_id = _proctree.boot_id()
+        self.started_at = time.time()
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(listener, selectors.EVENT_READ, self._on_accept)
+        self.status_dir = StatusDir(os.path.join(run_dir, "status"))
+        self.unacked = self.status_dir.load()
+        self.runs: dict[int, Run] = {}
+        self.by_pid: dict[int, Run] = {}
+        self.conn: _Conn | None = None
+        self.pending_progress: dict[int, list[Any]] = {}
+        self.exit_when_idle = False
+        self.idle_since = time.monotonic()
+        wakeup_read, wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.sel.register(wakeup_read, selectors.EVENT_READ, self._on_signal)
+        self._wakeup = (wakeup_read, wakeup_write)
+        signal.set_wakeup_fd(wakeup_write, warn_on_full_buffer=False)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._note_signal)
+        self._signals: list[int] = []
+
+    def _note_signal(self, signum: int, frame: object) -> None:
+        self._signals.append(signum)
+
+    # -- the loop -----------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Run until idle (see the module rules)."""
+        self._reap()  # children that exited before the handler was in place
+        while not self._done():
+            for key, mask in self.sel.select(self._timeout()):
+                key.data(key.fileobj, mask)
+            self._tick()
+            self._flush_progress()
+        self._close_conn(flush=True)
+
+    def _done(self) -> bool:
+        if self.runs:
+            return False
+        if self.exit_when_idle:
+            return True
+        return self.conn is None and time.monotonic() - self.idle_since >= self.idle_exit_s
+
+    def _timeout(self) -> float | None:
+        if any(run.kill is not None for run in self.runs.values()):
+            return KILL_TICK_S
+        if not self.runs and self.conn is None:
+            return max(0.0, self.idle_since + self.idle_exit_s - time.monotonic())
+        return None
+
+    def _on_signal(self, fd: Any, mask: int) -> None:
+        try:
+            while os.read(fd, 512):
+                pass
+        except BlockingIOError:
+            pass  # drained
+        signals, self._signals = self._signals, []
+        if any(sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) for sig in signals):
+            self.exit_when_idle = True
+        self._reap()
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            run = self.by_pid.pop(pid, None)
+            if run is None:
+                continue  # an orphaned descendant that was re-parented here
+            run.set_exit(os.waitstatus_to_exitcode(status))
+            self._pull_output(run)
+            if run.kill is None:
+                self._finish(run)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for run in list(self.runs.values()):
+            if run.kill is None:
+                continue
+            survivors = run.kill.poll(now)
+            if survivors is None:
+                continue
+            run.kill = None
+            run.survivors = survivors
+            if run.exited:
+                self._finish(run)
+
+    def _finish(self, run: Run) -> None:
+        """The run is over: store its status durably, then tell the daemon."""
+        self.runs.pop(run.id, None)
+        if run.pidfd is not None and run.pidfd >= 0:
+            self.sel.unregister(run.pidfd)
+            os.close(run.pidfd)
+            run.pidfd = -1
+        status = run.status()
+        self.status_dir.write(status)
+        self.unacked[run.id] = status
+        self.pending_progress.pop(run.id, None)
+        self._send({"op": "exit", **status})
+        if not self.runs:
+            self.idle_since = time.monotonic()
+
+    # -- output -------------------------------------------------------------------
+
+    def _watch_output(self, run: Run) -> None:
+        if run.output_fd is not None:
+            os.set_blocking(run.output_fd, False)
+            self.sel.register(run.output_fd, selectors.EVENT_READ, lambda fd, mask: self._pull_output(run))
+
+    def _pull_output(self, run: Run) -> None:
+        ended, progress = run.drain()
+        if progress is not None:
+            run.progress = progress
+            self.pending_progress[run.id] = list(progress)
+        if ended and run.output_fd is not None:
+            self.sel.unregister(run.output_fd)
+            run.close_output()
+
+    def _flush_progress(self) -> None:
+        if self.conn is None:
+            self.pending_progress.clear()  # the next hello's "live" carries the latest
+            return
+        if self.conn.out or not self.pending_progress:
+            return
+        pending, self.pending_progress = self.pending_progress, {}
+        for task_id, (percent, message) in pending.items():
+            self._send({"op": "progress", "id": task_id, "percent": percent, "message": message})
+
+    # -- the daemon's connection ------------------------------------------------------
+
+    def _on_accept(self, listener: Any, mask: int) -> None:
+        sock, _ = self.listener.accept()
+        uid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
+        if uid not in (0, os.geteuid()):
+            sock.close()  # the socket is 0600 already; this is a second lock on the door
+            return
+        if self.conn is not None:
+            self._on_readable(self.conn.sock, selectors.EVENT_READ)  # a dead daemon's last requests first
+            self._close_conn()
+        sock.setblocking(False)
+        self.conn = _Conn(sock)
+        self.exit_when_idle = False
+        self.sel.register(sock, selectors.EVENT_READ, self._on_conn_event)
+        self._send({"op": "hello", "protocol": PROTOCOL, "keeper_pid": os.getpid(), "boot_id": self.boot_id})
+        for run in self.runs.values():
+            self._send({"op": "live", **run.info()})
+        for status in self.unacked.values():
+            self._send({"op": "exit", **status})
+        self._send({"op": "synced"})
+
+    def _on_conn_event(self, sock: Any, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self._write_out()
+        if mask & selectors.EVENT_READ and self.conn is not None:
+            self._on_readable(sock, mask)
+
+    def _on_readable(self, sock: Any, mask: int) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        try:
+            while True:
+                try:
+                    data = conn.sock.recv(256 * 1024)
+                except BlockingIOError:
+                    break
+                conn.decoder.receive_data(data)
+                while self.conn is conn and isinstance(message := conn.decoder.next_frame(), dict):
+                    self._handle(message)
+                if self.conn is not conn:
+                    return  # dropped while handling (a daemon that stopped reading)
+                if message is CLOSED or not data:
+                    self._close_conn()
+                    return
+        except (OSError, FrameError) as exc:
+            print(f"keeper: dropping the daemon's connection: {exc}", file=sys.stderr, flush=True)
+            self._close_conn()
+
+    def _send(self, message: dict[str, Any]) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        conn.out += encode(message)
+        if len(conn.out) > MAX_PENDING_BYTES:
+            print("keeper: the daemon stopped reading; dropping its connection", file=sys.stderr, flush=True)
+            self._close_conn()
+            return
+        self._write_out()
+
+    def _write_out(self) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        try:
+            sent = conn.sock.send(conn.out) if conn.out else 0
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._close_conn()
+            return
+        del conn.out[:sent]
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.out else 0)
+        if self.sel.get_key(conn.sock).events != events:
+            self.sel.modify(conn.sock, events, self._on_conn_event)
+
+    def _close_conn(self, flush: bool = False) -> None:
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        if flush and conn.out:
+            conn.sock.settimeout(1.0)
+            try:
+                conn.sock.sendall(conn.out)
+            except OSError:
+                pass  # the daemon went away; it reads the status files on its next connect
+        self.sel.unregister(conn.sock)
+        conn.sock.close()
+        self.idle_since = time.monotonic()
+
+    # -- requests -------------------------------------------------------------------
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        handlers: dict[str, Callable[[dict[str, Any]], None]] = {
+            "spawn": self._do_spawn,
+            "kill": self._do_kill,
+            "adopt": self._do_adopt,
+            "ack": self._do_ack,
+            "resend": lambda _: [self._send({"op": "exit", **s}) for s in self.unacked.values()],
+            "exit_when_idle": lambda _: setattr(self, "exit_when_idle", True),
+        }
+        handler = handlers.get(str(message.get("op")))
+        if handler is None or not isinstance(message.get("id", 0), int):
+            self._send({"op": "error", "message": f"bad request {message!r}; ops: {', '.join(handlers)}"})
+            return
+        try:
+            handler(message)
+        except (KeyError, ValueError, TypeError) as exc:
+            # A daemon bug must not take down the parent of every run: say so and go on.
+            self._send({"op": "error", "message": f"bad request {message!r}: {type(exc).__name__}: {exc}"})
+
+    def _do_spawn(self, message: dict[str, Any]) -> None:
+        task_id = message["id"]
+        if task_id in self.runs:
+            self._send({"op": "spawned", **self.runs[task_id].info()})
+            return
+        if task_id in self.unacked:
+            self._send({"op": "exit", **self.unacked[task_id]})
+            return
+        try:
+            run = self._start(task_id, message)
+        except SpawnError as exc:
+            self._send({"op": "spawn_failed", "id": task_id, "error": str(exc)})
+            return
+        self.runs[task_id] = run
+        self.by_pid[run.leader.pid] = run
+        self._watch_output(run)
+        self._send({"op": "spawned", **run.info()})
+
+    def _start(self, task_id: int, message: dict[str, Any]) -> Run:
+        spec = SpawnSpec.from_message(message)
+        settings = message.get("log") or {}
+        try:
+            log = RunLog(
+                str(settings["dir"]),
+                task_id,
+                max_bytes=int(settings["max_bytes"]),
+                keep=int(settings["keep"]),
+                timestamps=bool(settings.get("timestamps")),
+            )
+        except (KeyError, ValueError, TypeError, OSError) as exc:
+            raise SpawnError(f"spawn failed: cannot open the run's log file: {exc}") from None
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        try:
+            pid, popen = spawn(spec, write_end)
+        except SpawnError:
+            os.close(read_end)
+            log.close()
+            os.unlink(log.path)
+            raise
+        finally:
+            os.close(write_end)
+        started = _proctree.start_time(pid)
+        if started is None:  # our unreaped child always has a /proc entry
+            raise SpawnError(f"spawn failed: no /proc entry for our own child {pid}; is /proc mounted?")
+        return Run(
+            task_id, ProcRef(pid, started), str(message.get("marker", "")), self.boot_id, time.time(),
+            popen=popen, output_fd=read_end, log=log,
+        )  # fmt: skip
+
+    def _do_kill(self, message: dict[str, Any]) -> None:
+        run = self.runs.get(message["id"])
+        if run is None:
+            if message["id"] not in self.unacked:
+                self._send({"op": "gone", "id": message["id"]})
+            return
+        if run.kill is not None or run.killed:
+            return
+        run.killed = True
+        grace_s = max(0.0, float(message.get("grace_s", 0)))
+        run.kill = TreeKill(
+            run.leader, run.marker, grace_s, leader_gone=lambda: run.exited, signal_leader=self._leader_signaller(run)
+        )
+        run.kill.start(time.monotonic())
+
+    def _leader_signaller(self, run: Run) -> Callable[[signal.Signals], None]:
+        def send(sig: signal.Signals) -> None:
+            if run.adopted:
+                _proctree.send_signal(run.leader, sig)  # not our child: pidfd, start time checked
+                return
+            try:
+                os.killpg(run.leader.pid, sig)  # our unreaped child: its group id is still its pid
+            except ProcessLookupError:
+                pass  # the whole group is gone already
+
+        return send
+
+    def _do_adopt(self, message: dict[str, Any]) -> None:
+        task_id = message["id"]
+        if task_id in self.runs:
+            self._send({"op": "adopted", **self.runs[task_id].info()})
+            return
+        leader = ProcRef(int(message["pid"]), int(message["start_time"]))
+        fd = _proctree.open_checked(leader) if message.get("boot_id") == self.boot_id else None
+        if fd is None:
+            reason = _vanished(leader, message.get("boot_id"), self.boot_id)
+            self._send({"op": "adopt_failed", "id": task_id, "error": reason})
+            return
+        run = Run(
+            task_id, leader, str(message.get("marker", "")), self.boot_id,
+            float(message.get("started_at") or time.time()), pidfd=fd,
+        )  # fmt: skip
+        run.error = UNKNOWN_EXIT
+        self.runs[task_id] = run
+        self.sel.register(fd, selectors.EVENT_READ, lambda _fd, mask: self._on_adopted_exit(run))
+        self._send({"op": "adopted", **run.info()})
+
+    def _on_adopted_exit(self, run: Run) -> None:
+        run.exited = True
+        if run.kill is None:
+            self._finish(run)
+        elif run.pidfd is not None and run.pidfd >= 0:
+            self.sel.unregister(run.pidfd)  # level-triggered: stop watching, the kill tick finishes it
+            os.close(run.pidfd)
+            run.pidfd = -1
+
+    def _do_ack(self, message: dict[str, Any]) -> None:
+        if self.unacked.pop(message["id"], None) is not None:
+            self.status_dir.remove(message["id"])
+
+
+def _vanished(leader: ProcRef, recorded_boot: object, boot: str) -> str:
+    """Why a recorded run can no longer be found, in words."""
+    if recorded_boot != boot:
+        return "lost: the host was rebooted since it started"
+    now = _proctree.start_time(leader.pid)
+    if now is None:
+        return f"{UNKNOWN_EXIT} (process {leader.pid} is gone)"
+    return f"{UNKNOWN_EXIT} (pid {leader.pid} now belongs to another process)"
+
+
+def _listen(run_dir: str) -> socket.socket:
+    """Bind ``keeper.sock`` in ``run_dir`` (relative to it: no path length limit), mode 0600."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    previous = os.getcwd()
+    os.chdir(run_dir)
+    try:
+        try:
+            os.unlink("keeper.sock")
+        except FileNotFoundError:
+            pass  # no stale socket: nothing to clear
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind("keeper.sock")
+        finally:
+            os.umask(old_umask)
+        os.chmod("keeper.sock", 0o600)
+    finally:
+        os.chdir(previous)
+    sock.listen(_BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+def _prepare_process() -> None:
+    """Subreaper, every descriptor the hard limit allows, "/" as working directory."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        print(f"keeper: cannot become a subreaper: {os.strerror(ctypes.get_errno())}", file=sys.stderr, flush=True)
+    os.chdir("/")
+    os.umask(0o027)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pymgr.tasks.keeper", description=__doc__.split("\n")[0])
+    parser.add_argument("--state-dir", required=True, help="the daemon's state_dir")
+    parser.add_argument("--idle-exit-s", type=float, default=30.0, help="linger this long with nothing to do")
+    args = parser.parse_args(argv)
+    run_dir = os.path.join(os.path.abspath(args.state_dir), "run")
+    os.makedirs(run_dir, mode=0o700, exist_ok=True)
+    lock = os.open(os.path.join(run_dir, "keeper.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"keeper: another keeper serves {run_dir}; exiting", file=sys.stderr, flush=True)
+        return 0
+    os.ftruncate(lock, 0)
+    os.write(lock, f"{os.getpid()}\n".encode())
+    listener = _listen(run_dir)
+    _prepare_process()
+    print(f"keeper: pid {os.getpid()} serving {run_dir}", file=sys.stderr, flush=True)
+    try:
+        Keeper(listener, run_dir, args.idle_exit_s).serve()
+    finally:
+        os.unlink(os.path.join(run_dir, "keeper.sock"))  # before the lock goes: no other keeper bound it
+        listener.close()
+    print(f"keeper: pid {os.getpid()} exiting: no runs left", file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""The daemon's end of the keeper connection: find or start the keeper, send, receive.
+
+Rules:
+- ``connect`` reaches the keeper of this state directory, starting one
+  (``python -m pymgr.tasks.keeper``, its own session, stderr appended to
+  ``<run_dir>/keeper.log``) when nobody answers on ``keeper.sock``, and
+  returns once the keeper's ``hello`` arrived. A keeper that is on its way
+  out (it closes before its hello) is waited out and replaced.
+- Every message from the keeper goes to ``on_message``, in order, on the
+  event loop; when the connection ends, ``on_lost`` is called once.
+- ``send`` never blocks: messages queue in the transport. Nothing is sent
+  while disconnected (``send`` raises ``Unavailable``); the manager holds
+  its requests and the keeper's hello replays the state on reconnect.
+- The keeper outlives the daemon on purpose, so a keeper this daemon
+  started is kept referenced until it exits (a Popen dropped while its
+  child runs would be reaped behind our back by the next Popen anywhere).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pymgr.errors import Unavailable
+from pymgr.tasks._framing import CLOSED, FrameDecoder, FrameError, encode
+from pymgr.tasks.keeper import PROTOCOL
+
+log = logging.getLogger("pymgr.keeper")
+
+#: Seconds between two connection attempts while a keeper starts.
+CONNECT_POLL_S = 0.02
+
+#: Bytes read from the keeper's socket at once.
+_READ_BYTES = 256 * 1024
+
+#: Longest socket path bind/connect take (sun_path is 108 bytes with its NUL).
+_MAX_SOCKET_PATH = 107
+
+#: Keepers this process started and that may still run; see the module rules.
+_started: list[subprocess.Popen[bytes]] = []
+
+
+class KeeperLink:
+    """One connection to the keeper (see the module rules)."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        idle_exit_s: float,
+        start_timeout_s: float,
+        on_message: Callable[[dict[str, Any]], None],
+        on_lost: Callable[[], None],
+    ) -> None:
+        self.run_dir = state_dir / "run"
+        self.state_dir = state_dir
+        self.idle_exit_s = idle_exit_s
+        self.start_timeout_s = start_timeout_s
+        self._on_message = on_message
+        self._on_lost = on_lost
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._dir_fd: int | None = None
+        #: The keeper this link started, if it did.
+        self._process: subprocess.Popen[bytes] | None = None
+        #: The keeper's hello: its pid and boot id.
+        self.hello: dict[str, Any] = {}
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None
+
+    def _socket_path(self) -> str:
+        path = str(self.run_dir / "keeper.sock")
+        if len(path) <= _MAX_SOCKET_PATH:
+            return path
+        # Too long for sun_path: go through a descriptor of the directory instead.
+        if self._dir_fd is None:
+            self._dir_fd = os.open(self.run_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        return f"/proc/self/fd/{self._dir_fd}/keeper.sock"
+
+    async def connect(self) -> None:
+        """Reach the keeper (starting it if needed) and read its hello.
+
+        Raises:
+            Unavailable: no keeper answered within ``start_timeout_s``, or it
+                speaks another protocol version; the message says where to look.
+        """
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.start_timeout_s
+        process: subprocess.Popen[bytes] | None = None
+        while True:
+            try:
+                reader, writer = await asyncio.open_unix_connection(self._socket_path())
+            except (FileNotFoundError, ConnectionRefusedError):
+                process = self._process = process or self._start_keeper()
+            else:
+                decoder = FrameDecoder()
+                hello = await self._first_frame(reader, decoder, deadline)
+                if hello is not None:
+                    self._check(hello, writer)
+                    self._writer = writer
+                    self.hello = hello
+                    self._reader_task = loop.create_task(self._read(reader, decoder))
+                    self._on_message(hello)
+                    return
+                writer.close()  # a keeper that was exiting: wait for it to go, then start ours
+            if process is not None and process.poll() not in (None, 0):
+                raise Unavailable(f"the task keeper exited with {process.returncode}; {self._look()}")
+            if loop.time() > deadline:
+                raise Unavailable(f"no task keeper answered within {self.start_timeout_s} s; {self._look()}")
+            await asyncio.sleep(CONNECT_POLL_S)
+
+    async def _first_frame(
+        self, reader: asyncio.StreamReader, decoder: FrameDecoder, deadline: float
+    ) -> dict[str, Any] | None:
+        try:
+            async with asyncio.timeout_at(deadline):
+                while not isinstance(frame := decoder.next_frame(), dict):
+                    if frame is CLOSED:
+                        return None
+                    decoder.receive_data(await reader.read(_READ_BYTES))
+        except (OSError, FrameError, TimeoutError):
+            return None
+        return frame
+
+    def _check(self, hello: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        if hello.get("op") != "hello" or hello.get("protocol") != PROTOCOL:
+            writer.close()
+            raise Unavailable(
+                f"the task keeper (pid {hello.get('keeper_pid')}) speaks protocol {hello.get('protocol')!r}, "
+                f"this daemon {PROTOCOL}: it is from another pymgr version; stop it once its runs ended "
+                f"(kill -TERM lets it exit when idle) and restart the daemon"
+            )
+
+    def _look(self) -> str:
+        return f"see {self.run_dir / 'keeper.log'}"
+
+    def _start_keeper(self) -> subprocess.Popen[bytes]:
+        log.info("starting the task keeper for %s", self.state_dir)
+        with open(self.run_dir / "keeper.log", "ab") as stderr:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "pymgr.tasks.keeper",
+                    "--state-dir",
+                    str(self.state_dir),
+                    "--idle-exit-s",
+                    str(self.idle_exit_s),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                cwd="/",
+                close_fds=True,
+                start_new_session=True,
+            )
+        _started.append(process)
+        return process
+
+    async def _read(self, reader: asyncio.StreamReader, decoder: FrameDecoder) -> None:
+        try:
+            while True:
+                while isinstance(frame := decoder.next_frame(), dict):
+                    self._on_message(frame)
+                if frame is CLOSED:
+                    break
+                decoder.receive_data(await reader.read(_READ_BYTES))
+        except (OSError, FrameError) as exc:
+            log.error("task keeper connection broke: %s", exc)
+        finally:
+            self._lost()
+
+    def _lost(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()
+        self._writer = None
+        _reap_started()
+        self._on_lost()
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Queue one message for the keeper.
+
+        Raises:
+            Unavailable: not connected.
+        """
+        if self._writer is None or self._writer.is_closing():
+            raise Unavailable("the task keeper is not connected; the daemon is reconnecting, retry shortly")
+        self._writer.write(encode(message))
+
+    async def close(self, wait_exit_s: float = 0.0) -> None:
+        """Disconnect; with ``wait_exit_s``, wait that long for a keeper we started to exit."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            with contextlib.suppress(OSError):
+                await writer.drain()
+            writer.close()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader_task
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_exit_s
+        while self._process is not None and self._process.poll() is None and loop.time() < deadline:
+            await asyncio.sleep(CONNECT_POLL_S)
+        _reap_started()
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
+
+
+def _reap_started() -> bool:
+    """Reap keepers we started that have exited; True while one still runs."""
+    _started[:] = [p for p in _started if p.poll() is None]
+    return bool(_started)

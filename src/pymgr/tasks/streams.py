@@ -1,0 +1,94 @@
+"""The task streams the HTTP edge serves: a run's log bytes, and server-sent events.
+
+Rules:
+- ``task_log`` yields the bytes of a run's log from an offset: up to the
+  current end, or, with ``follow``, until the run has ended and its last
+  bytes were sent (``logs.LogReader.follow``). Offsets were checked by the
+  ``tasks.logs`` action before the stream starts.
+- ``events`` yields server-sent events (``text/event-stream``): one
+  ``heartbeat`` at once (the subscription is in place when the client sees
+  it), then every event of the hub as ``id: <seq>``, ``event: <kind>``,
+  ``data: <JSON>``, and a ``heartbeat`` after ``events_heartbeat_s``
+  without one. A client that reads too slowly gets a ``gap`` event
+  (``events.py``), never a stalled daemon.
+- Every stream ends promptly when the daemon stops (``stopping``), so a
+  shutdown never waits for a follower or a subscriber to hang up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pymgr.tasks.logs import FOLLOW_CHUNK_BYTES
+from pymgr.tasks.manager import TaskManager
+
+
+def sse(kind: str, data: dict[str, Any], seq: int | None = None) -> bytes:
+    """One server-sent event (JSON data on one line, so no field splitting is needed)."""
+    head = f"id: {seq}\n" if seq else ""
+    return f"{head}event: {kind}\ndata: {json.dumps(data, separators=(',', ':'), ensure_ascii=False)}\n\n".encode()
+
+
+class TaskStreams:
+    """What ``GET /v1/tasks/ID/logs`` and ``GET /v1/events`` stream (see the module rules)."""
+
+    def __init__(self, manager: TaskManager, stopping: asyncio.Event) -> None:
+        self.manager = manager
+        self.stopping = stopping
+
+    async def task_log(self, task_id: int, offset: int, follow: bool) -> AsyncIterator[bytes]:
+        logs = self.manager.logs
+        if not follow:
+            end = logs.span(task_id).end
+            while offset < end and not self.stopping.is_set():
+                data, _ = logs.read(task_id, offset, min(FOLLOW_CHUNK_BYTES, end - offset))
+                if not data:
+                    return
+                offset += len(data)
+                yield data
+            return
+        poll_s = self.manager.config.log_follow_poll_s
+        chunks = logs.follow(task_id, offset, running=lambda: self.manager.running(task_id), poll_s=poll_s)
+        try:
+            async for data in chunks:
+                if self.stopping.is_set():
+                    return
+                yield data
+        finally:
+            await chunks.aclose()
+
+    async def events(self) -> AsyncIterator[bytes]:
+        heartbeat_s = self.manager.config.events_heartbeat_s
+        with self.manager.events.subscribe() as subscription:
+            yield sse("heartbeat", {"time": round(time.time(), 3)})
+            last = time.monotonic()
+            while not self.stopping.is_set():
+                wait_s = max(0.0, last + heartbeat_s - time.monotonic())
+                event = await _first(subscription.get(wait_s), self.stopping)
+                if self.stopping.is_set():
+                    return
+                if event is None:
+                    yield sse("heartbeat", {"time": round(time.time(), 3)})
+                else:
+                    yield sse(event.kind, event.data, event.seq)
+                last = time.monotonic()
+
+
+async def _first(get: Any, stopping: asyncio.Event) -> Any:
+    """The result of ``get`` (a coroutine), or None as soon as ``stopping`` is set."""
+    getter = asyncio.ensure_future(get)
+    stopper = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in (stopper, getter):
+            if not waiter.done():
+                waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
+    return None if getter.cancelled() else getter.result()

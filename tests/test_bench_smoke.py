@@ -1,0 +1,67 @@
+"""Keeps the bench (bench/, `make bench`) from rotting. Nothing here is timed or compared.
+
+The seed baseline's request handler runs over a socketpair (no gevent
+needed), and one bench round runs with tiny counts against pymgr and the
+two floors; supervisord and the seed server join only where they are
+installed (the bench venv), so the test venv needs nothing extra.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+
+import pytest
+
+from bench import report, run, seed_server
+from bench.figures import Settings
+from bench.targets import legacy_request
+
+SECRET = "bench-secret"
+
+
+def _exchange(request: bytes) -> dict[str, object]:
+    client, server = socket.socketpair()
+    handler = threading.Thread(target=seed_server.make_handler(SECRET.encode()), args=(server, None))
+    handler.start()
+    with client:
+        client.sendall(request)
+        reply = b""
+        while data := client.recv(4096):
+            reply += data
+    handler.join(5)
+    return json.loads(reply)
+
+
+def test_the_seed_handler_answers_like_the_2014_design() -> None:
+    assert _exchange(legacy_request(SECRET)) == {"success": True, "msg": {"greeting": "hi"}}
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "code"),
+    [
+        (legacy_request("wrong secret"), seed_server.ERR_NOT_AUTHENTICATED),
+        (legacy_request(SECRET, action="nope"), seed_server.ERR_NO_ACTION),
+        (legacy_request(SECRET, module="nope"), seed_server.ERR_NO_ACTION),
+    ],
+)
+def test_the_seed_handler_refuses_with_the_2014_codes(request_bytes: bytes, code: int) -> None:
+    assert _exchange(request_bytes) == {"success": False, "msg": {"err_code": code}}
+
+
+def test_one_tiny_round_measures_every_figure_for_pymgr(capsys: pytest.CaptureFixture[str]) -> None:
+    settings = Settings(rounds=1, duration_s=0.1, clients=2, latency_requests=20, task_starts=1, idle_settle_s=0.0)
+    document = run.bench_once(settings, warmup=False)
+    samples = document.pop("_samples")
+    measured = {(s.figure, s.server) for s in samples}
+    for figure in ("control", "newconn-legacy", "newconn-http", "latency", "task-start", "startup"):
+        assert (figure, "pymgr") in measured
+    assert ("control", "asgi floor") in measured and ("newconn-legacy", "line floor") in measured
+    assert document["machine"]["cores"] and document["demo_config"]["modules"]
+    for check in document["checks"]:
+        if check["baseline"] is None:
+            assert check["measured"] is not None, check["id"]
+    table = report.table(samples)
+    assert table.startswith("| figure | metric | pymgr |") and "1. control calls" in table
+    json.dumps(document, default=str)  # what write_json writes
