@@ -57,9 +57,9 @@ $(BENCH_VENV)/.installed: pyproject.toml | $(BENCH_BIN)/python
 
 bench: $(BENCH_VENV)/.installed
 	$(BENCH_BIN)/python -m bench.run $(BENCH_ARGS)
-	@for script in bench/bench_tasks.py bench/bench_security.py; do \
-	  if [ -f $$script ]; then echo "== $$script"; $(BENCH_BIN)/python $$script || exit 1; fi; \
-	done
+	@status=0; for script in bench/bench_tasks.py bench/bench_security.py; do \
+	  if [ -f $$script ]; then echo "== $$script"; $(BENCH_BIN)/python $$script || status=1; fi; \
+	done; exit $$status
 
 clean:
 	rm -rf $(VENV) var build src/*.egg-info

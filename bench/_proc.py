@@ -43,6 +43,14 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"/proc/{pid}/status has no VmRSS line; is {pid} a zombie?")
 
 
+def loadavg() -> list[float]:
+    """The 1, 5 and 15 minute load averages: how busy the machine was around a run."""
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return []
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

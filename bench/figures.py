@@ -9,8 +9,8 @@ Rules:
   ``line floor``; a baseline that is not installed is left out, not faked.
 - Throughput figures: ``clients`` processes, ``duration_s`` each, server
   CPU per request from /proc. Latency: one client, sequential requests.
-  Task start: from sending the start request until the daemon shows the
-  run's pid as running. Start-up: a fresh daemon per round, from spawn to
+  Task start: from sending the start request until the daemon's event
+  stream announces the run as running (with its pid). Start-up: a fresh daemon per round, from spawn to
   its socket answering, then its idle RSS.
 """
 
@@ -24,21 +24,24 @@ from pathlib import Path
 from typing import Any
 
 from bench import servers
+from bench._events import EventStream
 from bench._proc import rss_mib
 from bench.loadgen import Client, LoadError, Target, latency_samples, run_load
 from bench.servers import Fleet, Server, xmlrpc_request
 from bench.targets import (
     floor_asgi_targets,
     floor_line_targets,
-    http_get,
     http_post,
     pymgr_targets,
     seed_targets,
     supervisord_targets,
 )
 
-#: Seconds between polls of a run's record while waiting for it to end.
+#: Seconds between polls of supervisord's process info while waiting for the scan to end.
 TASK_END_POLL_S = 0.01
+#: Task states the figure waits for (pymgr's events).
+RUNNING = frozenset({"running"})
+ENDED = frozenset({"succeeded", "failed", "stopped", "timed_out", "lost"})
 #: Seconds a task run gets to end before the figure fails (the scan exits at once).
 TASK_END_TIMEOUT_S = 10.0
 
@@ -121,22 +124,20 @@ def _latency(bench: Bench, column: str, round_: int) -> Sample:
 # --- task start ---------------------------------------------------------------------
 
 
-def _pymgr_task_start(bench: Bench, client: Client) -> float:
-    """Seconds from the start request to a record with a pid; then wait for the run's end."""
+def _pymgr_task_start(events: EventStream, client: Client) -> float:
+    """Seconds from the start request to the daemon's "running" event; then wait for the run's end."""
     start = http_post("/v1/tasks", b'{"type":"scan","params":{"task_id":1,"duration":0}}')
     started = time.perf_counter()
-    record = json.loads(client.request(start))["result"]
-    show = http_get(f"/v1/tasks/{record['id']}")
-    while record["pid"] is None and record["state"] == "queued":
-        record = json.loads(client.request(show))["result"]
-    elapsed = time.perf_counter() - started
+    task_id = json.loads(client.request(start))["result"]["id"]
+    seen, record = events.wait_for(task_id, RUNNING | ENDED)
     if record["pid"] is None:
-        raise LoadError(f"pymgr: task {record['id']} ended {record['state']} without a pid: {record.get('error')}")
-    _wait_until(lambda: json.loads(client.request(show))["result"]["state"] not in ("queued", "running"), "pymgr")
-    return elapsed
+        raise LoadError(f"pymgr: task {task_id} ended {record['state']} without a pid: {record.get('error')}")
+    if record["state"] == "running":
+        events.wait_for(task_id, ENDED)
+    return seen - started
 
 
-def _supervisord_task_start(bench: Bench, client: Client) -> float:
+def _supervisord_task_start(client: Client) -> float:
     """Seconds for startProcess (startsecs=0: it returns once the process is RUNNING)."""
     started = time.perf_counter()
     reply = client.request(xmlrpc_request("supervisor.startProcess", "scan"))
@@ -158,12 +159,18 @@ def _wait_until(done: Callable[[], bool], who: str) -> None:
 
 def _task_start(bench: Bench, column: str, round_: int) -> Sample:
     server, _ = bench.targets[column]
-    one = _pymgr_task_start if column == "pymgr" else _supervisord_task_start
     client = Client(Target(column, server.info["unix"], b"", "http", True, b""))
+    events = EventStream(server.info["unix"]) if column == "pymgr" else None
     try:
-        times = sorted(one(bench, client) * 1e6 for _ in range(bench.settings.task_starts))
+        if events is not None:
+            times = [_pymgr_task_start(events, client) for _ in range(bench.settings.task_starts)]
+        else:
+            times = [_supervisord_task_start(client) for _ in range(bench.settings.task_starts)]
     finally:
         client.close()
+        if events is not None:
+            events.close()
+    times = sorted(t * 1e6 for t in times)
     values = {"median_us": times[len(times) // 2], "max_us": times[-1]}
     return Sample("", column, round_, values, {"starts": len(times), "times_us": times})
 
@@ -219,7 +226,7 @@ FIGURES = (
     ),
     Figure(
         "task-start",
-        "4. task start: start request -> pid recorded as running",
+        "4. task start: start request -> running, with its pid",
         {"median_us": ("median", "µs", False)},
         _task_start,
         ("pymgr", "supervisord"),

@@ -114,10 +114,7 @@ class Client:
             self._parser = httptools.HttpResponseParser(self._reply)
         sock = self._sock
         sock.sendall(target.request if data is None else data)
-        if target.framing == "http":
-            body = self._read_http(sock)
-        else:
-            body = self._read_to_eof(sock)
+        body = self._read_http(sock) if target.framing == "http" else self._read_to_eof(sock)
         if not target.persistent:
             self.close()
         return body

@@ -44,7 +44,8 @@ class Check:
 
 
 CHECKS = (
-    Check("1a", "control calls: server CPU/call <= 0.5x supervisord getState", "control", "cpu_us", "supervisord", "<=", 0.5),
+    Check("1a", "control calls: server CPU/call <= 0.5x supervisord getState", "control", "cpu_us", "supervisord",
+          "<=", 0.5),
     Check("1b", "control calls: throughput >= 1.6x supervisord", "control", "rps", "supervisord", ">=", 1.6),
     Check("1c", "control calls: throughput >= 0.6x the ASGI floor", "control", "rps", "asgi floor", ">=", 0.6),
     Check("2a", "new conn: legacy throughput >= 1.3x the seed", "newconn-legacy", "rps", "seed", ">=", 1.3),
@@ -137,7 +138,8 @@ def table(samples: list[Sample]) -> str:
             if not by_column:
                 continue
             cells = [_cell(by_column.get(c), unit) if c in figure.columns else "" for c in columns]
-            lines.append("| " + " | ".join([figure.title, f"{label} ({unit})", *cells, _ratios(samples, figure, metric)]) + " |")
+            row = [figure.title, f"{label} ({unit})", *cells, _ratios(samples, figure, metric)]
+            lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
@@ -148,10 +150,15 @@ def checks_table(results: list[dict[str, Any]]) -> str:
         if m is None:
             lines.append(f"| {r['id']} | {r['text']} | not measured | | — |")
             continue
-        value = f"{m['median']:.2f}x" if r["baseline"] else f"{m['median']:,.3g}"
+        value = f"{m['median']:.2f}x" if r["baseline"] else f"{_fmt(m['median'], _unit(r))} {_unit(r)}"
         mark = "yes" if r["ok"] else "**NO**"
         lines.append(f"| {r['id']} | {r['text']} | {value} | ±{m['spread_pct']:.0f}% | {mark} |")
     return "\n".join(lines)
+
+
+def _unit(check: dict[str, Any]) -> str:
+    figure = next(f for f in FIGURES if f.name == check["figure"])
+    return figure.metrics[check["metric"]][1]
 
 
 def machine_line(machine: dict[str, Any]) -> str:

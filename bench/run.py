@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report, servers
-from bench._proc import machine, rss_mib
+from bench._proc import loadavg, machine, rss_mib
 from bench.figures import FIGURES, Bench, Sample, Settings, measure
 from bench.loadgen import LoadError, run_load
 from bench.servers import Fleet, ServerError
@@ -42,7 +42,7 @@ def start_fleet(fleet: Fleet, workdir: Path) -> list[str]:
         examples = Path(pymgr.info["config"]).parent
         fleet.add(servers.start_supervisord(workdir / "supervisord", servers.scan_argv(), examples))
     else:
-        notes.append("supervisord not measured: PyPI `supervisor` is not installed in this venv (make bench installs it)")
+        notes.append("supervisord not measured: `supervisor` is not installed in this venv (make bench installs it)")
     if servers.has_module("gevent"):
         fleet.add(servers.start_seed(workdir / "seed", pymgr.info["legacy_secret"]))
     else:
@@ -104,6 +104,7 @@ def bench_once(settings: Settings, *, warmup: bool = True) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="pymgr-bench-"))
     started_at = datetime.now(timezone.utc)
     began = time.monotonic()
+    load_before = loadavg()
     try:
         with Fleet() as fleet:
             notes = start_fleet(fleet, workdir)
@@ -123,6 +124,8 @@ def bench_once(settings: Settings, *, warmup: bool = True) -> dict[str, Any]:
         "started_at": started_at.isoformat(timespec="seconds"),
         "wall_s": round(time.monotonic() - began, 1),
         "machine": machine(),
+        # Other work on the machine shows up here: it makes every figure noisier.
+        "loadavg": {"before": load_before, "after": loadavg()},
         "settings": settings.__dict__,
         "demo_config": demo,
         "notes": notes,
@@ -141,7 +144,9 @@ def docs_section(document: dict[str, Any], table: str, checks: str, json_path: P
         f"Latest run: {document['started_at']} ({document['wall_s']:.0f} s), "
         f"`{json_path.relative_to(servers.REPO) if json_path.is_relative_to(servers.REPO) else json_path}`.",
         "",
-        f"Machine: {report.machine_line(document['machine'])}.",
+        f"Machine: {report.machine_line(document['machine'])}. Load average (1 min) before and after the run: "
+        f"{document['loadavg']['before'][:1]} / {document['loadavg']['after'][:1]} (other work on the machine "
+        "makes every figure noisier; the ratios are taken within a round to cancel some of it).",
         "",
         f"Settings: {s['rounds']} rounds, {s['clients']} client processes, {s['duration_s']:g} s per throughput run, "
         f"{s['latency_requests']} sequential calls per latency run, {s['task_starts']} task starts per round.",

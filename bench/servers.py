@@ -188,7 +188,7 @@ def prepare_demo(workdir: Path) -> Path:
     raw = tomllib.loads(text)
     left = _fixed_ports(raw)
     if left:
-        raise ServerError(f"examples/demo.toml still has fixed ports after the rewrite: {left}; update bench/servers.py")
+        raise ServerError(f"examples/demo.toml still has fixed ports after the rewrite: {left}; see bench/servers.py")
     if "limits" in raw:
         raise ServerError("examples/demo.toml has a [limits] section; bench/servers.py must merge BENCH_LIMITS into it")
     config.write_text(text + BENCH_LIMITS)

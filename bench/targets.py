@@ -79,7 +79,9 @@ def floor_asgi_targets(server: Server) -> dict[str, Target]:
     unix = server.info["unix"]
     return {
         "http": Target("asgi floor", unix, http_post("/echo", ECHO_BODY), "http", True, ECHO_REPLY),
-        "http-newconn": Target("asgi floor", unix, http_post("/echo", ECHO_BODY, close=True), "http", False, ECHO_REPLY),
+        "http-newconn": Target(
+            "asgi floor", unix, http_post("/echo", ECHO_BODY, close=True), "http", False, ECHO_REPLY
+        ),
     }
 
 

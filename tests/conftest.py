@@ -56,6 +56,8 @@ enabled = ["demo", "tasks", "SCAN_MODULE"]
 
 [tasks]
 stop_grace_s = 1
+# A killed test daemon leaves its keeper behind (by design); let it go soon.
+keeper_idle_exit_s = 1
 
 [tasks.types.scan]
 argv = ["{{python}}", "{EXAMPLES}/scan.py", "--task-id", "{{task_id}}", "--duration", "{{duration}}",

@@ -15,13 +15,13 @@ from pymgr.auth.settings import AuthConfig, KeyConfig
 @pytest.mark.parametrize(
     ("bucket", "now", "expected", "wait"),
     [
-        (None, 0.0, Bucket(4.0, 0.0), 0.0),  # a new caller starts full
-        (Bucket(1.0, 0.0), 0.0, Bucket(0.0, 0.0), 0.0),  # the last token
-        (Bucket(0.0, 0.0), 0.0, Bucket(0.0, 0.0), 0.5),  # none left: wait 1 token / 2 per s
-        (Bucket(0.0, 0.0), 0.25, Bucket(0.5, 0.25), 0.25),  # half a token back
-        (Bucket(0.0, 0.0), 0.5, Bucket(0.0, 0.5), 0.0),  # exactly one back
-        (Bucket(0.0, 0.0), 100.0, Bucket(4.0, 100.0), 0.0),  # refill stops at burst (5 - 1)
-        (Bucket(2.0, 10.0), 5.0, Bucket(1.0, 5.0), 0.0),  # clock went back: no refill, no error
+        (None, 0.0, (4.0, 0.0), 0.0),  # a new caller starts full
+        ((1.0, 0.0), 0.0, (0.0, 0.0), 0.0),  # the last token
+        ((0.0, 0.0), 0.0, (0.0, 0.0), 0.5),  # none left: wait 1 token / 2 per s
+        ((0.0, 0.0), 0.25, (0.5, 0.25), 0.25),  # half a token back
+        ((0.0, 0.0), 0.5, (0.0, 0.5), 0.0),  # exactly one back
+        ((0.0, 0.0), 100.0, (4.0, 100.0), 0.0),  # refill stops at burst (5 - 1)
+        ((2.0, 10.0), 5.0, (1.0, 5.0), 0.0),  # clock went back: no refill, no error
     ],
 )
 def test_take_is_a_pure_function_of_state_and_time(bucket: Bucket | None, now: float, expected: Bucket, wait: float) -> None:

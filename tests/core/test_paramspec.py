@@ -67,7 +67,7 @@ def test_doc_reaches_the_schema() -> None:
         ({"type": "int", "pattern": "x"}, "`pattern` only applies to type 'str', not 'int'"),
         ({"type": "str", "pattern": "("}, "`pattern` '\\(' is not a regular expression"),
         ({"type": "bool", "min": 1}, "`min`/`max` only apply to 'int' and 'float', not 'bool'"),
-        ({"type": "list"}, "Input should be 'int', 'float', 'bool', 'str' or 'enum'"),
+        ({"type": "list"}, "Input should be 'int', 'float', 'bool', 'str', 'enum' or 'path'"),
     ],
 )
 def test_bad_declarations_are_explained(spec: dict[str, Any], message: str) -> None:

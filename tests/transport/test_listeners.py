@@ -72,3 +72,9 @@ def test_tcp_ephemeral_and_in_use() -> None:
             bind_tcp(f"127.0.0.1:{port}")
     finally:
         sock.close()
+
+
+def test_socket_under_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ListenerError, match=r"^cannot create the directory of Unix socket .*/file/p\.sock: (Not a directory|File exists)$"):
+        bind_unix(tmp_path / "file" / "p.sock", 0o600)

@@ -19,6 +19,7 @@ import asyncio
 import json
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from pymgr.auth.audit import Auditor, redact, secret_params
@@ -30,6 +31,11 @@ from pymgr.core.registry import Registry
 from pymgr.errors import NotFound, PymgrError, PymgrInternalError, RateLimited, TooLarge
 
 __all__ = ["EdgeGuard", "GuardedDispatcher", "identity_key"]
+
+#: Identities whose limiter key is cached (a connection's identity is one object).
+_KEY_CACHE_MAX = 4096
+#: Compact JSON, the same encoder for every call (``json.dumps`` with options builds one per call).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
 
 
 def identity_key(identity: Identity) -> str:
@@ -63,7 +69,7 @@ class GuardedDispatcher(Dispatcher):
         self.policy = policy
         self.auditor = auditor
         self.max_params_bytes = max_params_bytes
-        self._secrets: dict[str, frozenset[str]] = {}
+        self._secrets: dict[tuple[str, str], frozenset[str]] = {}
 
     async def call(self, call: Call) -> Any:
         """Run one call, as ``Dispatcher.call``, bounded and audited.
@@ -74,63 +80,71 @@ class GuardedDispatcher(Dispatcher):
             PymgrError: whatever dispatch raised.
         """
         if self.auditor is None:
-            self._check_size(call)
+            self._params_json(call)
             return await super().call(call)
         started = time.perf_counter()
-        self.auditor.ensure_writable()
+        if self.auditor.broken:
+            self.auditor.ensure_writable()
+        params_json = None
         try:
-            self._check_size(call)
+            params_json = self._params_json(call)
             result = await super().call(call)
         except PymgrError as exc:
-            self._record(call, started, exc)
+            self._record(call, started, exc, params_json)
             raise
         except asyncio.CancelledError:
-            self._record_quietly(call, started, "cancelled")
+            self._record_quietly(call, started, "cancelled", params_json)
             raise
         except Exception as exc:  # a bug in dispatch: recorded like any failure, then raised as is
-            self._record_quietly(call, started, PymgrInternalError(f"{type(exc).__name__} in dispatch"))
+            self._record_quietly(call, started, PymgrInternalError(f"{type(exc).__name__} in dispatch"), params_json)
             raise
-        self._record(call, started, None)
+        self._record(call, started, None, params_json)
         return result
 
-    def _check_size(self, call: Call) -> None:
+    def _params_json(self, call: Call) -> str | None:
+        """The params as compact JSON (reused by the audit line), bounded by ``max_params_bytes``.
+
+        Raises:
+            TooLarge: naming the size and the limit.
+        """
         try:
-            size = len(json.dumps(call.params, ensure_ascii=False, separators=(",", ":"), default=str).encode())
+            text = _ENCODER.encode(call.params)
         except (TypeError, ValueError):  # not JSON-able at all; dispatch reports the type
-            return
-        if size > self.max_params_bytes:
+            return None
+        # len(text) <= UTF-8 size <= 4 * len(text): encode only when it could matter.
+        if len(text) * 4 > self.max_params_bytes and (size := len(text.encode())) > self.max_params_bytes:
             raise TooLarge(
                 f"params of {call.module}.{call.action} are {size} bytes of JSON, more than "
                 f"max_params_bytes={self.max_params_bytes}",
                 details={"limit": self.max_params_bytes, "size": size},
             )
+        return text
 
-    def _record(self, call: Call, started: float, error: PymgrError | str | None) -> None:
+    def _record(self, call: Call, started: float, error: PymgrError | str | None, params_json: str | None) -> None:
         auditor = self.auditor
         if auditor is None:
             return
         operation = self.policy.operation_name(call.module, call.action, call.params) if self.policy else (
             f"{call.module}.{call.action}"
         )
+        secrets = self._secret_names(call)
+        params = call.params
+        if secrets is None or not (type(params) is dict or isinstance(params, Mapping)) or not secrets.isdisjoint(params):
+            params, params_json = redact(params, secrets), None
         auditor.record(
-            call.identity,
-            operation=operation,
-            module=call.module,
-            action=call.action,
-            params=redact(call.params, self._secret_names(call)),
-            error=error,
-            duration_s=time.perf_counter() - started,
+            call.identity, operation=operation, module=call.module, action=call.action, params=params, error=error,
+            duration_s=time.perf_counter() - started, params_json=params_json,
         )
 
-    def _record_quietly(self, call: Call, started: float, error: PymgrError | str) -> None:
+    def _record_quietly(self, call: Call, started: float, error: PymgrError | str, params_json: str | None) -> None:
         """Record when another exception is already on its way (it must not be replaced)."""
         try:
-            self._record(call, started, error)
+            self._record(call, started, error, params_json)
         except PymgrError:
             pass  # Auditor.record has logged the failure; the original exception wins
 
     def _secret_names(self, call: Call) -> frozenset[str] | None:
-        qualname = f"{call.module}.{call.action}"
+        qualname = (call.module, call.action)
         names = self._secrets.get(qualname)
         if names is None:
             try:
@@ -152,24 +166,34 @@ class EdgeGuard:
     def __init__(self, limiter: RateLimiter | None, auditor: Auditor | None) -> None:
         self.limiter = limiter
         self.auditor = auditor
+        self._keys: dict[Identity, str] = {}
 
-    def admit(self, identity: Identity, what: str) -> None:
+    def admit(self, identity: Identity, *what: str) -> None:
         """Take one request from the caller's rate.
+
+        Args:
+            what: the request, for the audit line of a refusal (joined by spaces
+                only then: the usual request pays nothing for it).
 
         Raises:
             RateLimited: with ``details.retry_after_s`` (whole seconds, at least 1).
         """
         if self.limiter is None:
             return
-        wait_s = self.limiter.check(identity_key(identity))
+        key = self._keys.get(identity)
+        if key is None:
+            if len(self._keys) >= _KEY_CACHE_MAX:
+                self._keys.clear()
+            key = self._keys[identity] = identity_key(identity)
+        wait_s = self.limiter.check(key)
         if wait_s > 0:
             retry = max(1, math.ceil(wait_s))
             error = RateLimited(
-                f"too many requests from {identity_key(identity)}: the limit is {self.limiter.rate_per_s:g} per "
+                f"too many requests from {key}: the limit is {self.limiter.rate_per_s:g} per "
                 f"second (bursts of {self.limiter.burst}); retry in {retry} s",
                 details={"retry_after_s": retry},
             )
-            self.refused(identity, what, error)
+            self.refused(identity, " ".join(what), error)
             raise error
 
     def refused(self, identity: Identity, what: str, error: PymgrError) -> None:

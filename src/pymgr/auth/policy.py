@@ -38,7 +38,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from pymgr.core.identity import Identity
 from pymgr.core.registry import ActionSpec, Registry
-from pymgr.errors import Forbidden
+from pymgr.errors import Forbidden, NotFound
 
 __all__ = [
     "Operation",
@@ -284,6 +284,8 @@ class Policy:
         self._specs = _all_specs(registry)
         self._required = {spec.qualname: _requirement(spec) for spec in self._specs if spec.options.allow}
         self._cache: dict[tuple[Identity, str, str], str | None] = {}
+        #: Per action (qualname): its Operation, or its typed kind ("tasks.start").
+        self._ops: dict[str, Operation | str] = {}
 
     # --- dispatcher hooks -----------------------------------------------
 
@@ -293,10 +295,11 @@ class Policy:
         Raises:
             Forbidden: naming the caller, the operation and what would allow it.
         """
-        kind = _typed_kind(spec)
-        if kind is None:
-            self._check(identity, spec, operation_of(spec))
+        op = self._op(spec)
+        if isinstance(op, Operation):
+            self._check(identity, spec, op)
             return
+        kind = op
         # A typed task operation: the type is known only after validation;
         # here the caller must hold it for at least one type.
         denial = None
@@ -313,8 +316,8 @@ class Policy:
         Raises:
             Forbidden: the caller may not do this to a task of this type.
         """
-        kind = _typed_kind(spec)
-        if kind is None:
+        kind = self._op(spec)
+        if isinstance(kind, Operation):
             return
         task_type = self._type_from(kind, params)
         if task_type is not None:
@@ -324,13 +327,15 @@ class Policy:
 
     def operation_name(self, module: str, action: str, params: Any) -> str:
         """The operation of a call as the audit log names it, from raw params (best effort)."""
-        try:
-            spec = self._registry.get(module, action)
-        except Exception:  # NotFound: the audit line still names what was asked
-            return f"{module}.{action}"
-        kind = _typed_kind(spec)
-        if kind is None:
-            return operation_of(spec).name
+        op = self._ops.get(f"{module}.{action}")
+        if op is None:
+            try:
+                op = self._op(self._registry.get(module, action))
+            except NotFound:  # the audit line still names what was asked
+                return f"{module}.{action}"
+        if isinstance(op, Operation):
+            return op.name
+        kind = op
         task_type = None
         if isinstance(params, dict):
             if kind == "tasks.start":
@@ -347,6 +352,14 @@ class Policy:
         return notes
 
     # --- internals ------------------------------------------------------
+
+    def _op(self, spec: ActionSpec) -> Operation | str:
+        """The action's operation, or its typed kind when the operation needs the params."""
+        op = self._ops.get(spec.qualname)
+        if op is None:
+            kind = _typed_kind(spec)
+            op = self._ops[spec.qualname] = operation_of(spec) if kind is None else kind
+        return op
 
     def _check(self, identity: Identity, spec: ActionSpec, op: Operation) -> None:
         denial = self._decide(identity, spec, op)

@@ -15,17 +15,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 __all__ = ["Bucket", "RateLimiter", "take"]
 
-
-@dataclass(frozen=True, slots=True)
-class Bucket:
-    """Tokens left at ``updated`` (monotonic seconds)."""
-
-    tokens: float
-    updated: float
+#: A bucket: (tokens left, monotonic seconds when counted). A plain tuple: one
+#: is made per request, and a tuple costs a fraction of a dataclass.
+Bucket = tuple[float, float]
 
 
 def take(bucket: Bucket | None, now: float, rate_per_s: float, burst: float) -> tuple[Bucket, float]:
@@ -40,12 +35,12 @@ def take(bucket: Bucket | None, now: float, rate_per_s: float, burst: float) -> 
         until a token is back (the bucket is unchanged then).
     """
     if bucket is None:
-        tokens = burst
+        tokens = float(burst)
     else:
-        tokens = min(burst, bucket.tokens + max(0.0, now - bucket.updated) * rate_per_s)
+        tokens = min(burst, bucket[0] + max(0.0, now - bucket[1]) * rate_per_s)
     if tokens >= 1.0:
-        return Bucket(tokens - 1.0, now), 0.0
-    return Bucket(tokens, now), (1.0 - tokens) / rate_per_s
+        return (tokens - 1.0, now), 0.0
+    return (tokens, now), (1.0 - tokens) / rate_per_s
 
 
 class RateLimiter:
@@ -81,7 +76,7 @@ class RateLimiter:
 
     def _evict(self, now: float) -> None:
         refill_s = self.burst / self.rate_per_s
-        full = [k for k, b in self._buckets.items() if now - b.updated >= refill_s]
+        full = [k for k, b in self._buckets.items() if now - b[1] >= refill_s]
         for key in full:
             del self._buckets[key]
         if len(self._buckets) >= self.max_keys:

@@ -67,6 +67,7 @@ _HEADERS = (HEADER_KEY, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE)
 #: RFC 3986 unreserved characters besides letters and digits: the only ones
 #: left unencoded in canonical forms (as in AWS SigV4).
 _UNRESERVED = "-_.~"
+_CANONICAL_PATH = re.compile(r"^[A-Za-z0-9\-._~/]*$")
 _KEY_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _TIMESTAMP = re.compile(r"^[0-9]{1,12}$")
 #: 16 characters of base64url carry 96 bits: collisions between honest
@@ -85,6 +86,8 @@ def canonical_path(path: str) -> str:
     Raises:
         ValueError: a percent-escape does not decode as UTF-8.
     """
+    if _CANONICAL_PATH.match(path):  # the usual path: already canonical
+        return path
     return "/".join(quote(unquote(segment, errors="strict"), safe=_UNRESERVED) for segment in path.split("/"))
 
 
@@ -100,6 +103,8 @@ def canonical_query(query: str | bytes) -> str:
         ValueError: the raw query is not ASCII, or a name or value is not
             UTF-8 once decoded.
     """
+    if not query:
+        return ""
     raw = query.decode("ascii") if isinstance(query, bytes) else query
     pairs = []
     for part in raw.split("&"):
@@ -138,7 +143,8 @@ def canonical_request(
 
 def sign(secret: bytes, canonical: str) -> str:
     """Lower-case hex HMAC-SHA256 of the canonical request."""
-    return hmac.new(secret, canonical.encode("utf-8"), hashlib.sha256).hexdigest()
+    # hmac.digest is the one-shot C path: the same bytes as hmac.new(...).digest(), at half the cost.
+    return hmac.digest(secret, canonical.encode("utf-8"), "sha256").hex()
 
 
 def signed_headers(
@@ -215,24 +221,28 @@ def parse_headers(headers: Mapping[str, str]) -> SignedRequest:
     Raises:
         Unauthenticated: a header is missing or malformed.
     """
-    missing = [name for name in _HEADERS if name.lower() not in headers]
-    if missing:
+    key_id = headers.get("x-pymgr-key")
+    timestamp = headers.get("x-pymgr-timestamp")
+    nonce = headers.get("x-pymgr-nonce")
+    signature = headers.get("x-pymgr-signature")
+    if key_id is None or timestamp is None or nonce is None or signature is None:
+        missing = [name for name in _HEADERS if name.lower() not in headers]
         raise Unauthenticated(
             f"request is not signed: missing {', '.join(missing)}; TCP callers sign every request "
             "with HMAC-SHA256 (docs/security.md, 'Signed requests')",
             details={"missing": missing},
         )
-    values = [headers[name.lower()] for name in _HEADERS]
-    for name, value, form, expected in zip(
-        _HEADERS,
-        values,
-        (_KEY_ID, _TIMESTAMP, _NONCE, _SIGNATURE),
-        ("1-64 of [A-Za-z0-9._-]", "Unix seconds", "16-64 of [A-Za-z0-9_-]", "64 hex digits"),
-        strict=True,
+    if _KEY_ID.match(key_id) and _TIMESTAMP.match(timestamp) and _NONCE.match(nonce) and _SIGNATURE.match(signature):
+        return SignedRequest(key_id, timestamp, nonce, signature)
+    for name, value, form, expected in (
+        (HEADER_KEY, key_id, _KEY_ID, "1-64 of [A-Za-z0-9._-]"),
+        (HEADER_TIMESTAMP, timestamp, _TIMESTAMP, "Unix seconds"),
+        (HEADER_NONCE, nonce, _NONCE, "16-64 of [A-Za-z0-9_-]"),
+        (HEADER_SIGNATURE, signature, _SIGNATURE, "64 hex digits"),
     ):
         if not form.match(value):
             raise Unauthenticated(f"{name} must be {expected}, not {value[:80]!r}")
-    return SignedRequest(*values)
+    raise RuntimeError("parse_headers: a header failed its check but none is named; this is a bug")
 
 
 class Verifier:
@@ -254,18 +264,19 @@ class Verifier:
         self._clock = clock
 
     def verify(
-        self, method: str, path: str, query: str | bytes, body: bytes, headers: Mapping[str, str]
+        self, method: str, path: str, query: str | bytes, body: bytes, headers: Mapping[str, str] | SignedRequest
     ) -> str:
         """The key id of a correctly signed, fresh, first-seen request.
 
         Args:
-            headers: the request's headers, names in lower case.
+            headers: the request's headers (names in lower case), or their
+                ``parse_headers`` result.
 
         Raises:
             Unauthenticated: unsigned, unknown key, outside the window, bad signature, replayed.
             Unavailable: the nonce cache is full.
         """
-        signed = parse_headers(headers)
+        signed = headers if isinstance(headers, SignedRequest) else parse_headers(headers)
         secret = self.keys.get(signed.key_id)
         if secret is None:
             raise Unauthenticated(f"unknown key id {signed.key_id!r}", details={"key_id": signed.key_id})

@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 from pymgr.tasks._progress import Progress, ProgressScanner
+from pymgr.tasks import _proctree
 from pymgr.tasks._proctree import ProcRef, run_marker
 from pymgr.tasks._runlog import RunLog
 from pymgr.tasks._treekill import TreeKill
@@ -217,3 +218,13 @@ class StatusDir:
             os.unlink(self._file(task_id))
         except FileNotFoundError:
             pass  # acknowledged twice, or never stored (disk trouble)
+
+
+def vanished(leader: ProcRef, recorded_boot: object, boot: str) -> str:
+    """Why a recorded run can no longer be found, in words."""
+    if recorded_boot != boot:
+        return "lost: the host was rebooted since it started"
+    now = _proctree.start_time(leader.pid)
+    if now is None:
+        return f"{UNKNOWN_EXIT} (process {leader.pid} is gone)"
+    return f"{UNKNOWN_EXIT} (pid {leader.pid} now belongs to another process)"

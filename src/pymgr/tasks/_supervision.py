@@ -75,6 +75,9 @@ class Supervision:
         #: Latest progress of active runs (written to the store every progress_flush_s).
         self._progress: dict[int, tuple[float, str | None]] = {}
         self._progress_dirty: set[int] = set()
+        #: The latest record of every active run this daemon has touched: the
+        #: store is written through, so this only saves reading it back.
+        self._active: dict[int, TaskRecord] = {}
         self._synced = asyncio.Event()
         self._known: set[int] = set()
         self._resend_needed = False
@@ -116,7 +119,7 @@ class Supervision:
         task_id = info["id"]
         self._known.add(task_id)
         self._in_flight.discard(task_id)
-        record = self._store.get(task_id)
+        record = self._record(task_id)
         if record is None or record.state in TERMINAL:
             log.warning("task keeper runs task %s, whose record is %s", task_id, record and record.state.value)
             return
@@ -140,7 +143,7 @@ class Supervision:
         task_id = status["id"]
         self._known.add(task_id)
         self._in_flight.discard(task_id)
-        record = self._store.get(task_id)
+        record = self._record(task_id)
         if record is not None and record.state not in TERMINAL:
             self._record_exit(record, status)
         if self._link.connected:
@@ -179,6 +182,7 @@ class Supervision:
         self._announce(final)
         if retry is not None:
             self._snapshots[retry.id] = task_type
+            self._remember(retry)
             self._log(final, f"↻ restarting as task {retry.id} (attempt {retry.attempt}) at {retry.not_before}")
             self.events.publish("state", retry.to_dict())
             self._enqueue(retry)
@@ -220,7 +224,7 @@ class Supervision:
         task_id = message["id"]
         self._in_flight.discard(task_id)
         self._release(task_id)
-        record = self._store.get(task_id)
+        record = self._record(task_id)
         if record is not None and record.state is TaskState.QUEUED:
             state = TaskState.STOPPED if record.cancel_source is not None else TaskState.FAILED
             self._move(record, state, ended_at=self._clock(), error=message.get("error"))
@@ -229,7 +233,7 @@ class Supervision:
     def _on_adopt_failed(self, message: dict[str, Any]) -> None:
         task_id = message["id"]
         self._release(task_id)
-        record = self._store.get(task_id)
+        record = self._record(task_id)
         if record is not None and record.state is TaskState.RUNNING:
             reason = message.get("error") or "the keeper does not know this run"
             self._move(record, TaskState.LOST, ended_at=self._clock(), error=reason)
@@ -257,6 +261,7 @@ class Supervision:
         found = _proctree.find_marked([run_marker(r.id, r.marker) for r in maybe_spawned]) if maybe_spawned else {}
         for record in maybe_spawned:
             self._in_flight.discard(record.id)
+            self._release(record.id)  # a spawn sent to a keeper that died: its slot is taken again below
             refs = found.get(record.marker)
             if refs:
                 record = self._move(
@@ -324,7 +329,7 @@ class Supervision:
 
     def _on_deadline(self, task_id: int) -> None:
         self._deadlines.pop(task_id, None)
-        record = self._store.get(task_id)
+        record = self._record(task_id)
         if record is not None and record.state is TaskState.RUNNING and record.cancel_source is None:
             try:
                 self._cancel(record, "deadline", INTERNAL)
@@ -341,8 +346,25 @@ class Supervision:
         if type_name is not None:
             self._queue.release(type_name)
 
+    def _record(self, task_id: int) -> TaskRecord | None:
+        """A run's record: from memory while it is active, else from the store."""
+        record = self._active.get(task_id)
+        if record is None:
+            record = self._store.get(task_id)
+            if record is not None and record.state not in TERMINAL:
+                self._active[task_id] = record
+        return record
+
+    def _remember(self, record: TaskRecord) -> None:
+        """Keep the stored version of an active run (call after it was written)."""
+        if record.state in TERMINAL:
+            self._active.pop(record.id, None)
+        else:
+            self._active[record.id] = record
+
     def _forget(self, task_id: int) -> None:
         """Drop the memory of an ended run."""
+        self._active.pop(task_id, None)
         self._snapshots.pop(task_id, None)
         self._progress.pop(task_id, None)
         self._progress_dirty.discard(task_id)

@@ -36,10 +36,8 @@ Rules:
 from __future__ import annotations
 
 import argparse
-import ctypes
 import fcntl
 import os
-import resource
 import selectors
 import signal
 import socket
@@ -51,7 +49,8 @@ from typing import Any
 
 from pymgr.tasks import _proctree
 from pymgr.tasks._framing import CLOSED, FrameDecoder, FrameError, encode
-from pymgr.tasks._keeperruns import UNKNOWN_EXIT, Run, StatusDir
+from pymgr.tasks._keepersetup import listen, prepare_process
+from pymgr.tasks._keeperruns import UNKNOWN_EXIT, Run, StatusDir, vanished
 from pymgr.tasks._proctree import ProcRef
 from pymgr.tasks._runlog import RunLog
 from pymgr.tasks._spawn import SpawnError, SpawnSpec, spawn
@@ -69,11 +68,7 @@ MAX_PENDING_BYTES = 8 * 1024 * 1024
 #: enough that a stop ends promptly, long enough to cost nothing.
 KILL_TICK_S = 0.05
 
-#: prctl(2) option that makes this process the reaper of orphaned descendants.
-PR_SET_CHILD_SUBREAPER = 36
 
-#: Backlog of the listening socket: one daemon, and a few reconnects.
-_BACKLOG = 8
 
 
 class _Conn:
@@ -418,7 +413,7 @@ class Keeper:
         leader = ProcRef(int(message["pid"]), int(message["start_time"]))
         fd = _proctree.open_checked(leader) if message.get("boot_id") == self.boot_id else None
         if fd is None:
-            reason = _vanished(leader, message.get("boot_id"), self.boot_id)
+            reason = vanished(leader, message.get("boot_id"), self.boot_id)
             self._send({"op": "adopt_failed", "id": task_id, "error": reason})
             return
         run = Run(
@@ -444,51 +439,6 @@ class Keeper:
             self.status_dir.remove(message["id"])
 
 
-def _vanished(leader: ProcRef, recorded_boot: object, boot: str) -> str:
-    """Why a recorded run can no longer be found, in words."""
-    if recorded_boot != boot:
-        return "lost: the host was rebooted since it started"
-    now = _proctree.start_time(leader.pid)
-    if now is None:
-        return f"{UNKNOWN_EXIT} (process {leader.pid} is gone)"
-    return f"{UNKNOWN_EXIT} (pid {leader.pid} now belongs to another process)"
-
-
-def _listen(run_dir: str) -> socket.socket:
-    """Bind ``keeper.sock`` in ``run_dir`` (relative to it: no path length limit), mode 0600."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    previous = os.getcwd()
-    os.chdir(run_dir)
-    try:
-        try:
-            os.unlink("keeper.sock")
-        except FileNotFoundError:
-            pass  # no stale socket: nothing to clear
-        old_umask = os.umask(0o177)
-        try:
-            sock.bind("keeper.sock")
-        finally:
-            os.umask(old_umask)
-        os.chmod("keeper.sock", 0o600)
-    finally:
-        os.chdir(previous)
-    sock.listen(_BACKLOG)
-    sock.setblocking(False)
-    return sock
-
-
-def _prepare_process() -> None:
-    """Subreaper, every descriptor the hard limit allows, "/" as working directory."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        print(f"keeper: cannot become a subreaper: {os.strerror(ctypes.get_errno())}", file=sys.stderr, flush=True)
-    os.chdir("/")
-    os.umask(0o027)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pymgr.tasks.keeper", description=__doc__.split("\n")[0])
     parser.add_argument("--state-dir", required=True, help="the daemon's state_dir")
@@ -504,8 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     os.ftruncate(lock, 0)
     os.write(lock, f"{os.getpid()}\n".encode())
-    listener = _listen(run_dir)
-    _prepare_process()
+    listener = listen(run_dir)
+    prepare_process()
     print(f"keeper: pid {os.getpid()} serving {run_dir}", file=sys.stderr, flush=True)
     try:
         Keeper(listener, run_dir, args.idle_exit_s).serve()

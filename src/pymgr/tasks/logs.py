@@ -182,3 +182,13 @@ def _check_offset(task_id: int, offset: int, span: LogSpan) -> None:
             f"offset {offset} of task {task_id}'s log was rotated away: the log now starts at offset {span.start}",
             details={"offset": offset, "start": span.start, "end": span.end},
         )
+
+
+def first_free_id(directory: Path) -> int:
+    """One past the highest ``<id>.log`` in the logs directory: a new store never reuses a log's id."""
+    highest = 0
+    for entry in os.scandir(directory):
+        stem, dot, ext = entry.name.partition(".")
+        if dot and ext == "log" and stem.isdigit():
+            highest = max(highest, int(stem))
+    return highest + 1

@@ -29,24 +29,23 @@ from __future__ import annotations
 import asyncio
 import builtins
 import dataclasses
-import fcntl
 import logging
 import os
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import pydantic
-
 from pymgr.config import TasksConfig
-from pymgr.core.dispatch import params_error
 from pymgr.core.identity import INTERNAL, Identity
-from pymgr.errors import Conflict, NotFound, ParamsInvalid, Unavailable
+from pymgr.errors import Conflict, NotFound, Unavailable
 from pymgr.tasks import _proctree
+from pymgr.tasks._statedir import lock_state_dir, open_store
+from pymgr.tasks._requests import MAX_KEY_CHARS, check_key, parse_state, validate_params
 from pymgr.tasks._supervision import Supervision
+from pymgr.tasks._translog import MARKS, outcome, who
 from pymgr.tasks._treekill import KILL_WAIT_S
 from pymgr.tasks.events import EventHub
 from pymgr.tasks.keeperlink import KeeperLink
@@ -57,14 +56,14 @@ from pymgr.tasks.states import TERMINAL, TaskState
 from pymgr.tasks.store import SqliteStore, TaskStore
 from pymgr.tasks.tasktypes import TaskType, compile_types, describe_changes
 
+#: ``MAX_KEY_CHARS`` is re-exported: modules bound their ``key`` parameter by it.
+__all__ = ["MARKER_BYTES", "MAX_KEY_CHARS", "TaskManager"]
+
 log = logging.getLogger("pymgr.tasks")
 
 #: Size of a run's random marker token: 64 bits make a clash between runs
 #: alive at the same time on one host practically impossible.
 MARKER_BYTES = 8
-
-#: Longest idempotency key: a key names a run ("scan:1"); it is not data.
-MAX_KEY_CHARS = 256
 
 #: Seconds between reconnection attempts to a keeper that went away, at most.
 RECONNECT_MAX_S = 5.0
@@ -105,7 +104,7 @@ class TaskManager(Supervision):
         self._state_dir = state_dir
         self._log_dir = state_dir / "logs"
         self._log_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
-        self._store = store if store is not None else _open_store(config, state_dir, self._log_dir)
+        self._store = store if store is not None else open_store(config, state_dir)
         self._clock = clock
         self.events = EventHub(config.events_queue_size)
         self.logs = LogReader(self._log_dir)
@@ -170,8 +169,8 @@ class TaskManager(Supervision):
         if self._closing:
             raise Unavailable("the task manager is shutting down; no new task can start")
         task_type = self._type(type)
-        values = _validate(task_type, params)
-        _check_key(key)
+        values = validate_params(task_type, params)
+        check_key(key)
         await self.open()
         if key is not None and (active := self._store.find_active(key)) is not None:
             if active.type != task_type.name:
@@ -182,7 +181,7 @@ class TaskManager(Supervision):
             return self._with_progress(active)
         new = self._new_record(task_type, values.model_dump(mode="json"), task_type.render_argv(values), key)
         record = self._add(dataclasses.replace(new, started_by=identity.to_dict()), task_type)
-        self._log(record, f"queued by {_who(record.started_by)}")
+        self._log(record, f"queued by {who(record.started_by)}")
         return record
 
     async def stop(self, task_id: int, identity: Identity) -> TaskRecord:
@@ -209,7 +208,7 @@ class TaskManager(Supervision):
         Raises:
             NotFound: no run with this id (or it was dropped by retention).
         """
-        record = self._store.get(task_id)
+        record = self._record(task_id)
         if record is None:
             raise NotFound(
                 f"no task with id {task_id}; tasks.list shows the ones that exist",
@@ -225,7 +224,7 @@ class TaskManager(Supervision):
         Raises:
             ParamsInvalid: ``state`` is not a state name (the message lists them).
         """
-        return [self._with_progress(r) for r in self._store.list(state=_parse_state(state), type=type, key=key)]
+        return [self._with_progress(r) for r in self._store.list(state=parse_state(state), type=type, key=key)]
 
     def describe_types(self) -> builtins.list[dict[str, Any]]:
         """Every task type: name, doc and the JSON Schema of its parameters."""
@@ -233,7 +232,7 @@ class TaskManager(Supervision):
 
     def running(self, task_id: int) -> bool:
         """True while the run is queued or running (used by log followers)."""
-        record = self._store.get(task_id)
+        record = self._record(task_id)
         return record is not None and record.state not in TERMINAL
 
     async def wait(self, task_id: int) -> TaskRecord:
@@ -286,7 +285,8 @@ class TaskManager(Supervision):
             for record in active:
                 if record.cancel_source is None:
                     self._cancel(record, "shutdown", INTERNAL)
-        pending = await self._wait_ended([r for r in self._store.active() if stopping or r.cancel_source])
+        in_progress = [r for r in self._store.active() if stopping or r.cancel_source] if self._opened else []
+        pending = await self._wait_ended(in_progress)
         if stopping and self._link.connected:
             self._link.send({"op": "exit_when_idle"})
         self._flush_progress()
@@ -311,23 +311,8 @@ class TaskManager(Supervision):
     # -- opening and connecting ---------------------------------------------------
 
     def _take_state_dir(self) -> None:
-        if self._lock_fd is not None:
-            return
-        run_dir = self._state_dir / "run"
-        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(run_dir / "daemon.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise Unavailable(
-                f"state directory {self._state_dir} is in use by another pymgr daemon (pid {holder}); "
-                "give each daemon its own state_dir"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
+        if self._lock_fd is None:
+            self._lock_fd = lock_state_dir(self._state_dir)
 
     async def _connect(self) -> None:
         self._synced.clear()
@@ -382,6 +367,7 @@ class TaskManager(Supervision):
         for old in pruned:
             self.logs.remove(old.id)
         self._snapshots[record.id] = task_type
+        self._remember(record)
         self.events.publish("state", record.to_dict())
         self._enqueue(record)
         return record
@@ -400,7 +386,8 @@ class TaskManager(Supervision):
             )
         record = dataclasses.replace(record, cancel_source=source, stopped_by=stopped_by)
         self._store.update(record)
-        self._log(record, f"stopping ({source}) by {_who(stopped_by)}")
+        self._remember(record)
+        self._log(record, f"stopping ({source}) by {who(stopped_by)}")
         if record.state is TaskState.RUNNING:
             self._send_kill(record)
         return self._with_progress(record)
@@ -413,7 +400,8 @@ class TaskManager(Supervision):
 
     def _announce(self, record: TaskRecord) -> None:
         """Log, publish and wake waiters for a stored transition."""
-        self._log(record, _outcome(record))
+        self._remember(record)
+        self._log(record, outcome(record))
         self.events.publish("state", record.to_dict())
         if record.state in TERMINAL:
             self._forget(record.id)
@@ -428,8 +416,12 @@ class TaskManager(Supervision):
         return None if task_type is None else task_type.max_concurrent
 
     def _schedule_pump(self) -> None:
-        if self._pump_handle is None:
+        if self._pump_handle is not None:
+            return
+        try:
             self._pump_handle = asyncio.get_running_loop().call_soon(self._pump)
+        except RuntimeError:
+            pass  # no loop (a reload outside the daemon): the next start or exit pumps
 
     def _pump(self) -> None:
         """Spawn the runs the queue releases; come back when the next back-off ends."""
@@ -439,7 +431,7 @@ class TaskManager(Supervision):
         now = self._clock().timestamp()
         for task_id, type_name in self._queue.take_ready(now):
             self._slots[task_id] = type_name
-            record = self._store.get(task_id)
+            record = self._record(task_id)
             if record is None or record.state is not TaskState.QUEUED:
                 self._release(task_id)
                 continue
@@ -503,93 +495,4 @@ class TaskManager(Supervision):
 
     def _log(self, record: TaskRecord, outcome: str) -> None:
         elapsed = (self._clock() - record.created_at).total_seconds()
-        log.info("%6.2fs %s task %d %s: %s", elapsed, _MARKS[record.state], record.id, record.type, outcome)
-
-
-_MARKS = {
-    TaskState.QUEUED: "·",
-    TaskState.RUNNING: "→",
-    TaskState.SUCCEEDED: "✓",
-    TaskState.FAILED: "✗",
-    TaskState.STOPPED: "⊘",
-    TaskState.TIMED_OUT: "⌛",
-    TaskState.LOST: "?",
-}
-
-
-def _open_store(config: TasksConfig, state_dir: Path, log_dir: Path) -> SqliteStore:
-    return SqliteStore(
-        state_dir / "tasks.db",
-        max_records=config.max_records,
-        max_age_s=None if config.max_age_days is None else config.max_age_days * 86400,
-        busy_timeout_s=config.store_busy_timeout_s,
-        first_id=_first_free_id(log_dir),
-    )
-
-
-def _validate(task_type: TaskType, params: Mapping[str, Any]) -> pydantic.BaseModel:
-    if not isinstance(params, Mapping):
-        raise ParamsInvalid(
-            f"params of task type {task_type.name!r} must be an object of name: value, not {type(params).__name__}"
-        )
-    try:
-        return task_type.params_model.model_validate(dict(params))
-    except pydantic.ValidationError as exc:
-        raise params_error(f"task type {task_type.name!r}", exc) from None
-
-
-def _check_key(key: str | None) -> None:
-    if key is None:
-        return
-    if not isinstance(key, str) or not key:
-        raise ParamsInvalid(f"key: must be a non-empty string or null, not {key!r}")
-    if len(key) > MAX_KEY_CHARS:
-        raise ParamsInvalid(f"key: must be at most {MAX_KEY_CHARS} characters, got {len(key)}")
-
-
-def _parse_state(state: str | TaskState | None) -> TaskState | None:
-    if state is None or isinstance(state, TaskState):
-        return state
-    try:
-        return TaskState(state)
-    except ValueError:
-        names = ", ".join(s.value for s in TaskState)
-        raise ParamsInvalid(f"state: must be one of {names}; not {state!r}") from None
-
-
-def _first_free_id(log_dir: Path) -> int:
-    """One past the highest ``<id>.log`` in the logs directory: a new store never reuses a log's id."""
-    highest = 0
-    for entry in os.scandir(log_dir):
-        stem, dot, ext = entry.name.partition(".")
-        if dot and ext == "log" and stem.isdigit():
-            highest = max(highest, int(stem))
-    return highest + 1
-
-
-def _who(identity: Mapping[str, Any]) -> str:
-    parts = [str(identity.get("transport"))]
-    for name in ("user", "uid", "key_id", "peer"):
-        if identity.get(name) is not None:
-            parts.append(f"{name}={identity[name]}")
-    return " ".join(parts)
-
-
-def _outcome(record: TaskRecord) -> str:
-    words = [record.state.value]
-    if record.cancel_source is not None:
-        words.append(f"({record.cancel_source})")
-    if record.state is TaskState.RUNNING:
-        words.append(f"pid {record.pid}")
-    if record.exit_code is not None:
-        words.append(f"exit {record.exit_code}")
-    if record.signal is not None:
-        words.append(f"signal {record.signal}")
-    if record.error is not None:
-        words.append(f"- {record.error}")
-    return " ".join(words)
-
-
-def after(moment: datetime, seconds: float) -> datetime:
-    """``moment`` plus ``seconds`` (a restart's ``not_before``)."""
-    return moment + timedelta(seconds=seconds)
+        log.info("%6.2fs %s task %d %s: %s", elapsed, MARKS[record.state], record.id, record.type, outcome)

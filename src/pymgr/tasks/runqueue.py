@@ -1,8 +1,8 @@
 """Queued runs waiting for a slot of their type, released in start order (no I/O, no clock).
 
 Rules:
-- Runs leave the queue in the order they entered it; the manager adds
-  them in id order (start order), so within a type the oldest goes first.
+- Runs leave the queue in id order, which is start order: within a type
+  the oldest goes first.
 - A type with ``max_concurrent`` releases a run only while fewer than that
   many of its runs are running or being spawned. A full type never holds
   up another type.
@@ -29,7 +29,11 @@ class RunQueue:
         self._busy: Counter[str] = Counter()
 
     def add(self, task_id: int, type: str, not_before: float | None = None) -> None:
+        """Queue a run; runs leave in id order (start order), whatever order they were added in."""
+        newest = next(reversed(self._waiting), None)
         self._waiting[task_id] = (type, not_before)
+        if newest is not None and task_id < newest:  # a run found again at recovery: put it in its place
+            self._waiting = dict(sorted(self._waiting.items()))
 
     def remove(self, task_id: int) -> bool:
         """Take a run out of the queue (it was stopped); True if it was there."""

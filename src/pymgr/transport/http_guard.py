@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import Any
 
 from pymgr.auth.guard import EdgeGuard
@@ -66,60 +65,59 @@ class SecurityMiddleware:
             return
         extensions = scope.get("extensions") or {}
         identity = extensions.get(IDENTITY_KEY) or Identity(transport="tcp")
-        what = f"http {scope['method']} {scope['path']}"
         try:
-            _check_declared_size(scope, self.max_body_bytes)
             if identity.transport != "unix":
-                identity, receive = await self._authenticate(scope, receive, identity, what)
+                identity, receive = await self._authenticate(scope, receive, identity)
                 scope = {**scope, "extensions": {**extensions, IDENTITY_KEY: identity}}
-            self.edge.admit(identity, what)
+            self.edge.admit(identity, "http", scope["method"], scope["path"])
         except PymgrError as exc:
             await _reply(send, exc)
             return
         await self.app(scope, receive, send)
 
-    async def _authenticate(
-        self, scope: Scope, receive: Receive, identity: Identity, what: str
-    ) -> tuple[Identity, Receive]:
+    async def _authenticate(self, scope: Scope, receive: Receive, identity: Identity) -> tuple[Identity, Receive]:
         try:
-            headers = _signing_headers(scope["headers"])
+            headers = _signing_headers(scope["headers"], self.max_body_bytes)
             if not headers and identity.cert is not None:
                 return identity, receive  # a verified client certificate is enough
             if self.verifier is None:
                 raise Unauthenticated("this TCP listener accepts only verified client certificates; none was sent")
-            parse_headers(headers)  # refuse an unsigned request before reading its body
-            body = await _read_body(scope, receive, self.max_body_bytes)
+            signed = parse_headers(headers)  # refuse an unsigned request before reading its body
+            body = await _read_body(receive, self.max_body_bytes)
             raw_path = scope.get("raw_path") or scope["path"].encode()
             key_id = self.verifier.verify(
-                scope["method"], raw_path.decode("latin-1"), scope["query_string"], body, headers
+                scope["method"], raw_path.decode("latin-1"), scope["query_string"], body, signed
             )
         except Unauthenticated as exc:
+            what = f"http {scope['method']} {scope['path']}"
             self.edge.admit(identity, what)  # failures count against the client address: RateLimited
             self.edge.refused(identity, what, exc)
             raise
-        return replace(identity, key_id=key_id), _replay(body, receive)
+        caller = Identity(transport=identity.transport, peer=identity.peer, cert=identity.cert, key_id=key_id)
+        return caller, _replay(body, receive)
 
 
-def _signing_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+def _signing_headers(raw: list[tuple[bytes, bytes]], limit: int) -> dict[str, str]:
+    """The ``x-pymgr-*`` headers; and a declared body over ``limit`` is refused before anything reads it.
+
+    Raises:
+        Unauthenticated: a signing header appears twice.
+        TooLarge: ``content-length`` is over ``limit``.
+    """
     headers: dict[str, str] = {}
     for name, value in raw:
-        if name.startswith(_SIGNING_PREFIX):
+        if name[:8] == _SIGNING_PREFIX:
             text = name.decode("latin-1")
             if text in headers:
                 raise Unauthenticated(f"header {text} appears more than once; send each signing header once")
             headers[text] = value.decode("latin-1")
+        elif name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise TooLarge(f"request body of {int(value)} bytes is larger than max_body_bytes={limit}",
+                           details={"limit": limit})
     return headers
 
 
-def _check_declared_size(scope: Scope, limit: int) -> None:
-    """Refuse a declared body over the limit before anything reads it."""
-    for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit() and int(value) > limit:
-            raise TooLarge(f"request body of {int(value)} bytes is larger than max_body_bytes={limit}",
-                           details={"limit": limit})
-
-
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+async def _read_body(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:

@@ -9,13 +9,18 @@ connection, on the event loop (no thread, no task per connection):
   ``max_connections_per_identity`` across listeners (429, keyed by uid on the
   Unix socket, by certificate or client address on TCP), checked when the
   connection is made.
-- Sizes: the request target is bounded by ``max_request_line_bytes`` and the
-  head by ``max_header_bytes`` (413). Bytes are counted as they arrive while
-  a head is incomplete, so a client that never ends its head is cut off
-  after at most one read past the limit.
-- Timeouts (408): ``header_timeout_s`` from connect (or a request's first
-  byte) until its head is complete; ``body_timeout_s`` from then until the
-  body is complete. Between requests, uvicorn's keep-alive timeout applies.
+- Sizes: the head by ``max_header_bytes`` and the request target by
+  ``max_request_line_bytes`` (413). Bytes are counted as they arrive while a
+  head is incomplete, so a client that never ends its head is cut off after
+  at most one read past the limit; a head that completes is measured
+  exactly (target plus each header's name, value and 4 bytes of ": " and
+  CRLF) when the bytes received could pass the limit.
+- Timeouts (408): ``header_timeout_s`` from connect, or from the first read
+  of a request that does not hold its whole head, until the head is
+  complete; ``body_timeout_s`` from the first read that leaves the body
+  incomplete until it is complete. A request that arrives in one read (the
+  usual case) arms no timer at all. Between requests, uvicorn's keep-alive
+  timeout applies.
 - A refusal is one JSON error reply with ``connection: close``; then the
   server half-closes and drops what the client still sends for up to
   ``LINGER_S`` before closing (closing with unread input makes the kernel
@@ -117,7 +122,7 @@ class LimitedHttpToolsProtocol(PeerCredHttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
-        self._header_bytes = 0
+        self._chunk_bytes = 0
         self._in_head = True
         self._body_pending = False
         self._closing = False  # refused or draining: nothing more is parsed
@@ -161,6 +166,7 @@ class LimitedHttpToolsProtocol(PeerCredHttpToolsProtocol):
         if self._closing:
             return  # refused or draining: drop
         self._unset_keepalive_if_required()
+        self._chunk_bytes = len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -173,10 +179,17 @@ class LimitedHttpToolsProtocol(PeerCredHttpToolsProtocol):
                 log.warning("invalid HTTP from %s: %s", self._who(), exc)
                 self._refuse(MalformedRequest(f"invalid HTTP request: {exc}"))
             return
-        if self._in_head and not self._closing:
+        if self._closing:
+            return
+        if self._in_head:
+            # Timers are armed only for requests that do not arrive in one read.
             self._head_bytes += len(data)
             if self._head_bytes > self.limits.max_header_bytes:
                 self._refuse(self._head_too_large(self._head_bytes))
+            elif self._timer is None:
+                self._arm(self.limits.header_timeout_s, self._on_head_timeout)
+        elif self._body_pending and self._timer is None:
+            self._arm(self.limits.body_timeout_s, self._on_body_timeout)
 
     # --- parser callbacks --------------------------------------------------
 
@@ -184,34 +197,29 @@ class LimitedHttpToolsProtocol(PeerCredHttpToolsProtocol):
         super().on_message_begin()
         self._in_head = True
         self._head_bytes = 0
-        self._header_bytes = 0
-        if self._timer is None:
-            self._arm(self.limits.header_timeout_s, self._on_head_timeout)
 
-    def on_url(self, url: bytes) -> None:
-        super().on_url(url)
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._body_pending = True
+        if self._timer is not None:
+            self._cancel_timer()
+        # This read held the end of the head: the head is at most what came
+        # before it plus this read; count exactly only if that could be too much.
+        if self._head_bytes + self._chunk_bytes > self.limits.max_header_bytes:
+            size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+            if size > self.limits.max_header_bytes:
+                raise _LimitExceeded(self._head_too_large(size))
         if len(self.url) > self.limits.max_request_line_bytes:
             raise _LimitExceeded(TooLarge(
                 f"request target is longer than max_request_line_bytes={self.limits.max_request_line_bytes}",
                 details={"limit": self.limits.max_request_line_bytes},
             ))
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        super().on_header(name, value)
-        self._header_bytes += len(name) + len(value) + 4  # ": " and CRLF
-        if len(self.url) + self._header_bytes > self.limits.max_header_bytes:
-            raise _LimitExceeded(self._head_too_large(len(self.url) + self._header_bytes))
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._body_pending = True
-        self._cancel_timer()
-        self._arm(self.limits.body_timeout_s, self._on_body_timeout)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         self._body_pending = False
-        self._cancel_timer()
+        if self._timer is not None:
+            self._cancel_timer()
         super().on_message_complete()
 
     def on_response_complete(self) -> None:

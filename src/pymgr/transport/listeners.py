@@ -58,7 +58,10 @@ def bind_unix(path: Path, mode: int, group: str | None = None) -> socket.socket:
             gid = grp.getgrnam(group).gr_gid
         except KeyError:
             raise ListenerError(f"socket_group {group!r} is not a group on this host") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ListenerError(f"cannot create the directory of Unix socket {path}: {exc.strerror}") from None
     _remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)

@@ -1,0 +1,174 @@
+"""Log files by bytes: rotation and timestamps (the keeper's writer), offsets (the daemon's reader), progress lines."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from pymgr.errors import ParamsInvalid, PymgrInternalError
+from pymgr.tasks._progress import MAX_LINE_BYTES, MAX_MESSAGE_CHARS, ProgressScanner, parse_line
+from pymgr.tasks._runlog import RunLog
+from pymgr.tasks.logs import LogReader, LogSpan
+
+
+def files(directory: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in sorted(directory.iterdir())}
+
+
+def test_rotation_at_max_bytes_both_sides(tmp_path: Path) -> None:
+    log = RunLog(str(tmp_path), 7, max_bytes=10, keep=2, timestamps=False)
+    log.write(b"0123456789")  # exactly the limit: no rotation yet
+    assert files(tmp_path) == {"7.log": 10}
+    log.write(b"a")  # one past it: rotated, the byte goes to a new file
+    assert files(tmp_path) == {"7.log": 1, "7.log.0": 10}
+    log.write(b"bcdefghijklmnopqrstu")  # split over files, never past 10 bytes each
+    assert files(tmp_path) == {"7.log": 1, "7.log.10": 10, "7.log.20": 10}  # keep=2: 7.log.0 deleted
+    assert (tmp_path / "7.log.10").read_bytes() == b"abcdefghij" and (tmp_path / "7.log").read_bytes() == b"u"
+    assert (log.base, log.size, log.end) == (30, 1, 31)
+    log.close()
+
+
+def test_log_file_mode_and_no_symlink_following(tmp_path: Path) -> None:
+    log = RunLog(str(tmp_path), 1, max_bytes=100, keep=1, timestamps=False)
+    assert (tmp_path / "1.log").stat().st_mode & 0o777 == 0o640
+    log.close()
+    (tmp_path / "2.log").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OSError, match=r"Too many levels of symbolic links"):
+        RunLog(str(tmp_path), 2, max_bytes=100, keep=1, timestamps=False)
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_bad_writer_limits(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"^max_bytes and keep must be >= 1, not 0 and 1$"):
+        RunLog(str(tmp_path), 1, max_bytes=0, keep=1, timestamps=False)
+
+
+def test_timestamps_start_every_line_even_across_chunks(tmp_path: Path) -> None:
+    log = RunLog(str(tmp_path), 3, max_bytes=10_000, keep=1, timestamps=True)
+    for chunk in (b"one\ntw", b"o\n", b"\nthree"):
+        log.write(chunk)
+    log.close()
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z "
+    lines = (tmp_path / "3.log").read_text().split("\n")
+    assert [re.sub(stamp, "<t>", line) for line in lines] == ["<t>one", "<t>two", "<t>", "<t>three"]
+
+
+def reader_with(tmp_path: Path, chunks: list[bytes], max_bytes: int = 10, keep: int = 2) -> LogReader:
+    log = RunLog(str(tmp_path), 5, max_bytes=max_bytes, keep=keep, timestamps=False)
+    for chunk in chunks:
+        log.write(chunk)
+    log.close()
+    return LogReader(tmp_path)
+
+
+def test_reader_maps_logical_offsets_across_rotated_files(tmp_path: Path) -> None:
+    data = bytes(range(65, 65 + 26))  # A..Z: 26 bytes, files of 10
+    reader = reader_with(tmp_path, [data], keep=5)
+    assert reader.span(5) == LogSpan(0, 26)
+    assert reader.read(5, 0, 100)[0] == data
+    assert reader.read(5, 8, 5)[0] == data[8:13]  # across a file boundary
+    assert reader.read(5, 25, 10)[0] == b"Z"
+    assert reader.read(5, 26, 10)[0] == b""  # exactly at the end: nothing, no error
+
+
+@pytest.mark.parametrize(
+    ("offset", "message"),
+    [
+        (-1, r"^offset: must be >= 0, not -1$"),
+        (27, r"^offset 27 is past the end of task 5's log \(26 bytes\)$"),
+        (9, r"^offset 9 of task 5's log was rotated away: the log now starts at offset 10$"),
+    ],
+)
+def test_reader_refuses_bad_offsets(tmp_path: Path, offset: int, message: str) -> None:
+    reader = reader_with(tmp_path, [b"x" * 26], keep=1)
+    with pytest.raises(ParamsInvalid, match=message):
+        reader.read(5, offset, 10)
+    assert reader.read(5, 10, 100)[0] == b"x" * 16  # the first offset still kept is fine
+
+
+def test_reader_of_a_run_without_a_log(tmp_path: Path) -> None:
+    reader = LogReader(tmp_path)
+    assert reader.span(9) == LogSpan(0, 0)
+    assert reader.read(9, 0, 10) == (b"", LogSpan(0, 0))
+
+
+def test_reader_refuses_a_log_that_leads_out_of_the_directory(tmp_path: Path) -> None:
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "secret").write_text("s")
+    (tmp_path / "logs" / "4.log").symlink_to(tmp_path / "secret")
+    with pytest.raises(PymgrInternalError, match=r"^log path .*secret escapes the logs directory"):
+        LogReader(tmp_path / "logs").read(4, 0, 10)
+
+
+def test_remove_deletes_every_file_of_one_run_only(tmp_path: Path) -> None:
+    reader = reader_with(tmp_path, [b"y" * 25])
+    (tmp_path / "55.log").write_text("other run")
+    reader.remove(5)
+    assert os.listdir(tmp_path) == ["55.log"]
+
+
+# -- progress lines ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b"PYMGR_PROGRESS 42", (42.0, None)),
+        (b"PYMGR_PROGRESS 0", (0.0, None)),
+        (b"PYMGR_PROGRESS 100 done", (100.0, "done")),
+        (b"PYMGR_PROGRESS 100.0", (100.0, None)),
+        (b"PYMGR_PROGRESS 100.5", None),  # over 100: just output
+        (b"PYMGR_PROGRESS 101", None),
+        (b"PYMGR_PROGRESS 42.5 scanning host 10.0.0.1\r", (42.5, "scanning host 10.0.0.1")),
+        (b"PYMGR_PROGRESS\t7\tstep two  ", (7.0, "step two")),
+        (b"PYMGR_PROGRESS 7 caf\xc3\xa9 \xff", (7.0, "café \ufffd")),
+        (b"PYMGR_PROGRESS", None),
+        (b"PYMGR_PROGRESS x", None),
+        (b"PYMGR_PROGRESS -1", None),
+        (b"PYMGR_PROGRESS 42%", None),
+        (b" PYMGR_PROGRESS 42", None),
+        (b"PYMGR_PROGRESSS 42", None),
+    ],
+)
+def test_parse_line(line: bytes, expected: tuple[float, str | None] | None) -> None:
+    assert parse_line(line) == expected
+
+
+def test_long_messages_are_cut() -> None:
+    assert parse_line(b"PYMGR_PROGRESS 1 " + b"m" * 1000) == (1.0, "m" * MAX_MESSAGE_CHARS)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64])
+def test_scanner_finds_lines_in_any_split(size: int) -> None:
+    stream = b"hello\nPYMGR_PROGRESS 10 a\nno PYMGR_PROGRESS 99 mid-line\nPYMGR_PROGRESS 20 b\ntail PYMGR_PRO"
+    scanner = ProgressScanner()
+    seen = [p for i in range(0, len(stream), size) if (p := scanner.feed(stream[i : i + size]))]
+    assert seen[-1] == (20.0, "b")
+    assert (10.0, "a") in seen or size >= len(stream)
+    assert all(p[0] != 99.0 for p in seen)
+
+
+def test_scanner_returns_the_last_complete_line_of_a_chunk() -> None:
+    scanner = ProgressScanner()
+    assert scanner.feed(b"PYMGR_PROGRESS 1\nPYMGR_PROGRESS 2\nPYMGR_PROGRESS 3") == (2.0, None)
+    assert scanner.feed(b"\n") == (3.0, None)
+    assert scanner.feed(b"") is None
+
+
+def test_scanner_gives_up_on_a_line_longer_than_the_limit_both_sides() -> None:
+    at_limit = ProgressScanner()
+    line = b"PYMGR_PROGRESS 5 " + b"x" * (MAX_LINE_BYTES - 17)
+    assert at_limit.feed(line) is None and at_limit.feed(b"\n") == (5.0, "x" * MAX_MESSAGE_CHARS)
+    over = ProgressScanner()
+    assert over.feed(line + b"x") is None and over.feed(b"\n") is None
+    assert over.feed(b"PYMGR_PROGRESS 6\n") == (6.0, None)  # the next line is looked at again
+
+
+def test_scanner_cost_is_a_search_per_chunk() -> None:
+    scanner = ProgressScanner()
+    chunk = b"y\n" * 32768  # what `yes` writes: no progress anywhere
+    for _ in range(200):  # 12.5 MiB
+        assert scanner.feed(chunk) is None
