@@ -72,6 +72,10 @@ log_level = "info"
 unix_socket = "pymgr.sock"
 tcp = "127.0.0.1:0"
 
+[auth]
+# Every signed request of the run is inside one replay window.
+nonce_cache_max = 1000000
+
 [[auth.keys]]
 id = "{KEY_ID}"
 secret = "{SECRET}"

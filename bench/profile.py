@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 from bench import servers
@@ -74,6 +73,23 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="pymgr-profile-"))
     out = RESULTS / f"profile-{args.load}.txt"
     RESULTS.mkdir(exist_ok=True)
+    try:
+        result, err = _profiled_load(args, py_spy, workdir, out)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if err is not None:
+        print(f"py-spy failed: {err}", file=sys.stderr)
+        return 1
+    print(f"load {args.load}: {result}")
+    own, inclusive, total = summarize(out.read_text())
+    _print("self", own, total)
+    _print("inclusive", inclusive, total)
+    print(f"\ncollapsed stacks: {out}")
+    return 0
+
+
+def _profiled_load(args: argparse.Namespace, py_spy: str, workdir: Path, out: Path) -> tuple[object, str | None]:
+    """Run the load with py-spy attached; returns the load's result and py-spy's error, if any."""
     with servers.Fleet() as fleet:
         pymgr = fleet.add(servers.start_pymgr(workdir / "pymgr"))
         target = pymgr_targets(pymgr)[args.load]
@@ -82,23 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         # --native cannot sample without pausing the process; plain Python stacks can.
         command += ["--native"] if args.native else ["--nonblocking"]
         spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        result: list[object] = []
-        load = threading.Thread(
-            target=lambda: result.append(run_load(target, pymgr.pid, clients=8, duration_s=args.seconds))
-        )
-        load.start()
-        load.join()
-        _, err = spy.communicate()
-        if spy.returncode != 0:
-            print(f"py-spy failed: {err.decode(errors='replace')}", file=sys.stderr)
-            return 1
-    shutil.rmtree(workdir, ignore_errors=True)
-    print(f"load {args.load}: {result[0]}")
-    own, inclusive, total = summarize(out.read_text())
-    _print("self", own, total)
-    _print("inclusive", inclusive, total)
-    print(f"\ncollapsed stacks: {out}")
-    return 0
+        try:
+            result = run_load(target, pymgr.pid, clients=8, duration_s=args.seconds)
+        finally:
+            _, err = spy.communicate()
+    return result, (err.decode(errors="replace") if spy.returncode != 0 else None)
 
 
 if __name__ == "__main__":

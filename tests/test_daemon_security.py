@@ -77,6 +77,13 @@ actions = ["demo.echo"]
 [modules]
 enabled = ["demo", "tasks", "SCAN_MODULE"]
 
+[commands.greet]
+argv = ["/usr/bin/printf", "hello %s", "{{name}}"]
+doc = "Greets; a command from the config, no Python."
+
+[commands.greet.params]
+name = {{ type = "str", pattern = "^[a-z ;$()|&-]+$" }}
+
 [tasks.types.echo]
 argv = ["/bin/echo", "{{word}}"]
 
@@ -191,6 +198,17 @@ def test_a_signed_request_is_identified_by_its_key(secure: Daemon) -> None:
             c.call("demo", "sleep", seconds=0)
 
 
+@pytest.mark.skipif(shutil.which("openssl") is None or shutil.which("curl") is None, reason="needs openssl and curl")
+def test_a_client_written_from_the_docs_in_bash_is_accepted(secure: Daemon) -> None:
+    env = {**os.environ, "PYMGR_URL": tcp_url(secure), "PYMGR_KEY_ID": "ci", "PYMGR_SECRET": CI_SECRET}
+    script = EXAMPLES / "signed_curl.sh"
+    out = subprocess.run([str(script), "demo", "echo", '{"from": "bash"}'], capture_output=True, text=True, env=env,
+                         timeout=30, check=True)
+    assert json.loads(out.stdout) == {"ok": True, "result": {"from": "bash"}}
+    out = subprocess.run([str(script), "demo", "whoami"], capture_output=True, text=True, env=env, timeout=30, check=True)
+    assert json.loads(out.stdout)["result"]["key_id"] == "ci"
+
+
 def test_unsigned_requests_get_401_with_the_scheme(secure: Daemon) -> None:
     r = httpx.post(tcp_url(secure) + "/v1/modules/demo/echo", json={}, trust_env=False)
     assert r.status_code == 401 and r.headers["www-authenticate"] == "PYMGR-HMAC-SHA256"
@@ -232,6 +250,16 @@ def test_both_rotation_keys_work_and_the_policy_tells_them_apart(secure: Daemon)
     with signed(secure, "old", "old-secret-0123456789") as c:
         r = c.post("/v1/modules/demo/echo", json={})
     assert r.status_code == 403 and "key:old" in r.json()["error"]["message"]  # known key, no rule
+
+
+def test_a_command_from_the_config_is_an_action_under_the_policy_and_audit(secure: Daemon) -> None:
+    with unix(secure) as c:
+        result = c.call("commands", "greet", name="you; rm -rf $(ls) | x && y")
+    assert (result["stdout"], result["exit_code"], result["truncated"]) == ("hello you; rm -rf $(ls) | x && y", 0, False)
+    line = next(line for line in reversed(audit_lines(secure)) if line["operation"] == "commands.greet")
+    assert line["params"] == {"name": "you; rm -rf $(ls) | x && y"} and line["outcome"] == "ok"
+    with Client(url=tcp_url(secure), key_id="ci", secret=CI_SECRET) as c, pytest.raises(Forbidden):
+        c.call("commands", "greet", name="ci")
 
 
 # --- the legacy listener -----------------------------------------------------------

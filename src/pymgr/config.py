@@ -87,7 +87,8 @@ class HttpConfig(_Section):
     @field_validator("socket_mode")
     @classmethod
     def _not_world_writable(cls, value: int, info: ValidationInfo) -> int:
-        if value & 0o002 and not info.data.get("allow_world_writable", False):
+        unix = info.data.get("unix_socket") is not None  # "" (off) is None by now
+        if unix and value & 0o002 and not info.data.get("allow_world_writable", False):
             raise ValueError(
                 f'"{value:04o}" lets every local user write to the socket and call pymgr; use "0660" '
                 "with socket_group, or set allow_world_writable = true in [http] to accept that"
@@ -232,6 +233,8 @@ class TasksConfig(_Section):
     keeper_start_timeout_s: float = Field(10.0, gt=0)
     #: Seconds SQLite waits for a lock held by another connection (an operator's sqlite3 shell).
     store_busy_timeout_s: float = Field(5.0, ge=0)
+    #: Seconds between two checkpoints of the store's WAL, run off the event loop (a checkpoint fsyncs).
+    store_checkpoint_s: float = Field(5.0, gt=0)
     types: dict[str, TaskTypeConfig] = Field(default_factory=dict)
 
 

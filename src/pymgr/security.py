@@ -231,6 +231,6 @@ def socket_group(config: Config) -> str | None:
         log.warning("socket_group %r does not exist on this host; the socket keeps the daemon's group", group)
         return None
     if os.geteuid() != 0 and gid not in os.getgroups() and gid != os.getegid():
-        log.warning("socket_group %r: this user may not give files that group; the socket keeps the daemon's", group)
+        log.warning("socket_group %r: this user may not give files that group; the socket keeps the daemon's group", group)
         return None
     return group

@@ -321,3 +321,13 @@ def test_operation_names_for_the_audit() -> None:
 
 async def test_internal_calls_are_the_daemons_own() -> None:
     assert await call(policy(), Identity(transport="internal"), "firewall", "rules") == ["22/tcp"]
+
+
+async def test_one_cached_decision_serves_every_connection_and_names_the_current_caller() -> None:
+    p = policy({"subjects": ["legacy"], "actions": ["admin.uptime"]})
+    for port in (5001, 5002):
+        caller = Identity(transport="legacy", peer=f"127.0.0.1:{port}")
+        assert await call(p, caller, "admin", "uptime") == 1
+        with pytest.raises(Forbidden, match=rf"^the policy allows legacy caller 127\.0\.0\.1:{port} no firewall\.rules; "):
+            await call(p, caller, "firewall", "rules")
+    assert len(p._cache) == 2  # one allowed, one denied: not one per connection

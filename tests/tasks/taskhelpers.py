@@ -81,7 +81,8 @@ TYPES: dict[str, dict[str, Any]] = {
 
 def tasks_config(**overrides: Any) -> TasksConfig:
     types = {name: TaskTypeConfig.model_validate(spec) for name, spec in TYPES.items()}
-    return TasksConfig.model_validate({"stop_grace_s": 2.0, "types": types, **overrides})
+    # A keeper left behind by a test ("leave", a killed daemon) goes soon.
+    return TasksConfig.model_validate({"stop_grace_s": 2.0, "keeper_idle_exit_s": 1.0, "types": types, **overrides})
 
 
 async def wait_end(manager: TaskManager, task_id: int) -> TaskRecord:

@@ -31,13 +31,22 @@ def test_rotation_at_max_bytes_both_sides(tmp_path: Path) -> None:
     log.close()
 
 
-def test_log_file_mode_and_no_symlink_following(tmp_path: Path) -> None:
+def test_a_log_file_is_created_by_the_first_byte_with_mode_0640(tmp_path: Path) -> None:
     log = RunLog(str(tmp_path), 1, max_bytes=100, keep=1, timestamps=False)
+    log.write(b"")
+    assert not (tmp_path / "1.log").exists()  # nothing written, no file
+    log.write(b"x")
     assert (tmp_path / "1.log").stat().st_mode & 0o777 == 0o640
     log.close()
+    log.write(b"after close")
+    assert (tmp_path / "1.log").read_bytes() == b"x"
+
+
+def test_a_planted_symlink_is_never_followed(tmp_path: Path) -> None:
     (tmp_path / "2.log").symlink_to(tmp_path / "elsewhere")
+    log = RunLog(str(tmp_path), 2, max_bytes=100, keep=1, timestamps=False)
     with pytest.raises(OSError, match=r"Too many levels of symbolic links"):
-        RunLog(str(tmp_path), 2, max_bytes=100, keep=1, timestamps=False)
+        log.write(b"data")
     assert not (tmp_path / "elsewhere").exists()
 
 

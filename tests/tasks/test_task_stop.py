@@ -123,14 +123,28 @@ async def test_stop_of_missing_id_is_not_found(manager: TaskManager) -> None:
         await manager.stop(4242, CALLER)
 
 
-async def test_stop_of_queued_run_never_spawns_it(manager: TaskManager) -> None:
-    record = await manager.start("sleep", {}, None, CALLER)
+async def test_stop_of_queued_run_never_spawns_it(make_manager: MakeManager) -> None:
+    manager = make_manager(types={"one": TaskTypeConfig(argv=py("import time; time.sleep(60)"), max_concurrent=1)})
+    first = await wait_running(manager, (await manager.start("one", {}, None, CALLER)).id)
+    record = await manager.start("one", {}, None, CALLER)  # waits for the slot
     stopped = await manager.stop(record.id, CALLER)
     assert (stopped.state, stopped.cancel_source, stopped.pid) == (TaskState.STOPPED, "user", None)
-    await asyncio.sleep(0.05)  # the scheduled spawn has had its turn
+    await manager.stop(first.id, CALLER)
+    await wait_end(manager, first.id)
+    await asyncio.sleep(0.05)  # the freed slot has had its turn
     final = manager.get(record.id)
     assert (final.state, final.pid, final.started_at) == (TaskState.STOPPED, None, None)
     assert not Path(record.log_path).exists()
+
+
+async def test_stop_right_after_start_ends_the_run(manager: TaskManager) -> None:
+    """The spawn may already be on its way to the keeper: then the run is killed as soon as it exists."""
+    record = await manager.start("sleep", {}, None, CALLER)
+    stopped = await manager.stop(record.id, CALLER)
+    assert stopped.cancel_source == "user"
+    ended = await wait_end(manager, record.id)
+    assert (ended.state, ended.cancel_source) == (TaskState.STOPPED, "user")
+    assert ended.pid is None or gone(ended.pid)
 
 
 async def test_process_exiting_on_its_own_during_stop_still_ends_stopped(make_manager: MakeManager) -> None:
@@ -176,7 +190,8 @@ async def test_aclose_stop_stops_every_active_run(make_manager: MakeManager) -> 
             INTERNAL.to_dict(),
         )
     assert manager.get(stubborn.id).signal == "SIGKILL"
-    assert manager.get(queued.id).pid is None
+    queued_pid = manager.get(queued.id).pid  # its spawn may have been on its way: then it was killed
+    assert queued_pid is None or gone(queued_pid)
     assert gone(running.pid) and gone(stubborn.pid)  # type: ignore[arg-type]
 
 

@@ -8,6 +8,7 @@ import os
 import re
 import sqlite3
 import subprocess
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -61,15 +62,13 @@ def test_ids_increase_from_first_id_and_are_never_reused(tmp_path: Path) -> None
 def test_records_round_trip_every_field(tmp_path: Path) -> None:
     store = make(tmp_path)
     full = dataclasses.replace(
-        store.add(record(key="k")),
+        store.add(dataclasses.replace(record(key="k"), attempt=3, retry_of=7)),
         state=TaskState.RUNNING,
         pid=99,
         pid_start_time=12345,
         started_at=T0 + timedelta(seconds=1),
         cancel_source="user",
         stopped_by={"transport": "unix", "uid": 0},
-        attempt=3,
-        retry_of=7,
         not_before=T0 + timedelta(seconds=5),
         boot_id="b-1",
         progress=42.5,
@@ -77,6 +76,7 @@ def test_records_round_trip_every_field(tmp_path: Path) -> None:
         error="e",
     )
     store.update(full)
+    store.update(dataclasses.replace(full, params={"changed": True}, attempt=9))  # fixed at add: not rewritten
     store.close()
     assert make(tmp_path).get(full.id) == full
 
@@ -194,6 +194,22 @@ def test_file_is_wal_with_the_schema_version(tmp_path: Path) -> None:
     assert make(tmp_path).integrity_check() == "ok"
 
 
+def test_checkpoints_run_off_the_writing_connection(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0  # never inside a commit
+    ids = [store.add(record()).id for _ in range(20)]
+    thread = threading.Thread(target=store.checkpoint_passive)
+    thread.start()
+    thread.join(10)
+    # The main file alone (immutable=1 ignores the WAL) now holds every committed record.
+    main_file = sqlite3.connect(f"{(tmp_path / 'tasks.db').as_uri()}?immutable=1", uri=True)
+    try:
+        assert [row[0] for row in main_file.execute("SELECT id FROM runs ORDER BY id")] == ids
+    finally:
+        main_file.close()
+    store.close()
+
+
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "tasks.db")
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
@@ -264,7 +280,8 @@ def test_read_only_state_dir_is_unavailable_and_reads_still_work(small_fs: Path)
     with pytest.raises(Unavailable, match=message):
         store.add(record())
     with pytest.raises(Unavailable, match=message):
-        store.prune(T0)
+        store.update(kept)
+    assert store.prune(T0) == []  # nothing to drop: nothing to write either
     assert store.list() == [kept] and store.get(kept.id) == kept
     store.close()
     subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], check=True)
@@ -343,3 +360,23 @@ def test_to_dict_is_json_ready_with_iso_utc_times() -> None:
         "marker": "0123456789abcdef",
     }
     assert datetime.fromisoformat(data["created_at"]) == T0.replace(microsecond=123000)
+
+
+async def test_a_manager_on_a_read_only_state_dir_serves_reads_and_refuses_starts(small_fs: Path) -> None:
+    from taskhelpers import CALLER, tasks_config
+
+    from pymgr.tasks.manager import TaskManager
+
+    store = SqliteStore(small_fs / "tasks.db", max_records=100)
+    kept = end(store, store.add(record()))
+    store.close()
+    (small_fs / "logs").mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    manager = TaskManager(tasks_config(), small_fs)
+    message = rf"^task store {small_fs}/tasks\.db is read-only; errno 30 \(EROFS\): Read-only file system; no task can"
+    with pytest.raises(Unavailable, match=message):
+        await manager.open()
+    with pytest.raises(Unavailable, match=message):
+        await manager.start("exit", {"code": 0}, None, CALLER)
+    assert [r.id for r in manager.list()] == [kept.id] and manager.get(kept.id).state is TaskState.SUCCEEDED
+    await manager.aclose()

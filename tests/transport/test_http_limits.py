@@ -51,7 +51,9 @@ class Server:
     counter: ConnectionCounter
 
 
-async def start(tmp_path: Path, max_connections: int = 1000, per_identity: int = 1000) -> tuple[Server, UvicornServer]:
+async def start(
+    tmp_path: Path, max_connections: int = 1000, per_identity: int = 1000, limits: HttpLimits = LIMITS
+) -> tuple[Server, UvicornServer]:
     registry = Registry()
     registry.add(Echo())
     dispatcher = GuardedDispatcher(registry, policy=None, auditor=None, max_params_bytes=MAX_BODY)
@@ -60,7 +62,7 @@ async def start(tmp_path: Path, max_connections: int = 1000, per_identity: int =
     path = tmp_path / "h.sock"
     counter = ConnectionCounter(max_connections, per_identity)
     server = UvicornServer(app, [bind_unix(path, 0o600)], keepalive_timeout_s=5, shutdown_timeout_s=1,
-                           protocol=limited_protocol(LIMITS, counter))
+                           protocol=limited_protocol(limits, counter))
     await server.start()
     return Server(path, counter), server
 
@@ -207,6 +209,29 @@ async def test_slowloris_head_is_cut_at_the_head_timeout_while_others_are_served
     writer.close()
     assert reply.startswith(b"HTTP/1.1 408 ") and b"request head not complete within header_timeout_s=0.6" in reply
     assert TIMEOUT_S - 0.05 <= elapsed < TIMEOUT_S + 2
+
+
+async def test_headers_at_one_byte_per_second_are_cut_at_the_head_timeout(tmp_path: Path) -> None:
+    limits = HttpLimits(max_request_line_bytes=200, max_header_bytes=1000, header_timeout_s=2.5, body_timeout_s=2.5)
+    info, uvicorn_server = await start(tmp_path, limits=limits)
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(info.path))
+        started = time.monotonic()
+        sent = 0
+        while not reader.at_eof() and time.monotonic() - started < 10:
+            writer.write(b"GET /v1/health HTTP/1.1\r\n"[sent:sent + 1])
+            sent += 1
+            try:
+                reply = await asyncio.wait_for(reader.read(-1), 1.0)  # one byte per second
+                break
+            except TimeoutError:
+                continue
+        writer.close()
+        assert reply.startswith(b"HTTP/1.1 408 ") and b"header_timeout_s=2.5" in reply
+        assert 2.4 <= time.monotonic() - started < 4 and sent == 3
+        await assert_serving(info)
+    finally:
+        await uvicorn_server.close()
 
 
 async def test_a_body_that_stops_coming_is_cut_at_the_body_timeout(server: Server) -> None:

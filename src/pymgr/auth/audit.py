@@ -217,8 +217,7 @@ class Auditor:
         self.broken = False
         self._second = -1
         self._second_text = ""
-        self._who: dict[Identity, str] = {}
-        self._what: dict[tuple[str, str | None, str | None], str] = {}
+        self._prefixes: dict[tuple[Identity, str, str | None, str | None], str] = {}
 
     def ensure_writable(self) -> None:
         """Before running a request: refuse it while the log is broken.
@@ -262,7 +261,7 @@ class Auditor:
         else:
             outcome = f'"outcome":"error","code":{_dumps(error.code)},"status":{error.http_status}'
         line = (
-            f'{{"time":"{self._timestamp()}",{self._identity(identity)},{self._names(operation, module, action)},'
+            f'{{"time":"{self._timestamp()}",{self._prefix(identity, operation, module, action)},'
             f'"params":{params_json if params_json is not None else _dumps(params)},{outcome},'
             f'"duration_ms":{duration_s * 1000:.3f}}}\n'
         )
@@ -282,25 +281,19 @@ class Auditor:
             self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         return f"{self._second_text}.{int(now * 1000) % 1000:03d}Z"
 
-    def _identity(self, identity: Identity) -> str:
-        text = self._who.get(identity)
+    def _prefix(self, identity: Identity, operation: str, module: str | None, action: str | None) -> str:
+        """The line's who-and-what fields as JSON, cached per (caller, operation)."""
+        key = (identity, operation, module, action)
+        text = self._prefixes.get(key)
         if text is None:
-            if len(self._who) >= _CACHE_MAX:
-                self._who.clear()
-            text = self._who[identity] = (
-                f'"transport":{_dumps(identity.transport)},"identity":{_dumps(_identity_fields(identity))}'
-            )
-        return text
-
-    def _names(self, operation: str, module: str | None, action: str | None) -> str:
-        key = (operation, module, action)
-        text = self._what.get(key)
-        if text is None:
-            if len(self._what) >= _CACHE_MAX:
-                self._what.clear()
-            text = self._what[key] = (
+            text = (
+                f'"transport":{_dumps(identity.transport)},"identity":{_dumps(_identity_fields(identity))},'
                 f'"operation":{_dumps(operation)},"module":{_dumps(module)},"action":{_dumps(action)}'
             )
+            if identity.transport != "legacy":  # one connection per legacy request: never seen again
+                if len(self._prefixes) >= _CACHE_MAX:
+                    self._prefixes.clear()
+                self._prefixes[key] = text
         return text
 
     def _unavailable(self, exc: OSError) -> Unavailable:

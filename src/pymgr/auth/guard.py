@@ -182,9 +182,11 @@ class EdgeGuard:
             return
         key = self._keys.get(identity)
         if key is None:
-            if len(self._keys) >= _KEY_CACHE_MAX:
-                self._keys.clear()
-            key = self._keys[identity] = identity_key(identity)
+            key = identity_key(identity)
+            if identity.transport != "legacy":  # one connection per legacy request: never seen again
+                if len(self._keys) >= _KEY_CACHE_MAX:
+                    self._keys.clear()
+                self._keys[identity] = key
         wait_s = self.limiter.check(key)
         if wait_s > 0:
             retry = max(1, math.ceil(wait_s))

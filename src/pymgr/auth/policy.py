@@ -26,16 +26,24 @@ Rules:
 
 from __future__ import annotations
 
-import fnmatch
 import grp
 import pwd
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from pymgr.auth._policysyntax import (
+    TYPED_TASK_OPS,
+    Operation,
+    Pattern,
+    Subject,
+    describe_identity,
+    parse_pattern,
+    parse_subject,
+    subject_matches,
+)
 from pymgr.core.identity import Identity
 from pymgr.core.registry import ActionSpec, Registry
 from pymgr.errors import Forbidden, NotFound
@@ -52,154 +60,23 @@ __all__ = [
     "parse_subject",
 ]
 
-SUBJECT_HELP = "user:NAME, uid:N, group:NAME, key:ID, cert:CN, legacy, owner or any"
-#: Task operations that name a task type after the colon.
-TYPED_TASK_OPS = ("tasks.start", "tasks.stop", "tasks.logs")
-#: Characters a pattern may hold: names, dots, colons and fnmatch's own.
-_PATTERN_CHARS = re.compile(r"^[A-Za-z0-9_.\-*?\[\]!:]+$")
 #: A task type name that no configured type can have: it matches only
 #: wildcard patterns, so "may start some type" is one fnmatch per rule.
 _ANY_TYPE = "\x00any"
-#: Decisions cached per (identity, action, operation); cleared when full.
+#: Decisions cached per (caller's names, action, operation); cleared when full.
 _CACHE_MAX = 4096
+#: Stands for the caller in a cached denial: the cache is shared by every
+#: connection of a caller, and the message names the one asking now.
+_WHO = "\x00who\x00"
 
 
 class PolicyError(ValueError):
     """The policy cannot be built (a rule names an unknown key, a bad allow entry)."""
 
 
-# --- subjects ---------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Subject:
-    """One parsed subject: ``kind`` and its value (None for bare kinds)."""
-
-    kind: str
-    value: str | int | None = None
-
-    def __str__(self) -> str:
-        return self.kind if self.value is None else f"{self.kind}:{self.value}"
-
-
-_BARE = frozenset({"legacy", "owner", "any"})
-_NAMED = frozenset({"user", "uid", "group", "key", "cert"})
-
-
-def parse_subject(text: str) -> Subject:
-    """Parse ``user:NAME``, ``uid:N``, ... or a bare kind.
-
-    Raises:
-        ValueError: an unknown kind, an empty name or a uid that is not a number.
-    """
-    if text in _BARE:
-        return Subject(text)
-    kind, sep, value = text.partition(":")
-    if not sep or kind not in _NAMED:
-        raise ValueError(f"unknown subject {text!r}; subjects are {SUBJECT_HELP}")
-    if not value or value != value.strip():
-        raise ValueError(f"subject {text!r} needs a name after {kind!r}:, without spaces")
-    if kind == "uid":
-        if not value.isascii() or not value.isdigit():
-            raise ValueError(f"subject {text!r}: uid must be a number, like uid:33")
-        return Subject(kind, int(value))
-    return Subject(kind, value)
-
-
 def _check_subject(text: str) -> str:
     parse_subject(text)
     return text
-
-
-def subject_matches(subject: Subject, identity: Identity, owner_uid: int) -> bool:
-    """Whether ``identity`` is ``subject``."""
-    kind, value = subject.kind, subject.value
-    unix = identity.transport == "unix"
-    if kind == "any":
-        return unix or identity.key_id is not None or identity.cert is not None
-    if kind == "legacy":
-        return identity.transport == "legacy"
-    if kind == "owner":
-        return unix and identity.uid == owner_uid
-    if kind == "user":
-        return unix and identity.user == value
-    if kind == "uid":
-        return unix and identity.uid == value
-    if kind == "group":
-        return unix and value in identity.groups
-    if kind == "key":
-        return identity.key_id == value
-    return kind == "cert" and identity.cert == value
-
-
-def describe_identity(identity: Identity) -> str:
-    """The caller in a message: ``user:www-data (uid 33)``, ``key:ci``, ..."""
-    if identity.transport == "unix":
-        name = f"user:{identity.user}" if identity.user else f"uid:{identity.uid}"
-        return f"{name} (uid {identity.uid})"
-    parts = [f"key:{identity.key_id}"] if identity.key_id else []
-    parts += [f"cert:{identity.cert}"] if identity.cert else []
-    if parts:
-        return " ".join(parts)
-    return f"{identity.transport} caller {identity.peer or '(unknown address)'}"
-
-
-# --- patterns and operations ------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Operation:
-    """What a call does, as the policy names it (``tasks.start:scan``)."""
-
-    name: str
-    read_only: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Pattern:
-    """One parsed action pattern."""
-
-    text: str
-    glob: str
-    read_only: bool
-
-    def matches(self, op: Operation) -> bool:
-        return (op.read_only or not self.read_only) and fnmatch.fnmatchcase(op.name, self.glob)
-
-
-def parse_pattern(text: str) -> Pattern:
-    """Parse ``module.action``, ``PATTERN:read`` or ``tasks.start:TYPE``.
-
-    Raises:
-        ValueError: the pattern cannot match anything meaningful; the message
-            says what to write instead.
-    """
-    if not _PATTERN_CHARS.match(text):
-        raise ValueError(f"action pattern {text!r} has characters other than names, '.', ':' and * ? [ ] !")
-    head, sep, tail = text.partition(":")
-    if sep and head in TYPED_TASK_OPS:
-        if not tail:
-            raise ValueError(f"action pattern {text!r} needs a task type after the colon, or * for every type")
-        return Pattern(text, text, read_only=False)
-    if sep:
-        if tail != "read" or not head:
-            raise ValueError(
-                f"action pattern {text!r}: after ':' only 'read' may follow (PATTERN:read, read-only actions), "
-                f"except in {', '.join(t + ':TYPE' for t in TYPED_TASK_OPS)}"
-            )
-        _check_plain(text, head)
-        return Pattern(text, head, read_only=True)
-    _check_plain(text, head)
-    return Pattern(text, head, read_only=False)
-
-
-def _check_plain(text: str, glob: str) -> None:
-    if glob in TYPED_TASK_OPS:
-        raise ValueError(f"action pattern {text!r} needs a task type: write {glob}:TYPE, or {glob}:* for every type")
-    if glob in ("tasks.list", "tasks.show", "tasks.types"):
-        raise ValueError(f"action pattern {text!r}: task reads are one operation; write tasks.read")
-    if "." not in glob and glob.strip("*") != "":
-        raise ValueError(f"action pattern {text!r} names no action: write {glob}.* for every action of module {glob!r}")
 
 
 def _check_pattern(text: str) -> str:
@@ -283,7 +160,7 @@ class Policy:
         self._rules = tuple(_compile(i, r, frozenset(key_ids)) for i, r in enumerate(config.rules))
         self._specs = _all_specs(registry)
         self._required = {spec.qualname: _requirement(spec) for spec in self._specs if spec.options.allow}
-        self._cache: dict[tuple[Identity, str, str], str | None] = {}
+        self._cache: dict[tuple[tuple[Any, ...], str, str], str | None] = {}
         #: Per action (qualname): its Operation, or its typed kind ("tasks.start").
         self._ops: dict[str, Operation | str] = {}
 
@@ -308,7 +185,9 @@ class Policy:
             if denial is None:
                 return
         op_name = f"{kind}:TYPE"
-        raise Forbidden(denial or f"no rule allows {op_name}", details={"operation": op_name})
+        who = describe_identity(identity)
+        message = (denial or f"no rule allows {op_name}").replace(_WHO, who)
+        raise Forbidden(message, details={"operation": op_name, "caller": who})
 
     def authorize_params(self, identity: Identity, spec: ActionSpec, params: BaseModel) -> None:
         """After validation: the task type of ``tasks.start|stop|logs``.
@@ -364,11 +243,17 @@ class Policy:
     def _check(self, identity: Identity, spec: ActionSpec, op: Operation) -> None:
         denial = self._decide(identity, spec, op)
         if denial is not None:
-            raise Forbidden(denial, details={"operation": op.name, "caller": describe_identity(identity)})
+            who = describe_identity(identity)
+            raise Forbidden(denial.replace(_WHO, who), details={"operation": op.name, "caller": who})
 
     def _decide(self, identity: Identity, spec: ActionSpec, op: Operation) -> str | None:
-        """None if allowed, else the denial message (cached)."""
-        key = (identity, spec.qualname, op.name)
+        """None if allowed, else the denial message with ``_WHO`` for the caller (cached).
+
+        The cache key leaves out what no subject looks at (pid, peer address),
+        so every connection of the same caller shares one entry.
+        """
+        who = (identity.transport, identity.uid, identity.user, identity.groups, identity.key_id, identity.cert)
+        key = (who, spec.qualname, op.name)
         try:
             return self._cache[key]
         except KeyError:
@@ -382,7 +267,7 @@ class Policy:
     def _compute(self, identity: Identity, spec: ActionSpec, op: Operation) -> str | None:
         if identity.transport == "internal":
             return None
-        who = describe_identity(identity)
+        who = _WHO
         allowing = [r for r in self._rules if r.allows(op) and self._is(identity, r.subjects)]
         if not allowing:
             shown = op.name.replace(_ANY_TYPE, "TYPE")

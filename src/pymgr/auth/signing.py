@@ -35,9 +35,10 @@ from __future__ import annotations
 import hashlib
 import heapq
 import hmac
+import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import quote, unquote, unquote_to_bytes
 
 from pymgr.errors import Unauthenticated, Unavailable
@@ -164,6 +165,10 @@ def signed_headers(
 class NonceCache:
     """Nonces seen recently, each until its expiry; at most ``max_entries``.
 
+    Entries are grouped by their expiry second (rounded up: a nonce may be
+    remembered up to a second longer, never shorter); a heap of those seconds
+    finds what to forget, so an add costs O(1) plus O(log seconds in the window).
+
     Raises:
         ValueError: ``max_entries`` is not positive.
     """
@@ -172,11 +177,12 @@ class NonceCache:
         if max_entries < 1:
             raise ValueError(f"max_entries must be positive, not {max_entries}")
         self.max_entries = max_entries
-        self._expiry: dict[tuple[str, str], float] = {}
-        self._heap: list[tuple[float, tuple[str, str]]] = []
+        self._seen: set[str] = set()
+        self._by_second: dict[int, list[str]] = {}
+        self._seconds: list[int] = []
 
     def __len__(self) -> int:
-        return len(self._expiry)
+        return len(self._seen)
 
     def add(self, key_id: str, nonce: str, expires_at: float, now: float) -> bool:
         """Remember a nonce; False if it is already there (a replay).
@@ -184,30 +190,35 @@ class NonceCache:
         Raises:
             Unavailable: the cache is full of nonces that have not expired.
         """
-        self._evict(now)
-        entry = (key_id, nonce)
-        if entry in self._expiry:
+        if self._seconds and self._seconds[0] < now:
+            self._evict(now)
+        entry = f"{key_id}\x00{nonce}"  # NUL is in neither: the pair is unambiguous
+        if entry in self._seen:
             return False
-        if len(self._expiry) >= self.max_entries:
+        if len(self._seen) >= self.max_entries:
             raise Unavailable(
                 f"the nonce cache is full ({self.max_entries} live nonces, nonce_cache_max); retry in a few "
                 "seconds, or raise [auth] nonce_cache_max",
                 details={"limit": self.max_entries},
             )
-        self._expiry[entry] = expires_at
-        heapq.heappush(self._heap, (expires_at, entry))
+        self._seen.add(entry)
+        second = math.ceil(expires_at)
+        bucket = self._by_second.get(second)
+        if bucket is None:
+            self._by_second[second] = [entry]
+            heapq.heappush(self._seconds, second)
+        else:
+            bucket.append(entry)
         return True
 
     def _evict(self, now: float) -> None:
-        heap = self._heap
-        while heap and heap[0][0] < now:
-            _, entry = heapq.heappop(heap)
-            del self._expiry[entry]
+        seconds = self._seconds
+        while seconds and seconds[0] < now:
+            self._seen.difference_update(self._by_second.pop(heapq.heappop(seconds)))
 
 
-@dataclass(frozen=True, slots=True)
-class SignedRequest:
-    """The four signing headers, checked for form."""
+class SignedRequest(NamedTuple):
+    """The four signing headers, checked for form (a tuple: one is made per request)."""
 
     key_id: str
     timestamp: str
@@ -276,34 +287,38 @@ class Verifier:
             Unauthenticated: unsigned, unknown key, outside the window, bad signature, replayed.
             Unavailable: the nonce cache is full.
         """
-        signed = headers if isinstance(headers, SignedRequest) else parse_headers(headers)
-        secret = self.keys.get(signed.key_id)
+        key_id, timestamp, nonce, signature = (
+            headers if type(headers) is SignedRequest else parse_headers(headers)  # type: ignore[arg-type]
+        )
+        secret = self.keys.get(key_id)
         if secret is None:
-            raise Unauthenticated(f"unknown key id {signed.key_id!r}", details={"key_id": signed.key_id})
+            raise Unauthenticated(f"unknown key id {key_id!r}", details={"key_id": key_id})
         now = self._clock()
-        skew = int(signed.timestamp) - now
-        if abs(skew) > self.clock_skew_s:
-            when = "in the future" if skew > 0 else "in the past"
-            raise Unauthenticated(
-                f"{HEADER_TIMESTAMP} {signed.timestamp} is {abs(skew):.0f} s {when}; the limit is "
-                f"clock_skew_s={self.clock_skew_s:g} (server time {now:.0f}): check the client's clock",
-                details={"server_time": int(now)},
-            )
+        stamp = int(timestamp)
+        if abs(stamp - now) > self.clock_skew_s:
+            raise self._stale(timestamp, stamp - now, now)
         try:
-            canonical = canonical_request(
-                method, path, query, body, timestamp=signed.timestamp, nonce=signed.nonce, key_id=signed.key_id
-            )
+            canonical = canonical_request(method, path, query, body, timestamp=timestamp, nonce=nonce, key_id=key_id)
         except (UnicodeDecodeError, ValueError) as exc:
             raise Unauthenticated(f"the path or query cannot be canonicalized (not UTF-8): {exc}") from None
-        if not hmac.compare_digest(sign(secret, canonical).encode(), signed.signature.lower().encode()):
+        # Both are ASCII hex (parse_headers checked the signature's form): compare_digest takes them as str.
+        if not hmac.compare_digest(sign(secret, canonical), signature.lower()):
             raise Unauthenticated(
-                f"signature does not match for key {signed.key_id!r}; details.canonical_request is what the "
+                f"signature does not match for key {key_id!r}; details.canonical_request is what the "
                 "server signed (compare it with the client's)",
                 details={"canonical_request": canonical},
             )
-        if not self.nonces.add(signed.key_id, signed.nonce, int(signed.timestamp) + self.clock_skew_s, now):
+        if not self.nonces.add(key_id, nonce, stamp + self.clock_skew_s, now):
             raise Unauthenticated(
-                f"{HEADER_NONCE} {signed.nonce!r} was already used with key {signed.key_id!r}: a replay; "
+                f"{HEADER_NONCE} {nonce!r} was already used with key {key_id!r}: a replay; "
                 "send a new nonce with every request"
             )
-        return signed.key_id
+        return key_id
+
+    def _stale(self, timestamp: str, skew: float, now: float) -> Unauthenticated:
+        when = "in the future" if skew > 0 else "in the past"
+        return Unauthenticated(
+            f"{HEADER_TIMESTAMP} {timestamp} is {abs(skew):.0f} s {when}; the limit is "
+            f"clock_skew_s={self.clock_skew_s:g} (server time {now:.0f}): check the client's clock",
+            details={"server_time": int(now)},
+        )

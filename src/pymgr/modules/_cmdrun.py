@@ -123,7 +123,10 @@ async def run_command(
         for stream in (popen.stdout, popen.stderr):
             if stream is not None and not stream.closed:
                 stream.close()
-    out, err = pipes
+    return _result(status, timed_out, *pipes, duration_s=time.monotonic() - started)
+
+
+def _result(status: ExitStatus, timed_out: bool, out: _CappedPipe, err: _CappedPipe, *, duration_s: float) -> dict[str, Any]:
     return {
         "exit_code": status.exit_code,
         "signal": status.signal,
@@ -133,7 +136,7 @@ async def run_command(
         "stdout_bytes": out.total,
         "stderr_bytes": err.total,
         "timed_out": timed_out,
-        "duration_s": round(time.monotonic() - started, 3),
+        "duration_s": round(duration_s, 3),
     }
 
 

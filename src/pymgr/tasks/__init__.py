@@ -1,1 +1,1 @@
-"""Background tasks: types, records, the manager and the process runner."""
+"""Background tasks: types, records, the manager, the keeper that runs them, logs and events."""

@@ -80,7 +80,8 @@ class Run:
         self.kill: TreeKill | None = None
         self.killed = False
         self.survivors: set[ProcRef] = set()
-        self._log_failed = False
+        #: Why output is being dropped (the log cannot be written), once known.
+        self.log_error: str | None = None
 
     @property
     def adopted(self) -> bool:
@@ -135,9 +136,9 @@ class Run:
         try:
             self.log.write(data)
         except OSError as exc:
-            if not self._log_failed:
-                print(f"keeper: run {self.id}: log write failed, dropping output: {exc}", file=sys.stderr, flush=True)
-            self._log_failed = True
+            if self.log_error is None:
+                self.log_error = f"output dropped: cannot write the log: {exc}"
+                print(f"keeper: run {self.id}: {self.log_error}", file=sys.stderr, flush=True)
 
     def close_output(self) -> None:
         if self.output_fd is not None:
@@ -148,7 +149,7 @@ class Run:
 
     def status(self) -> dict[str, Any]:
         """The exit status the daemon records."""
-        error = self.error
+        error = "; ".join(e for e in (self.error, self.log_error) if e) or None
         if self.survivors:
             pids = ", ".join(str(ref.pid) for ref in sorted(self.survivors, key=lambda r: r.pid))
             error = f"{error}; " if error else ""

@@ -14,6 +14,10 @@ Rules:
 - With ``timestamps``, each line starts with its UTC arrival time
   (``2024-05-01T12:00:00.123Z``, the time the chunk holding it was read);
   the logical offsets count those bytes too: they are the file's bytes.
+- A file is created when the first byte for it arrives, not before: a run
+  that writes nothing has no file (readers treat a missing file as empty),
+  and creating a file — over a millisecond on a busy disk, more than the
+  spawn itself — stays off the path of a burst of starts.
 - Files are created with ``O_NOFOLLOW`` (a symlink planted in the logs
   directory is never followed) and mode 0640.
 - Standard library only: the keeper imports this.
@@ -21,6 +25,7 @@ Rules:
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections import deque
@@ -54,7 +59,6 @@ class RunLog:
         """
         Raises:
             ValueError: ``max_bytes`` < 1 or ``keep`` < 1.
-            OSError: the file cannot be created.
         """
         if max_bytes < 1 or keep < 1:
             raise ValueError(f"max_bytes and keep must be >= 1, not {max_bytes} and {keep}")
@@ -70,7 +74,8 @@ class RunLog:
         self.size = 0
         self._rotated: deque[int] = deque()
         self._at_line_start = True
-        self._fd: int | None = os.open(self.path, _CREATE_FLAGS, LOG_MODE)
+        self._fd: int | None = None
+        self._closed = False
 
     @property
     def end(self) -> int:
@@ -84,8 +89,10 @@ class RunLog:
             OSError: the disk refused the write (full, I/O error); the
                 caller decides whether to drop the output.
         """
-        if not data or self._fd is None:
+        if not data or self._closed:
             return
+        if self._fd is None:
+            self._fd = os.open(self.path, _CREATE_FLAGS, LOG_MODE)
         if self.timestamps:
             data = self._stamped(data)
         while data:
@@ -94,9 +101,11 @@ class RunLog:
                 self._rotate()
                 continue
             part, data = data[:room], data[room:]
-            written = os.write(self._fd, part)
+            written = os.write(self._fd, part)  # type: ignore[arg-type]
+            if written == 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.path)
             self.size += written
-            if written < len(part):  # short write (disk full): keep going with the rest
+            if written < len(part):  # short write (disk nearly full): try the rest
                 data = part[written:] + data
 
     def _stamped(self, data: bytes) -> bytes:
@@ -125,6 +134,7 @@ class RunLog:
                 pass  # removed by retention already
 
     def close(self) -> None:
+        self._closed = True
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

@@ -24,7 +24,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import sqlite3
+import time
 from datetime import datetime, timedelta, timezone
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -81,6 +84,8 @@ class Supervision:
         self._synced = asyncio.Event()
         self._known: set[int] = set()
         self._resend_needed = False
+        #: Exits recorded in the transaction in progress, acknowledged after it commits.
+        self._acks: list[int] = []
 
     # -- what the keeper says -------------------------------------------------------
 
@@ -146,8 +151,11 @@ class Supervision:
         record = self._record(task_id)
         if record is not None and record.state not in TERMINAL:
             self._record_exit(record, status)
-        if self._link.connected:
-            self._link.send({"op": "ack", "id": task_id})
+        self._acks.append(task_id)  # sent once the batch this message came in is committed
+
+    def _keeper_batch(self) -> _KeeperBatch:
+        """The ``batch`` of the keeper link: one store transaction per read, then the acknowledgements."""
+        return _KeeperBatch(self)
 
     def _record_exit(self, record: TaskRecord, status: dict[str, Any]) -> None:
         if record.state is TaskState.QUEUED:  # it started and ended while no daemon listened
@@ -176,8 +184,6 @@ class Supervision:
             self._store.update(final)
             if retry is not None:
                 retry = self._store.add(retry)
-                retry = dataclasses.replace(retry, log_path=str(self._log_dir / f"{retry.id}.log"))
-                self._store.update(retry)
         self._release(record.id)
         self._announce(final)
         if retry is not None:
@@ -201,8 +207,7 @@ class Supervision:
             error = f"{final.error}; {decision.reason}" if final.error else decision.reason
             return dataclasses.replace(final, error=error), None
         retry = dataclasses.replace(
-            self._new_record(task_type, final.params, final.argv, final.key),
-            started_by=final.started_by,
+            self._new_record(task_type, final.params, final.argv, final.key, final.started_by),
             attempt=final.attempt + 1,
             retry_of=final.id,
             not_before=now + timedelta(seconds=decision.delay_s),
@@ -246,6 +251,38 @@ class Supervision:
         self.events.publish(
             "progress", {"id": task_id, "progress": message["percent"], "progress_message": message.get("message")}
         )
+
+    # -- background work ---------------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        """Write progress, apply retention, checkpoint the store off the loop, ask for lost news again."""
+        next_prune = next_checkpoint = 0.0
+        while True:
+            await asyncio.sleep(min(self._config.progress_flush_s, self._config.store_checkpoint_s))
+            now = time.monotonic()
+            try:
+                self._flush_progress()
+                if now >= next_prune:
+                    next_prune = now + self._config.prune_interval_s
+                    for old in self._store.prune(self._clock()):
+                        self.logs.remove(old.id)
+            except Unavailable as exc:
+                log.warning("task store: %s", exc)
+            if now >= next_checkpoint:
+                next_checkpoint = now + self._config.store_checkpoint_s
+                await self._checkpoint()
+            if self._resend_needed and self._link.connected and self._synced.is_set():
+                self._resend_needed = False
+                self._link.send({"op": "resend"})
+
+    async def _checkpoint(self) -> None:
+        checkpoint = getattr(self._store, "checkpoint_passive", None)
+        if checkpoint is None:
+            return
+        try:
+            await asyncio.to_thread(checkpoint)  # the one thread the daemon uses, and only for this
+        except sqlite3.Error as exc:
+            log.warning("task store: WAL checkpoint failed (it is tried again): %s", exc)
 
     # -- recovery -------------------------------------------------------------------
 
@@ -419,3 +456,37 @@ def _end_state(record: TaskRecord, status: dict[str, Any]) -> TaskState:
     if status.get("signal") is not None or status.get("exit_code") != 0:
         return TaskState.FAILED
     return TaskState.SUCCEEDED
+
+
+class _KeeperBatch:
+    """One store transaction around the messages of one read from the keeper, then their acknowledgements.
+
+    A burst of replies (a hundred "spawned") costs one commit, not a
+    hundred. An exit is acknowledged only after the commit that recorded
+    it; if the commit fails, nothing is acknowledged, the records are read
+    from the store again, and the keeper is asked to send its news again.
+    """
+
+    __slots__ = ("_owner", "_transaction")
+
+    def __init__(self, owner: Supervision) -> None:
+        self._owner = owner
+        self._transaction = owner._store.batch()
+
+    def __enter__(self) -> None:
+        self._transaction.__enter__()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
+        owner = self._owner
+        acks, owner._acks = owner._acks, []
+        try:
+            self._transaction.__exit__(exc_type, exc, tb)
+        except Unavailable as failure:
+            log.error("task store: %s; the keeper keeps the news and sends it again", failure)
+            owner._active.clear()  # what memory holds was not stored: read it back
+            owner._resend_needed = True
+            return exc_type is None or issubclass(exc_type, Unavailable)
+        if exc_type is None and owner._link.connected:
+            for task_id in acks:
+                owner._link.send({"op": "ack", "id": task_id})
+        return False

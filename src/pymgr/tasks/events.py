@@ -70,6 +70,16 @@ class Subscription:
             return Event(0, "gap", {"dropped": dropped}, time.time())
         return self._events.popleft()
 
+    def pending(self) -> list[Event]:
+        """Every event already queued, without waiting (a ``gap`` first if some were lost)."""
+        events = []
+        if self._dropped:
+            events.append(Event(0, "gap", {"dropped": self._dropped}, time.time()))
+            self._dropped = 0
+        events.extend(self._events)
+        self._events.clear()
+        return events
+
     def close(self) -> None:
         self._hub._subscribers.discard(self)
 

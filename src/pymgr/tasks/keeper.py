@@ -64,6 +64,10 @@ PROTOCOL = 1
 #: coalesced), so only a stuck daemon hits it.
 MAX_PENDING_BYTES = 8 * 1024 * 1024
 
+#: Bytes of replies that are written at once rather than at the end of the
+#: loop turn (a "spawned" reply is ~200 bytes: groups of about 20).
+FLUSH_BYTES = 4096
+
 #: Seconds between two looks at the processes of runs being stopped: short
 #: enough that a stop ends promptly, long enough to cost nothing.
 KILL_TICK_S = 0.05
@@ -78,7 +82,8 @@ class _Conn:
         self.sock = sock
         self.decoder = FrameDecoder()
         self.out = bytearray()
-        self.closed = False
+        #: Registered for EVENT_WRITE (some of ``out`` did not fit in the socket).
+        self.writing = False
 
 
 class Keeper:
@@ -119,7 +124,9 @@ class Keeper:
             for key, mask in self.sel.select(self._timeout()):
                 key.data(key.fileobj, mask)
             self._tick()
-            self._flush_progress()
+            self._write_out()
+            self._flush_progress()  # when the daemon has read everything before
+            self._write_out()
         self._close_conn(flush=True)
 
     def _done(self) -> bool:
@@ -212,7 +219,7 @@ class Keeper:
             self.pending_progress.clear()  # the next hello's "live" carries the latest
             return
         if self.conn.out or not self.pending_progress:
-            return
+            return  # only once the daemon has taken everything before: the latest is all it needs
         pending, self.pending_progress = self.pending_progress, {}
         for task_id, (percent, message) in pending.items():
             self._send({"op": "progress", "id": task_id, "percent": percent, "message": message})
@@ -275,12 +282,13 @@ class Keeper:
         if len(conn.out) > MAX_PENDING_BYTES:
             print("keeper: the daemon stopped reading; dropping its connection", file=sys.stderr, flush=True)
             self._close_conn()
-            return
-        self._write_out()
+        elif len(conn.out) >= FLUSH_BYTES and not conn.writing:
+            self._write_out()  # a burst of replies leaves in groups: the daemon starts on them early
+        # The rest is written at the end of the loop turn (``serve``): one system call for many replies.
 
     def _write_out(self) -> None:
         conn = self.conn
-        if conn is None:
+        if conn is None or (not conn.out and not conn.writing):
             return
         try:
             sent = conn.sock.send(conn.out) if conn.out else 0
@@ -290,8 +298,9 @@ class Keeper:
             self._close_conn()
             return
         del conn.out[:sent]
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.out else 0)
-        if self.sel.get_key(conn.sock).events != events:
+        if conn.writing != bool(conn.out):  # wait for the socket to drain only while something is left
+            conn.writing = bool(conn.out)
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.writing else 0)
             self.sel.modify(conn.sock, events, self._on_conn_event)
 
     def _close_conn(self, flush: bool = False) -> None:
@@ -358,15 +367,13 @@ class Keeper:
                 keep=int(settings["keep"]),
                 timestamps=bool(settings.get("timestamps")),
             )
-        except (KeyError, ValueError, TypeError, OSError) as exc:
-            raise SpawnError(f"spawn failed: cannot open the run's log file: {exc}") from None
+        except (KeyError, ValueError, TypeError) as exc:
+            raise SpawnError(f"spawn failed: bad log settings {settings!r}: {exc}") from None
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         try:
             pid, popen = spawn(spec, write_end)
         except SpawnError:
             os.close(read_end)
-            log.close()
-            os.unlink(log.path)
             raise
         finally:
             os.close(write_end)

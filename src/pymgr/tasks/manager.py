@@ -115,6 +115,7 @@ class TaskManager(Supervision):
             start_timeout_s=config.keeper_start_timeout_s,
             on_message=self._on_keeper_message,
             on_lost=self._on_keeper_lost,
+            batch=self._keeper_batch,
         )
         self._init_supervision(_proctree.boot_id())
         self._waiters: dict[int, asyncio.Event] = {}
@@ -179,8 +180,8 @@ class TaskManager(Supervision):
                     details={"key": key, "id": active.id, "type": active.type},
                 )
             return self._with_progress(active)
-        new = self._new_record(task_type, values.model_dump(mode="json"), task_type.render_argv(values), key)
-        record = self._add(dataclasses.replace(new, started_by=identity.to_dict()), task_type)
+        params, argv = values.model_dump(mode="json"), task_type.render_argv(values)
+        record = self._add(self._new_record(task_type, params, argv, key, identity.to_dict()), task_type)
         self._log(record, f"queued by {who(record.started_by)}")
         return record
 
@@ -343,7 +344,9 @@ class TaskManager(Supervision):
 
     # -- records --------------------------------------------------------------------
 
-    def _new_record(self, task_type: TaskType, params: dict[str, Any], argv: list[str], key: str | None) -> TaskRecord:
+    def _new_record(
+        self, task_type: TaskType, params: dict[str, Any], argv: list[str], key: str | None, started_by: dict[str, Any]
+    ) -> TaskRecord:
         return TaskRecord(
             id=0,
             type=task_type.name,
@@ -351,9 +354,9 @@ class TaskManager(Supervision):
             params=params,
             argv=argv,
             state=TaskState.QUEUED,
-            started_by=INTERNAL.to_dict(),
+            started_by=started_by,
             created_at=self._clock(),
-            log_path="",
+            log_path=str(self._log_dir / "{id}.log"),  # the store puts the id in
             marker=secrets.token_hex(MARKER_BYTES),
         )
 
@@ -361,8 +364,6 @@ class TaskManager(Supervision):
         """Store a new queued run (and prune by count) in one transaction, then queue it."""
         with self._store.batch():
             record = self._store.add(record)
-            record = dataclasses.replace(record, log_path=str(self._log_dir / f"{record.id}.log"))
-            self._store.update(record)
             pruned = self._store.prune(self._clock(), by_age=False)
         for old in pruned:
             self.logs.remove(old.id)
@@ -374,8 +375,12 @@ class TaskManager(Supervision):
 
     def _enqueue(self, record: TaskRecord) -> None:
         not_before = None if record.not_before is None else record.not_before.timestamp()
+        backlog = len(self._queue)
         self._queue.add(record.id, record.type, not_before)
-        self._schedule_pump()
+        if backlog == 0 and self._synced.is_set() and not self._closing:
+            self._pump()  # nothing waits before it: spawn now, while the reply is on its way
+        else:
+            self._schedule_pump()
 
     def _cancel(self, record: TaskRecord, source: CancelSource, identity: Identity) -> TaskRecord:
         stopped_by = identity.to_dict()
@@ -441,23 +446,6 @@ class TaskManager(Supervision):
             self._pump_handle = asyncio.get_running_loop().call_later(due - now, self._pump)
 
     # -- background work ------------------------------------------------------------
-
-    async def _housekeeping(self) -> None:
-        """Write progress to the store, apply retention, ask for unacknowledged exits again."""
-        next_prune = 0.0
-        while True:
-            await asyncio.sleep(self._config.progress_flush_s)
-            try:
-                self._flush_progress()
-                if time.monotonic() >= next_prune:
-                    next_prune = time.monotonic() + self._config.prune_interval_s
-                    for old in self._store.prune(self._clock()):
-                        self.logs.remove(old.id)
-            except Unavailable as exc:
-                log.warning("task store: %s", exc)
-            if self._resend_needed and self._link.connected and self._synced.is_set():
-                self._resend_needed = False
-                self._link.send({"op": "resend"})
 
     async def _wait_ended(self, records: builtins.list[TaskRecord]) -> int:
         """Wait for runs to end (grace periods plus the SIGKILL wait); returns how many did not."""

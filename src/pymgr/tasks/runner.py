@@ -1,4 +1,9 @@
-"""Spawning one task process, watching it exit, and killing its whole tree.
+"""Spawning a process in the daemon, watching it exit, and killing its whole tree.
+
+Task runs do not use this any more: the keeper (``keeper.py``) spawns and
+supervises them, so they outlive the daemon. What remains here serves
+processes the daemon runs for the length of one request (the commands
+declared in the config, ``modules/_cmdrun.py``).
 
 Rules:
 - No shell: argv goes to ``subprocess.Popen`` as a list. stdin is /dev/null,
@@ -26,19 +31,15 @@ import logging
 import os
 import signal
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from pymgr.tasks import _proctree
 from pymgr.tasks._proctree import ProcRef
+from pymgr.tasks._treekill import KILL_WAIT_S
 
 log = logging.getLogger("pymgr.tasks")
-
-#: Seconds to wait for processes to vanish after SIGKILL. SIGKILL cannot be
-#: caught; only a process stuck in the kernel (uninterruptible I/O) outlives
-#: this, and waiting longer would hold up a stop that cannot finish anyway.
-KILL_WAIT_S = 5.0
 
 #: Popen objects of runs left running at shutdown (``on_shutdown = "leave"``).
 #: A Popen that is garbage-collected while its child runs joins the subprocess
@@ -195,7 +196,7 @@ async def _wait_all(process: Process, others: set[ProcRef], timeout_s: float) ->
     """Wait for the leader and ``others`` to exit; returns the others still alive."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    alive = await _proctree.wait_gone(others, timeout_s)
+    alive = await wait_gone(others, timeout_s)
     if not process.reaped:
         try:
             async with asyncio.timeout_at(deadline):
@@ -203,3 +204,36 @@ async def _wait_all(process: Process, others: set[ProcRef], timeout_s: float) ->
         except TimeoutError:
             pass  # the caller decides what a leader outliving the wait means
     return alive
+
+
+async def wait_gone(refs: Iterable[ProcRef], timeout_s: float) -> set[ProcRef]:
+    """Wait until every process in ``refs`` has exited (a zombie counts as exited).
+
+    Returns:
+        The ones still alive after ``timeout_s``.
+    """
+    loop = asyncio.get_running_loop()
+    waiting: dict[ProcRef, tuple[int, asyncio.Future[None]]] = {}
+    try:
+        for ref in refs:
+            fd = _proctree.open_checked(ref)
+            if fd is None:
+                continue
+            done: asyncio.Future[None] = loop.create_future()
+            waiting[ref] = (fd, done)
+            # A pidfd turns readable when its process exits.
+            loop.add_reader(fd, _resolve, loop, fd, done)
+        if waiting:
+            await asyncio.wait([done for _, done in waiting.values()], timeout=timeout_s)
+        return {ref for ref, (_, done) in waiting.items() if not done.done()}
+    finally:
+        for fd, _ in waiting.values():
+            loop.remove_reader(fd)
+            os.close(fd)
+
+
+def _resolve(loop: asyncio.AbstractEventLoop, fd: int, done: asyncio.Future[None]) -> None:
+    # Readiness is level-triggered: stop watching at once, or the loop spins.
+    loop.remove_reader(fd)
+    if not done.done():
+        done.set_result(None)

@@ -11,12 +11,18 @@ Rules:
   no ended row older than that. Only *ended* rows are ever dropped, oldest
   first, so while more than ``max_records`` runs are active the store holds
   more. ``prune`` returns what it dropped, so the caller deletes their logs.
+- ``update`` writes only what changes in a run's life (state, pid, times,
+  outcome, progress); what is fixed at ``add`` (type, key, params, argv,
+  who started it, attempt) is never rewritten.
 - Every write is one ``BEGIN IMMEDIATE`` transaction (``batch()`` groups
   several into one). WAL mode with ``synchronous=NORMAL``: a commit is in
   the WAL file when ``commit()`` returns, so it survives the daemon being
   killed (``kill -9``) at any point; only a power loss or kernel crash can
   take back the last commits, never corrupt the file. ``busy_timeout`` lets
   a second reader (``sqlite3`` on the command line) wait instead of failing.
+- No checkpoint runs inside a commit (``wal_autocheckpoint=0``): the
+  daemon runs ``checkpoint_passive`` in a worker thread every few seconds,
+  so the fsync a checkpoint needs never stalls the event loop.
 - A write that fails (read-only or full disk, I/O error) raises
   ``Unavailable`` naming the file, SQLite's error and the OS errno, and
   changes nothing: the transaction is rolled back. Reads keep working.
@@ -35,9 +41,10 @@ import sqlite3
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Protocol
 
-from pymgr.errors import PymgrInternalError, Unavailable
+from pymgr.errors import PymgrError, PymgrInternalError, Unavailable
 from pymgr.tasks.records import TaskRecord
 from pymgr.tasks.states import ACTIVE, TERMINAL, TaskState
 
@@ -88,13 +95,21 @@ CREATE INDEX runs_ended_at ON runs(ended_at) WHERE ended_at IS NOT NULL;
 _COLUMNS = tuple(field.name for field in dataclasses.fields(TaskRecord))
 _JSON_COLUMNS = frozenset({"params", "argv", "started_by", "stopped_by"})
 _TIME_COLUMNS = frozenset({"created_at", "started_at", "ended_at", "not_before"})
+#: Columns fixed when a run is created: ``update`` never rewrites them
+#: (re-encoding params, argv and the caller on every transition was half its cost).
+_FIXED_COLUMNS = frozenset({"id", "type", "key", "params", "argv", "started_by", "created_at", "marker", "attempt", "retry_of"})
+_CHANGING_COLUMNS = tuple(name for name in _COLUMNS if name not in _FIXED_COLUMNS)
+_UPDATE_SQL = f"UPDATE runs SET {', '.join(f'{name} = ?' for name in _CHANGING_COLUMNS)} WHERE id = ?"
+_INSERT_SQL = f"INSERT INTO runs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+#: AUTOINCREMENT's high-water mark (sqlite_sequence) and the highest id: the next id is past both.
+_NEXT_ID_SQL = "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'runs'), (SELECT max(id) FROM runs)"
 
 
 class TaskStore(Protocol):
     """What the task manager needs from a record store."""
 
     def add(self, record: TaskRecord) -> TaskRecord:
-        """Store a new record under the next id; returns it with that id."""
+        """Store a new record under the next id ("{id}" in its log_path becomes it); returns it with that id."""
         ...
 
     def update(self, record: TaskRecord) -> None:
@@ -138,9 +153,9 @@ class TaskStore(Protocol):
         ...
 
 
-def _to_row(record: TaskRecord) -> tuple[Any, ...]:
+def _to_row(record: TaskRecord, columns: tuple[str, ...] = _COLUMNS) -> tuple[Any, ...]:
     row = []
-    for name in _COLUMNS:
+    for name in columns:
         value = getattr(record, name)
         if value is not None and name in _JSON_COLUMNS:
             value = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
@@ -214,6 +229,7 @@ class SqliteStore:
         self.max_age_s = max_age_s
         self._depth = 0
         self._count = 0
+        self._checkpointer: sqlite3.Connection | None = None
         #: Why writes are refused (the directory is read-only), or None.
         self.read_only: str | None = None
         try:
@@ -239,6 +255,9 @@ class SqliteStore:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+                # No checkpoint inside a commit: it fsyncs, which would stall the event loop
+                # for milliseconds at random; ``checkpoint_passive`` runs them off the loop.
+                db.execute("PRAGMA wal_autocheckpoint=0")
             if create:
                 self._migrate(first_id)
             self._count = db.execute("SELECT count(*) FROM runs").fetchone()[0]
@@ -272,63 +291,51 @@ class SqliteStore:
     def _guard(self, what: str) -> Iterator[None]:
         try:
             yield
-        except sqlite3.IntegrityError as exc:
-            # The manager checks keys before adding: a clash here is a bug, not the disk.
-            raise PymgrInternalError(f"task store {self.path}: {what}: {exc}") from exc
         except sqlite3.Error as exc:
-            name = getattr(exc, "sqlite_errorname", type(exc).__name__)
-            raise Unavailable(
-                f"task store {self.path}: cannot {what}: {exc} ({name}){_os_reason(self.path.parent)}; "
-                "nothing was changed",
-                details={"path": str(self.path), "sqlite_error": name},
-            ) from exc
+            raise self._failure(what, exc) from exc
 
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        """One write transaction around the block (nested blocks join the outer one).
+    def _failure(self, what: str, exc: sqlite3.Error) -> PymgrError:
+        """The error to raise for a failed statement: Unavailable, or a bug for a broken constraint."""
+        if isinstance(exc, sqlite3.IntegrityError):
+            # The manager checks keys before adding: a clash here is a bug, not the disk.
+            return PymgrInternalError(f"task store {self.path}: {what}: {exc}")
+        name = getattr(exc, "sqlite_errorname", type(exc).__name__)
+        return Unavailable(
+            f"task store {self.path}: cannot {what}: {exc} ({name}){_os_reason(self.path.parent)}; nothing was changed",
+            details={"path": str(self.path), "sqlite_error": name},
+        )
+
+    def _execute(self, what: str, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> sqlite3.Cursor:
+        try:
+            return self._db.execute(sql, args)
+        except sqlite3.Error as exc:
+            raise self._failure(what, exc) from exc
+
+    def batch(self) -> _Transaction:
+        """One write transaction around a ``with`` block (nested blocks join the outer one).
 
         Raises:
             Unavailable: the transaction could not start or commit; it is rolled back.
         """
-        if self._depth:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
-        if self.read_only is not None:
-            raise Unavailable(self.read_only, details={"path": str(self.path)})
-        count = self._count
-        with self._guard("write"):
-            self._db.execute("BEGIN IMMEDIATE")
-        self._depth = 1
-        try:
-            yield
-            with self._guard("write"):
-                self._db.execute("COMMIT")
-        except BaseException:
-            self._count = count
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise
-        finally:
-            self._depth = 0
+        return _Transaction(self)
 
     # -- writes -------------------------------------------------------------------
 
     def add(self, record: TaskRecord) -> TaskRecord:
-        row = _to_row(record)[1:]
-        placeholders = ", ".join("?" * len(row))
-        with self.batch(), self._guard("add a record"):
-            cursor = self._db.execute(f"INSERT INTO runs ({', '.join(_COLUMNS[1:])}) VALUES ({placeholders})", row)
+        """Store a new record under the next id; "{id}" in its ``log_path`` becomes that id."""
+        with _Transaction(self):
+            # The write lock is ours (BEGIN IMMEDIATE): the next id cannot be taken between these two statements.
+            row = self._execute("add a record", _NEXT_ID_SQL).fetchone()
+            task_id = max(row[0] or 0, row[1] or 0) + 1
+            record = dataclasses.replace(record, id=task_id, log_path=record.log_path.replace("{id}", str(task_id)))
+            self._execute("add a record", _INSERT_SQL, _to_row(record))
             self._count += 1
-        return dataclasses.replace(record, id=cursor.lastrowid)
+        return record
 
     def update(self, record: TaskRecord) -> None:
-        assignments = ", ".join(f"{name} = ?" for name in _COLUMNS[1:])
-        with self.batch(), self._guard("update a record"):
-            cursor = self._db.execute(f"UPDATE runs SET {assignments} WHERE id = ?", (*_to_row(record)[1:], record.id))
+        """Write what may change in a run's life (state, pid, times, outcome); the rest is fixed at ``add``."""
+        with _Transaction(self):
+            cursor = self._execute("update a record", _UPDATE_SQL, (*_to_row(record, _CHANGING_COLUMNS), record.id))
         if cursor.rowcount != 1:
             raise KeyError(f"no task record {record.id} to update")
 
@@ -340,6 +347,8 @@ class SqliteStore:
             self._db.executemany("UPDATE runs SET progress = ?, progress_message = ? WHERE id = ?", rows)
 
     def prune(self, now: datetime, by_age: bool = True) -> list[TaskRecord]:
+        if (not by_age or self.max_age_s is None) and self._count <= self.max_records:
+            return []  # the common case, on every start: nothing to read or write
         doomed: list[TaskRecord] = []
         with self.batch(), self._guard("prune records"):
             if by_age and self.max_age_s is not None:
@@ -361,8 +370,10 @@ class SqliteStore:
     # -- reads --------------------------------------------------------------------
 
     def _select(self, where: str, args: tuple[Any, ...] = ()) -> list[TaskRecord]:
-        with self._guard("read records"):
+        try:
             return [_from_row(row) for row in self._db.execute(f"SELECT * FROM runs WHERE {where}", args)]
+        except sqlite3.Error as exc:
+            raise self._failure("read records", exc) from exc
 
     def get(self, task_id: int) -> TaskRecord | None:
         found = self._select("id = ?", (task_id,))
@@ -391,6 +402,19 @@ class SqliteStore:
         with self._guard("check integrity"):
             return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
 
+    def checkpoint_passive(self) -> None:
+        """Copy committed pages from the WAL into the database file, on a connection of its own.
+
+        Safe to call from a worker thread while the daemon keeps writing: a
+        passive checkpoint never blocks a writer (it stops where a reader or
+        writer is). Errors are for the caller to log; nothing depends on it.
+        """
+        if self.read_only is not None:
+            return
+        if self._checkpointer is None:
+            self._checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     def checkpoint(self) -> None:
         """Fold the WAL into the database file (a clean shutdown; reads keep working)."""
         if self.read_only is None:
@@ -401,3 +425,53 @@ class SqliteStore:
         if self._depth:
             raise PymgrInternalError("task store closed inside a transaction")
         self._db.close()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+
+
+class _Transaction:
+    """``SqliteStore.batch()``: BEGIN IMMEDIATE on the way in, COMMIT (or ROLLBACK) on the way out.
+
+    A class, not a generator: it is on every write's path, and a
+    ``@contextmanager`` costs several times more per use.
+    """
+
+    __slots__ = ("_store", "_count", "_outer")
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+        self._count = 0
+        self._outer = False
+
+    def __enter__(self) -> None:
+        store = self._store
+        if store._depth:
+            store._depth += 1
+            return
+        if store.read_only is not None:
+            raise Unavailable(store.read_only, details={"path": str(store.path)})
+        store._execute("write", "BEGIN IMMEDIATE")
+        store._depth = 1
+        self._outer = True
+        self._count = store._count
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        store = self._store
+        if not self._outer:
+            store._depth -= 1
+            return
+        store._depth = 0
+        if exc_type is None:
+            try:
+                store._execute("write", "COMMIT")
+                return
+            except Unavailable:
+                self._rollback()
+                raise
+        self._rollback()
+
+    def _rollback(self) -> None:
+        store = self._store
+        store._count = self._count
+        if store._db.in_transaction:
+            store._db.execute("ROLLBACK")

@@ -74,8 +74,9 @@ class TaskStreams:
                     return
                 if event is None:
                     yield sse("heartbeat", {"time": round(time.time(), 3)})
-                else:
-                    yield sse(event.kind, event.data, event.seq)
+                else:  # what else is queued goes in the same chunk: one write for a burst
+                    batch = [event, *subscription.pending()]
+                    yield b"".join(sse(e.kind, e.data, e.seq) for e in batch)
                 last = time.monotonic()
 
 

@@ -40,6 +40,8 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _SIGNING_PREFIX = b"x-pymgr-"
+#: Signed identities kept for reuse (by client address and key): bounded, cleared when full.
+_IDENTITY_CACHE_MAX = 4096
 
 
 class SecurityMiddleware:
@@ -58,6 +60,7 @@ class SecurityMiddleware:
         self.edge = edge
         self.verifier = verifier
         self.max_body_bytes = max_body_bytes
+        self._identities: dict[tuple[str | None, str | None, str], Identity] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -93,8 +96,18 @@ class SecurityMiddleware:
             self.edge.admit(identity, what)  # failures count against the client address: RateLimited
             self.edge.refused(identity, what, exc)
             raise
-        caller = Identity(transport=identity.transport, peer=identity.peer, cert=identity.cert, key_id=key_id)
-        return caller, _replay(body, receive)
+        return self._signed_identity(identity, key_id), _replay(body, receive)
+
+    def _signed_identity(self, identity: Identity, key_id: str) -> Identity:
+        """The caller with its key id; one object per (connection, key), so every cache downstream hits."""
+        cache_key = (identity.peer, identity.cert, key_id)
+        caller = self._identities.get(cache_key)
+        if caller is None:
+            if len(self._identities) >= _IDENTITY_CACHE_MAX:
+                self._identities.clear()
+            caller = Identity(transport=identity.transport, peer=identity.peer, cert=identity.cert, key_id=key_id)
+            self._identities[cache_key] = caller
+        return caller
 
 
 def _signing_headers(raw: list[tuple[bytes, bytes]], limit: int) -> dict[str, str]:

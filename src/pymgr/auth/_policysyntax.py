@@ -1,0 +1,167 @@
+"""The policy's vocabulary: subjects, operations and action patterns, parsed and matched.
+
+``auth/policy.py`` compiles rules from these and decides; this file only
+says what each word means (docs/security.md, "Policy", is the same in prose):
+
+- Subjects: ``user:NAME``, ``uid:N``, ``group:NAME`` (Unix-socket callers),
+  ``key:ID``, ``cert:CN``, ``legacy``, ``owner`` (the daemon's own uid on the
+  Unix socket) and ``any`` (every caller but a legacy one).
+- Patterns: fnmatch-style over operation names, case-sensitive;
+  ``PATTERN:read`` matches read-only operations only; ``tasks.start:TYPE``,
+  ``tasks.stop:TYPE``, ``tasks.logs:TYPE`` name a task type.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+
+from pymgr.core.identity import Identity
+
+__all__ = [
+    "SUBJECT_HELP",
+    "TYPED_TASK_OPS",
+    "Operation",
+    "Pattern",
+    "Subject",
+    "describe_identity",
+    "parse_pattern",
+    "parse_subject",
+    "subject_matches",
+]
+
+SUBJECT_HELP = "user:NAME, uid:N, group:NAME, key:ID, cert:CN, legacy, owner or any"
+#: Task operations that name a task type after the colon.
+TYPED_TASK_OPS = ("tasks.start", "tasks.stop", "tasks.logs")
+#: Characters a pattern may hold: names, dots, colons and fnmatch's own.
+_PATTERN_CHARS = re.compile(r"^[A-Za-z0-9_.\-*?\[\]!:]+$")
+
+
+# --- subjects ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """One parsed subject: ``kind`` and its value (None for bare kinds)."""
+
+    kind: str
+    value: str | int | None = None
+
+    def __str__(self) -> str:
+        return self.kind if self.value is None else f"{self.kind}:{self.value}"
+
+
+_BARE = frozenset({"legacy", "owner", "any"})
+_NAMED = frozenset({"user", "uid", "group", "key", "cert"})
+
+
+def parse_subject(text: str) -> Subject:
+    """Parse ``user:NAME``, ``uid:N``, ... or a bare kind.
+
+    Raises:
+        ValueError: an unknown kind, an empty name or a uid that is not a number.
+    """
+    if text in _BARE:
+        return Subject(text)
+    kind, sep, value = text.partition(":")
+    if not sep or kind not in _NAMED:
+        raise ValueError(f"unknown subject {text!r}; subjects are {SUBJECT_HELP}")
+    if not value or value != value.strip():
+        raise ValueError(f"subject {text!r} needs a name after {kind!r}:, without spaces")
+    if kind == "uid":
+        if not value.isascii() or not value.isdigit():
+            raise ValueError(f"subject {text!r}: uid must be a number, like uid:33")
+        return Subject(kind, int(value))
+    return Subject(kind, value)
+
+
+def subject_matches(subject: Subject, identity: Identity, owner_uid: int) -> bool:
+    """Whether ``identity`` is ``subject``."""
+    kind, value = subject.kind, subject.value
+    unix = identity.transport == "unix"
+    if kind == "any":
+        return unix or identity.key_id is not None or identity.cert is not None
+    if kind == "legacy":
+        return identity.transport == "legacy"
+    if kind == "owner":
+        return unix and identity.uid == owner_uid
+    if kind == "user":
+        return unix and identity.user == value
+    if kind == "uid":
+        return unix and identity.uid == value
+    if kind == "group":
+        return unix and value in identity.groups
+    if kind == "key":
+        return identity.key_id == value
+    return kind == "cert" and identity.cert == value
+
+
+def describe_identity(identity: Identity) -> str:
+    """The caller in a message: ``user:www-data (uid 33)``, ``key:ci``, ..."""
+    if identity.transport == "unix":
+        name = f"user:{identity.user}" if identity.user else f"uid:{identity.uid}"
+        return f"{name} (uid {identity.uid})"
+    parts = [f"key:{identity.key_id}"] if identity.key_id else []
+    parts += [f"cert:{identity.cert}"] if identity.cert else []
+    if parts:
+        return " ".join(parts)
+    return f"{identity.transport} caller {identity.peer or '(unknown address)'}"
+
+
+# --- patterns and operations ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """What a call does, as the policy names it (``tasks.start:scan``)."""
+
+    name: str
+    read_only: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """One parsed action pattern."""
+
+    text: str
+    glob: str
+    read_only: bool
+
+    def matches(self, op: Operation) -> bool:
+        return (op.read_only or not self.read_only) and fnmatch.fnmatchcase(op.name, self.glob)
+
+
+def parse_pattern(text: str) -> Pattern:
+    """Parse ``module.action``, ``PATTERN:read`` or ``tasks.start:TYPE``.
+
+    Raises:
+        ValueError: the pattern cannot match anything meaningful; the message
+            says what to write instead.
+    """
+    if not _PATTERN_CHARS.match(text):
+        raise ValueError(f"action pattern {text!r} has characters other than names, '.', ':' and * ? [ ] !")
+    head, sep, tail = text.partition(":")
+    if sep and head in TYPED_TASK_OPS:
+        if not tail:
+            raise ValueError(f"action pattern {text!r} needs a task type after the colon, or * for every type")
+        return Pattern(text, text, read_only=False)
+    if sep:
+        if tail != "read" or not head:
+            raise ValueError(
+                f"action pattern {text!r}: after ':' only 'read' may follow (PATTERN:read, read-only actions), "
+                f"except in {', '.join(t + ':TYPE' for t in TYPED_TASK_OPS)}"
+            )
+        _check_plain(text, head)
+        return Pattern(text, head, read_only=True)
+    _check_plain(text, head)
+    return Pattern(text, head, read_only=False)
+
+
+def _check_plain(text: str, glob: str) -> None:
+    if glob in TYPED_TASK_OPS:
+        raise ValueError(f"action pattern {text!r} needs a task type: write {glob}:TYPE, or {glob}:* for every type")
+    if glob in ("tasks.list", "tasks.show", "tasks.types"):
+        raise ValueError(f"action pattern {text!r}: task reads are one operation; write tasks.read")
+    if "." not in glob and glob.strip("*") != "":
+        raise ValueError(f"action pattern {text!r} names no action: write {glob}.* for every action of module {glob!r}")
