@@ -50,6 +50,19 @@ class Peer:
             assert data, f"keeper hung up while we waited for {op} {match}"
             self.decoder.receive_data(data)
 
+    def frames_until(self, op: str) -> list[dict[str, Any]]:
+        """Every frame up to and including the first ``op``."""
+        frames: list[dict[str, Any]] = []
+        while not frames or frames[-1]["op"] != op:
+            while isinstance(frame := self.decoder.next_frame(), dict):
+                frames.append(frame)
+                if frame["op"] == op:
+                    return frames
+            data = self.sock.recv(65536)
+            assert data, f"keeper hung up while we waited for {op}"
+            self.decoder.receive_data(data)
+        return frames
+
     def close(self) -> None:
         self.sock.close()
 
@@ -141,8 +154,8 @@ def test_exit_statuses_wait_for_an_ack_across_connections(keeper: subprocess.Pop
     first = peer.until("exit", id=5)
     assert (first["exit_code"], first["signal"], first["error"]) == (3, None, None)
     peer.close()  # no ack: as if the daemon died before recording it
-    status_file = state / "run" / "status" / "5.json"
-    assert json.loads(status_file.read_text())["exit_code"] == 3
+    journal = state / "run" / "status.journal"
+    assert [json.loads(line)["exit_code"] for line in journal.read_text().splitlines()] == [3]
     peer = connect(state / "run")
     again = peer.until("exit", id=5)
     assert again == first
@@ -150,7 +163,13 @@ def test_exit_statuses_wait_for_an_ack_across_connections(keeper: subprocess.Pop
     peer.send(op="ack", id=5)
     peer.send(op="resend")
     spawn(peer, state, 5, ["/bin/true"])  # a spawn of an acknowledged id is a new run
-    assert not status_file.exists() and (state / "logs" / "5.log").exists()
+    peer.until("exit", id=5, exit_code=0)
+    assert journal.read_text().splitlines()[1] == '{"ack":5}'
+    peer.close()
+    assert keeper.poll() is None
+    again = connect(state / "run")  # the acknowledged status is not replayed; the new run's exit is
+    replayed = [f for f in again.frames_until("synced") if f["op"] == "exit"]
+    assert all(f["exit_code"] == 0 for f in replayed)
 
 
 def test_spawn_is_idempotent_by_id(keeper: subprocess.Popen[bytes], state: Path) -> None:
@@ -213,3 +232,23 @@ def test_exit_when_idle_waits_for_the_last_run(keeper: subprocess.Popen[bytes], 
     assert keeper.poll() is None
     peer.until("exit", id=3)
     assert keeper.wait(WAIT_S) == 0
+
+
+def test_status_journal_replays_unacked_skips_a_torn_line_and_compacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pymgr.tasks import _keeperruns
+    from pymgr.tasks._keeperruns import StatusJournal
+
+    path = str(tmp_path / "status.journal")
+    journal = StatusJournal(path)
+    for task_id in (1, 2, 3):
+        journal.add({"id": task_id, "exit_code": task_id})
+    journal.sync()
+    journal.ack(2)
+    with open(path, "ab") as f:
+        f.write(b'{"id": 4, "exit_co')  # a crash in the middle of a line
+    reread = StatusJournal(path)
+    assert sorted(reread.unacked) == [1, 3]
+    monkeypatch.setattr(_keeperruns, "COMPACT_BYTES", 10)
+    reread.ack(1)  # past the size: rewritten with what is still unacknowledged
+    assert [json.loads(line) for line in Path(path).read_text().splitlines()] == [{"id": 3, "exit_code": 3}]
+    assert StatusJournal(path).unacked == {3: {"id": 3, "exit_code": 3}}

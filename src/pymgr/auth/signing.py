@@ -270,6 +270,9 @@ class Verifier:
         self, keys: Mapping[str, bytes], *, clock_skew_s: float, nonces: NonceCache, clock: Callable[[], float]
     ) -> None:
         self.keys = dict(keys)
+        # One keyed HMAC per key, copied per request: a copy skips the key setup
+        # (hashing the padded key twice) that hmac.digest does on every call (1 µs of its 3).
+        self._macs = {key_id: hmac.new(secret, digestmod=hashlib.sha256) for key_id, secret in self.keys.items()}
         self.clock_skew_s = clock_skew_s
         self.nonces = nonces
         self._clock = clock
@@ -290,8 +293,8 @@ class Verifier:
         key_id, timestamp, nonce, signature = (
             headers if type(headers) is SignedRequest else parse_headers(headers)  # type: ignore[arg-type]
         )
-        secret = self.keys.get(key_id)
-        if secret is None:
+        keyed = self._macs.get(key_id)
+        if keyed is None:
             raise Unauthenticated(f"unknown key id {key_id!r}", details={"key_id": key_id})
         now = self._clock()
         stamp = int(timestamp)
@@ -301,8 +304,10 @@ class Verifier:
             canonical = canonical_request(method, path, query, body, timestamp=timestamp, nonce=nonce, key_id=key_id)
         except (UnicodeDecodeError, ValueError) as exc:
             raise Unauthenticated(f"the path or query cannot be canonicalized (not UTF-8): {exc}") from None
+        mac = keyed.copy()
+        mac.update(canonical.encode("utf-8"))
         # Both are ASCII hex (parse_headers checked the signature's form): compare_digest takes them as str.
-        if not hmac.compare_digest(sign(secret, canonical), signature.lower()):
+        if not hmac.compare_digest(mac.hexdigest(), signature.lower()):
             raise Unauthenticated(
                 f"signature does not match for key {key_id!r}; details.canonical_request is what the "
                 "server signed (compare it with the client's)",

@@ -10,11 +10,12 @@ Rules:
   with one line on the keeper's stderr: a task never blocks on its log.
 - The read end stays open until the last writer closes it (leftover
   descendants of an ended run included), so no writer ever gets SIGPIPE.
-- An exit status is written to ``<run_dir>/status/<id>.json`` (write,
-  fsync, rename, fsync the directory) before it is sent, and deleted only
-  when the daemon acknowledges it, after recording it in its store. So a
-  status survives the daemon and the keeper being killed at any point, and
-  is delivered at least once: the daemon ignores repeats.
+- An exit status is appended to ``<run_dir>/status.journal`` and synced
+  to disk (one fsync per loop turn for all the exits of that turn) before
+  it is sent, and dropped only when the daemon acknowledges it, after
+  recording it in its store. So a status survives the daemon and the keeper
+  being killed at any point, and is delivered at least once: the daemon
+  ignores repeats.
 - Standard library only: the keeper imports this.
 """
 
@@ -40,6 +41,10 @@ CHUNK_BYTES = 64 * 1024
 #: Chunks taken from one pipe before the loop serves the others: 1 MiB, so
 #: one chatty task cannot starve the rest, nor the daemon's messages.
 MAX_READS = 16
+
+#: Size past which the status journal is rewritten with only what is still
+#: unacknowledged: a few thousand exits (a status is ~300 bytes).
+COMPACT_BYTES = 1024 * 1024
 
 #: The reason of every run whose end no keeper saw.
 UNKNOWN_EXIT = "exit status unknown: the keeper was gone when it ended"
@@ -169,56 +174,96 @@ class Run:
         }
 
 
-class StatusDir:
-    """Exit statuses not yet acknowledged by the daemon, one file each."""
+class StatusJournal:
+    """Exit statuses the daemon has not acknowledged yet, in one append-only file.
+
+    One JSON line per status, one ``{"ack": id}`` line per acknowledgement.
+    ``sync`` (one fsync) makes every status added since the last one
+    durable; the keeper calls it once per loop turn, before it sends those
+    statuses, so a hundred runs ending together cost one fsync, not a
+    hundred. An acknowledgement is not synced: losing one only means the
+    status is sent again, and the daemon ignores what it has recorded. The
+    file is rewritten (atomically) when it grows past ``COMPACT_BYTES``, with
+    only the statuses still unacknowledged. A line cut short by a crash is
+    skipped when the file is read back.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        self.unacked: dict[int, dict[str, Any]] = self._load()
+        self._fd = self._open()
+        self._dirty = False
+        self._size = os.fstat(self._fd).st_size
 
-    def _file(self, task_id: int) -> str:
-        return os.path.join(self.path, f"{int(task_id)}.json")
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
 
-    def load(self) -> dict[int, dict[str, Any]]:
-        """Every status on disk, by id (unreadable files are reported and skipped)."""
-        found = {}
-        for name in sorted(os.listdir(self.path)):
-            stem, dot, ext = name.partition(".")
-            if not (stem.isdigit() and dot and ext == "json"):
-                continue
+    def _load(self) -> dict[int, dict[str, Any]]:
+        unacked: dict[int, dict[str, Any]] = {}
+        try:
+            with open(self.path, "rb") as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            return unacked
+        for number, line in enumerate(lines, start=1):
             try:
-                with open(os.path.join(self.path, name), "rb") as f:
-                    status = json.load(f)
-                found[int(stem)] = status
-            except (OSError, ValueError) as exc:
-                print(f"keeper: cannot read status file {name}: {exc}", file=sys.stderr, flush=True)
-        return found
+                entry = json.loads(line)
+                if "ack" in entry:
+                    unacked.pop(int(entry["ack"]), None)
+                else:
+                    unacked[int(entry["id"])] = entry
+            except (ValueError, KeyError, TypeError) as exc:
+                print(f"keeper: {self.path}:{number}: skipping a damaged line: {exc}", file=sys.stderr, flush=True)
+        return unacked
 
-    def write(self, status: dict[str, Any]) -> None:
-        """Store durably (see the module rules); an OSError leaves it in memory only, said on stderr."""
-        final = self._file(status["id"])
-        temporary = final + ".tmp"
+    def _append(self, entry: dict[str, Any]) -> None:
+        line = json.dumps(entry, separators=(",", ":")).encode() + b"\n"
+        try:
+            os.write(self._fd, line)
+        except OSError as exc:
+            print(f"keeper: cannot write {self.path} (kept in memory only): {exc}", file=sys.stderr, flush=True)
+            return
+        self._size += len(line)
+
+    def add(self, status: dict[str, Any]) -> None:
+        """Keep a status until it is acknowledged (durable after the next ``sync``)."""
+        self.unacked[status["id"]] = status
+        self._append(status)
+        self._dirty = True
+
+    def ack(self, task_id: int) -> None:
+        if self.unacked.pop(task_id, None) is None:
+            return
+        self._append({"ack": task_id})
+        if self._size > COMPACT_BYTES:
+            self._compact()
+
+    def sync(self) -> None:
+        """Make every status added so far durable (one fsync, only if something was added)."""
+        if self._dirty:
+            self._dirty = False
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                print(f"keeper: cannot sync {self.path}: {exc}", file=sys.stderr, flush=True)
+
+    def _compact(self) -> None:
+        temporary = self.path + ".tmp"
+        data = b"".join(json.dumps(s, separators=(",", ":")).encode() + b"\n" for s in self.unacked.values())
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
             try:
-                os.write(fd, json.dumps(status).encode())
+                os.write(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.rename(temporary, final)
-            directory = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            os.rename(temporary, self.path)
         except OSError as exc:
-            print(f"keeper: cannot store the status of run {status['id']}: {exc}", file=sys.stderr, flush=True)
-
-    def remove(self, task_id: int) -> None:
-        try:
-            os.unlink(self._file(task_id))
-        except FileNotFoundError:
-            pass  # acknowledged twice, or never stored (disk trouble)
+            print(f"keeper: cannot compact {self.path}: {exc}", file=sys.stderr, flush=True)
+            return
+        os.close(self._fd)
+        self._fd = self._open()
+        self._size = len(data)
 
 
 def vanished(leader: ProcRef, recorded_boot: object, boot: str) -> str:

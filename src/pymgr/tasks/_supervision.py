@@ -26,6 +26,7 @@ import dataclasses
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -86,11 +87,8 @@ class Supervision:
         self._resend_needed = False
         #: Exits recorded in the transaction in progress, acknowledged after it commits.
         self._acks: list[int] = []
-
-    # -- what the keeper says -------------------------------------------------------
-
-    def _on_keeper_message(self, message: dict[str, Any]) -> None:
-        handlers = {
+        #: What each message of the keeper does ("spawned" and "adopted" report a live run too).
+        self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "hello": self._on_hello,
             "live": self._on_live,
             "exit": self._on_exit,
@@ -102,8 +100,12 @@ class Supervision:
             "gone": self._on_adopt_failed,
             "progress": self._on_progress,
         }
+
+    # -- what the keeper says -------------------------------------------------------
+
+    def _on_keeper_message(self, message: dict[str, Any]) -> None:
         op = message.get("op")
-        handler = handlers.get(str(op))
+        handler = self._handlers.get(str(op))
         if handler is None:
             keeper_log.error("task keeper says: %s", message.get("message", message))
             return

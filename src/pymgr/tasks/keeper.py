@@ -50,7 +50,7 @@ from typing import Any
 from pymgr.tasks import _proctree
 from pymgr.tasks._framing import CLOSED, FrameDecoder, FrameError, encode
 from pymgr.tasks._keepersetup import listen, prepare_process
-from pymgr.tasks._keeperruns import UNKNOWN_EXIT, Run, StatusDir, vanished
+from pymgr.tasks._keeperruns import UNKNOWN_EXIT, Run, StatusJournal, vanished
 from pymgr.tasks._proctree import ProcRef
 from pymgr.tasks._runlog import RunLog
 from pymgr.tasks._spawn import SpawnError, SpawnSpec, spawn
@@ -96,8 +96,10 @@ class Keeper:
         self.started_at = time.time()
         self.sel = selectors.DefaultSelector()
         self.sel.register(listener, selectors.EVENT_READ, self._on_accept)
-        self.status_dir = StatusDir(os.path.join(run_dir, "status"))
-        self.unacked = self.status_dir.load()
+        self.journal = StatusJournal(os.path.join(run_dir, "status.journal"))
+        self.unacked = self.journal.unacked
+        #: Exits of this loop turn, sent once the journal holding them is synced.
+        self.exits: list[dict[str, Any]] = []
         self.runs: dict[int, Run] = {}
         self.by_pid: dict[int, Run] = {}
         self.conn: _Conn | None = None
@@ -124,6 +126,7 @@ class Keeper:
             for key, mask in self.sel.select(self._timeout()):
                 key.data(key.fileobj, mask)
             self._tick()
+            self._send_exits()
             self._write_out()
             self._flush_progress()  # when the daemon has read everything before
             self._write_out()
@@ -183,6 +186,14 @@ class Keeper:
             if run.exited:
                 self._finish(run)
 
+    def _send_exits(self) -> None:
+        """The exits of this turn: durable first (one fsync for all), then told to the daemon."""
+        if self.exits:
+            self.journal.sync()
+            exits, self.exits = self.exits, []
+            for status in exits:
+                self._send({"op": "exit", **status})
+
     def _finish(self, run: Run) -> None:
         """The run is over: store its status durably, then tell the daemon."""
         self.runs.pop(run.id, None)
@@ -191,10 +202,9 @@ class Keeper:
             os.close(run.pidfd)
             run.pidfd = -1
         status = run.status()
-        self.status_dir.write(status)
-        self.unacked[run.id] = status
+        self.journal.add(status)
+        self.exits.append(status)  # sent at the end of the loop turn, after the journal's fsync
         self.pending_progress.pop(run.id, None)
-        self._send({"op": "exit", **status})
         if not self.runs:
             self.idle_since = time.monotonic()
 
@@ -242,6 +252,7 @@ class Keeper:
         self._send({"op": "hello", "protocol": PROTOCOL, "keeper_pid": os.getpid(), "boot_id": self.boot_id})
         for run in self.runs.values():
             self._send({"op": "live", **run.info()})
+        self.journal.sync()  # what is replayed is durable first, as every exit is
         for status in self.unacked.values():
             self._send({"op": "exit", **status})
         self._send({"op": "synced"})
@@ -442,8 +453,7 @@ class Keeper:
             run.pidfd = -1
 
     def _do_ack(self, message: dict[str, Any]) -> None:
-        if self.unacked.pop(message["id"], None) is not None:
-            self.status_dir.remove(message["id"])
+        self.journal.ack(message["id"])
 
 
 def main(argv: list[str] | None = None) -> int:
