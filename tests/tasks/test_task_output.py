@@ -38,7 +38,9 @@ async def test_a_task_spamming_output_never_blocks_and_its_log_is_capped(make_ma
     assert (ended.state, ended.signal) == (TaskState.STOPPED, "SIGTERM")
     log_dir = Path(record.log_path).parent
     sizes = {p.name: p.stat().st_size for p in log_dir.glob(f"{record.id}.log*")}
-    assert len(sizes) == 3 and max(sizes.values()) <= 64 * 1024, sizes  # current + log_keep rotated, each capped
+    # log_keep rotated files plus the current one, each capped; the current file is created at its
+    # first byte, so a stop that lands right after a rotation leaves only the rotated ones.
+    assert 2 <= len(sizes) <= 3 and max(sizes.values()) <= 64 * 1024, sizes
 
 
 async def test_progress_lines_reach_the_record_and_the_events(make_manager: MakeManager) -> None:

@@ -27,8 +27,9 @@ import pydantic_core
 
 from pymgr.core.dispatch import Call, Dispatcher
 from pymgr.core.identity import Identity
-from pymgr.errors import MalformedRequest, NotFound, PymgrError, PymgrInternalError, TooLarge
+from pymgr.errors import MalformedRequest, NotFound, PymgrError, PymgrInternalError
 from pymgr.transport.http_stream import Stream, StreamSource, log_query, send_stream
+from pymgr.transport.http_body import check_content_length, read_body
 from pymgr.transport.peercred import IDENTITY_KEY
 
 log = logging.getLogger("pymgr.http")
@@ -174,26 +175,10 @@ class HttpApp:
         return params
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        limit = self.max_body_bytes
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
-                raise TooLarge(
-                    f"request body of {int(value)} bytes is larger than max_body_bytes={limit}",
-                    details={"limit": limit},
-                )
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise MalformedRequest("client disconnected before sending the whole body")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise TooLarge(f"request body is larger than max_body_bytes={limit}", details={"limit": limit})
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+            if name == b"content-length":
+                check_content_length(value, self.max_body_bytes)
+        return await read_body(receive, self.max_body_bytes)
 
 
 def _allow(method: str, allowed: str, scope: Scope, also: str | None = None) -> None:

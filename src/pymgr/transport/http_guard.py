@@ -29,7 +29,8 @@ from typing import Any
 from pymgr.auth.guard import EdgeGuard
 from pymgr.auth.signing import SCHEME, Verifier, parse_headers
 from pymgr.core.identity import Identity
-from pymgr.errors import MalformedRequest, PymgrError, RateLimited, TooLarge, Unauthenticated
+from pymgr.errors import PymgrError, RateLimited, Unauthenticated
+from pymgr.transport.http_body import check_content_length, read_body
 from pymgr.transport.peercred import IDENTITY_KEY
 
 __all__ = ["SecurityMiddleware"]
@@ -86,7 +87,7 @@ class SecurityMiddleware:
             if self.verifier is None:
                 raise Unauthenticated("this TCP listener accepts only verified client certificates; none was sent")
             signed = parse_headers(headers)  # refuse an unsigned request before reading its body
-            body = await _read_body(receive, self.max_body_bytes)
+            body = await read_body(receive, self.max_body_bytes)
             raw_path = scope.get("raw_path") or scope["path"].encode()
             key_id = self.verifier.verify(
                 scope["method"], raw_path.decode("latin-1"), scope["query_string"], body, signed
@@ -124,26 +125,9 @@ def _signing_headers(raw: list[tuple[bytes, bytes]], limit: int) -> dict[str, st
             if text in headers:
                 raise Unauthenticated(f"header {text} appears more than once; send each signing header once")
             headers[text] = value.decode("latin-1")
-        elif name == b"content-length" and value.isdigit() and int(value) > limit:
-            raise TooLarge(f"request body of {int(value)} bytes is larger than max_body_bytes={limit}",
-                           details={"limit": limit})
+        elif name == b"content-length":
+            check_content_length(value, limit)
     return headers
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise MalformedRequest("client disconnected before sending the whole body")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"request body is larger than max_body_bytes={limit}", details={"limit": limit})
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
