@@ -16,6 +16,7 @@ Rules:
 
 from __future__ import annotations
 
+import abc
 import errno
 import os
 import ssl
@@ -259,7 +260,7 @@ def _call_params(params: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> di
     return merged
 
 
-class _Api(Generic[R]):
+class _Api(abc.ABC, Generic[R]):
     """The API's methods, written once; ``R`` is what ``_send`` returns."""
 
     def __init__(self, socket: str | Path | None, url: str | None, timeout_s: float) -> None:
@@ -272,8 +273,9 @@ class _Api(Generic[R]):
         where = f"socket={str(self._target.socket)!r}" if self._target.socket else f"url={self._target.url!r}"
         return f"{type(self).__name__}({where})"
 
+    @abc.abstractmethod
     def _send(self, request: _Request) -> R:
-        raise NotImplementedError
+        """Do the I/O of one request: the only part sync and async clients do differently."""
 
     def health(self) -> R:
         """The daemon's status: ``{"status", "version", "pid", "uptime_s"}``."""
