@@ -313,7 +313,8 @@ def test_buffer_work_is_linear_in_bytes_read() -> None:
     CountingBuffer.searched = 0
     raw = b"module:" + b"m" * 19_000 + b"\n" + b"".join(b"k%d:v\n" % i for i in range(30)) + b"\n"
     assert len(feed(conn, bytewise(raw))) == 1
-    assert CountingBuffer.searched <= len(raw)
+    # The one-pass fast path searches the first read (one byte here) twice more.
+    assert CountingBuffer.searched <= len(raw) + 2
 
 
 def test_the_codec_does_no_io() -> None:
@@ -397,3 +398,56 @@ def test_well_formed_requests_round_trip(
     cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=8))
     events = outcome(raw, cuts, end_by_eof, 4096, 64)
     assert events[0] == Command(module, action, signature, params)
+
+
+# --- the one-pass fast path ------------------------------------------------
+
+
+def full_outcome(pieces: list[bytes], eof: bool, max_line_bytes: int, max_lines: int, *, fast: bool = True) -> Any:
+    """Events, or the error's class, code and whole message; ``fast=False`` turns the fast path off."""
+    conn = Connection(max_line_bytes=max_line_bytes, max_lines=max_lines)
+    if not fast:
+        conn._try_one_pass = lambda: None  # type: ignore[method-assign]
+    try:
+        return feed(conn, [piece for piece in pieces if piece], eof=eof)
+    except RemoteProtocolError as exc:
+        return (type(exc).__name__, exc.legacy_code, exc.message)
+
+
+#: Inputs that usually hold a blank line, so that one read takes the fast path.
+requests = st.tuples(inputs, st.sampled_from([b"\n\n", b"\r\n\r\n", b"\n\r\n", b""]), inputs).map(b"".join)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(raw=requests, eof=st.booleans(), max_line_bytes=st.integers(1, 16), max_lines=st.integers(1, 6))
+def test_fast_path_and_byte_at_a_time_give_identical_events_and_errors(
+    raw: bytes, eof: bool, max_line_bytes: int, max_lines: int
+) -> None:
+    whole = full_outcome([raw], eof, max_line_bytes, max_lines)
+    # Same read, line by line: the same events, or the same error word for word.
+    assert whole == full_outcome([raw], eof, max_line_bytes, max_lines, fast=False)
+    # Byte at a time: the same events, or the same error class and code (a line that is too long
+    # is caught before its newline there, so its message says "at least").
+    bytewise_result = full_outcome(bytewise(raw), eof, max_line_bytes, max_lines)
+    if isinstance(whole, list):
+        assert whole == bytewise_result
+    else:
+        assert whole[:2] == bytewise_result[:2]
+
+
+def test_a_complete_first_read_is_parsed_in_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    def line_by_line(*args: Any) -> None:
+        raise AssertionError("the line-by-line parse ran")
+
+    monkeypatch.setattr(Connection, "_add_line", line_by_line)
+    raw = b"module:demo\r\nAction : echo\nsignature:ab\nk: v \n\nignored\xff"
+    assert feed(Connection(), [raw]) == [Command("demo", "echo", "ab", {"k": "v"})]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"\nmodule:m\n\n", b"a:b\na:c\n\n", b"novalue\n\n", b" :v\n\n", b"k:\xc3\xa9\n\n", b"k:vvvvv\n\n"],
+)
+def test_the_fast_path_leaves_the_unusual_to_the_line_by_line_parse(raw: bytes) -> None:
+    """Empty request, duplicate key, no ':', empty key, non-ASCII, a long line: the same result both ways."""
+    assert full_outcome([raw], False, 6, 64) == full_outcome([raw], False, 6, 64, fast=False)

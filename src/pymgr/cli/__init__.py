@@ -12,8 +12,38 @@ Rules:
 - ``name=value`` arguments are typed by the JSON Schema the daemon publishes
   for the action or task type; ``name:=JSON`` passes a raw JSON value.
 - typer and rich are imported here and nowhere else.
+- ``pymgr serve`` imports none of them: ``main`` runs a plain ``serve``
+  command line through ``pymgr.cli.serve`` first, and ``app`` is imported
+  on first use (PEP 562 ``__getattr__``).
 """
 
-from pymgr.cli.app import app, main
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from pymgr.cli.serve import lean_serve
+
+if TYPE_CHECKING:
+    from pymgr.cli.app import app
 
 __all__ = ["app", "main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console script: run the command line and return its exit code."""
+    code = lean_serve(sys.argv[1:] if argv is None else argv)
+    if code is not None:
+        return code
+    from pymgr.cli.app import main as typer_main
+
+    return typer_main(argv)
+
+
+def __getattr__(name: str) -> Any:
+    if name != "app":
+        raise AttributeError(f"module 'pymgr.cli' has no attribute {name!r}")
+    from pymgr.cli.app import app
+
+    return app

@@ -19,12 +19,12 @@ from pymgr.cli._render import (
     _render_result,
 )
 from pymgr.cli._session import (
-    EXIT_ERROR,
     _Options,
     _run,
 )
 from pymgr.cli.daemon import LogFormatChoice, daemon_app
 from pymgr.cli.service import service_app
+from pymgr.cli.serve import SERVE_HELP, SERVE_OPTIONS, run_serve
 from pymgr.cli.tasks import tasks_app
 from pymgr.client import DEV_SOCKET, SOCKET_ENV, SYSTEM_SOCKET, Client
 
@@ -76,30 +76,22 @@ def _global_options(
     ctx.obj = _Options(socket=socket, url=url, json=json_output)
 
 
-@app.command()
+def _serve_option(dest: str, **kwargs: Any) -> Any:
+    """The typer option for ``pymgr serve``'s ``dest``, from its one definition in ``cli/serve.py``."""
+    option = SERVE_OPTIONS[dest]
+    return typer.Option(option.flag, metavar=option.metavar, help=option.help, **kwargs)
+
+
+# `pymgr.cli.main` runs a plain `serve` command line through `cli/serve.py` without importing
+# typer; this command takes the rest (--help, usage errors), so both must accept the same options.
+@app.command(help=SERVE_HELP)
 def serve(
-    config: Annotated[
-        Path, typer.Option("--config", exists=True, dir_okay=False, metavar="FILE", help="The daemon's TOML config.")
-    ],
-    log_level: Annotated[
-        str | None, typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error.")
-    ] = None,
-    log_format: Annotated[
-        LogFormatChoice, typer.Option("--log-format", help="text, or json (one object per line).")
-    ] = LogFormatChoice.text,
-    log_file: Annotated[
-        Path | None, typer.Option("--log-file", metavar="PATH", dir_okay=False, help="Log here, not to stderr.")
-    ] = None,
+    config: Annotated[Path, _serve_option("config", exists=True, dir_okay=False)],
+    log_level: Annotated[str | None, _serve_option("log_level")] = None,
+    log_format: Annotated[LogFormatChoice, _serve_option("log_format")] = LogFormatChoice.text,
+    log_file: Annotated[Path | None, _serve_option("log_file", dir_okay=False)] = None,
 ) -> None:
-    """Run the daemon in the foreground (systemd Type=notify, containers, development)."""
-    try:
-        from pymgr.service.foreground import serve as serve_daemon
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("pymgr.daemon", "pymgr.service.foreground"):
-            raise
-        typer.echo("error: unavailable: this pymgr has no daemon (pymgr.daemon is missing)", err=True)
-        raise typer.Exit(EXIT_ERROR) from None
-    raise typer.Exit(serve_daemon(config, log_level, log_format.value, log_file))
+    raise typer.Exit(run_serve(config, log_level, log_format.value, log_file))
 
 
 @app.command()

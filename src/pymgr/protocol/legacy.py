@@ -17,7 +17,11 @@ Rules:
   and ``signature`` become fields of ``Command`` ("" when absent: the server
   answers that, not the parser); every other key is a parameter.
 - Every read is bounded (``max_line_bytes``, ``max_lines``) and buffer work
-  is O(bytes read): each byte is searched for ``\\n`` once.
+  is O(bytes read): each byte is searched for ``\\n`` once by the
+  line-by-line parse, plus at most twice by the one-pass fast path, which
+  runs only on a first read. The fast path takes only a well-formed ASCII
+  request whose blank line has arrived; anything else goes line by line,
+  so both give the same ``Command`` and every error comes from one place.
 - Bytes after the request are ignored (one request per connection).
 - Everything that moves the state lives in ``_TRANSITIONS``.
 - After any error the connection is in ``ERROR`` and every later call
@@ -325,6 +329,10 @@ class Connection:
     # --- parsing -------------------------------------------------------
 
     def _maybe_extract_command(self) -> Command | None:
+        if self._line_count == 0 and self._scanned == 0:
+            command = self._try_one_pass()
+            if command is not None:
+                return command
         buffer = self._buffer
         start = 0
         # Search only bytes not searched before: O(bytes read) over the request.
@@ -343,6 +351,37 @@ class Connection:
         if self._eof:
             return self._end_at_eof()
         return None
+
+    def _try_one_pass(self) -> Command | None:
+        """The fast path: a request whose blank line is already in the buffer, parsed in one pass.
+
+        Takes only a well-formed, ASCII request within the limits; for
+        anything else it returns None and the line-by-line parse below does
+        the work, so every error (and its message) comes from one place.
+        """
+        buffer = self._buffer
+        ends = [i for i in (buffer.find(b"\n\n"), buffer.find(b"\n\r\n")) if i >= 0]
+        if not ends or buffer.startswith((b"\n", b"\r\n")):
+            return None  # no blank line yet, or an empty request
+        head = bytes(buffer[: min(ends)])
+        if not head.isascii():
+            return None  # UTF-8 checks and byte lengths: the line-by-line parse
+        lines = head.decode("ascii").split("\n")
+        if len(lines) > self.max_lines:
+            return None
+        fields: dict[str, str] = {}
+        for line in lines:
+            if line.endswith("\r"):
+                line = line[:-1]
+            key, sep, value = line.partition(":")
+            key = key.strip().lower()
+            if len(line) > self.max_line_bytes or not sep or not key or key in fields:
+                return None
+            fields[key] = value.strip()
+        self._line_count = len(lines)
+        self._fields = fields
+        buffer.clear()  # bytes after the request are ignored
+        return self._make_command()
 
     def _add_line(self, line: bytes) -> None:
         self._line_count += 1

@@ -20,6 +20,10 @@ import json
 import struct
 from typing import Any, Final
 
+#: Version of the daemon-keeper messages; a daemon refuses a keeper with another one.
+#: Here, not in keeper.py, so that the daemon checks it without importing the keeper's modules (~1 MiB).
+PROTOCOL: Final = 1
+
 #: The length prefix: unsigned 32-bit big-endian.
 HEADER: Final = struct.Struct(">I")
 

@@ -48,16 +48,13 @@ from collections.abc import Callable
 from typing import Any
 
 from pymgr.tasks import _proctree
-from pymgr.tasks._framing import CLOSED, FrameDecoder, FrameError, encode
+from pymgr.tasks._framing import CLOSED, PROTOCOL, FrameDecoder, FrameError, encode
 from pymgr.tasks._keepersetup import listen, prepare_process
 from pymgr.tasks._keeperruns import UNKNOWN_EXIT, Run, StatusJournal, vanished
 from pymgr.tasks._proctree import ProcRef
 from pymgr.tasks._runlog import RunLog
 from pymgr.tasks._spawn import SpawnError, SpawnSpec, spawn
 from pymgr.tasks._treekill import TreeKill
-
-#: Version of the daemon-keeper messages; a daemon refuses a keeper with another one.
-PROTOCOL = 1
 
 #: Bytes of messages waiting for a daemon that does not read before it is
 #: disconnected: far above any burst (a message is ~200 bytes; progress is

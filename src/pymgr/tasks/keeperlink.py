@@ -32,8 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from pymgr.errors import Unavailable
-from pymgr.tasks._framing import CLOSED, FrameDecoder, FrameError, encode
-from pymgr.tasks.keeper import PROTOCOL
+from pymgr.tasks._framing import CLOSED, PROTOCOL, FrameDecoder, FrameError, encode
 
 log = logging.getLogger("pymgr.keeper")
 
