@@ -96,14 +96,20 @@ class Run:
     def marker(self) -> dict[str, str]:
         return run_marker(self.id, self.token)
 
-    def info(self) -> dict[str, Any]:
-        """What the daemon is told about a live run."""
+    def _where(self) -> dict[str, Any]:
+        """Which run, which process, which boot: the fields every report starts with."""
         return {
             "id": self.id,
             "pid": self.leader.pid,
             "start_time": self.leader.start_time,
             "boot_id": self.boot_id,
             "started_at": self.started_at,
+        }
+
+    def info(self) -> dict[str, Any]:
+        """What the daemon is told about a live run."""
+        return {
+            **self._where(),
             "adopted": self.adopted,
             "stopping": self.kill is not None,
             "progress": list(self.progress) if self.progress else None,
@@ -160,11 +166,7 @@ class Run:
             error = f"{error}; " if error else ""
             error += f"still alive after SIGKILL: pid {pids}"
         return {
-            "id": self.id,
-            "pid": self.leader.pid,
-            "start_time": self.leader.start_time,
-            "boot_id": self.boot_id,
-            "started_at": self.started_at,
+            **self._where(),
             "ended_at": time.time(),
             "exit_code": self.exit_code,
             "signal": self.signal,
