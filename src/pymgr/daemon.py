@@ -17,6 +17,7 @@ import logging
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -88,11 +89,11 @@ async def run(config: Config, stop: asyncio.Event | None = None, hooks: ServiceH
     """Serve until ``stop`` is set (or SIGTERM/SIGINT arrives); ``hooks`` hear when ready and stopping."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
+    # Windows has no loop signal handlers, and only the main thread may install them:
+    # elsewhere the caller (the Windows service's stop event) sets `stop` itself.
+    if sys.platform != "win32" and threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # Windows, or not the main thread: the caller sets `stop`
-            break
     config.state_dir.mkdir(parents=True, exist_ok=True)
     tasks = TaskManager(config.tasks, config.state_dir)
     try:
