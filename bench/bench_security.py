@@ -14,7 +14,7 @@ How:
   log on, a rate limit too high to refuse anything): "with" is the daemon
   exactly as ``pymgr serve`` runs it; "without" swaps ``build_security``
   for the seed's wiring (plain dispatcher, no policy, no audit line, no
-  middleware, uvicorn's protocol with peer credentials only). There is no
+  guard in front of the app; the same HTTP server and limits). There is no
   config switch that turns security off, on purpose: only this bench can.
 - The call is ``POST /v1/modules/demo/echo`` with ``{"a": 1}``, on persistent
   connections from ``THREADS`` client threads. Signed-TCP requests each
@@ -114,10 +114,16 @@ class _Unguarded:
     def wrap(self, app: Any) -> Any:
         return app
 
-    def http_servers(self, app: Any, sockets: list[socket.socket], **options: Any) -> list[Any]:
-        from pymgr.transport.uvicorn_server import UvicornServer
+    def http_server(self, app: Any, sockets: list[socket.socket], **options: Any) -> Any:
+        # The same server and limits as "with" (they are hardening, not auth or audit): no guard in front.
+        from pymgr.transport.conncount import ConnectionCounter
+        from pymgr.transport.http_limits import HttpLimits
+        from pymgr.transport.http_server import HttpServer
 
-        return [UvicornServer(app, sockets, **options)]
+        http = self.config.http
+        limits = HttpLimits(http.max_request_line_bytes, http.max_header_bytes, http.header_timeout_s, http.body_timeout_s)
+        counter = ConnectionCounter(http.max_connections, http.max_connections_per_identity)
+        return HttpServer(app, sockets, limits=limits, counter=counter, max_body_bytes=http.max_body_bytes, **options)
 
     def close(self) -> None:
         return None

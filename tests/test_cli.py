@@ -344,7 +344,7 @@ def test_daemon_call_echo(daemon: Daemon) -> None:
 
 
 def test_daemon_task_start_list_stop(daemon: Daemon) -> None:
-    out = daemon_run(daemon, "--json", "tasks", "start", "scan", "task_id=1", "duration=5", "--key", "scan:1")
+    out = daemon_run(daemon, "--json", "tasks", "start", "scan", "task_id=1", "duration=60", "--key", "scan:1")
     assert out.returncode == 0, out.stderr
     record = json.loads(out.stdout)
     assert (record["type"], record["key"], record["params"]["task_id"]) == ("scan", "scan:1", 1)

@@ -116,26 +116,19 @@ async def run(config: Config, stop: asyncio.Event | None = None, hooks: ServiceH
         except Unavailable as exc:
             log.error("tasks: %s; task records can be read, starts fail until this is fixed", exc)
         stack.callback(security.close)
-        # uvicorn closes the sockets on shutdown, so their paths are taken now.
+        # The server closes the sockets on shutdown, so their paths are taken now.
         # Passed sockets' files belong to the service manager (socket activation).
         owned = [s for s in sockets if not any(s in socks for socks in hooks.inherited.values())]
         stack.callback(_remove_files, [p for p in map(unix_path_of, owned) if p is not None])
         stack.push_async_callback(close_servers)
-        for http in security.http_servers(
-            security.wrap(
-                HttpApp(
-                    dispatcher,
-                    max_body_bytes=config.http.max_body_bytes,
-                    version=pymgr.__version__,
-                    streams=TaskStreams(tasks, stop),
-                )
-            ),
+        http = security.http_server(
+            security.wrap(HttpApp(dispatcher, version=pymgr.__version__, streams=TaskStreams(tasks, stop))),
             sockets,
             keepalive_timeout_s=config.http.keepalive_timeout_s,
             shutdown_timeout_s=config.http.shutdown_timeout_s,
-        ):
-            await http.start()
-            closers.append(http.close)
+        )
+        await http.start()
+        closers.append(http.close)
         listeners = {"http": [_address(s) for s in sockets], "modules": dispatcher.registry.names()}
         if config.legacy.enabled:
             listeners["legacy"] = await _start_legacy(

@@ -30,9 +30,10 @@ from pymgr.config import Config
 from pymgr.core.registry import Registry
 from pymgr.errors import PymgrError
 from pymgr.transport.conncount import ConnectionCounter
-from pymgr.transport.http_guard import SecurityMiddleware
-from pymgr.transport.http_limits import HttpLimits, LimitedHttpToolsProtocol, limited_protocol
-from pymgr.transport.uvicorn_server import UvicornServer
+from pymgr.transport.http_guard import GuardedApp
+from pymgr.transport.http_limits import HttpLimits
+from pymgr.transport.http_messages import Handler
+from pymgr.transport.http_server import HttpServer
 
 __all__ = ["Security", "SecurityError", "build_security", "socket_group"]
 
@@ -51,7 +52,8 @@ class Security:
     auditor: Auditor | None
     edge: EdgeGuard
     verifier: Verifier | None
-    protocol: type[LimitedHttpToolsProtocol]
+    limits: HttpLimits
+    counter: ConnectionCounter
     ssl_context: ssl.SSLContext | None
     max_params_bytes: int
     max_body_bytes: int
@@ -62,26 +64,24 @@ class Security:
             registry, policy=self.policy, auditor=self.auditor, max_params_bytes=self.max_params_bytes
         )
 
-    def wrap(self, app: Any) -> SecurityMiddleware:
+    def wrap(self, app: Handler) -> GuardedApp:
         """The HTTP app behind signature checks and the per-identity rate."""
-        return SecurityMiddleware(app, edge=self.edge, verifier=self.verifier, max_body_bytes=self.max_body_bytes)
+        return GuardedApp(app, edge=self.edge, verifier=self.verifier)
 
-    def http_servers(
-        self, app: Any, sockets: list[socket.socket], *, keepalive_timeout_s: float, shutdown_timeout_s: float
-    ) -> list[UvicornServer]:
-        """uvicorn servers for the listening sockets: one for the Unix ones, one
-        for TCP (with TLS when configured; uvicorn's TLS setting is per server)."""
-        unix = [s for s in sockets if s.family == socket.AF_UNIX]
-        tcp = [s for s in sockets if s.family != socket.AF_UNIX]
-        options = {
-            "keepalive_timeout_s": keepalive_timeout_s,
-            "shutdown_timeout_s": shutdown_timeout_s,
-            "protocol": self.protocol,
-        }
-        servers = [UvicornServer(app, unix, **options)] if unix else []
-        if tcp:
-            servers.append(UvicornServer(app, tcp, ssl_context=self.ssl_context, **options))
-        return servers
+    def http_server(
+        self, handler: Handler, sockets: list[socket.socket], *, keepalive_timeout_s: float, shutdown_timeout_s: float
+    ) -> HttpServer:
+        """The HTTP server for the listening sockets (TLS on the TCP ones when configured)."""
+        return HttpServer(
+            handler,
+            sockets,
+            limits=self.limits,
+            counter=self.counter,
+            max_body_bytes=self.max_body_bytes,
+            keepalive_timeout_s=keepalive_timeout_s,
+            shutdown_timeout_s=shutdown_timeout_s,
+            ssl_context=self.ssl_context,
+        )
 
     def close(self) -> None:
         if self.auditor is not None:
@@ -123,16 +123,13 @@ def build_security(config: Config, registry: Registry, tasks: Any) -> Security:
             clock=time.time,
         )
     http = config.http
-    protocol = limited_protocol(
-        HttpLimits(http.max_request_line_bytes, http.max_header_bytes, http.header_timeout_s, http.body_timeout_s),
-        ConnectionCounter(http.max_connections, http.max_connections_per_identity),
-    )
     return Security(
         policy=policy,
         auditor=auditor,
         edge=EdgeGuard(limiter, auditor),
         verifier=verifier,
-        protocol=protocol,
+        limits=HttpLimits(http.max_request_line_bytes, http.max_header_bytes, http.header_timeout_s, http.body_timeout_s),
+        counter=ConnectionCounter(http.max_connections, http.max_connections_per_identity),
         ssl_context=_ssl_context(config),
         max_params_bytes=limits.max_params_bytes,
         max_body_bytes=http.max_body_bytes,

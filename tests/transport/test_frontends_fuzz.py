@@ -1,12 +1,13 @@
 """Property tests over both protocol front ends with the whole security stack in place.
 
-- The HTTP app (middleware, app, guarded dispatcher, policy, audit) through
-  httpx's ASGI transport: whatever the method, path, query, headers and
-  body, the reply is a JSON envelope whose status the error code owns;
-  unsigned TCP callers never reach an action; a signed request with any one
-  byte changed is refused; secrets never reach the audit log.
-- The same over a real Unix socket and uvicorn: any bytes get at most one
-  HTTP reply, and the server keeps serving.
+- The HTTP handler stack (guard, app, guarded dispatcher, policy, audit),
+  called with whole requests as the connection hands them over: whatever
+  the method, path, query, headers and body, the reply is a JSON envelope
+  whose status the error code owns; unsigned TCP callers never reach an
+  action; a signed request with any one byte changed is refused; secrets
+  never reach the audit log.
+- The same over a real Unix socket and the HTTP server: any bytes get at
+  most one HTTP reply, and the server keeps serving.
 - The legacy server over real TCP: any bytes get at most one JSON reply,
   never two, and the server keeps serving.
 """
@@ -17,6 +18,7 @@ import asyncio
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import httpx
 import pytest
@@ -34,9 +36,9 @@ from pymgr.config import LegacyConfig
 from pymgr.core.registry import Registry
 from pymgr.errors import error_class_for
 from pymgr.transport.http import HttpApp
-from pymgr.transport.http_guard import SecurityMiddleware
+from pymgr.transport.http_guard import GuardedApp
+from pymgr.transport.http_messages import Reply, Request
 from pymgr.transport.legacy import LegacyServer
-from pymgr.transport.peercred import IDENTITY_KEY
 from examples.legacy_client import exchange, sign
 
 SECRET = b"fuzz-secret-0123456789"
@@ -73,18 +75,20 @@ def stack(tmp_path: Path) -> tuple[Any, Path]:
     policy = Policy(rules, registry, key_ids=["k"], owner_uid=0)
     dispatcher = GuardedDispatcher(registry, policy=policy, auditor=auditor, max_params_bytes=4096)
     verifier = Verifier({"k": SECRET}, clock_skew_s=300, nonces=NonceCache(100_000), clock=__import__("time").time)
-    app = SecurityMiddleware(HttpApp(dispatcher, max_body_bytes=8192, version="f"), edge=EdgeGuard(None, auditor),
-                             verifier=verifier, max_body_bytes=8192)
+    app = GuardedApp(HttpApp(dispatcher, version="f"), edge=EdgeGuard(None, auditor), verifier=verifier)
     return app, audit_path
 
 
-def as_caller(app: Any, identity: Identity) -> Any:
-    async def with_identity(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if identity.transport == "unix":
-            scope = {**scope, "extensions": {IDENTITY_KEY: identity}}
-        await app(scope, receive, send)  # TCP: no extension, as from a socket with no peer credentials
-
-    return with_identity
+async def send(app: Any, caller: Identity, method: str, path: str, query: str = "", body: bytes = b"",
+               headers: list[tuple[str, str]] | tuple[tuple[str, str], ...] = ()) -> tuple[int, dict[str, Any]]:
+    """One request as the connection hands it to the handler: path as sent, decoded; headers lower-cased."""
+    raw_path = quote(path, safe="/%;$()").encode()
+    request = Request(method, unquote(raw_path.decode("latin-1"), encoding="latin-1"), raw_path,
+                      quote(query, safe="=&").encode(), [(k.lower().encode(), v.encode()) for k, v in headers], body,
+                      caller)
+    reply = await app(request)
+    assert isinstance(reply, Reply)
+    return reply.status, json.loads(reply.body)
 
 
 segments = st.one_of(
@@ -105,17 +109,16 @@ headers = st.lists(st.tuples(header_names, st.text(st.characters(codec="ascii", 
                                                    max_size=70)), max_size=4)
 
 
-def check_envelope(response: httpx.Response) -> dict[str, Any]:
-    body = response.json()
+def check_envelope(status: int, body: dict[str, Any]) -> dict[str, Any]:
     assert isinstance(body, dict) and isinstance(body["ok"], bool)
     if body["ok"]:
-        assert response.status_code in (200, 202) and "result" in body
+        assert status in (200, 202) and "result" in body
     else:
         code = body["error"]["code"]
         assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-        if response.status_code != 405:
-            assert error_class_for(code).http_status == response.status_code, (code, response.status_code)
-        assert response.status_code != 500, body
+        if status != 405:
+            assert error_class_for(code).http_status == status, (code, status)
+        assert status != 500, body
     return body
 
 
@@ -126,15 +129,10 @@ async def test_http_any_request_gets_one_envelope(
     tmp_path: Path, method: str, path: str, query: str, body: bytes, extra: list[tuple[str, str]], caller: Identity
 ) -> None:
     app, audit_path = stack(tmp_path)
-    transport = httpx.ASGITransport(app=as_caller(app, caller))
-    async with httpx.AsyncClient(transport=transport, base_url="http://pymgr") as client:
-        try:
-            response = await client.request(method, path, params=query or None, content=body, headers=extra)
-        except httpx.InvalidURL:
-            return  # httpx refuses to send it; nothing reached the server
-    reply = check_envelope(response)
+    status, body_json = await send(app, caller, method, path, query, body, extra)
+    reply = check_envelope(status, body_json)
     if caller.transport == "tcp":
-        assert response.status_code in (401, 413) and not reply["ok"]
+        assert status == 401 and not reply["ok"]
     assert b"hunter2-secret" not in (audit_path.read_bytes() if audit_path.exists() else b"")
 
 
@@ -144,7 +142,6 @@ async def test_http_a_signed_request_with_any_byte_changed_is_refused(
     tmp_path: Path, body: bytes, position: int, delta: int, part: str
 ) -> None:
     app, _ = stack(tmp_path)
-    transport = httpx.ASGITransport(app=as_caller(app, TCP))
     request = httpx.Request("POST", "http://pymgr/v1/modules/target/echo", content=body)
     signed = next(HmacAuth("k", SECRET).auth_flow(request))
     target_path = "/v1/modules/target/echo"
@@ -160,10 +157,8 @@ async def test_http_a_signed_request_with_any_byte_changed_is_refused(
         body = bytes(mutated)
     else:
         target_path = "/v1/modules/target/count"
-    async with httpx.AsyncClient(transport=transport, base_url="http://pymgr") as client:
-        response = await client.post(target_path, content=body, headers=dict(signed.headers.items()) | {
-            "content-length": str(len(body))})
-    assert response.status_code == 401 and response.json()["error"]["code"] == "unauthenticated"
+    status, reply = await send(app, TCP, "POST", target_path, "", body, list(signed.headers.items()))
+    assert status == 401 and reply["error"]["code"] == "unauthenticated"
 
 
 # --- over real sockets -----------------------------------------------------------------------
@@ -180,13 +175,13 @@ garbage = st.one_of(
 
 @pytest.fixture(scope="module")
 def socket_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """The stack on uvicorn over a Unix socket, in a thread with its own loop."""
+    """The stack on the HTTP server over a Unix socket, in a thread with its own loop."""
     import threading
 
     from pymgr.transport.conncount import ConnectionCounter
-    from pymgr.transport.http_limits import HttpLimits, limited_protocol
+    from pymgr.transport.http_limits import HttpLimits
+    from pymgr.transport.http_server import HttpServer
     from pymgr.transport.listeners import bind_unix
-    from pymgr.transport.uvicorn_server import UvicornServer
 
     tmp = tmp_path_factory.mktemp("fuzz")
     app, _ = stack(tmp)
@@ -194,8 +189,8 @@ def socket_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     sock = bind_unix(path, 0o600)
     loop = asyncio.new_event_loop()
     limits = HttpLimits(max_request_line_bytes=1024, max_header_bytes=4096, header_timeout_s=1, body_timeout_s=1)
-    server = UvicornServer(app, [sock], keepalive_timeout_s=1, shutdown_timeout_s=1,
-                           protocol=limited_protocol(limits, ConnectionCounter(10_000, 10_000)))
+    server = HttpServer(app, [sock], limits=limits, counter=ConnectionCounter(10_000, 10_000), max_body_bytes=8192,
+                        keepalive_timeout_s=1, shutdown_timeout_s=1)
     loop.run_until_complete(server.start())
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()

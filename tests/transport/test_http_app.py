@@ -1,11 +1,12 @@
-"""The ASGI app in-process (httpx's ASGI transport): routes, envelopes, limits.
+"""The HTTP app on the HTTP server in this process, over a real Unix socket: routes, envelopes, limits.
 
-The same app over a real Unix socket and uvicorn is covered in test_daemon_http.py.
+The whole daemon over its socket is covered in test_daemon_http.py.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,7 +15,11 @@ import pytest
 from pymgr import Module, action
 from pymgr.core.dispatch import Dispatcher
 from pymgr.core.registry import Registry
+from pymgr.transport.conncount import ConnectionCounter
 from pymgr.transport.http import HttpApp
+from pymgr.transport.http_limits import HttpLimits
+from pymgr.transport.http_server import HttpServer
+from pymgr.transport.listeners import bind_tcp, bind_unix
 
 LIMIT = 1000
 
@@ -60,12 +65,23 @@ class FakeTasks(Module):
 
 
 @pytest.fixture
-async def client() -> Any:
+async def server(tmp_path: Path) -> Any:
     registry = Registry()
     registry.add(Echo())
     registry.add(FakeTasks())
-    app = HttpApp(Dispatcher(registry), max_body_bytes=LIMIT, version="9.9")
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://pymgr") as c:
+    app = HttpApp(Dispatcher(registry), version="9.9")
+    sockets = [bind_unix(tmp_path / "h.sock", 0o600), bind_tcp("127.0.0.1:0")]
+    server = HttpServer(app, sockets, limits=HttpLimits(8192, 8192, 5, 5), counter=ConnectionCounter(100, 100),
+                        max_body_bytes=LIMIT, keepalive_timeout_s=5, shutdown_timeout_s=1)
+    await server.start()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+async def client(server: HttpServer) -> Any:
+    transport = httpx.AsyncHTTPTransport(uds=server.sockets[0].getsockname())
+    async with httpx.AsyncClient(transport=transport, base_url="http://pymgr") as c:
         yield c
 
 
@@ -89,10 +105,11 @@ async def test_call_action(client: httpx.AsyncClient) -> None:
     assert r.json() == {"ok": True, "result": {}}
 
 
-async def test_identity_without_peercred_is_tcp(client: httpx.AsyncClient) -> None:
-    # In-process there is no socket; the app falls back to an anonymous TCP identity.
-    r = await client.post("/v1/modules/echo/back", json={})
-    assert r.status_code == 200
+async def test_a_tcp_caller_reaches_the_app_without_peer_credentials(server: HttpServer) -> None:
+    host, port = server.sockets[1].getsockname()[:2]
+    async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as tcp:
+        r = await tcp.post("/v1/modules/echo/back", json={"via": "tcp"})
+    assert (r.status_code, r.json()["result"]) == (200, {"via": "tcp"})
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""HTTP limits below the app, over a real Unix socket and uvicorn, in this process.
+"""HTTP limits below the app, over a real Unix socket and the HTTP server, in this process.
 
 Head and request-line sizes, head and body timeouts (slowloris), connection
 caps, huge bodies, garbage and truncated HTTP: each limit from both sides,
@@ -23,10 +23,10 @@ from pymgr.auth.guard import EdgeGuard, GuardedDispatcher
 from pymgr.core.registry import Registry
 from pymgr.transport.conncount import ConnectionCounter
 from pymgr.transport.http import HttpApp
-from pymgr.transport.http_guard import SecurityMiddleware
-from pymgr.transport.http_limits import HttpLimits, limited_protocol
+from pymgr.transport.http_guard import GuardedApp
+from pymgr.transport.http_limits import HttpLimits
+from pymgr.transport.http_server import HttpServer
 from pymgr.transport.listeners import bind_unix
-from pymgr.transport.uvicorn_server import UvicornServer
 
 TIMEOUT_S = 0.6
 LIMITS = HttpLimits(max_request_line_bytes=200, max_header_bytes=1000, header_timeout_s=TIMEOUT_S, body_timeout_s=TIMEOUT_S)
@@ -52,26 +52,26 @@ class Server:
 
 
 async def start(
-    tmp_path: Path, max_connections: int = 1000, per_identity: int = 1000, limits: HttpLimits = LIMITS
-) -> tuple[Server, UvicornServer]:
+    tmp_path: Path, max_connections: int = 1000, per_identity: int = 1000, limits: HttpLimits = LIMITS,
+    keepalive_timeout_s: float = 5,
+) -> tuple[Server, HttpServer]:
     registry = Registry()
     registry.add(Echo())
     dispatcher = GuardedDispatcher(registry, policy=None, auditor=None, max_params_bytes=MAX_BODY)
-    app = SecurityMiddleware(HttpApp(dispatcher, max_body_bytes=MAX_BODY, version="t"), edge=EdgeGuard(None, None),
-                             verifier=None, max_body_bytes=MAX_BODY)
+    app = GuardedApp(HttpApp(dispatcher, version="t"), edge=EdgeGuard(None, None), verifier=None)
     path = tmp_path / "h.sock"
     counter = ConnectionCounter(max_connections, per_identity)
-    server = UvicornServer(app, [bind_unix(path, 0o600)], keepalive_timeout_s=5, shutdown_timeout_s=1,
-                           protocol=limited_protocol(limits, counter))
+    server = HttpServer(app, [bind_unix(path, 0o600)], limits=limits, counter=counter, max_body_bytes=MAX_BODY,
+                        keepalive_timeout_s=keepalive_timeout_s, shutdown_timeout_s=1)
     await server.start()
     return Server(path, counter), server
 
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    info, uvicorn_server = await start(tmp_path)
+    info, http_server = await start(tmp_path)
     yield info
-    await uvicorn_server.close()
+    await http_server.close()
 
 
 async def exchange(server: Server, data: bytes, *, wait_s: float = 5.0) -> bytes:
@@ -213,7 +213,7 @@ async def test_slowloris_head_is_cut_at_the_head_timeout_while_others_are_served
 
 async def test_headers_at_one_byte_per_second_are_cut_at_the_head_timeout(tmp_path: Path) -> None:
     limits = HttpLimits(max_request_line_bytes=200, max_header_bytes=1000, header_timeout_s=2.5, body_timeout_s=2.5)
-    info, uvicorn_server = await start(tmp_path, limits=limits)
+    info, http_server = await start(tmp_path, limits=limits)
     try:
         reader, writer = await asyncio.open_unix_connection(str(info.path))
         started = time.monotonic()
@@ -231,7 +231,7 @@ async def test_headers_at_one_byte_per_second_are_cut_at_the_head_timeout(tmp_pa
         assert 2.4 <= time.monotonic() - started < 4 and sent == 3
         await assert_serving(info)
     finally:
-        await uvicorn_server.close()
+        await http_server.close()
 
 
 async def test_a_body_that_stops_coming_is_cut_at_the_body_timeout(server: Server) -> None:
@@ -270,7 +270,7 @@ async def test_500_silent_connections_do_not_stall_others_and_are_closed_at_the_
 
 
 async def test_connection_caps_both_sides(tmp_path: Path) -> None:
-    info, uvicorn_server = await start(tmp_path, max_connections=4, per_identity=2)
+    info, http_server = await start(tmp_path, max_connections=4, per_identity=2)
     try:
         first = [await asyncio.open_unix_connection(str(info.path)) for _ in range(2)]
         await asyncio.sleep(0.05)
@@ -282,8 +282,8 @@ async def test_connection_caps_both_sides(tmp_path: Path) -> None:
         await asyncio.sleep(0.05)
         assert (await request(info, post()))[0] == 200
     finally:
-        await uvicorn_server.close()
-    info, uvicorn_server = await start(tmp_path / "b", max_connections=2, per_identity=10)
+        await http_server.close()
+    info, http_server = await start(tmp_path / "b", max_connections=2, per_identity=10)
     try:
         held = [await asyncio.open_unix_connection(str(info.path)) for _ in range(2)]
         await asyncio.sleep(0.05)
@@ -292,7 +292,7 @@ async def test_connection_caps_both_sides(tmp_path: Path) -> None:
         for _, writer in held:
             writer.close()
     finally:
-        await uvicorn_server.close()
+        await http_server.close()
 
 
 async def test_keep_alive_requests_share_one_connection(server: Server) -> None:

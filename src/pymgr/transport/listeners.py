@@ -20,7 +20,7 @@ import socket
 import stat
 from pathlib import Path
 
-#: Pending connections the kernel queues per listener; matches uvicorn's default.
+#: Pending connections the kernel queues per listener: web back ends connect in bursts (uvicorn's default too).
 BACKLOG = 2048
 
 

@@ -1,0 +1,421 @@
+"""One HTTP/1.1 connection: httptools parses, this protocol bounds, queues and replies.
+
+Why not uvicorn (pymgr's first HTTP server): its ASGI layer built a
+scope dict, message dicts, receive/send coroutines and a cycle object per
+request, and cost as much server CPU per call as all of pymgr's own work
+(docs/performance.md has the profile and the figures). pymgr's routes take
+small bodies read whole, so a ``Request`` and one reply write are all they
+need. httptools still does the parsing, the part that must be exact.
+
+Rules:
+- Requests on a connection are answered one at a time, in order. Pipelined
+  requests wait parsed in a queue; reading pauses while ``MAX_PIPELINED``
+  wait, or while the client does not read its replies (the transport's
+  write buffer is full), so a client that only sends costs bounded memory.
+- The body is read whole before the handler runs: a declared
+  ``Content-Length`` over ``max_body_bytes`` is refused (413) before any of
+  it is read, a chunked body as soon as it passes the limit.
+- Sizes (413): the request target by ``max_request_line_bytes``, the head
+  by ``max_header_bytes``, counted as bytes arrive while it is incomplete.
+- Timeouts: ``header_timeout_s`` from connect (or from the first byte of a
+  later request) until the head is complete, ``body_timeout_s`` while a
+  body arrives (408); ``keepalive_timeout_s`` idle between requests (the
+  connection just closes). No timeout while a handler runs. One timer per
+  connection, re-armed only when it fires early: a kept-alive request arms
+  and cancels nothing.
+- A refusal is one JSON error reply with ``connection: close``; then the
+  connection half-closes and drops what the client still sends for up to
+  ``LINGER_S``: closing with unread input makes the kernel send a reset,
+  which can destroy the reply before the client reads it.
+- ``Expect: 100-continue`` gets its interim reply when nothing is in
+  flight before it (otherwise the client's own wait sends the body).
+- A client that leaves does not cancel its request's action (it may have
+  started a task); its reply is dropped. A stream's producer is cancelled
+  at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+import httptools
+
+from pymgr.errors import MalformedRequest, PymgrError, PymgrInternalError, TooLarge
+from pymgr.transport.http_limits import LINGER_S, RequestTimeout, check_content_length, connection_identity
+from pymgr.transport.http_messages import Reply, Request, Stream, error_reply, header, render_head
+
+if TYPE_CHECKING:
+    from pymgr.transport.http_server import ServerState
+
+log = logging.getLogger("pymgr.http")
+
+#: Requests parsed ahead of the one being answered before reading pauses.
+MAX_PIPELINED = 8
+_CLOSE = (b"connection", b"close")
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CHUNKED_TAIL = b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+
+# What the connection is waiting for; the timer's meaning.
+_HEAD, _BODY, _IDLE, _BUSY = "head", "body", "idle", "busy"
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop parsing; carries the reply."""
+
+    def __init__(self, error: PymgrError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection (see the module docstring for the rules)."""
+
+    def __init__(self, state: ServerState, listener: str) -> None:
+        self._state = state
+        self._limits = state.limits
+        self._listener = listener
+        self._loop = state.loop
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport = None  # type: ignore[assignment]
+        self._identity: Any = None
+        self._counted: str | None = None
+        # The request being parsed.
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._head_bytes = 0
+        self._waiting = _HEAD
+        # Requests parsed and not yet answered; the one being answered.
+        self._queue: deque[tuple[Request, bool]] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._stream_task: asyncio.Task[None] | None = None
+        self._refusal: bytes | None = None  # sent once the reply under way is out
+        self._chunk = 0
+        self._closing = False  # refused, draining or shutting down: nothing more is parsed
+        self._lost = False
+        self._write_paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._deadline = 0.0
+
+    # --- connection --------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._identity = connection_identity(transport)
+        state = self._state
+        state.connections.add(self)
+        if state.shutting_down:  # accepted just before the listeners closed
+            self._closing = True
+            transport.close()
+            return
+        caller, refusal = state.admit_connection(self._listener, self._identity)
+        if refusal is not None:
+            self._refuse(*refusal)
+            return
+        self._counted = caller
+        self._watch(_HEAD, self._limits.header_timeout_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._state.connections.discard(self)
+        if self._counted is not None:
+            self._state.counter.close(self._listener, self._counted)
+            self._counted = None
+        if self._stream_task is not None:
+            self._stream_task.cancel()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._queue.clear()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        if self._task is None and self._queue:
+            self._next()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return  # refused or draining: drop
+        if self._waiting is _IDLE:
+            self._watch(_HEAD, self._limits.header_timeout_s)
+        self._chunk = len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass  # no protocol switch is offered: the request is answered as plain HTTP
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Refused):
+                self._refuse(cause.error)
+            else:
+                log.warning("invalid HTTP from %s: %s", self._who(), exc)
+                self._refuse(MalformedRequest(f"invalid HTTP request: {exc}"))
+            return
+        if self._closing:
+            return
+        if self._waiting is _HEAD:
+            self._head_bytes += self._chunk
+            if self._head_bytes > self._limits.max_header_bytes:
+                self._refuse(self._head_too_large(self._head_bytes))
+        elif self._waiting is _BODY and self._deadline == 0.0:
+            self._watch(_BODY, self._limits.body_timeout_s)
+
+    # --- parser callbacks (httptools) -------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._body = []
+        self._body_size = 0
+        if self._waiting is not _HEAD:  # the next pipelined request: its head starts here
+            self._waiting = _HEAD
+            self._head_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        limits = self._limits
+        # This read held the end of the head: count it exactly only if it could be too large.
+        if self._head_bytes + self._chunk > limits.max_header_bytes:
+            size = len(self._url) + sum(len(name) + len(value) + 4 for name, value in self._headers)
+            if size > limits.max_header_bytes:
+                raise _Refused(self._head_too_large(size))
+        if len(self._url) > limits.max_request_line_bytes:
+            raise _Refused(TooLarge(
+                f"request target is longer than max_request_line_bytes={limits.max_request_line_bytes}",
+                details={"limit": limits.max_request_line_bytes},
+            ))
+        length = header(self._headers, b"content-length")
+        if length is not None:
+            try:
+                check_content_length(length, self._state.max_body_bytes)
+            except TooLarge as exc:
+                raise _Refused(exc) from None
+        self._waiting = _BODY
+        self._deadline = 0.0  # the body timer starts only if a read leaves the body incomplete
+        if self._task is None and not self._queue and header(self._headers, b"expect") == b"100-continue":
+            self._transport.write(_CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self._state.max_body_bytes:
+            limit = self._state.max_body_bytes
+            raise _Refused(TooLarge(f"request body is larger than max_body_bytes={limit}", details={"limit": limit}))
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        parser = self._parser
+        url = self._url
+        raw_path, _, query = url.partition(b"?")
+        if not raw_path.startswith(b"/"):  # absolute-form ("http://host/path") or "*"
+            parsed = httptools.parse_url(url)
+            raw_path, query = parsed.path or b"/", parsed.query or b""
+        path = raw_path.decode("latin-1")
+        if "%" in path:
+            path = unquote(path, encoding="latin-1")
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        request = Request(parser.get_method().decode("ascii"), path, raw_path, query, self._headers, body, self._identity)
+        self._queue.append((request, parser.should_keep_alive()))
+        self._waiting = _BUSY
+        self._head_bytes = 0
+        self._chunk = 0  # what follows in this read is the next head: count from here (one read at most)
+        if self._task is None and not self._write_paused:
+            self._next()
+        elif len(self._queue) >= MAX_PIPELINED and self._transport.is_reading():
+            self._transport.pause_reading()
+
+    # --- answering -----------------------------------------------------------
+
+    def _next(self) -> None:
+        request, keep_alive = self._queue.popleft()
+        self._task = self._loop.create_task(self._answer(request, keep_alive))
+
+    async def _answer(self, request: Request, keep_alive: bool) -> None:
+        try:
+            reply = await self._state.handler(request)
+        except asyncio.CancelledError:
+            self._task = None
+            if not self._lost:
+                self._transport.close()
+            raise
+        except Exception:
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            reply = error_reply(PymgrInternalError(f"unhandled error in {request.method} {request.path}"))
+        if self._lost:
+            self._task = None
+            return
+        keep_alive = keep_alive and not self._state.shutting_down
+        if isinstance(reply, Stream):
+            await self._send_stream(reply, request.method)
+        else:
+            self._send(reply, request.method, keep_alive and self._refusal is None)
+        self._task = None
+        if self._refusal is not None and not self._lost:
+            self._transport.write(self._refusal)
+            self._linger()
+            return
+        if not keep_alive or self._lost:
+            if not self._lost:
+                self._transport.close()
+            return
+        self._after_reply()
+
+    def _send(self, reply: Reply, method: str, keep_alive: bool) -> None:
+        tail = b"content-type: " + reply.content_type + b"\r\ncontent-length: " + str(len(reply.body)).encode()
+        tail += b"\r\n\r\n" if keep_alive else b"\r\nconnection: close\r\n\r\n"
+        head = render_head(reply.status, reply.headers, tail)
+        self._transport.write(head if method == "HEAD" else head + reply.body)
+
+    def _after_reply(self) -> None:
+        if self._queue:
+            if not self._write_paused:
+                self._next()
+            return
+        if not self._transport.is_reading():
+            self._transport.resume_reading()
+        if self._waiting is _BUSY:  # nothing of the next request has arrived yet
+            self._watch(_IDLE, self._state.keepalive_timeout_s)
+        elif self._waiting is _HEAD:  # part of the next head is here: its clock starts now
+            self._watch(_HEAD, self._limits.header_timeout_s)
+        else:
+            self._watch(_BODY, self._limits.body_timeout_s)
+
+    async def _send_stream(self, stream: Stream, method: str) -> None:
+        headers = [(b"content-type", stream.content_type), *stream.headers]
+        self._transport.write(render_head(200, headers, _CHUNKED_TAIL))
+        producer = self._loop.create_task(self._produce(stream)) if method != "HEAD" else None
+        self._stream_task = producer
+        try:
+            if producer is not None:
+                await asyncio.wait({producer})  # ends when the stream does, or the client hangs up
+        finally:
+            self._stream_task = None
+            if producer is not None and not producer.done():
+                producer.cancel()  # shutdown cancelled us: stop producing
+            aclose = getattr(stream.chunks, "aclose", None)
+            if aclose is not None and (producer is None or producer.done()):
+                await aclose()
+        if producer is not None and not producer.cancelled() and producer.exception() is not None:
+            log.error("stream failed after its first bytes", exc_info=producer.exception())
+            self._transport.close()
+
+    async def _produce(self, stream: Stream) -> None:
+        async for chunk in stream.chunks:
+            if chunk:
+                self._transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            if self._write_paused:  # the client reads slower than we produce: wait for it
+                self._drained = self._loop.create_future()
+                await self._drained
+            if self._lost:
+                return
+        self._transport.write(_LAST_CHUNK)
+
+    # --- timers and refusals ---------------------------------------------------
+
+    def _watch(self, what: str, timeout_s: float) -> None:
+        """Wait for ``what`` for at most ``timeout_s``; the one timer is moved only if it would fire late."""
+        self._waiting = what
+        deadline = self._loop.time() + timeout_s
+        self._deadline = deadline
+        if self._timer is not None:
+            if self._timer_at <= deadline:
+                return  # it fires first, sees the later deadline and re-arms
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        what = self._waiting
+        if what is _BUSY or self._closing or self._deadline == 0.0:
+            return
+        if self._loop.time() < self._deadline:
+            self._timer_at = self._deadline
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
+            return
+        if what is _IDLE:
+            self._closing = True
+            self._transport.close()
+            return
+        if what is _HEAD:
+            timeout_s, name, part = self._limits.header_timeout_s, "header_timeout_s", "head"
+        else:
+            timeout_s, name, part = self._limits.body_timeout_s, "body_timeout_s", "body"
+        log.info("closing connection from %s: request %s not complete within %g s", self._who(), part, timeout_s)
+        self._refuse(RequestTimeout(f"request {part} not complete within {name}={timeout_s:g}"))
+
+    def _head_too_large(self, size: int) -> TooLarge:
+        limit = self._limits.max_header_bytes
+        return TooLarge(f"request head is larger than max_header_bytes={limit} ({size} bytes so far)",
+                        details={"limit": limit})
+
+    def _refuse(self, error: PymgrError, *headers: tuple[bytes, bytes]) -> None:
+        """Reply with ``error`` (after the reply under way, if any), then linger and close."""
+        if self._closing:
+            return
+        self._closing = True
+        self._queue.clear()
+        reply = error_reply(error, *headers, _CLOSE)
+        data = render_head(reply.status, reply.headers, b"content-type: application/json\r\ncontent-length: "
+                           + str(len(reply.body)).encode() + b"\r\n\r\n") + reply.body
+        if self._stream_task is not None:
+            self._transport.close()  # a stream cannot be followed by anything
+        elif self._task is not None:
+            self._refusal = data  # the reply under way must not be cut into
+        else:
+            self._transport.write(data)
+            self._linger()
+
+    def _linger(self) -> None:
+        transport = self._transport
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        try:
+            transport.write_eof()
+        except OSError:
+            transport.abort()
+            return
+        if not transport.is_reading():
+            transport.resume_reading()
+        self._timer = self._loop.call_later(LINGER_S, transport.close)
+
+    def shutdown(self) -> None:
+        """At shutdown: close now if idle; otherwise after the reply under way."""
+        if self._task is None and not self._queue and self._waiting is not _BODY:
+            self._closing = True
+            self._transport.close()
+
+    def busy_task(self) -> asyncio.Task[None] | None:
+        """The reply under way, if any (shutdown waits for it)."""
+        return self._task
+
+    def close_now(self) -> None:
+        if not self._lost:
+            self._transport.close()
+
+    def _who(self) -> str:
+        return self._state.caller_key(self._identity)

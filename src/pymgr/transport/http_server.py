@@ -1,0 +1,151 @@
+"""The HTTP server: listening sockets bound beforehand, connections, a clean shutdown.
+
+Rules:
+- Sockets come bound (``listeners``, or the service manager's socket
+  activation); the server only accepts on them. TLS applies to the TCP
+  ones when a context is given.
+- Every connection of every listener shares one ``ServerState``: the
+  handler, the limits, the connection counter (its per-caller cap spans
+  listeners), the set of open connections.
+- Shutdown has two steps: stop accepting and close idle connections at
+  once (a connection mid-request finishes it and then closes); wait for
+  the replies under way for up to ``shutdown_timeout_s``; then cancel the
+  rest and close every connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymgr.auth.guard import identity_key
+from pymgr.core.identity import Identity
+from pymgr.errors import RateLimited, Unavailable
+from pymgr.transport.conncount import ConnectionCounter
+from pymgr.transport.http_conn import HttpConnection
+from pymgr.transport.http_limits import HttpLimits
+from pymgr.transport.http_messages import Handler
+from pymgr.transport.listeners import BACKLOG, unix_path_of
+
+__all__ = ["HttpServer", "ServerState"]
+
+log = logging.getLogger("pymgr.http")
+
+
+@dataclass(eq=False)
+class ServerState:
+    """What every connection of one server shares."""
+
+    handler: Handler
+    limits: HttpLimits
+    counter: ConnectionCounter
+    max_body_bytes: int
+    keepalive_timeout_s: float
+    loop: asyncio.AbstractEventLoop
+    connections: set[HttpConnection] = field(default_factory=set)
+    shutting_down: bool = False
+    _keys: dict[Identity, str] = field(default_factory=dict)
+
+    def caller_key(self, identity: Identity) -> str:
+        """The per-caller key of a connection's identity (cached: one identity per uid, mostly)."""
+        key = self._keys.get(identity)
+        if key is None:
+            if len(self._keys) >= 4096:
+                self._keys.clear()
+            key = self._keys[identity] = identity_key(identity)
+        return key
+
+    def admit_connection(
+        self, listener: str, identity: Identity
+    ) -> tuple[str, tuple[Any, ...] | None]:
+        """Count a new connection; or the refusal (error and extra headers) of a cap it would pass."""
+        caller = self.caller_key(identity)
+        refused = self.counter.open(listener, caller)
+        if refused is None:
+            return caller, None
+        if refused == "listener":
+            limit = self.counter.max_per_listener
+            log.warning("connection from %s refused: listener %s has max_connections=%d open", caller, listener, limit)
+            return caller, (Unavailable(f"too many connections: this listener serves at most max_connections={limit}"),)
+        error = RateLimited(
+            f"too many connections from {caller}: at most max_connections_per_identity="
+            f"{self.counter.max_per_caller}; reuse a kept-alive connection"
+        )
+        return caller, (error, (b"retry-after", b"1"))  # both of type: (PymgrError, *extra headers)
+
+
+class HttpServer:
+    """HTTP/1.1 on already-bound listening sockets.
+
+    Args:
+        handler: answers each request (the guarded app).
+        sockets: bound, listening sockets (Unix and TCP).
+        ssl_context: TLS for the TCP sockets (Unix sockets never use it).
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        sockets: list[socket.socket],
+        *,
+        limits: HttpLimits,
+        counter: ConnectionCounter,
+        max_body_bytes: int,
+        keepalive_timeout_s: float,
+        shutdown_timeout_s: float,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.sockets = sockets
+        self._options = (handler, limits, counter, max_body_bytes, keepalive_timeout_s)
+        self._shutdown_timeout_s = shutdown_timeout_s
+        self._ssl = ssl_context
+        self._servers: list[asyncio.AbstractServer] = []
+        self.state: ServerState | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        state = self.state = ServerState(*self._options, loop=loop)
+        for sock in self.sockets:
+            label = _label(sock)
+            tls = self._ssl if sock.family != socket.AF_UNIX else None
+            server = await loop.create_server(
+                lambda label=label: HttpConnection(state, label), sock=sock, ssl=tls, backlog=BACKLOG
+            )
+            self._servers.append(server)
+
+    async def close(self) -> None:
+        """Stop accepting, finish the replies under way (bounded), close every connection."""
+        state = self.state
+        if state is None:
+            return
+        state.shutting_down = True
+        for server in self._servers:
+            server.close()
+        for conn in list(state.connections):
+            conn.shutdown()
+        busy = {task for conn in state.connections if (task := conn.busy_task()) is not None}
+        pending: set[asyncio.Task[Any]] = set()
+        if busy:
+            _, pending = await asyncio.wait(busy, timeout=self._shutdown_timeout_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+            log.info("%d requests still running after shutdown_timeout_s=%g were cancelled", len(pending),
+                     self._shutdown_timeout_s)
+        for conn in list(state.connections):
+            conn.close_now()
+        for server in self._servers:
+            await server.wait_closed()
+
+
+def _label(sock: socket.socket) -> str:
+    """A listener's name for its connection count (no syscall per connection)."""
+    path = unix_path_of(sock)
+    if path is not None:
+        return str(path)
+    return str(sock.getsockname())
