@@ -51,6 +51,21 @@ def test_the_daemon_path_imports_no_cli_stack(tmp_path: Path) -> None:
     assert [name for name in CLI_STACK if name in result["modules"]] == []
 
 
+def test_the_daemon_path_imports_no_argparse(tmp_path: Path) -> None:
+    # cli/serve.py reads its four options by hand: argparse would cost 0.33 MiB of the idle daemon's RSS.
+    bad = tmp_path / "bad.toml"
+    bad.write_text("no_such_key = 1\n")
+    out = subprocess.run([sys.executable, "-c", _PROBE, str(bad)], capture_output=True, text=True, timeout=60)
+    modules = json.loads(out.stdout)["modules"]
+    assert "pymgr.config" in modules  # pydantic built the config's models
+    assert "argparse" not in modules
+
+
+def test_options_may_come_in_any_order_and_with_equals(config: Path) -> None:
+    parsed = parse_serve(["serve", "--log-level=debug", "--config", str(config), "--log-format", "json"])
+    assert parsed == (config, "debug", "json", None)
+
+
 def test_the_typer_command_has_the_lean_entrys_options() -> None:
     command = typer.main.get_command(app).commands["serve"]  # type: ignore[attr-defined]
     assert command.help == SERVE_HELP

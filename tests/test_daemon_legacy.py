@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,6 +13,8 @@ import psutil
 import pytest
 
 from examples.legacy_client import call, exchange, sign
+from pymgr.config import LegacyConfig
+from pymgr.daemon import _bind_legacy
 from tests.conftest import BASE_CONFIG, EXAMPLES, LEGACY_SECRET, Daemon
 from tests.test_daemon_http import wait_for
 
@@ -104,3 +107,33 @@ def test_published_secret_gets_a_loud_warning(start_daemon: Callable[..., Daemon
     daemon = start_daemon(BASE_CONFIG.replace(f'secret = "{LEGACY_SECRET}"', 'secret = "YI-LUO-KEHAN"'))
     assert "LEGACY SECRET IS PUBLIC" in daemon.log()
     assert call("127.0.0.1", daemon.legacy_port, "YI-LUO-KEHAN", "demo", "echo") == {"success": True, "msg": {}}
+
+
+# --- the legacy listener bound by the daemon (no libuv thread pool, no idna codec) ---
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_an_ip_host_is_bound_like_create_server(host: str) -> None:
+    sock = _bind_legacy(LegacyConfig(enabled=True, host=host, port=0, secret="s"))
+    try:
+        assert sock is not None
+        assert sock.getsockname()[0] == host
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) != 0
+        if sock.family == socket.AF_INET6:
+            assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+    finally:
+        if sock is not None:
+            sock.close()
+
+
+def test_a_host_name_or_a_busy_port_goes_the_old_way() -> None:
+    assert _bind_legacy(LegacyConfig(enabled=True, host="localhost", port=0, secret="s")) is None
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        assert _bind_legacy(LegacyConfig(enabled=True, host="127.0.0.1", port=port, secret="s")) is None
+
+
+def test_a_host_name_still_serves(start_daemon: Callable[..., Daemon]) -> None:
+    daemon = start_daemon(BASE_CONFIG.replace('host = "127.0.0.1"', 'host = "localhost"', 1))
+    assert daemon.legacy_port is not None
+    assert call("localhost", daemon.legacy_port, LEGACY_SECRET, "demo", "echo") == {"success": True, "msg": {}}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import json
 import logging
 import signal
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import pymgr
 from pymgr.auth.legacy import PUBLISHED_SECRET
-from pymgr.config import Config, ConfigError, load_config
+from pymgr.config import Config, ConfigError, LegacyConfig, load_config
 from pymgr.core.dispatch import Dispatcher
 from pymgr.core.loader import module_classes
 from pymgr.core.registry import ModuleContext, Registry, RegistryError
@@ -47,6 +48,9 @@ log = logging.getLogger("pymgr")
 
 #: Exit code for a config or start-up error (EX_CONFIG from sysexits.h).
 EXIT_CONFIG = 78
+
+#: Backlog of the legacy listener ``_bind_legacy`` binds: asyncio's create_server default.
+LEGACY_BACKLOG = 100
 
 
 class StartupError(Exception):
@@ -149,11 +153,14 @@ async def _start_legacy(
     security: Security | None = None,
 ) -> str:
     legacy = LegacyServer(config.legacy, dispatcher, edge=security.edge if security is not None else None)
+    sock = passed[0] if passed else _bind_legacy(config.legacy)
     try:
-        await legacy.start(sock=passed[0] if passed else None)
-    except ConfigError as exc:
-        raise StartupError(str(exc)) from None
-    except OSError as exc:
+        await legacy.start(sock=sock)
+    except (ConfigError, OSError) as exc:
+        if sock is not None and not passed:
+            sock.close()
+        if isinstance(exc, ConfigError):
+            raise StartupError(str(exc)) from None
         raise StartupError(f"cannot listen for the legacy protocol on {config.legacy.host}:{config.legacy.port}: {exc.strerror}") from None
     closers.append(functools.partial(legacy.close, config.http.shutdown_timeout_s))
     secret = config.legacy.secret
@@ -163,6 +170,28 @@ async def _start_legacy(
             "requests with it. Fine for the demo on loopback, never on a real host: set your own secret"
         )
     return f"tcp:{config.legacy.host}:{legacy.port}"
+
+
+def _bind_legacy(legacy: LegacyConfig) -> socket.socket | None:
+    """The legacy listener when ``host`` is an IP address; ``None`` leaves binding to ``LegacyServer.start``.
+
+    ``loop.create_server(host, port)`` resolves the host in libuv's thread pool
+    (4 threads) and imports the idna codec: 0.5 MiB of the idle daemon's RSS
+    (measured: VmRSS of the demo daemon after 1 s idle, 6 threads -> 2). This
+    binds as create_server does (SO_REUSEADDR, IPV6_V6ONLY, its backlog); a
+    host name or a failed bind goes the old way, with the same errors.
+    """
+    try:
+        address = ipaddress.ip_address(legacy.host)
+    except ValueError:
+        return None
+    if "%" in legacy.host:  # a scoped IPv6 address: create_server resolves the scope
+        return None
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    try:
+        return socket.create_server((legacy.host, legacy.port), family=family, backlog=LEGACY_BACKLOG)
+    except OSError:
+        return None
 
 
 def _call_hook(hook: Callable[..., None], *args: object) -> None:

@@ -212,3 +212,75 @@ def test_secret_params_and_redact() -> None:
     params = {"name": "n"}
     assert redact(params, secrets) is params  # nothing to hide: no copy
     assert redact([1], secrets) == "[not an object: list]"
+
+
+def _general_form(identity: Identity) -> str:
+    """The caller fragment as json builds it, field by field (what the fast paths must equal)."""
+    fields: dict[str, Any] = {
+        name: value for name in ("uid", "gid", "pid", "user", "key_id", "cert", "peer")
+        if (value := getattr(identity, name)) is not None
+    }
+    if identity.groups:
+        fields["groups"] = list(identity.groups)
+    return (f'"transport":{json.dumps(identity.transport, ensure_ascii=False)},'
+            f'"identity":{json.dumps(fields, ensure_ascii=False, separators=(",", ":"))}')
+
+
+@pytest.mark.parametrize("identity", [
+    Identity(transport="legacy", peer="127.0.0.1:5000"),
+    Identity(transport="legacy", peer='host"with\\quotes é:1'),
+    Identity(transport="legacy", peer="10.0.0.1:1", uid=3),  # not peer-only: the general form
+    Identity(transport="tcp", peer="10.0.0.5:4000", key_id="ci"),
+    WWW,
+])
+def test_the_caller_fragment_is_the_json_of_its_non_empty_fields(tmp_path: Path, identity: Identity) -> None:
+    auditor = Auditor(AuditLog(tmp_path / "audit.log", max_bytes=10_000, backups=1))
+    assert auditor._prefix(identity, "demo.echo", "demo", "echo") == (
+        f'{_general_form(identity)},"operation":"demo.echo","module":"demo","action":"echo"'
+    )
+
+
+def test_callers_are_cached_per_object_legacy_ones_not_at_all(tmp_path: Path) -> None:
+    auditor = Auditor(AuditLog(tmp_path / "audit.log", max_bytes=10_000, backups=1))
+    twin = Identity(transport="unix", uid=33, gid=33, pid=10, user="www-data", groups=("www-data",))
+    for identity in (WWW, WWW, twin, Identity(transport="legacy", peer="127.0.0.1:5000")):
+        auditor._prefix(identity, "vault.echo", "vault", "echo")
+    assert sorted(auditor._callers) == sorted((id(WWW), id(twin)))
+    # An entry under NOBODY's id that holds another object (as if the id had been reused): not used.
+    auditor._callers[id(NOBODY)] = (WWW, "wrong")
+    assert '"uid":65534' in auditor._prefix(NOBODY, "vault.echo", "vault", "echo")
+
+
+async def test_replacing_the_policy_rebinds_the_checks_and_the_names(tmp_path: Path) -> None:
+    d = make(tmp_path)
+    assert await d.call(Call("vault", "echo", {"a": 1}, WWW)) == {"a": 1}
+    assert d._names
+    d.policy = Policy(PolicyConfig(rules=[]), d.registry, owner_uid=0)
+    assert d._names == {}
+    with pytest.raises(Forbidden, match=r"^the policy allows user:www-data \(uid 33\) no vault\.echo; "):
+        await d.call(Call("vault", "echo", {"a": 1}, WWW))
+    d.policy = None
+    assert await d.call(Call("vault", "echo", {"a": 2}, NOBODY)) == {"a": 2}
+    assert [(line["operation"], line["outcome"]) for line in lines(tmp_path)] == [
+        ("vault.echo", "ok"), ("vault.echo", "error"), ("vault.echo", "ok")]
+
+
+class FakeTasks(Module):
+    name = "tasks"
+
+    @action
+    async def start(self, type: str) -> str:
+        return type
+
+
+async def test_a_typed_task_operation_is_named_from_each_calls_params(tmp_path: Path) -> None:
+    reg = Registry()
+    reg.add(FakeTasks())
+    rules = PolicyConfig(rules=[PolicyRule(subjects=["group:www-data"], actions=["tasks.start:*"])])
+    auditor = Auditor(AuditLog(tmp_path / "audit.log", max_bytes=1_000_000, backups=2), clock=lambda: FIXED_TIME)
+    policy = Policy(rules, reg, task_types=["scan", "backup"], owner_uid=0)
+    d = GuardedDispatcher(reg, policy=policy, auditor=auditor, max_params_bytes=1000)
+    for task_type in ("scan", "backup", "scan"):
+        assert await d.call(Call("tasks", "start", {"type": task_type}, WWW)) == task_type
+    assert [line["operation"] for line in lines(tmp_path)] == ["tasks.start:scan", "tasks.start:backup",
+                                                                "tasks.start:scan"]

@@ -125,3 +125,17 @@ def test_key_config_errors(fields: dict[str, str], message: str) -> None:
 def test_duplicate_key_ids() -> None:
     with pytest.raises(ValueError, match=r"key id 'ci' is declared twice in \[\[auth\.keys\]\]"):
         AuthConfig(keys=[KeyConfig(id="ci", secret="x" * 16), KeyConfig(id="ci", secret="y" * 16)])
+
+
+@pytest.mark.parametrize("rate_per_s", [2.0, 0.5])
+def test_the_limiter_answers_as_take_does_step_by_step(rate_per_s: float) -> None:
+    # check() inlines take() for a known caller with a token left; both must agree on every step,
+    # the clock going backwards and the refill stopping at the burst included.
+    clock = Clock()
+    limiter = RateLimiter(rate_per_s=rate_per_s, burst=3, clock=clock)
+    bucket: Bucket | None = None
+    for now in (0.0, 0.0, 0.1, 0.2, 0.2, 0.1, 0.9, 1.7, 1.7, 1.7, 1.7, 50.0, 50.0, 49.0, 50.5):
+        clock.now = now
+        bucket, wait = take(bucket, now, rate_per_s, 3)
+        assert limiter.check("uid:33") == pytest.approx(wait)
+        assert limiter._buckets["uid:33"] == pytest.approx(bucket)

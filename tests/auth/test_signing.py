@@ -223,3 +223,39 @@ def test_sign_then_verify_round_trips_through_any_encoding(
     v = verifier()
     headers = headers_for(method=method, path=raw_path, query=raw_query, body=body)
     assert check(v, headers, method=method, path=raw_path, query=raw_query, body=body) == "ci"
+
+
+@pytest.mark.parametrize("header", ["x-pymgr-key", "x-pymgr-timestamp", "x-pymgr-nonce", "x-pymgr-signature"])
+def test_a_header_with_a_newline_is_refused_naming_it(header: str) -> None:
+    # The four are checked in one pattern over their "\n"-joined values: a value with a "\n" of its own
+    # must not shift the split, and the per-header message must still name it.
+    headers = headers_for()
+    headers[header] = headers[header] + "\n"
+    with pytest.raises(Unauthenticated, match=rf"^{header.title()} must be "):
+        check(verifier(), headers)
+    headers = headers_for()
+    headers["x-pymgr-key"], headers["x-pymgr-timestamp"] = "ci\n1700000000", "n" * 16
+    with pytest.raises(Unauthenticated, match=r"^X-Pymgr-Key must be "):
+        check(verifier(), headers)
+
+
+@pytest.mark.parametrize(("method", "path", "query"), [
+    ("POST", "/v1/modules/demo/echo", ""), ("post", "/v1/modules/a%20b/x", b"b=2&a=1"), ("GET", "/v1/tasks", "z=1&a"),
+])
+def test_the_cached_head_gives_canonical_requests_text(method: str, path: str, query: str | bytes) -> None:
+    v = verifier()
+    for nonce in ("a" * 16, "b" * 16):  # the second uses the cached head
+        with pytest.raises(Unauthenticated, match=r"^signature does not match") as info:
+            v.verify(method, path, query, b"{}", headers_for(nonce=nonce, secret=b"wrong-secret-0123456789"))
+        assert info.value.details == {"canonical_request": canonical_request(
+            method, path, query, b"{}", timestamp=str(int(NOW)), nonce=nonce, key_id="ci")}
+    assert check(v, headers_for(nonce="c" * 16, method=method.upper(), path=path, query=query),  # type: ignore[arg-type]
+                 method=method, path=path, query=query) == "ci"  # type: ignore[arg-type]
+    assert len(v._heads) == 1
+
+
+def test_a_path_that_cannot_be_canonicalized_is_refused_and_not_cached() -> None:
+    v = verifier()
+    with pytest.raises(Unauthenticated, match=r"^the path or query cannot be canonicalized \(not UTF-8\): "):
+        check(v, headers_for(), path="/v1/modules/%ff/x")
+    assert v._heads == {}

@@ -120,6 +120,19 @@ def test_bytes_after_the_request_are_ignored() -> None:
     assert conn.state is REPLYING
 
 
+@pytest.mark.parametrize("ending", [b"\n\n", b"\n\r\n", b"\r\n\r\n"])
+@pytest.mark.parametrize("split", ["one read", "bytewise"])
+def test_trailing_bytes_counts_what_followed_the_request(ending: bytes, split: str) -> None:
+    request = REQUEST[:-2] + ending
+    for extra in (b"", b"x", b"module:other\n\n"):
+        conn = Connection()
+        data = request + extra
+        assert feed(conn, [data] if split == "one read" else bytewise(data)) == [COMMAND]
+        assert conn.trailing_bytes == len(extra), (request, extra)
+        conn.receive_data(b"later")
+        assert conn.trailing_bytes == len(extra) + 5
+
+
 # --- replies -------------------------------------------------------------
 
 

@@ -255,6 +255,33 @@ async def test_a_request_not_complete_in_read_timeout_s_is_refused(every_s: floa
         await srv.close(timeout_s=1)
 
 
+async def test_one_timer_times_out_every_late_connection_and_spares_the_rest() -> None:
+    srv = make_server(read_timeout_s=0.3)
+    await srv.start()
+    try:
+        partial = encode_request("sample", "echo", sign(SECRET, "sample"))[:10]
+        first = asyncio.ensure_future(asyncio.to_thread(exchange, HOST, srv.port, partial))
+        await asyncio.sleep(0.1)
+        second = asyncio.ensure_future(asyncio.to_thread(exchange, HOST, srv.port, partial))
+        for _ in range(3):  # complete requests in between are answered, not timed out
+            assert await signed(srv, "sample", "echo") == {"success": True, "msg": {"text": "hi"}}
+        for raw in await asyncio.gather(first, second):
+            assert_error(one_json(raw), 9, r"^request not complete within 0\.3 s$")
+        assert not srv._waiting and srv._read_timer is None
+    finally:
+        await srv.close(timeout_s=1)
+
+
+async def test_signature_cache_keeps_only_correctly_signed_modules(server: LegacyServer) -> None:
+    assert_error(await send(server, encode_request("nope", "echo", "00" * 16)), 3, r"^signature for module 'nope'")
+    assert await signed(server, "sample", "echo") == {"success": True, "msg": {"text": "hi"}}
+    assert set(server._signatures) == {"sample"}
+    reply = await send(server, encode_request("sample", "echo", "00" * 16))  # cached, still compared
+    assert_error(reply, 3, r"^signature for module 'sample' does not match")
+    upper = encode_request("sample", "echo", sign(SECRET, "sample").upper())
+    assert await send(server, upper) == {"success": True, "msg": {"text": "hi"}}
+
+
 # --- start and close -----------------------------------------------------
 
 
@@ -312,12 +339,64 @@ async def signed_fails_with_refused(srv: LegacyServer) -> bool:
     return False
 
 
+async def wait_until_closed(server: LegacyServer) -> bool:
+    for _ in range(250):
+        if not server._connections:
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+async def test_a_request_that_ends_with_the_bytes_sent_is_closed_without_linger(
+    server: LegacyServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("pymgr.transport.legacy.LINGER_S", 60.0)
+    with socket.create_connection((HOST, server.port), timeout=5) as sock:
+        sock.sendall(encode_request("sample", "echo", sign(SECRET, "sample")))
+        assert one_json(await asyncio.to_thread(read_to_eof, sock)) == {"success": True, "msg": {"text": "hi"}}
+        assert await wait_until_closed(server)  # the peer still has its socket open: we did not wait for it
+
+
+async def test_bytes_sent_while_the_action_runs_make_the_server_linger(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bytes left unread when the reply goes out: a close would reset, so the server lingers."""
+    monkeypatch.setattr("pymgr.transport.legacy.LINGER_S", 60.0)
+    srv = make_server()
+    await srv.start()
+    try:
+        with socket.create_connection((HOST, srv.port), timeout=5) as sock:
+            sock.sendall(encode_request("sample", "slow", sign(SECRET, "sample"), {"delay_s": 0.2}))
+            await asyncio.wait_for(sample_of(srv).slow_started.wait(), 5)
+            sock.sendall(b"garbage\n" * 1000)  # reading is paused: these stay in the kernel
+            assert one_json(await asyncio.to_thread(read_to_eof, sock)) == {"success": True, "msg": "done"}
+            sock.sendall(b"still talking\n")  # after the reply: no reset either
+            await asyncio.sleep(0.1)
+            assert srv._connections  # the server waits for our close
+        assert await wait_until_closed(srv)
+    finally:
+        await srv.close(timeout_s=1)
+
+
+async def test_a_peer_that_keeps_sending_after_its_request_gets_the_whole_reply(server: LegacyServer) -> None:
+    """The documented guarantee: the reply is never destroyed by a reset (the server lingers here)."""
+    request = encode_request("sample", "echo", sign(SECRET, "sample"))
+
+    def chatty() -> bytes:
+        with socket.create_connection((HOST, server.port), timeout=5) as sock:
+            sock.sendall(request + b"more\n")
+            for _ in range(20):  # keeps sending while the reply is on its way
+                sock.sendall(b"x" * 4096)
+            return read_to_eof(sock)
+
+    for _ in range(20):
+        assert one_json(await asyncio.to_thread(chatty)) == {"success": True, "msg": {"text": "hi"}}
+
+
 async def test_a_peer_that_never_closes_is_closed_after_linger_s(
     server: LegacyServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("pymgr.transport.legacy.LINGER_S", 0.1)
     with socket.create_connection((HOST, server.port), timeout=5) as sock:
-        sock.sendall(encode_request("sample", "echo", sign(SECRET, "sample")))
+        sock.sendall(encode_request("sample", "echo", sign(SECRET, "sample")) + b"trailing\n")  # so it lingers
         assert one_json(await asyncio.to_thread(read_to_eof, sock)) == {"success": True, "msg": {"text": "hi"}}
         assert server._connections  # we have not closed: the server lingers
         for _ in range(100):
@@ -325,6 +404,24 @@ async def test_a_peer_that_never_closes_is_closed_after_linger_s(
                 break
             await asyncio.sleep(0.02)
         assert not server._connections
+
+
+async def test_a_reply_that_crashes_is_logged_and_the_connection_aborted(
+    server: LegacyServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(self: Any, reply: Any) -> None:
+        raise RuntimeError("broken reply path")
+
+    monkeypatch.setattr("pymgr.transport.legacy._LegacyProtocol._send", broken)
+    request = encode_request("sample", "echo", sign(SECRET, "sample"))
+    try:
+        raw = await asyncio.to_thread(exchange, HOST, server.port, request)
+    except ConnectionResetError:
+        raw = b""
+    assert raw == b""  # no reply, but the connection does not hang either
+    assert await wait_until_closed(server)
+    assert not server._tasks
+    assert any("answering crashed" in r.getMessage() and r.exc_info for r in caplog.records)
 
 
 async def test_close_timeout_must_be_non_negative(server: LegacyServer) -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import logging.handlers
 import os
 import time
 from collections.abc import Mapping
@@ -42,7 +41,7 @@ from pydantic import BaseModel
 from pymgr.core.identity import Identity
 from pymgr.errors import PymgrError, Unavailable
 
-__all__ = ["REDACTED", "AuditLog", "Auditor", "redact", "secret_params"]
+__all__ = ["OUTCOME_OK", "REDACTED", "AuditLog", "Auditor", "redact", "secret_params"]
 
 log = logging.getLogger("pymgr.audit")
 
@@ -145,7 +144,11 @@ def syslog_handler(address: str, facility: str) -> logging.Handler:
     Raises:
         OSError: nothing listens there.
     """
-    handler = logging.handlers.SysLogHandler(address=address, facility=facility)
+    # Imported here: logging.handlers (and the socket/queue/pickle modules it pulls in) cost the
+    # idle daemon 0.6 MiB of RSS, for the few installs that send the audit to syslog.
+    from logging.handlers import SysLogHandler
+
+    handler = SysLogHandler(address=address, facility=facility)
     handler.ident = "pymgr-audit: "
     return handler
 
@@ -186,13 +189,26 @@ def _identity_fields(identity: Identity) -> dict[str, Any]:
     return fields
 
 
+def _peer_only(identity: Identity) -> bool:
+    """Whether the identity has no field but its transport and peer (a legacy caller's, usually)."""
+    return (
+        identity.uid is None and identity.gid is None and identity.pid is None and identity.user is None
+        and identity.key_id is None and identity.cert is None and not identity.groups and identity.peer is not None
+    )
+
+
 #: One encoder for every line: ``json.dumps`` with non-default options builds a new one per call.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
 _dumps = _ENCODER.encode
 
 
-#: The ".mmmZ" ends of timestamps, made once: formatting them per line cost more than the rest of the time field.
-_MILLIS = tuple(f".{n:03d}Z" for n in range(1000))
+#: The ".mmmZ" ends of timestamps (with the field's closing quote), made once: formatting them per
+#: line cost more than the rest of the time field.
+_MILLIS = tuple(f'.{n:03d}Z"' for n in range(1000))
+
+#: The ``outcome`` of a call that succeeded, as JSON (``record_json``'s argument on the usual path).
+OUTCOME_OK = '"outcome":"ok"'
+_OUTCOME_CANCELLED = '"outcome":"cancelled"'
 
 #: Cached JSON fragments (per identity, per operation): bounded, cleared when full.
 _CACHE_MAX = 1024
@@ -220,7 +236,10 @@ class Auditor:
         self.broken = False
         self._second = -1
         self._second_text = ""
-        self._prefixes: dict[tuple[Identity, str, str | None, str | None], str] = {}
+        #: The caller's fragment per Identity object, by id(): the entry holds the object, so the id
+        #: cannot be reused while it is cached (hashing the 9-field Identity cost 0.6 µs a line).
+        self._callers: dict[int, tuple[Identity, str]] = {}
+        self._operations: dict[tuple[str, str | None, str | None], str] = {}
 
     def ensure_writable(self) -> None:
         """Before running a request: refuse it while the log is broken.
@@ -258,15 +277,35 @@ class Auditor:
             Unavailable: the write failed and ``fail_closed`` is set.
         """
         if error is None:
-            outcome = '"outcome":"ok"'
+            outcome = OUTCOME_OK
         elif isinstance(error, str):
-            outcome = '"outcome":"cancelled"'
+            outcome = _OUTCOME_CANCELLED
         else:
             outcome = f'"outcome":"error","code":{_dumps(error.code)},"status":{error.http_status}'
+        params_text = params_json if params_json is not None else _dumps(params)
+        self.record_json(identity, operation, module, action, params_text, outcome, duration_s)
+
+    def record_json(
+        self, identity: Identity, operation: str, module: str | None, action: str | None, params_json: str,
+        outcome: str, duration_s: float,
+    ) -> None:
+        """Write one line whose params and outcome are JSON already (``record`` without its keywords:
+        the guard's path for a call that succeeded, 0.4 µs less a line).
+
+        Args:
+            params_json: the params (secrets redacted) as compact JSON.
+            outcome: ``OUTCOME_OK``, or the outcome fields as ``record`` writes them.
+
+        Raises:
+            Unavailable: the write failed and ``fail_closed`` is set.
+        """
+        second, millis = divmod(int(self._clock() * 1000), 1000)
+        if second != self._second:
+            self._second = second
+            self._second_text = '{"time":"' + time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         line = (
-            f'{{"time":"{self._timestamp()}",{self._prefix(identity, operation, module, action)},'
-            f'"params":{params_json if params_json is not None else _dumps(params)},{outcome},'
-            f'"duration_ms":{duration_s * 1000:.3f}}}\n'
+            f'{self._second_text}{_MILLIS[millis]},{self._prefix(identity, operation, module, action)},'
+            f'"params":{params_json},{outcome},"duration_ms":{duration_s * 1000:.3f}}}\n'
         )
         try:
             self.log.write_line(line.encode())
@@ -276,27 +315,34 @@ class Auditor:
             if self.fail_closed:
                 raise self._unavailable(exc) from None
 
-    def _timestamp(self) -> str:
-        second, millis = divmod(int(self._clock() * 1000), 1000)
-        if second != self._second:
-            self._second = second
-            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return self._second_text + _MILLIS[millis]
-
     def _prefix(self, identity: Identity, operation: str, module: str | None, action: str | None) -> str:
-        """The line's who-and-what fields as JSON, cached per (caller, operation)."""
-        key = (identity, operation, module, action)
-        text = self._prefixes.get(key)
-        if text is None:
-            text = (
-                f'"transport":{_dumps(identity.transport)},"identity":{_dumps(_identity_fields(identity))},'
-                f'"operation":{_dumps(operation)},"module":{_dumps(module)},"action":{_dumps(action)}'
-            )
-            if identity.transport != "legacy":  # one connection per legacy request: never seen again
-                if len(self._prefixes) >= _CACHE_MAX:
-                    self._prefixes.clear()
-                self._prefixes[key] = text
-        return text
+        """The line's who-and-what fields as JSON: the caller's part and the operation's, each cached."""
+        entry = self._callers.get(id(identity))
+        if entry is not None and entry[0] is identity:
+            who = entry[1]
+        else:
+            who = self._caller(identity)
+        what = self._operations.get((operation, module, action))
+        if what is None:
+            what = f'"operation":{_dumps(operation)},"module":{_dumps(module)},"action":{_dumps(action)}'
+            if module is not None:  # refusals name a path the caller chose: not worth a slot
+                if len(self._operations) >= _CACHE_MAX:
+                    self._operations.clear()
+                self._operations[(operation, module, action)] = what
+        return f"{who},{what}"
+
+    def _caller(self, identity: Identity) -> str:
+        """``"transport":...,"identity":{...}``; cached per object, but for legacy callers (one object per request)."""
+        if identity.transport == "legacy" and _peer_only(identity):
+            # A new object per legacy request, with nothing but the peer: 0.6 µs here against 3 µs for the
+            # general form below (getattr of every field, a dict, json of it).
+            return f'"transport":"legacy","identity":{{"peer":{_dumps(identity.peer)}}}'
+        who = f'"transport":{_dumps(identity.transport)},"identity":{_dumps(_identity_fields(identity))}'
+        if identity.transport != "legacy":
+            if len(self._callers) >= _CACHE_MAX:
+                self._callers.clear()
+            self._callers[id(identity)] = (identity, who)
+        return who
 
     def _unavailable(self, exc: OSError) -> Unavailable:
         return Unavailable(

@@ -75,6 +75,13 @@ _TIMESTAMP = re.compile(r"^[0-9]{1,12}$")
 #: clients are negligible; 64 bounds what the cache stores per request.
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _SIGNATURE = re.compile(r"^[0-9a-fA-F]{64}$")
+#: The four forms above in one pattern, over the values joined by "\n" (a character none of them
+#: allows, so the join splits back into exactly the four values): one regex call instead of four
+#: (0.4-0.8 µs a request). A value that fails it is checked alone, for the message.
+_ALL_FOUR = re.compile(r"[A-Za-z0-9._-]{1,64}\n[0-9]{1,12}\n[A-Za-z0-9_-]{16,64}\n[0-9a-fA-F]{64}")
+#: Canonical request heads (scheme, method, path, query) cached by (method, raw path, raw query): a
+#: client calls a few routes, and the head is ~0.6 µs of the ~2 a canonical request takes. Cleared when full.
+_HEAD_CACHE_MAX = 1024
 
 
 def canonical_path(path: str) -> str:
@@ -243,7 +250,7 @@ def parse_headers(headers: Mapping[str, str]) -> SignedRequest:
             "with HMAC-SHA256 (docs/security.md, 'Signed requests')",
             details={"missing": missing},
         )
-    if _KEY_ID.match(key_id) and _TIMESTAMP.match(timestamp) and _NONCE.match(nonce) and _SIGNATURE.match(signature):
+    if _ALL_FOUR.fullmatch(f"{key_id}\n{timestamp}\n{nonce}\n{signature}"):
         return SignedRequest(key_id, timestamp, nonce, signature)
     for name, value, form, expected in (
         (HEADER_KEY, key_id, _KEY_ID, "1-64 of [A-Za-z0-9._-]"),
@@ -251,7 +258,7 @@ def parse_headers(headers: Mapping[str, str]) -> SignedRequest:
         (HEADER_NONCE, nonce, _NONCE, "16-64 of [A-Za-z0-9_-]"),
         (HEADER_SIGNATURE, signature, _SIGNATURE, "64 hex digits"),
     ):
-        if not form.match(value):
+        if not form.fullmatch(value):  # fullmatch, as _ALL_FOUR: "$" alone would let a trailing "\n" through
             raise Unauthenticated(f"{name} must be {expected}, not {value[:80]!r}")
     raise RuntimeError("parse_headers: a header failed its check but none is named; this is a bug")
 
@@ -275,6 +282,7 @@ class Verifier:
         self._macs = {key_id: hmac.new(secret, digestmod=hashlib.sha256) for key_id, secret in self.keys.items()}
         self.clock_skew_s = clock_skew_s
         self.nonces = nonces
+        self._heads: dict[tuple[str, str, str | bytes], str] = {}
         self._clock = clock
 
     def verify(
@@ -300,10 +308,11 @@ class Verifier:
         stamp = int(timestamp)
         if abs(stamp - now) > self.clock_skew_s:
             raise self._stale(timestamp, stamp - now, now)
-        try:
-            canonical = canonical_request(method, path, query, body, timestamp=timestamp, nonce=nonce, key_id=key_id)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise Unauthenticated(f"the path or query cannot be canonicalized (not UTF-8): {exc}") from None
+        head = self._heads.get((method, path, query))
+        if head is None:
+            head = self._head(method, path, query)
+        # canonical_request's text, from the cached head (tests pin that both give the same).
+        canonical = f"{head}{hashlib.sha256(body).hexdigest()}\n{timestamp}\n{nonce}\n{key_id}"
         mac = keyed.copy()
         mac.update(canonical.encode("utf-8"))
         # Both are ASCII hex (parse_headers checked the signature's form): compare_digest takes them as str.
@@ -319,6 +328,21 @@ class Verifier:
                 "send a new nonce with every request"
             )
         return key_id
+
+    def _head(self, method: str, path: str, query: str | bytes) -> str:
+        """The canonical request's first four lines and a newline, cached.
+
+        Raises:
+            Unauthenticated: the path or query cannot be canonicalized.
+        """
+        try:
+            head = f"{SCHEME}\n{method.upper()}\n{canonical_path(path)}\n{canonical_query(query)}\n"
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise Unauthenticated(f"the path or query cannot be canonicalized (not UTF-8): {exc}") from None
+        if len(self._heads) >= _HEAD_CACHE_MAX:
+            self._heads.clear()
+        self._heads[(method, path, query)] = head
+        return head
 
     def _stale(self, timestamp: str, skew: float, now: float) -> Unauthenticated:
         when = "in the future" if skew > 0 else "in the past"

@@ -45,7 +45,8 @@ class Call:
     identity: Identity
 
 
-def _allow_all(identity: Identity, spec: ActionSpec) -> None:
+def allow_all(identity: Identity, spec: ActionSpec) -> None:
+    """The authorizer that allows every call (a dispatcher without a policy)."""
     return None
 
 
@@ -67,7 +68,7 @@ class Dispatcher:
     """Runs calls against a registry."""
 
     def __init__(
-        self, registry: Registry, authorize: Authorizer = _allow_all, authorize_params: ParamsAuthorizer | None = None
+        self, registry: Registry, authorize: Authorizer = allow_all, authorize_params: ParamsAuthorizer | None = None
     ) -> None:
         self.registry = registry
         self.authorize = authorize

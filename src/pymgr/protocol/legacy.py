@@ -22,7 +22,9 @@ Rules:
   runs only on a first read. The fast path takes only a well-formed ASCII
   request whose blank line has arrived; anything else goes line by line,
   so both give the same ``Command`` and every error comes from one place.
-- Bytes after the request are ignored (one request per connection).
+- Bytes after the request are ignored (one request per connection), but
+  counted in ``trailing_bytes``: the server lingers before closing only when
+  the peer sent more than its request.
 - Everything that moves the state lives in ``_TRANSITIONS``.
 - After any error the connection is in ``ERROR`` and every later call
   raises; the server then encodes its error reply with ``encode_reply``.
@@ -224,6 +226,8 @@ class Connection:
         self._line_count = 0
         self._eof = False
         self._eof_reported = False
+        #: Bytes received after the request's end (ignored, only counted).
+        self.trailing_bytes = 0
 
     @property
     def state(self) -> Sentinel:
@@ -249,6 +253,8 @@ class Connection:
             raise LocalProtocolError(f"received {len(data)} bytes after EOF (receive_data(b'') was already called)")
         if self._state is RECEIVING:
             self._buffer += data
+        else:
+            self.trailing_bytes += len(data)
 
     def next_event(self) -> Event | Sentinel:
         """Parse what has arrived.
@@ -342,7 +348,7 @@ class Connection:
             if line.endswith(b"\r"):
                 line = line[:-1]
             if not line:
-                return self._end_at_blank_line()
+                return self._end_at_blank_line(start)
             self._add_line(line)
         # Dropping a bytearray's head is cheap in CPython (it moves a start offset).
         del buffer[:start]
@@ -360,26 +366,35 @@ class Connection:
         the work, so every error (and its message) comes from one place.
         """
         buffer = self._buffer
-        ends = [i for i in (buffer.find(b"\n\n"), buffer.find(b"\n\r\n")) if i >= 0]
-        if not ends or buffer.startswith((b"\n", b"\r\n")):
-            return None  # no blank line yet, or an empty request
-        head = bytes(buffer[: min(ends)])
+        end, request_end = buffer.find(b"\n\n"), 0
+        crlf = buffer.find(b"\n\r\n")
+        if crlf >= 0 and (end < 0 or crlf < end):
+            end, request_end = crlf, crlf + 3
+        elif end >= 0:
+            request_end = end + 2
+        if end <= 0 or buffer[0] == 13:  # no blank line yet, or an empty request ("\n..." or "\r\n...")
+            return None
+        head = bytes(buffer[:end])
         if not head.isascii():
             return None  # UTF-8 checks and byte lengths: the line-by-line parse
-        lines = head.decode("ascii").split("\n")
+        text = head.decode("ascii")
+        if "\r" in text:
+            text = text.replace("\r\n", "\n")  # a "\r" just before "\n" is dropped
+        lines = text.split("\n")
         if len(lines) > self.max_lines:
             return None
+        if len(text) > self.max_line_bytes and max(map(len, lines)) > self.max_line_bytes:
+            return None  # ASCII: characters are bytes
         fields: dict[str, str] = {}
         for line in lines:
-            if line.endswith("\r"):
-                line = line[:-1]
             key, sep, value = line.partition(":")
             key = key.strip().lower()
-            if len(line) > self.max_line_bytes or not sep or not key or key in fields:
+            if not sep or not key or key in fields:
                 return None
             fields[key] = value.strip()
         self._line_count = len(lines)
         self._fields = fields
+        self.trailing_bytes = len(buffer) - request_end
         buffer.clear()  # bytes after the request are ignored
         return self._make_command()
 
@@ -431,9 +446,10 @@ class Connection:
                 legacy_code=TooLarge.legacy_code,
             )
 
-    def _end_at_blank_line(self) -> Command:
+    def _end_at_blank_line(self, request_end: int) -> Command:
         if self._line_count == 0:
             raise RemoteProtocolError("request is empty: a blank line came before any key:value line")
+        self.trailing_bytes = len(self._buffer) - request_end
         self._buffer.clear()  # bytes after the request are ignored
         self._scanned = 0
         return self._make_command()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import logging.handlers
 import os
 import sys
 from datetime import datetime, timezone
@@ -87,8 +86,12 @@ def make_handler(log_format: LogFormat, log_file: Path | None, stream: TextIO | 
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}")
     handler: logging.Handler
     if log_file is not None:
+        # Imported here: logging.handlers pulls in pickle: 0.35-0.5 MiB of the idle
+        # daemon's RSS when nothing else imports it (measured: VmRSS around the import).
+        from logging.handlers import WatchedFileHandler
+
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.WatchedFileHandler(log_file, encoding="utf-8")
+        handler = WatchedFileHandler(log_file, encoding="utf-8")
         journal = False
     else:
         stream = stream if stream is not None else sys.stderr
