@@ -30,6 +30,21 @@ async def test_get_times_out_with_none_and_wakes_on_publish() -> None:
         assert event is not None and event.kind == "progress"
 
 
+
+async def test_wake_ends_a_wait_with_none_and_a_cancelled_wait_leaves_nothing_behind() -> None:
+    hub = EventHub(queue_size=10)
+    with hub.subscribe() as sub:
+        asyncio.get_running_loop().call_later(0.01, sub.wake)
+        assert await sub.get(None) is None  # no timeout: only the wake ends it
+        waiting = asyncio.ensure_future(sub.get(None))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        hub.publish("state", {"id": 1})  # nobody waits now: it is queued, not lost
+        event = await sub.get(0.0)
+        assert event is not None and event.data == {"id": 1}
+
 async def test_a_slow_subscriber_loses_the_oldest_and_gets_a_gap_both_sides() -> None:
     hub = EventHub(queue_size=3)
     with hub.subscribe() as at_limit, hub.subscribe() as over:

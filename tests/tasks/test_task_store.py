@@ -134,6 +134,27 @@ def test_batch_is_one_transaction_and_rolls_back_on_error(tmp_path: Path) -> Non
     assert store.get(first.id).log_path == "/logs/1.log"  # type: ignore[union-attr]
 
 
+def test_a_lazy_batch_begins_at_its_first_write_only(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    other = sqlite3.connect(tmp_path / "tasks.db", timeout=0)
+    with store.batch(lazy=True):
+        assert not store._db.in_transaction  # nothing written yet: no write lock either
+        other.execute("BEGIN IMMEDIATE")  # so another writer still can
+        other.execute("ROLLBACK")
+        assert store.get(1) is None
+    with store.batch(lazy=True):
+        first = store.add(record())
+        assert store._db.in_transaction
+        store.update(dataclasses.replace(first, log_path="/logs/1.log"))
+    assert not store._db.in_transaction
+    assert store.get(first.id).log_path == "/logs/1.log"  # type: ignore[union-attr]
+    with pytest.raises(RuntimeError), store.batch(lazy=True):
+        store.add(record())
+        raise RuntimeError("boom")
+    assert len(store.list()) == 1 and len(store) == 1
+    other.close()
+
+
 def test_max_records_at_the_limit_keeps_all(tmp_path: Path) -> None:
     store = make(tmp_path, max_records=3)
     ids = [end(store, store.add(record())).id for _ in range(3)]

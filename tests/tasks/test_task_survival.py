@@ -92,6 +92,12 @@ def test_sigterm_with_leave_then_restart_readopts_and_can_stop(start_daemon: Cal
         assert gone(pid)
 
 
+def printed(record: dict[str, object]) -> bool:
+    """True once the job's first line is in its log."""
+    log = Path(str(record["log_path"]))
+    return log.exists() and "started" in log.read_text()
+
+
 def test_killed_keeper_runs_are_readopted_then_lost_with_the_reason(start_daemon: Callable[..., Daemon]) -> None:
     daemon = start_daemon(LEAVE_CONFIG)
     state_dir = daemon.dir / "state"
@@ -99,6 +105,9 @@ def test_killed_keeper_runs_are_readopted_then_lost_with_the_reason(start_daemon
         long = client.start_task("job", {"seconds": 30})
         short = client.start_task("job", {"seconds": 2})
         wait_until(lambda: all(states(client)[i]["state"] == "running" for i in (long["id"], short["id"])), "running")
+        # "running" comes as soon as the keeper spawned them; wait for their one line of output too, or
+        # a job still starting would print into the dead keeper's pipe and die of it (docs/tasks.md).
+        wait_until(lambda: all(printed(states(client)[i]) for i in (long["id"], short["id"])), "the jobs' output")
         pids = {i: states(client)[i]["pid"] for i in (long["id"], short["id"])}
         first_keeper = keeper_pid(state_dir)
         os.kill(first_keeper, signal.SIGKILL)

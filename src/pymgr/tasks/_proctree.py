@@ -35,6 +35,9 @@ MARKER_VAR = "PYMGR_TASK_MARKER"
 #: those start at field 3 (state), and the start time is field 22.
 _STARTTIME_INDEX = 22 - 3
 
+#: Bytes read from /proc/PID/stat: its 52 fields take a few hundred (the command name at most 64).
+_STAT_READ_BYTES = 4096
+
 
 @dataclass(frozen=True, slots=True)
 class ProcRef:
@@ -54,11 +57,24 @@ def boot_id() -> str:
         return f.read().strip()
 
 
+def _stat(pid: int | str) -> bytes:
+    """``/proc/PID/stat`` in one read: 3 system calls where ``open().read()`` makes 7 (the keeper
+    reads it once per spawn, a tree kill once per process on the host; ~25 us against ~45 us here).
+
+    Raises:
+        FileNotFoundError, ProcessLookupError: no such process (any more).
+    """
+    fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, _STAT_READ_BYTES)  # a seq_file hands its whole text to the first read
+    finally:
+        os.close(fd)
+
+
 def start_time(pid: int) -> int | None:
     """The kernel start time of ``pid``, or None when there is no such process."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+        stat = _stat(pid)
     except (FileNotFoundError, ProcessLookupError):
         return None
     # The command name (field 2) may hold spaces and ")", so split after the last ")".
@@ -72,8 +88,7 @@ def _processes_since(since: int) -> dict[int, tuple[int, int]]:
         if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
+            fields = _stat(name).rsplit(b")", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError):
             continue
         started = int(fields[_STARTTIME_INDEX])
@@ -106,8 +121,7 @@ def _has_marker(pid: int, marker: Mapping[str, str]) -> bool:
 def alive(ref: ProcRef) -> bool:
     """True while ``ref`` names a live process (not a zombie, pid not reused)."""
     try:
-        with open(f"/proc/{ref.pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
+        fields = _stat(ref.pid).rsplit(b")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError):
         return False
     return int(fields[_STARTTIME_INDEX]) == ref.start_time and fields[0] not in (b"Z", b"X")

@@ -473,7 +473,7 @@ class _KeeperBatch:
 
     def __init__(self, owner: Supervision) -> None:
         self._owner = owner
-        self._transaction = owner._store.batch()
+        self._transaction = owner._store.batch(lazy=True)  # a read with only progress or acks writes nothing
 
     def __enter__(self) -> None:
         self._transaction.__enter__()

@@ -7,6 +7,9 @@ Rules:
   its time: its queue keeps the newest ``queue_size``, and the next event it
   reads is a ``gap`` event saying how many it missed (then it can re-read
   the records it cares about).
+- A subscriber's ``get`` waits on one future that ``publish`` (or
+  ``wake``, when its reader must stop) resolves directly: an event reaches
+  the waiting stream in one loop turn.
 - The hub keeps the last ``RECENT_EVENTS`` for ``tasks.events`` (polling
   clients), whether anyone subscribes or not.
 - Event kinds: ``state`` (a run's record after a state change), ``progress``
@@ -48,22 +51,36 @@ class Subscription:
         self._hub = hub
         self._events: deque[Event] = deque(maxlen=queue_size)
         self._dropped = 0
-        self._ready = asyncio.Event()
+        #: The future a ``get`` in progress waits on: one future per wait, woken
+        #: straight by ``_push`` (an ``asyncio.Event`` plus a timeout context
+        #: cost several loop turns more per event).
+        self._waiter: asyncio.Future[None] | None = None
 
     def _push(self, event: Event) -> None:
         if len(self._events) == self._events.maxlen:
             self._dropped += 1
         self._events.append(event)
-        self._ready.set()
+        self.wake()
+
+    def wake(self) -> None:
+        """End the ``get`` in progress now: it returns the next event, or None if there is none."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def get(self, timeout_s: float | None = None) -> Event | None:
-        """The next event (a ``gap`` first if some were lost), or None after ``timeout_s``."""
+        """The next event (a ``gap`` first if some were lost), or None after ``timeout_s`` or a ``wake``."""
         if not self._events and not self._dropped:
-            self._ready.clear()
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            timer = None if timeout_s is None else loop.call_later(timeout_s, self.wake)
             try:
-                async with asyncio.timeout(timeout_s):
-                    await self._ready.wait()
-            except TimeoutError:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+            if not self._events and not self._dropped:
                 return None
         if self._dropped:
             dropped, self._dropped = self._dropped, 0

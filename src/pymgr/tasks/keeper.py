@@ -24,7 +24,10 @@ Rules:
   ``progress`` (the latest per run only, sent when the daemon has read
   everything before: a slow daemon never makes the keeper block or grow).
   A daemon that stops reading for ``MAX_PENDING_BYTES`` is disconnected;
-  it gets the whole state again when it reconnects.
+  it gets the whole state again when it reconnects. Replies leave at the
+  end of the loop turn, together, except the first ``spawned`` of a turn,
+  which leaves at once (a lone start is announced sooner; a burst's
+  replies still leave in a few writes).
 - It is a child subreaper: descendants orphaned by a run's leader are
   re-parented here and reaped, never left as zombies; exits are noticed
   through SIGCHLD (``signal.set_wakeup_fd``) and ``waitpid(-1, WNOHANG)``.
@@ -53,7 +56,7 @@ from pymgr.tasks._keepersetup import listen, prepare_process
 from pymgr.tasks._keeperruns import UNKNOWN_EXIT, Run, StatusJournal, vanished
 from pymgr.tasks._proctree import ProcRef
 from pymgr.tasks._runlog import RunLog
-from pymgr.tasks._spawn import SpawnError, SpawnSpec, spawn
+from pymgr.tasks._spawn import SpawnError, SpawnSpec, private_descriptors, spawn
 from pymgr.tasks._treekill import TreeKill
 
 #: Bytes of messages waiting for a daemon that does not read before it is
@@ -110,6 +113,8 @@ class Keeper:
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._note_signal)
         self._signals: list[int] = []
+        #: A "spawned" reply already left in this loop turn: the next ones wait for its end.
+        self._replied = False
 
     def _note_signal(self, signum: int, frame: object) -> None:
         self._signals.append(signum)
@@ -120,6 +125,7 @@ class Keeper:
         """Run until idle (see the module rules)."""
         self._reap()  # children that exited before the handler was in place
         while not self._done():
+            self._replied = False
             for key, mask in self.sel.select(self._timeout()):
                 key.data(key.fileobj, mask)
             self._tick()
@@ -361,8 +367,13 @@ class Keeper:
             return
         self.runs[task_id] = run
         self.by_pid[run.leader.pid] = run
-        self._watch_output(run)
         self._send({"op": "spawned", **run.info()})
+        if not self._replied:
+            # The first of a turn leaves now, not after the rest of the turn: the new process competes
+            # for the CPU from here on, and the daemon waits for this to announce the run.
+            self._replied = True
+            self._write_out()
+        self._watch_output(run)
 
     def _start(self, task_id: int, message: dict[str, Any]) -> Run:
         spec = SpawnSpec.from_message(message)
@@ -470,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     os.write(lock, f"{os.getpid()}\n".encode())
     listener = listen(run_dir)
     prepare_process()
+    private_descriptors()  # before any spawn: posix_spawn leaks no descriptor then
     print(f"keeper: pid {os.getpid()} serving {run_dir}", file=sys.stderr, flush=True)
     try:
         Keeper(listener, run_dir, args.idle_exit_s).serve()

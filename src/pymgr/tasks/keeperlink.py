@@ -10,8 +10,11 @@ Rules:
   event loop, inside ``batch()`` for all the messages of one read (the
   manager commits them to its store at once); when the connection ends,
   ``on_lost`` is called once.
-- ``send`` never blocks: messages queue, and leave in one write at the end
-  of the event loop's turn (a burst of starts is one system call). Nothing is sent
+- ``send`` never blocks. The first message of an event loop turn leaves at
+  once (a lone start's spawn request reaches the keeper while the daemon
+  still answers the request, not after the reply's ~0.5 ms of work); the ones after it in the same turn queue and leave in one write at
+  the end of the turn, or every ``FLUSH_BYTES`` (a burst of starts is a few
+  system calls, not one per start). Nothing is sent
   while disconnected (``send`` raises ``Unavailable``); the manager holds
   its requests and the keeper's hello replays the state on reconnect.
 - The keeper outlives the daemon on purpose, so a keeper this daemon
@@ -81,6 +84,8 @@ class KeeperLink:
         #: The keeper this link started, if it did.
         self._process: subprocess.Popen[bytes] | None = None
         self._outgoing = bytearray()
+        #: A message left in this loop turn: the next ones wait for its end (``_end_turn``).
+        self._turn_started = False
         #: The keeper's hello: its pid and boot id.
         self.hello: dict[str, Any] = {}
 
@@ -208,11 +213,17 @@ class KeeperLink:
         """
         if self._writer is None or self._writer.is_closing():
             raise Unavailable("the task keeper is not connected; the daemon is reconnecting, retry shortly")
-        if not self._outgoing:
-            asyncio.get_running_loop().call_soon(self._flush)
         self._outgoing += encode(message)
-        if len(self._outgoing) >= FLUSH_BYTES:
+        if not self._turn_started:
+            self._turn_started = True
+            asyncio.get_running_loop().call_soon(self._end_turn)
+            self._flush()  # the first of the turn leaves now: the keeper starts on it at once
+        elif len(self._outgoing) >= FLUSH_BYTES:
             self._flush()
+
+    def _end_turn(self) -> None:
+        self._turn_started = False
+        self._flush()
 
     def _flush(self) -> None:
         # One write for a burst of requests (a hundred starts in one loop turn): one system call, not a hundred.

@@ -369,8 +369,8 @@ class TaskManager(Supervision):
             self.logs.remove(old.id)
         self._snapshots[record.id] = task_type
         self._remember(record)
+        self._enqueue(record)  # the spawn request leaves first: the keeper works while the rest is done here
         self.events.publish("state", record.to_dict())
-        self._enqueue(record)
         return record
 
     def _enqueue(self, record: TaskRecord) -> None:

@@ -15,7 +15,8 @@ Rules:
   outcome, progress); what is fixed at ``add`` (type, key, params, argv,
   who started it, attempt) is never rewritten.
 - Every write is one ``BEGIN IMMEDIATE`` transaction (``batch()`` groups
-  several into one). WAL mode with ``synchronous=NORMAL``: a commit is in
+  several into one; ``batch(lazy=True)`` begins only at its first write,
+  so a block that writes nothing takes no lock and commits nothing). WAL mode with ``synchronous=NORMAL``: a commit is in
   the WAL file when ``commit()`` returns, so it survives the daemon being
   killed (``kill -9``) at any point; only a power loss or kernel crash can
   take back the last commits, never corrupt the file. ``busy_timeout`` lets
@@ -140,8 +141,8 @@ class TaskStore(Protocol):
         """Drop ended records past the retention limits; returns the dropped ones."""
         ...
 
-    def batch(self) -> contextlib.AbstractContextManager[None]:
-        """Group the writes inside into one transaction."""
+    def batch(self, lazy: bool = False) -> contextlib.AbstractContextManager[None]:
+        """Group the writes inside into one transaction (``lazy``: begun by the first write, if any)."""
         ...
 
     def checkpoint(self) -> None:
@@ -228,6 +229,8 @@ class SqliteStore:
         self.max_records = max_records
         self.max_age_s = max_age_s
         self._depth = 0
+        #: A lazy batch is open and nothing was written yet (no BEGIN issued).
+        self._pending_begin = False
         self._count = 0
         self._checkpointer: sqlite3.Connection | None = None
         #: Why writes are refused (the directory is read-only), or None.
@@ -311,13 +314,24 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise self._failure(what, exc) from exc
 
-    def batch(self) -> _Transaction:
+    def batch(self, lazy: bool = False) -> _Transaction:
         """One write transaction around a ``with`` block (nested blocks join the outer one).
+
+        With ``lazy``, the transaction begins at the first write inside the
+        block, and a block that wrote nothing costs nothing (the keeper's
+        reads that only bring progress or acknowledgements: no BEGIN IMMEDIATE,
+        no locks, no COMMIT).
 
         Raises:
             Unavailable: the transaction could not start or commit; it is rolled back.
         """
-        return _Transaction(self)
+        return _Transaction(self, lazy)
+
+    def _begin(self) -> None:
+        if self.read_only is not None:
+            raise Unavailable(self.read_only, details={"path": str(self.path)})
+        self._execute("write", "BEGIN IMMEDIATE")
+        self._pending_begin = False
 
     # -- writes -------------------------------------------------------------------
 
@@ -436,21 +450,25 @@ class _Transaction:
     ``@contextmanager`` costs several times more per use.
     """
 
-    __slots__ = ("_store", "_count", "_outer")
+    __slots__ = ("_store", "_count", "_outer", "_lazy")
 
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: SqliteStore, lazy: bool = False) -> None:
         self._store = store
         self._count = 0
         self._outer = False
+        self._lazy = lazy
 
     def __enter__(self) -> None:
         store = self._store
         if store._depth:
+            if store._pending_begin:  # the first write inside a lazy batch: begin it now
+                store._begin()
             store._depth += 1
             return
-        if store.read_only is not None:
-            raise Unavailable(store.read_only, details={"path": str(store.path)})
-        store._execute("write", "BEGIN IMMEDIATE")
+        if self._lazy:
+            store._pending_begin = True
+        else:
+            store._begin()
         store._depth = 1
         self._outer = True
         self._count = store._count
@@ -461,6 +479,9 @@ class _Transaction:
             store._depth -= 1
             return
         store._depth = 0
+        if store._pending_begin:  # a lazy batch that wrote nothing: nothing to commit or roll back
+            store._pending_begin = False
+            return
         if exc_type is None:
             try:
                 store._execute("write", "COMMIT")

@@ -18,7 +18,6 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -65,31 +64,22 @@ class TaskStreams:
     async def events(self) -> AsyncIterator[bytes]:
         heartbeat_s = self.manager.config.events_heartbeat_s
         with self.manager.events.subscribe() as subscription:
-            yield sse("heartbeat", {"time": round(time.time(), 3)})
-            last = time.monotonic()
-            while not self.stopping.is_set():
-                wait_s = max(0.0, last + heartbeat_s - time.monotonic())
-                event = await _first(subscription.get(wait_s), self.stopping)
-                if self.stopping.is_set():
-                    return
-                if event is None:
-                    yield sse("heartbeat", {"time": round(time.time(), 3)})
-                else:  # what else is queued goes in the same chunk: one write for a burst
-                    batch = [event, *subscription.pending()]
-                    yield b"".join(sse(e.kind, e.data, e.seq) for e in batch)
+            # One watcher for the stream's life wakes the wait when the daemon stops; each event
+            # then costs one future, not two tasks and an asyncio.wait (~4 loop turns less per event).
+            stopper = asyncio.ensure_future(self.stopping.wait())
+            stopper.add_done_callback(lambda _: subscription.wake())
+            try:
+                yield sse("heartbeat", {"time": round(time.time(), 3)})
                 last = time.monotonic()
-
-
-async def _first(get: Any, stopping: asyncio.Event) -> Any:
-    """The result of ``get`` (a coroutine), or None as soon as ``stopping`` is set."""
-    getter = asyncio.ensure_future(get)
-    stopper = asyncio.ensure_future(stopping.wait())
-    try:
-        await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in (stopper, getter):
-            if not waiter.done():
-                waiter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await waiter
-    return None if getter.cancelled() else getter.result()
+                while not self.stopping.is_set():
+                    event = await subscription.get(max(0.0, last + heartbeat_s - time.monotonic()))
+                    if self.stopping.is_set():
+                        return
+                    if event is None:
+                        yield sse("heartbeat", {"time": round(time.time(), 3)})
+                    else:  # what else is queued goes in the same chunk: one write for a burst
+                        batch = [event, *subscription.pending()]
+                        yield b"".join(sse(e.kind, e.data, e.seq) for e in batch)
+                    last = time.monotonic()
+            finally:
+                stopper.cancel()  # not awaited: it only waits on the event, and a generator may close outside a task
