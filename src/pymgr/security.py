@@ -17,6 +17,7 @@ import os
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,11 +58,14 @@ class Security:
     ssl_context: ssl.SSLContext | None
     max_params_bytes: int
     max_body_bytes: int
+    #: Builds the policy of a (reloaded) config, with the keys and the task manager of this daemon.
+    policy_factory: Callable[[Config], Policy] | None = None
 
     def dispatcher(self, registry: Registry) -> GuardedDispatcher:
-        """The dispatcher every transport calls: policy, params bound, audit."""
+        """The dispatcher every transport calls: policy, params bound, audit; it can reload the policy."""
         return GuardedDispatcher(
-            registry, policy=self.policy, auditor=self.auditor, max_params_bytes=self.max_params_bytes
+            registry, policy=self.policy, auditor=self.auditor, max_params_bytes=self.max_params_bytes,
+            policy_factory=self.policy_factory,
         )
 
     def wrap(self, app: Handler) -> GuardedApp:
@@ -99,17 +103,20 @@ def build_security(config: Config, registry: Registry, tasks: Any) -> Security:
     """
     try:
         keys = load_keys(config.auth)
-        policy = Policy(
-            config.policy,
-            registry,
-            key_ids=keys,
-            task_types=config.tasks.types,
-            task_type_of=_type_lookup(tasks),
-            owner_uid=os.geteuid(),
-        )
-    except (KeyLoadError, PolicyError) as exc:
+    except KeyLoadError as exc:
         raise SecurityError(str(exc)) from None
-    _log_policy(config, policy)
+
+    def policy_of(cfg: Config) -> Policy:
+        # The keys are the daemon's (a reload does not change [auth]): a rule naming another key is refused.
+        policy = Policy(cfg.policy, registry, key_ids=keys, task_types=cfg.tasks.types,
+                        task_type_of=_type_lookup(tasks), owner_uid=os.geteuid())
+        _log_policy(cfg, policy)
+        return policy
+
+    try:
+        policy = policy_of(config)
+    except PolicyError as exc:
+        raise SecurityError(str(exc)) from None
     _check_tcp_auth(config, keys)
     auditor = Auditor(_open_audit(config), fail_closed=config.audit.fail_closed)
     limits = config.limits
@@ -133,6 +140,7 @@ def build_security(config: Config, registry: Registry, tasks: Any) -> Security:
         ssl_context=_ssl_context(config),
         max_params_bytes=limits.max_params_bytes,
         max_body_bytes=http.max_body_bytes,
+        policy_factory=policy_of,
     )
 
 

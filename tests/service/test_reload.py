@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from pymgr import errors
 from pymgr.client import Client
 from pymgr.config import Config, TasksConfig, load_config
 from pymgr.core.dispatch import Dispatcher
@@ -161,3 +162,58 @@ def test_sighup_keeps_a_request_and_a_task_and_shows_a_new_type(start_daemon: Ca
 def client_call_sleep(socket: Path) -> dict[str, Any]:
     with Client(socket=socket, timeout_s=20) as client:
         return {"result": client.call("demo", "sleep", seconds=1.5)}
+
+
+# -- the policy: swapped live, or the whole reload refused -----------------------------
+
+POLICY_BASE = BASE_CONFIG.split("# Every caller may do everything")[0] + """
+[modules]
+enabled = ["demo", "tasks", "SCAN_MODULE"]
+
+[tasks]
+stop_grace_s = 1
+keeper_idle_exit_s = 1
+"""
+ECHO_ONLY = '\n[[policy.rules]]\nname = "echo"\nsubjects = ["any"]\nactions = ["demo.echo"]\n'
+WHOAMI_ONLY = '\n[[policy.rules]]\nname = "whoami"\nsubjects = ["any"]\nactions = ["demo.whoami"]\n'
+
+
+def test_sighup_swaps_the_policy_and_refuses_one_that_does_not_build(start_daemon: Callable[..., Daemon]) -> None:
+    daemon = start_daemon(POLICY_BASE + ECHO_ONLY)
+    config = daemon.dir / "pymgr.toml"
+    with Client(socket=daemon.socket) as client:
+        assert client.call("demo", "echo", a=1) == {"a": 1}
+        with pytest.raises(errors.Forbidden):
+            client.call("demo", "whoami")
+
+        config.write_text(POLICY_BASE + WHOAMI_ONLY)
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "policy: replaced (1 rules -> 1 rules)" in daemon.log(), what="policy reload logged")
+        assert client.call("demo", "whoami")["transport"] == "unix"  # the same connection, the new policy
+        with pytest.raises(errors.Forbidden):
+            client.call("demo", "echo", a=1)
+
+        unknown_key = WHOAMI_ONLY.replace('subjects = ["any"]', 'subjects = ["key:nobody"]') + ECHO_ONLY
+        config.write_text(POLICY_BASE + unknown_key)
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload refused" in daemon.log(), what="refusal logged")
+        assert re.search(r"reload refused, the daemon keeps its current config: \[policy\]: .*nobody", daemon.log())
+        assert client.call("demo", "whoami")["transport"] == "unix"  # the old policy stays in force
+        with pytest.raises(errors.Forbidden):
+            client.call("demo", "echo", a=1)
+    assert daemon.stop() == 0
+
+
+def test_a_dispatcher_without_a_policy_factory_refuses_a_policy_change(tmp_path: Path) -> None:
+    from pymgr.auth.guard import GuardedDispatcher
+
+    path = tmp_path / "pymgr.toml"
+    path.write_text("")
+    registry = Registry()
+    registry.add(Demo(ModuleContext(settings={})))
+    dispatcher = GuardedDispatcher(registry, policy=None, auditor=None, max_params_bytes=1000)
+    runtime = Runtime(config=load_config(path), tasks=_FakeTasks(), dispatcher=dispatcher)  # type: ignore[arg-type]
+    path.write_text(ECHO_ONLY)
+    result = Reloader(path, runtime).reload()
+    assert not result.applied and re.search(r"^\[policy\]: .*restart to change \[policy\]", result.error or "")
+    assert dispatcher.policy is None

@@ -19,13 +19,13 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pydantic_core
 
 from pymgr.auth.audit import OUTCOME_OK, Auditor, redact, secret_params
-from pymgr.auth.policy import Policy
+from pymgr.auth.policy import Policy, PolicyError
 from pymgr.auth.ratelimit import RateLimiter
 from pymgr.core.dispatch import Call, Dispatcher, allow_all
 from pymgr.core.identity import Identity
@@ -62,12 +62,35 @@ class GuardedDispatcher(Dispatcher):
     """
 
     def __init__(
-        self, registry: Registry, *, policy: Policy | None, auditor: Auditor | None, max_params_bytes: int
+        self,
+        registry: Registry,
+        *,
+        policy: Policy | None,
+        auditor: Auditor | None,
+        max_params_bytes: int,
+        policy_factory: Callable[[Any], Policy] | None = None,
     ) -> None:
         super().__init__(registry)
         self.policy = policy
         self.auditor = auditor
         self.max_params_bytes = max_params_bytes
+        self._policy_factory = policy_factory
+
+    def reload_policy(self, config: Any) -> list[str]:
+        """Build the policy of ``config`` and swap it in (``service/reload.py``'s hook); the changes, for the log.
+
+        Calls in flight finish under the policy they started with; every call after this uses the new one.
+
+        Raises:
+            PolicyError: the new policy does not build (nothing changed), or this dispatcher has no factory.
+        """
+        if self._policy_factory is None:
+            raise PolicyError("this dispatcher was built without a policy factory: restart to change [policy]")
+        old = self._policy
+        new = self._policy_factory(config)
+        self.policy = new
+        before = "none" if old is None else f"{old.rule_count} rules"
+        return [f"replaced ({before} -> {new.rule_count} rules)"]
 
     @property
     def policy(self) -> Policy | None:

@@ -238,6 +238,11 @@ class Policy:
                 task_type = self._type_by_id(params.get("id"))
         return f"{kind}:{task_type if task_type is not None else '?'}"
 
+    @property
+    def rule_count(self) -> int:
+        """How many rules the policy has (for the log)."""
+        return len(self._rules)
+
     def startup_notes(self) -> list[str]:
         """Warnings for the start-up log: overrides, patterns that match nothing, unknown names."""
         notes = []

@@ -8,8 +8,9 @@ Rules:
 - Applied live (``RELOADABLE``): the log level, ``[tasks]`` (task types and
   their settings, through ``TaskManager.reload``), ``[modules.settings]``
   (each module's ``context.settings`` is replaced; modules read it per call),
-  and ``[policy]`` once the dispatcher can swap it (``POLICY_HOOK``; until
-  then a policy change is reported as needing a restart).
+  and ``[policy]`` when the dispatcher can swap it (``POLICY_HOOK``: the
+  daemon's can; a dispatcher without it reports a policy change as needing
+  a restart). A policy that does not build refuses the whole reload.
 - Everything else (listeners, ``state_dir``, ``[modules] enabled``) needs a
   restart: the log names each changed key and says so, and the daemon keeps
   the old values, so the next reload reports them again until a restart.
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pymgr.auth.policy import PolicyError
 from pymgr.config import Config, ConfigError, load_config
 from pymgr.service.hooks import Runtime
 from pymgr.service.logsetup import set_level
@@ -38,8 +40,8 @@ log = logging.getLogger("pymgr.reload")
 RELOADABLE = ("log_level", "tasks", "modules")
 
 #: The dispatcher method that swaps in a new policy: ``reload_policy(config:
-#: Config) -> list[str]`` (the changes, for the log), raising ``ConfigError``
-#: before it changes anything when the new policy does not compile. The
+#: Config) -> list[str]`` (the changes, for the log), raising ``PolicyError``
+#: before it changes anything when the new policy does not build. The
 #: policy is reloadable exactly when the dispatcher has it.
 POLICY_HOOK = "reload_policy"
 
@@ -162,7 +164,10 @@ def _reload_policy(runtime: Runtime, old: Config, new: Config) -> list[str]:
     """Swap in the new ``[policy]`` through the dispatcher's ``POLICY_HOOK``."""
     if getattr(old, "policy", None) == getattr(new, "policy", None):
         return []
-    return [f"policy: {change}" for change in getattr(runtime.dispatcher, POLICY_HOOK)(new)]
+    try:
+        return [f"policy: {change}" for change in getattr(runtime.dispatcher, POLICY_HOOK)(new)]
+    except PolicyError as exc:
+        raise ConfigError(f"[policy]: {exc}") from None
 
 
 def _log_outcome(path: Path, changes: list[str], restart: list[str]) -> None:
