@@ -23,6 +23,10 @@ _PEERCRED = struct.Struct("3i")  # struct ucred { pid_t pid; uid_t uid; gid_t gi
 
 #: Distinct uids whose names stay cached; a host has few users that call pymgr.
 _NAME_CACHE_SIZE = 256
+#: Distinct callers (pid, uid, gid) whose Identity object is reused: a web back end's workers
+#: connect again and again, and one object per caller lets every per-identity cache downstream
+#: (policy decisions, audit fragment, rate-limit key, all keyed by the object) hit on a new connection.
+_IDENTITY_CACHE_SIZE = 1024
 
 
 @functools.lru_cache(maxsize=_NAME_CACHE_SIZE)
@@ -52,6 +56,12 @@ def identity_from_peercred(sock: Any) -> Identity | None:
     if sock is None or getattr(sock, "family", None) != socket.AF_UNIX:
         return None
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-    pid, uid, gid = _PEERCRED.unpack(raw)
+    return _identity(*_PEERCRED.unpack(raw))
+
+
+@functools.lru_cache(maxsize=_IDENTITY_CACHE_SIZE)
+def _identity(pid: int, uid: int, gid: int) -> Identity:
+    # A reused pid with the same uid and gid is the same Identity, field for field: sharing the
+    # object is safe (an Identity is frozen), and it is what the caches downstream key on.
     user, groups = _names(uid, gid)
     return Identity(transport="unix", uid=uid, gid=gid, pid=pid, user=user, groups=groups)
