@@ -173,3 +173,9 @@ async def test_task_routes_map_to_task_actions(client: httpx.AsyncClient) -> Non
     r = await client.delete("/v1/tasks")
     assert r.status_code == 405 and r.json()["error"]["message"] == "DELETE /v1/tasks is not allowed; use POST or GET"
 
+
+
+async def test_head_is_get_without_the_body(client: httpx.AsyncClient) -> None:
+    r = await client.head("/v1/health")
+    assert r.status_code == 200 and r.content == b"" and int(r.headers["content-length"]) > 0
+    assert (await client.head("/v1/modules/echo/back")).status_code == 405  # a POST route stays POST-only

@@ -66,7 +66,8 @@ class HttpApp:
             return error_reply(PymgrInternalError(f"unhandled error in {request.method} {request.path}"))
 
     async def _route(self, request: Request) -> tuple[int, Any]:
-        method = request.method
+        # HEAD is GET without the body (RFC 9110 9.3.2): the connection sends the head only.
+        method = "GET" if request.method == "HEAD" else request.method
         parts = request.path.strip("/").split("/")
         if parts[0] != "v1" or len(parts) < 2:
             raise NotFound(f"no route {request.path}; the API lives under /v1/ (try GET /v1/modules)")
