@@ -12,6 +12,11 @@ Rules:
   requests wait parsed in a queue; reading pauses while ``MAX_PIPELINED``
   wait, or while the client does not read its replies (the transport's
   write buffer is full), so a client that only sends costs bounded memory.
+  A read larger than ``FEED_SLICE_BYTES`` is parsed a slice at a time and
+  the rest waits unparsed while the queue is full: one read of tiny
+  pipelined requests parses at most one slice's worth past the bound.
+- A client that half-closes (shuts down its sending side) still gets the
+  replies of the requests it sent; then the connection closes.
 - The body is read whole before the handler runs: a declared
   ``Content-Length`` over ``max_body_bytes`` is refused (413) before any of
   it is read, a chunked body as soon as it passes the limit.
@@ -23,15 +28,18 @@ Rules:
   connection just closes). No timeout while a handler runs. One timer per
   connection, re-armed only when it fires early: a kept-alive request arms
   and cancels nothing.
-- A refusal is one JSON error reply with ``connection: close``; then the
-  connection half-closes and drops what the client still sends for up to
+- A refusal is one JSON error reply with ``connection: close``, after the
+  replies of the requests parsed before it; then the connection
+  half-closes and drops what the client still sends for up to
   ``LINGER_S``: closing with unread input makes the kernel send a reset,
-  which can destroy the reply before the client reads it.
+  which can destroy the reply before the client reads it. A connection
+  closed while the client leaves replies unread is aborted ``LINGER_S``
+  later (at once at the end of shutdown), so it cannot stay open forever.
 - ``Expect: 100-continue`` gets its interim reply when nothing is in
   flight before it (otherwise the client's own wait sends the body).
 - A client that leaves does not cancel its request's action (it may have
   started a task); its reply is dropped. A stream's producer is cancelled
-  at once.
+  at once, and at shutdown (the stream then ends with its last chunk).
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ from urllib.parse import unquote
 import httptools
 
 from pymgr.errors import MalformedRequest, PymgrError, PymgrInternalError, TooLarge
-from pymgr.transport.http_limits import LINGER_S, RequestTimeout, check_content_length, connection_identity
+from pymgr.transport.http_limits import LINGER_S, RequestTimeout, check_content_length, connection_identity, peer_gone
 from pymgr.transport.http_messages import Reply, Request, Stream, error_reply, header, render_head
 
 if TYPE_CHECKING:
@@ -53,8 +61,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pymgr.http")
 
+#: A kept-alive HTTP/1.0 request: its reply must say ``connection: keep-alive`` (truthy, like True).
+_CONFIRM = 2
 #: Requests parsed ahead of the one being answered before reading pauses.
 MAX_PIPELINED = 8
+#: Larger reads are parsed in slices, stopping while MAX_PIPELINED wait: one 256 KiB read of
+#: 18-byte requests is otherwise ~14,000 Requests (~8 MB) at once. One request's read is smaller.
+FEED_SLICE_BYTES = 4096
 _CLOSE = (b"connection", b"close")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CHUNKED_TAIL = b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n"
@@ -97,6 +110,7 @@ class HttpConnection(asyncio.Protocol):
         self._stream_task: asyncio.Task[None] | None = None
         self._refusal: bytes | None = None  # sent once the reply under way is out
         self._chunk = 0
+        self._backlog = b""  # the unparsed rest of a large read, while MAX_PIPELINED wait
         self._closing = False  # refused, draining or shutting down: nothing more is parsed
         self._lost = False
         self._write_paused = False
@@ -139,6 +153,12 @@ class HttpConnection(asyncio.Protocol):
             self._drained.set_result(None)
         self._queue.clear()
 
+    def eof_received(self) -> bool | None:
+        if self._stream_task is not None or (self._task is None and not self._queue) or peer_gone(self._transport):
+            return None  # a stream's client, or nothing owed (idle, half a request), or the client left: close
+        self._closing = True  # half-closed: answer what was sent, then close (_after_reply)
+        return True
+
     def pause_writing(self) -> None:
         self._write_paused = True
 
@@ -154,11 +174,19 @@ class HttpConnection(asyncio.Protocol):
             return  # refused or draining: drop
         if self._waiting is _IDLE:
             self._watch(_HEAD, self._limits.header_timeout_s)
+        if len(data) > FEED_SLICE_BYTES:
+            self._backlog = data
+            self._feed_backlog()
+            return
         self._chunk = len(data)
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            pass  # no protocol switch is offered: the request is answered as plain HTTP
+        except httptools.HttpParserUpgrade as exc:
+            # No switch is offered: answered as plain HTTP; httptools stopped at the upgrade, so the
+            # rest of this read (the next request) is fed again (the parser goes on as HTTP).
+            if exc.args and exc.args[0] < len(data):
+                self.data_received(data[exc.args[0]:])
+            return
         except httptools.HttpParserError as exc:
             cause = exc.__context__
             if isinstance(cause, _Refused):
@@ -175,6 +203,19 @@ class HttpConnection(asyncio.Protocol):
                 self._refuse(self._head_too_large(self._head_bytes))
         elif self._waiting is _BODY and self._deadline == 0.0:
             self._watch(_BODY, self._limits.body_timeout_s)
+
+    def _feed_backlog(self) -> None:
+        """Parse a large read a slice at a time; the rest waits, unparsed, while MAX_PIPELINED wait."""
+        data, self._backlog = self._backlog, b""
+        for start in range(0, len(data), FEED_SLICE_BYTES):
+            if len(self._queue) >= MAX_PIPELINED:
+                self._backlog = data[start:]
+                if self._transport.is_reading():
+                    self._transport.pause_reading()
+                return
+            self.data_received(data[start:start + FEED_SLICE_BYTES])
+            if self._closing:
+                return
 
     # --- parser callbacks (httptools) -------------------------------------
 
@@ -211,6 +252,10 @@ class HttpConnection(asyncio.Protocol):
                 check_content_length(length, self._state.max_body_bytes)
             except TooLarge as exc:
                 raise _Refused(exc) from None
+        if self._parser.should_upgrade() and (length not in (None, b"0") or header(self._headers, b"transfer-encoding")):
+            # httptools skips the body of an Upgrade request: it would be parsed as the next request.
+            raise _Refused(MalformedRequest("a request with Upgrade cannot carry a body: upgrades are not offered "
+                                            "here; send it without the Upgrade and Connection: upgrade headers"))
         self._waiting = _BODY
         self._deadline = 0.0  # the body timer starts only if a read leaves the body incomplete
         if self._task is None and not self._queue and header(self._headers, b"expect") == b"100-continue":
@@ -232,10 +277,13 @@ class HttpConnection(asyncio.Protocol):
             raw_path, query = parsed.path or b"/", parsed.query or b""
         path = raw_path.decode("latin-1")
         if "%" in path:
-            path = unquote(path, encoding="latin-1")
+            path = unquote(path)  # escapes are UTF-8 (RFC 3986), as every client sends them; bad ones become U+FFFD
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         request = Request(parser.get_method().decode("ascii"), path, raw_path, query, self._headers, body, self._identity)
-        self._queue.append((request, parser.should_keep_alive()))
+        keep = parser.should_keep_alive()
+        if keep and parser.get_http_version() == "1.0":
+            keep = _CONFIRM  # an HTTP/1.0 client keeps the connection only if the reply says so
+        self._queue.append((request, keep))
         self._waiting = _BUSY
         self._head_bytes = 0
         self._chunk = 0  # what follows in this read is the next head: count from here (one read at most)
@@ -250,7 +298,7 @@ class HttpConnection(asyncio.Protocol):
         request, keep_alive = self._queue.popleft()
         self._task = self._loop.create_task(self._answer(request, keep_alive))
 
-    async def _answer(self, request: Request, keep_alive: bool) -> None:
+    async def _answer(self, request: Request, keep_alive: int) -> None:
         try:
             reply = await self._state.handler(request)
         except asyncio.CancelledError:
@@ -264,13 +312,15 @@ class HttpConnection(asyncio.Protocol):
         if self._lost:
             self._task = None
             return
-        keep_alive = keep_alive and not self._state.shutting_down
+        if self._state.shutting_down:
+            keep_alive = False
         if isinstance(reply, Stream):
             await self._send_stream(reply, request.method)
         else:
-            self._send(reply, request.method, keep_alive and self._refusal is None)
+            persist = bool(keep_alive) and (self._refusal is None or bool(self._queue))
+            self._send(reply, request.method, persist, confirm=persist and keep_alive == _CONFIRM)
         self._task = None
-        if self._refusal is not None and not self._lost:
+        if self._refusal is not None and not self._lost and not self._queue:
             self._transport.write(self._refusal)
             self._linger()
             return
@@ -280,9 +330,12 @@ class HttpConnection(asyncio.Protocol):
             return
         self._after_reply()
 
-    def _send(self, reply: Reply, method: str, keep_alive: bool) -> None:
+    def _send(self, reply: Reply, method: str, keep_alive: bool, confirm: bool = False) -> None:
         tail = b"content-type: " + reply.content_type + b"\r\ncontent-length: " + str(len(reply.body)).encode()
-        tail += b"\r\n\r\n" if keep_alive else b"\r\nconnection: close\r\n\r\n"
+        if not keep_alive:
+            tail += b"\r\nconnection: close\r\n\r\n"
+        else:
+            tail += b"\r\nconnection: keep-alive\r\n\r\n" if confirm else b"\r\n\r\n"
         head = render_head(reply.status, reply.headers, tail)
         self._transport.write(head if method == "HEAD" else head + reply.body)
 
@@ -291,6 +344,13 @@ class HttpConnection(asyncio.Protocol):
             if not self._write_paused:
                 self._next()
             return
+        if self._closing:  # the client half-closed, and everything it sent is answered
+            self._transport.close()
+            return
+        if self._backlog:  # the rest of a large read, parsed now that the queue is empty
+            self._feed_backlog()
+            if self._task is not None or self._queue or self._closing:
+                return
         if not self._transport.is_reading():
             self._transport.resume_reading()
         if self._waiting is _BUSY:  # nothing of the next request has arrived yet
@@ -304,6 +364,8 @@ class HttpConnection(asyncio.Protocol):
         headers = [(b"content-type", stream.content_type), *stream.headers]
         self._transport.write(render_head(200, headers, _CHUNKED_TAIL))
         producer = self._loop.create_task(self._produce(stream)) if method != "HEAD" else None
+        if producer is not None and self._state.shutting_down:
+            producer.cancel()  # began after shutdown did: end it at once, as shutdown() ends the others
         self._stream_task = producer
         try:
             if producer is not None:
@@ -315,7 +377,9 @@ class HttpConnection(asyncio.Protocol):
             aclose = getattr(stream.chunks, "aclose", None)
             if aclose is not None and (producer is None or producer.done()):
                 await aclose()
-        if producer is not None and not producer.cancelled() and producer.exception() is not None:
+        if producer is not None and producer.cancelled() and not self._lost:  # ended by shutdown
+            self._transport.write(_LAST_CHUNK)
+        elif producer is not None and not producer.cancelled() and producer.exception() is not None:
             log.error("stream failed after its first bytes", exc_info=producer.exception())
             self._transport.close()
 
@@ -356,6 +420,8 @@ class HttpConnection(asyncio.Protocol):
         if what is _IDLE:
             self._closing = True
             self._transport.close()
+            if self._transport.get_write_buffer_size():  # replies unread: close() would wait for them forever
+                self._loop.call_later(LINGER_S, self.close_now)
             return
         if what is _HEAD:
             timeout_s, name, part = self._limits.header_timeout_s, "header_timeout_s", "head"
@@ -374,14 +440,15 @@ class HttpConnection(asyncio.Protocol):
         if self._closing:
             return
         self._closing = True
-        self._queue.clear()
+        self._backlog = b""
         reply = error_reply(error, *headers, _CLOSE)
         data = render_head(reply.status, reply.headers, b"content-type: application/json\r\ncontent-length: "
                            + str(len(reply.body)).encode() + b"\r\n\r\n") + reply.body
         if self._stream_task is not None:
+            self._queue.clear()
             self._transport.close()  # a stream cannot be followed by anything
-        elif self._task is not None:
-            self._refusal = data  # the reply under way must not be cut into
+        elif self._task is not None or self._queue:
+            self._refusal = data  # after the replies owed for the requests parsed before it
         else:
             self._transport.write(data)
             self._linger()
@@ -401,10 +468,13 @@ class HttpConnection(asyncio.Protocol):
             return
         if not transport.is_reading():
             transport.resume_reading()
-        self._timer = self._loop.call_later(LINGER_S, transport.close)
+        self._timer = self._loop.call_later(LINGER_S, self.close_now)
 
     def shutdown(self) -> None:
-        """At shutdown: close now if idle; otherwise after the reply under way."""
+        """At shutdown: close now if idle; end a stream now; otherwise close after the reply under way."""
+        if self._stream_task is not None:
+            self._stream_task.cancel()  # a stream (GET /v1/events) may never end by itself
+            return
         if self._task is None and not self._queue and self._waiting is not _BODY:
             self._closing = True
             self._transport.close()
@@ -414,8 +484,14 @@ class HttpConnection(asyncio.Protocol):
         return self._task
 
     def close_now(self) -> None:
-        if not self._lost:
+        """Close; abort if replies are still unread (close() would wait for the client forever)."""
+        if self._lost:
+            return
+        if self._transport.get_write_buffer_size():
+            self._transport.abort()
+        else:
             self._transport.close()
 
     def _who(self) -> str:
         return self._state.caller_key(self._identity)
+

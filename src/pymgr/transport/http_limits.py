@@ -11,13 +11,14 @@ for nothing.
 from __future__ import annotations
 
 import asyncio
+import select
 from dataclasses import dataclass
 
 from pymgr.auth.peercred import identity_from_peercred
 from pymgr.core.identity import Identity
 from pymgr.errors import MalformedRequest, TooLarge
 
-__all__ = ["LINGER_S", "HttpLimits", "RequestTimeout", "check_content_length", "connection_identity"]
+__all__ = ["LINGER_S", "HttpLimits", "RequestTimeout", "check_content_length", "connection_identity", "peer_gone"]
 
 #: Seconds to drop input after a refusal before closing; Apache httpd's
 #: lingering close waits 2 s (SECONDS_TO_LINGER) for the same reason.
@@ -68,3 +69,13 @@ def _cert_cn(transport: asyncio.BaseTransport) -> str | None:
             if name == "commonName":
                 return str(value)
     return None
+
+
+def peer_gone(transport: asyncio.BaseTransport) -> bool:
+    """Whether the peer closed both ways (POLLHUP on a Unix socket; TCP tells only when a write fails)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLOUT)
+    return any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))

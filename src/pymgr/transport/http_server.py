@@ -35,6 +35,9 @@ __all__ = ["HttpServer", "ServerState"]
 
 log = logging.getLogger("pymgr.http")
 
+#: Identities whose per-caller key is kept (one per caller process on the Unix socket; TCP peers, by port).
+_KEY_CACHE_MAX = 4096
+
 
 @dataclass(eq=False)
 class ServerState:
@@ -48,15 +51,22 @@ class ServerState:
     loop: asyncio.AbstractEventLoop
     connections: set[HttpConnection] = field(default_factory=set)
     shutting_down: bool = False
-    _keys: dict[Identity, str] = field(default_factory=dict)
+    _keys: dict[int, tuple[Identity, str]] = field(default_factory=dict)
 
     def caller_key(self, identity: Identity) -> str:
-        """The per-caller key of a connection's identity (cached: one identity per uid, mostly)."""
-        key = self._keys.get(identity)
-        if key is None:
-            if len(self._keys) >= 4096:
-                self._keys.clear()
-            key = self._keys[identity] = identity_key(identity)
+        """The per-caller key of a connection's identity.
+
+        Cached by ``id()``, the entry holding the object so the id cannot be
+        reused while cached (peer credentials give one object per caller
+        process; hashing the nine-field Identity would cost more than the key).
+        """
+        entry = self._keys.get(id(identity))
+        if entry is not None and entry[0] is identity:
+            return entry[1]
+        if len(self._keys) >= _KEY_CACHE_MAX:
+            self._keys.clear()
+        key = identity_key(identity)
+        self._keys[id(identity)] = (identity, key)
         return key
 
     def admit_connection(
