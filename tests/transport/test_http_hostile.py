@@ -26,6 +26,7 @@ from pymgr.transport.http_limits import LINGER_S, HttpLimits
 from pymgr.transport.http_messages import Reply, Request, Stream
 from pymgr.transport.http_server import HttpServer
 from pymgr.transport.listeners import bind_unix
+from tests.transport.rawhttp import get, read_reply
 
 TIMEOUT_S = 0.5
 LIMITS = HttpLimits(max_request_line_bytes=1000, max_header_bytes=4000, header_timeout_s=0.5, body_timeout_s=0.5)
@@ -98,16 +99,6 @@ async def serving(tmp_path: Path) -> AsyncIterator[Served]:
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
     async with serving(tmp_path) as it:
         yield it
-
-
-def get(path: str, extra: bytes = b"", method: bytes = b"GET", version: bytes = b"HTTP/1.1") -> bytes:
-    return method + b" " + path.encode() + b" " + version + b"\r\nHost: x\r\n" + extra + b"\r\n"
-
-
-async def read_reply(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-    return head, await asyncio.wait_for(reader.readexactly(length), 5)
 
 
 async def exchange(served: Served, data: bytes) -> bytes:

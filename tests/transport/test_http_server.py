@@ -25,6 +25,7 @@ from pymgr.transport.http_limits import HttpLimits
 from pymgr.transport.http_messages import Reply, Request, Stream
 from pymgr.transport.http_server import HttpServer
 from pymgr.transport.listeners import bind_unix
+from tests.transport.rawhttp import get, read_reply
 
 LIMITS = HttpLimits(max_request_line_bytes=1000, max_header_bytes=4000, header_timeout_s=2, body_timeout_s=2)
 KEEPALIVE_S = 0.4
@@ -70,16 +71,6 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[Handler, HttpServer, Pat
     yield handler, server, path
     handler.release.set()
     await server.close()
-
-
-def get(path: str, extra: bytes = b"", method: bytes = b"GET", version: bytes = b"HTTP/1.1") -> bytes:
-    return method + b" " + path.encode() + b" " + version + b"\r\nHost: x\r\n" + extra + b"\r\n"
-
-
-async def read_reply(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-    return head, await asyncio.wait_for(reader.readexactly(length), 5)
 
 
 async def test_pipelined_requests_are_answered_in_order(served: Any) -> None:
