@@ -121,7 +121,8 @@ class _Unguarded:
         from pymgr.transport.http_server import HttpServer
 
         http = self.config.http
-        limits = HttpLimits(http.max_request_line_bytes, http.max_header_bytes, http.header_timeout_s, http.body_timeout_s)
+        limits = HttpLimits(http.max_request_line_bytes, http.max_header_bytes, http.header_timeout_s, http.body_timeout_s,
+                            http.send_timeout_s)
         counter = ConnectionCounter(http.max_connections, http.max_connections_per_identity)
         return HttpServer(app, sockets, limits=limits, counter=counter, max_body_bytes=http.max_body_bytes, **options)
 

@@ -72,6 +72,9 @@ class HttpConfig(_Section):
     header_timeout_s: float = Field(10.0, gt=0)
     #: Seconds from a complete head until the whole body has arrived; then 408 and close.
     body_timeout_s: float = Field(30.0, gt=0)
+    #: Seconds a client may leave its replies unread (the connection's send buffer full) before
+    #: the connection is aborted: a client that never reads must not hold a slot forever.
+    send_timeout_s: float = Field(30.0, gt=0)
     #: Open connections per listener; more are answered 503 and closed.
     max_connections: int = Field(1000, ge=1)
     #: Open connections per identity (uid on the Unix socket, client address

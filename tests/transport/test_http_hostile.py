@@ -8,6 +8,7 @@ timeouts, lingering, and the connection counts after every kind of close.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import contextlib
 import json
 import os
@@ -82,10 +83,10 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def serving(tmp_path: Path) -> AsyncIterator[Served]:
+async def serving(tmp_path: Path, limits: HttpLimits = LIMITS) -> AsyncIterator[Served]:
     handler = Handler()
     path = tmp_path / "s.sock"
-    server = HttpServer(handler, [bind_unix(path, 0o600)], limits=LIMITS, counter=ConnectionCounter(100, 100),
+    server = HttpServer(handler, [bind_unix(path, 0o600)], limits=limits, counter=ConnectionCounter(100, 100),
                         max_body_bytes=1000, keepalive_timeout_s=KEEPALIVE_S, shutdown_timeout_s=5)
     await server.start()
     try:
@@ -242,6 +243,28 @@ async def test_10000_pipelined_requests_never_read_cost_bounded_memory(served: S
     assert len(served.handler.seen) < 2000
     sock.close()
     await served.counts_drop_to_zero()
+
+
+@pytest.mark.parametrize("reads_after_s", [0.2, None], ids=["reads-in-time", "never-reads"])
+async def test_send_timeout_both_sides(tmp_path: Path, reads_after_s: float | None) -> None:
+    requests = b"".join(get(f"/n/{n}", b"X-Pad: " + b"p" * 900 + b"\r\n") for n in range(3000))
+    async with serving(tmp_path, dataclasses.replace(LIMITS, send_timeout_s=1.0)) as served:
+        served.handler.chunk = b""
+        sock, sent = await flood(served, requests, reads_after_s or 0.5)  # the send buffer fills at once
+        (conn,) = served.connections()
+        assert sent < len(requests) and conn._write_paused
+        if reads_after_s is None:  # the timeout cuts it off: nothing is left of it
+            await served.counts_drop_to_zero()
+            assert conn._lost
+        else:  # it reads in time: the replies keep coming, and the connection stays
+            reader, writer = await asyncio.open_unix_connection(sock=sock)
+            for _ in range(200):
+                head, _ = await read_reply(reader)
+                assert head.startswith(b"HTTP/1.1 200 ")
+            await asyncio.sleep(1.2)  # past send_timeout_s since the buffer first filled
+            assert served.connections() == [conn] and not conn._lost
+            writer.close()
+        sock.close()
 
 
 async def test_a_client_that_never_reads_is_closed_at_shutdown(served: Served) -> None:

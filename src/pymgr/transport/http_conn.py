@@ -1,11 +1,8 @@
 """One HTTP/1.1 connection: httptools parses, this protocol bounds, queues and replies.
 
-Why not uvicorn (pymgr's first HTTP server): its ASGI layer built a
-scope dict, message dicts, receive/send coroutines and a cycle object per
-request, and cost as much server CPU per call as all of pymgr's own work
-(docs/performance.md has the profile and the figures). pymgr's routes take
-small bodies read whole, so a ``Request`` and one reply write are all they
-need. httptools still does the parsing, the part that must be exact.
+Why not uvicorn's ASGI layer: it cost as much server CPU per call as all
+of pymgr's own work (docs/performance.md, "Why pymgr has its own HTTP
+connection"); httptools still does the parsing, the part that must be exact.
 
 Rules:
 - Requests on a connection are answered one at a time, in order. Pipelined
@@ -25,7 +22,8 @@ Rules:
 - Timeouts: ``header_timeout_s`` from connect (or from the first byte of a
   later request) until the head is complete, ``body_timeout_s`` while a
   body arrives (408); ``keepalive_timeout_s`` idle between requests (the
-  connection just closes). No timeout while a handler runs. One timer per
+  connection just closes); ``send_timeout_s`` while the client leaves its
+  replies unread with the send buffer full (aborted: it reads nothing). No timeout while a handler runs. One timer per
   connection, re-armed only when it fires early: a kept-alive request arms
   and cancels nothing.
 - A refusal is one JSON error reply with ``connection: close``, after the
@@ -54,7 +52,7 @@ import httptools
 
 from pymgr.errors import MalformedRequest, PymgrError, PymgrInternalError, TooLarge
 from pymgr.transport.http_limits import LINGER_S, RequestTimeout, check_content_length, connection_identity, peer_gone
-from pymgr.transport.http_messages import Reply, Request, Stream, error_reply, header, render_head
+from pymgr.transport.http_messages import Reply, Request, Stream, encode_reply, error_reply, header, render_head
 
 if TYPE_CHECKING:
     from pymgr.transport.http_server import ServerState
@@ -69,6 +67,8 @@ MAX_PIPELINED = 8
 #: 18-byte requests is otherwise ~14,000 Requests (~8 MB) at once. One request's read is smaller.
 FEED_SLICE_BYTES = 4096
 _CLOSE = (b"connection", b"close")
+#: The connection header of a reply, by (kept alive, an HTTP/1.0 client that must be told so).
+_CONNECTION = {(False, False): _CLOSE[0] + b": close\r\n", (True, False): b"", (True, True): b"connection: keep-alive\r\n"}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CHUNKED_TAIL = b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
@@ -114,6 +114,7 @@ class HttpConnection(asyncio.Protocol):
         self._closing = False  # refused, draining or shutting down: nothing more is parsed
         self._lost = False
         self._write_paused = False
+        self._stalled: asyncio.TimerHandle | None = None  # armed while the client leaves replies unread
         self._drained: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -140,9 +141,10 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._closing = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._stalled):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._stalled = None
         self._state.connections.discard(self)
         if self._counted is not None:
             self._state.counter.close(self._listener, self._counted)
@@ -161,9 +163,14 @@ class HttpConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        # The client leaves its replies unread: it has send_timeout_s to read some before it is cut off.
+        self._stalled = self._loop.call_later(self._limits.send_timeout_s, self._on_send_timeout)
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         if self._task is None and self._queue:
@@ -331,13 +338,7 @@ class HttpConnection(asyncio.Protocol):
         self._after_reply()
 
     def _send(self, reply: Reply, method: str, keep_alive: bool, confirm: bool = False) -> None:
-        tail = b"content-type: " + reply.content_type + b"\r\ncontent-length: " + str(len(reply.body)).encode()
-        if not keep_alive:
-            tail += b"\r\nconnection: close\r\n\r\n"
-        else:
-            tail += b"\r\nconnection: keep-alive\r\n\r\n" if confirm else b"\r\n\r\n"
-        head = render_head(reply.status, reply.headers, tail)
-        self._transport.write(head if method == "HEAD" else head + reply.body)
+        self._transport.write(encode_reply(reply, method == "HEAD", _CONNECTION[keep_alive, confirm and keep_alive]))
 
     def _after_reply(self) -> None:
         if self._queue:
@@ -423,12 +424,16 @@ class HttpConnection(asyncio.Protocol):
             if self._transport.get_write_buffer_size():  # replies unread: close() would wait for them forever
                 self._loop.call_later(LINGER_S, self.close_now)
             return
-        if what is _HEAD:
-            timeout_s, name, part = self._limits.header_timeout_s, "header_timeout_s", "head"
-        else:
-            timeout_s, name, part = self._limits.body_timeout_s, "body_timeout_s", "body"
+        name, part = ("header_timeout_s", "head") if what is _HEAD else ("body_timeout_s", "body")
+        timeout_s = getattr(self._limits, name)
         log.info("closing connection from %s: request %s not complete within %g s", self._who(), part, timeout_s)
         self._refuse(RequestTimeout(f"request {part} not complete within {name}={timeout_s:g}"))
+
+    def _on_send_timeout(self) -> None:
+        self._stalled = None
+        log.info("aborting connection from %s: replies unread for send_timeout_s=%g", self._who(), self._limits.send_timeout_s)
+        self._closing = True
+        self._transport.abort()  # nothing can be said to a client that does not read
 
     def _head_too_large(self, size: int) -> TooLarge:
         limit = self._limits.max_header_bytes
@@ -441,9 +446,7 @@ class HttpConnection(asyncio.Protocol):
             return
         self._closing = True
         self._backlog = b""
-        reply = error_reply(error, *headers, _CLOSE)
-        data = render_head(reply.status, reply.headers, b"content-type: application/json\r\ncontent-length: "
-                           + str(len(reply.body)).encode() + b"\r\n\r\n") + reply.body
+        data = encode_reply(error_reply(error, *headers, _CLOSE), False, b"")
         if self._stream_task is not None:
             self._queue.clear()
             self._transport.close()  # a stream cannot be followed by anything

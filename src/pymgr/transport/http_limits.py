@@ -40,6 +40,8 @@ class HttpLimits:
     max_header_bytes: int
     header_timeout_s: float
     body_timeout_s: float
+    #: Seconds the send buffer may stay full (the client not reading) before the connection is aborted.
+    send_timeout_s: float = 30.0
 
 
 def check_content_length(value: bytes, limit: int) -> None:

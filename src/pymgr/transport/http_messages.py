@@ -16,12 +16,11 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from pymgr.core.identity import Identity
 from pymgr.errors import PymgrError, RateLimited
 
-__all__ = ["Handler", "Reply", "Request", "Stream", "error_reply", "render_head"]
+__all__ = ["Handler", "Reply", "Request", "Stream", "encode_reply", "error_reply", "render_head"]
 
 REASONS = {
     200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
@@ -87,6 +86,13 @@ def render_head(status: int, headers: tuple[tuple[bytes, bytes], ...] | list[tup
     return b"".join(parts)
 
 
+def encode_reply(reply: Reply, head_only: bool, connection: bytes) -> bytes:
+    """A whole reply's bytes: head (with ``connection``, a header line or nothing) and, unless ``head_only``, body."""
+    head = render_head(reply.status, reply.headers, b"content-type: " + reply.content_type + b"\r\ncontent-length: "
+                       + str(len(reply.body)).encode() + b"\r\n" + connection + b"\r\n")
+    return head if head_only else head + reply.body
+
+
 def error_reply(error: PymgrError, *headers: tuple[bytes, bytes]) -> Reply:
     """The JSON envelope of ``error``, with ``Retry-After`` when the error carries one."""
     body = json.dumps({"ok": False, "error": error.to_dict()}, separators=(",", ":"), ensure_ascii=False).encode()
@@ -103,6 +109,3 @@ def header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
             return value
     return None
 
-
-def json_reply(status: int, payload: Any) -> Reply:
-    return Reply(status, json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode())
