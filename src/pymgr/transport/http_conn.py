@@ -50,6 +50,7 @@ from urllib.parse import unquote
 
 import httptools
 
+from pymgr.auth.guard import caller_key
 from pymgr.errors import MalformedRequest, PymgrError, PymgrInternalError, TooLarge
 from pymgr.transport.http_limits import LINGER_S, RequestTimeout, check_content_length, connection_identity, peer_gone
 from pymgr.transport.http_messages import Reply, Request, Stream, encode_reply, error_reply, header, render_head
@@ -496,5 +497,5 @@ class HttpConnection(asyncio.Protocol):
             self._transport.close()
 
     def _who(self) -> str:
-        return self._state.caller_key(self._identity)
+        return caller_key(self._identity)
 

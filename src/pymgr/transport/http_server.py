@@ -22,7 +22,7 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymgr.auth.guard import identity_key
+from pymgr.auth.guard import caller_key
 from pymgr.core.identity import Identity
 from pymgr.errors import RateLimited, Unavailable
 from pymgr.transport.conncount import ConnectionCounter
@@ -34,9 +34,6 @@ from pymgr.transport.listeners import BACKLOG, unix_path_of
 __all__ = ["HttpServer", "ServerState"]
 
 log = logging.getLogger("pymgr.http")
-
-#: Identities whose per-caller key is kept (one per caller process on the Unix socket; TCP peers, by port).
-_KEY_CACHE_MAX = 4096
 
 
 @dataclass(eq=False)
@@ -51,29 +48,12 @@ class ServerState:
     loop: asyncio.AbstractEventLoop
     connections: set[HttpConnection] = field(default_factory=set)
     shutting_down: bool = False
-    _keys: dict[int, tuple[Identity, str]] = field(default_factory=dict)
-
-    def caller_key(self, identity: Identity) -> str:
-        """The per-caller key of a connection's identity.
-
-        Cached by ``id()``, the entry holding the object so the id cannot be
-        reused while cached (peer credentials give one object per caller
-        process; hashing the nine-field Identity would cost more than the key).
-        """
-        entry = self._keys.get(id(identity))
-        if entry is not None and entry[0] is identity:
-            return entry[1]
-        if len(self._keys) >= _KEY_CACHE_MAX:
-            self._keys.clear()
-        key = identity_key(identity)
-        self._keys[id(identity)] = (identity, key)
-        return key
 
     def admit_connection(
         self, listener: str, identity: Identity
     ) -> tuple[str, tuple[Any, ...] | None]:
         """Count a new connection; or the refusal (error and extra headers) of a cap it would pass."""
-        caller = self.caller_key(identity)
+        caller = caller_key(identity)
         refused = self.counter.open(listener, caller)
         if refused is None:
             return caller, None
