@@ -234,6 +234,8 @@ class TasksConfig(_Section):
     keeper_idle_exit_s: float = Field(30.0, ge=0)
     #: Seconds the daemon waits for a keeper it started to accept connections.
     keeper_start_timeout_s: float = Field(10.0, gt=0)
+    #: Bytes of <state_dir>/run/keeper.log past which a new keeper starts a new file (the old one becomes keeper.log.1).
+    keeper_log_max_bytes: int = Field(1024 * 1024, ge=1)
     #: Seconds SQLite waits for a lock held by another connection (an operator's sqlite3 shell).
     store_busy_timeout_s: float = Field(5.0, ge=0)
     #: Seconds between two checkpoints of the store's WAL, run off the event loop (a checkpoint fsyncs).

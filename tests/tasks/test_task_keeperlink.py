@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from pymgr.tasks._framing import FrameDecoder
-from pymgr.tasks.keeperlink import FLUSH_BYTES, KeeperLink
+from pymgr.tasks.keeperlink import FLUSH_BYTES, KeeperLink, rotate_keeper_log
 
 
 class FakeWriter:
@@ -55,3 +55,28 @@ async def test_a_burst_leaves_every_flush_bytes(tmp_path: Path) -> None:
     sent = [frames(w) for w in writer.writes]
     assert [i for group in sent for i in group] == list(range(20))  # in order, none lost
     assert 3 <= len(sent) <= 2 + 20 * 520 // FLUSH_BYTES  # grouped: far fewer writes than requests
+
+
+def test_the_keeper_log_is_rotated_at_a_start_once_it_reached_its_limit(tmp_path: Path) -> None:
+    log = tmp_path / "keeper.log"
+    rotate_keeper_log(log, 10)  # no log yet: nothing to do
+    assert not log.exists()
+    log.write_bytes(b"123456789")  # under the limit: kept, appended to
+    rotate_keeper_log(log, 10)
+    assert log.read_bytes() == b"123456789" and not (tmp_path / "keeper.log.1").exists()
+    log.write_bytes(b"0123456789")  # at the limit: the next keeper starts a new file
+    (tmp_path / "keeper.log.1").write_bytes(b"older")
+    rotate_keeper_log(log, 10)
+    assert not log.exists() and (tmp_path / "keeper.log.1").read_bytes() == b"0123456789"  # one old file kept
+
+
+async def test_a_started_keeper_writes_to_a_rotated_log(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    (run_dir / "keeper.log").write_bytes(b"x" * 100)
+    link = KeeperLink(tmp_path, idle_exit_s=0.5, start_timeout_s=10.0, log_max_bytes=50,
+                      on_message=lambda m: None, on_lost=lambda: None)  # fmt: skip
+    await link.connect()
+    await link.close(wait_exit_s=5.0)
+    assert (run_dir / "keeper.log.1").read_bytes() == b"x" * 100
+    assert (run_dir / "keeper.log").exists()  # the new keeper's stderr

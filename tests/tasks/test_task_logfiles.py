@@ -31,6 +31,40 @@ def test_rotation_at_max_bytes_both_sides(tmp_path: Path) -> None:
     log.close()
 
 
+def test_resume_goes_on_after_the_last_byte_of_a_dead_keepers_log(tmp_path: Path) -> None:
+    first = RunLog(str(tmp_path), 7, max_bytes=10, keep=2, timestamps=False)
+    first.write(b"abcdefghijklmnopqrstuvw")
+    assert files(tmp_path) == {"7.log": 3, "7.log.0": 10, "7.log.10": 10}
+    # The keeper dies here (nothing closed); the next one resumes from the files alone.
+    log = RunLog.resume(str(tmp_path), 7, max_bytes=10, keep=2, timestamps=False)
+    assert (log.base, log.size, log.end) == (20, 3, 23)
+    log.write(b"xyz0123")  # fills 7.log to exactly max_bytes
+    log.write(b"!")  # rotates at offset 20; keep=2 still counts the dead keeper's files
+    assert files(tmp_path) == {"7.log": 1, "7.log.10": 10, "7.log.20": 10}
+    assert (tmp_path / "7.log.20").read_bytes() + (tmp_path / "7.log").read_bytes() == b"uvwxyz0123!"
+    assert LogReader(tmp_path).read(7, 20, 100)[0] == b"uvwxyz0123!"  # the daemon reads it as one log
+    log.close()
+    first.close()
+
+
+def test_resume_continues_a_half_written_line_without_a_new_stamp(tmp_path: Path) -> None:
+    first = RunLog(str(tmp_path), 3, max_bytes=1000, keep=1, timestamps=True)
+    first.write(b"one\ntw")
+    log = RunLog.resume(str(tmp_path), 3, max_bytes=1000, keep=1, timestamps=True)
+    log.write(b"o\nthree\n")
+    assert re.fullmatch(rb"\S+Z one\n\S+Z two\n\S+Z three\n", (tmp_path / "3.log").read_bytes())
+    log.close()
+    first.close()
+
+
+def test_resume_of_a_run_that_wrote_nothing_starts_at_zero(tmp_path: Path) -> None:
+    log = RunLog.resume(str(tmp_path), 4, max_bytes=10, keep=1, timestamps=False)
+    assert (log.base, log.size) == (0, 0)
+    log.write(b"x")
+    assert files(tmp_path) == {"4.log": 1}
+    log.close()
+
+
 def test_a_log_file_is_created_by_the_first_byte_with_mode_0640(tmp_path: Path) -> None:
     log = RunLog(str(tmp_path), 1, max_bytes=100, keep=1, timestamps=False)
     log.write(b"")

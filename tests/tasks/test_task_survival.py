@@ -105,8 +105,8 @@ def test_killed_keeper_runs_are_readopted_then_lost_with_the_reason(start_daemon
         long = client.start_task("job", {"seconds": 30})
         short = client.start_task("job", {"seconds": 2})
         wait_until(lambda: all(states(client)[i]["state"] == "running" for i in (long["id"], short["id"])), "running")
-        # "running" comes as soon as the keeper spawned them; wait for their one line of output too, or
-        # a job still starting would print into the dead keeper's pipe and die of it (docs/tasks.md).
+        # "running" comes as soon as the keeper spawned them, a moment before the daemon holds their
+        # pipes; once they printed, the daemon holds them (docs/tasks.md, "Output across a keeper's death").
         wait_until(lambda: all(printed(states(client)[i]) for i in (long["id"], short["id"])), "the jobs' output")
         pids = {i: states(client)[i]["pid"] for i in (long["id"], short["id"])}
         first_keeper = keeper_pid(state_dir)
@@ -121,6 +121,37 @@ def test_killed_keeper_runs_are_readopted_then_lost_with_the_reason(start_daemon
         assert (stopped["cancel_source"], stopped["error"]) == ("user", UNKNOWN_EXIT)
         assert gone(pids[long["id"]])
     assert "lost the task keeper; reconnecting" in daemon.log()
+
+
+#: Prints 0, 1, 2, ... one line every 20 ms, until stopped.
+TICKER = """
+[tasks.types.ticker]
+argv = ["{python}", "-c", "import itertools, time\\nfor i in itertools.count():\\n    print(i, flush=True)\\n    time.sleep(0.02)"]
+"""
+
+
+def test_a_killed_keeper_neither_kills_a_writing_run_nor_loses_its_output(start_daemon: Callable[..., Daemon]) -> None:
+    daemon = start_daemon(LEAVE_CONFIG + TICKER)
+    state_dir = daemon.dir / "state"
+    with Client(socket=daemon.socket) as client:
+        run = client.start_task("ticker")
+        log = Path(run["log_path"])
+        wait_until(lambda: log.exists() and log.read_text().count("\n") >= 5, "its first lines")
+        pid = states(client)[run["id"]]["pid"]
+        first_keeper = keeper_pid(state_dir)
+        os.kill(first_keeper, signal.SIGKILL)
+        at_kill = log.read_text().count("\n")
+        wait_until(lambda: keeper_pid(state_dir) != first_keeper, "a new keeper")
+        # It goes on writing: into the pipe the daemon holds, then to the new keeper, into the same log.
+        wait_until(lambda: log.read_text().count("\n") >= at_kill + 50, "lines written after the keeper died")
+        assert not gone(pid) and states(client)[run["id"]]["state"] == "running"
+        assert client.logs(run["id"]).startswith(b"0\n")  # the API reads it as one log
+        client.stop_task(run["id"])
+        stopped = wait_until(lambda: (r := states(client)[run["id"]])["state"] == "stopped" and r, "stopped")
+        assert stopped["signal"] is None and stopped["error"] == UNKNOWN_EXIT  # adopted: not the new keeper's child
+        assert gone(pid)
+    numbers = [int(line) for line in log.read_text().splitlines()]
+    assert numbers == list(range(len(numbers))) and len(numbers) >= at_kill + 50  # no line lost, none twice
 
 
 def test_kill_9_in_a_burst_of_starts_keeps_every_acknowledged_start(start_daemon: Callable[..., Daemon]) -> None:

@@ -3,7 +3,9 @@
 Rules:
 - A ``Run`` is a process the keeper started (its child, with an output
   pipe) or adopted after an earlier keeper died (not its child: watched
-  through a pidfd, no output, exit status unknowable).
+  through a pidfd, exit status unknowable; its output pipe is taken over
+  from the daemon's second read end when the daemon has one, see
+  ``_outputhold``).
 - Output is drained without ever blocking: the pipe is non-blocking and is
   read until it is empty or ``MAX_READS`` chunks were taken (then the loop
   serves the others and comes back). Output the disk refuses is dropped,
@@ -27,11 +29,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pymgr.tasks._progress import Progress, ProgressScanner
 from pymgr.tasks import _proctree
 from pymgr.tasks._proctree import ProcRef, run_marker
+from pymgr.tasks._outputhold import open_pipe
 from pymgr.tasks._runlog import RunLog
 from pymgr.tasks._treekill import TreeKill
 
@@ -73,6 +77,8 @@ class Run:
         self.started_at = started_at
         self.popen = popen
         self.output_fd = output_fd
+        #: The pipe's inode: the daemon checks it when it opens the pipe through /proc.
+        self.output_inode = os.fstat(output_fd).st_ino if output_fd is not None else 0
         self.log = log
         #: Set for an adopted run: readable once it exited.
         self.pidfd = pidfd
@@ -112,6 +118,7 @@ class Run:
             **self._where(),
             "adopted": self.adopted,
             "stopping": self.kill is not None,
+            "output": None if self.output_fd is None else [self.output_fd, self.output_inode],
             "progress": list(self.progress) if self.progress else None,
         }
 
@@ -276,3 +283,40 @@ def vanished(leader: ProcRef, recorded_boot: object, boot: str) -> str:
     if now is None:
         return f"{UNKNOWN_EXIT} (process {leader.pid} is gone)"
     return f"{UNKNOWN_EXIT} (pid {leader.pid} now belongs to another process)"
+
+
+def run_log(task_id: int, settings: Any, make: Callable[..., RunLog]) -> RunLog:
+    """A run's log from the ``log`` settings of a spawn or adopt request (``make``: RunLog or RunLog.resume).
+
+    Raises:
+        KeyError, ValueError, TypeError: the settings are missing or malformed.
+        OSError: ``RunLog.resume`` cannot open the file.
+    """
+    return make(
+        str(settings["dir"]),
+        task_id,
+        max_bytes=int(settings["max_bytes"]),
+        keep=int(settings["keep"]),
+        timestamps=bool(settings.get("timestamps")),
+    )
+
+
+def take_output(run: Run, message: dict[str, Any]) -> None:
+    """Read an adopted run's pipe again, from the daemon's read end, into the same log."""
+    where = message.get("output")
+    if not where:
+        return  # the daemon holds none: the run's output is not captured
+    try:
+        pipe = open_pipe(int(where["pid"]), int(where["fd"]), int(where["inode"]))
+    except (KeyError, ValueError, TypeError, OSError) as exc:
+        print(f"keeper: task {run.id}: cannot take its output pipe {where!r}: {exc}", file=sys.stderr, flush=True)
+        return
+    if pipe is None:
+        return  # the daemon let it go meanwhile (the run ended)
+    try:
+        run.log = run_log(run.id, message.get("log"), RunLog.resume)
+    except (KeyError, ValueError, TypeError, OSError) as exc:
+        print(f"keeper: task {run.id}: cannot reopen its log: {exc}", file=sys.stderr, flush=True)
+        os.close(pipe)
+        return
+    run.output_fd, run.output_inode = pipe, int(where["inode"])

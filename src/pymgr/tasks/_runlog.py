@@ -32,6 +32,8 @@ from collections import deque
 
 #: Flags of a new log file: never follow a symlink planted in the log dir.
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Flags of a log file written on after a keeper change: append to what is there (read: its last byte).
+_RESUME_FLAGS = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
 
 #: Mode of log files: the daemon's group may read them, nobody else.
 LOG_MODE = 0o640
@@ -76,6 +78,33 @@ class RunLog:
         self._at_line_start = True
         self._fd: int | None = None
         self._closed = False
+
+    @classmethod
+    def resume(cls, directory: str, task_id: int, *, max_bytes: int, keep: int, timestamps: bool) -> RunLog:
+        """The log of a run another keeper wrote until it died: go on after its last byte.
+
+        The files on disk say where: the rotated ones give the current
+        file's logical offset, the current file's size is what it holds.
+
+        Raises:
+            ValueError: as the constructor.
+        """
+        log = cls(directory, task_id, max_bytes=max_bytes, keep=keep, timestamps=timestamps)
+        prefix = rotated_name(task_id, 0)[:-1]
+        offsets = sorted(int(name[len(prefix) :]) for name in os.listdir(directory)
+                         if name.startswith(prefix) and name[len(prefix) :].isdigit())  # fmt: skip
+        if offsets:
+            log._rotated.extend(offsets[-keep:])
+            newest = os.path.join(directory, rotated_name(task_id, offsets[-1]))
+            log.base = offsets[-1] + os.stat(newest, follow_symlinks=False).st_size
+        try:
+            log._fd = os.open(log.path, _RESUME_FLAGS, LOG_MODE)
+        except FileNotFoundError:
+            return log  # the directory is gone: write() reports it
+        log.size = os.fstat(log._fd).st_size
+        if log.size:
+            log._at_line_start = os.pread(log._fd, 1, log.size - 1) == b"\n"
+        return log
 
     @property
     def end(self) -> int:

@@ -36,6 +36,7 @@ from pydantic import BaseModel
 from pymgr.core.identity import INTERNAL
 from pymgr.errors import Unavailable
 from pymgr.tasks import _proctree, policy
+from pymgr.tasks._outputhold import OutputHolders
 from pymgr.tasks._proctree import run_marker
 from pymgr.tasks.records import TaskRecord
 from pymgr.tasks.states import TERMINAL, TaskState, transition
@@ -87,6 +88,9 @@ class Supervision:
         self._resend_needed = False
         #: Exits recorded in the transaction in progress, acknowledged after it commits.
         self._acks: list[int] = []
+        #: A second read end of each running run's output pipe (see ``_outputhold``).
+        self._holders = OutputHolders()
+        self._keeper_pid: int | None = None
         #: What each message of the keeper does ("spawned" and "adopted" report a live run too).
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "hello": self._on_hello,
@@ -119,7 +123,8 @@ class Supervision:
 
     def _on_hello(self, message: dict[str, Any]) -> None:
         self._known = set()
-        keeper_log.info("task keeper pid %s connected", message.get("keeper_pid"))
+        self._keeper_pid = message.get("keeper_pid")
+        keeper_log.info("task keeper pid %s connected", self._keeper_pid)
 
     def _on_live(self, info: dict[str, Any]) -> None:
         """A run the keeper supervises: just spawned, adopted, or reported on connect."""
@@ -141,6 +146,7 @@ class Supervision:
             )
         if info.get("progress") and task_id not in self._progress:
             self._progress[task_id] = tuple(info["progress"])  # type: ignore[assignment]
+        self._holders.hold(task_id, self._keeper_pid, info.get("output"))
         self._hold_slot(record)
         self._arm_deadline(record)
         if record.cancel_source is not None and not info.get("stopping"):
@@ -324,6 +330,8 @@ class Supervision:
                 "boot_id": record.boot_id,
                 "marker": record.marker,
                 "started_at": record.started_at.timestamp() if record.started_at else None,
+                "output": self._holders.where(record.id),
+                "log": self._type_of(record).log_settings(self._log_dir),
             }
         )
 
@@ -343,12 +351,7 @@ class Supervision:
                 "group": task_type.group,
                 "rlimits": {name: list(limits) for name, limits in task_type.rlimits.items()},
                 "marker": record.marker,
-                "log": {
-                    "dir": str(self._log_dir),
-                    "max_bytes": task_type.log_max_bytes,
-                    "keep": task_type.log_keep,
-                    "timestamps": task_type.log_timestamps,
-                },
+                "log": task_type.log_settings(self._log_dir),
             }
         )
 
@@ -409,6 +412,7 @@ class Supervision:
         self._progress_dirty.discard(task_id)
         self._in_flight.discard(task_id)
         self._release(task_id)
+        self._holders.release(task_id)
         handle = self._deadlines.pop(task_id, None)
         if handle is not None:
             handle.cancel()

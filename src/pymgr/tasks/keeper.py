@@ -28,6 +28,11 @@ Rules:
   end of the loop turn, together, except the first ``spawned`` of a turn,
   which leaves at once (a lone start is announced sooner; a burst's
   replies still leave in a few writes).
+- Every report of a live run carries ``output: [fd, inode]``, its pipe's
+  read end here, so the daemon can hold a second one; ``adopt`` carries
+  where the daemon's is (``output: {pid, fd, inode}``) and the log
+  settings, so a run adopted after a keeper died is drained into the same
+  log again (``_outputhold``).
 - It is a child subreaper: descendants orphaned by a run's leader are
   re-parented here and reaped, never left as zombies; exits are noticed
   through SIGCHLD (``signal.set_wakeup_fd``) and ``waitpid(-1, WNOHANG)``.
@@ -53,7 +58,7 @@ from typing import Any
 from pymgr.tasks import _proctree
 from pymgr.tasks._framing import CLOSED, PROTOCOL, FrameDecoder, FrameError, encode
 from pymgr.tasks._keepersetup import listen, prepare_process
-from pymgr.tasks._keeperruns import UNKNOWN_EXIT, Run, StatusJournal, vanished
+from pymgr.tasks._keeperruns import UNKNOWN_EXIT, Run, StatusJournal, run_log, take_output, vanished
 from pymgr.tasks._proctree import ProcRef
 from pymgr.tasks._runlog import RunLog
 from pymgr.tasks._spawn import SpawnError, SpawnSpec, private_descriptors, spawn
@@ -71,8 +76,6 @@ FLUSH_BYTES = 4096
 #: Seconds between two looks at the processes of runs being stopped: short
 #: enough that a stop ends promptly, long enough to cost nothing.
 KILL_TICK_S = 0.05
-
-
 
 
 class _Conn:
@@ -377,17 +380,10 @@ class Keeper:
 
     def _start(self, task_id: int, message: dict[str, Any]) -> Run:
         spec = SpawnSpec.from_message(message)
-        settings = message.get("log") or {}
         try:
-            log = RunLog(
-                str(settings["dir"]),
-                task_id,
-                max_bytes=int(settings["max_bytes"]),
-                keep=int(settings["keep"]),
-                timestamps=bool(settings.get("timestamps")),
-            )
+            log = run_log(task_id, message.get("log"), RunLog)
         except (KeyError, ValueError, TypeError) as exc:
-            raise SpawnError(f"spawn failed: bad log settings {settings!r}: {exc}") from None
+            raise SpawnError(f"spawn failed: bad log settings {message.get('log')!r}: {exc}") from None
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         try:
             pid, popen = spawn(spec, write_end)
@@ -447,12 +443,15 @@ class Keeper:
             float(message.get("started_at") or time.time()), pidfd=fd,
         )  # fmt: skip
         run.error = UNKNOWN_EXIT
+        take_output(run, message)
         self.runs[task_id] = run
         self.sel.register(fd, selectors.EVENT_READ, lambda _fd, mask: self._on_adopted_exit(run))
         self._send({"op": "adopted", **run.info()})
+        self._watch_output(run)
 
     def _on_adopted_exit(self, run: Run) -> None:
         run.exited = True
+        self._pull_output(run)
         if run.kill is None:
             self._finish(run)
         elif run.pidfd is not None and run.pidfd >= 0:

@@ -3,7 +3,8 @@
 Rules:
 - ``connect`` reaches the keeper of this state directory, starting one
   (``python -m pymgr.tasks.keeper``, its own session, stderr appended to
-  ``<run_dir>/keeper.log``) when nobody answers on ``keeper.sock``, and
+  ``<run_dir>/keeper.log``, which is rotated to ``keeper.log.1`` at a
+  start once it reached ``log_max_bytes``) when nobody answers on ``keeper.sock``, and
   returns once the keeper's ``hello`` arrived. A keeper that is on its way
   out (it closes before its hello) is waited out and replaced.
 - Every message from the keeper goes to ``on_message``, in order, on the
@@ -67,6 +68,7 @@ class KeeperLink:
         *,
         idle_exit_s: float,
         start_timeout_s: float,
+        log_max_bytes: int = 1024 * 1024,
         on_message: Callable[[dict[str, Any]], None],
         on_lost: Callable[[], None],
         batch: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
@@ -75,6 +77,7 @@ class KeeperLink:
         self.state_dir = state_dir
         self.idle_exit_s = idle_exit_s
         self.start_timeout_s = start_timeout_s
+        self.log_max_bytes = log_max_bytes
         self._on_message = on_message
         self._on_lost = on_lost
         self._batch = batch
@@ -162,6 +165,7 @@ class KeeperLink:
 
     def _start_keeper(self) -> subprocess.Popen[bytes]:
         log.info("starting the task keeper for %s", self.state_dir)
+        rotate_keeper_log(self.run_dir / "keeper.log", self.log_max_bytes)
         with open(self.run_dir / "keeper.log", "ab") as stderr:
             process = subprocess.Popen(
                 [
@@ -251,6 +255,21 @@ class KeeperLink:
         if self._dir_fd is not None:
             os.close(self._dir_fd)
             self._dir_fd = None
+
+
+def rotate_keeper_log(path: Path, max_bytes: int) -> None:
+    """Before a keeper starts: a ``path`` of ``max_bytes`` or more becomes ``path.1`` (replacing it).
+
+    A keeper writes a few lines in its life, so checking at each start
+    bounds the two files to about ``2 * max_bytes``.
+    """
+    try:
+        if path.stat().st_size >= max_bytes:
+            path.replace(path.with_name(path.name + ".1"))
+    except FileNotFoundError:
+        pass  # no log yet
+    except OSError as exc:
+        log.warning("cannot rotate %s: %s; appending to it", path, exc)
 
 
 def _reap_started() -> bool:

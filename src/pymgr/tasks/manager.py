@@ -113,6 +113,7 @@ class TaskManager(Supervision):
             state_dir,
             idle_exit_s=config.keeper_idle_exit_s,
             start_timeout_s=config.keeper_start_timeout_s,
+            log_max_bytes=config.keeper_log_max_bytes,
             on_message=self._on_keeper_message,
             on_lost=self._on_keeper_lost,
             batch=self._keeper_batch,
@@ -292,6 +293,7 @@ class TaskManager(Supervision):
             self._link.send({"op": "exit_when_idle"})
         self._flush_progress()
         await self._link.close(wait_exit_s=2.0 if stopping else 0.0)
+        self._holders.close()  # runs left to the keeper: it is their reader now
         left = len(self._store.active()) - pending
         log.info(
             "shutdown: %d task(s) ended in %.2fs, %d left to the keeper, %d still stopping",

@@ -63,6 +63,10 @@ class TaskType:
         """The type as ``tasks.types`` shows it."""
         return {"name": self.name, "doc": self.doc, "params": self.params_model.model_json_schema()}
 
+    def log_settings(self, log_dir: Path) -> dict[str, Any]:
+        """How the keeper writes a run's log (the ``log`` of its ``spawn`` and ``adopt`` requests)."""
+        return {"dir": str(log_dir), "max_bytes": self.log_max_bytes, "keep": self.log_keep, "timestamps": self.log_timestamps}
+
     def render_argv(self, params: BaseModel) -> list[str]:
         """The argv for one run, from validated parameters."""
         values = {name: render_value(getattr(params, name)) for name in type(params).model_fields}
