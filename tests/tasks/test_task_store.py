@@ -231,6 +231,20 @@ def test_checkpoints_run_off_the_writing_connection(tmp_path: Path) -> None:
     store.close()
 
 
+def test_the_checkpoint_starts_the_wal_over_so_the_next_commit_need_not(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    for _ in range(5):
+        store.add(record())
+    store.checkpoint_passive()  # the daemon runs it in a worker thread
+    wal = tmp_path / "tasks.db-wal"
+    salts = wal.read_bytes()[16:24]  # WAL header salts: new ones each time the WAL starts over
+    later = store.add(record())
+    assert wal.read_bytes()[16:24] == salts  # the commit appended; the header (and its fsync) was the worker's
+    assert store.get(later.id) == later and store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    store.checkpoint_passive()  # again, with a frame in the WAL: still fine
+    store.close()
+
+
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "tasks.db")
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
