@@ -195,6 +195,8 @@ class TaskTypeConfig(_Section):
     log_keep: int | None = Field(None, ge=1)
     #: Start each output line in the log with its UTC arrival time.
     log_timestamps: bool = False
+    #: When the run's first process exits, stop what it left running (grace stop_grace_s), as a stop would.
+    kill_leftovers: bool = True
 
     @model_validator(mode="after")
     def _delays_ordered(self) -> TaskTypeConfig:

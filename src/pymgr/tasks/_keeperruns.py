@@ -29,7 +29,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pymgr.tasks._progress import Progress, ProgressScanner
@@ -69,6 +69,7 @@ class Run:
         output_fd: int | None = None,
         log: RunLog | None = None,
         pidfd: int | None = None,
+        leftovers_grace_s: float | None = None,
     ) -> None:
         self.id = task_id
         self.leader = leader
@@ -80,6 +81,8 @@ class Run:
         #: The pipe's inode: the daemon checks it when it opens the pipe through /proc.
         self.output_inode = os.fstat(output_fd).st_ino if output_fd is not None else 0
         self.log = log
+        #: Grace of the stop of what the leader leaves running when it exits; None: leave it.
+        self.leftovers_grace_s = leftovers_grace_s
         #: Set for an adopted run: readable once it exited.
         self.pidfd = pidfd
         self.scanner = ProgressScanner()
@@ -320,3 +323,30 @@ def take_output(run: Run, message: dict[str, Any]) -> None:
         os.close(pipe)
         return
     run.output_fd, run.output_inode = pipe, int(where["inode"])
+
+
+def stop_leftovers(run: Run, leaders: Iterable[int], now: float) -> bool:
+    """The run's leader exited (reaped): start stopping what it left running; False if nothing (or not asked).
+
+    ``leaders``: the pids of the live runs' leaders (the keeper's live map: looked at again on each look).
+
+    The stop is a ``TreeKill`` of those processes, with the type's grace;
+    the keeper's tick finishes it and then the run. A line in the run's log
+    (and the keeper's) names them, so whoever reads why a background
+    process of theirs died finds it.
+    """
+    if run.leftovers_grace_s is None or run.adopted:
+        return False
+    refs = _proctree.leftovers(run.leader, run.marker, leaders)
+    if not refs:
+        return False
+    pids = ", ".join(str(ref.pid) for ref in sorted(refs, key=lambda ref: ref.pid))
+    note = f"pymgr: the run's first process exited; stopping the {len(refs)} process(es) it left running: pid {pids}"
+    print(f"keeper: run {run.id}: {note}", file=sys.stderr, flush=True)
+    run._write_log(f"\n{note}\n".encode())
+    run.kill = TreeKill(
+        run.leader, run.marker, run.leftovers_grace_s, leader_gone=lambda: True, signal_leader=lambda sig: None,
+        find=lambda: _proctree.leftovers(run.leader, run.marker, leaders),
+    )  # fmt: skip
+    run.kill.start(now, known=refs)
+    return True

@@ -199,3 +199,56 @@ def send_signal(ref: ProcRef, sig: signal.Signals) -> bool:
     finally:
         os.close(fd)
     return True
+
+
+def _children(pid: int) -> list[int]:
+    """The children of ``pid`` (every thread's), from /proc/PID/task/TID/children; [] if it is gone."""
+    found: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                found += (int(child) for child in f.read().split())
+        except OSError:
+            continue  # the thread ended
+    return found
+
+
+def leftovers(leader: ProcRef, marker: Mapping[str, str], leaders: Iterable[int]) -> set[ProcRef]:
+    """What a run left running when its leader exited: cheap enough for every exit.
+
+    The caller is a child subreaper (the keeper), so a process whose parent
+    exited is re-parented to it. The run's leftovers are the caller's
+    children that are no run's leader (``leaders``) and are the run's,
+    by its marker or by its process group (the leader's pid), plus their
+    descendants. One read of the caller's
+    children, one look at each such child: nothing more when the run left
+    nothing behind, unlike a walk over every process.
+    """
+    skip = set(leaders)
+    found: set[ProcRef] = set()
+    stack = []
+    for pid in _children(os.getpid()):
+        if pid in skip or pid == leader.pid:
+            continue
+        try:
+            fields = _stat(pid).rsplit(b")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if fields[0] in (b"Z", b"X") or int(fields[_STARTTIME_INDEX]) < leader.start_time:
+            continue  # exited already (the loop reaps it), or older than the run
+        # In the run's group (its id is the leader's pid; only a new process given that pid could lead
+        # another group of that id, and its members would be its own children, not orphans here), or marked.
+        if int(fields[2]) == leader.pid or _has_marker(pid, marker):
+            stack.append(pid)
+    while stack:
+        pid = stack.pop()
+        started = start_time(pid)
+        if started is None or started < leader.start_time:
+            continue
+        found.add(ProcRef(pid, started))
+        stack.extend(_children(pid))
+    return found

@@ -352,6 +352,7 @@ class Supervision:
                 "rlimits": {name: list(limits) for name, limits in task_type.rlimits.items()},
                 "marker": record.marker,
                 "log": task_type.log_settings(self._log_dir),
+                "leftovers_grace_s": task_type.stop_grace_s if task_type.kill_leftovers else None,
             }
         )
 

@@ -17,6 +17,11 @@ Rules:
   start time (``_proctree.send_signal``). A run re-adopted after the
   keeper died is not this keeper's child: its leader is signalled the same
   careful way, and its group is reached through the descendant walk.
+- The same machine stops what a leader left running when it exited on its
+  own (``kill_leftovers``): then the processes come from a cheap ``find``
+  (the keeper's re-parented children, ``_proctree.leftovers``), which is
+  asked again whenever everything seen has exited, so what they forked as
+  the signal came is stopped too.
 - No sleeping and no threads: ``poll(now)`` is called by the keeper's loop
   (on every child exit and on a short tick) and returns the survivors once
   the stop is over, None until then.
@@ -49,6 +54,7 @@ class TreeKill:
         *,
         leader_gone: Callable[[], bool],
         signal_leader: Callable[[signal.Signals], None],
+        find: Callable[[], set[ProcRef]] | None = None,
     ) -> None:
         """
         Args:
@@ -57,6 +63,10 @@ class TreeKill:
             grace_s: seconds between SIGTERM and SIGKILL.
             leader_gone: True once the leader has exited (reaped, for a child).
             signal_leader: signals the leader (and its group, when safe).
+            find: a cheap look for the run's processes (the leftovers of an exited
+                leader), used instead of the walk over every process; cheap
+                enough to look again each time everything seen has exited,
+                which catches what they forked before the signal reached them.
         """
         self.leader = leader
         self.marker = marker
@@ -66,8 +76,11 @@ class TreeKill:
         self._phase = "new"
         self._deadline = 0.0
         self._watched: set[ProcRef] = set()
+        self._cheap_find = find
 
     def _find(self) -> set[ProcRef]:
+        if self._cheap_find is not None:
+            return self._cheap_find()
         return _proctree.find_run_processes(self.leader, self.marker, leader_reaped=self._leader_gone())
 
     def _send(self, sig: signal.Signals, refs: set[ProcRef]) -> None:
@@ -76,9 +89,9 @@ class TreeKill:
         for ref in refs:
             _proctree.send_signal(ref, sig)
 
-    def start(self, now: float) -> None:
-        """Send SIGTERM to every process of the run."""
-        self._watched = self._find()
+    def start(self, now: float, known: set[ProcRef] | None = None) -> None:
+        """Send SIGTERM to every process of the run (``known``: those, already found)."""
+        self._watched = self._find() if known is None else set(known)
         self._send(signal.SIGTERM, self._watched)
         self._phase = "term"
         self._deadline = now + self.grace_s
@@ -86,6 +99,9 @@ class TreeKill:
     def poll(self, now: float) -> set[ProcRef] | None:
         """Advance the stop; returns the processes that outlived SIGKILL once it is over, else None."""
         self._watched = {ref for ref in self._watched if _proctree.alive(ref)}
+        if not self._watched and self._leader_gone() and self._cheap_find is not None:
+            self._watched = self._find()  # what the exited ones forked just before the signal reached them
+            self._send(signal.SIGTERM if self._phase == "term" else signal.SIGKILL, self._watched)
         if not self._watched and self._leader_gone():
             return set()
         if now < self._deadline:

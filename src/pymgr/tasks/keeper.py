@@ -58,7 +58,7 @@ from typing import Any
 from pymgr.tasks import _proctree
 from pymgr.tasks._framing import CLOSED, PROTOCOL, FrameDecoder, FrameError, encode
 from pymgr.tasks._keepersetup import listen, prepare_process
-from pymgr.tasks._keeperruns import UNKNOWN_EXIT, Run, StatusJournal, run_log, take_output, vanished
+from pymgr.tasks._keeperruns import UNKNOWN_EXIT, Run, StatusJournal, run_log, stop_leftovers, take_output, vanished
 from pymgr.tasks._proctree import ProcRef
 from pymgr.tasks._runlog import RunLog
 from pymgr.tasks._spawn import SpawnError, SpawnSpec, private_descriptors, spawn
@@ -176,7 +176,7 @@ class Keeper:
                 continue  # an orphaned descendant that was re-parented here
             run.set_exit(os.waitstatus_to_exitcode(status))
             self._pull_output(run)
-            if run.kill is None:
+            if run.kill is None and not stop_leftovers(run, self.by_pid, time.monotonic()):
                 self._finish(run)
 
     def _tick(self) -> None:
@@ -395,9 +395,10 @@ class Keeper:
         started = _proctree.start_time(pid)
         if started is None:  # our unreaped child always has a /proc entry
             raise SpawnError(f"spawn failed: no /proc entry for our own child {pid}; is /proc mounted?")
+        grace = message.get("leftovers_grace_s")
         return Run(
             task_id, ProcRef(pid, started), str(message.get("marker", "")), self.boot_id, time.time(),
-            popen=popen, output_fd=read_end, log=log,
+            popen=popen, output_fd=read_end, log=log, leftovers_grace_s=None if grace is None else float(grace),
         )  # fmt: skip
 
     def _do_kill(self, message: dict[str, Any]) -> None:

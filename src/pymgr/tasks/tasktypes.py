@@ -58,6 +58,7 @@ class TaskType:
     log_max_bytes: int = 10 * 1024 * 1024
     log_keep: int = 3
     log_timestamps: bool = False
+    kill_leftovers: bool = True
 
     def describe(self) -> dict[str, Any]:
         """The type as ``tasks.types`` shows it."""
@@ -136,6 +137,7 @@ def compile_type(name: str, config: TaskTypeConfig, defaults: TasksConfig) -> Ta
         log_max_bytes=config.log_max_bytes if config.log_max_bytes is not None else defaults.log_max_bytes,
         log_keep=config.log_keep if config.log_keep is not None else defaults.log_keep,
         log_timestamps=config.log_timestamps,
+        kill_leftovers=config.kill_leftovers,
     )
 
 
