@@ -163,6 +163,17 @@ async def test_a_stream_is_sent_chunked_and_ends(served: Any) -> None:
     assert json.loads(after)["path"] == "/after"
 
 
+async def test_a_stream_to_http_1_0_is_unframed_and_ends_by_closing(served: Any) -> None:
+    _, _, path = served
+    for extra in (b"", b"Connection: keep-alive\r\n"):  # a kept-alive 1.0 client too: the close is the end
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        writer.write(get("/stream", extra, version=b"HTTP/1.0"))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert b"transfer-encoding" not in head and b"connection: close" in head  # no chunks for HTTP/1.0
+        assert await asyncio.wait_for(reader.read(), 5) == b"chunk 0\nchunk 1\nchunk 2\n"  # then EOF
+        writer.close()
+
+
 async def test_a_client_that_hangs_up_ends_its_stream_at_once(served: Any) -> None:
     handler, _, path = served
     handler.chunks = 200

@@ -1,8 +1,7 @@
 """One HTTP/1.1 connection: httptools parses, this protocol bounds, queues and replies.
 
-Why not uvicorn's ASGI layer: it cost as much server CPU per call as all
-of pymgr's own work (docs/performance.md, "Why pymgr has its own HTTP
-connection"); httptools still does the parsing, the part that must be exact.
+Why not uvicorn's ASGI layer: it cost as much server CPU per call as all of pymgr's own work
+(docs/performance.md, "Why pymgr has its own HTTP connection"); httptools still parses.
 
 Rules:
 - Requests on a connection are answered one at a time, in order. Pipelined
@@ -23,9 +22,8 @@ Rules:
   later request) until the head is complete, ``body_timeout_s`` while a
   body arrives (408); ``keepalive_timeout_s`` idle between requests (the
   connection just closes); ``send_timeout_s`` while the client leaves its
-  replies unread with the send buffer full (aborted: it reads nothing). No timeout while a handler runs. One timer per
-  connection, re-armed only when it fires early: a kept-alive request arms
-  and cancels nothing.
+  replies unread with the send buffer full (aborted). None while a handler
+  runs. One timer per connection, re-armed only when it fires early.
 - A refusal is one JSON error reply with ``connection: close``, after the
   replies of the requests parsed before it; then the connection
   half-closes and drops what the client still sends for up to
@@ -37,7 +35,8 @@ Rules:
   flight before it (otherwise the client's own wait sends the body).
 - A client that leaves does not cancel its request's action (it may have
   started a task); its reply is dropped. A stream's producer is cancelled
-  at once, and at shutdown (the stream then ends with its last chunk).
+  at once, and at shutdown (the stream then ends with its last chunk). A
+  stream is chunked, except to HTTP/1.0: unframed, ended by closing.
 """
 
 from __future__ import annotations
@@ -52,7 +51,8 @@ import httptools
 
 from pymgr.auth.guard import caller_key
 from pymgr.errors import MalformedRequest, PymgrError, PymgrInternalError, TooLarge
-from pymgr.transport.http_limits import LINGER_S, RequestTimeout, check_content_length, connection_identity, peer_gone
+from pymgr.transport.http_limits import (LINGER_S, RequestTimeout, check_content_length, connection_identity,
+                                         head_too_large, peer_gone)  # fmt: skip
 from pymgr.transport.http_messages import Reply, Request, Stream, encode_reply, error_reply, header, render_head
 
 if TYPE_CHECKING:
@@ -72,6 +72,8 @@ _CLOSE = (b"connection", b"close")
 _CONNECTION = {(False, False): _CLOSE[0] + b": close\r\n", (True, False): b"", (True, True): b"connection: keep-alive\r\n"}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CHUNKED_TAIL = b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n"
+#: An HTTP/1.0 client knows no chunks (RFC 9112 6.1): its stream's body ends when the connection closes.
+_UNFRAMED_TAIL = b"connection: close\r\ncache-control: no-cache\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 
 # What the connection is waiting for; the timer's meaning.
@@ -98,15 +100,13 @@ class HttpConnection(asyncio.Protocol):
         self._transport: asyncio.Transport = None  # type: ignore[assignment]
         self._identity: Any = None
         self._counted: str | None = None
-        # The request being parsed.
-        self._url = b""
+        self._url = b""  # the request being parsed: its target, headers and body
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._body_size = 0
         self._head_bytes = 0
         self._waiting = _HEAD
-        # Requests parsed and not yet answered; the one being answered.
-        self._queue: deque[tuple[Request, bool]] = deque()
+        self._queue: deque[tuple[Request, bool]] = deque()  # parsed, not answered yet
         self._task: asyncio.Task[None] | None = None
         self._stream_task: asyncio.Task[None] | None = None
         self._refusal: bytes | None = None  # sent once the reply under way is out
@@ -208,7 +208,7 @@ class HttpConnection(asyncio.Protocol):
         if self._waiting is _HEAD:
             self._head_bytes += self._chunk
             if self._head_bytes > self._limits.max_header_bytes:
-                self._refuse(self._head_too_large(self._head_bytes))
+                self._refuse(head_too_large(self._head_bytes, self._limits.max_header_bytes))
         elif self._waiting is _BODY and self._deadline == 0.0:
             self._watch(_BODY, self._limits.body_timeout_s)
 
@@ -248,7 +248,7 @@ class HttpConnection(asyncio.Protocol):
         if self._head_bytes + self._chunk > limits.max_header_bytes:
             size = len(self._url) + sum(len(name) + len(value) + 4 for name, value in self._headers)
             if size > limits.max_header_bytes:
-                raise _Refused(self._head_too_large(size))
+                raise _Refused(head_too_large(size, self._limits.max_header_bytes))
         if len(self._url) > limits.max_request_line_bytes:
             raise _Refused(TooLarge(
                 f"request target is longer than max_request_line_bytes={limits.max_request_line_bytes}",
@@ -287,9 +287,10 @@ class HttpConnection(asyncio.Protocol):
         if "%" in path:
             path = unquote(path)  # escapes are UTF-8 (RFC 3986), as every client sends them; bad ones become U+FFFD
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        request = Request(parser.get_method().decode("ascii"), path, raw_path, query, self._headers, body, self._identity)
+        method, http10 = parser.get_method().decode("ascii"), parser.get_http_version() == "1.0"
+        request = Request(method, path, raw_path, query, self._headers, body, self._identity, http10)
         keep = parser.should_keep_alive()
-        if keep and parser.get_http_version() == "1.0":
+        if keep and http10:
             keep = _CONFIRM  # an HTTP/1.0 client keeps the connection only if the reply says so
         self._queue.append((request, keep))
         self._waiting = _BUSY
@@ -323,7 +324,8 @@ class HttpConnection(asyncio.Protocol):
         if self._state.shutting_down:
             keep_alive = False
         if isinstance(reply, Stream):
-            await self._send_stream(reply, request.method)
+            keep_alive = keep_alive and not request.http10  # an HTTP/1.0 stream ends with the connection
+            await self._send_stream(reply, request.method, request.http10)
         else:
             persist = bool(keep_alive) and (self._refusal is None or bool(self._queue))
             self._send(reply, request.method, persist, confirm=persist and keep_alive == _CONFIRM)
@@ -362,10 +364,11 @@ class HttpConnection(asyncio.Protocol):
         else:
             self._watch(_BODY, self._limits.body_timeout_s)
 
-    async def _send_stream(self, stream: Stream, method: str) -> None:
+    async def _send_stream(self, stream: Stream, method: str, http10: bool) -> None:
         headers = [(b"content-type", stream.content_type), *stream.headers]
-        self._transport.write(render_head(200, headers, _CHUNKED_TAIL))
-        producer = self._loop.create_task(self._produce(stream)) if method != "HEAD" else None
+        self._transport.write(render_head(200, headers, _UNFRAMED_TAIL if http10 else _CHUNKED_TAIL))
+        last = b"" if http10 else _LAST_CHUNK
+        producer = self._loop.create_task(self._produce(stream, http10, last)) if method != "HEAD" else None
         if producer is not None and self._state.shutting_down:
             producer.cancel()  # began after shutdown did: end it at once, as shutdown() ends the others
         self._stream_task = producer
@@ -380,21 +383,21 @@ class HttpConnection(asyncio.Protocol):
             if aclose is not None and (producer is None or producer.done()):
                 await aclose()
         if producer is not None and producer.cancelled() and not self._lost:  # ended by shutdown
-            self._transport.write(_LAST_CHUNK)
+            self._transport.write(last)
         elif producer is not None and not producer.cancelled() and producer.exception() is not None:
             log.error("stream failed after its first bytes", exc_info=producer.exception())
             self._transport.close()
 
-    async def _produce(self, stream: Stream) -> None:
+    async def _produce(self, stream: Stream, http10: bool, last: bytes) -> None:
         async for chunk in stream.chunks:
             if chunk:
-                self._transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                self._transport.write(chunk if http10 else b"%x\r\n%s\r\n" % (len(chunk), chunk))
             if self._write_paused:  # the client reads slower than we produce: wait for it
                 self._drained = self._loop.create_future()
                 await self._drained
             if self._lost:
                 return
-        self._transport.write(_LAST_CHUNK)
+        self._transport.write(last)
 
     # --- timers and refusals ---------------------------------------------------
 
@@ -435,11 +438,6 @@ class HttpConnection(asyncio.Protocol):
         log.info("aborting connection from %s: replies unread for send_timeout_s=%g", self._who(), self._limits.send_timeout_s)
         self._closing = True
         self._transport.abort()  # nothing can be said to a client that does not read
-
-    def _head_too_large(self, size: int) -> TooLarge:
-        limit = self._limits.max_header_bytes
-        return TooLarge(f"request head is larger than max_header_bytes={limit} ({size} bytes so far)",
-                        details={"limit": limit})
 
     def _refuse(self, error: PymgrError, *headers: tuple[bytes, bytes]) -> None:
         """Reply with ``error`` (after the reply under way, if any), then linger and close."""

@@ -51,6 +51,11 @@ def check_content_length(value: bytes, limit: int) -> None:
                        details={"limit": limit})
 
 
+def head_too_large(size: int, limit: int) -> TooLarge:
+    """The refusal of a request head of ``size`` bytes so far, over ``limit`` (max_header_bytes)."""
+    return TooLarge(f"request head is larger than max_header_bytes={limit} ({size} bytes so far)", details={"limit": limit})
+
+
 def connection_identity(transport: asyncio.BaseTransport) -> Identity:
     """Peer credentials on a Unix socket; the address and any verified certificate on TCP."""
     identity = identity_from_peercred(transport.get_extra_info("socket"))

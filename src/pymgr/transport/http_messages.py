@@ -48,6 +48,8 @@ class Request:
     #: Who is calling: peer credentials on a Unix socket, the address (and
     #: certificate) on TCP until a signature names a key.
     identity: Identity
+    #: An HTTP/1.0 request: its reply may not be chunked (a stream ends by closing the connection).
+    http10: bool = False
 
 
 @dataclass(frozen=True, slots=True)
