@@ -20,6 +20,7 @@ import socket
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from pymgr.core.dispatch import Dispatcher
 from pymgr.core.loader import module_classes
 from pymgr.core.registry import ModuleContext, Registry, RegistryError
 from pymgr.errors import Unavailable
+from pymgr.metrics import Metrics
 from pymgr.modules.commands import command_modules
 from pymgr.security import Security, SecurityError, build_security, socket_group
 from pymgr.service.hooks import NO_HOOKS, Runtime, ServiceHooks
@@ -57,11 +59,11 @@ class StartupError(Exception):
     """The daemon cannot start; the message says why and what to fix."""
 
 
-def build_registry(config: Config, tasks: TaskManager) -> Registry:
+def build_registry(config: Config, tasks: TaskManager, metrics: Metrics | None = None) -> Registry:
     """Every enabled module, instantiated with its context."""
     registry = Registry()
     for cls in module_classes(config.modules.enabled):
-        context = ModuleContext(tasks=tasks, settings=config.modules.settings.get(cls.name, {}))
+        context = ModuleContext(tasks=tasks, settings=config.modules.settings.get(cls.name, {}), metrics=metrics)
         registry.add(cls(context))
     for module in command_modules(config.commands):  # [commands.NAME]: actions with no Python
         registry.add(module)
@@ -99,11 +101,13 @@ async def run(config: Config, stop: asyncio.Event | None = None, hooks: ServiceH
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
     config.state_dir.mkdir(parents=True, exist_ok=True)
-    tasks = TaskManager(config.tasks, config.state_dir)
+    metrics = Metrics()
+    tasks = TaskManager(config.tasks, config.state_dir, metrics=metrics)
     try:
-        registry = build_registry(config, tasks)
+        registry = build_registry(config, tasks, metrics)
         security = build_security(config, registry, tasks)
         dispatcher = security.dispatcher(registry)
+        dispatcher.metrics = metrics
         sockets = bind_http(config, hooks.inherited)
     except (RegistryError, ListenerError, SecurityError, ConfigError) as exc:
         raise StartupError(str(exc)) from None
@@ -133,10 +137,11 @@ async def run(config: Config, stop: asyncio.Event | None = None, hooks: ServiceH
         )
         await http.start()
         closers.append(http.close)
+        _gauges(metrics, tasks, http)
         listeners = {"http": [_address(s) for s in sockets], "modules": dispatcher.registry.names()}
         if config.legacy.enabled:
             listeners["legacy"] = await _start_legacy(
-                config, dispatcher, closers, hooks.inherited.get("legacy"), security
+                config, dispatcher, closers, hooks.inherited.get("legacy"), security, metrics
             )
         log.info("ready %s", json.dumps(listeners))
         _call_hook(hooks.ready, Runtime(config, tasks, dispatcher, listeners))
@@ -151,8 +156,12 @@ async def _start_legacy(
     closers: list[Callable[[], Awaitable[None]]],
     passed: list[socket.socket] | None = None,
     security: Security | None = None,
+    metrics: Metrics | None = None,
 ) -> str:
     legacy = LegacyServer(config.legacy, dispatcher, edge=security.edge if security is not None else None)
+    if metrics is not None:
+        metrics.gauge("pymgr_legacy_connections", "Open legacy-protocol connections.",
+                      lambda: float(legacy.open_connections))  # fmt: skip
     sock = passed[0] if passed else _bind_legacy(config.legacy)
     try:
         await legacy.start(sock=sock)
@@ -192,6 +201,14 @@ def _bind_legacy(legacy: LegacyConfig) -> socket.socket | None:
         return socket.create_server((legacy.host, legacy.port), family=family, backlog=LEGACY_BACKLOG)
     except OSError:
         return None
+
+
+def _gauges(metrics: Metrics, tasks: TaskManager, http: Any) -> None:
+    metrics.gauge("pymgr_task_runs_active", "Task runs queued or running now, by type and state.",
+                  tasks.active_counts, labels=("type", "state"))  # fmt: skip
+    metrics.gauge("pymgr_keeper_connected", "1 while the task keeper is connected.", lambda: float(tasks.keeper_connected))
+    metrics.gauge("pymgr_http_connections", "Open HTTP connections, all listeners.",
+                  lambda: float(len(http.state.connections)) if http.state is not None else 0.0)  # fmt: skip
 
 
 def _call_hook(hook: Callable[..., None], *args: object) -> None:

@@ -8,6 +8,9 @@ Rules:
 - An action's own ``PymgrError`` passes through; any other exception becomes
   ``ActionFailed`` (logged with its traceback); cancellation propagates.
 - The result leaves as JSON-ready data, so every transport encodes the same.
+- With ``metrics``, every call is counted by transport, module, action and
+  outcome ("ok", the error's code, "cancelled"), with its duration; an
+  action the registry lacks counts as ``_unknown`` (callers choose names).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +29,7 @@ import pydantic_core
 from pymgr.core.identity import Identity
 from pymgr.core.registry import ActionSpec, Registry
 from pymgr.errors import ActionFailed, ParamsInvalid, PymgrError
+from pymgr.metrics import UNKNOWN, Metrics
 
 log = logging.getLogger("pymgr.dispatch")
 
@@ -73,6 +78,8 @@ class Dispatcher:
         self.registry = registry
         self.authorize = authorize
         self.authorize_params = authorize_params
+        #: Counts every call when set (the daemon sets it).
+        self.metrics: Metrics | None = None
 
     async def call(self, call: Call) -> Any:
         """Run one action.
@@ -84,6 +91,27 @@ class Dispatcher:
             PymgrError: NotFound, Unauthenticated, Forbidden, ParamsInvalid,
                 ActionFailed, or whatever PymgrError the action raised.
         """
+        metrics = self.metrics
+        if metrics is None:
+            return await self._call(call)
+        started = time.perf_counter()
+        outcome = "internal"
+        try:
+            result = await self._call(call)
+            outcome = "ok"
+            return result
+        except PymgrError as exc:
+            outcome = exc.code
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            known = self.registry.has(call.module, call.action)
+            metrics.request(call.identity.transport, call.module if known else UNKNOWN,
+                            call.action if known else UNKNOWN, outcome, time.perf_counter() - started)  # fmt: skip
+
+    async def _call(self, call: Call) -> Any:
         spec = self.registry.get(call.module, call.action)
         self.authorize(call.identity, spec)
         if not isinstance(call.params, Mapping):

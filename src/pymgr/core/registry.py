@@ -81,6 +81,8 @@ class ModuleContext:
     tasks: Any = None
     #: This module's table from the config (``[modules.settings.NAME]``).
     settings: Mapping[str, Any] = field(default_factory=dict)
+    #: The daemon's ``pymgr.metrics.Metrics``, when it counts.
+    metrics: Any = None
 
 
 class Module:
@@ -252,6 +254,11 @@ class Registry:
 
     def __contains__(self, module: str) -> bool:
         return module in self._modules
+
+    def has(self, module: str, action: str) -> bool:
+        """True if ``module`` has an action ``action`` (no error to build, unlike ``get``)."""
+        actions = self._actions.get(module)
+        return actions is not None and action in actions
 
     def names(self) -> list[str]:
         return sorted(self._modules)

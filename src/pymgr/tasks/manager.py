@@ -41,6 +41,7 @@ from typing import Any
 from pymgr.config import TasksConfig
 from pymgr.core.identity import INTERNAL, Identity
 from pymgr.errors import Conflict, NotFound, Unavailable
+from pymgr.metrics import Metrics
 from pymgr.tasks import _proctree
 from pymgr.tasks._statedir import lock_state_dir, open_store
 from pymgr.tasks._requests import MAX_KEY_CHARS, check_key, parse_state, validate_params
@@ -83,6 +84,7 @@ class TaskManager(Supervision):
         *,
         store: TaskStore | None = None,
         clock: Callable[[], datetime] = _utcnow,
+        metrics: Metrics | None = None,
     ) -> None:
         """
         Args:
@@ -91,6 +93,7 @@ class TaskManager(Supervision):
                 keeper's socket, lock and statuses in ``run/``.
             store: where records live; a ``SqliteStore`` in ``state_dir`` by default.
             clock: the current UTC time (tests pass a fake one).
+            metrics: counts runs started and ended, by type (and end state).
 
         Raises:
             ConfigError: a task type's argv template is bad.
@@ -106,6 +109,7 @@ class TaskManager(Supervision):
         self._log_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         self._store = store if store is not None else open_store(config, state_dir)
         self._clock = clock
+        self._metrics = metrics
         self.events = EventHub(config.events_queue_size)
         self.logs = LogReader(self._log_dir)
         self._queue = RunQueue(self._limit)
@@ -231,6 +235,18 @@ class TaskManager(Supervision):
     def describe_types(self) -> builtins.list[dict[str, Any]]:
         """Every task type: name, doc and the JSON Schema of its parameters."""
         return [self._types[name].describe() for name in sorted(self._types)]
+
+    def active_counts(self) -> dict[tuple[str, str], int]:
+        """Runs queued or running now, by (type, state): a gauge of ``metrics``."""
+        counts: dict[tuple[str, str], int] = {}
+        for record in self._store.active():
+            key = (record.type, record.state.value)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    @property
+    def keeper_connected(self) -> bool:
+        return self._link.connected
 
     def running(self, task_id: int) -> bool:
         """True while the run is queued or running (used by log followers)."""
@@ -410,6 +426,11 @@ class TaskManager(Supervision):
         self._remember(record)
         self._log(record, outcome(record))
         self.events.publish("state", record.to_dict())
+        if self._metrics is not None:
+            if record.state is TaskState.RUNNING:
+                self._metrics.task_started(record.type)
+            elif record.state in TERMINAL:
+                self._metrics.task_ended(record.type, record.state.value)
         if record.state in TERMINAL:
             self._forget(record.id)
             waiter = self._waiters.pop(record.id, None)

@@ -27,6 +27,8 @@ from pymgr.core.dispatch import Call, Dispatcher
 from pymgr.core.identity import Identity
 from pymgr.errors import MalformedRequest, NotFound, PymgrError, PymgrInternalError
 from pymgr.transport.http_messages import Reply, Request, Stream, error_reply
+from pymgr.transport.http_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from pymgr.transport.http_metrics import render as render_metrics
 from pymgr.transport.http_stream import StreamSource, log_query
 
 log = logging.getLogger("pymgr.http")
@@ -54,7 +56,7 @@ class HttpApp:
     async def __call__(self, request: Request) -> Reply | Stream:
         try:
             status, result = await self._route(request)
-            if isinstance(result, Stream):  # logs and events: sent as they are produced
+            if isinstance(result, (Stream, Reply)):  # logs and events (sent as produced); /metrics (text)
                 return result
             # pydantic-core's encoder: the same compact UTF-8 JSON as json.dumps(separators=(",", ":"),
             # ensure_ascii=False), 10x cheaper (0.4 µs, not 3.6 µs, for a small reply; docs/performance.md).
@@ -69,9 +71,13 @@ class HttpApp:
         # HEAD is GET without the body (RFC 9110 9.3.2): the connection sends the head only.
         method = "GET" if request.method == "HEAD" else request.method
         parts = request.path.strip("/").split("/")
+        identity = request.identity
+        if parts == ["metrics"]:  # where Prometheus looks; the metrics.snapshot action, as text
+            _allow(method, "GET", request)
+            snapshot = await self._call("metrics", "snapshot", {}, identity)
+            return 200, Reply(200, render_metrics(snapshot), content_type=METRICS_CONTENT_TYPE)
         if parts[0] != "v1" or len(parts) < 2:
             raise NotFound(f"no route {request.path}; the API lives under /v1/ (try GET /v1/modules)")
-        identity = request.identity
         route = parts[1:]
         if route == ["health"]:
             _allow(method, "GET", request)

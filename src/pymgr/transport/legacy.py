@@ -142,6 +142,10 @@ class LegacyServer:
         self._signatures: dict[str, bytes] = {}
 
     @property
+    def open_connections(self) -> int:
+        return len(self._connections)
+
+    @property
     def port(self) -> int:
         """The bound port (the first socket's, if the host resolved to several).
 
