@@ -28,14 +28,14 @@ LEAVER = py(
     "sys.exit(3)\n"
 )
 
-#: Leaves a child that ignores SIGTERM: the leftovers' stop needs SIGKILL after the grace.
+#: Leaves a child that ignores SIGTERM (once it said so): the leftovers' stop needs SIGKILL after the grace.
 STUBBORN_LEAVER = py(
     "import subprocess, sys\n"
     "code = 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(\"armed\", flush=True); "
     "time.sleep(600)'\n"
-    "child = subprocess.Popen([sys.executable, '-c', code])\n"
+    "child = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE)\n"
+    "assert child.stdout.readline() == b'armed\\n'\n"
     "print('left', child.pid, flush=True)\n"
-    "import time; time.sleep(0.5)\n"
 )
 
 
@@ -67,13 +67,27 @@ async def test_what_an_exited_run_left_running_is_stopped_and_named_in_its_log(m
     assert re.search(r"pymgr: the run's first process exited; stopping the 3 process\(es\) it left running", log), log
 
 
-async def test_the_run_ends_only_once_its_leftovers_are_gone_sigkill_after_grace(make_manager: MakeManager) -> None:
+async def test_the_run_ends_only_once_its_leftovers_are_gone_sigkill_after_grace(
+    make_manager: MakeManager, tmp_path: Path
+) -> None:
     manager = make_manager(types={"stubborn": TaskTypeConfig(argv=STUBBORN_LEAVER, stop_grace_s=0.5)})
     record = await manager.start("stubborn", {}, None, CALLER)
     ended = await wait_end(manager, record.id)
     (child,) = left_pids(ended.log_path)
     assert gone(child)  # SIGTERM ignored: SIGKILL after 0.5 s, before the run was reported ended
     assert (ended.state, ended.exit_code) == (TaskState.SUCCEEDED, 0)
+    assert "sending SIGKILL to 1 process(es)" in (tmp_path / "state" / "run" / "keeper.log").read_text()
+
+
+async def test_a_deadline_during_the_leftovers_stop_is_not_the_outcome(make_manager: MakeManager) -> None:
+    # The leader is done well within its 1.5 s; its stubborn leftover takes the 2 s grace, past the deadline.
+    stubborn = TaskTypeConfig(argv=STUBBORN_LEAVER, stop_grace_s=2.0, timeout_s=1.5)
+    manager = make_manager(types={"stubborn": stubborn})
+    record = await manager.start("stubborn", {}, None, CALLER)
+    ended = await wait_end(manager, record.id)
+    assert gone(left_pids(ended.log_path)[0])
+    assert (ended.state, ended.exit_code) == (TaskState.SUCCEEDED, 0)  # not timed_out: the leader was in time
+    assert ended.cancel_source == "deadline"  # the deadline did fire meanwhile, and is on the record
 
 
 def late_forker(pid_file: Path) -> list[str]:

@@ -53,6 +53,20 @@ def test_a_reused_descriptor_number_is_never_taken_for_the_pipe(pipe: tuple[int,
     assert len(holders) == 0 and holders.where(1) is None
 
 
+def test_a_named_fifo_with_the_same_inode_is_never_opened(tmp_path: object) -> None:
+    from pathlib import Path
+
+    fifo = Path(str(tmp_path)) / "fifo"
+    os.mkfifo(fifo)
+    fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # a FIFO, but not a pipe: another filesystem's inode
+    try:
+        holders = OutputHolders(limit=10)
+        holders.hold(1, os.getpid(), [fd, os.fstat(fd).st_ino])
+        assert len(holders) == 0
+    finally:
+        os.close(fd)
+
+
 def test_malformed_reports_and_missing_keeper_pid_hold_nothing(
     pipe: tuple[int, int, int], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -93,3 +107,20 @@ def test_the_default_limit_is_half_the_descriptor_limit() -> None:
     import resource
 
     assert OutputHolders().limit == resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2
+
+
+def test_a_new_keeper_that_cannot_reopen_the_log_still_drains_the_pipe(pipe: tuple[int, int, int]) -> None:
+    from pymgr.tasks._keeperruns import Run, take_output
+    from pymgr.tasks._proctree import ProcRef
+
+    read_end, write_end, inode = pipe
+    holders = OutputHolders(limit=10)
+    holders.hold(1, os.getpid(), [read_end, inode])
+    run = Run(1, ProcRef(os.getpid(), 0), "t" * 32, "boot", 0.0)
+    take_output(run, {"output": holders.where(1), "log": {"dir": "/nonexistent/dir"}})  # "max_bytes" missing
+    assert run.output_fd is not None and run.log is None
+    assert run.log_error is not None and run.log_error.startswith("output dropped: cannot reopen the log")
+    os.write(write_end, b"x" * 1000)
+    assert run.drain() == (False, None)  # read and dropped: the run never blocks on a full pipe
+    run.close_output()
+    holders.close()

@@ -241,7 +241,26 @@ def test_the_checkpoint_starts_the_wal_over_so_the_next_commit_need_not(tmp_path
     later = store.add(record())
     assert wal.read_bytes()[16:24] == salts  # the commit appended; the header (and its fsync) was the worker's
     assert store.get(later.id) == later and store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    store.checkpoint_passive()  # again, with a frame in the WAL: still fine
+    store.checkpoint_passive()  # the daemon wrote since: the WAL starts over again, here
+    salts = wal.read_bytes()[16:24]
+    for _ in range(3):  # idle: nothing is written, however often the checkpoint runs
+        store.checkpoint_passive()
+        assert wal.read_bytes()[16:24] == salts
+    store.close()
+
+
+def test_a_failed_wal_restart_leaves_no_transaction_open(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    store.add(record())
+    store.checkpoint_passive()  # opens the worker's connection
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    store.add(record())
+    checkpointer.execute("PRAGMA query_only=1")  # its next write fails, as a full disk would
+    with pytest.raises(sqlite3.Error):
+        store.checkpoint_passive()
+    assert not checkpointer.in_transaction  # rolled back: the daemon's writes are not locked out
+    store.add(record())
     store.close()
 
 

@@ -172,6 +172,12 @@ async def test_a_stream_to_http_1_0_is_unframed_and_ends_by_closing(served: Any)
         assert b"transfer-encoding" not in head and b"connection: close" in head  # no chunks for HTTP/1.0
         assert await asyncio.wait_for(reader.read(), 5) == b"chunk 0\nchunk 1\nchunk 2\n"  # then EOF
         writer.close()
+    # A bad request pipelined behind it is refused by closing: a 400 written after it would read as body.
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    writer.write(get("/stream", version=b"HTTP/1.0") + b"NOT HTTP AT ALL\r\n\r\n")
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert await asyncio.wait_for(reader.read(), 5) == b"chunk 0\nchunk 1\nchunk 2\n"
+    writer.close()
 
 
 async def test_a_client_that_hangs_up_ends_its_stream_at_once(served: Any) -> None:

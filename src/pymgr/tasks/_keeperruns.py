@@ -96,6 +96,9 @@ class Run:
         self.survivors: set[ProcRef] = set()
         #: Why output is being dropped (the log cannot be written), once known.
         self.log_error: str | None = None
+        #: The leader exited before any stop, and the keeper is stopping what it left: a stop or a
+        #: deadline that comes meanwhile does not make the run "stopped" or "timed_out".
+        self.exited_on_its_own = False
 
     @property
     def adopted(self) -> bool:
@@ -182,6 +185,7 @@ class Run:
             "signal": self.signal,
             "error": error,
             "killed": self.killed,
+            "exited_on_its_own": self.exited_on_its_own,
             "progress": list(self.progress) if self.progress else None,
         }
 
@@ -319,9 +323,9 @@ def take_output(run: Run, message: dict[str, Any]) -> None:
     try:
         run.log = run_log(run.id, message.get("log"), RunLog.resume)
     except (KeyError, ValueError, TypeError, OSError) as exc:
-        print(f"keeper: task {run.id}: cannot reopen its log: {exc}", file=sys.stderr, flush=True)
-        os.close(pipe)
-        return
+        # Drained all the same, the output dropped: a pipe nobody reads would block the run for good.
+        run.log_error = f"output dropped: cannot reopen the log after the keeper changed: {exc}"
+        print(f"keeper: task {run.id}: {run.log_error}", file=sys.stderr, flush=True)
     run.output_fd, run.output_inode = pipe, int(where["inode"])
 
 
@@ -344,6 +348,7 @@ def stop_leftovers(run: Run, leaders: Iterable[int], now: float) -> bool:
     note = f"pymgr: the run's first process exited; stopping the {len(refs)} process(es) it left running: pid {pids}"
     print(f"keeper: run {run.id}: {note}", file=sys.stderr, flush=True)
     run._write_log(f"\n{note}\n".encode())
+    run.exited_on_its_own = True
     run.kill = TreeKill(
         run.leader, run.marker, run.leftovers_grace_s, leader_gone=lambda: True, signal_leader=lambda sig: None,
         find=lambda: _proctree.leftovers(run.leader, run.marker, leaders),

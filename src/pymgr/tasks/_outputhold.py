@@ -35,27 +35,49 @@ from typing import Any
 
 log = logging.getLogger("pymgr.tasks")
 
-#: Open flags of a holder: read-only, never blocking, never inherited.
-_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+#: Open flags of a holder: read-only, never blocking, never inherited, never a controlling terminal.
+_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+
+
+def _pipe_device() -> int:
+    """The device number of pipes (pipefs): a pipe reached through /proc must be on it."""
+    read_end, write_end = os.pipe()
+    try:
+        return os.fstat(read_end).st_dev
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+_PIPE_DEV = _pipe_device()
+
+
+def _is_the_pipe(info: os.stat_result, inode: int) -> bool:
+    return stat.S_ISFIFO(info.st_mode) and info.st_dev == _PIPE_DEV and info.st_ino == inode
 
 
 def open_pipe(pid: int, fd: int, inode: int) -> int | None:
     """A new read end of the pipe that is descriptor ``fd`` of process ``pid``, or None.
 
     None when the process or descriptor is gone, when it is not the pipe
-    with ``inode`` (closed and reused meanwhile), or when /proc refuses.
+    with ``inode`` (closed and reused meanwhile, or ``pid`` is another
+    process by now), or when /proc refuses. What the descriptor names is
+    checked before it is opened, so a device, a terminal or a named FIFO is
+    never opened (opening one can have effects), and again after.
 
     Raises:
         OSError: EMFILE or ENFILE (out of descriptors): the caller decides.
     """
+    path = f"/proc/{int(pid)}/fd/{int(fd)}"
     try:
-        holder = os.open(f"/proc/{int(pid)}/fd/{int(fd)}", _FLAGS)
+        if not _is_the_pipe(os.stat(path), inode):
+            return None
+        holder = os.open(path, _FLAGS)
     except OSError as exc:
         if exc.errno in (errno.EMFILE, errno.ENFILE):
             raise
         return None
-    info = os.fstat(holder)
-    if not stat.S_ISFIFO(info.st_mode) or info.st_ino != inode:
+    if not _is_the_pipe(os.fstat(holder), inode):
         os.close(holder)
         return None
     return holder

@@ -222,33 +222,32 @@ def leftovers(leader: ProcRef, marker: Mapping[str, str], leaders: Iterable[int]
 
     The caller is a child subreaper (the keeper), so a process whose parent
     exited is re-parented to it. The run's leftovers are the caller's
-    children that are no run's leader (``leaders``) and are the run's,
-    by its marker or by its process group (the leader's pid), plus their
-    descendants. One read of the caller's
-    children, one look at each such child: nothing more when the run left
-    nothing behind, unlike a walk over every process.
+    children that are no run's leader (``leaders``) and are the run's, by
+    its marker or by its process group (the leader's pid), plus their
+    descendants. One read of the caller's children and one look at each
+    such child: nothing more when the run left nothing behind, unlike a walk
+    over every process. A descendant counts only if the stat read that
+    names it also names the parent it was listed under, and it is no older
+    than the leader: a pid reused meanwhile is never taken.
     """
     skip = set(leaders)
+    skip.add(leader.pid)
     found: set[ProcRef] = set()
-    stack = []
-    for pid in _children(os.getpid()):
-        if pid in skip or pid == leader.pid:
-            continue
+    stack = [(pid, os.getpid()) for pid in _children(os.getpid()) if pid not in skip]
+    while stack:
+        pid, parent = stack.pop()
         try:
             fields = _stat(pid).rsplit(b")", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError):
             continue
-        if fields[0] in (b"Z", b"X") or int(fields[_STARTTIME_INDEX]) < leader.start_time:
-            continue  # exited already (the loop reaps it), or older than the run
-        # In the run's group (its id is the leader's pid; only a new process given that pid could lead
-        # another group of that id, and its members would be its own children, not orphans here), or marked.
-        if int(fields[2]) == leader.pid or _has_marker(pid, marker):
-            stack.append(pid)
-    while stack:
-        pid = stack.pop()
-        started = start_time(pid)
-        if started is None or started < leader.start_time:
+        started = int(fields[_STARTTIME_INDEX])
+        if fields[0] in (b"Z", b"X") or int(fields[1]) != parent or started < leader.start_time:
+            continue  # exited (the loop reaps it), re-parented or reused meanwhile, or older than the run
+        # One of the caller's own children must be the run's: in its group (the id is the leader's pid;
+        # only a new process given that pid could lead another such group, and its members would be its
+        # own children, not orphans here) or marked. Below those, every descendant is.
+        if parent == os.getpid() and int(fields[2]) != leader.pid and not _has_marker(pid, marker):
             continue
         found.add(ProcRef(pid, started))
-        stack.extend(_children(pid))
+        stack.extend((child, pid) for child in _children(pid))
     return found

@@ -91,8 +91,12 @@ class RunLog:
         """
         log = cls(directory, task_id, max_bytes=max_bytes, keep=keep, timestamps=timestamps)
         prefix = rotated_name(task_id, 0)[:-1]
-        offsets = sorted(int(name[len(prefix) :]) for name in os.listdir(directory)
-                         if name.startswith(prefix) and name[len(prefix) :].isdigit())  # fmt: skip
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            names = []  # the directory is gone: write() reports it
+        tails = (name[len(prefix) :] for name in names if name.startswith(prefix))
+        offsets = sorted(int(tail) for tail in tails if tail.isascii() and tail.isdigit())
         if offsets:
             log._rotated.extend(offsets[-keep:])
             newest = os.path.join(directory, rotated_name(task_id, offsets[-1]))

@@ -454,9 +454,10 @@ class Supervision:
 
 
 def _end_state(record: TaskRecord, status: dict[str, Any]) -> TaskState:
-    if record.cancel_source == "deadline":
+    # A stop or deadline that came while the keeper stopped what an exited leader left is not the outcome.
+    if record.cancel_source == "deadline" and not status.get("exited_on_its_own"):
         return TaskState.TIMED_OUT
-    if record.cancel_source is not None:
+    if record.cancel_source is not None and not status.get("exited_on_its_own"):
         return TaskState.STOPPED
     if status.get("exit_code") is None and status.get("signal") is None:
         return TaskState.LOST

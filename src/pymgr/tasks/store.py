@@ -235,6 +235,10 @@ class SqliteStore:
         self._pending_begin = False
         self._count = 0
         self._checkpointer: sqlite3.Connection | None = None
+        #: Commits of this connection so far, and their number when the checkpoint thread last started
+        #: the WAL over (``checkpoint_passive``).
+        self._commits = 0
+        self._restarted_after = -1
         #: Why writes are refused (the directory is read-only), or None.
         self.read_only: str | None = None
         try:
@@ -427,18 +431,26 @@ class SqliteStore:
         """
         if self.read_only is not None:
             return
-        if self._checkpointer is None:
-            self._checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        busy, frames, copied = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        if busy == 0 and frames > 0 and copied == frames:
+        db = self._checkpointer
+        if db is None:
+            db = self._checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA synchronous=NORMAL")
+        commits = self._commits  # the daemon's, so far (an int: read whole from another thread)
+        busy, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if busy == 0 and frames > 0 and copied == frames and commits != self._restarted_after:
             # Every frame is in the main file, so the next commit starts the WAL over: it writes a new
             # WAL header and fsyncs it (synchronous=NORMAL), 0.5-2 ms on the event loop. A write that
-            # changes nothing does that here instead; the daemon's next commit just appends.
-            self._checkpointer.execute("BEGIN IMMEDIATE")
+            # changes nothing does that here instead; the daemon's next commit just appends. Only
+            # after the daemon wrote since the last time: an idle daemon writes nothing.
+            db.execute("BEGIN IMMEDIATE")
             try:
-                self._checkpointer.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            finally:
-                self._checkpointer.execute("COMMIT")
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            self._restarted_after = commits
 
     def checkpoint(self) -> None:
         """Fold the WAL into the database file (a clean shutdown; reads keep working)."""
@@ -496,6 +508,7 @@ class _Transaction:
         if exc_type is None:
             try:
                 store._execute("write", "COMMIT")
+                store._commits += 1
                 return
             except Unavailable:
                 self._rollback()

@@ -118,8 +118,7 @@ class HttpConnection(asyncio.Protocol):
         self._stalled: asyncio.TimerHandle | None = None  # armed while the client leaves replies unread
         self._drained: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
-        self._deadline = 0.0
+        self._timer_at = self._deadline = 0.0  # when the timer fires; when what it waits for is due
 
     # --- connection --------------------------------------------------------
 
@@ -386,7 +385,9 @@ class HttpConnection(asyncio.Protocol):
             self._transport.write(last)
         elif producer is not None and not producer.cancelled() and producer.exception() is not None:
             log.error("stream failed after its first bytes", exc_info=producer.exception())
-            self._transport.close()
+            self._transport.abort()  # a reset, not an end: an unframed (HTTP/1.0) body must not look complete
+        if http10:
+            self._refusal = None  # nothing may follow an unframed body: the connection's end is its end
 
     async def _produce(self, stream: Stream, http10: bool, last: bytes) -> None:
         async for chunk in stream.chunks:
