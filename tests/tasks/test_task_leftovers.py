@@ -158,6 +158,7 @@ def test_leftovers_are_the_callers_children_in_the_runs_group_or_marked() -> Non
         assert {r.pid for r in found} == {in_group.pid, marked.pid}  # never the leader, never the stranger
         assert leftovers(ref, marker, leaders=[leader.pid, marked.pid]) == {r for r in found if r.pid == in_group.pid}
         assert leftovers(ProcRef(leader.pid, 2**62), marker, leaders=[]) == set()  # older than the run: not its
+        assert {r.pid for r in leftovers(ref, marker, [leader.pid], by_group=False)} == {marked.pid}  # later looks
     finally:
         for process in (leader, in_group, marked, stranger):
             process.kill()

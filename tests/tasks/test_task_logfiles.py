@@ -57,6 +57,17 @@ def test_resume_continues_a_half_written_line_without_a_new_stamp(tmp_path: Path
     first.close()
 
 
+def test_resume_deletes_rotated_files_past_keep_and_knows_a_line_begun_before_a_rotation(tmp_path: Path) -> None:
+    (tmp_path / "5.log.0").write_bytes(b"0123456789")  # a dead keeper left one more than keep=1
+    (tmp_path / "5.log.10").write_bytes(b"half a lin")  # the newest ends mid-line ...
+    (tmp_path / "5.log").write_bytes(b"")  # ... and the current file was just started
+    log = RunLog.resume(str(tmp_path), 5, max_bytes=1000, keep=1, timestamps=True)
+    assert files(tmp_path) == {"5.log": 0, "5.log.10": 10} and (log.base, log.size) == (20, 0)
+    log.write(b"e\nnext\n")  # the end of the line begun before: no stamp in the middle of it
+    assert re.fullmatch(rb"e\n\S+Z next\n", (tmp_path / "5.log").read_bytes())
+    log.close()
+
+
 def test_resume_of_a_run_that_wrote_nothing_starts_at_zero(tmp_path: Path) -> None:
     log = RunLog.resume(str(tmp_path), 4, max_bytes=10, keep=1, timestamps=False)
     assert (log.base, log.size) == (0, 0)

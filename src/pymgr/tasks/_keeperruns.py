@@ -351,7 +351,8 @@ def stop_leftovers(run: Run, leaders: Iterable[int], now: float) -> bool:
     run.exited_on_its_own = True
     run.kill = TreeKill(
         run.leader, run.marker, run.leftovers_grace_s, leader_gone=lambda: True, signal_leader=lambda sig: None,
-        find=lambda: _proctree.leftovers(run.leader, run.marker, leaders),
+        # Later looks go by the marker only: by then the leader's pid may lead another run's group.
+        find=lambda: _proctree.leftovers(run.leader, run.marker, leaders, by_group=False),
     )  # fmt: skip
     run.kill.start(now, known=refs)
     return True

@@ -217,7 +217,9 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def leftovers(leader: ProcRef, marker: Mapping[str, str], leaders: Iterable[int]) -> set[ProcRef]:
+def leftovers(
+    leader: ProcRef, marker: Mapping[str, str], leaders: Iterable[int], *, by_group: bool = True
+) -> set[ProcRef]:
     """What a run left running when its leader exited: cheap enough for every exit.
 
     The caller is a child subreaper (the keeper), so a process whose parent
@@ -228,7 +230,9 @@ def leftovers(leader: ProcRef, marker: Mapping[str, str], leaders: Iterable[int]
     such child: nothing more when the run left nothing behind, unlike a walk
     over every process. A descendant counts only if the stat read that
     names it also names the parent it was listed under, and it is no older
-    than the leader: a pid reused meanwhile is never taken.
+    than the leader: a pid reused meanwhile is never taken. ``by_group``
+    False (a later look, when the leader's pid may lead a new group by
+    now): the marker alone.
     """
     skip = set(leaders)
     skip.add(leader.pid)
@@ -246,7 +250,8 @@ def leftovers(leader: ProcRef, marker: Mapping[str, str], leaders: Iterable[int]
         # One of the caller's own children must be the run's: in its group (the id is the leader's pid;
         # only a new process given that pid could lead another such group, and its members would be its
         # own children, not orphans here) or marked. Below those, every descendant is.
-        if parent == os.getpid() and int(fields[2]) != leader.pid and not _has_marker(pid, marker):
+        in_group = by_group and int(fields[2]) == leader.pid
+        if parent == os.getpid() and not in_group and not _has_marker(pid, marker):
             continue
         found.add(ProcRef(pid, started))
         stack.extend((child, pid) for child in _children(pid))

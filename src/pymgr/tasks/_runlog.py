@@ -25,6 +25,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
@@ -97,8 +98,12 @@ class RunLog:
             names = []  # the directory is gone: write() reports it
         tails = (name[len(prefix) :] for name in names if name.startswith(prefix))
         offsets = sorted(int(tail) for tail in tails if tail.isascii() and tail.isdigit())
+        newest = None
         if offsets:
             log._rotated.extend(offsets[-keep:])
+            for old in offsets[:-keep]:  # past keep: the dead keeper was about to delete them
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(directory, rotated_name(task_id, old)))
             newest = os.path.join(directory, rotated_name(task_id, offsets[-1]))
             log.base = offsets[-1] + os.stat(newest, follow_symlinks=False).st_size
         try:
@@ -108,6 +113,14 @@ class RunLog:
         log.size = os.fstat(log._fd).st_size
         if log.size:
             log._at_line_start = os.pread(log._fd, 1, log.size - 1) == b"\n"
+        elif newest is not None:  # the current file was just started: the line may have begun before
+            with contextlib.suppress(OSError):  # unreadable: a new stamp is the safe guess
+                fd = os.open(newest, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    size = os.fstat(fd).st_size
+                    log._at_line_start = size == 0 or os.pread(fd, 1, size - 1) == b"\n"
+                finally:
+                    os.close(fd)
         return log
 
     @property
