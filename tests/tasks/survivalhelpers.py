@@ -46,7 +46,9 @@ def states(client: Client) -> dict[int, dict[str, Any]]:
 
 
 def keeper_pid(state_dir: Path) -> int:
-    return int((state_dir / "run" / "keeper.lock").read_text().split()[0])
+    """The pid in the keeper's lock file; 0 while a new keeper has it empty (it writes its pid just after)."""
+    words = (state_dir / "run" / "keeper.lock").read_text().split()
+    return int(words[0]) if words else 0
 
 
 def reap_state_dir(state_dir: Path) -> None:
