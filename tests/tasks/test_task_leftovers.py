@@ -80,8 +80,9 @@ async def test_the_run_ends_only_once_its_leftovers_are_gone_sigkill_after_grace
 
 
 async def test_a_deadline_during_the_leftovers_stop_is_not_the_outcome(make_manager: MakeManager) -> None:
-    # The leader is done well within its 1.5 s; its stubborn leftover takes the 2 s grace, past the deadline.
-    stubborn = TaskTypeConfig(argv=STUBBORN_LEAVER, stop_grace_s=2.0, timeout_s=1.5)
+    # The leader is done well within its 3 s (two interpreter starts, under a second even on a loaded
+    # box); its stubborn leftover takes the whole 5 s grace, so the deadline passes meanwhile.
+    stubborn = TaskTypeConfig(argv=STUBBORN_LEAVER, stop_grace_s=5.0, timeout_s=3.0)
     manager = make_manager(types={"stubborn": stubborn})
     record = await manager.start("stubborn", {}, None, CALLER)
     ended = await wait_end(manager, record.id)

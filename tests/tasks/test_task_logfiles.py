@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pymgr.errors import ParamsInvalid, PymgrInternalError
+from pymgr.errors import ParamsInvalid, PymgrInternalError, Unavailable
 from pymgr.tasks._progress import MAX_LINE_BYTES, MAX_MESSAGE_CHARS, ProgressScanner, parse_line
 from pymgr.tasks._runlog import RunLog
 from pymgr.tasks.logs import LogReader, LogSpan
@@ -226,3 +226,25 @@ def test_scanner_cost_is_a_search_per_chunk() -> None:
     chunk = b"y\n" * 32768  # what `yes` writes: no progress anywhere
     for _ in range(200):  # 12.5 MiB
         assert scanner.feed(chunk) is None
+
+
+def test_a_log_rotating_faster_than_it_can_be_read_is_unavailable_not_an_internal_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pymgr.tasks.logs as logs
+
+    (tmp_path / "3.log.0").write_bytes(b"x")
+    reader = LogReader(tmp_path)
+    real_stat = Path.stat
+
+    def vanishing(self: Path, **kwargs: object) -> os.stat_result:
+        if self.name == "3.log.0":  # the newest rotated file is gone at every look: rotating non-stop
+            raise FileNotFoundError(self)
+        return real_stat(self, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "stat", vanishing)
+    with pytest.raises(Unavailable, match=r"^the log of task 3 rotates faster than it can be read") as info:
+        reader.span(3)
+    assert info.value.details == {"id": 3} and logs._RETRIES == 50
+    with pytest.raises(Unavailable):
+        reader.read(3, 0, 10)
