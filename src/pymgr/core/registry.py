@@ -255,6 +255,10 @@ class Registry:
     def __contains__(self, module: str) -> bool:
         return module in self._modules
 
+    def actions(self, module: str) -> list[ActionSpec]:
+        """The actions of ``module``, by name; [] for no such module."""
+        return [spec for _, spec in sorted(self._actions.get(module, {}).items())]
+
     def has(self, module: str, action: str) -> bool:
         """True if ``module`` has an action ``action`` (no error to build, unlike ``get``)."""
         actions = self._actions.get(module)

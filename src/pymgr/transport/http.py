@@ -29,6 +29,7 @@ from pymgr.errors import MalformedRequest, NotFound, PymgrError, PymgrInternalEr
 from pymgr.transport.http_messages import Reply, Request, Stream, error_reply
 from pymgr.transport.http_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from pymgr.transport.http_metrics import render as render_metrics
+from pymgr.transport import openapi
 from pymgr.transport.http_stream import StreamSource, log_query
 
 log = logging.getLogger("pymgr.http")
@@ -85,6 +86,9 @@ class HttpApp:
         if route == ["modules"]:
             _allow(method, "GET", request)
             return 200, self.dispatcher.registry.describe()
+        if route == ["openapi.json"]:  # the document itself, not in the envelope: what generators read
+            _allow(method, "GET", request)
+            return 200, Reply(200, pydantic_core.to_json(openapi.describe(self.dispatcher.registry, self.version)))
         if route[0] == "modules" and len(route) == 3:
             _allow(method, "POST", request)
             params = _json_body(request)
