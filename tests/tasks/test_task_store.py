@@ -81,6 +81,32 @@ def test_records_round_trip_every_field(tmp_path: Path) -> None:
     assert make(tmp_path).get(full.id) == full
 
 
+def _every_field_set(n: int) -> TaskRecord:
+    """A record where every field holds a value of its own (none is None), varied by ``n``."""
+    return TaskRecord(
+        id=0, type=f"t{n}", key=f"k{n}", params={"n": n, "s": "é\u2028"}, argv=[f"/bin/{n}", "a b"],
+        state=TaskState.FAILED, started_by={"uid": n}, created_at=T0 + timedelta(seconds=n), log_path=f"/l{n}",
+        marker=f"m{n}", pid=100 + n, pid_start_time=200 + n, exit_code=n, signal=f"SIG{n}",
+        started_at=T0 + timedelta(seconds=n + 1), ended_at=T0 + timedelta(seconds=n + 2), cancel_source="deadline",
+        stopped_by={"uid": n + 1}, error=f"e{n}", attempt=n + 1, retry_of=n + 2,
+        not_before=T0 + timedelta(seconds=n + 3), boot_id=f"b{n}", progress=n + 0.5, progress_message=f"p{n}",
+    )  # fmt: skip
+
+
+def test_every_field_goes_to_its_own_column_on_add_and_on_update(tmp_path: Path) -> None:
+    # The rows are written out field by field (for speed): a field in the wrong place shows here.
+    store = make(tmp_path)
+    added = store.add(_every_field_set(1))
+    assert added == dataclasses.replace(_every_field_set(1), id=added.id)
+    assert store.get(added.id) == added
+    changed = dataclasses.replace(_every_field_set(2), id=added.id)
+    store.update(changed)
+    fixed = {"id", "type", "key", "params", "argv", "started_by", "created_at", "marker", "attempt", "retry_of"}
+    expected = dataclasses.replace(changed, **{name: getattr(added, name) for name in fixed})
+    store.close()
+    assert make(tmp_path).get(added.id) == expected
+
+
 def test_list_is_newest_first_and_filters(tmp_path: Path) -> None:
     store = make(tmp_path)
     a = store.add(record("scan", "scan:1"))

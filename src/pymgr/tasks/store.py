@@ -156,18 +156,36 @@ class TaskStore(Protocol):
         ...
 
 
-def _to_row(record: TaskRecord, columns: tuple[str, ...] = _COLUMNS) -> tuple[Any, ...]:
-    row = []
-    for name in columns:
-        value = getattr(record, name)
-        if value is not None and name in _JSON_COLUMNS:
-            value = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-        elif value is not None and name in _TIME_COLUMNS:
-            value = value.timestamp()
-        elif name == "state":
-            value = value.value
-        row.append(value)
-    return tuple(row)
+#: Compact JSON for the JSON columns (one encoder: ``json.dumps`` with options builds one per call).
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else _encode_json(value)
+
+
+def _time(moment: datetime | None) -> float | None:
+    return None if moment is None else moment.timestamp()
+
+
+def _insert_row(r: TaskRecord) -> tuple[Any, ...]:
+    """The row of ``_INSERT_SQL``, written out field by field: a loop over the columns with
+    per-column checks cost 20 µs a record, on every start."""
+    return (
+        r.id, r.type, r.key, _encode_json(r.params), _encode_json(r.argv), r.state.value, _encode_json(r.started_by),
+        r.created_at.timestamp(), r.log_path, r.marker, r.pid, r.pid_start_time, r.exit_code, r.signal,
+        _time(r.started_at), _time(r.ended_at), r.cancel_source, _json(r.stopped_by), r.error, r.attempt, r.retry_of,
+        _time(r.not_before), r.boot_id, r.progress, r.progress_message,
+    )  # fmt: skip
+
+
+def _update_row(r: TaskRecord) -> tuple[Any, ...]:
+    """The parameters of ``_UPDATE_SQL``: the changing columns, then the id."""
+    return (
+        r.state.value, r.log_path, r.pid, r.pid_start_time, r.exit_code, r.signal, _time(r.started_at),
+        _time(r.ended_at), r.cancel_source, _json(r.stopped_by), r.error, _time(r.not_before), r.boot_id, r.progress,
+        r.progress_message, r.id,
+    )  # fmt: skip
 
 
 def _from_row(row: sqlite3.Row) -> TaskRecord:
@@ -348,14 +366,14 @@ class SqliteStore:
             row = self._execute("add a record", _NEXT_ID_SQL).fetchone()
             task_id = max(row[0] or 0, row[1] or 0) + 1
             record = dataclasses.replace(record, id=task_id, log_path=record.log_path.replace("{id}", str(task_id)))
-            self._execute("add a record", _INSERT_SQL, _to_row(record))
+            self._execute("add a record", _INSERT_SQL, _insert_row(record))
             self._count += 1
         return record
 
     def update(self, record: TaskRecord) -> None:
         """Write what may change in a run's life (state, pid, times, outcome); the rest is fixed at ``add``."""
         with _Transaction(self):
-            cursor = self._execute("update a record", _UPDATE_SQL, (*_to_row(record, _CHANGING_COLUMNS), record.id))
+            cursor = self._execute("update a record", _UPDATE_SQL, _update_row(record))
         if cursor.rowcount != 1:
             raise KeyError(f"no task record {record.id} to update")
 
