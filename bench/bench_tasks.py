@@ -15,6 +15,12 @@ temporary directory; never ./var):
    process. Rounds alternate the two; the ratio is the median of the rounds.
    The daemon's and the keeper's CPU time (utime+stime) over the burst is
    reported too: on a shared, noisy machine it moves less than wall time.
+   So is the burst's whole CPU bill, both ways, from ``/proc/PID/schedstat``
+   (nanoseconds on a CPU): Popen's parent plus its 100 children (their exec
+   and start-up) against pymgr's daemon, keeper, runs and this client. On N
+   CPUs nothing that costs C of CPU ends before C / N: that bound, divided by
+   Popen's wall time, is the lowest ratio this machine allows pymgr
+   (printed as "CPU floor").
 2. **1000 running tasks** (``/bin/sleep``): the daemon's thread count, its
    RSS growth per running task (RSS with 1000 running minus RSS before, after
    a warm-up that started and ended 100 runs), and the p99 latency of
@@ -44,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +194,20 @@ def keeper_pid(directory: Path) -> int:
 # -- the figures -------------------------------------------------------------------------------
 
 
-def popen_burst(count: int) -> float:
+def on_cpu_s(pid: int) -> float:
+    """Seconds process ``pid`` (every thread) has run on a CPU: /proc/PID/task/*/schedstat, in ns."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # a thread that just ended
+    return total / 1e9
+
+
+def popen_burst(count: int) -> tuple[float, float, float]:
+    """Seconds to Popen ``count`` commands; the CPU seconds of this process and of the children meanwhile."""
+    cpu_before = on_cpu_s(os.getpid())
     started = time.perf_counter()
     processes = [
         subprocess.Popen(["/bin/sleep", "3600"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -195,20 +215,31 @@ def popen_burst(count: int) -> float:
         for _ in range(count)
     ]  # fmt: skip
     took = time.perf_counter() - started
+    parent = on_cpu_s(os.getpid()) - cpu_before
+    time.sleep(0.1)  # the last children finish starting up (their share of the bill, as for pymgr's runs)
+    children = sum(on_cpu_s(process.pid) for process in processes)
     for process in processes:
         process.kill()
     for process in processes:
         process.wait()
-    return took
+    return took, parent, children
 
 
-async def start_many(path: str, type_name: str, count: int) -> tuple[float, list[int]]:
-    """Start ``count`` runs at once; seconds until every one was seen running, and their ids."""
+async def start_many(
+    path: str, type_name: str, count: int, mark: Callable[[], None] | None = None
+) -> tuple[float, list[int]]:
+    """Start ``count`` runs at once; seconds until every one was seen running, and their ids.
+
+    ``mark`` is called when the clock starts and when it stops (the CPU bill's window).
+    """
     seen: dict[int, float] = {}
     ready = asyncio.Event()
     watcher = asyncio.create_task(events(path, seen, ready))
     await asyncio.wait_for(ready.wait(), 30)
     conns = await asyncio.gather(*(Conn.open(path) for _ in range(count)))
+    await asyncio.sleep(0.05)  # the daemon has taken the connections: the clock measures the starts only
+    if mark is not None:
+        mark()
     started = time.perf_counter()
     replies = await asyncio.gather(*(c.request("POST", "/v1/tasks", {"type": type_name}) for c in conns))
     ids = [json.loads(body)["result"]["id"] for status, body in replies if status == 202]
@@ -220,19 +251,26 @@ async def start_many(path: str, type_name: str, count: int) -> tuple[float, list
             raise SystemExit(f"{sum(i in seen for i in ids)} of {count} runs running after 120 s")
         await asyncio.sleep(0.001)
     took = max(seen[i] for i in ids) - started
+    if mark is not None:
+        mark()
     watcher.cancel()
     for conn in conns:
         conn.close()
     return took, ids
 
 
-async def kill_all(path: str, ids: list[int]) -> None:
-    """End runs fast (SIGKILL to each pid) and wait until the daemon recorded every end."""
+async def kill_all(path: str, ids: list[int]) -> float:
+    """End runs fast (SIGKILL to each pid) and wait until the daemon recorded every end; their CPU seconds."""
     conn = await Conn.open(path)
+    runs_cpu = 0.0
     for task_id in ids:
         _, body = await conn.request("GET", f"/v1/tasks/{task_id}")
         pid = json.loads(body)["result"]["pid"]
         if pid:
+            try:
+                runs_cpu += on_cpu_s(pid)
+            except FileNotFoundError:
+                pass  # ended already
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -244,6 +282,7 @@ async def kill_all(path: str, ids: list[int]) -> None:
             break
         await asyncio.sleep(0.1)
     conn.close()
+    return runs_cpu
 
 
 async def health_p99(path: str, count: int) -> float:
@@ -266,15 +305,24 @@ async def measure(directory: Path, daemon: subprocess.Popen[bytes], args: argpar
     await kill_all(path, ids)
     keeper = keeper_pid(directory)
     for _ in range(args.rounds):
-        popen_s = popen_burst(100)
-        cpu_before = (cpu_s(daemon.pid), cpu_s(keeper))
-        pymgr_s, ids = await start_many(path, "sleep", 100)
-        daemon_cpu, keeper_cpu = cpu_s(daemon.pid) - cpu_before[0], cpu_s(keeper) - cpu_before[1]
-        await kill_all(path, ids)
+        popen_s, popen_parent, popen_children = popen_burst(100)
+        marks: list[tuple[float, float, float]] = []
+        pymgr_s, ids = await start_many(
+            path, "sleep", 100, mark=lambda: marks.append((on_cpu_s(daemon.pid), on_cpu_s(keeper), on_cpu_s(os.getpid())))
+        )  # fmt: skip
+        (d0, k0, c0), (d1, k1, c1) = marks
+        daemon_cpu, keeper_cpu, client_cpu = d1 - d0, k1 - k0, c1 - c0
+        runs_cpu = await kill_all(path, ids)
+        bill = daemon_cpu + keeper_cpu + runs_cpu + client_cpu
+        floor = bill / (os.cpu_count() or 1) / popen_s
         figures["burst"].append({"pymgr_s": pymgr_s, "popen_s": popen_s, "ratio": pymgr_s / popen_s,
-                                 "daemon_cpu_s": daemon_cpu, "keeper_cpu_s": keeper_cpu})  # fmt: skip
-        print(f"  burst: pymgr {pymgr_s * 1000:.0f} ms, Popen {popen_s * 1000:.0f} ms "
-              f"(CPU: daemon {daemon_cpu * 1000:.0f} ms, keeper {keeper_cpu * 1000:.0f} ms)", flush=True)  # fmt: skip
+                                 "daemon_cpu_s": daemon_cpu, "keeper_cpu_s": keeper_cpu, "runs_cpu_s": runs_cpu,
+                                 "client_cpu_s": client_cpu, "popen_parent_cpu_s": popen_parent,
+                                 "popen_children_cpu_s": popen_children, "cpu_floor_ratio": floor})  # fmt: skip
+        print(f"  burst: pymgr {pymgr_s * 1000:.0f} ms, Popen {popen_s * 1000:.0f} ms; CPU: pymgr daemon "
+              f"{daemon_cpu * 1000:.0f} + keeper {keeper_cpu * 1000:.0f} + runs {runs_cpu * 1000:.0f} + client "
+              f"{client_cpu * 1000:.0f} ms, Popen {popen_parent * 1000:.0f} + children {popen_children * 1000:.0f} ms; "
+              f"CPU floor {floor:.2f}x", flush=True)  # fmt: skip
     figures["idle_threads"] = proc_status(daemon.pid, "Threads")
     figures["idle_p99_ms"] = await health_p99(path, 2000)
     rss_before = proc_status(daemon.pid, "VmRSS")
@@ -340,9 +388,16 @@ def table(f: dict[str, Any]) -> tuple[str, list[bool]]:
     for name, value, base, ratio, target, ok in rows:
         shown = "-" if ratio is None else f"{ratio:.2f}"
         lines.append(f"{name:44} {value:>10.2f} {base:>10.2f} {shown:>7}  {target} {'ok' if ok else 'MISSED'}")
-    cpu = [(r.get("daemon_cpu_s", 0.0), r.get("keeper_cpu_s", 0.0)) for r in f["burst"]]
-    lines.append(f"(CPU per start in the burst: daemon {statistics.median(d for d, _ in cpu) * 10:.2f} ms, "
-                 f"keeper {statistics.median(k for _, k in cpu) * 10:.2f} ms)")  # fmt: skip
+    def per_start(name: str) -> float:  # ms per start, median of the rounds (100 starts a round)
+        return statistics.median(r[name] for r in f["burst"]) * 10
+
+    lines.append(f"(CPU per start in the burst: daemon {per_start('daemon_cpu_s'):.2f} ms, keeper "
+                 f"{per_start('keeper_cpu_s'):.2f} ms, the run itself {per_start('runs_cpu_s'):.2f} ms, this client "
+                 f"{per_start('client_cpu_s'):.2f} ms; Popen: parent {per_start('popen_parent_cpu_s'):.2f} ms, "
+                 f"child {per_start('popen_children_cpu_s'):.2f} ms)")  # fmt: skip
+    lines.append(f"(CPU floor of the burst on {os.cpu_count()} CPUs: pymgr's whole CPU bill / CPUs = "
+                 f"{statistics.median(r['cpu_floor_ratio'] for r in f['burst']):.2f}x Popen's wall time, "
+                 f"the lowest ratio this machine allows)")  # fmt: skip
     lines.append(f"(keeper CPU while {f['writers']} tasks wrote: {f['keeper_cpu_share'] * 100:.0f}% of one core; "
                  f"baseline of the burst: subprocess.Popen; of the others: the same figure with no task)")  # fmt: skip
     return "\n".join(lines), [row[-1] for row in rows]

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import re
+import sqlite3
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from pymgr.errors import Conflict, NotFound, ParamsInvalid, Unavailable
 from pymgr.tasks._proctree import start_time
 from pymgr.tasks.manager import MAX_KEY_CHARS, TaskManager
 from pymgr.tasks.states import TaskState
+from pymgr.tasks.store import SqliteStore
 
 
 async def test_start_replies_queued_before_the_spawn(manager: TaskManager) -> None:
@@ -28,6 +30,65 @@ async def test_start_replies_queued_before_the_spawn(manager: TaskManager) -> No
     assert not Path(record.log_path).exists()
     running = await wait_running(manager, record.id)
     assert running.pid is not None
+
+
+async def test_the_starts_of_one_loop_turn_share_one_commit(manager: TaskManager, monkeypatch: pytest.MonkeyPatch) -> None:
+    await manager.open()
+    store = manager._store
+    assert isinstance(store, SqliteStore)
+    sizes = []
+    commit = store.commit_group
+
+    def counting() -> None:
+        if store.group_open:
+            sizes.append(len(store) - store._group_count)
+        commit()
+
+    monkeypatch.setattr(store, "commit_group", counting)
+    records = await asyncio.gather(*(manager.start("exit", {"code": 0}, None, CALLER) for _ in range(5)))
+    assert sizes == [5]
+    assert [r.id for r in records] == list(range(records[0].id, records[0].id + 5))
+    for record in records:
+        assert (await wait_end(manager, record.id)).state is TaskState.SUCCEEDED
+
+
+async def test_a_group_that_cannot_commit_fails_each_of_its_starts_and_spawns_nothing(
+    manager: TaskManager, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    await manager.open()
+    store = manager._store
+    assert isinstance(store, SqliteStore)
+    execute = store._execute
+
+    def failing_commit(what: str, sql: str, args: Any = ()) -> Any:
+        if sql == "COMMIT":
+            raise store._failure(what, sqlite3.OperationalError("disk I/O error"))
+        return execute(what, sql, args)
+
+    monkeypatch.setattr(store, "_execute", failing_commit)
+    results = await asyncio.gather(
+        *(manager.start("exit", {"code": 0}, None, CALLER) for _ in range(3)), return_exceptions=True
+    )
+    monkeypatch.undo()
+    assert [type(r) for r in results] == [Unavailable] * 3
+    assert all("disk I/O error" in str(r) for r in results)
+    await asyncio.sleep(0.2)
+    assert manager.list() == [] and len(store) == 0
+    assert not list((tmp_path / "state" / "logs").iterdir())  # nothing was spawned
+    later = await manager.start("exit", {"code": 0}, None, CALLER)  # the store works again
+    assert (await wait_end(manager, later.id)).state is TaskState.SUCCEEDED
+
+
+async def test_a_start_whose_caller_left_while_its_group_committed_still_runs(manager: TaskManager) -> None:
+    await manager.open()
+    start = asyncio.create_task(manager.start("exit", {"code": 0}, None, CALLER))
+    await asyncio.sleep(0)
+    assert manager._store.group_open  # staged, waiting for the end of the loop turn
+    start.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+    [record] = manager.list()
+    assert (await wait_end(manager, record.id)).state is TaskState.SUCCEEDED
 
 
 async def test_run_succeeds_with_exit_code_zero(manager: TaskManager) -> None:

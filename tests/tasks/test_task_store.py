@@ -160,6 +160,44 @@ def test_batch_is_one_transaction_and_rolls_back_on_error(tmp_path: Path) -> Non
     assert store.get(first.id).log_path == "/logs/1.log"  # type: ignore[union-attr]
 
 
+def test_a_group_commits_later_and_any_other_read_or_write_commits_it_first(tmp_path: Path) -> None:
+    store = make(tmp_path, max_records=100)
+    heard: list[object] = []
+    with store.group(heard.append):
+        a = store.add(record())
+    with store.group(heard.append):
+        b = store.add(record())
+    other = sqlite3.connect(tmp_path / "tasks.db")
+    assert store.group_open and heard == []
+    assert other.execute("SELECT count(*) FROM runs").fetchone()[0] == 0  # nothing committed yet
+    commits = store._commits
+    assert [r.id for r in store.list()] == [b.id, a.id]  # the read committed the group first
+    assert (heard, store.group_open, store._commits) == ([None], False, commits + 1)  # one callback, one commit
+    assert other.execute("SELECT count(*) FROM runs").fetchone()[0] == 2
+    with store.group(heard.append):
+        c = store.add(record())
+    store.update(dataclasses.replace(c, state=TaskState.RUNNING, pid=5))  # a write outside commits it too
+    assert (heard, store._commits) == ([None, None], commits + 3)
+    store.commit_group()  # none open: nothing to do
+    assert store._commits == commits + 3
+    store.close()
+    assert [r.state for r in make(tmp_path).list()] == [TaskState.RUNNING, TaskState.QUEUED, TaskState.QUEUED]
+
+
+def test_a_failed_block_of_a_group_undoes_itself_only(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    with store.group():
+        kept = store.add(record())
+    with pytest.raises(RuntimeError), store.group():
+        store.add(record())
+        raise RuntimeError("the caller failed after its write")
+    with pytest.raises(PymgrInternalError), store.batch(), store.group():
+        pass  # a group inside another transaction would share its commit
+    store.commit_group()
+    assert [r.id for r in store.list()] == [kept.id]
+    assert len(store) == 1
+
+
 def test_a_lazy_batch_begins_at_its_first_write_only(tmp_path: Path) -> None:
     store = make(tmp_path)
     other = sqlite3.connect(tmp_path / "tasks.db", timeout=0)
@@ -392,6 +430,35 @@ def test_full_state_dir_is_unavailable_and_nothing_is_lost(small_fs: Path) -> No
     again = SqliteStore(small_fs / "tasks.db", max_records=100000)
     assert again.integrity_check() == "ok"
     assert [r.id for r in again.list()] == added[::-1]
+
+
+def test_a_group_that_cannot_commit_is_gone_and_every_callback_hears_why(small_fs: Path) -> None:
+    store = SqliteStore(small_fs / "tasks.db", max_records=100000)
+    big = dataclasses.replace(record(), params={"blob": "x" * 20000})
+    committed: list[int] = []
+    heard: list[object] = []
+    for _ in range(100):
+        staged = []
+        for _ in range(5):
+            with store.group(heard.append):
+                staged.append(store.add(big).id)
+        try:
+            store.commit_group()
+        except Unavailable as exc:
+            failure = exc
+            break
+        committed += staged
+    else:
+        pytest.fail("the file system never filled up")
+    assert re.match(rf"^task store {small_fs}/tasks\.db: cannot write: .*\(SQLITE_FULL\).*errno 28", str(failure))
+    assert heard == [None] * (len(committed) // 5) + [failure]
+    assert [r.id for r in store.list()] == committed[::-1]
+    assert len(store) == len(committed)
+    store.close()
+    subprocess.run(["mount", "-o", "remount,size=8m", str(small_fs)], check=True)
+    again = SqliteStore(small_fs / "tasks.db", max_records=100000)
+    assert again.integrity_check() == "ok"
+    assert [r.id for r in again.list()] == committed[::-1]
 
 
 def test_to_dict_is_json_ready_with_iso_utc_times() -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import dataclasses
+import functools
 import logging
 import os
 import secrets
@@ -40,7 +41,7 @@ from typing import Any
 
 from pymgr.config import TasksConfig
 from pymgr.core.identity import INTERNAL, Identity
-from pymgr.errors import Conflict, NotFound, Unavailable
+from pymgr.errors import Conflict, NotFound, PymgrError, Unavailable
 from pymgr.metrics import Metrics
 from pymgr.tasks import _proctree
 from pymgr.tasks._statedir import lock_state_dir, open_store
@@ -126,6 +127,8 @@ class TaskManager(Supervision):
         self._waiters: dict[int, asyncio.Event] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._pump_handle: asyncio.Handle | None = None
+        #: The starts of this loop turn, staged in the store's open group (None: no group is open).
+        self._group: _StartGroup | None = None
         self._open_lock = asyncio.Lock()
         self._opened = False
         self._closing = False
@@ -186,8 +189,8 @@ class TaskManager(Supervision):
                 )
             return self._with_progress(active)
         params, argv = values.model_dump(mode="json"), task_type.render_argv(values)
-        record = self._add(self._new_record(task_type, params, argv, key, identity.to_dict()), task_type)
-        self._log(record, f"queued by {who(record.started_by)}")
+        record, stored = self._stage(self._new_record(task_type, params, argv, key, identity.to_dict()), task_type)
+        await stored  # the commit this loop turn's starts share (a cancelled wait leaves the others be)
         return record
 
     async def stop(self, task_id: int, identity: Identity) -> TaskRecord:
@@ -378,18 +381,69 @@ class TaskManager(Supervision):
             marker=secrets.token_hex(MARKER_BYTES),
         )
 
-    def _add(self, record: TaskRecord, task_type: TaskType) -> TaskRecord:
-        """Store a new queued run (and prune by count) in one transaction, then queue it."""
-        with self._store.batch():
-            record = self._store.add(record)
-            pruned = self._store.prune(self._clock(), by_age=False)
-        for old in pruned:
+    def _stage(self, record: TaskRecord, task_type: TaskType) -> tuple[TaskRecord, asyncio.Future[None]]:
+        """Store a new queued run (and prune by count) in this loop turn's group; queued once committed.
+
+        Group commit: the starts of one loop turn share one transaction,
+        committed at the end of the turn (or sooner, by any other write or
+        read). Only then are they queued, announced and answered; a failed
+        commit fails every start of the group, with nothing stored.
+
+        Returns:
+            The record with its id, and a future that ends when it is committed (or failed).
+        """
+        loop = asyncio.get_running_loop()
+        group = self._group
+        if group is None:
+            group = self._group = _StartGroup()
+            group.on_done = functools.partial(self._group_done, group)
+            loop.call_soon(self._commit_group)
+        try:
+            with self._store.group(group.on_done):
+                record = self._store.add(record)
+                group.pruned += self._store.prune(self._clock(), by_age=False)
+        except BaseException:
+            if self._group is group and not group.staged and not self._store.group_open:
+                self._group = None  # it never began
+            raise
+        stored: asyncio.Future[None] = loop.create_future()
+        stored.add_done_callback(_retrieve)
+        group.staged.append((record, task_type, stored))
+        return record, stored
+
+    def _commit_group(self) -> None:
+        """The end of a loop turn that staged starts: commit them, and send their spawn requests now."""
+        try:
+            self._store.commit_group()
+        except Unavailable as exc:
+            log.error("task store: %s; the starts waiting for it failed", exc)
+        handle = self._pump_handle
+        if handle is not None:  # the group's pump, now rather than a loop turn later
+            handle.cancel()
+            self._pump()
+
+    def _group_done(self, group: _StartGroup, error: PymgrError | None) -> None:
+        """A group's commit went through (queue, announce, answer its starts) or failed (fail them)."""
+        if self._group is group:
+            self._group = None
+        if error is not None:
+            for _, _, stored in group.staged:
+                if not stored.done():
+                    stored.set_exception(error)
+            return
+        for old in group.pruned:
             self.logs.remove(old.id)
-        self._snapshots[record.id] = task_type
-        self._remember(record)
-        self._enqueue(record)  # the spawn request leaves first: the keeper works while the rest is done here
-        self.events.publish("state", record.to_dict())
-        return record
+        for record, task_type, stored in group.staged:
+            self._snapshots[record.id] = task_type
+            self._remember(record)
+            self._queue.add(record.id, record.type)
+            self._log(record, f"queued by {who(record.started_by)}")
+            self.events.publish("state", record.to_dict())
+            if not stored.done():
+                stored.set_result(None)
+        # Not pumped here: this may run inside another store call (any read or write commits the group
+        # first); _commit_group pumps at once when it is the one that committed.
+        self._schedule_pump()
 
     def _enqueue(self, record: TaskRecord) -> None:
         not_before = None if record.not_before is None else record.not_before.timestamp()
@@ -507,3 +561,19 @@ class TaskManager(Supervision):
     def _log(self, record: TaskRecord, outcome: str) -> None:
         elapsed = (self._clock() - record.created_at).total_seconds()
         log.info("%6.2fs %s task %d %s: %s", elapsed, MARKS[record.state], record.id, record.type, outcome)
+
+
+@dataclasses.dataclass(eq=False)
+class _StartGroup:
+    """The starts sharing one group commit: each record, its type and the future its start waits on."""
+
+    staged: builtins.list[tuple[TaskRecord, TaskType, asyncio.Future[None]]] = dataclasses.field(default_factory=list)
+    #: Ended records the group's prunes dropped: their logs go once the group is committed.
+    pruned: builtins.list[TaskRecord] = dataclasses.field(default_factory=list)
+    on_done: Any = None
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a failure as seen: a start cancelled while waiting for its group leaves it unread."""
+    if not future.cancelled():
+        future.exception()

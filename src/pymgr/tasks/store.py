@@ -16,7 +16,15 @@ Rules:
   who started it, attempt) is never rewritten.
 - Every write is one ``BEGIN IMMEDIATE`` transaction (``batch()`` groups
   several into one; ``batch(lazy=True)`` begins only at its first write,
-  so a block that writes nothing takes no lock and commits nothing). WAL mode with ``synchronous=NORMAL``: a commit is in
+  so a block that writes nothing takes no lock and commits nothing).
+- Group commit: ``group()`` blocks write into one transaction that stays
+  open after the block, until ``commit_group()``; the task starts of one
+  event-loop turn share one commit (one WAL append instead of one per
+  start). Each block is a savepoint: a failure undoes that block only.
+  Any other write or read commits the open group first, so no write ever
+  shares the group's commit and nothing reads its rows uncommitted. The
+  ``on_done`` callbacks hear how the commit went (None: committed; else
+  the error, and every row of the group is gone). WAL mode with ``synchronous=NORMAL``: a commit is in
   the WAL file when ``commit()`` returns, so it survives the daemon being
   killed (``kill -9``) at any point; only a power loss or kernel crash can
   take back the last commits, never corrupt the file. ``busy_timeout`` lets
@@ -41,7 +49,7 @@ import errno
 import json
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
@@ -108,6 +116,10 @@ _INSERT_SQL = f"INSERT INTO runs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' 
 _NEXT_ID_SQL = "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'runs'), (SELECT max(id) FROM runs)"
 
 
+#: Told how a group's commit went: None (committed) or the error (nothing of the group is stored).
+GroupCallback = Callable[[PymgrError | None], None]
+
+
 class TaskStore(Protocol):
     """What the task manager needs from a record store."""
 
@@ -145,6 +157,19 @@ class TaskStore(Protocol):
 
     def batch(self, lazy: bool = False) -> contextlib.AbstractContextManager[None]:
         """Group the writes inside into one transaction (``lazy``: begun by the first write, if any)."""
+        ...
+
+    def group(self, on_done: GroupCallback | None = None) -> contextlib.AbstractContextManager[None]:
+        """Write inside the open group transaction, committed later by ``commit_group``."""
+        ...
+
+    def commit_group(self) -> None:
+        """Commit the open group, if any (its callbacks hear the outcome)."""
+        ...
+
+    @property
+    def group_open(self) -> bool:
+        """A group transaction is open (staged writes wait for ``commit_group``)."""
         ...
 
     def checkpoint(self) -> None:
@@ -259,6 +284,9 @@ class SqliteStore:
         self._restarted_after = -1
         #: Why writes are refused (the directory is read-only), or None.
         self.read_only: str | None = None
+        #: The open group transaction's callbacks (None: no group is open), and the row count before it.
+        self._group: list[GroupCallback] | None = None
+        self._group_count = 0
         try:
             self._db = self._connect(str(path), busy_timeout_s, first_id)
         except Unavailable as exc:
@@ -357,6 +385,58 @@ class SqliteStore:
         self._execute("write", "BEGIN IMMEDIATE")
         self._pending_begin = False
 
+    def group(self, on_done: GroupCallback | None = None) -> _Group:
+        """Writes inside join the group transaction, begun here if none is open (see the module rules).
+
+        Args:
+            on_done: told how the group's commit went (once, however many blocks pass it).
+
+        Raises:
+            Unavailable: the transaction could not begin, or a write inside failed (that block's
+                writes are undone; the rest of the group stays, unless SQLite dropped the whole
+                transaction, in which case the callbacks hear it too).
+        """
+        return _Group(self, on_done)
+
+    @property
+    def group_open(self) -> bool:
+        return self._group is not None
+
+    def commit_group(self) -> None:
+        """Commit the open group (nothing if none); its callbacks hear how it went.
+
+        Raises:
+            Unavailable: the commit failed; the whole group is rolled back.
+        """
+        callbacks = self._group
+        if callbacks is None:
+            return
+        self._group = None
+        try:
+            self._execute("write", "COMMIT")
+        except PymgrError as exc:
+            self._end_group_failed(callbacks, exc)
+            raise
+        self._commits += 1
+        for callback in callbacks:
+            callback(None)
+
+    def _end_group_failed(self, callbacks: list[GroupCallback], error: PymgrError) -> None:
+        self._group = None
+        self._count = self._group_count
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+        for callback in callbacks:
+            callback(error)
+
+    def _before_other(self, writing: bool) -> None:
+        """Commit the open group before a write or read outside it (a failed commit fails a write only)."""
+        try:
+            self.commit_group()
+        except PymgrError:
+            if writing:
+                raise
+
     # -- writes -------------------------------------------------------------------
 
     def add(self, record: TaskRecord) -> TaskRecord:
@@ -408,6 +488,8 @@ class SqliteStore:
     # -- reads --------------------------------------------------------------------
 
     def _select(self, where: str, args: tuple[Any, ...] = ()) -> list[TaskRecord]:
+        if self._group is not None and not self._depth:
+            self._before_other(writing=False)
         try:
             return [_from_row(row) for row in self._db.execute(f"SELECT * FROM runs WHERE {where}", args)]
         except sqlite3.Error as exc:
@@ -437,6 +519,7 @@ class SqliteStore:
 
     def integrity_check(self) -> str:
         """SQLite's ``PRAGMA integrity_check``: "ok" for a sound file."""
+        self._before_other(writing=False)
         with self._guard("check integrity"):
             return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
 
@@ -473,12 +556,14 @@ class SqliteStore:
     def checkpoint(self) -> None:
         """Fold the WAL into the database file (a clean shutdown; reads keep working)."""
         if self.read_only is None:
+            self._before_other(writing=True)
             with self._guard("checkpoint"):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
         if self._depth:
             raise PymgrInternalError("task store closed inside a transaction")
+        self._before_other(writing=False)
         self._db.close()
         if self._checkpointer is not None:
             self._checkpointer.close()
@@ -506,6 +591,8 @@ class _Transaction:
                 store._begin()
             store._depth += 1
             return
+        if store._group is not None:
+            store._before_other(writing=True)
         if self._lazy:
             store._pending_begin = True
         else:
@@ -538,3 +625,49 @@ class _Transaction:
         store._count = self._count
         if store._db.in_transaction:
             store._db.execute("ROLLBACK")
+
+
+class _Group:
+    """``SqliteStore.group()``: one savepoint of the group transaction (see the module rules)."""
+
+    __slots__ = ("_store", "_on_done", "_count")
+
+    def __init__(self, store: SqliteStore, on_done: GroupCallback | None) -> None:
+        self._store = store
+        self._on_done = on_done
+        self._count = 0
+
+    def __enter__(self) -> None:
+        store = self._store
+        if store._depth:
+            raise PymgrInternalError("a task store group cannot begin inside another transaction")
+        if store._group is None:
+            store._begin()
+            store._group = []
+            store._group_count = store._count
+        if self._on_done is not None and self._on_done not in store._group:
+            store._group.append(self._on_done)
+        self._count = store._count
+        store._execute("write", "SAVEPOINT staged")
+        store._depth = 1
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._store._depth = 0
+        if exc_type is None:
+            try:
+                self._store._execute("write", "RELEASE staged")
+            except Unavailable as error:
+                self._undo(error)
+                raise
+            return
+        self._undo(exc)
+
+    def _undo(self, exc: BaseException | None) -> None:
+        store = self._store
+        store._count = self._count
+        if store._db.in_transaction:
+            store._db.execute("ROLLBACK TO staged")
+            store._db.execute("RELEASE staged")
+        elif store._group is not None:  # SQLite dropped the whole transaction (full disk, I/O error): the group is gone
+            failure = exc if isinstance(exc, PymgrError) else Unavailable(f"task store {store.path}: {exc}")
+            store._end_group_failed(store._group, failure)
