@@ -32,7 +32,9 @@ async def test_start_replies_queued_before_the_spawn(manager: TaskManager) -> No
     assert running.pid is not None
 
 
-async def test_the_starts_of_one_loop_turn_share_one_commit(manager: TaskManager, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_lone_start_commits_at_once_and_the_rest_of_its_turn_share_one_commit(
+    manager: TaskManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await manager.open()
     store = manager._store
     assert isinstance(store, SqliteStore)
@@ -46,9 +48,11 @@ async def test_the_starts_of_one_loop_turn_share_one_commit(manager: TaskManager
 
     monkeypatch.setattr(store, "commit_group", counting)
     records = await asyncio.gather(*(manager.start("exit", {"code": 0}, None, CALLER) for _ in range(5)))
-    assert sizes == [5]
+    assert sizes == [1, 4]  # the first of the turn at once (it waits for nothing), the burst after it together
     assert [r.id for r in records] == list(range(records[0].id, records[0].id + 5))
-    for record in records:
+    lone = await manager.start("exit", {"code": 0}, None, CALLER)
+    assert sizes == [1, 4, 1]
+    for record in [*records, lone]:
         assert (await wait_end(manager, record.id)).state is TaskState.SUCCEEDED
 
 
@@ -81,14 +85,16 @@ async def test_a_group_that_cannot_commit_fails_each_of_its_starts_and_spawns_no
 
 async def test_a_start_whose_caller_left_while_its_group_committed_still_runs(manager: TaskManager) -> None:
     await manager.open()
-    start = asyncio.create_task(manager.start("exit", {"code": 0}, None, CALLER))
+    first = asyncio.create_task(manager.start("exit", {"code": 0}, None, CALLER))
+    second = asyncio.create_task(manager.start("exit", {"code": 0}, None, CALLER))
     await asyncio.sleep(0)
-    assert manager._store.group_open  # staged, waiting for the end of the loop turn
-    start.cancel()
+    assert first.done() and manager._store.group_open  # the second is staged, waiting for the end of the turn
+    second.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await start
-    [record] = manager.list()
-    assert (await wait_end(manager, record.id)).state is TaskState.SUCCEEDED
+        await second
+    assert len(manager.list()) == 2
+    for record in manager.list():
+        assert (await wait_end(manager, record.id)).state is TaskState.SUCCEEDED
 
 
 async def test_run_succeeds_with_exit_code_zero(manager: TaskManager) -> None:

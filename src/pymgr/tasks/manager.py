@@ -127,8 +127,10 @@ class TaskManager(Supervision):
         self._waiters: dict[int, asyncio.Event] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._pump_handle: asyncio.Handle | None = None
-        #: The starts of this loop turn, staged in the store's open group (None: no group is open).
+        #: The starts of this loop turn, staged in the store's open group (None: no group is open),
+        #: and whether a start came in this turn already (the first one is committed at once).
         self._group: _StartGroup | None = None
+        self._turn_started = False
         self._open_lock = asyncio.Lock()
         self._opened = False
         self._closing = False
@@ -384,20 +386,25 @@ class TaskManager(Supervision):
     def _stage(self, record: TaskRecord, task_type: TaskType) -> tuple[TaskRecord, asyncio.Future[None]]:
         """Store a new queued run (and prune by count) in this loop turn's group; queued once committed.
 
-        Group commit: the starts of one loop turn share one transaction,
-        committed at the end of the turn (or sooner, by any other write or
-        read). Only then are they queued, announced and answered; a failed
-        commit fails every start of the group, with nothing stored.
+        Group commit: the first start of a loop turn is committed at once
+        (a lone start waits for nothing); the starts that follow in the
+        same turn (a burst) share one transaction, committed at the end of
+        the turn (or sooner, by any other write or read). Only then are
+        they queued, spawned, announced and answered; a failed commit fails
+        every start of the group, with nothing stored.
 
         Returns:
             The record with its id, and a future that ends when it is committed (or failed).
         """
         loop = asyncio.get_running_loop()
+        first = not self._turn_started
+        if first:
+            self._turn_started = True
+            loop.call_soon(self._end_turn)
         group = self._group
         if group is None:
             group = self._group = _StartGroup()
             group.on_done = functools.partial(self._group_done, group)
-            loop.call_soon(self._commit_group)
         try:
             with self._store.group(group.on_done):
                 record = self._store.add(record)
@@ -409,21 +416,31 @@ class TaskManager(Supervision):
         stored: asyncio.Future[None] = loop.create_future()
         stored.add_done_callback(_retrieve)
         group.staged.append((record, task_type, stored))
+        if first:
+            self._commit_group()
         return record, stored
 
+    def _end_turn(self) -> None:
+        self._turn_started = False
+        self._commit_group()
+
     def _commit_group(self) -> None:
-        """The end of a loop turn that staged starts: commit them, and send their spawn requests now."""
+        """The end of a loop turn that staged starts: commit them, spawn them, answer them."""
+        group = self._group
         try:
             self._store.commit_group()
         except Unavailable as exc:
             log.error("task store: %s; the starts waiting for it failed", exc)
-        handle = self._pump_handle
-        if handle is not None:  # the group's pump, now rather than a loop turn later
-            handle.cancel()
-            self._pump()
+        if group is not None and group.committed:
+            self._settle(group)
 
     def _group_done(self, group: _StartGroup, error: PymgrError | None) -> None:
-        """A group's commit went through (queue, announce, answer its starts) or failed (fail them)."""
+        """The store's word on a group's commit: fail its starts, or take its runs in (queued).
+
+        This may run inside another store call (any read or write commits a waiting group first),
+        so it only records; ``_settle`` spawns and announces, at once from ``_commit_group`` or
+        from the loop.
+        """
         if self._group is group:
             self._group = None
         if error is not None:
@@ -433,17 +450,28 @@ class TaskManager(Supervision):
             return
         for old in group.pruned:
             self.logs.remove(old.id)
-        for record, task_type, stored in group.staged:
+        for record, task_type, _ in group.staged:
             self._snapshots[record.id] = task_type
             self._remember(record)
             self._queue.add(record.id, record.type)
-            self._log(record, f"queued by {who(record.started_by)}")
-            self.events.publish("state", record.to_dict())
+        group.committed = True
+        asyncio.get_running_loop().call_soon(self._settle, group)
+
+    def _settle(self, group: _StartGroup) -> None:
+        """A committed group: its spawn requests leave first (one write), then its starts are announced and answered."""
+        if group.settled:
+            return
+        group.settled = True
+        handle = self._pump_handle
+        if handle is not None:
+            handle.cancel()
+        self._pump()
+        for record, _, stored in group.staged:
+            if self._active.get(record.id) is record:  # unless it changed already (stopped right after a listing)
+                self._log(record, f"queued by {who(record.started_by)}")
+                self.events.publish("state", record.to_dict())
             if not stored.done():
                 stored.set_result(None)
-        # Not pumped here: this may run inside another store call (any read or write commits the group
-        # first); _commit_group pumps at once when it is the one that committed.
-        self._schedule_pump()
 
     def _enqueue(self, record: TaskRecord) -> None:
         not_before = None if record.not_before is None else record.not_before.timestamp()
@@ -571,6 +599,8 @@ class _StartGroup:
     #: Ended records the group's prunes dropped: their logs go once the group is committed.
     pruned: builtins.list[TaskRecord] = dataclasses.field(default_factory=list)
     on_done: Any = None
+    committed: bool = False
+    settled: bool = False
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
