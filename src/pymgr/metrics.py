@@ -28,6 +28,8 @@ __all__ = ["MAX_SERIES", "UNKNOWN", "Metrics"]
 MAX_SERIES = 1000
 #: The module and action of a request for an action the registry does not have.
 UNKNOWN = "_unknown"
+#: The outcome of a call whose action raised (its wire code is "internal", as a bug's is).
+ACTION_FAILED = "action_failed"
 #: The label set that counts what arrives past ``max_series``.
 _OTHER = "_other"
 

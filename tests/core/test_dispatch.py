@@ -10,7 +10,7 @@ from pydantic import Field
 from pymgr import Identity, Module, action
 from pymgr.core.dispatch import Call, Dispatcher
 from pymgr.core.registry import ActionSpec, Registry
-from pymgr.errors import ActionFailed, Conflict, Forbidden, NotFound, ParamsInvalid
+from pymgr.errors import ActionFailed, Conflict, Forbidden, NotFound, ParamsInvalid, PymgrInternalError
 
 CALLER = Identity(transport="unix", uid=33, gid=33, user="www-data")
 
@@ -117,3 +117,23 @@ async def test_cancellation_propagates() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_metrics_tell_an_action_that_raised_from_a_fault_of_pymgr() -> None:
+    from pymgr.metrics import Metrics
+
+    d = dispatcher()
+    d.metrics = Metrics()
+    with pytest.raises(ActionFailed):
+        await call(d, "boom")  # the action's own exception: its wire code is "internal"
+    with pytest.raises(ActionFailed):
+        await call(d, "not_json")  # what it returned cannot leave: the action's fault too
+
+    def broken(identity: Identity, spec: ActionSpec) -> None:
+        raise PymgrInternalError("policy table is corrupt")
+
+    d.authorize = broken
+    with pytest.raises(PymgrInternalError):
+        await call(d, "add", a=1)
+    outcomes = {(row[2], row[3]): row[4] for row in d.metrics.snapshot()["requests"]}
+    assert outcomes == {("boom", "action_failed"): 1, ("not_json", "action_failed"): 1, ("add", "internal"): 1}

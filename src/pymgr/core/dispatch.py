@@ -9,7 +9,8 @@ Rules:
   ``ActionFailed`` (logged with its traceback); cancellation propagates.
 - The result leaves as JSON-ready data, so every transport encodes the same.
 - With ``metrics``, every call is counted by transport, module, action and
-  outcome ("ok", the error's code, "cancelled"), with its duration; an
+  outcome ("ok", the error's code, "cancelled"; an action that raised is
+  "action_failed", so "internal" means pymgr itself), with its duration; an
   action the registry lacks counts as ``_unknown`` (callers choose names).
 """
 
@@ -29,7 +30,7 @@ import pydantic_core
 from pymgr.core.identity import Identity
 from pymgr.core.registry import ActionSpec, Registry
 from pymgr.errors import ActionFailed, ParamsInvalid, PymgrError
-from pymgr.metrics import UNKNOWN, Metrics
+from pymgr.metrics import ACTION_FAILED, UNKNOWN, Metrics
 
 log = logging.getLogger("pymgr.dispatch")
 
@@ -101,7 +102,9 @@ class Dispatcher:
             outcome = "ok"
             return result
         except PymgrError as exc:
-            outcome = exc.code
+            # An action that raised and a bug in pymgr share the wire code "internal"; an operator
+            # alerting on the daemon's own faults needs them apart.
+            outcome = ACTION_FAILED if isinstance(exc, ActionFailed) else exc.code
             raise
         except asyncio.CancelledError:
             outcome = "cancelled"
