@@ -39,11 +39,12 @@ from pymgr.tasks import _proctree, policy
 from pymgr.tasks._outputhold import OutputHolders
 from pymgr.tasks._proctree import run_marker
 from pymgr.tasks.records import TaskRecord
-from pymgr.tasks.states import TERMINAL, TaskState, transition
+from pymgr.tasks.states import TERMINAL, TaskState, end_state, transition
 from pymgr.tasks.tasktypes import TaskType
 
 if TYPE_CHECKING:
     from pymgr.config import TasksConfig
+    from pymgr.tasks._startgroups import StartGroups
     from pymgr.tasks.events import EventHub
     from pymgr.tasks.keeperlink import KeeperLink
     from pymgr.tasks.runqueue import RunQueue
@@ -66,6 +67,7 @@ class Supervision:
     _store: TaskStore
     _link: KeeperLink
     _queue: RunQueue
+    _starts: StartGroups
     events: EventHub
 
     def _init_supervision(self, boot_id: str) -> None:
@@ -178,7 +180,7 @@ class Supervision:
         progress = self._progress.get(record.id) or (tuple(status["progress"]) if status.get("progress") else None)
         final = self._moved(
             record,
-            _end_state(record, status),
+            end_state(record.cancel_source, status),
             exit_code=status.get("exit_code"),
             signal=status.get("signal"),
             ended_at=_when(status.get("ended_at")) or self._clock(),
@@ -393,9 +395,9 @@ class Supervision:
         """A run's record: from memory while it is active, else from the store."""
         record = self._active.get(task_id)
         if record is None:
-            record = self._store.get(task_id)
+            record = self._store.get(task_id)  # which may commit a group of starts, and take this one in
             if record is not None and record.state not in TERMINAL:
-                self._active[task_id] = record
+                record = self._active.setdefault(task_id, record)
         return record
 
     def _remember(self, record: TaskRecord) -> None:
@@ -453,19 +455,6 @@ class Supervision:
         return dataclasses.replace(record, state=transition(record.state, state), **changes)
 
 
-def _end_state(record: TaskRecord, status: dict[str, Any]) -> TaskState:
-    # A stop or deadline that came while the keeper stopped what an exited leader left is not the outcome.
-    if record.cancel_source == "deadline" and not status.get("exited_on_its_own"):
-        return TaskState.TIMED_OUT
-    if record.cancel_source is not None and not status.get("exited_on_its_own"):
-        return TaskState.STOPPED
-    if status.get("exit_code") is None and status.get("signal") is None:
-        return TaskState.LOST
-    if status.get("signal") is not None or status.get("exit_code") != 0:
-        return TaskState.FAILED
-    return TaskState.SUCCEEDED
-
-
 class _KeeperBatch:
     """One store transaction around the messages of one read from the keeper, then their acknowledgements.
 
@@ -482,6 +471,7 @@ class _KeeperBatch:
         self._transaction = owner._store.batch(lazy=True)  # a read with only progress or acks writes nothing
 
     def __enter__(self) -> None:
+        self._owner._starts.commit()  # a waiting group of starts first, its failure its own (not the keeper's)
         self._transaction.__enter__()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import dataclasses
-import functools
 import logging
 import os
 import secrets
@@ -46,6 +45,7 @@ from pymgr.metrics import Metrics
 from pymgr.tasks import _proctree
 from pymgr.tasks._statedir import lock_state_dir, open_store
 from pymgr.tasks._requests import MAX_KEY_CHARS, check_key, parse_state, validate_params
+from pymgr.tasks._startgroups import StartGroups
 from pymgr.tasks._supervision import Supervision
 from pymgr.tasks._translog import MARKS, outcome, who
 from pymgr.tasks._treekill import KILL_WAIT_S
@@ -127,10 +127,7 @@ class TaskManager(Supervision):
         self._waiters: dict[int, asyncio.Event] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._pump_handle: asyncio.Handle | None = None
-        #: The starts of this loop turn, staged in the store's open group (None: no group is open),
-        #: and whether a start came in this turn already (the first one is committed at once).
-        self._group: _StartGroup | None = None
-        self._turn_started = False
+        self._starts = StartGroups(self._store, self, clock)
         self._open_lock = asyncio.Lock()
         self._opened = False
         self._closing = False
@@ -191,8 +188,8 @@ class TaskManager(Supervision):
                 )
             return self._with_progress(active)
         params, argv = values.model_dump(mode="json"), task_type.render_argv(values)
-        record, stored = self._stage(self._new_record(task_type, params, argv, key, identity.to_dict()), task_type)
-        await stored  # the commit this loop turn's starts share (a cancelled wait leaves the others be)
+        record, stored = self._starts.stage(self._new_record(task_type, params, argv, key, identity.to_dict()), task_type)
+        await stored  # committed, spawn request sent (a caller that leaves meanwhile leaves the run be)
         return record
 
     async def stop(self, task_id: int, identity: Identity) -> TaskRecord:
@@ -383,104 +380,44 @@ class TaskManager(Supervision):
             marker=secrets.token_hex(MARKER_BYTES),
         )
 
-    def _stage(self, record: TaskRecord, task_type: TaskType) -> tuple[TaskRecord, asyncio.Future[None]]:
-        """Store a new queued run (and prune by count) in this loop turn's group; queued once committed.
+    # -- group commit of starts (_startgroups.py) ---------------------------------------
 
-        Group commit: the first start of a loop turn is committed at once
-        (a lone start waits for nothing); the starts that follow in the
-        same turn (a burst) share one transaction, committed at the end of
-        the turn (or sooner, by any other write or read). Only then are
-        they queued, spawned, announced and answered; a failed commit fails
-        every start of the group, with nothing stored.
+    def _take_in(self, record: TaskRecord, task_type: TaskType) -> None:
+        self._snapshots[record.id] = task_type
+        self._remember(record)
+        self._queue.add(record.id, record.type)
 
-        Returns:
-            The record with its id, and a future that ends when it is committed (or failed).
-        """
-        loop = asyncio.get_running_loop()
-        first = not self._turn_started
-        if first:
-            self._turn_started = True
-            loop.call_soon(self._end_turn)
-        group = self._group
-        if group is None:
-            group = self._group = _StartGroup()
-            group.on_done = functools.partial(self._group_done, group)
-        try:
-            with self._store.group(group.on_done):
-                record = self._store.add(record)
-                group.pruned += self._store.prune(self._clock(), by_age=False)
-        except BaseException:
-            if self._group is group and not group.staged and not self._store.group_open:
-                self._group = None  # it never began
-            raise
-        stored: asyncio.Future[None] = loop.create_future()
-        stored.add_done_callback(_retrieve)
-        group.staged.append((record, task_type, stored))
-        if first:
-            self._commit_group()
-        return record, stored
+    def _drop_logs(self, pruned: builtins.list[TaskRecord]) -> None:
+        for old in pruned:
+            try:
+                self.logs.remove(old.id)
+            except (OSError, PymgrError) as exc:
+                log.error("task %d: its log outlived its record (dropped by retention): %s", old.id, exc)
 
-    def _end_turn(self) -> None:
-        self._turn_started = False
-        self._commit_group()
-
-    def _commit_group(self) -> None:
-        """The end of a loop turn that staged starts: commit them, spawn them, answer them."""
-        group = self._group
-        try:
-            self._store.commit_group()
-        except Unavailable as exc:
-            log.error("task store: %s; the starts waiting for it failed", exc)
-        if group is not None and group.committed:
-            self._settle(group)
-
-    def _group_done(self, group: _StartGroup, error: PymgrError | None) -> None:
-        """The store's word on a group's commit: fail its starts, or take its runs in (queued).
-
-        This may run inside another store call (any read or write commits a waiting group first),
-        so it only records; ``_settle`` spawns and announces, at once from ``_commit_group`` or
-        from the loop.
-        """
-        if self._group is group:
-            self._group = None
-        if error is not None:
-            for _, _, stored in group.staged:
-                if not stored.done():
-                    stored.set_exception(error)
-            return
-        for old in group.pruned:
-            self.logs.remove(old.id)
-        for record, task_type, _ in group.staged:
-            self._snapshots[record.id] = task_type
-            self._remember(record)
-            self._queue.add(record.id, record.type)
-        group.committed = True
-        asyncio.get_running_loop().call_soon(self._settle, group)
-
-    def _settle(self, group: _StartGroup) -> None:
-        """A committed group: its spawn requests leave first (one write), then its starts are announced and answered."""
-        if group.settled:
-            return
-        group.settled = True
+    def _spawn_queued(self) -> None:
         handle = self._pump_handle
         if handle is not None:
             handle.cancel()
-        self._pump()
-        for record, _, stored in group.staged:
-            if self._active.get(record.id) is record:  # unless it changed already (stopped right after a listing)
-                self._log(record, f"queued by {who(record.started_by)}")
-                self.events.publish("state", record.to_dict())
-            if not stored.done():
-                stored.set_result(None)
+        try:
+            self._pump()
+        except Unavailable as exc:  # the keeper went away meanwhile: its reconnect queues them again
+            log.error("cannot send spawn requests to the task keeper: %s", exc)
+
+    def _announce_queued(self, record: TaskRecord) -> None:
+        try:
+            current = self._record(record.id)
+        except Unavailable as exc:
+            log.error("task %d: %s", record.id, exc)
+            return
+        if current is not None and current.state is TaskState.QUEUED and current.cancel_source is None:
+            self._log(current, f"queued by {who(current.started_by)}")
+            self.events.publish("state", current.to_dict())
 
     def _enqueue(self, record: TaskRecord) -> None:
+        """Queue a run found at recovery or a restart; spawned from the loop, after the caller's commit."""
         not_before = None if record.not_before is None else record.not_before.timestamp()
-        backlog = len(self._queue)
         self._queue.add(record.id, record.type, not_before)
-        if backlog == 0 and self._synced.is_set() and not self._closing:
-            self._pump()  # nothing waits before it: spawn now, while the reply is on its way
-        else:
-            self._schedule_pump()
+        self._schedule_pump()  # never now: callers are inside a store transaction not yet committed
 
     def _cancel(self, record: TaskRecord, source: CancelSource, identity: Identity) -> TaskRecord:
         stopped_by = identity.to_dict()
@@ -590,20 +527,3 @@ class TaskManager(Supervision):
         elapsed = (self._clock() - record.created_at).total_seconds()
         log.info("%6.2fs %s task %d %s: %s", elapsed, MARKS[record.state], record.id, record.type, outcome)
 
-
-@dataclasses.dataclass(eq=False)
-class _StartGroup:
-    """The starts sharing one group commit: each record, its type and the future its start waits on."""
-
-    staged: builtins.list[tuple[TaskRecord, TaskType, asyncio.Future[None]]] = dataclasses.field(default_factory=list)
-    #: Ended records the group's prunes dropped: their logs go once the group is committed.
-    pruned: builtins.list[TaskRecord] = dataclasses.field(default_factory=list)
-    on_done: Any = None
-    committed: bool = False
-    settled: bool = False
-
-
-def _retrieve(future: asyncio.Future[None]) -> None:
-    """Mark a failure as seen: a start cancelled while waiting for its group leaves it unread."""
-    if not future.cancelled():
-        future.exception()

@@ -1,0 +1,145 @@
+"""Group commit of starts against everything else the manager does meanwhile (real keeper, real store)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from taskhelpers import CALLER, MakeManager, py, tasks_config, wait_end
+
+from pymgr.config import TaskTypeConfig
+from pymgr.errors import Unavailable
+from pymgr.tasks._framing import FrameDecoder
+from pymgr.tasks.manager import TaskManager
+from pymgr.tasks.states import TaskState
+from pymgr.tasks.store import SqliteStore
+
+
+async def first_and_staged(manager: TaskManager) -> tuple[asyncio.Task[Any], asyncio.Task[Any]]:
+    """Two starts in one loop turn: the first committed at once, the second staged in the open group."""
+    first = asyncio.create_task(manager.start("exit", {"code": 0}, None, CALLER))
+    second = asyncio.create_task(manager.start("exit", {"code": 0}, None, CALLER))
+    await asyncio.sleep(0)
+    assert first.done() and manager._store.group_open
+    return first, second
+
+
+async def test_a_failed_group_commit_at_a_keeper_read_fails_the_starts_not_the_keeper_link(
+    manager: TaskManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await manager.open()
+    first, second = await first_and_staged(manager)
+    store = manager._store
+    assert isinstance(store, SqliteStore)
+    execute = store._execute
+
+    def failing(what: str, sql: str, args: Any = ()) -> Any:
+        if sql == "COMMIT":
+            raise store._failure(what, sqlite3.OperationalError("database or disk is full"))
+        return execute(what, sql, args)
+
+    monkeypatch.setattr(store, "_execute", failing)
+    reader = asyncio.StreamReader()
+    reader.feed_eof()
+    # A keeper read in this turn commits the group first; the failure is the starts' and must not escape the
+    # link's reader (it would die with it, and with it every report of that read).
+    await manager._link._read(reader, FrameDecoder())
+    monkeypatch.undo()
+    with pytest.raises(Unavailable, match="database or disk is full"):
+        await second
+    assert [r.id for r in manager.list()] == [first.result().id]
+
+
+async def test_a_start_is_answered_when_the_keeper_link_breaks_before_its_spawn(manager: TaskManager) -> None:
+    await manager.open()
+    first, second = await first_and_staged(manager)
+    assert manager._link._writer is not None
+    manager._link._writer.close()  # breaking: the reader has not noticed yet, so the spawn request fails
+    record = await asyncio.wait_for(second, 5)
+    assert (await wait_end(manager, record.id)).state is TaskState.SUCCEEDED  # sent again after the reconnect
+
+
+async def test_queued_events_come_in_start_order_when_a_read_commits_a_group_early(manager: TaskManager) -> None:
+    await manager.open()
+    with manager.events.subscribe() as events:
+
+        async def listing() -> None:
+            manager.list()  # commits the group of the two starts before it; its announcing waits for the loop
+
+        starts = [
+            asyncio.create_task(manager.start("exit", {"code": 0}, None, CALLER)),
+            asyncio.create_task(manager.start("exit", {"code": 0}, None, CALLER)),
+            asyncio.create_task(listing()),
+            asyncio.create_task(manager.start("exit", {"code": 0}, None, CALLER)),
+        ]
+        await asyncio.gather(*starts)
+        queued = [e.data["id"] for e in events.pending() if e.data.get("state") == "queued"]
+    assert len(queued) == 3 and queued == sorted(queued)
+
+
+async def test_a_start_read_by_id_before_it_was_announced_is_still_announced(manager: TaskManager) -> None:
+    await manager.open()
+    with manager.events.subscribe() as events:
+        first, second = await first_and_staged(manager)
+        polled = manager.get(first.result().id + 1)  # a client guessing the next id: commits the group
+        await second
+        queued = [e.data["id"] for e in events.pending() if e.data.get("state") == "queued"]
+    assert queued == [first.result().id, polled.id]
+
+
+async def test_a_log_that_cannot_be_deleted_after_the_commit_loses_no_start(
+    make_manager: MakeManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = make_manager(max_records=2)
+    await manager.open()
+    old = await manager.start("exit", {"code": 0}, None, CALLER)
+    await wait_end(manager, old.id)
+
+    def refused(task_id: int) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(manager.logs, "remove", refused)
+    first, second = await first_and_staged(manager)  # the second's prune drops the old run: its log cannot go
+    manager.list()  # an unrelated read commits the group: it must not fail for it
+    monkeypatch.undo()
+    record = await asyncio.wait_for(second, 5)
+    assert (await wait_end(manager, record.id)).state is TaskState.SUCCEEDED
+
+
+async def test_a_restart_is_committed_before_its_spawn_request_leaves(tmp_path: Path) -> None:
+    types = {
+        "fail": TaskTypeConfig.model_validate({
+            "argv": py("import sys; sys.exit(1)"), "restart": "on-failure", "restart_delay_s": 0,
+            "restart_delay_max_s": 0, "max_attempts": 2,
+        })
+    }  # fmt: skip
+    manager = TaskManager(tasks_config(types=types), tmp_path / "state")
+    try:
+        await manager.open()
+        store, link = manager._store, manager._link
+        assert isinstance(store, SqliteStore)
+        order: list[str] = []
+        execute, send = store._execute, link.send
+
+        def noting_execute(what: str, sql: str, args: Any = ()) -> Any:
+            if sql == "COMMIT" or sql.startswith("INSERT INTO runs"):
+                order.append(sql.split()[0])
+            return execute(what, sql, args)
+
+        def noting_send(message: dict[str, Any]) -> None:
+            if message["op"] == "spawn":
+                order.append(f"spawn {message['id']}")
+            send(message)
+
+        store._execute, link.send = noting_execute, noting_send  # type: ignore[method-assign]
+        first = await manager.start("fail", {}, None, CALLER)
+        async with asyncio.timeout(15):
+            while len(manager.list()) < 2 or manager.list()[0].state not in (TaskState.FAILED,):
+                await asyncio.sleep(0.02)
+        retry = order.index(f"spawn {first.id + 1}")
+        assert order[:retry][-2:] == ["INSERT", "COMMIT"], order  # its record, committed, then its spawn
+    finally:
+        await manager.aclose()
