@@ -24,6 +24,9 @@ How:
 - Server CPU is utime + stime of the daemon from /proc/PID/stat (bench/_proc.py)
   before and after ``REQUESTS`` requests; rounds alternate "with" and
   "without", and the median of ``ROUNDS`` is reported.
+- ``--layers`` adds a "with" daemon per entry of ``LAYERS``, each with one
+  layer taken out, measured in the same rounds against the same "without":
+  where the difference goes (docs/performance.md, "Security overhead").
 """
 
 from __future__ import annotations
@@ -130,11 +133,37 @@ class _Unguarded:
         return None
 
 
+#: ``--layers``: "with" daemons with one layer out, by name -> what is taken out.
+LAYERS = {
+    "no-audit": "no audit line",
+    "audit-unwritten": "the audit line built, not written",
+    "no-signature": "no signature check (the key id taken as given)",
+}
+
+
+def _take_out(layer: str) -> None:
+    """Take one security layer out of this ("with") daemon, for ``--layers``."""
+    if layer == "no-audit":
+        from pymgr.auth.guard import GuardedDispatcher
+
+        GuardedDispatcher._record = lambda self, *args: None  # type: ignore[method-assign]
+    elif layer == "audit-unwritten":
+        from pymgr.auth.audit import AuditLog
+
+        AuditLog.write_line = lambda self, line: None  # type: ignore[method-assign]
+    elif layer == "no-signature":
+        from pymgr.transport.http_guard import GuardedApp
+
+        GuardedApp._authenticate = lambda self, request: self._signed_identity(request.identity, KEY_ID)  # type: ignore[method-assign]
+
+
 def serve(mode: str, config_path: str) -> int:
     import pymgr.daemon as daemon
 
     if mode == "without":
         daemon.build_security = _Unguarded  # type: ignore[assignment,attr-defined]
+    elif mode in LAYERS:
+        _take_out(mode)
     return daemon.serve(Path(config_path))
 
 
@@ -243,43 +272,53 @@ def load(pid: int, address: str | tuple[str, int], requests: list[bytes]) -> flo
     return (after - before) / len(requests)
 
 
-def measure(on: Daemon, off: Daemon) -> dict[str, dict[str, Any]]:
+def measure(on: Daemon, off: Daemon, layers: dict[str, Daemon] | None = None) -> dict[str, dict[str, Any]]:
     plain = plain_request()
-    paths = {
-        "unix": (lambda: (on.unix, [plain] * REQUESTS), lambda: (off.unix, [plain] * REQUESTS)),
-        "tcp_signed": (lambda: (on.tcp, signed_requests(REQUESTS)), lambda: (off.tcp, [plain] * REQUESTS)),
-    }
+    withs = {"with": on, **(layers or {})}
     results: dict[str, dict[str, Any]] = {}
-    for name, (with_requests, without_requests) in paths.items():
-        load(on.proc.pid, on.unix if name == "unix" else on.tcp,
-             [plain] * WARMUP if name == "unix" else signed_requests(WARMUP))
-        load(off.proc.pid, off.unix if name == "unix" else off.tcp, [plain] * WARMUP)
+    for name in ("unix", "tcp_signed"):
+        def requests(daemon: Daemon, count: int) -> tuple[Any, list[bytes]]:
+            if name == "unix":
+                return daemon.unix, [plain] * count
+            return daemon.tcp, ([plain] * count if daemon is off else signed_requests(count))
+
+        for daemon in (*withs.values(), off):
+            load(daemon.proc.pid, *requests(daemon, WARMUP))
         rounds = []
         for _ in range(ROUNDS):
-            address, reqs = with_requests()
-            with_s = load(on.proc.pid, address, reqs)
-            address, reqs = without_requests()
-            without_s = load(off.proc.pid, address, reqs)
-            rounds.append({"with_us": round(with_s * 1e6, 2), "without_us": round(without_s * 1e6, 2)})
-        with_us = statistics.median(r["with_us"] for r in rounds)
-        without_us = statistics.median(r["without_us"] for r in rounds)
-        ratio = statistics.median(r["with_us"] / r["without_us"] for r in rounds)
-        results[name] = {"with_us": with_us, "without_us": without_us, "ratio": round(ratio, 3), "rounds": rounds,
-                         "ratio_range": [round(min(r["with_us"] / r["without_us"] for r in rounds), 3),
-                                         round(max(r["with_us"] / r["without_us"] for r in rounds), 3)]}
+            spent = {label: load(daemon.proc.pid, *requests(daemon, REQUESTS)) for label, daemon in withs.items()}
+            without_s = load(off.proc.pid, *requests(off, REQUESTS))
+            rounds.append({f"{label}_us": round(s * 1e6, 2) for label, s in spent.items()}
+                          | {"without_us": round(without_s * 1e6, 2)})
+        results[name] = _ratios(rounds, "with")
+        results[name]["layers"] = {label: _ratios(rounds, label) for label in layers or {}}
     return results
 
 
+def _ratios(rounds: list[dict[str, float]], label: str) -> dict[str, Any]:
+    ratios = [r[f"{label}_us"] / r["without_us"] for r in rounds]
+    return {"with_us": statistics.median(r[f"{label}_us"] for r in rounds),
+            "without_us": statistics.median(r["without_us"] for r in rounds),
+            "ratio": round(statistics.median(ratios), 3), "rounds": rounds if label == "with" else None,
+            "ratio_range": [round(min(ratios), 3), round(max(ratios), 3)]}
+
+
 def main() -> int:
+    with_layers = "--layers" in sys.argv[1:]
     with tempfile.TemporaryDirectory(prefix="pymgr-bench-security-") as tmp:
         on = Daemon("with", Path(tmp))
+        layers: dict[str, Daemon] = {}
         try:
             off = Daemon("without", Path(tmp))
+            for layer in LAYERS if with_layers else ():
+                layers[layer] = Daemon(layer, Path(tmp))
             try:
-                results = measure(on, off)
+                results = measure(on, off, layers)
                 audit_lines = sum(1 for _ in (on.dir / "state" / "audit.log").open())
             finally:
                 off.stop()
+                for daemon in layers.values():
+                    daemon.stop()
         finally:
             on.stop()
     print(f"{'path':<14}{'with auth+audit':>17}{'without':>11}{'ratio':>8}   (rounds' ratios)")
@@ -288,6 +327,9 @@ def main() -> int:
         flag = "" if r["ratio"] <= TARGET_RATIO else f"  over the {TARGET_RATIO}x target"
         low, high = r["ratio_range"]
         print(f"{label:<14}{r['with_us']:>14.1f} µs{r['without_us']:>8.1f} µs{r['ratio']:>7.2f}x   ({low:.2f}-{high:.2f}){flag}")
+        for layer, lr in r["layers"].items():
+            low, high = lr["ratio_range"]
+            print(f"  {LAYERS[layer]:<52}{lr['with_us']:>8.1f} µs{lr['ratio']:>7.2f}x   ({low:.2f}-{high:.2f})")
     print(f"server CPU per request (median of {ROUNDS} rounds of {REQUESTS}); load average {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs")
     RESULT.parent.mkdir(parents=True, exist_ok=True)
