@@ -50,6 +50,10 @@ class FrameError(Exception):
     """The byte stream is not a sequence of valid frames."""
 
 
+#: One encoder for every frame (``json.dumps`` with options builds a new one per call).
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
 def encode(message: dict[str, Any], max_frame_bytes: int = MAX_FRAME_BYTES) -> bytes:
     """One frame holding ``message``.
 
@@ -57,7 +61,7 @@ def encode(message: dict[str, Any], max_frame_bytes: int = MAX_FRAME_BYTES) -> b
         FrameError: the encoded message is larger than ``max_frame_bytes``.
         TypeError, ValueError: ``message`` is not JSON-serialisable.
     """
-    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    body = _encode(message).encode()
     if len(body) > max_frame_bytes:
         raise FrameError(f"frame of {len(body)} bytes is larger than max_frame_bytes={max_frame_bytes}")
     return HEADER.pack(len(body)) + body

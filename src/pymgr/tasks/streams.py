@@ -27,10 +27,14 @@ from pymgr.tasks.logs import FOLLOW_CHUNK_BYTES
 from pymgr.tasks.manager import TaskManager
 
 
+#: One encoder for every event (``json.dumps`` with options builds a new one per call).
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def sse(kind: str, data: dict[str, Any], seq: int | None = None) -> bytes:
     """One server-sent event (JSON data on one line, so no field splitting is needed)."""
     head = f"id: {seq}\n" if seq else ""
-    return f"{head}event: {kind}\ndata: {json.dumps(data, separators=(',', ':'), ensure_ascii=False)}\n\n".encode()
+    return f"{head}event: {kind}\ndata: {_encode(data)}\n\n".encode()
 
 
 class TaskStreams:
