@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from taskhelpers import CALLER, MakeManager, py, tasks_config, wait_end
+from taskhelpers import CALLER, TYPES, MakeManager, py, tasks_config, wait_end, wait_running
 
 from pymgr.config import TaskTypeConfig
 from pymgr.errors import Unavailable
@@ -143,3 +143,87 @@ async def test_a_restart_is_committed_before_its_spawn_request_leaves(tmp_path: 
         assert order[:retry][-2:] == ["INSERT", "COMMIT"], order  # its record, committed, then its spawn
     finally:
         await manager.aclose()
+
+
+def limited(**changes: dict[str, Any]) -> dict[str, TaskTypeConfig]:
+    """The test types, with some settings of some types changed."""
+    return {name: TaskTypeConfig.model_validate({**spec, **changes.get(name, {})}) for name, spec in TYPES.items()}
+
+
+async def test_a_keeper_link_that_breaks_in_the_middle_of_a_pump_loses_no_slot(make_manager: MakeManager) -> None:
+    manager = make_manager(types=limited(exit={"max_concurrent": 3}))
+    await manager.open()
+    starts = [asyncio.create_task(manager.start("exit", {"code": 0}, None, CALLER)) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert starts[0].done() and manager._store.group_open
+    assert manager._link._writer is not None
+    manager._link._writer.close()  # the second start's spawn fails: the third is taken but never sent
+    for start in starts:
+        record = await asyncio.wait_for(start, 5)
+        assert (await wait_end(manager, record.id)).state is TaskState.SUCCEEDED
+    assert manager._queue.busy("exit") == 0 and not manager._slots
+
+
+async def test_a_stop_is_not_failed_by_a_group_that_cannot_commit_and_the_run_stays_queued_till_then(
+    make_manager: MakeManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = make_manager(types=limited(sleep={"max_concurrent": 1, "stop_grace_s": 0.5}))
+    await manager.open()
+    running = await manager.start("sleep", {}, None, CALLER)
+    await wait_running(manager, running.id)
+    await asyncio.sleep(0)  # the next loop turn
+    waiting = await manager.start("sleep", {}, None, CALLER)  # queued behind the limit
+    await asyncio.sleep(0.01)
+    first, second = await first_and_staged(manager)
+    store = manager._store
+    assert isinstance(store, SqliteStore)
+    execute = store._execute
+    failures = [1]
+
+    def failing_once(what: str, sql: str, args: Any = ()) -> Any:
+        if sql == "COMMIT" and failures:
+            failures.pop()
+            raise store._failure(what, sqlite3.OperationalError("database or disk is full"))
+        return execute(what, sql, args)
+
+    monkeypatch.setattr(store, "_execute", failing_once)
+    stopped = await manager.stop(waiting.id, CALLER)  # commits the group first: that fails, the stop does not
+    monkeypatch.undo()
+    with pytest.raises(Unavailable, match="database or disk is full"):
+        await second
+    assert stopped.state is TaskState.STOPPED and waiting.id not in manager._queue
+
+    # And a stop whose own write fails leaves the run queued, spawned once the slot frees.
+    also_waiting = await manager.start("sleep", {}, None, CALLER)
+
+    def failing_updates(what: str, sql: str, args: Any = ()) -> Any:
+        if sql.startswith("UPDATE"):
+            raise store._failure(what, sqlite3.OperationalError("disk I/O error"))
+        return execute(what, sql, args)
+
+    monkeypatch.setattr(store, "_execute", failing_updates)
+    with pytest.raises(Unavailable):
+        await manager.stop(also_waiting.id, CALLER)
+    monkeypatch.undo()
+    assert also_waiting.id in manager._queue
+    await manager.stop(running.id, CALLER)
+    await wait_running(manager, also_waiting.id)
+
+
+async def test_a_freed_slot_does_not_wait_for_a_restarts_back_off(make_manager: MakeManager) -> None:
+    types = limited(sleep={"max_concurrent": 1, "stop_grace_s": 0.5})
+    types["fail"] = TaskTypeConfig.model_validate({
+        "argv": py("import sys; sys.exit(1)"), "restart": "on-failure", "restart_delay_s": 30,
+        "restart_delay_max_s": 30, "max_attempts": 2,
+    })  # fmt: skip
+    manager = make_manager(types=types)
+    await manager.open()
+    failed = await manager.start("fail", {}, None, CALLER)
+    await wait_end(manager, failed.id)  # its restart waits 30 s: the pump's timer is armed for then
+    first = await manager.start("sleep", {}, None, CALLER)
+    await wait_running(manager, first.id)
+    second = await manager.start("sleep", {}, None, CALLER)
+    await manager.stop(first.id, CALLER)
+    await wait_end(manager, first.id)
+    async with asyncio.timeout(5):
+        await wait_running(manager, second.id)

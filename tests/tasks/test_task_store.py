@@ -186,6 +186,12 @@ def test_a_group_commits_later_and_any_other_read_or_write_commits_it_first(tmp_
 
 def test_a_failed_block_of_a_group_undoes_itself_only(tmp_path: Path) -> None:
     store = make(tmp_path)
+    heard: list[object] = []
+    with pytest.raises(RuntimeError), store.group(heard.append):
+        store.add(record())  # the block that begins a group is all of it: no savepoint, the whole of it undone
+        raise RuntimeError("the caller failed after its write")
+    assert not store.group_open and len(store) == 0 and store.list() == []
+    assert [type(h) for h in heard] == [Unavailable]
     with store.group():
         kept = store.add(record())
     with pytest.raises(RuntimeError), store.group():

@@ -127,6 +127,8 @@ class TaskManager(Supervision):
         self._waiters: dict[int, asyncio.Event] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._pump_handle: asyncio.Handle | None = None
+        #: The pending pump is a back-off's timer (True), not this turn's call (False).
+        self._pump_at_due = False
         self._starts = StartGroups(self._store, self, clock)
         self._open_lock = asyncio.Lock()
         self._opened = False
@@ -422,10 +424,11 @@ class TaskManager(Supervision):
     def _cancel(self, record: TaskRecord, source: CancelSource, identity: Identity) -> TaskRecord:
         stopped_by = identity.to_dict()
         if record.state is TaskState.QUEUED and record.id not in self._in_flight:
-            self._queue.remove(record.id)
-            return self._move(
+            stopped = self._move(
                 record, TaskState.STOPPED, cancel_source=source, stopped_by=stopped_by, ended_at=self._clock()
             )
+            self._queue.remove(record.id)  # only once stored: a failed write leaves it queued, as it still is
+            return stopped
         record = dataclasses.replace(record, cancel_source=source, stopped_by=stopped_by)
         self._store.update(record)
         self._remember(record)
@@ -464,11 +467,14 @@ class TaskManager(Supervision):
 
     def _schedule_pump(self) -> None:
         if self._pump_handle is not None:
-            return
+            if not self._pump_at_due:
+                return  # one is coming this turn already
+            self._pump_handle.cancel()  # a back-off's timer must not hold up what can go now
         try:
             self._pump_handle = asyncio.get_running_loop().call_soon(self._pump)
+            self._pump_at_due = False
         except RuntimeError:
-            pass  # no loop (a reload outside the daemon): the next start or exit pumps
+            self._pump_handle = None  # no loop (a reload outside the daemon): the next start or exit pumps
 
     def _pump(self) -> None:
         """Spawn the runs the queue releases; come back when the next back-off ends."""
@@ -476,16 +482,26 @@ class TaskManager(Supervision):
         if not self._synced.is_set() or self._closing:
             return  # the keeper's hello triggers the next pump
         now = self._clock().timestamp()
-        for task_id, type_name in self._queue.take_ready(now):
-            self._slots[task_id] = type_name
-            record = self._record(task_id)
-            if record is None or record.state is not TaskState.QUEUED:
-                self._release(task_id)
-                continue
-            self._send_spawn(record)
+        taken = self._queue.take_ready(now)
+        for index, (task_id, type_name) in enumerate(taken):
+            try:
+                self._slots[task_id] = type_name
+                record = self._record(task_id)
+                if record is None or record.state is not TaskState.QUEUED:
+                    self._release(task_id)
+                    continue
+                self._send_spawn(record)
+            except BaseException:  # the keeper link broke, or a read: what was not sent waits in the queue again
+                for unsent_id, unsent_type in taken[index:]:
+                    self._in_flight.discard(unsent_id)
+                    self._slots[unsent_id] = unsent_type
+                    self._release(unsent_id)
+                    self._queue.add(unsent_id, unsent_type)
+                raise
         due = self._queue.next_due(now)
         if due is not None:
             self._pump_handle = asyncio.get_running_loop().call_later(due - now, self._pump)
+            self._pump_at_due = True
 
     # -- background work ------------------------------------------------------------
 

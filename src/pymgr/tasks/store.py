@@ -20,15 +20,13 @@ Rules:
 - Group commit: ``group()`` blocks write into one transaction that stays
   open after the block, until ``commit_group()``; the task starts of one
   event-loop turn share one commit (one WAL append instead of one per
-  start). Each block is a savepoint: a failure undoes that block only.
-  Any other write or read commits the open group first, so no write ever
-  shares the group's commit and nothing reads its rows uncommitted. The
-  ``on_done`` callbacks hear how the commit went (None: committed; else
-  the error, and every row of the group is gone). WAL mode with ``synchronous=NORMAL``: a commit is in
-  the WAL file when ``commit()`` returns, so it survives the daemon being
-  killed (``kill -9``) at any point; only a power loss or kernel crash can
-  take back the last commits, never corrupt the file. ``busy_timeout`` lets
-  a second reader (``sqlite3`` on the command line) wait instead of failing.
+  start). Each block that joins an open group is a savepoint: a failure
+  undoes that block only (the block that began the group is all of it so
+  far, and undoes it all). Any other write or read commits the open group
+  first, so no write ever shares the group's commit and nothing reads its
+  rows uncommitted; if that commit fails, the failure is the group's (its
+  ``on_done`` callbacks hear it: every row of the group is gone) and the
+  write or read goes on in a transaction of its own.
 - No checkpoint runs inside a commit (``wal_autocheckpoint=0``): the
   daemon runs ``checkpoint_passive`` in a worker thread every few seconds,
   so the fsync a checkpoint needs never stalls the event loop; nor does the
@@ -429,13 +427,16 @@ class SqliteStore:
         for callback in callbacks:
             callback(error)
 
-    def _before_other(self, writing: bool) -> None:
-        """Commit the open group before a write or read outside it (a failed commit fails a write only)."""
+    def _before_other(self) -> None:
+        """Commit the open group before a write or read outside it.
+
+        A failed commit is the group's (its callbacks have the error); the
+        write or read goes on, in a transaction of its own.
+        """
         try:
             self.commit_group()
         except PymgrError:
-            if writing:
-                raise
+            pass
 
     # -- writes -------------------------------------------------------------------
 
@@ -489,7 +490,7 @@ class SqliteStore:
 
     def _select(self, where: str, args: tuple[Any, ...] = ()) -> list[TaskRecord]:
         if self._group is not None and not self._depth:
-            self._before_other(writing=False)
+            self._before_other()
         try:
             return [_from_row(row) for row in self._db.execute(f"SELECT * FROM runs WHERE {where}", args)]
         except sqlite3.Error as exc:
@@ -519,7 +520,7 @@ class SqliteStore:
 
     def integrity_check(self) -> str:
         """SQLite's ``PRAGMA integrity_check``: "ok" for a sound file."""
-        self._before_other(writing=False)
+        self._before_other()
         with self._guard("check integrity"):
             return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
 
@@ -556,14 +557,14 @@ class SqliteStore:
     def checkpoint(self) -> None:
         """Fold the WAL into the database file (a clean shutdown; reads keep working)."""
         if self.read_only is None:
-            self._before_other(writing=True)
+            self._before_other()
             with self._guard("checkpoint"):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
         if self._depth:
             raise PymgrInternalError("task store closed inside a transaction")
-        self._before_other(writing=False)
+        self._before_other()
         self._db.close()
         if self._checkpointer is not None:
             self._checkpointer.close()
@@ -592,7 +593,7 @@ class _Transaction:
             store._depth += 1
             return
         if store._group is not None:
-            store._before_other(writing=True)
+            store._before_other()
         if self._lazy:
             store._pending_begin = True
         else:
@@ -630,44 +631,49 @@ class _Transaction:
 class _Group:
     """``SqliteStore.group()``: one savepoint of the group transaction (see the module rules)."""
 
-    __slots__ = ("_store", "_on_done", "_count")
+    __slots__ = ("_store", "_on_done", "_count", "_savepoint")
 
     def __init__(self, store: SqliteStore, on_done: GroupCallback | None) -> None:
         self._store = store
         self._on_done = on_done
         self._count = 0
+        #: False when this block began the transaction: it is all of it, so no savepoint is needed.
+        self._savepoint = False
 
     def __enter__(self) -> None:
         store = self._store
         if store._depth:
             raise PymgrInternalError("a task store group cannot begin inside another transaction")
+        self._count = store._count
         if store._group is None:
             store._begin()
             store._group = []
             store._group_count = store._count
+        else:
+            store._execute("write", "SAVEPOINT staged")
+            self._savepoint = True
         if self._on_done is not None and self._on_done not in store._group:
             store._group.append(self._on_done)
-        self._count = store._count
-        store._execute("write", "SAVEPOINT staged")
         store._depth = 1
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self._store._depth = 0
         if exc_type is None:
-            try:
-                self._store._execute("write", "RELEASE staged")
-            except Unavailable as error:
-                self._undo(error)
-                raise
+            if self._savepoint:
+                try:
+                    self._store._execute("write", "RELEASE staged")
+                except Unavailable as error:
+                    self._undo(error)
+                    raise
             return
         self._undo(exc)
 
     def _undo(self, exc: BaseException | None) -> None:
         store = self._store
         store._count = self._count
-        if store._db.in_transaction:
+        if self._savepoint and store._db.in_transaction:
             store._db.execute("ROLLBACK TO staged")
             store._db.execute("RELEASE staged")
-        elif store._group is not None:  # SQLite dropped the whole transaction (full disk, I/O error): the group is gone
+        elif store._group is not None:  # the block was the whole group, or SQLite dropped the transaction
             failure = exc if isinstance(exc, PymgrError) else Unavailable(f"task store {store.path}: {exc}")
             store._end_group_failed(store._group, failure)
