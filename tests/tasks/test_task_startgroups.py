@@ -227,3 +227,19 @@ async def test_a_freed_slot_does_not_wait_for_a_restarts_back_off(make_manager: 
     await wait_end(manager, first.id)
     async with asyncio.timeout(5):
         await wait_running(manager, second.id)
+
+
+async def test_a_run_whose_spawn_request_cannot_be_sent_fails_alone(make_manager: MakeManager) -> None:
+    types = limited()
+    types["big"] = TaskTypeConfig.model_validate(
+        {"argv": ["{python}", "-c", "pass", *["{a}"] * 6], "params": {"a": {"type": "str", "max_length": 200_000}}}
+    )  # six copies of a 200 kB parameter: a spawn request larger than the keeper link's 1 MiB frames
+    manager = make_manager(types=types)
+    await manager.open()
+    big = await asyncio.wait_for(manager.start("big", {"a": "x" * 200_000}, None, CALLER), 5)
+    ended = await wait_end(manager, big.id)
+    assert ended.state is TaskState.FAILED
+    assert ended.error is not None and ended.error.startswith("spawn failed: the request cannot be sent: frame of ")
+    for _ in range(2):  # the queue goes on
+        record = await asyncio.wait_for(manager.start("exit", {"code": 0}, None, CALLER), 5)
+        assert (await wait_end(manager, record.id)).state is TaskState.SUCCEEDED

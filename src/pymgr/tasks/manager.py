@@ -45,6 +45,7 @@ from pymgr.metrics import Metrics
 from pymgr.tasks import _proctree
 from pymgr.tasks._statedir import lock_state_dir, open_store
 from pymgr.tasks._requests import MAX_KEY_CHARS, check_key, parse_state, validate_params
+from pymgr.tasks._spawnqueue import SpawnQueue
 from pymgr.tasks._startgroups import StartGroups
 from pymgr.tasks._supervision import Supervision
 from pymgr.tasks._translog import MARKS, outcome, who
@@ -75,7 +76,7 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class TaskManager(Supervision):
+class TaskManager(SpawnQueue, Supervision):
     """Runs configured task types as supervised processes and keeps their records."""
 
     def __init__(
@@ -396,15 +397,6 @@ class TaskManager(Supervision):
             except (OSError, PymgrError) as exc:
                 log.error("task %d: its log outlived its record (dropped by retention): %s", old.id, exc)
 
-    def _spawn_queued(self) -> None:
-        handle = self._pump_handle
-        if handle is not None:
-            handle.cancel()
-        try:
-            self._pump()
-        except Unavailable as exc:  # the keeper went away meanwhile: its reconnect queues them again
-            log.error("cannot send spawn requests to the task keeper: %s", exc)
-
     def _announce_queued(self, record: TaskRecord) -> None:
         try:
             current = self._record(record.id)
@@ -414,12 +406,6 @@ class TaskManager(Supervision):
         if current is not None and current.state is TaskState.QUEUED and current.cancel_source is None:
             self._log(current, f"queued by {who(current.started_by)}")
             self.events.publish("state", current.to_dict())
-
-    def _enqueue(self, record: TaskRecord) -> None:
-        """Queue a run found at recovery or a restart; spawned from the loop, after the caller's commit."""
-        not_before = None if record.not_before is None else record.not_before.timestamp()
-        self._queue.add(record.id, record.type, not_before)
-        self._schedule_pump()  # never now: callers are inside a store transaction not yet committed
 
     def _cancel(self, record: TaskRecord, source: CancelSource, identity: Identity) -> TaskRecord:
         stopped_by = identity.to_dict()
@@ -458,50 +444,6 @@ class TaskManager(Supervision):
             waiter = self._waiters.pop(record.id, None)
             if waiter is not None:
                 waiter.set()
-
-    # -- the queue ------------------------------------------------------------------
-
-    def _limit(self, type_name: str) -> int | None:
-        task_type = self._types.get(type_name)
-        return None if task_type is None else task_type.max_concurrent
-
-    def _schedule_pump(self) -> None:
-        if self._pump_handle is not None:
-            if not self._pump_at_due:
-                return  # one is coming this turn already
-            self._pump_handle.cancel()  # a back-off's timer must not hold up what can go now
-        try:
-            self._pump_handle = asyncio.get_running_loop().call_soon(self._pump)
-            self._pump_at_due = False
-        except RuntimeError:
-            self._pump_handle = None  # no loop (a reload outside the daemon): the next start or exit pumps
-
-    def _pump(self) -> None:
-        """Spawn the runs the queue releases; come back when the next back-off ends."""
-        self._pump_handle = None
-        if not self._synced.is_set() or self._closing:
-            return  # the keeper's hello triggers the next pump
-        now = self._clock().timestamp()
-        taken = self._queue.take_ready(now)
-        for index, (task_id, type_name) in enumerate(taken):
-            try:
-                self._slots[task_id] = type_name
-                record = self._record(task_id)
-                if record is None or record.state is not TaskState.QUEUED:
-                    self._release(task_id)
-                    continue
-                self._send_spawn(record)
-            except BaseException:  # the keeper link broke, or a read: what was not sent waits in the queue again
-                for unsent_id, unsent_type in taken[index:]:
-                    self._in_flight.discard(unsent_id)
-                    self._slots[unsent_id] = unsent_type
-                    self._release(unsent_id)
-                    self._queue.add(unsent_id, unsent_type)
-                raise
-        due = self._queue.next_due(now)
-        if due is not None:
-            self._pump_handle = asyncio.get_running_loop().call_later(due - now, self._pump)
-            self._pump_at_due = True
 
     # -- background work ------------------------------------------------------------
 
