@@ -243,3 +243,22 @@ async def test_a_run_whose_spawn_request_cannot_be_sent_fails_alone(make_manager
     for _ in range(2):  # the queue goes on
         record = await asyncio.wait_for(manager.start("exit", {"code": 0}, None, CALLER), 5)
         assert (await wait_end(manager, record.id)).state is TaskState.SUCCEEDED
+
+
+async def test_runs_whose_requests_could_not_leave_are_tried_again_without_a_reconnect(
+    manager: TaskManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await manager.open()
+    send_spawn = manager._send_spawn
+    refusals = [1]
+
+    def refused_once(record: Any) -> None:
+        if refusals:
+            refusals.pop()
+            raise Unavailable("the store could not be read")  # what a failed read in the pump raises
+        send_spawn(record)
+
+    monkeypatch.setattr(manager, "_send_spawn", refused_once)
+    record = await manager.start("exit", {"code": 0}, None, CALLER)  # answered: its request waits in the queue
+    assert record.id in manager._queue and manager.keeper_connected
+    assert (await wait_end(manager, record.id)).state is TaskState.SUCCEEDED  # tried again after PUMP_RETRY_S

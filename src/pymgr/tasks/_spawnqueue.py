@@ -8,8 +8,9 @@ Rules:
   once its record is stored.
 - A request that cannot leave because the keeper link or the store is
   unavailable puts that run and the ones after it back in the queue with
-  their slots (the keeper's reconnect pumps again); a request that can
-  never leave (larger than a frame) fails that run alone.
+  their slots, tried again after ``PUMP_RETRY_S`` (or sooner: the
+  keeper's reconnect pumps too); a request that can never leave (larger
+  than a frame) fails that run alone.
 - A back-off's timer never holds up a pump that can go now.
 """
 
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from pymgr.tasks.tasktypes import TaskType
 
 log = logging.getLogger("pymgr.tasks")
+
+#: Seconds before runs put back in the queue (a request that could not leave) are tried again.
+PUMP_RETRY_S = 1.0
 
 
 class SpawnQueue:
@@ -95,6 +99,9 @@ class SpawnQueue:
                     self._slots[unsent_id] = unsent_type
                     self._release(unsent_id)
                     self._queue.add(unsent_id, unsent_type)
+                # and go then, unless a start, an exit or the keeper's reconnect pumps sooner
+                self._pump_handle = asyncio.get_running_loop().call_later(PUMP_RETRY_S, self._pump)
+                self._pump_at_due = True
                 raise
             except Exception as exc:  # this run's request cannot be sent at all (larger than a frame): it fails alone
                 self._unsendable(task_id, exc)
