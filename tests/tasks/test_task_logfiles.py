@@ -248,3 +248,23 @@ def test_a_log_rotating_faster_than_it_can_be_read_is_unavailable_not_an_interna
     assert info.value.details == {"id": 3} and logs._RETRIES == 50
     with pytest.raises(Unavailable):
         reader.read(3, 0, 10)
+
+
+def test_adopts_sharing_one_listing_resume_each_run_as_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pymgr.tasks._keeperruns import Listings
+
+    for task_id in (1, 2, 3):  # three dead keeper's logs: 1, 2 and 3 rotations (keep=2: 3 has one too many)
+        RunLog(str(tmp_path), task_id, max_bytes=10, keep=3, timestamps=False).write(b"x" * (10 * task_id + task_id))
+    expected = {1: (10, 1), 2: (20, 2), 3: (30, 3)}
+    listed = []
+    real = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda directory: listed.append(directory) or real(directory))
+    shared = Listings()
+    logs = {i: RunLog.resume(str(tmp_path), i, max_bytes=10, keep=2, timestamps=False, listdir=shared) for i in (1, 2, 3)}
+    assert listed == [str(tmp_path)]  # one listing for the three
+    assert {i: (log.base, log.size) for i, log in logs.items()} == expected
+    assert "3.log.0" not in real(tmp_path)  # past keep: deleted, as alone
+    shared.clear()
+    assert shared(str(tmp_path)) != [] and len(listed) == 2  # the next read lists again
+    for log in logs.values():
+        log.close()

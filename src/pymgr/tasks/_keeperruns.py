@@ -23,6 +23,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -308,8 +309,26 @@ def run_log(task_id: int, settings: Any, make: Callable[..., RunLog]) -> RunLog:
     )
 
 
-def take_output(run: Run, message: dict[str, Any]) -> None:
-    """Read an adopted run's pipe again, from the daemon's read end, into the same log."""
+class Listings:
+    """Listings of a directory, made once for the adopts of one read: a dead keeper's files do not
+    change until their run is resumed, and listing a logs directory of thousands of files per run
+    (2 ms each here) would stall the new keeper for seconds when it adopts a thousand runs."""
+
+    def __init__(self) -> None:
+        self._names: dict[str, list[str]] = {}
+
+    def __call__(self, directory: str) -> list[str]:
+        names = self._names.get(directory)
+        if names is None:
+            names = self._names[directory] = os.listdir(directory)
+        return names
+
+    def clear(self) -> None:
+        self._names.clear()
+
+
+def take_output(run: Run, message: dict[str, Any], listdir: Callable[[str], list[str]] = os.listdir) -> None:
+    """Read an adopted run's pipe again, from the daemon's read end, into the same log (``listdir``: see RunLog.resume)."""
     where = message.get("output")
     if not where:
         return  # the daemon holds none: the run's output is not captured
@@ -321,7 +340,7 @@ def take_output(run: Run, message: dict[str, Any]) -> None:
     if pipe is None:
         return  # the daemon let it go meanwhile (the run ended)
     try:
-        run.log = run_log(run.id, message.get("log"), RunLog.resume)
+        run.log = run_log(run.id, message.get("log"), functools.partial(RunLog.resume, listdir=listdir))
     except (KeyError, ValueError, TypeError, OSError) as exc:
         # Drained all the same, the output dropped: a pipe nobody reads would block the run for good.
         run.log_error = f"output dropped: cannot reopen the log after the keeper changed: {exc}"

@@ -30,6 +30,7 @@ import errno
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 
 #: Flags of a new log file: never follow a symlink planted in the log dir.
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -81,11 +82,19 @@ class RunLog:
         self._closed = False
 
     @classmethod
-    def resume(cls, directory: str, task_id: int, *, max_bytes: int, keep: int, timestamps: bool) -> RunLog:
+    def resume(
+        cls, directory: str, task_id: int, *, max_bytes: int, keep: int, timestamps: bool,
+        listdir: Callable[[str], list[str]] = os.listdir,
+    ) -> RunLog:  # fmt: skip
         """The log of a run another keeper wrote until it died: go on after its last byte.
 
         The files on disk say where: the rotated ones give the current
         file's logical offset, the current file's size is what it holds.
+
+        Args:
+            listdir: lists the directory; a keeper adopting many runs at once
+                passes one that lists it once for all of them (a dead
+                keeper's files do not change until their run is resumed).
 
         Raises:
             ValueError: as the constructor.
@@ -93,7 +102,7 @@ class RunLog:
         log = cls(directory, task_id, max_bytes=max_bytes, keep=keep, timestamps=timestamps)
         prefix = rotated_name(task_id, 0)[:-1]
         try:
-            names = os.listdir(directory)
+            names = listdir(directory)
         except FileNotFoundError:
             names = []  # the directory is gone: write() reports it
         tails = (name[len(prefix) :] for name in names if name.startswith(prefix))

@@ -58,7 +58,9 @@ from typing import Any
 from pymgr.tasks import _proctree
 from pymgr.tasks._framing import CLOSED, PROTOCOL, FrameDecoder, FrameError, encode
 from pymgr.tasks._keepersetup import listen, prepare_process
-from pymgr.tasks._keeperruns import UNKNOWN_EXIT, Run, StatusJournal, run_log, stop_leftovers, take_output, vanished
+from pymgr.tasks._keeperruns import (
+    UNKNOWN_EXIT, Listings, Run, StatusJournal, run_log, stop_leftovers, take_output, vanished,
+)  # fmt: skip
 from pymgr.tasks._proctree import ProcRef
 from pymgr.tasks._runlog import RunLog
 from pymgr.tasks._spawn import SpawnError, SpawnSpec, private_descriptors, spawn
@@ -104,6 +106,7 @@ class Keeper:
         #: Exits of this loop turn, sent once the journal holding them is synced.
         self.exits: list[dict[str, Any]] = []
         self.runs: dict[int, Run] = {}
+        self._listings = Listings()  # for the adopts of the read in progress
         self.by_pid: dict[int, Run] = {}
         self.conn: _Conn | None = None
         self.pending_progress: dict[int, list[Any]] = {}
@@ -282,6 +285,7 @@ class Keeper:
                 conn.decoder.receive_data(data)
                 while self.conn is conn and isinstance(message := conn.decoder.next_frame(), dict):
                     self._handle(message)
+                self._listings.clear()  # a read's adopts shared one listing of the logs directory
                 if self.conn is not conn:
                     return  # dropped while handling (a daemon that stopped reading)
                 if message is CLOSED or not data:
@@ -444,7 +448,7 @@ class Keeper:
             float(message.get("started_at") or time.time()), pidfd=fd,
         )  # fmt: skip
         run.error = UNKNOWN_EXIT
-        take_output(run, message)
+        take_output(run, message, self._listings)
         self.runs[task_id] = run
         self.sel.register(fd, selectors.EVENT_READ, lambda _fd, mask: self._on_adopted_exit(run))
         self._send({"op": "adopted", **run.info()})
