@@ -7,10 +7,11 @@ Rules:
   outlives the daemon; the manager sends it requests and records what it
   reports (``_supervision.py``). Records live in SQLite (``store.py``).
 - ``start`` and ``stop`` reply at once. ``start`` records a ``queued``
-  run (its attempt counted in the store before any process exists) and
+  run (its attempt counted in the store before any process exists; the
+  starts of one loop turn share one commit, ``_startgroups.py``) and
   queues it; runs leave the queue in start order, as their type's
   ``max_concurrent`` allows (``runqueue.py``), and are spawned by the
-  keeper. ``stop`` records the cancel source and asks the keeper to kill
+  keeper (``_spawnqueue.py``). ``stop`` records the cancel source and asks the keeper to kill
   the process tree. ``wait`` awaits a run's end.
 - One active run per key: starting with the key of a queued or running run
   returns that run, it does not start another.

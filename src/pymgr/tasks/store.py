@@ -17,6 +17,11 @@ Rules:
 - Every write is one ``BEGIN IMMEDIATE`` transaction (``batch()`` groups
   several into one; ``batch(lazy=True)`` begins only at its first write,
   so a block that writes nothing takes no lock and commits nothing).
+  WAL mode with ``synchronous=NORMAL``: a commit is in the WAL file when
+  ``commit()`` returns, so it survives the daemon being killed
+  (``kill -9``) at any point; only a power loss or kernel crash can take
+  back the last commits, never corrupt the file. ``busy_timeout`` lets a
+  second reader (``sqlite3`` on the command line) wait instead of failing.
 - Group commit: ``group()`` blocks write into one transaction that stays
   open after the block, until ``commit_group()``; the task starts of one
   event-loop turn share one commit (one WAL append instead of one per
