@@ -13,9 +13,10 @@ temporary directory; never ./var):
    round: ``subprocess.Popen`` of the same command (``/bin/sleep 3600``, new
    session, empty environment, stdio to /dev/null) 100 times from this
    process. Rounds alternate the two; the ratio is the median of the rounds.
-   The daemon's and the keeper's CPU time (utime+stime) over the burst is
-   reported too: on a shared, noisy machine it moves less than wall time.
-   So is the burst's whole CPU bill, both ways, from ``/proc/PID/schedstat``
+   The daemon's and the keeper's CPU time over the burst is reported too:
+   on a shared, noisy machine it moves less than wall time. So is the
+   burst's whole CPU bill, both ways (all CPU times here are from
+   ``/proc/PID/task/*/schedstat``, in nanoseconds)
    (nanoseconds on a CPU): Popen's parent plus its 100 children (their exec
    and start-up) against pymgr's daemon, keeper, runs and this client. On N
    CPUs nothing that costs C of CPU ends before C / N: that bound, divided by
@@ -181,12 +182,6 @@ def proc_status(pid: int, field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/{pid}/status")
 
 
-def cpu_s(pid: int) -> float:
-    raw = Path(f"/proc/{pid}/stat").read_text()
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def keeper_pid(directory: Path) -> int:
     return int((directory / "state" / "run" / "keeper.lock").read_text().split()[0])
 
@@ -346,11 +341,11 @@ async def writers(directory: Path, path: str, count: int) -> dict[str, Any]:
     await asyncio.sleep(1.0)  # every writer is up to speed
     conn = await Conn.open(path)
     ends_before = [await log_end(conn, i) for i in ids]
-    cpu_before, wall_before = cpu_s(keeper), time.perf_counter()
+    cpu_before, wall_before = on_cpu_s(keeper), time.perf_counter()
     p99 = await health_p99(path, 2000)
     await asyncio.sleep(max(0.0, 4.0 - (time.perf_counter() - wall_before)))
     wall = time.perf_counter() - wall_before
-    keeper_cpu = (cpu_s(keeper) - cpu_before) / wall
+    keeper_cpu = (on_cpu_s(keeper) - cpu_before) / wall
     rates = [(await log_end(conn, i) - before) / wall / 2**20 for i, before in zip(ids, ends_before, strict=True)]
     conn.close()
     await kill_all(path, ids)

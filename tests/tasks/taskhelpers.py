@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 from pymgr.config import TasksConfig, TaskTypeConfig
 from pymgr.core.identity import Identity
 from pymgr.tasks.manager import TaskManager
 from pymgr.tasks.records import TaskRecord
 from pymgr.tasks.states import TaskState
+from pymgr.tasks.store import SqliteStore
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -115,3 +118,23 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def fail_statements(
+    monkeypatch: pytest.MonkeyPatch, manager: TaskManager, prefix: str, error: str, times: int | None = None
+) -> None:
+    """Make the manager's store fail the statements that begin with ``prefix`` as SQLite does with
+    ``error`` (e.g. "database or disk is full"): ``times`` times, or until ``monkeypatch.undo()``."""
+    store = manager._store
+    assert isinstance(store, SqliteStore)
+    execute = store._execute
+    left = [times]
+
+    def failing(what: str, sql: str, args: Any = ()) -> Any:
+        if sql.startswith(prefix) and left[0] != 0:
+            if left[0] is not None:
+                left[0] -= 1
+            raise store._failure(what, sqlite3.OperationalError(error))
+        return execute(what, sql, args)
+
+    monkeypatch.setattr(store, "_execute", failing)

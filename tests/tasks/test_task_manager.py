@@ -6,13 +6,12 @@ import asyncio
 import json
 import logging
 import re
-import sqlite3
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
-from taskhelpers import CALLER, MakeManager, tasks_config, wait_end, wait_running
+from taskhelpers import CALLER, MakeManager, fail_statements, tasks_config, wait_end, wait_running
 
 from pymgr.core.identity import INTERNAL
 from pymgr.errors import Conflict, NotFound, ParamsInvalid, Unavailable
@@ -61,15 +60,7 @@ async def test_a_group_that_cannot_commit_fails_each_of_its_starts_and_spawns_no
 ) -> None:
     await manager.open()
     store = manager._store
-    assert isinstance(store, SqliteStore)
-    execute = store._execute
-
-    def failing_commit(what: str, sql: str, args: Any = ()) -> Any:
-        if sql == "COMMIT":
-            raise store._failure(what, sqlite3.OperationalError("disk I/O error"))
-        return execute(what, sql, args)
-
-    monkeypatch.setattr(store, "_execute", failing_commit)
+    fail_statements(monkeypatch, manager, "COMMIT", "disk I/O error")
     results = await asyncio.gather(
         *(manager.start("exit", {"code": 0}, None, CALLER) for _ in range(3)), return_exceptions=True
     )

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
-from taskhelpers import CALLER, TYPES, MakeManager, py, tasks_config, wait_end, wait_running
+from taskhelpers import CALLER, TYPES, MakeManager, fail_statements, py, tasks_config, wait_end, wait_running
 
 from pymgr.config import TaskTypeConfig
 from pymgr.errors import Unavailable
@@ -32,16 +31,7 @@ async def test_a_failed_group_commit_at_a_keeper_read_fails_the_starts_not_the_k
 ) -> None:
     await manager.open()
     first, second = await first_and_staged(manager)
-    store = manager._store
-    assert isinstance(store, SqliteStore)
-    execute = store._execute
-
-    def failing(what: str, sql: str, args: Any = ()) -> Any:
-        if sql == "COMMIT":
-            raise store._failure(what, sqlite3.OperationalError("database or disk is full"))
-        return execute(what, sql, args)
-
-    monkeypatch.setattr(store, "_execute", failing)
+    fail_statements(monkeypatch, manager, "COMMIT", "database or disk is full")
     reader = asyncio.StreamReader()
     reader.feed_eof()
     # A keeper read in this turn commits the group first; the failure is the starts' and must not escape the
@@ -175,18 +165,7 @@ async def test_a_stop_is_not_failed_by_a_group_that_cannot_commit_and_the_run_st
     waiting = await manager.start("sleep", {}, None, CALLER)  # queued behind the limit
     await asyncio.sleep(0.01)
     first, second = await first_and_staged(manager)
-    store = manager._store
-    assert isinstance(store, SqliteStore)
-    execute = store._execute
-    failures = [1]
-
-    def failing_once(what: str, sql: str, args: Any = ()) -> Any:
-        if sql == "COMMIT" and failures:
-            failures.pop()
-            raise store._failure(what, sqlite3.OperationalError("database or disk is full"))
-        return execute(what, sql, args)
-
-    monkeypatch.setattr(store, "_execute", failing_once)
+    fail_statements(monkeypatch, manager, "COMMIT", "database or disk is full", times=1)
     stopped = await manager.stop(waiting.id, CALLER)  # commits the group first: that fails, the stop does not
     monkeypatch.undo()
     with pytest.raises(Unavailable, match="database or disk is full"):
@@ -195,13 +174,7 @@ async def test_a_stop_is_not_failed_by_a_group_that_cannot_commit_and_the_run_st
 
     # And a stop whose own write fails leaves the run queued, spawned once the slot frees.
     also_waiting = await manager.start("sleep", {}, None, CALLER)
-
-    def failing_updates(what: str, sql: str, args: Any = ()) -> Any:
-        if sql.startswith("UPDATE"):
-            raise store._failure(what, sqlite3.OperationalError("disk I/O error"))
-        return execute(what, sql, args)
-
-    monkeypatch.setattr(store, "_execute", failing_updates)
+    fail_statements(monkeypatch, manager, "UPDATE", "disk I/O error")
     with pytest.raises(Unavailable):
         await manager.stop(also_waiting.id, CALLER)
     monkeypatch.undo()

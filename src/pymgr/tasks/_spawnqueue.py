@@ -96,8 +96,8 @@ class SpawnQueue:
             except Unavailable:  # the keeper link broke, or the store: this run and the rest wait in the queue again
                 for unsent_id, unsent_type in taken[index:]:
                     self._in_flight.discard(unsent_id)
-                    self._slots[unsent_id] = unsent_type
-                    self._release(unsent_id)
+                    self._slots.pop(unsent_id, None)
+                    self._queue.release(unsent_type)  # the slot take_ready counted for it
                     self._queue.add(unsent_id, unsent_type)
                 # and go then, unless a start, an exit or the keeper's reconnect pumps sooner
                 self._pump_handle = asyncio.get_running_loop().call_later(PUMP_RETRY_S, self._pump)
