@@ -5,7 +5,7 @@ Rules:
   after the other, in an order that rotates from round to round (so no
   server always runs first, or always right after a heavy one).
 - A sample is one server's values for one figure in one round. Columns
-  are fixed names: ``pymgr``, ``supervisord``, ``seed``, ``asgi floor``,
+  are fixed names: ``pymgr``, ``pymgr base`` (with ``--baseline``), ``supervisord``, ``seed``, ``asgi floor``,
   ``line floor``; a baseline that is not installed is left out, not faked.
 - Throughput figures: ``clients`` processes, ``duration_s`` each, server
   CPU per request from /proc. Latency: one client, sequential requests.
@@ -86,6 +86,8 @@ class Bench:
         pymgr = fleet["pymgr"]
         self.secret: str = pymgr.info["legacy_secret"]
         self.targets: dict[str, tuple[Server, dict[str, Target]]] = {"pymgr": (pymgr, pymgr_targets(pymgr))}
+        if "pymgr-base" in fleet:
+            self.targets["pymgr base"] = (fleet["pymgr-base"], pymgr_targets(fleet["pymgr-base"]))
         if "supervisord" in fleet:
             self.targets["supervisord"] = (fleet["supervisord"], supervisord_targets(fleet["supervisord"]))
         if "seed" in fleet:
@@ -201,28 +203,28 @@ FIGURES = (
         "1. control calls: HTTP on the Unix socket, keep-alive, demo.echo",
         {"rps": ("calls/s", "/s", True), "cpu_us": ("server CPU/call", "µs", False)},
         _load("http"),
-        ("pymgr", "supervisord", "asgi floor", "line floor"),
+        ("pymgr", "pymgr base", "supervisord", "asgi floor", "line floor"),
     ),
     Figure(
         "newconn-legacy",
         "2a. new connection per request: legacy protocol (TCP loopback)",
         {"rps": ("requests/s", "/s", True), "cpu_us": ("server CPU/request", "µs", False)},
         _load("legacy"),
-        ("pymgr", "seed", "line floor"),
+        ("pymgr", "pymgr base", "seed", "line floor"),
     ),
     Figure(
         "newconn-http",
         "2b. new connection per request: HTTP on the Unix socket",
         {"rps": ("requests/s", "/s", True), "cpu_us": ("server CPU/request", "µs", False)},
         _load("http-newconn"),
-        ("pymgr", "supervisord", "asgi floor"),
+        ("pymgr", "pymgr base", "supervisord", "asgi floor"),
     ),
     Figure(
         "latency",
         "3. latency: one client, sequential calls, keep-alive",
         {"p50_us": ("p50", "µs", False), "p99_us": ("p99", "µs", False)},
         _latency,
-        ("pymgr", "supervisord", "asgi floor"),
+        ("pymgr", "pymgr base", "supervisord", "asgi floor"),
     ),
     Figure(
         "task-start",

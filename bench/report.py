@@ -22,6 +22,7 @@ from bench.figures import FIGURES, Figure, Sample
 
 COLUMN_LABELS = {
     "pymgr": "pymgr",
+    "pymgr base": "pymgr at the baseline commit",
     "supervisord": "supervisord",
     "seed": "seed (2014 design)",
     "asgi floor": "floor: ASGI on uvicorn",

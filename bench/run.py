@@ -1,12 +1,17 @@
 """``make bench``: pymgr against its peers and its floors, interleaved, several rounds.
 
     .venv-bench/bin/python -m bench.run [--rounds 5] [--duration 2] [--clients 8] [--no-docs] [--strict]
+                                        [--baseline REF]
 
 Starts every server on temporary sockets (pymgr with the demo config,
 supervisord, the seed design, the two floors), runs each figure's
 measurements round after round, stops every server, then prints the table
 and the targets, writes ``bench/results/bench-<time>.json`` and puts the
-table into docs/performance.md. Exit status: 0, or 1 when a server or a
+table into docs/performance.md. ``--baseline REF`` also runs pymgr as
+commit REF had it (its own src/ and examples/), as the column "pymgr at
+REF" of the request figures: an A/B of two commits in one run, so that a
+change's cost is read as a ratio on the same machine at the same time.
+Exit status: 0, or 1 when a server or a
 client failed (or, with ``--strict``, when a target does not hold).
 """
 
@@ -34,10 +39,14 @@ DOCS = servers.REPO / "docs" / "performance.md"
 WARMUP_S = 0.5
 
 
-def start_fleet(fleet: Fleet, workdir: Path) -> list[str]:
+def start_fleet(fleet: Fleet, workdir: Path, baseline: str | None = None) -> list[str]:
     """Start pymgr, the baselines that are installed and the floors; returns notes on what is missing."""
     notes = []
     pymgr = fleet.add(servers.start_pymgr(workdir / "pymgr"))
+    if baseline is not None:
+        source = servers.export_commit(baseline, workdir / "baseline-src")
+        compileall.compile_dir(source / "src" / "pymgr", quiet=1)
+        fleet.add(servers.start_pymgr(workdir / "pymgr-base", name="pymgr-base", source=source))
     if servers.has_module("supervisor"):
         examples = Path(pymgr.info["config"]).parent
         fleet.add(servers.start_supervisord(workdir / "supervisord", servers.scan_argv(), examples))
@@ -91,13 +100,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--docs", type=Path, default=DOCS, help="the markdown file that gets the table")
     parser.add_argument("--no-docs", action="store_true", help="leave docs/performance.md alone")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target does not hold")
+    parser.add_argument("--baseline", metavar="REF", help="also run pymgr as commit REF had it (an A/B column)")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.duration <= 0 or args.clients < 1 or args.task_starts < 1 or args.latency_requests < 1:
         parser.error("--rounds, --clients, --task-starts and --latency-requests must be >= 1, --duration > 0")
     return args
 
 
-def bench_once(settings: Settings, *, warmup: bool = True) -> dict[str, Any]:
+def bench_once(settings: Settings, *, warmup: bool = True, baseline: str | None = None) -> dict[str, Any]:
     """Start everything, run every round, stop everything; returns the JSON document."""
     # As pip does for an installed package: the start-up figure must not include compiling pymgr.
     compileall.compile_dir(servers.REPO / "src" / "pymgr", quiet=1)
@@ -107,7 +117,7 @@ def bench_once(settings: Settings, *, warmup: bool = True) -> dict[str, Any]:
     load_before = loadavg()
     try:
         with Fleet() as fleet:
-            notes = start_fleet(fleet, workdir)
+            notes = start_fleet(fleet, workdir, baseline)
             bench = Bench(fleet, workdir, settings)
             if warmup:
                 warm_up(bench)
@@ -127,6 +137,7 @@ def bench_once(settings: Settings, *, warmup: bool = True) -> dict[str, Any]:
         # Other work on the machine shows up here: it makes every figure noisier.
         "loadavg": {"before": load_before, "after": loadavg()},
         "settings": settings.__dict__,
+        "baseline": baseline,
         "demo_config": demo,
         "notes": notes,
         "servers": {"start_s": start_s, "rss_mib_after_load": rss_after},
@@ -156,6 +167,8 @@ def docs_section(document: dict[str, Any], table: str, checks: str, json_path: P
         f"policy rules: {demo['policy_rules']}; HMAC keys: {len((demo['auth'] or {}).get('keys', []))}; "
         f"audit lines written during the run: {demo['audit_lines_written']:,}.",
         *(f"\nNote: {note}." for note in document["notes"]),
+        *([f"\nA/B: the column \"pymgr at the baseline commit\" ran `{document['baseline']}`."]
+          if document["baseline"] else []),
         "",
         table,
         "",
@@ -168,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     settings = Settings(args.rounds, args.duration, args.clients, args.latency_requests, args.task_starts, args.settle)
     try:
-        document = bench_once(settings, warmup=not args.no_warmup)
+        document = bench_once(settings, warmup=not args.no_warmup, baseline=args.baseline)
     except (ServerError, LoadError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1

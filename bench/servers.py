@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import signal
@@ -170,8 +171,8 @@ def _fixed_ports(raw: Any, where: str = "") -> list[str]:
     return found
 
 
-def prepare_demo(workdir: Path) -> Path:
-    """A copy of examples/ under ``workdir`` whose demo.toml listens on ephemeral ports only.
+def prepare_demo(workdir: Path, examples_src: Path = EXAMPLES) -> Path:
+    """A copy of ``examples_src`` under ``workdir`` whose demo.toml listens on ephemeral ports only.
 
     ``../var`` then lands in ``workdir``; ``port = N`` lines and ``"host:N"``
     listener addresses get port 0; ``BENCH_LIMITS`` lifts the rate limit out
@@ -181,7 +182,7 @@ def prepare_demo(workdir: Path) -> Path:
         ServerError: a fixed port is left that this function does not know how to change.
     """
     examples = workdir / "examples"
-    shutil.copytree(EXAMPLES, examples, ignore=shutil.ignore_patterns("__pycache__", "var"))
+    shutil.copytree(examples_src, examples, ignore=shutil.ignore_patterns("__pycache__", "var"))
     config = examples / "demo.toml"
     text = FIXED_PORT_LINE.sub(r"\g<1>0\g<2>", config.read_text())
     text = FIXED_ADDRESS_LINE.sub(r"\g<1>0\g<2>", text)
@@ -226,12 +227,22 @@ def _unix_address(ready_line: dict[str, Any]) -> str:
     raise ServerError(f"pymgr listens on no Unix socket: {ready_line['http']}; the demo config should have one")
 
 
-def start_pymgr(workdir: Path, name: str = "pymgr") -> Server:
-    """``pymgr serve`` with the demo config; start_s is to the first answered request."""
+def start_pymgr(workdir: Path, name: str = "pymgr", source: Path | None = None) -> Server:
+    """``pymgr serve`` with the demo config; start_s is to the first answered request.
+
+    ``source``: another checkout of pymgr (its ``src/`` and ``examples/``) to
+    run instead of this one, for an A/B of two commits in the same run.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
-    config = prepare_demo(workdir)
+    if source is None:
+        config = prepare_demo(workdir)
+        argv, env = [str(BIN / "pymgr")], None
+    else:
+        config = prepare_demo(workdir, source / "examples")
+        argv = [sys.executable, "-m", "pymgr"]
+        env = {**os.environ, "PYTHONPATH": str(source / "src")}
     started = time.monotonic()
-    server = _spawn(name, [str(BIN / "pymgr"), "serve", "--config", str(config)], workdir)
+    server = _spawn(name, [*argv, "serve", "--config", str(config)], workdir, env=env)
     server.info["config"] = str(config)
     server.info["demo"] = demo_config_summary(config)
     ready_line: dict[str, Any] = {}
@@ -375,6 +386,16 @@ class Fleet:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def export_commit(ref: str, dest: Path) -> Path:
+    """The tree of commit ``ref`` of this repository, written under ``dest`` (git archive, no work tree)."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], capture_output=True, check=False)
+    if archive.returncode != 0:
+        raise ServerError(f"git archive {ref} failed: {archive.stderr.decode(errors='replace').strip()}")
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest
 
 
 def has_module(name: str) -> bool:
