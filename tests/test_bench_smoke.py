@@ -52,16 +52,19 @@ def test_the_seed_handler_refuses_with_the_2014_codes(request_bytes: bytes, code
 
 def test_one_tiny_round_measures_every_figure_for_pymgr(capsys: pytest.CaptureFixture[str]) -> None:
     settings = Settings(rounds=1, duration_s=0.1, clients=2, latency_requests=20, task_starts=1, idle_settle_s=0.0)
-    document = run.bench_once(settings, warmup=False)
+    document = run.bench_once(settings, warmup=False, baseline="HEAD")
     samples = document.pop("_samples")
     measured = {(s.figure, s.server) for s in samples}
     for figure in ("control", "newconn-legacy", "newconn-http", "latency", "task-start", "startup"):
         assert (figure, "pymgr") in measured
     assert ("control", "asgi floor") in measured and ("newconn-legacy", "line floor") in measured
+    for figure in ("control", "newconn-legacy", "newconn-http", "latency"):
+        assert (figure, "pymgr base") in measured, figure  # the A/B column of --baseline
     assert document["machine"]["cores"] and document["demo_config"]["modules"]
     for check in document["checks"]:
         if check["baseline"] is None:
             assert check["measured"] is not None, check["id"]
     table = report.table(samples)
-    assert table.startswith("| figure | metric | pymgr |") and "1. control calls" in table
+    assert table.startswith("| figure | metric | pymgr | pymgr at the baseline commit |") and "1. control calls" in table
+    assert "x pymgr base" in table
     json.dumps(document, default=str)  # what write_json writes
