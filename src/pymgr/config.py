@@ -197,6 +197,13 @@ class TaskTypeConfig(_Section):
     log_timestamps: bool = False
     #: When the run's first process exits, stop what it left running (grace stop_grace_s), as a stop would.
     kill_leftovers: bool = True
+    #: cgroup v2 limits of the run's cgroup (docs/tasks.md "Containment"); each needs its controller
+    #: delegated to pymgr's cgroup, else the daemon refuses to start. Bytes of memory (memory.max).
+    memory_max: int | None = Field(None, ge=4096)
+    #: Most processes and threads of the run at once (pids.max).
+    pids_max: int | None = Field(None, ge=1)
+    #: CPUs the run may use, e.g. 0.5 or 2 (cpu.max over a 100 ms period).
+    cpu_max: float | None = Field(None, ge=0.01)
 
     @model_validator(mode="after")
     def _delays_ordered(self) -> TaskTypeConfig:
@@ -205,6 +212,25 @@ class TaskTypeConfig(_Section):
                 f"restart_delay_max_s ({self.restart_delay_max_s}) must be >= restart_delay_s ({self.restart_delay_s})"
             )
         return self
+
+
+class CgroupConfig(_Section):
+    """Containment of runs and commands in cgroups v2 (docs/tasks.md "Containment")."""
+
+    #: "auto": a cgroup per run and per command where a writable cgroup2 hierarchy exists (else the
+    #: older method, recorded per run); "required": refuse to start without one; "off": never.
+    mode: Literal["auto", "required", "off"] = "auto"
+    #: The cgroup2 directory pymgr's subtree goes under; the daemon's own cgroup if unset.
+    parent: Path | None = None
+    #: The subtree's name under the parent: <parent>/<name>/state-<hash of state_dir>/task-<id>.
+    name: str = Field("pymgr", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+    @field_validator("parent")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError(f"must be an absolute path, not {str(value)!r}")
+        return value
 
 
 class TasksConfig(_Section):
@@ -243,6 +269,8 @@ class TasksConfig(_Section):
     #: Seconds between two checkpoints of the store's WAL, run off the event loop (a checkpoint fsyncs).
     store_checkpoint_s: float = Field(5.0, gt=0)
     types: dict[str, TaskTypeConfig] = Field(default_factory=dict)
+    #: Where runs (and commands) get their own cgroups.
+    cgroup: CgroupConfig = Field(default_factory=CgroupConfig)
 
 
 class ModulesConfig(_Section):

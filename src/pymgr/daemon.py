@@ -65,7 +65,7 @@ def build_registry(config: Config, tasks: TaskManager, metrics: Metrics | None =
     for cls in module_classes(config.modules.enabled):
         context = ModuleContext(tasks=tasks, settings=config.modules.settings.get(cls.name, {}), metrics=metrics)
         registry.add(cls(context))
-    for module in command_modules(config.commands):  # [commands.NAME]: actions with no Python
+    for module in command_modules(config.commands, tasks.cgroups):  # [commands.NAME]: actions with no Python
         registry.add(module)
     return registry
 
@@ -102,7 +102,10 @@ async def run(config: Config, stop: asyncio.Event | None = None, hooks: ServiceH
             loop.add_signal_handler(sig, stop.set)
     config.state_dir.mkdir(parents=True, exist_ok=True)
     metrics = Metrics()
-    tasks = TaskManager(config.tasks, config.state_dir, metrics=metrics)
+    try:
+        tasks = TaskManager(config.tasks, config.state_dir, metrics=metrics)  # a cgroup limit it cannot enforce: refused
+    except ConfigError as exc:
+        raise StartupError(str(exc)) from None
     try:
         registry = build_registry(config, tasks, metrics)
         security = build_security(config, registry, tasks)

@@ -509,6 +509,7 @@ def test_to_dict_is_json_ready_with_iso_utc_times() -> None:
         "progress": 50.0,
         "progress_message": "half",
         "boot_id": "b",
+        "cgroup": None,
         "log_path": "/l",
         "marker": "0123456789abcdef",
     }

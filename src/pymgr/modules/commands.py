@@ -13,36 +13,105 @@ Rules:
   placeholder names a declared parameter; the ``user`` exists, and running
   as another user needs a root daemon.
 - A run replies with ``exit_code``, ``signal``, ``stdout``, ``stderr``
-  (each capped at ``max_output_bytes``), ``truncated``, ``timed_out`` and
-  ``duration_s`` (``modules/_cmdrun.py``). A non-zero exit is a result, not
-  an error; a program that cannot start is ``ActionFailed``.
+  (each capped at ``max_output_bytes``), ``truncated``, ``timed_out``,
+  ``cancelled``, ``leftovers``, ``contained`` and ``duration_s``
+  (``modules/_cmdrun.py``). A non-zero exit is a result, not an error; a
+  program that cannot start is ``ActionFailed``.
+- Nothing a command starts outlives its call (``_cmdrun``): each run gets
+  its own cgroup in the daemon's tree when there is one
+  (``command-<pid>-<n>``, removed once empty; those an earlier daemon left
+  are killed and removed at start), else its session is searched.
+- At most ``max_concurrent`` runs of a command at once; up to
+  ``max_queued`` more calls wait in order; beyond that a call is refused at
+  once (``RateLimited``, 429), so a flood costs no process. A waiting call
+  whose caller left, with ``cancel_on_disconnect``, never starts.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
+import itertools
+import logging
 import os
 import pwd
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import AsyncIterator, Coroutine, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
 from pymgr.config import ConfigError
+from pymgr.core.callscope import caller_gone
 from pymgr.core.identity import Identity
 from pymgr.core.registry import Module, action
-from pymgr.errors import ActionFailed
-from pymgr.modules._cmdrun import RunAs, run_command
+from pymgr.errors import ActionFailed, RateLimited
+from pymgr.modules._cmdrun import Containment, RunAs, run_command
 from pymgr.modules.commandspec import COMMAND_NAME, CommandConfig
+from pymgr.tasks._cgroup import Cgroup, CgroupError, CgroupTree
 from pymgr.tasks.tasktypes import PLACEHOLDER, render_element, render_value
 
 __all__ = ["CommandModule", "command_modules"]
 
 #: The parameter through which dispatch passes the caller (never a command parameter).
 _CALLER = "pymgr_caller"
+
+#: Seconds start-up waits for the command cgroups a dead daemon left to empty after cgroup.kill.
+STALE_KILL_WAIT_S = 2.0
+
+#: Numbers the command cgroups of this daemon process.
+_RUNS = itertools.count(1)
+
+log = logging.getLogger("pymgr.commands")
+
+
+class _Gate:
+    """At most ``limit`` holders at once, at most ``max_waiting`` waiting; beyond: refused."""
+
+    def __init__(self, limit: int, max_waiting: int) -> None:
+        self._free = asyncio.Semaphore(limit)
+        self.limit = limit
+        self.max_waiting = max_waiting
+        self.waiting = 0
+
+    @contextlib.asynccontextmanager
+    async def held(self, what: str, caller_gone: asyncio.Event | None) -> AsyncIterator[None]:
+        if self._free.locked() and self.waiting >= self.max_waiting:
+            raise RateLimited(
+                f"{what}: {self.limit} run(s) at once and {self.waiting} call(s) waiting, the most allowed "
+                "(max_concurrent, max_queued); try again later",
+                details={"max_concurrent": self.limit, "max_queued": self.max_waiting},
+            )
+        self.waiting += 1
+        try:
+            await _first(self._free.acquire(), caller_gone, f"{what}: the caller left before it started")
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self._free.release()
+
+
+async def _first(acquire: Coroutine[Any, Any, Any], caller_gone: asyncio.Event | None, reason: str) -> None:
+    """Await ``acquire``, unless ``caller_gone`` is set first (then ActionFailed, nothing held)."""
+    if caller_gone is None:
+        await acquire
+        return
+    got = asyncio.ensure_future(acquire)
+    gone = asyncio.ensure_future(caller_gone.wait())
+    try:
+        await asyncio.wait([got, gone], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not got.done():
+            got.cancel()
+    if not got.done() or got.cancelled():
+        raise ActionFailed(reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,24 +121,43 @@ class Command:
     name: str
     config: CommandConfig
     run_as: RunAs | None
+    cgroups: CgroupTree | None = None
+    gate: _Gate = field(default_factory=lambda: _Gate(1, 0))
 
     async def run(self, params: Mapping[str, Any]) -> dict[str, Any]:
         values = {name: render_value(value) for name, value in params.items()}
         argv = [render_element(element, values) for element in self.config.argv]
+        where = f"command {self.config.module}.{self.name}"
+        gone = caller_gone.get() if self.config.cancel_on_disconnect else None
+        async with self.gate.held(where, gone):
+            cgroup = self._new_cgroup()
+            try:
+                return await run_command(
+                    argv,
+                    env=self.config.env,
+                    cwd=self.config.cwd or Path("/"),
+                    run_as=self.run_as,
+                    timeout_s=self.config.timeout_s,
+                    max_output_bytes=self.config.max_output_bytes,
+                    containment=Containment(cgroup, None if self.cgroups is None else self.cgroups.home),
+                    caller_gone=gone,
+                )
+            except (OSError, CgroupError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                raise ActionFailed(f"{where} could not start {argv[0]}: {reason}", details={"executable": argv[0]}) from None
+            finally:
+                if cgroup is not None:
+                    cgroup.remove()
+
+    def _new_cgroup(self) -> Cgroup | None:
+        if self.cgroups is None:
+            return None
+        cgroup = self.cgroups.command(f"{os.getpid()}-{next(_RUNS)}")
         try:
-            return await run_command(
-                argv,
-                env=self.config.env,
-                cwd=self.config.cwd or Path("/"),
-                run_as=self.run_as,
-                timeout_s=self.config.timeout_s,
-                max_output_bytes=self.config.max_output_bytes,
-            )
-        except OSError as exc:
-            raise ActionFailed(
-                f"command {self.config.module}.{self.name} could not start {argv[0]}: {exc.strerror or exc}",
-                details={"executable": argv[0]},
-            ) from None
+            cgroup.create()
+        except CgroupError as exc:
+            raise ActionFailed(f"command {self.config.module}.{self.name}: {exc}") from None
+        return cgroup
 
 
 class CommandModule(Module):
@@ -104,6 +192,19 @@ def _check(name: str, config: CommandConfig) -> RunAs | None:
     return RunAs(user.pw_uid, user.pw_gid, groups)
 
 
+def _remove_stale(cgroups: CgroupTree) -> None:
+    """Kill and remove the command cgroups an earlier daemon of this state directory left (it died mid-call)."""
+    stale = cgroups.stale_commands()
+    for cgroup in stale:
+        cgroup.kill()
+    deadline = time.monotonic() + STALE_KILL_WAIT_S
+    for cgroup in stale:
+        while cgroup.populated() and time.monotonic() < deadline:
+            time.sleep(0.01)  # start-up, before the loop serves anyone: cgroup.kill takes microseconds
+        if not cgroup.remove():
+            log.warning("cannot remove %s, left by an earlier daemon: its processes outlived SIGKILL", cgroup.path)
+
+
 def _action_for(command: Command) -> Any:
     """A method with the command's parameters as its signature, marked as an action."""
 
@@ -126,15 +227,22 @@ def _action_for(command: Command) -> Any:
     return action(name=command.name, read_only=command.config.read_only)(run)
 
 
-def command_modules(commands: Mapping[str, CommandConfig]) -> list[CommandModule]:
+def command_modules(commands: Mapping[str, CommandConfig], cgroups: CgroupTree | None = None) -> list[CommandModule]:
     """One module instance per module name the commands use.
+
+    Args:
+        commands: the ``[commands]`` section.
+        cgroups: the tree each run gets its own cgroup in (None: found by its session).
 
     Raises:
         ConfigError: naming the first bad command.
     """
+    if cgroups is not None:
+        _remove_stale(cgroups)
     by_module: dict[str, dict[str, Command]] = {}
     for name, config in commands.items():
-        by_module.setdefault(config.module, {})[name] = Command(name, config, _check(name, config))
+        gate = _Gate(config.max_concurrent, config.max_queued)
+        by_module.setdefault(config.module, {})[name] = Command(name, config, _check(name, config), cgroups, gate)
     modules: list[CommandModule] = []
     for module_name, members in by_module.items():
         namespace: dict[str, Any] = {"name": module_name, "commands": members}

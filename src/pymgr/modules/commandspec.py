@@ -22,6 +22,12 @@ COMMAND_NAME = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
 #: a status report, small enough that a chatty command cannot bloat the daemon.
 DEFAULT_MAX_OUTPUT_BYTES = 64 * 1024
 
+#: Default runs of one command at once: a command offered as an action is short, and each run is
+#: a root process; 150 parallel calls once meant 121 root processes.
+DEFAULT_MAX_CONCURRENT = 4
+#: Default calls waiting for a run: a burst is smoothed, a flood is refused (429) rather than queued forever.
+DEFAULT_MAX_QUEUED = 16
+
 
 class CommandConfig(BaseModel):
     """One command an operator offers as an action, with no Python."""
@@ -44,6 +50,13 @@ class CommandConfig(BaseModel):
     cwd: Path | None = None
     #: The whole environment of the command: empty unless declared here.
     env: dict[str, str] = Field(default_factory=dict)
+    #: Most runs of this command at once; more calls wait (see max_queued).
+    max_concurrent: int = Field(DEFAULT_MAX_CONCURRENT, ge=1, le=1024)
+    #: Most calls waiting for a free run; more are refused at once with 429.
+    max_queued: int = Field(DEFAULT_MAX_QUEUED, ge=0, le=65536)
+    #: Stop the command (SIGTERM, grace, SIGKILL) when its caller disconnects (HTTP on the Unix socket
+    #: sees it at once; TCP once a write fails); false: it runs to its end or its timeout.
+    cancel_on_disconnect: bool = False
     #: The command changes nothing: read-only roles (``*:read``) may call it.
     read_only: bool = False
     doc: str = ""

@@ -33,6 +33,7 @@ from pymgr.service.hooks import Runtime, ServiceHooks
 from pymgr.service.logsetup import LogFormat, setup_logging
 from pymgr.service.reload import Reloader
 from pymgr.service.sdnotify import Notifier, ping_watchdog, watchdog_interval_s
+from pymgr.tasks._spawn import reset_inherited_signals
 
 try:
     import uvloop
@@ -127,7 +128,11 @@ def run_service(
         on_ready: called once every listener serves.
         on_failure: called with the reason when start-up fails.
     """
+    # Commands are spawned by this process: what nohup or tmux made it ignore must not reach them.
+    reset = reset_inherited_signals()
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the reloader is wired, in ready()
+    if reset:
+        log.info("reset inherited signal dispositions (commands start from the defaults): %s", ", ".join(reset))
     notifier = Notifier.from_env()
     watchdog_s = watchdog_interval_s()
     try:

@@ -185,6 +185,12 @@ def _core_lines(config: Config, argv: list[str]) -> list[Line]:
             "then task stops (the longest stop grace, then SIGKILL), plus a margin.",
         ),
         _kill_mode(config),
+        (
+            "Delegate",
+            "yes",
+            "The unit's cgroup subtree is pymgr's to manage: each task run and each command gets a cgroup of "
+            "its own under it ([tasks.cgroup]), so a stop reaches everything it started (cgroup.kill).",
+        ),
     ]
 
 

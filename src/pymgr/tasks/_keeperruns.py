@@ -35,6 +35,7 @@ from typing import Any
 
 from pymgr.tasks._progress import Progress, ProgressScanner
 from pymgr.tasks import _proctree
+from pymgr.tasks._cgroup import Cgroup
 from pymgr.tasks._proctree import ProcRef, run_marker
 from pymgr.tasks._outputhold import open_pipe
 from pymgr.tasks._runlog import RunLog
@@ -71,6 +72,7 @@ class Run:
         log: RunLog | None = None,
         pidfd: int | None = None,
         leftovers_grace_s: float | None = None,
+        cgroup: Cgroup | None = None,
     ) -> None:
         self.id = task_id
         self.leader = leader
@@ -84,6 +86,8 @@ class Run:
         self.log = log
         #: Grace of the stop of what the leader leaves running when it exits; None: leave it.
         self.leftovers_grace_s = leftovers_grace_s
+        #: The run's own cgroup (``_cgroup``); None: found by session, group and marker only.
+        self.cgroup = cgroup
         #: Set for an adopted run: readable once it exited.
         self.pidfd = pidfd
         self.scanner = ProgressScanner()
@@ -125,6 +129,7 @@ class Run:
             **self._where(),
             "adopted": self.adopted,
             "stopping": self.kill is not None,
+            "cgroup": None if self.cgroup is None else self.cgroup.path,
             "output": None if self.output_fd is None else [self.output_fd, self.output_inode],
             "progress": list(self.progress) if self.progress else None,
         }
@@ -187,6 +192,7 @@ class Run:
             "error": error,
             "killed": self.killed,
             "exited_on_its_own": self.exited_on_its_own,
+            "cgroup": None if self.cgroup is None else self.cgroup.path,
             "progress": list(self.progress) if self.progress else None,
         }
 
@@ -360,7 +366,10 @@ def stop_leftovers(run: Run, leaders: Iterable[int], now: float) -> bool:
     """
     if run.leftovers_grace_s is None or run.adopted:
         return False
-    refs = _proctree.leftovers(run.leader, run.marker, leaders)
+    if run.cgroup is not None:
+        refs = {ProcRef(pid, t) for pid in run.cgroup.pids() if (t := _proctree.start_time(pid)) is not None}
+    else:
+        refs = _proctree.leftovers(run.leader, run.marker, leaders)
     if not refs:
         return False
     pids = ", ".join(str(ref.pid) for ref in sorted(refs, key=lambda ref: ref.pid))
@@ -371,7 +380,7 @@ def stop_leftovers(run: Run, leaders: Iterable[int], now: float) -> bool:
     run.kill = TreeKill(
         run.leader, run.marker, run.leftovers_grace_s, leader_gone=lambda: True, signal_leader=lambda sig: None,
         # Later looks go by the marker only: by then the leader's pid may lead another run's group.
-        find=lambda: _proctree.leftovers(run.leader, run.marker, leaders, by_group=False),
+        find=lambda: _proctree.leftovers(run.leader, run.marker, leaders, by_group=False), cgroup=run.cgroup,
     )  # fmt: skip
     run.kill.start(now, known=refs)
     return True

@@ -256,3 +256,28 @@ def leftovers(
         found.add(ProcRef(pid, started))
         stack.extend((child, pid) for child in _children(pid))
     return found
+
+
+#: Index of the session id among the fields after the ")" of /proc/PID/stat (field 6).
+_SESSION_INDEX = 6 - 3
+
+
+def session_members(leader: ProcRef) -> set[ProcRef]:
+    """The live processes of the session ``leader`` started (its pid is the session id), leader excluded.
+
+    Safe after the leader was reaped: while any member lives, the kernel
+    keeps the session id allocated, so no new process can take that pid;
+    and only processes no older than the leader are taken.
+    """
+    found = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == leader.pid:
+            continue
+        try:
+            fields = _stat(name).rsplit(b")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        started = int(fields[_STARTTIME_INDEX])
+        if int(fields[_SESSION_INDEX]) == leader.pid and started >= leader.start_time and fields[0] not in (b"Z", b"X"):
+            found.add(ProcRef(int(name), started))
+    return found

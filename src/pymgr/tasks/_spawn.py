@@ -27,8 +27,16 @@ Rules:
   and the child calls ``setrlimit`` before it drops privileges and execs.
 - Order in the child, as subprocess does it: chdir, setsid, setrlimit
   (before the privilege drop, which may forbid raising a limit), setgroups,
-  setgid, setuid (last: it gives up the right to do the rest), signal
-  dispositions the keeper ignores (SIGPIPE, SIGXFSZ) back to default, exec.
+  setgid, setuid (last: it gives up the right to do the rest), every
+  catchable signal back to its default and an empty signal mask, exec.
+- Signals: a run starts with every disposition at its default and nothing
+  blocked, whatever the daemon inherited (``nohup`` ignores SIGHUP, a
+  terminal multiplexer may ignore SIGQUIT, SIGTTIN, SIGTTOU). posix_spawn
+  and the forked child set that themselves; Popen resets only what Python
+  ignores, so the keeper (and the daemon, for commands) first gives up
+  every ignored disposition and blocked signal it inherited
+  (``reset_inherited_signals``): what is ignored across exec is inherited,
+  a handler is not.
 - A failure anywhere before exec reaches the keeper as ``SpawnError``
   ("spawn failed: <strerror>: '<file>'"), through a close-on-exec pipe the
   child writes its step and errno into: an empty read means exec worked.
@@ -67,8 +75,11 @@ _EXEC_FAILED = 127
 #: The first glibc whose posix_spawn can start a new session (POSIX_SPAWN_SETSID).
 _SETSID_GLIBC = (2, 26)
 
-#: Signals the keeper (Python) ignores, back to their default in the child, as Popen's ``restore_signals`` does.
-_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+#: Every signal a process can catch or ignore (valid_signals() leaves out glibc's internal 32 and 33).
+CATCHABLE_SIGNALS = tuple(sorted(set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}))
+
+#: Signals Python itself ignores at start-up; Popen (``restore_signals``) and posix_spawn put them back.
+_PYTHON_IGNORES = frozenset({signal.SIGPIPE, signal.SIGXFSZ})
 
 
 class _PosixSpawn:
@@ -183,6 +194,29 @@ def private_descriptors() -> None:
         _PosixSpawn.enabled = True
 
 
+def reset_inherited_signals() -> list[str]:
+    """Give up every ignored disposition and blocked signal this process inherited; returns their names.
+
+    Python's own (SIGPIPE, SIGXFSZ) stay: Popen and posix_spawn reset those
+    in the child. Call it from the main thread, before any child is started.
+    """
+    reset = []
+    for sig in CATCHABLE_SIGNALS:
+        if sig not in _PYTHON_IGNORES and signal.getsignal(sig) == signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_DFL)
+            reset.append(_signal_name(sig))
+    blocked = signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    reset += (f"{_signal_name(sig)} (blocked)" for sig in sorted(blocked))
+    return reset
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"  # a real-time signal: no name
+
+
 def _describe(exc: OSError) -> str:
     if exc.filename is not None:
         return f"spawn failed: {exc.strerror}: {os.fsdecode(exc.filename)!r}"
@@ -235,8 +269,9 @@ def _posix_spawn(spec: SpawnSpec, output_fd: int) -> int:
             previous = os.getcwd()
             os.chdir(spec.cwd)
         return os.posix_spawn(
-            spec.argv[0], spec.argv, spec.env, file_actions=actions, setsid=True, setsigdef=_DEFAULT_SIGNALS
-        )
+            spec.argv[0], spec.argv, spec.env, file_actions=actions, setsid=True,
+            setsigdef=CATCHABLE_SIGNALS, setsigmask=(),
+        )  # fmt: skip
     except OSError as exc:
         raise SpawnError(_describe(exc)) from None
     finally:
@@ -313,8 +348,9 @@ def _child(
         os.dup2(output_fd, 2)
         os.closerange(3, error_fd)
         os.closerange(error_fd + 1, max_fd)
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        for sig in CATCHABLE_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
         step = "exec"
         env = {os.fsencode(k): os.fsencode(v) for k, v in spec.env.items()}
         first: OSError | None = None

@@ -36,6 +36,7 @@ from pydantic import BaseModel
 from pymgr.core.identity import INTERNAL
 from pymgr.errors import Unavailable
 from pymgr.tasks import _proctree, policy
+from pymgr.tasks._cgroup import CgroupTree
 from pymgr.tasks._outputhold import OutputHolders
 from pymgr.tasks._proctree import run_marker
 from pymgr.tasks.records import TaskRecord
@@ -64,6 +65,7 @@ class Supervision:
 
     _config: TasksConfig
     _types: dict[str, TaskType]
+    cgroups: CgroupTree | None
     _store: TaskStore
     _link: KeeperLink
     _queue: RunQueue
@@ -145,6 +147,7 @@ class Supervision:
                 pid_start_time=info["start_time"],
                 boot_id=info.get("boot_id"),
                 started_at=_when(info.get("started_at")) or self._clock(),
+                cgroup=info.get("cgroup"),
             )
         if info.get("progress") and task_id not in self._progress:
             self._progress[task_id] = tuple(info["progress"])  # type: ignore[assignment]
@@ -176,6 +179,7 @@ class Supervision:
                 pid_start_time=status.get("start_time"),
                 boot_id=status.get("boot_id"),
                 started_at=_when(status.get("started_at")),
+                cgroup=status.get("cgroup"),
             )
         progress = self._progress.get(record.id) or (tuple(status["progress"]) if status.get("progress") else None)
         final = self._moved(
@@ -331,6 +335,7 @@ class Supervision:
                 "start_time": leader.start_time,
                 "boot_id": record.boot_id,
                 "marker": record.marker,
+                "cgroup": record.cgroup,
                 "started_at": record.started_at.timestamp() if record.started_at else None,
                 "output": self._holders.where(record.id),
                 "log": self._type_of(record).log_settings(self._log_dir),
@@ -355,8 +360,15 @@ class Supervision:
                 "marker": record.marker,
                 "log": task_type.log_settings(self._log_dir),
                 "leftovers_grace_s": task_type.stop_grace_s if task_type.kill_leftovers else None,
+                "cgroup": self._cgroup_request(record, task_type),
             }
         )
+
+    def _cgroup_request(self, record: TaskRecord, task_type: TaskType) -> dict[str, Any] | None:
+        """The run's own cgroup and its limits, for the spawn request (None: runs have no cgroup here)."""
+        if self.cgroups is None:
+            return None
+        return {"path": self.cgroups.run(record.id).path, "limits": dict(task_type.cgroup_limits)}
 
     def _send_kill(self, record: TaskRecord) -> None:
         if self._link.connected:

@@ -22,6 +22,10 @@ Rules:
   (the keeper's re-parented children, ``_proctree.leftovers``), which is
   asked again whenever everything seen has exited, so what they forked as
   the signal came is stopped too.
+- With a cgroup (``_cgroup``), the run's processes are its members,
+  whatever session, parent or environment they took: SIGTERM goes to each,
+  SIGKILL is ``cgroup.kill`` (which also takes what forks meanwhile), and
+  the stop is over only when ``cgroup.events`` says ``populated 0``.
 - No sleeping and no threads: ``poll(now)`` is called by the keeper's loop
   (on every child exit and on a short tick) and returns the survivors once
   the stop is over, None until then.
@@ -35,6 +39,7 @@ import sys
 from collections.abc import Callable, Mapping
 
 from pymgr.tasks import _proctree
+from pymgr.tasks._cgroup import Cgroup
 from pymgr.tasks._proctree import ProcRef
 
 #: Seconds to wait for processes to vanish after SIGKILL. SIGKILL cannot be
@@ -55,6 +60,7 @@ class TreeKill:
         leader_gone: Callable[[], bool],
         signal_leader: Callable[[signal.Signals], None],
         find: Callable[[], set[ProcRef]] | None = None,
+        cgroup: Cgroup | None = None,
     ) -> None:
         """
         Args:
@@ -67,6 +73,8 @@ class TreeKill:
                 leader), used instead of the walk over every process; cheap
                 enough to look again each time everything seen has exited,
                 which catches what they forked before the signal reached them.
+            cgroup: the run's cgroup: its members are the run's processes, and
+                ``find`` is not used.
         """
         self.leader = leader
         self.marker = marker
@@ -77,8 +85,16 @@ class TreeKill:
         self._deadline = 0.0
         self._watched: set[ProcRef] = set()
         self._cheap_find = find
+        self._cgroup = cgroup
 
     def _find(self) -> set[ProcRef]:
+        if self._cgroup is not None:
+            found = set()
+            for pid in self._cgroup.pids():
+                started = _proctree.start_time(pid)
+                if pid != self.leader.pid and started is not None:
+                    found.add(ProcRef(pid, started))
+            return found
         if self._cheap_find is not None:
             return self._cheap_find()
         return _proctree.find_run_processes(self.leader, self.marker, leader_reaped=self._leader_gone())
@@ -86,8 +102,17 @@ class TreeKill:
     def _send(self, sig: signal.Signals, refs: set[ProcRef]) -> None:
         if not self._leader_gone():
             self._signal_leader(sig)
+        if self._cgroup is not None:
+            self._cgroup.kill() if sig == signal.SIGKILL else self._cgroup.signal(sig)
+            return
         for ref in refs:
             _proctree.send_signal(ref, sig)
+
+    def _empty(self) -> bool:
+        """Nothing of the run is left (with a cgroup: the kernel says so)."""
+        if self._watched or not self._leader_gone():
+            return False
+        return self._cgroup is None or not self._cgroup.populated()
 
     def start(self, now: float, known: set[ProcRef] | None = None) -> None:
         """Send SIGTERM to every process of the run (``known``: those, already found)."""
@@ -99,16 +124,16 @@ class TreeKill:
     def poll(self, now: float) -> set[ProcRef] | None:
         """Advance the stop; returns the processes that outlived SIGKILL once it is over, else None."""
         self._watched = {ref for ref in self._watched if _proctree.alive(ref)}
-        if not self._watched and self._leader_gone() and self._cheap_find is not None:
+        if not self._watched and self._leader_gone() and (self._cheap_find is not None or self._cgroup is not None):
             self._watched = self._find()  # what the exited ones forked just before the signal reached them
             self._send(signal.SIGTERM if self._phase == "term" else signal.SIGKILL, self._watched)
-        if not self._watched and self._leader_gone():
+        if self._empty():
             return set()
         if now < self._deadline:
             return None
         if self._phase == "term":
             self._watched |= self._find()
-            if not self._watched and self._leader_gone():
+            if self._empty():
                 return set()
             count = len(self._watched) + (not self._leader_gone())
             print(
@@ -121,7 +146,7 @@ class TreeKill:
             self._phase = "kill"
             self._deadline = now + KILL_WAIT_S
             return None
-        survivors = set(self._watched)
+        survivors = self._watched | (self._find() if self._cgroup is not None else set())
         if not self._leader_gone():
             survivors.add(self.leader)
         return survivors

@@ -53,9 +53,10 @@ import struct
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
-from pymgr.tasks import _proctree
+from pymgr.tasks import _cgroup, _proctree
 from pymgr.tasks._framing import CLOSED, PROTOCOL, FrameDecoder, FrameError, encode
 from pymgr.tasks._keepersetup import listen, prepare_process
 from pymgr.tasks._keeperruns import (
@@ -63,7 +64,7 @@ from pymgr.tasks._keeperruns import (
 )  # fmt: skip
 from pymgr.tasks._proctree import ProcRef
 from pymgr.tasks._runlog import RunLog
-from pymgr.tasks._spawn import SpawnError, SpawnSpec, private_descriptors, spawn
+from pymgr.tasks._spawn import SpawnError, SpawnSpec, private_descriptors, reset_inherited_signals, spawn
 from pymgr.tasks._treekill import TreeKill
 
 #: Bytes of messages waiting for a daemon that does not read before it is
@@ -98,6 +99,8 @@ class Keeper:
         self.listener = listener
         self.idle_exit_s = idle_exit_s
         self.boot_id = _proctree.boot_id()
+        #: The keeper's own cgroup, where it returns after spawning inside a run's (``_cgroup.inside``).
+        self.cgroup_home = _cgroup.own_cgroup()
         self.started_at = time.time()
         self.sel = selectors.DefaultSelector()
         self.sel.register(listener, selectors.EVENT_READ, self._on_accept)
@@ -206,6 +209,8 @@ class Keeper:
     def _finish(self, run: Run) -> None:
         """The run is over: store its status durably, then tell the daemon."""
         self.runs.pop(run.id, None)
+        if run.cgroup is not None:
+            run.cgroup.remove()  # empty unless the type keeps leftovers (kill_leftovers = false)
         if run.pidfd is not None and run.pidfd >= 0:
             self.sel.unregister(run.pidfd)
             os.close(run.pidfd)
@@ -388,12 +393,16 @@ class Keeper:
             log = run_log(task_id, message.get("log"), RunLog)
         except (KeyError, ValueError, TypeError) as exc:
             raise SpawnError(f"spawn failed: bad log settings {message.get('log')!r}: {exc}") from None
+        cgroup = self._run_cgroup(message.get("cgroup"))
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         try:
-            pid, popen = spawn(spec, write_end)
-        except SpawnError:
+            with _cgroup.inside(cgroup, self.cgroup_home) if cgroup and self.cgroup_home else nullcontext():
+                pid, popen = spawn(spec, write_end)
+        except (SpawnError, _cgroup.CgroupError) as exc:
             os.close(read_end)
-            raise
+            if cgroup is not None:
+                cgroup.remove()
+            raise SpawnError(str(exc) if isinstance(exc, SpawnError) else f"spawn failed: {exc}") from None
         finally:
             os.close(write_end)
         started = _proctree.start_time(pid)
@@ -403,7 +412,26 @@ class Keeper:
         return Run(
             task_id, ProcRef(pid, started), str(message.get("marker", "")), self.boot_id, time.time(),
             popen=popen, output_fd=read_end, log=log, leftovers_grace_s=None if grace is None else float(grace),
+            cgroup=cgroup,
         )  # fmt: skip
+
+    def _run_cgroup(self, settings: Any) -> _cgroup.Cgroup | None:
+        """The run's cgroup, made with its limits, from the spawn request's ``cgroup`` (None: not asked).
+
+        Raises:
+            SpawnError: asked for, and it cannot be made (the run would not be contained).
+        """
+        if not settings:
+            return None
+        if self.cgroup_home is None:
+            raise SpawnError("spawn failed: the run needs a cgroup, and the keeper has no cgroup2 hierarchy")
+        cgroup = _cgroup.Cgroup(str(settings["path"]))
+        try:
+            cgroup.create({str(k): str(v) for k, v in dict(settings.get("limits") or {}).items()})
+        except _cgroup.CgroupError as exc:
+            cgroup.remove()
+            raise SpawnError(f"spawn failed: {exc}") from None
+        return cgroup
 
     def _do_kill(self, message: dict[str, Any]) -> None:
         run = self.runs.get(message["id"])
@@ -416,8 +444,9 @@ class Keeper:
         run.killed = True
         grace_s = max(0.0, float(message.get("grace_s", 0)))
         run.kill = TreeKill(
-            run.leader, run.marker, grace_s, leader_gone=lambda: run.exited, signal_leader=self._leader_signaller(run)
-        )
+            run.leader, run.marker, grace_s, leader_gone=lambda: run.exited, signal_leader=self._leader_signaller(run),
+            cgroup=run.cgroup,
+        )  # fmt: skip
         run.kill.start(time.monotonic())
 
     def _leader_signaller(self, run: Run) -> Callable[[signal.Signals], None]:
@@ -448,6 +477,7 @@ class Keeper:
             float(message.get("started_at") or time.time()), pidfd=fd,
         )  # fmt: skip
         run.error = UNKNOWN_EXIT
+        run.cgroup = _adopted_cgroup(leader, message.get("cgroup"))
         take_output(run, message, self._listings)
         self.runs[task_id] = run
         self.sel.register(fd, selectors.EVENT_READ, lambda _fd, mask: self._on_adopted_exit(run))
@@ -468,6 +498,14 @@ class Keeper:
         self.journal.ack(message["id"])
 
 
+def _adopted_cgroup(leader: ProcRef, path: Any) -> _cgroup.Cgroup | None:
+    """The cgroup the daemon recorded for a run it asks to adopt, if the leader is in it still."""
+    if not isinstance(path, str) or not path:
+        return None
+    cgroup = _cgroup.Cgroup(path)
+    return cgroup if leader.pid in cgroup.pids() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pymgr.tasks.keeper", description=__doc__.split("\n")[0])
     parser.add_argument("--state-dir", required=True, help="the daemon's state_dir")
@@ -485,6 +523,9 @@ def main(argv: list[str] | None = None) -> int:
     os.write(lock, f"{os.getpid()}\n".encode())
     listener = listen(run_dir)
     prepare_process()
+    reset = reset_inherited_signals()  # before the handlers: runs must not inherit what nohup or tmux ignored
+    if reset:
+        print(f"keeper: reset inherited signal dispositions: {', '.join(reset)}", file=sys.stderr, flush=True)
     private_descriptors()  # before any spawn: posix_spawn leaks no descriptor then
     print(f"keeper: pid {os.getpid()} serving {run_dir}", file=sys.stderr, flush=True)
     try:

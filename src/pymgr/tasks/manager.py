@@ -43,7 +43,8 @@ from pymgr.config import TasksConfig
 from pymgr.core.identity import INTERNAL, Identity
 from pymgr.errors import Conflict, NotFound, PymgrError, Unavailable
 from pymgr.metrics import Metrics
-from pymgr.tasks import _proctree
+from pymgr.tasks import _cgroup, _proctree
+from pymgr.tasks.containment import check_limits, open_containment
 from pymgr.tasks._statedir import lock_state_dir, open_store
 from pymgr.tasks._requests import MAX_KEY_CHARS, check_key, parse_state, validate_params
 from pymgr.tasks._spawnqueue import SpawnQueue
@@ -99,7 +100,7 @@ class TaskManager(SpawnQueue, Supervision):
             metrics: counts runs started and ended, by type (and end state).
 
         Raises:
-            ConfigError: a task type's argv template is bad.
+            ConfigError: a task type's argv template is bad, or its cgroup limits cannot be enforced.
             RuntimeError: this platform has no pidfds (Linux 5.3+ is needed).
             Unavailable: the store cannot be opened at all.
         """
@@ -107,6 +108,8 @@ class TaskManager(SpawnQueue, Supervision):
             raise RuntimeError("background tasks need Linux 5.3 or later (os.pidfd_open is missing)")
         self._config = config
         self._types = compile_types(config)
+        #: Where runs and commands get their own cgroups; None: the older method (``containment``).
+        self.cgroups = open_containment(config.cgroup, state_dir, self._types)
         self._state_dir = state_dir
         self._log_dir = state_dir / "logs"
         self._log_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -280,6 +283,7 @@ class TaskManager(SpawnQueue, Supervision):
             ConfigError: a task type of ``config`` is bad (nothing changed).
         """
         types = compile_types(config)
+        check_limits(self.cgroups, types)  # the tree was made at start: a reload can only use it
         changes = describe_changes(self._config, config)
         self._config, self._types = config, types
         if isinstance(self._store, SqliteStore):
@@ -332,6 +336,8 @@ class TaskManager(SpawnQueue, Supervision):
             log.warning("task store: %s", exc)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
+        if self.cgroups is not None and not self._store.active():
+            _cgroup.Cgroup(self.cgroups.root).remove()  # only if empty: runs left to the keeper keep theirs
 
     # -- opening and connecting ---------------------------------------------------
 

@@ -76,6 +76,10 @@ class TaskRecord:
     #: The latest ``PYMGR_PROGRESS`` line of its output: percent 0-100 and a message.
     progress: float | None = None
     progress_message: str | None = None
+    #: The run's own cgroup v2 directory (docs/tasks.md "Containment"): its stop ended only once the
+    #: kernel said the cgroup was empty. None: the run had none, so a descendant that left its
+    #: session and dropped its marker was not looked for, and may have outlived it.
+    cgroup: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready data (what every API returns)."""
@@ -103,6 +107,7 @@ class TaskRecord:
             "progress": self.progress,
             "progress_message": self.progress_message,
             "boot_id": self.boot_id,
+            "cgroup": self.cgroup,
             "log_path": self.log_path,
             "marker": self.marker,
         }

@@ -63,7 +63,10 @@ from pymgr.tasks.records import TaskRecord
 from pymgr.tasks.states import ACTIVE, TERMINAL, TaskState
 
 #: The schema this code writes (``PRAGMA user_version``).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+#: What brings a store of an older schema to this one, by the version it starts from.
+_UPGRADES = {1: ("ALTER TABLE runs ADD COLUMN cgroup TEXT",)}
 
 #: Seconds a write waits for another connection's lock before failing; the
 #: daemon is the only writer, so this only covers an operator's sqlite3 shell.
@@ -98,7 +101,8 @@ CREATE TABLE runs (
     not_before REAL,
     boot_id TEXT,
     progress REAL,
-    progress_message TEXT
+    progress_message TEXT,
+    cgroup TEXT
 );
 CREATE UNIQUE INDEX runs_active_key ON runs(key) WHERE key IS NOT NULL AND state IN ({_ACTIVE_SQL});
 CREATE INDEX runs_active ON runs(state) WHERE state IN ({_ACTIVE_SQL});
@@ -203,7 +207,7 @@ def _insert_row(r: TaskRecord) -> tuple[Any, ...]:
         r.id, r.type, r.key, _encode_json(r.params), _encode_json(r.argv), r.state.value, _encode_json(r.started_by),
         r.created_at.timestamp(), r.log_path, r.marker, r.pid, r.pid_start_time, r.exit_code, r.signal,
         _time(r.started_at), _time(r.ended_at), r.cancel_source, _json(r.stopped_by), r.error, r.attempt, r.retry_of,
-        _time(r.not_before), r.boot_id, r.progress, r.progress_message,
+        _time(r.not_before), r.boot_id, r.progress, r.progress_message, r.cgroup,
     )  # fmt: skip
 
 
@@ -212,7 +216,7 @@ def _update_row(r: TaskRecord) -> tuple[Any, ...]:
     return (
         r.state.value, r.log_path, r.pid, r.pid_start_time, r.exit_code, r.signal, _time(r.started_at),
         _time(r.ended_at), r.cancel_source, _json(r.stopped_by), r.error, _time(r.not_before), r.boot_id, r.progress,
-        r.progress_message, r.id,
+        r.progress_message, r.cgroup, r.id,
     )  # fmt: skip
 
 
@@ -333,9 +337,10 @@ class SqliteStore:
             return
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            for statement in filter(str.strip, _SCHEMA.split(";")):
+            statements = _UPGRADES[version] if version in _UPGRADES else filter(str.strip, _SCHEMA.split(";"))
+            for statement in statements:
                 self._db.execute(statement)
-            if first_id > 1:
+            if first_id > 1 and version not in _UPGRADES:
                 self._db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('runs', ?)", (first_id - 1,))
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._db.execute("COMMIT")

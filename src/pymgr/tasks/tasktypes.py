@@ -28,6 +28,7 @@ from pydantic import BaseModel
 
 from pymgr.config import ConfigError, TasksConfig, TaskTypeConfig
 from pymgr.core.paramspec import build_params_model
+from pymgr.tasks._cgroup import limit_files
 from pymgr.tasks.policy import RestartRules
 
 #: A placeholder in an argv element: a lowercase identifier in braces.
@@ -59,6 +60,8 @@ class TaskType:
     log_keep: int = 3
     log_timestamps: bool = False
     kill_leftovers: bool = True
+    #: cgroup interface file -> value, e.g. {"memory.max": "268435456"} (``_cgroup.limit_files``).
+    cgroup_limits: Mapping[str, str] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         """The type as ``tasks.types`` shows it."""
@@ -138,6 +141,7 @@ def compile_type(name: str, config: TaskTypeConfig, defaults: TasksConfig) -> Ta
         log_keep=config.log_keep if config.log_keep is not None else defaults.log_keep,
         log_timestamps=config.log_timestamps,
         kill_leftovers=config.kill_leftovers,
+        cgroup_limits=limit_files(config.memory_max, config.pids_max, config.cpu_max),
     )
 
 

@@ -34,7 +34,10 @@ Rules:
 - ``Expect: 100-continue`` gets its interim reply when nothing is in
   flight before it (otherwise the client's own wait sends the body).
 - A client that leaves does not cancel its request's action (it may have
-  started a task); its reply is dropped. A stream's producer is cancelled
+  started a task); its reply is dropped. The action can tell, though: it
+  runs with ``core.callscope.caller_gone`` set to an event of the
+  connection, set when the connection is lost (a command with
+  ``cancel_on_disconnect`` stops on it). A stream's producer is cancelled
   at once, and at shutdown (the stream then ends with its last chunk). A
   stream is chunked, except to HTTP/1.0: unframed, ended by closing.
 """
@@ -50,6 +53,7 @@ from urllib.parse import unquote
 import httptools
 
 from pymgr.auth.guard import caller_key
+from pymgr.core.callscope import caller_gone
 from pymgr.errors import MalformedRequest, PymgrError, PymgrInternalError, TooLarge
 from pymgr.transport.http_limits import (LINGER_S, RequestTimeout, check_content_length, connection_identity,
                                          head_too_large, peer_gone)  # fmt: skip
@@ -114,6 +118,7 @@ class HttpConnection(asyncio.Protocol):
         self._backlog = b""  # the unparsed rest of a large read, while MAX_PIPELINED wait
         self._closing = False  # refused, draining or shutting down: nothing more is parsed
         self._lost = False
+        self._gone: asyncio.Event | None = None  # ``caller_gone`` of this connection's calls, made on the first
         self._write_paused = False
         self._stalled: asyncio.TimerHandle | None = None  # armed while the client leaves replies unread
         self._drained: asyncio.Future[None] | None = None
@@ -141,6 +146,8 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._closing = True
+        if self._gone is not None:
+            self._gone.set()
         for timer in (self._timer, self._stalled):
             if timer is not None:
                 timer.cancel()
@@ -307,6 +314,9 @@ class HttpConnection(asyncio.Protocol):
         self._task = self._loop.create_task(self._answer(request, keep_alive))
 
     async def _answer(self, request: Request, keep_alive: int) -> None:
+        if self._gone is None:
+            self._gone = asyncio.Event()
+        caller_gone.set(self._gone)  # this task's context only
         try:
             reply = await self._state.handler(request)
         except asyncio.CancelledError:
