@@ -149,14 +149,17 @@ def _check_pattern(pattern: str) -> None:
             ) from None
 
 
+def param_field(spec: ParamSpec) -> tuple[Any, Any]:
+    """The type hint and pydantic ``Field`` of one declared parameter (a model field or a signature's)."""
+    annotation = spec.annotation()
+    if spec.is_required:
+        return annotation, Field(..., description=spec.doc or None)
+    # A default is validated like a sent value; an optional parameter without one is None, rendered as "".
+    hint = annotation if spec.default is not None else annotation | None
+    return hint, Field(spec.default, description=spec.doc or None, validate_default=True)
+
+
 def build_params_model(name: str, specs: dict[str, ParamSpec]) -> type[BaseModel]:
     """A pydantic model (unknown fields forbidden) for declared parameters."""
-    fields: dict[str, Any] = {}
-    for pname, spec in specs.items():
-        annotation = spec.annotation()
-        if spec.is_required:
-            fields[pname] = (annotation, Field(..., description=spec.doc or None))
-        else:  # an optional parameter without a default is None, rendered as ""
-            hint = annotation if spec.default is not None else annotation | None
-            fields[pname] = (hint, Field(spec.default, description=spec.doc or None, validate_default=True))
+    fields = {pname: param_field(spec) for pname, spec in specs.items()}
     return create_model(name, __config__=ConfigDict(extra="forbid"), **fields)  # type: ignore[call-overload,no-any-return]

@@ -65,7 +65,9 @@ class _CappedPipe(asyncio.Protocol):
             self.closed.set_result(None)
 
 
-def _spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path, run_as: RunAs | None) -> subprocess.Popen[bytes]:
+def _spawn(
+    argv: Sequence[str], env: Mapping[str, str], cwd: Path, run_as: RunAs | None, pass_fds: Sequence[int]
+) -> subprocess.Popen[bytes]:
     extra: dict[str, Any] = {}
     if run_as is not None:
         extra = {"user": run_as.uid, "group": run_as.gid, "extra_groups": list(run_as.groups)}
@@ -77,6 +79,7 @@ def _spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path, run_as: RunAs
         env=dict(env),
         cwd=cwd,
         close_fds=True,
+        pass_fds=tuple(pass_fds),
         start_new_session=True,
         **extra,
     )
@@ -90,8 +93,13 @@ async def run_command(
     run_as: RunAs | None,
     timeout_s: float,
     max_output_bytes: int,
+    pass_fds: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Run one command to its end.
+
+    Args:
+        pass_fds: descriptors the command inherits at the same numbers (held-open
+            path parameters, ``core/pathparam.py``); every other one is closed.
 
     Returns:
         ``exit_code`` (None if a signal ended it), ``signal``, ``stdout``,
@@ -103,7 +111,7 @@ async def run_command(
     """
     loop = asyncio.get_running_loop()
     started = time.monotonic()
-    popen = _spawn(argv, env, cwd, run_as)
+    popen = _spawn(argv, env, cwd, run_as, pass_fds)
     pipes: list[_CappedPipe] = []
     transports: list[asyncio.BaseTransport] = []
     try:

@@ -8,6 +8,10 @@ Rules:
 - The argv template renders with the task types' own renderer
   (``tasks/tasktypes.py``): each ``{name}`` becomes exactly one argv element,
   whatever the value holds; no shell ever sees it.
+- A ``path`` parameter, checked at validation, is opened again beneath its
+  base just before the spawn, following no symlink, and the command gets
+  ``/proc/self/fd/N`` for that descriptor (``core/pathparam.py``): a
+  directory swapped for a symlink in between is refused, never followed.
 - Checked at start-up, so a bad command never waits for its first call:
   argv[0] is an absolute path to an executable regular file; every
   placeholder names a declared parameter; the ``user`` exists, and running
@@ -29,12 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
 
 from pymgr.config import ConfigError
 from pymgr.core.identity import Identity
+from pymgr.core.paramspec import param_field
+from pymgr.core.pathparam import PinnedPath, can_pin, pin
 from pymgr.core.registry import Module, action
-from pymgr.errors import ActionFailed
+from pymgr.errors import ActionFailed, ParamsInvalid
 from pymgr.modules._cmdrun import RunAs, run_command
 from pymgr.modules.commandspec import COMMAND_NAME, CommandConfig
 from pymgr.tasks.tasktypes import PLACEHOLDER, render_element, render_value
@@ -55,6 +60,8 @@ class Command:
 
     async def run(self, params: Mapping[str, Any]) -> dict[str, Any]:
         values = {name: render_value(value) for name, value in params.items()}
+        pinned = self._pin_paths(params)
+        values.update({name: p.argv_text() for name, p in pinned.items()})
         argv = [render_element(element, values) for element in self.config.argv]
         try:
             return await run_command(
@@ -64,12 +71,35 @@ class Command:
                 run_as=self.run_as,
                 timeout_s=self.config.timeout_s,
                 max_output_bytes=self.config.max_output_bytes,
+                pass_fds=[p.fd for p in pinned.values()],
             )
         except OSError as exc:
             raise ActionFailed(
                 f"command {self.config.module}.{self.name} could not start {argv[0]}: {exc.strerror or exc}",
                 details={"executable": argv[0]},
             ) from None
+        finally:
+            for p in pinned.values():
+                os.close(p.fd)
+
+    def _pin_paths(self, params: Mapping[str, Any]) -> dict[str, PinnedPath]:
+        """Hold every path parameter open, as checked, for the command to use (closes them all on a refusal)."""
+        pinned: dict[str, PinnedPath] = {}
+        if not can_pin():
+            return pinned  # no O_PATH or no /proc: the command gets the checked path as text
+        try:
+            for pname, spec in self.config.params.items():
+                if spec.type == "path" and spec.base is not None and params.get(pname) is not None:
+                    pinned[pname] = pin(spec.base, params[pname])
+        except (ValueError, OSError) as exc:
+            for p in pinned.values():
+                os.close(p.fd)
+            reason = exc if isinstance(exc, ValueError) else f"cannot be opened: {exc.strerror or exc}"
+            raise ParamsInvalid(
+                f"bad params for {self.config.module}.{self.name}: {pname}: {reason}",
+                details={"errors": [{"field": pname, "message": str(reason), "type": "path_changed"}]},
+            ) from None
+        return pinned
 
 
 class CommandModule(Module):
@@ -114,9 +144,8 @@ def _action_for(command: Command) -> Any:
     parameters = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     annotations: dict[str, Any] = {}
     for pname, spec in command.config.params.items():
-        default = Field(... if spec.is_required else spec.default, description=spec.doc or None)
-        parameters.append(inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY, default=default))
-        annotations[pname] = spec.annotation()
+        annotations[pname], field = param_field(spec)
+        parameters.append(inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY, default=field))
     parameters.append(inspect.Parameter(_CALLER, inspect.Parameter.KEYWORD_ONLY, annotation=Identity))
     annotations[_CALLER] = Identity
     run.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
