@@ -42,11 +42,6 @@ argv = ["/bin/echo", "{word}"]
 [commands.say.params]
 word = { type = "str" }
 
-[commands.show]
-argv = ["/usr/bin/printf", "%s|", "{word}"]
-[commands.show.params]
-word = { type = "str", allow_option = true }
-
 [commands.greet]
 argv = ["/bin/echo", "{name}"]
 [commands.greet.params]
@@ -57,6 +52,14 @@ argv = ["/usr/bin/printf", "%s|", "{n}", "{x}"]
 [commands.numbers.params]
 n = { type = "int", default = 0 }
 x = { type = "float", min = 0, default = 1 }
+"""
+
+#: A param that declares it takes options.
+OPTION_COMMAND = """
+[commands.show]
+argv = ["/usr/bin/printf", "%s|", "{word}"]
+[commands.show.params]
+word = { type = "str", allow_option = true }
 """
 
 
@@ -89,8 +92,13 @@ def test_a_value_starting_with_a_dash_is_refused_unless_the_param_allows_options
             r"an option; a parameter that expects one says allow_option = true \(got '-e'\)$", str(refused))
         assert isinstance(error_of(lambda: c.start_task("echo", {"word": "--help"})), ParamsInvalid)
         assert c.tasks(type="echo") == []
-        assert c.call("commands", "show", word="-e")["stdout"] == "-e|"  # declared: one argv element, as sent
         assert c.call("commands", "say", word="a-b")["stdout"] == "a-b\n"
+
+
+def test_a_param_that_allows_options_passes_them_as_one_element(start_daemon: Callable[..., Daemon]) -> None:
+    daemon = start_daemon(BASE_CONFIG + COMMANDS + OPTION_COMMAND)
+    with Client(socket=daemon.socket) as c:
+        assert c.call("commands", "show", word="-e")["stdout"] == "-e|"
 
 
 # --- 17.2: patterns ------------------------------------------------------------------------
@@ -258,6 +266,7 @@ def test_task_operations_are_recognised_by_what_they_are_not_by_the_name_tasks(
     try:
         for action in ("logs", "wipe"):  # before: 200 for both ("tasks.logs:TYPE" with no type; "tasks.read")
             status, body = curl_as_www_data(daemon, f"/v1/modules/tasks/{action}")
+            assert status == 403, body
             assert (status, body["error"]["message"]) == (
                 403, f"the policy allows user:www-data (uid 33) no tasks.{action}; an admin can add it to [[policy.rules]]"
             )
