@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from pymgr.config import ConfigError
 from pymgr.core.identity import Identity
 from pymgr.core.paramspec import param_field
@@ -97,7 +96,7 @@ class Command:
             reason = exc if isinstance(exc, ValueError) else f"cannot be opened: {exc.strerror or exc}"
             raise ParamsInvalid(
                 f"bad params for {self.config.module}.{self.name}: {pname}: {reason}",
-                details={"errors": [{"field": pname, "message": str(reason), "type": "path_changed"}]},
+                details={"errors": [{"field": pname, "message": str(reason), "type": "path"}]},
             ) from None
         return pinned
 
