@@ -29,7 +29,7 @@ from pymgr.auth.ratelimit import RateLimiter
 from pymgr.auth.signing import NonceCache, Verifier
 from pymgr.config import Config
 from pymgr.core.registry import Registry
-from pymgr.errors import PymgrError
+from pymgr.modules.tasks import TASK_OPERATIONS
 from pymgr.transport.conncount import ConnectionCounter
 from pymgr.transport.http_guard import GuardedApp
 from pymgr.transport.http_limits import HttpLimits
@@ -109,7 +109,8 @@ def build_security(config: Config, registry: Registry, tasks: Any) -> Security:
     def policy_of(cfg: Config) -> Policy:
         # The keys are the daemon's (a reload does not change [auth]): a rule naming another key is refused.
         policy = Policy(cfg.policy, registry, key_ids=keys, task_types=cfg.tasks.types,
-                        task_type_of=_type_lookup(tasks), owner_uid=os.geteuid())
+                        task_type_of=_type_lookup(tasks), task_operations=TASK_OPERATIONS,
+                        owner_uid=os.geteuid())
         _log_policy(cfg, policy)
         return policy
 
@@ -148,11 +149,9 @@ def build_security(config: Config, registry: Registry, tasks: Any) -> Security:
 def _type_lookup(tasks: Any) -> Any:
     def task_type_of(task_id: int) -> str | None:
         if tasks is None:
-            return None
-        try:
-            return str(tasks.get(task_id).type)
-        except PymgrError:  # NotFound: the action says so itself
-            return None
+            return None  # no type can be known: the policy denies
+        # NotFound (no such task) reaches the caller as 404 before the action runs.
+        return str(tasks.get(task_id).type)
 
     return task_type_of
 

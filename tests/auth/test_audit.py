@@ -278,7 +278,8 @@ async def test_a_typed_task_operation_is_named_from_each_calls_params(tmp_path: 
     reg.add(FakeTasks())
     rules = PolicyConfig(rules=[PolicyRule(subjects=["group:www-data"], actions=["tasks.start:*"])])
     auditor = Auditor(AuditLog(tmp_path / "audit.log", max_bytes=1_000_000, backups=2), clock=lambda: FIXED_TIME)
-    policy = Policy(rules, reg, task_types=["scan", "backup"], owner_uid=0)
+    policy = Policy(rules, reg, task_types=["scan", "backup"], task_operations={FakeTasks.start: "tasks.start"},
+                    owner_uid=0)
     d = GuardedDispatcher(reg, policy=policy, auditor=auditor, max_params_bytes=1000)
     for task_type in ("scan", "backup", "scan"):
         assert await d.call(Call("tasks", "start", {"type": task_type}, WWW)) == task_type

@@ -74,6 +74,20 @@ class FakeTasks(Module):
 
 
 TASK_TYPES = {1: "scan", 2: "backup"}
+#: What the daemon tells the policy about its task module: these functions are the task operations.
+FAKE_TASK_OPERATIONS = {
+    FakeTasks.list: "tasks.read",
+    FakeTasks.show: "tasks.read",
+    FakeTasks.start: "tasks.start",
+    FakeTasks.stop: "tasks.stop",
+    FakeTasks.logs: "tasks.logs",
+}
+
+
+def task_type_of(task_id: int) -> str:
+    if task_id not in TASK_TYPES:
+        raise NotFound(f"no task with id {task_id}")
+    return TASK_TYPES[task_id]
 
 
 def registry() -> Registry:
@@ -90,7 +104,8 @@ def policy(*rules: dict[str, Any], keys: tuple[str, ...] = ("ci",)) -> Policy:
         registry(),
         key_ids=keys,
         task_types=["scan", "backup"],
-        task_type_of=TASK_TYPES.get,
+        task_type_of=task_type_of,
+        task_operations=FAKE_TASK_OPERATIONS,
         owner_uid=OWNER_UID,
     )
 
@@ -238,8 +253,10 @@ async def test_a_key_based_ci_user() -> None:
         await call(p, CI, "tasks", "stop", id=2)
     with pytest.raises(Forbidden, match=r"^the policy allows key:ci no tasks\.logs:TYPE; "):
         await call(p, CI, "tasks", "logs", id=1)
-    # No such task: the caller may stop some type, so the action answers (404).
-    assert await call(p, CI, "tasks", "stop", id=99) == {"stopped": 99}
+    # No such task: the caller may stop some type, so it learns that (404), and the action never runs:
+    # a task started meanwhile under that id, of a type the caller may not stop, is not touched.
+    with pytest.raises(NotFound, match=r"^no task with id 99$"):
+        await call(p, CI, "tasks", "stop", id=99)
 
 
 async def test_a_caller_who_may_not_call_learns_nothing_from_param_errors() -> None:
@@ -368,3 +385,50 @@ async def test_a_typed_task_operation_is_still_decided_by_its_params() -> None:
         await call(p, CI, "tasks", "stop", id=2)  # allowed before validation (some type), refused after
     assert p.operation_depends_on_params(p._registry.get("tasks", "stop"))
     assert not p.operation_depends_on_params(p._registry.get("tasks", "list"))
+
+
+class Borrower(Module):
+    """A module that takes the name "tasks" and its actions' names, as a config command could."""
+
+    name = "tasks"
+
+    @action(read_only=True)
+    async def logs(self) -> str:
+        return "uid=0(root)"
+
+    @action(read_only=True)
+    async def wipe(self) -> str:
+        return "wiped"
+
+
+async def test_task_operations_are_recognised_by_what_they_are_not_by_the_name_tasks() -> None:
+    reg = Registry()
+    reg.add(Borrower())
+    p = Policy(
+        PolicyConfig(rules=[PolicyRule(subjects=["user:www-data"], actions=["tasks.read", "tasks.logs:scan"])]),
+        reg, task_types=["scan"], task_type_of=task_type_of, task_operations=FAKE_TASK_OPERATIONS, owner_uid=0,
+    )  # fmt: skip
+    dispatcher = Dispatcher(reg, authorize=p.authorize, authorize_params=p.authorize_params)
+    for name in ("logs", "wipe"):
+        with pytest.raises(Forbidden, match=rf"^the policy allows user:www-data \(uid 33\) no tasks\.{name}; "):
+            await dispatcher.call(Call("tasks", name, {}, WWW))
+
+
+async def test_a_task_operation_whose_type_cannot_be_determined_is_denied() -> None:
+    class NoId(Module):
+        name = "tasks"
+
+        @action(read_only=True)
+        async def logs(self, offset: int = 0) -> int:
+            return offset
+
+    reg = Registry()
+    reg.add(NoId())
+    p = Policy(
+        PolicyConfig(rules=[PolicyRule(subjects=["user:www-data"], actions=["tasks.logs:scan"])]),
+        reg, task_types=["scan"], task_type_of=task_type_of, task_operations={NoId.logs: "tasks.logs"}, owner_uid=0,
+    )  # fmt: skip
+    dispatcher = Dispatcher(reg, authorize=p.authorize, authorize_params=p.authorize_params)
+    with pytest.raises(Forbidden, match=r"^tasks\.logs is decided by the task type, and the type of this call cannot be "
+                                        r"determined; denied to user:www-data \(uid 33\)$"):
+        await dispatcher.call(Call("tasks", "logs", {}, WWW))

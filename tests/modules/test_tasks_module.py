@@ -111,7 +111,7 @@ async def test_errors_pass_through(dispatcher: Dispatcher) -> None:
         ParamsInvalid, match=r"^state: must be one of queued, running, succeeded, failed, stopped, timed_out, lost; not 'x'$"
     ):
         await call(dispatcher, "list", state="x")
-    with pytest.raises(ParamsInvalid, match=r"^bad params for task type 'exit': code: Input should be a valid integer"):
+    with pytest.raises(ParamsInvalid, match=r"^bad params for task type 'exit': code: Value error, must be a whole number in decimal digits"):
         await call(dispatcher, "start", type="exit", params={"code": "three"})
     with pytest.raises(ParamsInvalid, match=r"^bad params for tasks\.show: id: Input should be a valid integer"):
         await call(dispatcher, "show", id="x")

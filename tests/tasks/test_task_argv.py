@@ -23,7 +23,9 @@ def type_config(argv: list[str], **params: dict[str, Any]) -> TaskTypeConfig:
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [(True, "true"), (False, "false"), (0, "0"), (-7, "-7"), (2.5, "2.5"), (30.0, "30.0"), ("a b", "a b"), (None, "")],
+    [(True, "true"), (False, "false"), (0, "0"), (-7, "-7"), (2.5, "2.5"), (30.0, "30.0"), ("a b", "a b"), (None, ""),
+     (-0.0, "0.0"), (1e-7, "0.0000001"), (1e16, "10000000000000000.0"), (-1.5e-5, "-0.000015"), (0.1, "0.1"),
+     (10**20, "100000000000000000000")],
 )
 def test_render_value(value: Any, text: str) -> None:
     assert render_value(value) == text
@@ -66,8 +68,8 @@ def test_render_argv_uses_validated_params() -> None:
     )
     params = t.params_model.model_validate({"n": "3", "flag": True, "ratio": 2})
     assert t.render_argv(params) == [sys.executable, "x", "3", "true", "2.0"]
-    # A default is rendered as the config wrote it (pydantic does not re-validate defaults).
-    assert t.render_argv(t.params_model.model_validate({"n": 3}))[3:] == ["false", "1"]
+    # A default is validated like a sent value, so it renders in the same canonical form.
+    assert t.render_argv(t.params_model.model_validate({"n": 3}))[3:] == ["false", "1.0"]
 
 
 def test_unknown_placeholder_is_a_config_error() -> None:
@@ -137,7 +139,7 @@ async def test_pattern_rejects_shell_metacharacters(make_manager: Any) -> None:
     )
     with pytest.raises(
         ParamsInvalid,
-        match=r"^bad params for task type 'safe': host: String should match pattern '\^\[a-z0-9\.-\]\+\$' \(got '1; touch /tmp/x'\)$",
+        match=r"^bad params for task type 'safe': host: String should match pattern '\^\(\?:\^\[a-z0-9\.-\]\+\$\)\$' \(got '1; touch /tmp/x'\)$",
     ):
         await manager.start("safe", {"host": "1; touch /tmp/x"}, None, CALLER)
     assert manager.list() == []

@@ -180,7 +180,8 @@ async def test_unknown_type_with_no_types_configured(tmp_path: Path) -> None:
         ({}, r"^bad params for task type 'exit': code: Field required$"),
         (
             {"code": "x"},
-            r"^bad params for task type 'exit': code: Input should be a valid integer, unable to parse string as an integer \(got 'x'\)$",
+            r"^bad params for task type 'exit': code: Value error, must be a whole number in decimal digits, like 7 or -7 "
+            r"\(no spaces, no '\+', no fraction\) \(got 'x'\)$",
         ),
         (
             {"code": 1, "extra": 2},

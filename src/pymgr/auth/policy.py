@@ -11,10 +11,15 @@ Rules:
   TLS client certificate), ``legacy`` (the 2014 line protocol), ``owner``
   (the daemon's own uid, on the Unix socket) and ``any`` (every caller
   identified by the kernel, a key or a certificate; never ``legacy``).
-- An operation is ``module.action``, except for the ``tasks`` module:
-  its read-only actions are ``tasks.read``; ``start`` is
-  ``tasks.start:TYPE``, ``stop`` and ``logs`` are ``tasks.stop:TYPE`` and
-  ``tasks.logs:TYPE`` (the type of the task the id names).
+- An operation is ``module.action``, except for the actions of the task
+  module (recognised by what they are, the functions the daemon names in
+  ``task_operations``, never by a module name a command could take): its
+  read-only actions are ``tasks.read``; ``start`` is ``tasks.start:TYPE``,
+  ``stop`` and ``logs`` are ``tasks.stop:TYPE`` and ``tasks.logs:TYPE``
+  (the type of the task the id names). A typed operation whose type cannot
+  be determined is denied; one whose id names no task is refused with 404
+  before the action runs (so a task started meanwhile under that id is
+  never touched).
 - Patterns are fnmatch-style (``*``, ``?``, ``[...]``), case-sensitive.
   ``PATTERN:read`` matches only read-only operations (``*:read`` is a
   read-only role in one line).
@@ -28,7 +33,7 @@ from __future__ import annotations
 
 import grp
 import pwd
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -136,7 +141,10 @@ class Policy:
         registry: every served action (for code requirements and start-up notes).
         key_ids: the configured HMAC key ids (``key:ID`` must name one).
         task_types: the configured task type names.
-        task_type_of: the type of a task by id, or None if there is no such task.
+        task_type_of: the type of a task by id; raises ``NotFound`` when no task has the id.
+        task_operations: the task module's actions (their functions) and the
+            operation each is: ``tasks.read``, ``tasks.start``, ``tasks.stop``
+            or ``tasks.logs``. Any other action is ``module.action``.
         owner_uid: the daemon's own uid (the ``owner`` subject).
 
     Raises:
@@ -151,9 +159,11 @@ class Policy:
         key_ids: Iterable[str] = (),
         task_types: Iterable[str] = (),
         task_type_of: Callable[[int], str | None] = lambda task_id: None,
+        task_operations: Mapping[Callable[..., Any], str] | None = None,
         owner_uid: int,
     ) -> None:
         self._registry = registry
+        self._task_operations = dict(task_operations or {})
         self._task_types = (*task_types, _ANY_TYPE)
         self._task_type_of = task_type_of
         self._owner_uid = owner_uid
@@ -209,9 +219,15 @@ class Policy:
         kind = self._op(spec)
         if isinstance(kind, Operation):
             return
-        task_type = self._type_from(kind, params)
-        if task_type is not None:
-            self._check(identity, spec, Operation(f"{kind}:{task_type}", spec.options.read_only))
+        task_type = self._type_from(kind, params)  # NotFound: no such task, refused before the action runs
+        if task_type is None:
+            who = describe_identity(identity)
+            raise Forbidden(
+                f"{kind} is decided by the task type, and the type of this call cannot be determined; "
+                f"denied to {who}",
+                details={"operation": f"{kind}:?", "caller": who},
+            )
+        self._check(identity, spec, Operation(f"{kind}:{task_type}", spec.options.read_only))
 
     # --- for audit and start-up -----------------------------------------
 
@@ -235,7 +251,10 @@ class Policy:
             if kind == "tasks.start":
                 task_type = params.get("type") if isinstance(params.get("type"), str) else None
             else:
-                task_type = self._type_by_id(params.get("id"))
+                try:
+                    task_type = self._type_by_id(params.get("id"))
+                except NotFound:
+                    task_type = None
         return f"{kind}:{task_type if task_type is not None else '?'}"
 
     @property
@@ -260,12 +279,22 @@ class Policy:
             return hit[1]
         op = self._ops.get(spec.qualname)
         if op is None:
-            kind = _typed_kind(spec)
-            op = self._ops[spec.qualname] = operation_of(spec) if kind is None else kind
+            kind = self._kind(spec)
+            op = self._ops[spec.qualname] = kind if kind in TYPED_TASK_OPS else self._untyped(spec)
         if len(self._ops_by_spec) >= _CACHE_MAX:
             self._ops_by_spec.clear()
         self._ops_by_spec[id(spec)] = (spec, op)
         return op
+
+    def _kind(self, spec: ActionSpec) -> str | None:
+        """The task operation the action is, by its function (bound methods compare by theirs)."""
+        return self._task_operations.get(getattr(spec.func, "__func__", spec.func))
+
+    def _untyped(self, spec: ActionSpec) -> Operation:
+        """The operation of an action that needs no params to name it."""
+        if self._kind(spec) == "tasks.read":
+            return Operation("tasks.read", True)
+        return Operation(spec.qualname, spec.options.read_only)
 
     def _remember_allowed(self, identity: Identity, spec: ActionSpec) -> None:
         if identity.transport == "legacy":  # one object per legacy request: never seen again
@@ -356,24 +385,10 @@ class Policy:
         ]
 
     def _ops_of(self, spec: ActionSpec) -> list[Operation]:
-        kind = _typed_kind(spec)
-        if kind is None:
-            return [operation_of(spec)]
+        kind = self._kind(spec)
+        if kind not in TYPED_TASK_OPS:
+            return [self._untyped(spec)]
         return [Operation(f"{kind}:{t}", spec.options.read_only) for t in self._task_types]
-
-
-def operation_of(spec: ActionSpec) -> Operation:
-    """The operation of an action that needs no params to name it."""
-    if spec.module == "tasks" and spec.options.read_only and _typed_kind(spec) is None:
-        return Operation("tasks.read", True)
-    return Operation(spec.qualname, spec.options.read_only)
-
-
-def _typed_kind(spec: ActionSpec) -> str | None:
-    if spec.module != "tasks":
-        return None
-    kind = f"tasks.{spec.name}"
-    return kind if kind in TYPED_TASK_OPS else None
 
 
 def _all_specs(registry: Registry) -> list[ActionSpec]:

@@ -5,6 +5,10 @@ An entry of ``[modules] enabled`` is one of:
 - ``"package.file:Class"``, a class imported by path;
 - ``"package.file"``, every class in that file decorated with ``@register``;
 - ``"*"``, every entry point of the group.
+
+The names of modules from code are reserved (``reserved_module_names``):
+a command from the config may not take one, enabled or not, so it can
+never pass for a module it is not (``tasks`` above all).
 """
 
 from __future__ import annotations
@@ -15,6 +19,18 @@ from importlib.metadata import entry_points
 from pymgr.core.registry import Module, RegistryError, registered_in
 
 ENTRY_POINT_GROUP = "pymgr.modules"
+
+#: The modules pymgr itself provides (its entry points in pyproject.toml),
+#: reserved even where the package's metadata is missing.
+BUILTIN_MODULE_NAMES = frozenset({"demo", "metrics", "SCAN_MODULE", "tasks"})
+
+
+def reserved_module_names() -> frozenset[str]:
+    """Names only a module from code may have: pymgr's own and every installed entry point's.
+
+    Reads the entry points' names only: nothing is imported.
+    """
+    return BUILTIN_MODULE_NAMES | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def _check(cls: object, source: str) -> type[Module]:

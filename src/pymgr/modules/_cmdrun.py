@@ -120,7 +120,9 @@ class _CappedPipe(asyncio.Protocol):
             self.closed.set_result(None)
 
 
-def _spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path, run_as: RunAs | None) -> subprocess.Popen[bytes]:
+def _spawn(
+    argv: Sequence[str], env: Mapping[str, str], cwd: Path, run_as: RunAs | None, pass_fds: Sequence[int]
+) -> subprocess.Popen[bytes]:
     extra: dict[str, Any] = {}
     if run_as is not None:
         extra = {"user": run_as.uid, "group": run_as.gid, "extra_groups": list(run_as.groups)}
@@ -132,6 +134,7 @@ def _spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path, run_as: RunAs
         env=dict(env),
         cwd=cwd,
         close_fds=True,
+        pass_fds=tuple(pass_fds),
         start_new_session=True,
         **extra,
     )
@@ -147,6 +150,7 @@ async def run_command(
     max_output_bytes: int,
     containment: Containment = Containment(),
     caller_gone: asyncio.Event | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Run one command to its end, and everything it started with it (see the module rules).
 
@@ -154,6 +158,8 @@ async def run_command(
         containment: the command's cgroup, or none (its session).
         caller_gone: set when the caller left: the command is stopped then
             (None: it runs to its end or its timeout).
+        pass_fds: descriptors the command inherits at the same numbers (held-open
+            path parameters, ``core/pathparam.py``); every other one is closed.
 
     Returns:
         ``exit_code`` (None if a signal ended it), ``signal``, ``stdout``,
@@ -169,7 +175,7 @@ async def run_command(
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     with containment.spawning():
-        popen = _spawn(argv, env, cwd, run_as)
+        popen = _spawn(argv, env, cwd, run_as, pass_fds)
     pipes: list[_CappedPipe] = []
     transports: list[asyncio.BaseTransport] = []
     try:

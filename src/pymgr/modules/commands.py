@@ -8,6 +8,10 @@ Rules:
 - The argv template renders with the task types' own renderer
   (``tasks/tasktypes.py``): each ``{name}`` becomes exactly one argv element,
   whatever the value holds; no shell ever sees it.
+- A ``path`` parameter, checked at validation, is opened again beneath its
+  base just before the spawn, following no symlink, and the command gets
+  ``/proc/self/fd/N`` for that descriptor (``core/pathparam.py``): a
+  directory swapped for a symlink in between is refused, never followed.
 - Checked at start-up, so a bad command never waits for its first call:
   argv[0] is an absolute path to an executable regular file; every
   placeholder names a declared parameter; the ``user`` exists, and running
@@ -43,13 +47,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
-
 from pymgr.config import ConfigError
 from pymgr.core.callscope import caller_gone
 from pymgr.core.identity import Identity
+from pymgr.core.paramspec import param_field
+from pymgr.core.pathparam import PinnedPath, can_pin, pin
 from pymgr.core.registry import Module, action
-from pymgr.errors import ActionFailed, RateLimited
+from pymgr.errors import ActionFailed, ParamsInvalid, RateLimited
 from pymgr.modules._cmdrun import Containment, RunAs, run_command
 from pymgr.modules.commandspec import COMMAND_NAME, CommandConfig
 from pymgr.tasks._cgroup import Cgroup, CgroupError, CgroupTree
@@ -125,13 +129,18 @@ class Command:
     gate: _Gate = field(default_factory=lambda: _Gate(1, 0))
 
     async def run(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        values = {name: render_value(value) for name, value in params.items()}
-        argv = [render_element(element, values) for element in self.config.argv]
         where = f"command {self.config.module}.{self.name}"
         gone = caller_gone.get() if self.config.cancel_on_disconnect else None
         async with self.gate.held(where, gone):
-            cgroup = self._new_cgroup()
+            # Paths are pinned once the call has its turn: as close to the spawn as can be,
+            # and no descriptor is held by a call that waits or is refused.
+            values = {name: render_value(value) for name, value in params.items()}
+            pinned = self._pin_paths(params)
+            values.update({name: p.argv_text() for name, p in pinned.items()})
+            argv = [render_element(element, values) for element in self.config.argv]
+            cgroup = None
             try:
+                cgroup = self._new_cgroup()
                 return await run_command(
                     argv,
                     env=self.config.env,
@@ -141,11 +150,14 @@ class Command:
                     max_output_bytes=self.config.max_output_bytes,
                     containment=Containment(cgroup, None if self.cgroups is None else self.cgroups.home),
                     caller_gone=gone,
+                    pass_fds=[p.fd for p in pinned.values()],
                 )
             except (OSError, CgroupError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 raise ActionFailed(f"{where} could not start {argv[0]}: {reason}", details={"executable": argv[0]}) from None
             finally:
+                for p in pinned.values():
+                    os.close(p.fd)
                 if cgroup is not None:
                     cgroup.remove()
 
@@ -158,6 +170,25 @@ class Command:
         except CgroupError as exc:
             raise ActionFailed(f"command {self.config.module}.{self.name}: {exc}") from None
         return cgroup
+
+    def _pin_paths(self, params: Mapping[str, Any]) -> dict[str, PinnedPath]:
+        """Hold every path parameter open, as checked, for the command to use (closes them all on a refusal)."""
+        pinned: dict[str, PinnedPath] = {}
+        if not can_pin():
+            return pinned  # no O_PATH or no /proc: the command gets the checked path as text
+        try:
+            for pname, spec in self.config.params.items():
+                if spec.type == "path" and spec.base is not None and params.get(pname) is not None:
+                    pinned[pname] = pin(spec.base, params[pname])
+        except (ValueError, OSError) as exc:
+            for p in pinned.values():
+                os.close(p.fd)
+            reason = exc if isinstance(exc, ValueError) else f"cannot be opened: {exc.strerror or exc}"
+            raise ParamsInvalid(
+                f"bad params for {self.config.module}.{self.name}: {pname}: {reason}",
+                details={"errors": [{"field": pname, "message": str(reason), "type": "path"}]},
+            ) from None
+        return pinned
 
 
 class CommandModule(Module):
@@ -215,9 +246,8 @@ def _action_for(command: Command) -> Any:
     parameters = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     annotations: dict[str, Any] = {}
     for pname, spec in command.config.params.items():
-        default = Field(... if spec.is_required else spec.default, description=spec.doc or None)
-        parameters.append(inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY, default=default))
-        annotations[pname] = spec.annotation()
+        annotations[pname], field = param_field(spec)
+        parameters.append(inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY, default=field))
     parameters.append(inspect.Parameter(_CALLER, inspect.Parameter.KEYWORD_ONLY, annotation=Identity))
     annotations[_CALLER] = Identity
     run.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]

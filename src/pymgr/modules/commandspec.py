@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pymgr.core.loader import reserved_module_names
 from pymgr.core.paramspec import ParamSpec
 
 __all__ = ["COMMAND_NAME", "CommandConfig"]
@@ -60,6 +61,19 @@ class CommandConfig(BaseModel):
     #: The command changes nothing: read-only roles (``*:read``) may call it.
     read_only: bool = False
     doc: str = ""
+
+    @field_validator("module")
+    @classmethod
+    def _not_a_module_from_code(cls, module: str) -> str:
+        # A module from code owns its name, enabled or not: a command that took "tasks" passed for a
+        # task operation with the policy, and one in any such module would sit among actions it is not.
+        reserved = reserved_module_names()
+        if module in reserved:
+            raise ValueError(
+                f"module {module!r} is the name of a module from code ({', '.join(sorted(reserved))}); "
+                "a command needs a module name of its own"
+            )
+        return module
 
     @field_validator("argv")
     @classmethod

@@ -11,6 +11,7 @@ Rules:
 from __future__ import annotations
 
 import builtins
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -103,3 +104,18 @@ class Tasks(Module):
     ) -> builtins.list[dict[str, Any]]:
         """The latest task events, oldest first (GET /v1/events streams them live)."""
         return [event.to_dict() for event in self.manager.events.recent(limit)]
+
+
+#: What each action of this module is to the policy (``auth/policy.py``): the
+#: reads are one operation, the others are decided by the task's type. Keyed
+#: by the functions themselves, so an action of another module (a command
+#: from the config, say) cannot pass for one by taking the name "tasks".
+TASK_OPERATIONS: dict[Callable[..., Any], str] = {
+    Tasks.list: "tasks.read",
+    Tasks.show: "tasks.read",
+    Tasks.types: "tasks.read",
+    Tasks.events: "tasks.read",
+    Tasks.start: "tasks.start",
+    Tasks.stop: "tasks.stop",
+    Tasks.logs: "tasks.logs",
+}

@@ -11,8 +11,10 @@ Rules:
 - Text that does not match ``PLACEHOLDER`` (``{}``, ``{A}``, ``{{``) is left as is.
 - A placeholder that names no parameter is a config error at start-up, not
   a surprise at the first run; so is a parameter named ``python``.
-- Rendering: bool is "true"/"false", None (an optional parameter left unset)
-  is "", everything else is ``str(value)``.
+- Rendering: each value's canonical text (``core/paramvalues.py``): bool is
+  "true"/"false", None (an optional parameter left unset) is "", an int is
+  plain decimal, a float fixed notation (never an exponent, never "-0.0"),
+  a string as it is.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pydantic import BaseModel
 from pymgr.config import ConfigError, TasksConfig, TaskTypeConfig
 from pymgr.core.paramspec import build_params_model
 from pymgr.tasks._cgroup import limit_files
+from pymgr.core.paramvalues import argv_text
 from pymgr.tasks.policy import RestartRules
 
 #: A placeholder in an argv element: a lowercase identifier in braces.
@@ -79,12 +82,8 @@ class TaskType:
 
 
 def render_value(value: Any) -> str:
-    """One parameter value as argv text."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return ""
-    return str(value)
+    """One parameter value as argv text (its canonical form)."""
+    return argv_text(value)
 
 
 def render_element(element: str, values: Mapping[str, str]) -> str:
