@@ -12,8 +12,11 @@ Rules:
   does not know (the keeper died, or the host rebooted) is re-adopted if
   its pid still has its recorded start time on this boot, else ``lost``
   with the reason; a ``queued`` record the keeper does not know is queued
-  again, unless a process carrying its marker exists (a keeper that died
-  while spawning it): that one is adopted.
+  again, unless the keeper reports it an ``orphan`` (an earlier keeper
+  started it and wrote down its pid and start time, then died before the
+  daemon recorded it): that process is adopted. Nothing is ever adopted
+  because of what its environment says: the marker only finds a run's
+  escaped descendants when it is stopped.
 - Deadlines (``timeout_s``) are timers of the daemon, measured from the
   run's ``started_at``: one that passed while no daemon was up fires as
   soon as the next daemon has re-adopted the run.
@@ -87,6 +90,8 @@ class Supervision:
         self._active: dict[int, TaskRecord] = {}
         self._synced = asyncio.Event()
         self._known: set[int] = set()
+        #: Runs the keeper reports an earlier keeper started (id -> pid, start time, boot, start), until synced.
+        self._orphans: dict[int, dict[str, Any]] = {}
         self._resend_needed = False
         #: Exits recorded in the transaction in progress, acknowledged after it commits.
         self._acks: list[int] = []
@@ -105,6 +110,7 @@ class Supervision:
             "adopt_failed": self._on_adopt_failed,
             "gone": self._on_adopt_failed,
             "progress": self._on_progress,
+            "orphan": self._on_orphan,
         }
 
     # -- what the keeper says -------------------------------------------------------
@@ -125,6 +131,7 @@ class Supervision:
 
     def _on_hello(self, message: dict[str, Any]) -> None:
         self._known = set()
+        self._orphans = {}
         self._keeper_pid = message.get("keeper_pid")
         keeper_log.info("task keeper pid %s connected", self._keeper_pid)
 
@@ -153,6 +160,15 @@ class Supervision:
         self._arm_deadline(record)
         if record.cancel_source is not None and not info.get("stopping"):
             self._send_kill(record)
+
+    def _on_orphan(self, where: dict[str, Any]) -> None:
+        """A run an earlier keeper started and nobody supervises: adopted at ``synced`` if still queued here."""
+        record = self._record(where["id"])
+        if record is None or record.state in TERMINAL:
+            self._link.send({"op": "ack", "id": where["id"]})  # over here: the keeper may forget it
+        elif record.state is TaskState.QUEUED:
+            self._orphans[record.id] = where
+        # A running record is re-adopted by its own pid and start time at ``synced``, as any other.
 
     def _on_exit(self, status: dict[str, Any]) -> None:
         task_id = status["id"]
@@ -297,27 +313,24 @@ class Supervision:
     # -- recovery -------------------------------------------------------------------
 
     def _on_synced(self, message: dict[str, Any]) -> None:
-        maybe_spawned = []
+        orphans, self._orphans = self._orphans, {}
         for record in self._store.active():
             if record.id in self._known or record.id in self._queue:
                 continue
             if record.state is TaskState.RUNNING:
                 self._adopt(record, _proctree.ProcRef(record.pid or 0, record.pid_start_time or 0))
-            else:
-                maybe_spawned.append(record)
-        found = _proctree.find_marked([run_marker(r.id, r.marker) for r in maybe_spawned]) if maybe_spawned else {}
-        for record in maybe_spawned:
+                continue
             self._in_flight.discard(record.id)
             self._release(record.id)  # a spawn sent to a keeper that died: its slot is taken again below
-            refs = found.get(record.marker)
-            if refs:
-                record = self._move(
-                    record, TaskState.RUNNING, pid=refs[0].pid, pid_start_time=refs[0].start_time,
-                    boot_id=self._boot_id, started_at=self._clock(),
-                )  # fmt: skip
-                self._adopt(record, refs[0])
-            else:
-                self._enqueue(record)
+            where = orphans.get(record.id)
+            if where is None:
+                self._enqueue(record)  # no keeper started it: it is started now, whatever runs with its marker
+                continue
+            record = self._move(
+                record, TaskState.RUNNING, pid=where["pid"], pid_start_time=where["start_time"],
+                boot_id=where.get("boot_id"), started_at=_when(where.get("started_at")) or self._clock(),
+            )  # fmt: skip
+            self._adopt(record, _proctree.ProcRef(where["pid"], where["start_time"]))
         self._synced.set()
         self._schedule_pump()
 
