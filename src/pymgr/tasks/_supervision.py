@@ -48,6 +48,7 @@ from pymgr.tasks.tasktypes import TaskType
 if TYPE_CHECKING:
     from pymgr.config import TasksConfig
     from pymgr.tasks._startgroups import StartGroups
+    from pymgr.tasks.caps import ActiveRuns
     from pymgr.tasks.events import EventHub
     from pymgr.tasks.keeperlink import KeeperLink
     from pymgr.tasks.runqueue import RunQueue
@@ -71,6 +72,7 @@ class Supervision:
     _link: KeeperLink
     _queue: RunQueue
     _starts: StartGroups
+    _runs: ActiveRuns
     events: EventHub
 
     def _init_supervision(self, boot_id: str) -> None:
@@ -315,6 +317,7 @@ class Supervision:
     def _on_synced(self, message: dict[str, Any]) -> None:
         orphans, self._orphans = self._orphans, {}
         for record in self._store.active():
+            self._runs.add(record.id, record.started_by)  # the caps count runs from before this daemon
             if record.id in self._known or record.id in self._queue:
                 continue
             if record.state is TaskState.RUNNING:
@@ -419,10 +422,12 @@ class Supervision:
             self._active.pop(record.id, None)
         else:
             self._active[record.id] = record
+            self._runs.add(record.id, record.started_by)  # a restart counts against its caller too
 
     def _forget(self, task_id: int) -> None:
         """Drop the memory of an ended run."""
         self._active.pop(task_id, None)
+        self._runs.discard(task_id)
         self._snapshots.pop(task_id, None)
         self._progress.pop(task_id, None)
         self._progress_dirty.discard(task_id)
