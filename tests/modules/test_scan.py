@@ -170,7 +170,7 @@ async def test_max_ids_limit_both_sides(tmp_path: Path, action: str) -> None:
     assert await scan(dispatcher, action, "0,1,2,3,4") == f"{action} ok"
     with pytest.raises(
         ParamsInvalid,
-        match=rf"^task_ids: at most 5 ids per request \(\[tasks\] scan_max_task_ids\), got 6; nothing was started or stopped$",
+        match=r"^task_ids: at most 5 ids per request \(\[tasks\] scan_max_task_ids\), got 6; nothing was started or stopped$",
     ):
         await scan(dispatcher, action, list(range(10, 16)))
     with pytest.raises(  # past the ceiling no config can raise: refused by the parameter's own schema
