@@ -32,7 +32,7 @@ temporary directory; never ./var):
    each must have written >= 90% of 1 MiB/s, read from its log's logical
    end); the keeper's CPU share is reported too.
 
-The per-identity rate limit is raised and the policy allows everything in
+The per-identity rate limit and the caps on active runs are raised and the policy allows everything in
 the daemon's config: this measures the task engine, not the guards. The client side is raw HTTP/1.1 on asyncio
 Unix sockets (no client library), so its own cost stays small.
 """
@@ -92,6 +92,9 @@ enabled = ["tasks"]
 [tasks]
 stop_grace_s = 1
 keeper_idle_exit_s = 1
+# 1000 runs at once from one caller: the caps on active runs are raised, as the rate limit is.
+max_active = 5000
+max_active_per_caller = 5000
 
 [tasks.types.sleep]
 argv = ["/bin/sleep", "3600"]

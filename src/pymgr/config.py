@@ -238,6 +238,13 @@ class TasksConfig(_Section):
 
     #: Seconds between SIGTERM and SIGKILL when a task is stopped.
     stop_grace_s: float = Field(5.0, ge=0)
+    #: Most runs queued or running at once, all callers together; a start past it is refused (409, "conflict").
+    max_active: int = Field(256, ge=1)
+    #: Most runs queued or running at once that one caller started (a Unix uid, a key id, a TLS
+    #: certificate; every holder of the legacy secret is one caller); a start past it is refused (409).
+    max_active_per_caller: int = Field(64, ge=1)
+    #: Most ids in one SCAN_MODULE start or stop (task_ids); more is refused whole (legacy err_code 4).
+    scan_max_task_ids: int = Field(32, ge=1, le=1000)
     #: What a daemon shutdown does to running tasks.
     on_shutdown: Literal["stop", "leave"] = "stop"
     #: Most task records kept (in <state_dir>/tasks.db); the oldest ended ones go first, with their logs.

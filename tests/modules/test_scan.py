@@ -164,17 +164,21 @@ async def test_missing_task_ids(dispatcher: Dispatcher) -> None:
 
 @pytest.mark.parametrize("action", ["start", "stop"])
 async def test_max_ids_limit_both_sides(tmp_path: Path, action: str) -> None:
-    manager = TaskManager(TasksConfig.model_validate({"types": {"scan": QUICK_SCAN}}), tmp_path)
+    config = {"types": {"scan": QUICK_SCAN}, "scan_max_task_ids": 5}
+    manager = TaskManager(TasksConfig.model_validate(config), tmp_path)
     dispatcher = make_dispatcher(manager)
-    at_limit = ",".join(str(i) for i in range(MAX_TASK_IDS))
-    assert await scan(dispatcher, action, at_limit) == f"{action} ok"
-    over = list(range(MAX_TASK_IDS + 1))
+    assert await scan(dispatcher, action, "0,1,2,3,4") == f"{action} ok"
     with pytest.raises(
+        ParamsInvalid,
+        match=r"^task_ids: at most 5 ids per request \(\[tasks\] scan_max_task_ids\), got 6; nothing was started or stopped$",
+    ):
+        await scan(dispatcher, action, list(range(10, 16)))
+    with pytest.raises(  # past the ceiling no config can raise: refused by the parameter's own schema
         ParamsInvalid,
         match=rf"^bad params for SCAN_MODULE\.{action}: task_ids: Value error, at most {MAX_TASK_IDS} task ids per request, got {MAX_TASK_IDS + 1} \(got ",
     ):
-        await scan(dispatcher, action, over)
-    assert len(manager.list()) == (MAX_TASK_IDS if action == "start" else 0)
+        await scan(dispatcher, action, list(range(MAX_TASK_IDS + 1)))
+    assert len(manager.list()) == (5 if action == "start" else 0)
     await wait_ended(manager)
     await manager.aclose()
 

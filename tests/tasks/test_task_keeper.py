@@ -139,9 +139,11 @@ def test_bad_requests_get_an_error_and_the_keeper_goes_on(keeper: subprocess.Pop
     peer = connect(state / "run")
     peer.until("synced")
     peer.send(op="nope")
-    assert peer.until("error")["message"].startswith("bad request {'op': 'nope'}; ops: spawn, kill")
+    assert peer.until("error")["message"].startswith("bad request (op 'nope', id None, fields op); ops: spawn, kill")
     peer.send(op="kill")  # no id
     assert "KeyError" in peer.until("error")["message"]
+    peer.send(op="spawn", id="7", env={"PYMGR_TASK_MARKER": "f00d"}, marker="f00d")  # never echoed: it goes to the logs
+    assert peer.until("error")["message"].startswith("bad request (op 'spawn', id '7', fields env, id, marker, op); ops:")
     peer.send(op="spawn", id=1, argv=[], env={})
     assert peer.until("spawn_failed", id=1)["error"] == "spawn failed: argv must be a non-empty list of strings, not []"
     assert spawn(peer, state, 2, ["/bin/true"])["pid"] > 0
@@ -155,7 +157,8 @@ def test_exit_statuses_wait_for_an_ack_across_connections(keeper: subprocess.Pop
     assert (first["exit_code"], first["signal"], first["error"]) == (3, None, None)
     peer.close()  # no ack: as if the daemon died before recording it
     journal = state / "run" / "status.journal"
-    assert [json.loads(line)["exit_code"] for line in journal.read_text().splitlines()] == [3]
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert [line.get("exit_code") for line in lines if "id" in line] == [3]  # after its spawning and started lines
     peer = connect(state / "run")
     again = peer.until("exit", id=5)
     assert again == first
@@ -164,7 +167,7 @@ def test_exit_statuses_wait_for_an_ack_across_connections(keeper: subprocess.Pop
     peer.send(op="resend")
     spawn(peer, state, 5, ["/bin/true"])  # a spawn of an acknowledged id is a new run
     peer.until("exit", id=5, exit_code=0)
-    assert journal.read_text().splitlines()[1] == '{"ack":5}'
+    assert '{"ack":5}' in journal.read_text().splitlines()
     peer.close()
     assert keeper.poll() is None
     again = connect(state / "run")  # the acknowledged status is not replayed; the new run's exit is
@@ -252,3 +255,65 @@ def test_status_journal_replays_unacked_skips_a_torn_line_and_compacts(tmp_path:
     reread.ack(1)  # past the size: rewritten with what is still unacknowledged
     assert [json.loads(line) for line in Path(path).read_text().splitlines()] == [{"id": 3, "exit_code": 3}]
     assert StatusJournal(path).unacked == {3: {"id": 3, "exit_code": 3}}
+
+
+def end(process: subprocess.Popen[bytes]) -> None:
+    """kill -9 a keeper this test started, and close its stderr pipe."""
+    process.kill()
+    process.wait(10)
+    assert process.stderr is not None
+    process.stderr.close()
+
+
+def test_a_run_a_killed_keeper_started_is_reported_by_the_next_as_an_orphan(state: Path) -> None:
+    first = start_keeper(state)
+    peer = connect(state / "run")
+    run = spawn(peer, state, 5, ["/bin/sleep", "30"])
+    stranger = subprocess.Popen(["/bin/sleep", "30"], env={"PYMGR_TASK_ID": "6", "PYMGR_TASK_MARKER": "m6"})
+    try:
+        end(first)
+        peer.close()
+        second = start_keeper(state)
+        try:
+            frames = connect(state / "run").frames_until("synced")
+            orphans = [f for f in frames if f["op"] == "orphan"]
+            assert [(f["id"], f["pid"], f["start_time"]) for f in orphans] == [(5, run["pid"], run["start_time"])]
+        finally:
+            end(second)
+    finally:
+        for pid in (run["pid"], stranger.pid):
+            os.kill(pid, 9)
+        stranger.wait()
+
+
+def test_a_spawn_cut_short_before_its_process_was_noted_ends_lost(state: Path) -> None:
+    from pymgr.tasks._keeperruns import SPAWN_UNKNOWN
+
+    (state / "run").mkdir(mode=0o700)
+    (state / "run" / "status.journal").write_text('{"spawning": 8}\n')
+    process = start_keeper(state)
+    try:
+        peer = connect(state / "run")
+        status = peer.until("exit", id=8)
+        assert (status["error"], status["pid"], status["exit_code"], status["signal"]) == (SPAWN_UNKNOWN, None, None, None)
+        assert not [f for f in peer.frames_until("synced") if f["op"] == "orphan"]
+    finally:
+        end(process)
+
+
+def test_status_journal_keeps_spawns_until_their_run_ends_or_is_acknowledged(tmp_path: Path) -> None:
+    from pymgr.tasks._keeperruns import StatusJournal, orphans
+
+    path = str(tmp_path / "status.journal")
+    journal = StatusJournal(path)
+    for task_id in (1, 2, 3, 4):
+        journal.spawning(task_id)
+        journal.started({"id": task_id, "pid": 100 + task_id, "start_time": 7})
+    journal.spawning(5)  # its process not noted yet
+    journal.add({"id": 1, "exit_code": 0})  # ended: its exit says all
+    journal.ack(2)  # the daemon knows it is over
+    journal.unspawned(3)  # its process was gone when adopted
+    reread = StatusJournal(path)
+    assert reread.spawns == {4: {"id": 4, "pid": 104, "start_time": 7}, 5: None}
+    assert orphans(reread, supervised=[]) == [{"id": 4, "pid": 104, "start_time": 7}]
+    assert orphans(reread, supervised=[4]) == []

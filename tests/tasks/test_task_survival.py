@@ -8,20 +8,23 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from survivalhelpers import LEAVE_CONFIG, keeper_pid, reap_state_dir, states, wait_until
+from survivalhelpers import LEAVE_CONFIG, WAIT_S, keeper_pid, reap_state_dir, states, wait_until
 from taskhelpers import gone
 
 from pymgr.client import AsyncClient, Client
 from pymgr.tasks._keeperruns import UNKNOWN_EXIT
-from pymgr.tasks._proctree import find_marked, run_marker
+from pymgr.tasks._framing import FrameDecoder, encode
+from pymgr.tasks._proctree import MARKER_VAR, find_marked, run_marker
 from tests.conftest import Daemon
 
 
@@ -30,6 +33,12 @@ def reaped(tmp_path: Path) -> Iterator[None]:
     yield
     for db in tmp_path.glob("*/state/tasks.db"):
         reap_state_dir(db.parent)
+
+
+def stored_marker(daemon: Daemon, task_id: int) -> str:
+    """A run's marker, from the store: no API shows it."""
+    with sqlite3.connect(daemon.dir / "state" / "tasks.db") as db:
+        return str(db.execute("SELECT marker FROM runs WHERE id = ?", (task_id,)).fetchone()[0])
 
 
 def restart(start_daemon: Callable[..., Daemon], old: Daemon) -> Daemon:
@@ -61,7 +70,7 @@ def test_kill_9_with_20_runs_every_run_is_accounted_for(start_daemon: Callable[.
             else:
                 assert record["state"] == "running" and not gone(record["pid"]), record
         assert len({r["pid"] for r in records.values()}) == 20
-        markers = [run_marker(r["id"], r["marker"]) for r in records.values() if r["state"] == "running"]
+        markers = [run_marker(i, stored_marker(daemon, i)) for i, r in records.items() if r["state"] == "running"]
         assert all(len(refs) == 1 for refs in find_marked(markers).values())  # one process per run: no respawn
         long_ids = [task_id for task_id, (short, _) in expected.items() if not short]
         for task_id in long_ids:
@@ -194,6 +203,52 @@ def test_kill_9_in_a_burst_of_starts_keeps_every_acknowledged_start(start_daemon
 
         final = wait_until(all_ended, "every stored start ran to its end")
         assert set(final) == stored
+
+
+#: One run at a time: a second one stays queued.
+HOLD = """
+[tasks.types.hold]
+argv = ["/bin/sleep", "600"]
+max_concurrent = 1
+"""
+
+
+def spawned(sock: socket.socket) -> dict[str, Any]:
+    """The keeper's first "spawned" reply on ``sock``."""
+    decoder = FrameDecoder()
+    while True:
+        while isinstance(frame := decoder.next_frame(), dict):
+            if frame["op"] == "spawned":
+                return frame
+        decoder.receive_data(sock.recv(65536))
+
+
+def test_a_queued_run_a_dying_keeper_spawned_is_adopted_not_run_twice(start_daemon: Callable[..., Daemon]) -> None:
+    daemon = start_daemon(LEAVE_CONFIG + HOLD)
+    state_dir = daemon.dir / "state"
+    with Client(socket=daemon.socket) as client:
+        first, queued = client.start_task("hold"), client.start_task("hold")
+        wait_until(lambda: states(client)[first["id"]]["state"] == "running", "the first run")
+    daemon.proc.kill()
+    daemon.proc.wait(10)
+    # The daemon's last request reaches the keeper, which spawns it and dies before anyone records it.
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(state_dir / "run" / "keeper.sock"))
+        sock.settimeout(WAIT_S)
+        marker = run_marker(queued["id"], stored_marker(daemon, queued["id"]))
+        log = {"dir": str(state_dir / "logs"), "max_bytes": 4096, "keep": 1}
+        argv = ["/bin/sleep", "600"]
+        sock.sendall(encode({"op": "spawn", "id": queued["id"], "argv": argv, "env": marker, "marker": marker[MARKER_VAR], "log": log}))
+        frame = spawned(sock)
+    os.kill(keeper_pid(state_dir), signal.SIGKILL)
+    daemon = start_daemon(LEAVE_CONFIG + HOLD, name=daemon.dir.name)
+    with Client(socket=daemon.socket) as client:
+        record = wait_until(lambda: (r := states(client)[queued["id"]])["state"] == "running" and r, "adopted")
+        assert (record["pid"], record["pid_start_time"]) == (frame["pid"], frame["start_time"])
+        assert states(client)[first["id"]]["state"] == "running"  # re-adopted by its pid, as before
+        client.stop_task(queued["id"])
+        wait_until(lambda: states(client)[queued["id"]]["state"] == "stopped", "stopped")
+        assert gone(frame["pid"])
 
 
 #: Seconds the burst gets to have 40 starts acknowledged.

@@ -8,7 +8,10 @@ Rules:
 - ``task_ids`` is a list of ints, or a string of comma-separated ints (the
   legacy protocol only sends strings). Items are stripped; an empty,
   negative or non-integer item is a ParamsInvalid naming that item (legacy
-  err_code 4). At most ``MAX_TASK_IDS`` ids per request.
+  err_code 4). At most ``[tasks] scan_max_task_ids`` ids per request (never
+  more than ``MAX_TASK_IDS``); more is a ParamsInvalid, nothing started.
+- A start fits the caps on active runs whole or is refused whole
+  (``TaskManager.start_many``): a request never starts some of its ids.
 - Replies come at once: "start ok", "stop ok". Processes start and stop in
   the background.
 - A repeated id in one request counts once. Starting an id whose scan is
@@ -24,13 +27,14 @@ from pydantic import BeforeValidator, Field
 
 from pymgr.core.identity import Identity
 from pymgr.core.registry import Module, action
-from pymgr.errors import Unavailable
+from pymgr.errors import ParamsInvalid, Unavailable
 from pymgr.tasks.manager import TaskManager
 from pymgr.tasks.states import ACTIVE
 
-#: Most ids in one request: a scan is a long-running process per id, and a
-#: request for more than this is a client bug, not a workload.
-MAX_TASK_IDS = 100
+#: Most ids in one request whatever the config says (``[tasks] scan_max_task_ids``, 32 by default,
+#: may not exceed it): a scan is a long-running process per id, and a request for more is a client
+#: bug, not a workload.
+MAX_TASK_IDS = 1000
 
 #: The task type every scan runs as ([tasks.types.scan] in the config).
 SCAN_TYPE = "scan"
@@ -83,17 +87,28 @@ class Scan(Module):
             raise Unavailable("this daemon runs no task manager; SCAN_MODULE needs one")
         return manager  # type: ignore[no-any-return]
 
+    def _bounded(self, task_ids: list[int]) -> list[int]:
+        """The distinct ids, in order, once their count is checked against the config's bound."""
+        bound = self.manager.config.scan_max_task_ids
+        if len(task_ids) > bound:
+            raise ParamsInvalid(
+                f"task_ids: at most {bound} ids per request ([tasks] scan_max_task_ids), got {len(task_ids)}; "
+                "nothing was started or stopped",
+                details={"field": "task_ids", "limit": bound, "got": len(task_ids)},
+            )
+        return list(dict.fromkeys(task_ids))
+
     @action
     async def start(self, task_ids: TaskIds, *, caller: Identity) -> str:
-        """Start a scan per id; ids already scanning are skipped."""
-        for task_id in dict.fromkeys(task_ids):
-            await self.manager.start(SCAN_TYPE, {"task_id": task_id}, _key(task_id), caller)
+        """Start a scan per id; ids already scanning are skipped. All start, or none (a cap refuses the whole)."""
+        starts = [({"task_id": task_id}, _key(task_id)) for task_id in self._bounded(task_ids)]
+        await self.manager.start_many(SCAN_TYPE, starts, caller)
         return "start ok"
 
     @action
     async def stop(self, task_ids: TaskIds, *, caller: Identity) -> str:
         """Stop the scan of each id; ids with no active scan are skipped."""
-        for task_id in dict.fromkeys(task_ids):
+        for task_id in self._bounded(task_ids):
             for record in self.manager.list(key=_key(task_id)):
                 if record.state in ACTIVE:
                     await self.manager.stop(record.id, caller)

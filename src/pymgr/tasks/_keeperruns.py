@@ -12,6 +12,15 @@ Rules:
   with one line on the keeper's stderr: a task never blocks on its log.
 - The read end stays open until the last writer closes it (leftover
   descendants of an ended run included), so no writer ever gets SIGPIPE.
+- Every spawn is written to the same journal too: ``spawning`` before the
+  process is made, ``started`` (pid and kernel start time) once it exists.
+  Plain writes, no fsync: they survive the keeper being killed, and a host
+  that crashes takes every run with it. A later keeper reports a
+  ``started`` run nobody supervises (``orphan``) so the daemon re-adopts
+  exactly that process, and turns a ``spawning`` with no ``started`` into
+  a ``lost`` status (``SPAWN_UNKNOWN``). So what is adopted is always a
+  process a keeper made, never one found by its environment (a marker can
+  be copied by anyone who learns it).
 - An exit status is appended to ``<run_dir>/status.journal`` and synced
   to disk (one fsync per loop turn for all the exits of that turn) before
   it is sent, and dropped only when the daemon acknowledges it, after
@@ -54,6 +63,12 @@ COMPACT_BYTES = 1024 * 1024
 
 #: The reason of every run whose end no keeper saw.
 UNKNOWN_EXIT = "exit status unknown: the keeper was gone when it ended"
+
+#: The reason of a run whose keeper died while spawning it, before it could write down the process.
+SPAWN_UNKNOWN = (
+    "lost: the keeper died while starting it, before it noted the process; "
+    "whether it started is unknown, so it is not started again"
+)
 
 
 class Run:
@@ -113,7 +128,7 @@ class Run:
     def marker(self) -> dict[str, str]:
         return run_marker(self.id, self.token)
 
-    def _where(self) -> dict[str, Any]:
+    def where(self) -> dict[str, Any]:
         """Which run, which process, which boot: the fields every report starts with."""
         return {
             "id": self.id,
@@ -126,7 +141,7 @@ class Run:
     def info(self) -> dict[str, Any]:
         """What the daemon is told about a live run."""
         return {
-            **self._where(),
+            **self.where(),
             "adopted": self.adopted,
             "stopping": self.kill is not None,
             "cgroup": None if self.cgroup is None else self.cgroup.path,
@@ -185,7 +200,7 @@ class Run:
             error = f"{error}; " if error else ""
             error += f"still alive after SIGKILL: pid {pids}"
         return {
-            **self._where(),
+            **self.where(),
             "ended_at": time.time(),
             "exit_code": self.exit_code,
             "signal": self.signal,
@@ -198,21 +213,25 @@ class Run:
 
 
 class StatusJournal:
-    """Exit statuses the daemon has not acknowledged yet, in one append-only file.
+    """Exit statuses the daemon has not acknowledged yet, and spawns not ended yet, in one append-only file.
 
-    One JSON line per status, one ``{"ack": id}`` line per acknowledgement.
+    One JSON line per status, one ``{"ack": id}`` line per acknowledgement,
+    ``{"spawning": id}`` and ``{"started": {...}}`` per spawn (see the
+    module rules), ``{"unspawned": id}`` when a spawn came to nothing.
     ``sync`` (one fsync) makes every status added since the last one
     durable; the keeper calls it once per loop turn, before it sends those
     statuses, so a hundred runs ending together cost one fsync, not a
     hundred. An acknowledgement is not synced: losing one only means the
     status is sent again, and the daemon ignores what it has recorded. The
     file is rewritten (atomically) when it grows past ``COMPACT_BYTES``, with
-    only the statuses still unacknowledged. A line cut short by a crash is
-    skipped when the file is read back.
+    only the statuses still unacknowledged and the spawns still open. A line
+    cut short by a crash is skipped when the file is read back.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
+        #: Spawns whose run has not ended: id -> where its process is (None: not made yet).
+        self.spawns: dict[int, dict[str, Any] | None] = {}
         self.unacked: dict[int, dict[str, Any]] = self._load()
         self._fd = self._open()
         self._dirty = False
@@ -230,14 +249,24 @@ class StatusJournal:
             return unacked
         for number, line in enumerate(lines, start=1):
             try:
-                entry = json.loads(line)
-                if "ack" in entry:
-                    unacked.pop(int(entry["ack"]), None)
-                else:
-                    unacked[int(entry["id"])] = entry
-            except (ValueError, KeyError, TypeError) as exc:
+                self._replay(json.loads(line), unacked)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 print(f"keeper: {self.path}:{number}: skipping a damaged line: {exc}", file=sys.stderr, flush=True)
         return unacked
+
+    def _replay(self, entry: dict[str, Any], unacked: dict[int, dict[str, Any]]) -> None:
+        if "ack" in entry:
+            unacked.pop(int(entry["ack"]), None)
+            self.spawns.pop(int(entry["ack"]), None)
+        elif "spawning" in entry:
+            self.spawns[int(entry["spawning"])] = None
+        elif "started" in entry:
+            self.spawns[int(entry["started"]["id"])] = dict(entry["started"])
+        elif "unspawned" in entry:
+            self.spawns.pop(int(entry["unspawned"]), None)
+        else:
+            unacked[int(entry["id"])] = entry
+            self.spawns.pop(int(entry["id"]), None)
 
     def _append(self, entry: dict[str, Any]) -> None:
         line = json.dumps(entry, separators=(",", ":")).encode() + b"\n"
@@ -248,14 +277,35 @@ class StatusJournal:
             return
         self._size += len(line)
 
+    def spawning(self, task_id: int) -> None:
+        """A process for ``task_id`` is about to be made (written before the spawn)."""
+        self.spawns[task_id] = None
+        self._append({"spawning": task_id})
+
+    def started(self, where: dict[str, Any]) -> None:
+        """The process of a spawn exists: ``where`` has its ``id``, ``pid``, ``start_time``, ``boot_id``, ``started_at``."""
+        self.spawns[where["id"]] = where
+        self._append({"started": where})
+
+    def unspawned(self, task_id: int) -> None:
+        """The spawn came to nothing (it failed, or its process was gone when adopted)."""
+        if task_id in self.spawns:
+            del self.spawns[task_id]
+            self._append({"unspawned": task_id})
+
     def add(self, status: dict[str, Any]) -> None:
-        """Keep a status until it is acknowledged (durable after the next ``sync``)."""
+        """Keep a status until it is acknowledged (durable after the next ``sync``); the run's spawn is over."""
         self.unacked[status["id"]] = status
+        self.spawns.pop(status["id"], None)
         self._append(status)
         self._dirty = True
 
     def ack(self, task_id: int) -> None:
-        if self.unacked.pop(task_id, None) is None:
+        """The daemon recorded the run's end (or knows the run is over): forget its status and its spawn."""
+        had_status = self.unacked.pop(task_id, None) is not None
+        had_spawn = task_id in self.spawns
+        self.spawns.pop(task_id, None)
+        if not (had_status or had_spawn):
             return
         self._append({"ack": task_id})
         if self._size > COMPACT_BYTES:
@@ -272,7 +322,9 @@ class StatusJournal:
 
     def _compact(self) -> None:
         temporary = self.path + ".tmp"
-        data = b"".join(json.dumps(s, separators=(",", ":")).encode() + b"\n" for s in self.unacked.values())
+        entries = [{"spawning": i} if w is None else {"started": w} for i, w in self.spawns.items()]
+        entries += self.unacked.values()
+        data = b"".join(json.dumps(e, separators=(",", ":")).encode() + b"\n" for e in entries)
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
             try:
@@ -287,6 +339,25 @@ class StatusJournal:
         os.close(self._fd)
         self._fd = self._open()
         self._size = len(data)
+
+
+def settle_spawns(journal: StatusJournal, boot_id: str) -> None:
+    """At a keeper's start: a spawn an earlier keeper began without noting its process ends ``lost`` (``SPAWN_UNKNOWN``)."""
+    for task_id in [task_id for task_id, where in journal.spawns.items() if where is None]:
+        journal.add(
+            {
+                "id": task_id, "pid": None, "start_time": None, "boot_id": boot_id, "started_at": None,
+                "ended_at": time.time(), "exit_code": None, "signal": None, "error": SPAWN_UNKNOWN,
+                "killed": False, "exited_on_its_own": False, "progress": None,
+            }
+        )  # fmt: skip
+    journal.sync()
+
+
+def orphans(journal: StatusJournal, supervised: Iterable[int]) -> list[dict[str, Any]]:
+    """Runs an earlier keeper started whose end nobody saw and that no keeper supervises now (``supervised``)."""
+    skip = set(supervised) | set(journal.unacked)
+    return [dict(where) for task_id, where in journal.spawns.items() if where is not None and task_id not in skip]
 
 
 def vanished(leader: ProcRef, recorded_boot: object, boot: str) -> str:

@@ -12,8 +12,11 @@ Rules:
   does not know (the keeper died, or the host rebooted) is re-adopted if
   its pid still has its recorded start time on this boot, else ``lost``
   with the reason; a ``queued`` record the keeper does not know is queued
-  again, unless a process carrying its marker exists (a keeper that died
-  while spawning it): that one is adopted.
+  again, unless the keeper reports it an ``orphan`` (an earlier keeper
+  started it and wrote down its pid and start time, then died before the
+  daemon recorded it): that process is adopted. Nothing is ever adopted
+  because of what its environment says: the marker only finds a run's
+  escaped descendants when it is stopped.
 - Deadlines (``timeout_s``) are timers of the daemon, measured from the
   run's ``started_at``: one that passed while no daemon was up fires as
   soon as the next daemon has re-adopted the run.
@@ -46,6 +49,7 @@ from pymgr.tasks.tasktypes import TaskType
 if TYPE_CHECKING:
     from pymgr.config import TasksConfig
     from pymgr.tasks._startgroups import StartGroups
+    from pymgr.tasks.caps import ActiveRuns
     from pymgr.tasks.events import EventHub
     from pymgr.tasks.keeperlink import KeeperLink
     from pymgr.tasks.runqueue import RunQueue
@@ -70,6 +74,7 @@ class Supervision:
     _link: KeeperLink
     _queue: RunQueue
     _starts: StartGroups
+    _runs: ActiveRuns
     events: EventHub
 
     def _init_supervision(self, boot_id: str) -> None:
@@ -89,6 +94,8 @@ class Supervision:
         self._active: dict[int, TaskRecord] = {}
         self._synced = asyncio.Event()
         self._known: set[int] = set()
+        #: Runs the keeper reports an earlier keeper started (id -> pid, start time, boot, start), until synced.
+        self._orphans: dict[int, dict[str, Any]] = {}
         self._resend_needed = False
         #: Exits recorded in the transaction in progress, acknowledged after it commits.
         self._acks: list[int] = []
@@ -107,6 +114,7 @@ class Supervision:
             "adopt_failed": self._on_adopt_failed,
             "gone": self._on_adopt_failed,
             "progress": self._on_progress,
+            "orphan": self._on_orphan,
         }
 
     # -- what the keeper says -------------------------------------------------------
@@ -127,6 +135,7 @@ class Supervision:
 
     def _on_hello(self, message: dict[str, Any]) -> None:
         self._known = set()
+        self._orphans = {}
         self._keeper_pid = message.get("keeper_pid")
         keeper_log.info("task keeper pid %s connected", self._keeper_pid)
 
@@ -156,6 +165,15 @@ class Supervision:
         self._arm_deadline(record)
         if record.cancel_source is not None and not info.get("stopping"):
             self._send_kill(record)
+
+    def _on_orphan(self, where: dict[str, Any]) -> None:
+        """A run an earlier keeper started and nobody supervises: adopted at ``synced`` if still queued here."""
+        record = self._record(where["id"])
+        if record is None or record.state in TERMINAL:
+            self._link.send({"op": "ack", "id": where["id"]})  # over here: the keeper may forget it
+        elif record.state is TaskState.QUEUED:
+            self._orphans[record.id] = where
+        # A running record is re-adopted by its own pid and start time at ``synced``, as any other.
 
     def _on_exit(self, status: dict[str, Any]) -> None:
         task_id = status["id"]
@@ -301,27 +319,27 @@ class Supervision:
     # -- recovery -------------------------------------------------------------------
 
     def _on_synced(self, message: dict[str, Any]) -> None:
-        maybe_spawned = []
+        orphans, self._orphans = self._orphans, {}
         for record in self._store.active():
+            self._runs.add(record.id, record.started_by)  # the caps count runs from before this daemon
             if record.id in self._known or record.id in self._queue:
                 continue
             if record.state is TaskState.RUNNING:
                 self._adopt(record, _proctree.ProcRef(record.pid or 0, record.pid_start_time or 0))
-            else:
-                maybe_spawned.append(record)
-        found = _proctree.find_marked([run_marker(r.id, r.marker) for r in maybe_spawned]) if maybe_spawned else {}
-        for record in maybe_spawned:
+                continue
             self._in_flight.discard(record.id)
             self._release(record.id)  # a spawn sent to a keeper that died: its slot is taken again below
-            refs = found.get(record.marker)
-            if refs:
-                record = self._move(
-                    record, TaskState.RUNNING, pid=refs[0].pid, pid_start_time=refs[0].start_time,
-                    boot_id=self._boot_id, started_at=self._clock(),
-                )  # fmt: skip
-                self._adopt(record, refs[0])
-            else:
-                self._enqueue(record)
+            where = orphans.get(record.id)
+            if where is None:
+                self._enqueue(record)  # no keeper started it: it is started now
+                continue
+            record = self._move(
+                record, TaskState.RUNNING, pid=where["pid"], pid_start_time=where["start_time"],
+                boot_id=where.get("boot_id"), started_at=_when(where.get("started_at")) or self._clock(),
+                # Where the keeper put it, if runs have cgroups; the keeper checks the leader is in it.
+                cgroup=None if self.cgroups is None else self.cgroups.run(record.id).path,
+            )  # fmt: skip
+            self._adopt(record, _proctree.ProcRef(where["pid"], where["start_time"]))
         self._synced.set()
         self._schedule_pump()
 
@@ -418,10 +436,12 @@ class Supervision:
             self._active.pop(record.id, None)
         else:
             self._active[record.id] = record
+            self._runs.add(record.id, record.started_by)  # a restart counts against its caller too
 
     def _forget(self, task_id: int) -> None:
         """Drop the memory of an ended run."""
         self._active.pop(task_id, None)
+        self._runs.discard(task_id)
         self._snapshots.pop(task_id, None)
         self._progress.pop(task_id, None)
         self._progress_dirty.discard(task_id)

@@ -16,8 +16,11 @@ Rules:
   frames (``_framing``). A new connection replaces the old one, after the
   old one's pending requests were handled (a dead daemon's last spawn
   request is never lost nor run twice: spawn is idempotent by run id).
-- On connect it sends ``hello``, then ``live`` for each run, ``exit`` for
-  each status not acknowledged yet, then ``synced``.
+- On connect it sends ``hello``, then ``live`` for each run, ``orphan``
+  for each run an earlier keeper started (its journal says so) whose end
+  nobody saw and that it does not supervise, ``exit`` for each status not
+  acknowledged yet, then ``synced``. Only a process a keeper made is ever
+  reported: none is looked for by its environment.
 - Requests: ``spawn``, ``kill``, ``adopt``, ``ack``, ``resend``,
   ``exit_when_idle``. Replies and news: ``spawned``, ``spawn_failed``,
   ``adopted``, ``adopt_failed``, ``gone`` (no such run here), ``exit``,
@@ -60,7 +63,8 @@ from pymgr.tasks import _cgroup, _proctree
 from pymgr.tasks._framing import CLOSED, PROTOCOL, FrameDecoder, FrameError, encode
 from pymgr.tasks._keepersetup import listen, prepare_process
 from pymgr.tasks._keeperruns import (
-    UNKNOWN_EXIT, Listings, Run, StatusJournal, run_log, stop_leftovers, take_output, vanished,
+    UNKNOWN_EXIT, Listings, Run, StatusJournal, orphans, run_log, settle_spawns, stop_leftovers, take_output,
+    vanished,
 )  # fmt: skip
 from pymgr.tasks._proctree import ProcRef
 from pymgr.tasks._runlog import RunLog
@@ -98,13 +102,14 @@ class Keeper:
     def __init__(self, listener: socket.socket, run_dir: str, idle_exit_s: float) -> None:
         self.listener = listener
         self.idle_exit_s = idle_exit_s
-        self.boot_id = _proctree.boot_id()
         #: The keeper's own cgroup, where it returns after spawning inside a run's (``_cgroup.inside``).
         self.cgroup_home = _cgroup.own_cgroup()
         self.started_at = time.time()
         self.sel = selectors.DefaultSelector()
         self.sel.register(listener, selectors.EVENT_READ, self._on_accept)
         self.journal = StatusJournal(os.path.join(run_dir, "status.journal"))
+        self.boot_id = _proctree.boot_id()
+        settle_spawns(self.journal, self.boot_id)  # an earlier keeper's spawns cut short
         self.unacked = self.journal.unacked
         #: Exits of this loop turn, sent once the journal holding them is synced.
         self.exits: list[dict[str, Any]] = []
@@ -266,6 +271,8 @@ class Keeper:
         self._send({"op": "hello", "protocol": PROTOCOL, "keeper_pid": os.getpid(), "boot_id": self.boot_id})
         for run in self.runs.values():
             self._send({"op": "live", **run.info()})
+        for where in orphans(self.journal, self.runs):
+            self._send({"op": "orphan", **where})
         self.journal.sync()  # what is replayed is durable first, as every exit is
         for status in self.unacked.values():
             self._send({"op": "exit", **status})
@@ -356,13 +363,13 @@ class Keeper:
         }
         handler = handlers.get(str(message.get("op")))
         if handler is None or not isinstance(message.get("id", 0), int):
-            self._send({"op": "error", "message": f"bad request {message!r}; ops: {', '.join(handlers)}"})
+            self._send({"op": "error", "message": f"bad request {_outline(message)}; ops: {', '.join(handlers)}"})
             return
         try:
             handler(message)
         except (KeyError, ValueError, TypeError) as exc:
             # A daemon bug must not take down the parent of every run: say so and go on.
-            self._send({"op": "error", "message": f"bad request {message!r}: {type(exc).__name__}: {exc}"})
+            self._send({"op": "error", "message": f"bad request {_outline(message)}: {type(exc).__name__}: {exc}"})
 
     def _do_spawn(self, message: dict[str, Any]) -> None:
         task_id = message["id"]
@@ -372,11 +379,14 @@ class Keeper:
         if task_id in self.unacked:
             self._send({"op": "exit", **self.unacked[task_id]})
             return
+        self.journal.spawning(task_id)
         try:
             run = self._start(task_id, message)
         except SpawnError as exc:
+            self.journal.unspawned(task_id)
             self._send({"op": "spawn_failed", "id": task_id, "error": str(exc)})
             return
+        self.journal.started(run.where())
         self.runs[task_id] = run
         self.by_pid[run.leader.pid] = run
         self._send({"op": "spawned", **run.info()})
@@ -470,6 +480,7 @@ class Keeper:
         fd = _proctree.open_checked(leader) if message.get("boot_id") == self.boot_id else None
         if fd is None:
             reason = vanished(leader, message.get("boot_id"), self.boot_id)
+            self.journal.unspawned(task_id)  # an earlier keeper's spawn, if it was one: over
             self._send({"op": "adopt_failed", "id": task_id, "error": reason})
             return
         run = Run(
@@ -504,6 +515,12 @@ def _adopted_cgroup(leader: ProcRef, path: Any) -> _cgroup.Cgroup | None:
         return None
     cgroup = _cgroup.Cgroup(path)
     return cgroup if leader.pid in cgroup.pids() else None
+
+
+def _outline(message: dict[str, Any]) -> str:
+    """A request as an error names it: its op, its id and its field names. Never the values: a
+    spawn carries the run's marker and environment, and this line ends up in the logs."""
+    return f"(op {message.get('op')!r}, id {message.get('id')!r}, fields {', '.join(sorted(map(str, message)))})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,9 @@ Rules:
   the process tree. ``wait`` awaits a run's end.
 - One active run per key: starting with the key of a queued or running run
   returns that run, it does not start another.
+- Active runs are capped, in all (``max_active``) and per caller
+  (``max_active_per_caller``): a start past a cap is refused before
+  anything is stored (``caps.py``); ``start_many`` fits whole or not at all.
 - Every cancellation keeps its source (``user``, ``deadline``,
   ``shutdown``) and who asked.
 - A running run keeps the settings of its type as they were when it
@@ -30,11 +33,12 @@ from __future__ import annotations
 import asyncio
 import builtins
 import dataclasses
+import functools
 import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -51,6 +55,7 @@ from pymgr.tasks._spawnqueue import SpawnQueue
 from pymgr.tasks._startgroups import StartGroups
 from pymgr.tasks._supervision import Supervision
 from pymgr.tasks._translog import MARKS, outcome, who
+from pymgr.tasks.caps import ActiveRuns
 from pymgr.tasks._treekill import KILL_WAIT_S
 from pymgr.tasks.events import EventHub
 from pymgr.tasks.keeperlink import KeeperLink
@@ -119,6 +124,8 @@ class TaskManager(SpawnQueue, Supervision):
         self.events = EventHub(config.events_queue_size)
         self.logs = LogReader(self._log_dir)
         self._queue = RunQueue(self._limit)
+        #: Runs queued or running (or staged), by caller: the caps of ``start``.
+        self._runs = ActiveRuns()
         self._link = KeeperLink(
             state_dir,
             idle_exit_s=config.keeper_idle_exit_s,
@@ -176,28 +183,69 @@ class TaskManager(SpawnQueue, Supervision):
             The ``queued`` record, or the active run that already holds ``key``.
 
         Raises:
-            Conflict: ``key`` is held by an active run of another type.
+            Conflict: ``key`` is held by an active run of another type, or a cap
+                on active runs would be passed (the message names it).
             NotFound: no such task type (the message lists the types).
             ParamsInvalid: the parameters or the key do not validate.
             Unavailable: the manager is shutting down, or the store cannot be written.
         """
+        return (await self.start_many(type, [(params, key)], identity))[0]
+
+    async def start_many(
+        self, type: str, starts: Sequence[tuple[Mapping[str, Any], str | None]], identity: Identity
+    ) -> builtins.list[TaskRecord]:
+        """``start`` for several runs of one type at once: all are started, or none (same errors).
+
+        Each ``(params, key)`` is checked first, then the caps for the runs
+        that are new (a key held by an active run returns that run), then all
+        are staged in one loop turn, so no other start comes between.
+        """
         if self._closing:
             raise Unavailable("the task manager is shutting down; no new task can start")
         task_type = self._type(type)
-        values = validate_params(task_type, params)
-        check_key(key)
+        checked = [(validate_params(task_type, params), key) for params, key in starts]
+        for _, key in checked:
+            check_key(key)
         await self.open()
-        if key is not None and (active := self._store.find_active(key)) is not None:
-            if active.type != task_type.name:
-                raise Conflict(
-                    f"key {key!r} is held by task {active.id} of type {active.type!r}, not {task_type.name!r}",
-                    details={"key": key, "id": active.id, "type": active.type},
-                )
-            return self._with_progress(active)
-        params, argv = values.model_dump(mode="json"), task_type.render_argv(values)
-        record, stored = self._starts.stage(self._new_record(task_type, params, argv, key, identity.to_dict()), task_type)
-        await stored  # committed, spawn request sent (a caller that leaves meanwhile leaves the run be)
-        return record
+        plans = [(values, key, self._holder(key, task_type)) for values, key in checked]
+        started_by = identity.to_dict()
+        new = sum(holder is None for _, _, holder in plans)
+        self._runs.check(started_by, new, self._config.max_active, self._config.max_active_per_caller)
+        records: builtins.list[TaskRecord] = []
+        waits: builtins.list[asyncio.Future[None]] = []
+        for values, key, holder in plans:
+            if holder is not None:
+                records.append(self._with_progress(holder))
+                continue
+            params, argv = values.model_dump(mode="json"), task_type.render_argv(values)
+            record, stored = self._starts.stage(self._new_record(task_type, params, argv, key, started_by), task_type)
+            self._runs.add(record.id, started_by)  # counted at once: the next start of this turn sees it
+            stored.add_done_callback(functools.partial(self._start_settled, record.id))
+            records.append(record)
+            waits.append(stored)
+        for stored in waits:
+            await stored  # committed, spawn request sent (a caller that leaves meanwhile leaves the run be)
+        return records
+
+    def _holder(self, key: str | None, task_type: TaskType) -> TaskRecord | None:
+        """The active run holding ``key``, if any.
+
+        Raises:
+            Conflict: it is a run of another type.
+        """
+        if key is None or (active := self._store.find_active(key)) is None:
+            return None
+        if active.type != task_type.name:
+            raise Conflict(
+                f"key {key!r} is held by task {active.id} of type {active.type!r}, not {task_type.name!r}",
+                details={"key": key, "id": active.id, "type": active.type},
+            )
+        return active
+
+    def _start_settled(self, task_id: int, stored: asyncio.Future[None]) -> None:
+        """A start whose commit failed counts no more (one whose caller left does: its run is stored)."""
+        if not stored.cancelled() and stored.exception() is not None:
+            self._runs.discard(task_id)
 
     async def stop(self, task_id: int, identity: Identity) -> TaskRecord:
         """Stop a run; returns at once while the keeper kills its process tree.
@@ -394,6 +442,7 @@ class TaskManager(SpawnQueue, Supervision):
 
     def _take_in(self, record: TaskRecord, task_type: TaskType) -> None:
         self._snapshots[record.id] = task_type
+        self._runs.add(record.id, record.started_by)
         self._remember(record)
         self._queue.add(record.id, record.type)
 

@@ -46,7 +46,9 @@ class TaskRecord:
     created_at: datetime
     log_path: str
     #: Random token in the run's environment (PYMGR_TASK_MARKER, next to
-    #: PYMGR_TASK_ID) by which its escaped descendants are recognised.
+    #: PYMGR_TASK_ID) by which its escaped descendants are recognised when
+    #: it is stopped. Kept in the store only, never shown (``to_dict``
+    #: leaves it out): whoever knows it can make a process look like the run's.
     marker: str
     pid: int | None = None
     #: Kernel start time of ``pid`` (/proc/PID/stat field 22, clock ticks since
@@ -82,7 +84,7 @@ class TaskRecord:
     cgroup: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The record as JSON-ready data (what every API returns)."""
+        """The record as JSON-ready data (what every API, event and CLI shows): everything but the marker."""
         return {
             "id": self.id,
             "type": self.type,
@@ -109,5 +111,4 @@ class TaskRecord:
             "boot_id": self.boot_id,
             "cgroup": self.cgroup,
             "log_path": self.log_path,
-            "marker": self.marker,
         }
