@@ -207,7 +207,8 @@ def _auditor(config: Config) -> Auditor:
             handler = syslog_handler(audit.syslog_address, audit.syslog_facility)
         except OSError as exc:
             raise SecurityError(f"[audit] syslog_address {audit.syslog_address!r}: {exc.strerror or exc}") from None
-    reserve = SpaceReserve(audit.path.with_name(audit.path.name + ".reserve"), audit.reserve_bytes)
+    # Named apart from the log (audit.log -> audit.reserve): a glob of the log and its rotations must not meet it.
+    reserve = SpaceReserve(audit.path.with_suffix(".reserve"), audit.reserve_bytes)
     audit_log = AuditLog(audit.path, max_bytes=audit.max_bytes, backups=audit.backups, syslog=handler, reserve=reserve)
     refused_log = AuditLog(audit.refused_path, max_bytes=audit.refused_max_bytes, backups=audit.refused_backups,
                            syslog=handler)

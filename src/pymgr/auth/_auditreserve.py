@@ -1,15 +1,18 @@
 """Disk space kept beside the audit log, so that the records of running calls can always be written.
 
 Rules:
-- The reserve is a file beside the log (``audit.log.reserve``, mode 0600,
+- The reserve is a file beside the log (``audit.reserve``, mode 0600,
   never through a symlink) of ``size_bytes`` allocated blocks
   (``posix_fallocate``: real blocks, not a sparse file).
 - When a record cannot be written for lack of space (ENOSPC, EDQUOT), the
   log empties the reserve (``give_back``) and writes again: the blocks it
   gave back hold the records of every call that was let run, because the
   Auditor lets a call run only while the records it owes fit in the reserve.
-- An emptied reserve is filled again (``refill``) before the next call runs;
-  while it cannot be, calls are refused before they run.
+- An emptied reserve is filled again (``refill``) before the next call runs,
+  once the filesystem has room for it twice over (the reserve, and as much
+  again for ordinary records): the blocks it has just given back must not be
+  enough to fill it again, or it would be refilled at once on a disk still
+  full. While it cannot be, calls are refused before they run.
 - Why a file and not preallocation past the log's end: Python has no
   ``fallocate(FALLOC_FL_KEEP_SIZE)``, and ``posix_fallocate`` on the log
   itself would grow it with NUL bytes that every reader of the log would see.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from pathlib import Path
 
 __all__ = ["NO_SPACE", "SpaceReserve"]
@@ -55,7 +59,10 @@ class SpaceReserve:
         """
         self.close()
         self._fd = os.open(self.path, _OPEN_FLAGS, 0o600)
-        self.refill()
+        if _allocated_bytes(self._fd) >= self.size_bytes:  # held since the last run
+            self.full = True
+        else:
+            self.refill()
 
     def refill(self) -> bool:
         """Hold ``size_bytes`` again; False while there is no room for it.
@@ -65,6 +72,8 @@ class SpaceReserve:
         """
         if self._fd is None:
             raise OSError(errno.EBADF, f"the audit space reserve {self.path} is not open")
+        if shutil.disk_usage(self.path.parent).free < 2 * self.size_bytes - _allocated_bytes(self._fd):
+            return False
         try:
             _allocate(self._fd, self.size_bytes)
         except OSError as exc:
@@ -101,3 +110,10 @@ def _allocate(fd: int, size: int) -> None:
     left = size
     while left > 0:
         left -= os.write(fd, _ZEROS[: min(left, len(_ZEROS))])
+
+
+def _allocated_bytes(fd: int) -> int:
+    """Bytes the file holds on disk (``st_blocks`` where the platform has it, else its size)."""
+    st = os.fstat(fd)
+    blocks = getattr(st, "st_blocks", None)
+    return st.st_size if blocks is None else blocks * 512

@@ -7,7 +7,8 @@ Rules:
 - A line is written whole or not at all. A short write (the filesystem
   filled up mid-line) is undone at once: the file is cut back to where the
   line began (``ftruncate``; the daemon is the file's only writer), then the
-  line is written once more, which either succeeds or tells why it cannot.
+  line is written once more, which either succeeds or tells why it cannot
+  (short again is taken as ENOSPC: a full tmpfs answers so, not with an error).
   Cutting back was chosen over "start the next record on a fresh line":
   readers then never meet a fragment. Only if the cut itself fails does the
   next line start on a fresh line, leaving the fragment on a line of its own.
@@ -111,9 +112,9 @@ class AuditLog:
             if self._torn and line[:1] != b"\n":
                 line = b"\n" + line
             written = os.write(fd, line)  # raises with the reason (ENOSPC, EFBIG ...), or it fits now
-            if written != len(line):
+            if written != len(line):  # twice: the filesystem has room for a part only (tmpfs says no more)
                 self._cut_back(fd, written)
-                raise OSError(errno.EIO, f"short write to {self.path}: {written} of {len(line)} bytes")
+                raise OSError(errno.ENOSPC, f"no room for a whole line in {self.path}: {written} of {len(line)} bytes")
         self._size += written
         self._torn = False
 

@@ -89,7 +89,7 @@ class AuditConfig(_Section):
     #: call that ran but whose record failed gets ``not_recorded``. False only
     #: logs the error and serves on.
     fail_closed: bool = True
-    #: Disk space held beside the log (``<path>.reserve``) for the records of
+    #: Disk space held beside the log (``audit.reserve``) for the records of
     #: running calls, given back when the filesystem is full; calls whose
     #: records would not fit in it wait for others to end (503).
     reserve_bytes: int = Field(1024 * 1024, ge=64 * 1024)
