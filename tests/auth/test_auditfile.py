@@ -11,7 +11,10 @@ import pytest
 
 from pymgr.auth._auditreserve import SpaceReserve
 from pymgr.auth.audit import AuditLog, Auditor
+from pymgr.core.identity import Identity
 from pymgr.errors import Unavailable
+
+WWW = Identity(transport="unix", uid=33, gid=33, pid=10, user="www-data")
 
 SLACK = 16 * 1024  # audit._BLOCK_SLACK_BYTES
 
@@ -65,7 +68,7 @@ def test_with_a_reserve_a_full_disk_still_takes_the_record_then_calls_wait(tmp_p
     reserve.open()
     assert reserve.full and (tmp_path / "audit.reserve").stat().st_size == 64 * 1024
     auditor = Auditor(AuditLog(tmp_path / "audit.log", max_bytes=1 << 20, backups=1, reserve=reserve))
-    auditor.hold(100)
+    held = auditor.hold(WWW, "demo", "echo", "{}")
     writes = ShortThenFull(0)
     real_write = os.write
 
@@ -74,13 +77,13 @@ def test_with_a_reserve_a_full_disk_still_takes_the_record_then_calls_wait(tmp_p
 
     monkeypatch.setattr(os, "write", write)
     auditor.log.write_line(b'{"n":1}\n')
-    auditor.release(100)
+    auditor.release(held)
     assert not reserve.full and (tmp_path / "audit.reserve").stat().st_size == 0
     monkeypatch.setattr("shutil.disk_usage", lambda path: type("U", (), {"free": 64 * 1024})())
     with pytest.raises(Unavailable, match=r"^the filesystem of the audit log .* has no room for its space reserve"):
-        auditor.hold(100)
+        auditor.hold(WWW, "demo", "echo", "{}")
     monkeypatch.undo()
-    auditor.hold(100)  # room again: held again
+    auditor.hold(WWW, "demo", "echo", "{}")  # room again: held again
     assert reserve.full and (tmp_path / "audit.log").read_bytes() == b'{"n":1}\n'
 
 
@@ -90,15 +93,18 @@ def test_the_records_held_at_once_fit_the_reserve_both_sides(tmp_path: Path, fit
     reserve.open()
     auditor = Auditor(AuditLog(tmp_path / "audit.log", max_bytes=1 << 20, backups=1, reserve=reserve))
     room = 64 * 1024 - SLACK
-    auditor.hold(room - 1000)
+    base = auditor.hold(WWW, "m", "a", "")  # a record's size without its params
+    auditor.release(base)
+    first = auditor.hold(WWW, "m", "a", "x" * (room - 1000 - base))
+    assert first == room - 1000
     if fits:
-        auditor.hold(1000)
+        assert auditor.hold(WWW, "m", "a", "x" * (1000 - base)) == 1000
     else:
         with pytest.raises(Unavailable, match=r"^the records of running calls would not fit in the audit space reserve "
                                               r"\(reserve_bytes=65536; 48152 bytes held, this call's record up to 1001\)"):
-            auditor.hold(1001)
-        auditor.release(room - 1000)
-        auditor.hold(1001)  # once the running call's record is written
+            auditor.hold(WWW, "m", "a", "x" * (1001 - base))
+        auditor.release(first)
+        auditor.hold(WWW, "m", "a", "x" * (1001 - base))  # once the running call's record is written
 
 
 def test_the_reserve_is_private_and_never_followed_through_a_symlink(tmp_path: Path) -> None:

@@ -174,22 +174,25 @@ class Auditor:
         self._callers: dict[int, tuple[Identity, str]] = {}
         self._operations: dict[tuple[str, str | None, str | None], str] = {}
 
-    def record_bytes(self, identity: Identity, module: str, action: str, params_json: str | None) -> int:
-        """At most how many bytes the record of this call takes (what ``hold`` holds for it)."""
-        params = _UNSIZED_PARAMS_BYTES if params_json is None else _utf8_bound(params_json)
-        return _RECORD_OVERHEAD_BYTES + _utf8_bound(self._who(identity)) + 3 * _utf8_bound(module + action) + params
-
-    def hold(self, record_bytes: int) -> None:
+    def hold(self, identity: Identity, module: str, action: str, params_json: str | None) -> int:
         """Once every check passed, just before the action runs: make sure its record can be written.
 
         With ``fail_closed``, refuse the call while the log is broken (a probe line must
         go through first), while the space reserve cannot be held, or while the records
-        of running calls would not fit in it; then hold ``record_bytes`` of it
-        (``release`` gives them back once the record is written).
+        of running calls would not fit in it with this one's.
+
+        Returns:
+            The bytes held for the record (at most what it takes): ``release`` them once it is written.
 
         Raises:
             Unavailable: naming the file and what to free or raise.
         """
+        who = self._who(identity)
+        if params_json is None:
+            params_json = "x" * _UNSIZED_PARAMS_BYTES
+        size = _RECORD_OVERHEAD_BYTES + len(who) + len(params_json) + 3 * (len(module) + len(action))
+        if not (who.isascii() and params_json.isascii() and module.isascii() and action.isascii()):
+            size *= 4  # UTF-8 takes at most 4 bytes a character
         if self.fail_closed:
             if self.broken:
                 self._resume()
@@ -197,14 +200,15 @@ class Auditor:
             if reserve is not None:
                 if not reserve.full:
                     self._refill(reserve)
-                if self._held + record_bytes > reserve.size_bytes - _BLOCK_SLACK_BYTES:
+                if self._held + size > reserve.size_bytes - _BLOCK_SLACK_BYTES:
                     raise Unavailable(
                         f"the records of running calls would not fit in the audit space reserve "
                         f"(reserve_bytes={reserve.size_bytes}; {self._held} bytes held, this call's "
-                        f"record up to {record_bytes}); retry when calls have ended, or raise [audit] reserve_bytes",
+                        f"record up to {size}); retry when calls have ended, or raise [audit] reserve_bytes",
                         details={"audit_log": str(self.log.path), "limit": reserve.size_bytes},
                     )
-        self._held += record_bytes
+        self._held += size
+        return size
 
     def release(self, record_bytes: int) -> None:
         """Give back what ``hold`` held, once the call's record is written (or failed)."""
@@ -347,9 +351,4 @@ class Auditor:
             "pymgr refuses requests it cannot record. Free the disk or fix the file, then retry",
             details={"audit_log": str(self.log.path), "reason": exc.strerror or str(exc)},
         )
-
-
-def _utf8_bound(text: str) -> int:
-    """At most how many UTF-8 bytes ``text`` takes (exact for ASCII, the usual case)."""
-    return len(text) if text.isascii() else 4 * len(text)
 

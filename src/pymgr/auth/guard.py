@@ -97,10 +97,9 @@ class GuardedDispatcher(Dispatcher):
         self.auditor = auditor
         self.max_params_bytes = max_params_bytes
         self._policy_factory = policy_factory
-        #: Per call in dispatch, by id() (the Call object is alive until it leaves): its record's size
-        #: bound, until ``invoking`` holds it; then what was held, until its record is written.
-        self._record_sizes: dict[int, int] = {}
-        self._held: dict[int, int] = {}
+        #: Per call in dispatch, by id() (the Call object is alive until it leaves): [its params as JSON,
+        #: the bytes ``invoking`` held of the audit's reserve (0: not yet, so the call did not run)].
+        self._calls: dict[int, list[Any]] = {}
 
     def reload_policy(self, config: Any) -> list[str]:
         """Build the policy of ``config`` and swap it in (``service/reload.py``'s hook); the changes, for the log.
@@ -149,7 +148,7 @@ class GuardedDispatcher(Dispatcher):
         params_json = None
         try:
             params_json = self._params_json(call)
-            self._record_sizes[id(call)] = auditor.record_bytes(call.identity, call.module, call.action, params_json)
+            self._calls[id(call)] = [params_json, 0]
             result = await super().call(call)
         except PymgrError as exc:
             self._finish(call, started, exc, params_json)
@@ -172,11 +171,10 @@ class GuardedDispatcher(Dispatcher):
         auditor = self.auditor
         if auditor is None:
             return
-        size = self._record_sizes.pop(id(call), None)
-        if size is None:
+        entry = self._calls.get(id(call))
+        if entry is None:
             raise PymgrInternalError(f"{call.module}.{call.action} reached its action without passing the guard")
-        auditor.hold(size)
-        self._held[id(call)] = size
+        entry[1] = auditor.hold(call.identity, call.module, call.action, entry[0])
 
     def _finish(
         self, call: Call, started: float, error: PymgrError | str | None, params_json: str | None, result: Any = None
@@ -186,12 +184,12 @@ class GuardedDispatcher(Dispatcher):
         Raises:
             NotRecorded: it ran and its record could not be written (``fail_closed``).
         """
-        self._record_sizes.pop(id(call), None)
-        held = self._held.pop(id(call), None)
+        entry = self._calls.pop(id(call), None)
+        held = 0 if entry is None else entry[1]
         auditor = self.auditor
         if auditor is None:
             return
-        if held is None:
+        if not held:
             auditor.refused(caller_key(call.identity), call.identity.transport, self._names(call)[0], error or "ok")
             return
         try:
@@ -235,7 +233,11 @@ class GuardedDispatcher(Dispatcher):
         auditor = self.auditor
         if auditor is None:
             return
-        operation, secrets = self._names(call)
+        # One lookup for both names (was an f-string key and a tuple key, 1 µs a call); _names without its call.
+        names = self._known_names.get((call.module, call.action))
+        operation, secrets = self._names_of(call) if names is None else names
+        if operation is None:
+            operation = self._operation_name(call)
         params = call.params
         if secrets is not None and (type(params) is dict or isinstance(params, Mapping)) and secrets.isdisjoint(params):
             if error is None and params_json is not None:  # the usual call: its line from the JSON at hand
