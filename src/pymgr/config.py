@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from pymgr.auth.audit import refused_path_beside
 from pymgr.auth.policy import PolicyConfig
 from pymgr.auth.settings import AuditConfig, AuthConfig, LimitsConfig, TlsConfig
 from pymgr.core.paramspec import ParamSpec
@@ -360,6 +361,7 @@ class Config(_Section):
         keys = [k.model_copy(update={"secret_file": absolute(k.secret_file)}) for k in self.auth.keys]
         state_dir = absolute(self.state_dir)
         audit_path = absolute(self.audit.path) or state_dir / "audit.log"  # type: ignore[operator]
+        refused_path = absolute(self.audit.refused_path) or refused_path_beside(audit_path)
         types = {
             name: t.model_copy(update={"cwd": absolute(t.cwd) if t.cwd else base})
             for name, t in self.tasks.types.items()
@@ -369,7 +371,7 @@ class Config(_Section):
                 "state_dir": state_dir,
                 "http": http,
                 "auth": self.auth.model_copy(update={"keys": keys}),
-                "audit": self.audit.model_copy(update={"path": audit_path}),
+                "audit": self.audit.model_copy(update={"path": audit_path, "refused_path": refused_path}),
                 "commands": {
                     name: c.model_copy(update={"cwd": absolute(c.cwd)}) for name, c in self.commands.items()
                 },

@@ -10,7 +10,7 @@ Legacy ``err_code`` values (never reused; see docs/protocol-legacy.md):
 1 no such module or action, 2 the action raised (or an internal error),
 3 not authenticated / not allowed / no action given, 4 bad parameters,
 5 conflict, 6 request too large, 7 rate limited, 8 unavailable,
-9 malformed request.
+9 malformed request, 10 the action ran but its audit record could not be written.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ __all__ = [
     "Forbidden",
     "MalformedRequest",
     "NotFound",
+    "NotRecorded",
     "ParamsInvalid",
     "PymgrError",
     "PymgrInternalError",
@@ -134,6 +135,19 @@ class ActionFailed(PymgrError):
     legacy_code = 2
 
 
+class NotRecorded(PymgrError):
+    """The action ran, but its record could not be written to the audit log.
+
+    Not a failure of the action: its effect stands, and ``details`` says how it
+    ended (``ran``: true, ``outcome``, and ``result`` or ``error``). A client must
+    not retry it as if it had not run.
+    """
+
+    code = "not_recorded"
+    http_status = 500
+    legacy_code = 10
+
+
 class PymgrInternalError(PymgrError):
     """Something in pymgr went wrong that should never happen."""
 
@@ -159,6 +173,7 @@ _BY_CODE: dict[str, type[PymgrError]] = {
         TooLarge,
         RateLimited,
         Unavailable,
+        NotRecorded,
         ActionFailed,
     )
 }

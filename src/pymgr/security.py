@@ -21,7 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pymgr.auth._auditreserve import SpaceReserve
 from pymgr.auth.audit import AuditLog, Auditor, syslog_handler
+from pymgr.auth.refusals import RefusalTally
 from pymgr.auth.guard import EdgeGuard, GuardedDispatcher
 from pymgr.auth.keys import KeyLoadError, load_keys
 from pymgr.auth.policy import Policy, PolicyError
@@ -89,7 +91,7 @@ class Security:
 
     def close(self) -> None:
         if self.auditor is not None:
-            self.auditor.log.shutdown()
+            self.auditor.close()
 
 
 def build_security(config: Config, registry: Registry, tasks: Any) -> Security:
@@ -119,7 +121,7 @@ def build_security(config: Config, registry: Registry, tasks: Any) -> Security:
     except PolicyError as exc:
         raise SecurityError(str(exc)) from None
     _check_tcp_auth(config, keys)
-    auditor = Auditor(_open_audit(config), fail_closed=config.audit.fail_closed)
+    auditor = _auditor(config)
     limits = config.limits
     limiter = RateLimiter(limits.rate_per_s, limits.rate_burst, max_keys=limits.max_tracked_identities)
     verifier = None
@@ -189,23 +191,39 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _open_audit(config: Config) -> AuditLog:
+def _auditor(config: Config) -> Auditor:
+    """The audit log, its space reserve and the refusals' file, from ``[audit]``.
+
+    Raises:
+        SecurityError: a file cannot be opened, or syslog is not there.
+    """
     audit = config.audit
-    if audit.path is None:
-        raise RuntimeError("audit.path is resolved by load_config; a Config built by hand must set it")
+    if audit.path is None or audit.refused_path is None:
+        raise RuntimeError("audit paths are resolved by load_config; a Config built by hand must set them")
     handler = None
     if audit.syslog_address is not None:
         try:
             handler = syslog_handler(audit.syslog_address, audit.syslog_facility)
         except OSError as exc:
             raise SecurityError(f"[audit] syslog_address {audit.syslog_address!r}: {exc.strerror or exc}") from None
-    audit_log = AuditLog(audit.path, max_bytes=audit.max_bytes, backups=audit.backups, syslog=handler)
-    try:
-        audit.path.parent.mkdir(parents=True, exist_ok=True)
-        audit_log.open()
-    except OSError as exc:
-        raise SecurityError(f"cannot open the audit log {audit.path}: {exc.strerror or exc}") from None
-    return audit_log
+    # Named apart from the log (audit.log -> audit.reserve): a glob of the log and its rotations must not meet it.
+    reserve = SpaceReserve(audit.path.with_suffix(".reserve"), audit.reserve_bytes)
+    audit_log = AuditLog(audit.path, max_bytes=audit.max_bytes, backups=audit.backups, syslog=handler, reserve=reserve)
+    refused_log = AuditLog(audit.refused_path, max_bytes=audit.refused_max_bytes, backups=audit.refused_backups,
+                           syslog=handler)
+    for path, opening in ((audit.path, audit_log.open), (reserve.path, reserve.open),
+                          (audit.refused_path, refused_log.open)):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            opening()
+        except OSError as exc:
+            raise SecurityError(f"cannot open the audit file {path}: {exc.strerror or exc}") from None
+    if not reserve.full:
+        log.error("the filesystem of the audit log %s has no room for its space reserve (%d bytes): every call is "
+                  "refused (503) until there is", audit.path, audit.reserve_bytes)
+    refusals = RefusalTally(refused_log, window_s=audit.refused_window_s, max_sources=audit.refused_max_sources,
+                            max_operations=audit.refused_max_operations)
+    return Auditor(audit_log, fail_closed=audit.fail_closed, refusals=refusals)
 
 
 def _ssl_context(config: Config) -> ssl.SSLContext | None:

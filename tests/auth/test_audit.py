@@ -16,10 +16,11 @@ from pydantic import Field, SecretStr
 from pymgr import Identity, Module, action
 from pymgr.auth.audit import REDACTED, AuditLog, Auditor, redact, secret_params, syslog_handler
 from pymgr.auth.guard import GuardedDispatcher
+from pymgr.auth.refusals import RefusalTally
 from pymgr.auth.policy import Policy, PolicyConfig, PolicyRule
 from pymgr.core.dispatch import Call
 from pymgr.core.registry import Registry
-from pymgr.errors import ActionFailed, Forbidden, NotFound, ParamsInvalid, TooLarge, Unavailable
+from pymgr.errors import ActionFailed, Forbidden, NotFound, NotRecorded, ParamsInvalid, TooLarge, Unavailable
 
 WWW = Identity(transport="unix", uid=33, gid=33, pid=10, user="www-data", groups=("www-data",))
 NOBODY = Identity(transport="unix", uid=65534, gid=65534, pid=11, user="nobody")
@@ -51,19 +52,38 @@ class Vault(Module):
     async def echo(self, **params: Any) -> dict[str, Any]:
         return params
 
+    @action
+    async def mark(self, n: int) -> int:
+        """An action whose running can be seen: it appends ``n`` to ``MARKS``."""
+        MARKS.append(n)
+        return n
+
+
+MARKS: list[int] = []
+
 
 def make(tmp_path: Path, *, fail_closed: bool = True, path: Path | None = None, max_params: int = 1000) -> GuardedDispatcher:
     reg = Registry()
     reg.add(Vault())
     rules = PolicyConfig(rules=[PolicyRule(subjects=["group:www-data"], actions=["vault.*"])])
     audit_log = AuditLog(path or tmp_path / "audit.log", max_bytes=1_000_000, backups=2)
-    auditor = Auditor(audit_log, fail_closed=fail_closed, clock=lambda: FIXED_TIME)
+    tally = RefusalTally(AuditLog(tmp_path / "audit-refused.log", max_bytes=1_000_000, backups=2),
+                         clock=lambda: FIXED_TIME)
+    auditor = Auditor(audit_log, fail_closed=fail_closed, clock=lambda: FIXED_TIME, refusals=tally)
     policy = Policy(rules, reg, owner_uid=0)
     return GuardedDispatcher(reg, policy=policy, auditor=auditor, max_params_bytes=max_params)
 
 
 def lines(tmp_path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+
+
+def refusals(d: GuardedDispatcher, tmp_path: Path) -> dict[str, dict[str, Any]]:
+    """The refusals counted so far, written out, by source."""
+    assert d.auditor is not None
+    d.auditor.refusals.flush()
+    path = tmp_path / "audit-refused.log"
+    return {line["source"]: line for line in map(json.loads, path.read_text().splitlines())} if path.exists() else {}
 
 
 async def test_an_allowed_call_is_one_line_with_every_field(tmp_path: Path) -> None:
@@ -93,7 +113,7 @@ async def test_secrets_are_redacted_by_the_schema(tmp_path: Path) -> None:
     assert "hunter2" not in (tmp_path / "audit.log").read_text()
 
 
-async def test_denied_failed_and_invalid_calls_are_recorded(tmp_path: Path) -> None:
+async def test_a_call_that_ran_and_failed_is_recorded_and_refusals_are_counted_apart(tmp_path: Path) -> None:
     d = make(tmp_path)
     with pytest.raises(Forbidden):
         await d.call(Call("vault", "store", {"name": "x", "password": "s3cret"}, NOBODY))
@@ -103,13 +123,20 @@ async def test_denied_failed_and_invalid_calls_are_recorded(tmp_path: Path) -> N
         await d.call(Call("vault", "store", {"name": "x", "password": "s3cret", "extra": 1}, WWW))
     with pytest.raises(NotFound):
         await d.call(Call("nope", "x", {"password": "s3cret"}, WWW))
-    denied, failed, invalid, missing = lines(tmp_path)
-    assert (denied["outcome"], denied["code"], denied["status"]) == ("error", "forbidden", 403)
-    assert denied["identity"]["uid"] == 65534 and denied["params"]["password"] == REDACTED
-    assert (failed["code"], failed["status"]) == ("internal", 500)
-    assert (invalid["code"], invalid["status"], invalid["params"]["password"]) == ("bad_params", 400, REDACTED)
-    assert missing["params"] == {"password": "[not recorded: unknown action]"}
-    assert "s3cret" not in (tmp_path / "audit.log").read_text()
+    [failed] = lines(tmp_path)  # only the call that ran has a record
+    assert (failed["operation"], failed["outcome"], failed["code"], failed["status"]) == (
+        "vault.boom", "error", "internal", 500)
+    counted = refusals(d, tmp_path)
+    assert counted == {
+        "uid:65534": {"time": "2023-11-14T22:13:20.250Z", "last": "2023-11-14T22:13:20.250Z", "refused": 1,
+                      "source": "uid:65534", "transport": "unix", "codes": {"forbidden": 1},
+                      "operations": {"vault.store": 1}, "other_operations": 0},
+        "uid:33": {"time": "2023-11-14T22:13:20.250Z", "last": "2023-11-14T22:13:20.250Z", "refused": 2,
+                   "source": "uid:33", "transport": "unix", "codes": {"bad_params": 1, "not_found": 1},
+                   "operations": {"vault.store": 1, "nope.x": 1}, "other_operations": 0},
+    }
+    for name in ("audit.log", "audit-refused.log"):
+        assert "s3cret" not in (tmp_path / name).read_text()
 
 
 async def test_a_cancelled_call_is_recorded_and_still_cancelled(tmp_path: Path) -> None:
@@ -129,7 +156,8 @@ async def test_params_size_limit_both_sides(tmp_path: Path) -> None:
     assert await d.call(Call("vault", "echo", at_limit, WWW)) == at_limit
     with pytest.raises(TooLarge, match=r"^params of vault\.echo are 21 bytes of JSON, more than max_params_bytes=20$"):
         await d.call(Call("vault", "echo", {"a": "x" * 13}, WWW))
-    assert [line["outcome"] for line in lines(tmp_path)] == ["ok", "error"]
+    assert [line["outcome"] for line in lines(tmp_path)] == ["ok"]
+    assert refusals(d, tmp_path)["uid:33"]["codes"] == {"too_large": 1}
 
 
 def test_the_file_is_private_and_never_followed_through_a_symlink(tmp_path: Path) -> None:
@@ -160,24 +188,38 @@ def test_rotation_by_size_both_sides(tmp_path: Path) -> None:
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full to make writes fail")
 async def test_a_failed_write_fails_closed_until_the_log_works_again(tmp_path: Path, caplog: Any) -> None:
     d = make(tmp_path, path=Path("/dev/full"))
+    MARKS.clear()
     with caplog.at_level(logging.ERROR, logger="pymgr.audit"):
-        with pytest.raises(Unavailable, match=r"^the audit log /dev/full cannot be written \(No space left on device\); "
-                                              r"pymgr refuses requests it cannot record"):
-            await d.call(Call("vault", "echo", {}, WWW))
-    assert "AUDIT LOG WRITE FAILED for unix vault.echo" in caplog.text
+        # The log was fine when the call began: it runs, and its caller learns it ran unrecorded.
+        with pytest.raises(NotRecorded, match=r"^vault\.mark ran and succeeded, but its audit record could not be "
+                                              r"written to /dev/full \(No space left on device\); its effect stands"):
+            await d.call(Call("vault", "mark", {"n": 1}, WWW))
+    assert MARKS == [1] and "AUDIT LOG WRITE FAILED for unix vault.mark" in caplog.text
     assert d.auditor is not None and d.auditor.broken
-    # /dev/full opens fine, so the next call runs and fails again on its write.
-    with pytest.raises(Unavailable):
-        await d.call(Call("vault", "echo", {}, WWW))
-    d.auditor.log.path = tmp_path / "missing-dir" / "audit.log"  # now it cannot even be opened
-    ran = []
-    d.registry.get("vault", "echo").func.__self__.echo = lambda **p: ran.append(p)  # type: ignore[attr-defined]
-    with pytest.raises(Unavailable, match=r"cannot be written \(No such file or directory\)"):
-        await d.call(Call("vault", "echo", {}, WWW))
-    assert ran == []
+    # Broken: the next call must first get a line through, which fails, so it does not run.
+    with pytest.raises(Unavailable, match=r"^the audit log /dev/full cannot be written \(No space left on device\); "
+                                          r"pymgr refuses requests it cannot record"):
+        await d.call(Call("vault", "mark", {"n": 2}, WWW))
+    assert MARKS == [1]
     d.auditor.log.path = tmp_path / "audit.log"
-    assert await d.call(Call("vault", "echo", {"b": 2}, WWW)) == {"b": 2}
-    assert not d.auditor.broken and lines(tmp_path)[0]["params"] == {"b": 2}
+    d.auditor.log.close()
+    assert await d.call(Call("vault", "mark", {"n": 3}, WWW)) == 3
+    resumed, record = lines(tmp_path)
+    assert resumed == {"time": "2023-11-14T22:13:20.250Z", "event": "audit log writable again",
+                       "broken_since": "2023-11-14T22:13:20.250Z", "unrecorded_calls": 1}
+    assert record["params"] == {"n": 3} and MARKS == [1, 3] and not d.auditor.broken
+    assert refusals(d, tmp_path)["uid:33"]["codes"] == {"unavailable": 1}
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full to make writes fail")
+async def test_a_call_that_ran_and_failed_unrecorded_says_how_it_ended(tmp_path: Path) -> None:
+    d = make(tmp_path, path=Path("/dev/full"))
+    with pytest.raises(NotRecorded, match=r"^vault\.boom ran and failed \(internal\), but its audit record") as info:
+        await d.call(Call("vault", "boom", {}, WWW))
+    assert info.value.details is not None
+    assert (info.value.details["ran"], info.value.details["outcome"], info.value.details["error"]["code"]) == (
+        True, "error", "internal")
+    assert info.value.http_status == 500 and info.value.legacy_code == 10
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full to make writes fail")
@@ -185,7 +227,8 @@ async def test_fail_open_only_logs(tmp_path: Path, caplog: Any) -> None:
     d = make(tmp_path, path=Path("/dev/full"), fail_closed=False)
     with caplog.at_level(logging.ERROR, logger="pymgr.audit"):
         assert await d.call(Call("vault", "echo", {"c": 3}, WWW)) == {"c": 3}
-    assert "AUDIT LOG WRITE FAILED" in caplog.text
+        assert await d.call(Call("vault", "echo", {"c": 4}, WWW)) == {"c": 4}
+    assert caplog.text.count("AUDIT LOG WRITE FAILED") == 2
 
 
 def test_syslog_gets_a_copy(tmp_path: Path) -> None:
@@ -254,15 +297,16 @@ def test_callers_are_cached_per_object_legacy_ones_not_at_all(tmp_path: Path) ->
 async def test_replacing_the_policy_rebinds_the_checks_and_the_names(tmp_path: Path) -> None:
     d = make(tmp_path)
     assert await d.call(Call("vault", "echo", {"a": 1}, WWW)) == {"a": 1}
-    assert d._names
+    assert d._known_names
     d.policy = Policy(PolicyConfig(rules=[]), d.registry, owner_uid=0)
-    assert d._names == {}
+    assert d._known_names == {}
     with pytest.raises(Forbidden, match=r"^the policy allows user:www-data \(uid 33\) no vault\.echo; "):
         await d.call(Call("vault", "echo", {"a": 1}, WWW))
     d.policy = None
     assert await d.call(Call("vault", "echo", {"a": 2}, NOBODY)) == {"a": 2}
     assert [(line["operation"], line["outcome"]) for line in lines(tmp_path)] == [
-        ("vault.echo", "ok"), ("vault.echo", "error"), ("vault.echo", "ok")]
+        ("vault.echo", "ok"), ("vault.echo", "ok")]
+    assert refusals(d, tmp_path)["uid:33"]["codes"] == {"forbidden": 1}
 
 
 class FakeTasks(Module):

@@ -1,36 +1,36 @@
-"""The audit log: one JSON line per privileged request, denied and failed ones included.
+"""The audit log: a record of every call that ran, and a count of every request refused.
 
 Rules:
-- One line per request that reached dispatch (every action call, whatever
-  the transport) and per request a transport refused before dispatch
-  (401 bad signature, 429 rate limit). Fields: ``time`` (UTC, ISO 8601, ms),
-  ``transport``, ``identity`` (non-empty fields only), ``operation``
-  (``module.action`` or ``tasks.start:TYPE``), ``module``, ``action``,
-  ``params``, ``outcome`` (``ok``/``error``/``cancelled``), ``code`` and
-  ``status`` (for errors), ``duration_ms``.
+- One line per call that ran (every check passed and the action was
+  invoked, whatever its outcome), over every transport, in the audit file
+  (``auditfile.py``). Fields: ``time`` (UTC, ISO 8601, ms), ``transport``,
+  ``identity`` (non-empty fields only), ``operation`` (``module.action`` or
+  ``tasks.start:TYPE``), ``module``, ``action``, ``params``, ``outcome``
+  (``ok``/``error``/``cancelled``), ``code`` and ``status`` (for errors),
+  ``duration_ms``.
+- A request refused before its action ran (bad signature, rate limit,
+  denial, unknown action, bad or oversized params, no room for its record)
+  is counted, per source and second, in a file of its own (``refusals.py``):
+  no flood of refusals can rotate a call's record out of the audit file.
 - Secrets never reach the file: a parameter whose JSON Schema says
   ``format: password`` (pydantic ``SecretStr``), ``writeOnly`` or
   ``"secret": true`` (``json_schema_extra={"secret": True}``) is written as
   ``"[redacted]"``. For an unknown module or action there is no schema, so
   only the parameter names are written.
-- The file is opened append-only, mode 0600, never through a symlink, and
-  rotated by size (``audit.log`` -> ``audit.log.1`` -> ...). Writes are
-  unbuffered ``os.write`` calls: when one returns, the line is in the kernel.
+- No action runs unless its record can be written: ``hold`` is called once
+  every check passed, just before the action runs. It refuses (503) while
+  the log is broken or the disk has no room, and holds room for the record
+  in the space reserve (``_auditreserve.py``); the record releases it.
 - A failed write is loud: an error in the daemon's log, and (``fail_closed``)
-  the request fails with 503 and no further request runs until a write
-  succeeds again. Syslog is a copy, best effort; the file is the record.
-
-Why not ``logging.handlers.RotatingFileHandler``: it swallows write errors
-(``handleError`` prints them to stderr), which is exactly what an audit log
-must not do; and its per-record locking and formatting cost more than the
-whole write here.
+  no further call runs until the log takes a record again. A call that ran
+  but whose record could not be written is answered ``NotRecorded`` (the
+  guard says so), never as if it had not run.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,119 +38,36 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from pymgr.auth._auditreserve import SpaceReserve
+from pymgr.auth.auditfile import AuditLog, syslog_handler
+from pymgr.auth.refusals import RefusalTally, iso_time
 from pymgr.core.identity import Identity
 from pymgr.errors import PymgrError, Unavailable
 
-__all__ = ["OUTCOME_OK", "REDACTED", "AuditLog", "Auditor", "redact", "secret_params"]
+__all__ = [
+    "OUTCOME_OK", "REDACTED", "AuditLog", "Auditor", "redact", "refused_path_beside", "secret_params",
+    "syslog_handler",
+]
 
 log = logging.getLogger("pymgr.audit")
 
 REDACTED = "[redacted]"
 NOT_RECORDED = "[not recorded: unknown action]"
-_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
 _IDENTITY_FIELDS = ("uid", "gid", "pid", "user", "key_id", "cert", "peer")
+#: A record's bytes besides the caller, the params and the names: the time, the field names, an
+#: outcome with its code, the duration, and a task type in the operation's name (config names, short).
+_RECORD_OVERHEAD_BYTES = 512
+#: The params' share of a record whose params are not JSON (dispatch refuses them first, as a rule;
+#: the record then holds them as ``str()`` would, bounded by the params bound itself).
+_UNSIZED_PARAMS_BYTES = 64 * 1024
+#: Room the reserve keeps beyond the records it holds: a filesystem gives space by whole blocks
+#: (4 KiB on ext4 and tmpfs; 16 KiB is the largest common one), so the last record may start one.
+_BLOCK_SLACK_BYTES = 16 * 1024
 
 
-class AuditLog:
-    """The audit file (and an optional syslog copy).
-
-    Args:
-        path: the log file; its directory must exist.
-        max_bytes: rotate before a write would make the file larger than this.
-        backups: rotated files kept (``path.1`` is the newest).
-        syslog: a handler that gets a copy of every line, or None.
-    """
-
-    def __init__(self, path: Path, *, max_bytes: int, backups: int, syslog: logging.Handler | None = None) -> None:
-        self.path = path
-        self.max_bytes = max_bytes
-        self.backups = backups
-        self._fd: int | None = None
-        self._size = 0
-        self._syslog = _syslog_logger(syslog) if syslog is not None else None
-
-    def open(self) -> None:
-        """Open (or reopen) the file.
-
-        Raises:
-            OSError: it cannot be opened for appending.
-        """
-        self.close()
-        fd = os.open(self.path, _OPEN_FLAGS, 0o600)
-        self._fd = fd
-        self._size = os.fstat(fd).st_size
-
-    def write_line(self, line: bytes) -> None:
-        """Append one line (rotating first if needed).
-
-        Raises:
-            OSError: the line could not be written; the file is closed and
-                the next write reopens it.
-        """
-        try:
-            if self._fd is None:
-                self.open()
-            if self._size and self._size + len(line) > self.max_bytes:
-                self._rotate()
-            written = os.write(self._fd, line)  # type: ignore[arg-type]
-            if written != len(line):
-                raise OSError(0, f"short write: {written} of {len(line)} bytes")
-            self._size += written
-        except OSError:
-            self.close()
-            raise
-        if self._syslog is not None:
-            self._syslog.info(line.decode().rstrip("\n"))
-
-    def _rotate(self) -> None:
-        self.close()
-        if self.backups == 0:
-            self.path.unlink(missing_ok=True)
-        for n in range(self.backups - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{n}")
-            if older.exists():
-                older.replace(self.path.with_name(f"{self.path.name}.{n + 1}"))
-        if self.backups:
-            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
-        self.open()
-
-    def close(self) -> None:
-        """Close the file (the next write reopens it)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def shutdown(self) -> None:
-        """Close the file and the syslog connection for good."""
-        self.close()
-        if self._syslog is not None:
-            for handler in self._syslog.handlers:
-                handler.close()
-            self._syslog.handlers = []
-            self._syslog = None
-
-
-def _syslog_logger(handler: logging.Handler) -> logging.Logger:
-    logger = logging.getLogger("pymgr.audit.syslog")
-    logger.propagate = False  # the daemon's own log must not get every audit line twice
-    logger.handlers = [handler]
-    logger.setLevel(logging.INFO)
-    return logger
-
-
-def syslog_handler(address: str, facility: str) -> logging.Handler:
-    """A handler that sends lines to the syslog socket at ``address``.
-
-    Raises:
-        OSError: nothing listens there.
-    """
-    # Imported here: logging.handlers (and the socket/queue/pickle modules it pulls in) cost the
-    # idle daemon 0.6 MiB of RSS, for the few installs that send the audit to syslog.
-    from logging.handlers import SysLogHandler
-
-    handler = SysLogHandler(address=address, facility=facility)
-    handler.ident = "pymgr-audit: "
-    return handler
+def refused_path_beside(path: Path) -> Path:
+    """Where refusals are counted when no path is configured: ``audit.log`` -> ``audit-refused.log``."""
+    return path.with_name(f"{path.stem}-refused{path.suffix}")
 
 
 # --- redaction --------------------------------------------------------------
@@ -215,7 +132,7 @@ _CACHE_MAX = 1024
 
 
 class Auditor:
-    """Builds audit lines and writes them, failing closed when told to.
+    """Builds audit lines and writes them, failing closed when told to; counts refusals.
 
     A line is assembled from cached JSON fragments (the caller's identity,
     the operation's names, the current second's timestamp) and the params'
@@ -224,16 +141,32 @@ class Auditor:
     params and one ``write`` (bench/bench_security.py measures it).
 
     Args:
-        audit_log: where lines go.
-        fail_closed: a failed write raises ``Unavailable`` (503).
+        audit_log: where the records of calls that ran go.
+        fail_closed: no call runs while its record might not be written (``hold``
+            raises ``Unavailable``, 503), and a failed write raises ``Unavailable``.
         clock: wall-clock seconds (``time.time``), for the ``time`` field.
+        refusals: where refusals are counted; None counts them with the defaults
+            in ``refused_path_beside(audit_log.path)``.
     """
 
-    def __init__(self, audit_log: AuditLog, *, fail_closed: bool = True, clock: Any = time.time) -> None:
+    def __init__(
+        self, audit_log: AuditLog, *, fail_closed: bool = True, clock: Any = time.time,
+        refusals: RefusalTally | None = None,
+    ) -> None:
         self.log = audit_log
         self.fail_closed = fail_closed
         self._clock = clock
+        if refusals is None:
+            refused_log = AuditLog(refused_path_beside(audit_log.path), max_bytes=audit_log.max_bytes,
+                                   backups=audit_log.backups)
+            refusals = RefusalTally(refused_log, clock=clock)
+        self.refusals = refusals
         self.broken = False
+        #: Calls that ran whose record could not be written, since the log broke.
+        self._unrecorded = 0
+        self._broken_since = 0.0
+        #: Bytes of the records of calls let run and not yet written.
+        self._held = 0
         self._second = -1
         self._second_text = ""
         #: The caller's fragment per Identity object, by id(): the entry holds the object, so the id
@@ -241,20 +174,83 @@ class Auditor:
         self._callers: dict[int, tuple[Identity, str]] = {}
         self._operations: dict[tuple[str, str | None, str | None], str] = {}
 
-    def ensure_writable(self) -> None:
-        """Before running a request: refuse it while the log is broken.
+    def hold(self, identity: Identity, module: str, action: str, params_json: str | None) -> int:
+        """Once every check passed, just before the action runs: make sure its record can be written.
+
+        With ``fail_closed``, refuse the call while the log is broken (a probe line must
+        go through first), while the space reserve cannot be held, or while the records
+        of running calls would not fit in it with this one's.
+
+        Returns:
+            The bytes held for the record (at most what it takes): ``release`` them once it is written.
 
         Raises:
-            Unavailable: the last write failed and the file still cannot be opened.
+            Unavailable: naming the file and what to free or raise.
         """
-        if not (self.broken and self.fail_closed):
-            return
+        who = self._who(identity)
+        if params_json is None:
+            params_json = "x" * _UNSIZED_PARAMS_BYTES
+        size = _RECORD_OVERHEAD_BYTES + len(who) + len(params_json) + 3 * (len(module) + len(action))
+        if not (who.isascii() and params_json.isascii() and module.isascii() and action.isascii()):
+            size *= 4  # UTF-8 takes at most 4 bytes a character
+        if self.fail_closed:
+            if self.broken:
+                self._resume()
+            reserve = self.log.reserve
+            if reserve is not None:
+                if not reserve.full:
+                    self._refill(reserve)
+                if self._held + size > reserve.size_bytes - _BLOCK_SLACK_BYTES:
+                    raise Unavailable(
+                        f"the records of running calls would not fit in the audit space reserve "
+                        f"(reserve_bytes={reserve.size_bytes}; {self._held} bytes held, this call's "
+                        f"record up to {size}); retry when calls have ended, or raise [audit] reserve_bytes",
+                        details={"audit_log": str(self.log.path), "limit": reserve.size_bytes},
+                    )
+        self._held += size
+        return size
+
+    def release(self, record_bytes: int) -> None:
+        """Give back what ``hold`` held, once the call's record is written (or failed)."""
+        self._held -= record_bytes
+
+    def refused(self, source: str, transport: str, operation: str, error: PymgrError | str) -> None:
+        """Count a request refused before its action ran (never raises: ``refusals.py`` logs failures)."""
+        self.refusals.add(source, transport, operation, error if isinstance(error, str) else error.code)
+
+    def close(self) -> None:
+        """Write the counted refusals, then close every file (shutdown)."""
+        self.refusals.close()
+        self.refusals.log.shutdown()
+        self.log.shutdown()
+
+    def _resume(self) -> None:
+        """The log broke: write a line that says so, or refuse (the write is the probe)."""
+        line = _dumps({
+            "time": iso_time(self._clock()), "event": "audit log writable again",
+            "broken_since": iso_time(self._broken_since), "unrecorded_calls": self._unrecorded,
+        }) + "\n"
         try:
-            self.log.open()
+            self.log.write_line(line.encode())
         except OSError as exc:
             raise self._unavailable(exc) from None
         self.broken = False
+        self._unrecorded = 0
         log.warning("audit log %s is writable again; serving requests", self.log.path)
+
+    def _refill(self, reserve: SpaceReserve) -> None:
+        try:
+            held = reserve.refill()
+        except OSError as exc:
+            raise self._unavailable(exc) from None
+        if not held:
+            raise Unavailable(
+                f"the filesystem of the audit log {self.log.path} has no room for its space reserve "
+                f"({reserve.size_bytes} bytes in {reserve.path}); pymgr runs no call it might not record. "
+                "Free space on it, then retry",
+                details={"audit_log": str(self.log.path)},
+            )
+        log.warning("audit space reserve %s is held again; calls run again", reserve.path)
 
     def record(
         self,
@@ -310,18 +306,17 @@ class Auditor:
         try:
             self.log.write_line(line.encode())
         except OSError as exc:
-            self.broken = True
+            if not self.broken:
+                self.broken = True
+                self._broken_since = self._clock()
+            self._unrecorded += 1
             log.error("AUDIT LOG WRITE FAILED for %s %s: %s", identity.transport, operation, exc)
             if self.fail_closed:
                 raise self._unavailable(exc) from None
 
     def _prefix(self, identity: Identity, operation: str, module: str | None, action: str | None) -> str:
         """The line's who-and-what fields as JSON: the caller's part and the operation's, each cached."""
-        entry = self._callers.get(id(identity))
-        if entry is not None and entry[0] is identity:
-            who = entry[1]
-        else:
-            who = self._caller(identity)
+        who = self._who(identity)
         what = self._operations.get((operation, module, action))
         if what is None:
             what = f'"operation":{_dumps(operation)},"module":{_dumps(module)},"action":{_dumps(action)}'
@@ -330,6 +325,12 @@ class Auditor:
                     self._operations.clear()
                 self._operations[(operation, module, action)] = what
         return f"{who},{what}"
+
+    def _who(self, identity: Identity) -> str:
+        entry = self._callers.get(id(identity))
+        if entry is not None and entry[0] is identity:
+            return entry[1]
+        return self._caller(identity)
 
     def _caller(self, identity: Identity) -> str:
         """``"transport":...,"identity":{...}``; cached per object, but for legacy callers (one object per request)."""
@@ -348,5 +349,6 @@ class Auditor:
         return Unavailable(
             f"the audit log {self.log.path} cannot be written ({exc.strerror or exc}); "
             "pymgr refuses requests it cannot record. Free the disk or fix the file, then retry",
-            details={"audit_log": str(self.log.path)},
+            details={"audit_log": str(self.log.path), "reason": exc.strerror or str(exc)},
         )
+

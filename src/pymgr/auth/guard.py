@@ -30,7 +30,7 @@ from pymgr.auth.ratelimit import RateLimiter
 from pymgr.core.dispatch import Call, Dispatcher, allow_all
 from pymgr.core.identity import Identity
 from pymgr.core.registry import Registry
-from pymgr.errors import NotFound, PymgrError, PymgrInternalError, RateLimited, TooLarge
+from pymgr.errors import NotFound, NotRecorded, PymgrError, PymgrInternalError, RateLimited, TooLarge, Unavailable
 
 __all__ = ["EdgeGuard", "GuardedDispatcher", "caller_key", "identity_key"]
 
@@ -97,6 +97,9 @@ class GuardedDispatcher(Dispatcher):
         self.auditor = auditor
         self.max_params_bytes = max_params_bytes
         self._policy_factory = policy_factory
+        #: Per call in dispatch, by id() (the Call object is alive until it leaves): [its params as JSON,
+        #: the bytes ``invoking`` held of the audit's reserve (0: not yet, so the call did not run)].
+        self._calls: dict[int, list[Any]] = {}
 
     def reload_policy(self, config: Any) -> list[str]:
         """Build the policy of ``config`` and swap it in (``service/reload.py``'s hook); the changes, for the log.
@@ -126,37 +129,82 @@ class GuardedDispatcher(Dispatcher):
         self.authorize_params = None if policy is None else policy.authorize_params
         #: Per (module, action): the audit's operation name (None: it depends on the params) and
         #: the secret parameter names; only for actions the registry has (a bounded set).
-        self._names: dict[tuple[str, str], tuple[str | None, frozenset[str]]] = {}
+        self._known_names: dict[tuple[str, str], tuple[str | None, frozenset[str]]] = {}
 
     async def call(self, call: Call) -> Any:
         """Run one call, as ``Dispatcher.call``, bounded and audited.
 
         Raises:
             TooLarge: the params are larger than ``max_params_bytes``.
-            Unavailable: the audit log cannot be written (``fail_closed``).
+            Unavailable: the call's record could not be written, so it did not run (``fail_closed``).
+            NotRecorded: the call ran but its record could not be written (``fail_closed``).
             PymgrError: whatever dispatch raised.
         """
-        if self.auditor is None:
+        auditor = self.auditor
+        if auditor is None:
             self._params_json(call)
             return await super().call(call)
         started = time.perf_counter()
-        if self.auditor.broken:
-            self.auditor.ensure_writable()
         params_json = None
         try:
             params_json = self._params_json(call)
+            self._calls[id(call)] = [params_json, 0]
             result = await super().call(call)
         except PymgrError as exc:
-            self._record(call, started, exc, params_json)
+            self._finish(call, started, exc, params_json)
             raise
         except asyncio.CancelledError:
-            self._record_quietly(call, started, "cancelled", params_json)
+            self._finish_quietly(call, started, "cancelled", params_json)
             raise
         except Exception as exc:  # a bug in dispatch: recorded like any failure, then raised as is
-            self._record_quietly(call, started, PymgrInternalError(f"{type(exc).__name__} in dispatch"), params_json)
+            self._finish_quietly(call, started, PymgrInternalError(f"{type(exc).__name__} in dispatch"), params_json)
             raise
-        self._record(call, started, None, params_json)
+        self._finish(call, started, None, params_json, result)
         return result
+
+    def invoking(self, call: Call) -> None:
+        """Every check passed: hold room for the call's record, or refuse it before it runs.
+
+        Raises:
+            Unavailable: the record could not be written (``Auditor.hold``).
+        """
+        auditor = self.auditor
+        if auditor is None:
+            return
+        entry = self._calls.get(id(call))
+        if entry is None:
+            raise PymgrInternalError(f"{call.module}.{call.action} reached its action without passing the guard")
+        entry[1] = auditor.hold(call.identity, call.module, call.action, entry[0])
+
+    def _finish(
+        self, call: Call, started: float, error: PymgrError | str | None, params_json: str | None, result: Any = None
+    ) -> None:
+        """The call's record if it ran, else its refusal's count.
+
+        Raises:
+            NotRecorded: it ran and its record could not be written (``fail_closed``).
+        """
+        entry = self._calls.pop(id(call), None)
+        held = 0 if entry is None else entry[1]
+        auditor = self.auditor
+        if auditor is None:
+            return
+        if not held:
+            auditor.refused(caller_key(call.identity), call.identity.transport, self._names(call)[0], error or "ok")
+            return
+        try:
+            self._record(call, started, error, params_json)
+        except Unavailable as exc:
+            raise _not_recorded(call, error, result, exc) from None
+        finally:
+            auditor.release(held)
+
+    def _finish_quietly(self, call: Call, started: float, error: PymgrError | str, params_json: str | None) -> None:
+        """Finish when another exception is already on its way (it must not be replaced)."""
+        try:
+            self._finish(call, started, error, params_json)
+        except PymgrError:
+            pass  # Auditor.record has logged the failure; the original exception wins
 
     def _params_json(self, call: Call) -> str | None:
         """The params as compact JSON (reused by the audit line), bounded by ``max_params_bytes``.
@@ -185,15 +233,12 @@ class GuardedDispatcher(Dispatcher):
         auditor = self.auditor
         if auditor is None:
             return
-        # One lookup for both names (was an f-string key and a tuple key, 1 µs a call).
-        names = self._names.get((call.module, call.action))
-        if names is None:
-            operation, secrets = self._names_of(call)
-        else:
-            operation, secrets = names
-        params = call.params
+        # One lookup for both names (was an f-string key and a tuple key, 1 µs a call); _names without its call.
+        names = self._known_names.get((call.module, call.action))
+        operation, secrets = self._names_of(call) if names is None else names
         if operation is None:
             operation = self._operation_name(call)
+        params = call.params
         if secrets is not None and (type(params) is dict or isinstance(params, Mapping)) and secrets.isdisjoint(params):
             if error is None and params_json is not None:  # the usual call: its line from the JSON at hand
                 auditor.record_json(call.identity, operation, call.module, call.action, params_json, OUTCOME_OK,
@@ -206,18 +251,20 @@ class GuardedDispatcher(Dispatcher):
             duration_s=time.perf_counter() - started, params_json=params_json,
         )
 
+    def _names(self, call: Call) -> tuple[str, frozenset[str] | None]:
+        """The call's operation name and its secret parameter names (None: the action is unknown)."""
+        # One lookup for both names (was an f-string key and a tuple key, 1 µs a call).
+        names = self._known_names.get((call.module, call.action))
+        operation, secrets = self._names_of(call) if names is None else names
+        if operation is None:
+            operation = self._operation_name(call)
+        return operation, secrets
+
     def _operation_name(self, call: Call) -> str:
         policy = self._policy
         if policy is None:
             return f"{call.module}.{call.action}"
         return policy.operation_name(call.module, call.action, call.params)
-
-    def _record_quietly(self, call: Call, started: float, error: PymgrError | str, params_json: str | None) -> None:
-        """Record when another exception is already on its way (it must not be replaced)."""
-        try:
-            self._record(call, started, error, params_json)
-        except PymgrError:
-            pass  # Auditor.record has logged the failure; the original exception wins
 
     def _names_of(self, call: Call) -> tuple[str | None, frozenset[str] | None]:
         """The operation name (None when the params decide it) and the secret names; cached for known actions."""
@@ -230,7 +277,7 @@ class GuardedDispatcher(Dispatcher):
             self._operation_name(call)
         )
         names = (operation, secret_params(spec.params_model))
-        self._names[(call.module, call.action)] = names
+        self._known_names[(call.module, call.action)] = names
         return names
 
 
@@ -268,16 +315,28 @@ class EdgeGuard:
                 f"second (bursts of {limiter.burst}); retry in {retry} s",
                 details={"retry_after_s": retry},
             )
-            self.refused(identity, " ".join(what), error)
+            if self.auditor is not None:
+                self.auditor.refused(key, identity.transport, " ".join(what), error)
             raise error
 
     def refused(self, identity: Identity, what: str, error: PymgrError) -> None:
-        """Audit a request the transport refused (never raises: the request fails anyway)."""
-        if self.auditor is None:
-            return
-        try:
-            self.auditor.record(
-                identity, operation=what, module=None, action=None, params=None, error=error, duration_s=0.0
-            )
-        except PymgrError:
-            pass  # Auditor.record has logged the failure; the refusal stands
+        """Count a request the transport refused in the audit's refusals (never raises)."""
+        if self.auditor is not None:
+            self.auditor.refused(caller_key(identity), identity.transport, what, error)
+
+
+def _not_recorded(call: Call, error: PymgrError | str | None, result: Any, exc: Unavailable) -> NotRecorded:
+    """What a caller is told when its call ran but the record of it could not be written."""
+    if error is None:
+        how, details = "succeeded", {"ran": True, "outcome": "ok", "result": result}
+    elif isinstance(error, str):
+        how, details = "was cancelled", {"ran": True, "outcome": "cancelled"}
+    else:
+        how, details = f"failed ({error.code})", {"ran": True, "outcome": "error", "error": error.to_dict()}
+    where = (exc.details or {}).get("audit_log", "the audit log")
+    return NotRecorded(
+        f"{call.module}.{call.action} ran and {how}, but its audit record could not be written to {where} "
+        f"({(exc.details or {}).get('reason', exc.message)}); its effect stands, so do not retry it as if it had "
+        "not run. No further call runs until the audit log takes records again",
+        details={**details, "audit_log": where},
+    )

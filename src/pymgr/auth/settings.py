@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from pymgr.auth.refusals import DEFAULT_MAX_OPERATIONS, DEFAULT_MAX_SOURCES, DEFAULT_WINDOW_S
+
 #: A key id as it travels in ``X-Pymgr-Key``: short, printable, no separators
 #: that could confuse the canonical request or a log line.
 KEY_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
@@ -82,10 +84,28 @@ class AuditConfig(_Section):
     #: Syslog facility of those lines.
     syslog_facility: Literal["auth", "authpriv", "daemon", "local0", "local1", "local2", "local3", "local4",
                              "local5", "local6", "local7"] = "authpriv"
-    #: A request whose audit line cannot be written fails with 503 (and no
-    #: further request runs until the log is writable again); false only logs
-    #: the error and serves on.
+    #: No call runs unless its record can be written: while the log is broken
+    #: or the space reserve cannot be held, calls get 503 before they run; a
+    #: call that ran but whose record failed gets ``not_recorded``. False only
+    #: logs the error and serves on.
     fail_closed: bool = True
+    #: Disk space held beside the log (``audit.reserve``) for the records of
+    #: running calls, given back when the filesystem is full; calls whose
+    #: records would not fit in it wait for others to end (503).
+    reserve_bytes: int = Field(1024 * 1024, ge=64 * 1024)
+    #: Refused requests (401, 403, 404, 429 ...) are counted here, one line per
+    #: source per window; ``<stem>-refused<suffix>`` beside ``path`` if unset.
+    refused_path: Path | None = None
+    #: Size at which the refusals' file is rotated (on its own).
+    refused_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    #: Rotated refusals' files kept.
+    refused_backups: int = Field(5, ge=0, le=100)
+    #: Seconds of refusals counted on one line per source.
+    refused_window_s: float = Field(DEFAULT_WINDOW_S, gt=0, le=3600)
+    #: Sources with a line of their own per window; the rest share one line.
+    refused_max_sources: int = Field(DEFAULT_MAX_SOURCES, ge=1, le=100_000)
+    #: Distinct operations named on one line; the rest are counted together.
+    refused_max_operations: int = Field(DEFAULT_MAX_OPERATIONS, ge=1, le=1000)
 
 
 class LimitsConfig(_Section):

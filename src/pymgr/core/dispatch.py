@@ -2,7 +2,8 @@
 
 Rules:
 - Order: look up, authorize, validate, authorize the params (when a rule
-  depends on them, e.g. a task's type), call. A caller who may not call an
+  depends on them, e.g. a task's type), ``invoking`` (the last word before
+  the action runs: the guard makes sure the call can be recorded), call. A caller who may not call an
   action learns nothing from its parameter errors.
 - Sync actions run in the default executor so they never block the loop.
 - An action's own ``PymgrError`` passes through; any other exception becomes
@@ -114,6 +115,13 @@ class Dispatcher:
             metrics.request(call.identity.transport, call.module if known else UNKNOWN,
                             call.action if known else UNKNOWN, outcome, time.perf_counter() - started)  # fmt: skip
 
+    def invoking(self, call: Call) -> None:
+        """Called once every check passed, just before the action runs (a hook; this one does nothing).
+
+        Raises:
+            PymgrError: the call must not run after all (it is then refused like any check's refusal).
+        """
+
     async def _call(self, call: Call) -> Any:
         spec = self.registry.get(call.module, call.action)
         self.authorize(call.identity, spec)
@@ -135,6 +143,7 @@ class Dispatcher:
             kwargs.update(params.model_extra)
         if spec.identity_param is not None:
             kwargs[spec.identity_param] = call.identity
+        self.invoking(call)
         result = await self._invoke(spec, kwargs)
         try:
             return pydantic_core.to_jsonable_python(result)

@@ -218,11 +218,12 @@ def _optional_lines(config: Config) -> list[Line]:
 
 
 def _writable(config: Config) -> list[Path]:
-    """What the daemon writes: state, socket, log and audit directories, and read_write_paths."""
+    """What the daemon writes: state, socket, log and audit (and refusals') directories, and read_write_paths."""
     writable = [config.state_dir]
     if config.http.unix_socket is not None:
         writable.append(config.http.unix_socket.parent)
-    for path in (config.service.log_file, getattr(getattr(config, "audit", None), "path", None)):
+    audit = getattr(config, "audit", None)
+    for path in (config.service.log_file, getattr(audit, "path", None), getattr(audit, "refused_path", None)):
         if path is not None:
             writable.append(path.parent)
     return writable + config.service.read_write_paths
