@@ -126,7 +126,7 @@ def build_security(config: Config, registry: Registry, tasks: Any) -> Security:
         verifier = Verifier(
             keys,
             clock_skew_s=config.auth.clock_skew_s,
-            nonces=NonceCache(config.auth.nonce_cache_max),
+            nonces=NonceCache(config.auth.nonce_cache_max, per_key=config.auth.nonce_quota()),
             clock=time.time,
         )
     http = config.http

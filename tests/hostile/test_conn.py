@@ -22,12 +22,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from pymgr.auth.signing import signed_headers
 from tests.conftest import BASE_CONFIG, PYMGR, READY_TIMEOUT_S, Daemon
 
 ROOT_TOOLS = os.geteuid() == 0 and all(shutil.which(t) for t in ("setpriv", "curl", "prlimit"))
@@ -271,3 +274,41 @@ def test_accept_failing_for_want_of_descriptors_is_logged_at_a_bounded_rate_and_
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+# --- 12.7: one key and the nonce cache ------------------------------------------------------
+
+
+def _signed_post(client: httpx.Client, key_id: str, secret: str, timestamp: int) -> int:
+    body = b'{"params": {"text": "x"}}'
+    headers = signed_headers(key_id, secret.encode(), "POST", "/v1/modules/demo/echo", "", body,
+                             timestamp=timestamp, nonce=uuid.uuid4().hex)  # fmt: skip
+    return client.post("/v1/modules/demo/echo", content=body,
+                       headers={**headers, "content-type": "application/json"}).status_code  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("limits", "flood_statuses"),
+    [
+        # The rate lets the flood through: the flooder's own quota (200 // 2 keys) stops it with 503.
+        ("rate_per_s = 10000\nrate_burst = 10000", {200: 100, 503: 150}),
+        # The rate stops it first: a request refused 429 stores no nonce, so the quota is not even reached.
+        ("rate_per_s = 0.1\nrate_burst = 60", {200: 60, 429: 190}),
+    ],
+)
+def test_one_key_flooding_the_nonce_cache_at_the_windows_edge_never_refuses_another_key(
+    tmp_path: Path, daemons: Callable[..., Daemon], limits: str, flood_statuses: dict[int, int]
+) -> None:
+    tail = f"\n[limits]\n{limits}\n"
+    config = _config(tail=tail)
+    config = config.replace("[[auth.keys]]", "[auth]\nnonce_cache_max = 200\nclock_skew_s = 300\n\n[[auth.keys]]", 1)
+    daemon = daemons(tmp_path / "d", config)
+    with httpx.Client(base_url=f"http://127.0.0.1:{daemon.tcp_port}", timeout=30, trust_env=False) as client:  # type: ignore[attr-defined]
+        edge = int(time.time()) + 300 - 5  # nonces that live the longest the window allows
+        statuses: dict[int, int] = {}
+        for _ in range(250):
+            status = _signed_post(client, KEY_A, SECRET_A, edge)
+            statuses[status] = statuses.get(status, 0) + 1
+        assert statuses == flood_statuses
+        for _ in range(20):
+            assert _signed_post(client, KEY_B, SECRET_B, int(time.time())) == 200
