@@ -24,6 +24,7 @@ from typing import Any
 from pymgr.auth.audit import AuditLog, Auditor, syslog_handler
 from pymgr.auth.guard import EdgeGuard, GuardedDispatcher
 from pymgr.auth.keys import KeyLoadError, load_keys
+from pymgr.auth.peercred import set_names_max_age
 from pymgr.auth.policy import Policy, PolicyError
 from pymgr.auth.ratelimit import RateLimiter
 from pymgr.auth.signing import NonceCache, Verifier
@@ -118,6 +119,7 @@ def build_security(config: Config, registry: Registry, tasks: Any) -> Security:
     except PolicyError as exc:
         raise SecurityError(str(exc)) from None
     _check_tcp_auth(config, keys)
+    set_names_max_age(config.auth.groups_max_age_s)
     auditor = Auditor(_open_audit(config), fail_closed=config.audit.fail_closed)
     limits = config.limits
     limiter = RateLimiter(limits.rate_per_s, limits.rate_burst, max_keys=limits.max_tracked_identities)

@@ -17,6 +17,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -121,7 +122,8 @@ def _launch(directory: Path, config_text: str, nofile: tuple[int, int] | None = 
         if match:
             ready = json.loads(match.group(1))
             daemon.legacy_port = int(ready["legacy"].rsplit(":", 1)[1]) if "legacy" in ready else None
-            daemon.tcp_port = int(next(a for a in ready["http"] if a.startswith("tcp:")).rsplit(":", 1)[1])  # type: ignore[attr-defined]
+            tcp = [a for a in ready["http"] if a.startswith("tcp:")]
+            daemon.tcp_port = int(tcp[0].rsplit(":", 1)[1]) if tcp else None  # type: ignore[attr-defined]
             return daemon
         if proc.poll() is not None:
             raise AssertionError(f"daemon exited with {proc.returncode}:\n{daemon.log()}")
@@ -312,3 +314,81 @@ def test_one_key_flooding_the_nonce_cache_at_the_windows_edge_never_refuses_anot
         assert statuses == flood_statuses
         for _ in range(20):
             assert _signed_post(client, KEY_B, SECRET_B, int(time.time())) == 200
+
+
+# --- 12.8 / 17.8: group membership --------------------------------------------------------
+
+
+@pytest.fixture
+def group_member() -> Iterator[tuple[str, str, int, int]]:
+    """A throw-away user in a throw-away group (root only): (user, group, uid, gid); removed afterwards."""
+    tag = uuid.uuid4().hex[:8]
+    user, group = f"pmu{tag}", f"pmg{tag}"
+    try:
+        subprocess.run(["groupadd", group], check=True, capture_output=True)
+        subprocess.run(["useradd", "-M", "-N", "-g", "nogroup", "-s", "/usr/sbin/nologin", user], check=True,
+                       capture_output=True)  # fmt: skip
+        subprocess.run(["gpasswd", "-a", user, group], check=True, capture_output=True)
+        out = subprocess.run(["id", "-u", user], check=True, capture_output=True, text=True)
+        gid = int(subprocess.run(["id", "-g", user], check=True, capture_output=True, text=True).stdout)
+        yield user, group, int(out.stdout), gid
+    finally:
+        subprocess.run(["userdel", user], capture_output=True)
+        subprocess.run(["groupdel", group], capture_output=True)
+
+
+def _echo_as(daemon: Daemon, uid: int, gid: int) -> int:
+    out = subprocess.run(
+        ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "curl", "-sS", "-m", "10",
+         "--unix-socket", str(daemon.socket), "-o", "/dev/null", "-w", "%{http_code}",
+         "-H", "content-type: application/json", "-d", '{"params": {"text": "x"}}', "http://pymgr/v1/modules/demo/echo"],
+        capture_output=True, timeout=30, cwd="/",
+    )  # fmt: skip
+    return int(out.stdout or b"0")
+
+
+def _group_config(group: str, age: str) -> str:
+    config = BASE_CONFIG.replace('subjects = ["any", "legacy"]', 'subjects = ["uid:0", "legacy"]')
+    config = config.replace("[modules]", f"""[[policy.rules]]
+name = "the test group may echo"
+subjects = ["group:{group}"]
+actions = ["demo.echo"]
+
+[auth]
+{age}
+
+[modules]""")
+    return config
+
+
+def _wait_for(daemon: Daemon, text: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in daemon.log():
+        assert time.monotonic() < deadline, f"{text!r} not logged:\n{daemon.log()[-2000:]}"
+        time.sleep(0.05)
+
+
+@needs_root
+def test_a_user_removed_from_a_group_loses_what_it_allowed_after_sighup(
+    base: Path, daemons: Callable[..., Daemon], group_member: tuple[str, str, int, int]
+) -> None:
+    user, group, uid, gid = group_member
+    daemon = daemons(base / "d", _group_config(group, "groups_max_age_s = 3600"))
+    assert _echo_as(daemon, uid, gid) == 200
+    subprocess.run(["gpasswd", "-d", user, group], check=True, capture_output=True)
+    assert _echo_as(daemon, uid, gid) == 200  # within the age and without a reload, the names are kept
+    daemon.proc.send_signal(signal.SIGHUP)
+    _wait_for(daemon, "config reloaded from")
+    assert _echo_as(daemon, uid, gid) == 403
+
+
+@needs_root
+def test_a_user_removed_from_a_group_loses_what_it_allowed_after_the_configured_age(
+    base: Path, daemons: Callable[..., Daemon], group_member: tuple[str, str, int, int]
+) -> None:
+    user, group, uid, gid = group_member
+    daemon = daemons(base / "d", _group_config(group, "groups_max_age_s = 1.5"))
+    assert _echo_as(daemon, uid, gid) == 200
+    subprocess.run(["gpasswd", "-d", user, group], check=True, capture_output=True)
+    time.sleep(1.6)
+    assert _echo_as(daemon, uid, gid) == 403

@@ -47,7 +47,7 @@ class KeyConfig(_Section):
 
 
 class AuthConfig(_Section):
-    """How TCP callers prove who they are (HMAC request signing)."""
+    """How callers prove who they are (HMAC request signing on TCP; group names on the Unix socket)."""
 
     keys: list[KeyConfig] = Field(default_factory=list)
     #: Seconds a signed request's timestamp may differ from the daemon's clock,
@@ -60,6 +60,9 @@ class AuthConfig(_Section):
     #: it gets 503 for its own requests only. Quota x keys may not pass nonce_cache_max, so one key
     #: can never fill the cache for the others.
     nonce_quota_per_key: int | None = Field(None, ge=1)
+    #: Seconds a Unix caller's user and group names are kept before the user and group database is read
+    #: again (SIGHUP drops them at once): removing a user from a group takes effect within this time.
+    groups_max_age_s: float = Field(60.0, gt=0, le=86400)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> AuthConfig:

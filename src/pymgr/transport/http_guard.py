@@ -2,7 +2,8 @@
 
 Rules:
 - On the Unix socket the caller is the peer-credentials identity the
-  connection took. On TCP, every request must be signed
+  connection took, its names refreshed by ``peercred.current`` once they
+  are older than ``[auth] groups_max_age_s`` or a SIGHUP dropped them. On TCP, every request must be signed
   (``auth/signing.py``) unless the TLS handshake verified a client
   certificate; a signed request over TLS carries both names. The body
   (already read whole, bounded by ``max_body_bytes``) is hashed for the
@@ -21,6 +22,7 @@ Rules:
 from __future__ import annotations
 
 from pymgr.auth.guard import EdgeGuard
+from pymgr.auth.peercred import current
 from pymgr.auth.signing import SCHEME, SignedRequest, Verifier, parse_headers
 from pymgr.core.identity import Identity
 from pymgr.errors import PymgrError, Unauthenticated
@@ -58,6 +60,8 @@ class GuardedApp:
                 if signed is not None:
                     self._remember(request, signed)
             else:
+                # The connection's caller, with its group names re-read once they passed their age (or a SIGHUP).
+                request.identity = current(request.identity)
                 self.edge.admit(request.identity, "http", request.method, request.path)
         except Unauthenticated as exc:
             return error_reply(exc, _CHALLENGE)
