@@ -321,7 +321,7 @@ def test_legacy_connection_cap_per_peer(start_daemon: Callable[..., Daemon]) -> 
     try:
         with socket.create_connection(("127.0.0.1", daemon.legacy_port), timeout=10) as third:
             reply = json.loads(third.recv(4096))
-        assert reply["msg"] == {"err_code": 7, "message": "too many connections from 127.0.0.1: at most "
+        assert reply["msg"] == {"err_code": 7, "message": "too many connections from 127.0.0.0/8: at most "
                                                           "max_connections_per_peer=2"}
     finally:
         for sock in held:

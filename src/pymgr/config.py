@@ -81,6 +81,10 @@ class HttpConfig(_Section):
     #: Open connections per identity (uid on the Unix socket, client address
     #: or certificate on TCP); more are answered 429 and closed.
     max_connections_per_identity: int = Field(200, ge=1)
+    #: File descriptors kept out of every connection cap, for the daemon's own files (task store, logs,
+    #: audit log, keeper link, running commands' pipes) and its listening sockets. Start-up refuses caps
+    #: whose sum (max_connections per HTTP listener, [legacy] max_connections) plus this passes RLIMIT_NOFILE.
+    reserved_fds: int = Field(256, ge=32)
     #: TLS on the TCP listener; none serves plain HTTP (signed requests still required).
     tls: TlsConfig | None = None
     #: Seconds an idle keep-alive connection stays open.

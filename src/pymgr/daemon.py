@@ -34,6 +34,7 @@ from pymgr.errors import Unavailable
 from pymgr.metrics import Metrics
 from pymgr.modules.commands import command_modules
 from pymgr.security import Security, SecurityError, build_security, socket_group
+from pymgr.service.fdlimit import FdBudgetError, check_fd_budget, fd_budget, raise_nofile
 from pymgr.service.hooks import NO_HOOKS, Runtime, ServiceHooks
 from pymgr.tasks.manager import TaskManager
 from pymgr.tasks.streams import TaskStreams
@@ -83,6 +84,15 @@ def bind_http(config: Config, inherited: Mapping[str, list[socket.socket]] | Non
     return sockets
 
 
+def http_listener_count(config: Config, inherited: Mapping[str, list[socket.socket]] | None = None) -> int:
+    """How many HTTP listening sockets ``bind_http`` will return (each has its own connection cap)."""
+    inherited = inherited or {}
+    passed = len(inherited.get("http", [])) + len(inherited.get("http-tcp", []))
+    unix = config.http.unix_socket is not None and "http" not in inherited
+    tcp = config.http.tcp is not None and "http-tcp" not in inherited
+    return passed + unix + tcp
+
+
 def _address(sock: socket.socket) -> str:
     path = unix_path_of(sock)
     if path is not None:
@@ -107,12 +117,14 @@ async def run(config: Config, stop: asyncio.Event | None = None, hooks: ServiceH
     except ConfigError as exc:
         raise StartupError(str(exc)) from None
     try:
+        # Before anything opens a descriptor that counts: the caps are checked against the raised limit.
+        check_fd_budget(fd_budget(config, http_listener_count(config, hooks.inherited)), raise_nofile())
         registry = build_registry(config, tasks, metrics)
         security = build_security(config, registry, tasks)
         dispatcher = security.dispatcher(registry)
         dispatcher.metrics = metrics
         sockets = bind_http(config, hooks.inherited)
-    except (RegistryError, ListenerError, SecurityError, ConfigError) as exc:
+    except (RegistryError, ListenerError, SecurityError, ConfigError, FdBudgetError) as exc:
         raise StartupError(str(exc)) from None
     closers: list[Callable[[], Awaitable[None]]] = []
 

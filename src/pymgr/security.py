@@ -26,6 +26,7 @@ from pymgr.auth.audit import AuditLog, Auditor, syslog_handler
 from pymgr.auth.refusals import RefusalTally
 from pymgr.auth.guard import EdgeGuard, GuardedDispatcher
 from pymgr.auth.keys import KeyLoadError, load_keys
+from pymgr.auth.peercred import set_names_max_age
 from pymgr.auth.policy import Policy, PolicyError
 from pymgr.auth.ratelimit import RateLimiter
 from pymgr.auth.signing import NonceCache, Verifier
@@ -121,6 +122,7 @@ def build_security(config: Config, registry: Registry, tasks: Any) -> Security:
     except PolicyError as exc:
         raise SecurityError(str(exc)) from None
     _check_tcp_auth(config, keys)
+    set_names_max_age(config.auth.groups_max_age_s)
     auditor = _auditor(config)
     limits = config.limits
     limiter = RateLimiter(limits.rate_per_s, limits.rate_burst, max_keys=limits.max_tracked_identities)
@@ -129,7 +131,7 @@ def build_security(config: Config, registry: Registry, tasks: Any) -> Security:
         verifier = Verifier(
             keys,
             clock_skew_s=config.auth.clock_skew_s,
-            nonces=NonceCache(config.auth.nonce_cache_max),
+            nonces=NonceCache(config.auth.nonce_cache_max, per_key=config.auth.nonce_quota()),
             clock=time.time,
         )
     http = config.http

@@ -43,3 +43,40 @@ def test_a_tcp_socket_has_no_peer_credentials() -> None:
     with socket.socket(socket.AF_INET) as sock:
         assert identity_from_peercred(sock) is None
     assert identity_from_peercred(None) is None
+
+
+def test_names_are_kept_until_their_age_then_read_again_and_a_clear_drops_them() -> None:
+    from pymgr.auth.peercred import _Callers
+
+    now = [0.0]
+    callers = _Callers(max_age_s=60.0, clock=lambda: now[0])
+    first = callers.get(100, os.getuid(), os.getgid())
+    now[0] = 59.9
+    assert callers.get(100, os.getuid(), os.getgid()) is first  # fresh: the same object
+    now[0] = 60.0
+    second = callers.get(100, os.getuid(), os.getgid())
+    assert second is not first and second == first  # at the age: resolved again
+    callers.clear()
+    assert callers.get(100, os.getuid(), os.getgid()) is not second
+
+
+def test_current_gives_a_kept_alive_connection_fresh_names_after_forget_names() -> None:
+    from pymgr.auth.peercred import current, forget_names
+
+    one, two = socket.socketpair(socket.AF_UNIX)
+    with one, two:
+        identity = identity_from_peercred(one)
+        assert identity is not None and current(identity) is identity
+        forget_names()  # what SIGHUP does
+        refreshed = current(identity)
+        assert refreshed is not identity and refreshed == identity
+        assert current(identity) is refreshed and identity_from_peercred(two) is refreshed
+
+
+def test_the_age_must_be_positive() -> None:
+    import pytest
+
+    from pymgr.auth.peercred import set_names_max_age
+
+    with pytest.raises(ValueError, match=r"^groups_max_age_s must be positive, not 0$"):
+        set_names_max_age(0)

@@ -202,8 +202,22 @@ def test_nonce_cache_size_limit_both_sides() -> None:
     assert cache.add("k", "c", expires_at=30, now=10.5)  # "a" expired at 10: room again
     assert not cache.add("k", "b", expires_at=20, now=11)
     assert len(cache) == 2
-    with pytest.raises(ValueError, match=r"^max_entries must be positive, not 0$"):
+    with pytest.raises(ValueError, match=r"^max_entries and per_key must be positive, not 0 and 0$"):
         NonceCache(0)
+
+
+def test_nonce_quota_per_key_both_sides_and_other_keys_keep_their_room() -> None:
+    cache = NonceCache(max_entries=4, per_key=2)
+    assert cache.add("a", "n1", expires_at=10, now=0) and cache.add("a", "n2", expires_at=20, now=0)
+    with pytest.raises(Unavailable, match=r"^key 'a' has 2 live nonces, its quota \(nonce_quota_per_key=2\); "):
+        cache.add("a", "n3", expires_at=30, now=1)
+    assert cache.add("b", "n1", expires_at=30, now=1) and cache.add("b", "n2", expires_at=30, now=1)
+    assert (cache.count("a"), cache.count("b"), len(cache)) == (2, 2, 4)
+    assert cache.add("a", "n3", expires_at=30, now=10.5)  # a's "n1" expired at 10: its room is back
+    assert not cache.seen("a", "n1", now=10.5) and cache.seen("a", "n3", now=10.5)
+    assert cache.count("a") == 2
+    with pytest.raises(ValueError, match=r"^max_entries and per_key must be positive, not 4 and 0$"):
+        NonceCache(4, per_key=0)
 
 
 @settings(max_examples=200, deadline=None)
@@ -259,3 +273,13 @@ def test_a_path_that_cannot_be_canonicalized_is_refused_and_not_cached() -> None
     with pytest.raises(Unauthenticated, match=r"^the path or query cannot be canonicalized \(not UTF-8\): "):
         check(v, headers_for(), path="/v1/modules/%ff/x")
     assert v._heads == {}
+
+
+def test_nonce_quota_config_both_sides_and_the_default_share() -> None:
+    from pymgr.auth.settings import AuthConfig
+
+    keys = [{"id": "a", "secret": "a" * 16}, {"id": "b", "secret": "b" * 16}]
+    assert AuthConfig.model_validate({"keys": keys, "nonce_cache_max": 10}).nonce_quota() == 5
+    assert AuthConfig.model_validate({"keys": keys, "nonce_cache_max": 10, "nonce_quota_per_key": 5}).nonce_quota() == 5
+    with pytest.raises(ValueError, match=r"nonce_quota_per_key=6 x 2 keys = 12 is more than nonce_cache_max=10: "):
+        AuthConfig.model_validate({"keys": keys, "nonce_cache_max": 10, "nonce_quota_per_key": 6})

@@ -27,6 +27,7 @@ import pydantic_core
 from pymgr.auth.audit import OUTCOME_OK, Auditor, redact, secret_params
 from pymgr.auth.policy import Policy, PolicyError
 from pymgr.auth.ratelimit import RateLimiter
+from pymgr.auth.sources import source_of
 from pymgr.core.dispatch import Call, Dispatcher, allow_all
 from pymgr.core.identity import Identity
 from pymgr.core.registry import Registry
@@ -63,7 +64,7 @@ def caller_key(identity: Identity) -> str:
 
 
 def identity_key(identity: Identity) -> str:
-    """The key of a caller for per-identity limits: its strongest name."""
+    """The key of a caller for per-identity limits: its strongest name, else its source (``source_of``)."""
     if identity.transport == "unix":
         return f"uid:{identity.uid}"
     if identity.key_id is not None:
@@ -71,7 +72,7 @@ def identity_key(identity: Identity) -> str:
     if identity.cert is not None:
         return f"cert:{identity.cert}"
     host = (identity.peer or "?").rsplit(":", 1)[0]
-    return f"{identity.transport}:{host}"
+    return f"{identity.transport}:{source_of(host)}"
 
 
 class GuardedDispatcher(Dispatcher):

@@ -49,7 +49,7 @@ class KeyConfig(_Section):
 
 
 class AuthConfig(_Section):
-    """How TCP callers prove who they are (HMAC request signing)."""
+    """How callers prove who they are (HMAC request signing on TCP; group names on the Unix socket)."""
 
     keys: list[KeyConfig] = Field(default_factory=list)
     #: Seconds a signed request's timestamp may differ from the daemon's clock,
@@ -58,6 +58,13 @@ class AuthConfig(_Section):
     #: Most nonces remembered at once (each for its request's 2 x clock_skew_s
     #: window at most); when full, signed requests get 503 until some expire.
     nonce_cache_max: int = Field(100_000, ge=1)
+    #: Most live nonces of one key; none gives each key an equal share of nonce_cache_max. A key over
+    #: it gets 503 for its own requests only. Quota x keys may not pass nonce_cache_max, so one key
+    #: can never fill the cache for the others.
+    nonce_quota_per_key: int | None = Field(None, ge=1)
+    #: Seconds a Unix caller's user and group names are kept before the user and group database is read
+    #: again (SIGHUP drops them at once): removing a user from a group takes effect within this time.
+    groups_max_age_s: float = Field(60.0, gt=0, le=86400)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> AuthConfig:
@@ -66,7 +73,20 @@ class AuthConfig(_Section):
             if key.id in seen:
                 raise ValueError(f"key id {key.id!r} is declared twice in [[auth.keys]]")
             seen.add(key.id)
+        quota = self.nonce_quota_per_key
+        if quota is not None and quota * len(self.keys) > self.nonce_cache_max:
+            raise ValueError(
+                f"nonce_quota_per_key={quota} x {len(self.keys)} keys = {quota * len(self.keys)} is more than "
+                f"nonce_cache_max={self.nonce_cache_max}: one key could then fill the cache for the others; "
+                "lower the quota or raise nonce_cache_max"
+            )
         return self
+
+    def nonce_quota(self) -> int:
+        """Each key's quota of live nonces: ``nonce_quota_per_key``, or an equal share of ``nonce_cache_max``."""
+        if self.nonce_quota_per_key is not None:
+            return self.nonce_quota_per_key
+        return max(1, self.nonce_cache_max // max(1, len(self.keys)))
 
 
 class AuditConfig(_Section):

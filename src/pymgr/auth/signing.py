@@ -25,9 +25,13 @@ Rules of the check, in order (each failure is 401 ``unauthenticated`` and
 says which): all four headers present and well-formed; the key id is
 configured; ``|now - timestamp| <= clock_skew_s``; the signature matches
 (constant-time compare); the (key id, nonce) pair was not seen within its
-window. A nonce is remembered only after its signature checked out, until
-its timestamp leaves the window; if the cache is full of live nonces the
-request gets 503 rather than forgetting one (which would allow a replay).
+window. A nonce is remembered only after its signature checked out and the
+caller's rate let the request through (``Verifier.check`` then
+``Verifier.remember``: a key over its rate stores nothing), until its
+timestamp leaves the window. Each key has its own quota of live nonces
+(``nonce_quota_per_key``); a key over it gets 503 rather than a forgotten
+nonce (which would allow a replay), and no key's nonces can take another
+key's room.
 """
 
 from __future__ import annotations
@@ -170,45 +174,59 @@ def signed_headers(
 
 
 class NonceCache:
-    """Nonces seen recently, each until its expiry; at most ``max_entries``.
+    """Nonces seen recently, each until its expiry; at most ``per_key`` live ones per key id.
 
     Entries are grouped by their expiry second (rounded up: a nonce may be
     remembered up to a second longer, never shorter); a heap of those seconds
     finds what to forget, so an add costs O(1) plus O(log seconds in the window).
+    The whole cache holds at most ``max_entries``; with ``per_key`` x keys
+    <= ``max_entries`` (what ``[auth]`` enforces) only the per-key quota is
+    ever reached, so one key filling its own quota refuses no one else.
 
     Raises:
-        ValueError: ``max_entries`` is not positive.
+        ValueError: ``max_entries`` or ``per_key`` is not positive.
     """
 
-    def __init__(self, max_entries: int) -> None:
-        if max_entries < 1:
-            raise ValueError(f"max_entries must be positive, not {max_entries}")
+    def __init__(self, max_entries: int, per_key: int | None = None) -> None:
+        per_key = max_entries if per_key is None else per_key
+        if max_entries < 1 or per_key < 1:
+            raise ValueError(f"max_entries and per_key must be positive, not {max_entries} and {per_key}")
         self.max_entries = max_entries
+        self.per_key = per_key
         self._seen: set[str] = set()
         self._by_second: dict[int, list[str]] = {}
         self._seconds: list[int] = []
+        self._per_key: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._seen)
+
+    def count(self, key_id: str) -> int:
+        """Live nonces of one key (for tests and metrics)."""
+        return self._per_key.get(key_id, 0)
+
+    def seen(self, key_id: str, nonce: str, now: float) -> bool:
+        """Whether the nonce is remembered (a replay), without storing anything."""
+        if self._seconds and self._seconds[0] < now:
+            self._evict(now)
+        return f"{key_id}\x00{nonce}" in self._seen
 
     def add(self, key_id: str, nonce: str, expires_at: float, now: float) -> bool:
         """Remember a nonce; False if it is already there (a replay).
 
         Raises:
-            Unavailable: the cache is full of nonces that have not expired.
+            Unavailable: the key's quota (or the whole cache) is full of nonces that have not expired.
         """
         if self._seconds and self._seconds[0] < now:
             self._evict(now)
         entry = f"{key_id}\x00{nonce}"  # NUL is in neither: the pair is unambiguous
         if entry in self._seen:
             return False
-        if len(self._seen) >= self.max_entries:
-            raise Unavailable(
-                f"the nonce cache is full ({self.max_entries} live nonces, nonce_cache_max); retry in a few "
-                "seconds, or raise [auth] nonce_cache_max",
-                details={"limit": self.max_entries},
-            )
+        held = self._per_key.get(key_id, 0)
+        if held >= self.per_key or len(self._seen) >= self.max_entries:
+            raise self._full(key_id, held)
         self._seen.add(entry)
+        self._per_key[key_id] = held + 1
         second = math.ceil(expires_at)
         bucket = self._by_second.get(second)
         if bucket is None:
@@ -218,10 +236,32 @@ class NonceCache:
             bucket.append(entry)
         return True
 
+    def _full(self, key_id: str, held: int) -> Unavailable:
+        if held >= self.per_key and len(self._seen) < self.max_entries:
+            return Unavailable(
+                f"key {key_id!r} has {held} live nonces, its quota (nonce_quota_per_key={self.per_key}); retry "
+                "in a few seconds, send timestamps close to the server's time (their nonces expire sooner), "
+                "or raise [auth] nonce_quota_per_key",
+                details={"limit": self.per_key},
+            )
+        return Unavailable(
+            f"the nonce cache is full ({self.max_entries} live nonces, nonce_cache_max); retry in a few "
+            "seconds, or raise [auth] nonce_cache_max",
+            details={"limit": self.max_entries},
+        )
+
     def _evict(self, now: float) -> None:
-        seconds = self._seconds
+        seconds, per_key = self._seconds, self._per_key
         while seconds and seconds[0] < now:
-            self._seen.difference_update(self._by_second.pop(heapq.heappop(seconds)))
+            expired = self._by_second.pop(heapq.heappop(seconds))
+            self._seen.difference_update(expired)
+            for entry in expired:
+                key_id = entry[: entry.index("\x00")]
+                left = per_key[key_id] - 1
+                if left:
+                    per_key[key_id] = left
+                else:
+                    del per_key[key_id]
 
 
 class SignedRequest(NamedTuple):
@@ -288,7 +328,33 @@ class Verifier:
     def verify(
         self, method: str, path: str, query: str | bytes, body: bytes, headers: Mapping[str, str] | SignedRequest
     ) -> str:
-        """The key id of a correctly signed, fresh, first-seen request.
+        """The key id of a correctly signed, fresh, first-seen request; its nonce is remembered.
+
+        ``check`` then ``remember``, for a caller with no rate to apply between them.
+
+        Raises:
+            Unauthenticated: unsigned, unknown key, outside the window, bad signature, replayed.
+            Unavailable: the key's nonce quota is full.
+        """
+        signed = self.check(method, path, query, body, headers)
+        self.remember(signed)
+        return signed.key_id
+
+    def remember(self, signed: SignedRequest) -> None:
+        """Store the nonce of a request ``check`` accepted (once its rate let it through).
+
+        Raises:
+            Unauthenticated: the nonce was stored since ``check`` (a replay).
+            Unavailable: the key's nonce quota is full.
+        """
+        key_id, timestamp, nonce, _ = signed
+        if not self.nonces.add(key_id, nonce, int(timestamp) + self.clock_skew_s, self._clock()):
+            raise _replayed(key_id, nonce)
+
+    def check(
+        self, method: str, path: str, query: str | bytes, body: bytes, headers: Mapping[str, str] | SignedRequest
+    ) -> SignedRequest:
+        """The signing headers of a correctly signed, fresh, not yet seen request; nothing is stored.
 
         Args:
             headers: the request's headers (names in lower case), or their
@@ -296,11 +362,9 @@ class Verifier:
 
         Raises:
             Unauthenticated: unsigned, unknown key, outside the window, bad signature, replayed.
-            Unavailable: the nonce cache is full.
         """
-        key_id, timestamp, nonce, signature = (
-            headers if type(headers) is SignedRequest else parse_headers(headers)  # type: ignore[arg-type]
-        )
+        signed = headers if type(headers) is SignedRequest else parse_headers(headers)  # type: ignore[arg-type]
+        key_id, timestamp, nonce, signature = signed
         keyed = self._macs.get(key_id)
         if keyed is None:
             raise Unauthenticated(f"unknown key id {key_id!r}", details={"key_id": key_id})
@@ -322,12 +386,9 @@ class Verifier:
                 "server signed (compare it with the client's)",
                 details={"canonical_request": canonical},
             )
-        if not self.nonces.add(key_id, nonce, stamp + self.clock_skew_s, now):
-            raise Unauthenticated(
-                f"{HEADER_NONCE} {nonce!r} was already used with key {key_id!r}: a replay; "
-                "send a new nonce with every request"
-            )
-        return key_id
+        if self.nonces.seen(key_id, nonce, now):
+            raise _replayed(key_id, nonce)
+        return signed  # type: ignore[return-value]
 
     def _head(self, method: str, path: str, query: str | bytes) -> str:
         """The canonical request's first four lines and a newline, cached.
@@ -351,3 +412,9 @@ class Verifier:
             f"clock_skew_s={self.clock_skew_s:g} (server time {now:.0f}): check the client's clock",
             details={"server_time": int(now)},
         )
+
+
+def _replayed(key_id: str, nonce: str) -> Unauthenticated:
+    return Unauthenticated(
+        f"{HEADER_NONCE} {nonce!r} was already used with key {key_id!r}: a replay; send a new nonce with every request"
+    )

@@ -16,6 +16,9 @@ Rules:
   the old values, so the next reload reports them again until a restart.
   ``[service]`` is read by ``pymgr service install`` and ``pymgr daemon``,
   not by the running daemon.
+- Every SIGHUP drops the Unix callers' user and group names
+  (``peercred.forget_names``), even when the file is refused: the next
+  request of each caller reads the user and group database again.
 - One log line says what changed (or that nothing did); systemd sees
   ``RELOADING=1`` then ``READY=1`` with a ``STATUS=`` line.
 """
@@ -27,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pymgr.auth.peercred import forget_names
 from pymgr.auth.policy import PolicyError
 from pymgr.config import Config, ConfigError, load_config
 from pymgr.service.hooks import Runtime
@@ -73,7 +77,8 @@ class Reloader:
     def reload(self) -> ReloadResult:
         """Read, validate and apply the config file (the SIGHUP handler)."""
         self.notifier.reloading()
-        log.info("SIGHUP: reloading config %s", self.config_path)
+        log.info("SIGHUP: reloading config %s; user and group names are read again", self.config_path)
+        forget_names()  # whatever the config holds: a removed group membership must stop working now
         try:
             new = load_config(self.config_path)
             compile_types(new.tasks)  # a bad argv template refuses the whole reload

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pymgr
 from pymgr.config import Config
+from pymgr.service.fdlimit import unit_nofile
 from pymgr.service.hardening import apply_overrides, hardening
 from pymgr.tasks.runner import KILL_WAIT_S
 
@@ -190,6 +191,13 @@ def _core_lines(config: Config, argv: list[str]) -> list[Line]:
             "yes",
             "The unit's cgroup subtree is pymgr's to manage: each task run and each command gets a cgroup of "
             "its own under it ([tasks.cgroup]), so a stop reaches everything it started (cgroup.kill).",
+        ),
+        (
+            "LimitNOFILE",
+            str(unit_nofile(config)),
+            "File descriptors, soft and hard: at least the connection caps of every listener plus [http] "
+            "reserved_fds (the daemon refuses to start when they do not fit); systemd's soft default of 1024 "
+            "would let a flood of TCP connections lock the Unix socket out.",
         ),
     ]
 

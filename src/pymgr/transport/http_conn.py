@@ -139,6 +139,7 @@ class HttpConnection(asyncio.Protocol):
         caller, refusal = state.admit_connection(self._listener, self._identity)
         if refusal is not None:
             self._refuse(*refusal)
+            self.close_now()  # no linger: an uncounted connection must not hold a descriptor outside the caps
             return
         self._counted = caller
         self._watch(_HEAD, self._limits.header_timeout_s)

@@ -2,7 +2,8 @@
 
 Rules:
 - On the Unix socket the caller is the peer-credentials identity the
-  connection took. On TCP, every request must be signed
+  connection took, its names refreshed by ``peercred.current`` once they
+  are older than ``[auth] groups_max_age_s`` or a SIGHUP dropped them. On TCP, every request must be signed
   (``auth/signing.py``) unless the TLS handshake verified a client
   certificate; a signed request over TLS carries both names. The body
   (already read whole, bounded by ``max_body_bytes``) is hashed for the
@@ -11,14 +12,18 @@ Rules:
   ``WWW-Authenticate: PYMGR-HMAC-SHA256`` and an audit line, and is charged
   to the client address's rate.
 - Every request then takes a token from its caller's rate
-  (``EdgeGuard.admit``); none left is 429 with ``Retry-After``.
+  (``EdgeGuard.admit``); none left is 429 with ``Retry-After``. A signed
+  request's nonce is stored only after that (``Verifier.remember``): a key
+  over its rate fills no nonce room, and a key over its own nonce quota
+  gets 503 while every other key's requests go on.
 - Replies are the app's JSON envelope; this file never dispatches.
 """
 
 from __future__ import annotations
 
 from pymgr.auth.guard import EdgeGuard
-from pymgr.auth.signing import SCHEME, Verifier, parse_headers
+from pymgr.auth.peercred import current
+from pymgr.auth.signing import SCHEME, SignedRequest, Verifier, parse_headers
 from pymgr.core.identity import Identity
 from pymgr.errors import PymgrError, Unauthenticated
 from pymgr.transport.http_messages import Handler, Reply, Request, Stream, error_reply
@@ -50,32 +55,46 @@ class GuardedApp:
     async def __call__(self, request: Request) -> Reply | Stream:
         try:
             if request.identity.transport != "unix":
-                request.identity = self._authenticate(request)
-            self.edge.admit(request.identity, "http", request.method, request.path)
+                request.identity, signed = self._authenticate(request)
+                self.edge.admit(request.identity, "http", request.method, request.path)
+                if signed is not None:
+                    self._remember(request, signed)
+            else:
+                # The connection's caller, with its group names re-read once they passed their age (or a SIGHUP).
+                request.identity = current(request.identity)
+                self.edge.admit(request.identity, "http", request.method, request.path)
         except Unauthenticated as exc:
             return error_reply(exc, _CHALLENGE)
         except PymgrError as exc:
             return error_reply(exc)
         return await self.app(request)
 
-    def _authenticate(self, request: Request) -> Identity:
+    def _authenticate(self, request: Request) -> tuple[Identity, SignedRequest | None]:
+        """The caller, and its signed headers whose nonce is still to be stored (None: a certificate caller)."""
         identity = request.identity
         try:
             headers = _signing_headers(request.headers)
             if not headers and identity.cert is not None:
-                return identity  # a verified client certificate is enough
+                return identity, None  # a verified client certificate is enough
             if self.verifier is None:
                 raise Unauthenticated("this TCP listener accepts only verified client certificates; none was sent")
-            signed = parse_headers(headers)
-            key_id = self.verifier.verify(
-                request.method, request.raw_path.decode("latin-1"), request.query, request.body, signed
+            signed = self.verifier.check(
+                request.method, request.raw_path.decode("latin-1"), request.query, request.body, parse_headers(headers)
             )
         except Unauthenticated as exc:
             what = f"http {request.method} {request.path}"
             self.edge.admit(identity, what)  # failures count against the client address: RateLimited
             self.edge.refused(identity, what, exc)
             raise
-        return self._signed_identity(identity, key_id)
+        return self._signed_identity(identity, signed.key_id), signed
+
+    def _remember(self, request: Request, signed: SignedRequest) -> None:
+        """Store the nonce of a request its rate let through; a full quota is refused and audited."""
+        try:
+            self.verifier.remember(signed)  # type: ignore[union-attr]  # signed comes from the verifier
+        except PymgrError as exc:
+            self.edge.refused(request.identity, f"http {request.method} {request.path}", exc)
+            raise
 
     def _signed_identity(self, identity: Identity, key_id: str) -> Identity:
         """The caller with its key id; one object per (connection, key), so every cache downstream hits."""

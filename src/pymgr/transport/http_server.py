@@ -2,8 +2,9 @@
 
 Rules:
 - Sockets come bound (``listeners``, or the service manager's socket
-  activation); the server only accepts on them. TLS applies to the TCP
-  ones when a context is given.
+  activation); the server only accepts on them, through ``Acceptor`` (a
+  shortage of descriptors pauses accepting and is logged, never closes a
+  listener). TLS applies to the TCP ones when a context is given.
 - Every connection of every listener shares one ``ServerState``: the
   handler, the limits, the connection counter (its per-caller cap spans
   listeners), the set of open connections.
@@ -25,11 +26,12 @@ from typing import Any
 from pymgr.auth.guard import caller_key
 from pymgr.core.identity import Identity
 from pymgr.errors import RateLimited, Unavailable
+from pymgr.transport.acceptor import Acceptor
 from pymgr.transport.conncount import ConnectionCounter
 from pymgr.transport.http_conn import HttpConnection
 from pymgr.transport.http_limits import HttpLimits
 from pymgr.transport.http_messages import Handler
-from pymgr.transport.listeners import BACKLOG, unix_path_of
+from pymgr.transport.listeners import unix_path_of
 
 __all__ = ["HttpServer", "ServerState"]
 
@@ -93,7 +95,7 @@ class HttpServer:
         self._options = (handler, limits, counter, max_body_bytes, keepalive_timeout_s)
         self._shutdown_timeout_s = shutdown_timeout_s
         self._ssl = ssl_context
-        self._servers: list[asyncio.AbstractServer] = []
+        self._acceptors: list[Acceptor] = []
         self.state: ServerState | None = None
 
     async def start(self) -> None:
@@ -102,10 +104,10 @@ class HttpServer:
         for sock in self.sockets:
             label = _label(sock)
             tls = self._ssl if sock.family != socket.AF_UNIX else None
-            server = await loop.create_server(
-                lambda label=label: HttpConnection(state, label), sock=sock, ssl=tls, backlog=BACKLOG
-            )
-            self._servers.append(server)
+            acceptor = Acceptor(loop, sock, lambda label=label: HttpConnection(state, label), listener=label,
+                                ssl_context=tls)
+            acceptor.start()
+            self._acceptors.append(acceptor)
 
     async def close(self) -> None:
         """Stop accepting, finish the replies under way (bounded), close every connection."""
@@ -113,8 +115,8 @@ class HttpServer:
         if state is None:
             return
         state.shutting_down = True
-        for server in self._servers:
-            server.close()
+        for acceptor in self._acceptors:
+            acceptor.close()
         for conn in list(state.connections):
             conn.shutdown()
         busy = {task for conn in state.connections if (task := conn.busy_task()) is not None}
@@ -129,8 +131,6 @@ class HttpServer:
                      self._shutdown_timeout_s)
         for conn in list(state.connections):
             conn.close_now()
-        for server in self._servers:
-            await server.wait_closed()
 
 
 def _label(sock: socket.socket) -> str:

@@ -51,11 +51,13 @@ from typing import Any, cast
 
 from pymgr.auth.guard import EdgeGuard
 from pymgr.auth.legacy import legacy_signature
+from pymgr.auth.sources import source_of
 from pymgr.config import ConfigError, LegacyConfig
 from pymgr.core.dispatch import Call, Dispatcher
 from pymgr.core.identity import Identity
 from pymgr.errors import MalformedRequest, PymgrError, PymgrInternalError, RateLimited, Unauthenticated, Unavailable
 from pymgr.protocol import legacy as proto
+from pymgr.transport.acceptor import Acceptor
 from pymgr.transport.conncount import ConnectionCounter
 
 __all__ = ["LINGER_S", "ActionMissing", "LegacyServer"]
@@ -73,6 +75,8 @@ SIGNATURE_CACHE_SIZE = 256
 #: Seconds a deadline may be early when the read-timeout timer fires: libuv
 #: timers count whole milliseconds.
 _TIMER_SLACK_S = 0.001
+#: Pending connections the kernel queues for the listener this server binds itself (asyncio's create_server default).
+_BACKLOG = 100
 
 
 class ActionMissing(MalformedRequest):
@@ -114,6 +118,16 @@ def _error_bytes(exc: PymgrError | proto.ProtocolError) -> bytes:
     return proto.encode_reply(proto.error_reply(exc.legacy_code, exc.message))
 
 
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket on the first address ``host`` resolves to (at start-up: a blocking lookup is fine).
+
+    Raises:
+        OSError: the host does not resolve or the address cannot be bound.
+    """
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    return socket.create_server(address, family=family, backlog=_BACKLOG)
+
+
 class LegacyServer:
     """The legacy protocol's TCP listener.
 
@@ -130,7 +144,7 @@ class LegacyServer:
         self._counter = ConnectionCounter(config.max_connections, config.max_connections_per_peer)
         self._port: int | None = None
         self._secret = ""
-        self._server: asyncio.AbstractServer | None = None
+        self._server: Acceptor | None = None
         self._connections: set[_LegacyProtocol] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -177,11 +191,12 @@ class LegacyServer:
         self._secret = secret
         # Stored once: get_running_loop() costs a getpid() syscall on 3.11, and was called 3x a request.
         self._loop = loop = asyncio.get_running_loop()
-        if sock is not None:
-            self._server = await loop.create_server(lambda: _LegacyProtocol(self), sock=sock)
-        else:
-            self._server = await loop.create_server(lambda: _LegacyProtocol(self), self.config.host, self.config.port)
-        self._port = int(self._server.sockets[0].getsockname()[1])
+        if sock is None:
+            sock = _bind(self.config.host, self.config.port)
+        # Our own accept loop, as the HTTP listeners': a shortage of descriptors pauses it and is logged.
+        self._server = Acceptor(loop, sock, lambda: _LegacyProtocol(self), listener="legacy")
+        self._server.start()
+        self._port = int(sock.getsockname()[1])
         self._warn_replayable()
 
     def _warn_replayable(self) -> None:
@@ -341,7 +356,7 @@ class _LegacyProtocol(asyncio.Protocol):
         if self._server._closing:  # accepted just before the listener closed
             self.refuse_unfinished_request()
             return
-        host = self._peer.rpartition(":")[0]
+        host = source_of(self._peer.rpartition(":")[0])  # 127.0.0.0/8 and an IPv6 /64 are one source each
         refused = self._server._counter.open("legacy", host)
         if refused is None:
             self._counted = host
@@ -354,6 +369,9 @@ class _LegacyProtocol(asyncio.Protocol):
                                 f"{config.max_connections_per_peer}")
         log.warning("legacy connection from %s refused (err_code %d): %s", self._peer, error.legacy_code, error)
         self._send(proto.error_reply(error.legacy_code, error.message))
+        # Closed at once, no linger: a refused connection is not counted, so a lingering one would
+        # hold a descriptor outside every cap (a flood of refusals could still exhaust them).
+        self.close_transport()
 
     def data_received(self, data: bytes) -> None:
         if self._replied:
