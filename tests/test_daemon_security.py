@@ -245,13 +245,13 @@ def test_unsigned_requests_get_401_with_the_scheme(secure: Daemon) -> None:
     ],
 )
 def test_bad_signatures_get_401_and_are_audited(secure: Daemon, auth: dict[str, Any], message: str) -> None:
-    before = refused_count(secure, "tcp:127.0.0.1", "unauthenticated", "http POST /v1/modules/demo/echo")
+    before = refused_count(secure, "tcp:127.0.0.0/8", "unauthenticated", "http POST /v1/modules/demo/echo")
     with signed(secure, **auth) as c:
         r = c.post("/v1/modules/demo/echo", json={})
     assert r.status_code == 401
     error = Unauthenticated(r.json()["error"]["message"])
     assert re.match(message, error.message), error.message
-    wait_refused(secure, "tcp:127.0.0.1", "unauthenticated", "http POST /v1/modules/demo/echo", before + 1)
+    wait_refused(secure, "tcp:127.0.0.0/8", "unauthenticated", "http POST /v1/modules/demo/echo", before + 1)
 
 
 def test_a_replayed_request_gets_401(secure: Daemon) -> None:
@@ -290,7 +290,7 @@ def test_legacy_callers_get_only_their_rule(secure: Daemon) -> None:
     assert reply["msg"]["message"].startswith("the policy allows legacy caller 127.0.0.1:")
     bad = legacy_call("127.0.0.1", secure.legacy_port, "wrong", "demo", "echo")
     assert bad["msg"]["err_code"] == 3
-    wait_refused(secure, "legacy:127.0.0.1", "unauthenticated", "legacy demo.echo", 1)
+    wait_refused(secure, "legacy:127.0.0.0/8", "unauthenticated", "legacy demo.echo", 1)
 
 
 # --- limits across the daemon ---------------------------------------------------------
