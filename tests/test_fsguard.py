@@ -16,6 +16,7 @@ from pymgr._fsguard import (
     ensure_private_dir,
     open_private,
     refuse_link,
+    tighten_file,
 )
 
 NOBODY = 65534
@@ -258,3 +259,33 @@ def test_check_trusted_accepts_given_owners(tmp_path: Path) -> None:
     conf = _tree(tmp_path)
     with pytest.raises(UnsafePathError, match="owned by uid"):
         check_trusted(conf, owner_uids={12345})
+
+
+# --- tighten_file
+
+
+def test_tighten_file_narrows_and_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.db"
+    path.write_text("")
+    path.chmod(0o644)
+    assert tighten_file(path) == 0o644
+    assert _mode(path) == 0o600
+    assert tighten_file(path) is None
+
+
+def test_tighten_file_never_follows_a_link(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("")
+    victim.chmod(0o644)
+    (tmp_path / "link").symlink_to(victim)
+    assert tighten_file(tmp_path / "link") is None
+    assert tighten_file(tmp_path / "missing") is None
+    assert _mode(victim) == 0o644
+
+
+def test_unsafe_path_error_is_an_oserror(tmp_path: Path) -> None:
+    (tmp_path / "link").symlink_to(tmp_path / "x")
+    with pytest.raises(OSError) as caught:
+        open_private(tmp_path / "link", os.O_WRONLY | os.O_CREAT)
+    assert caught.value.strerror == str(caught.value)
+    assert not (tmp_path / "x").exists()
