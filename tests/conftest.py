@@ -54,6 +54,10 @@ actions = ["*"]
 [modules]
 enabled = ["demo", "tasks", "SCAN_MODULE"]
 
+# The legacy secret above is the tests' own, public: the config files are 0644.
+[security]
+public_secrets = true
+
 [tasks]
 stop_grace_s = 1
 # A killed test daemon leaves its keeper behind (by design); let it go soon.

@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -223,11 +224,14 @@ def check_trusted(path: str | os.PathLike[str], *, owner_uids: Iterable[int] | N
 
     ``owner_uids`` defaults to :func:`trusted_uids`. Symlinks on the way are
     followed, and the directories their targets pass through are checked too.
+    On Windows this checks nothing: access there is ACLs, not modes.
 
     Raises:
         UnsafePathError: names the first untrusted component and the fix.
         OSError: a component is missing or unreadable.
     """
+    if sys.platform == "win32":
+        return  # ACLs, not modes and owners: the service's installer sets them
     owners = trusted_uids() if owner_uids is None else frozenset(owner_uids)
     target = absolute(path)
     pending = list(reversed(target.parts[1:]))

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pymgr._fsguard import UnsafePathError, check_trusted
 from pymgr.auth.audit import AuditLog, Auditor, syslog_handler
 from pymgr.auth.guard import EdgeGuard, GuardedDispatcher
 from pymgr.auth.keys import KeyLoadError, load_keys
@@ -202,7 +203,18 @@ def _open_audit(config: Config) -> AuditLog:
             raise SecurityError(f"[audit] syslog_address {audit.syslog_address!r}: {exc.strerror or exc}") from None
     audit_log = AuditLog(audit.path, max_bytes=audit.max_bytes, backups=audit.backups, syslog=handler)
     try:
-        audit.path.parent.mkdir(parents=True, exist_ok=True)
+        audit.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Whoever can write the directory could delete the record or swap the file.
+        check_trusted(audit.path.parent)
+    except UnsafePathError as exc:
+        raise SecurityError(
+            f"the audit log's directory is refused: {exc.strerror}; or give the audit log a directory of its own"
+        ) from None
+    except OSError as exc:
+        raise SecurityError(
+            f"cannot create the audit log's directory {audit.path.parent}: {exc.strerror or exc}"
+        ) from None
+    try:
         audit_log.open()
     except OSError as exc:
         raise SecurityError(f"cannot open the audit log {audit.path}: {exc.strerror or exc}") from None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import os
 import socket
 import stat
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 from pydantic import Field, SecretStr
 
 from pymgr import Identity, Module, action
+from pymgr.auth import audit as audit_module
 from pymgr.auth.audit import REDACTED, AuditLog, Auditor, redact, secret_params, syslog_handler
 from pymgr.auth.guard import GuardedDispatcher
 from pymgr.auth.policy import Policy, PolicyConfig, PolicyRule
@@ -157,18 +160,37 @@ def test_rotation_by_size_both_sides(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.log", "audit.log.1", "audit.log.2"]
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full to make writes fail")
-async def test_a_failed_write_fails_closed_until_the_log_works_again(tmp_path: Path, caplog: Any) -> None:
-    d = make(tmp_path, path=Path("/dev/full"))
+class _FullDisk:
+    """``os`` for the audit module, with every write failing as on a full disk.
+
+    (The audit log refuses device files such as /dev/full: it opens regular files only.)
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    @staticmethod
+    def write(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+async def test_a_failed_write_fails_closed_until_the_log_works_again(
+    tmp_path: Path, caplog: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = tmp_path / "full" / "audit.log"
+    full.parent.mkdir()
+    d = make(tmp_path, path=full)
+    monkeypatch.setattr(audit_module, "os", _FullDisk())
     with caplog.at_level(logging.ERROR, logger="pymgr.audit"):
-        with pytest.raises(Unavailable, match=r"^the audit log /dev/full cannot be written \(No space left on device\); "
+        with pytest.raises(Unavailable, match=r"^the audit log .*/full/audit.log cannot be written \(No space left on device\); "
                                               r"pymgr refuses requests it cannot record"):
             await d.call(Call("vault", "echo", {}, WWW))
     assert "AUDIT LOG WRITE FAILED for unix vault.echo" in caplog.text
     assert d.auditor is not None and d.auditor.broken
-    # /dev/full opens fine, so the next call runs and fails again on its write.
+    # The file opens fine, so the next call runs and fails again on its write.
     with pytest.raises(Unavailable):
         await d.call(Call("vault", "echo", {}, WWW))
+    monkeypatch.undo()
     d.auditor.log.path = tmp_path / "missing-dir" / "audit.log"  # now it cannot even be opened
     ran = []
     d.registry.get("vault", "echo").func.__self__.echo = lambda **p: ran.append(p)  # type: ignore[attr-defined]
@@ -180,9 +202,9 @@ async def test_a_failed_write_fails_closed_until_the_log_works_again(tmp_path: P
     assert not d.auditor.broken and lines(tmp_path)[0]["params"] == {"b": 2}
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full to make writes fail")
-async def test_fail_open_only_logs(tmp_path: Path, caplog: Any) -> None:
-    d = make(tmp_path, path=Path("/dev/full"), fail_closed=False)
+async def test_fail_open_only_logs(tmp_path: Path, caplog: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = make(tmp_path, path=tmp_path / "full.log", fail_closed=False)
+    monkeypatch.setattr(audit_module, "os", _FullDisk())
     with caplog.at_level(logging.ERROR, logger="pymgr.audit"):
         assert await d.call(Call("vault", "echo", {"c": 3}, WWW)) == {"c": 3}
     assert "AUDIT LOG WRITE FAILED" in caplog.text

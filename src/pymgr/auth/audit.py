@@ -38,6 +38,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from pymgr._fsguard import open_private
 from pymgr.core.identity import Identity
 from pymgr.errors import PymgrError, Unavailable
 
@@ -76,7 +77,7 @@ class AuditLog:
             OSError: it cannot be opened for appending.
         """
         self.close()
-        fd = os.open(self.path, _OPEN_FLAGS, 0o600)
+        fd = open_private(self.path, _OPEN_FLAGS, 0o600)  # never through a link, ours, 0600 whatever the umask
         self._fd = fd
         self._size = os.fstat(fd).st_size
 
