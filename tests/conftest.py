@@ -44,6 +44,10 @@ port = 0
 secret = "{LEGACY_SECRET}"
 read_timeout_s = 2
 
+# The legacy secret above is the tests' own, public: the config files are 0644.
+[security]
+public_secrets = true
+
 # Every caller may do everything, as before the policy existed; the policy's
 # own tests (tests/auth/) write their own rules.
 [[policy.rules]]

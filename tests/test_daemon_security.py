@@ -55,6 +55,10 @@ secret = "{CI_SECRET}"
 id = "old"
 secret = "old-secret-0123456789"
 
+# The secrets above are the tests' own, public: the config files are 0644.
+[security]
+public_secrets = true
+
 [[policy.rules]]
 name = "root, for the test itself"
 subjects = ["uid:0", "owner"]

@@ -2,12 +2,16 @@
 
 Adding a setting means adding one field here (with its default and its
 reason); nothing else parses the file. Relative paths in a config file are
-resolved against the directory of that file, so a daemon started from any
-working directory (systemd starts it in /) reads the same paths.
+made absolute against the directory of that file, so a daemon started from any
+working directory (systemd starts it in /) reads the same paths. They are
+joined, never resolved: resolving would follow a link planted on the way
+before ``O_NOFOLLOW`` or a trust check could see it. The file itself must
+be one only root or the daemon's user can change (``_configtrust``).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -25,6 +29,8 @@ from pydantic import (
     model_validator,
 )
 
+from pymgr._configtrust import check_config
+from pymgr._fsguard import absolute as _absolute
 from pymgr.auth.audit import refused_path_beside
 from pymgr.auth.policy import PolicyConfig
 from pymgr.auth.settings import AuditConfig, AuthConfig, LimitsConfig, TlsConfig
@@ -328,6 +334,14 @@ class ServiceConfig(_Section):
         return value
 
 
+class SecurityConfig(_Section):
+    """What the config says about itself."""
+
+    #: The secrets written in this file are public (the demo's): accept them in a file
+    #: others may read, and say so at every start. False: such a file must be mode 0600.
+    public_secrets: bool = False
+
+
 class Config(_Section):
     """The whole configuration file."""
 
@@ -349,12 +363,13 @@ class Config(_Section):
     #: Commands served as actions, by name (docs/security.md, "Commands").
     commands: dict[str, CommandConfig] = Field(default_factory=dict)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
 
     def resolve_paths(self, base: Path) -> Config:
         """A copy with every relative path made absolute against ``base``."""
 
         def absolute(p: Path | None) -> Path | None:
-            return None if p is None else (p if p.is_absolute() else (base / p).resolve())
+            return None if p is None else _absolute(base / p)
 
         tls = self.http.tls
         if tls is not None:
@@ -419,10 +434,14 @@ def load_config(path: Path) -> Config:
         ConfigError: naming the file and every bad key.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as file:
+            st = os.fstat(file.fileno())
+            text = file.read().decode("utf-8")
         raw = tomllib.loads(text)
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config {path} is not UTF-8: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
     if raw.get("http", {}).get("unix_socket") == "":
@@ -436,4 +455,10 @@ def load_config(path: Path) -> Config:
             where = f" (line {line})" if line else ""
             lines.append(f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}{where}")
         raise ConfigError("\n".join(lines)) from None
+    try:
+        check_config(path, st, config)
+    except OSError as exc:
+        raise ConfigError(f"config refused: {exc.strerror or exc}") from None
+    # The file's own directory, links resolved: check_config has just checked every link and
+    # directory on the way to it, so nobody else can change where this points.
     return config.resolve_paths(path.resolve().parent)

@@ -25,6 +25,8 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pymgr
+from pymgr._configtrust import config_warnings
+from pymgr._fsguard import check_trusted
 from pymgr.auth.legacy import PUBLISHED_SECRET
 from pymgr.config import Config, ConfigError, LegacyConfig, load_config
 from pymgr.core.dispatch import Dispatcher
@@ -36,6 +38,7 @@ from pymgr.modules.commands import command_modules
 from pymgr.security import Security, SecurityError, build_security, socket_group
 from pymgr.service.fdlimit import FdBudgetError, check_fd_budget, fd_budget, raise_nofile
 from pymgr.service.hooks import NO_HOOKS, Runtime, ServiceHooks
+from pymgr.tasks._statedir import prepare_state_dir
 from pymgr.tasks.manager import TaskManager
 from pymgr.tasks.streams import TaskStreams
 from pymgr.transport.http import HttpApp
@@ -110,8 +113,19 @@ async def run(config: Config, stop: asyncio.Event | None = None, hooks: ServiceH
     if sys.platform != "win32" and threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-    config.state_dir.mkdir(parents=True, exist_ok=True)
-    metrics = Metrics()
+    for warning in config_warnings(config):
+        log.warning("%s", warning)
+    try:
+        for note in prepare_state_dir(config.state_dir):
+            log.warning("state directory: %s", note)
+        if config.http.unix_socket is not None and config.http.unix_socket.parent.exists():
+            check_trusted(config.http.unix_socket.parent)  # others must not swap the socket under the clients
+        metrics = Metrics()
+        tasks = TaskManager(config.tasks, config.state_dir, metrics=metrics)  # a cgroup limit it cannot enforce: refused
+    except ConfigError as exc:
+        raise StartupError(str(exc)) from None
+    except OSError as exc:
+        raise StartupError(f"unsafe files: {exc.strerror or exc}") from None
     try:
         tasks = TaskManager(config.tasks, config.state_dir, metrics=metrics)  # a cgroup limit it cannot enforce: refused
     except ConfigError as exc:

@@ -19,9 +19,11 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pymgr.auth._auditreserve import SpaceReserve
+from pymgr._fsguard import UnsafePathError, check_trusted
 from pymgr.auth.audit import AuditLog, Auditor, syslog_handler
 from pymgr.auth.refusals import RefusalTally
 from pymgr.auth.guard import EdgeGuard, GuardedDispatcher
@@ -213,10 +215,11 @@ def _auditor(config: Config) -> Auditor:
     audit_log = AuditLog(audit.path, max_bytes=audit.max_bytes, backups=audit.backups, syslog=handler, reserve=reserve)
     refused_log = AuditLog(audit.refused_path, max_bytes=audit.refused_max_bytes, backups=audit.refused_backups,
                            syslog=handler)
+    for directory in dict.fromkeys((audit.path.parent, audit.refused_path.parent)):
+        _trusted_audit_dir(directory)
     for path, opening in ((audit.path, audit_log.open), (reserve.path, reserve.open),
                           (audit.refused_path, refused_log.open)):
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             opening()
         except OSError as exc:
             raise SecurityError(f"cannot open the audit file {path}: {exc.strerror or exc}") from None
@@ -226,6 +229,20 @@ def _auditor(config: Config) -> Auditor:
     refusals = RefusalTally(refused_log, window_s=audit.refused_window_s, max_sources=audit.refused_max_sources,
                             max_operations=audit.refused_max_operations)
     return Auditor(audit_log, fail_closed=audit.fail_closed, refusals=refusals)
+
+
+def _trusted_audit_dir(directory: Path) -> None:
+    """Create the audit files' directory (0700); refuse one that others could write."""
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Whoever can write the directory could delete the record or swap the file.
+        check_trusted(directory)
+    except UnsafePathError as exc:
+        raise SecurityError(
+            f"the audit log's directory is refused: {exc.strerror}; or give the audit log a directory of its own"
+        ) from None
+    except OSError as exc:
+        raise SecurityError(f"cannot create the audit log's directory {directory}: {exc.strerror or exc}") from None
 
 
 def _ssl_context(config: Config) -> ssl.SSLContext | None:

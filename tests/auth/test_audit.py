@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import os
 import socket
 import stat
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 from pydantic import Field, SecretStr
 
 from pymgr import Identity, Module, action
+from pymgr.auth import auditfile as auditfile_module
 from pymgr.auth.audit import REDACTED, AuditLog, Auditor, redact, secret_params, syslog_handler
 from pymgr.auth.guard import GuardedDispatcher
 from pymgr.auth.refusals import RefusalTally
@@ -185,22 +188,41 @@ def test_rotation_by_size_both_sides(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.log", "audit.log.1", "audit.log.2"]
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full to make writes fail")
-async def test_a_failed_write_fails_closed_until_the_log_works_again(tmp_path: Path, caplog: Any) -> None:
-    d = make(tmp_path, path=Path("/dev/full"))
+class _FullDisk:
+    """``os`` for the audit file's module, with every write failing as on a full disk.
+
+    (The audit log refuses device files such as /dev/full: it opens regular files only.)
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    @staticmethod
+    def write(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+async def test_a_failed_write_fails_closed_until_the_log_works_again(
+    tmp_path: Path, caplog: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = tmp_path / "full" / "audit.log"
+    full.parent.mkdir()
+    d = make(tmp_path, path=full)
+    monkeypatch.setattr(auditfile_module, "os", _FullDisk())
     MARKS.clear()
     with caplog.at_level(logging.ERROR, logger="pymgr.audit"):
         # The log was fine when the call began: it runs, and its caller learns it ran unrecorded.
         with pytest.raises(NotRecorded, match=r"^vault\.mark ran and succeeded, but its audit record could not be "
-                                              r"written to /dev/full \(No space left on device\); its effect stands"):
+                                              r"written to .*/full/audit.log \(No space left on device\); its effect stands"):
             await d.call(Call("vault", "mark", {"n": 1}, WWW))
     assert MARKS == [1] and "AUDIT LOG WRITE FAILED for unix vault.mark" in caplog.text
     assert d.auditor is not None and d.auditor.broken
     # Broken: the next call must first get a line through, which fails, so it does not run.
-    with pytest.raises(Unavailable, match=r"^the audit log /dev/full cannot be written \(No space left on device\); "
+    with pytest.raises(Unavailable, match=r"^the audit log .*/full/audit.log cannot be written \(No space left on device\); "
                                           r"pymgr refuses requests it cannot record"):
         await d.call(Call("vault", "mark", {"n": 2}, WWW))
     assert MARKS == [1]
+    monkeypatch.undo()
     d.auditor.log.path = tmp_path / "audit.log"
     d.auditor.log.close()
     assert await d.call(Call("vault", "mark", {"n": 3}, WWW)) == 3
@@ -211,9 +233,11 @@ async def test_a_failed_write_fails_closed_until_the_log_works_again(tmp_path: P
     assert refusals(d, tmp_path)["uid:33"]["codes"] == {"unavailable": 1}
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full to make writes fail")
-async def test_a_call_that_ran_and_failed_unrecorded_says_how_it_ended(tmp_path: Path) -> None:
-    d = make(tmp_path, path=Path("/dev/full"))
+async def test_a_call_that_ran_and_failed_unrecorded_says_how_it_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = make(tmp_path, path=tmp_path / "full.log")
+    monkeypatch.setattr(auditfile_module, "os", _FullDisk())
     with pytest.raises(NotRecorded, match=r"^vault\.boom ran and failed \(internal\), but its audit record") as info:
         await d.call(Call("vault", "boom", {}, WWW))
     assert info.value.details is not None
@@ -222,9 +246,9 @@ async def test_a_call_that_ran_and_failed_unrecorded_says_how_it_ended(tmp_path:
     assert info.value.http_status == 500 and info.value.legacy_code == 10
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full to make writes fail")
-async def test_fail_open_only_logs(tmp_path: Path, caplog: Any) -> None:
-    d = make(tmp_path, path=Path("/dev/full"), fail_closed=False)
+async def test_fail_open_only_logs(tmp_path: Path, caplog: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = make(tmp_path, path=tmp_path / "full.log", fail_closed=False)
+    monkeypatch.setattr(auditfile_module, "os", _FullDisk())
     with caplog.at_level(logging.ERROR, logger="pymgr.audit"):
         assert await d.call(Call("vault", "echo", {"c": 3}, WWW)) == {"c": 3}
         assert await d.call(Call("vault", "echo", {"c": 4}, WWW)) == {"c": 4}

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ def test_demo_config_loads_with_paths_relative_to_the_file() -> None:
     config = load_config(REPO / "examples" / "demo.toml")
     assert config.http.unix_socket == REPO / "var" / "pymgr.sock"
     assert config.http.socket_mode == 0o660
-    assert config.state_dir == REPO / "var"
+    assert config.state_dir == REPO / "var" / "state"
     assert config.legacy.enabled and config.legacy.port == 6667
     assert config.legacy.secret is not None and config.legacy.secret.get_secret_value() == "YI-LUO-KEHAN"
     assert config.tasks.types["scan"].cwd == REPO / "examples"
@@ -61,3 +62,43 @@ def test_unreadable_and_non_toml(tmp_path: Path) -> None:
     bad.write_text("[x\n")
     with pytest.raises(ConfigError, match=r"^config .*bad\.toml is not valid TOML: "):
         load_config(bad)
+
+
+def test_relative_paths_are_made_absolute_without_following_links(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "auditdir").symlink_to(tmp_path / "real")
+    config = tmp_path / "pymgr.toml"
+    config.write_text('state_dir = "state/../st"\n[audit]\npath = "auditdir/audit.log"\n')
+    loaded = load_config(config)
+    assert loaded.audit.path == tmp_path / "auditdir" / "audit.log"
+    assert loaded.state_dir == tmp_path / "st"
+
+
+def test_a_config_in_a_sticky_world_writable_directory_of_ours_loads(tmp_path: Path) -> None:
+    sticky = tmp_path / "tmp"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    (sticky / "pymgr.toml").write_text('state_dir = "state"\n')
+    assert load_config(sticky / "pymgr.toml").state_dir == sticky / "state"
+
+
+def test_a_group_writable_config_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "pymgr.toml"
+    config.write_text('state_dir = "state"\n')
+    if os.geteuid() == 0:
+        os.chown(config, -1, 65534)
+    if config.stat().st_gid == 0:
+        pytest.skip("group root is trusted and the file cannot get another group here")
+    config.chmod(0o664)
+    with pytest.raises(ConfigError, match=rf"^config refused: {config} is writable by group"):
+        load_config(config)
+
+
+def test_public_secrets_accepts_a_readable_config(tmp_path: Path) -> None:
+    config = tmp_path / "pymgr.toml"
+    config.write_text('[legacy]\nsecret = "s"\n')
+    config.chmod(0o644)
+    with pytest.raises(ConfigError, match=r"holds secrets inline \(legacy.secret\) and has mode 0644"):
+        load_config(config)
+    config.write_text('[legacy]\nsecret = "s"\n[security]\npublic_secrets = true\n')
+    assert load_config(config).security.public_secrets

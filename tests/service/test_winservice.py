@@ -40,6 +40,7 @@ def _tcp_config(path: Path, port: int) -> Path:
         f'state_dir = "state"\n[http]\nunix_socket = ""\ntcp = "127.0.0.1:{port}"\n'
         '[[auth.keys]]\nid = "web"\nsecret = "0123456789abcdef0123456789abcdef"\n'
     )
+    path.chmod(0o600)  # it holds a secret: pymgr refuses it readable by others
     return path
 
 

@@ -76,12 +76,12 @@ def test_resume_of_a_run_that_wrote_nothing_starts_at_zero(tmp_path: Path) -> No
     log.close()
 
 
-def test_a_log_file_is_created_by_the_first_byte_with_mode_0640(tmp_path: Path) -> None:
+def test_a_log_file_is_created_by_the_first_byte_with_mode_0600(tmp_path: Path) -> None:
     log = RunLog(str(tmp_path), 1, max_bytes=100, keep=1, timestamps=False)
     log.write(b"")
     assert not (tmp_path / "1.log").exists()  # nothing written, no file
     log.write(b"x")
-    assert (tmp_path / "1.log").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "1.log").stat().st_mode & 0o777 == 0o600
     log.close()
     log.write(b"after close")
     assert (tmp_path / "1.log").read_bytes() == b"x"

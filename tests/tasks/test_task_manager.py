@@ -135,7 +135,7 @@ async def test_output_goes_to_the_log_file(manager: TaskManager) -> None:
     record = await manager.start("echo", {"arg": "hi"}, None, CALLER)
     ended = await wait_end(manager, record.id)
     assert Path(ended.log_path).read_text() == '["hi", "--arg=hi"]\n'
-    assert Path(ended.log_path).stat().st_mode & 0o777 == 0o640
+    assert Path(ended.log_path).stat().st_mode & 0o777 == 0o600
 
 
 async def test_environment_is_exactly_the_types_env_plus_marker(manager: TaskManager) -> None:

@@ -28,6 +28,8 @@ import os
 import shutil
 from pathlib import Path
 
+from pymgr._fsguard import open_private
+
 __all__ = ["NO_SPACE", "SpaceReserve"]
 
 #: The errors that mean "no room", which the reserve is for.
@@ -58,7 +60,7 @@ class SpaceReserve:
             OSError: the file cannot be opened, or cannot be filled for a reason other than space.
         """
         self.close()
-        self._fd = os.open(self.path, _OPEN_FLAGS, 0o600)
+        self._fd = open_private(self.path, _OPEN_FLAGS, 0o600)  # never through a link, ours, 0600
         if _allocated_bytes(self._fd) >= self.size_bytes:  # held since the last run
             self.full = True
         else:

@@ -30,6 +30,7 @@ import logging
 import os
 from pathlib import Path
 
+from pymgr._fsguard import open_private
 from pymgr.auth._auditreserve import NO_SPACE, SpaceReserve
 
 __all__ = ["AuditLog", "syslog_handler"]
@@ -71,7 +72,7 @@ class AuditLog:
             OSError: it cannot be opened for appending.
         """
         self.close()
-        fd = os.open(self.path, _OPEN_FLAGS, 0o600)
+        fd = open_private(self.path, _OPEN_FLAGS, 0o600)  # never through a link, ours, 0600 whatever the umask
         self._fd = fd
         self._size = os.fstat(fd).st_size
 

@@ -12,6 +12,12 @@ Rules:
   dependencies stay few (python-json-logger would do the same).
 - A log file is opened with ``WatchedFileHandler``: after logrotate moves it,
   the next line goes to a new file at the same path (no copytruncate needed).
+  Every open (the first and after each rotation) goes through
+  ``_fsguard.open_private``: never through a link, a regular file of the
+  daemon's user with one link, mode 0600 whatever the umask; a missing
+  directory is created 0700. Its directory may be one a group can write
+  (Ubuntu's /var/log is root:syslog 0775): what others plant there is
+  refused, not followed.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal, TextIO
+
+from pymgr._fsguard import absolute, open_private
 
 LogFormat = Literal["text", "json"]
 #: The values ``--log-format`` accepts.
@@ -88,10 +96,7 @@ def make_handler(log_format: LogFormat, log_file: Path | None, stream: TextIO | 
     if log_file is not None:
         # Imported here: logging.handlers pulls in pickle: 0.35-0.5 MiB of the idle
         # daemon's RSS when nothing else imports it (measured: VmRSS around the import).
-        from logging.handlers import WatchedFileHandler
-
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = WatchedFileHandler(log_file, encoding="utf-8")
+        handler = _private_file_handler(log_file)
         journal = False
     else:
         stream = stream if stream is not None else sys.stderr
@@ -104,6 +109,36 @@ def make_handler(log_format: LogFormat, log_file: Path | None, stream: TextIO | 
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     return handler
+
+
+#: Mode of a log file: it holds callers, params and errors.
+LOG_FILE_MODE = 0o600
+
+
+def open_log_file(log_file: Path) -> TextIO:
+    """``log_file`` opened for appending text (see the module rules).
+
+    Raises:
+        OSError: it cannot be opened, or is refused (a link, not a regular file, not ours).
+    """
+    log_file = absolute(log_file)
+    log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = open_private(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_FILE_MODE)
+    return os.fdopen(fd, "a", buffering=1, encoding="utf-8")
+
+
+def _private_file_handler(log_file: Path) -> logging.Handler:
+    # Imported here: logging.handlers pulls in pickle: 0.35-0.5 MiB of the idle
+    # daemon's RSS when nothing else imports it (measured: VmRSS around the import).
+    from logging.handlers import WatchedFileHandler
+
+    class PrivateFileHandler(WatchedFileHandler):
+        """``WatchedFileHandler`` whose every open is ``open_log_file``'s."""
+
+        def _open(self) -> TextIO:  # type: ignore[override]
+            return open_log_file(Path(self.baseFilename))
+
+    return PrivateFileHandler(log_file, encoding="utf-8")
 
 
 def setup_logging(level: str, log_format: LogFormat = "text", log_file: Path | None = None) -> None:

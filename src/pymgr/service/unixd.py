@@ -44,7 +44,7 @@ from pymgr.service._outcome import Outcome
 from pymgr.service._pidfile import PidFile, PidFileLocked, PidState, probe, read_pid
 from pymgr.service.foreground import run_service
 from pymgr.service.hooks import Runtime
-from pymgr.service.logsetup import LogFormat, setup_logging
+from pymgr.service.logsetup import LogFormat, open_log_file, setup_logging
 
 try:
     import daemon as python_daemon
@@ -112,7 +112,10 @@ def start(config_path: Path, config: Config, opts: DaemonOptions) -> Outcome:
     found = probe(opts.pidfile)
     if found.state is PidState.RUNNING:
         return Outcome(Lsb.SUCCESS, f"pymgr is already running (pid {found.pid}, pidfile {opts.pidfile})")
-    opts.log_file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        open_log_file(opts.log_file).close()  # refused here, with its reason, rather than in the forked child
+    except OSError as exc:
+        return Outcome(Lsb.NOT_CONFIGURED, f"cannot open the log file {opts.log_file}: {exc.strerror or exc}")
     read_end, write_end = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -175,7 +178,7 @@ _SIGNAL_MAP = {signal.SIGTSTP: None, signal.SIGTTIN: None, signal.SIGTTOU: None,
 
 
 def _become_daemon(config_path: Path, config: Config, opts: DaemonOptions, reporter: _Reporter) -> int:
-    log_stream = open(opts.log_file, "a", buffering=1, encoding="utf-8")  # lives as long as the daemon
+    log_stream = open_log_file(opts.log_file)  # lives as long as the daemon; never through a link
     context = python_daemon.DaemonContext(
         working_directory="/",
         umask=0o022,

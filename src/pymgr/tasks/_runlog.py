@@ -19,7 +19,7 @@ Rules:
   and creating a file — over a millisecond on a busy disk, more than the
   spawn itself — stays off the path of a burst of starts.
 - Files are created with ``O_NOFOLLOW`` (a symlink planted in the logs
-  directory is never followed) and mode 0640.
+  directory is never followed) and mode 0600: run output may hold anything.
 - Standard library only: the keeper imports this.
 """
 
@@ -38,7 +38,7 @@ _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_NOFOL
 _RESUME_FLAGS = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
 
 #: Mode of log files: the daemon's group may read them, nobody else.
-LOG_MODE = 0o640
+LOG_MODE = 0o600
 
 
 def log_name(task_id: int) -> str:

@@ -59,6 +59,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
+from pymgr._fsguard import ensure_private_dir, open_private
 from pymgr.tasks import _cgroup, _proctree
 from pymgr.tasks._framing import CLOSED, PROTOCOL, FrameDecoder, FrameError, encode
 from pymgr.tasks._keepersetup import listen, prepare_process
@@ -529,8 +530,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-exit-s", type=float, default=30.0, help="linger this long with nothing to do")
     args = parser.parse_args(argv)
     run_dir = os.path.join(os.path.abspath(args.state_dir), "run")
-    os.makedirs(run_dir, mode=0o700, exist_ok=True)
-    lock = os.open(os.path.join(run_dir, "keeper.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        ensure_private_dir(run_dir)
+        lock = open_private(os.path.join(run_dir, "keeper.lock"), os.O_RDWR | os.O_CREAT)
+    except OSError as exc:
+        print(f"keeper: cannot take {run_dir}: {exc.strerror or exc}", file=sys.stderr, flush=True)
+        return 1
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pymgr._fsguard import ensure_private_dir, open_private
 from pymgr.errors import Unavailable
 from pymgr.tasks._framing import CLOSED, PROTOCOL, FrameDecoder, FrameError, encode
 
@@ -112,7 +113,10 @@ class KeeperLink:
             Unavailable: no keeper answered within ``start_timeout_s``, or it
                 speaks another protocol version; the message says where to look.
         """
-        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            ensure_private_dir(self.run_dir)
+        except OSError as exc:
+            raise Unavailable(f"the task keeper's directory is refused: {exc.strerror or exc}") from None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.start_timeout_s
         process: subprocess.Popen[bytes] | None = None
@@ -166,7 +170,11 @@ class KeeperLink:
     def _start_keeper(self) -> subprocess.Popen[bytes]:
         log.info("starting the task keeper for %s", self.state_dir)
         rotate_keeper_log(self.run_dir / "keeper.log", self.log_max_bytes)
-        with open(self.run_dir / "keeper.log", "ab") as stderr:
+        try:
+            log_fd = open_private(self.run_dir / "keeper.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        except OSError as exc:
+            raise Unavailable(f"cannot open the task keeper's log: {exc.strerror or exc}") from None
+        with open(log_fd, "ab") as stderr:
             process = subprocess.Popen(
                 [
                     sys.executable,
@@ -264,7 +272,7 @@ def rotate_keeper_log(path: Path, max_bytes: int) -> None:
     bounds the two files to about ``2 * max_bytes``.
     """
     try:
-        if path.stat().st_size >= max_bytes:
+        if os.lstat(path).st_size >= max_bytes:  # lstat: a planted link is refused at the open, not followed
             path.replace(path.with_name(path.name + ".1"))
     except FileNotFoundError:
         pass  # no log yet

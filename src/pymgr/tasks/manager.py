@@ -117,7 +117,7 @@ class TaskManager(SpawnQueue, Supervision):
         self.cgroups = open_containment(config.cgroup, state_dir, self._types)
         self._state_dir = state_dir
         self._log_dir = state_dir / "logs"
-        self._log_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        self._log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._store = store if store is not None else open_store(config, state_dir)
         self._clock = clock
         self._metrics = metrics

@@ -140,7 +140,7 @@ def spawn(
             started (not found, not executable, bad cwd), or it cannot be
             watched (no fd left for its pidfd; it is killed then).
     """
-    log_fd = os.open(log_path, _LOG_FLAGS, 0o640)
+    log_fd = os.open(log_path, _LOG_FLAGS, 0o600)
     try:
         popen = subprocess.Popen(
             argv,
