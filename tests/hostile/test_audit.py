@@ -52,6 +52,9 @@ tcp = "127.0.0.1:0"
 id = "ci"
 secret = "ci-secret-0123456789"
 
+[security]
+public_secrets = true  # a test key; the directory is opened to www-data for the socket
+
 [audit]
 # Small, as in the review (it took 35 s to rotate six 10 MiB files): the flood here is seconds long.
 max_bytes = 16384
