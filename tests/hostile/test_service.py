@@ -11,6 +11,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
@@ -20,15 +21,20 @@ from pathlib import Path
 import pytest
 
 from pymgr.service.systemd import MARKER
-from tests.service.helpers import pymgr
+from tests.conftest import BASE_CONFIG
+from tests.service.helpers import pid_alive, pymgr
 
 try:
     WWW_DATA: pwd.struct_passwd | None = pwd.getpwnam("www-data")
 except KeyError:
     WWW_DATA = None
 
+#: An interpreter www-data may run (the test's own may sit under root's home).
+SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin") or "/usr/bin/python3"
+
 as_root = pytest.mark.skipif(
-    os.geteuid() != 0 or WWW_DATA is None, reason="replays what www-data does to root's files: needs root and www-data"
+    os.geteuid() != 0 or WWW_DATA is None or not os.access(SYSTEM_PYTHON, os.X_OK),
+    reason="replays what www-data does to root's files: needs root, www-data and /usr/bin/python3",
 )
 
 
@@ -115,3 +121,134 @@ def test_a_value_never_becomes_a_unit_line_of_its_own(tmp_path: Path, toml: str,
         rf"^error: config {re.escape(str(config))} cannot go into a systemd unit: {key}: must not ", result.stderr
     )
     assert MARKER not in result.stdout
+
+
+# -- pymgr daemon and its pidfile ---------------------------------------------------------------
+
+
+class Daemon:
+    """`pymgr daemon` commands on a config of tmp_path and the given pidfile."""
+
+    def __init__(self, tmp_path: Path, pidfile: Path) -> None:
+        self.config = tmp_path / "pymgr.toml"
+        self.config.write_text(BASE_CONFIG)
+        self.pidfile = pidfile
+        self.log = tmp_path / "pymgr.log"
+        self.started: list[int] = []
+
+    def __call__(self, command: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        log = ["--log-file", str(self.log)] if command == "start" else []
+        result = pymgr("daemon", command, "--config", str(self.config), "--pidfile", str(self.pidfile), *log, *extra)
+        if command == "start" and (found := re.search(r"pymgr started: pid (\d+)", result.stdout)):
+            self.started.append(int(found.group(1)))
+        return result
+
+    def kill_started(self) -> None:
+        for pid in self.started:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, shared: Path) -> Iterator[Daemon]:
+    site = Daemon(tmp_path, shared / "run" / "pymgr.pid")
+    yield site
+    site.kill_started()
+
+
+def hold_as_www_data(pidfile: Path, body: str) -> subprocess.Popen[str]:
+    """A www-data process running ``body`` (fd: the open pidfile), then holding on until killed."""
+    assert WWW_DATA is not None
+    script = f"import fcntl, os, sys, time\n{body}\nprint('held', flush=True)\ntime.sleep(120)\n"
+    holder = subprocess.Popen(
+        [SYSTEM_PYTHON, "-c", script, str(pidfile)],
+        user=WWW_DATA.pw_uid,
+        group=WWW_DATA.pw_gid,
+        extra_groups=[],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    return holder
+
+
+def end(process: subprocess.Popen[str]) -> None:
+    process.kill()
+    process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+@pytest.mark.root
+@as_root
+def test_a_link_planted_as_the_pidfile_is_never_written_or_deleted(daemon: Daemon, shared: Path) -> None:
+    """Was: start overwrote the root-only file the link pointed at with its pid."""
+    victim = root_only_file(shared / "victim")
+    daemon.pidfile.parent.mkdir()
+    give_to_www_data(daemon.pidfile.parent)
+    as_www_data("ln", "-s", str(victim), str(daemon.pidfile))
+
+    started = daemon("start")
+    stopped = daemon("stop")
+    status = daemon("status")
+
+    assert (victim.read_text(), stat.S_IMODE(victim.stat().st_mode)) == ("root's own\n", 0o600)
+    assert daemon.started == [] and started.returncode == 1
+    owner = f"is owned by uid {WWW_DATA.pw_uid}, who could change what pymgr reads there"  # type: ignore[union-attr]
+    assert started.stderr.startswith(f"not trusting pidfile {daemon.pidfile}: {daemon.pidfile.parent} {owner}")
+    assert stopped.returncode == 1 and stopped.stderr.startswith(f"not trusting pidfile {daemon.pidfile}:")
+    assert status.returncode == 4 and status.stdout.startswith(f"not trusting pidfile {daemon.pidfile}:")
+
+
+@pytest.mark.root
+@as_root
+def test_a_pidfile_www_data_locked_naming_a_root_process_is_never_signalled(daemon: Daemon) -> None:
+    """Was: status said "pymgr is running (pid of root's sleep)" and stop killed that process."""
+    daemon.pidfile.parent.mkdir()
+    give_to_www_data(daemon.pidfile.parent)
+    with subprocess.Popen(["sleep", "120"]) as bystander:
+        holder = hold_as_www_data(
+            daemon.pidfile,
+            f"fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)\nos.write(fd, b'{bystander.pid}\\n')\n"
+            "fcntl.lockf(fd, fcntl.LOCK_EX)",
+        )
+        try:
+            status, stopped = daemon("status"), daemon("stop", "--timeout", "2")
+            assert pid_alive(bystander.pid), "stop killed root's bystander"
+        finally:
+            end(holder)
+            bystander.kill()
+    assert (status.returncode, stopped.returncode) == (4, 1), status.stdout + stopped.stderr
+    assert f"(pid {bystander.pid}" not in status.stdout
+
+
+@pytest.mark.root
+@as_root
+def test_a_read_lock_www_data_holds_on_a_stale_pidfile_does_not_block_start(daemon: Daemon) -> None:
+    """Was: "pymgr did not start: pidfile ... is locked by pid N: pymgr is already running", N long dead."""
+    daemon.pidfile.parent.mkdir()
+    daemon.pidfile.write_text(f"{dead_pid()}\n")  # a crashed daemon's, readable by all as older versions left it
+    daemon.pidfile.chmod(0o644)
+    holder = hold_as_www_data(
+        daemon.pidfile, "fd = os.open(sys.argv[1], os.O_RDONLY)\nfcntl.lockf(fd, fcntl.LOCK_SH)"
+    )
+    try:
+        started = daemon("start")
+        assert started.returncode == 0, started.stderr
+        status = daemon("status")
+        assert (status.returncode, status.stdout.strip()) == (
+            0,
+            f"pymgr is running (pid {daemon.started[0]}, pidfile {daemon.pidfile})",
+        )
+        assert stat.S_IMODE(daemon.pidfile.stat().st_mode) == 0o600  # nobody else can open (and lock) it now
+        stopped = daemon("stop")
+        assert stopped.returncode == 0 and stopped.stdout.startswith(f"stopped pymgr (pid {daemon.started[0]})")
+    finally:
+        end(holder)
+    assert not daemon.pidfile.exists()
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
