@@ -18,6 +18,7 @@ from pymgr._fsguard import (
     make_own_dir,
     open_private,
     refuse_link,
+    tighten_file,
 )
 
 NOBODY = 65534
@@ -296,3 +297,33 @@ def test_make_own_dir_creates_nothing_below_an_untrusted_directory(tmp_path: Pat
     with pytest.raises(UnsafePathError, match=rf"^{tmp_path}/theirs is owned by uid {NOBODY}, who could change"):
         make_own_dir(theirs / "etc" / "systemd")
     assert not (theirs / "etc").exists()
+
+
+# --- tighten_file
+
+
+def test_tighten_file_narrows_and_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.db"
+    path.write_text("")
+    path.chmod(0o644)
+    assert tighten_file(path) == 0o644
+    assert _mode(path) == 0o600
+    assert tighten_file(path) is None
+
+
+def test_tighten_file_never_follows_a_link(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("")
+    victim.chmod(0o644)
+    (tmp_path / "link").symlink_to(victim)
+    assert tighten_file(tmp_path / "link") is None
+    assert tighten_file(tmp_path / "missing") is None
+    assert _mode(victim) == 0o644
+
+
+def test_unsafe_path_error_is_an_oserror(tmp_path: Path) -> None:
+    (tmp_path / "link").symlink_to(tmp_path / "x")
+    with pytest.raises(OSError) as caught:
+        open_private(tmp_path / "link", os.O_WRONLY | os.O_CREAT)
+    assert caught.value.strerror == str(caught.value)
+    assert not (tmp_path / "x").exists()

@@ -40,6 +40,7 @@ __all__ = [
     "make_own_dir",
     "open_private",
     "refuse_link",
+    "tighten_file",
     "trusted_uids",
 ]
 
@@ -47,8 +48,10 @@ __all__ = [
 _MAX_LINKS = 40
 
 
-class UnsafePathError(Exception):
+class UnsafePathError(OSError):
     """A path the daemon would open or trust is unsafe; the message names it and the fix.
+
+    An ``OSError``: every caller that handles "cannot open" handles "refused to open" too.
 
     Attributes:
         path: the file or directory at fault.
@@ -61,6 +64,7 @@ class UnsafePathError(Exception):
         self.reason = reason
         self.fix = fix
         super().__init__(f"{self.path} {reason}; {fix}")
+        self.strerror = str(self.args[0])  # what callers print for an OSError
 
 
 def absolute(path: str | os.PathLike[str]) -> Path:
@@ -87,6 +91,28 @@ def refuse_link(path: str | os.PathLike[str]) -> None:
         raise UnsafePathError(path, "is a symbolic link", f"remove it (rm {path}); pymgr never writes through a link")
     if not stat.S_ISREG(st.st_mode):
         raise UnsafePathError(path, "is not a regular file", f"remove it (rm -r {path})")
+
+
+def tighten_file(path: str | os.PathLike[str], mode: int = 0o600) -> int | None:
+    """Narrow an existing file of ours to ``mode``; its previous mode when it was wider, else ``None``.
+
+    A missing file, a symlink, a socket or a FIFO is left alone (and never
+    followed): a file the daemon opens later gets its own checks then.
+    Files of other users are left alone too; opening them is refused.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        old = stat.S_IMODE(st.st_mode)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or not old & ~mode & 0o7777:
+            return None
+        os.fchmod(fd, old & mode)
+        return old
+    finally:
+        os.close(fd)
 
 
 def open_private(path: str | os.PathLike[str], flags: int, mode: int = 0o600, *, group: int | None = None) -> int:
