@@ -12,8 +12,10 @@ import pytest
 from pymgr._fsguard import (
     UnsafePathError,
     absolute,
+    check_own_dir,
     check_trusted,
     ensure_private_dir,
+    make_own_dir,
     open_private,
     refuse_link,
     tighten_file,
@@ -259,6 +261,42 @@ def test_check_trusted_accepts_given_owners(tmp_path: Path) -> None:
     conf = _tree(tmp_path)
     with pytest.raises(UnsafePathError, match="owned by uid"):
         check_trusted(conf, owner_uids={12345})
+
+
+# --- check_own_dir, make_own_dir
+
+
+def test_check_own_dir_refuses_a_sticky_world_writable_directory(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    check_trusted(shared)  # fine as an ancestor ...
+    with pytest.raises(UnsafePathError, match=r"shared is writable by every user \(sticky or not\): anyone could"):
+        check_own_dir(shared)  # ... not as the directory a name is created in
+    shared.chmod(0o755)
+    check_own_dir(shared)
+
+
+def test_check_own_dir_refuses_a_file(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("")
+    with pytest.raises(UnsafePathError, match=r"/f is not a directory; remove it"):
+        check_own_dir(tmp_path / "f")
+
+
+def test_make_own_dir_creates_with_mode_and_leaves_existing_ones(tmp_path: Path, wide_umask: None) -> None:
+    tmp_path.chmod(0o750)
+    make_own_dir(tmp_path / "a" / "b", 0o755)
+    assert (_mode(tmp_path / "a"), _mode(tmp_path / "a" / "b"), _mode(tmp_path)) == (0o755, 0o755, 0o750)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a directory to another user")
+def test_make_own_dir_creates_nothing_below_an_untrusted_directory(tmp_path: Path) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, NOBODY, NOBODY)
+    with pytest.raises(UnsafePathError, match=rf"^{tmp_path}/theirs is owned by uid {NOBODY}, who could change"):
+        make_own_dir(theirs / "etc" / "systemd")
+    assert not (theirs / "etc").exists()
 
 
 # --- tighten_file

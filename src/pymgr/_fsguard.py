@@ -35,8 +35,10 @@ from pathlib import Path
 __all__ = [
     "UnsafePathError",
     "absolute",
+    "check_own_dir",
     "check_trusted",
     "ensure_private_dir",
+    "make_own_dir",
     "open_private",
     "refuse_link",
     "tighten_file",
@@ -277,3 +279,46 @@ def _check_component(entry: str, st: os.stat_result, owners: frozenset[int], tar
         raise UnsafePathError(
             where, f"is writable by group {st.st_gid}", f"run chmod g-w {entry} (or chgrp root {entry})"
         )
+
+
+def check_own_dir(path: str | os.PathLike[str]) -> None:
+    """Refuse ``path`` unless it is a trusted directory in which nobody else can create a name.
+
+    For a directory the daemon writes a file into by name (a pidfile, unit
+    files): unlike an ancestor, it may not be sticky and writable by others,
+    who could plant that name (a link, a file of theirs) before the daemon does.
+
+    Raises:
+        UnsafePathError: an untrusted component, not a directory, or writable by every user.
+        OSError: a component is missing or unreadable.
+    """
+    check_trusted(path)
+    st = os.stat(path)  # every component was checked: nobody else can swap what this follows
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafePathError(path, "is not a directory", f"remove it (rm {path}) or pick another directory")
+    if st.st_mode & stat.S_IWOTH:
+        raise UnsafePathError(
+            path,
+            "is writable by every user (sticky or not): anyone could create a name there first",
+            "give pymgr a directory of its own (e.g. /run/pymgr), or run chmod o-w on it",
+        )
+
+
+def make_own_dir(path: str | os.PathLike[str], mode: int = 0o755) -> None:
+    """Create ``path`` and its missing parents with ``mode``, then :func:`check_own_dir` it.
+
+    Nothing is created below an untrusted directory: the deepest existing one
+    is checked first. Existing directories are left as they are (never
+    tightened: an admin's ``/etc/systemd/system`` is not ours to change).
+
+    Raises:
+        UnsafePathError: as :func:`check_trusted` and :func:`check_own_dir`.
+        OSError: a directory cannot be created.
+    """
+    path = absolute(path)
+    existing = path
+    while not os.path.lexists(existing):
+        existing = existing.parent
+    check_trusted(existing)
+    _make_dirs(path, mode)
+    check_own_dir(path)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from pymgr._fsguard import UnsafePathError
 from pymgr.config import Config, load_config
 from pymgr.service import systemd
+from pymgr.service._unitsyntax import UnitValueError
 from pymgr.service.hardening import OPTIONS, apply_overrides, hardening
 from pymgr.service.systemd import MARKER, UnitConflict, render_units, write_units
 from tests.service.helpers import pymgr
@@ -96,7 +100,7 @@ def test_every_directive_has_a_comment_above_it(tmp_path: Path) -> None:
 def test_levels_and_overrides(tmp_path: Path) -> None:
     strict = {name for name, _, _ in hardening("strict", [])}
     relaxed = {name for name, _, _ in hardening("relaxed", [])}
-    assert strict == {o.name for o in OPTIONS} and relaxed < strict and hardening("off", [Path("/x")]) == []
+    assert strict == {o.name for o in OPTIONS} and relaxed < strict and hardening("off", [("k", Path("/x"))]) == []
     assert relaxed == {
         "PrivateTmp",
         "ProtectControlGroups",
@@ -111,8 +115,12 @@ def test_levels_and_overrides(tmp_path: Path) -> None:
     assert values["ProtectSystem"] == "full" and "SystemCallFilter" not in values and values["CPUQuota"] == "50%"
     with pytest.raises(ValueError, match=r"^hardening must be one of strict, relaxed, off, not 'loose'$"):
         hardening("loose", [])
-    with pytest.raises(ValueError, match=r"^a writable path must not contain spaces, quotes or backslashes: '/a b'$"):
-        hardening("strict", [Path("/a b")])
+    with pytest.raises(
+        UnitValueError,
+        match=r"^service\.read_write_paths\[0\]: must not contain spaces, quotes or backslashes: "
+        r"systemd splits this directive's value there: '/a b'$",
+    ):
+        hardening("strict", [("service.read_write_paths[0]", Path("/a b"))])
 
 
 def test_overrides_reach_base_directives_too(tmp_path: Path) -> None:
@@ -248,3 +256,48 @@ def test_a_config_under_tmp_is_warned_about() -> None:
     assert re.match(
         r"^/tmp/x/pymgr\.toml is under /tmp, which PrivateTmp=yes replaces with an empty directory", warning
     )
+
+
+# -- writing the files ------------------------------------------------------------------------
+
+
+def test_units_get_their_mode_whatever_the_umask_and_leave_no_temp_file(tmp_path: Path) -> None:
+    config, path = _load(tmp_path)
+    old = os.umask(0o077)
+    try:
+        write_units(render_units(config, path), tmp_path / "units")
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in (tmp_path / "units").iterdir()) == ["pymgr.service", "pymgr.socket"]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "units").iterdir()} == {0o644}
+
+
+def test_a_link_in_place_of_a_unit_is_refused_and_left_alone(tmp_path: Path) -> None:
+    config, path = _load(tmp_path)
+    units = tmp_path / "units"
+    write_units(render_units(config, path), units)
+    elsewhere = tmp_path / "elsewhere.service"
+    elsewhere.write_text((units / "pymgr.service").read_text())  # even one pymgr wrote
+    (units / "pymgr.service").unlink()
+    (units / "pymgr.service").symlink_to(elsewhere)
+    for act in (lambda: write_units(render_units(config, path), units), lambda: systemd.remove_units("pymgr", units)):
+        with pytest.raises(UnitConflict, match=r"pymgr\.service is not a regular file \(Too many levels of symbolic"):
+            act()
+        assert (units / "pymgr.service").is_symlink() and elsewhere.read_text().startswith(MARKER)
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777])
+def test_a_unit_directory_others_may_write_is_refused(tmp_path: Path, mode: int) -> None:
+    config, path = _load(tmp_path)
+    units = tmp_path / "units"
+    units.mkdir()
+    units.chmod(mode)  # sticky or not: others could plant a name before pymgr writes it
+    with pytest.raises(UnsafePathError, match=rf"^{re.escape(str(units))} is writable by every user"):
+        write_units(render_units(config, path), units)
+    assert list(units.iterdir()) == []
+
+
+def test_the_config_path_is_checked_like_any_value(tmp_path: Path) -> None:
+    config, _ = _load(tmp_path)
+    with pytest.raises(UnitValueError, match=r"^--config: must not contain control characters \(U\+000A at offset 4\)"):
+        render_units(config, Path("/etc\n/pymgr.toml"))

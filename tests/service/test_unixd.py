@@ -209,11 +209,19 @@ with PidFile(Path(sys.argv[1])):
 """
 
 
+def _hold(tmp_path: Path, pidfile: Path, script_name: str = "pymgr") -> subprocess.Popen[str]:
+    """A process that holds ``pidfile`` as the daemon does; its command is pymgr if the script is named so."""
+    script = tmp_path / script_name
+    script.write_text(HOLD)
+    holder = subprocess.Popen([sys.executable, str(script), str(pidfile)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    return holder
+
+
 def test_the_lock_says_running_and_dies_with_its_holder(tmp_path: Path) -> None:
     pidfile = tmp_path / "run" / "x.pid"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(pidfile)], stdout=subprocess.PIPE, text=True)
+    holder = _hold(tmp_path, pidfile)
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
         assert probe(pidfile) == probe(pidfile)  # probing disturbs nothing
         assert probe(pidfile).state is PidState.RUNNING and probe(pidfile).pid == holder.pid
         with pytest.raises(

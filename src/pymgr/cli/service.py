@@ -5,8 +5,10 @@ systemctl; on Windows the same commands install and control a Windows
 service (``pymgr.service.winservice``, pywin32 in ``pymgr.service.windows``).
 
 Exit codes: 0 done; 1 failed (the message says why: systemd not running, a
-foreign unit file in the way, the SCM refused); 2 bad arguments; 4 no
-privilege to write the units; 6 the config is invalid. start, stop,
+foreign unit file or a symlink in the way, a unit directory
+another user could change, the SCM refused); 2 bad arguments; 4 no
+privilege to write the units; 6 the config is invalid (or holds a value
+that cannot go into a unit). start, stop,
 restart, status and reload on systemd pass systemctl's own exit code
 through (``status``: 0 running, 3 not running, as LSB).
 """
@@ -104,7 +106,12 @@ def service_install(
         loaded = load_config(config)
     except ConfigError as exc:
         _done(6, f"error: {exc}")
-    units = systemd.render_units(loaded, config, name)
+    from pymgr.service._unitsyntax import UnitValueError
+
+    try:
+        units = systemd.render_units(loaded, config, name)
+    except UnitValueError as exc:
+        _done(6, f"error: config {config} cannot go into a systemd unit: {exc}")
     directory = systemd.unit_dir(prefix)
     for warning in systemd.placement_warnings(config):
         typer.echo(f"warning: {warning}", err=True)
@@ -112,9 +119,11 @@ def service_install(
         for unit in units:
             typer.echo(f"# ---- {directory / unit.name}\n{unit.text}")
         _done(0)
+    from pymgr._fsguard import UnsafePathError
+
     try:
         paths = systemd.write_units(units, directory)
-    except systemd.UnitConflict as exc:
+    except (systemd.UnitConflict, UnsafePathError) as exc:
         _done(1, f"error: {exc}")
     except PermissionError as exc:
         _done(4, f"error: cannot write {exc.filename}: {exc.strerror} (run as root, or use --prefix DIR)")
@@ -147,9 +156,11 @@ def service_remove(prefix: PrefixOpt = None, unit_name: UnitNameOpt = "pymgr") -
     units = [f"{name}.{kind}" for kind in ("socket", "service") if (directory / f"{name}.{kind}").exists()]
     if prefix is None and units and systemd.systemd_running():
         systemd.systemctl("disable", "--now", *units)
+    from pymgr._fsguard import UnsafePathError
+
     try:
         removed = systemd.remove_units(name, directory)
-    except systemd.UnitConflict as exc:
+    except (systemd.UnitConflict, UnsafePathError) as exc:
         _done(1, f"error: {exc}")
     except PermissionError as exc:
         _done(4, f"error: cannot delete {exc.filename}: {exc.strerror} (run as root)")

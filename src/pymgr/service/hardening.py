@@ -25,6 +25,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from pymgr.service._unitsyntax import unit_value
+
 LEVELS = ("strict", "relaxed", "off")
 
 
@@ -215,15 +217,17 @@ NOT_USED = {
 }
 
 
-def hardening(level: str, writable: Iterable[Path]) -> list[tuple[str, str, str]]:
+def hardening(level: str, writable: Iterable[tuple[str, Path]]) -> list[tuple[str, str, str]]:
     """The (directive, value, comment) lines of ``level``.
 
     Args:
         level: "strict", "relaxed" or "off".
-        writable: paths for ReadWritePaths= (each prefixed "-": a missing one is skipped).
+        writable: (config key, path) pairs for ReadWritePaths= (each path prefixed "-":
+            a missing one is skipped); the key names the path in an error.
 
     Raises:
-        ValueError: an unknown level, or a writable path systemd cannot take unquoted.
+        ValueError: an unknown level.
+        UnitValueError: a writable path systemd cannot take as one word, naming its key.
     """
     if level not in LEVELS:
         raise ValueError(f"hardening must be one of {', '.join(LEVELS)}, not {level!r}")
@@ -234,7 +238,10 @@ def hardening(level: str, writable: Iterable[Path]) -> list[tuple[str, str, str]
         value = option.strict if level == "strict" else option.relaxed
         if value is not None:
             lines.append((option.name, value, option.why))
-    paths = " ".join(f"-{_quote_path(p)}" for p in dict.fromkeys(writable))
+    unique: dict[Path, str] = {}
+    for key, path in writable:
+        unique.setdefault(path, key)
+    paths = " ".join(f"-{_quote_path(key, path)}" for path, key in unique.items())
     if paths:
         why = (
             "Where the daemon writes: its state (task logs), its socket and log directories, and "
@@ -245,7 +252,16 @@ def hardening(level: str, writable: Iterable[Path]) -> list[tuple[str, str, str]
 
 
 def apply_overrides(lines: list[tuple[str, str, str]], overrides: Mapping[str, str]) -> list[tuple[str, str, str]]:
-    """``lines`` with ``[service] overrides`` applied: replaced, dropped ("") or added at the end."""
+    """``lines`` with ``[service] overrides`` applied: replaced, dropped ("") or added at the end.
+
+    An override is written as the admin wrote it (specifiers and all), but it
+    must stay one value on one line.
+
+    Raises:
+        UnitValueError: an override value that would not, naming ``service.overrides.NAME``.
+    """
+    for name, value in overrides.items():
+        unit_value(f"service.overrides.{name}", value)
     result = []
     for name, value, why in lines:
         if name in overrides:
@@ -259,8 +275,5 @@ def apply_overrides(lines: list[tuple[str, str, str]], overrides: Mapping[str, s
     return result
 
 
-def _quote_path(path: Path) -> str:
-    text = str(path)
-    if any(c.isspace() or c in "\"'\\" for c in text):
-        raise ValueError(f"a writable path must not contain spaces, quotes or backslashes: {text!r}")
-    return text.replace("%", "%%")
+def _quote_path(key: str, path: Path) -> str:
+    return unit_value(key, str(path), word=True).replace("%", "%%")

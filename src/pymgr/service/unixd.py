@@ -12,14 +12,18 @@ Rules:
   ``start`` prints that and exits with the matching code. It never reports
   success before the daemon serves.
 - The pidfile (``_pidfile``) is locked for the daemon's life: "running" is
-  "the lock is held". A pidfile nobody holds is stale; its pid is only used
-  to explain what happened to it.
+  "a pymgr process holds the write lock", and the pid signalled is the
+  lock holder's, as the kernel names it. A pidfile nobody holds is stale;
+  its pid is only used to explain what happened to it. A lock held by
+  anything else, or a pidfile another user could have planted, is reported
+  and never acted on.
 - ``stop`` sends SIGTERM and waits up to ``stop_timeout_s`` for the lock to
   be released; with ``force`` it then sends SIGKILL. It always says what it
   did. ``reload`` sends SIGHUP (the daemon logs what changed).
 - Exit codes are the LSB init-script ones (LSB Core, "Init Script
   Actions"), so an init script can ``exec pymgr daemon "$1"``: ``status``
-  0 running, 1 dead with a pidfile left, 3 not running; the others 0
+  0 running, 1 dead with a pidfile left, 3 not running, 4 unknown (the
+  pidfile is untrustworthy, unreadable or locked by another program); the others 0
   success (also "already running" for start and "not running" for stop, as
   LSB asks), 1 generic failure, 4 no privilege, 6 not configured, 7 not
   running (``reload``).
@@ -39,9 +43,12 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
+from pymgr._fsguard import UnsafePathError
 from pymgr.config import Config, ConfigError, load_config
 from pymgr.service._outcome import Outcome
-from pymgr.service._pidfile import PidFile, PidFileLocked, PidState, probe, read_pid
+from pymgr.service._pidfile import PidFile, PidFileLocked, PidState, PidStatus, probe, read_pid, remove_stale
 from pymgr.service.foreground import run_service
 from pymgr.service.hooks import Runtime
 from pymgr.service.logsetup import LogFormat, open_log_file, setup_logging
@@ -94,6 +101,24 @@ class DaemonOptions:
     stop_timeout_s: float = 60.0
 
 
+def _probe(pidfile: Path, code: int = Lsb.GENERIC) -> PidStatus | Outcome:
+    """What the pidfile says, or the outcome (with ``code``) that says why it cannot be trusted or read."""
+    try:
+        return probe(pidfile)
+    except UnsafePathError as exc:
+        return Outcome(code, f"not trusting pidfile {pidfile}: {exc}")
+    except OSError as exc:
+        return Outcome(code, f"cannot read pidfile {pidfile}: {exc.strerror} (run as root or the daemon's user)")
+
+
+def _foreign(found: PidStatus, pidfile: Path, code: int = Lsb.GENERIC) -> Outcome:
+    return Outcome(
+        code,
+        f"pidfile {pidfile} is locked by {found.detail}; nothing was signalled. "
+        "End that process, or give pymgr a pidfile of its own",
+    )
+
+
 def read_config(config_path: Path) -> Config | Outcome:
     """The config, or the ``NOT_CONFIGURED`` outcome that says what is wrong with it."""
     try:
@@ -109,9 +134,13 @@ def start(config_path: Path, config: Config, opts: DaemonOptions) -> Outcome:
     """Start the daemon detached, and wait until it serves (or says why it cannot)."""
     if python_daemon is None:
         return Outcome(Lsb.NOT_INSTALLED, "pymgr daemon needs python-daemon: pip install python-daemon")
-    found = probe(opts.pidfile)
+    found = _probe(opts.pidfile)
+    if isinstance(found, Outcome):
+        return found
     if found.state is PidState.RUNNING:
         return Outcome(Lsb.SUCCESS, f"pymgr is already running (pid {found.pid}, pidfile {opts.pidfile})")
+    if found.state is PidState.FOREIGN:
+        return _foreign(found, opts.pidfile)
     try:
         open_log_file(opts.log_file).close()  # refused here, with its reason, rather than in the forked child
     except OSError as exc:
@@ -191,7 +220,7 @@ def _become_daemon(config_path: Path, config: Config, opts: DaemonOptions, repor
     )
     try:
         context.open()
-    except PidFileLocked as exc:
+    except (PidFileLocked, UnsafePathError) as exc:
         reporter.failed(str(exc))
         return Lsb.GENERIC
     except PermissionError as exc:
@@ -263,14 +292,19 @@ def _tail(path: Path) -> str:
 
 def stop(opts: DaemonOptions, force: bool = False) -> Outcome:
     """SIGTERM the daemon, wait for it to exit; SIGKILL it after the timeout if ``force``."""
-    found = probe(opts.pidfile)
+    found = _probe(opts.pidfile)
+    if isinstance(found, Outcome):
+        return found
     if found.state is PidState.ABSENT:
         return Outcome(Lsb.SUCCESS, f"pymgr is not running (no pidfile {opts.pidfile})")
-    if found.state is PidState.STALE or found.pid is None:
-        opts.pidfile.unlink(missing_ok=True)
+    if found.state is PidState.STALE:
+        if (failed := _remove_stale(opts.pidfile)) is not None:
+            return failed
         return Outcome(Lsb.SUCCESS, f"pymgr is not running; removed its stale pidfile {opts.pidfile} ({found.detail})")
-    pid = found.pid
-    if (denied := _signal(pid, signal.SIGTERM)) is not None:
+    if found.state is PidState.FOREIGN or found.process is None:
+        return _foreign(found, opts.pidfile)
+    pid, daemon = found.pid, found.process
+    if (denied := _signal(daemon, signal.SIGTERM)) is not None:
         return denied
     started = time.monotonic()
     if _wait_exit(opts.pidfile, opts.stop_timeout_s):
@@ -283,24 +317,36 @@ def stop(opts: DaemonOptions, force: bool = False) -> Outcome:
             f"pymgr (pid {pid}) is still running {opts.stop_timeout_s:g} s after SIGTERM (requests or task stops "
             "still finishing?); wait, or run `pymgr daemon stop --force` to SIGKILL it",
         )
-    if (denied := _signal(pid, signal.SIGKILL)) is not None:
+    if (denied := _signal(daemon, signal.SIGKILL)) is not None:
         return denied
     if not _wait_exit(opts.pidfile, KILL_WAIT_S):
         return Outcome(Lsb.GENERIC, f"pymgr (pid {pid}) survived SIGKILL for {KILL_WAIT_S:g} s (stuck in the kernel?)")
-    opts.pidfile.unlink(missing_ok=True)  # it had no chance to remove it
+    if (failed := _remove_stale(opts.pidfile)) is not None:  # it had no chance to remove it
+        return failed
     return Outcome(
         Lsb.SUCCESS, f"killed pymgr (pid {pid}) with SIGKILL: it ignored SIGTERM for {opts.stop_timeout_s:g} s"
     )
 
 
-def _signal(pid: int, sig: signal.Signals) -> Outcome | None:
+def _remove_stale(pidfile: Path) -> Outcome | None:
     try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
+        remove_stale(pidfile)
+    except UnsafePathError as exc:
+        return Outcome(Lsb.GENERIC, f"not removing pidfile {pidfile}: {exc}")
+    except OSError as exc:
+        return Outcome(Lsb.NO_PRIVILEGE, f"cannot remove stale pidfile {pidfile}: {exc.strerror} (run as root)")
+    return None
+
+
+def _signal(daemon: psutil.Process, sig: signal.Signals) -> Outcome | None:
+    """Signal the daemon as identified by the pidfile's lock (psutil checks its start time: no reused pid)."""
+    try:
+        daemon.send_signal(sig)
+    except psutil.NoSuchProcess:
         return None  # it exited meanwhile: the wait sees it at once
-    except PermissionError:
+    except psutil.AccessDenied:
         return Outcome(
-            Lsb.NO_PRIVILEGE, f"not allowed to send {sig.name} to pymgr (pid {pid}): run as its user or root"
+            Lsb.NO_PRIVILEGE, f"not allowed to send {sig.name} to pymgr (pid {daemon.pid}): run as its user or root"
         )
     return None
 
@@ -308,16 +354,25 @@ def _signal(pid: int, sig: signal.Signals) -> Outcome | None:
 def _wait_exit(pidfile: Path, timeout_s: float) -> bool:
     """Wait until nobody holds the pidfile's lock; False on timeout."""
     deadline = time.monotonic() + timeout_s
-    while probe(pidfile).state is PidState.RUNNING:
+    while _still_held(pidfile):
         if time.monotonic() >= deadline:
             return False
         time.sleep(POLL_S)
     return True
 
 
+def _still_held(pidfile: Path) -> bool:
+    found = _probe(pidfile)
+    return not isinstance(found, Outcome) and found.state in (PidState.RUNNING, PidState.FOREIGN)
+
+
 def status(opts: DaemonOptions) -> Outcome:
     """The LSB status of the daemon (``LsbStatus``)."""
-    found = probe(opts.pidfile)
+    found = _probe(opts.pidfile, LsbStatus.UNKNOWN)
+    if isinstance(found, Outcome):
+        return found
+    if found.state is PidState.FOREIGN:
+        return _foreign(found, opts.pidfile, LsbStatus.UNKNOWN)
     if found.state is PidState.RUNNING:
         return Outcome(LsbStatus.RUNNING, f"pymgr is running (pid {found.pid}, pidfile {opts.pidfile})")
     if found.state is PidState.STALE:
@@ -329,10 +384,14 @@ def status(opts: DaemonOptions) -> Outcome:
 
 def reload(opts: DaemonOptions) -> Outcome:
     """SIGHUP: the daemon reloads its config and logs what changed or why it refused."""
-    found = probe(opts.pidfile)
-    if found.state is not PidState.RUNNING or found.pid is None:
+    found = _probe(opts.pidfile)
+    if isinstance(found, Outcome):
+        return found
+    if found.state is PidState.FOREIGN:
+        return _foreign(found, opts.pidfile)
+    if found.state is not PidState.RUNNING or found.process is None:
         return Outcome(Lsb.NOT_RUNNING, f"pymgr is not running (pidfile {opts.pidfile}); nothing to reload")
-    if (denied := _signal(found.pid, signal.SIGHUP)) is not None:
+    if (denied := _signal(found.process, signal.SIGHUP)) is not None:
         return denied
     return Outcome(
         Lsb.SUCCESS, f"sent SIGHUP to pymgr (pid {found.pid}): it reloads its config; {opts.log_file} says what changed"
