@@ -19,7 +19,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -171,3 +173,33 @@ def open_dir() -> Iterator[Path]:
 def daemon(start_daemon: Callable[..., Daemon]) -> Daemon:
     """A daemon with the test config (demo, tasks, SCAN_MODULE, legacy)."""
     return start_daemon()
+
+
+def unix_http(daemon: Daemon, timeout_s: float = 60) -> httpx.Client:
+    """A plain httpx client on the daemon's Unix socket (for replies the typed client would raise on)."""
+    return httpx.Client(transport=httpx.HTTPTransport(uds=str(daemon.socket)), base_url="http://pymgr", timeout=timeout_s)
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float = 20.0) -> Any:
+    """Poll ``predicate`` until it returns something true; that value."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+AS_WWW_DATA = ["setpriv", "--reuid=33", "--regid=33", "--init-groups"]
+
+
+def curl_as_www_data(daemon: Daemon, path: str, body: str = "{}") -> tuple[int, dict[str, Any]]:
+    """POST ``body`` to ``path`` on the daemon's Unix socket as www-data (uid 33): status and JSON reply."""
+    out = subprocess.run(
+        [*AS_WWW_DATA, "curl", "-sS", "--unix-socket", str(daemon.socket), "-w", "\n%{http_code}", "-d", body,
+         f"http://pymgr{path}"],
+        capture_output=True, check=True, timeout=30, cwd="/",
+    )  # fmt: skip
+    text, _, status = out.stdout.decode().rpartition("\n")
+    return int(status), json.loads(text)

@@ -14,10 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.conftest import BASE_CONFIG, PYMGR, Daemon
+from tests.conftest import BASE_CONFIG, PYMGR, Daemon, unix_http, wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed (make test installs it)")
 
@@ -45,20 +44,6 @@ def raw_request(daemon: Daemon, data: bytes) -> bytes:
                 break
             reply += chunk
         return reply
-
-
-def http(daemon: Daemon) -> httpx.Client:
-    return httpx.Client(transport=httpx.HTTPTransport(uds=str(daemon.socket)), base_url="http://pymgr", timeout=30)
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def test_health_modules_and_echo_through_curl(daemon: Daemon) -> None:
@@ -111,7 +96,7 @@ def test_socket_mode_from_config(daemon: Daemon) -> None:
 
 
 def test_task_lifecycle_over_http(daemon: Daemon) -> None:
-    with http(daemon) as c:
+    with unix_http(daemon) as c:
         r = c.post("/v1/tasks", json={"type": "scan", "params": {"task_id": 5, "duration": 30}, "key": "scan:5"})
         assert r.status_code == 202
         task = r.json()["result"]
@@ -131,7 +116,7 @@ def test_task_lifecycle_over_http(daemon: Daemon) -> None:
 def test_no_shell_anywhere(daemon: Daemon, tmp_path: Path) -> None:
     victim = tmp_path / "x"
     word = f"1; touch {victim}"
-    with http(daemon) as c:
+    with unix_http(daemon) as c:
         task = c.post("/v1/tasks", json={"type": "echo", "params": {"word": word}}).json()["result"]
         done = wait_for(lambda: (t := c.get(f"/v1/tasks/{task['id']}").json()["result"])["state"] == "succeeded" and t)
     assert done["argv"] == ["/bin/echo", word]  # one literal argument
@@ -142,7 +127,7 @@ def test_sigterm_finishes_in_flight_requests_and_removes_socket(daemon: Daemon) 
     replies: list[Any] = []
 
     def slow_call() -> None:
-        with http(daemon) as c:
+        with unix_http(daemon) as c:
             replies.append(c.post("/v1/modules/demo/sleep", json={"seconds": 1.0}).json())
 
     caller = threading.Thread(target=slow_call)

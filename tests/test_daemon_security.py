@@ -27,7 +27,7 @@ from examples.legacy_client import call as legacy_call
 from pymgr.auth.hmac_auth import HmacAuth
 from pymgr.client import Client
 from pymgr.errors import Forbidden, RateLimited, Unauthenticated
-from tests.conftest import EXAMPLES, PYMGR, Daemon, launch_daemon
+from tests.conftest import EXAMPLES, PYMGR, Daemon, curl_as_www_data, launch_daemon
 
 CI_SECRET = "ci-secret-0123456789"
 LEGACY_SECRET = "legacy-test-secret"
@@ -102,7 +102,6 @@ argv = ["{{python}}", "{EXAMPLES}/scan.py", "--task-id", "{{task_id}}", "--durat
 task_id = {{ type = "int", min = 0 }}
 """
 
-AS_WWW_DATA = ["setpriv", "--reuid=33", "--regid=33", "--init-groups"]
 needs_www_data = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("setpriv") is None or shutil.which("curl") is None,
     reason="needs root, setpriv and curl to call as www-data (uid 33)",
@@ -165,16 +164,6 @@ def test_root_is_allowed_by_its_rule_and_whoami_shows_the_peer(secure: Daemon) -
         me = c.call("demo", "whoami")
         assert (me["transport"], me["uid"], me["pid"]) == ("unix", 0, os.getpid())
         assert c.call("demo", "root_only").startswith("hello root")
-
-
-def curl_as_www_data(daemon: Daemon, path: str, body: str = "{}") -> tuple[int, dict[str, Any]]:
-    out = subprocess.run(
-        [*AS_WWW_DATA, "curl", "-sS", "--unix-socket", str(daemon.socket), "-w", "\n%{http_code}", "-d", body,
-         f"http://pymgr{path}"],
-        capture_output=True, check=True, timeout=30, cwd="/",
-    )  # fmt: skip
-    text, _, status = out.stdout.decode().rpartition("\n")
-    return int(status), json.loads(text)
 
 
 @needs_www_data

@@ -32,7 +32,7 @@ import httpx
 import pytest
 
 from pymgr.auth.signing import signed_headers
-from tests.conftest import BASE_CONFIG, PYMGR, READY_TIMEOUT_S, Daemon
+from tests.conftest import AS_WWW_DATA, BASE_CONFIG, PYMGR, READY_TIMEOUT_S, Daemon
 
 ROOT_TOOLS = os.geteuid() == 0 and all(shutil.which(t) for t in ("setpriv", "curl", "prlimit"))
 #: Root-only: calls as nobody and www-data, lowers a process's RLIMIT_NOFILE, edits users and groups.
@@ -42,7 +42,6 @@ _SKIP_UNLESS_ROOT = pytest.mark.skipif(not ROOT_TOOLS, reason="needs root, setpr
 def needs_root(test: Callable[..., None]) -> Callable[..., None]:
     return pytest.mark.root(_SKIP_UNLESS_ROOT(test))
 AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-AS_WWW_DATA = ["setpriv", "--reuid=33", "--regid=33", "--init-groups"]
 KEY_A, KEY_B = "flooder", "victim"
 SECRET_A, SECRET_B = "flooder-secret-0123456789", "victim-secret-0123456789"
 

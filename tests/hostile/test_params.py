@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -28,9 +27,8 @@ from pymgr.core.registry import Registry
 from pymgr.errors import ParamsInvalid, PymgrError
 from pymgr.modules.commands import command_modules
 from pymgr.modules.commandspec import CommandConfig
-from tests.conftest import BASE_CONFIG, Daemon, launch_daemon
+from tests.conftest import BASE_CONFIG, Daemon, curl_as_www_data, launch_daemon
 
-AS_WWW_DATA = ["setpriv", "--reuid=33", "--regid=33", "--init-groups"]
 needs_www_data = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("setpriv") is None or shutil.which("curl") is None,
     reason="needs root, setpriv and curl to call as www-data (uid 33)",
@@ -204,16 +202,6 @@ def launch_open(base: Path, name: str, config: str) -> Daemon:
     daemon = launch_daemon(base / name, config)
     (base / name).chmod(0o755)
     return daemon
-
-
-def curl_as_www_data(daemon: Daemon, path: str, body: str = "{}") -> tuple[int, dict[str, Any]]:
-    out = subprocess.run(
-        [*AS_WWW_DATA, "curl", "-sS", "--unix-socket", str(daemon.socket), "-w", "\n%{http_code}", "-d", body,
-         f"http://pymgr{path}"],
-        capture_output=True, check=True, timeout=30, cwd="/",
-    )  # fmt: skip
-    text, _, status = out.stdout.decode().rpartition("\n")
-    return int(status), json.loads(text)
 
 
 @pytest.mark.parametrize("extra", ["", 'read_only = true\n'])

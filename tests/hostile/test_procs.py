@@ -16,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import httpx
 import pytest
 
 from pymgr.tasks import _cgroup
-from tests.conftest import BASE_CONFIG, PYMGR, Daemon, launch_daemon
+from tests.conftest import BASE_CONFIG, PYMGR, Daemon, unix_http, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -39,20 +38,6 @@ def _cgroups_usable() -> str | None:
 
 
 needs_cgroup = pytest.mark.skipif(_cgroups_usable() is not None, reason=f"{_cgroups_usable()}")
-
-
-def http(daemon: Daemon) -> httpx.Client:
-    return httpx.Client(transport=httpx.HTTPTransport(uds=str(daemon.socket)), base_url="http://pymgr", timeout=60)
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def processes_with(needle: str) -> list[int]:
@@ -97,30 +82,14 @@ def task(c: httpx.Client, task_id: int) -> dict[str, Any]:
     return c.get(f"/v1/tasks/{task_id}").json()["result"]
 
 
-@pytest.fixture
-def started(tmp_path: Path) -> Any:
-    daemons: list[Daemon] = []
-
-    def start(text: str, name: str = "d") -> Daemon:
-        daemon = launch_daemon(tmp_path / name, text)
-        daemons.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in daemons:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
-            daemon.proc.wait(timeout=10)
-
-
 # -- 12.9: a descendant that leaves the session and drops the marker ---------------------
 
 
 @needs_cgroup
-def test_an_escaped_descendant_does_not_survive_stop(started: Any) -> None:
+def test_an_escaped_descendant_does_not_survive_stop(start_daemon: Any) -> None:
     duration = unique_sleep()
-    daemon = started(config(escape_type("escape", duration, "exec /bin/sleep 300")))
-    with http(daemon) as c:
+    daemon = start_daemon(config(escape_type("escape", duration, "exec /bin/sleep 300")))
+    with unix_http(daemon) as c:
         run = start_task(c, "escape")
         wait_for(lambda: processes_with(duration))
         assert c.post(f"/v1/tasks/{run['id']}/stop").status_code == 202
@@ -131,10 +100,10 @@ def test_an_escaped_descendant_does_not_survive_stop(started: Any) -> None:
 
 
 @needs_cgroup
-def test_an_escaped_descendant_does_not_outlive_a_run_that_exits(started: Any) -> None:
+def test_an_escaped_descendant_does_not_outlive_a_run_that_exits(start_daemon: Any) -> None:
     duration = unique_sleep()
-    daemon = started(config(escape_type("escape", duration, "sleep 0.5; exit 0")))
-    with http(daemon) as c:
+    daemon = start_daemon(config(escape_type("escape", duration, "sleep 0.5; exit 0")))
+    with unix_http(daemon) as c:
         run = start_task(c, "escape")
         wait_for(lambda: processes_with(duration))
         done = wait_for(lambda: (t := task(c, run["id"]))["state"] == "succeeded" and t)
@@ -143,18 +112,18 @@ def test_an_escaped_descendant_does_not_outlive_a_run_that_exits(started: Any) -
 
 
 @needs_cgroup
-def test_a_readopted_run_is_still_stopped_through_its_cgroup(started: Any, tmp_path: Path) -> None:
+def test_a_readopted_run_is_still_stopped_through_its_cgroup(start_daemon: Any, tmp_path: Path) -> None:
     duration = unique_sleep()
     text = config(escape_type("escape", duration, "exec /bin/sleep 300"), on_shutdown="leave")
-    first = started(text)
-    with http(first) as c:
+    first = start_daemon(text)
+    with unix_http(first) as c:
         run = start_task(c, "escape")
         wait_for(lambda: processes_with(duration))
         wait_for(lambda: task(c, run["id"])["state"] == "running")
     first.stop(signal.SIGKILL)
-    second = started(text)  # the same directory: the same state, the same keeper
+    second = start_daemon(text)  # the same directory: the same state, the same keeper
     assert second.dir == first.dir
-    with http(second) as c:
+    with unix_http(second) as c:
         wait_for(lambda: task(c, run["id"])["state"] == "running")
         assert c.post(f"/v1/tasks/{run['id']}/stop").status_code == 202
         wait_for(lambda: task(c, run["id"])["state"] == "stopped")
@@ -215,7 +184,7 @@ def test_runs_and_commands_start_with_default_signals_whatever_the_daemon_inheri
     try:
         wait_for(lambda: " pymgr: ready " in log_path.read_text(errors="replace"))
         daemon = Daemon(proc=proc, dir=directory, socket=directory / "pymgr.sock", legacy_port=None, log_path=log_path)
-        with http(daemon) as c:
+        with unix_http(daemon) as c:
             run = start_task(c, "sigs")
             wait_for(lambda: task(c, run["id"])["state"] == "succeeded")
             run_output = c.get(f"/v1/tasks/{run['id']}/logs").text
@@ -246,31 +215,31 @@ def command_config(extra: str) -> str:
     return config(extra)
 
 
-def test_a_timed_out_command_leaves_nothing_even_what_ignores_sigterm(started: Any) -> None:
+def test_a_timed_out_command_leaves_nothing_even_what_ignores_sigterm(start_daemon: Any) -> None:
     duration = unique_sleep()
     script = f"/bin/sh -c 'trap \"\" TERM; exec /bin/sleep {duration}' & /bin/sleep 100"
-    daemon = started(command_config(f'\n[commands.leave]\nargv = ["/bin/sh", "-c", {json.dumps(script)}]\ntimeout_s = 2\n'))
-    with http(daemon) as c:
+    daemon = start_daemon(command_config(f'\n[commands.leave]\nargv = ["/bin/sh", "-c", {json.dumps(script)}]\ntimeout_s = 2\n'))
+    with unix_http(daemon) as c:
         result = c.post("/v1/modules/commands/leave", json={}).json()["result"]
     assert result["timed_out"] is True
     assert processes_with(duration) == [], "the TERM-proof sleep outlived the command"
     assert result["leftovers"] >= 1
 
 
-def test_a_command_that_exits_leaves_no_background_process(started: Any) -> None:
+def test_a_command_that_exits_leaves_no_background_process(start_daemon: Any) -> None:
     duration = unique_sleep()
     script = f"/bin/sleep {duration} >/dev/null 2>&1 & ( setsid env -i /bin/sleep {duration} & ); exit 0"
-    daemon = started(command_config(f'\n[commands.bg]\nargv = ["/bin/sh", "-c", {json.dumps(script)}]\n'))
-    with http(daemon) as c:
+    daemon = start_daemon(command_config(f'\n[commands.bg]\nargv = ["/bin/sh", "-c", {json.dumps(script)}]\n'))
+    with unix_http(daemon) as c:
         result = c.post("/v1/modules/commands/bg", json={}).json()["result"]
     assert result["exit_code"] == 0 and result["timed_out"] is False
     assert processes_with(duration) == [], "a background process outlived the command"
     assert result["leftovers"] == 2 and result["contained"] is (_cgroups_usable() is None)
 
 
-def test_a_command_is_stopped_when_its_caller_leaves_if_configured(started: Any) -> None:
+def test_a_command_is_stopped_when_its_caller_leaves_if_configured(start_daemon: Any) -> None:
     kept, cancelled = unique_sleep(), unique_sleep() + "1"
-    daemon = started(
+    daemon = start_daemon(
         command_config(
             f"""
             [commands.stay]
@@ -294,9 +263,9 @@ def test_a_command_is_stopped_when_its_caller_leaves_if_configured(started: Any)
     wait_for(lambda: not processes_with(kept), timeout_s=10)  # and ends at its timeout
 
 
-def test_max_concurrent_caps_a_commands_root_processes(started: Any) -> None:
+def test_max_concurrent_caps_a_commands_root_processes(start_daemon: Any) -> None:
     duration = unique_sleep()
-    daemon = started(
+    daemon = start_daemon(
         command_config(
             f'\n[commands.slow]\nargv = ["/bin/sleep", "{duration}"]\ntimeout_s = 1\nmax_concurrent = 3\nmax_queued = 2\n'
         )
@@ -304,7 +273,7 @@ def test_max_concurrent_caps_a_commands_root_processes(started: Any) -> None:
     peak = 0
 
     def call(_: int) -> int:
-        with http(daemon) as c:
+        with unix_http(daemon) as c:
             return c.post("/v1/modules/commands/slow", json={}).status_code
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:

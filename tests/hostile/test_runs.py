@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from examples.legacy_client import call
 from pymgr.client import Client
 from pymgr.tasks._proctree import MARKER_VAR, TASK_ID_VAR
 from tests.conftest import BASE_CONFIG, LEGACY_SECRET, PYMGR, Daemon
-from tests.tasks.survivalhelpers import reap_state_dir, states, wait_until
+from tests.tasks.survivalhelpers import reap_state_dir, states, stored_marker, wait_until
 
 #: Runs are left running when the daemon stops; "hold" runs one at a time, so a second one stays queued.
 HOLD_CONFIG = BASE_CONFIG.replace("[tasks]\n", '[tasks]\non_shutdown = "leave"\n', 1) + """
@@ -45,12 +44,6 @@ def reaped(tmp_path: Path) -> Iterator[None]:
     yield
     for db in tmp_path.glob("*/state/tasks.db"):
         reap_state_dir(db.parent)
-
-
-def stored_marker(daemon: Daemon, task_id: int) -> str:
-    """A run's marker as the store holds it (what leaked to the attacker of the review)."""
-    with sqlite3.connect(daemon.dir / "state" / "tasks.db") as db:
-        return str(db.execute("SELECT marker FROM runs WHERE id = ?", (task_id,)).fetchone()[0])
 
 
 def impostor(task_id: int, marker: str, *, uid: int | None = None) -> subprocess.Popen[bytes]:

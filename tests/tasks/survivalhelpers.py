@@ -12,7 +12,7 @@ from typing import Any
 
 from pymgr.client import Client
 from pymgr.tasks._proctree import ProcRef, find_marked, run_marker, send_signal, start_time
-from tests.conftest import BASE_CONFIG
+from tests.conftest import BASE_CONFIG, Daemon
 
 #: A job that prints, sleeps, then exits with a code: long ones outlive a daemon, short ones end while it is down.
 JOB = """
@@ -72,3 +72,9 @@ def reap_state_dir(state_dir: Path) -> None:
             return
         if b"pymgr.tasks.keeper" in cmdline and start_time(pid) is not None:
             os.kill(pid, signal.SIGKILL)
+
+
+def stored_marker(daemon: Daemon, task_id: int) -> str:
+    """A run's marker, from the store: no API shows it."""
+    with sqlite3.connect(daemon.dir / "state" / "tasks.db") as db:
+        return str(db.execute("SELECT marker FROM runs WHERE id = ?", (task_id,)).fetchone()[0])

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from survivalhelpers import LEAVE_CONFIG, WAIT_S, keeper_pid, reap_state_dir, states, wait_until
+from survivalhelpers import LEAVE_CONFIG, WAIT_S, keeper_pid, reap_state_dir, states, stored_marker, wait_until
 from taskhelpers import gone
 
 from pymgr.client import AsyncClient, Client
@@ -33,12 +33,6 @@ def reaped(tmp_path: Path) -> Iterator[None]:
     yield
     for db in tmp_path.glob("*/state/tasks.db"):
         reap_state_dir(db.parent)
-
-
-def stored_marker(daemon: Daemon, task_id: int) -> str:
-    """A run's marker, from the store: no API shows it."""
-    with sqlite3.connect(daemon.dir / "state" / "tasks.db") as db:
-        return str(db.execute("SELECT marker FROM runs WHERE id = ?", (task_id,)).fetchone()[0])
 
 
 def restart(start_daemon: Callable[..., Daemon], old: Daemon) -> Daemon:
