@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -146,18 +145,10 @@ def refused_total(state: Path, sources: set[str]) -> int:
     return sum(line["refused"] for line in read_lines(state, "audit-refused.log") if line["source"] in sources)
 
 
-@pytest.fixture
-def open_base() -> Iterator[Path]:
-    base = Path(tempfile.mkdtemp(prefix="pymgr-hostile-audit-"))
-    base.chmod(0o755)  # www-data must reach the socket
-    yield base
-    shutil.rmtree(base, ignore_errors=True)
-
-
-def test_a_flood_of_refusals_leaves_every_earlier_record_and_counts_each_refusal(open_base: Path) -> None:
-    daemon = launch_daemon(open_base / "d", FLOOD_CONFIG)
+def test_a_flood_of_refusals_leaves_every_earlier_record_and_counts_each_refusal(open_dir: Path) -> None:
+    daemon = launch_daemon(open_dir / "d", FLOOD_CONFIG)
     try:
-        (open_base / "d").chmod(0o755)
+        (open_dir / "d").chmod(0o755)
         state = daemon.dir / "state"
         with Client(socket=daemon.socket) as c:
             for n in range(5):

@@ -21,7 +21,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -132,14 +131,6 @@ def _launch(directory: Path, config_text: str, nofile: tuple[int, int] | None = 
 
 
 @pytest.fixture
-def base() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="pymgr-hostile-conn-"))
-    path.chmod(0o755)  # www-data must reach the socket
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
 def daemons() -> Iterator[Callable[..., Daemon]]:
     launched: list[Daemon] = []
 
@@ -191,10 +182,10 @@ def _stop_attack(proc: subprocess.Popen[str]) -> None:
 
 @needs_root
 def test_nobody_flooding_tcp_and_legacy_from_loopback_addresses_leaves_the_unix_socket_answering(
-    base: Path, daemons: Callable[..., Daemon]
+    open_dir: Path, daemons: Callable[..., Daemon]
 ) -> None:
     # The review's replay: systemd's soft limit of 1024, 1000 TCP connections from 127.0.0.2-6, 100 legacy ones.
-    daemon = daemons(base / "d", _config(), nofile=(1024, 4096))
+    daemon = daemons(open_dir / "d", _config(), nofile=(1024, 4096))
     attacker, held = _attack(daemon, per_address=200, legacy_per_address=20)
     try:
         assert _unix_health(daemon) == 200, daemon.log()[-3000:]
@@ -208,12 +199,12 @@ def test_nobody_flooding_tcp_and_legacy_from_loopback_addresses_leaves_the_unix_
 
 @needs_root
 def test_tcp_and_legacy_at_their_caps_leave_root_and_www_data_answered_on_the_unix_socket(
-    base: Path, daemons: Callable[..., Daemon]
+    open_dir: Path, daemons: Callable[..., Daemon]
 ) -> None:
     # Caps that fill most of a 1024 limit (400 + 400 + 100 + 64 reserved = 964); the attacker asks for more.
     config = _config("max_connections = 400\nmax_connections_per_identity = 400\nreserved_fds = 64",
                      "max_connections = 100\nmax_connections_per_peer = 100")  # fmt: skip
-    daemon = daemons(base / "d", config, nofile=(1024, 1024))
+    daemon = daemons(open_dir / "d", config, nofile=(1024, 1024))
     attacker, held = _attack(daemon, per_address=100, legacy_per_address=25)  # 500 TCP, 125 legacy
     try:
         assert held == {"tcp": 400, "legacy": 100}, held
@@ -225,11 +216,11 @@ def test_tcp_and_legacy_at_their_caps_leave_root_and_www_data_answered_on_the_un
 
 
 def test_caps_that_do_not_fit_under_the_descriptor_limit_refuse_start(
-    base: Path, daemons: Callable[..., Daemon]
+    open_dir: Path, daemons: Callable[..., Daemon]
 ) -> None:
     # 400 x 2 HTTP listeners + 161 legacy + 64 reserved = 1025, one more than the limit (160 fits: unit tests).
     config = _config("max_connections = 400\nreserved_fds = 64", "max_connections = 161")
-    daemon = daemons(base / "d", config, nofile=(1024, 1024), expect_ready=False)
+    daemon = daemons(open_dir / "d", config, nofile=(1024, 1024), expect_ready=False)
     assert daemon.proc.wait(timeout=30) == 78
     assert re.search(
         r"cannot start: the connection caps could hold more file descriptors than the daemon may open: "
@@ -245,9 +236,9 @@ def _fd_count(pid: int) -> int:
 
 @needs_root
 def test_accept_failing_for_want_of_descriptors_is_logged_at_a_bounded_rate_and_the_listener_survives(
-    base: Path, daemons: Callable[..., Daemon]
+    open_dir: Path, daemons: Callable[..., Daemon]
 ) -> None:
-    daemon = daemons(base / "d", _config())
+    daemon = daemons(open_dir / "d", _config())
     pid = daemon.proc.pid
     time.sleep(0.5)  # let start-up settle (keeper link, store)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -369,10 +360,10 @@ def _wait_for(daemon: Daemon, text: str, timeout_s: float = 20.0) -> None:
 
 @needs_root
 def test_a_user_removed_from_a_group_loses_what_it_allowed_after_sighup(
-    base: Path, daemons: Callable[..., Daemon], group_member: tuple[str, str, int, int]
+    open_dir: Path, daemons: Callable[..., Daemon], group_member: tuple[str, str, int, int]
 ) -> None:
     user, group, uid, gid = group_member
-    daemon = daemons(base / "d", _group_config(group, "groups_max_age_s = 3600"))
+    daemon = daemons(open_dir / "d", _group_config(group, "groups_max_age_s = 3600"))
     assert _echo_as(daemon, uid, gid) == 200
     subprocess.run(["gpasswd", "-d", user, group], check=True, capture_output=True)
     assert _echo_as(daemon, uid, gid) == 200  # within the age and without a reload, the names are kept
@@ -383,10 +374,10 @@ def test_a_user_removed_from_a_group_loses_what_it_allowed_after_sighup(
 
 @needs_root
 def test_a_user_removed_from_a_group_loses_what_it_allowed_after_the_configured_age(
-    base: Path, daemons: Callable[..., Daemon], group_member: tuple[str, str, int, int]
+    open_dir: Path, daemons: Callable[..., Daemon], group_member: tuple[str, str, int, int]
 ) -> None:
     user, group, uid, gid = group_member
-    daemon = daemons(base / "d", _group_config(group, "groups_max_age_s = 1.5"))
+    daemon = daemons(open_dir / "d", _group_config(group, "groups_max_age_s = 1.5"))
     assert _echo_as(daemon, uid, gid) == 200
     subprocess.run(["gpasswd", "-d", user, group], check=True, capture_output=True)
     time.sleep(1.6)

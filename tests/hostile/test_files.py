@@ -12,8 +12,7 @@ import pwd
 import shutil
 import stat
 import subprocess
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -53,15 +52,6 @@ def victim(tmp_path: Path) -> Path:
     path.write_text("precious\n")
     path.chmod(0o600)
     return path
-
-
-@pytest.fixture
-def traversable() -> Iterator[Path]:
-    """A temp dir other users may enter (tmp_path is 0700), removed afterwards."""
-    path = Path(tempfile.mkdtemp(prefix="pymgr-hostile-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 # --- 12.5: state readable by every local user
@@ -130,11 +120,11 @@ def test_a_state_dir_others_can_replace_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.root
-def test_nobody_cannot_read_the_records(start_daemon: Callable[..., Daemon], traversable: Path) -> None:
+def test_nobody_cannot_read_the_records(start_daemon: Callable[..., Daemon], open_dir: Path) -> None:
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to read as nobody")
-    daemon = start_daemon(base=traversable)
-    traversable.joinpath("d").chmod(0o755)
+    daemon = start_daemon(base=open_dir)
+    open_dir.joinpath("d").chmod(0o755)
     read = subprocess.run(
         ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "cat", str(daemon.dir / "state" / "tasks.db")],
         capture_output=True, text=True, timeout=30,

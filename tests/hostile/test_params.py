@@ -11,9 +11,8 @@ import os
 import re
 import shutil
 import signal
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -190,14 +189,6 @@ argv = ["/bin/echo", "secret"]
 """
 
 
-@pytest.fixture
-def open_base() -> Iterator[Path]:
-    base = Path(tempfile.mkdtemp(prefix="pymgr-hostile-"))
-    base.chmod(0o755)  # www-data must reach the socket
-    yield base
-    shutil.rmtree(base, ignore_errors=True)
-
-
 def launch_open(base: Path, name: str, config: str) -> Daemon:
     daemon = launch_daemon(base / name, config)
     (base / name).chmod(0o755)
@@ -205,10 +196,10 @@ def launch_open(base: Path, name: str, config: str) -> Daemon:
 
 
 @pytest.mark.parametrize("extra", ["", 'read_only = true\n'])
-def test_a_command_may_not_take_the_name_of_a_module_from_code(open_base: Path, extra: str) -> None:
+def test_a_command_may_not_take_the_name_of_a_module_from_code(open_dir: Path, extra: str) -> None:
     config = WWW_DATA_POLICY.replace("{enabled}", '"demo"') + BORROWING_COMMANDS + extra
     try:
-        daemon = launch_open(open_base, "d", config)
+        daemon = launch_open(open_dir, "d", config)
     except RuntimeError as exc:
         line = next(n for n, t in enumerate(config.splitlines(), 1) if t == 'module = "tasks"')
         assert re.search(
@@ -244,13 +235,13 @@ class Borrower(pymgr.Module):
 
 @needs_www_data
 def test_task_operations_are_recognised_by_what_they_are_not_by_the_name_tasks(
-    open_base: Path, monkeypatch: pytest.MonkeyPatch,
+    open_dir: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    plugin = open_base / "plugins"
+    plugin = open_dir / "plugins"
     plugin.mkdir()
     (plugin / "borrower.py").write_text(BORROWER)
     monkeypatch.setenv("PYTHONPATH", str(plugin))
-    daemon = launch_open(open_base, "d", WWW_DATA_POLICY.replace("{enabled}", '"borrower:Borrower"'))
+    daemon = launch_open(open_dir, "d", WWW_DATA_POLICY.replace("{enabled}", '"borrower:Borrower"'))
     try:
         for action in ("logs", "wipe"):  # before: 200 for both ("tasks.logs:TYPE" with no type; "tasks.read")
             status, body = curl_as_www_data(daemon, f"/v1/modules/tasks/{action}")
@@ -263,8 +254,8 @@ def test_task_operations_are_recognised_by_what_they_are_not_by_the_name_tasks(
 
 
 @needs_www_data
-def test_a_typed_task_operation_on_no_task_is_refused_before_it_runs(open_base: Path) -> None:
-    daemon = launch_open(open_base, "d", WWW_DATA_POLICY.replace("{enabled}", '"tasks"'))
+def test_a_typed_task_operation_on_no_task_is_refused_before_it_runs(open_dir: Path) -> None:
+    daemon = launch_open(open_dir, "d", WWW_DATA_POLICY.replace("{enabled}", '"tasks"'))
     try:
         with Client(socket=daemon.socket) as c:
             scan = c.start_task("scan")["id"]

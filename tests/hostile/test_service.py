@@ -14,7 +14,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,15 +35,6 @@ as_root = pytest.mark.skipif(
     os.geteuid() != 0 or WWW_DATA is None or not os.access(SYSTEM_PYTHON, os.X_OK),
     reason="replays what www-data does to root's files: needs root, www-data and /usr/bin/python3",
 )
-
-
-@pytest.fixture
-def shared() -> Iterator[Path]:
-    """A temp directory every user can reach (tmp_path's parents are root's alone)."""
-    base = Path(tempfile.mkdtemp(prefix="pymgr-hostile-"))
-    base.chmod(0o755)
-    yield base
-    shutil.rmtree(base, ignore_errors=True)
 
 
 def as_www_data(*argv: str) -> None:
@@ -70,10 +60,10 @@ def root_only_file(path: Path, text: str = "root's own\n") -> Path:
 
 @pytest.mark.root
 @as_root
-def test_a_link_planted_in_a_prefix_www_data_owns_is_never_written_through(shared: Path, tmp_path: Path) -> None:
+def test_a_link_planted_in_a_prefix_www_data_owns_is_never_written_through(open_dir: Path, tmp_path: Path) -> None:
     """Was: the unit text went into the root-only file, which became 0644, and the unit became www-data's link."""
-    secret = root_only_file(shared / "secret")
-    prefix = shared / "prefix"
+    secret = root_only_file(open_dir / "secret")
+    prefix = open_dir / "prefix"
     unit_dir = prefix / "etc/systemd/system"
     unit_dir.mkdir(parents=True)
     give_to_www_data(prefix, prefix / "etc", prefix / "etc/systemd", unit_dir)
@@ -150,8 +140,8 @@ class Daemon:
 
 
 @pytest.fixture
-def daemon(tmp_path: Path, shared: Path) -> Iterator[Daemon]:
-    site = Daemon(tmp_path, shared / "run" / "pymgr.pid")
+def daemon(tmp_path: Path, open_dir: Path) -> Iterator[Daemon]:
+    site = Daemon(tmp_path, open_dir / "run" / "pymgr.pid")
     yield site
     site.kill_started()
 
@@ -181,9 +171,9 @@ def end(process: subprocess.Popen[str]) -> None:
 
 @pytest.mark.root
 @as_root
-def test_a_link_planted_as_the_pidfile_is_never_written_or_deleted(daemon: Daemon, shared: Path) -> None:
+def test_a_link_planted_as_the_pidfile_is_never_written_or_deleted(daemon: Daemon, open_dir: Path) -> None:
     """Was: start overwrote the root-only file the link pointed at with its pid."""
-    victim = root_only_file(shared / "victim")
+    victim = root_only_file(open_dir / "victim")
     daemon.pidfile.parent.mkdir()
     give_to_www_data(daemon.pidfile.parent)
     as_www_data("ln", "-s", str(victim), str(daemon.pidfile))
