@@ -47,7 +47,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 def _on_sigterm(task_id: int) -> None:
     def handler(signum: int, frame: FrameType | None) -> None:
-        print(f"scan {task_id}: stopped by SIGTERM", flush=True)
+        # os.write, not print: the signal may land inside a print of the main loop, and a
+        # second print into the same buffered stdout would raise ("reentrant call") and exit 1.
+        os.write(sys.stdout.fileno(), f"scan {task_id}: stopped by SIGTERM\n".encode())
         # Die of the signal itself, so the parent sees "killed by SIGTERM".
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
