@@ -16,8 +16,18 @@ Rules:
 - The body is read whole before the handler runs: a declared
   ``Content-Length`` over ``max_body_bytes`` is refused (413) before any of
   it is read, a chunked body as soon as it passes the limit.
-- Sizes (413): the request target by ``max_request_line_bytes``, the head
+- Sizes (413): the request target by ``max_request_line_bytes``; the head
   by ``max_header_bytes``, counted as bytes arrive while it is incomplete.
+  After the head, every byte that is not body data (a chunked body's
+  chunk-size lines, extensions, line ends and trailers) counts with the
+  head against ``max_header_bytes``, body data against ``max_body_bytes``:
+  no sequence of bytes makes a request hold more than the two limits.
+  Bytes after the head are counted per read, so a refusal of framing comes
+  at most one read (``FEED_SLICE_BYTES``) late; trailers are also counted
+  exactly as they are parsed, as the head's fields are.
+- Trailers are counted, then dropped: nothing here reads them, and RFC 9110
+  6.5.1 forbids merging them into the head (a field that arrives after
+  the body must not pass for one that came before it).
 - Timeouts: ``header_timeout_s`` from connect (or from the first byte of a
   later request) until the head is complete, ``body_timeout_s`` while a
   body arrives (408); ``keepalive_timeout_s`` idle between requests (the
@@ -52,7 +62,7 @@ import httptools
 from pymgr.auth.guard import caller_key
 from pymgr.errors import MalformedRequest, PymgrError, PymgrInternalError, TooLarge
 from pymgr.transport.http_limits import (LINGER_S, RequestTimeout, check_content_length, connection_identity,
-                                         head_too_large, peer_gone)  # fmt: skip
+                                         framing_too_large, head_too_large, peer_gone)  # fmt: skip
 from pymgr.transport.http_messages import Reply, Request, Stream, encode_reply, error_reply, header, render_head
 
 if TYPE_CHECKING:
@@ -105,6 +115,8 @@ class HttpConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_size = 0
         self._head_bytes = 0
+        self._after_head = 0  # bytes read after the head, of which all but the body's data is framing or trailers
+        self._trailer_bytes = 0  # the head's fields and the trailers so far, once a trailer arrives
         self._waiting = _HEAD
         self._queue: deque[tuple[Request, bool]] = deque()  # parsed, not answered yet
         self._task: asyncio.Task[None] | None = None
@@ -208,8 +220,15 @@ class HttpConnection(asyncio.Protocol):
             self._head_bytes += self._chunk
             if self._head_bytes > self._limits.max_header_bytes:
                 self._refuse(head_too_large(self._head_bytes, self._limits.max_header_bytes))
-        elif self._waiting is _BODY and self._deadline == 0.0:
-            self._watch(_BODY, self._limits.body_timeout_s)
+        elif self._waiting is _BODY:
+            self._after_head += self._chunk
+            # Data in the read that ended the head is subtracted but was never added: this counts less than
+            # was sent, never more. The head is counted as on_headers_complete counts it.
+            framing = self._after_head - self._body_size
+            if framing > 0 and framing + self._fields_size() > self._limits.max_header_bytes:
+                self._refuse(framing_too_large(framing + self._fields_size(), self._limits.max_header_bytes))
+            elif self._deadline == 0.0:
+                self._watch(_BODY, self._limits.body_timeout_s)
 
     def _feed_backlog(self) -> None:
         """Parse a large read a slice at a time; the rest waits, unparsed, while MAX_PIPELINED wait."""
@@ -230,7 +249,7 @@ class HttpConnection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._body = []
-        self._body_size = 0
+        self._body_size = self._trailer_bytes = 0
         if self._waiting is not _HEAD:  # the next pipelined request: its head starts here
             self._waiting = _HEAD
             self._head_bytes = 0
@@ -239,13 +258,27 @@ class HttpConnection(asyncio.Protocol):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._waiting is _BODY:  # a trailer: counted, never kept (module docstring)
+            self._count_trailer(len(name) + len(value) + 4)
+            return
         self._headers.append((name.lower(), value))
+
+    def _count_trailer(self, size: int) -> None:
+        if not self._trailer_bytes:
+            self._trailer_bytes = self._fields_size()
+        self._trailer_bytes += size
+        if self._trailer_bytes > self._limits.max_header_bytes:
+            raise _Refused(framing_too_large(self._trailer_bytes, self._limits.max_header_bytes))
+
+    def _fields_size(self) -> int:
+        """The head's size as counted against max_header_bytes: the target, and each field with its ": " and CRLF."""
+        return len(self._url) + sum(len(name) + len(value) + 4 for name, value in self._headers)
 
     def on_headers_complete(self) -> None:
         limits = self._limits
         # This read held the end of the head: count it exactly only if it could be too large.
         if self._head_bytes + self._chunk > limits.max_header_bytes:
-            size = len(self._url) + sum(len(name) + len(value) + 4 for name, value in self._headers)
+            size = self._fields_size()
             if size > limits.max_header_bytes:
                 raise _Refused(head_too_large(size, self._limits.max_header_bytes))
         if len(self._url) > limits.max_request_line_bytes:
@@ -264,6 +297,7 @@ class HttpConnection(asyncio.Protocol):
             raise _Refused(MalformedRequest("a request with Upgrade cannot carry a body: upgrades are not offered "
                                             "here; send it without the Upgrade and Connection: upgrade headers"))
         self._waiting = _BODY
+        self._after_head = self._chunk = 0  # the rest of this read is not counted (one read at most)
         self._deadline = 0.0  # the body timer starts only if a read leaves the body incomplete
         if self._task is None and not self._queue and header(self._headers, b"expect") == b"100-continue":
             self._transport.write(_CONTINUE)
