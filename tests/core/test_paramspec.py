@@ -73,3 +73,11 @@ def test_doc_reaches_the_schema() -> None:
 def test_bad_declarations_are_explained(spec: dict[str, Any], message: str) -> None:
     with pytest.raises(pydantic.ValidationError, match=message):
         ParamSpec.model_validate(spec)
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e999", float("inf"), float("nan")])
+def test_a_float_param_is_finite(value: Any) -> None:
+    model = build_params_model("t", {"x": ParamSpec.model_validate({"type": "float", "min": 0})})
+    assert model.model_validate({"x": "2.5"}).x == 2.5  # type: ignore[attr-defined]
+    with pytest.raises(pydantic.ValidationError, match="finite number"):
+        model.model_validate({"x": value})

@@ -48,6 +48,12 @@ actions = ["*"]
 
 [modules]
 enabled = ["demo", "tasks"]
+
+[tasks.types.wait]
+argv = ["/bin/echo", "{{seconds}}"]
+
+[tasks.types.wait.params]
+seconds = {{ type = "float", min = 0 }}
 """
 
 CHUNKED_HEAD = (b"POST /v1/modules/demo/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
@@ -167,3 +173,55 @@ def test_a_chunked_request_with_trailers_under_the_limit_is_served(daemon: Daemo
         while not reply.endswith(b"}}"):
             reply += sock.recv(65536)
     assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b'{"ok":true,"result":{"greeting":"hi"}}')
+
+
+# --- bad numbers ---------------------------------------------------------------------------
+
+HUGE_ID = "99999999999999999999999"
+
+
+def call(daemon: Daemon, method: str, path: str, body: bytes = b"") -> tuple[int, dict[str, Any]]:
+    with connect(daemon, "unix") as sock:
+        sock.sendall(b"%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                     % (method.encode(), path.encode(), len(body), body))
+        reply = b""
+        while data := sock.recv(65536):
+            reply += data
+    status, _ = status_and_error(reply)
+    return status, json.loads(reply.partition(b"\r\n\r\n")[2])
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("GET", f"/v1/tasks/{HUGE_ID}", b""),
+    ("POST", f"/v1/tasks/{HUGE_ID}/stop", b""),
+    ("GET", f"/v1/tasks/{HUGE_ID}/logs", b""),
+    ("POST", "/v1/modules/tasks/show", b'{"id": %s}' % HUGE_ID.encode()),
+])  # fmt: skip
+def test_a_task_id_too_large_for_any_run_is_404_not_a_crash(daemon: Daemon, method: str, path: str, body: bytes) -> None:
+    status, reply = call(daemon, method, path, body)
+    assert (status, reply["error"]["code"]) == (404, "not_found"), reply
+    assert "OverflowError" not in daemon.log()
+
+
+def strict_json(text: str | bytes) -> Any:
+    """JSON as RFC 8259 has it: NaN and Infinity are not numbers."""
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} in {text!r}")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("body", [b'{"a": 1e999999}', b'{"a": NaN}', b'{"a": -Infinity}',
+                                  b'{"a": [1, {"b": 1.5e400}]}', b'{"a": ' + b"9" * 400 + b'.0}'])
+def test_a_non_finite_number_in_a_body_is_refused_and_reaches_neither_reply_nor_audit(daemon: Daemon, body: bytes) -> None:
+    status, reply = call(daemon, "POST", "/v1/modules/demo/echo", body)
+    assert (status, reply["error"]["code"]) == (400, "bad_params"), reply
+    assert "finite numbers only" in reply["error"]["message"]
+    for line in (daemon.dir / "state" / "audit.log").read_text().splitlines():
+        strict_json(line)
+
+
+@pytest.mark.parametrize("seconds", ["inf", "nan", "1e999", "-inf"])
+def test_a_float_task_param_written_as_infinity_is_refused(daemon: Daemon, seconds: str) -> None:
+    body = json.dumps({"type": "wait", "params": {"seconds": seconds}}).encode()
+    status, reply = call(daemon, "POST", "/v1/tasks", body)
+    assert (status, reply["error"]["code"]) == (400, "bad_params"), reply

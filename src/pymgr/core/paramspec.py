@@ -103,4 +103,5 @@ def build_params_model(name: str, specs: dict[str, ParamSpec]) -> type[BaseModel
     for pname, spec in specs.items():
         default = ... if spec.is_required else spec.default
         fields[pname] = (spec.annotation(), Field(default, description=spec.doc or None))
-    return create_model(name, __config__=ConfigDict(extra="forbid"), **fields)  # type: ignore[call-overload,no-any-return]
+    # A float param is finite: "inf" in a string must not reach argv as inf.
+    return create_model(name, __config__=ConfigDict(extra="forbid", allow_inf_nan=False), **fields)  # type: ignore[call-overload,no-any-return]

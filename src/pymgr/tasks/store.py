@@ -64,6 +64,8 @@ from pymgr.tasks.states import ACTIVE, TERMINAL, TaskState
 
 #: The schema this code writes (``PRAGMA user_version``).
 SCHEMA_VERSION = 1
+#: The largest id a run can have: SQLite's INTEGER is a signed 64-bit number.
+_MAX_ID = 2**63 - 1
 
 #: Seconds a write waits for another connection's lock before failing; the
 #: daemon is the only writer, so this only covers an operator's sqlite3 shell.
@@ -502,6 +504,8 @@ class SqliteStore:
             raise self._failure("read records", exc) from exc
 
     def get(self, task_id: int) -> TaskRecord | None:
+        if not 0 < task_id <= _MAX_ID:  # no run has it, and SQLite cannot even be asked (OverflowError)
+            return None
         found = self._select("id = ?", (task_id,))
         return found[0] if found else None
 
