@@ -25,6 +25,10 @@ Rules:
   Bytes after the head are counted per read, so a refusal of framing comes
   at most one read (``FEED_SLICE_BYTES``) late; trailers are also counted
   exactly as they are parsed, as the head's fields are.
+- Only HTTP/1.1 and HTTP/1.0 are spoken (httptools parses others, such as
+  "HTTP/2.0", in HTTP/1 syntax): others get 400. An HTTP/1.1 request without
+  a Host field, or any request with several, gets 400, as RFC 9112 3.2
+  requires: a front proxy and pymgr must not disagree on the host.
 - Trailers are counted, then dropped: nothing here reads them, and RFC 9110
   6.5.1 forbids merging them into the head (a field that arrives after
   the body must not pass for one that came before it).
@@ -98,6 +102,14 @@ class _Refused(Exception):
         self.error = error
 
 
+def _bad_host(count: int) -> MalformedRequest:
+    """RFC 9112 3.2: an HTTP/1.1 request without a Host field, or any request with several, gets 400."""
+    if count:
+        return MalformedRequest(f"a request carries one Host header, not {count}")
+    return MalformedRequest("a request must carry a Host header (RFC 9112 3.2; only HTTP/1.0 may leave it out): "
+                            "any value does, e.g. Host: pymgr")
+
+
 class HttpConnection(asyncio.Protocol):
     """One client connection (see the module docstring for the rules)."""
 
@@ -117,6 +129,8 @@ class HttpConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._after_head = 0  # bytes read after the head, of which all but the body's data is framing or trailers
         self._trailer_bytes = 0  # the head's fields and the trailers so far, once a trailer arrives
+        self._hosts = 0  # Host fields in the head
+        self._http10 = False  # the request being parsed is HTTP/1.0 (known once its head is)
         self._waiting = _HEAD
         self._queue: deque[tuple[Request, bool]] = deque()  # parsed, not answered yet
         self._task: asyncio.Task[None] | None = None
@@ -249,7 +263,7 @@ class HttpConnection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._body = []
-        self._body_size = self._trailer_bytes = 0
+        self._body_size = self._trailer_bytes = self._hosts = 0
         if self._waiting is not _HEAD:  # the next pipelined request: its head starts here
             self._waiting = _HEAD
             self._head_bytes = 0
@@ -261,7 +275,10 @@ class HttpConnection(asyncio.Protocol):
         if self._waiting is _BODY:  # a trailer: counted, never kept (module docstring)
             self._count_trailer(len(name) + len(value) + 4)
             return
-        self._headers.append((name.lower(), value))
+        name = name.lower()
+        if name == b"host":
+            self._hosts += 1
+        self._headers.append((name, value))
 
     def _count_trailer(self, size: int) -> None:
         if not self._trailer_bytes:
@@ -286,6 +303,12 @@ class HttpConnection(asyncio.Protocol):
                 f"request target is longer than max_request_line_bytes={limits.max_request_line_bytes}",
                 details={"limit": limits.max_request_line_bytes},
             ))
+        version = self._parser.get_http_version()
+        if version != "1.1" and version != "1.0":  # llhttp also takes 0.9, 2.0 and others in HTTP/1 syntax
+            raise _Refused(MalformedRequest(f"HTTP/{version} is not spoken here: send HTTP/1.1 (or HTTP/1.0)"))
+        self._http10 = version == "1.0"
+        if self._hosts != 1 and (self._hosts or not self._http10):
+            raise _Refused(_bad_host(self._hosts))
         length = header(self._headers, b"content-length")
         if length is not None:
             try:
@@ -320,7 +343,7 @@ class HttpConnection(asyncio.Protocol):
         if "%" in path:
             path = unquote(path)  # escapes are UTF-8 (RFC 3986), as every client sends them; bad ones become U+FFFD
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        method, http10 = parser.get_method().decode("ascii"), parser.get_http_version() == "1.0"
+        method, http10 = parser.get_method().decode("ascii"), self._http10
         request = Request(method, path, raw_path, query, self._headers, body, self._identity, http10)
         keep = parser.should_keep_alive()
         if keep and http10:
