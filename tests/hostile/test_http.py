@@ -215,7 +215,7 @@ def strict_json(text: str | bytes) -> Any:
 def test_a_non_finite_number_in_a_body_is_refused_and_reaches_neither_reply_nor_audit(daemon: Daemon, body: bytes) -> None:
     status, reply = call(daemon, "POST", "/v1/modules/demo/echo", body)
     assert (status, reply["error"]["code"]) == (400, "bad_params"), reply
-    assert "finite numbers only" in reply["error"]["message"]
+    assert "finite numbers only" in reply["error"]["message"], reply
     for line in (daemon.dir / "state" / "audit.log").read_text().splitlines():
         strict_json(line)
 

@@ -25,9 +25,10 @@ more than one space or a tab (RFC 9112 3 lets a recipient split it on any
 whitespace; nothing behind pymgr parses it again), and hands on an
 absolute-form target, or "/a?", as its path and query. h11 does not keep
 an HTTP/1.0 connection alive; pymgr does when asked: requests after that
-point are compared with nothing. The fuzzer found two real disagreements,
-both fixed in pymgr: a missing or doubled Host, and "HTTP/2.0" parsed as
-HTTP/1 (tests/transport/test_http_hostile.py has both as plain tests).
+point are compared with nothing. The fuzzer found three real
+disagreements, each fixed in pymgr: a missing or doubled Host, "HTTP/2.0"
+parsed as HTTP/1, and "Transfer-Encoding: gzip, chunked" taken as chunked
+(tests/transport/test_http_hostile.py has each as a plain test).
 
 A bounded run is part of ``make test``. A longer run:
 ``PYMGR_FUZZ_EXAMPLES=20000 .venv/bin/python -m pytest -q tests/transport/test_http_differential.py``.

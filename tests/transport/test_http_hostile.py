@@ -129,6 +129,8 @@ SMUGGLING = {
     "chunk without its crlf": b"Transfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
     "chunked not last": b"Transfer-Encoding: chunked, identity\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     "identity transfer-encoding": b"Transfer-Encoding: identity\r\n\r\nhello",
+    "gzip then chunked": b"Transfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "two transfer-encodings": b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     "obs-fold header line": b"X-Folded: a\r\n b\r\nContent-Length: 5\r\n\r\nhello",
     "nul in a header value": b"X-Nul: a\x00b\r\nContent-Length: 5\r\n\r\nhello",
     "space before the colon": b"Content-Length : 5\r\n\r\nhello",

@@ -159,22 +159,35 @@ def _json_body(request: Request) -> Any:
         return {}
     try:
         # As fast as the reply's encoder (0.2 µs, not 2.7 µs); JSON over HTTP is UTF-8 (RFC 8259).
-        params = pydantic_core.from_json(body)
+        # NaN and Infinity are not JSON: the decoder refuses them, else they come back in the reply and audit line.
+        params = pydantic_core.from_json(body, allow_inf_nan=False)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedRequest(f"request body is not valid JSON: {exc}") from None
+        hint = "; NaN and Infinity are not JSON: JSON carries finite numbers only" if _NOT_NUMBERS.search(body) else ""
+        raise MalformedRequest(f"request body is not valid JSON: {exc}{hint}") from None
     if not isinstance(params, dict):
         raise MalformedRequest(f"request body must be a JSON object, not {type(params).__name__}")
-    # The decoder reads NaN and Infinity, and a number too large for a double as infinity; none is
-    # JSON, and each would come back in the reply and the audit line. Only a body that could hold one
-    # is walked (the scan runs in C): the common body costs one search.
-    if _MAYBE_NOT_FINITE.search(body) is not None and (where := _not_finite(params, "")) is not None:
-        raise MalformedRequest(f"request body: {where} is NaN, Infinity or a number too large for a 64-bit float; "
+    # It still reads a number too large for a double as infinity. Only a body that could hold one is walked:
+    # the common body costs two searches in C (an exponent; a long run of digits only in a long body).
+    if _may_overflow(body) and (where := _not_finite(params, "")) is not None:
+        raise MalformedRequest(f"request body: {where} is a number too large for a 64-bit float; "
                                "JSON carries finite numbers only")
     return params
 
 
-#: What a non-finite number looks like in a body: NaN, Infinity, an exponent, or more digits than a finite double has.
-_MAYBE_NOT_FINITE = re.compile(rb"NaN|Infinity|[0-9][eE]|[0-9]{309}")
+#: A finite double has at most 309 digits before its point (1.8e308); more, or an exponent, may overflow.
+_FINITE_DIGITS = 309
+#: An exponent, as two patterns that each start with a literal: the engine then skips to each "e" in C,
+#: where "[eE]..." tests every byte (0.05 µs, not 0.4 µs, for a 70-byte body: this runs on every call).
+_EXPONENTS = (re.compile(rb"e[-+]?[0-9]"), re.compile(rb"E[-+]?[0-9]"))
+_LONG_NUMBER = re.compile(rb"[0-9]{%d}" % _FINITE_DIGITS)
+_NOT_NUMBERS = re.compile(rb"NaN|Infinity")
+
+
+def _may_overflow(body: bytes) -> bool:
+    """Whether ``body`` has a number its decoder could have read as infinity."""
+    if _EXPONENTS[0].search(body) or _EXPONENTS[1].search(body):
+        return True
+    return len(body) > _FINITE_DIGITS and _LONG_NUMBER.search(body) is not None
 
 
 def _not_finite(value: Any, where: str) -> str | None:

@@ -28,7 +28,9 @@ Rules:
 - Only HTTP/1.1 and HTTP/1.0 are spoken (httptools parses others, such as
   "HTTP/2.0", in HTTP/1 syntax): others get 400. An HTTP/1.1 request without
   a Host field, or any request with several, gets 400, as RFC 9112 3.2
-  requires: a front proxy and pymgr must not disagree on the host.
+  requires: a front proxy and pymgr must not disagree on the host. A
+  Transfer-Encoding other than one plain "chunked" gets 400 (llhttp would
+  take "gzip, chunked" and hand on a compressed body as if it were plain).
 - Trailers are counted, then dropped: nothing here reads them, and RFC 9110
   6.5.1 forbids merging them into the head (a field that arrives after
   the body must not pass for one that came before it).
@@ -110,6 +112,12 @@ def _bad_host(count: int) -> MalformedRequest:
                             "any value does, e.g. Host: pymgr")
 
 
+def _bad_coding(value: bytes) -> MalformedRequest:
+    """RFC 9112 6.1: a transfer coding the server does not know is refused (a gzip body must not pass as plain)."""
+    return MalformedRequest(f"Transfer-Encoding {value.decode('latin-1')!r} is not supported: send one "
+                            "Transfer-Encoding: chunked, or a Content-Length")
+
+
 class HttpConnection(asyncio.Protocol):
     """One client connection (see the module docstring for the rules)."""
 
@@ -130,6 +138,7 @@ class HttpConnection(asyncio.Protocol):
         self._after_head = 0  # bytes read after the head, of which all but the body's data is framing or trailers
         self._trailer_bytes = 0  # the head's fields and the trailers so far, once a trailer arrives
         self._hosts = 0  # Host fields in the head
+        self._codings = 0  # Transfer-Encoding fields in the head
         self._http10 = False  # the request being parsed is HTTP/1.0 (known once its head is)
         self._waiting = _HEAD
         self._queue: deque[tuple[Request, bool]] = deque()  # parsed, not answered yet
@@ -263,7 +272,7 @@ class HttpConnection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._body = []
-        self._body_size = self._trailer_bytes = self._hosts = 0
+        self._body_size = self._trailer_bytes = self._hosts = self._codings = 0
         if self._waiting is not _HEAD:  # the next pipelined request: its head starts here
             self._waiting = _HEAD
             self._head_bytes = 0
@@ -278,6 +287,10 @@ class HttpConnection(asyncio.Protocol):
         name = name.lower()
         if name == b"host":
             self._hosts += 1
+        elif name == b"transfer-encoding":
+            self._codings += 1
+            if self._codings > 1 or value.strip().lower() != b"chunked":
+                raise _Refused(_bad_coding(value))
         self._headers.append((name, value))
 
     def _count_trailer(self, size: int) -> None:
