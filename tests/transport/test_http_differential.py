@@ -18,8 +18,9 @@ to ``h11.Connection``. The properties:
 
 Where pymgr is knowingly stricter than h11 (h11 accepting and pymgr
 refusing is allowed): sizes (h11 gets a large buffer, so size refusals are
-pymgr's alone), and what llhttp refuses that h11 lets through: obs-fold,
-lower-case methods, bytes after a ``Connection: close`` request. Where
+pymgr's alone), what llhttp refuses that h11 lets through (obs-fold,
+lower-case methods, bytes after a ``Connection: close`` request), and a
+chunked HTTP/1.0 request (RFC 9112 6.1 calls its framing faulty). Where
 the two differ and both are right: pymgr reads a request line split by
 more than one space or a tab (RFC 9112 3 lets a recipient split it on any
 whitespace; nothing behind pymgr parses it again), and hands on an

@@ -193,7 +193,9 @@ async def test_bad_line_endings_and_nuls_get_one_400(served: Served, data: bytes
     (b"GET / HTTP/1.0\r\nHost: x\r\nHost: x\r\n\r\n", "a request carries one Host header, not 2"),
     (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", "HTTP/2.0 is not spoken here"),
     (b"GET / HTTP/0.9\r\nHost: x\r\n\r\n", "HTTP/0.9 is not spoken here"),
-], ids=["no-host", "two-hosts", "two-hosts-http-1.0", "http-2.0", "http-0.9"])  # fmt: skip
+    (b"POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+     "an HTTP/1.0 request cannot be chunked"),
+], ids=["no-host", "two-hosts", "two-hosts-http-1.0", "http-2.0", "http-0.9", "chunked-http-1.0"])  # fmt: skip
 async def test_a_missing_or_doubled_host_and_other_versions_get_one_400(served: Served, data: bytes, message: str) -> None:
     reply = await exchange(served, data + get("/smuggled"))
     head, _, body = reply.partition(b"\r\n\r\n")

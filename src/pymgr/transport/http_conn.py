@@ -30,7 +30,8 @@ Rules:
   a Host field, or any request with several, gets 400, as RFC 9112 3.2
   requires: a front proxy and pymgr must not disagree on the host. A
   Transfer-Encoding other than one plain "chunked" gets 400 (llhttp would
-  take "gzip, chunked" and hand on a compressed body as if it were plain).
+  take "gzip, chunked" and hand on a compressed body as if it were plain),
+  and so does any Transfer-Encoding in HTTP/1.0 (RFC 9112 6.1).
 - Trailers are counted, then dropped: nothing here reads them, and RFC 9110
   6.5.1 forbids merging them into the head (a field that arrives after
   the body must not pass for one that came before it).
@@ -322,6 +323,8 @@ class HttpConnection(asyncio.Protocol):
         self._http10 = version == "1.0"
         if self._hosts != 1 and (self._hosts or not self._http10):
             raise _Refused(_bad_host(self._hosts))
+        if self._codings and self._http10:  # RFC 9112 6.1: its framing is faulty, whatever else it says
+            raise _Refused(MalformedRequest("an HTTP/1.0 request cannot be chunked: send a Content-Length, or HTTP/1.1"))
         length = header(self._headers, b"content-length")
         if length is not None:
             try:
