@@ -21,10 +21,11 @@ Rules:
   After the head, every byte that is not body data (a chunked body's
   chunk-size lines, extensions, line ends and trailers) counts with the
   head against ``max_header_bytes``, body data against ``max_body_bytes``:
-  no sequence of bytes makes a request hold more than the two limits.
-  Bytes after the head are counted per read, so a refusal of framing comes
-  at most one read (``FEED_SLICE_BYTES``) late; trailers are also counted
-  exactly as they are parsed, as the head's fields are.
+  no sequence of bytes makes a request hold more than the two limits and
+  the read being counted. Bytes after the head are counted per read, so a
+  refusal of framing comes at most one read (``FEED_SLICE_BYTES``) late;
+  trailers are also counted exactly as they are parsed, as the head's
+  fields are.
 - Only HTTP/1.1 and HTTP/1.0 are spoken (httptools parses others, such as
   "HTTP/2.0", in HTTP/1 syntax): others get 400. An HTTP/1.1 request without
   a Host field, or any request with several, gets 400, as RFC 9112 3.2
