@@ -23,7 +23,8 @@ lower-case methods, bytes after a ``Connection: close`` request), and a
 chunked HTTP/1.0 request (RFC 9112 6.1 calls its framing faulty). Where
 the two differ and both are right: pymgr reads a request line split by
 more than one space or a tab (RFC 9112 3 lets a recipient split it on any
-whitespace; nothing behind pymgr parses it again), and hands on an
+whitespace; nothing behind pymgr parses it again: the oracle is given the
+stream with such lines single-spaced), and hands on an
 absolute-form target, or "/a?", as its path and query. h11 does not keep
 an HTTP/1.0 connection alive; pymgr does when asked: requests after that
 point are compared with nothing. The fuzzer found three real
@@ -309,14 +310,12 @@ def streams(draw: Any) -> list[bytes]:
 
 def compare(runner: asyncio.Runner, reads: list[bytes]) -> tuple[PymgrOutcome, OracleOutcome]:
     ours = runner.run(run_pymgr(reads))
-    oracle = run_h11(reads)
     stream = b"".join(reads)
+    oracle = run_h11([single_spaced(stream)])  # h11 reads a buffer: where the reads split makes no difference
     assert all(head <= MAX_HEADER and body <= MAX_BODY for head, body in ours.sizes), f"{ours.sizes} for {stream!r}"
     for index, request in enumerate(ours.seen):
         if index < len(oracle.seen):
             assert request == oracle.seen[index], f"request {index} differs from h11's in {stream!r}"
-        elif oracle.state == "refused" and index == len(oracle.seen) and only_its_spacing_differs(stream, request):
-            return ours, oracle  # RFC 9112 3 lets a recipient split the request line on any run of whitespace
         else:  # only once h11 closed by its own rules (an HTTP/1.0 keep-alive), never past a refusal
             assert oracle.state == "closed", f"pymgr accepted request {index}, h11 {oracle.state} in {stream!r}"
     if oracle.state == "refused":
@@ -328,11 +327,14 @@ def compare(runner: asyncio.Runner, reads: list[bytes]) -> tuple[PymgrOutcome, O
     return ours, oracle
 
 
-def only_its_spacing_differs(stream: bytes, request: Seen) -> bool:
-    """Whether ``request``'s request line is in ``stream`` with more than one space or a tab between its parts."""
-    method, target, _ = request
-    line = re.escape(method) + rb"([ \t]+)" + re.escape(target) + rb"\??([ \t]+)HTTP/1\.[01]\r?\n"
-    return any(match.group(1) != b" " or match.group(2) != b" " for match in re.finditer(line, stream))
+#: A request line whose parts are apart by more than one space, or by a tab.
+_SPACED_LINE = re.compile(rb"(?m)^([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]+([^ \t\r\n]+)[ \t]+(HTTP/[0-9.]+\r?\n)")
+
+
+def single_spaced(stream: bytes) -> bytes:
+    """``stream`` with its request lines split by single spaces: RFC 9112 3 lets a recipient (pymgr) split a
+    request line on any run of whitespace, which h11 does not."""
+    return _SPACED_LINE.sub(rb"\1 \2 \3", stream)
 
 
 @pytest.fixture(scope="module")
