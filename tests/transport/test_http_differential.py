@@ -327,8 +327,9 @@ def compare(runner: asyncio.Runner, reads: list[bytes]) -> tuple[PymgrOutcome, O
     return ours, oracle
 
 
-#: A request line whose parts are apart by more than one space, or by a tab.
-_SPACED_LINE = re.compile(rb"(?m)^([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]+([^ \t\r\n]+)[ \t]+(HTTP/[0-9.]+\r?\n)")
+#: A request line whose parts are apart by more than one space, or by a tab; anywhere, as a request may
+#: follow a body on the same line.
+_SPACED_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]+([^ \t\r\n]+)[ \t]+(HTTP/[0-9.]+\r?\n)")
 
 
 def single_spaced(stream: bytes) -> bytes:
