@@ -183,6 +183,9 @@ def typed(name: str, expects: str, got: str, example: str) -> str:
                     "(Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"),
         ("count", "expected name=value or name:=JSON, got 'count'"),
         ("=1", "expected name=value or name:=JSON, got '=1'"),
+        ("x:=NaN", "parameter 'x': 'NaN' is not JSON (NaN is not a JSON number; JSON carries finite numbers only)"),
+        ("x:=[1e999]", "parameter 'x': '[1e999]' is not JSON (1e999 is not a JSON number; JSON carries finite numbers only)"),
+        ("items=[-Infinity]", typed("items", "a JSON array or null", "[-Infinity]", "[1,2]")),
     ],
 )  # fmt: skip
 def test_a_bad_value_is_a_usage_error_naming_the_param(cli: Run, stub: StubServer, arg: str, message: str) -> None:

@@ -149,3 +149,11 @@ def test_bad_patterns_and_defaults_are_config_errors(spec: dict[str, Any], messa
 def test_the_schema_shows_the_pattern_as_enforced() -> None:
     schema = model(a={"type": "str", "pattern": "[a-z]+"}).model_json_schema()
     assert schema["properties"]["a"]["pattern"] == "^(?:[a-z]+)$"
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e999", float("inf"), float("nan")])
+def test_a_float_param_is_finite(value: Any) -> None:
+    model = build_params_model("t", {"x": ParamSpec.model_validate({"type": "float", "min": 0})})
+    assert model.model_validate({"x": "2.5"}).x == 2.5  # type: ignore[attr-defined]
+    with pytest.raises(pydantic.ValidationError, match="no inf or nan|finite number"):
+        model.model_validate({"x": value})

@@ -117,3 +117,22 @@ def test_describe_lists_modules_and_actions() -> None:
     assert module["name"] == "firewall" and module["doc"] == "Open and close ports."
     assert [a["name"] for a in module["actions"]] == ["allow_port", "list"]
     assert module["actions"][1]["read_only"] is True
+
+
+class Gauge(Module):
+    name = "gauge"
+
+    @action
+    async def set(self, level: float) -> float:
+        return level
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "1e999", "Infinity"])
+def test_a_float_param_is_finite_whatever_the_text_it_comes_from(text: str) -> None:
+    # The legacy protocol's key:value params are strings: "1e999" must not become inf.
+    registry = Registry()
+    registry.add(Gauge())
+    model = registry.get("gauge", "set").params_model
+    assert model.model_validate({"level": "1.5"}).level == 1.5  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="finite number"):
+        model.model_validate({"level": text})

@@ -129,6 +129,8 @@ SMUGGLING = {
     "chunk without its crlf": b"Transfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
     "chunked not last": b"Transfer-Encoding: chunked, identity\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     "identity transfer-encoding": b"Transfer-Encoding: identity\r\n\r\nhello",
+    "gzip then chunked": b"Transfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "two transfer-encodings": b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     "obs-fold header line": b"X-Folded: a\r\n b\r\nContent-Length: 5\r\n\r\nhello",
     "nul in a header value": b"X-Nul: a\x00b\r\nContent-Length: 5\r\n\r\nhello",
     "space before the colon": b"Content-Length : 5\r\n\r\nhello",
@@ -185,6 +187,28 @@ async def test_bad_line_endings_and_nuls_get_one_400(served: Served, data: bytes
     assert served.handler.seen == []
 
 
+@pytest.mark.parametrize(("data", "message"), [
+    (b"GET / HTTP/1.1\r\n\r\n", "a request must carry a Host header (RFC 9112 3.2; only HTTP/1.0 may leave it out)"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", "a request carries one Host header, not 2"),
+    (b"GET / HTTP/1.0\r\nHost: x\r\nHost: x\r\n\r\n", "a request carries one Host header, not 2"),
+    (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", "HTTP/2.0 is not spoken here"),
+    (b"GET / HTTP/0.9\r\nHost: x\r\n\r\n", "HTTP/0.9 is not spoken here"),
+    (b"POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+     "an HTTP/1.0 request cannot be chunked"),
+], ids=["no-host", "two-hosts", "two-hosts-http-1.0", "http-2.0", "http-0.9", "chunked-http-1.0"])  # fmt: skip
+async def test_a_missing_or_doubled_host_and_other_versions_get_one_400(served: Served, data: bytes, message: str) -> None:
+    reply = await exchange(served, data + get("/smuggled"))
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"content-length: %d\r\n" % len(body) in head + b"\r\n", reply
+    assert message in json.loads(body)["error"]["message"]  # and nothing after it
+    assert served.handler.seen == []
+
+
+async def test_an_http_1_0_request_needs_no_host(served: Served) -> None:
+    reply = await exchange(served, b"GET /old HTTP/1.0\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200 ") and [r.path for r in served.handler.seen] == ["/old"]
+
+
 async def test_allowed_framing_variants_are_read_exactly(served: Served) -> None:
     reader, writer = await asyncio.open_unix_connection(str(served.path))
     writer.write(get("/ows", b"Content-Length:  5 \r\n", b"POST") + b"hello"
@@ -197,7 +221,7 @@ async def test_allowed_framing_variants_are_read_exactly(served: Served) -> None
 
 async def test_a_refusal_after_requests_in_flight_comes_after_all_their_replies(served: Served) -> None:
     reader, writer = await asyncio.open_unix_connection(str(served.path))
-    writer.write(get("/slow") + get("/queued") + b"POST /bad HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+    writer.write(get("/slow") + get("/queued") + b"POST /bad HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
                  + get("/smuggled"))
     await asyncio.sleep(0.1)
     served.handler.release.set()
@@ -309,7 +333,7 @@ async def test_pipelined_requests_then_half_close_all_get_replies(served: Served
 
 async def test_a_half_received_request_then_eof_is_just_closed(served: Served) -> None:
     reader, writer = await asyncio.open_unix_connection(str(served.path))
-    writer.write(b"POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+    writer.write(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
     writer.write_eof()
     assert await asyncio.wait_for(reader.read(-1), TIMEOUT_S / 2) == b""  # at once, not at the body timeout
     writer.close()
@@ -447,7 +471,7 @@ async def test_a_refused_client_that_keeps_sending_lingers_at_most_linger_s(serv
 
 
 async def test_counts_return_to_zero_after_a_reset_by_the_peer(served: Served) -> None:
-    for data in (b"", get("/slow"), get("/stream"), b"POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\nab"):
+    for data in (b"", get("/slow"), get("/stream"), b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab"):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.connect(str(served.path))
@@ -471,7 +495,7 @@ async def test_shutdown_with_every_kind_of_connection_closes_them_all(served: Se
     clients = [await asyncio.open_unix_connection(str(served.path)) for _ in range(5)]
     clients[1][1].write(get("/slow"))
     clients[2][1].write(get("/stream"))
-    clients[3][1].write(b"POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\nab")  # half a body
+    clients[3][1].write(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")  # half a body
     clients[4][1].write(b"GET /x HTTP/1.1\r\nHost")  # half a head
     await asyncio.sleep(0.1)
     assert served.open_counts() == (5, 5)

@@ -133,6 +133,60 @@ async def test_header_limit_both_sides(server: Server) -> None:
     assert status == 413 and body["error"]["message"].startswith("request head is larger than max_header_bytes=1000")
 
 
+def chunked(trailers: bytes = b"", extension: bytes = b"", body: bytes = b'{"a":1}') -> list[bytes]:
+    """A chunked POST in the pieces a client writes: head, chunk-size line, data, last chunk, trailers, end."""
+    head = b"POST /v1/modules/echo/back HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    return [head, b"%x%s\r\n" % (len(body), extension), body + b"\r\n", b"0\r\n", trailers, b"\r\n"]
+
+
+async def send_in_reads(server: Server, pieces: list[bytes]) -> tuple[int, dict[str, Any]]:
+    """Each piece in its own write, apart in time (so in its own read), then the reply."""
+    reader, writer = await asyncio.open_unix_connection(str(server.path))
+    try:
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        return int(head.split()[1]), json.loads(await asyncio.wait_for(reader.readexactly(length), 5))
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("in_reads", [True, False])
+async def test_trailers_count_with_the_head_both_sides(server: Server, in_reads: bool) -> None:
+    fields = len("/v1/modules/echo/back") + len("host") + 1 + 4 + len("transfer-encoding") + len("chunked") + 4
+    # Counted with the trailers when they come in reads of their own: "7\r\n", the data's CRLF, "0\r\n".
+    framing = 8 if in_reads else 0
+    def trailers(size: int) -> bytes:
+        return b"X-T: " + b"t" * (size - fields - framing - len("x-t") - 4) + b"\r\n"
+
+    async def send(size: int) -> tuple[int, dict[str, Any]]:
+        pieces = chunked(trailers(size))
+        return await send_in_reads(server, pieces) if in_reads else (await request(server, b"".join(pieces)))[:2]
+
+    assert await send(LIMITS.max_header_bytes) == (200, {"ok": True, "result": {"a": 1}})
+    status, body = await send(LIMITS.max_header_bytes + 1)
+    assert status == 413 and body["error"]["message"].startswith(
+        "request head, chunk-size lines and trailers are larger than max_header_bytes=1000")
+    await assert_serving(server)
+
+
+async def test_chunk_framing_counts_with_the_head_both_sides(server: Server) -> None:
+    # Framing arrives in reads of its own: counted as they arrive (a read at most late, see http_conn).
+    def pieces(extension_bytes: int, chunks: int) -> list[bytes]:
+        ext = b";x=" + b"e" * (extension_bytes - 3)
+        return chunked(extension=ext)[:1] + [b"1%s\r\n \r\n" % ext for _ in range(chunks)] + chunked()[1:]
+
+    assert (await send_in_reads(server, pieces(100, 5)))[0] == 200  # ~550 bytes of framing with a ~60-byte head
+    status, body = await send_in_reads(server, pieces(100, 12))  # ~1300 bytes
+    assert status == 413 and "chunk-size lines" in body["error"]["message"]
+    status, body = await send_in_reads(server, pieces(300, 6))  # one long extension after another
+    assert status == 413 and "chunk-size lines" in body["error"]["message"]
+    await assert_serving(server)
+
+
 async def test_a_head_that_never_ends_is_cut_off_by_bytes(server: Server) -> None:
     reader, writer = await asyncio.open_unix_connection(str(server.path))
     writer.write(b"GET /v1/health HTTP/1.1\r\nX-Endless: ")

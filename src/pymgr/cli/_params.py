@@ -24,6 +24,19 @@ class _UsageError(Exception):
     """A command-line mistake found after parsing (a bad name=value)."""
 
 
+def _finite_json(text: str) -> Any:
+    """``text`` as JSON; ValueError for NaN, Infinity or a number too large for a double (the daemon refuses them)."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not a JSON number; JSON carries finite numbers only")
+
+    def finite(number: str) -> float:
+        value = float(number)
+        return value if math.isfinite(value) else refuse(number)
+
+    return json.loads(text, parse_constant=refuse, parse_float=finite)
+
+
 def _json_types(schema: Any, root: dict[str, Any], depth: int = 0) -> list[str]:
     """The JSON types a property schema allows, in order, "null" last.
 
@@ -81,7 +94,7 @@ def _parse_as(json_type: str, text: str) -> Any:
     if json_type == "boolean" and text.lower() in _BOOLEANS:
         return _BOOLEANS[text.lower()]
     if json_type in ("array", "object"):
-        value = json.loads(text)
+        value = _finite_json(text)
         if isinstance(value, list if json_type == "array" else dict):
             return value
     if json_type == "string" or (json_type == "null" and text == "null"):
@@ -138,7 +151,7 @@ def _build_params(args: Sequence[str], schema_of: Callable[[], Any], where: str)
     for name, (text, is_json) in assignments.items():
         if is_json:
             try:
-                params[name] = json.loads(text)
+                params[name] = _finite_json(text)
             except ValueError as exc:
                 raise _UsageError(f"parameter {name!r}: {text!r} is not JSON ({exc})") from None
         elif name in properties:

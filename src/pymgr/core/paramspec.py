@@ -162,4 +162,4 @@ def param_field(spec: ParamSpec) -> tuple[Any, Any]:
 def build_params_model(name: str, specs: dict[str, ParamSpec]) -> type[BaseModel]:
     """A pydantic model (unknown fields forbidden) for declared parameters."""
     fields = {pname: param_field(spec) for pname, spec in specs.items()}
-    return create_model(name, __config__=ConfigDict(extra="forbid"), **fields)  # type: ignore[call-overload,no-any-return]
+    return create_model(name, __config__=ConfigDict(extra="forbid", allow_inf_nan=False), **fields)  # type: ignore[call-overload,no-any-return]

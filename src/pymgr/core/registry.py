@@ -172,7 +172,8 @@ def _params_model(module: str, method: Callable[..., Any]) -> tuple[type[BaseMod
         fields[param.name] = (annotation, ... if param.default is param.empty else param.default)
     model = create_model(  # type: ignore[call-overload]
         f"{module}.{method.__name__}",
-        __config__=ConfigDict(extra=extra),
+        # A float param is finite: "nan" or "1e999" from a legacy key:value line is refused, not inf/nan.
+        __config__=ConfigDict(extra=extra, allow_inf_nan=False),
         **fields,
     )
     return model, identity_param

@@ -67,6 +67,8 @@ SCHEMA_VERSION = 2
 
 #: What brings a store of an older schema to this one, by the version it starts from.
 _UPGRADES = {1: ("ALTER TABLE runs ADD COLUMN cgroup TEXT",)}
+#: The largest id a run can have: SQLite's INTEGER is a signed 64-bit number.
+_MAX_ID = 2**63 - 1
 
 #: Seconds a write waits for another connection's lock before failing; the
 #: daemon is the only writer, so this only covers an operator's sqlite3 shell.
@@ -507,6 +509,8 @@ class SqliteStore:
             raise self._failure("read records", exc) from exc
 
     def get(self, task_id: int) -> TaskRecord | None:
+        if not 0 < task_id <= _MAX_ID:  # no run has it, and SQLite cannot even be asked (OverflowError)
+            return None
         found = self._select("id = ?", (task_id,))
         return found[0] if found else None
 

@@ -16,7 +16,9 @@ of fixed paths, which a dict and one split do at no measurable cost.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 import time
 from typing import Any
 from urllib.parse import parse_qsl
@@ -151,17 +153,58 @@ class HttpApp:
         }
 
 def _json_body(request: Request) -> Any:
+    """The body of every route that takes one, as a JSON object of finite numbers."""
     body = request.body
     if not body.strip():
         return {}
     try:
         # As fast as the reply's encoder (0.2 µs, not 2.7 µs); JSON over HTTP is UTF-8 (RFC 8259).
-        params = pydantic_core.from_json(body)
+        # NaN and Infinity are not JSON: the decoder refuses them, else they come back in the reply and audit line.
+        params = pydantic_core.from_json(body, allow_inf_nan=False)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedRequest(f"request body is not valid JSON: {exc}") from None
+        hint = "; NaN and Infinity are not JSON: JSON carries finite numbers only" if _NOT_NUMBERS.search(body) else ""
+        raise MalformedRequest(f"request body is not valid JSON: {exc}{hint}") from None
     if not isinstance(params, dict):
         raise MalformedRequest(f"request body must be a JSON object, not {type(params).__name__}")
+    # It still reads a number too large for a double as infinity. Only a body that could hold one is walked:
+    # the common body costs two searches in C (an exponent; a long run of digits only in a long body).
+    if _may_overflow(body) and (where := _not_finite(params, "")) is not None:
+        raise MalformedRequest(f"request body: {where} is a number too large for a 64-bit float; "
+                               "JSON carries finite numbers only")
     return params
+
+
+#: A finite double has at most 309 digits before its point (1.8e308); more, or an exponent, may overflow.
+_FINITE_DIGITS = 309
+#: An exponent, as two patterns that each start with a literal: the engine then skips to each "e" in C,
+#: where "[eE]..." tests every byte (0.05 µs, not 0.4 µs, for a 70-byte body: this runs on every call).
+_EXPONENTS = (re.compile(rb"e[-+]?[0-9]"), re.compile(rb"E[-+]?[0-9]"))
+_LONG_NUMBER = re.compile(rb"[0-9]{%d}" % _FINITE_DIGITS)
+_NOT_NUMBERS = re.compile(rb"NaN|Infinity")
+
+
+def _may_overflow(body: bytes) -> bool:
+    """Whether ``body`` has a number its decoder could have read as infinity."""
+    if _EXPONENTS[0].search(body) or _EXPONENTS[1].search(body):
+        return True
+    return len(body) > _FINITE_DIGITS and _LONG_NUMBER.search(body) is not None
+
+
+def _not_finite(value: Any, where: str) -> str | None:
+    """The path (``a.b[2]``) of the first NaN or infinity in a decoded JSON value, or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else where
+    if isinstance(value, dict):
+        items: Any = ((f"{where}.{key}" if where else str(key), item) for key, item in value.items())
+    elif isinstance(value, list):
+        items = ((f"{where}[{index}]", item) for index, item in enumerate(value))
+    else:
+        return None
+    for path, item in items:
+        found = _not_finite(item, path)
+        if found is not None:
+            return found
+    return None
 
 
 def _allow(method: str, allowed: str, request: Request, also: str | None = None) -> None:

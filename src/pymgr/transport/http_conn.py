@@ -16,8 +16,26 @@ Rules:
 - The body is read whole before the handler runs: a declared
   ``Content-Length`` over ``max_body_bytes`` is refused (413) before any of
   it is read, a chunked body as soon as it passes the limit.
-- Sizes (413): the request target by ``max_request_line_bytes``, the head
+- Sizes (413): the request target by ``max_request_line_bytes``; the head
   by ``max_header_bytes``, counted as bytes arrive while it is incomplete.
+  After the head, every byte that is not body data (a chunked body's
+  chunk-size lines, extensions, line ends and trailers) counts with the
+  head against ``max_header_bytes``, body data against ``max_body_bytes``:
+  no sequence of bytes makes a request hold more than the two limits and
+  the read being counted. Bytes after the head are counted per read, so a
+  refusal of framing comes at most one read (``FEED_SLICE_BYTES``) late;
+  trailers are also counted exactly as they are parsed, as the head's
+  fields are.
+- Only HTTP/1.1 and HTTP/1.0 are spoken (httptools parses others, such as
+  "HTTP/2.0", in HTTP/1 syntax): others get 400. An HTTP/1.1 request without
+  a Host field, or any request with several, gets 400, as RFC 9112 3.2
+  requires: a front proxy and pymgr must not disagree on the host. A
+  Transfer-Encoding other than one plain "chunked" gets 400 (llhttp would
+  take "gzip, chunked" and hand on a compressed body as if it were plain),
+  and so does any Transfer-Encoding in HTTP/1.0 (RFC 9112 6.1).
+- Trailers are counted, then dropped: nothing here reads them, and RFC 9110
+  6.5.1 forbids merging them into the head (a field that arrives after
+  the body must not pass for one that came before it).
 - Timeouts: ``header_timeout_s`` from connect (or from the first byte of a
   later request) until the head is complete, ``body_timeout_s`` while a
   body arrives (408); ``keepalive_timeout_s`` idle between requests (the
@@ -56,7 +74,7 @@ from pymgr.auth.guard import caller_key
 from pymgr.core.callscope import caller_gone
 from pymgr.errors import MalformedRequest, PymgrError, PymgrInternalError, TooLarge
 from pymgr.transport.http_limits import (LINGER_S, RequestTimeout, check_content_length, connection_identity,
-                                         head_too_large, peer_gone)  # fmt: skip
+                                         framing_too_large, head_too_large, peer_gone)  # fmt: skip
 from pymgr.transport.http_messages import Reply, Request, Stream, encode_reply, error_reply, header, render_head
 
 if TYPE_CHECKING:
@@ -92,6 +110,20 @@ class _Refused(Exception):
         self.error = error
 
 
+def _bad_host(count: int) -> MalformedRequest:
+    """RFC 9112 3.2: an HTTP/1.1 request without a Host field, or any request with several, gets 400."""
+    if count:
+        return MalformedRequest(f"a request carries one Host header, not {count}")
+    return MalformedRequest("a request must carry a Host header (RFC 9112 3.2; only HTTP/1.0 may leave it out): "
+                            "any value does, e.g. Host: pymgr")
+
+
+def _bad_coding(value: bytes) -> MalformedRequest:
+    """RFC 9112 6.1: a transfer coding the server does not know is refused (a gzip body must not pass as plain)."""
+    return MalformedRequest(f"Transfer-Encoding {value.decode('latin-1')!r} is not supported: send one "
+                            "Transfer-Encoding: chunked, or a Content-Length")
+
+
 class HttpConnection(asyncio.Protocol):
     """One client connection (see the module docstring for the rules)."""
 
@@ -109,6 +141,11 @@ class HttpConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_size = 0
         self._head_bytes = 0
+        self._after_head = 0  # bytes read after the head, of which all but the body's data is framing or trailers
+        self._trailer_bytes = 0  # the head's fields and the trailers so far, once a trailer arrives
+        self._hosts = 0  # Host fields in the head
+        self._codings = 0  # Transfer-Encoding fields in the head
+        self._http10 = False  # the request being parsed is HTTP/1.0 (known once its head is)
         self._waiting = _HEAD
         self._queue: deque[tuple[Request, bool]] = deque()  # parsed, not answered yet
         self._task: asyncio.Task[None] | None = None
@@ -216,8 +253,15 @@ class HttpConnection(asyncio.Protocol):
             self._head_bytes += self._chunk
             if self._head_bytes > self._limits.max_header_bytes:
                 self._refuse(head_too_large(self._head_bytes, self._limits.max_header_bytes))
-        elif self._waiting is _BODY and self._deadline == 0.0:
-            self._watch(_BODY, self._limits.body_timeout_s)
+        elif self._waiting is _BODY:
+            self._after_head += self._chunk
+            # Data in the read that ended the head is subtracted but was never added: this counts less than
+            # was sent, never more. The head is counted as on_headers_complete counts it.
+            framing = self._after_head - self._body_size
+            if framing > 0 and framing + self._fields_size() > self._limits.max_header_bytes:
+                self._refuse(framing_too_large(framing + self._fields_size(), self._limits.max_header_bytes))
+            elif self._deadline == 0.0:
+                self._watch(_BODY, self._limits.body_timeout_s)
 
     def _feed_backlog(self) -> None:
         """Parse a large read a slice at a time; the rest waits, unparsed, while MAX_PIPELINED wait."""
@@ -238,7 +282,7 @@ class HttpConnection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._body = []
-        self._body_size = 0
+        self._body_size = self._trailer_bytes = self._hosts = self._codings = 0
         if self._waiting is not _HEAD:  # the next pipelined request: its head starts here
             self._waiting = _HEAD
             self._head_bytes = 0
@@ -247,13 +291,34 @@ class HttpConnection(asyncio.Protocol):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        if self._waiting is _BODY:  # a trailer: counted, never kept (module docstring)
+            self._count_trailer(len(name) + len(value) + 4)
+            return
+        name = name.lower()
+        if name == b"host":
+            self._hosts += 1
+        elif name == b"transfer-encoding":
+            self._codings += 1
+            if self._codings > 1 or value.strip().lower() != b"chunked":
+                raise _Refused(_bad_coding(value))
+        self._headers.append((name, value))
+
+    def _count_trailer(self, size: int) -> None:
+        if not self._trailer_bytes:
+            self._trailer_bytes = self._fields_size()
+        self._trailer_bytes += size
+        if self._trailer_bytes > self._limits.max_header_bytes:
+            raise _Refused(framing_too_large(self._trailer_bytes, self._limits.max_header_bytes))
+
+    def _fields_size(self) -> int:
+        """The head's size as counted against max_header_bytes: the target, and each field with its ": " and CRLF."""
+        return len(self._url) + sum(len(name) + len(value) + 4 for name, value in self._headers)
 
     def on_headers_complete(self) -> None:
         limits = self._limits
         # This read held the end of the head: count it exactly only if it could be too large.
         if self._head_bytes + self._chunk > limits.max_header_bytes:
-            size = len(self._url) + sum(len(name) + len(value) + 4 for name, value in self._headers)
+            size = self._fields_size()
             if size > limits.max_header_bytes:
                 raise _Refused(head_too_large(size, self._limits.max_header_bytes))
         if len(self._url) > limits.max_request_line_bytes:
@@ -261,6 +326,14 @@ class HttpConnection(asyncio.Protocol):
                 f"request target is longer than max_request_line_bytes={limits.max_request_line_bytes}",
                 details={"limit": limits.max_request_line_bytes},
             ))
+        version = self._parser.get_http_version()
+        if version != "1.1" and version != "1.0":  # llhttp also takes 0.9, 2.0 and others in HTTP/1 syntax
+            raise _Refused(MalformedRequest(f"HTTP/{version} is not spoken here: send HTTP/1.1 (or HTTP/1.0)"))
+        self._http10 = version == "1.0"
+        if self._hosts != 1 and (self._hosts or not self._http10):
+            raise _Refused(_bad_host(self._hosts))
+        if self._codings and self._http10:  # RFC 9112 6.1: its framing is faulty, whatever else it says
+            raise _Refused(MalformedRequest("an HTTP/1.0 request cannot be chunked: send a Content-Length, or HTTP/1.1"))
         length = header(self._headers, b"content-length")
         if length is not None:
             try:
@@ -272,6 +345,7 @@ class HttpConnection(asyncio.Protocol):
             raise _Refused(MalformedRequest("a request with Upgrade cannot carry a body: upgrades are not offered "
                                             "here; send it without the Upgrade and Connection: upgrade headers"))
         self._waiting = _BODY
+        self._after_head = self._chunk = 0  # the rest of this read is not counted (one read at most)
         self._deadline = 0.0  # the body timer starts only if a read leaves the body incomplete
         if self._task is None and not self._queue and header(self._headers, b"expect") == b"100-continue":
             self._transport.write(_CONTINUE)
@@ -294,7 +368,7 @@ class HttpConnection(asyncio.Protocol):
         if "%" in path:
             path = unquote(path)  # escapes are UTF-8 (RFC 3986), as every client sends them; bad ones become U+FFFD
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        method, http10 = parser.get_method().decode("ascii"), parser.get_http_version() == "1.0"
+        method, http10 = parser.get_method().decode("ascii"), self._http10
         request = Request(method, path, raw_path, query, self._headers, body, self._identity, http10)
         keep = parser.should_keep_alive()
         if keep and http10:

@@ -56,6 +56,13 @@ def head_too_large(size: int, limit: int) -> TooLarge:
     return TooLarge(f"request head is larger than max_header_bytes={limit} ({size} bytes so far)", details={"limit": limit})
 
 
+def framing_too_large(size: int, limit: int) -> TooLarge:
+    """The refusal of a request whose head, chunk framing and trailers reach ``size`` bytes, over ``limit``."""
+    return TooLarge(f"request head, chunk-size lines and trailers are larger than max_header_bytes={limit} "
+                    f"({size} bytes so far): a chunked body's framing and trailers count with the head",
+                    details={"limit": limit})
+
+
 def connection_identity(transport: asyncio.BaseTransport) -> Identity:
     """Peer credentials on a Unix socket; the address and any verified certificate on TCP."""
     identity = identity_from_peercred(transport.get_extra_info("socket"))
