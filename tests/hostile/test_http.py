@@ -41,6 +41,9 @@ max_header_bytes = {HEADER_LIMIT}
 id = "ci"
 secret = "ci-secret-0123456789"
 
+[security]
+public_secrets = true  # a test key
+
 [[policy.rules]]
 name = "the test's own user"
 subjects = ["owner", "uid:0"]
