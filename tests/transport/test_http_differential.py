@@ -24,7 +24,8 @@ chunked HTTP/1.0 request (RFC 9112 6.1 calls its framing faulty). Where
 the two differ and both are right: pymgr reads a request line split by
 more than one space or a tab (RFC 9112 3 lets a recipient split it on any
 whitespace; nothing behind pymgr parses it again: the oracle is given the
-stream with such lines single-spaced), and hands on an
+stream with such lines single-spaced), and ignores empty lines before a
+request line (RFC 9112 2.2; the oracle skips them), and hands on an
 absolute-form target, or "/a?", as its path and query. h11 does not keep
 an HTTP/1.0 connection alive; pymgr does when asked: requests after that
 point are compared with nothing. The fuzzer found three real
@@ -196,30 +197,45 @@ def as_pymgr_reads(target: bytes) -> bytes:
     return (split.path or b"/") + (b"?" + split.query if split.query else b"")
 
 
-def run_h11(reads: list[bytes]) -> OracleOutcome:
+def run_h11(stream: bytes) -> OracleOutcome:
+    """h11's reading of ``stream`` (it reads a buffer: where the reads split makes no difference)."""
     outcome = OracleOutcome()
-    # Sizes are pymgr's to refuse: h11 gets room enough to judge only the syntax.
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=1 << 20)
-    current: list[bytes] = []
+    rest = single_spaced(stream)
     try:
-        for data in reads:
-            conn.receive_data(data)
-            while (event := conn.next_event()) is not h11.NEED_DATA:
-                if isinstance(event, h11.Request):
-                    current = [event.method, as_pymgr_reads(event.target), b""]
-                elif isinstance(event, h11.Data):
-                    current[2] += bytes(event.data)
-                elif isinstance(event, h11.EndOfMessage):
-                    outcome.seen.append((current[0], current[1], current[2]))
-                    conn.send(h11.Response(status_code=200, headers=[("content-length", "0")]))
-                    conn.send(h11.EndOfMessage())
-                    if conn.our_state is h11.MUST_CLOSE:
-                        outcome.state = "closed"
-                        return outcome
-                    conn.start_next_cycle()
+        while True:  # one h11 connection per request: each starts on the bytes the last one left
+            # RFC 9112 2.2: a server ignores empty lines before a request line (llhttp does); h11 refuses them.
+            request = _h11_request(rest.lstrip(b"\r\n"))
+            if request is None:
+                return outcome
+            seen, conn = request
+            outcome.seen.append(seen)
+            if conn.our_state is h11.MUST_CLOSE:
+                outcome.state = "closed"
+                return outcome
+            rest = conn.trailing_data[0]
     except h11.RemoteProtocolError:
         outcome.state = "refused"
     return outcome
+
+
+def _h11_request(data: bytes) -> tuple[Seen, h11.Connection] | None:
+    """The first request in ``data``, answered, and the connection (None: it is not complete)."""
+    # Sizes are pymgr's to refuse: h11 gets room enough to judge only the syntax.
+    if not data:
+        return None  # (receive_data(b"") would mean the peer closed)
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=1 << 20)
+    conn.receive_data(data)
+    current: list[bytes] = []
+    while (event := conn.next_event()) is not h11.NEED_DATA:
+        if isinstance(event, h11.Request):
+            current = [event.method, as_pymgr_reads(event.target), b""]
+        elif isinstance(event, h11.Data):
+            current[2] += bytes(event.data)
+        elif isinstance(event, h11.EndOfMessage):
+            conn.send(h11.Response(status_code=200, headers=[("content-length", "0")]))
+            conn.send(h11.EndOfMessage())
+            return (current[0], current[1], current[2]), conn
+    return None
 
 
 # --- the generator ---------------------------------------------------------------------
@@ -311,7 +327,7 @@ def streams(draw: Any) -> list[bytes]:
 def compare(runner: asyncio.Runner, reads: list[bytes]) -> tuple[PymgrOutcome, OracleOutcome]:
     ours = runner.run(run_pymgr(reads))
     stream = b"".join(reads)
-    oracle = run_h11([single_spaced(stream)])  # h11 reads a buffer: where the reads split makes no difference
+    oracle = run_h11(stream)
     assert all(head <= MAX_HEADER and body <= MAX_BODY for head, body in ours.sizes), f"{ours.sizes} for {stream!r}"
     for index, request in enumerate(ours.seen):
         if index < len(oracle.seen):
