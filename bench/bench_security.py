@@ -83,6 +83,9 @@ nonce_cache_max = 1000000
 id = "{KEY_ID}"
 secret = "{SECRET}"
 
+[security]
+public_secrets = true  # the bench's own key, in a temporary directory
+
 [[policy.rules]]
 name = "the bench client (this uid) and its key"
 subjects = ["owner", "key:{KEY_ID}"]

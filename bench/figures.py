@@ -5,7 +5,7 @@ Rules:
   after the other, in an order that rotates from round to round (so no
   server always runs first, or always right after a heavy one).
 - A sample is one server's values for one figure in one round. Columns
-  are fixed names: ``pymgr``, ``pymgr base`` (with ``--baseline``), ``supervisord``, ``seed``, ``asgi floor``,
+  are fixed names: ``pymgr``, ``pymgr base`` (with ``--baseline``; every figure but start-up), ``supervisord``, ``seed``, ``asgi floor``,
   ``line floor``; a baseline that is not installed is left out, not faked.
 - Throughput figures: ``clients`` processes, ``duration_s`` each, server
   CPU per request from /proc. Latency: one client, sequential requests.
@@ -162,7 +162,7 @@ def _wait_until(done: Callable[[], bool], who: str) -> None:
 def _task_start(bench: Bench, column: str, round_: int) -> Sample:
     server, _ = bench.targets[column]
     client = Client(Target(column, server.info["unix"], b"", "http", True, b""))
-    events = EventStream(server.info["unix"]) if column == "pymgr" else None
+    events = EventStream(server.info["unix"]) if column.startswith("pymgr") else None
     try:
         if events is not None:
             times = [_pymgr_task_start(events, client) for _ in range(bench.settings.task_starts)]
@@ -231,7 +231,7 @@ FIGURES = (
         "4. task start: start request -> running, with its pid",
         {"median_us": ("median", "µs", False)},
         _task_start,
-        ("pymgr", "supervisord"),
+        ("pymgr", "pymgr base", "supervisord"),
     ),
     Figure(
         "startup",

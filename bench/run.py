@@ -9,7 +9,7 @@ measurements round after round, stops every server, then prints the table
 and the targets, writes ``bench/results/bench-<time>.json`` and puts the
 table into docs/performance.md. ``--baseline REF`` also runs pymgr as
 commit REF had it (its own src/ and examples/), as the column "pymgr at
-REF" of the request figures: an A/B of two commits in one run, so that a
+REF" of the request and task-start figures: an A/B of two commits in one run, so that a
 change's cost is read as a ratio on the same machine at the same time.
 Exit status: 0, or 1 when a server or a
 client failed (or, with ``--strict``, when a target does not hold).
