@@ -69,6 +69,7 @@ from pymgr.tasks._keeperruns import (
 )  # fmt: skip
 from pymgr.tasks._proctree import ProcRef
 from pymgr.tasks._runlog import RunLog
+from pymgr.tasks._spawnpins import pinned
 from pymgr.tasks._spawn import SpawnError, SpawnSpec, private_descriptors, reset_inherited_signals, spawn
 from pymgr.tasks._treekill import TreeKill
 
@@ -407,8 +408,11 @@ class Keeper:
         cgroup = self._run_cgroup(message.get("cgroup"))
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         try:
-            with _cgroup.inside(cgroup, self.cgroup_home) if cgroup and self.cgroup_home else nullcontext():
-                pid, popen = spawn(spec, write_end)
+            with (
+                pinned(spec, message.get("pins")) as ready,
+                _cgroup.inside(cgroup, self.cgroup_home) if cgroup and self.cgroup_home else nullcontext(),
+            ):
+                pid, popen = spawn(ready, write_end)
         except (SpawnError, _cgroup.CgroupError) as exc:
             os.close(read_end)
             if cgroup is not None:
