@@ -459,3 +459,32 @@ later = {{ type = "path", base = "{base}" }}
             shown = client.logs(run["id"]).decode()
             assert re.fullmatch(r"/proc/self/fd/(\d+) /proc/self/fd/(\d+)/new/out\.txt\npublic", shown), shown
     assert open_below(base, f"/proc/{keeper_pid(daemon.dir / 'state')}/fd") == []  # the keeper closed them
+
+
+def test_a_restart_pins_its_paths_again(start_daemon: Callable[..., Daemon], swap_site: tuple[Path, Path]) -> None:
+    base, outside = swap_site
+    # The first attempt appends, then swaps the directory for a link out of the base itself (race-free), and fails.
+    swap = 'echo first >> "$1"; mv "$2/site" "$2/site-old" && ln -s "$3" "$2/site"; exit 1'
+    config = f"""
+[tasks.types.again]
+argv = ["/bin/sh", "-c", '{swap}', "sh", "{{file}}", "{base}", "{outside}"]
+restart = "on-failure"
+restart_delay_s = 0.1
+max_attempts = 2
+
+[tasks.types.again.params]
+file = {{ type = "path", base = "{base}" }}
+"""
+    daemon = start_daemon(BASE_CONFIG + config)
+    with Client(socket=daemon.socket) as client:
+        first = client.start_task("again", {"file": "site/data.txt"})
+        task_state(client, first["id"], ("failed",))
+        retry: dict[str, Any] = {}
+        wait_for(lambda: bool(retry.update(next((r for r in client.tasks() if r["retry_of"] == first["id"]), {})) or
+                              retry.get("state") in ("failed", "succeeded")), "the restart to end")  # fmt: skip
+    # Before: the restart followed the new link and appended to the file outside the base.
+    assert (outside / "data.txt").read_text() == "s3cret"
+    assert (base / "site-old" / "data.txt").read_text() == "publicfirst\n"
+    assert (retry["state"], retry["pid"], retry["attempt"]) == ("failed", None, 2), retry
+    assert retry["error"].startswith(f"spawn failed: argv[4]: path '{base}/site/data.txt' changed after it was checked: "
+                                     "'site' is now a symbolic link"), retry  # fmt: skip
