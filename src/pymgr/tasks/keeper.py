@@ -31,6 +31,10 @@ Rules:
   end of the loop turn, together, except the first ``spawned`` of a turn,
   which leaves at once (a lone start is announced sooner; a burst's
   replies still leave in a few writes).
+- A ``spawn`` request's ``pins`` name the argv elements holding checked
+  path parameters: each is opened again beneath its base right before the
+  spawn, and the run gets ``/proc/self/fd/N`` (``_spawnpins``); a path
+  swapped for a symlink since the check is a ``spawn_failed``.
 - Every report of a live run carries ``output: [fd, inode]``, its pipe's
   read end here, so the daemon can hold a second one; ``adopt`` carries
   where the daemon's is (``output: {pid, fd, inode}``) and the log
