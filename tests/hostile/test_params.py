@@ -27,6 +27,7 @@ from pymgr.errors import ParamsInvalid, PymgrError
 from pymgr.modules.commands import command_modules
 from pymgr.modules.commandspec import CommandConfig
 from tests.conftest import BASE_CONFIG, Daemon, curl_as_www_data, launch_daemon
+from tests.tasks.survivalhelpers import keeper_pid
 
 needs_www_data = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("setpriv") is None or shutil.which("curl") is None,
@@ -375,14 +376,115 @@ async def test_the_command_gets_the_checked_file_through_its_own_descriptor(
     assert open_below(base) == []  # the daemon closed its descriptors once the command was spawned
 
 
-def open_below(base: Path) -> list[str]:
-    """What this process holds open under ``base``."""
+def open_below(base: Path, fds: str = "/proc/self/fd") -> list[str]:
+    """What this process (or the one whose ``fds`` directory is given) holds open under ``base``."""
     held = []
-    for fd in os.listdir("/proc/self/fd"):
+    for fd in os.listdir(fds):
         try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
+            target = os.readlink(f"{fds}/{fd}")
         except OSError:
             continue  # the descriptor listdir itself used, closed since
         if target == str(base) or target.startswith(f"{base}/"):
             held.append(target)
     return held
+
+
+#: A task type with a path param: "seconds" later, it appends a line to the file (one run at a time).
+WRITER_TYPE = """
+[tasks.types.append]
+argv = ["/bin/sh", "-c", "sleep \\"$2\\"; echo written >> \\"$1\\"", "sh", "{{file}}", "{{seconds}}"]
+max_concurrent = 1
+
+[tasks.types.append.params]
+file = {{ type = "path", base = "{base}" }}
+seconds = {{ type = "int", min = 0 }}
+"""
+
+
+def task_state(client: Client, task_id: int, states: tuple[str, ...]) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+
+    def ended() -> bool:
+        record.update(client.task(task_id))
+        return record["state"] in states
+
+    wait_for(ended, f"run {task_id} to be {' or '.join(states)}")
+    return record
+
+
+def test_a_directory_swapped_for_a_symlink_while_a_run_waits_is_refused_at_its_spawn(
+    start_daemon: Callable[..., Daemon], swap_site: tuple[Path, Path],
+) -> None:
+    base, outside = swap_site
+    daemon = start_daemon(BASE_CONFIG + WRITER_TYPE.format(base=base))
+    with Client(socket=daemon.socket) as client:
+        holder = client.start_task("append", {"file": "site/data.txt", "seconds": 600})
+        task_state(client, holder["id"], ("running",))
+        queued = client.start_task("append", {"file": "site/data.txt", "seconds": 0})  # checked now, spawned later
+        assert client.task(queued["id"])["state"] == "queued"
+        (base / "site").rename(base / "site-old")  # while it waits, the directory becomes a link out of the base
+        (base / "site").symlink_to(outside)
+        client.stop_task(holder["id"])
+        record = task_state(client, queued["id"], ("failed", "succeeded"))
+    # Before: the run appended to …/www/site/data.txt through the new link, outside the base.
+    assert (outside / "data.txt").read_text() == "s3cret"
+    assert (record["state"], record["pid"]) == ("failed", None), record
+    assert record["error"] == (f"spawn failed: argv[4]: path '{base}/site/data.txt' changed after it was checked: "
+                               "'site' is now a symbolic link")  # fmt: skip
+
+
+@pytest.mark.parametrize("way", ["posix_spawn", "popen", "fork"])
+def test_a_run_gets_the_checked_file_through_its_own_descriptor(
+    start_daemon: Callable[..., Daemon], swap_site: tuple[Path, Path], way: str,
+) -> None:
+    base, _ = swap_site
+    program = {"posix_spawn": "/bin/sh", "popen": "sh", "fork": "/bin/sh"}[way]  # a bare name goes through Popen
+    config = f"""
+[tasks.types.show]
+argv = ["{program}", "-c", "echo \\"$1\\" \\"$2\\"; cat -- \\"$1\\"", "sh", "{{file}}", "{{later}}"]
+{'rlimits = { nofile = 1024 }' if way == "fork" else ''}
+
+[tasks.types.show.params]
+file = {{ type = "path", base = "{base}" }}
+later = {{ type = "path", base = "{base}" }}
+"""
+    daemon = start_daemon(BASE_CONFIG + config)
+    with Client(socket=daemon.socket) as client:
+        for _ in range(2):  # two spawns: the first one's descriptors were closed in the keeper, not leaked
+            run = client.start_task("show", {"file": "site/data.txt", "later": "site/new/out.txt"})
+            record = task_state(client, run["id"], ("succeeded", "failed"))
+            assert record["state"] == "succeeded", record
+            # The record keeps the checked paths; the process got descriptors opened beneath the base.
+            assert record["argv"][4:] == [f"{base}/site/data.txt", f"{base}/site/new/out.txt"]
+            shown = client.logs(run["id"]).decode()
+            assert re.fullmatch(r"/proc/self/fd/(\d+) /proc/self/fd/(\d+)/new/out\.txt\npublic", shown), shown
+    assert open_below(base, f"/proc/{keeper_pid(daemon.dir / 'state')}/fd") == []  # the keeper closed them
+
+
+def test_a_restart_pins_its_paths_again(start_daemon: Callable[..., Daemon], swap_site: tuple[Path, Path]) -> None:
+    base, outside = swap_site
+    # The first attempt appends, then swaps the directory for a link out of the base itself (race-free), and fails.
+    swap = 'echo first >> "$1"; mv "$2/site" "$2/site-old" && ln -s "$3" "$2/site"; exit 1'
+    config = f"""
+[tasks.types.again]
+argv = ["/bin/sh", "-c", '{swap}', "sh", "{{file}}", "{base}", "{outside}"]
+restart = "on-failure"
+restart_delay_s = 0.1
+max_attempts = 2
+
+[tasks.types.again.params]
+file = {{ type = "path", base = "{base}" }}
+"""
+    daemon = start_daemon(BASE_CONFIG + config)
+    with Client(socket=daemon.socket) as client:
+        first = client.start_task("again", {"file": "site/data.txt"})
+        task_state(client, first["id"], ("failed",))
+        retry: dict[str, Any] = {}
+        wait_for(lambda: bool(retry.update(next((r for r in client.tasks() if r["retry_of"] == first["id"]), {})) or
+                              retry.get("state") in ("failed", "succeeded")), "the restart to end")  # fmt: skip
+    # Before: the restart followed the new link and appended to the file outside the base.
+    assert (outside / "data.txt").read_text() == "s3cret"
+    assert (base / "site-old" / "data.txt").read_text() == "publicfirst\n"
+    assert (retry["state"], retry["pid"], retry["attempt"]) == ("failed", None, 2), retry
+    assert retry["error"].startswith(f"spawn failed: argv[4]: path '{base}/site/data.txt' changed after it was checked: "
+                                     "'site' is now a symbolic link"), retry  # fmt: skip

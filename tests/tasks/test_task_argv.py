@@ -72,6 +72,26 @@ def test_render_argv_uses_validated_params() -> None:
     assert t.render_argv(t.params_model.model_validate({"n": 3}))[3:] == ["false", "1.0"]
 
 
+def test_spawn_pins_name_each_checked_path_and_the_text_around_it(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    t = compile_type(
+        "t",
+        type_config(["/bin/cp", "--from={src}:{dst}", "{n}", "{dst}", "{opt}"],
+                    src={"type": "path", "base": str(tmp_path)}, dst={"type": "path", "base": str(tmp_path)},
+                    opt={"type": "path", "base": str(tmp_path), "required": False}, n={"type": "int"}),
+        TasksConfig(stop_grace_s=5.0),
+    )  # fmt: skip
+    params = t.params_model.model_validate({"src": "a", "dst": "b", "n": 3}).model_dump(mode="json")
+    argv = t.render_argv(t.params_model.model_validate(params))
+    src, dst = {"base": str(tmp_path), "path": f"{tmp_path}/a"}, {"base": str(tmp_path), "path": f"{tmp_path}/b"}
+    # An unset optional path is "" and no pin; an int stays text.
+    assert t.spawn_pins(params, argv) == [{"index": 1, "parts": ["--from=", src, ":", dst]}, {"index": 3, "parts": [dst]}]
+    # A run whose argv the type no longer renders (changed since it was queued) keeps its text.
+    assert t.spawn_pins(params, [*argv[:3], "other", argv[4]]) == []
+    assert compile_type("u", type_config(["/bin/true", "{n}"], n={"type": "int"}), TasksConfig()).spawn_pins(
+        {"n": 1}, ["/bin/true", "1"]) == []  # fmt: skip
+
+
 def test_unknown_placeholder_is_a_config_error() -> None:
     config = TasksConfig(types={"scan": type_config(["{python}", "--id={task_idd}"], task_id={"type": "int"})})
     with pytest.raises(

@@ -5,7 +5,10 @@ Rules:
   (``setsid``), stdin ``/dev/null``, stdout and stderr on the run's output
   pipe, exactly the environment it is given, the working directory, the
   resource limits and the user, group and supplementary groups asked for;
-  every other file descriptor is closed.
+  every other file descriptor is closed, except ``pass_fds`` (the checked
+  paths the run names as ``/proc/self/fd/N``, ``_spawnpins.py``): those
+  reach it at the same number on all three ways, made inheritable by the
+  caller for the length of the spawn only.
 - Three ways, one result. The common case (no rlimits, no user or group
   switch, a program path with a "/") is ``os.posix_spawn``: glibc's
   clone(CLONE_VM|CLONE_VFORK) with the session, the descriptors and the
@@ -113,6 +116,8 @@ class SpawnSpec:
     user: str | None = None
     group: str | None = None
     rlimits: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: Descriptors the process gets at the same number (inheritable, all above stderr).
+    pass_fds: tuple[int, ...] = ()
 
     @classmethod
     def from_message(cls, message: Mapping[str, Any]) -> SpawnSpec:
@@ -246,6 +251,7 @@ def spawn(spec: SpawnSpec, output_fd: int) -> tuple[int, subprocess.Popen[bytes]
             cwd=spec.cwd,
             env=spec.env,
             close_fds=True,
+            pass_fds=spec.pass_fds,
             start_new_session=True,
             user=identity.uid,
             group=identity.gid,
@@ -319,6 +325,15 @@ def _fork_exec(spec: SpawnSpec, output_fd: int, identity: Identity) -> int:
     raise SpawnError(_describe(OSError(code, reason, filename)))
 
 
+def _close_all_but(kept: set[int], max_fd: int) -> None:  # pragma: no cover - the forked child
+    """Close every descriptor from 3 below ``max_fd`` except ``kept``."""
+    start = 3
+    for fd in sorted(kept):
+        os.closerange(start, fd)
+        start = fd + 1
+    os.closerange(start, max_fd)
+
+
 def _child(
     spec: SpawnSpec, candidates: list[bytes], identity: Identity, fds: tuple[int, int, int, int]
 ) -> None:  # pragma: no cover - runs in the forked child only
@@ -346,8 +361,7 @@ def _child(
         os.dup2(devnull, 0)
         os.dup2(output_fd, 1)
         os.dup2(output_fd, 2)
-        os.closerange(3, error_fd)
-        os.closerange(error_fd + 1, max_fd)
+        _close_all_but({error_fd, *spec.pass_fds}, max_fd)
         for sig in CATCHABLE_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, ())

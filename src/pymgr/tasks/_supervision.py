@@ -370,6 +370,7 @@ class Supervision:
                 "op": "spawn",
                 "id": record.id,
                 "argv": record.argv,
+                "pins": task_type.spawn_pins(record.params, record.argv),
                 "env": {**task_type.env, **run_marker(record.id, record.marker)},
                 "cwd": None if task_type.cwd is None else str(task_type.cwd),
                 "user": task_type.user,

@@ -31,6 +31,10 @@ Rules:
   end of the loop turn, together, except the first ``spawned`` of a turn,
   which leaves at once (a lone start is announced sooner; a burst's
   replies still leave in a few writes).
+- A ``spawn`` request's ``pins`` name the argv elements holding checked
+  path parameters: each is opened again beneath its base right before the
+  spawn, and the run gets ``/proc/self/fd/N`` (``_spawnpins``); a path
+  swapped for a symlink since the check is a ``spawn_failed``.
 - Every report of a live run carries ``output: [fd, inode]``, its pipe's
   read end here, so the daemon can hold a second one; ``adopt`` carries
   where the daemon's is (``output: {pid, fd, inode}``) and the log
@@ -69,6 +73,7 @@ from pymgr.tasks._keeperruns import (
 )  # fmt: skip
 from pymgr.tasks._proctree import ProcRef
 from pymgr.tasks._runlog import RunLog
+from pymgr.tasks._spawnpins import pinned
 from pymgr.tasks._spawn import SpawnError, SpawnSpec, private_descriptors, reset_inherited_signals, spawn
 from pymgr.tasks._treekill import TreeKill
 
@@ -407,8 +412,11 @@ class Keeper:
         cgroup = self._run_cgroup(message.get("cgroup"))
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         try:
-            with _cgroup.inside(cgroup, self.cgroup_home) if cgroup and self.cgroup_home else nullcontext():
-                pid, popen = spawn(spec, write_end)
+            with (
+                pinned(spec, message.get("pins")) as ready,
+                _cgroup.inside(cgroup, self.cgroup_home) if cgroup and self.cgroup_home else nullcontext(),
+            ):
+                pid, popen = spawn(ready, write_end)
         except (SpawnError, _cgroup.CgroupError) as exc:
             os.close(read_end)
             if cgroup is not None:

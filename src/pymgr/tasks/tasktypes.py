@@ -15,13 +15,17 @@ Rules:
   "true"/"false", None (an optional parameter left unset) is "", an int is
   plain decimal, a float fixed notation (never an exponent, never "-0.0"),
   a string as it is.
+- A ``path`` parameter reaches the run as ``/proc/self/fd/N``: the spawn
+  request says which argv elements hold which checked path under which base
+  (``spawn_pins``), and the keeper opens each again beneath its base right
+  before the spawn, following no symlink (``tasks/_spawnpins.py``).
 """
 
 from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +69,8 @@ class TaskType:
     kill_leftovers: bool = True
     #: cgroup interface file -> value, e.g. {"memory.max": "268435456"} (``_cgroup.limit_files``).
     cgroup_limits: Mapping[str, str] = field(default_factory=dict)
+    #: Path parameter name -> the directory it is confined to.
+    path_bases: Mapping[str, Path] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         """The type as ``tasks.types`` shows it."""
@@ -79,6 +85,42 @@ class TaskType:
         values = {name: render_value(getattr(params, name)) for name in type(params).model_fields}
         values[PYTHON] = sys.executable
         return [render_element(element, values) for element in self.argv]
+
+    def spawn_pins(self, params: Mapping[str, Any], argv: Sequence[str]) -> list[dict[str, Any]]:
+        """Where ``argv`` holds checked paths, for the keeper to pin: the spawn request's ``pins``.
+
+        One entry per element that holds a path parameter's value:
+        ``{"index": i, "parts": [...]}``, each part the text as it is or
+        ``{"base": ..., "path": ...}`` (the checked path), in order; joined,
+        the parts are ``argv[i]``. ``params`` are the record's (JSON).
+        [] when the template no longer renders ``argv`` (a run an earlier
+        daemon queued, whose type has changed since): it gets its paths as text.
+        """
+        values = {name: render_value(value) for name, value in params.items()}
+        values[PYTHON] = sys.executable
+        pins = []
+        for index, element in enumerate(self.argv):
+            parts: list[Any] = []
+            position = 0
+            for match in PLACEHOLDER.finditer(element):
+                name = match.group(1)
+                parts.append(element[position : match.start()])
+                value = params.get(name)
+                if name in self.path_bases and isinstance(value, str):
+                    parts.append({"base": str(self.path_bases[name]), "path": value})
+                else:
+                    parts.append(values.get(name, match.group(0)))
+                position = match.end()
+            parts.append(element[position:])
+            if any(isinstance(part, dict) for part in parts):
+                pins.append({"index": index, "parts": [part for part in parts if part != ""]})
+        if len(argv) != len(self.argv) or any(_joined(pin["parts"]) != argv[pin["index"]] for pin in pins):
+            return []
+        return pins
+
+
+def _joined(parts: Sequence[Any]) -> str:
+    return "".join(part if isinstance(part, str) else part["path"] for part in parts)
 
 
 def render_value(value: Any) -> str:
@@ -141,6 +183,7 @@ def compile_type(name: str, config: TaskTypeConfig, defaults: TasksConfig) -> Ta
         log_timestamps=config.log_timestamps,
         kill_leftovers=config.kill_leftovers,
         cgroup_limits=limit_files(config.memory_max, config.pids_max, config.cpu_max),
+        path_bases={pname: spec.base for pname, spec in config.params.items() if spec.base is not None},
     )
 
 
