@@ -64,3 +64,13 @@ def test_no_pins_leave_the_spec_as_it_is() -> None:
     for pins in (None, []):
         with pinned(original, pins) as ready:
             assert ready is original
+
+
+@pytest.mark.parametrize("identity", [{"user": "nobody"}, {"group": "nogroup"}])
+def test_a_run_under_its_own_user_gets_the_text_path(tmp_path: Path, identity: dict[str, str]) -> None:
+    # A descriptor opened as the keeper's user would skip the run's own rights on the directories above.
+    (tmp_path / "d").mkdir()
+    argv = ["/bin/ls", f"{tmp_path}/d"]
+    pins = [{"index": 1, "parts": [{"base": str(tmp_path), "path": f"{tmp_path}/d"}]}]
+    with pinned(SpawnSpec(argv=argv, env={}, **identity), pins) as ready:
+        assert (ready.argv, ready.pass_fds) == (argv, ())

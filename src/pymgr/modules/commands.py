@@ -174,8 +174,10 @@ class Command:
     def _pin_paths(self, params: Mapping[str, Any]) -> dict[str, PinnedPath]:
         """Hold every path parameter open, as checked, for the command to use (closes them all on a refusal)."""
         pinned: dict[str, PinnedPath] = {}
-        if not can_pin():
-            return pinned  # no O_PATH or no /proc: the command gets the checked path as text
+        if not can_pin() or self.run_as is not None:
+            # No O_PATH or no /proc; or the command runs as its own user, whose rights the kernel then
+            # checks on every directory of the text path (a descriptor opened here would skip them).
+            return pinned
         try:
             for pname, spec in self.config.params.items():
                 if spec.type == "path" and spec.base is not None and params.get(pname) is not None:

@@ -42,7 +42,10 @@ def pinned(spec: SpawnSpec, pins: Any) -> Iterator[SpawnSpec]:
         SpawnError: ``pins`` is malformed, or a path changed since it was checked (or cannot be opened).
     """
     entries = _parse(pins, spec.argv)
-    if not entries or not can_pin():
+    if not entries or not can_pin() or spec.user is not None or spec.group is not None:
+        # A run under its own user or group gets the text: the kernel then checks every directory on
+        # the way with that user's rights, and a swapped link leads it nowhere that user may not go.
+        # A descriptor opened here (as the keeper's user) would skip those checks in the run.
         yield spec
         return
     fds: list[int] = []
