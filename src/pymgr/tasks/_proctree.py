@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 #: Environment variables every run carries, so escaped descendants can be found.
@@ -81,9 +81,8 @@ def start_time(pid: int) -> int | None:
     return int(stat[stat.rindex(b")") + 2 :].split()[_STARTTIME_INDEX])
 
 
-def _processes_since(since: int) -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, start time) of every live process started at or after ``since``."""
-    found = {}
+def _live_since(since: int) -> Iterator[tuple[int, int, list[bytes]]]:
+    """(pid, start time, the stat fields after the command name) of every live process started at or after ``since``."""
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -94,8 +93,12 @@ def _processes_since(since: int) -> dict[int, tuple[int, int]]:
         started = int(fields[_STARTTIME_INDEX])
         # Zombies ("Z") and the dead ("X") have exited already: nothing to stop.
         if started >= since and fields[0] not in (b"Z", b"X"):
-            found[int(name)] = (int(fields[1]), started)
-    return found
+            yield int(name), started, fields
+
+
+def _processes_since(since: int) -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, start time) of every live process started at or after ``since``."""
+    return {pid: (int(fields[1]), started) for pid, started, fields in _live_since(since)}
 
 
 def run_marker(task_id: int, token: str) -> dict[str, str]:
@@ -269,15 +272,8 @@ def session_members(leader: ProcRef) -> set[ProcRef]:
     keeps the session id allocated, so no new process can take that pid;
     and only processes no older than the leader are taken.
     """
-    found = set()
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == leader.pid:
-            continue
-        try:
-            fields = _stat(name).rsplit(b")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        started = int(fields[_STARTTIME_INDEX])
-        if int(fields[_SESSION_INDEX]) == leader.pid and started >= leader.start_time and fields[0] not in (b"Z", b"X"):
-            found.add(ProcRef(int(name), started))
-    return found
+    return {
+        ProcRef(pid, started)
+        for pid, started, fields in _live_since(leader.start_time)
+        if pid != leader.pid and int(fields[_SESSION_INDEX]) == leader.pid
+    }
