@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from taskhelpers import gone
 
-from pymgr.tasks._framing import FrameDecoder, encode
+from pymgr.protocol.keeper import FrameDecoder
+from pymgr.protocol.keeper import encode_frame as encode
 
 #: Seconds any wait here may take.
 WAIT_S = 15.0

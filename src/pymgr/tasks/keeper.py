@@ -13,7 +13,7 @@ Rules:
   (flock); a second one exits at once, leaving the first to serve.
 - It listens on ``<run_dir>/keeper.sock`` (mode 0600, in a 0700
   directory) and serves one daemon at a time, with length-prefixed JSON
-  frames (``_framing``). A new connection replaces the old one, after the
+  frames (``pymgr.protocol.keeper``). A new connection replaces the old one, after the
   old one's pending requests were handled (a dead daemon's last spawn
   request is never lost nor run twice: spawn is idempotent by run id).
 - On connect it sends ``hello``, then ``live`` for each run, ``orphan``
@@ -65,7 +65,8 @@ from typing import Any
 
 from pymgr._fsguard import ensure_private_dir, open_private
 from pymgr.tasks import _cgroup, _proctree
-from pymgr.tasks._framing import CLOSED, PROTOCOL, FrameDecoder, FrameError, encode
+from pymgr.protocol.keeper import CLOSED, PROTOCOL, FrameDecoder, FrameError
+from pymgr.protocol.keeper import encode_frame as encode
 from pymgr.tasks._keepersetup import listen, prepare_process
 from pymgr.tasks._keeperruns import (
     UNKNOWN_EXIT, Listings, Run, StatusJournal, orphans, run_log, settle_spawns, stop_leftovers, take_output,

@@ -37,7 +37,8 @@ from typing import Any
 
 from pymgr._fsguard import ensure_private_dir, open_private
 from pymgr.errors import Unavailable
-from pymgr.tasks._framing import CLOSED, PROTOCOL, FrameDecoder, FrameError, encode
+from pymgr.protocol.keeper import CLOSED, PROTOCOL, FrameDecoder, FrameError
+from pymgr.protocol.keeper import encode_frame as encode
 
 log = logging.getLogger("pymgr.keeper")
 
