@@ -38,10 +38,11 @@ from pydantic import BaseModel
 
 from pymgr.core.identity import INTERNAL
 from pymgr.errors import Unavailable
-from pymgr.tasks import _proctree, policy
-from pymgr.tasks._cgroup import CgroupTree
-from pymgr.tasks._outputhold import OutputHolders
-from pymgr.tasks._proctree import run_marker
+from pymgr.keeper import proctree as _proctree
+from pymgr.tasks import policy
+from pymgr.keeper.cgroup import CgroupTree
+from pymgr.keeper.outputhold import OutputHolders
+from pymgr.keeper.proctree import run_marker
 from pymgr.tasks.records import TaskRecord
 from pymgr.tasks.states import TERMINAL, TaskState, end_state, transition
 from pymgr.tasks.tasktypes import TaskType
@@ -99,7 +100,7 @@ class Supervision:
         self._resend_needed = False
         #: Exits recorded in the transaction in progress, acknowledged after it commits.
         self._acks: list[int] = []
-        #: A second read end of each running run's output pipe (see ``_outputhold``).
+        #: A second read end of each running run's output pipe (see ``keeper.outputhold``).
         self._holders = OutputHolders()
         self._keeper_pid: int | None = None
         #: What each message of the keeper does ("spawned" and "adopted" report a live run too).

@@ -2,7 +2,7 @@
 
 Rules:
 - ``connect`` reaches the keeper of this state directory, starting one
-  (``python -m pymgr.tasks.keeper``, its own session, stderr appended to
+  (``python -m pymgr.keeper``, its own session, stderr appended to
   ``<run_dir>/keeper.log``, which is rotated to ``keeper.log.1`` at a
   start once it reached ``log_max_bytes``) when nobody answers on ``keeper.sock``, and
   returns once the keeper's ``hello`` arrived. A keeper that is on its way
@@ -180,7 +180,7 @@ class KeeperLink:
                 [
                     sys.executable,
                     "-m",
-                    "pymgr.tasks.keeper",
+                    "pymgr.keeper",
                     "--state-dir",
                     str(self.state_dir),
                     "--idle-exit-s",

@@ -47,7 +47,7 @@ from pymgr.config import TasksConfig
 from pymgr.core.identity import INTERNAL, Identity
 from pymgr.errors import Conflict, NotFound, PymgrError, Unavailable
 from pymgr.metrics import Metrics
-from pymgr.tasks import _cgroup, _proctree
+from pymgr.keeper import cgroup as _cgroup, proctree as _proctree
 from pymgr.tasks.containment import check_limits, open_containment
 from pymgr.tasks._statedir import lock_state_dir, open_store
 from pymgr.tasks._requests import MAX_KEY_CHARS, check_key, parse_state, validate_params
@@ -56,7 +56,7 @@ from pymgr.tasks._startgroups import StartGroups
 from pymgr.tasks._supervision import Supervision
 from pymgr.tasks._translog import MARKS, outcome, who
 from pymgr.tasks.caps import ActiveRuns
-from pymgr.tasks._treekill import KILL_WAIT_S
+from pymgr.keeper.treekill import KILL_WAIT_S
 from pymgr.tasks.events import EventHub
 from pymgr.tasks.keeperlink import KeeperLink
 from pymgr.tasks.logs import LogReader
