@@ -60,7 +60,7 @@ def pin(base: str | os.PathLike[str], resolved: str) -> PinnedPath:
     root = os.path.realpath(base)
     if not inside(root, resolved):  # the base itself was replaced since the check
         raise ValueError(f"changed after it was checked: it no longer lies inside {os.fspath(base)}")
-    parts = [p for p in resolved[len(root):].split("/") if p]
+    parts = [p for p in resolved[len(root) :].split("/") if p]
     fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for index, part in enumerate(parts):

@@ -154,9 +154,13 @@ def _connection_failed(exc: httpx.TransportError, target: _Target, timeout_s: fl
     start = "is the daemon running? Start it with `pymgr serve --config FILE`"
     code = _os_errno(exc)
     if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
-        message = f"pymgr at {where} did not answer within {timeout_s} s (timeout_s); it may be overloaded or stuck"
+        message = (
+            f"pymgr at {where} did not answer within {timeout_s} s (timeout_s); it may be overloaded or stuck"
+        )
     elif code == errno.ENOENT:
-        message = f"cannot reach pymgr: no socket at {target.socket}; {start}, or pass --socket / set {SOCKET_ENV}"
+        message = (
+            f"cannot reach pymgr: no socket at {target.socket}; {start}, or pass --socket / set {SOCKET_ENV}"
+        )
     elif code in (errno.EACCES, errno.EPERM):
         message = (
             f"cannot reach pymgr at {where}: permission denied; the socket is mode 0660 by default: "
@@ -165,7 +169,9 @@ def _connection_failed(exc: httpx.TransportError, target: _Target, timeout_s: fl
     elif code == errno.ECONNREFUSED:
         message = f"cannot reach pymgr at {where}: connection refused (nothing is listening); {start}"
     else:
-        message = f"cannot reach pymgr at {where}: {details['reason']}; {start}, and check this user may connect"
+        message = (
+            f"cannot reach pymgr at {where}: {details['reason']}; {start}, and check this user may connect"
+        )
     return ConnectionFailed(message, details=details)
 
 
@@ -234,7 +240,9 @@ def _security_options(
         raise ValueError("pass both key_id and secret to sign requests, or neither")
     if key_id is not None and secret is not None:
         if target.url is None:
-            raise ValueError("key_id and secret sign TCP requests; on a Unix socket the kernel says who you are: pass url=")
+            raise ValueError(
+                "key_id and secret sign TCP requests; on a Unix socket the kernel says who you are: pass url="
+            )
         options["auth"] = HmacAuth(key_id, secret)
     if tls is not None:
         options["verify"] = tls
@@ -255,7 +263,9 @@ def _call_params(params: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> di
     merged = dict(params or {})
     both = sorted(set(merged) & set(kwargs))
     if both:
-        raise TypeError(f"call() got parameter(s) {', '.join(both)} both in params and as keywords; pass each once")
+        raise TypeError(
+            f"call() got parameter(s) {', '.join(both)} both in params and as keywords; pass each once"
+        )
     merged.update(kwargs)
     return merged
 
@@ -305,7 +315,11 @@ class _Api(abc.ABC, Generic[R]):
 
     def tasks(self, state: str | None = None, type: str | None = None, key: str | None = None) -> R:
         """Task records, newest first, filtered by state, type and key."""
-        query = {name: value for name, value in (("state", state), ("type", type), ("key", key)) if value is not None}
+        query = {
+            name: value
+            for name, value in (("state", state), ("type", type), ("key", key))
+            if value is not None
+        }
         return self._send(_Request("GET", "/v1/tasks", query=query))
 
     def task(self, id: str | int) -> R:
@@ -406,7 +420,9 @@ class Client(_Api[Any]):
 
     def _stream(self, request: _Request) -> Iterator[bytes]:
         try:
-            with self._http.stream(**request.httpx_args(), timeout=_stream_timeout(self._timeout_s)) as response:
+            with self._http.stream(
+                **request.httpx_args(), timeout=_stream_timeout(self._timeout_s)
+            ) as response:
                 if not response.is_success:
                     response.read()
                     _decode(response, self._target)  # raises the reply's error
@@ -477,7 +493,9 @@ class AsyncClient(_Api[Awaitable[Any]]):
 
     async def _stream(self, request: _Request) -> AsyncIterator[bytes]:
         try:
-            async with self._http.stream(**request.httpx_args(), timeout=_stream_timeout(self._timeout_s)) as response:
+            async with self._http.stream(
+                **request.httpx_args(), timeout=_stream_timeout(self._timeout_s)
+            ) as response:
                 if not response.is_success:
                     await response.aread()
                     _decode(response, self._target)  # raises the reply's error

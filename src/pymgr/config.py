@@ -43,7 +43,7 @@ def _octal_mode(value: Any) -> Any:
         try:
             return int(value, 8)
         except ValueError:
-            raise ValueError(f"must be an octal mode such as \"0660\", not {value!r}") from None
+            raise ValueError(f'must be an octal mode such as "0660", not {value!r}') from None
     return value
 
 
@@ -116,7 +116,7 @@ class HttpConfig(_Section):
             return value
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:
-            raise ValueError(f"must be \"host:port\" with a port 0-65535, not {value!r}")
+            raise ValueError(f'must be "host:port" with a port 0-65535, not {value!r}')
         return value
 
 
@@ -307,9 +307,9 @@ class ServiceConfig(_Section):
     #: Sandboxing of the generated systemd unit: "strict", "relaxed" or "off" (docs/install.md lists each option).
     hardening: Literal["strict", "relaxed", "off"] = "strict"
     #: [Service] directives that replace the hardening level's value, e.g. {ProtectSystem = "full"}; "" drops one.
-    overrides: dict[Annotated[str, Field(pattern=r"^[A-Z][A-Za-z]+$")], Annotated[str, Field(pattern=r"^[^\n\r]*$")]] = (
-        Field(default_factory=dict)
-    )
+    overrides: dict[
+        Annotated[str, Field(pattern=r"^[A-Z][A-Za-z]+$")], Annotated[str, Field(pattern=r"^[^\n\r]*$")]
+    ] = Field(default_factory=dict)
     #: Extra paths the daemon and its tasks may write under ProtectSystem=strict (state_dir is always writable).
     read_write_paths: list[Path] = Field(default_factory=list)
     #: systemd WatchdogSec: the event loop must answer within this many seconds or systemd restarts
@@ -374,7 +374,11 @@ class Config(_Section):
         tls = self.http.tls
         if tls is not None:
             tls = tls.model_copy(
-                update={"certfile": absolute(tls.certfile), "keyfile": absolute(tls.keyfile), "client_ca": absolute(tls.client_ca)}
+                update={
+                    "certfile": absolute(tls.certfile),
+                    "keyfile": absolute(tls.keyfile),
+                    "client_ca": absolute(tls.client_ca),
+                }
             )
         http = self.http.model_copy(update={"unix_socket": absolute(self.http.unix_socket), "tls": tls})
         keys = [k.model_copy(update={"secret_file": absolute(k.secret_file)}) for k in self.auth.keys]

@@ -171,4 +171,3 @@ def _find_schema(entries: Any, name: str, actions_of: str | None = None) -> Any:
         if actions_of is None and entry.get("name") == name:
             return entry.get("params")
     return None
-

@@ -218,7 +218,9 @@ class Registry:
         """
         name = module.name
         if not name or not isinstance(name, str):
-            raise RegistryError(f"{type(module).__qualname__} has no `name`; set a class attribute name = '...'")
+            raise RegistryError(
+                f"{type(module).__qualname__} has no `name`; set a class attribute name = '...'"
+            )
         if name in self._modules:
             other = type(self._modules[name])
             raise RegistryError(

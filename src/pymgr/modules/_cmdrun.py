@@ -188,7 +188,8 @@ async def run_command(
         leftovers = await _stop_leftovers(process.ref, containment)
         await asyncio.wait([asyncio.ensure_future(p.closed) for p in pipes], timeout=PIPE_DRAIN_S)
     except BaseException:
-        _kill_all(popen, containment)  # never leave an unsupervised command behind (cancelled caller, watch failed)
+        # never leave an unsupervised command behind (cancelled caller, watch failed)
+        _kill_all(popen, containment)
         raise
     finally:
         for transport in transports:
@@ -197,11 +198,15 @@ async def run_command(
             if stream is not None and not stream.closed:
                 stream.close()
     result = _result(status, ended_by == "timeout", *pipes, duration_s=time.monotonic() - started)
-    result.update(cancelled=ended_by == "caller_gone", leftovers=leftovers, contained=containment.cgroup is not None)
+    result.update(
+        cancelled=ended_by == "caller_gone", leftovers=leftovers, contained=containment.cgroup is not None
+    )
     return result
 
 
-def _result(status: ExitStatus, timed_out: bool, out: _CappedPipe, err: _CappedPipe, *, duration_s: float) -> dict[str, Any]:
+def _result(
+    status: ExitStatus, timed_out: bool, out: _CappedPipe, err: _CappedPipe, *, duration_s: float
+) -> dict[str, Any]:
     return {
         "exit_code": status.exit_code,
         "signal": status.signal,
@@ -233,8 +238,11 @@ async def _wait(
     exited = asyncio.ensure_future(process.wait())
     gone = asyncio.ensure_future(caller_gone.wait()) if caller_gone is not None else None
     try:
-        done, _ = await asyncio.wait([f for f in (exited, gone) if f is not None], timeout=timeout_s,
-                                     return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        done, _ = await asyncio.wait(
+            [f for f in (exited, gone) if f is not None],
+            timeout=timeout_s,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
     finally:
         if gone is not None:
             gone.cancel()
@@ -271,8 +279,12 @@ async def _stop_leftovers(leader: ProcRef, containment: Containment) -> int:
         found |= containment.members(leader)
         if loop.time() >= deadline:
             if sent_kill:
-                pids = ", ".join(str(ref.pid) for ref in sorted(containment.members(leader), key=lambda r: r.pid))
-                raise ActionFailed(f"the command's processes outlived SIGKILL: pid {pids}", details={"pids": pids})
+                pids = ", ".join(
+                    str(ref.pid) for ref in sorted(containment.members(leader), key=lambda r: r.pid)
+                )
+                raise ActionFailed(
+                    f"the command's processes outlived SIGKILL: pid {pids}", details={"pids": pids}
+                )
             containment.signal(leader, signal.SIGKILL)
             deadline, sent_kill = loop.time() + KILL_WAIT_S, True
         await asyncio.sleep(_POLL_S)

@@ -154,7 +154,9 @@ class Command:
                 )
             except (OSError, CgroupError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-                raise ActionFailed(f"{where} could not start {argv[0]}: {reason}", details={"executable": argv[0]}) from None
+                raise ActionFailed(
+                    f"{where} could not start {argv[0]}: {reason}", details={"executable": argv[0]}
+                ) from None
             finally:
                 for p in pinned.values():
                     os.close(p.fd)
@@ -202,7 +204,9 @@ class CommandModule(Module):
 def _check(name: str, config: CommandConfig) -> RunAs | None:
     where = f"[commands.{name}]"
     if not re.match(COMMAND_NAME, name):
-        raise ConfigError(f"{where}: a command name is letters, digits, '_' and '-' (at most 64), not {name!r}")
+        raise ConfigError(
+            f"{where}: a command name is letters, digits, '_' and '-' (at most 64), not {name!r}"
+        )
     if _CALLER in config.params:
         raise ConfigError(f"{where} params: {_CALLER!r} is reserved; rename the parameter")
     executable = Path(config.argv[0])
@@ -212,7 +216,9 @@ def _check(name: str, config: CommandConfig) -> RunAs | None:
         for match in PLACEHOLDER.finditer(element):
             if match.group(1) not in config.params:
                 known = ", ".join("{" + k + "}" for k in sorted(config.params)) or "(no params)"
-                raise ConfigError(f"{where} argv[{index}] {element!r}: unknown placeholder {match.group(0)!r}; known: {known}")
+                raise ConfigError(
+                    f"{where} argv[{index}] {element!r}: unknown placeholder {match.group(0)!r}; known: {known}"
+                )
     if config.user is None:
         return None
     try:
@@ -220,7 +226,9 @@ def _check(name: str, config: CommandConfig) -> RunAs | None:
     except KeyError:
         raise ConfigError(f"{where} user {config.user!r} does not exist on this host") from None
     if user.pw_uid != os.geteuid() and os.geteuid() != 0:
-        raise ConfigError(f"{where} user {config.user!r}: only a daemon running as root can run commands as another user")
+        raise ConfigError(
+            f"{where} user {config.user!r}: only a daemon running as root can run commands as another user"
+        )
     groups = tuple(g for g in os.getgrouplist(user.pw_name, user.pw_gid) if g != user.pw_gid)
     return RunAs(user.pw_uid, user.pw_gid, groups)
 
@@ -235,7 +243,9 @@ def _remove_stale(cgroups: CgroupTree) -> None:
         while cgroup.populated() and time.monotonic() < deadline:
             time.sleep(0.01)  # start-up, before the loop serves anyone: cgroup.kill takes microseconds
         if not cgroup.remove():
-            log.warning("cannot remove %s, left by an earlier daemon: its processes outlived SIGKILL", cgroup.path)
+            log.warning(
+                "cannot remove %s, left by an earlier daemon: its processes outlived SIGKILL", cgroup.path
+            )
 
 
 def _action_for(command: Command) -> Any:
@@ -259,7 +269,9 @@ def _action_for(command: Command) -> Any:
     return action(name=command.name, read_only=command.config.read_only)(run)
 
 
-def command_modules(commands: Mapping[str, CommandConfig], cgroups: CgroupTree | None = None) -> list[CommandModule]:
+def command_modules(
+    commands: Mapping[str, CommandConfig], cgroups: CgroupTree | None = None
+) -> list[CommandModule]:
     """One module instance per module name the commands use.
 
     Args:
@@ -274,7 +286,9 @@ def command_modules(commands: Mapping[str, CommandConfig], cgroups: CgroupTree |
     by_module: dict[str, dict[str, Command]] = {}
     for name, config in commands.items():
         gate = _Gate(config.max_concurrent, config.max_queued)
-        by_module.setdefault(config.module, {})[name] = Command(name, config, _check(name, config), cgroups, gate)
+        by_module.setdefault(config.module, {})[name] = Command(
+            name, config, _check(name, config), cgroups, gate
+        )
     modules: list[CommandModule] = []
     for module_name, members in by_module.items():
         namespace: dict[str, Any] = {"name": module_name, "commands": members}

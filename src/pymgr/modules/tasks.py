@@ -44,7 +44,9 @@ class Tasks(Module):
         return manager  # type: ignore[no-any-return]
 
     @action(read_only=True)
-    async def list(self, state: str | None = None, type: str | None = None, key: Key = None) -> list[dict[str, Any]]:
+    async def list(
+        self, state: str | None = None, type: str | None = None, key: Key = None
+    ) -> list[dict[str, Any]]:
         """Task runs, newest first, filtered by state, type and key."""
         return [record.to_dict() for record in self.manager.list(state=state, type=type, key=key)]
 

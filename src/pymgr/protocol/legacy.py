@@ -210,7 +210,9 @@ class Connection:
         ValueError: a limit is not a positive int.
     """
 
-    def __init__(self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, max_lines: int = DEFAULT_MAX_LINES) -> None:
+    def __init__(
+        self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, max_lines: int = DEFAULT_MAX_LINES
+    ) -> None:
         for name, value in (("max_line_bytes", max_line_bytes), ("max_lines", max_lines)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, not {value!r}")
@@ -250,7 +252,9 @@ class Connection:
             return
         if self._eof:
             self._state = ERROR
-            raise LocalProtocolError(f"received {len(data)} bytes after EOF (receive_data(b'') was already called)")
+            raise LocalProtocolError(
+                f"received {len(data)} bytes after EOF (receive_data(b'') was already called)"
+            )
         if self._state is RECEIVING:
             self._buffer += data
         else:
@@ -428,7 +432,9 @@ class Connection:
             ) from None
         key, sep, value = text.partition(":")
         if not sep:
-            raise RemoteProtocolError(f"request line {number} has no ':'; expected key:value, got {_preview(text)}")
+            raise RemoteProtocolError(
+                f"request line {number} has no ':'; expected key:value, got {_preview(text)}"
+            )
         key = key.strip().lower()
         if not key:
             raise RemoteProtocolError(

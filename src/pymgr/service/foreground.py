@@ -70,7 +70,9 @@ class ForegroundHooks(ServiceHooks):
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         if self.watchdog_s is not None:
             # Kept here until the loop closes: asyncio.Runner cancels it then.
-            self._watchdog = loop.create_task(ping_watchdog(self.notifier, self.watchdog_s), name="sd-watchdog")
+            self._watchdog = loop.create_task(
+                ping_watchdog(self.notifier, self.watchdog_s), name="sd-watchdog"
+            )
         self.notifier.ready(_status_line(runtime))
         if self.on_ready is not None:
             self.on_ready(runtime)
@@ -97,7 +99,10 @@ def _status_line(runtime: Runtime) -> str:
 
 
 def serve(
-    config_path: Path, log_level: str | None = None, log_format: LogFormat = "text", log_file: Path | None = None
+    config_path: Path,
+    log_level: str | None = None,
+    log_format: LogFormat = "text",
+    log_file: Path | None = None,
 ) -> int:
     """``pymgr serve``: run in the foreground until SIGTERM/SIGINT; the exit code."""
     try:
@@ -132,7 +137,9 @@ def run_service(
     reset = reset_inherited_signals()
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the reloader is wired, in ready()
     if reset:
-        log.info("reset inherited signal dispositions (commands start from the defaults): %s", ", ".join(reset))
+        log.info(
+            "reset inherited signal dispositions (commands start from the defaults): %s", ", ".join(reset)
+        )
     notifier = Notifier.from_env()
     watchdog_s = watchdog_interval_s()
     try:

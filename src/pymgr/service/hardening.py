@@ -181,7 +181,10 @@ OPTIONS: tuple[Option, ...] = (
         "browser) crashes and needs MemoryDenyWriteExecute=no.",
     ),
     Option(
-        "RestrictRealtime", "yes", "yes", "No realtime scheduling, which a runaway task could use to starve the host."
+        "RestrictRealtime",
+        "yes",
+        "yes",
+        "No realtime scheduling, which a runaway task could use to starve the host.",
     ),
     Option(
         "SystemCallArchitectures",
@@ -251,7 +254,9 @@ def hardening(level: str, writable: Iterable[tuple[str, Path]]) -> list[tuple[st
     return lines
 
 
-def apply_overrides(lines: list[tuple[str, str, str]], overrides: Mapping[str, str]) -> list[tuple[str, str, str]]:
+def apply_overrides(
+    lines: list[tuple[str, str, str]], overrides: Mapping[str, str]
+) -> list[tuple[str, str, str]]:
     """``lines`` with ``[service] overrides`` applied: replaced, dropped ("") or added at the end.
 
     An override is written as the admin wrote it (specifiers and all), but it
@@ -270,7 +275,9 @@ def apply_overrides(lines: list[tuple[str, str, str]], overrides: Mapping[str, s
             result.append((name, value, why))
     known = {name for name, _, _ in lines}
     result += [
-        (name, value, "Set in [service] overrides.") for name, value in overrides.items() if name not in known and value
+        (name, value, "Set in [service] overrides.")
+        for name, value in overrides.items()
+        if name not in known and value
     ]
     return result
 

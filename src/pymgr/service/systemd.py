@@ -112,7 +112,8 @@ def render_units(
     unit_value("--config", str(config_path))  # in the header, ExecStart= and comments
     units = [
         UnitFile(
-            f"{name}.service", render_service(config, config_path, name, command, config.http.unix_socket is not None)
+            f"{name}.service",
+            render_service(config, config_path, name, command, config.http.unix_socket is not None),
         )
     ]
     if config.http.unix_socket is not None:
@@ -144,8 +145,15 @@ def _wrap_comment(text: str, width: int = 78) -> list[str]:
     return [*out, line]
 
 
-def render_service(config: Config, config_path: Path, name: str, command: list[str] | None, with_socket: bool) -> str:
-    lines = [*_header(f"{name}.service", config_path), "", "[Unit]", "Description=pymgr privileged task daemon"]
+def render_service(
+    config: Config, config_path: Path, name: str, command: list[str] | None, with_socket: bool
+) -> str:
+    lines = [
+        *_header(f"{name}.service", config_path),
+        "",
+        "[Unit]",
+        "Description=pymgr privileged task daemon",
+    ]
     if with_socket:
         lines += _wrap_comment(
             f"The API socket is {name}.socket's: it exists before the daemon starts and stays "
@@ -170,7 +178,9 @@ def _service_lines(config: Config, config_path: Path, command: list[str] | None)
     """Every [Service] directive, as (name, value, why), before overrides."""
     argv = command if command is not None else default_command(config_path)
     sandbox = hardening(config.service.hardening, _writable(config))
-    return _core_lines(config, argv) + _optional_lines(config) + _fit_home(sandbox, [Path(argv[0]), config_path])
+    return (
+        _core_lines(config, argv) + _optional_lines(config) + _fit_home(sandbox, [Path(argv[0]), config_path])
+    )
 
 
 def _core_lines(config: Config, argv: list[str]) -> list[Line]:
@@ -182,7 +192,11 @@ def _core_lines(config: Config, argv: list[str]) -> list[Line]:
             "systemd counts the service as started when the daemon sends READY=1, which it does "
             "once every listener is bound.",
         ),
-        ("NotifyAccess", "main", "Notifications are accepted from the daemon's own process only, never from a task."),
+        (
+            "NotifyAccess",
+            "main",
+            "Notifications are accepted from the daemon's own process only, never from a task.",
+        ),
         (
             "ExecStart",
             " ".join(_exec_arg(unit_value("the daemon's command line", a)) for a in argv),
@@ -239,7 +253,9 @@ def _optional_lines(config: Config) -> list[Line]:
         lines.append(
             (
                 "StateDirectory",
-                unit_value("state_dir", str(config.state_dir.relative_to(STATE_ROOT)), word=True).replace("%", "%%"),
+                unit_value("state_dir", str(config.state_dir.relative_to(STATE_ROOT)), word=True).replace(
+                    "%", "%%"
+                ),
                 "systemd creates the state "
                 f"directory ({config.state_dir}) before the daemon starts; it is writable under any hardening.",
             )
@@ -253,11 +269,16 @@ def _writable(config: Config) -> list[tuple[str, Path]]:
     if config.http.unix_socket is not None:
         writable.append(("http.unix_socket", config.http.unix_socket.parent))
     audit = getattr(config, "audit", None)
-    for key, path in (("service.log_file", config.service.log_file), ("audit.path", getattr(audit, "path", None)),
-                      ("audit.refused_path", getattr(audit, "refused_path", None))):
+    for key, path in (
+        ("service.log_file", config.service.log_file),
+        ("audit.path", getattr(audit, "path", None)),
+        ("audit.refused_path", getattr(audit, "refused_path", None)),
+    ):
         if path is not None:
             writable.append((key, path.parent))
-    return writable + [(f"service.read_write_paths[{i}]", p) for i, p in enumerate(config.service.read_write_paths)]
+    return writable + [
+        (f"service.read_write_paths[{i}]", p) for i, p in enumerate(config.service.read_write_paths)
+    ]
 
 
 def _fit_home(lines: list[Line], needed: list[Path]) -> list[Line]:
@@ -317,14 +338,25 @@ def _exec_arg(arg: str) -> str:
 
 def render_socket(config: Config, config_path: Path, name: str) -> str:
     http = config.http
-    lines = [*_header(f"{name}.socket", config_path), "", "[Unit]", "Description=pymgr API socket", "", "[Socket]"]
+    lines = [
+        *_header(f"{name}.socket", config_path),
+        "",
+        "[Unit]",
+        "Description=pymgr API socket",
+        "",
+        "[Socket]",
+    ]
     entries = [
         (
             "ListenStream",
             unit_value("http.unix_socket", str(http.unix_socket)).replace("%", "%%"),
             "The API's Unix socket ([http] unix_socket), bound by systemd and passed to the daemon.",
         ),
-        ("FileDescriptorName", "http", "The daemon serves a passed socket named http in place of [http] unix_socket."),
+        (
+            "FileDescriptorName",
+            "http",
+            "The daemon serves a passed socket named http in place of [http] unix_socket.",
+        ),
         (
             "SocketMode",
             f"{http.socket_mode:04o}",
@@ -379,7 +411,9 @@ def _check_ours(path: Path) -> None:
     with os.fdopen(fd, "rb") as file:
         head = file.read(len(MARKER)) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
     if head != MARKER.encode("utf-8"):
-        raise UnitConflict(f"{path} exists and was not generated by pymgr; move it away or pick another --unit-name")
+        raise UnitConflict(
+            f"{path} exists and was not generated by pymgr; move it away or pick another --unit-name"
+        )
 
 
 def write_units(units: list[UnitFile], directory: Path) -> list[Path]:

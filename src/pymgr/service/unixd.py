@@ -108,7 +108,9 @@ def _probe(pidfile: Path, code: int = Lsb.GENERIC) -> PidStatus | Outcome:
     except UnsafePathError as exc:
         return Outcome(code, f"not trusting pidfile {pidfile}: {exc}")
     except OSError as exc:
-        return Outcome(code, f"cannot read pidfile {pidfile}: {exc.strerror} (run as root or the daemon's user)")
+        return Outcome(
+            code, f"cannot read pidfile {pidfile}: {exc.strerror} (run as root or the daemon's user)"
+        )
 
 
 def _foreign(found: PidStatus, pidfile: Path, code: int = Lsb.GENERIC) -> Outcome:
@@ -163,7 +165,9 @@ def start(config_path: Path, config: Config, opts: DaemonOptions) -> Outcome:
     return outcome
 
 
-def _child_main(config_path: Path, config: Config, opts: DaemonOptions, read_end: int, write_end: int) -> None:
+def _child_main(
+    config_path: Path, config: Config, opts: DaemonOptions, read_end: int, write_end: int
+) -> None:
     """The forked child: become the daemon, serve, and never return into the CLI."""
     code = Lsb.GENERIC
     try:
@@ -271,7 +275,8 @@ def _start_outcome(report: str | None, opts: DaemonOptions) -> Outcome:
     if word == "failed":
         code, _, reason = rest.partition(" ")
         return Outcome(
-            int(code) if code.isdigit() else Lsb.GENERIC, f"pymgr did not start: {reason} (log: {opts.log_file})"
+            int(code) if code.isdigit() else Lsb.GENERIC,
+            f"pymgr did not start: {reason} (log: {opts.log_file})",
         )
     return Outcome(
         Lsb.GENERIC,
@@ -300,7 +305,9 @@ def stop(opts: DaemonOptions, force: bool = False) -> Outcome:
     if found.state is PidState.STALE:
         if (failed := _remove_stale(opts.pidfile)) is not None:
             return failed
-        return Outcome(Lsb.SUCCESS, f"pymgr is not running; removed its stale pidfile {opts.pidfile} ({found.detail})")
+        return Outcome(
+            Lsb.SUCCESS, f"pymgr is not running; removed its stale pidfile {opts.pidfile} ({found.detail})"
+        )
     if found.state is PidState.FOREIGN or found.process is None:
         return _foreign(found, opts.pidfile)
     pid, daemon = found.pid, found.process
@@ -309,7 +316,8 @@ def stop(opts: DaemonOptions, force: bool = False) -> Outcome:
     started = time.monotonic()
     if _wait_exit(opts.pidfile, opts.stop_timeout_s):
         return Outcome(
-            Lsb.SUCCESS, f"stopped pymgr (pid {pid}): it exited {time.monotonic() - started:.1f} s after SIGTERM"
+            Lsb.SUCCESS,
+            f"stopped pymgr (pid {pid}): it exited {time.monotonic() - started:.1f} s after SIGTERM",
         )
     if not force:
         return Outcome(
@@ -320,11 +328,14 @@ def stop(opts: DaemonOptions, force: bool = False) -> Outcome:
     if (denied := _signal(daemon, signal.SIGKILL)) is not None:
         return denied
     if not _wait_exit(opts.pidfile, KILL_WAIT_S):
-        return Outcome(Lsb.GENERIC, f"pymgr (pid {pid}) survived SIGKILL for {KILL_WAIT_S:g} s (stuck in the kernel?)")
+        return Outcome(
+            Lsb.GENERIC, f"pymgr (pid {pid}) survived SIGKILL for {KILL_WAIT_S:g} s (stuck in the kernel?)"
+        )
     if (failed := _remove_stale(opts.pidfile)) is not None:  # it had no chance to remove it
         return failed
     return Outcome(
-        Lsb.SUCCESS, f"killed pymgr (pid {pid}) with SIGKILL: it ignored SIGTERM for {opts.stop_timeout_s:g} s"
+        Lsb.SUCCESS,
+        f"killed pymgr (pid {pid}) with SIGKILL: it ignored SIGTERM for {opts.stop_timeout_s:g} s",
     )
 
 
@@ -334,7 +345,9 @@ def _remove_stale(pidfile: Path) -> Outcome | None:
     except UnsafePathError as exc:
         return Outcome(Lsb.GENERIC, f"not removing pidfile {pidfile}: {exc}")
     except OSError as exc:
-        return Outcome(Lsb.NO_PRIVILEGE, f"cannot remove stale pidfile {pidfile}: {exc.strerror} (run as root)")
+        return Outcome(
+            Lsb.NO_PRIVILEGE, f"cannot remove stale pidfile {pidfile}: {exc.strerror} (run as root)"
+        )
     return None
 
 
@@ -346,7 +359,8 @@ def _signal(daemon: psutil.Process, sig: signal.Signals) -> Outcome | None:
         return None  # it exited meanwhile: the wait sees it at once
     except psutil.AccessDenied:
         return Outcome(
-            Lsb.NO_PRIVILEGE, f"not allowed to send {sig.name} to pymgr (pid {daemon.pid}): run as its user or root"
+            Lsb.NO_PRIVILEGE,
+            f"not allowed to send {sig.name} to pymgr (pid {daemon.pid}): run as its user or root",
         )
     return None
 
@@ -377,7 +391,8 @@ def status(opts: DaemonOptions) -> Outcome:
         return Outcome(LsbStatus.RUNNING, f"pymgr is running (pid {found.pid}, pidfile {opts.pidfile})")
     if found.state is PidState.STALE:
         return Outcome(
-            LsbStatus.DEAD_PIDFILE, f"pymgr is not running, but its pidfile {opts.pidfile} remains: {found.detail}"
+            LsbStatus.DEAD_PIDFILE,
+            f"pymgr is not running, but its pidfile {opts.pidfile} remains: {found.detail}",
         )
     return Outcome(LsbStatus.NOT_RUNNING, "pymgr is not running")
 
@@ -394,7 +409,8 @@ def reload(opts: DaemonOptions) -> Outcome:
     if (denied := _signal(found.process, signal.SIGHUP)) is not None:
         return denied
     return Outcome(
-        Lsb.SUCCESS, f"sent SIGHUP to pymgr (pid {found.pid}): it reloads its config; {opts.log_file} says what changed"
+        Lsb.SUCCESS,
+        f"sent SIGHUP to pymgr (pid {found.pid}): it reloads its config; {opts.log_file} says what changed",
     )
 
 

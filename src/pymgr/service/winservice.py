@@ -247,7 +247,8 @@ class WindowsCommands:
             return Outcome(6, str(exc))
         self.control.install(self.name, DISPLAY_NAME, DESCRIPTION, config_path.absolute())
         return Outcome(
-            0, f"installed service {self.name} (config {config_path.absolute()}); start it with pymgr service start"
+            0,
+            f"installed service {self.name} (config {config_path.absolute()}); start it with pymgr service start",
         )
 
     def remove(self) -> Outcome:
@@ -266,7 +267,9 @@ class WindowsCommands:
     def start(self) -> Outcome:
         state = self.control.query(self.name)
         if state is None:
-            return Outcome(5, f"service {self.name} is not installed; run pymgr service install --config FILE")
+            return Outcome(
+                5, f"service {self.name} is not installed; run pymgr service install --config FILE"
+            )
         if state is ServiceState.RUNNING:
             return Outcome(0, f"service {self.name} is already running")
         self.control.start(self.name)
@@ -300,9 +303,13 @@ class WindowsCommands:
         while (state := self.control.query(self.name)) is not wanted:
             if self.clock() >= deadline:
                 now = state.name.lower().replace("_", "-") if state is not None else "gone"
-                return Outcome(1, f"service {self.name} is {now} {self.timeout_s:g} s after the request; see its log")
+                return Outcome(
+                    1, f"service {self.name} is {now} {self.timeout_s:g} s after the request; see its log"
+                )
             if state is ServiceState.STOPPED and wanted is ServiceState.RUNNING:
-                return Outcome(1, f"service {self.name} stopped during start-up; see its log (config errors are there)")
+                return Outcome(
+                    1, f"service {self.name} stopped during start-up; see its log (config errors are there)"
+                )
             self.sleep(POLL_S)
         return Outcome(0, f"{verb} service {self.name}")
 
