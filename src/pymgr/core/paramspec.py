@@ -123,6 +123,7 @@ class ParamSpec(BaseModel):
         if self.type == "enum":
             return Literal[tuple(self.choices or ())]
         if self.type == "path":
+            assert self.base is not None, "_check refuses type 'path' without `base`"
             return Annotated[
                 str,
                 Field(max_length=self.max_length),
@@ -168,5 +169,5 @@ def param_field(spec: ParamSpec) -> tuple[Any, Any]:
 
 def build_params_model(name: str, specs: dict[str, ParamSpec]) -> type[BaseModel]:
     """A pydantic model (unknown fields forbidden) for declared parameters."""
-    fields = {pname: param_field(spec) for pname, spec in specs.items()}
-    return create_model(name, __config__=ConfigDict(extra="forbid", allow_inf_nan=False), **fields)  # type: ignore[call-overload,no-any-return]
+    fields: dict[str, Any] = {pname: param_field(spec) for pname, spec in specs.items()}
+    return create_model(name, __config__=ConfigDict(extra="forbid", allow_inf_nan=False), **fields)

@@ -15,7 +15,7 @@ import inspect
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, create_model
 
@@ -154,7 +154,7 @@ def _params_model(module: str, method: Callable[..., Any]) -> tuple[type[BaseMod
     hints = typing.get_type_hints(method, include_extras=True)
     fields: dict[str, Any] = {}
     identity_param = None
-    extra = "forbid"
+    extra: Literal["forbid", "allow"] = "forbid"
     for param in inspect.signature(method).parameters.values():
         annotation = hints.get(param.name, Any)
         if param.kind is param.VAR_POSITIONAL:
@@ -170,7 +170,7 @@ def _params_model(module: str, method: Callable[..., Any]) -> tuple[type[BaseMod
             continue
         # A default may be a plain value or a pydantic Field(...): both fit here.
         fields[param.name] = (annotation, ... if param.default is param.empty else param.default)
-    model = create_model(  # type: ignore[call-overload]
+    model = create_model(
         f"{module}.{method.__name__}",
         # A float param is finite: "nan" or "1e999" from a legacy key:value line is refused, not inf/nan.
         __config__=ConfigDict(extra=extra, allow_inf_nan=False),

@@ -181,8 +181,8 @@ async def run_command(
     try:
         process = Process(popen, loop)
         for stream in (popen.stdout, popen.stderr):
-            transport, pipe = await loop.connect_read_pipe(lambda: _CappedPipe(max_output_bytes), stream)
-            transports.append(transport)
+            read_transport, pipe = await loop.connect_read_pipe(lambda: _CappedPipe(max_output_bytes), stream)
+            transports.append(read_transport)
             pipes.append(pipe)
         status, ended_by = await _wait(process, containment, timeout_s, caller_gone)
         leftovers = await _stop_leftovers(process.ref, containment)

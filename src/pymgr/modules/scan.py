@@ -82,10 +82,10 @@ class Scan(Module):
 
     @property
     def manager(self) -> TaskManager:
-        manager = self.context.tasks
+        manager: TaskManager | None = self.context.tasks
         if manager is None:
             raise Unavailable("this daemon runs no task manager; SCAN_MODULE needs one")
-        return manager  # type: ignore[no-any-return]
+        return manager
 
     def _bounded(self, task_ids: list[int]) -> list[int]:
         """The distinct ids, in order, once their count is checked against the config's bound."""

@@ -38,10 +38,10 @@ class Tasks(Module):
 
     @property
     def manager(self) -> TaskManager:
-        manager = self.context.tasks
+        manager: TaskManager | None = self.context.tasks
         if manager is None:
             raise Unavailable("this daemon runs no task manager; the tasks module needs one")
-        return manager  # type: ignore[no-any-return]
+        return manager
 
     @action(read_only=True)
     async def list(

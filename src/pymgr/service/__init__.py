@@ -10,4 +10,5 @@ this package adapts it to each of them through ``hooks.ServiceHooks``:
   pidfile (``_pidfile``), for hosts without systemd.
 - ``systemd``: unit files (hardening options in ``hardening``) and systemctl.
 - ``winservice`` (portable) and ``windows`` (the pywin32 boundary, small).
+- ``eventloop``: the one place the event loop (uvloop where installed) is chosen.
 """

@@ -29,16 +29,13 @@ from pathlib import Path
 from pymgr import daemon
 from pymgr.config import Config, ConfigError, load_config
 from pymgr.service import activation
+from pymgr.service.eventloop import new_runner
 from pymgr.service.hooks import Runtime, ServiceHooks
 from pymgr.service.logsetup import LogFormat, setup_logging
 from pymgr.service.reload import Reloader
 from pymgr.service.sdnotify import Notifier, ping_watchdog, watchdog_interval_s
 from pymgr.tasks._spawn import reset_inherited_signals
 
-try:
-    import uvloop
-except ModuleNotFoundError:  # pragma: no cover - Windows, or a minimal install
-    uvloop = None
 
 log = logging.getLogger("pymgr")
 
@@ -148,9 +145,8 @@ def run_service(
     except activation.ActivationError as exc:
         return _failed(str(exc), notifier, on_failure)
     hooks = ForegroundHooks(config_path, notifier, inherited, watchdog_s, on_ready)
-    runner_args = {"loop_factory": uvloop.new_event_loop} if uvloop is not None else {}
     try:
-        with asyncio.Runner(**runner_args) as runner:
+        with new_runner() as runner:
             runner.run(daemon.run(config, hooks=hooks))
     except daemon.StartupError as exc:
         return _failed(str(exc), notifier, on_failure)

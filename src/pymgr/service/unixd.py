@@ -169,7 +169,7 @@ def _child_main(
     config_path: Path, config: Config, opts: DaemonOptions, read_end: int, write_end: int
 ) -> None:
     """The forked child: become the daemon, serve, and never return into the CLI."""
-    code = Lsb.GENERIC
+    code: int = Lsb.GENERIC
     try:
         os.close(read_end)
         code = _become_daemon(config_path, config, opts, _Reporter(write_end))
@@ -269,9 +269,9 @@ def _start_outcome(report: str | None, opts: DaemonOptions) -> Outcome:
         )
     word, _, rest = report.partition(" ")
     if word == "ready":
-        pid, _, addresses = rest.partition(" ")
+        ready_pid, _, addresses = rest.partition(" ")
         served = ", ".join(json.loads(addresses)) if addresses else "?"
-        return Outcome(Lsb.SUCCESS, f"pymgr started: pid {pid}, serving {served}; log {opts.log_file}")
+        return Outcome(Lsb.SUCCESS, f"pymgr started: pid {ready_pid}, serving {served}; log {opts.log_file}")
     if word == "failed":
         code, _, reason = rest.partition(" ")
         return Outcome(

@@ -36,13 +36,10 @@ from typing import Protocol
 from pymgr import daemon
 from pymgr.config import Config, ConfigError, load_config
 from pymgr.service._outcome import Outcome
+from pymgr.service.eventloop import new_runner
 from pymgr.service.hooks import Runtime, ServiceHooks
 from pymgr.service.logsetup import setup_logging
 
-try:
-    import uvloop
-except ModuleNotFoundError:  # pragma: no cover - always so on Windows
-    uvloop = None
 
 log = logging.getLogger("pymgr.service")
 
@@ -134,9 +131,8 @@ class ServiceRunner:
             return EXIT_CONFIG
         if self.log_to_file:
             setup_logging(config.log_level, "text", config.service.log_file or config.state_dir / "pymgr.log")
-        runner_args = {"loop_factory": uvloop.new_event_loop} if uvloop is not None else {}
         try:
-            with asyncio.Runner(**runner_args) as runner:
+            with new_runner() as runner:
                 runner.run(self._main(config))
         except daemon.StartupError as exc:
             log.error("cannot start: %s", exc)
