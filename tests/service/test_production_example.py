@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from pymgr.config import load_config
-from pymgr.service.systemd import render_units
+from pymgr.service.systemd_units import render_units
 from tests.conftest import EXAMPLES
 
 PRODUCTION = EXAMPLES / "production.toml"

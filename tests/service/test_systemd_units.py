@@ -16,7 +16,8 @@ from pymgr.config import Config, load_config
 from pymgr.service import systemd
 from pymgr.service._unitsyntax import UnitValueError
 from pymgr.service.hardening import OPTIONS, apply_overrides, hardening
-from pymgr.service.systemd import MARKER, UnitConflict, render_units, write_units
+from pymgr.service.systemd import UnitConflict, write_units
+from pymgr.service.systemd_units import MARKER, check_unit_name, placement_warnings, render_units
 from tests.service.helpers import pymgr
 
 ANALYZE = shutil.which("systemd-analyze")
@@ -161,7 +162,7 @@ def test_exec_start_quotes_what_systemd_would_split(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["", "a b", "x/y", "a" * 201])
 def test_unit_names_are_checked(name: str) -> None:
     with pytest.raises(ValueError, match=r"^unit name must be 1-200 of letters, digits and ':_\.-', not "):
-        systemd.check_unit_name(name)
+        check_unit_name(name)
 
 
 def test_foreign_unit_files_are_never_overwritten(tmp_path: Path) -> None:
@@ -278,8 +279,8 @@ def test_a_pymgr_under_home_gets_protect_home_read_only(tmp_path: Path) -> None:
 
 
 def test_a_config_under_tmp_is_warned_about() -> None:
-    assert systemd.placement_warnings(Path("/etc/pymgr/pymgr.toml"), ["/opt/pymgr/bin/python"]) == []
-    (warning,) = systemd.placement_warnings(Path("/tmp/x/pymgr.toml"), ["/opt/pymgr/bin/python"])
+    assert placement_warnings(Path("/etc/pymgr/pymgr.toml"), ["/opt/pymgr/bin/python"]) == []
+    (warning,) = placement_warnings(Path("/tmp/x/pymgr.toml"), ["/opt/pymgr/bin/python"])
     assert re.match(
         r"^/tmp/x/pymgr\.toml is under /tmp, which PrivateTmp=yes replaces with an empty directory", warning
     )

@@ -90,8 +90,10 @@ def _systemd() -> Any:
 
 
 def _unit(name: str) -> str:
+    from pymgr.service.systemd_units import check_unit_name
+
     try:
-        return _systemd().check_unit_name(name)
+        return check_unit_name(name)
     except ValueError as exc:
         _done(2, f"error: --unit-name: {exc}")
 
@@ -115,13 +117,14 @@ def service_install(
     except ConfigError as exc:
         _done(6, f"error: {exc}")
     from pymgr.service._unitsyntax import UnitValueError
+    from pymgr.service.systemd_units import placement_warnings, render_units
 
     try:
-        units = systemd.render_units(loaded, config, name)
+        units = render_units(loaded, config, name)
     except UnitValueError as exc:
         _done(6, f"error: config {config} cannot go into a systemd unit: {exc}")
     directory = systemd.unit_dir(prefix)
-    for warning in systemd.placement_warnings(config):
+    for warning in placement_warnings(config):
         typer.echo(f"warning: {warning}", err=True)
     if dry_run:
         for unit in units:
