@@ -172,18 +172,13 @@ async def run_command(
         OSError: the program could not be started.
         CgroupError: it could not be started inside its cgroup.
     """
-    loop = asyncio.get_running_loop()
     started = time.monotonic()
     with containment.spawning():
         popen = _spawn(argv, env, cwd, run_as, pass_fds)
-    pipes: list[_CappedPipe] = []
     transports: list[asyncio.BaseTransport] = []
     try:
-        process = Process(popen, loop)
-        for stream in (popen.stdout, popen.stderr):
-            read_transport, pipe = await loop.connect_read_pipe(lambda: _CappedPipe(max_output_bytes), stream)
-            transports.append(read_transport)
-            pipes.append(pipe)
+        process = Process(popen, asyncio.get_running_loop())
+        pipes = await _capture_output(popen, max_output_bytes, transports)
         status, ended_by = await _wait(process, containment, timeout_s, caller_gone)
         leftovers = await _stop_leftovers(process.ref, containment)
         await asyncio.wait([asyncio.ensure_future(p.closed) for p in pipes], timeout=PIPE_DRAIN_S)
@@ -192,21 +187,42 @@ async def run_command(
         _kill_all(popen, containment)
         raise
     finally:
-        for transport in transports:
-            transport.close()
-        for stream in (popen.stdout, popen.stderr):
-            if stream is not None and not stream.closed:
-                stream.close()
-    result = _result(status, ended_by == "timeout", *pipes, duration_s=time.monotonic() - started)
-    result.update(
-        cancelled=ended_by == "caller_gone", leftovers=leftovers, contained=containment.cgroup is not None
-    )
-    return result
+        _close_output(popen, transports)
+    duration_s = time.monotonic() - started
+    return _result(status, ended_by, pipes, leftovers, containment.cgroup is not None, duration_s)
+
+
+async def _capture_output(
+    popen: subprocess.Popen[bytes], max_output_bytes: int, transports: list[asyncio.BaseTransport]
+) -> list[_CappedPipe]:
+    """Read stdout and stderr into capped buffers; each transport goes into ``transports`` once open."""
+    loop = asyncio.get_running_loop()
+    pipes = []
+    for stream in (popen.stdout, popen.stderr):
+        read_transport, pipe = await loop.connect_read_pipe(lambda: _CappedPipe(max_output_bytes), stream)
+        transports.append(read_transport)
+        pipes.append(pipe)
+    return pipes
+
+
+def _close_output(popen: subprocess.Popen[bytes], transports: list[asyncio.BaseTransport]) -> None:
+    for transport in transports:
+        transport.close()
+    for stream in (popen.stdout, popen.stderr):
+        if stream is not None and not stream.closed:
+            stream.close()
 
 
 def _result(
-    status: ExitStatus, timed_out: bool, out: _CappedPipe, err: _CappedPipe, *, duration_s: float
+    status: ExitStatus,
+    ended_by: str | None,
+    pipes: list[_CappedPipe],
+    leftovers: int,
+    contained: bool,
+    duration_s: float,
 ) -> dict[str, Any]:
+    """The command's outcome, as ``run_command`` documents it."""
+    out, err = pipes
     return {
         "exit_code": status.exit_code,
         "signal": status.signal,
@@ -215,8 +231,11 @@ def _result(
         "truncated": out.total > len(out.kept) or err.total > len(err.kept),
         "stdout_bytes": out.total,
         "stderr_bytes": err.total,
-        "timed_out": timed_out,
+        "timed_out": ended_by == "timeout",
         "duration_s": round(duration_s, 3),
+        "cancelled": ended_by == "caller_gone",
+        "leftovers": leftovers,
+        "contained": contained,
     }
 
 
