@@ -15,8 +15,8 @@ Rules:
 - ``relaxed`` keeps only options that never limit what an admin task may
   do to the host: they fence off things no admin task needs.
 - ``off`` writes none of them.
-- The options this table leaves out, and why, are listed in
-  ``NOT_USED`` (and in docs/install.md).
+- The options this table leaves out, and why, are listed in a comment
+  above ``hardening`` (and in docs/install.md).
 """
 
 from __future__ import annotations
@@ -209,15 +209,13 @@ OPTIONS: tuple[Option, ...] = (
     ),
 )
 
-#: Options deliberately not set, and why (docs/install.md repeats them).
-NOT_USED = {
-    "CapabilityBoundingSet (a narrow allow list)": "tasks are admin commands that need what root may do "
-    "(CAP_NET_ADMIN for firewalls, CAP_SYS_BOOT, CAP_NET_RAW for scans); set yours in [service] overrides",
-    "PrivateNetwork, IPAddressDeny": "tasks and TCP listeners need the host's network",
-    "PrivateUsers, DynamicUser, User": "the daemon must be the real root to act for its callers",
-    "ProcSubset=pid": "tasks such as free, ps or a status page read /proc/meminfo, /proc/loadavg and the like",
-    "RemoveIPC": "has no effect on root",
-}
+# Options deliberately not set, and why (docs/install.md repeats them):
+# - CapabilityBoundingSet (a narrow allow list): tasks are admin commands that need what root may do
+#   (CAP_NET_ADMIN for firewalls, CAP_SYS_BOOT, CAP_NET_RAW for scans); set yours in [service] overrides.
+# - PrivateNetwork, IPAddressDeny: tasks and TCP listeners need the host's network.
+# - PrivateUsers, DynamicUser, User: the daemon must be the real root to act for its callers.
+# - ProcSubset=pid: tasks such as free, ps or a status page read /proc/meminfo, /proc/loadavg and the like.
+# - RemoveIPC: has no effect on root.
 
 
 def hardening(level: str, writable: Iterable[tuple[str, Path]]) -> list[tuple[str, str, str]]:
