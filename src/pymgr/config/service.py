@@ -13,13 +13,16 @@ from pymgr.config.section import Section
 class ServiceConfig(Section):
     """How pymgr runs as a system service: systemd units, `pymgr daemon`, Windows (docs/install.md)."""
 
-    #: Sandboxing of the generated systemd unit: "strict", "relaxed" or "off" (docs/install.md lists each option).
+    #: Sandboxing of the generated systemd unit: "strict", "relaxed" or "off" (docs/install.md lists each
+    #: option).
     hardening: Literal["strict", "relaxed", "off"] = "strict"
-    #: [Service] directives that replace the hardening level's value, e.g. {ProtectSystem = "full"}; "" drops one.
+    #: [Service] directives that replace the hardening level's value, e.g. {ProtectSystem = "full"}; "" drops
+    #: one.
     overrides: dict[
         Annotated[str, Field(pattern=r"^[A-Z][A-Za-z]+$")], Annotated[str, Field(pattern=r"^[^\n\r]*$")]
     ] = Field(default_factory=dict)
-    #: Extra paths the daemon and its tasks may write under ProtectSystem=strict (state_dir is always writable).
+    #: Extra paths the daemon and its tasks may write under ProtectSystem=strict (state_dir is always
+    #: writable).
     read_write_paths: list[Path] = Field(default_factory=list)
     #: systemd WatchdogSec: the event loop must answer within this many seconds or systemd restarts
     #: the daemon; 0 turns the watchdog off. Below 2 s a busy host would see false alarms.

@@ -90,7 +90,8 @@ class TaskTypeConfig(Section):
     def _delays_ordered(self) -> TaskTypeConfig:
         if self.restart_delay_max_s < self.restart_delay_s:
             raise ValueError(
-                f"restart_delay_max_s ({self.restart_delay_max_s}) must be >= restart_delay_s ({self.restart_delay_s})"
+                f"restart_delay_max_s ({self.restart_delay_max_s}) must be >= restart_delay_s "
+                f"({self.restart_delay_s})"
             )
         return self
 
@@ -119,7 +120,8 @@ class TasksConfig(Section):
 
     #: Seconds between SIGTERM and SIGKILL when a task is stopped.
     stop_grace_s: float = Field(5.0, ge=0)
-    #: Most runs queued or running at once, all callers together; a start past it is refused (409, "conflict").
+    #: Most runs queued or running at once, all callers together; a start past it is refused (409,
+    #: "conflict").
     max_active: int = Field(256, ge=1)
     #: Most runs queued or running at once that one caller started (a Unix uid, a key id, a TLS
     #: certificate; every holder of the legacy secret is one caller); a start past it is refused (409).
@@ -144,13 +146,15 @@ class TasksConfig(Section):
     events_queue_size: int = Field(1000, ge=1)
     #: Seconds between two reads of a followed log (logs?follow=true) looking for new output.
     log_follow_poll_s: float = Field(0.1, gt=0)
-    #: Seconds between two writes of the runs' latest progress to the store (events carry each update at once).
+    #: Seconds between two writes of the runs' latest progress to the store (events carry each update at
+    #: once).
     progress_flush_s: float = Field(1.0, gt=0)
     #: Seconds the keeper process lingers with no run and no daemon connected, then exits.
     keeper_idle_exit_s: float = Field(30.0, ge=0)
     #: Seconds the daemon waits for a keeper it started to accept connections.
     keeper_start_timeout_s: float = Field(10.0, gt=0)
-    #: Bytes of <state_dir>/run/keeper.log past which a new keeper starts a new file (the old one becomes keeper.log.1).
+    #: Bytes of <state_dir>/run/keeper.log past which a new keeper starts a new file (the old one becomes
+    #: keeper.log.1).
     keeper_log_max_bytes: int = Field(1024 * 1024, ge=1)
     #: Seconds SQLite waits for a lock held by another connection (an operator's sqlite3 shell).
     store_busy_timeout_s: float = Field(5.0, ge=0)

@@ -135,7 +135,8 @@ class Dispatcher:
         self.authorize(call.identity, spec)
         if not isinstance(call.params, Mapping):
             raise ParamsInvalid(
-                f"params for {spec.qualname} must be an object of name: value, not {type(call.params).__name__}"
+                f"params for {spec.qualname} must be an object of name: value, not "
+                f"{type(call.params).__name__}"
             )
         try:
             params = spec.params_model.model_validate(dict(call.params))

@@ -250,7 +250,8 @@ class Registry:
         spec = actions.get(action)
         if spec is None:
             raise NotFound(
-                f"module {module!r} has no action {action!r}; actions: {', '.join(sorted(actions)) or '(none)'}",
+                f"module {module!r} has no action {action!r}; actions: "
+                f"{', '.join(sorted(actions)) or '(none)'}",
                 details={"module": module, "action": action, "actions": sorted(actions)},
             )
         return spec

@@ -217,7 +217,8 @@ def _check(name: str, config: CommandConfig) -> RunAs | None:
             if match.group(1) not in config.params:
                 known = ", ".join("{" + k + "}" for k in sorted(config.params)) or "(no params)"
                 raise ConfigError(
-                    f"{where} argv[{index}] {element!r}: unknown placeholder {match.group(0)!r}; known: {known}"
+                    f"{where} argv[{index}] {element!r}: unknown placeholder {match.group(0)!r}; known: "
+                    f"{known}"
                 )
     if config.user is None:
         return None

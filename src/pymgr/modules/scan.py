@@ -92,7 +92,8 @@ class Scan(Module):
         bound = self.manager.config.scan_max_task_ids
         if len(task_ids) > bound:
             raise ParamsInvalid(
-                f"task_ids: at most {bound} ids per request ([tasks] scan_max_task_ids), got {len(task_ids)}; "
+                f"task_ids: at most {bound} ids per request ([tasks] scan_max_task_ids), got "
+                f"{len(task_ids)}; "
                 "nothing was started or stopped",
                 details={"field": "task_ids", "limit": bound, "got": len(task_ids)},
             )

@@ -46,8 +46,8 @@ OPTIONS: tuple[Option, ...] = (
         "strict",
         None,
         "The whole file system is read-only for the daemon and its tasks, except ReadWritePaths= below. "
-        "A task type that writes elsewhere (/etc for a firewall rule, /var/cache/apt for an update) needs its "
-        "paths in [service] read_write_paths.",
+        "A task type that writes elsewhere (/etc for a firewall rule, /var/cache/apt for an update) needs "
+        "its paths in [service] read_write_paths.",
     ),
     Option(
         "ProtectHome",
@@ -87,7 +87,8 @@ OPTIONS: tuple[Option, ...] = (
         "ProtectKernelModules",
         "yes",
         None,
-        "No explicit module loading (modprobe, insmod); the kernel still loads what nftables asks for itself.",
+        "No explicit module loading (modprobe, insmod); the kernel still loads what nftables asks for "
+        "itself.",
     ),
     Option(
         "ProtectKernelLogs",
@@ -119,7 +120,8 @@ OPTIONS: tuple[Option, ...] = (
         "ProtectHostname",
         "yes",
         None,
-        "No hostname changes from inside (a UTS namespace). hostnamectl still works (systemd-hostnamed, over D-Bus).",
+        "No hostname changes from inside (a UTS namespace). hostnamectl still works (systemd-hostnamed, over "
+        "D-Bus).",
     ),
     Option(
         "NoNewPrivileges",
@@ -153,11 +155,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "CapabilityBoundingSet",
-        "~CAP_SYS_PACCT CAP_BLOCK_SUSPEND CAP_LEASE CAP_SYS_TTY_CONFIG CAP_MAC_ADMIN CAP_MAC_OVERRIDE CAP_WAKE_ALARM",
+        "~CAP_SYS_PACCT CAP_BLOCK_SUSPEND CAP_LEASE CAP_SYS_TTY_CONFIG CAP_MAC_ADMIN CAP_MAC_OVERRIDE "
+        "CAP_WAKE_ALARM",
         None,
-        "Capabilities no server admin task needs (process accounting, wake locks, file leases, vhangup, SMACK "
-        "policy, wake alarms) are gone for good. Every other power of root stays: tasks are admin commands "
-        "(CAP_NET_ADMIN for firewalls, CAP_NET_RAW for scans, CAP_SYS_BOOT).",
+        "Capabilities no server admin task needs (process accounting, wake locks, file leases, vhangup, "
+        "SMACK policy, wake alarms) are gone for good. Every other power of root stays: tasks are admin "
+        "commands (CAP_NET_ADMIN for firewalls, CAP_NET_RAW for scans, CAP_SYS_BOOT).",
     ),
     Option(
         "UMask",

@@ -34,6 +34,7 @@ from collections.abc import MutableMapping
 
 log = logging.getLogger("pymgr.service")
 
+
 class Notifier:
     """Sends sd_notify messages; a no-op without a notification socket.
 

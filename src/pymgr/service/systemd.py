@@ -63,8 +63,8 @@ def _check_ours(path: Path) -> None:
         return
     except OSError as exc:
         raise UnitConflict(
-            f"{path} is not a regular file ({exc.strerror}); pymgr writes and removes only files it generated: "
-            "move it away or pick another --unit-name"
+            f"{path} is not a regular file ({exc.strerror}); pymgr writes and removes only files it "
+            "generated: move it away or pick another --unit-name"
         ) from None
     with os.fdopen(fd, "rb") as file:
         head = file.read(len(MARKER)) if stat.S_ISREG(os.fstat(fd).st_mode) else b""

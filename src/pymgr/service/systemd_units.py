@@ -177,7 +177,8 @@ def _start_lines(argv: list[str]) -> list[Line]:
             "ExecReload",
             "/bin/kill -HUP $MAINPID",
             "systemctl reload: SIGHUP re-reads the config (policy, task types, "
-            "module settings) without dropping connections or tasks; the log says what changed or why it refused.",
+            "module settings) without dropping connections or tasks; the log says what changed or why it "
+            "refused.",
         ),
     ]
 
@@ -287,8 +288,8 @@ def _kill_mode(config: Config) -> Line:
             "KillMode",
             "process",
             '[tasks] on_shutdown = "leave": on stop and restart systemd signals only the '
-            "daemon; tasks (and a keeper process, if any) stay in the unit's cgroup and keep running, and the "
-            "next daemon re-adopts them. KillMode=mixed or control-group would kill them.",
+            "daemon; tasks (and a keeper process, if any) stay in the unit's cgroup and keep running, and "
+            "the next daemon re-adopts them. KillMode=mixed or control-group would kill them.",
         )
     return (
         "KillMode",

@@ -161,7 +161,8 @@ def _start_outcome(report: str | None, opts: DaemonOptions) -> Outcome:
         )
     return Outcome(
         Lsb.GENERIC,
-        f"pymgr exited during start-up without saying why; the end of {opts.log_file}:\n{_tail(opts.log_file)}",
+        "pymgr exited during start-up without saying why; the end of "
+        f"{opts.log_file}:\n{_tail(opts.log_file)}",
     )
 
 
@@ -203,8 +204,8 @@ def stop(opts: DaemonOptions, force: bool = False) -> Outcome:
     if not force:
         return Outcome(
             Lsb.GENERIC,
-            f"pymgr (pid {pid}) is still running {opts.stop_timeout_s:g} s after SIGTERM (requests or task stops "
-            "still finishing?); wait, or run `pymgr daemon stop --force` to SIGKILL it",
+            f"pymgr (pid {pid}) is still running {opts.stop_timeout_s:g} s after SIGTERM (requests or task "
+            "stops still finishing?); wait, or run `pymgr daemon stop --force` to SIGKILL it",
         )
     if (denied := _signal(daemon, signal.SIGKILL)) is not None:
         return denied

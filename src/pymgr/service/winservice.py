@@ -244,7 +244,8 @@ class WindowsCommands:
         self.control.install(self.name, DISPLAY_NAME, DESCRIPTION, config_path.absolute())
         return Outcome(
             0,
-            f"installed service {self.name} (config {config_path.absolute()}); start it with pymgr service start",
+            f"installed service {self.name} (config {config_path.absolute()}); start it with pymgr service "
+            "start",
         )
 
     def remove(self) -> Outcome:
