@@ -33,7 +33,10 @@ def inside(root: str, path: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class PinnedPath:
-    """A checked path held open: ``fd`` (an ``O_PATH`` descriptor) and the components after it that do not exist."""
+    """A checked path held open.
+
+    ``fd`` is an ``O_PATH`` descriptor; ``rest`` the components after it that do not exist.
+    """
 
     fd: int
     rest: str

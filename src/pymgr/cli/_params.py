@@ -25,7 +25,11 @@ class _UsageError(Exception):
 
 
 def _finite_json(text: str) -> Any:
-    """``text`` as JSON; ValueError for NaN, Infinity or a number too large for a double (the daemon refuses them)."""
+    """``text`` as JSON.
+
+    Raises:
+        ValueError: NaN, Infinity or a number too large for a double (the daemon refuses them).
+    """
 
     def refuse(constant: str) -> Any:
         raise ValueError(f"{constant} is not a JSON number; JSON carries finite numbers only")

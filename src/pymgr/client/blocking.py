@@ -73,7 +73,10 @@ class Client(Api[Any]):
                 return
 
     def events(self) -> Iterator[dict[str, Any]]:
-        """Task events as they happen (``GET /v1/events``): ``{"event", "id", "data"}``, heartbeats included."""
+        """Task events as they happen (``GET /v1/events``), heartbeats included.
+
+        Each is ``{"event", "id", "data"}``.
+        """
         parser = SseParser()
         for chunk in self._stream(Request("GET", "/v1/events")):
             yield from parser.feed(chunk)

@@ -58,7 +58,10 @@ _POLL_S = 0.05
 
 @dataclass(frozen=True, slots=True)
 class Containment:
-    """Where a command's processes are found: its cgroup (and the daemon's own to come back to), or its session."""
+    """Where a command's processes are found.
+
+    Its cgroup (and the daemon's own, to come back to), or else its session.
+    """
 
     cgroup: Cgroup | None = None
     home: str | None = None

@@ -174,7 +174,10 @@ class Command:
         return cgroup
 
     def _pin_paths(self, params: Mapping[str, Any]) -> dict[str, PinnedPath]:
-        """Hold every path parameter open, as checked, for the command to use (closes them all on a refusal)."""
+        """Hold every path parameter open, as checked, for the command to use.
+
+        On a refusal, every one already held is closed.
+        """
         pinned: dict[str, PinnedPath] = {}
         if not can_pin() or self.run_as is not None:
             # No O_PATH or no /proc; or the command runs as its own user, whose rights the kernel then
@@ -235,7 +238,10 @@ def _check(name: str, config: CommandConfig) -> RunAs | None:
 
 
 def _remove_stale(cgroups: CgroupTree) -> None:
-    """Kill and remove the command cgroups an earlier daemon of this state directory left (it died mid-call)."""
+    """Kill and remove the command cgroups an earlier daemon of this state directory left.
+
+    That daemon died in the middle of a call.
+    """
     stale = cgroups.stale_commands()
     for cgroup in stale:
         cgroup.kill()

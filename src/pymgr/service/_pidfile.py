@@ -151,7 +151,9 @@ def _file_problem(st: os.stat_result, owners: frozenset[int]) -> str:
 
 
 def _write_lock_holder(fd: int) -> int | None:
-    """The pid of whoever holds a write lock on ``fd``'s file; None if nobody does, -1 if the kernel cannot say.
+    """The pid of whoever holds a write lock on ``fd``'s file.
+
+    None if nobody does, -1 if the kernel cannot say.
 
     Asks for a read lock: only a write lock conflicts with it, and readers are not daemons.
     """
@@ -264,7 +266,10 @@ def _take_over(path: Path) -> int:
 
 
 def _is_pymgr(argv: list[str]) -> bool:
-    """Whether a command line runs pymgr: its console script, directly or through an interpreter, or ``-m pymgr``."""
+    """Whether a command line runs pymgr.
+
+    Its console script, directly or through an interpreter, or ``-m pymgr``.
+    """
     if any(Path(arg).name == "pymgr" for arg in argv[:2]):
         return True
     return any(argv[i : i + 2] == ["-m", "pymgr"] for i in range(len(argv))) or "-mpymgr" in argv

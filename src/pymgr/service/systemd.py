@@ -91,7 +91,10 @@ def write_units(units: list[UnitFile], directory: Path) -> list[Path]:
 
 
 def _replace_file(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to a new temp file beside ``path`` (mkstemp: random name, ``O_EXCL``), then rename it over."""
+    """Write ``data`` to a new temp file beside ``path``, then rename it over ``path``.
+
+    The temp file is mkstemp's: a random name, opened ``O_EXCL``.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as file:

@@ -77,7 +77,8 @@ def render_units(
 
     Raises:
         ValueError: a bad unit name.
-        UnitValueError: a value of the config (or its path) that cannot be one value in a unit, naming its key.
+        UnitValueError: a value of the config (or its path) that cannot be one value in a unit,
+            naming its key.
     """
     name = check_unit_name(unit_name)
     unit_value("--config", str(config_path))  # in the header, ExecStart= and comments
@@ -241,7 +242,11 @@ def _optional_lines(config: Config) -> list[Line]:
 
 
 def _writable(config: Config) -> list[tuple[str, Path]]:
-    """What the daemon writes, by config key: state, socket, log, audit and refusals' directories, read_write_paths."""
+    """What the daemon writes, by config key.
+
+    The state directory, the directories of the socket, the log, the audit log and the refusals,
+    and every one of ``read_write_paths``.
+    """
     writable = [("state_dir", config.state_dir)]
     if config.http.unix_socket is not None:
         writable.append(("http.unix_socket", config.http.unix_socket.parent))
