@@ -36,8 +36,16 @@ system-deps:
 	  echo "installing:$$missing"; apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
 
+# The public API, type-checked under --strict: what `import pymgr` re-exports
+# (and the modules that define it) and pymgr.client; all of src/ is checked
+# with the settings in pyproject.toml.
+PUBLIC_API := src/pymgr/__init__.py src/pymgr/errors.py src/pymgr/core/identity.py \
+	src/pymgr/core/registry.py src/pymgr/_sse.py src/pymgr/client
+
 test: $(VENV)/.test-installed system-deps
 	$(BIN)/ruff check src tests examples
+	$(BIN)/mypy
+	$(BIN)/mypy --strict $(PUBLIC_API)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Benchmarks against the peers (docs/performance.md): a venv of their own, with

@@ -55,13 +55,17 @@ def run(stub: StubServer, tmp_path: Path) -> Run:
 
     def run(*args: str, socket: Path | None = stub.socket, env: dict[str, str] | None = None) -> Any:
         argv = [str(PYMGR), *(["--socket", str(socket)] if socket else []), *args]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env or clean_env())
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env or clean_env()
+        )
 
     return run
 
 
 @pytest.fixture
-def cli(stub: StubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
+def cli(
+    stub: StubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Run:
     """Like ``run``, in this process (``main(argv)``): for the long parameter tables."""
     monkeypatch.delenv("PYMGR_SOCKET", raising=False)
     monkeypatch.delenv("COLUMNS", raising=False)
@@ -132,15 +136,42 @@ def test_a_string_result_prints_as_text_never_as_markup_or_escapes(run: Run, stu
 
 
 def test_values_are_typed_by_the_actions_schema(run: Run) -> None:
-    sent = echoed(run, "count=3", "ratio=0.5", "flag=yes", "items=[1,2]", 'opts={"a":1}', "label=42",
-                  "limit=null", "mode=slow", "x=anything")  # fmt: skip
-    assert sent == {"count": 3, "ratio": 0.5, "flag": True, "items": [1, 2], "opts": {"a": 1}, "label": "42",
-                    "limit": None, "mode": "slow", "x": "anything"}  # fmt: skip
+    sent = echoed(
+        run,
+        "count=3",
+        "ratio=0.5",
+        "flag=yes",
+        "items=[1,2]",
+        'opts={"a":1}',
+        "label=42",
+        "limit=null",
+        "mode=slow",
+        "x=anything",
+    )
+    assert sent == {
+        "count": 3,
+        "ratio": 0.5,
+        "flag": True,
+        "items": [1, 2],
+        "opts": {"a": 1},
+        "label": "42",
+        "limit": None,
+        "mode": "slow",
+        "x": "anything",
+    }
 
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("true", True), ("TRUE", True), ("1", True), ("yes", True), ("false", False), ("0", False), ("No", False)],
+    [
+        ("true", True),
+        ("TRUE", True),
+        ("1", True),
+        ("yes", True),
+        ("false", False),
+        ("0", False),
+        ("No", False),
+    ],
 )
 def test_boolean_spellings(cli: Run, text: str, value: bool) -> None:
     assert echoed(cli, f"flag={text}") == {"flag": value}
@@ -152,7 +183,11 @@ def test_number_and_integer_edges(run: Run) -> None:
 
 
 def test_raw_json_and_unknown_names_pass_through(run: Run, stub: StubServer) -> None:
-    assert echoed(run, "label:=5", 'x:={"k":[1,null]}', "other=5") == {"label": 5, "x": {"k": [1, None]}, "other": "5"}
+    assert echoed(run, "label:=5", 'x:={"k":[1,null]}', "other=5") == {
+        "label": 5,
+        "x": {"k": [1, None]},
+        "other": "5",
+    }
     stub.app.reset()
     assert echoed(run, "count:=1") == {"count": 1}
     assert [r[1] for r in stub.app.requests] == ["/v1/modules/demo/echo"]  # all JSON: no schema fetched
@@ -165,8 +200,10 @@ def test_a_forbidden_schema_listing_sends_strings(run: Run, stub: StubServer) ->
 
 def typed(name: str, expects: str, got: str, example: str) -> str:
     """The usage message for a value that does not fit its schema type."""
-    return (f"parameter '{name}' of demo.echo expects {expects}, got '{got}'; "
-            f"write {name}={example}, or {name}:=JSON for a raw JSON value")  # fmt: skip
+    return (
+        f"parameter '{name}' of demo.echo expects {expects}, got '{got}'; "
+        f"write {name}={example}, or {name}:=JSON for a raw JSON value"
+    )
 
 
 @pytest.mark.parametrize(
@@ -179,16 +216,27 @@ def typed(name: str, expects: str, got: str, example: str) -> str:
         ("flag=maybe", typed("flag", "a boolean (true/false, 1/0, yes/no)", "maybe", "true")),
         ("items=1,2", typed("items", "a JSON array or null", "1,2", "[1,2]")),
         ("opts=[1]", typed("opts", "a JSON object or null", "[1]", '{"a":1}')),
-        ("x:={bad", "parameter 'x': '{bad' is not JSON "
-                    "(Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"),
+        (
+            "x:={bad",
+            "parameter 'x': '{bad' is not JSON "
+            "(Expecting property name enclosed in double quotes: line 1 column 2 (char 1))",
+        ),
         ("count", "expected name=value or name:=JSON, got 'count'"),
         ("=1", "expected name=value or name:=JSON, got '=1'"),
-        ("x:=NaN", "parameter 'x': 'NaN' is not JSON (NaN is not a JSON number; JSON carries finite numbers only)"),
-        ("x:=[1e999]", "parameter 'x': '[1e999]' is not JSON (1e999 is not a JSON number; JSON carries finite numbers only)"),
+        (
+            "x:=NaN",
+            "parameter 'x': 'NaN' is not JSON (NaN is not a JSON number; JSON carries finite numbers only)",
+        ),
+        (
+            "x:=[1e999]",
+            "parameter 'x': '[1e999]' is not JSON (1e999 is not a JSON number; JSON carries finite numbers only)",
+        ),
         ("items=[-Infinity]", typed("items", "a JSON array or null", "[-Infinity]", "[1,2]")),
     ],
-)  # fmt: skip
-def test_a_bad_value_is_a_usage_error_naming_the_param(cli: Run, stub: StubServer, arg: str, message: str) -> None:
+)
+def test_a_bad_value_is_a_usage_error_naming_the_param(
+    cli: Run, stub: StubServer, arg: str, message: str
+) -> None:
     out = cli("call", "demo", "echo", arg)
     assert (out.returncode, out.stdout) == (2, "")
     assert re.fullmatch(rf"error: usage: {re.escape(message)}\n", out.stderr), out.stderr
@@ -214,13 +262,19 @@ def test_a_server_error_exits_1(cli: Run, code: str) -> None:
 def test_a_server_error_with_json_is_the_error_object_on_stderr(run: Run) -> None:
     out = run("--json", "tasks", "show", "nope")
     assert (out.returncode, out.stdout) == (1, "")
-    assert json.loads(out.stderr) == {"code": "not_found", "message": "no task 'nope'", "details": {"id": "nope"}}
+    assert json.loads(out.stderr) == {
+        "code": "not_found",
+        "message": "no task 'nope'",
+        "details": {"id": "nope"},
+    }
 
 
 def test_a_reply_that_is_not_json_exits_1(run: Run, stub: StubServer) -> None:
     out = run("call", "bad", "html")
     assert out.returncode == 1
-    assert out.stderr.startswith(f"error: internal: the server at socket {stub.socket} sent HTTP 200 with a body that")
+    assert out.stderr.startswith(
+        f"error: internal: the server at socket {stub.socket} sent HTTP 200 with a body that"
+    )
 
 
 def test_a_missing_socket_exits_69(run: Run, tmp_path: Path) -> None:
@@ -251,9 +305,22 @@ def test_the_default_socket_is_used_without_option_or_env(run: Run) -> None:
 def test_a_socket_without_permission_exits_69_and_says_so(stub: StubServer, tmp_path: Path) -> None:
     path = refusing_socket(tmp_path)  # tmp_path is root's: nobody may not enter it either
     out = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(PYMGR), "--socket", str(path), "health"],
-        capture_output=True, text=True, timeout=60, cwd="/", env=clean_env(),
-    )  # fmt: skip
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            str(PYMGR),
+            "--socket",
+            str(path),
+            "health",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+        env=clean_env(),
+    )
     assert out.returncode == 69, out.stderr
     assert f"error: unavailable: cannot reach pymgr at socket {path}: permission denied; " in out.stderr
 
@@ -273,7 +340,10 @@ def test_url_beats_the_socket_env_but_not_the_option(run: Run, stub: StubServer,
     out = run("--url", stub.url, "health")
     assert out.returncode == 2 and "give --socket or --url, not both" in out.stderr
     out = run("--url", "ftp://x", "health", socket=None)
-    assert (out.returncode, out.stderr) == (2, "error: usage: url must start with http:// or https://, not 'ftp://x'\n")
+    assert (out.returncode, out.stderr) == (
+        2,
+        "error: usage: url must start with http:// or https://, not 'ftp://x'\n",
+    )
 
 
 # ---------------------------------------------------------------- tasks
@@ -285,7 +355,9 @@ def test_tasks_list_table(run: Run) -> None:
     lines = out.stdout.splitlines()
     assert re.match(r"^\s*id\s+type\s+key\s+state\s+pid\s+exit/signal\s+started\s+ended\s*$", lines[0])
     t2 = next(line for line in lines if line.lstrip().startswith("t2 "))
-    assert re.search(r"t2\s+scan\s+scan:2\s+stopped\s+4343\s+SIGTERM\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\s+\d{4}-", t2)
+    assert re.search(
+        r"t2\s+scan\s+scan:2\s+stopped\s+4343\s+SIGTERM\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\s+\d{4}-", t2
+    )
     t1 = next(line for line in lines if line.lstrip().startswith("t1 "))
     assert re.search(r"t1\s+scan\s+scan:1\s+succeeded\s+4242\s+0\s", t1)
     t0 = next(line for line in lines if line.lstrip().startswith("t0 "))
@@ -314,14 +386,18 @@ def test_tasks_start_types_params_by_the_task_type(run: Run, stub: StubServer) -
     assert posts(stub)[-1][3] == {"type": "scan", "params": {"task_id": 1, "duration": 5.0}, "key": "scan:1"}
     out = run("tasks", "start", "scan", "task_id=one")
     assert out.returncode == 2
-    assert out.stderr.startswith("error: usage: parameter 'task_id' of task type scan expects an integer, got 'one';")
+    assert out.stderr.startswith(
+        "error: usage: parameter 'task_id' of task type scan expects an integer, got 'one';"
+    )
 
 
 def test_tasks_stop_and_types(run: Run) -> None:
     out = run("tasks", "stop", "t2")
     assert out.returncode == 0 and re.search(r"(?m)^state\s+stopped$", out.stdout)
     out = run("tasks", "types")
-    assert re.search(r"(?m)^\s*scan\s+task_id:int, duration\?:float\s+Scan hosts for vulnerabilities\.\s*$", out.stdout)
+    assert re.search(
+        r"(?m)^\s*scan\s+task_id:int, duration\?:float\s+Scan hosts for vulnerabilities\.\s*$", out.stdout
+    )
 
 
 def test_serve_needs_an_existing_config(run: Run, tmp_path: Path) -> None:
@@ -339,7 +415,11 @@ def daemon_run(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_daemon_call_echo(daemon: Daemon) -> None:
     out = daemon_run(daemon, "--json", "call", "demo", "echo", "x=1", "y:=[1,2]")
-    assert (out.returncode, json.loads(out.stdout)) == (0, {"x": "1", "y": [1, 2]})  # echo takes **params: untyped
+    # echo takes **params: untyped
+    assert (out.returncode, json.loads(out.stdout)) == (
+        0,
+        {"x": "1", "y": [1, 2]},
+    )
     out = daemon_run(daemon, "call", "demo", "sleep", "seconds=abc")
     assert out.returncode == 2 and "parameter 'seconds' of demo.sleep expects a finite number" in out.stderr
     out = daemon_run(daemon, "call", "demo", "nope")
@@ -347,7 +427,9 @@ def test_daemon_call_echo(daemon: Daemon) -> None:
 
 
 def test_daemon_task_start_list_stop(daemon: Daemon) -> None:
-    out = daemon_run(daemon, "--json", "tasks", "start", "scan", "task_id=1", "duration=60", "--key", "scan:1")
+    out = daemon_run(
+        daemon, "--json", "tasks", "start", "scan", "task_id=1", "duration=60", "--key", "scan:1"
+    )
     assert out.returncode == 0, out.stderr
     record = json.loads(out.stdout)
     assert (record["type"], record["key"], record["params"]["task_id"]) == ("scan", "scan:1", 1)
@@ -360,7 +442,9 @@ def test_daemon_task_start_list_stop(daemon: Daemon) -> None:
     assert re.search(rf"(?m)^\s*{task_id}\s+scan\s+scan:1\s+running\s+\d+\s", listing)
     out = daemon_run(daemon, "tasks", "stop", task_id)
     assert out.returncode == 0, out.stderr
-    while (shown := json.loads(daemon_run(daemon, "--json", "tasks", "show", task_id).stdout))["state"] == "running":
+    while (shown := json.loads(daemon_run(daemon, "--json", "tasks", "show", task_id).stdout))[
+        "state"
+    ] == "running":
         assert time.monotonic() < deadline + 15, "the task never stopped"
         time.sleep(0.05)
     assert (shown["state"], shown["cancel_source"]) == ("stopped", "user")
@@ -369,6 +453,10 @@ def test_daemon_task_start_list_stop(daemon: Daemon) -> None:
 def test_daemon_health_and_types(daemon: Daemon) -> None:
     assert json.loads(daemon_run(daemon, "--json", "health").stdout)["pid"] == daemon.proc.pid
     modules = daemon_run(daemon, "modules").stdout  # demo.echo takes **params: any name
-    assert re.search(r"(?m)^demo\.echo \(read-only\)\s+\.\.\.\s+Return the params exactly as received\.", modules)
+    assert re.search(
+        r"(?m)^demo\.echo \(read-only\)\s+\.\.\.\s+Return the params exactly as received\.", modules
+    )
     out = daemon_run(daemon, "tasks", "types")
-    assert re.search(r"(?m)^\s*scan\s+task_id:int, duration\?:float, exit_code\?:int, fork_child\?:bool", out.stdout)
+    assert re.search(
+        r"(?m)^\s*scan\s+task_id:int, duration\?:float, exit_code\?:int, fork_child\?:bool", out.stdout
+    )

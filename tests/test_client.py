@@ -63,9 +63,18 @@ class StubDemo(Module):
     name = "demo"
 
     @action(read_only=True)
-    async def echo(self, count: int, ratio: float = 1.0, flag: bool = False, items: list[int] | None = None,
-                   opts: dict[str, Any] | None = None, label: str = "", limit: int | None = None,
-                   mode: Mode = Mode.FAST, x: Any = None) -> Any:  # fmt: skip
+    async def echo(
+        self,
+        count: int,
+        ratio: float = 1.0,
+        flag: bool = False,
+        items: list[int] | None = None,
+        opts: dict[str, Any] | None = None,
+        label: str = "",
+        limit: int | None = None,
+        mode: Mode = Mode.FAST,
+        x: Any = None,
+    ) -> Any:
         """Return the params exactly as received.
 
         The stub answers for it; this body never runs."""
@@ -75,21 +84,38 @@ REGISTRY = Registry()
 REGISTRY.add(StubDemo())
 
 
-SCAN_PARAMS = {"properties": {"task_id": {"type": "integer"}, "duration": {"type": "number"}}, "required": ["task_id"]}
+SCAN_PARAMS = {
+    "properties": {"task_id": {"type": "integer"}, "duration": {"type": "number"}},
+    "required": ["task_id"],
+}
 TASK_TYPES = [{"name": "scan", "doc": "Scan hosts for vulnerabilities.\n\nLong.", "params": SCAN_PARAMS}]
 
 
 def _record(id: str, type: str = "scan", key: str | None = None, **fields: Any) -> dict[str, Any]:
     return {
-        "id": id, "type": type, "key": key, "params": {"task_id": 1}, "argv": ["scan", "--task-id", "1"],
-        "state": "running", "pid": 4242, "exit_code": None, "signal": None, "created_at": 1700000000.0,
-        "started_at": 1700000001.0, "ended_at": None, "started_by": "uid:0", "cancel_source": None, "error": None,
+        "id": id,
+        "type": type,
+        "key": key,
+        "params": {"task_id": 1},
+        "argv": ["scan", "--task-id", "1"],
+        "state": "running",
+        "pid": 4242,
+        "exit_code": None,
+        "signal": None,
+        "created_at": 1700000000.0,
+        "started_at": 1700000001.0,
+        "ended_at": None,
+        "started_by": "uid:0",
+        "cancel_source": None,
+        "error": None,
         **fields,
-    }  # fmt: skip
+    }
 
 
 TASKS = [
-    _record("t2", key="scan:2", state="stopped", pid=4343, signal=15, ended_at=1700000100.0, cancel_source="user"),
+    _record(
+        "t2", key="scan:2", state="stopped", pid=4343, signal=15, ended_at=1700000100.0, cancel_source="user"
+    ),
     _record("t1", key="scan:1", state="succeeded", exit_code=0, ended_at="2023-11-14T22:15:00+00:00"),
     _record("t0", type="echo", state="running"),
 ]
@@ -100,7 +126,11 @@ NOT_PYMGR: dict[str, tuple[int, Any, str]] = {
     "html": (200, b"<html>oops</html>", "text/html"),
     "envelope": (200, [1, 2], "application/json"),
     "error": (500, {"ok": False, "error": "boom"}, "application/json"),
-    "teapot": (418, {"ok": False, "error": {"code": "teapot", "message": "short and stout"}}, "application/json"),
+    "teapot": (
+        418,
+        {"ok": False, "error": {"code": "teapot", "message": "short and stout"}},
+        "application/json",
+    ),
 }
 
 
@@ -173,13 +203,25 @@ class StubApp:
         if (method, rest) == ("GET", []):
             return ok([t for t in TASKS if all(t.get(k) == v for k, v in query.items())])
         if (method, rest) == ("POST", []):
-            return ok(_record("t3", type=body["type"], key=body.get("key"), params=body["params"], state="queued",
-                              pid=None, started_at=None), status=202)  # fmt: skip
+            return ok(
+                _record(
+                    "t3",
+                    type=body["type"],
+                    key=body.get("key"),
+                    params=body["params"],
+                    state="queued",
+                    pid=None,
+                    started_at=None,
+                ),
+                status=202,
+            )
         found = [t for t in TASKS if rest and t["id"] == rest[0]]
         if not found:
             return fail("not_found", f"no task {rest[0]!r}", details={"id": rest[0]})
         if (method, rest[1:]) == ("POST", ["stop"]):
-            return ok({**found[0], "state": "stopped", "signal": "SIGTERM", "cancel_source": "user"}, status=202)
+            return ok(
+                {**found[0], "state": "stopped", "signal": "SIGTERM", "cancel_source": "user"}, status=202
+            )
         return ok(found[0])
 
 
@@ -315,7 +357,9 @@ def test_names_are_one_escaped_path_segment(stub: StubServer) -> None:
             client.task("a/b?c")
         assert stub.app.requests[-1][1] == "/v1/tasks/a%2Fb%3Fc"
         for bad in ("", ".", ".."):
-            with pytest.raises(ValueError, match=rf"^task id must be a non-empty name, not '{re.escape(bad)}'$"):
+            with pytest.raises(
+                ValueError, match=rf"^task id must be a non-empty name, not '{re.escape(bad)}'$"
+            ):
                 client.stop_task(bad)
         with pytest.raises(ValueError, match=r"^module must be a non-empty name, not '\.\.'$"):
             client.call("..", "echo")
@@ -332,7 +376,9 @@ def test_each_error_code_raises_its_class(stub: StubServer, code: str, status: i
 
 
 @pytest.mark.parametrize(("code", "status", "cls"), ERROR_CODES)
-async def test_each_error_code_raises_its_class_async(stub: StubServer, code: str, status: int, cls: type) -> None:
+async def test_each_error_code_raises_its_class_async(
+    stub: StubServer, code: str, status: int, cls: type
+) -> None:
     async with AsyncClient(socket=stub.socket) as client:
         with pytest.raises(cls, match=rf"^canned {code} error$") as info:
             await client.call("errors", code)
@@ -340,7 +386,10 @@ async def test_each_error_code_raises_its_class_async(stub: StubServer, code: st
 
 
 def test_an_unknown_code_keeps_its_code_and_status(stub: StubServer) -> None:
-    with Client(socket=stub.socket) as client, pytest.raises(errors.PymgrError, match=r"^short and stout$") as info:
+    with (
+        Client(socket=stub.socket) as client,
+        pytest.raises(errors.PymgrError, match=r"^short and stout$") as info,
+    ):
         client.call("bad", "teapot")
     assert (type(info.value), info.value.code, info.value.http_status) == (errors.PymgrError, "teapot", 418)
 
@@ -353,7 +402,9 @@ def test_an_unknown_code_keeps_its_code_and_status(stub: StubServer) -> None:
         ("error", 500, r'an error reply without "error\.code" and "error\.message": .*'),
     ],
 )
-def test_a_reply_that_is_not_pymgr_json_raises_bad_reply(stub: StubServer, action: str, status: int, what: str) -> None:
+def test_a_reply_that_is_not_pymgr_json_raises_bad_reply(
+    stub: StubServer, action: str, status: int, what: str
+) -> None:
     with Client(socket=stub.socket) as client, pytest.raises(BadReply) as info:
         client.call("bad", action)
     pattern = rf"^the server at socket {re.escape(str(stub.socket))} sent HTTP {status} with {what}; "
@@ -416,7 +467,9 @@ def test_a_socket_without_permission_says_so(tmp_path: Path) -> None:
 async def test_a_refused_connection_async(tmp_path: Path) -> None:
     path = refusing_socket(tmp_path)
     async with AsyncClient(socket=path) as client:
-        with pytest.raises(ConnectionFailed, match=r"^cannot reach pymgr at socket .*: connection refused \(nothing"):
+        with pytest.raises(
+            ConnectionFailed, match=r"^cannot reach pymgr at socket .*: connection refused \(nothing"
+        ):
             await client.health()
 
 
@@ -424,12 +477,17 @@ def test_a_refused_tcp_connection(tmp_path: Path) -> None:
     with socket.socket() as sock:  # bound, never listening: the port refuses
         sock.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        with Client(url=url) as client, pytest.raises(ConnectionFailed, match=rf"^cannot reach pymgr at URL {url}: "):
+        with (
+            Client(url=url) as client,
+            pytest.raises(ConnectionFailed, match=rf"^cannot reach pymgr at URL {url}: "),
+        ):
             client.health()
 
 
 def test_a_slow_reply_times_out_and_says_so(stub: StubServer) -> None:
-    expected = r"^pymgr at socket .* did not answer within 0\.2 s \(timeout_s\); it may be overloaded or stuck$"
+    expected = (
+        r"^pymgr at socket .* did not answer within 0\.2 s \(timeout_s\); it may be overloaded or stuck$"
+    )
     with Client(socket=stub.socket, timeout_s=0.2) as client, pytest.raises(ConnectionFailed, match=expected):
         client.call("slow", "sleep")
 
@@ -458,7 +516,9 @@ async def test_async_client_covers_the_api(stub: StubServer) -> None:
         assert (await client.modules())[0]["name"] == "demo"
 
 
-def test_socket_env_is_honoured(stub: StubServer, no_socket_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_socket_env_is_honoured(
+    stub: StubServer, no_socket_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PYMGR_SOCKET", str(stub.socket))
     assert default_socket() == stub.socket
     with Client() as client:
@@ -480,7 +540,10 @@ def test_default_socket_order(no_socket_env: Path, monkeypatch: pytest.MonkeyPat
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"socket": "/a.sock", "url": "http://h:1"}, r"^pass either socket or url, not both \(socket='/a\.sock', url='http://h:1'\)$"),
+        (
+            {"socket": "/a.sock", "url": "http://h:1"},
+            r"^pass either socket or url, not both \(socket='/a\.sock', url='http://h:1'\)$",
+        ),
         ({"url": "ftp://h"}, r"^url must start with http:// or https://, not 'ftp://h'$"),
         ({"url": "h:1"}, r"^url must start with http:// or https://, not 'h:1'$"),
         ({"timeout_s": 0}, r"^timeout_s must be positive, not 0$"),

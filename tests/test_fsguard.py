@@ -271,7 +271,9 @@ def test_check_own_dir_refuses_a_sticky_world_writable_directory(tmp_path: Path)
     shared.mkdir()
     shared.chmod(0o1777)
     check_trusted(shared)  # fine as an ancestor ...
-    with pytest.raises(UnsafePathError, match=r"shared is writable by every user \(sticky or not\): anyone could"):
+    with pytest.raises(
+        UnsafePathError, match=r"shared is writable by every user \(sticky or not\): anyone could"
+    ):
         check_own_dir(shared)  # ... not as the directory a name is created in
     shared.chmod(0o755)
     check_own_dir(shared)
@@ -294,7 +296,9 @@ def test_make_own_dir_creates_nothing_below_an_untrusted_directory(tmp_path: Pat
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     os.chown(theirs, NOBODY, NOBODY)
-    with pytest.raises(UnsafePathError, match=rf"^{tmp_path}/theirs is owned by uid {NOBODY}, who could change"):
+    with pytest.raises(
+        UnsafePathError, match=rf"^{tmp_path}/theirs is owned by uid {NOBODY}, who could change"
+    ):
         make_own_dir(theirs / "etc" / "systemd")
     assert not (theirs / "etc").exists()
 

@@ -32,7 +32,16 @@ _EXPORTS = {
     "Identity": "pymgr.core.identity",
     **dict.fromkeys(["Module", "ModuleContext", "Params", "action", "register"], "pymgr.core.registry"),
     **dict.fromkeys(
-        ["ActionFailed", "Conflict", "Forbidden", "NotFound", "ParamsInvalid", "PymgrError", "PymgrInternalError", "Unavailable"],
+        [
+            "ActionFailed",
+            "Conflict",
+            "Forbidden",
+            "NotFound",
+            "ParamsInvalid",
+            "PymgrError",
+            "PymgrInternalError",
+            "Unavailable",
+        ],
         "pymgr.errors",
     ),
 }
@@ -47,6 +56,7 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
+
 
 __version__ = "0.1.0"
 

@@ -89,7 +89,9 @@ def refuse_link(path: str | os.PathLike[str]) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISLNK(st.st_mode):
-        raise UnsafePathError(path, "is a symbolic link", f"remove it (rm {path}); pymgr never writes through a link")
+        raise UnsafePathError(
+            path, "is a symbolic link", f"remove it (rm {path}); pymgr never writes through a link"
+        )
     if not stat.S_ISREG(st.st_mode):
         raise UnsafePathError(path, "is not a regular file", f"remove it (rm -r {path})")
 
@@ -116,7 +118,9 @@ def tighten_file(path: str | os.PathLike[str], mode: int = 0o600) -> int | None:
         os.close(fd)
 
 
-def open_private(path: str | os.PathLike[str], flags: int, mode: int = 0o600, *, group: int | None = None) -> int:
+def open_private(
+    path: str | os.PathLike[str], flags: int, mode: int = 0o600, *, group: int | None = None
+) -> int:
     """Open a file the daemon owns; returns the descriptor (the caller closes it).
 
     ``flags`` are ``os.open`` flags (``O_NOFOLLOW | O_CLOEXEC`` are added).
@@ -170,7 +174,9 @@ def _check_own_file(fd: int, path: str | os.PathLike[str]) -> None:
         )
 
 
-def ensure_private_dir(path: str | os.PathLike[str], mode: int = 0o700, *, group: int | None = None) -> int | None:
+def ensure_private_dir(
+    path: str | os.PathLike[str], mode: int = 0o700, *, group: int | None = None
+) -> int | None:
     """Create ``path`` (and missing parents) with ``mode``, or check and tighten it.
 
     Returns the directory's previous mode when it was wider than ``mode`` and
@@ -252,7 +258,9 @@ def check_trusted(path: str | os.PathLike[str], *, owner_uids: Iterable[int] | N
         if stat.S_ISLNK(st.st_mode):
             links += 1
             if links > _MAX_LINKS:
-                raise UnsafePathError(target, "goes through too many symbolic links", "point it at a real path")
+                raise UnsafePathError(
+                    target, "goes through too many symbolic links", "point it at a real path"
+                )
             link = os.readlink(entry)
             if link.startswith("/"):
                 current = "/"

@@ -33,7 +33,10 @@ def inside(root: str, path: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class PinnedPath:
-    """A checked path held open: ``fd`` (an ``O_PATH`` descriptor) and the components after it that do not exist."""
+    """A checked path held open.
+
+    ``fd`` is an ``O_PATH`` descriptor; ``rest`` the components after it that do not exist.
+    """
 
     fd: int
     rest: str
@@ -60,7 +63,7 @@ def pin(base: str | os.PathLike[str], resolved: str) -> PinnedPath:
     root = os.path.realpath(base)
     if not inside(root, resolved):  # the base itself was replaced since the check
         raise ValueError(f"changed after it was checked: it no longer lies inside {os.fspath(base)}")
-    parts = [p for p in resolved[len(root):].split("/") if p]
+    parts = [p for p in resolved[len(root) :].split("/") if p]
     fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for index, part in enumerate(parts):

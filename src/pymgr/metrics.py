@@ -80,7 +80,11 @@ class Metrics:
         gauges = {}
         for name, (help, labels, read) in self._gauges.items():
             reading = read()
-            values = [[*key, value] for key, value in reading.items()] if isinstance(reading, Mapping) else [[reading]]
+            values = (
+                [[*key, value] for key, value in reading.items()]
+                if isinstance(reading, Mapping)
+                else [[reading]]
+            )
             gauges[name] = {"help": help, "labels": list(labels), "values": values}
         return {
             "started_at": self.started_at,

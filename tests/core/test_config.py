@@ -39,11 +39,17 @@ def test_unix_socket_can_be_turned_off(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[http]\nsocket_mode = \"rw\"\n", r"http\.socket_mode: Value error, must be an octal mode such as \"0660\", not 'rw'"),
+        (
+            '[http]\nsocket_mode = "rw"\n',
+            r"http\.socket_mode: Value error, must be an octal mode such as \"0660\", not 'rw'",
+        ),
         ("[http]\nsocket_mode = 0o1777\n", r"http\.socket_mode: Input should be less than or equal to 511"),
-        ("[http]\ntcp = \"localhost\"\n", r"http\.tcp: Value error, must be \"host:port\""),
+        ('[http]\ntcp = "localhost"\n', r"http\.tcp: Value error, must be \"host:port\""),
         ("[legacy]\nport = 70000\n", r"legacy\.port: Input should be less than or equal to 65535"),
-        ("[legacy]\nmax_line_bytes = 1\n", r"legacy\.max_line_bytes: Input should be greater than or equal to 16"),
+        (
+            "[legacy]\nmax_line_bytes = 1\n",
+            r"legacy\.max_line_bytes: Input should be greater than or equal to 16",
+        ),
         ("bogus = 1\n", r"bogus: Extra inputs are not permitted"),
         ("[tasks.types.x]\nargv = []\n", r"tasks\.types\.x\.argv: List should have at least 1 item"),
     ],

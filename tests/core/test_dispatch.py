@@ -66,15 +66,24 @@ async def test_validates_and_coerces_params() -> None:
     assert await call(d, "add", a="2", b=3) == 5
     with pytest.raises(ParamsInvalid, match=r"^bad params for sample\.add: a: Field required$"):
         await call(d, "add")
-    with pytest.raises(ParamsInvalid, match=r"^bad params for sample\.add: b: Input should be greater than or equal to 0 \(got -1\)$"):
+    with pytest.raises(
+        ParamsInvalid,
+        match=r"^bad params for sample\.add: b: Input should be greater than or equal to 0 \(got -1\)$",
+    ):
         await call(d, "add", a=1, b=-1)
-    with pytest.raises(ParamsInvalid, match=r"^bad params for sample\.add: c: Extra inputs are not permitted \(got 1\)$") as info:
+    with pytest.raises(
+        ParamsInvalid, match=r"^bad params for sample\.add: c: Extra inputs are not permitted \(got 1\)$"
+    ) as info:
         await call(d, "add", a=1, c=1)
-    assert info.value.details == {"errors": [{"field": "c", "message": "Extra inputs are not permitted", "type": "extra_forbidden"}]}
+    assert info.value.details == {
+        "errors": [{"field": "c", "message": "Extra inputs are not permitted", "type": "extra_forbidden"}]
+    }
 
 
 async def test_params_must_be_a_mapping() -> None:
-    with pytest.raises(ParamsInvalid, match=r"^params for sample\.add must be an object of name: value, not list$"):
+    with pytest.raises(
+        ParamsInvalid, match=r"^params for sample\.add must be an object of name: value, not list$"
+    ):
         await dispatcher().call(Call("sample", "add", [1, 2], CALLER))  # type: ignore[arg-type]
 
 
@@ -136,4 +145,8 @@ async def test_metrics_tell_an_action_that_raised_from_a_fault_of_pymgr() -> Non
     with pytest.raises(PymgrInternalError):
         await call(d, "add", a=1)
     outcomes = {(row[2], row[3]): row[4] for row in d.metrics.snapshot()["requests"]}
-    assert outcomes == {("boom", "action_failed"): 1, ("not_json", "action_failed"): 1, ("add", "internal"): 1}
+    assert outcomes == {
+        ("boom", "action_failed"): 1,
+        ("not_json", "action_failed"): 1,
+        ("add", "internal"): 1,
+    }

@@ -56,13 +56,18 @@ def test_gauges_are_read_at_each_snapshot() -> None:
     metrics = Metrics()
     open_connections = [3]
     metrics.gauge("pymgr_http_connections", "Open connections.", lambda: float(open_connections[0]))
-    metrics.gauge("pymgr_task_runs_active", "Active runs.", lambda: {("scan", "running"): 2.0}, labels=("type", "state"))
+    metrics.gauge(
+        "pymgr_task_runs_active", "Active runs.", lambda: {("scan", "running"): 2.0}, labels=("type", "state")
+    )
     assert metrics.snapshot()["gauges"]["pymgr_http_connections"]["values"] == [[3.0]]
     open_connections[0] = 1
     gauges = metrics.snapshot()["gauges"]
     assert gauges["pymgr_http_connections"]["values"] == [[1.0]]
-    assert gauges["pymgr_task_runs_active"] == {"help": "Active runs.", "labels": ["type", "state"],
-                                                 "values": [["scan", "running", 2.0]]}
+    assert gauges["pymgr_task_runs_active"] == {
+        "help": "Active runs.",
+        "labels": ["type", "state"],
+        "values": [["scan", "running", 2.0]],
+    }
 
 
 def test_the_prometheus_text_has_every_family_with_its_type() -> None:
@@ -74,16 +79,27 @@ def test_the_prometheus_text_has_every_family_with_its_type() -> None:
     assert families["pymgr_requests"].type == "counter"
     (sample,) = families["pymgr_requests"].samples
     assert (sample.name, sample.labels, sample.value) == (
-        "pymgr_requests_total", {"transport": "unix", "module": "demo", "action": "echo", "outcome": "ok"}, 1.0)
+        "pymgr_requests_total",
+        {"transport": "unix", "module": "demo", "action": "echo", "outcome": "ok"},
+        1.0,
+    )
     assert families["pymgr_request_seconds"].samples[0].value == 0.5
     assert families["pymgr_task_runs_ended"].samples[0].labels == {"type": "scan", "state": "succeeded"}
-    assert families["pymgr_keeper_connected"].type == "gauge" and families["pymgr_keeper_connected"].samples[0].value == 1
-    assert families["process_resident_memory_bytes"].samples[0].value > 0  # the process's own, from the library
+    assert (
+        families["pymgr_keeper_connected"].type == "gauge"
+        and families["pymgr_keeper_connected"].samples[0].value == 1
+    )
+    # the process's own, from the library
+    assert families["process_resident_memory_bytes"].samples[0].value > 0
     assert families["pymgr_start_time_seconds"].samples[0].value == pytest.approx(metrics.started_at)
 
 
 def test_label_values_are_escaped_not_trusted() -> None:
     metrics = Metrics()
     metrics.request("unix", 'a"b\\c\nd', "x", "ok", 0.0)  # only registered names get here, but still
-    (family,) = [f for f in text_string_to_metric_families(render(metrics.snapshot()).decode()) if f.name == "pymgr_requests"]
+    (family,) = [
+        f
+        for f in text_string_to_metric_families(render(metrics.snapshot()).decode())
+        if f.name == "pymgr_requests"
+    ]
     assert family.samples[0].labels["module"] == 'a"b\\c\nd'

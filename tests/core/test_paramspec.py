@@ -130,15 +130,24 @@ def test_a_float_is_never_negative_zero() -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ({"type": "str", "pattern": r"[a-z]+\Z"}, r"`pattern` '\[a-z\]\+\\\\Z' is not a regular expression the validator "
-                                                 r"accepts \(error: unrecognized escape sequence\); it is Rust regex syntax"),
-        ({"type": "str", "pattern": "(?=a)b"}, r"\(error: look-around, including look-ahead and look-behind, is not supported\)"),
+        (
+            {"type": "str", "pattern": r"[a-z]+\Z"},
+            r"`pattern` '\[a-z\]\+\\\\Z' is not a regular expression the validator "
+            r"accepts \(error: unrecognized escape sequence\); it is Rust regex syntax",
+        ),
+        (
+            {"type": "str", "pattern": "(?=a)b"},
+            r"\(error: look-around, including look-ahead and look-behind, is not supported\)",
+        ),
         ({"type": "str", "pattern": r"(a)\1"}, r"\(error: backreferences are not supported\)"),
         ({"type": "str", "pattern": "a)|(b"}, r"\(error: unopened group\)"),
         ({"type": "int", "allow_option": True}, r"`allow_option` only applies to type 'str', not 'int'"),
         ({"type": "str", "default": "-v"}, r"`default` '-v' is not a valid value: .*must not start with '-'"),
         ({"type": "int", "default": "7 "}, r"`default` '7 ' is not a valid value: .*decimal digits"),
-        ({"type": "str", "pattern": "[a-z]+", "default": "A"}, r"`default` 'A' is not a valid value: String should match"),
+        (
+            {"type": "str", "pattern": "[a-z]+", "default": "A"},
+            r"`default` 'A' is not a valid value: String should match",
+        ),
     ],
 )
 def test_bad_patterns_and_defaults_are_config_errors(spec: dict[str, Any], message: str) -> None:

@@ -42,7 +42,9 @@ def test_actions_get_schemas_docs_and_options() -> None:
     listing = registry.get("firewall", "list")
     assert listing.identity_param == "caller" and not listing.is_async
     assert "caller" not in listing.params_model.model_json_schema().get("properties", {})
-    with pytest.raises(NotFound, match=r"^module 'firewall' has no action 'helper'; actions: allow_port, list$"):
+    with pytest.raises(
+        NotFound, match=r"^module 'firewall' has no action 'helper'; actions: allow_port, list$"
+    ):
         registry.get("firewall", "helper")
 
 
@@ -60,7 +62,9 @@ def test_duplicate_module_name_is_an_error() -> None:
 
     registry = Registry()
     registry.add(Firewall())
-    with pytest.raises(RegistryError, match=r"^duplicate module name 'firewall': .*Other and .*Firewall; rename one"):
+    with pytest.raises(
+        RegistryError, match=r"^duplicate module name 'firewall': .*Other and .*Firewall; rename one"
+    ):
         registry.add(Other())
 
 

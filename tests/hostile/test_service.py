@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pymgr.service.systemd import MARKER
+from pymgr.service.systemd_units import MARKER
 from tests.conftest import BASE_CONFIG
 from tests.service.helpers import pid_alive, pymgr
 

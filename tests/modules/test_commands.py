@@ -19,7 +19,20 @@ from pymgr.modules.commands import command_modules
 from pymgr.modules.commandspec import CommandConfig
 
 CALLER = Identity(transport="unix", uid=0, gid=0, pid=1, user="root")
-SHELL_BAIT = ["; rm -rf /", "$(id)", "`id`", "a && b", "x | y", "> /etc/passwd", "'\"", "*", "~", "a\nb", "-rf", "--help"]
+SHELL_BAIT = [
+    "; rm -rf /",
+    "$(id)",
+    "`id`",
+    "a && b",
+    "x | y",
+    "> /etc/passwd",
+    "'\"",
+    "*",
+    "~",
+    "a\nb",
+    "-rf",
+    "--help",
+]
 
 
 def dispatcher(**commands: dict[str, Any]) -> Dispatcher:
@@ -51,7 +64,11 @@ def printf_command(**params: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_each_param_is_one_argv_element_whatever_it_holds() -> None:
-    d = dispatcher(show=printf_command(word={"type": "str", "allow_option": True}, n={"type": "int", "min": 0, "max": 10}))
+    d = dispatcher(
+        show=printf_command(
+            word={"type": "str", "allow_option": True}, n={"type": "int", "min": 0, "max": 10}
+        )
+    )
     for bait in SHELL_BAIT:
         result = await run(d, "show", word=bait, n=3)
         assert result["stdout"] == f"{bait}|3|" and result["exit_code"] == 0 and result["truncated"] is False
@@ -62,7 +79,11 @@ async def test_each_param_is_one_argv_element_whatever_it_holds() -> None:
     [
         ({"type": "int", "min": 1, "max": 65535}, "22; reboot", r"must be a whole number in decimal digits"),
         ({"type": "int", "min": 1, "max": 65535}, 0, r"greater than or equal to 1"),
-        ({"type": "enum", "choices": ["nginx", "sshd"]}, "nginx; reboot", r"Input should be 'nginx' or 'sshd'"),
+        (
+            {"type": "enum", "choices": ["nginx", "sshd"]},
+            "nginx; reboot",
+            r"Input should be 'nginx' or 'sshd'",
+        ),
         ({"type": "str", "pattern": "^[a-z]+$"}, "abc def", r"String should match pattern"),
         ({"type": "str"}, "a\x00b", r"must not contain a NUL byte"),
         ({"type": "str", "max_length": 4}, "abcde", r"at most 4 characters"),
@@ -82,19 +103,26 @@ async def test_typed_params_refuse_bad_values(spec: dict[str, Any], value: Any, 
         ("site/..", r"must not contain '\.\.'"),
         ("a\x00b", r"must not contain a NUL byte"),
         ("", r"must be a path, not empty"),
-        ("/etc/passwd", r"must stay inside .*www: an absolute path must start with it \(got '/etc/passwd'\)$"),
+        (
+            "/etc/passwd",
+            r"must stay inside .*www: an absolute path must start with it \(got '/etc/passwd'\)$",
+        ),
         ("escape", r"must stay inside .*www: it leaves it through a symbolic link \(got 'escape'\)$"),
         ("escape-dir/secret.txt", r"must stay inside"),
     ],
 )
 async def test_path_params_stay_inside_their_directory(base: Path, value: str, message: str) -> None:
-    d = dispatcher(cat={"argv": ["/bin/cat", "{file}"], "params": {"file": {"type": "path", "base": str(base)}}})
+    d = dispatcher(
+        cat={"argv": ["/bin/cat", "{file}"], "params": {"file": {"type": "path", "base": str(base)}}}
+    )
     with pytest.raises(ParamsInvalid, match=rf"^bad params for commands\.cat: file: Value error, {message}"):
         await run(d, "cat", file=value)
 
 
 async def test_path_params_inside_resolve_to_absolute_paths(base: Path) -> None:
-    d = dispatcher(cat={"argv": ["/bin/cat", "{file}"], "params": {"file": {"type": "path", "base": str(base)}}})
+    d = dispatcher(
+        cat={"argv": ["/bin/cat", "{file}"], "params": {"file": {"type": "path", "base": str(base)}}}
+    )
     assert (await run(d, "cat", file="site/index.html"))["stdout"] == "hi"
     assert (await run(d, "cat", file="inside"))["stdout"] == "hi"  # a symlink that stays inside is fine
     assert (await run(d, "cat", file=str(base / "site" / "index.html")))["stdout"] == "hi"
@@ -156,14 +184,24 @@ async def test_run_as_a_user() -> None:
 
 
 async def test_a_module_name_from_config_and_the_schema_clients_see() -> None:
-    d = dispatcher(reload={"module": "nginx", "argv": ["/bin/true"], "doc": "Reload nginx.", "read_only": False},
-                   port={"module": "nginx", "argv": ["/bin/echo", "{port}"],
-                         "params": {"port": {"type": "int", "min": 1, "max": 65535, "doc": "TCP port"}}})
+    d = dispatcher(
+        reload={"module": "nginx", "argv": ["/bin/true"], "doc": "Reload nginx.", "read_only": False},
+        port={
+            "module": "nginx",
+            "argv": ["/bin/echo", "{port}"],
+            "params": {"port": {"type": "int", "min": 1, "max": 65535, "doc": "TCP port"}},
+        },
+    )
     [module] = d.registry.describe()
     assert module["name"] == "nginx" and [a["name"] for a in module["actions"]] == ["port", "reload"]
     schema = module["actions"][0]["params"]
-    assert schema["properties"]["port"] == {"description": "TCP port", "maximum": 65535, "minimum": 1, "title": "Port",
-                                            "type": "integer"}
+    assert schema["properties"]["port"] == {
+        "description": "TCP port",
+        "maximum": 65535,
+        "minimum": 1,
+        "title": "Port",
+        "type": "integer",
+    }
     assert schema["required"] == ["port"] and "pymgr_caller" not in schema["properties"]
     assert (await run(d, "port", module="nginx", port="8080"))["stdout"] == "8080\n"
     with pytest.raises(ParamsInvalid, match=r"Extra inputs are not permitted"):
@@ -173,11 +211,23 @@ async def test_a_module_name_from_config_and_the_schema_clients_see() -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ({"argv": ["bin/echo"]}, r"argv\[0\] must be the executable's absolute path, without placeholders, not 'bin/echo'"),
-        ({"argv": ["/{x}"], "params": {"x": {"type": "str"}}}, r"argv\[0\] must be the executable's absolute path"),
-        ({"argv": ["/bin/id"], "module": "tasks"}, r"module 'tasks' is the name of a module from code \(SCAN_MODULE, demo, "
-                                                   r"metrics, tasks\); a command needs a module name of its own"),
-        ({"argv": ["/bin/id"], "module": "metrics", "read_only": True}, r"module 'metrics' is the name of a module from code"),
+        (
+            {"argv": ["bin/echo"]},
+            r"argv\[0\] must be the executable's absolute path, without placeholders, not 'bin/echo'",
+        ),
+        (
+            {"argv": ["/{x}"], "params": {"x": {"type": "str"}}},
+            r"argv\[0\] must be the executable's absolute path",
+        ),
+        (
+            {"argv": ["/bin/id"], "module": "tasks"},
+            r"module 'tasks' is the name of a module from code \(SCAN_MODULE, demo, "
+            r"metrics, tasks\); a command needs a module name of its own",
+        ),
+        (
+            {"argv": ["/bin/id"], "module": "metrics", "read_only": True},
+            r"module 'metrics' is the name of a module from code",
+        ),
     ],
 )
 def test_config_model_errors(spec: dict[str, Any], message: str) -> None:
@@ -188,11 +238,31 @@ def test_config_model_errors(spec: dict[str, Any], message: str) -> None:
 @pytest.mark.parametrize(
     ("name", "spec", "message"),
     [
-        ("x", {"argv": ["/nonexistent/tool"]}, r"^\[commands\.x\] argv\[0\] '/nonexistent/tool' is not an executable file$"),
-        ("x", {"argv": ["/etc/passwd"]}, r"^\[commands\.x\] argv\[0\] '/etc/passwd' is not an executable file$"),
-        ("x", {"argv": ["/bin/echo", "{y}"]}, r"^\[commands\.x\] argv\[1\] '\{y\}': unknown placeholder '\{y\}'; known: \(no params\)$"),
-        ("x", {"argv": ["/bin/echo"], "user": "no-such-user-xyz"}, r"^\[commands\.x\] user 'no-such-user-xyz' does not exist"),
-        ("x", {"argv": ["/bin/echo"], "params": {"pymgr_caller": {"type": "str"}}}, r"'pymgr_caller' is reserved"),
+        (
+            "x",
+            {"argv": ["/nonexistent/tool"]},
+            r"^\[commands\.x\] argv\[0\] '/nonexistent/tool' is not an executable file$",
+        ),
+        (
+            "x",
+            {"argv": ["/etc/passwd"]},
+            r"^\[commands\.x\] argv\[0\] '/etc/passwd' is not an executable file$",
+        ),
+        (
+            "x",
+            {"argv": ["/bin/echo", "{y}"]},
+            r"^\[commands\.x\] argv\[1\] '\{y\}': unknown placeholder '\{y\}'; known: \(no params\)$",
+        ),
+        (
+            "x",
+            {"argv": ["/bin/echo"], "user": "no-such-user-xyz"},
+            r"^\[commands\.x\] user 'no-such-user-xyz' does not exist",
+        ),
+        (
+            "x",
+            {"argv": ["/bin/echo"], "params": {"pymgr_caller": {"type": "str"}}},
+            r"'pymgr_caller' is reserved",
+        ),
         ("a b", {"argv": ["/bin/echo"]}, r"^\[commands\.a b\]: a command name is letters, digits"),
     ],
 )
@@ -206,7 +276,9 @@ async def test_a_program_that_cannot_start_is_action_failed(tmp_path: Path) -> N
     tool.write_text("#!/nonexistent/interpreter\n")
     tool.chmod(0o755)
     d = dispatcher(broken={"argv": [str(tool)]})
-    with pytest.raises(ActionFailed, match=rf"^command commands\.broken could not start {tool}: No such file or directory$"):
+    with pytest.raises(
+        ActionFailed, match=rf"^command commands\.broken could not start {tool}: No such file or directory$"
+    ):
         await run(d, "broken")
 
 

@@ -58,7 +58,9 @@ def make_dispatcher(manager: TaskManager) -> Dispatcher:
 
 @pytest.fixture
 async def manager(tmp_path: Path) -> AsyncIterator[TaskManager]:
-    manager = TaskManager(TasksConfig.model_validate({"stop_grace_s": 2.0, "types": {"scan": DEMO_SCAN}}), tmp_path)
+    manager = TaskManager(
+        TasksConfig.model_validate({"stop_grace_s": 2.0, "types": {"scan": DEMO_SCAN}}), tmp_path
+    )
     yield manager
     await manager.aclose()
 
@@ -83,7 +85,9 @@ async def wait_ended(manager: TaskManager) -> None:
 
 
 @pytest.mark.parametrize("task_ids", ["1,2", " 1 , 2 ", [1, 2], ["1", "2"], "2,1"])
-async def test_start_accepts_string_and_list(dispatcher: Dispatcher, manager: TaskManager, task_ids: Any) -> None:
+async def test_start_accepts_string_and_list(
+    dispatcher: Dispatcher, manager: TaskManager, task_ids: Any
+) -> None:
     assert await scan(dispatcher, "start", task_ids) == "start ok"
     assert keys(manager) == ["scan:1", "scan:2"]
     record = manager.list(key="scan:1")[0]
@@ -150,7 +154,8 @@ async def test_bad_ids_are_params_invalid(
 ) -> None:
     for action in ("start", "stop"):
         with pytest.raises(
-            ParamsInvalid, match=rf"^bad params for SCAN_MODULE\.{action}: task_ids: Value error, {message} \(got "
+            ParamsInvalid,
+            match=rf"^bad params for SCAN_MODULE\.{action}: task_ids: Value error, {message} \(got ",
         ) as info:
             await scan(dispatcher, action, task_ids)
         assert info.value.legacy_code == 4

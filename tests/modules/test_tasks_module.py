@@ -95,7 +95,13 @@ async def test_types(dispatcher: Dispatcher) -> None:
 def test_schema_hides_the_caller_and_marks_read_only(dispatcher: Dispatcher) -> None:
     described = {a["name"]: a for a in dispatcher.registry.describe()[0]["actions"]}
     assert set(described) == {"list", "show", "types", "start", "stop", "logs", "events"}
-    assert {name for name, a in described.items() if a["read_only"]} == {"list", "show", "types", "logs", "events"}
+    assert {name for name, a in described.items() if a["read_only"]} == {
+        "list",
+        "show",
+        "types",
+        "logs",
+        "events",
+    }
     assert set(described["start"]["params"]["properties"]) == {"type", "params", "key"}
     assert set(described["stop"]["params"]["properties"]) == {"id"}
 
@@ -108,12 +114,18 @@ async def test_errors_pass_through(dispatcher: Dispatcher) -> None:
     with pytest.raises(NotFound, match=r"^no task with id 77; "):
         await call(dispatcher, "stop", id=77)
     with pytest.raises(
-        ParamsInvalid, match=r"^state: must be one of queued, running, succeeded, failed, stopped, timed_out, lost; not 'x'$"
+        ParamsInvalid,
+        match=r"^state: must be one of queued, running, succeeded, failed, stopped, timed_out, lost; not 'x'$",
     ):
         await call(dispatcher, "list", state="x")
-    with pytest.raises(ParamsInvalid, match=r"^bad params for task type 'exit': code: Value error, must be a whole number in decimal digits"):
+    with pytest.raises(
+        ParamsInvalid,
+        match=r"^bad params for task type 'exit': code: Value error, must be a whole number in decimal digits",
+    ):
         await call(dispatcher, "start", type="exit", params={"code": "three"})
-    with pytest.raises(ParamsInvalid, match=r"^bad params for tasks\.show: id: Input should be a valid integer"):
+    with pytest.raises(
+        ParamsInvalid, match=r"^bad params for tasks\.show: id: Input should be a valid integer"
+    ):
         await call(dispatcher, "show", id="x")
 
 

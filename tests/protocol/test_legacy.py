@@ -147,7 +147,9 @@ def test_reply_is_exactly_json_dumps_and_moves_to_done() -> None:
 
 
 def test_error_reply_shape() -> None:
-    assert encode_reply(error_reply(3, "no")) == b'{"success": false, "msg": {"err_code": 3, "message": "no"}}'
+    assert (
+        encode_reply(error_reply(3, "no")) == b'{"success": false, "msg": {"err_code": 3, "message": "no"}}'
+    )
 
 
 def test_reply_is_ascii_json_without_newline() -> None:
@@ -158,7 +160,9 @@ def test_a_second_reply_is_refused() -> None:
     conn = Connection()
     feed(conn, [REQUEST])
     conn.send(Reply(True, None))
-    with pytest.raises(LocalProtocolError, match=r"^can't handle event type Reply from SERVER in state DONE$"):
+    with pytest.raises(
+        LocalProtocolError, match=r"^can't handle event type Reply from SERVER in state DONE$"
+    ):
         conn.send(Reply(True, None))
     assert conn.state is ERROR
 
@@ -178,7 +182,9 @@ def test_reply_before_the_request_is_complete_is_allowed() -> None:
 )
 def test_the_server_sends_only_replies(event: Any, name: str) -> None:
     conn = Connection()
-    with pytest.raises(LocalProtocolError, match=rf"^can't handle event type {name} from SERVER in state RECEIVING$"):
+    with pytest.raises(
+        LocalProtocolError, match=rf"^can't handle event type {name} from SERVER in state RECEIVING$"
+    ):
         conn.send(event)
     assert conn.state is ERROR
 
@@ -200,7 +206,10 @@ def test_reply_success_must_be_a_bool() -> None:
 
 MALFORMED = [
     (b"garbage\n\n", r"^request line 1 has no ':'; expected key:value, got 'garbage'$"),
-    (b"module:x\n" + b"y" * 60 + b"\n", r"^request line 2 has no ':'; expected key:value, got 'y{40}'\.\.\.$"),
+    (
+        b"module:x\n" + b"y" * 60 + b"\n",
+        r"^request line 2 has no ':'; expected key:value, got 'y{40}'\.\.\.$",
+    ),
     (b" :value\n\n", r"^request line 1 has an empty key; expected key:value, got ' :value'$"),
     (b"module:a\nMODULE:b\n\n", r"^duplicate key 'module' on request lines 1 and 2$"),
     (b"module:a\ntext:\xff\xfe\n\n", r"^request line 2 is not UTF-8: byte 0xff at offset 5$"),
@@ -221,13 +230,17 @@ def test_malformed_requests_are_remote_errors_code_9(raw: bytes, message: str, s
 
 
 def test_eof_before_any_byte() -> None:
-    with pytest.raises(RemoteProtocolError, match=r"^connection closed before a request was sent; expected") as info:
+    with pytest.raises(
+        RemoteProtocolError, match=r"^connection closed before a request was sent; expected"
+    ) as info:
         feed(Connection(), [], eof=True)
     assert info.value.legacy_code == 9
 
 
 def test_eof_in_the_middle_of_a_line() -> None:
-    pattern = r"^connection closed in the middle of request line 3 \(11 bytes after the last newline\); end every"
+    pattern = (
+        r"^connection closed in the middle of request line 3 \(11 bytes after the last newline\); end every"
+    )
     with pytest.raises(RemoteProtocolError, match=pattern) as info:
         feed(Connection(), [b"module:x\naction:y\nsignature:z"], eof=True)
     assert info.value.legacy_code == 9
@@ -246,7 +259,9 @@ def test_data_after_eof_is_a_local_error() -> None:
     conn = Connection()
     conn.receive_data(b"module:x\n")
     conn.receive_data(b"")
-    with pytest.raises(LocalProtocolError, match=r"^received 1 bytes after EOF \(receive_data\(b''\) was already"):
+    with pytest.raises(
+        LocalProtocolError, match=r"^received 1 bytes after EOF \(receive_data\(b''\) was already"
+    ):
         conn.receive_data(b"x")
     assert conn.state is ERROR
 
@@ -294,7 +309,9 @@ def test_max_lines_lines_are_accepted() -> None:
 
 def test_more_than_max_lines_lines_are_refused() -> None:
     raw = b"".join(b"k%d:v\n" % i for i in range(65)) + b"\n"
-    with pytest.raises(RemoteProtocolError, match=r"^request has more than max_lines=64 key:value lines$") as info:
+    with pytest.raises(
+        RemoteProtocolError, match=r"^request has more than max_lines=64 key:value lines$"
+    ) as info:
         feed(Connection(max_lines=64), bytewise(raw))
     assert info.value.legacy_code == 6
 
@@ -340,7 +357,20 @@ def test_the_codec_does_no_io() -> None:
 # --- properties ----------------------------------------------------------
 
 #: Pieces that make inputs likely to reach every branch of the parser.
-TOKENS = [b"module", b"action", b"signature", b"key", b":", b"\n", b"\r", b"\r\n", b" ", b"v", b"\xff", b"\xc3\xa9"]
+TOKENS = [
+    b"module",
+    b"action",
+    b"signature",
+    b"key",
+    b":",
+    b"\n",
+    b"\r",
+    b"\r\n",
+    b" ",
+    b"v",
+    b"\xff",
+    b"\xc3\xa9",
+]
 inputs = st.one_of(st.binary(max_size=80), st.lists(st.sampled_from(TOKENS), max_size=40).map(b"".join))
 
 
@@ -376,10 +406,14 @@ def test_fuzz_no_input_or_split_crashes_or_changes_the_outcome(
         assert result[1:] in ([], [ConnectionClosed()])
 
 
-names = st.text(st.characters(codec="utf-8", exclude_characters=":\r\n"), min_size=1, max_size=12).map(str.strip)
+names = st.text(st.characters(codec="utf-8", exclude_characters=":\r\n"), min_size=1, max_size=12).map(
+    str.strip
+)
 values = st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=20).map(str.strip)
 params = st.dictionaries(
-    names.map(str.lower).filter(lambda k: k and k not in ("module", "action", "signature") and k == k.strip().lower()),
+    names.map(str.lower).filter(
+        lambda k: k and k not in ("module", "action", "signature") and k == k.strip().lower()
+    ),
     values,
     max_size=5,
 )
@@ -416,7 +450,9 @@ def test_well_formed_requests_round_trip(
 # --- the one-pass fast path ------------------------------------------------
 
 
-def full_outcome(pieces: list[bytes], eof: bool, max_line_bytes: int, max_lines: int, *, fast: bool = True) -> Any:
+def full_outcome(
+    pieces: list[bytes], eof: bool, max_line_bytes: int, max_lines: int, *, fast: bool = True
+) -> Any:
     """Events, or the error's class, code and whole message; ``fast=False`` turns the fast path off."""
     conn = Connection(max_line_bytes=max_line_bytes, max_lines=max_lines)
     if not fast:

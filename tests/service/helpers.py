@@ -15,9 +15,13 @@ from tests.conftest import PYMGR
 WAIT_S = 20.0
 
 
-def pymgr(*args: str, env: dict[str, str] | None = None, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+def pymgr(
+    *args: str, env: dict[str, str] | None = None, timeout_s: float = 60.0
+) -> subprocess.CompletedProcess[str]:
     """Run ``pymgr ARGS`` to completion, capturing its output."""
-    return subprocess.run([str(PYMGR), *args], capture_output=True, text=True, timeout=timeout_s, env=env, check=False)
+    return subprocess.run(
+        [str(PYMGR), *args], capture_output=True, text=True, timeout=timeout_s, env=env, check=False
+    )
 
 
 def wait_for(predicate: Callable[[], object], timeout_s: float = WAIT_S, what: str = "condition") -> object:

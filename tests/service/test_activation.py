@@ -79,7 +79,9 @@ def test_variables_for_another_process_are_ignored_and_removed() -> None:
 
 @pytest.mark.parametrize("count", ["x", "0", "65", "-1"])
 def test_a_bad_count_is_refused(count: str) -> None:
-    with pytest.raises(ActivationError, match=rf"^LISTEN_FDS must be a number of sockets from 1 to 64, not '{count}'$"):
+    with pytest.raises(
+        ActivationError, match=rf"^LISTEN_FDS must be a number of sockets from 1 to 64, not '{count}'$"
+    ):
         listen_fds({"LISTEN_PID": "42", "LISTEN_FDS": count}, pid=42, first_fd=FIRST_FD)
 
 
@@ -91,12 +93,16 @@ def test_64_sockets_is_the_limit_and_is_accepted_as_a_count(pass_fds: Callable[.
 
 def test_names_must_match_the_count(pass_fds: Callable[..., dict[str, str]], tmp_path: Path) -> None:
     env = pass_fds(_listening_unix(tmp_path / "a.sock"), names="http:legacy")
-    with pytest.raises(ActivationError, match=r"^LISTEN_FDNAMES names 2 sockets but LISTEN_FDS is 1: 'http:legacy'$"):
+    with pytest.raises(
+        ActivationError, match=r"^LISTEN_FDNAMES names 2 sockets but LISTEN_FDS is 1: 'http:legacy'$"
+    ):
         listen_fds(env, pid=42, first_fd=FIRST_FD)
 
 
 @pytest.mark.parametrize("names", [None, "unknown", ""])
-def test_unnamed_sockets_serve_http(pass_fds: Callable[..., dict[str, str]], tmp_path: Path, names: str | None) -> None:
+def test_unnamed_sockets_serve_http(
+    pass_fds: Callable[..., dict[str, str]], tmp_path: Path, names: str | None
+) -> None:
     env = pass_fds(_listening_unix(tmp_path / "a.sock"), names=names)
     passed = listen_fds(env, pid=42, first_fd=FIRST_FD)
     assert list(passed) == ["http"] and passed["http"][0].getsockname() == str(tmp_path / "a.sock")
@@ -129,13 +135,17 @@ def test_a_socket_that_does_not_listen_is_refused(pass_fds: Callable[..., dict[s
     quiet = socket.socket()
     quiet.bind(("127.0.0.1", 0))
     env = pass_fds(quiet, names="http")
-    with pytest.raises(ActivationError, match=rf"^passed fd {FIRST_FD} \(http\) is not a listening stream socket"):
+    with pytest.raises(
+        ActivationError, match=rf"^passed fd {FIRST_FD} \(http\) is not a listening stream socket"
+    ):
         listen_fds(env, pid=42, first_fd=FIRST_FD)
 
 
 def test_a_datagram_socket_is_refused(pass_fds: Callable[..., dict[str, str]]) -> None:
     env = pass_fds(socket.socket(socket.AF_INET, socket.SOCK_DGRAM), names="http")
-    with pytest.raises(ActivationError, match=rf"^passed fd {FIRST_FD} \(http\) is not a listening stream socket"):
+    with pytest.raises(
+        ActivationError, match=rf"^passed fd {FIRST_FD} \(http\) is not a listening stream socket"
+    ):
         listen_fds(env, pid=42, first_fd=FIRST_FD)
 
 
@@ -193,7 +203,8 @@ def test_serve_takes_its_listeners_from_systemd_socket_activate(tmp_path: Path) 
         )
     try:
         wait_for(api.exists, what="the activation socket")
-        with Client(socket=api) as client:  # the first connection makes systemd-socket-activate exec the daemon
+        # the first connection makes systemd-socket-activate exec the daemon
+        with Client(socket=api) as client:
             assert client.health()["pid"] == proc.pid
             assert client.call("demo", "echo", x=1) == {"x": 1}
         # The old clients' bytes, on the passed TCP socket.
@@ -202,9 +213,12 @@ def test_serve_takes_its_listeners_from_systemd_socket_activate(tmp_path: Path) 
             conn.sendall(f"module:demo\naction:echo\nsignature:{signature}\nx:1\n\n".encode())
             reply = json.loads(conn.makefile("rb").read())
         assert reply == {"success": True, "msg": {"x": "1"}}
-        log_text = wait_for(lambda: (t := log_path.read_text()) and " pymgr: ready " in t and t, what="ready line")
+        log_text = wait_for(
+            lambda: (t := log_path.read_text()) and " pymgr: ready " in t and t, what="ready line"
+        )
         assert re.search(
-            rf'ready {{"http": \["unix:{re.escape(str(api))}"\].*"legacy": "tcp:127.0.0.1:{port}"', str(log_text)
+            rf'ready {{"http": \["unix:{re.escape(str(api))}"\].*"legacy": "tcp:127.0.0.1:{port}"',
+            str(log_text),
         )
         assert not (tmp_path / "pymgr.sock").exists()  # the configured socket was never bound
         proc.send_signal(signal.SIGTERM)

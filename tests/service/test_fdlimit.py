@@ -24,10 +24,13 @@ def test_the_budget_counts_every_listener_cap_and_the_reserve() -> None:
 
 def test_one_more_than_the_limit_is_refused_naming_each_key() -> None:
     budget = fd_budget(_config(max_connections=400, reserved_fds=64, legacy=161), http_listeners=2)
-    with pytest.raises(FdBudgetError, match=re.escape(
-        "[http] max_connections x 2 listeners=800 + [legacy] max_connections=161 + [http] reserved_fds=64 = 1025 "
-        "> RLIMIT_NOFILE 1024"
-    )):  # fmt: skip
+    with pytest.raises(
+        FdBudgetError,
+        match=re.escape(
+            "[http] max_connections x 2 listeners=800 + [legacy] max_connections=161 + [http] reserved_fds=64 = 1025 "
+            "> RLIMIT_NOFILE 1024"
+        ),
+    ):
         check_fd_budget(budget, 1024)
 
 

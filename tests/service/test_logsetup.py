@@ -28,7 +28,11 @@ def _record(message: str, level: int = logging.INFO, exc: bool = False) -> loggi
 def test_json_lines_carry_time_level_logger_message_pid() -> None:
     entry = json.loads(JsonFormatter().format(_record("task 1 → running")))
     assert set(entry) == {"time", "level", "logger", "message", "pid"}
-    assert entry["level"] == "info" and entry["logger"] == "pymgr.tasks" and entry["message"] == "task 1 → running"
+    assert (
+        entry["level"] == "info"
+        and entry["logger"] == "pymgr.tasks"
+        and entry["message"] == "task 1 → running"
+    )
     assert entry["time"].endswith("+00:00") and entry["pid"] == os.getpid()
     with_exc = json.loads(JsonFormatter().format(_record("failed", logging.ERROR, exc=True)))
     assert with_exc["exc"].startswith("Traceback") and with_exc["exc"].endswith("ValueError: boom")
@@ -58,7 +62,10 @@ def test_stderr_is_the_journal_only_when_journal_stream_names_it(tmp_path: Path)
 def test_handlers_by_format_and_target(tmp_path: Path) -> None:
     assert isinstance(make_handler("json", None, io.StringIO()).formatter, JsonFormatter)
     text = make_handler("text", None, io.StringIO())
-    assert text.formatter is not None and text.formatter._fmt == "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    assert (
+        text.formatter is not None
+        and text.formatter._fmt == "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     file_handler = make_handler("text", tmp_path / "logs" / "pymgr.log")
     assert isinstance(file_handler, logging.handlers.WatchedFileHandler)  # follows logrotate's moves
     file_handler.close()

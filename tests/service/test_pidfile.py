@@ -50,7 +50,9 @@ def _hold(
 
 
 def _daemon(command: str, pidfile: Path) -> subprocess.CompletedProcess[str]:
-    return pymgr("daemon", command, "--pidfile", str(pidfile), *(["--timeout", "1"] if command == "stop" else []))
+    return pymgr(
+        "daemon", command, "--pidfile", str(pidfile), *(["--timeout", "1"] if command == "stop" else [])
+    )
 
 
 def test_a_holder_that_is_not_pymgr_is_named_and_never_signalled(
@@ -70,7 +72,9 @@ def test_a_holder_that_is_not_pymgr_is_named_and_never_signalled(
         status.stdout.strip(),
     )
     assert stopped.stderr == status.stdout and pid_alive(holder.pid)
-    with pytest.raises(PidFileLocked, match=rf"^pidfile .* is locked by pid {holder.pid} \(.*\), which is not pymgr$"):
+    with pytest.raises(
+        PidFileLocked, match=rf"^pidfile .* is locked by pid {holder.pid} \(.*\), which is not pymgr$"
+    ):
         PidFile(pidfile).__enter__()
 
 
@@ -78,7 +82,9 @@ def test_a_pymgr_holder_that_wrote_another_pid_is_not_believed(
     tmp_path: Path, holders: list[subprocess.Popen[str]]
 ) -> None:
     pidfile = tmp_path / "pymgr.pid"
-    holder = _hold(holders, tmp_path / "pymgr", pidfile, "os.write(fd, b'1\\n')\nfcntl.lockf(fd, fcntl.LOCK_EX)")
+    holder = _hold(
+        holders, tmp_path / "pymgr", pidfile, "os.write(fd, b'1\\n')\nfcntl.lockf(fd, fcntl.LOCK_EX)"
+    )
     found = probe(pidfile)
     assert found.state is PidState.FOREIGN and found.detail.endswith(", but the file names pid 1")
     assert _daemon("stop", pidfile).returncode == 1 and pid_alive(holder.pid)
@@ -108,7 +114,9 @@ def test_a_link_or_a_hard_link_is_refused_and_its_target_left_alone(tmp_path: Pa
         with pytest.raises(UnsafePathError, match=r"pymgr\.pid is a symbolic link; remove it"):
             act()
     stopped = _daemon("stop", pidfile)
-    assert stopped.returncode == 1 and stopped.stderr.startswith(f"not trusting pidfile {pidfile}: {pidfile} is a")
+    assert stopped.returncode == 1 and stopped.stderr.startswith(
+        f"not trusting pidfile {pidfile}: {pidfile} is a"
+    )
     pidfile.unlink()
     os.link(target, pidfile)
     with pytest.raises(UnsafePathError, match=r"pymgr\.pid has 2 hard links: another name may point at it"):

@@ -47,7 +47,9 @@ def test_restart_needed_names_the_changed_keys(change: dict[str, Any], expected:
 
 def test_merge_takes_the_reloadable_keys_and_keeps_the_rest() -> None:
     old = _config(http={"tcp": "127.0.0.1:1"})
-    new = _config(http={"tcp": "127.0.0.1:2"}, log_level="debug", modules={"enabled": ["demo"], "settings": {"x": {}}})
+    new = _config(
+        http={"tcp": "127.0.0.1:2"}, log_level="debug", modules={"enabled": ["demo"], "settings": {"x": {}}}
+    )
     merged = merge(old, new)
     assert merged.http.tcp == "127.0.0.1:1" and merged.log_level == "debug"
     assert merged.modules.enabled == old.modules.enabled and merged.modules.settings == {"x": {}}
@@ -81,7 +83,11 @@ def test_a_reload_applies_settings_and_task_types(tmp_path: Path, caplog: pytest
     )
     result = Reloader(path, runtime).reload()
     assert result.applied and result.restart == ["http.tcp"]
-    assert result.changes == ["tasks: types now hello", "modules.settings.demo changed", "log_level info -> warning"]
+    assert result.changes == [
+        "tasks: types now hello",
+        "modules.settings.demo changed",
+        "log_level info -> warning",
+    ]
     assert demo.context.settings == {"greeting": "new"}
     assert runtime.config.http.tcp is None and sorted(runtime.config.tasks.types) == ["hello"]
     assert re.search(r"changes http\.tcp: these take effect only after a restart", caplog.text)
@@ -151,7 +157,8 @@ def test_sighup_keeps_a_request_and_a_task_and_shows_a_new_type(start_daemon: Ca
         daemon.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "reload refused" in daemon.log(), what="refusal logged")
         assert re.search(
-            r"reload refused, the daemon keeps its current config: .*unknown placeholder '\{missing\}'", daemon.log()
+            r"reload refused, the daemon keeps its current config: .*unknown placeholder '\{missing\}'",
+            daemon.log(),
         )
         assert "extra" in [t["name"] for t in client.task_types()]
         assert client.task(task["id"])["state"] == "running"
@@ -166,7 +173,9 @@ def client_call_sleep(socket: Path) -> dict[str, Any]:
 
 # -- the policy: swapped live, or the whole reload refused -----------------------------
 
-POLICY_BASE = BASE_CONFIG.split("# Every caller may do everything")[0] + """
+POLICY_BASE = (
+    BASE_CONFIG.split("# Every caller may do everything")[0]
+    + """
 [modules]
 enabled = ["demo", "tasks", "SCAN_MODULE"]
 
@@ -174,11 +183,14 @@ enabled = ["demo", "tasks", "SCAN_MODULE"]
 stop_grace_s = 1
 keeper_idle_exit_s = 1
 """
+)
 ECHO_ONLY = '\n[[policy.rules]]\nname = "echo"\nsubjects = ["any"]\nactions = ["demo.echo"]\n'
 WHOAMI_ONLY = '\n[[policy.rules]]\nname = "whoami"\nsubjects = ["any"]\nactions = ["demo.whoami"]\n'
 
 
-def test_sighup_swaps_the_policy_and_refuses_one_that_does_not_build(start_daemon: Callable[..., Daemon]) -> None:
+def test_sighup_swaps_the_policy_and_refuses_one_that_does_not_build(
+    start_daemon: Callable[..., Daemon],
+) -> None:
     daemon = start_daemon(POLICY_BASE + ECHO_ONLY)
     config = daemon.dir / "pymgr.toml"
     with Client(socket=daemon.socket) as client:
@@ -197,7 +209,9 @@ def test_sighup_swaps_the_policy_and_refuses_one_that_does_not_build(start_daemo
         config.write_text(POLICY_BASE + unknown_key)
         daemon.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "reload refused" in daemon.log(), what="refusal logged")
-        assert re.search(r"reload refused, the daemon keeps its current config: \[policy\]: .*nobody", daemon.log())
+        assert re.search(
+            r"reload refused, the daemon keeps its current config: \[policy\]: .*nobody", daemon.log()
+        )
         assert client.call("demo", "whoami")["transport"] == "unix"  # the old policy stays in force
         with pytest.raises(errors.Forbidden):
             client.call("demo", "echo", a=1)
@@ -215,5 +229,7 @@ def test_a_dispatcher_without_a_policy_factory_refuses_a_policy_change(tmp_path:
     runtime = Runtime(config=load_config(path), tasks=_FakeTasks(), dispatcher=dispatcher)  # type: ignore[arg-type]
     path.write_text(ECHO_ONLY)
     result = Reloader(path, runtime).reload()
-    assert not result.applied and re.search(r"^\[policy\]: .*restart to change \[policy\]", result.error or "")
+    assert not result.applied and re.search(
+        r"^\[policy\]: .*restart to change \[policy\]", result.error or ""
+    )
     assert dispatcher.policy is None

@@ -80,7 +80,9 @@ def test_a_relative_address_turns_notifications_off(caplog: pytest.LogCaptureFix
 def test_fields_are_checked() -> None:
     with pytest.raises(ValueError, match=r"^sd_notify fields are KEY=value without newlines, not 'READY'$"):
         Notifier(None).send("READY")
-    with pytest.raises(ValueError, match=r"^sd_notify fields are KEY=value without newlines, not 'A=1\\nB=2'$"):
+    with pytest.raises(
+        ValueError, match=r"^sd_notify fields are KEY=value without newlines, not 'A=1\\nB=2'$"
+    ):
         Notifier(None).send("A=1\nB=2")
 
 
@@ -90,7 +92,9 @@ def test_from_env_takes_the_variable_out() -> None:
     assert env == {"OTHER": "1"}
 
 
-def test_a_failed_send_is_logged_once_and_not_raised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failed_send_is_logged_once_and_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     notifier = Notifier(str(tmp_path / "gone.sock"))
     with caplog.at_level(logging.WARNING, logger="pymgr.service"):
         assert notifier.watchdog() is False
@@ -110,7 +114,9 @@ def test_a_failed_send_is_logged_once_and_not_raised(tmp_path: Path, caplog: pyt
         ({"WATCHDOG_USEC": "soon"}, 10, None),
     ],
 )
-def test_watchdog_interval_is_half_of_watchdog_usec(env: dict[str, str], pid: int, expected: float | None) -> None:
+def test_watchdog_interval_is_half_of_watchdog_usec(
+    env: dict[str, str], pid: int, expected: float | None
+) -> None:
     assert watchdog_interval_s(env, pid) == expected
     assert "WATCHDOG_USEC" not in env and "WATCHDOG_PID" not in env
 
@@ -176,7 +182,11 @@ def test_serve_notifies_ready_after_bind_then_watchdog_then_stopping(
         with Client(socket=tmp_path / "pymgr.sock") as client:
             assert client.health()["status"] == "ok"
         started = time.monotonic()
-        pings = [m for m in _recv_until(sock, b"WATCHDOG=1") + _recv_until(sock, b"WATCHDOG=1") if m == b"WATCHDOG=1"]
+        pings = [
+            m
+            for m in _recv_until(sock, b"WATCHDOG=1") + _recv_until(sock, b"WATCHDOG=1")
+            if m == b"WATCHDOG=1"
+        ]
         assert len(pings) == 2 and time.monotonic() - started < 2.0  # every 0.1 s
         proc.send_signal(signal.SIGTERM)
         assert any(m.startswith(b"STOPPING=1\n") for m in _recv_until(sock, b"STOPPING=1"))

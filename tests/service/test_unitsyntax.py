@@ -38,12 +38,17 @@ def test_control_characters_are_refused_naming_the_key(value: str, code: str, of
 
 
 def test_a_value_systemd_would_strip_or_join_is_refused() -> None:
-    with pytest.raises(UnitValueError, match=r"^k: must not begin or end with whitespace: systemd strips it: ' x'$"):
+    with pytest.raises(
+        UnitValueError, match=r"^k: must not begin or end with whitespace: systemd strips it: ' x'$"
+    ):
         unit_value("k", " x")
-    with pytest.raises(UnitValueError, match=r"^k: must not begin or end with whitespace: systemd strips it: 'x '$"):
+    with pytest.raises(
+        UnitValueError, match=r"^k: must not begin or end with whitespace: systemd strips it: 'x '$"
+    ):
         unit_value("k", "x ")
     with pytest.raises(
-        UnitValueError, match=r"^k: must not end with a backslash: systemd would join the next line to it: 'x\\\\'$"
+        UnitValueError,
+        match=r"^k: must not end with a backslash: systemd would join the next line to it: 'x\\\\'$",
     ):
         unit_value("k", "x\\")
 

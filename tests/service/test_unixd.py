@@ -82,7 +82,10 @@ def test_start_status_reload_restart_stop(site: Site) -> None:
         f"pymgr is already running (pid {pid}, pidfile {site.pidfile})",
     )
     status = site.daemon("status")
-    assert (status.returncode, status.stdout.strip()) == (0, f"pymgr is running (pid {pid}, pidfile {site.pidfile})")
+    assert (status.returncode, status.stdout.strip()) == (
+        0,
+        f"pymgr is running (pid {pid}, pidfile {site.pidfile})",
+    )
 
     reloaded = site.daemon("reload")
     assert reloaded.returncode == 0 and reloaded.stdout.startswith(f"sent SIGHUP to pymgr (pid {pid})")
@@ -125,7 +128,8 @@ def test_a_stale_pidfile_is_reported_cleaned_and_replaced(site: Site) -> None:
     with subprocess.Popen(["sleep", "30"]) as other:  # the pid now belongs to another program
         site.pidfile.write_text(f"{other.pid}\n")
         assert re.search(
-            rf"remains: pid {other.pid} is now another program \(sleep 30\)$", site.daemon("status").stdout.strip()
+            rf"remains: pid {other.pid} is now another program \(sleep 30\)$",
+            site.daemon("status").stdout.strip(),
         )
         started = site.daemon("start")
         other.kill()
@@ -144,7 +148,10 @@ def test_commands_on_a_daemon_that_is_not_running(site: Site) -> None:
         f"pymgr is not running (pidfile {site.pidfile}); nothing to reload",
     )
     stopped = site.daemon("stop")
-    assert (stopped.returncode, stopped.stdout.strip()) == (0, f"pymgr is not running (no pidfile {site.pidfile})")
+    assert (stopped.returncode, stopped.stdout.strip()) == (
+        0,
+        f"pymgr is not running (no pidfile {site.pidfile})",
+    )
 
 
 def test_a_bad_config_is_exit_6_and_no_config_is_exit_2(site: Site) -> None:
@@ -153,7 +160,10 @@ def test_a_bad_config_is_exit_6_and_no_config_is_exit_2(site: Site) -> None:
     assert bad.returncode == 6  # LSB: program is not configured
     assert re.search(r"http\.max_body_bytes: Input should be greater than or equal to 1", bad.stderr)
     missing = pymgr("daemon", "start", "--pidfile", str(site.pidfile))
-    assert (missing.returncode, missing.stderr.strip()) == (2, "error: --config FILE is required to start the daemon")
+    assert (missing.returncode, missing.stderr.strip()) == (
+        2,
+        "error: --config FILE is required to start the daemon",
+    )
 
 
 def test_a_start_up_failure_is_reported_by_start(tmp_path: Path) -> None:
@@ -162,7 +172,8 @@ def test_a_start_up_failure_is_reported_by_start(tmp_path: Path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         assert "\nport = 0\n" in BASE_CONFIG
-        site = Site(tmp_path, BASE_CONFIG.replace("\nport = 0\n", f"\nport = {port}\n"))  # the legacy listener's
+        # the busy port is the legacy listener's
+        site = Site(tmp_path, BASE_CONFIG.replace("\nport = 0\n", f"\nport = {port}\n"))
         failed = site.daemon("start", "--timeout", "20")
     assert failed.returncode == 1
     assert re.match(
@@ -235,7 +246,11 @@ def test_the_lock_says_running_and_dies_with_its_holder(tmp_path: Path) -> None:
         holder.wait()
         holder.stdout.close()  # type: ignore[union-attr]
     found = probe(pidfile)  # killed: the file stays, the lock is gone
-    assert (found.state, found.pid, found.detail) == (PidState.STALE, holder.pid, f"pid {holder.pid} is not running")
+    assert (found.state, found.pid, found.detail) == (
+        PidState.STALE,
+        holder.pid,
+        f"pid {holder.pid} is not running",
+    )
     with PidFile(pidfile):  # a new daemon takes a stale pidfile over
         assert int(pidfile.read_text()) == os.getpid()
     assert not pidfile.exists()

@@ -115,7 +115,8 @@ def test_on_windows_the_api_must_be_tcp(tmp_path: Path, caplog: pytest.LogCaptur
     assert ServiceRunner(host, path, platform="win32", log_to_file=False).run() == 78
     assert host.states() == [START, STOP, STOPPED]
     assert re.search(
-        r'on Windows the API listens on TCP: set \[http\] unix_socket = "" and tcp = "127\.0\.0\.1:PORT"', caplog.text
+        r'on Windows the API listens on TCP: set \[http\] unix_socket = "" and tcp = "127\.0\.0\.1:PORT"',
+        caplog.text,
     )
 
 
@@ -124,7 +125,9 @@ def test_a_listener_that_cannot_bind_ends_stopped_with_exit_78(tmp_path: Path) -
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         host = RecordingHost()
-        code = ServiceRunner(host, _tcp_config(tmp_path / "pymgr.toml", busy.getsockname()[1]), log_to_file=False).run()
+        code = ServiceRunner(
+            host, _tcp_config(tmp_path / "pymgr.toml", busy.getsockname()[1]), log_to_file=False
+        ).run()
     assert code == 78 and host.states() == [START, STOP, STOPPED]
 
 
@@ -205,7 +208,10 @@ def test_start_waits_for_running() -> None:
 
 def test_start_gives_up_after_the_timeout_and_says_where_it_stands() -> None:
     outcome = _commands(RecordingControl(STOPPED, START), timeout_s=2).run("start")
-    assert (outcome.code, outcome.message) == (1, "service pymgr is start-pending 2 s after the request; see its log")
+    assert (outcome.code, outcome.message) == (
+        1,
+        "service pymgr is start-pending 2 s after the request; see its log",
+    )
 
 
 def test_a_service_that_stops_during_start_up_is_a_failure() -> None:
@@ -222,7 +228,12 @@ def test_stop_restart_status_remove() -> None:
     restarted = _commands(control).run("restart")
     assert (restarted.code, restarted.message) == (0, "stopped service pymgr\nstarted service pymgr")
     assert _actions(control) == ["stop", "start"]
-    assert [_commands(RecordingControl(s)).run("status").code for s in (RUNNING, STOPPED, START, None)] == [0, 3, 4, 4]
+    assert [_commands(RecordingControl(s)).run("status").code for s in (RUNNING, STOPPED, START, None)] == [
+        0,
+        3,
+        4,
+        4,
+    ]
     control = RecordingControl(RUNNING, RUNNING, STOPPED)
     assert _commands(control).run("remove").message == "stopped service pymgr\nremoved service pymgr"
     assert _actions(control) == ["stop", "remove"]
@@ -231,7 +242,10 @@ def test_stop_restart_status_remove() -> None:
 
 def test_a_refusal_by_the_scm_is_exit_1_with_its_reason() -> None:
     outcome = _commands(RecordingControl(STOPPED, fail="start")).run("start")
-    assert (outcome.code, outcome.message) == (1, "service pymgr: start failed: Access is denied. (Windows error 5)")
+    assert (outcome.code, outcome.message) == (
+        1,
+        "service pymgr: start failed: Access is denied. (Windows error 5)",
+    )
 
 
 # -- the CLI, posing as Windows ------------------------------------------------------------

@@ -25,7 +25,11 @@ class _UsageError(Exception):
 
 
 def _finite_json(text: str) -> Any:
-    """``text`` as JSON; ValueError for NaN, Infinity or a number too large for a double (the daemon refuses them)."""
+    """``text`` as JSON.
+
+    Raises:
+        ValueError: NaN, Infinity or a number too large for a double (the daemon refuses them).
+    """
 
     def refuse(constant: str) -> Any:
         raise ValueError(f"{constant} is not a JSON number; JSON carries finite numbers only")
@@ -171,4 +175,3 @@ def _find_schema(entries: Any, name: str, actions_of: str | None = None) -> Any:
         if actions_of is None and entry.get("name") == name:
             return entry.get("params")
     return None
-

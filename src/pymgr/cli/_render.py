@@ -90,7 +90,9 @@ def _render_record(record: Any) -> Any:
     width = max(map(len, map(str, record)), default=0)
     lines = Text()
     for name, value in record.items():
-        lines.append(f"{_printable(str(name)):{width}}  ", style="bold").append_text(_text(_record_cell(name, value)))
+        lines.append(f"{_printable(str(name)):{width}}  ", style="bold").append_text(
+            _text(_record_cell(name, value))
+        )
         lines.append("\n")
     lines.rstrip()
     return lines
@@ -147,4 +149,3 @@ def _render_modules(modules: list[dict[str, Any]]) -> Table:
             suffix = " (read-only)" if act.get("read_only") else ""
             rows.append({**act, "name": f"{module.get('name')}.{act.get('name')}{suffix}"})
     return _render_schemas("action", rows)
-

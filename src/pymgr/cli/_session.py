@@ -65,4 +65,3 @@ def _run(ctx: typer.Context, request: Callable[[Client], Any], render: Callable[
     with _session(ctx) as client:
         result = request(client)
     _show(ctx, result, render)
-

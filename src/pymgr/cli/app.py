@@ -132,4 +132,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # click ends every run this way
         return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     return 0
-

@@ -52,13 +52,21 @@ TimeoutOpt = Annotated[
         help="How long to wait (default: service.start_timeout_s or stop_timeout_s).",
     ),
 ]
-ForceOpt = Annotated[bool, typer.Option("--force", help="SIGKILL the daemon if SIGTERM did not end it in time.")]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="SIGKILL the daemon if SIGTERM did not end it in time.")
+]
 LogFileOpt = Annotated[
     Path | None,
-    typer.Option("--log-file", metavar="PATH", dir_okay=False, help="Log file (default: <state_dir>/pymgr.log)."),
+    typer.Option(
+        "--log-file", metavar="PATH", dir_okay=False, help="Log file (default: <state_dir>/pymgr.log)."
+    ),
 ]
-LogFormatOpt = Annotated[LogFormatChoice, typer.Option("--log-format", help="text, or json (one object per line).")]
-LogLevelOpt = Annotated[str | None, typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error.")]
+LogFormatOpt = Annotated[
+    LogFormatChoice, typer.Option("--log-format", help="text, or json (one object per line).")
+]
+LogLevelOpt = Annotated[
+    str | None, typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error.")
+]
 
 
 def _unixd() -> ModuleType:
@@ -67,7 +75,8 @@ def _unixd() -> ModuleType:
         from pymgr.service import unixd
     except ModuleNotFoundError as exc:  # pragma: no cover - Windows
         typer.echo(
-            f"error: pymgr daemon needs a Unix host ({exc.name} is missing); on Windows use pymgr service", err=True
+            f"error: pymgr daemon needs a Unix host ({exc.name} is missing); on Windows use pymgr service",
+            err=True,
         )
         raise typer.Exit(3) from None  # LSB: unimplemented feature
     return unixd

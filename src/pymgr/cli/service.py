@@ -31,14 +31,22 @@ service_app = typer.Typer(
 DEFAULT_CONFIG = Path("/etc/pymgr/pymgr.toml")
 
 ConfigOpt = Annotated[
-    Path, typer.Option("--config", metavar="FILE", dir_okay=False, help="The daemon's TOML config (made absolute).")
+    Path,
+    typer.Option(
+        "--config", metavar="FILE", dir_okay=False, help="The daemon's TOML config (made absolute)."
+    ),
 ]
 UnitNameOpt = Annotated[
-    str, typer.Option("--unit-name", metavar="NAME", help="Unit (or Windows service) name: NAME.service, NAME.socket.")
+    str,
+    typer.Option(
+        "--unit-name", metavar="NAME", help="Unit (or Windows service) name: NAME.service, NAME.socket."
+    ),
 ]
 PrefixOpt = Annotated[
     Path | None,
-    typer.Option("--prefix", metavar="DIR", help="Write under DIR/etc/systemd/system (packaging); runs no systemctl."),
+    typer.Option(
+        "--prefix", metavar="DIR", help="Write under DIR/etc/systemd/system (packaging); runs no systemctl."
+    ),
 ]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the unit files; write nothing.")]
 
@@ -82,8 +90,10 @@ def _systemd() -> Any:
 
 
 def _unit(name: str) -> str:
+    from pymgr.service.systemd_units import check_unit_name
+
     try:
-        return _systemd().check_unit_name(name)
+        return check_unit_name(name)
     except ValueError as exc:
         _done(2, f"error: --unit-name: {exc}")
 
@@ -107,13 +117,14 @@ def service_install(
     except ConfigError as exc:
         _done(6, f"error: {exc}")
     from pymgr.service._unitsyntax import UnitValueError
+    from pymgr.service.systemd_units import placement_warnings, render_units
 
     try:
-        units = systemd.render_units(loaded, config, name)
+        units = render_units(loaded, config, name)
     except UnitValueError as exc:
         _done(6, f"error: config {config} cannot go into a systemd unit: {exc}")
     directory = systemd.unit_dir(prefix)
-    for warning in systemd.placement_warnings(config):
+    for warning in placement_warnings(config):
         typer.echo(f"warning: {warning}", err=True)
     if dry_run:
         for unit in units:
@@ -168,11 +179,15 @@ def service_remove(prefix: PrefixOpt = None, unit_name: UnitNameOpt = "pymgr") -
         systemd.systemctl("daemon-reload")
     _done(
         0,
-        "removed " + ", ".join(map(str, removed)) if removed else f"no {name} units in {directory}; nothing to remove",
+        "removed " + ", ".join(map(str, removed))
+        if removed
+        else f"no {name} units in {directory}; nothing to remove",
     )
 
 
-def _control(command: str, unit_name: str, args: Callable[[str], list[str]], unavailable_code: int = 1) -> NoReturn:
+def _control(
+    command: str, unit_name: str, args: Callable[[str], list[str]], unavailable_code: int = 1
+) -> NoReturn:
     """Run systemctl with ``args(unit name)``, or the Windows command; exits with its code."""
     _on_windows(command, unit_name)
     systemd = _systemd()

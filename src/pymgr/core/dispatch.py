@@ -75,7 +75,10 @@ class Dispatcher:
     """Runs calls against a registry."""
 
     def __init__(
-        self, registry: Registry, authorize: Authorizer = allow_all, authorize_params: ParamsAuthorizer | None = None
+        self,
+        registry: Registry,
+        authorize: Authorizer = allow_all,
+        authorize_params: ParamsAuthorizer | None = None,
     ) -> None:
         self.registry = registry
         self.authorize = authorize
@@ -112,8 +115,13 @@ class Dispatcher:
             raise
         finally:
             known = self.registry.has(call.module, call.action)
-            metrics.request(call.identity.transport, call.module if known else UNKNOWN,
-                            call.action if known else UNKNOWN, outcome, time.perf_counter() - started)  # fmt: skip
+            metrics.request(
+                call.identity.transport,
+                call.module if known else UNKNOWN,
+                call.action if known else UNKNOWN,
+                outcome,
+                time.perf_counter() - started,
+            )
 
     def invoking(self, call: Call) -> None:
         """Called once every check passed, just before the action runs (a hook; this one does nothing).
@@ -127,7 +135,8 @@ class Dispatcher:
         self.authorize(call.identity, spec)
         if not isinstance(call.params, Mapping):
             raise ParamsInvalid(
-                f"params for {spec.qualname} must be an object of name: value, not {type(call.params).__name__}"
+                f"params for {spec.qualname} must be an object of name: value, not "
+                f"{type(call.params).__name__}"
             )
         try:
             params = spec.params_model.model_validate(dict(call.params))

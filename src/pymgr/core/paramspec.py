@@ -85,14 +85,19 @@ class ParamSpec(BaseModel):
         if (self.min is not None or self.max is not None) and self.type not in ("int", "float"):
             raise ValueError(f"`min`/`max` only apply to 'int' and 'float', not {self.type!r}")
         if (self.type == "path") != (self.base is not None):
-            raise ValueError("type 'path' needs `base`, an absolute directory; `base` only applies to type 'path'")
+            raise ValueError(
+                "type 'path' needs `base`, an absolute directory; `base` only applies to type 'path'"
+            )
         if self.base is not None and not self.base.is_absolute():
             raise ValueError(f"`base` must be an absolute directory, not {str(self.base)!r}")
-        if self.default is not None and self.type != "path":  # a path is confined at each call, against the disk then
+        # a path is confined at each call, against the disk then
+        if self.default is not None and self.type != "path":
             try:
                 TypeAdapter(self.annotation()).validate_python(self.default)
             except ValidationError as exc:
-                raise ValueError(f"`default` {self.default!r} is not a valid value: {exc.errors()[0]['msg']}") from None
+                raise ValueError(
+                    f"`default` {self.default!r} is not a valid value: {exc.errors()[0]['msg']}"
+                ) from None
         return self
 
     @property
@@ -103,7 +108,9 @@ class ParamSpec(BaseModel):
         """The type hint this parameter stands for."""
         if self.type == "int":
             # The Field first: its bounds then show in the JSON Schema as minimum/maximum.
-            return Annotated[int, Field(strict=True, ge=self.min, le=self.max), BeforeValidator(int_from_text)]
+            return Annotated[
+                int, Field(strict=True, ge=self.min, le=self.max), BeforeValidator(int_from_text)
+            ]
         if self.type == "float":
             return Annotated[
                 float,
@@ -116,6 +123,7 @@ class ParamSpec(BaseModel):
         if self.type == "enum":
             return Literal[tuple(self.choices or ())]
         if self.type == "path":
+            assert self.base is not None, "_check refuses type 'path' without `base`"
             return Annotated[
                 str,
                 Field(max_length=self.max_length),
@@ -161,5 +169,5 @@ def param_field(spec: ParamSpec) -> tuple[Any, Any]:
 
 def build_params_model(name: str, specs: dict[str, ParamSpec]) -> type[BaseModel]:
     """A pydantic model (unknown fields forbidden) for declared parameters."""
-    fields = {pname: param_field(spec) for pname, spec in specs.items()}
-    return create_model(name, __config__=ConfigDict(extra="forbid", allow_inf_nan=False), **fields)  # type: ignore[call-overload,no-any-return]
+    fields: dict[str, Any] = {pname: param_field(spec) for pname, spec in specs.items()}
+    return create_model(name, __config__=ConfigDict(extra="forbid", allow_inf_nan=False), **fields)

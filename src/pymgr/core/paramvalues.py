@@ -38,7 +38,9 @@ def int_from_text(value: Any) -> Any:
     if not isinstance(value, str):
         return value
     if not _INT_TEXT.fullmatch(value):
-        raise ValueError("must be a whole number in decimal digits, like 7 or -7 (no spaces, no '+', no fraction)")
+        raise ValueError(
+            "must be a whole number in decimal digits, like 7 or -7 (no spaces, no '+', no fraction)"
+        )
     return int(value)
 
 
@@ -47,7 +49,9 @@ def float_from_text(value: Any) -> Any:
     if not isinstance(value, str):
         return value
     if not _FLOAT_TEXT.fullmatch(value):
-        raise ValueError("must be a decimal number, like 2.5, -0.5 or 1e-7 (no spaces, no '+', no inf or nan)")
+        raise ValueError(
+            "must be a decimal number, like 2.5, -0.5 or 1e-7 (no spaces, no '+', no inf or nan)"
+        )
     return float(value)
 
 

@@ -55,4 +55,3 @@ def confine(base: Path, value: str) -> str:
             raise ValueError(f"must stay inside {base}: an absolute path must start with it")
         raise ValueError(f"must stay inside {base}: it leaves it through a symbolic link")
     return resolved
-

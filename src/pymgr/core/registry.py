@@ -15,7 +15,7 @@ import inspect
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, create_model
 
@@ -154,7 +154,7 @@ def _params_model(module: str, method: Callable[..., Any]) -> tuple[type[BaseMod
     hints = typing.get_type_hints(method, include_extras=True)
     fields: dict[str, Any] = {}
     identity_param = None
-    extra = "forbid"
+    extra: Literal["forbid", "allow"] = "forbid"
     for param in inspect.signature(method).parameters.values():
         annotation = hints.get(param.name, Any)
         if param.kind is param.VAR_POSITIONAL:
@@ -170,7 +170,7 @@ def _params_model(module: str, method: Callable[..., Any]) -> tuple[type[BaseMod
             continue
         # A default may be a plain value or a pydantic Field(...): both fit here.
         fields[param.name] = (annotation, ... if param.default is param.empty else param.default)
-    model = create_model(  # type: ignore[call-overload]
+    model = create_model(
         f"{module}.{method.__name__}",
         # A float param is finite: "nan" or "1e999" from a legacy key:value line is refused, not inf/nan.
         __config__=ConfigDict(extra=extra, allow_inf_nan=False),
@@ -218,7 +218,9 @@ class Registry:
         """
         name = module.name
         if not name or not isinstance(name, str):
-            raise RegistryError(f"{type(module).__qualname__} has no `name`; set a class attribute name = '...'")
+            raise RegistryError(
+                f"{type(module).__qualname__} has no `name`; set a class attribute name = '...'"
+            )
         if name in self._modules:
             other = type(self._modules[name])
             raise RegistryError(
@@ -248,7 +250,8 @@ class Registry:
         spec = actions.get(action)
         if spec is None:
             raise NotFound(
-                f"module {module!r} has no action {action!r}; actions: {', '.join(sorted(actions)) or '(none)'}",
+                f"module {module!r} has no action {action!r}; actions: "
+                f"{', '.join(sorted(actions)) or '(none)'}",
                 details={"module": module, "action": action, "actions": sorted(actions)},
             )
         return spec

@@ -58,7 +58,10 @@ _POLL_S = 0.05
 
 @dataclass(frozen=True, slots=True)
 class Containment:
-    """Where a command's processes are found: its cgroup (and the daemon's own to come back to), or its session."""
+    """Where a command's processes are found.
+
+    Its cgroup (and the daemon's own, to come back to), or else its session.
+    """
 
     cgroup: Cgroup | None = None
     home: str | None = None
@@ -172,36 +175,57 @@ async def run_command(
         OSError: the program could not be started.
         CgroupError: it could not be started inside its cgroup.
     """
-    loop = asyncio.get_running_loop()
     started = time.monotonic()
     with containment.spawning():
         popen = _spawn(argv, env, cwd, run_as, pass_fds)
-    pipes: list[_CappedPipe] = []
     transports: list[asyncio.BaseTransport] = []
     try:
-        process = Process(popen, loop)
-        for stream in (popen.stdout, popen.stderr):
-            transport, pipe = await loop.connect_read_pipe(lambda: _CappedPipe(max_output_bytes), stream)
-            transports.append(transport)
-            pipes.append(pipe)
+        process = Process(popen, asyncio.get_running_loop())
+        pipes = await _capture_output(popen, max_output_bytes, transports)
         status, ended_by = await _wait(process, containment, timeout_s, caller_gone)
         leftovers = await _stop_leftovers(process.ref, containment)
         await asyncio.wait([asyncio.ensure_future(p.closed) for p in pipes], timeout=PIPE_DRAIN_S)
     except BaseException:
-        _kill_all(popen, containment)  # never leave an unsupervised command behind (cancelled caller, watch failed)
+        # never leave an unsupervised command behind (cancelled caller, watch failed)
+        _kill_all(popen, containment)
         raise
     finally:
-        for transport in transports:
-            transport.close()
-        for stream in (popen.stdout, popen.stderr):
-            if stream is not None and not stream.closed:
-                stream.close()
-    result = _result(status, ended_by == "timeout", *pipes, duration_s=time.monotonic() - started)
-    result.update(cancelled=ended_by == "caller_gone", leftovers=leftovers, contained=containment.cgroup is not None)
-    return result
+        _close_output(popen, transports)
+    duration_s = time.monotonic() - started
+    return _result(status, ended_by, pipes, leftovers, containment.cgroup is not None, duration_s)
 
 
-def _result(status: ExitStatus, timed_out: bool, out: _CappedPipe, err: _CappedPipe, *, duration_s: float) -> dict[str, Any]:
+async def _capture_output(
+    popen: subprocess.Popen[bytes], max_output_bytes: int, transports: list[asyncio.BaseTransport]
+) -> list[_CappedPipe]:
+    """Read stdout and stderr into capped buffers; each transport goes into ``transports`` once open."""
+    loop = asyncio.get_running_loop()
+    pipes = []
+    for stream in (popen.stdout, popen.stderr):
+        read_transport, pipe = await loop.connect_read_pipe(lambda: _CappedPipe(max_output_bytes), stream)
+        transports.append(read_transport)
+        pipes.append(pipe)
+    return pipes
+
+
+def _close_output(popen: subprocess.Popen[bytes], transports: list[asyncio.BaseTransport]) -> None:
+    for transport in transports:
+        transport.close()
+    for stream in (popen.stdout, popen.stderr):
+        if stream is not None and not stream.closed:
+            stream.close()
+
+
+def _result(
+    status: ExitStatus,
+    ended_by: str | None,
+    pipes: list[_CappedPipe],
+    leftovers: int,
+    contained: bool,
+    duration_s: float,
+) -> dict[str, Any]:
+    """The command's outcome, as ``run_command`` documents it."""
+    out, err = pipes
     return {
         "exit_code": status.exit_code,
         "signal": status.signal,
@@ -210,8 +234,11 @@ def _result(status: ExitStatus, timed_out: bool, out: _CappedPipe, err: _CappedP
         "truncated": out.total > len(out.kept) or err.total > len(err.kept),
         "stdout_bytes": out.total,
         "stderr_bytes": err.total,
-        "timed_out": timed_out,
+        "timed_out": ended_by == "timeout",
         "duration_s": round(duration_s, 3),
+        "cancelled": ended_by == "caller_gone",
+        "leftovers": leftovers,
+        "contained": contained,
     }
 
 
@@ -233,8 +260,11 @@ async def _wait(
     exited = asyncio.ensure_future(process.wait())
     gone = asyncio.ensure_future(caller_gone.wait()) if caller_gone is not None else None
     try:
-        done, _ = await asyncio.wait([f for f in (exited, gone) if f is not None], timeout=timeout_s,
-                                     return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        done, _ = await asyncio.wait(
+            [f for f in (exited, gone) if f is not None],
+            timeout=timeout_s,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
     finally:
         if gone is not None:
             gone.cancel()
@@ -271,8 +301,12 @@ async def _stop_leftovers(leader: ProcRef, containment: Containment) -> int:
         found |= containment.members(leader)
         if loop.time() >= deadline:
             if sent_kill:
-                pids = ", ".join(str(ref.pid) for ref in sorted(containment.members(leader), key=lambda r: r.pid))
-                raise ActionFailed(f"the command's processes outlived SIGKILL: pid {pids}", details={"pids": pids})
+                pids = ", ".join(
+                    str(ref.pid) for ref in sorted(containment.members(leader), key=lambda r: r.pid)
+                )
+                raise ActionFailed(
+                    f"the command's processes outlived SIGKILL: pid {pids}", details={"pids": pids}
+                )
             containment.signal(leader, signal.SIGKILL)
             deadline, sent_kill = loop.time() + KILL_WAIT_S, True
         await asyncio.sleep(_POLL_S)

@@ -154,7 +154,9 @@ class Command:
                 )
             except (OSError, CgroupError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-                raise ActionFailed(f"{where} could not start {argv[0]}: {reason}", details={"executable": argv[0]}) from None
+                raise ActionFailed(
+                    f"{where} could not start {argv[0]}: {reason}", details={"executable": argv[0]}
+                ) from None
             finally:
                 for p in pinned.values():
                     os.close(p.fd)
@@ -172,7 +174,10 @@ class Command:
         return cgroup
 
     def _pin_paths(self, params: Mapping[str, Any]) -> dict[str, PinnedPath]:
-        """Hold every path parameter open, as checked, for the command to use (closes them all on a refusal)."""
+        """Hold every path parameter open, as checked, for the command to use.
+
+        On a refusal, every one already held is closed.
+        """
         pinned: dict[str, PinnedPath] = {}
         if not can_pin() or self.run_as is not None:
             # No O_PATH or no /proc; or the command runs as its own user, whose rights the kernel then
@@ -202,7 +207,9 @@ class CommandModule(Module):
 def _check(name: str, config: CommandConfig) -> RunAs | None:
     where = f"[commands.{name}]"
     if not re.match(COMMAND_NAME, name):
-        raise ConfigError(f"{where}: a command name is letters, digits, '_' and '-' (at most 64), not {name!r}")
+        raise ConfigError(
+            f"{where}: a command name is letters, digits, '_' and '-' (at most 64), not {name!r}"
+        )
     if _CALLER in config.params:
         raise ConfigError(f"{where} params: {_CALLER!r} is reserved; rename the parameter")
     executable = Path(config.argv[0])
@@ -212,7 +219,10 @@ def _check(name: str, config: CommandConfig) -> RunAs | None:
         for match in PLACEHOLDER.finditer(element):
             if match.group(1) not in config.params:
                 known = ", ".join("{" + k + "}" for k in sorted(config.params)) or "(no params)"
-                raise ConfigError(f"{where} argv[{index}] {element!r}: unknown placeholder {match.group(0)!r}; known: {known}")
+                raise ConfigError(
+                    f"{where} argv[{index}] {element!r}: unknown placeholder {match.group(0)!r}; known: "
+                    f"{known}"
+                )
     if config.user is None:
         return None
     try:
@@ -220,13 +230,18 @@ def _check(name: str, config: CommandConfig) -> RunAs | None:
     except KeyError:
         raise ConfigError(f"{where} user {config.user!r} does not exist on this host") from None
     if user.pw_uid != os.geteuid() and os.geteuid() != 0:
-        raise ConfigError(f"{where} user {config.user!r}: only a daemon running as root can run commands as another user")
+        raise ConfigError(
+            f"{where} user {config.user!r}: only a daemon running as root can run commands as another user"
+        )
     groups = tuple(g for g in os.getgrouplist(user.pw_name, user.pw_gid) if g != user.pw_gid)
     return RunAs(user.pw_uid, user.pw_gid, groups)
 
 
 def _remove_stale(cgroups: CgroupTree) -> None:
-    """Kill and remove the command cgroups an earlier daemon of this state directory left (it died mid-call)."""
+    """Kill and remove the command cgroups an earlier daemon of this state directory left.
+
+    That daemon died in the middle of a call.
+    """
     stale = cgroups.stale_commands()
     for cgroup in stale:
         cgroup.kill()
@@ -235,7 +250,9 @@ def _remove_stale(cgroups: CgroupTree) -> None:
         while cgroup.populated() and time.monotonic() < deadline:
             time.sleep(0.01)  # start-up, before the loop serves anyone: cgroup.kill takes microseconds
         if not cgroup.remove():
-            log.warning("cannot remove %s, left by an earlier daemon: its processes outlived SIGKILL", cgroup.path)
+            log.warning(
+                "cannot remove %s, left by an earlier daemon: its processes outlived SIGKILL", cgroup.path
+            )
 
 
 def _action_for(command: Command) -> Any:
@@ -259,7 +276,9 @@ def _action_for(command: Command) -> Any:
     return action(name=command.name, read_only=command.config.read_only)(run)
 
 
-def command_modules(commands: Mapping[str, CommandConfig], cgroups: CgroupTree | None = None) -> list[CommandModule]:
+def command_modules(
+    commands: Mapping[str, CommandConfig], cgroups: CgroupTree | None = None
+) -> list[CommandModule]:
     """One module instance per module name the commands use.
 
     Args:
@@ -274,7 +293,9 @@ def command_modules(commands: Mapping[str, CommandConfig], cgroups: CgroupTree |
     by_module: dict[str, dict[str, Command]] = {}
     for name, config in commands.items():
         gate = _Gate(config.max_concurrent, config.max_queued)
-        by_module.setdefault(config.module, {})[name] = Command(name, config, _check(name, config), cgroups, gate)
+        by_module.setdefault(config.module, {})[name] = Command(
+            name, config, _check(name, config), cgroups, gate
+        )
     modules: list[CommandModule] = []
     for module_name, members in by_module.items():
         namespace: dict[str, Any] = {"name": module_name, "commands": members}

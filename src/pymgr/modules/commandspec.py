@@ -79,5 +79,7 @@ class CommandConfig(BaseModel):
     @classmethod
     def _absolute_executable(cls, argv: list[str]) -> list[str]:
         if not argv[0].startswith("/") or "{" in argv[0]:
-            raise ValueError(f"argv[0] must be the executable's absolute path, without placeholders, not {argv[0]!r}")
+            raise ValueError(
+                f"argv[0] must be the executable's absolute path, without placeholders, not {argv[0]!r}"
+            )
         return argv

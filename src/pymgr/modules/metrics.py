@@ -12,6 +12,7 @@ from typing import Any
 
 from pymgr.core.registry import Module, action
 from pymgr.errors import Unavailable
+from pymgr.metrics import Metrics
 
 
 class MetricsModule(Module):
@@ -22,7 +23,7 @@ class MetricsModule(Module):
     @action(read_only=True)
     async def snapshot(self) -> dict[str, Any]:
         """Every counter and gauge now (see docs/metrics.md for each name)."""
-        metrics = self.context.metrics
+        metrics: Metrics | None = self.context.metrics
         if metrics is None:
             raise Unavailable("this daemon keeps no metrics")
-        return metrics.snapshot()  # type: ignore[no-any-return]
+        return metrics.snapshot()

@@ -82,17 +82,18 @@ class Scan(Module):
 
     @property
     def manager(self) -> TaskManager:
-        manager = self.context.tasks
+        manager: TaskManager | None = self.context.tasks
         if manager is None:
             raise Unavailable("this daemon runs no task manager; SCAN_MODULE needs one")
-        return manager  # type: ignore[no-any-return]
+        return manager
 
     def _bounded(self, task_ids: list[int]) -> list[int]:
         """The distinct ids, in order, once their count is checked against the config's bound."""
         bound = self.manager.config.scan_max_task_ids
         if len(task_ids) > bound:
             raise ParamsInvalid(
-                f"task_ids: at most {bound} ids per request ([tasks] scan_max_task_ids), got {len(task_ids)}; "
+                f"task_ids: at most {bound} ids per request ([tasks] scan_max_task_ids), got "
+                f"{len(task_ids)}; "
                 "nothing was started or stopped",
                 details={"field": "task_ids", "limit": bound, "got": len(task_ids)},
             )

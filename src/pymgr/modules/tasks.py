@@ -10,7 +10,6 @@ Rules:
 
 from __future__ import annotations
 
-import builtins
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -38,13 +37,15 @@ class Tasks(Module):
 
     @property
     def manager(self) -> TaskManager:
-        manager = self.context.tasks
+        manager: TaskManager | None = self.context.tasks
         if manager is None:
             raise Unavailable("this daemon runs no task manager; the tasks module needs one")
-        return manager  # type: ignore[no-any-return]
+        return manager
 
-    @action(read_only=True)
-    async def list(self, state: str | None = None, type: str | None = None, key: Key = None) -> list[dict[str, Any]]:
+    @action(name="list", read_only=True)
+    async def list_runs(
+        self, state: str | None = None, type: str | None = None, key: Key = None
+    ) -> list[dict[str, Any]]:
         """Task runs, newest first, filtered by state, type and key."""
         return [record.to_dict() for record in self.manager.list(state=state, type=type, key=key)]
 
@@ -54,7 +55,7 @@ class Tasks(Module):
         return self.manager.get(id).to_dict()
 
     @action(read_only=True)
-    async def types(self) -> builtins.list[dict[str, Any]]:
+    async def types(self) -> list[dict[str, Any]]:
         """The task types that can be started, with their parameter schemas."""
         return self.manager.describe_types()
 
@@ -101,7 +102,7 @@ class Tasks(Module):
     @action(read_only=True)
     async def events(
         self, limit: Annotated[int, Field(ge=0, le=RECENT_EVENTS)] = RECENT_EVENTS
-    ) -> builtins.list[dict[str, Any]]:
+    ) -> list[dict[str, Any]]:
         """The latest task events, oldest first (GET /v1/events streams them live)."""
         return [event.to_dict() for event in self.manager.events.recent(limit)]
 
@@ -111,7 +112,7 @@ class Tasks(Module):
 #: by the functions themselves, so an action of another module (a command
 #: from the config, say) cannot pass for one by taking the name "tasks".
 TASK_OPERATIONS: dict[Callable[..., Any], str] = {
-    Tasks.list: "tasks.read",
+    Tasks.list_runs: "tasks.read",
     Tasks.show: "tasks.read",
     Tasks.types: "tasks.read",
     Tasks.events: "tasks.read",

@@ -33,11 +33,29 @@ Rules:
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from typing import Any, Final, cast
+from typing import Final, cast
 
-from pymgr.errors import MalformedRequest, PymgrInternalError, TooLarge
+from pymgr.errors import TooLarge
+from pymgr.protocol.legacy_events import (
+    CLIENT,
+    DONE,
+    ERROR,
+    NEED_DATA,
+    PAUSED,
+    RECEIVING,
+    REPLYING,
+    SERVER,
+    Command,
+    ConnectionClosed,
+    Event,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    Reply,
+    Sentinel,
+    encode_reply,
+    error_reply,
+)
 
 __all__ = [
     "CLIENT",
@@ -74,92 +92,6 @@ DEFAULT_MAX_LINES: Final = 64
 _PREVIEW_CHARS = 40
 
 
-class Sentinel:
-    """A named constant: a state, a role, or a ``next_event`` marker."""
-
-    __slots__ = ("_name",)
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __repr__(self) -> str:
-        return self._name
-
-
-# States of the one exchange a connection carries.
-#: Reading the request's lines.
-RECEIVING: Final = Sentinel("RECEIVING")
-#: The request has been handed out as a ``Command``; the server owes a reply.
-REPLYING: Final = Sentinel("REPLYING")
-#: The reply has been sent; nothing more will happen on this connection.
-DONE: Final = Sentinel("DONE")
-#: Something went wrong; every later call raises.
-ERROR: Final = Sentinel("ERROR")
-
-# Roles: who produced an event.
-CLIENT: Final = Sentinel("CLIENT")
-SERVER: Final = Sentinel("SERVER")
-
-# What ``next_event`` returns when it has no event.
-#: Feed more bytes (or EOF) first.
-NEED_DATA: Final = Sentinel("NEED_DATA")
-#: The request is complete: stop reading, the server answers now.
-PAUSED: Final = Sentinel("PAUSED")
-
-
-class ProtocolError(Exception):
-    """Base of the errors this codec raises; ``legacy_code`` goes in the reply."""
-
-    def __init__(self, message: str, *, legacy_code: int) -> None:
-        super().__init__(message)
-        self.message = message
-        self.legacy_code = legacy_code
-
-
-class RemoteProtocolError(ProtocolError):
-    """The peer sent something this protocol does not allow."""
-
-    def __init__(self, message: str, *, legacy_code: int = MalformedRequest.legacy_code) -> None:
-        super().__init__(message, legacy_code=legacy_code)
-
-
-class LocalProtocolError(ProtocolError):
-    """The code driving this connection misused it: a bug on our side."""
-
-    def __init__(self, message: str, *, legacy_code: int = PymgrInternalError.legacy_code) -> None:
-        super().__init__(message, legacy_code=legacy_code)
-
-
-@dataclass(frozen=True, slots=True)
-class Command:
-    """A complete request: which action to run, its signature and parameters."""
-
-    module: str
-    action: str
-    signature: str
-    #: Every other key (lower-cased) with its stripped value.
-    params: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """The server's one answer: ``{"success": success, "msg": msg}``."""
-
-    success: bool
-    msg: Any = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.success, bool):
-            raise TypeError(f"Reply.success must be a bool, not {self.success!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionClosed:
-    """The peer closed its side after its request; it may still read the reply."""
-
-
-Event = Command | Reply | ConnectionClosed
-
 # Rule: everything that moves the state is in this table.
 # (SERVER, Reply) in RECEIVING: the server may answer before the request is
 # complete (a read timeout, a shutdown), as an HTTP server may send a 408.
@@ -170,27 +102,6 @@ _TRANSITIONS: Final[dict[Sentinel, dict[tuple[Sentinel, type[Event]], Sentinel]]
     DONE: {(CLIENT, ConnectionClosed): DONE},
     ERROR: {},
 }
-
-
-def encode_reply(reply: Reply) -> bytes:
-    """The wire bytes of a reply: the 2014 design's ``json.dumps`` output.
-
-    Default separators (``", "``, ``": "``), key order ``success`` then
-    ``msg``, ASCII-only (``ensure_ascii``), no trailing newline: the daemon
-    closes the connection to end it.
-
-    Raises:
-        TypeError, ValueError: ``msg`` is not JSON-serializable.
-    """
-    return json.dumps({"success": reply.success, "msg": reply.msg}).encode("utf-8")
-
-
-def error_reply(legacy_code: int, message: str) -> Reply:
-    """An error reply: ``{"success": false, "msg": {"err_code": N, "message": ...}}``.
-
-    Old clients read only ``err_code``; ``message`` says what went wrong.
-    """
-    return Reply(False, {"err_code": legacy_code, "message": message})
 
 
 def _preview(text: str) -> str:
@@ -210,7 +121,9 @@ class Connection:
         ValueError: a limit is not a positive int.
     """
 
-    def __init__(self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, max_lines: int = DEFAULT_MAX_LINES) -> None:
+    def __init__(
+        self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, max_lines: int = DEFAULT_MAX_LINES
+    ) -> None:
         for name, value in (("max_line_bytes", max_line_bytes), ("max_lines", max_lines)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, not {value!r}")
@@ -250,7 +163,9 @@ class Connection:
             return
         if self._eof:
             self._state = ERROR
-            raise LocalProtocolError(f"received {len(data)} bytes after EOF (receive_data(b'') was already called)")
+            raise LocalProtocolError(
+                f"received {len(data)} bytes after EOF (receive_data(b'') was already called)"
+            )
         if self._state is RECEIVING:
             self._buffer += data
         else:
@@ -428,7 +343,9 @@ class Connection:
             ) from None
         key, sep, value = text.partition(":")
         if not sep:
-            raise RemoteProtocolError(f"request line {number} has no ':'; expected key:value, got {_preview(text)}")
+            raise RemoteProtocolError(
+                f"request line {number} has no ':'; expected key:value, got {_preview(text)}"
+            )
         key = key.strip().lower()
         if not key:
             raise RemoteProtocolError(

@@ -96,7 +96,9 @@ class PidFileLocked(Exception):
 
 def _require_fcntl() -> None:
     if fcntl is None:
-        raise RuntimeError("pidfiles need fcntl (Unix); on Windows run pymgr as a service: pymgr service install")
+        raise RuntimeError(
+            "pidfiles need fcntl (Unix); on Windows run pymgr as a service: pymgr service install"
+        )
 
 
 def read_pid(path: Path) -> int | None:
@@ -127,7 +129,9 @@ def _open_checked(path: Path, flags: int, owners: frozenset[int]) -> int:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, PIDFILE_MODE)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise UnsafePathError(path, "is a symbolic link", f"remove it (rm {path}); pymgr never follows one") from None
+            raise UnsafePathError(
+                path, "is a symbolic link", f"remove it (rm {path}); pymgr never follows one"
+            ) from None
         raise
     problem = _file_problem(os.fstat(fd), owners)
     if problem:
@@ -147,7 +151,9 @@ def _file_problem(st: os.stat_result, owners: frozenset[int]) -> str:
 
 
 def _write_lock_holder(fd: int) -> int | None:
-    """The pid of whoever holds a write lock on ``fd``'s file; None if nobody does, -1 if the kernel cannot say.
+    """The pid of whoever holds a write lock on ``fd``'s file.
+
+    None if nobody does, -1 if the kernel cannot say.
 
     Asks for a read lock: only a write lock conflicts with it, and readers are not daemons.
     """
@@ -260,7 +266,10 @@ def _take_over(path: Path) -> int:
 
 
 def _is_pymgr(argv: list[str]) -> bool:
-    """Whether a command line runs pymgr: its console script, directly or through an interpreter, or ``-m pymgr``."""
+    """Whether a command line runs pymgr.
+
+    Its console script, directly or through an interpreter, or ``-m pymgr``.
+    """
     if any(Path(arg).name == "pymgr" for arg in argv[:2]):
         return True
     return any(argv[i : i + 2] == ["-m", "pymgr"] for i in range(len(argv))) or "-mpymgr" in argv
@@ -269,7 +278,10 @@ def _is_pymgr(argv: list[str]) -> bool:
 def _identify(holder: int, written: int | None) -> tuple[psutil.Process | None, str]:
     """The daemon's process if the lock holder is pymgr and wrote its own pid; else (None, who it is)."""
     if holder <= 0:
-        return None, "a lock whose holder the kernel does not name (an open file description lock), not pymgr's"
+        return (
+            None,
+            "a lock whose holder the kernel does not name (an open file description lock), not pymgr's",
+        )
     try:
         process = psutil.Process(holder)  # keeps its start time: psutil refuses to signal a reused pid
         argv = process.cmdline()
@@ -281,7 +293,10 @@ def _identify(holder: int, written: int | None) -> tuple[psutil.Process | None, 
     if not _is_pymgr(argv):
         return None, f"pid {holder} ({command}), which is not pymgr"
     if written != holder:
-        return None, f"pid {holder} ({command}), but the file names pid {written if written is not None else '?'}"
+        return (
+            None,
+            f"pid {holder} ({command}), but the file names pid {written if written is not None else '?'}",
+        )
     return process, ""
 
 

@@ -63,9 +63,13 @@ def unit_value(key: str, value: str, *, word: bool = False) -> str:
     if value != value.strip():
         raise UnitValueError(key, value, "must not begin or end with whitespace: systemd strips it")
     if value.endswith("\\"):
-        raise UnitValueError(key, value, "must not end with a backslash: systemd would join the next line to it")
+        raise UnitValueError(
+            key, value, "must not end with a backslash: systemd would join the next line to it"
+        )
     if word and any(char.isspace() or char in _WORD_BREAKING for char in value):
         raise UnitValueError(
-            key, value, "must not contain spaces, quotes or backslashes: systemd splits this directive's value there"
+            key,
+            value,
+            "must not contain spaces, quotes or backslashes: systemd splits this directive's value there",
         )
     return value

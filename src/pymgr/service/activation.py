@@ -79,7 +79,9 @@ def listen_fds(
     n = int(count)
     names = names_var.split(":") if names_var is not None else [""] * n
     if len(names) != n:
-        raise ActivationError(f"LISTEN_FDNAMES names {len(names)} sockets but LISTEN_FDS is {n}: {names_var!r}")
+        raise ActivationError(
+            f"LISTEN_FDNAMES names {len(names)} sockets but LISTEN_FDS is {n}: {names_var!r}"
+        )
     passed: dict[str, list[socket.socket]] = {}
     for offset, raw_name in enumerate(names):
         name = HTTP if raw_name in _UNNAMED else raw_name
@@ -118,7 +120,9 @@ def check_against(config: Config, passed: Mapping[str, list[socket.socket]]) -> 
             "a socket named 'legacy' was passed but [legacy] enabled = false; enable it or drop the socket"
         )
     if len(legacy) > 1:
-        raise ActivationError(f"{len(legacy)} sockets named 'legacy' were passed; the legacy listener takes one")
+        raise ActivationError(
+            f"{len(legacy)} sockets named 'legacy' were passed; the legacy listener takes one"
+        )
     for sock in legacy:
         if sock.family not in (socket.AF_INET, socket.AF_INET6):
             raise ActivationError("the socket named 'legacy' must be TCP (ListenStream=HOST:PORT)")

@@ -78,7 +78,9 @@ def raise_nofile() -> int | None:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         except (OSError, ValueError) as exc:
-            log.warning("cannot raise the soft RLIMIT_NOFILE from %d to the hard limit %d: %s", soft, hard, exc)
+            log.warning(
+                "cannot raise the soft RLIMIT_NOFILE from %d to the hard limit %d: %s", soft, hard, exc
+            )
             return soft
         log.info("file descriptors: soft RLIMIT_NOFILE raised from %d to the hard limit %d", soft, hard)
         return hard

@@ -29,16 +29,13 @@ from pathlib import Path
 from pymgr import daemon
 from pymgr.config import Config, ConfigError, load_config
 from pymgr.service import activation
+from pymgr.service.eventloop import new_runner
 from pymgr.service.hooks import Runtime, ServiceHooks
 from pymgr.service.logsetup import LogFormat, setup_logging
 from pymgr.service.reload import Reloader
 from pymgr.service.sdnotify import Notifier, ping_watchdog, watchdog_interval_s
 from pymgr.keeper.spawn import reset_inherited_signals
 
-try:
-    import uvloop
-except ModuleNotFoundError:  # pragma: no cover - Windows, or a minimal install
-    uvloop = None
 
 log = logging.getLogger("pymgr")
 
@@ -70,7 +67,9 @@ class ForegroundHooks(ServiceHooks):
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         if self.watchdog_s is not None:
             # Kept here until the loop closes: asyncio.Runner cancels it then.
-            self._watchdog = loop.create_task(ping_watchdog(self.notifier, self.watchdog_s), name="sd-watchdog")
+            self._watchdog = loop.create_task(
+                ping_watchdog(self.notifier, self.watchdog_s), name="sd-watchdog"
+            )
         self.notifier.ready(_status_line(runtime))
         if self.on_ready is not None:
             self.on_ready(runtime)
@@ -97,7 +96,10 @@ def _status_line(runtime: Runtime) -> str:
 
 
 def serve(
-    config_path: Path, log_level: str | None = None, log_format: LogFormat = "text", log_file: Path | None = None
+    config_path: Path,
+    log_level: str | None = None,
+    log_format: LogFormat = "text",
+    log_file: Path | None = None,
 ) -> int:
     """``pymgr serve``: run in the foreground until SIGTERM/SIGINT; the exit code."""
     try:
@@ -132,7 +134,9 @@ def run_service(
     reset = reset_inherited_signals()
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the reloader is wired, in ready()
     if reset:
-        log.info("reset inherited signal dispositions (commands start from the defaults): %s", ", ".join(reset))
+        log.info(
+            "reset inherited signal dispositions (commands start from the defaults): %s", ", ".join(reset)
+        )
     notifier = Notifier.from_env()
     watchdog_s = watchdog_interval_s()
     try:
@@ -141,9 +145,8 @@ def run_service(
     except activation.ActivationError as exc:
         return _failed(str(exc), notifier, on_failure)
     hooks = ForegroundHooks(config_path, notifier, inherited, watchdog_s, on_ready)
-    runner_args = {"loop_factory": uvloop.new_event_loop} if uvloop is not None else {}
     try:
-        with asyncio.Runner(**runner_args) as runner:
+        with new_runner() as runner:
             runner.run(daemon.run(config, hooks=hooks))
     except daemon.StartupError as exc:
         return _failed(str(exc), notifier, on_failure)

@@ -15,8 +15,8 @@ Rules:
 - ``relaxed`` keeps only options that never limit what an admin task may
   do to the host: they fence off things no admin task needs.
 - ``off`` writes none of them.
-- The options this table leaves out, and why, are listed in
-  ``NOT_USED`` (and in docs/install.md).
+- The options this table leaves out, and why, are listed in a comment
+  above ``hardening`` (and in docs/install.md).
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ OPTIONS: tuple[Option, ...] = (
         "strict",
         None,
         "The whole file system is read-only for the daemon and its tasks, except ReadWritePaths= below. "
-        "A task type that writes elsewhere (/etc for a firewall rule, /var/cache/apt for an update) needs its "
-        "paths in [service] read_write_paths.",
+        "A task type that writes elsewhere (/etc for a firewall rule, /var/cache/apt for an update) needs "
+        "its paths in [service] read_write_paths.",
     ),
     Option(
         "ProtectHome",
@@ -87,7 +87,8 @@ OPTIONS: tuple[Option, ...] = (
         "ProtectKernelModules",
         "yes",
         None,
-        "No explicit module loading (modprobe, insmod); the kernel still loads what nftables asks for itself.",
+        "No explicit module loading (modprobe, insmod); the kernel still loads what nftables asks for "
+        "itself.",
     ),
     Option(
         "ProtectKernelLogs",
@@ -119,7 +120,8 @@ OPTIONS: tuple[Option, ...] = (
         "ProtectHostname",
         "yes",
         None,
-        "No hostname changes from inside (a UTS namespace). hostnamectl still works (systemd-hostnamed, over D-Bus).",
+        "No hostname changes from inside (a UTS namespace). hostnamectl still works (systemd-hostnamed, over "
+        "D-Bus).",
     ),
     Option(
         "NoNewPrivileges",
@@ -153,11 +155,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "CapabilityBoundingSet",
-        "~CAP_SYS_PACCT CAP_BLOCK_SUSPEND CAP_LEASE CAP_SYS_TTY_CONFIG CAP_MAC_ADMIN CAP_MAC_OVERRIDE CAP_WAKE_ALARM",
+        "~CAP_SYS_PACCT CAP_BLOCK_SUSPEND CAP_LEASE CAP_SYS_TTY_CONFIG CAP_MAC_ADMIN CAP_MAC_OVERRIDE "
+        "CAP_WAKE_ALARM",
         None,
-        "Capabilities no server admin task needs (process accounting, wake locks, file leases, vhangup, SMACK "
-        "policy, wake alarms) are gone for good. Every other power of root stays: tasks are admin commands "
-        "(CAP_NET_ADMIN for firewalls, CAP_NET_RAW for scans, CAP_SYS_BOOT).",
+        "Capabilities no server admin task needs (process accounting, wake locks, file leases, vhangup, "
+        "SMACK policy, wake alarms) are gone for good. Every other power of root stays: tasks are admin "
+        "commands (CAP_NET_ADMIN for firewalls, CAP_NET_RAW for scans, CAP_SYS_BOOT).",
     ),
     Option(
         "UMask",
@@ -181,7 +184,10 @@ OPTIONS: tuple[Option, ...] = (
         "browser) crashes and needs MemoryDenyWriteExecute=no.",
     ),
     Option(
-        "RestrictRealtime", "yes", "yes", "No realtime scheduling, which a runaway task could use to starve the host."
+        "RestrictRealtime",
+        "yes",
+        "yes",
+        "No realtime scheduling, which a runaway task could use to starve the host.",
     ),
     Option(
         "SystemCallArchitectures",
@@ -206,15 +212,13 @@ OPTIONS: tuple[Option, ...] = (
     ),
 )
 
-#: Options deliberately not set, and why (docs/install.md repeats them).
-NOT_USED = {
-    "CapabilityBoundingSet (a narrow allow list)": "tasks are admin commands that need what root may do "
-    "(CAP_NET_ADMIN for firewalls, CAP_SYS_BOOT, CAP_NET_RAW for scans); set yours in [service] overrides",
-    "PrivateNetwork, IPAddressDeny": "tasks and TCP listeners need the host's network",
-    "PrivateUsers, DynamicUser, User": "the daemon must be the real root to act for its callers",
-    "ProcSubset=pid": "tasks such as free, ps or a status page read /proc/meminfo, /proc/loadavg and the like",
-    "RemoveIPC": "has no effect on root",
-}
+# Options deliberately not set, and why (docs/install.md repeats them):
+# - CapabilityBoundingSet (a narrow allow list): tasks are admin commands that need what root may do
+#   (CAP_NET_ADMIN for firewalls, CAP_SYS_BOOT, CAP_NET_RAW for scans); set yours in [service] overrides.
+# - PrivateNetwork, IPAddressDeny: tasks and TCP listeners need the host's network.
+# - PrivateUsers, DynamicUser, User: the daemon must be the real root to act for its callers.
+# - ProcSubset=pid: tasks such as free, ps or a status page read /proc/meminfo, /proc/loadavg and the like.
+# - RemoveIPC: has no effect on root.
 
 
 def hardening(level: str, writable: Iterable[tuple[str, Path]]) -> list[tuple[str, str, str]]:
@@ -251,7 +255,9 @@ def hardening(level: str, writable: Iterable[tuple[str, Path]]) -> list[tuple[st
     return lines
 
 
-def apply_overrides(lines: list[tuple[str, str, str]], overrides: Mapping[str, str]) -> list[tuple[str, str, str]]:
+def apply_overrides(
+    lines: list[tuple[str, str, str]], overrides: Mapping[str, str]
+) -> list[tuple[str, str, str]]:
     """``lines`` with ``[service] overrides`` applied: replaced, dropped ("") or added at the end.
 
     An override is written as the admin wrote it (specifiers and all), but it
@@ -270,7 +276,9 @@ def apply_overrides(lines: list[tuple[str, str, str]], overrides: Mapping[str, s
             result.append((name, value, why))
     known = {name for name, _, _ in lines}
     result += [
-        (name, value, "Set in [service] overrides.") for name, value in overrides.items() if name not in known and value
+        (name, value, "Set in [service] overrides.")
+        for name, value in overrides.items()
+        if name not in known and value
     ]
     return result
 

@@ -70,7 +70,9 @@ class JournalFormatter(logging.Formatter):
         return f"<{priority}>" + super().format(record).replace("\n", f"\n<{priority}>")
 
 
-def stderr_is_journal(stream: TextIO = sys.stderr, env: dict[str, str] | os._Environ[str] = os.environ) -> bool:
+def stderr_is_journal(
+    stream: TextIO = sys.stderr, env: dict[str, str] | os._Environ[str] = os.environ
+) -> bool:
     """Whether ``stream`` is the journal stream systemd connected (``$JOURNAL_STREAM``)."""
     value = env.get("JOURNAL_STREAM", "")
     dev, sep, ino = value.partition(":")
@@ -83,7 +85,9 @@ def stderr_is_journal(stream: TextIO = sys.stderr, env: dict[str, str] | os._Env
     return (st.st_dev, st.st_ino) == (int(dev), int(ino))
 
 
-def make_handler(log_format: LogFormat, log_file: Path | None, stream: TextIO | None = None) -> logging.Handler:
+def make_handler(
+    log_format: LogFormat, log_file: Path | None, stream: TextIO | None = None
+) -> logging.Handler:
     """A handler writing ``log_format`` to ``log_file``, or to ``stream`` (stderr).
 
     Raises:

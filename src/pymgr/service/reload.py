@@ -84,7 +84,9 @@ class Reloader:
             compile_types(new.tasks)  # a bad argv template refuses the whole reload
         except ConfigError as exc:
             log.error("reload refused, the daemon keeps its current config: %s", exc)
-            self.notifier.ready("reload refused: config invalid (see the log); running on the previous config")
+            self.notifier.ready(
+                "reload refused: config invalid (see the log); running on the previous config"
+            )
             return ReloadResult(applied=False, error=str(exc))
         old = self.runtime.config
         restart = restart_needed(old, new, self._reloadable())
@@ -96,12 +98,16 @@ class Reloader:
             return ReloadResult(applied=False, error=str(exc))
         self.runtime.config = merge(old, new, self._reloadable())
         _log_outcome(self.config_path, changes, restart)
-        summary = f"reloaded: {len(changes)} change(s)" + (f", {len(restart)} need a restart" if restart else "")
+        summary = f"reloaded: {len(changes)} change(s)" + (
+            f", {len(restart)} need a restart" if restart else ""
+        )
         self.notifier.ready(summary)
         return ReloadResult(applied=True, changes=changes, restart=restart)
 
     def _reloadable(self) -> tuple[str, ...]:
-        has_policy = callable(getattr(self.runtime.dispatcher, POLICY_HOOK, None)) and "policy" in Config.model_fields
+        has_policy = (
+            callable(getattr(self.runtime.dispatcher, POLICY_HOOK, None)) and "policy" in Config.model_fields
+        )
         return (*RELOADABLE, "policy") if has_policy else RELOADABLE
 
     def _apply(self, old: Config, new: Config) -> list[str]:

@@ -34,9 +34,6 @@ from collections.abc import MutableMapping
 
 log = logging.getLogger("pymgr.service")
 
-#: The environment variables systemd sets for sd_notify and the watchdog.
-NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
-
 
 class Notifier:
     """Sends sd_notify messages; a no-op without a notification socket.

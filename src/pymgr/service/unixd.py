@@ -31,32 +31,24 @@ Rules:
 
 from __future__ import annotations
 
-import enum
 import json
-import logging
 import os
 import select
 import signal
 import sys
 import time
-import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
 from pymgr._fsguard import UnsafePathError
 from pymgr.config import Config, ConfigError, load_config
-from pymgr.service._outcome import Outcome
-from pymgr.service._pidfile import PidFile, PidFileLocked, PidState, PidStatus, probe, read_pid, remove_stale
-from pymgr.service.foreground import run_service
-from pymgr.service.hooks import Runtime
-from pymgr.service.logsetup import LogFormat, open_log_file, setup_logging
+from pymgr.service._outcome import Lsb, LsbStatus, Outcome
+from pymgr.service._pidfile import PidState, PidStatus, probe, read_pid, remove_stale
+from pymgr.service.daemonize import DaemonOptions, can_daemonize, child_main
+from pymgr.service.logsetup import open_log_file
 
-try:
-    import daemon as python_daemon
-except ModuleNotFoundError:  # pragma: no cover - Windows, or installed without its dependencies
-    python_daemon = None
+__all__ = ["DaemonOptions", "Lsb", "LsbStatus", "read_config", "reload", "restart", "start", "status", "stop"]
 
 #: Seconds between checks while waiting for the daemon to exit.
 POLL_S = 0.05
@@ -66,41 +58,6 @@ KILL_WAIT_S = 5.0
 LOG_TAIL_LINES = 10
 
 
-class Lsb(enum.IntEnum):
-    """Exit codes of init-script actions other than ``status`` (LSB Core)."""
-
-    SUCCESS = 0
-    GENERIC = 1
-    INVALID_ARGS = 2
-    UNIMPLEMENTED = 3
-    NO_PRIVILEGE = 4
-    NOT_INSTALLED = 5
-    NOT_CONFIGURED = 6
-    NOT_RUNNING = 7
-
-
-class LsbStatus(enum.IntEnum):
-    """Exit codes of the ``status`` action (LSB Core)."""
-
-    RUNNING = 0
-    DEAD_PIDFILE = 1
-    DEAD_LOCKFILE = 2
-    NOT_RUNNING = 3
-    UNKNOWN = 4
-
-
-@dataclass(frozen=True, slots=True)
-class DaemonOptions:
-    """Where the daemon's files are and how long to wait for it."""
-
-    pidfile: Path
-    log_file: Path
-    log_format: LogFormat = "text"
-    log_level: str | None = None
-    start_timeout_s: float = 30.0
-    stop_timeout_s: float = 60.0
-
-
 def _probe(pidfile: Path, code: int = Lsb.GENERIC) -> PidStatus | Outcome:
     """What the pidfile says, or the outcome (with ``code``) that says why it cannot be trusted or read."""
     try:
@@ -108,7 +65,9 @@ def _probe(pidfile: Path, code: int = Lsb.GENERIC) -> PidStatus | Outcome:
     except UnsafePathError as exc:
         return Outcome(code, f"not trusting pidfile {pidfile}: {exc}")
     except OSError as exc:
-        return Outcome(code, f"cannot read pidfile {pidfile}: {exc.strerror} (run as root or the daemon's user)")
+        return Outcome(
+            code, f"cannot read pidfile {pidfile}: {exc.strerror} (run as root or the daemon's user)"
+        )
 
 
 def _foreign(found: PidStatus, pidfile: Path, code: int = Lsb.GENERIC) -> Outcome:
@@ -132,7 +91,7 @@ def read_config(config_path: Path) -> Config | Outcome:
 
 def start(config_path: Path, config: Config, opts: DaemonOptions) -> Outcome:
     """Start the daemon detached, and wait until it serves (or says why it cannot)."""
-    if python_daemon is None:
+    if not can_daemonize():
         return Outcome(Lsb.NOT_INSTALLED, "pymgr daemon needs python-daemon: pip install python-daemon")
     found = _probe(opts.pidfile)
     if isinstance(found, Outcome):
@@ -150,7 +109,7 @@ def start(config_path: Path, config: Config, opts: DaemonOptions) -> Outcome:
     sys.stderr.flush()
     child = os.fork()
     if child == 0:  # pragma: no cover - the daemon's side; the tests see it through the pipe
-        _child_main(config_path, config, opts, read_end, write_end)
+        child_main(config_path, config, opts, read_end, write_end)
     os.close(write_end)
     os.waitpid(child, 0)  # it exits as soon as it has forked the daemon
     try:
@@ -161,80 +120,6 @@ def start(config_path: Path, config: Config, opts: DaemonOptions) -> Outcome:
     if found.state is PidState.STALE and outcome.code == Lsb.SUCCESS:
         return Outcome(outcome.code, f"{outcome.message}\n(replaced a stale pidfile: {found.detail})")
     return outcome
-
-
-def _child_main(config_path: Path, config: Config, opts: DaemonOptions, read_end: int, write_end: int) -> None:
-    """The forked child: become the daemon, serve, and never return into the CLI."""
-    code = Lsb.GENERIC
-    try:
-        os.close(read_end)
-        code = _become_daemon(config_path, config, opts, _Reporter(write_end))
-    except BaseException:  # the log file is stderr by now: leave the traceback there
-        traceback.print_exc()
-    finally:
-        logging.shutdown()
-        os._exit(code)
-
-
-class _Reporter:
-    """The daemon's end of the readiness pipe: one line, then closed."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd: int | None = fd
-
-    def send(self, line: str) -> None:
-        if self.fd is None:
-            return
-        try:
-            os.write(self.fd, (" ".join(line.split()) + "\n").encode("utf-8", "replace"))
-        except OSError:  # `start` gave up waiting and closed its end
-            pass
-        finally:
-            os.close(self.fd)
-            self.fd = None
-
-    def ready(self, runtime: Runtime) -> None:
-        self.send(f"ready {os.getpid()} {json.dumps(runtime.listeners.get('http', []))}")
-
-    def failed(self, reason: str, code: int = Lsb.GENERIC) -> None:
-        self.send(f"failed {int(code)} {reason}")
-
-
-#: Job-control signals are ignored (the daemon has no terminal). SIGHUP too,
-#: until the daemon is ready and turns it into "reload"; SIGTERM keeps its
-#: default until the event loop takes it over.
-_SIGNAL_MAP = {signal.SIGTSTP: None, signal.SIGTTIN: None, signal.SIGTTOU: None, signal.SIGHUP: None}
-
-
-def _become_daemon(config_path: Path, config: Config, opts: DaemonOptions, reporter: _Reporter) -> int:
-    log_stream = open_log_file(opts.log_file)  # lives as long as the daemon; never through a link
-    context = python_daemon.DaemonContext(
-        working_directory="/",
-        umask=0o022,
-        pidfile=PidFile(opts.pidfile),
-        files_preserve=[reporter.fd, log_stream],
-        stdout=log_stream,
-        stderr=log_stream,
-        signal_map=_SIGNAL_MAP,
-        detach_process=True,
-    )
-    try:
-        context.open()
-    except (PidFileLocked, UnsafePathError) as exc:
-        reporter.failed(str(exc))
-        return Lsb.GENERIC
-    except PermissionError as exc:
-        reporter.failed(f"cannot create pidfile {opts.pidfile}: {exc.strerror}", Lsb.NO_PRIVILEGE)
-        return Lsb.NO_PRIVILEGE
-    except OSError as exc:
-        reporter.failed(f"cannot become a daemon: {exc}")
-        return Lsb.GENERIC
-    try:
-        setup_logging(opts.log_level or config.log_level, opts.log_format, opts.log_file)
-        code = run_service(config_path, config, on_ready=reporter.ready, on_failure=reporter.failed)
-    finally:
-        context.close()  # removes the pidfile, releases its lock
-    return code
 
 
 def _read_report(fd: int, timeout_s: float) -> str | None:
@@ -265,17 +150,19 @@ def _start_outcome(report: str | None, opts: DaemonOptions) -> Outcome:
         )
     word, _, rest = report.partition(" ")
     if word == "ready":
-        pid, _, addresses = rest.partition(" ")
+        ready_pid, _, addresses = rest.partition(" ")
         served = ", ".join(json.loads(addresses)) if addresses else "?"
-        return Outcome(Lsb.SUCCESS, f"pymgr started: pid {pid}, serving {served}; log {opts.log_file}")
+        return Outcome(Lsb.SUCCESS, f"pymgr started: pid {ready_pid}, serving {served}; log {opts.log_file}")
     if word == "failed":
         code, _, reason = rest.partition(" ")
         return Outcome(
-            int(code) if code.isdigit() else Lsb.GENERIC, f"pymgr did not start: {reason} (log: {opts.log_file})"
+            int(code) if code.isdigit() else Lsb.GENERIC,
+            f"pymgr did not start: {reason} (log: {opts.log_file})",
         )
     return Outcome(
         Lsb.GENERIC,
-        f"pymgr exited during start-up without saying why; the end of {opts.log_file}:\n{_tail(opts.log_file)}",
+        "pymgr exited during start-up without saying why; the end of "
+        f"{opts.log_file}:\n{_tail(opts.log_file)}",
     )
 
 
@@ -300,7 +187,9 @@ def stop(opts: DaemonOptions, force: bool = False) -> Outcome:
     if found.state is PidState.STALE:
         if (failed := _remove_stale(opts.pidfile)) is not None:
             return failed
-        return Outcome(Lsb.SUCCESS, f"pymgr is not running; removed its stale pidfile {opts.pidfile} ({found.detail})")
+        return Outcome(
+            Lsb.SUCCESS, f"pymgr is not running; removed its stale pidfile {opts.pidfile} ({found.detail})"
+        )
     if found.state is PidState.FOREIGN or found.process is None:
         return _foreign(found, opts.pidfile)
     pid, daemon = found.pid, found.process
@@ -309,22 +198,26 @@ def stop(opts: DaemonOptions, force: bool = False) -> Outcome:
     started = time.monotonic()
     if _wait_exit(opts.pidfile, opts.stop_timeout_s):
         return Outcome(
-            Lsb.SUCCESS, f"stopped pymgr (pid {pid}): it exited {time.monotonic() - started:.1f} s after SIGTERM"
+            Lsb.SUCCESS,
+            f"stopped pymgr (pid {pid}): it exited {time.monotonic() - started:.1f} s after SIGTERM",
         )
     if not force:
         return Outcome(
             Lsb.GENERIC,
-            f"pymgr (pid {pid}) is still running {opts.stop_timeout_s:g} s after SIGTERM (requests or task stops "
-            "still finishing?); wait, or run `pymgr daemon stop --force` to SIGKILL it",
+            f"pymgr (pid {pid}) is still running {opts.stop_timeout_s:g} s after SIGTERM (requests or task "
+            "stops still finishing?); wait, or run `pymgr daemon stop --force` to SIGKILL it",
         )
     if (denied := _signal(daemon, signal.SIGKILL)) is not None:
         return denied
     if not _wait_exit(opts.pidfile, KILL_WAIT_S):
-        return Outcome(Lsb.GENERIC, f"pymgr (pid {pid}) survived SIGKILL for {KILL_WAIT_S:g} s (stuck in the kernel?)")
+        return Outcome(
+            Lsb.GENERIC, f"pymgr (pid {pid}) survived SIGKILL for {KILL_WAIT_S:g} s (stuck in the kernel?)"
+        )
     if (failed := _remove_stale(opts.pidfile)) is not None:  # it had no chance to remove it
         return failed
     return Outcome(
-        Lsb.SUCCESS, f"killed pymgr (pid {pid}) with SIGKILL: it ignored SIGTERM for {opts.stop_timeout_s:g} s"
+        Lsb.SUCCESS,
+        f"killed pymgr (pid {pid}) with SIGKILL: it ignored SIGTERM for {opts.stop_timeout_s:g} s",
     )
 
 
@@ -334,7 +227,9 @@ def _remove_stale(pidfile: Path) -> Outcome | None:
     except UnsafePathError as exc:
         return Outcome(Lsb.GENERIC, f"not removing pidfile {pidfile}: {exc}")
     except OSError as exc:
-        return Outcome(Lsb.NO_PRIVILEGE, f"cannot remove stale pidfile {pidfile}: {exc.strerror} (run as root)")
+        return Outcome(
+            Lsb.NO_PRIVILEGE, f"cannot remove stale pidfile {pidfile}: {exc.strerror} (run as root)"
+        )
     return None
 
 
@@ -346,7 +241,8 @@ def _signal(daemon: psutil.Process, sig: signal.Signals) -> Outcome | None:
         return None  # it exited meanwhile: the wait sees it at once
     except psutil.AccessDenied:
         return Outcome(
-            Lsb.NO_PRIVILEGE, f"not allowed to send {sig.name} to pymgr (pid {daemon.pid}): run as its user or root"
+            Lsb.NO_PRIVILEGE,
+            f"not allowed to send {sig.name} to pymgr (pid {daemon.pid}): run as its user or root",
         )
     return None
 
@@ -377,7 +273,8 @@ def status(opts: DaemonOptions) -> Outcome:
         return Outcome(LsbStatus.RUNNING, f"pymgr is running (pid {found.pid}, pidfile {opts.pidfile})")
     if found.state is PidState.STALE:
         return Outcome(
-            LsbStatus.DEAD_PIDFILE, f"pymgr is not running, but its pidfile {opts.pidfile} remains: {found.detail}"
+            LsbStatus.DEAD_PIDFILE,
+            f"pymgr is not running, but its pidfile {opts.pidfile} remains: {found.detail}",
         )
     return Outcome(LsbStatus.NOT_RUNNING, "pymgr is not running")
 
@@ -394,7 +291,8 @@ def reload(opts: DaemonOptions) -> Outcome:
     if (denied := _signal(found.process, signal.SIGHUP)) is not None:
         return denied
     return Outcome(
-        Lsb.SUCCESS, f"sent SIGHUP to pymgr (pid {found.pid}): it reloads its config; {opts.log_file} says what changed"
+        Lsb.SUCCESS,
+        f"sent SIGHUP to pymgr (pid {found.pid}): it reloads its config; {opts.log_file} says what changed",
     )
 
 

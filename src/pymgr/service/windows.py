@@ -17,7 +17,9 @@ was not verified.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from pymgr.service.winservice import ServiceControlError, ServiceRunner, ServiceState
 
@@ -34,6 +36,8 @@ SERVICE_CLASS = "pymgr.service.windows.PymgrService"
 CONFIG_OPTION = "config"
 #: Milliseconds the SCM should wait before it expects the next report.
 WAIT_HINT_MS = 30_000
+
+T = TypeVar("T")
 
 
 def require_pywin32() -> None:
@@ -54,7 +58,7 @@ def _state_codes() -> dict[ServiceState, int]:
 _Framework: type = win32serviceutil.ServiceFramework if win32serviceutil is not None else object
 
 
-class PymgrService(_Framework):  # type: ignore[misc, valid-type]
+class PymgrService(_Framework):
     """The service pythonservice.exe runs; args[0] is its installed name."""
 
     _svc_name_ = "pymgr"
@@ -122,7 +126,7 @@ class Pywin32Control:
         return codes.get(status[1], ServiceState.STOP_PENDING)  # paused states count as "not running"
 
     @staticmethod
-    def _call(func, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _call(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             return func(*args, **kwargs)
         except pywintypes.error as exc:

@@ -36,13 +36,10 @@ from typing import Protocol
 from pymgr import daemon
 from pymgr.config import Config, ConfigError, load_config
 from pymgr.service._outcome import Outcome
+from pymgr.service.eventloop import new_runner
 from pymgr.service.hooks import Runtime, ServiceHooks
 from pymgr.service.logsetup import setup_logging
 
-try:
-    import uvloop
-except ModuleNotFoundError:  # pragma: no cover - always so on Windows
-    uvloop = None
 
 log = logging.getLogger("pymgr.service")
 
@@ -134,9 +131,8 @@ class ServiceRunner:
             return EXIT_CONFIG
         if self.log_to_file:
             setup_logging(config.log_level, "text", config.service.log_file or config.state_dir / "pymgr.log")
-        runner_args = {"loop_factory": uvloop.new_event_loop} if uvloop is not None else {}
         try:
-            with asyncio.Runner(**runner_args) as runner:
+            with new_runner() as runner:
                 runner.run(self._main(config))
         except daemon.StartupError as exc:
             log.error("cannot start: %s", exc)
@@ -247,7 +243,9 @@ class WindowsCommands:
             return Outcome(6, str(exc))
         self.control.install(self.name, DISPLAY_NAME, DESCRIPTION, config_path.absolute())
         return Outcome(
-            0, f"installed service {self.name} (config {config_path.absolute()}); start it with pymgr service start"
+            0,
+            f"installed service {self.name} (config {config_path.absolute()}); start it with pymgr service "
+            "start",
         )
 
     def remove(self) -> Outcome:
@@ -266,7 +264,9 @@ class WindowsCommands:
     def start(self) -> Outcome:
         state = self.control.query(self.name)
         if state is None:
-            return Outcome(5, f"service {self.name} is not installed; run pymgr service install --config FILE")
+            return Outcome(
+                5, f"service {self.name} is not installed; run pymgr service install --config FILE"
+            )
         if state is ServiceState.RUNNING:
             return Outcome(0, f"service {self.name} is already running")
         self.control.start(self.name)
@@ -300,9 +300,13 @@ class WindowsCommands:
         while (state := self.control.query(self.name)) is not wanted:
             if self.clock() >= deadline:
                 now = state.name.lower().replace("_", "-") if state is not None else "gone"
-                return Outcome(1, f"service {self.name} is {now} {self.timeout_s:g} s after the request; see its log")
+                return Outcome(
+                    1, f"service {self.name} is {now} {self.timeout_s:g} s after the request; see its log"
+                )
             if state is ServiceState.STOPPED and wanted is ServiceState.RUNNING:
-                return Outcome(1, f"service {self.name} stopped during start-up; see its log (config errors are there)")
+                return Outcome(
+                    1, f"service {self.name} stopped during start-up; see its log (config errors are there)"
+                )
             self.sleep(POLL_S)
         return Outcome(0, f"{verb} service {self.name}")
 

@@ -1,0 +1,90 @@
+"""``AsyncClient``: the asyncio client of the daemon's HTTP/JSON API (same methods as ``Client``)."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from pymgr._sse import SseParser
+from pymgr.client.api import DEFAULT_TIMEOUT_S, Api, Request, logs_request, stream_timeout
+from pymgr.client.replies import connection_failed, decode
+from pymgr.client.target import security_options
+
+
+class AsyncClient(Api[Awaitable[Any]]):
+    """An asyncio client: ``async with AsyncClient() as c: await c.health()``.
+
+    Same arguments, methods and errors as ``Client``; each method returns an
+    awaitable, and ``close()`` is awaited too.
+    """
+
+    def __init__(
+        self,
+        socket: str | Path | None = None,
+        url: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        *,
+        key_id: str | None = None,
+        secret: str | bytes | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        super().__init__(socket, url, timeout_s)
+        options = self._target.httpx_options(httpx.AsyncHTTPTransport, timeout_s)
+        self._http = httpx.AsyncClient(**options, **security_options(self._target, key_id, secret, tls))
+
+    async def _send(self, request: Request) -> Any:
+        try:
+            response = await self._http.request(**request.httpx_args())
+        except httpx.TransportError as exc:
+            raise connection_failed(exc, self._target, self._timeout_s) from exc
+        if request.raw and response.is_success:
+            return response.content
+        return decode(response, self._target)
+
+    async def follow_logs(self, task_id: str | int, offset: int = 0) -> AsyncIterator[bytes]:
+        """As ``Client.follow_logs``: ``async for chunk in client.follow_logs(3)``."""
+        while True:
+            got = 0
+            async for chunk in self._stream(logs_request(task_id, offset, follow=True)):
+                got += len(chunk)
+                offset += len(chunk)
+                yield chunk
+            if not got:
+                return
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """As ``Client.events``: ``async for event in client.events()``."""
+        parser = SseParser()
+        async for chunk in self._stream(Request("GET", "/v1/events")):
+            for event in parser.feed(chunk):
+                yield event
+
+    async def _stream(self, request: Request) -> AsyncIterator[bytes]:
+        try:
+            async with self._http.stream(
+                **request.httpx_args(), timeout=stream_timeout(self._timeout_s)
+            ) as response:
+                if not response.is_success:
+                    await response.aread()
+                    decode(response, self._target)  # raises the reply's error
+                async for chunk in response.aiter_bytes():
+                    yield chunk
+        except httpx.TransportError as exc:
+            raise connection_failed(exc, self._target, self._timeout_s) from exc
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

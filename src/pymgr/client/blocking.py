@@ -1,0 +1,106 @@
+"""``Client``: the blocking client of the daemon's HTTP/JSON API."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from pymgr._sse import SseParser
+from pymgr.client.api import DEFAULT_TIMEOUT_S, Api, Request, logs_request, stream_timeout
+from pymgr.client.replies import connection_failed, decode
+from pymgr.client.target import security_options
+
+
+class Client(Api[Any]):
+    """A blocking client: ``with Client() as c: c.call("demo", "echo", x=1)``.
+
+    Args:
+        socket: the daemon's Unix socket; default ``default_socket()``.
+        url: a TCP base URL (``http://host:port``) instead of a socket.
+        timeout_s: seconds to wait for connect and for each reply.
+        key_id, secret: sign every request with this HMAC key (TCP only;
+            docs/security.md, "Signed requests").
+        tls: the TLS settings of an ``https://`` URL (CA to trust, client
+            certificate); default: the system's CAs.
+
+    Raises:
+        ValueError: both socket and url, a URL that is not http(s), a
+            timeout that is not positive, or only one of key_id and secret.
+    """
+
+    def __init__(
+        self,
+        socket: str | Path | None = None,
+        url: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        *,
+        key_id: str | None = None,
+        secret: str | bytes | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        super().__init__(socket, url, timeout_s)
+        options = self._target.httpx_options(httpx.HTTPTransport, timeout_s)
+        self._http = httpx.Client(**options, **security_options(self._target, key_id, secret, tls))
+
+    def _send(self, request: Request) -> Any:
+        try:
+            response = self._http.request(**request.httpx_args())
+        except httpx.TransportError as exc:
+            raise connection_failed(exc, self._target, self._timeout_s) from exc
+        if request.raw and response.is_success:
+            return response.content
+        return decode(response, self._target)
+
+    def follow_logs(self, task_id: str | int, offset: int = 0) -> Iterator[bytes]:
+        """A task's output from ``offset`` on, as it is written, until the task has ended.
+
+        Raises:
+            ParamsInvalid: as ``logs``; also when the daemon rotated bytes away
+                before this reader got them (``details["start"]``).
+        """
+        while True:  # a stream ends when the task ended, or when it fell behind a rotation: ask again
+            got = 0
+            for chunk in self._stream(logs_request(task_id, offset, follow=True)):
+                got += len(chunk)
+                offset += len(chunk)
+                yield chunk
+            if not got:
+                return
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        """Task events as they happen (``GET /v1/events``), heartbeats included.
+
+        Each is ``{"event", "id", "data"}``.
+        """
+        parser = SseParser()
+        for chunk in self._stream(Request("GET", "/v1/events")):
+            yield from parser.feed(chunk)
+
+    def _stream(self, request: Request) -> Iterator[bytes]:
+        try:
+            with self._http.stream(
+                **request.httpx_args(), timeout=stream_timeout(self._timeout_s)
+            ) as response:
+                if not response.is_success:
+                    response.read()
+                    decode(response, self._target)  # raises the reply's error
+                yield from response.iter_bytes()
+        except httpx.TransportError as exc:
+            raise connection_failed(exc, self._target, self._timeout_s) from exc
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
