@@ -264,6 +264,12 @@ class TasksConfig(_Section):
     max_age_days: float | None = Field(30.0, gt=0)
     #: Seconds between two retention passes (max_age_days).
     prune_interval_s: float = Field(3600.0, gt=0)
+    #: Records a page of tasks.list (GET /v1/tasks) holds when the caller names no limit. 100, as GitHub's
+    #: largest per_page: a page decodes and encodes in ~2 ms, far inside the 10 ms p99 of docs/performance.md.
+    list_limit: int = Field(100, ge=1)
+    #: Most records one page may hold: a page is built on the event loop (~20 µs a record), so this bounds how
+    #: long one list call holds every other request up (~20 ms), and its reply (~1 MB).
+    list_max_limit: int = Field(1000, ge=1)
     #: Default size of one run's log file before rotation (bytes); 10 MiB.
     log_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     #: Default number of rotated log files kept per run (besides the current one).
@@ -289,6 +295,12 @@ class TasksConfig(_Section):
     types: dict[str, TaskTypeConfig] = Field(default_factory=dict)
     #: Where runs (and commands) get their own cgroups.
     cgroup: CgroupConfig = Field(default_factory=CgroupConfig)
+
+    @model_validator(mode="after")
+    def _list_limits_ordered(self) -> TasksConfig:
+        if self.list_limit > self.list_max_limit:
+            raise ValueError(f"list_limit ({self.list_limit}) must be <= list_max_limit ({self.list_max_limit})")
+        return self
 
 
 class ModulesConfig(_Section):

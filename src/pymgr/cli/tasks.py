@@ -17,18 +17,40 @@ from pymgr.cli._session import _run, _session
 from pymgr.client import Client
 from pymgr.errors import ParamsInvalid
 
-tasks_app = typer.Typer(help="Background tasks: list, show, start, stop, types, logs, watch.", no_args_is_help=True)
+tasks_app = typer.Typer(
+    help="Background tasks: list, show, start, stop, types, logs, watch.", no_args_is_help=True
+)
 
 
 @tasks_app.command("list")
 def tasks_list(
     ctx: typer.Context,
-    state: Annotated[str | None, typer.Option("--state", help="queued, running, succeeded, failed, ...")] = None,
+    state: Annotated[
+        str | None, typer.Option("--state", help="queued, running, succeeded, failed, ...")
+    ] = None,
     type_: Annotated[str | None, typer.Option("--type", help="Only tasks of this type.")] = None,
     key: Annotated[str | None, typer.Option("--key", help="Only tasks with this key.")] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", min=1, help="Tasks a page (default: the daemon's [tasks] list_limit)."),
+    ] = None,
+    before: Annotated[
+        int | None, typer.Option("--before", min=1, help="Only tasks older than this id.")
+    ] = None,
 ) -> None:
-    """List task runs, newest first."""
-    _run(ctx, lambda client: client.tasks(state=state, type=type_, key=key), _render_tasks)
+    """List task runs, newest first, a page at a time (the next page's option is printed on stderr)."""
+    _run(
+        ctx,
+        lambda client: client.tasks(state=state, type=type_, key=key, limit=limit, before=before),
+        _render_page,
+    )
+
+
+def _render_page(records: list[dict[str, Any]]) -> Any:
+    """The page's table, and on stderr how to ask for the older records (an empty page is past the end)."""
+    if records:
+        typer.echo(f"older tasks: the same command with --before {records[-1]['id']}", err=True)
+    return _render_tasks(records)
 
 
 @tasks_app.command("show")
@@ -40,10 +62,14 @@ def tasks_show(ctx: typer.Context, task_id: Annotated[str, typer.Argument(metava
 @tasks_app.command("start")
 def tasks_start(
     ctx: typer.Context,
-    task_type: Annotated[str, typer.Argument(metavar="TYPE", help="The task type (see `pymgr tasks types`).")],
+    task_type: Annotated[
+        str, typer.Argument(metavar="TYPE", help="The task type (see `pymgr tasks types`).")
+    ],
     params: Annotated[
         list[str] | None,
-        typer.Argument(metavar="NAME=VALUE|NAME:=JSON...", help="Parameters, typed by the task type's schema."),
+        typer.Argument(
+            metavar="NAME=VALUE|NAME:=JSON...", help="Parameters, typed by the task type's schema."
+        ),
     ] = None,
     key: Annotated[str | None, typer.Option("--key", help="Idempotency key, e.g. scan:1.")] = None,
 ) -> None:
@@ -51,7 +77,9 @@ def tasks_start(
 
     def request(client: Client) -> Any:
         schema = lambda: _find_schema(client.task_types(), task_type)  # noqa: E731
-        return client.start_task(task_type, _build_params(params or [], schema, f"task type {task_type}"), key=key)
+        return client.start_task(
+            task_type, _build_params(params or [], schema, f"task type {task_type}"), key=key
+        )
 
     _run(ctx, request, _render_record)
 
@@ -72,9 +100,12 @@ def tasks_types(ctx: typer.Context) -> None:
 def tasks_logs(
     ctx: typer.Context,
     task_id: Annotated[str, typer.Argument(metavar="ID")],
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new output until the task ends.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new output until the task ends.")
+    ] = False,
     offset: Annotated[
-        int | None, typer.Option("--offset", min=0, help="Start at this byte of the log (default: its start).")
+        int | None,
+        typer.Option("--offset", min=0, help="Start at this byte of the log (default: its start)."),
     ] = None,
 ) -> None:
     """Print a task's output (stdout and stderr), as raw bytes."""
