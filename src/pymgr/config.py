@@ -264,12 +264,13 @@ class TasksConfig(_Section):
     max_age_days: float | None = Field(30.0, gt=0)
     #: Seconds between two retention passes (max_age_days).
     prune_interval_s: float = Field(3600.0, gt=0)
-    #: Records a page of tasks.list (GET /v1/tasks) holds when the caller names no limit. 100, as GitHub's
-    #: largest per_page: a page decodes and encodes in ~2 ms, far inside the 10 ms p99 of docs/performance.md.
-    list_limit: int = Field(100, ge=1)
-    #: Most records one page may hold: a page is built on the event loop (~20 µs a record), so this bounds how
-    #: long one list call holds every other request up (~20 ms), and its reply (~1 MB).
-    list_max_limit: int = Field(1000, ge=1)
+    #: Records a page of tasks.list (GET /v1/tasks) holds when the caller names no limit. A page costs the
+    #: event loop ~0.3 ms plus ~30 µs a record (docs/performance.md): 50 keep its p99 inside 10 ms on a busy
+    #: 2-core host (GitHub's default page is 30, Mastodon's 20).
+    list_limit: int = Field(50, ge=1)
+    #: Most records one page may hold: a page is built on the event loop, so this bounds how long one list
+    #: call holds every other request up (~15 ms for 500) and the size of its reply (~300 KB).
+    list_max_limit: int = Field(500, ge=1)
     #: Default size of one run's log file before rotation (bytes); 10 MiB.
     log_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     #: Default number of rotated log files kept per run (besides the current one).
