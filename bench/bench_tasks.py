@@ -38,6 +38,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -209,7 +210,7 @@ async def measure(
 ) -> dict[str, Any]:
     path = str(directory / "pymgr.sock")
     conn = await Conn.open(path)
-    figures = await task_history.measure(conn, args.history, args.requests)
+    figures = await task_history.measure(conn, daemon.pid, args.history, args.requests)
     conn.close()
     by_query = ", ".join(f"{name} {ms:.1f}" for name, ms in figures["history_p99_by_query_ms"].items())
     print(f"  {args.history} records: GET /v1/tasks p99 by query (ms): {by_query}", flush=True)
@@ -220,8 +221,12 @@ async def measure(
     figures["idle_p99_ms"] = await health_p99(path, 2000)
     rss_before = proc_status(daemon.pid, "VmRSS"), proc_status(keeper, "VmRSS")
     running: list[int] = []
+    bursts_ms: list[float] = []
     while len(running) < args.running:
-        running += (await start_many(path, "sleep", min(100, args.running - len(running))))[1]
+        took, ids = await start_many(path, "sleep", min(100, args.running - len(running)))
+        running += ids
+        bursts_ms.append(took * 1000)
+    figures["burst_ms"] = statistics.median(bursts_ms)
     await asyncio.sleep(1.0)
     figures["running"] = len(running)
     figures["threads"] = proc_status(daemon.pid, "Threads")
@@ -269,34 +274,27 @@ async def log_end(conn: Conn, task_id: int) -> int:
 
 
 def table(f: dict[str, Any]) -> tuple[str, list[bool]]:
-    running = f"{f['running']} running"
-    rows = [
-        (
-            f"GET /v1/tasks p99 (ms), {f['history_records']:,} records",
-            f["history_p99_ms"],
-            None,
-            "<= 10 ms",
-            f["history_p99_ms"] <= 10,
-        ),
+    """The report: one line per figure (value, baseline, ratio, target), then the details; and which targets hold."""
+    running, writers, idle = f"{f['running']} running", f"{f['writers']} x 1 MiB/s", f["idle_p99_ms"]
+    history = f"GET /v1/tasks p99 (ms), {f['history_records']:,} records"
+    per_run_kib = f["rss_kib_per_task"] + f["keeper_rss_kib_per_task"]
+    rows: list[tuple[str, float, float | None, str, bool | None]] = [
+        (history, f["history_p99_ms"], None, "<= 10 ms", f["history_p99_ms"] <= 10),
         (f"daemon threads, {running}", f["threads"], f["idle_threads"], "<= 10", f["threads"] <= 10),
+        # Both processes: a run's supervision lives in the two (record, run table and queue in the daemon; pidfd,
+        # output pipe and run log in the keeper), so moving state from one to the other must not look free.
         (
-            "daemon RSS growth per running task (KiB)",
-            f["rss_kib_per_task"],
+            "RSS growth per running task, daemon + keeper (KiB)",
+            per_run_kib,
             None,
             "<= 20 KiB",
-            f["rss_kib_per_task"] <= 20.0,
+            per_run_kib <= 20,
         ),
+        (f"GET /v1/health p99 (ms), {running}", f["loaded_p99_ms"], idle, "< 20 ms", f["loaded_p99_ms"] < 20),
         (
-            f"GET /v1/health p99 (ms), {running}",
-            f["loaded_p99_ms"],
-            f["idle_p99_ms"],
-            "< 20 ms",
-            f["loaded_p99_ms"] < 20,
-        ),
-        (
-            f"GET /v1/health p99 (ms), {f['writers']} x 1 MiB/s",
+            f"GET /v1/health p99 (ms), {writers}",
             f["writers_p99_ms"],
-            f["idle_p99_ms"],
+            idle,
             "< 50 ms",
             f["writers_p99_ms"] < 50,
         ),
@@ -308,23 +306,30 @@ def table(f: dict[str, Any]) -> tuple[str, list[bool]]:
             ">= 0.9",
             f["slowest_writer_mib_s"] >= 0.9,
         ),
+        # No target (it was below this machine's CPU floor), but the figure a change to starts moves.
+        ("100 starts until all running (ms), median", f["burst_ms"], None, "none", None),
     ]
     lines = [f"{'figure':44} {'pymgr':>10} {'baseline':>10} {'ratio':>7}  target"]
     for name, value, base, target, ok in rows:
         shown = ("-", "-") if base is None else (f"{base:.2f}", f"{value / base:.2f}")
-        lines.append(
-            f"{name:44} {value:>10.2f} {shown[0]:>10} {shown[1]:>7}  {target} {'ok' if ok else 'MISSED'}"
-        )
-    by_query = ", ".join(f"{name} {ms:.1f}" for name, ms in f["history_p99_by_query_ms"].items())
-    lines.append(
-        f"(GET /v1/tasks p99 by query, ms: {by_query}; the figure is the worst, {f['history_worst_query']})"
+        verdict = "" if ok is None else " ok" if ok else " MISSED"
+        lines.append(f"{name:44} {value:>10.2f} {shown[0]:>10} {shown[1]:>7}  {target}{verdict}")
+    p50, cpu = f["history_p50_by_query_ms"], f["history_cpu_ms_by_query"]
+    by_query = "; ".join(
+        f"{name} {ms:.1f} / {p50[name]:.1f} / {cpu[name]:.2f}"
+        for name, ms in f["history_p99_by_query_ms"].items()
     )
     lines.append(
-        f"(keeper RSS growth per running task: {f['keeper_rss_kib_per_task']:.2f} KiB; "
-        f"keeper CPU while {f['writers']} tasks wrote: {f['keeper_cpu_share'] * 100:.0f}% of one core; "
-        "baseline of the p99s: the same figure with no task)"
+        f"(GET /v1/tasks by query, p99 / p50 / daemon CPU per request, ms: {by_query}; "
+        f"the figure is the worst p99, {f['history_worst_query']})"
     )
-    return "\n".join(lines), [row[-1] for row in rows]
+    lines.append(
+        f"(RSS growth per running task: daemon {f['rss_kib_per_task']:.2f} KiB, keeper "
+        f"{f['keeper_rss_kib_per_task']:.2f} KiB; keeper CPU while "
+        f"{f['writers']} tasks wrote: {f['keeper_cpu_share'] * 100:.0f}% of one core; baseline of the p99s: "
+        "the same figure with no task)"
+    )
+    return "\n".join(lines), [ok is not False for *_, ok in rows]
 
 
 def main() -> int:

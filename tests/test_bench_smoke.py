@@ -107,11 +107,15 @@ def test_the_scale_table_checks_each_target() -> None:
         "writers_p99_ms": 9.0,
         "writers_blocked": 0,
         "slowest_writer_mib_s": 0.95,
+        "burst_ms": 150.0,
+        "history_p50_by_query_ms": {"newest page": 1.0, "deep page": 2.0},
+        "history_cpu_ms_by_query": {"newest page": 0.5, "deep page": 0.75},
         "keeper_cpu_share": 0.2,
     }
     text, oks = bench_tasks.table(figures)
-    assert oks == [False, True, True, True, True, True, True]
+    assert oks == [False, True, False, True, True, True, True, True]  # 12 + 30 KiB a run: over 20
     assert re.search(
         r"(?m)^GET /v1/tasks p99 \(ms\), 10,000 records\s+10\.50\s+-\s+-\s+<= 10 ms MISSED$", text
     )
-    assert "the figure is the worst, deep page" in text
+    assert "; deep page 10.5 / 2.0 / 0.75; the figure is the worst p99, deep page)" in text
+    assert re.search(r"(?m)^100 starts until all running \(ms\), median\s+150\.00\s+-\s+-\s+none$", text)
