@@ -274,15 +274,15 @@ async def log_end(conn: Conn, task_id: int) -> int:
 
 
 def table(f: dict[str, Any]) -> tuple[str, list[bool]]:
-    """The report: one line per figure (value, baseline, ratio, target), then the details; and which targets hold."""
+    """The report (a line per figure: value, baseline, ratio, target; then details) and which targets hold."""
     running, writers, idle = f"{f['running']} running", f"{f['writers']} x 1 MiB/s", f["idle_p99_ms"]
     history = f"GET /v1/tasks p99 (ms), {f['history_records']:,} records"
     per_run_kib = f["rss_kib_per_task"] + f["keeper_rss_kib_per_task"]
     rows: list[tuple[str, float, float | None, str, bool | None]] = [
         (history, f["history_p99_ms"], None, "<= 10 ms", f["history_p99_ms"] <= 10),
         (f"daemon threads, {running}", f["threads"], f["idle_threads"], "<= 10", f["threads"] <= 10),
-        # Both processes: a run's supervision lives in the two (record, run table and queue in the daemon; pidfd,
-        # output pipe and run log in the keeper), so moving state from one to the other must not look free.
+        # Both processes: a run's supervision lives in the two (record, run table and queue in the daemon;
+        # pidfd, output pipe and run log in the keeper): moving state between them must not look free.
         (
             "RSS growth per running task, daemon + keeper (KiB)",
             per_run_kib,

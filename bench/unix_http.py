@@ -1,4 +1,4 @@
-"""A minimal HTTP/1.1 client over a Unix socket, for bench_tasks.py: no client library, so its own cost stays small.
+"""A minimal HTTP/1.1 client over a Unix socket for bench_tasks.py: no library, so its own cost stays small.
 
 Rules:
 - One ``Conn`` is one keep-alive connection; its requests go in sequence.

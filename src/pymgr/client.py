@@ -319,7 +319,8 @@ class _Api(abc.ABC, Generic[R]):
                 ``before=`` the last id of this one, and an empty page is past the end.
         """
         filters = (("state", state), ("type", type), ("key", key), ("limit", limit), ("before", before))
-        return self._send(_Request("GET", "/v1/tasks", query={name: str(v) for name, v in filters if v is not None}))
+        query = {name: str(value) for name, value in filters if value is not None}
+        return self._send(_Request("GET", "/v1/tasks", query=query))
 
     def task(self, id: str | int) -> R:
         """One task record (``NotFound`` if there is none)."""

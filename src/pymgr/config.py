@@ -300,7 +300,8 @@ class TasksConfig(_Section):
     @model_validator(mode="after")
     def _list_limits_ordered(self) -> TasksConfig:
         if self.list_limit > self.list_max_limit:
-            raise ValueError(f"list_limit ({self.list_limit}) must be <= list_max_limit ({self.list_max_limit})")
+            limits = f"list_limit ({self.list_limit}) must be <= list_max_limit ({self.list_max_limit})"
+            raise ValueError(limits)
         return self
 
 

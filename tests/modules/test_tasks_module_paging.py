@@ -51,8 +51,8 @@ async def test_the_limit_both_sides_of_each_bound(dispatcher: Dispatcher) -> Non
         await ids(dispatcher, limit=0)
     with pytest.raises(
         ParamsInvalid,
-        match=r"^bad params for tasks\.list: limit: at most 3 records a page \(\[tasks\] list_max_limit\), not 4; "
-        r"ask for the next page with before=<the last id of this one>$",
+        match=r"^bad params for tasks\.list: limit: at most 3 records a page \(\[tasks\] list_max_limit\), "
+        r"not 4; ask for the next page with before=<the last id of this one>$",
     ) as caught:
         await ids(dispatcher, limit=4)
     assert caught.value.http_status == 400 and caught.value.legacy_code == 4

@@ -45,7 +45,8 @@ def page_limit(limit: int | None, config: TasksConfig) -> int:
     if limit > config.list_max_limit:
         raise ParamsInvalid(
             f"bad params for tasks.list: limit: at most {config.list_max_limit} records a page "
-            f"([tasks] list_max_limit), not {limit}; ask for the next page with before=<the last id of this one>",
+            f"([tasks] list_max_limit), not {limit}; "
+            "ask for the next page with before=<the last id of this one>",
             details={
                 "errors": [
                     {
@@ -80,7 +81,7 @@ class Tasks(Module):
         limit: Annotated[int | None, Field(ge=1)] = None,
         before: TaskId | None = None,
     ) -> list[dict[str, Any]]:
-        """Task runs, newest first, filtered by state, type and key; one page of ``limit`` (default: [tasks] list_limit).
+        """Task runs, newest first, filtered by state, type and key: a page of ``limit`` ([tasks] list_limit).
 
         The next page: ``before`` = the last id of this one; a page shorter than its limit is the last.
         """

@@ -287,7 +287,7 @@ class TaskManager(SpawnQueue, Supervision):
         limit: int | None = None,
         before: int | None = None,
     ) -> list[TaskRecord]:
-        """Records matching every filter given, newest first: at most ``limit`` (None: all), ids below ``before``.
+        """Records matching every filter, newest first: at most ``limit`` (None: all), ids below ``before``.
 
         Raises:
             ParamsInvalid: ``state`` is not a state name (the message lists them).

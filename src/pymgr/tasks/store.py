@@ -265,7 +265,7 @@ def _from_row(row: tuple[Any, ...]) -> TaskRecord:
     A page of ``list`` decodes up to 1000 of these on the event loop; by ``sqlite3.Row`` and
     name, with per-column checks, it cost twice as much (40 µs a record, not 20).
     """
-    fields = [value if decode is None or value is None else decode(value) for decode, value in zip(_DECODERS, row)]
+    fields = [raw if raw is None or decode is None else decode(raw) for decode, raw in zip(_DECODERS, row)]
     return TaskRecord(*fields)
 
 
@@ -554,13 +554,15 @@ class SqliteStore:
         limit: int | None = None,
         before: int | None = None,
     ) -> list[TaskRecord]:
-        conditions, args = ["1"], []
+        conditions: list[str] = ["1"]
+        args: list[str | int] = []
         filters = (("state = ?", state.value if state else None), ("type = ?", type), ("key = ?", key))
         for condition, value in (*filters, ("id < ?", before)):
             if value is not None:
                 conditions.append(condition)
                 args.append(value)
-        return self._select(" AND ".join(conditions) + " ORDER BY id DESC LIMIT ?", (*args, -1 if limit is None else limit))
+        args.append(-1 if limit is None else limit)  # SQLite: a negative LIMIT is none
+        return self._select(" AND ".join(conditions) + " ORDER BY id DESC LIMIT ?", tuple(args))
 
     def find_active(self, key: str) -> TaskRecord | None:
         found = self._select(f"key = ? AND state IN ({_ACTIVE_SQL})", (key,))

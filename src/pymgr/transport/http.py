@@ -127,7 +127,8 @@ class HttpApp:
                 query = dict(parse_qsl(request.query.decode("latin-1")))
                 unknown = sorted(set(query) - _TASK_QUERY)
                 if unknown:
-                    raise MalformedRequest(f"unknown filter {unknown[0]!r}; filters: {', '.join(_TASK_FILTERS)}")
+                    filters = ", ".join(_TASK_FILTERS)
+                    raise MalformedRequest(f"unknown filter {unknown[0]!r}; filters: {filters}")
                 records = await self._call("tasks", "list", query, identity)
                 return 200, _page_reply(records, query)
             _allow(method, "POST", request, also="GET")

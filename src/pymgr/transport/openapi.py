@@ -66,8 +66,10 @@ def _fixed_routes() -> dict[str, Any]:
         return {"get": {"summary": summary, "responses": {"200": response, **_ERRORS}, **extra}}
 
     text = {"description": "Bytes", "content": {"text/plain": {"schema": {"type": "string"}}}}
-    query = [{"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
-             for name in ("state", "type", "key")]  # fmt: skip
+    query: list[dict[str, Any]] = [
+        {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+        for name in ("state", "type", "key")
+    ]
     query += [
         {
             "name": "limit",
@@ -81,11 +83,11 @@ def _fixed_routes() -> dict[str, Any]:
             "in": "query",
             "required": False,
             "schema": {"type": "integer", "minimum": 1},
-            "description": "Only records with a lower id: the cursor of the next page (the Link header has it)",
+            "description": "Only records with a lower id: the next page's cursor (its Link header has it)",
         },
     ]
     page = _ok({"type": "array", "items": _RECORD}, "A page, newest first")
-    link = {"description": 'The next page: <URL>; rel="next" (absent on an empty page)', "schema": {"type": "string"}}
+    link = {"description": 'The next page: <URL>; rel="next" (none when empty)', "schema": {"type": "string"}}
     page["headers"] = {"Link": link}
     return {
         "/v1/health": get("Liveness", _ok({"type": "object"})),
