@@ -265,9 +265,9 @@ class TasksConfig(_Section):
     #: Seconds between two retention passes (max_age_days).
     prune_interval_s: float = Field(3600.0, gt=0)
     #: Records a page of tasks.list (GET /v1/tasks) holds when the caller names no limit. A page costs the
-    #: event loop ~0.3 ms plus ~30 µs a record (docs/performance.md): 50 keep its p99 inside 10 ms on a busy
-    #: 2-core host (GitHub's default page is 30, Mastodon's 20).
-    list_limit: int = Field(50, ge=1)
+    #: daemon ~30 µs of CPU a record on a quiet 2-core host, twice that on a loaded one (docs/performance.md,
+    #: "Task engine at scale"): 20 keep the p99 within 10 ms even there. Mastodon's default page is 20.
+    list_limit: int = Field(20, ge=1)
     #: Most records one page may hold: a page is built on the event loop, so this bounds how long one list
     #: call holds every other request up (~15 ms for 500) and the size of its reply (~300 KB).
     list_max_limit: int = Field(500, ge=1)
