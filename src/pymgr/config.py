@@ -269,7 +269,7 @@ class TasksConfig(_Section):
     #: "Task engine at scale"): 20 keep the p99 within 10 ms even there. Mastodon's default page is 20.
     list_limit: int = Field(20, ge=1)
     #: Most records one page may hold: a page is built on the event loop, so this bounds how long one list
-    #: call holds every other request up (~15 ms for 500) and the size of its reply (~300 KB).
+    #: call holds every other request up (15-25 ms for 500 on the bench machine) and its reply (~300 KB).
     list_max_limit: int = Field(500, ge=1)
     #: Default size of one run's log file before rotation (bytes); 10 MiB.
     log_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
