@@ -43,19 +43,11 @@ def page_limit(limit: int | None, config: TasksConfig) -> int:
     if limit is None:
         return config.list_limit
     if limit > config.list_max_limit:
+        bound = f"at most {config.list_max_limit}"
         raise ParamsInvalid(
-            f"bad params for tasks.list: limit: at most {config.list_max_limit} records a page "
-            f"([tasks] list_max_limit), not {limit}; "
+            f"bad params for tasks.list: limit: {bound} records a page ([tasks] list_max_limit), not {limit}; "
             "ask for the next page with before=<the last id of this one>",
-            details={
-                "errors": [
-                    {
-                        "field": "limit",
-                        "message": f"at most {config.list_max_limit}",
-                        "type": "less_than_equal",
-                    }
-                ]
-            },
+            details={"errors": [{"field": "limit", "message": bound, "type": "less_than_equal"}]},
         )
     return limit
 
