@@ -265,11 +265,11 @@ class TasksConfig(_Section):
     #: Seconds between two retention passes (max_age_days).
     prune_interval_s: float = Field(3600.0, gt=0)
     #: Records a page of tasks.list (GET /v1/tasks) holds when the caller names no limit. A page costs the
-    #: daemon ~30 µs of CPU a record on a quiet 2-core host, twice that on a loaded one (docs/performance.md,
-    #: "Task engine at scale"): 20 keep the p99 within 10 ms even there. Mastodon's default page is 20.
+    #: daemon 40-65 µs of CPU a record on the 2-core bench machine (docs/performance.md, "Task engine at
+    #: scale"): 20 keep the p99 within 10 ms unless the host is busy. Mastodon's default page is 20.
     list_limit: int = Field(20, ge=1)
     #: Most records one page may hold: a page is built on the event loop, so this bounds how long one list
-    #: call holds every other request up (15-25 ms for 500 on the bench machine) and its reply (~300 KB).
+    #: call holds every other request up (20-30 ms for 500 on the bench machine) and its reply (~300 KB).
     list_max_limit: int = Field(500, ge=1)
     #: Default size of one run's log file before rotation (bytes); 10 MiB.
     log_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
