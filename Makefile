@@ -65,8 +65,8 @@ $(BENCH_VENV)/.installed: pyproject.toml | $(BENCH_BIN)/python
 
 bench: $(BENCH_VENV)/.installed
 	$(BENCH_BIN)/python -m bench.run $(BENCH_ARGS)
-	@status=0; for script in bench/bench_tasks.py bench/bench_security.py; do \
-	  if [ -f $$script ]; then echo "== $$script"; $(BENCH_BIN)/python $$script || status=1; fi; \
+	@status=0; for bench in bench_tasks bench_security; do \
+	  echo "== bench/$$bench.py"; $(BENCH_BIN)/python -m bench.$$bench || status=1; \
 	done; exit $$status
 
 clean:

@@ -44,17 +44,43 @@ class Check:
     limit: float
 
 
+#: The targets, as issue 13 revised them from what was measured: 2b (legacy CPU <= 0.6x the seed), 2c (HTTP
+#: new connection >= 2x supervisord) and 4a (task start <= 2 ms) are no longer targets (their figures stay in
+#: the table); 2a is 1.0x the seed (with pymgr's auth and audit on), 4b 0.6x supervisord. The ids stay, so
+#: older results and docs still name the same checks. The scale targets are bench_tasks.py's.
 CHECKS = (
-    Check("1a", "control calls: server CPU/call <= 0.5x supervisord getState", "control", "cpu_us", "supervisord",
-          "<=", 0.5),
+    Check(
+        "1a",
+        "control calls: server CPU/call <= 0.5x supervisord getState",
+        "control",
+        "cpu_us",
+        "supervisord",
+        "<=",
+        0.5,
+    ),
     Check("1b", "control calls: throughput >= 1.6x supervisord", "control", "rps", "supervisord", ">=", 1.6),
-    Check("1c", "control calls: throughput >= 0.6x the ASGI floor", "control", "rps", "asgi floor", ">=", 0.6),
-    Check("2a", "new conn: legacy throughput >= 1.3x the seed", "newconn-legacy", "rps", "seed", ">=", 1.3),
-    Check("2b", "new conn: legacy server CPU/request <= 0.6x the seed", "newconn-legacy", "cpu_us", "seed", "<=", 0.6),
-    Check("2c", "new conn: HTTP throughput >= 2x supervisord", "newconn-http", "rps", "supervisord", ">=", 2.0),
+    Check(
+        "1c", "control calls: throughput >= 0.6x the ASGI floor", "control", "rps", "asgi floor", ">=", 0.6
+    ),
+    Check(
+        "2a",
+        "new conn: legacy throughput >= 1.0x the seed, auth and audit on",
+        "newconn-legacy",
+        "rps",
+        "seed",
+        ">=",
+        1.0,
+    ),
     Check("3", "latency: p99 <= 1 ms", "latency", "p99_us", None, "<=", 1000.0),
-    Check("4a", "task start: median <= 2 ms", "task-start", "median_us", None, "<=", 2000.0),
-    Check("4b", "task start: <= 0.5x supervisord startProcess", "task-start", "median_us", "supervisord", "<=", 0.5),
+    Check(
+        "4b",
+        "task start: <= 0.6x supervisord startProcess",
+        "task-start",
+        "median_us",
+        "supervisord",
+        "<=",
+        0.6,
+    ),
     Check("5a", "idle RSS <= 1.5x supervisord", "startup", "rss_mib", "supervisord", "<=", 1.5),
     Check("5b", "start-up to answering <= 1 s", "startup", "ready_s", None, "<=", 1.0),
 )

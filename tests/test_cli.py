@@ -371,6 +371,15 @@ def test_tasks_list_filters_and_json(run: Run, stub: StubServer) -> None:
     assert json.loads(run("--json", "tasks", "list").stdout) == TASKS
 
 
+def test_tasks_list_pages(run: Run, stub: StubServer) -> None:
+    out = run("tasks", "list", "--limit", "2", "--before", "41")
+    assert stub.app.requests[-1][2] == {"limit": "2", "before": "41"}
+    assert out.returncode == 0 and out.stderr == ""  # an empty page: nothing older to ask for
+    out = run("tasks", "list")
+    assert out.stderr == "older tasks: the same command with --before t0\n"
+    assert run("tasks", "list", "--limit", "0").returncode == 2
+
+
 def test_tasks_show(run: Run) -> None:
     out = run("tasks", "show", "t1")
     assert out.returncode == 0

@@ -336,6 +336,12 @@ def test_tasks_filters_become_the_query(stub: StubServer) -> None:
     assert [r[2] for r in stub.app.requests] == [{}, {"state": "running", "type": "echo"}, {"key": "scan:9"}]
 
 
+def test_tasks_paging_becomes_the_query(stub: StubServer) -> None:
+    with Client(socket=stub.socket) as client:
+        client.tasks(state="running", limit=2, before=41)
+    assert stub.app.requests[-1][2] == {"state": "running", "limit": "2", "before": "41"}
+
+
 def test_task_start_and_stop(stub: StubServer) -> None:
     with Client(socket=stub.socket) as client:
         assert client.task("t1")["state"] == "succeeded"

@@ -42,7 +42,11 @@ def wait_until(predicate: Callable[[], Any], what: str, timeout_s: float = WAIT_
 
 
 def states(client: Client) -> dict[int, dict[str, Any]]:
-    return {record["id"]: record for record in client.tasks()}
+    """Every record, by id: the list comes a page at a time, so this walks the pages to an empty one."""
+    found: dict[int, dict[str, Any]] = {}
+    while page := client.tasks(before=min(found, default=None)):
+        found.update((record["id"], record) for record in page)
+    return found
 
 
 def keeper_pid(state_dir: Path) -> int:

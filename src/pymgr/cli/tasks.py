@@ -30,9 +30,27 @@ def tasks_list(
     ] = None,
     type_: Annotated[str | None, typer.Option("--type", help="Only tasks of this type.")] = None,
     key: Annotated[str | None, typer.Option("--key", help="Only tasks with this key.")] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", min=1, help="Tasks a page (default: the daemon's [tasks] list_limit)."),
+    ] = None,
+    before: Annotated[
+        int | None, typer.Option("--before", min=1, help="Only tasks older than this id.")
+    ] = None,
 ) -> None:
-    """List task runs, newest first."""
-    _run(ctx, lambda client: client.tasks(state=state, type=type_, key=key), _render_tasks)
+    """List task runs, newest first, a page at a time (the next page's option is printed on stderr)."""
+    _run(
+        ctx,
+        lambda client: client.tasks(state=state, type=type_, key=key, limit=limit, before=before),
+        _render_page,
+    )
+
+
+def _render_page(records: list[dict[str, Any]]) -> Any:
+    """The page's table, and on stderr how to ask for the older records (an empty page is past the end)."""
+    if records:
+        typer.echo(f"older tasks: the same command with --before {records[-1]['id']}", err=True)
+    return _render_tasks(records)
 
 
 @tasks_app.command("show")

@@ -116,13 +116,23 @@ class Api(abc.ABC, Generic[R]):
         path = f"/v1/modules/{_segment(module, 'module')}/{_segment(action, 'action')}"
         return self._send(Request("POST", path, body=body))
 
-    def tasks(self, state: str | None = None, type: str | None = None, key: str | None = None) -> R:
-        """Task records, newest first, filtered by state, type and key."""
-        query = {
-            name: value
-            for name, value in (("state", state), ("type", type), ("key", key))
-            if value is not None
-        }
+    def tasks(
+        self,
+        state: str | None = None,
+        type: str | None = None,
+        key: str | None = None,
+        limit: int | None = None,
+        before: int | None = None,
+    ) -> R:
+        """One page of task records, newest first, filtered by state, type and key.
+
+        Args:
+            limit: records a page (None: the daemon's ``[tasks] list_limit``).
+            before: only records with a lower id; the next page is
+                ``before=`` the last id of this one, and an empty page is past the end.
+        """
+        filters = (("state", state), ("type", type), ("key", key), ("limit", limit), ("before", before))
+        query = {name: str(value) for name, value in filters if value is not None}
         return self._send(Request("GET", "/v1/tasks", query=query))
 
     def task(self, task_id: str | int) -> R:

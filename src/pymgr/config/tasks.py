@@ -136,6 +136,15 @@ class TasksConfig(Section):
     max_age_days: float | None = Field(30.0, gt=0)
     #: Seconds between two retention passes (max_age_days).
     prune_interval_s: float = Field(3600.0, gt=0)
+    #: Records a page of tasks.list (GET /v1/tasks) holds when the caller names no limit. A page
+    #: costs the daemon 40-65 µs of CPU a record on the 2-core bench machine (docs/performance.md,
+    #: "Task engine at scale"): 20 keep the p99 within 10 ms unless the host is busy. Mastodon's
+    #: default page is 20.
+    list_limit: int = Field(20, ge=1)
+    #: Most records one page may hold: a page is built on the event loop, so this bounds how long
+    #: one list call holds every other request up (20-30 ms for 500 on the bench machine) and its
+    #: reply (~300 KB).
+    list_max_limit: int = Field(500, ge=1)
     #: Default size of one run's log file before rotation (bytes); 10 MiB.
     log_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     #: Default number of rotated log files kept per run (besides the current one).
@@ -163,3 +172,10 @@ class TasksConfig(Section):
     types: dict[str, TaskTypeConfig] = Field(default_factory=dict)
     #: Where runs (and commands) get their own cgroups.
     cgroup: CgroupConfig = Field(default_factory=CgroupConfig)
+
+    @model_validator(mode="after")
+    def _list_limits_ordered(self) -> TasksConfig:
+        if self.list_limit > self.list_max_limit:
+            limits = f"list_limit ({self.list_limit}) must be <= list_max_limit ({self.list_max_limit})"
+            raise ValueError(limits)
+        return self

@@ -17,7 +17,8 @@ from pydantic import Field
 
 from pymgr.core.identity import Identity
 from pymgr.core.registry import Module, action
-from pymgr.errors import Unavailable
+from pymgr.config import TasksConfig
+from pymgr.errors import ParamsInvalid, Unavailable
 from pymgr.tasks.events import RECENT_EVENTS
 from pymgr.tasks.manager import MAX_KEY_CHARS, TaskManager
 from pymgr.tasks.states import ACTIVE
@@ -28,6 +29,26 @@ MAX_LOG_READ_BYTES = 1024 * 1024
 
 #: A key as callers send it (the manager checks the same bound).
 Key = Annotated[str | None, Field(min_length=1, max_length=MAX_KEY_CHARS)]
+#: A run's id, as a cursor: SQLite's INTEGER is a signed 64-bit number, so a larger one cannot even be asked.
+TaskId = Annotated[int, Field(ge=1, le=2**63 - 1)]
+
+
+def page_limit(limit: int | None, config: TasksConfig) -> int:
+    """The records a page of ``tasks.list`` holds: ``limit``, or ``[tasks] list_limit`` when None.
+
+    Raises:
+        ParamsInvalid: ``limit`` is over ``[tasks] list_max_limit`` (below 1 is the params model's refusal).
+    """
+    if limit is None:
+        return config.list_limit
+    if limit > config.list_max_limit:
+        bound = f"at most {config.list_max_limit}"
+        raise ParamsInvalid(
+            f"bad params for tasks.list: limit: {bound} records a page ([tasks] list_max_limit), not {limit}; "
+            "ask for the next page with before=<the last id of this one>",
+            details={"errors": [{"field": "limit", "message": bound, "type": "less_than_equal"}]},
+        )
+    return limit
 
 
 class Tasks(Module):
@@ -44,10 +65,22 @@ class Tasks(Module):
 
     @action(name="list", read_only=True)
     async def list_runs(
-        self, state: str | None = None, type: str | None = None, key: Key = None
+        self,
+        state: str | None = None,
+        type: str | None = None,
+        key: Key = None,
+        limit: Annotated[int | None, Field(ge=1)] = None,
+        before: TaskId | None = None,
     ) -> list[dict[str, Any]]:
-        """Task runs, newest first, filtered by state, type and key."""
-        return [record.to_dict() for record in self.manager.list(state=state, type=type, key=key)]
+        """Task runs, newest first, filtered by state, type and key: a page of ``limit`` ([tasks] list_limit).
+
+        The next page: ``before`` = the last id of this one; a page shorter than its limit is the last.
+        """
+        manager = self.manager
+        records = manager.list(
+            state=state, type=type, key=key, limit=page_limit(limit, manager.config), before=before
+        )
+        return [record.to_dict() for record in records]
 
     @action(read_only=True)
     async def show(self, id: int) -> dict[str, Any]:

@@ -280,14 +280,20 @@ class TaskManager(SpawnQueue, Supervision):
         return self._with_progress(record)
 
     def list(
-        self, state: str | TaskState | None = None, type: str | None = None, key: str | None = None
+        self,
+        state: str | TaskState | None = None,
+        type: str | None = None,
+        key: str | None = None,
+        limit: int | None = None,
+        before: int | None = None,
     ) -> list[TaskRecord]:
-        """Records matching every filter given, newest first.
+        """Records matching every filter, newest first: at most ``limit`` (None: all), ids below ``before``.
 
         Raises:
             ParamsInvalid: ``state`` is not a state name (the message lists them).
         """
-        return [self._with_progress(r) for r in self._store.list(state=parse_state(state), type=type, key=key)]
+        records = self._store.list(state=parse_state(state), type=type, key=key, limit=limit, before=before)
+        return [self._with_progress(r) for r in records]
 
     def describe_types(self) -> builtins.list[dict[str, Any]]:
         """Every task type: name, doc and the JSON Schema of its parameters."""

@@ -21,7 +21,7 @@ import os
 import re
 import time
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 import pydantic_core
 
@@ -36,14 +36,29 @@ from pymgr.transport.http_stream import StreamSource, log_query
 
 log = logging.getLogger("pymgr.http")
 
-#: Query parameters `GET /v1/tasks` understands; others are a client mistake.
-_TASK_FILTERS = frozenset({"state", "type", "key"})
+#: Query parameters `GET /v1/tasks` understands: filters, then paging; others are a client mistake.
+_TASK_FILTERS = ("state", "type", "key")
+_TASK_QUERY = frozenset({*_TASK_FILTERS, "limit", "before"})
 
 
 class MethodNotAllowed(PymgrError):
     code = "not_found"
     http_status = 405
     legacy_code = 1
+
+
+def _page_reply(records: Any, query: dict[str, str]) -> Reply:
+    """A page of task records, with the next page's URL in ``Link`` (RFC 8288) when the page is not empty.
+
+    The body stays the array it always was; the cursor rides in the header, as GitHub's and
+    Mastodon's APIs put theirs, so a caller that reads one page sees no change. Only the
+    ``tasks`` module's list of records has a next page (a module of another shape may serve "tasks").
+    """
+    body = pydantic_core.to_json({"ok": True, "result": records})
+    if not (isinstance(records, list) and records and isinstance(records[-1], dict) and "id" in records[-1]):
+        return Reply(200, body)
+    target = "/v1/tasks?" + urlencode({**query, "before": records[-1]["id"]})
+    return Reply(200, body, headers=((b"link", f'<{target}>; rel="next"'.encode("latin-1")),))
 
 
 class HttpApp:
@@ -110,10 +125,12 @@ class HttpApp:
         if not rest:
             if method == "GET":
                 query = dict(parse_qsl(request.query.decode("latin-1")))
-                unknown = sorted(set(query) - _TASK_FILTERS)
+                unknown = sorted(set(query) - _TASK_QUERY)
                 if unknown:
-                    raise MalformedRequest(f"unknown filter {unknown[0]!r}; filters: state, type, key")
-                return 200, await self._call("tasks", "list", query, identity)
+                    filters = ", ".join(_TASK_FILTERS)
+                    raise MalformedRequest(f"unknown filter {unknown[0]!r}; filters: {filters}")
+                records = await self._call("tasks", "list", query, identity)
+                return 200, _page_reply(records, query)
             _allow(method, "POST", request, also="GET")
             body = _json_body(request)
             return 202, await self._call("tasks", "start", body, identity)

@@ -66,15 +66,36 @@ def _fixed_routes() -> dict[str, Any]:
         return {"get": {"summary": summary, "responses": {"200": response, **_ERRORS}, **extra}}
 
     text = {"description": "Bytes", "content": {"text/plain": {"schema": {"type": "string"}}}}
-    query = [{"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
-             for name in ("state", "type", "key")]  # fmt: skip
+    query: list[dict[str, Any]] = [
+        {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+        for name in ("state", "type", "key")
+    ]
+    query += [
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 1},
+            "description": "Records a page (default [tasks] list_limit, at most [tasks] list_max_limit)",
+        },
+        {
+            "name": "before",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 1},
+            "description": "Only records with a lower id: the next page's cursor (its Link header has it)",
+        },
+    ]
+    page = _ok({"type": "array", "items": _RECORD}, "A page, newest first")
+    link = {"description": 'The next page: <URL>; rel="next" (none when empty)', "schema": {"type": "string"}}
+    page["headers"] = {"Link": link}
     return {
         "/v1/health": get("Liveness", _ok({"type": "object"})),
         "/v1/modules": get("Every module and action with their parameter schemas", _ok({"type": "array"})),
         "/v1/openapi.json": get("This document", {"description": "OpenAPI 3.1", "content": {_JSON: {}}}),
         "/v1/task-types": get("Task types that can be started", _ok({"type": "array"})),
         "/v1/tasks": {
-            **get("Task records, newest first", _ok({"type": "array", "items": _RECORD}), parameters=query),
+            **get("Task records, newest first, a page at a time", page, parameters=query),
             "post": {
                 "summary": "Start a task (the tasks.start action)",
                 "requestBody": {"required": True, "content": {_JSON: {"schema": {

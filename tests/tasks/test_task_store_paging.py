@@ -1,0 +1,97 @@
+"""The store's pages of records: ``limit``, the ``before`` cursor, the indexes behind each filter."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pymgr.tasks.records import TaskRecord
+from pymgr.tasks.states import TaskState
+from pymgr.tasks.store import SCHEMA_VERSION, SqliteStore
+from tests.tasks.test_task_store import end, make, record
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteStore:
+    store = make(tmp_path, max_records=100)
+    for n in range(10):
+        added = store.add(record("scan" if n % 2 else "backup", key=f"k{n % 3}"))
+        if n < 8:
+            end(store, added)
+    return store
+
+
+def ids(records: list[TaskRecord]) -> list[int]:
+    return [r.id for r in records]
+
+
+def test_a_page_holds_at_most_limit_records_newest_first(store: SqliteStore) -> None:
+    assert ids(store.list(limit=1)) == [10]
+    assert ids(store.list(limit=3)) == [10, 9, 8]
+    assert ids(store.list(limit=10)) == list(range(10, 0, -1))
+    assert ids(store.list(limit=11)) == ids(store.list()) == list(range(10, 0, -1))
+
+
+def test_before_is_the_cursor_of_the_next_page(store: SqliteStore) -> None:
+    pages, before = [], None
+    while page := store.list(limit=4, before=before):
+        pages.append(ids(page))
+        before = page[-1].id
+    assert pages == [[10, 9, 8, 7], [6, 5, 4, 3], [2, 1]]
+    assert store.list(before=1) == []
+    assert ids(store.list(before=2**63 - 1, limit=1)) == [10]
+
+
+def test_a_new_run_does_not_shift_the_next_page(store: SqliteStore) -> None:
+    first = store.list(limit=4)
+    store.add(record())
+    assert ids(store.list(limit=4, before=first[-1].id)) == [6, 5, 4, 3]
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ({"type": "scan"}, [10, 8, 6, 4, 2]),
+        ({"key": "k0"}, [10, 7, 4, 1]),
+        ({"state": TaskState.QUEUED}, [10, 9]),
+        ({"state": TaskState.SUCCEEDED, "type": "scan", "key": "k1"}, [8, 2]),
+    ],
+)
+def test_filters_page_too(store: SqliteStore, filters: dict[str, Any], expected: list[int]) -> None:
+    assert ids(store.list(**filters)) == expected
+    assert ids(store.list(limit=1, **filters)) == expected[:1]
+    assert ids(store.list(limit=2, before=expected[0], **filters)) == expected[1:3]
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "index"),
+    [("state", "succeeded", "runs_state"), ("type", "scan", "runs_type"), ("key", "k1", "runs_key")],
+)
+def test_each_filter_walks_its_index_in_id_order(
+    store: SqliteStore, column: str, value: str, index: str
+) -> None:
+    query = f"EXPLAIN QUERY PLAN SELECT * FROM runs WHERE {column} = ? AND id < ? ORDER BY id DESC LIMIT ?"
+    found = " | ".join(row[3] for row in store._db.execute(query, (value, 5, 3)))
+    assert f"USING INDEX {index} (" in found and "TEMP B-TREE" not in found, found
+
+
+def test_a_schema_2_store_gets_the_indexes(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    kept = store.add(record(key="k"))
+    store.close()
+    db = sqlite3.connect(tmp_path / "tasks.db")
+    for name in ("runs_state", "runs_type", "runs_key"):
+        db.execute(f"DROP INDEX {name}")
+    db.execute("CREATE INDEX runs_active ON runs(state) WHERE state IN ('queued', 'running')")
+    db.execute("PRAGMA user_version=2")
+    db.commit()
+    db.close()
+    store = make(tmp_path)
+    indexes = {row[0] for row in store._db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"runs_state", "runs_type", "runs_key"} <= indexes and "runs_active" not in indexes
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert store.list(key="k") == [kept] and store.active() == [kept]
+    store.close()
