@@ -46,7 +46,7 @@ class Tasks(Module):
     @action(read_only=True)
     async def list(self, state: str | None = None, type: str | None = None, key: Key = None) -> list[dict[str, Any]]:
         """Task runs, newest first, filtered by state, type and key."""
-        return [record.to_dict() for record in self.manager.list(state=state, type=type, key=key)]
+        return [record.to_dict() for record in self.manager.list_runs(state=state, type=type, key=key)]
 
     @action(read_only=True)
     async def show(self, id: int) -> dict[str, Any]:

@@ -70,8 +70,8 @@ class KeeperLink:
         idle_exit_s: float,
         start_timeout_s: float,
         log_max_bytes: int = 1024 * 1024,
-        on_message: Callable[[dict[str, Any]], None],
-        on_lost: Callable[[], None],
+        on_message: Callable[[dict[str, Any]], None] = lambda message: None,
+        on_lost: Callable[[], None] = lambda: None,
         batch: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
     ) -> None:
         self.run_dir = state_dir / "run"
@@ -92,6 +92,15 @@ class KeeperLink:
         self._turn_started = False
         #: The keeper's hello: its pid and boot id.
         self.hello: dict[str, Any] = {}
+
+    def listen(
+        self,
+        on_message: Callable[[dict[str, Any]], None],
+        on_lost: Callable[[], None],
+        batch: Callable[[], contextlib.AbstractContextManager[Any]],
+    ) -> None:
+        """Who hears the keeper, if not given at construction (see the module rules)."""
+        self._on_message, self._on_lost, self._batch = on_message, on_lost, batch
 
     @property
     def connected(self) -> bool:

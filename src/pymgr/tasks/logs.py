@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,7 +140,7 @@ class LogReader:
 
     async def follow(
         self, task_id: int, offset: int, *, running: Callable[[], bool], poll_s: float
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes]:
         """New bytes from ``offset`` on, until the run ended and everything was read.
 
         Raises:

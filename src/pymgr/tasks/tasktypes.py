@@ -36,7 +36,7 @@ from pymgr.config import ConfigError, TasksConfig, TaskTypeConfig
 from pymgr.core.paramspec import build_params_model
 from pymgr.tasks._cgroup import limit_files
 from pymgr.core.paramvalues import argv_text
-from pymgr.tasks.policy import RestartRules
+from pymgr.tasks.restart import RestartRules
 
 #: A placeholder in an argv element: a lowercase identifier in braces.
 PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
@@ -98,7 +98,7 @@ class TaskType:
         """
         values = {name: render_value(value) for name, value in params.items()}
         values[PYTHON] = sys.executable
-        pins = []
+        pins: list[dict[str, Any]] = []
         for index, element in enumerate(self.argv):
             parts: list[Any] = []
             position = 0
