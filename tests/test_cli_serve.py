@@ -24,7 +24,7 @@ from pymgr.cli.serve import EXIT_NO_DAEMON, LOG_FORMATS, SERVE_HELP, SERVE_OPTIO
 
 #: What the daemon must never import: the CLI stack (typer, rich) and the HTTP client (httpx);
 #: nor the task keeper's modules, which run in the keeper's own process (~1 MiB of RSS here).
-CLI_STACK = ("typer", "rich", "httpx", "pymgr.client", "pymgr.cli.app", "pymgr.tasks.keeper")
+CLI_STACK = ("typer", "rich", "httpx", "pymgr.client", "pymgr.cli.app", "pymgr.keeper.loop")
 
 _PROBE = """
 import json, sys

@@ -5,7 +5,7 @@ its full module path (``pymgr.client.Client``, ``pymgr.config.Config``).
 
 The re-exports are imported on first use (PEP 562 ``__getattr__``), so that
 importing a submodule costs only that submodule: the task keeper
-(``python -m pymgr.tasks.keeper``) runs on the standard library alone.
+(``python -m pymgr.keeper``) runs on the standard library alone.
 """
 
 from typing import TYPE_CHECKING, Any

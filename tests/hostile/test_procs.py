@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pymgr.tasks import _cgroup
+from pymgr.keeper import cgroup as _cgroup
 from tests.conftest import BASE_CONFIG, PYMGR, Daemon, unix_http, wait_for
 
 pytestmark = pytest.mark.root
@@ -194,7 +194,7 @@ def test_runs_and_commands_start_with_default_signals_whatever_the_daemon_inheri
         proc.wait(timeout=10)
     # glibc's posix_spawn (the keeper's fast path; also make's, which may have started this very test run
     # and so the daemon) leaves its two internal signals, 32 and 33, ignored, and Python cannot reset them
-    # (tasks/_spawn.py says why that is harmless); every other signal is at its default.
+    # (keeper/spawn.py says why that is harmless); every other signal is at its default.
     for output in (command["stdout"], run_output):
         blocked, ignored = sig_masks(output)
         assert blocked == 0 and ignored & ~GLIBC_INTERNAL == 0, output

@@ -21,7 +21,7 @@ import httpx
 
 from examples.legacy_client import call
 from pymgr.client import Client
-from pymgr.tasks._proctree import MARKER_VAR, TASK_ID_VAR
+from pymgr.keeper.proctree import MARKER_VAR, TASK_ID_VAR
 from tests.conftest import BASE_CONFIG, LEGACY_SECRET, PYMGR, Daemon
 from tests.tasks.survivalhelpers import reap_state_dir, states, stored_marker, wait_until
 

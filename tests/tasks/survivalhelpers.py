@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pymgr.client import Client
-from pymgr.tasks._proctree import ProcRef, find_marked, run_marker, send_signal, start_time
+from pymgr.keeper.proctree import ProcRef, find_marked, run_marker, send_signal, start_time
 from tests.conftest import BASE_CONFIG, Daemon
 
 #: A job that prints, sleeps, then exits with a code: long ones outlive a daemon, short ones end while it is down.
@@ -70,7 +70,7 @@ def reap_state_dir(state_dir: Path) -> None:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             return
-        if b"pymgr.tasks.keeper" in cmdline and start_time(pid) is not None:
+        if b"pymgr.keeper" in cmdline and start_time(pid) is not None:
             os.kill(pid, signal.SIGKILL)
 
 

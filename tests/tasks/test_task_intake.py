@@ -11,7 +11,6 @@ from taskhelpers import CALLER, TYPES, MakeManager, fail_statements, py, tasks_c
 
 from pymgr.config import TaskTypeConfig
 from pymgr.errors import Unavailable
-from pymgr.tasks._framing import FrameDecoder
 from pymgr.tasks.manager import TaskManager
 from pymgr.tasks.states import TaskState
 from pymgr.tasks.store import SqliteStore

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from taskhelpers import gone
 
-from pymgr.tasks._framing import FrameDecoder, encode
+from pymgr.protocol.keeper import FrameDecoder
+from pymgr.protocol.keeper import encode_frame as encode
 
 #: Seconds any wait here may take.
 WAIT_S = 15.0
@@ -91,7 +92,7 @@ def state(tmp_path: Path) -> Path:
 
 
 def start_keeper(state: Path, idle_exit_s: float = 30.0) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "pymgr.tasks.keeper", "--state-dir", str(state), "--idle-exit-s", str(idle_exit_s)]
+    argv = [sys.executable, "-m", "pymgr.keeper", "--state-dir", str(state), "--idle-exit-s", str(idle_exit_s)]
     return subprocess.Popen(argv, stderr=subprocess.PIPE, start_new_session=True)
 
 
@@ -238,8 +239,8 @@ def test_exit_when_idle_waits_for_the_last_run(keeper: subprocess.Popen[bytes], 
 
 
 def test_status_journal_replays_unacked_skips_a_torn_line_and_compacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pymgr.tasks import _keeperruns
-    from pymgr.tasks._keeperruns import StatusJournal
+    from pymgr.keeper import runs as _keeperruns
+    from pymgr.keeper.runs import StatusJournal
 
     path = str(tmp_path / "status.journal")
     journal = StatusJournal(path)
@@ -287,7 +288,7 @@ def test_a_run_a_killed_keeper_started_is_reported_by_the_next_as_an_orphan(stat
 
 
 def test_a_spawn_cut_short_before_its_process_was_noted_ends_lost(state: Path) -> None:
-    from pymgr.tasks._keeperruns import SPAWN_UNKNOWN
+    from pymgr.keeper.runs import SPAWN_UNKNOWN
 
     (state / "run").mkdir(mode=0o700)
     (state / "run" / "status.journal").write_text('{"spawning": 8}\n')
@@ -302,7 +303,7 @@ def test_a_spawn_cut_short_before_its_process_was_noted_ends_lost(state: Path) -
 
 
 def test_status_journal_keeps_spawns_until_their_run_ends_or_is_acknowledged(tmp_path: Path) -> None:
-    from pymgr.tasks._keeperruns import StatusJournal, orphans
+    from pymgr.keeper.runs import StatusJournal, orphans
 
     path = str(tmp_path / "status.journal")
     journal = StatusJournal(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from pymgr.tasks._framing import FrameDecoder
+from pymgr.protocol.keeper import FrameDecoder
 from pymgr.tasks.keeperlink import FLUSH_BYTES, KeeperLink, rotate_keeper_log
 
 

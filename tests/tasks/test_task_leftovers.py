@@ -11,7 +11,7 @@ from pathlib import Path
 from taskhelpers import CALLER, MakeManager, gone, py, wait_end
 
 from pymgr.config import TaskTypeConfig
-from pymgr.tasks._proctree import ProcRef, leftovers, run_marker, start_time
+from pymgr.keeper.proctree import ProcRef, leftovers, run_marker, start_time
 from pymgr.tasks.states import TaskState
 
 #: Leaves three processes behind and exits 3: a child in its group, a grandchild under that child,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from pymgr.errors import ParamsInvalid, PymgrInternalError, Unavailable
-from pymgr.tasks._progress import MAX_LINE_BYTES, MAX_MESSAGE_CHARS, ProgressScanner, parse_line
-from pymgr.tasks._runlog import RunLog
+from pymgr.keeper.progress import MAX_LINE_BYTES, MAX_MESSAGE_CHARS, ProgressScanner, parse_line
+from pymgr.keeper.runlog import RunLog
 from pymgr.tasks.logs import LogReader, LogSpan
 
 
@@ -251,7 +251,7 @@ def test_a_log_rotating_faster_than_it_can_be_read_is_unavailable_not_an_interna
 
 
 def test_adopts_sharing_one_listing_resume_each_run_as_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pymgr.tasks._keeperruns import Listings
+    from pymgr.keeper.runs import Listings
 
     for task_id in (1, 2, 3):  # three dead keeper's logs: 1, 2 and 3 rotations (keep=2: 3 has one too many)
         RunLog(str(tmp_path), task_id, max_bytes=10, keep=3, timestamps=False).write(b"x" * (10 * task_id + task_id))

@@ -15,7 +15,7 @@ from taskhelpers import CALLER, MakeManager, fail_statements, tasks_config, wait
 
 from pymgr.core.identity import INTERNAL
 from pymgr.errors import Conflict, NotFound, ParamsInvalid, Unavailable
-from pymgr.tasks._proctree import start_time
+from pymgr.keeper.proctree import start_time
 from pymgr.tasks.manager import MAX_KEY_CHARS, TaskManager
 from pymgr.tasks.states import TaskState
 from pymgr.tasks.store import SqliteStore

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pymgr.tasks._outputhold import OutputHolders, open_pipe
+from pymgr.keeper.outputhold import OutputHolders, open_pipe
 
 
 @pytest.fixture
@@ -110,8 +110,8 @@ def test_the_default_limit_is_half_the_descriptor_limit() -> None:
 
 
 def test_a_new_keeper_that_cannot_reopen_the_log_still_drains_the_pipe(pipe: tuple[int, int, int]) -> None:
-    from pymgr.tasks._keeperruns import Run, take_output
-    from pymgr.tasks._proctree import ProcRef
+    from pymgr.keeper.runs import Run, take_output
+    from pymgr.keeper.proctree import ProcRef
 
     read_end, write_end, inode = pipe
     holders = OutputHolders(limit=10)

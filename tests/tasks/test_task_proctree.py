@@ -15,7 +15,7 @@ import psutil
 import pytest
 from taskhelpers import CALLER, MakeManager, gone, wait_end, wait_log, wait_running
 
-from pymgr.tasks._proctree import (
+from pymgr.keeper.proctree import (
     ProcRef,
     alive,
     boot_id,

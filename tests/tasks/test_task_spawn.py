@@ -15,8 +15,8 @@ import pytest
 from taskhelpers import CALLER, MakeManager, wait_end
 
 from pymgr.config import TaskTypeConfig
-from pymgr.tasks import _spawn
-from pymgr.tasks._spawn import SpawnSpec
+from pymgr.keeper import spawn as _spawn
+from pymgr.keeper.spawn import SpawnSpec
 
 #: Prints what the process got: open descriptors, session, group, cwd, stdin, environment.
 PROBE = (

@@ -1,4 +1,4 @@
-"""The keeper's pinning of checked paths for one spawn (``tasks/_spawnpins.py``); the attack replays are in
+"""The keeper's pinning of checked paths for one spawn (``keeper/spawnpins.py``); the attack replays are in
 ``tests/hostile/test_params.py``."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from pymgr._pinpath import can_pin
-from pymgr.tasks._spawn import SpawnError, SpawnSpec
-from pymgr.tasks._spawnpins import pinned
+from pymgr.keeper.spawn import SpawnError, SpawnSpec
+from pymgr.keeper.spawnpins import pinned
 
 pytestmark = pytest.mark.skipif(not can_pin(), reason="needs O_PATH and /proc/self/fd")
 

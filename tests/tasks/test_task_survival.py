@@ -22,9 +22,10 @@ from survivalhelpers import LEAVE_CONFIG, WAIT_S, keeper_pid, reap_state_dir, st
 from taskhelpers import gone
 
 from pymgr.client import AsyncClient, Client
-from pymgr.tasks._keeperruns import UNKNOWN_EXIT
-from pymgr.tasks._framing import FrameDecoder, encode
-from pymgr.tasks._proctree import MARKER_VAR, find_marked, run_marker
+from pymgr.keeper.runs import UNKNOWN_EXIT
+from pymgr.protocol.keeper import FrameDecoder
+from pymgr.protocol.keeper import encode_frame as encode
+from pymgr.keeper.proctree import MARKER_VAR, find_marked, run_marker
 from tests.conftest import Daemon
 
 

@@ -16,7 +16,7 @@ Rules (checked in this order, each refusal names the rule):
 Between the check and the use, someone who can write in the base could swap
 a directory or the file for a symlink. ``pymgr._pinpath.pin`` closes that
 race where the path is used: a command (``modules/commands.py``) and a task
-run (the keeper, ``tasks/_spawnpins.py``) get ``/proc/self/fd/N``, their
+run (the keeper, ``keeper/spawnpins.py``) get ``/proc/self/fd/N``, their
 own copy of a descriptor opened again beneath the base, following no
 symlink. Where this cannot hold: components that do not exist yet (a file
 the process is to create) are looked up by the process itself, so a symlink

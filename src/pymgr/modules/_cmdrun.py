@@ -11,7 +11,7 @@ Rules:
   protocols on the event loop, each keeping its first ``max_output_bytes``
   and only counting the rest (so a chatty command never blocks on a full pipe).
 - Nothing outlives the call. The command runs in a cgroup of its own when
-  the daemon has a tree (``tasks/_cgroup.py``; it joins before its first
+  the daemon has a tree (``keeper/cgroup.py``; it joins before its first
   instruction), else its processes are its session's. On timeout, or when
   the caller leaves and the command has ``cancel_on_disconnect``: SIGTERM
   to the process group and to every process of the command,
@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from pymgr.errors import ActionFailed
-from pymgr.tasks import _proctree
-from pymgr.tasks._cgroup import Cgroup, inside
-from pymgr.tasks._proctree import ProcRef
-from pymgr.tasks._treekill import KILL_WAIT_S
+from pymgr.keeper import proctree as _proctree
+from pymgr.keeper.cgroup import Cgroup, inside
+from pymgr.keeper.proctree import ProcRef
+from pymgr.keeper.treekill import KILL_WAIT_S
 from pymgr.tasks.runner import ExitStatus, Process
 
 __all__ = ["KILL_GRACE_S", "PIPE_DRAIN_S", "Containment", "RunAs", "run_command"]

@@ -56,7 +56,7 @@ from pymgr.core.registry import Module, action
 from pymgr.errors import ActionFailed, ParamsInvalid, RateLimited
 from pymgr.modules._cmdrun import Containment, RunAs, run_command
 from pymgr.modules.commandspec import COMMAND_NAME, CommandConfig
-from pymgr.tasks._cgroup import Cgroup, CgroupError, CgroupTree
+from pymgr.keeper.cgroup import Cgroup, CgroupError, CgroupTree
 from pymgr.tasks.tasktypes import PLACEHOLDER, render_element, render_value
 
 __all__ = ["CommandModule", "command_modules"]

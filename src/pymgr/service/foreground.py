@@ -33,7 +33,7 @@ from pymgr.service.hooks import Runtime, ServiceHooks
 from pymgr.service.logsetup import LogFormat, setup_logging
 from pymgr.service.reload import Reloader
 from pymgr.service.sdnotify import Notifier, ping_watchdog, watchdog_interval_s
-from pymgr.tasks._spawn import reset_inherited_signals
+from pymgr.keeper.spawn import reset_inherited_signals
 
 try:
     import uvloop

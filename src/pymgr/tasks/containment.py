@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pymgr.config import CgroupConfig, ConfigError
-from pymgr.tasks import _cgroup
-from pymgr.tasks._cgroup import CgroupTree
+from pymgr.keeper import cgroup as _cgroup
+from pymgr.keeper.cgroup import CgroupTree
 from pymgr.tasks.tasktypes import TaskType
 
 log = logging.getLogger("pymgr.tasks")

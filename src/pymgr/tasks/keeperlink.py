@@ -2,7 +2,7 @@
 
 Rules:
 - ``connect`` reaches the keeper of this state directory, starting one
-  (``python -m pymgr.tasks.keeper``, its own session, stderr appended to
+  (``python -m pymgr.keeper``, its own session, stderr appended to
   ``<run_dir>/keeper.log``, which is rotated to ``keeper.log.1`` at a
   start once it reached ``log_max_bytes``) when nobody answers on ``keeper.sock``, and
   returns once the keeper's ``hello`` arrived. A keeper that is on its way
@@ -37,7 +37,8 @@ from typing import Any
 
 from pymgr._fsguard import ensure_private_dir, open_private
 from pymgr.errors import Unavailable
-from pymgr.tasks._framing import CLOSED, PROTOCOL, FrameDecoder, FrameError, encode
+from pymgr.protocol.keeper import CLOSED, PROTOCOL, FrameDecoder, FrameError
+from pymgr.protocol.keeper import encode_frame as encode
 
 log = logging.getLogger("pymgr.keeper")
 
@@ -188,7 +189,7 @@ class KeeperLink:
                 [
                     sys.executable,
                     "-m",
-                    "pymgr.tasks.keeper",
+                    "pymgr.keeper",
                     "--state-dir",
                     str(self.state_dir),
                     "--idle-exit-s",

@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pymgr.tasks._cgroup import CgroupTree
-from pymgr.tasks._proctree import ProcRef, run_marker
+from pymgr.keeper.cgroup import CgroupTree
+from pymgr.keeper.proctree import ProcRef, run_marker
 from pymgr.tasks.records import TaskRecord
 from pymgr.tasks.tasktypes import TaskType
 

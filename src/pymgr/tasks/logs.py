@@ -1,7 +1,7 @@
 """Reading a run's log by logical offset, following it, deleting it (the daemon's side).
 
 Rules:
-- The keeper writes the files (``_runlog``: ``<id>.log`` and rotated
+- The keeper writes the files (``keeper.runlog``: ``<id>.log`` and rotated
   ``<id>.log.<offset>``); this module only reads and deletes them. A
   logical offset counts every byte the run's log ever held, so it stays
   valid across rotations: byte N is byte N, whichever file holds it now.

@@ -39,9 +39,9 @@ from pymgr.config import TasksConfig
 from pymgr.core.identity import INTERNAL, Identity
 from pymgr.errors import Conflict, NotFound, Unavailable
 from pymgr.metrics import Metrics
-from pymgr.tasks import _cgroup
+from pymgr.keeper import cgroup as _cgroup
+from pymgr.keeper.treekill import KILL_WAIT_S
 from pymgr.tasks._statedir import lock_state_dir, open_store
-from pymgr.tasks._treekill import KILL_WAIT_S
 from pymgr.tasks.containment import check_limits, open_containment
 from pymgr.tasks.events import EventHub
 from pymgr.tasks.housekeeping import housekeeping

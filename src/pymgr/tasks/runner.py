@@ -17,7 +17,7 @@ Rules:
   warns about it).
 - Only this module reaps our children. The leader's pid, and so its process
   group, stay ours until it is reaped: ``killpg`` is used only before that.
-  Other processes are signalled through ``_proctree`` (pidfd + start time).
+  Other processes are signalled through ``keeper.proctree`` (pidfd + start time).
 - Stop: SIGTERM to the group and to every process of the run, wait up to the
   grace period for all of them, then look again (late forks, the marked
   leftovers of an exited leader) and SIGKILL whatever is still there.
@@ -35,9 +35,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pymgr.tasks import _proctree
-from pymgr.tasks._proctree import ProcRef
-from pymgr.tasks._treekill import KILL_WAIT_S
+from pymgr.keeper import proctree as _proctree
+from pymgr.keeper.proctree import ProcRef
+from pymgr.keeper.treekill import KILL_WAIT_S
 
 log = logging.getLogger("pymgr.tasks")
 

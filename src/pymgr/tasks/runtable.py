@@ -25,7 +25,7 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
-from pymgr.tasks._outputhold import OutputHolders
+from pymgr.keeper.outputhold import OutputHolders
 from pymgr.tasks.caps import ActiveRuns
 from pymgr.tasks.records import TaskRecord
 from pymgr.tasks.runqueue import RunQueue
@@ -65,7 +65,7 @@ class RunTable:
         self._progress_dirty: set[int] = set()
         self._deadlines: dict[int, asyncio.TimerHandle] = {}
         self._waiters: dict[int, asyncio.Event] = {}
-        #: A second read end of each running run's output pipe (see ``_outputhold``).
+        #: A second read end of each running run's output pipe (see ``keeper.outputhold``).
         self.holders = OutputHolders()
 
     def use_types(self, types: dict[str, TaskType], default_stop_grace_s: float) -> None:

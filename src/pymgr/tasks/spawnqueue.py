@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 
 from pymgr.errors import Unavailable
-from pymgr.tasks._cgroup import CgroupTree
+from pymgr.keeper.cgroup import CgroupTree
 from pymgr.tasks.keeperlink import KeeperLink
 from pymgr.tasks.keepermessages import spawn_request
 from pymgr.tasks.records import TaskRecord

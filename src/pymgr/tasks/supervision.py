@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from pymgr.errors import Unavailable
-from pymgr.tasks._cgroup import CgroupTree
-from pymgr.tasks._proctree import ProcRef
+from pymgr.keeper.cgroup import CgroupTree
+from pymgr.keeper.proctree import ProcRef
 from pymgr.tasks.events import EventHub
 from pymgr.tasks.keeperlink import KeeperLink
 from pymgr.tasks.keepermessages import ack, adopt_request, resend_request

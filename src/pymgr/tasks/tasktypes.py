@@ -18,7 +18,7 @@ Rules:
 - A ``path`` parameter reaches the run as ``/proc/self/fd/N``: the spawn
   request says which argv elements hold which checked path under which base
   (``spawn_pins``), and the keeper opens each again beneath its base right
-  before the spawn, following no symlink (``tasks/_spawnpins.py``).
+  before the spawn, following no symlink (``keeper/spawnpins.py``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pydantic import BaseModel
 
 from pymgr.config import ConfigError, TasksConfig, TaskTypeConfig
 from pymgr.core.paramspec import build_params_model
-from pymgr.tasks._cgroup import limit_files
+from pymgr.keeper.cgroup import limit_files
 from pymgr.core.paramvalues import argv_text
 from pymgr.tasks.restart import RestartRules
 

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from pymgr._pinpath import can_pin, pin
-from pymgr.tasks._spawn import SpawnError, SpawnSpec
+from pymgr.keeper.spawn import SpawnError, SpawnSpec
 
 #: The first descriptor a pinned path may use: 0, 1 and 2 are the child's stdin, stdout and stderr.
 _FIRST_FREE_FD = 3

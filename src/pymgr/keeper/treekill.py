@@ -22,7 +22,7 @@ Rules:
   (the keeper's re-parented children, ``_proctree.leftovers``), which is
   asked again whenever everything seen has exited, so what they forked as
   the signal came is stopped too.
-- With a cgroup (``_cgroup``), the run's processes are its members,
+- With a cgroup (``cgroup``), the run's processes are its members,
   whatever session, parent or environment they took: SIGTERM goes to each,
   SIGKILL is ``cgroup.kill`` (which also takes what forks meanwhile), and
   the stop is over only when ``cgroup.events`` says ``populated 0``.
@@ -38,9 +38,9 @@ import signal
 import sys
 from collections.abc import Callable, Mapping
 
-from pymgr.tasks import _proctree
-from pymgr.tasks._cgroup import Cgroup
-from pymgr.tasks._proctree import ProcRef
+from pymgr.keeper import proctree as _proctree
+from pymgr.keeper.cgroup import Cgroup
+from pymgr.keeper.proctree import ProcRef
 
 #: Seconds to wait for processes to vanish after SIGKILL. SIGKILL cannot be
 #: caught; only a process stuck in the kernel (uninterruptible I/O) outlives

@@ -1,6 +1,6 @@
 """The keeper: the small process that is the parent of every task run.
 
-Run as ``python -m pymgr.tasks.keeper --state-dir DIR``; the daemon starts
+Run as ``python -m pymgr.keeper --state-dir DIR``; the daemon starts
 it when none is running. One keeper per state directory.
 
 Rules:
@@ -13,7 +13,7 @@ Rules:
   (flock); a second one exits at once, leaving the first to serve.
 - It listens on ``<run_dir>/keeper.sock`` (mode 0600, in a 0700
   directory) and serves one daemon at a time, with length-prefixed JSON
-  frames (``_framing``). A new connection replaces the old one, after the
+  frames (``pymgr.protocol.keeper``). A new connection replaces the old one, after the
   old one's pending requests were handled (a dead daemon's last spawn
   request is never lost nor run twice: spawn is idempotent by run id).
 - On connect it sends ``hello``, then ``live`` for each run, ``orphan``
@@ -33,13 +33,13 @@ Rules:
   replies still leave in a few writes).
 - A ``spawn`` request's ``pins`` name the argv elements holding checked
   path parameters: each is opened again beneath its base right before the
-  spawn, and the run gets ``/proc/self/fd/N`` (``_spawnpins``); a path
+  spawn, and the run gets ``/proc/self/fd/N`` (``spawnpins``); a path
   swapped for a symlink since the check is a ``spawn_failed``.
 - Every report of a live run carries ``output: [fd, inode]``, its pipe's
   read end here, so the daemon can hold a second one; ``adopt`` carries
   where the daemon's is (``output: {pid, fd, inode}``) and the log
   settings, so a run adopted after a keeper died is drained into the same
-  log again (``_outputhold``).
+  log again (``outputhold``).
 - It is a child subreaper: descendants orphaned by a run's leader are
   re-parented here and reaped, never left as zombies; exits are noticed
   through SIGCHLD (``signal.set_wakeup_fd``) and ``waitpid(-1, WNOHANG)``.
@@ -64,18 +64,19 @@ from contextlib import nullcontext
 from typing import Any
 
 from pymgr._fsguard import ensure_private_dir, open_private
-from pymgr.tasks import _cgroup, _proctree
-from pymgr.tasks._framing import CLOSED, PROTOCOL, FrameDecoder, FrameError, encode
-from pymgr.tasks._keepersetup import listen, prepare_process
-from pymgr.tasks._keeperruns import (
+from pymgr.keeper import cgroup as _cgroup, proctree as _proctree
+from pymgr.protocol.keeper import CLOSED, PROTOCOL, FrameDecoder, FrameError
+from pymgr.protocol.keeper import encode_frame as encode
+from pymgr.keeper.setup import listen, prepare_process
+from pymgr.keeper.runs import (
     UNKNOWN_EXIT, Listings, Run, StatusJournal, orphans, run_log, settle_spawns, stop_leftovers, take_output,
     vanished,
 )  # fmt: skip
-from pymgr.tasks._proctree import ProcRef
-from pymgr.tasks._runlog import RunLog
-from pymgr.tasks._spawnpins import pinned
-from pymgr.tasks._spawn import SpawnError, SpawnSpec, private_descriptors, reset_inherited_signals, spawn
-from pymgr.tasks._treekill import TreeKill
+from pymgr.keeper.proctree import ProcRef
+from pymgr.keeper.runlog import RunLog
+from pymgr.keeper.spawnpins import pinned
+from pymgr.keeper.spawn import SpawnError, SpawnSpec, private_descriptors, reset_inherited_signals, spawn
+from pymgr.keeper.treekill import TreeKill
 
 #: Bytes of messages waiting for a daemon that does not read before it is
 #: disconnected: far above any burst (a message is ~200 bytes; progress is
@@ -533,7 +534,7 @@ def _outline(message: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pymgr.tasks.keeper", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pymgr.keeper", description=__doc__.split("\n")[0])
     parser.add_argument("--state-dir", required=True, help="the daemon's state_dir")
     parser.add_argument("--idle-exit-s", type=float, default=30.0, help="linger this long with nothing to do")
     args = parser.parse_args(argv)
@@ -565,7 +566,3 @@ def main(argv: list[str] | None = None) -> int:
         listener.close()
     print(f"keeper: pid {os.getpid()} exiting: no runs left", file=sys.stderr, flush=True)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,7 +5,7 @@ Rules:
   pipe) or adopted after an earlier keeper died (not its child: watched
   through a pidfd, exit status unknowable; its output pipe is taken over
   from the daemon's second read end when the daemon has one, see
-  ``_outputhold``).
+  ``outputhold``).
 - Output is drained without ever blocking: the pipe is non-blocking and is
   read until it is empty or ``MAX_READS`` chunks were taken (then the loop
   serves the others and comes back). Output the disk refuses is dropped,
@@ -42,13 +42,13 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from pymgr.tasks._progress import Progress, ProgressScanner
-from pymgr.tasks import _proctree
-from pymgr.tasks._cgroup import Cgroup
-from pymgr.tasks._proctree import ProcRef, run_marker
-from pymgr.tasks._outputhold import open_pipe
-from pymgr.tasks._runlog import RunLog
-from pymgr.tasks._treekill import TreeKill
+from pymgr.keeper.progress import Progress, ProgressScanner
+from pymgr.keeper import proctree as _proctree
+from pymgr.keeper.cgroup import Cgroup
+from pymgr.keeper.proctree import ProcRef, run_marker
+from pymgr.keeper.outputhold import open_pipe
+from pymgr.keeper.runlog import RunLog
+from pymgr.keeper.treekill import TreeKill
 
 #: Bytes taken from a pipe per read: the pipe's default capacity.
 CHUNK_BYTES = 64 * 1024
@@ -101,7 +101,7 @@ class Run:
         self.log = log
         #: Grace of the stop of what the leader leaves running when it exits; None: leave it.
         self.leftovers_grace_s = leftovers_grace_s
-        #: The run's own cgroup (``_cgroup``); None: found by session, group and marker only.
+        #: The run's own cgroup (``cgroup``); None: found by session, group and marker only.
         self.cgroup = cgroup
         #: Set for an adopted run: readable once it exited.
         self.pidfd = pidfd

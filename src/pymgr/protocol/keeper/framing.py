@@ -2,7 +2,7 @@
 
 Rules (after h11's ``Connection``):
 - A frame is a 4-byte big-endian length, then that many bytes of UTF-8 JSON
-  holding one object. ``encode`` makes one; ``FrameDecoder`` takes bytes in
+  holding one object. ``encode_frame`` makes one; ``FrameDecoder`` takes bytes in
   any split (``receive_data``; ``b""`` means end of stream) and hands back
   whole messages (``next_frame``), or the sentinels ``NEED_DATA`` and
   ``CLOSED``, never None.
@@ -11,7 +11,8 @@ Rules (after h11's ``Connection``):
 - Buffer work is O(bytes read): consumed bytes are dropped in bulk.
 - After any error the decoder is broken for good: every later call raises
   the same ``FrameError``. A half-recovered stream would mis-frame the rest.
-- Standard library only: the keeper imports this.
+- Standard library only: the keeper imports this. The typed messages that
+  travel in the frames are in ``messages``, their codec in ``codec``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import struct
 from typing import Any, Final
 
 #: Version of the daemon-keeper messages; a daemon refuses a keeper with another one.
-#: Here, not in keeper.py, so that the daemon checks it without importing the keeper's modules (~1 MiB).
+#: Here, not in the keeper package, so that the daemon checks it without importing the keeper's modules (~1 MiB).
 PROTOCOL: Final = 1
 
 #: The length prefix: unsigned 32-bit big-endian.
@@ -54,14 +55,22 @@ class FrameError(Exception):
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
-def encode(message: dict[str, Any], max_frame_bytes: int = MAX_FRAME_BYTES) -> bytes:
-    """One frame holding ``message``.
+def encode_frame(message: dict[str, Any], max_frame_bytes: int = MAX_FRAME_BYTES) -> bytes:
+    """One frame holding ``message`` (a JSON object; typed messages go through ``codec.encode``).
 
     Raises:
         FrameError: the encoded message is larger than ``max_frame_bytes``.
         TypeError, ValueError: ``message`` is not JSON-serialisable.
     """
-    body = _encode(message).encode()
+    return frame_body(_encode(message).encode(), max_frame_bytes)
+
+
+def frame_body(body: bytes, max_frame_bytes: int = MAX_FRAME_BYTES) -> bytes:
+    """One frame holding ``body``, UTF-8 JSON already encoded.
+
+    Raises:
+        FrameError: ``body`` is larger than ``max_frame_bytes``.
+    """
     if len(body) > max_frame_bytes:
         raise FrameError(f"frame of {len(body)} bytes is larger than max_frame_bytes={max_frame_bytes}")
     return HEADER.pack(len(body)) + body

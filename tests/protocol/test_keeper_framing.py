@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pymgr.tasks._framing import CLOSED, HEADER, NEED_DATA, FrameDecoder, FrameError, encode
+from pymgr.protocol.keeper.framing import CLOSED, HEADER, NEED_DATA, FrameDecoder, FrameError
+from pymgr.protocol.keeper.framing import encode_frame as encode
 
 
 def frames(decoder: FrameDecoder) -> list[object]:

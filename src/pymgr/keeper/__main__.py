@@ -1,0 +1,7 @@
+"""``python -m pymgr.keeper --state-dir DIR``: run the keeper of a state directory (see ``pymgr.keeper.loop``)."""
+
+import sys
+
+from pymgr.keeper.loop import main
+
+sys.exit(main())
