@@ -11,6 +11,7 @@ from taskhelpers import CALLER, TYPES, MakeManager, fail_statements, py, tasks_c
 
 from pymgr.config import TaskTypeConfig
 from pymgr.errors import Unavailable
+from pymgr.protocol.keeper import Request, Spawn
 from pymgr.tasks.manager import TaskManager
 from pymgr.tasks.states import TaskState
 from pymgr.tasks.store import SqliteStore
@@ -91,9 +92,9 @@ async def test_a_restart_is_committed_before_its_spawn_request_leaves(tmp_path: 
                 order.append(sql.split()[0])
             return execute(what, sql, args)
 
-        def noting_send(message: dict[str, Any]) -> None:
-            if message["op"] == "spawn":
-                order.append(f"spawn {message['id']}")
+        def noting_send(message: Request) -> None:
+            if isinstance(message, Spawn):
+                order.append(f"spawn {message.id}")
             send(message)
 
         store._execute, link.send = noting_execute, noting_send  # type: ignore[method-assign]

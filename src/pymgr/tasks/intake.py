@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from pymgr.errors import PymgrError
+from pymgr.errors import Conflict, PymgrError
 from pymgr.tasks.logs import LogReader
 from pymgr.tasks.records import TaskRecord
 from pymgr.tasks.runqueue import RunQueue
@@ -104,13 +104,39 @@ class Intake:
         """Starts wait for the end of this loop turn to be committed."""
         return bool(self._waiting)
 
-    def waiting_with_key(self, key: str) -> tuple[str, asyncio.Future[list[TaskRecord]], int] | None:
+    def _waiting_with_key(self, key: str) -> tuple[str, asyncio.Future[list[TaskRecord]], int] | None:
         """The waiting start of a run with ``key``: its type, its future, the run's index in it."""
         for start in self._waiting:
             for index, record in enumerate(start.records):
                 if record.key == key:
                     return start.task_type.name, start.stored, index
         return None
+
+    def holder(self, key: str | None, type_name: str) -> asyncio.Future[TaskRecord] | None:
+        """The active run holding ``key``, stored or waiting to be, if any (a future of its record).
+
+        Raises:
+            Conflict: it is a run of another type than ``type_name``.
+        """
+        if key is None:
+            return None
+        future: asyncio.Future[TaskRecord] = asyncio.get_running_loop().create_future()
+        active = self._store.find_active(key)
+        if active is not None:
+            holder_type, holder_id = active.type, active.id
+            future.set_result(active)
+        elif (waiting := self._waiting_with_key(key)) is not None:
+            holder_type, stored, index = waiting
+            holder_id = 0
+            stored.add_done_callback(lambda done: _chain(done, index, future))
+        else:
+            return None
+        if holder_type != type_name:
+            raise Conflict(
+                f"key {key!r} is held by task {holder_id} of type {holder_type!r}, not {type_name!r}",
+                details={"key": key, "id": holder_id, "type": holder_type},
+            )
+        return future
 
     def _end_turn(self) -> None:
         self._turn_started = False
@@ -158,3 +184,15 @@ def _retrieve(future: asyncio.Future[list[TaskRecord]]) -> None:
     """Mark a failure as seen: a start whose caller left while it waited leaves it unread."""
     if not future.cancelled():
         future.exception()
+
+
+def _chain(stored: asyncio.Future[list[TaskRecord]], index: int, holder: asyncio.Future[TaskRecord]) -> None:
+    """The run at ``index`` of a waiting start, once stored, is the holder of its key (or its failure)."""
+    if holder.done():
+        return
+    if stored.cancelled():
+        holder.cancel()
+    elif (error := stored.exception()) is not None:
+        holder.set_exception(error)
+    else:
+        holder.set_result(stored.result()[index])

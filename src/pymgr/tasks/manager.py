@@ -1,27 +1,24 @@
-"""The task manager: the public API that starts, stops and lists task runs (modules and transports use only this).
+"""The task manager: the public API that starts, stops and lists task runs.
+
+Modules and transports use only this.
 
 Rules:
-- Transports and modules call its methods and get records back; only
-  ``Transitions`` changes a run's state.
-- Processes belong to the keeper (``keeper.py``), a separate process that
-  outlives the daemon; ``Supervision`` records what it reports. Records
-  live in the store (``store/``); active runs in memory in the run table
-  (``runtable.py``).
-- ``start`` and ``stop`` reply at once. ``start`` records a ``queued``
-  run (its attempt counted in the store before any process exists; the
-  starts of one loop turn share one commit, ``intake.py``) and queues it;
-  runs leave the queue in start order, as their type's ``max_concurrent``
-  allows (``runqueue.py``), and are spawned by the keeper
-  (``spawnqueue.py``). ``stop`` records the cancel source and asks the
-  keeper to kill the process tree. ``wait`` awaits a run's end.
-- One active run per key: starting with the key of a queued or running run
-  returns that run, it does not start another.
-- Active runs are capped, in all (``max_active``) and per caller
-  (``max_active_per_caller``): a start past a cap is refused before
-  anything is stored (``caps.py``); ``start_many`` fits whole or not at all.
-- A running run keeps the settings of its type as they were when it
-  started (``reload`` changes them for new runs only); ``max_concurrent``
-  is a limit of the type and applies at once.
+- Callers get records back; only ``Transitions`` changes a run's state.
+  Processes belong to the keeper, a separate process that outlives the
+  daemon; ``Supervision`` records what it reports; records live in the
+  store (``store/``), active runs in the run table (``runtable.py``); the
+  objects are made and joined in ``engine.py``.
+- ``start`` and ``stop`` reply at once. ``start`` records a ``queued`` run
+  (counted in the store before any process exists; ``intake.py``) and
+  queues it; runs leave the queue in start order as their type's
+  ``max_concurrent`` allows (``runqueue.py``, ``spawnqueue.py``). ``stop``
+  records the cancel source and asks the keeper to kill the process tree.
+- One active run per key: a start with the key of an active run returns it.
+- Active runs are capped, in all and per caller: a start past a cap is
+  refused before anything is stored (``caps.py``); ``start_many`` fits
+  whole or not at all.
+- A run keeps the settings of its type as they were when it started
+  (``reload`` changes them for new runs only); ``max_concurrent`` applies at once.
 """
 
 from __future__ import annotations
@@ -37,28 +34,22 @@ from typing import Any
 
 from pymgr.config import TasksConfig
 from pymgr.core.identity import INTERNAL, Identity
-from pymgr.errors import Conflict, NotFound, Unavailable
+from pymgr.errors import NotFound, Unavailable
 from pymgr.metrics import Metrics
+from pymgr.protocol.keeper import ExitWhenIdle
 from pymgr.keeper import cgroup as _cgroup
 from pymgr.keeper.treekill import KILL_WAIT_S
 from pymgr.tasks._statedir import lock_state_dir, open_store
 from pymgr.tasks.containment import check_limits, open_containment
-from pymgr.tasks.events import EventHub
+from pymgr.tasks.engine import Hooks, build_engine
 from pymgr.tasks.housekeeping import housekeeping
-from pymgr.tasks.intake import Intake
-from pymgr.tasks.keeperlink import KeeperLink
-from pymgr.tasks.keepermessages import exit_when_idle
-from pymgr.tasks.logs import LogReader
+
 from pymgr.tasks.records import TaskRecord
-from pymgr.tasks.runqueue import RunQueue
-from pymgr.tasks.runtable import RunTable
-from pymgr.tasks.spawnqueue import SpawnPump
 from pymgr.tasks.startchecks import MAX_KEY_CHARS, check_key, parse_state, validate_params
 from pymgr.tasks.states import TERMINAL, TaskState
 from pymgr.tasks.store import TaskStore
-from pymgr.tasks.supervision import Supervision
 from pymgr.tasks.tasktypes import TaskType, compile_types, describe_changes
-from pymgr.tasks.transitions import MARKER_BYTES, Transitions
+from pymgr.tasks.transitions import MARKER_BYTES
 
 #: ``MAX_KEY_CHARS`` is re-exported: modules bound their ``key`` parameter by it.
 __all__ = ["MARKER_BYTES", "MAX_KEY_CHARS", "TaskManager"]
@@ -103,67 +94,20 @@ class TaskManager:
         #: Where runs and commands get their own cgroups; None: the older method (``containment``).
         self.cgroups = open_containment(config.cgroup, state_dir, self._types)
         self._state_dir = state_dir
-        log_dir = state_dir / "logs"
-        log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._store = store if store is not None else open_store(config, state_dir)
+        (state_dir / "logs").mkdir(mode=0o700, parents=True, exist_ok=True)
+        store = store if store is not None else open_store(config, state_dir)
         self._clock = clock
-        self.events = EventHub(config.events_queue_size)
-        self.logs = LogReader(log_dir)
-        self._queue = RunQueue(self._limit)
-        self._table = RunTable(self._store, self._queue, clock, on_deadline=self._deadline_passed)
+        engine = build_engine(config, state_dir, store, self.cgroups, clock, metrics, self._hooks())
+        self.events, self.logs = engine.events, engine.logs
+        self._store, self._queue, self._table, self._link = (
+            engine.store,
+            engine.queue,
+            engine.table,
+            engine.link,
+        )
+        self._transitions, self._spawns, self._intake = engine.transitions, engine.spawns, engine.intake
+        self._supervision = engine.supervision
         self._table.use_types(self._types, config.stop_grace_s)
-        self._link = KeeperLink(
-            state_dir,
-            idle_exit_s=config.keeper_idle_exit_s,
-            start_timeout_s=config.keeper_start_timeout_s,
-            log_max_bytes=config.keeper_log_max_bytes,
-        )
-        self._transitions = Transitions(
-            store=self._store,
-            table=self._table,
-            queue=self._queue,
-            link=self._link,
-            events=self.events,
-            metrics=metrics,
-            clock=clock,
-            log_dir=log_dir,
-        )
-        self._spawns = SpawnPump(
-            queue=self._queue,
-            table=self._table,
-            link=self._link,
-            transitions=self._transitions,
-            clock=clock,
-            ready=self._ready,
-            log_dir=log_dir,
-            cgroups=self.cgroups,
-        )
-        self._supervision = Supervision(
-            store=self._store,
-            table=self._table,
-            queue=self._queue,
-            pump=self._spawns,
-            link=self._link,
-            transitions=self._transitions,
-            events=self.events,
-            clock=clock,
-            log_dir=log_dir,
-            cgroups=self.cgroups,
-            start_timeout_s=lambda: self._config.keeper_start_timeout_s,
-            spawn=self._track,
-        )
-        self._link.listen(
-            self._supervision.on_message, self._supervision.on_lost, self._supervision.read_batch
-        )
-        self._intake = Intake(
-            store=self._store,
-            table=self._table,
-            queue=self._queue,
-            pump=self._spawns,
-            transitions=self._transitions,
-            logs=self.logs,
-            clock=clock,
-        )
         self._background: set[asyncio.Task[None]] = set()
         self._open_lock = asyncio.Lock()
         self._opened = False
@@ -201,11 +145,10 @@ class TaskManager:
                 self._lock_fd = lock_state_dir(self._state_dir)
             await self._supervision.connect()
             self._opened = True
-            self._track(
-                housekeeping(
-                    lambda: self._config, self._store, self._table, self.logs, self._supervision, self._clock
-                )
+            chores = housekeeping(
+                lambda: self._config, self._store, self._table, self.logs, self._supervision, self._clock
             )
+            self._track(chores)
 
     async def start(
         self, type: str, params: Mapping[str, Any], key: str | None, identity: Identity
@@ -240,7 +183,7 @@ class TaskManager:
         for _, key in checked:
             check_key(key)
         await self.open()
-        holders = [self._holder(key, task_type) for _, key in checked]
+        holders = [self._intake.holder(key, task_type.name) for _, key in checked]
         started_by = identity.to_dict()
         new = [
             self._transitions.new_record(
@@ -258,32 +201,6 @@ class TaskManager:
             record = next(stored) if holder is None else await holder
             records.append(self._table.with_progress(record))
         return records
-
-    def _holder(self, key: str | None, task_type: TaskType) -> asyncio.Future[TaskRecord] | None:
-        """The active run holding ``key``, stored or waiting to be, if any.
-
-        Raises:
-            Conflict: it is a run of another type.
-        """
-        if key is None:
-            return None
-        future: asyncio.Future[TaskRecord] = asyncio.get_running_loop().create_future()
-        active = self._store.find_active(key)
-        if active is not None:
-            holder_type, holder_id = active.type, active.id
-            future.set_result(active)
-        elif (waiting := self._intake.waiting_with_key(key)) is not None:
-            holder_type, stored, index = waiting
-            holder_id = 0
-            stored.add_done_callback(lambda done: _chain(done, index, future))
-        else:
-            return None
-        if holder_type != task_type.name:
-            raise Conflict(
-                f"key {key!r} is held by task {holder_id} of type {holder_type!r}, not {task_type.name!r}",
-                details={"key": key, "id": holder_id, "type": holder_type},
-            )
-        return future
 
     async def stop(self, task_id: int, identity: Identity) -> TaskRecord:
         """Stop a run; returns at once while the keeper kills its process tree.
@@ -398,9 +315,9 @@ class TaskManager:
                 if record.cancel_source is None:
                     self._transitions.cancel(record, "shutdown", INTERNAL)
         in_progress = [r for r in self._store.active() if stopping or r.cancel_source] if self._opened else []
-        pending = await self._wait_ended(in_progress)
+        pending = await self._table.wait_all_ended(in_progress, KILL_WAIT_S + 1.0)
         if stopping and self._link.connected:
-            self._link.send(exit_when_idle())
+            self._link.send(ExitWhenIdle())
         self._table.flush_progress()
         await self._link.close(wait_exit_s=2.0 if stopping else 0.0)
         self._table.holders.close()  # runs left to the keeper: it is their reader now
@@ -436,6 +353,16 @@ class TaskManager:
 
     # -- helpers ----------------------------------------------------------------
 
+    def _hooks(self) -> Hooks:
+        """What the engine asks of the manager."""
+        return Hooks(
+            limit=self._limit,
+            ready=self._ready,
+            deadline_passed=self._deadline_passed,
+            config=lambda: self._config,
+            spawn=self._track,
+        )
+
     def _ready(self) -> bool:
         """Spawn requests may leave: the keeper reported its runs and no shutdown is under way."""
         return self._supervision.synced.is_set() and not self._closing
@@ -457,17 +384,6 @@ class TaskManager:
             )
         return task_type
 
-    async def _wait_ended(self, records: list[TaskRecord]) -> int:
-        """Wait for runs to end (grace periods plus the SIGKILL wait); returns how many did not."""
-        if not records:
-            return 0
-        grace_s = max(self._table.type_of(record).stop_grace_s for record in records)
-        waits = [asyncio.ensure_future(self.wait(record.id)) for record in records]
-        _, pending = await asyncio.wait(waits, timeout=grace_s + KILL_WAIT_S + 1.0)
-        for waiting in pending:
-            waiting.cancel()
-        return len(pending)
-
     def _track(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
@@ -478,15 +394,3 @@ class TaskManager:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("task supervision failed; this is a bug", exc_info=task.exception())
-
-
-def _chain(stored: asyncio.Future[list[TaskRecord]], index: int, holder: asyncio.Future[TaskRecord]) -> None:
-    """The run at ``index`` of a waiting start, once stored, is the holder of its key (or its failure)."""
-    if holder.done():
-        return
-    if stored.cancelled():
-        holder.cancel()
-    elif (error := stored.exception()) is not None:
-        holder.set_exception(error)
-    else:
-        holder.set_result(stored.result()[index])

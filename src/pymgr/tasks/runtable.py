@@ -69,7 +69,7 @@ class RunTable:
         self.holders = OutputHolders()
 
     def use_types(self, types: dict[str, TaskType], default_stop_grace_s: float) -> None:
-        """The task types in force (at start and at each reload), for runs that have no settings of their own."""
+        """The task types in force (at start and each reload), for runs without settings of their own."""
         self._types = types
         self._default_stop_grace_s = default_stop_grace_s
 
@@ -121,6 +121,22 @@ class RunTable:
     async def wait_ended(self, task_id: int) -> None:
         """Return once ``forget`` was called for this run."""
         await self._waiters.setdefault(task_id, asyncio.Event()).wait()
+
+    async def wait_all_ended(self, records: list[TaskRecord], extra_s: float) -> int:
+        """Wait for runs to end (the longest grace period plus ``extra_s``); returns how many did not."""
+        if not records:
+            return 0
+        grace_s = max(self.type_of(record).stop_grace_s for record in records)
+        active = [
+            r.id for r in records if (now := self.record(r.id)) is not None and now.state not in TERMINAL
+        ]
+        if not active:
+            return 0
+        waits = [asyncio.ensure_future(self.wait_ended(task_id)) for task_id in active]
+        _, pending = await asyncio.wait(waits, timeout=grace_s + extra_s)
+        for waiting in pending:
+            waiting.cancel()
+        return len(pending)
 
     def type_of(self, record: TaskRecord) -> TaskType:
         """The settings a run started with; for a run from before this daemon, its type now (or defaults)."""

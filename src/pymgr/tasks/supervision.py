@@ -35,11 +35,29 @@ from pathlib import Path
 from typing import Any
 
 from pymgr.errors import Unavailable
+from pymgr.protocol.keeper import (
+    Ack,
+    Adopted,
+    AdoptFailed,
+    Error,
+    Exit,
+    Gone,
+    Hello,
+    Live,
+    News,
+    Orphan,
+    Progress,
+    Resend,
+    RunReport,
+    SpawnFailed,
+    Spawned,
+    Synced,
+)
 from pymgr.keeper.cgroup import CgroupTree
 from pymgr.keeper.proctree import ProcRef
 from pymgr.tasks.events import EventHub
 from pymgr.tasks.keeperlink import KeeperLink
-from pymgr.tasks.keepermessages import ack, adopt_request, resend_request
+from pymgr.tasks.keepermessages import adopt_request
 from pymgr.tasks.records import TaskRecord
 from pymgr.tasks.runqueue import RunQueue
 from pymgr.tasks.runtable import RunTable
@@ -54,8 +72,6 @@ keeper_log = logging.getLogger("pymgr.keeper")
 
 #: Seconds between reconnection attempts to a keeper that went away, at most.
 RECONNECT_MAX_S = 5.0
-
-Message = dict[str, Any]
 
 
 class Supervision:
@@ -96,21 +112,26 @@ class Supervision:
         self.resend_needed = False
         self._known: set[int] = set()
         #: Runs the keeper reports an earlier keeper started (id -> its report), until synced.
-        self._orphans: dict[int, Message] = {}
+        self._orphans: dict[int, Orphan] = {}
         self._acks: list[int] = []
         self._keeper_pid: int | None = None
-        self._handlers: dict[str, Callable[[Message], None]] = {
-            "hello": self._on_hello,
-            "live": self._on_live,
-            "spawned": self._on_live,
-            "adopted": self._on_live,
-            "exit": self._on_exit,
-            "synced": self._on_synced,
-            "spawn_failed": self._on_spawn_failed,
-            "adopt_failed": self._on_adopt_failed,
-            "gone": self._on_adopt_failed,
-            "progress": self._on_progress,
-            "orphan": self._on_orphan,
+        self._handlers = self._handlers_by_type()
+
+    def _handlers_by_type(self) -> dict[type[News], Callable[[Any], None]]:
+        """What each message of the keeper does ("spawned" and "adopted" report a live run too)."""
+        return {
+            Hello: self._on_hello,
+            Live: self._on_live,
+            Spawned: self._on_live,
+            Adopted: self._on_live,
+            Exit: self._on_exit,
+            Synced: self._on_synced,
+            SpawnFailed: self._on_spawn_failed,
+            AdoptFailed: self._on_adopt_failed,
+            Gone: self._on_gone,
+            Progress: self._on_progress,
+            Orphan: self._on_orphan,
+            Error: self._on_error,
         }
 
     # -- the link ------------------------------------------------------------------------
@@ -150,7 +171,7 @@ class Supervision:
         """Ask the keeper again for the news a failed write lost (once it is synced)."""
         if self.resend_needed and self.link.connected and self.synced.is_set():
             self.resend_needed = False
-            self.link.send(resend_request())
+            self.link.send(Resend())
 
     def close(self) -> None:
         """Shutdown: a lost link is not reconnected any more."""
@@ -170,34 +191,32 @@ class Supervision:
             return
         if self.link.connected:
             for task_id in self._acks:
-                self.link.send(ack(task_id))
+                self.link.send(Ack(id=task_id))
 
-    def on_message(self, message: Message) -> None:
+    def on_message(self, message: News) -> None:
         """The link's ``on_message``: one message of the keeper."""
-        op = message.get("op")
-        handler = self._handlers.get(str(op))
-        if handler is None:
-            keeper_log.error("task keeper says: %s", message.get("message", message))
-            return
         try:
-            handler(message)
+            self._handlers[type(message)](message)
         except Unavailable as exc:
             log.error("task store: %s; the keeper keeps the news and sends it again", exc)
             self.resend_needed = True
         except Exception:
-            log.exception("handling the keeper's %r failed; this is a bug", op)
+            log.exception("handling the keeper's %r failed; this is a bug", message.op)
 
     # -- what the keeper says -------------------------------------------------------------
 
-    def _on_hello(self, message: Message) -> None:
+    def _on_hello(self, hello: Hello) -> None:
         self._known = set()
         self._orphans = {}
-        self._keeper_pid = message.get("keeper_pid")
+        self._keeper_pid = hello.keeper_pid
         keeper_log.info("task keeper pid %s connected", self._keeper_pid)
 
-    def _on_live(self, info: Message) -> None:
+    def _on_error(self, error: Error) -> None:
+        keeper_log.error("task keeper says: %s", error.message)
+
+    def _on_live(self, report: RunReport) -> None:
         """A run the keeper supervises: just spawned, adopted, or reported on connect."""
-        task_id = info["id"]
+        task_id = report.id
         self._known.add(task_id)
         self._table.in_flight.discard(task_id)
         record = self._table.record(task_id)
@@ -210,31 +229,31 @@ class Supervision:
             record = self._transitions.move(
                 record,
                 TaskState.RUNNING,
-                pid=info["pid"],
-                pid_start_time=info["start_time"],
-                boot_id=info.get("boot_id"),
-                started_at=when(info.get("started_at")) or self._clock(),
-                cgroup=info.get("cgroup"),
+                pid=report.pid,
+                pid_start_time=report.start_time,
+                boot_id=report.boot_id,
+                started_at=when(report.started_at) or self._clock(),
+                cgroup=report.cgroup,
             )
-        if info.get("progress") and self._table.progress(task_id) is None:
-            self._table.set_progress(task_id, (info["progress"][0], info["progress"][1]), dirty=False)
-        self._table.holders.hold(task_id, self._keeper_pid, info.get("output"))
+        if report.progress and self._table.progress(task_id) is None:
+            self._table.set_progress(task_id, report.progress, dirty=False)
+        self._table.holders.hold(task_id, self._keeper_pid, report.output)
         self._table.hold_slot(record)
         self._table.arm_deadline(record)
-        if record.cancel_source is not None and not info.get("stopping"):
+        if record.cancel_source is not None and not report.stopping:
             self._transitions.send_kill(record)
 
-    def _on_orphan(self, where: Message) -> None:
-        """A run an earlier keeper started and nobody supervises: adopted at ``synced`` if still queued here."""
-        record = self._table.record(where["id"])
+    def _on_orphan(self, orphan: Orphan) -> None:
+        """A run an earlier keeper started that nobody supervises: adopted at ``synced`` if still queued."""
+        record = self._table.record(orphan.id)
         if record is None or record.state in TERMINAL:
-            self.link.send(ack(where["id"]))  # over here: the keeper may forget it
+            self.link.send(Ack(id=orphan.id))  # over here: the keeper may forget it
         elif record.state is TaskState.QUEUED:
-            self._orphans[record.id] = where
+            self._orphans[record.id] = orphan
         # A running record is re-adopted by its own pid and start time at ``synced``, as any other.
 
-    def _on_exit(self, status: Message) -> None:
-        task_id = status["id"]
+    def _on_exit(self, status: Exit) -> None:
+        task_id = status.id
         self._known.add(task_id)
         self._table.in_flight.discard(task_id)
         record = self._table.record(task_id)
@@ -245,25 +264,28 @@ class Supervision:
             self._pump.schedule()
         self._acks.append(task_id)  # sent once the batch this message came in is committed
 
-    def _on_spawn_failed(self, message: Message) -> None:
-        self._transitions.spawn_failed(message["id"], message.get("error"))
+    def _on_spawn_failed(self, failed: SpawnFailed) -> None:
+        self._transitions.spawn_failed(failed.id, failed.error)
         self._pump.schedule()
 
-    def _on_adopt_failed(self, message: Message) -> None:
-        self._transitions.lost(message["id"], message.get("error"))
+    def _on_adopt_failed(self, failed: AdoptFailed) -> None:
+        self._transitions.lost(failed.id, failed.error)
         self._pump.schedule()
 
-    def _on_progress(self, message: Message) -> None:
-        task_id = message["id"]
-        self._table.set_progress(task_id, (float(message["percent"]), message.get("message")))
+    def _on_gone(self, gone: Gone) -> None:
+        self._transitions.lost(gone.id, None)
+        self._pump.schedule()
+
+    def _on_progress(self, progress: Progress) -> None:
+        self._table.set_progress(progress.id, (progress.percent, progress.message))
         self._events.publish(
             "progress",
-            {"id": task_id, "progress": message["percent"], "progress_message": message.get("message")},
+            {"id": progress.id, "progress": progress.percent, "progress_message": progress.message},
         )
 
     # -- recovery -----------------------------------------------------------------------------
 
-    def _on_synced(self, message: Message) -> None:
+    def _on_synced(self, synced: Synced) -> None:
         orphans, self._orphans = self._orphans, {}
         for record in self._store.active():
             self._table.caps.add(record.id, record.started_by)  # the caps count runs from before this daemon
@@ -274,26 +296,26 @@ class Supervision:
                 continue
             self._table.in_flight.discard(record.id)
             self._table.release_slot(record.id)  # a spawn sent to a keeper that died: its slot is taken again
-            where = orphans.get(record.id)
-            if where is None:
+            orphan = orphans.get(record.id)
+            if orphan is None:
                 self._pump.enqueue(record)  # no keeper started it: it is started now
             else:
-                self._adopt_orphan(record, where)
+                self._adopt_orphan(record, orphan)
         self.synced.set()
         self._pump.schedule()
 
-    def _adopt_orphan(self, record: TaskRecord, where: Message) -> None:
+    def _adopt_orphan(self, record: TaskRecord, orphan: Orphan) -> None:
         record = self._transitions.move(
             record,
             TaskState.RUNNING,
-            pid=where["pid"],
-            pid_start_time=where["start_time"],
-            boot_id=where.get("boot_id"),
-            started_at=when(where.get("started_at")) or self._clock(),
+            pid=orphan.pid,
+            pid_start_time=orphan.start_time,
+            boot_id=orphan.boot_id,
+            started_at=when(orphan.started_at) or self._clock(),
             # Where the keeper put it, if runs have cgroups; the keeper checks the leader is in it.
             cgroup=None if self._cgroups is None else self._cgroups.run(record.id).path,
         )
-        self._adopt(record, ProcRef(where["pid"], where["start_time"]))
+        self._adopt(record, ProcRef(orphan.pid, orphan.start_time))
 
     def _adopt(self, record: TaskRecord, leader: ProcRef) -> None:
         self._table.hold_slot(record)

@@ -27,11 +27,11 @@ from typing import Any
 from pymgr.core.identity import INTERNAL, Identity
 from pymgr.errors import Unavailable
 from pymgr.metrics import Metrics
+from pymgr.protocol.keeper import Exit, Kill
 from pymgr.tasks import restart
 from pymgr.tasks._translog import MARKS, outcome, who
 from pymgr.tasks.events import EventHub
 from pymgr.tasks.keeperlink import KeeperLink
-from pymgr.tasks.keepermessages import kill_request
 from pymgr.tasks.records import CancelSource, TaskRecord
 from pymgr.tasks.runqueue import RunQueue
 from pymgr.tasks.runtable import RunTable
@@ -46,9 +46,9 @@ log = logging.getLogger("pymgr.tasks")
 MARKER_BYTES = 8
 
 
-def when(epoch: Any) -> datetime | None:
+def when(epoch: float | None) -> datetime | None:
     """A time the keeper sent (epoch seconds), as a UTC datetime."""
-    return None if epoch is None else datetime.fromtimestamp(float(epoch), timezone.utc)
+    return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc)
 
 
 class Transitions:
@@ -161,7 +161,7 @@ class Transitions:
 
     def send_kill(self, record: TaskRecord) -> None:
         if self._link.connected:
-            self._link.send(kill_request(record.id, self._table.type_of(record).stop_grace_s))
+            self._link.send(Kill(id=record.id, grace_s=self._table.type_of(record).stop_grace_s))
 
     def deadline_passed(self, task_id: int) -> None:
         """A run's ``timeout_s`` passed: stop it (source ``deadline``)."""
@@ -247,28 +247,32 @@ class Transitions:
             current = self._store.get(current.retry_of)
         return times
 
-    def end_of(self, record: TaskRecord, status: dict[str, Any]) -> TaskRecord:
+    def end_of(self, record: TaskRecord, status: Exit) -> TaskRecord:
         """The record moved to the end the keeper reported (not stored); a queued one passes by running."""
         if record.state is TaskState.QUEUED:  # it started and ended while no daemon listened
             record = self.moved(
                 record,
                 TaskState.RUNNING,
-                pid=status.get("pid"),
-                pid_start_time=status.get("start_time"),
-                boot_id=status.get("boot_id"),
-                started_at=when(status.get("started_at")),
-                cgroup=status.get("cgroup"),
+                pid=status.pid,
+                pid_start_time=status.start_time,
+                boot_id=status.boot_id,
+                started_at=when(status.started_at),
+                cgroup=status.cgroup,
             )
-        progress = self._table.progress(record.id)
-        if progress is None and status.get("progress"):
-            progress = (status["progress"][0], status["progress"][1])
+        progress = self._table.progress(record.id) or status.progress
+        state = end_state(
+            record.cancel_source,
+            exit_code=status.exit_code,
+            signal=status.signal,
+            exited_on_its_own=status.exited_on_its_own,
+        )
         return self.moved(
             record,
-            end_state(record.cancel_source, status),
-            exit_code=status.get("exit_code"),
-            signal=status.get("signal"),
-            ended_at=when(status.get("ended_at")) or self._clock(),
-            error=status.get("error"),
+            state,
+            exit_code=status.exit_code,
+            signal=status.signal,
+            ended_at=when(status.ended_at) or self._clock(),
+            error=status.error,
             progress=progress[0] if progress else record.progress,
             progress_message=progress[1] if progress else record.progress_message,
         )

@@ -28,7 +28,7 @@ class TaskStore(Protocol):
     read_only: str | None
 
     def add(self, record: TaskRecord) -> TaskRecord:
-        """Store a new record under the next id ("{id}" in its log_path becomes it); returns it with that id."""
+        """Store a new record under the next id ("{id}" in its log_path becomes it); returns it with it."""
         ...
 
     def update(self, record: TaskRecord) -> None:

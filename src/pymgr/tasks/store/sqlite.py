@@ -93,19 +93,23 @@ class SqliteStore:
         self._restarted_after = -1
         #: Why writes are refused (the directory is read-only), or None.
         self.read_only: str | None = None
+        self._db = self._open(busy_timeout_s, first_id)
+
+    def _open(self, busy_timeout_s: float, first_id: int) -> sqlite3.Connection:
         try:
-            self._db = self._connect(str(path), busy_timeout_s, first_id)
+            return self._connect(str(self.path), busy_timeout_s, first_id)
         except Unavailable as exc:
-            reason = failures.os_reason(path.parent)
+            reason = failures.os_reason(self.path.parent)
             if not reason or not isinstance(exc.__cause__, sqlite3.OperationalError):
                 raise
-            # Serve reads all the same: the file as it is (nobody can change a
-            # read-only directory's file), or nothing if there is no file yet.
-            self.read_only = (
-                f"task store {path} is read-only{reason}; no task can start or change until it is writable"
-            )
-            uri = f"{path.absolute().as_uri()}?immutable=1" if path.exists() else ":memory:"
-            self._db = self._connect(uri, busy_timeout_s, first_id, uri=True, create=not path.exists())
+        # Serve reads all the same: the file as it is (nobody can change a
+        # read-only directory's file), or nothing if there is no file yet.
+        self.read_only = (
+            f"task store {self.path} is read-only{reason}; no task can start or change until it is writable"
+        )
+        exists = self.path.exists()
+        uri = f"{self.path.absolute().as_uri()}?immutable=1" if exists else ":memory:"
+        return self._connect(uri, busy_timeout_s, first_id, uri=True, create=not exists)
 
     def _connect(
         self, where: str, busy_timeout_s: float, first_id: int, *, uri: bool = False, create: bool = True
@@ -208,7 +212,7 @@ class SqliteStore:
     def add(self, record: TaskRecord) -> TaskRecord:
         """Store a new record under the next id; "{id}" in its ``log_path`` becomes that id."""
         with self.batch():
-            # The write lock is ours (BEGIN IMMEDIATE): the next id cannot be taken between these two statements.
+            # The write lock is ours (BEGIN IMMEDIATE): nobody takes the next id between these statements.
             row = self._execute("add a record", rows.NEXT_ID_SQL).fetchone()
             task_id = max(row[0] or 0, row[1] or 0) + 1
             record = dataclasses.replace(
@@ -238,7 +242,7 @@ class SqliteStore:
             self._db.executemany("UPDATE runs SET progress = ?, progress_message = ? WHERE id = ?", values)
 
     def prune(self, now: datetime, by_age: bool = True) -> list[TaskRecord]:
-        """Drop ended records past the retention limits (by count only, unless ``by_age``); the dropped ones."""
+        """Drop ended records past the retention limits (by count only unless ``by_age``); returns them."""
         if (not by_age or self.max_age_s is None) and self._count <= self.max_records:
             return []  # the common case, on every start: nothing to read or write
         doomed: list[TaskRecord] = []
