@@ -239,8 +239,8 @@ def test_exit_when_idle_waits_for_the_last_run(keeper: subprocess.Popen[bytes], 
 
 
 def test_status_journal_replays_unacked_skips_a_torn_line_and_compacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pymgr.keeper import runs as _keeperruns
-    from pymgr.keeper.runs import StatusJournal
+    from pymgr.keeper import journal as _keeperruns
+    from pymgr.keeper.journal import StatusJournal
 
     path = str(tmp_path / "status.journal")
     journal = StatusJournal(path)
@@ -288,7 +288,7 @@ def test_a_run_a_killed_keeper_started_is_reported_by_the_next_as_an_orphan(stat
 
 
 def test_a_spawn_cut_short_before_its_process_was_noted_ends_lost(state: Path) -> None:
-    from pymgr.keeper.runs import SPAWN_UNKNOWN
+    from pymgr.keeper.journal import SPAWN_UNKNOWN
 
     (state / "run").mkdir(mode=0o700)
     (state / "run" / "status.journal").write_text('{"spawning": 8}\n')
@@ -303,7 +303,7 @@ def test_a_spawn_cut_short_before_its_process_was_noted_ends_lost(state: Path) -
 
 
 def test_status_journal_keeps_spawns_until_their_run_ends_or_is_acknowledged(tmp_path: Path) -> None:
-    from pymgr.keeper.runs import StatusJournal, orphans
+    from pymgr.keeper.journal import StatusJournal, orphans
 
     path = str(tmp_path / "status.journal")
     journal = StatusJournal(path)

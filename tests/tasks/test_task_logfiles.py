@@ -251,7 +251,7 @@ def test_a_log_rotating_faster_than_it_can_be_read_is_unavailable_not_an_interna
 
 
 def test_adopts_sharing_one_listing_resume_each_run_as_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pymgr.keeper.runs import Listings
+    from pymgr.keeper.adoption import Listings
 
     for task_id in (1, 2, 3):  # three dead keeper's logs: 1, 2 and 3 rotations (keep=2: 3 has one too many)
         RunLog(str(tmp_path), task_id, max_bytes=10, keep=3, timestamps=False).write(b"x" * (10 * task_id + task_id))

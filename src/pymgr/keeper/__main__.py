@@ -2,6 +2,6 @@
 
 import sys
 
-from pymgr.keeper.loop import main
+from pymgr.keeper.setup import main
 
 sys.exit(main())

@@ -77,7 +77,9 @@ def own_cgroup() -> str | None:
     except OSError:
         return None
     relative = next((line[3:] for line in lines if line.startswith("0::")), None)
-    mount = next((fields[1] for fields in map(str.split, mounts) if len(fields) > 2 and fields[2] == "cgroup2"), None)
+    mount = next(
+        (fields[1] for fields in map(str.split, mounts) if len(fields) > 2 and fields[2] == "cgroup2"), None
+    )
     if relative is None or mount is None:
         return None
     return os.path.join(mount, relative.lstrip("/")).rstrip("/") or "/"
@@ -245,7 +247,9 @@ def _enable(directory: str, controllers: set[str]) -> None:
     wanted = check_controllers(directory, controllers)
     if wanted:
         try:
-            _write(os.path.join(directory, "cgroup.subtree_control"), " ".join(f"+{c}" for c in sorted(wanted)))
+            _write(
+                os.path.join(directory, "cgroup.subtree_control"), " ".join(f"+{c}" for c in sorted(wanted))
+            )
         except OSError as exc:
             raise CgroupError(
                 f"cannot enable {', '.join(sorted(wanted))} in {directory}/cgroup.subtree_control: {exc.strerror} "
@@ -253,7 +257,9 @@ def _enable(directory: str, controllers: set[str]) -> None:
             ) from None
 
 
-def open_tree(parent: str | None, name: str, state_dir: str, controllers: set[str] = frozenset()) -> CgroupTree:
+def open_tree(
+    parent: str | None, name: str, state_dir: str, controllers: frozenset[str] | set[str] = frozenset()
+) -> CgroupTree:
     """Make ``<parent>/<name>/<instance>``, with ``controllers`` handed down to its children.
 
     Args:

@@ -105,7 +105,9 @@ class OutputHolders:
         if task_id in self._held or keeper_pid is None or not output:
             return
         if len(self._held) >= self.limit:
-            self._warn(f"{len(self._held)} runs' output pipes held already (the limit is half of RLIMIT_NOFILE)")
+            self._warn(
+                f"{len(self._held)} runs' output pipes held already (the limit is half of RLIMIT_NOFILE)"
+            )
             return
         try:
             fd, inode = int(output[0]), int(output[1])

@@ -25,7 +25,9 @@ from typing import Final
 WORD: Final = b"PYMGR_PROGRESS"
 
 #: A whole progress line, without its newline.
-PROGRESS_LINE: Final = re.compile(rb"PYMGR_PROGRESS[ \t]+(\d{1,3}(?:\.\d{1,6})?)(?:[ \t]+([^\r\n]*?))?[ \t]*\r?")
+PROGRESS_LINE: Final = re.compile(
+    rb"PYMGR_PROGRESS[ \t]+(\d{1,3}(?:\.\d{1,6})?)(?:[ \t]+([^\r\n]*?))?[ \t]*\r?"
+)
 
 #: Longest progress line looked at; a longer line is output only. Long
 #: enough for any sensible message, short enough to bound what is held.

@@ -53,7 +53,9 @@ def rotated_name(task_id: int, offset: int) -> str:
 
 def _stamp() -> bytes:
     now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)).encode() + b".%03dZ " % (int(now * 1000) % 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)).encode() + b".%03dZ " % (
+        int(now * 1000) % 1000
+    )
 
 
 class RunLog:
@@ -156,7 +158,7 @@ class RunLog:
                 self._rotate()
                 continue
             part, data = data[:room], data[room:]
-            written = os.write(self._fd, part)  # type: ignore[arg-type]
+            written = os.write(self._fd, part)
             if written == 0:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.path)
             self.size += written

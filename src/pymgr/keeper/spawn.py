@@ -59,7 +59,8 @@ import signal
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+
+from pymgr.protocol.keeper import Spawn
 
 #: rlimit names in the config and the spawn request, and their resources.
 RLIMITS: Mapping[str, int] = {
@@ -120,27 +121,25 @@ class SpawnSpec:
     pass_fds: tuple[int, ...] = ()
 
     @classmethod
-    def from_message(cls, message: Mapping[str, Any]) -> SpawnSpec:
-        """Build from a spawn request, checking every type.
+    def from_request(cls, request: Spawn) -> SpawnSpec:
+        """Build from a spawn request (typed by its decoder), checking the rlimit names.
 
         Raises:
-            SpawnError: a field is missing or of the wrong type.
+            SpawnError: an rlimit the keeper does not know.
         """
-        argv, env, cwd = message.get("argv"), message.get("env"), message.get("cwd")
-        user, group, limits = message.get("user"), message.get("group"), message.get("rlimits") or {}
-        if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
-            raise SpawnError(f"spawn failed: argv must be a non-empty list of strings, not {argv!r}")
-        if not (isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
-            raise SpawnError("spawn failed: env must be an object of string: string")
-        for name, value in (("cwd", cwd), ("user", user), ("group", group)):
-            if value is not None and not isinstance(value, str):
-                raise SpawnError(f"spawn failed: {name} must be a string or null, not {value!r}")
-        rlimits = {}
-        for name, value in dict(limits).items():
-            if name not in RLIMITS or not (isinstance(value, list) and len(value) == 2):
-                raise SpawnError(f"spawn failed: bad rlimit {name!r}: {value!r}; known: {', '.join(RLIMITS)}")
-            rlimits[name] = (int(value[0]), int(value[1]))
-        return cls(argv=argv, env=env, cwd=cwd, user=user, group=group, rlimits=rlimits)
+        for name, value in request.rlimits.items():
+            if name not in RLIMITS:
+                raise SpawnError(
+                    f"spawn failed: bad rlimit {name!r}: {list(value)!r}; known: {', '.join(RLIMITS)}"
+                )
+        return cls(
+            argv=list(request.argv),
+            env=dict(request.env),
+            cwd=request.cwd,
+            user=request.user,
+            group=request.group,
+            rlimits=dict(request.rlimits),
+        )
 
 
 def resolve_identity(user: str | None, group: str | None) -> Identity:
@@ -173,7 +172,10 @@ def resolve_identity(user: str | None, group: str | None) -> Identity:
             f"spawn failed: cannot run as user {user!r} group {group!r}: the keeper runs as uid {euid}, "
             "and only root can switch users"
         )
-    groups = tuple(os.getgrouplist(name, gid)) if name is not None and gid is not None else (gid,)
+    if name is not None and gid is not None:
+        groups: tuple[int, ...] | None = tuple(os.getgrouplist(name, gid))
+    else:
+        groups = None if gid is None else (gid,)
     return Identity(uid=uid, gid=gid, groups=groups)
 
 

@@ -2,8 +2,8 @@
 
 Rules:
 - A spawn request's ``pins`` (``TaskType.spawn_pins``) name the argv
-  elements that hold checked path parameters: ``{"index": i, "parts":
-  [...]}``, each part text as it is or ``{"base": ..., "path": ...}``.
+  elements that hold checked path parameters: a ``Pin`` (index, parts),
+  each part text as it is or a ``PinPath`` (base, path).
 - Each path is opened again beneath its base right before the spawn,
   following no symlink (``pymgr._pinpath.pin``), and its part becomes
   ``/proc/self/fd/N``. A component that is now a symlink (a directory
@@ -23,19 +23,20 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import os
-from collections.abc import Iterator
+import typing
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 from pymgr._pinpath import can_pin, pin
 from pymgr.keeper.spawn import SpawnError, SpawnSpec
+from pymgr.protocol.keeper import KeeperMessageError, Pin, PinPath, Spawn, decode_field
 
 #: The first descriptor a pinned path may use: 0, 1 and 2 are the child's stdin, stdout and stderr.
 _FIRST_FREE_FD = 3
 
 
 @contextmanager
-def pinned(spec: SpawnSpec, pins: Any) -> Iterator[SpawnSpec]:
+def pinned(spec: SpawnSpec, pins: Sequence[Pin] | object) -> Iterator[SpawnSpec]:
     """``spec`` with its checked paths pinned and passed, for one spawn; closes the descriptors after.
 
     Raises:
@@ -61,13 +62,13 @@ def pinned(spec: SpawnSpec, pins: Any) -> Iterator[SpawnSpec]:
             os.close(fd)
 
 
-def _pin(index: int, part: dict[str, str], fds: list[int]) -> str:
+def _pin(index: int, part: PinPath, fds: list[int]) -> str:
     """Open one checked path; its ``/proc/self/fd/N`` text."""
     try:
-        held = pin(part["base"], part["path"])
+        held = pin(part.base, part.path)
     except (ValueError, OSError) as exc:
         reason = exc if isinstance(exc, ValueError) else f"cannot be opened: {exc.strerror or exc}"
-        raise SpawnError(f"spawn failed: argv[{index}]: path {part['path']!r} {reason}") from None
+        raise SpawnError(f"spawn failed: argv[{index}]: path {part.path!r} {reason}") from None
     fd = held.fd
     if fd < _FIRST_FREE_FD:  # only when the keeper's own 0-2 were closed: the child's dup2 would replace it
         fd = fcntl.fcntl(held.fd, fcntl.F_DUPFD_CLOEXEC, _FIRST_FREE_FD)
@@ -76,26 +77,29 @@ def _pin(index: int, part: dict[str, str], fds: list[int]) -> str:
     return dataclasses.replace(held, fd=fd).argv_text()
 
 
-def _parse(pins: Any, argv: list[str]) -> list[tuple[int, list[str | dict[str, str]]]]:
+def _parse(pins: Sequence[Pin] | object, argv: list[str]) -> list[tuple[int, tuple[str | PinPath, ...]]]:
     """The request's ``pins``, checked: each names an element of ``argv`` and joins up to its text.
 
+    ``pins`` are the typed pins of a spawn request, or the same in their JSON form (as
+    ``TaskType.spawn_pins`` makes them), read by the link's decoder.
+
     Raises:
-        SpawnError: not in the shape ``TaskType.spawn_pins`` makes.
+        SpawnError: not in that shape, or a pin that does not spell its argv element.
     """
     if pins is None:
         return []
+    if not (isinstance(pins, tuple) and all(isinstance(entry, Pin) for entry in pins)):
+        try:
+            pins = decode_field(Spawn, "pins", pins)
+        except KeeperMessageError as exc:
+            raise SpawnError(
+                f"spawn failed: bad pin {pins!r}: needs an argv index and its parts ({exc.reason})"
+            ) from None
     entries = []
-    for entry in pins if isinstance(pins, list) else [pins]:
-        index = entry.get("index") if isinstance(entry, dict) else None
-        parts = entry.get("parts") if isinstance(entry, dict) else None
-        if not (isinstance(index, int) and 0 <= index < len(argv) and isinstance(parts, list)
-                and all(isinstance(p, str) or _is_path(p) for p in parts)):  # fmt: skip
+    for entry in typing.cast("tuple[Pin, ...]", pins):
+        if not 0 <= entry.index < len(argv):
             raise SpawnError(f"spawn failed: bad pin {entry!r}: needs an argv index and its parts")
-        if "".join(p if isinstance(p, str) else p["path"] for p in parts) != argv[index]:
-            raise SpawnError(f"spawn failed: bad pin {entry!r}: its parts are not argv[{index}]")
-        entries.append((index, parts))
+        if "".join(p if isinstance(p, str) else p.path for p in entry.parts) != argv[entry.index]:
+            raise SpawnError(f"spawn failed: bad pin {entry!r}: its parts are not argv[{entry.index}]")
+        entries.append((entry.index, entry.parts))
     return entries
-
-
-def _is_path(part: Any) -> bool:
-    return isinstance(part, dict) and isinstance(part.get("base"), str) and isinstance(part.get("path"), str)

@@ -124,7 +124,11 @@ class TreeKill:
     def poll(self, now: float) -> set[ProcRef] | None:
         """Advance the stop; returns the processes that outlived SIGKILL once it is over, else None."""
         self._watched = {ref for ref in self._watched if _proctree.alive(ref)}
-        if not self._watched and self._leader_gone() and (self._cheap_find is not None or self._cgroup is not None):
+        if (
+            not self._watched
+            and self._leader_gone()
+            and (self._cheap_find is not None or self._cgroup is not None)
+        ):
             self._watched = self._find()  # what the exited ones forked just before the signal reached them
             self._send(signal.SIGTERM if self._phase == "term" else signal.SIGKILL, self._watched)
         if self._empty():

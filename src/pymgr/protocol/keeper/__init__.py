@@ -14,6 +14,7 @@ from pymgr.protocol.keeper.codec import (
     MistypedField,
     UnknownOp,
     decode,
+    decode_field,
     encode,
     to_json,
 )
@@ -99,6 +100,7 @@ __all__ = [
     "Synced",
     "UnknownOp",
     "decode",
+    "decode_field",
     "encode",
     "encode_frame",
     "to_json",

@@ -28,11 +28,14 @@ import math
 import types
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any, Final, Union
+from typing import Any, Final, TypeVar, Union
 
 from pymgr.protocol.keeper import messages
 from pymgr.protocol.keeper.framing import MAX_FRAME_BYTES, frame_body
 from pymgr.protocol.keeper.messages import NON_EMPTY, Message
+
+#: A message type, as ``decode`` returns the one its ``accept`` map holds.
+M = TypeVar("M", bound=Message)
 
 #: Longest repr of a refused value in an error message: enough to recognise it, never a whole environment.
 MAX_SHOWN_CHARS: Final = 80
@@ -269,7 +272,7 @@ _MESSAGE_FIELDS: Final[Mapping[type, tuple[_Field, ...]]] = {
 # -- the codec -------------------------------------------------------------------------------
 
 
-def decode(body: Mapping[str, Any], accept: Mapping[str, type[Message]]) -> Message:
+def decode(body: Mapping[str, Any], accept: Mapping[str, type[M]]) -> M:
     """The message a frame's JSON object holds, if it is one of ``accept`` (``REQUESTS`` or ``NEWS``).
 
     Raises:
@@ -282,12 +285,28 @@ def decode(body: Mapping[str, Any], accept: Mapping[str, type[Message]]) -> Mess
     if cls is None:
         raise UnknownOp(op, f"unknown op; expected one of: {', '.join(accept)}")
     try:
-        message: Message = _read_fields(cls, _MESSAGE_FIELDS[cls], body, "")
+        message: M = _read_fields(cls, _MESSAGE_FIELDS[cls], body, "")
     except _Missing as exc:
         raise MissingField(op, exc.field) from None
     except _Mistyped as exc:
         raise MistypedField(op, exc.field, exc.expected, exc.value) from None
     return message
+
+
+def decode_field(cls: type[Message], name: str, value: Any) -> Any:
+    """One field of a message, read as ``decode`` reads it (for a value built apart, such as a spawn's ``pins``).
+
+    Raises:
+        MistypedField: ``value`` is not of the field's declared type.
+        MissingField: a part inside it lacks a field.
+    """
+    field = next(field for field in _MESSAGE_FIELDS[cls] if field.name == name)
+    try:
+        return field.kind.read(value, name)
+    except _Missing as exc:
+        raise MissingField(cls.op, exc.field) from None
+    except _Mistyped as exc:
+        raise MistypedField(cls.op, exc.field, exc.expected, exc.value) from None
 
 
 def to_json(message: Message) -> dict[str, Any]:

@@ -110,14 +110,18 @@ def test_the_default_limit_is_half_the_descriptor_limit() -> None:
 
 
 def test_a_new_keeper_that_cannot_reopen_the_log_still_drains_the_pipe(pipe: tuple[int, int, int]) -> None:
-    from pymgr.keeper.runs import Run, take_output
+    from pymgr.keeper.adoption import take_output
     from pymgr.keeper.proctree import ProcRef
+    from pymgr.keeper.runs import Run
+    from pymgr.protocol.keeper import HeldPipe, LogSettings
 
     read_end, write_end, inode = pipe
     holders = OutputHolders(limit=10)
     holders.hold(1, os.getpid(), [read_end, inode])
     run = Run(1, ProcRef(os.getpid(), 0), "t" * 32, "boot", 0.0)
-    take_output(run, {"output": holders.where(1), "log": {"dir": "/nonexistent/dir"}})  # "max_bytes" missing
+    where = holders.where(1)
+    assert where is not None
+    take_output(run, HeldPipe(**where), LogSettings(dir="/nonexistent/dir", max_bytes=0, keep=1))  # bad max_bytes
     assert run.output_fd is not None and run.log is None
     assert run.log_error is not None and run.log_error.startswith("output dropped: cannot reopen the log")
     os.write(write_end, b"x" * 1000)
