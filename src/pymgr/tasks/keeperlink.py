@@ -34,7 +34,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from pymgr._fsguard import ensure_private_dir, open_private
 from pymgr.errors import Unavailable
@@ -241,7 +241,7 @@ class KeeperLink:
 
     def _deliver(self, frame: dict[str, Any]) -> None:
         try:
-            message = cast(News, decode(frame, NEWS))  # NEWS holds the news classes only
+            message = decode(frame, NEWS)
         except KeeperMessageError as exc:  # the link goes on: one bad message is that message's loss
             log.error("task keeper sent a message this daemon cannot read: %s", exc)
             return
