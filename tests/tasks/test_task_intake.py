@@ -10,7 +10,7 @@ import pytest
 from taskhelpers import CALLER, TYPES, MakeManager, fail_statements, py, tasks_config, wait_end, wait_running
 
 from pymgr.config import TaskTypeConfig
-from pymgr.errors import Unavailable
+from pymgr.errors import Conflict, Unavailable
 from pymgr.protocol.keeper import Request, Spawn
 from pymgr.tasks.manager import TaskManager
 from pymgr.tasks.states import TaskState
@@ -208,3 +208,15 @@ async def test_runs_whose_requests_could_not_leave_are_tried_again_without_a_rec
     record = await manager.start("exit", {"code": 0}, None, CALLER)  # answered: its request waits in the queue
     assert record.id in manager._queue and manager.keeper_connected
     assert (await wait_end(manager, record.id)).state is TaskState.SUCCEEDED  # tried again after PUMP_RETRY_S
+
+
+async def test_a_start_with_the_key_of_a_start_waiting_in_its_turn_gets_that_run(manager: TaskManager) -> None:
+    await manager.open()
+    first = asyncio.create_task(manager.start("exit", {"code": 0}, None, CALLER))  # committed at once
+    same = asyncio.create_task(manager.start("exit", {"code": 0}, "k", CALLER))  # waits for the end of the turn
+    held = asyncio.create_task(manager.start("exit", {"code": 0}, "k", CALLER))
+    other = asyncio.create_task(manager.start("sleep", {}, "k", CALLER))
+    with pytest.raises(Conflict, match=r"^key 'k' is held by a task starting now of type 'exit', not 'sleep'$"):
+        await other
+    assert (await held).id == (await same).id == (await first).id + 1
+    assert [r.id for r in manager.list_runs(key="k")] == [(await same).id]

@@ -120,22 +120,25 @@ class Intake:
         """
         if key is None:
             return None
-        future: asyncio.Future[TaskRecord] = asyncio.get_running_loop().create_future()
         active = self._store.find_active(key)
+        waiting = None if active is not None else self._waiting_with_key(key)
         if active is not None:
-            holder_type, holder_id = active.type, active.id
-            future.set_result(active)
-        elif (waiting := self._waiting_with_key(key)) is not None:
-            holder_type, stored, index = waiting
-            holder_id = 0
-            stored.add_done_callback(lambda done: _chain(done, index, future))
+            held_by, holder_type, holder_id = f"task {active.id}", active.type, active.id
+        elif waiting is not None:
+            held_by, holder_type, holder_id = "a task starting now", waiting[0], None
         else:
             return None
         if holder_type != type_name:
             raise Conflict(
-                f"key {key!r} is held by task {holder_id} of type {holder_type!r}, not {type_name!r}",
+                f"key {key!r} is held by {held_by} of type {holder_type!r}, not {type_name!r}",
                 details={"key": key, "id": holder_id, "type": holder_type},
             )
+        future: asyncio.Future[TaskRecord] = asyncio.get_running_loop().create_future()
+        if active is not None:
+            future.set_result(active)
+        elif waiting is not None:
+            _, stored, index = waiting
+            stored.add_done_callback(lambda done: _chain(done, index, future))
         return future
 
     def _end_turn(self) -> None:
