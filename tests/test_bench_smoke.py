@@ -83,8 +83,8 @@ def test_the_seeded_history_is_what_the_daemon_reads(tmp_path: Path) -> None:
     task_history.seed(tmp_path / "state", 40)
     store = SqliteStore(tmp_path / "state" / "tasks.db", max_records=40)
     assert len(store) == 40 and not store.active()
-    assert [r.id for r in store.list(state=TaskState.FAILED, limit=2)] == [39, 38]
-    assert [r.key for r in store.list(type="backup", limit=2)] == ["site:35", "site:30"]
+    assert [r.id for r in store.list_runs(state=TaskState.FAILED, limit=2)] == [39, 38]
+    assert [r.key for r in store.list_runs(type="backup", limit=2)] == ["site:35", "site:30"]
     store.close()
     assert task_history.link_next({"link": '</v1/tasks?before=7>; rel="next"'}) == "/v1/tasks?before=7"
     assert task_history.link_next({}) is None

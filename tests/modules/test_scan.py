@@ -75,12 +75,12 @@ async def scan(dispatcher: Dispatcher, action: str, task_ids: Any) -> Any:
 
 
 def keys(manager: TaskManager, state: str | None = None) -> list[str | None]:
-    return sorted(r.key for r in manager.list(state=state) if r.key)
+    return sorted(r.key for r in manager.list_runs(state=state) if r.key)
 
 
 async def wait_ended(manager: TaskManager) -> None:
     async with asyncio.timeout(15):
-        for record in manager.list():
+        for record in manager.list_runs():
             await manager.wait(record.id)
 
 
@@ -90,7 +90,7 @@ async def test_start_accepts_string_and_list(
 ) -> None:
     assert await scan(dispatcher, "start", task_ids) == "start ok"
     assert keys(manager) == ["scan:1", "scan:2"]
-    record = manager.list(key="scan:1")[0]
+    record = manager.list_runs(key="scan:1")[0]
     assert record.type == "scan"
     assert record.params == {"task_id": 1, "duration": 30.0, "exit_code": 0, "fork_child": False}
     assert record.started_by == LEGACY.to_dict()
@@ -98,7 +98,7 @@ async def test_start_accepts_string_and_list(
 
 async def test_start_replies_before_anything_runs(dispatcher: Dispatcher, manager: TaskManager) -> None:
     assert await scan(dispatcher, "start", "7") == "start ok"
-    assert [r.state.value for r in manager.list()] == ["queued"]
+    assert [r.state.value for r in manager.list_runs()] == ["queued"]
 
 
 async def test_duplicates_and_running_ids_are_skipped(dispatcher: Dispatcher, manager: TaskManager) -> None:
@@ -107,21 +107,21 @@ async def test_duplicates_and_running_ids_are_skipped(dispatcher: Dispatcher, ma
     await asyncio.sleep(0.05)
     assert await scan(dispatcher, "start", "2,3") == "start ok"
     assert keys(manager) == ["scan:1", "scan:2", "scan:3"]
-    assert len(manager.list(key="scan:2")) == 1
+    assert len(manager.list_runs(key="scan:2")) == 1
 
 
 async def test_stop_stops_and_skips_ids_not_running(dispatcher: Dispatcher, manager: TaskManager) -> None:
     await scan(dispatcher, "start", "1,2")
     await asyncio.sleep(0.05)
     assert await scan(dispatcher, "stop", "2,2,9") == "stop ok"
-    assert manager.list(key="scan:1")[0].cancel_source is None
-    record = manager.list(key="scan:2")[0]
+    assert manager.list_runs(key="scan:1")[0].cancel_source is None
+    record = manager.list_runs(key="scan:2")[0]
     assert record.cancel_source == "user"
     final = await asyncio.wait_for(manager.wait(record.id), 15)
     assert (final.state.value, final.cancel_source) == ("stopped", "user")
     assert await scan(dispatcher, "stop", "2") == "stop ok"  # already stopped: skipped
     assert await scan(dispatcher, "stop", [5]) == "stop ok"  # never started: skipped
-    assert len(manager.list()) == 2
+    assert len(manager.list_runs()) == 2
 
 
 async def test_scan_can_start_again_after_it_ended(dispatcher: Dispatcher, manager: TaskManager) -> None:
@@ -129,7 +129,7 @@ async def test_scan_can_start_again_after_it_ended(dispatcher: Dispatcher, manag
     await scan(dispatcher, "stop", "4")
     await wait_ended(manager)
     await scan(dispatcher, "start", "4")
-    assert [r.state.value for r in manager.list(key="scan:4")] == ["queued", "stopped"]
+    assert [r.state.value for r in manager.list_runs(key="scan:4")] == ["queued", "stopped"]
 
 
 @pytest.mark.parametrize(
@@ -159,7 +159,7 @@ async def test_bad_ids_are_params_invalid(
         ) as info:
             await scan(dispatcher, action, task_ids)
         assert info.value.legacy_code == 4
-    assert manager.list() == []
+    assert manager.list_runs() == []
 
 
 async def test_missing_task_ids(dispatcher: Dispatcher) -> None:
@@ -183,7 +183,7 @@ async def test_max_ids_limit_both_sides(tmp_path: Path, action: str) -> None:
         match=rf"^bad params for SCAN_MODULE\.{action}: task_ids: Value error, at most {MAX_TASK_IDS} task ids per request, got {MAX_TASK_IDS + 1} \(got ",
     ):
         await scan(dispatcher, action, list(range(MAX_TASK_IDS + 1)))
-    assert len(manager.list()) == (5 if action == "start" else 0)
+    assert len(manager.list_runs()) == (5 if action == "start" else 0)
     await wait_ended(manager)
     await manager.aclose()
 

@@ -162,4 +162,4 @@ async def test_pattern_rejects_shell_metacharacters(make_manager: Any) -> None:
         match=r"^bad params for task type 'safe': host: String should match pattern '\^\(\?:\^\[a-z0-9\.-\]\+\$\)\$' \(got '1; touch /tmp/x'\)$",
     ):
         await manager.start("safe", {"host": "1; touch /tmp/x"}, None, CALLER)
-    assert manager.list() == []
+    assert manager.list_runs() == []

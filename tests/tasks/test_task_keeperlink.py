@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from pymgr.protocol.keeper import FrameDecoder
+from pymgr.protocol.keeper import Ack, FrameDecoder, LogSettings, Spawn
 from pymgr.tasks.keeperlink import FLUSH_BYTES, KeeperLink, rotate_keeper_log
+
+LOG = LogSettings(dir="/tmp", max_bytes=1, keep=1)
 
 
 class FakeWriter:
@@ -36,11 +38,11 @@ async def test_the_first_request_of_a_turn_leaves_at_once_and_the_rest_at_its_en
     writer = FakeWriter()
     link._writer = writer  # type: ignore[assignment]
     for task_id in (1, 2, 3):
-        link.send({"op": "spawn", "id": task_id})
+        link.send(Ack(id=task_id))
     assert [frames(w) for w in writer.writes] == [[1]]  # the keeper can start on the first one now
     await asyncio.sleep(0)
     assert [frames(w) for w in writer.writes] == [[1], [2, 3]]  # one write for the rest of the turn
-    link.send({"op": "spawn", "id": 4})  # a new turn: at once again
+    link.send(Ack(id=4))  # a new turn: at once again
     assert [frames(w) for w in writer.writes][-1] == [4]
 
 
@@ -50,7 +52,7 @@ async def test_a_burst_leaves_every_flush_bytes(tmp_path: Path) -> None:
     link._writer = writer  # type: ignore[assignment]
     padding = "x" * 500
     for task_id in range(20):
-        link.send({"op": "spawn", "id": task_id, "pad": padding})
+        link.send(Spawn(id=task_id, argv=(padding[:320],), env={}, log=LOG))  # ~520 bytes, as before
     await asyncio.sleep(0)
     sent = [frames(w) for w in writer.writes]
     assert [i for group in sent for i in group] == list(range(20))  # in order, none lost

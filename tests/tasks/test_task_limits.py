@@ -29,7 +29,7 @@ async def chain(manager: TaskManager, first: TaskRecord, length: int) -> list[Ta
     """The attempts of a restarting run, oldest first, once ``length`` of them exist and the last ended."""
     async with asyncio.timeout(20):
         while True:
-            records = sorted(manager.list(key=first.key), key=lambda r: r.id)
+            records = sorted(manager.list_runs(key=first.key), key=lambda r: r.id)
             if len(records) >= length and records[-1].state not in (TaskState.QUEUED, TaskState.RUNNING):
                 return records
             await asyncio.sleep(0.02)
@@ -107,7 +107,7 @@ async def test_the_key_stays_held_during_the_backoff(make_manager: MakeManager) 
     manager = make_manager(types=types(flaky=spec))
     first = await manager.start("flaky", {}, "k", CALLER)
     await wait_end(manager, first.id)
-    retry = manager.list(key="k")[0]
+    retry = manager.list_runs(key="k")[0]
     assert (retry.state, retry.attempt, retry.retry_of) == (TaskState.QUEUED, 2, first.id)
     assert retry.not_before is not None and retry.not_before > first.created_at
     assert (await manager.start("flaky", {}, "k", CALLER)).id == retry.id  # held: the same run
@@ -122,7 +122,7 @@ async def test_always_restarts_a_success_until_the_flapping_guard(make_manager: 
     assert [(r.attempt, r.state) for r in attempts] == [(n, TaskState.SUCCEEDED) for n in (1, 2, 3, 4)]
     assert attempts[-1].error == "not restarted: flapping (3 restarts within 60 s)"
     await asyncio.sleep(0.2)
-    assert len(manager.list(key="svc")) == 4
+    assert len(manager.list_runs(key="svc")) == 4
 
 
 async def test_a_stopped_run_is_not_restarted(make_manager: MakeManager) -> None:
@@ -131,7 +131,7 @@ async def test_a_stopped_run_is_not_restarted(make_manager: MakeManager) -> None
     await manager.stop(record.id, CALLER)
     assert (await wait_end(manager, record.id)).state is TaskState.STOPPED
     await asyncio.sleep(0.2)
-    assert [r.id for r in manager.list(key="svc")] == [record.id]
+    assert [r.id for r in manager.list_runs(key="svc")] == [record.id]
 
 
 async def test_a_timed_out_run_is_restarted_on_failure(make_manager: MakeManager) -> None:

@@ -38,14 +38,16 @@ async def test_a_lone_start_commits_at_once_and_the_rest_of_its_turn_share_one_c
     store = manager._store
     assert isinstance(store, SqliteStore)
     sizes = []
-    commit = store.commit_group
+    execute, counted = store._execute, [len(store)]
 
-    def counting() -> None:
-        if store.group_open:
-            sizes.append(len(store) - store._group_count)
-        commit()
+    def counting(what: str, sql: str, args: Any = ()) -> Any:
+        result = execute(what, sql, args)
+        if sql == "COMMIT" and len(store) != counted[0]:  # the commits that stored runs, and how many
+            sizes.append(len(store) - counted[0])
+            counted[0] = len(store)
+        return result
 
-    monkeypatch.setattr(store, "commit_group", counting)
+    monkeypatch.setattr(store, "_execute", counting)
     records = await asyncio.gather(*(manager.start("exit", {"code": 0}, None, CALLER) for _ in range(5)))
     assert sizes == [1, 4]  # the first of the turn at once (it waits for nothing), the burst after it together
     assert [r.id for r in records] == list(range(records[0].id, records[0].id + 5))
@@ -68,7 +70,7 @@ async def test_a_group_that_cannot_commit_fails_each_of_its_starts_and_spawns_no
     assert [type(r) for r in results] == [Unavailable] * 3
     assert all("disk I/O error" in str(r) for r in results)
     await asyncio.sleep(0.2)
-    assert manager.list() == [] and len(store) == 0
+    assert manager.list_runs() == [] and len(store) == 0
     assert not list((tmp_path / "state" / "logs").iterdir())  # nothing was spawned
     later = await manager.start("exit", {"code": 0}, None, CALLER)  # the store works again
     assert (await wait_end(manager, later.id)).state is TaskState.SUCCEEDED
@@ -79,12 +81,12 @@ async def test_a_start_whose_caller_left_while_its_group_committed_still_runs(ma
     first = asyncio.create_task(manager.start("exit", {"code": 0}, None, CALLER))
     second = asyncio.create_task(manager.start("exit", {"code": 0}, None, CALLER))
     await asyncio.sleep(0)
-    assert first.done() and manager._store.group_open  # the second is staged, waiting for the end of the turn
+    assert first.done() and manager._intake.waiting  # the second is staged, waiting for the end of the turn
     second.cancel()
     with pytest.raises(asyncio.CancelledError):
         await second
-    assert len(manager.list()) == 2
-    for record in manager.list():
+    assert len(manager.list_runs()) == 2
+    for record in manager.list_runs():
         assert (await wait_end(manager, record.id)).state is TaskState.SUCCEEDED
 
 
@@ -193,7 +195,7 @@ async def test_unknown_type_with_no_types_configured(tmp_path: Path) -> None:
 async def test_bad_params_are_params_invalid(manager: TaskManager, params: Any, message: str) -> None:
     with pytest.raises(ParamsInvalid, match=message):
         await manager.start("exit", params, None, CALLER)
-    assert manager.list() == []
+    assert manager.list_runs() == []
 
 
 async def test_scan_params_limits_both_sides(manager: TaskManager) -> None:
@@ -219,7 +221,7 @@ async def test_start_by_key_is_idempotent(manager: TaskManager) -> None:
     assert (await manager.start("sleep", {}, "job:1", CALLER)).id == first.id
     other = await manager.start("sleep", {}, "job:2", CALLER)
     assert other.id != first.id
-    assert len(manager.list(type="sleep")) == 2
+    assert len(manager.list_runs(type="sleep")) == 2
 
 
 async def test_key_is_free_again_once_the_run_ended(manager: TaskManager) -> None:
@@ -257,18 +259,18 @@ async def test_list_filters_and_orders_newest_first(manager: TaskManager) -> Non
     b = await manager.start("sleep", {}, None, CALLER)
     await wait_end(manager, a.id)
     await wait_running(manager, b.id)
-    assert [r.id for r in manager.list()] == [b.id, a.id]
-    assert [r.id for r in manager.list(state="running")] == [b.id]
-    assert [r.id for r in manager.list(state=TaskState.SUCCEEDED)] == [a.id]
-    assert [r.id for r in manager.list(type="exit")] == [a.id]
-    assert [r.id for r in manager.list(key="a")] == [a.id]
+    assert [r.id for r in manager.list_runs()] == [b.id, a.id]
+    assert [r.id for r in manager.list_runs(state="running")] == [b.id]
+    assert [r.id for r in manager.list_runs(state=TaskState.SUCCEEDED)] == [a.id]
+    assert [r.id for r in manager.list_runs(type="exit")] == [a.id]
+    assert [r.id for r in manager.list_runs(key="a")] == [a.id]
 
 
 async def test_list_bad_state_names_the_valid_ones(manager: TaskManager) -> None:
     with pytest.raises(
         ParamsInvalid, match=r"^state: must be one of queued, running, succeeded, failed, stopped, timed_out, lost; not 'done'$"
     ):
-        manager.list(state="done")
+        manager.list_runs(state="done")
 
 
 async def test_describe_types(manager: TaskManager) -> None:
@@ -297,7 +299,7 @@ async def test_max_records_drops_the_oldest_ended(make_manager: MakeManager) -> 
         record = await manager.start("exit", {"code": 0}, None, CALLER)
         await wait_end(manager, record.id)
         ids.append(record.id)
-    assert [r.id for r in manager.list()] == [ids[2], ids[1]]
+    assert [r.id for r in manager.list_runs()] == [ids[2], ids[1]]
     with pytest.raises(NotFound):
         manager.get(ids[0])
 

@@ -53,7 +53,7 @@ def test_ids_increase_from_first_id_and_are_never_reused(tmp_path: Path) -> None
     ids = [end(store, store.add(record())).id for _ in range(3)]
     assert ids == [41, 42, 43]
     store.prune(T0)
-    assert [r.id for r in store.list()] == [43]
+    assert [r.id for r in store.list_runs()] == [43]
     store.close()
     store = make(tmp_path, first_id=1)  # first_id only seeds a new file
     assert store.add(record()).id == 44
@@ -112,11 +112,11 @@ def test_list_is_newest_first_and_filters(tmp_path: Path) -> None:
     a = store.add(record("scan", "scan:1"))
     b = store.add(record("backup"))
     c = end(store, store.add(record("scan", "scan:2")))
-    assert [r.id for r in store.list()] == [c.id, b.id, a.id]
-    assert [r.id for r in store.list(type="scan")] == [c.id, a.id]
-    assert [r.id for r in store.list(state=TaskState.SUCCEEDED)] == [c.id]
-    assert [r.id for r in store.list(key="scan:1")] == [a.id]
-    assert store.list(type="scan", state=TaskState.QUEUED, key="scan:2") == []
+    assert [r.id for r in store.list_runs()] == [c.id, b.id, a.id]
+    assert [r.id for r in store.list_runs(type="scan")] == [c.id, a.id]
+    assert [r.id for r in store.list_runs(state=TaskState.SUCCEEDED)] == [c.id]
+    assert [r.id for r in store.list_runs(key="scan:1")] == [a.id]
+    assert store.list_runs(type="scan", state=TaskState.QUEUED, key="scan:2") == []
     assert [r.id for r in store.active()] == [a.id, b.id]
 
 
@@ -139,7 +139,7 @@ def test_a_second_active_record_with_a_key_is_refused_by_the_index(tmp_path: Pat
     store.add(record(key="k"))
     with pytest.raises(PymgrInternalError, match=r"^task store .*tasks\.db: add a record: UNIQUE constraint failed"):
         store.add(record(key="k"))
-    assert len(store.list()) == 1
+    assert len(store.list_runs()) == 1
 
 
 def test_update_of_unknown_id_raises(tmp_path: Path) -> None:
@@ -153,55 +153,11 @@ def test_batch_is_one_transaction_and_rolls_back_on_error(tmp_path: Path) -> Non
         store.add(record())
         store.add(record())
         raise RuntimeError("boom")
-    assert store.list() == [] and len(store) == 0
+    assert store.list_runs() == [] and len(store) == 0
     with store.batch():
         first = store.add(record())
         store.update(dataclasses.replace(first, log_path="/logs/1.log"))
     assert store.get(first.id).log_path == "/logs/1.log"  # type: ignore[union-attr]
-
-
-def test_a_group_commits_later_and_any_other_read_or_write_commits_it_first(tmp_path: Path) -> None:
-    store = make(tmp_path, max_records=100)
-    heard: list[object] = []
-    with store.group(heard.append):
-        a = store.add(record())
-    with store.group(heard.append):
-        b = store.add(record())
-    other = sqlite3.connect(tmp_path / "tasks.db")
-    assert store.group_open and heard == []
-    assert other.execute("SELECT count(*) FROM runs").fetchone()[0] == 0  # nothing committed yet
-    commits = store._commits
-    assert [r.id for r in store.list()] == [b.id, a.id]  # the read committed the group first
-    assert (heard, store.group_open, store._commits) == ([None], False, commits + 1)  # one callback, one commit
-    assert other.execute("SELECT count(*) FROM runs").fetchone()[0] == 2
-    with store.group(heard.append):
-        c = store.add(record())
-    store.update(dataclasses.replace(c, state=TaskState.RUNNING, pid=5))  # a write outside commits it too
-    assert (heard, store._commits) == ([None, None], commits + 3)
-    store.commit_group()  # none open: nothing to do
-    assert store._commits == commits + 3
-    store.close()
-    assert [r.state for r in make(tmp_path).list()] == [TaskState.RUNNING, TaskState.QUEUED, TaskState.QUEUED]
-
-
-def test_a_failed_block_of_a_group_undoes_itself_only(tmp_path: Path) -> None:
-    store = make(tmp_path)
-    heard: list[object] = []
-    with pytest.raises(RuntimeError), store.group(heard.append):
-        store.add(record())  # the block that begins a group is all of it: no savepoint, the whole of it undone
-        raise RuntimeError("the caller failed after its write")
-    assert not store.group_open and len(store) == 0 and store.list() == []
-    assert [type(h) for h in heard] == [Unavailable]
-    with store.group():
-        kept = store.add(record())
-    with pytest.raises(RuntimeError), store.group():
-        store.add(record())
-        raise RuntimeError("the caller failed after its write")
-    with pytest.raises(PymgrInternalError), store.batch(), store.group():
-        pass  # a group inside another transaction would share its commit
-    store.commit_group()
-    assert [r.id for r in store.list()] == [kept.id]
-    assert len(store) == 1
 
 
 def test_a_lazy_batch_begins_at_its_first_write_only(tmp_path: Path) -> None:
@@ -221,7 +177,7 @@ def test_a_lazy_batch_begins_at_its_first_write_only(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), store.batch(lazy=True):
         store.add(record())
         raise RuntimeError("boom")
-    assert len(store.list()) == 1 and len(store) == 1
+    assert len(store.list_runs()) == 1 and len(store) == 1
     other.close()
 
 
@@ -229,7 +185,7 @@ def test_max_records_at_the_limit_keeps_all(tmp_path: Path) -> None:
     store = make(tmp_path, max_records=3)
     ids = [end(store, store.add(record())).id for _ in range(3)]
     assert store.prune(T0) == []
-    assert [r.id for r in store.list()] == ids[::-1]
+    assert [r.id for r in store.list_runs()] == ids[::-1]
 
 
 def test_max_records_past_the_limit_drops_oldest_ended(tmp_path: Path) -> None:
@@ -238,7 +194,7 @@ def test_max_records_past_the_limit_drops_oldest_ended(tmp_path: Path) -> None:
     ended = [end(store, store.add(record())).id for _ in range(3)]
     # 4 records > 3: the oldest *ended* one goes, the older active one stays.
     assert [r.id for r in store.prune(T0)] == [ended[0]]
-    assert [r.id for r in store.list()] == [ended[2], ended[1], active.id]
+    assert [r.id for r in store.list_runs()] == [ended[2], ended[1], active.id]
     assert store.find_active("k") == active
 
 
@@ -246,7 +202,7 @@ def test_active_records_are_never_dropped(tmp_path: Path) -> None:
     store = make(tmp_path, max_records=2)
     actives = [store.add(record()).id for _ in range(4)]
     assert store.prune(T0 + timedelta(days=999)) == []
-    assert sorted(r.id for r in store.list()) == actives
+    assert sorted(r.id for r in store.list_runs()) == actives
 
 
 def test_max_age_both_sides(tmp_path: Path) -> None:
@@ -257,7 +213,7 @@ def test_max_age_both_sides(tmp_path: Path) -> None:
     assert store.prune(T0 + timedelta(seconds=3600)) == []  # exactly max_age old: kept
     assert [r.id for r in store.prune(T0 + timedelta(seconds=3600.5))] == [old.id]
     assert store.prune(T0 + timedelta(days=9), by_age=False) == []
-    assert [r.id for r in store.list()] == [running.id, young.id]
+    assert [r.id for r in store.list_runs()] == [running.id, young.id]
 
 
 @pytest.mark.parametrize(
@@ -367,7 +323,7 @@ def test_a_killed_writer_leaves_every_commit_and_a_sound_file(tmp_path: Path) ->
         proc.wait()
     store = make(tmp_path, max_records=100000)
     assert store.integrity_check() == "ok"
-    ids = {r.id for r in store.list()}
+    ids = {r.id for r in store.list_runs()}
     assert set(acknowledged) <= ids
 
 
@@ -406,7 +362,7 @@ def test_read_only_state_dir_is_unavailable_and_reads_still_work(small_fs: Path)
     with pytest.raises(Unavailable, match=message):
         store.update(kept)
     assert store.prune(T0) == []  # nothing to drop: nothing to write either
-    assert store.list() == [kept] and store.get(kept.id) == kept
+    assert store.list_runs() == [kept] and store.get(kept.id) == kept
     store.close()
     subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], check=True)
     store = SqliteStore(small_fs / "tasks.db", max_records=100)
@@ -417,7 +373,7 @@ def test_read_only_state_dir_is_unavailable_and_reads_still_work(small_fs: Path)
 def test_read_only_state_dir_without_a_store_serves_an_empty_one(small_fs: Path) -> None:
     subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
     store = SqliteStore(small_fs / "tasks.db", max_records=100)
-    assert store.read_only is not None and store.list() == []
+    assert store.read_only is not None and store.list_runs() == []
     with pytest.raises(Unavailable, match=r"^task store .* is read-only; errno 30 \(EROFS\)"):
         store.add(record())
 
@@ -430,26 +386,24 @@ def test_full_state_dir_is_unavailable_and_nothing_is_lost(small_fs: Path) -> No
         for _ in range(200):
             added.append(store.add(big).id)
     (small_fs / "tasks.db-wal").stat()  # still there
-    assert [r.id for r in store.list()] == added[::-1]
+    assert [r.id for r in store.list_runs()] == added[::-1]
     store.close()
     subprocess.run(["mount", "-o", "remount,size=8m", str(small_fs)], check=True)
     again = SqliteStore(small_fs / "tasks.db", max_records=100000)
     assert again.integrity_check() == "ok"
-    assert [r.id for r in again.list()] == added[::-1]
+    assert [r.id for r in again.list_runs()] == added[::-1]
 
 
-def test_a_group_that_cannot_commit_is_gone_and_every_callback_hears_why(small_fs: Path) -> None:
+def test_a_batch_that_cannot_commit_is_gone_whole(small_fs: Path) -> None:
     store = SqliteStore(small_fs / "tasks.db", max_records=100000)
     big = dataclasses.replace(record(), params={"blob": "x" * 20000})
     committed: list[int] = []
-    heard: list[object] = []
     for _ in range(100):
         staged = []
-        for _ in range(5):
-            with store.group(heard.append):
-                staged.append(store.add(big).id)
         try:
-            store.commit_group()
+            with store.batch():
+                for _ in range(5):
+                    staged.append(store.add(big).id)
         except Unavailable as exc:
             failure = exc
             break
@@ -457,14 +411,13 @@ def test_a_group_that_cannot_commit_is_gone_and_every_callback_hears_why(small_f
     else:
         pytest.fail("the file system never filled up")
     assert re.match(rf"^task store {small_fs}/tasks\.db: cannot write: .*\(SQLITE_FULL\).*errno 28", str(failure))
-    assert heard == [None] * (len(committed) // 5) + [failure]
-    assert [r.id for r in store.list()] == committed[::-1]
+    assert [r.id for r in store.list_runs()] == committed[::-1]
     assert len(store) == len(committed)
     store.close()
     subprocess.run(["mount", "-o", "remount,size=8m", str(small_fs)], check=True)
     again = SqliteStore(small_fs / "tasks.db", max_records=100000)
     assert again.integrity_check() == "ok"
-    assert [r.id for r in again.list()] == committed[::-1]
+    assert [r.id for r in again.list_runs()] == committed[::-1]
 
 
 def test_to_dict_is_json_ready_with_iso_utc_times() -> None:
@@ -531,5 +484,5 @@ async def test_a_manager_on_a_read_only_state_dir_serves_reads_and_refuses_start
         await manager.open()
     with pytest.raises(Unavailable, match=message):
         await manager.start("exit", {"code": 0}, None, CALLER)
-    assert [r.id for r in manager.list()] == [kept.id] and manager.get(kept.id).state is TaskState.SUCCEEDED
+    assert [r.id for r in manager.list_runs()] == [kept.id] and manager.get(kept.id).state is TaskState.SUCCEEDED
     await manager.aclose()

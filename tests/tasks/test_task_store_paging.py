@@ -29,26 +29,26 @@ def ids(records: list[TaskRecord]) -> list[int]:
 
 
 def test_a_page_holds_at_most_limit_records_newest_first(store: SqliteStore) -> None:
-    assert ids(store.list(limit=1)) == [10]
-    assert ids(store.list(limit=3)) == [10, 9, 8]
-    assert ids(store.list(limit=10)) == list(range(10, 0, -1))
-    assert ids(store.list(limit=11)) == ids(store.list()) == list(range(10, 0, -1))
+    assert ids(store.list_runs(limit=1)) == [10]
+    assert ids(store.list_runs(limit=3)) == [10, 9, 8]
+    assert ids(store.list_runs(limit=10)) == list(range(10, 0, -1))
+    assert ids(store.list_runs(limit=11)) == ids(store.list_runs()) == list(range(10, 0, -1))
 
 
 def test_before_is_the_cursor_of_the_next_page(store: SqliteStore) -> None:
     pages, before = [], None
-    while page := store.list(limit=4, before=before):
+    while page := store.list_runs(limit=4, before=before):
         pages.append(ids(page))
         before = page[-1].id
     assert pages == [[10, 9, 8, 7], [6, 5, 4, 3], [2, 1]]
-    assert store.list(before=1) == []
-    assert ids(store.list(before=2**63 - 1, limit=1)) == [10]
+    assert store.list_runs(before=1) == []
+    assert ids(store.list_runs(before=2**63 - 1, limit=1)) == [10]
 
 
 def test_a_new_run_does_not_shift_the_next_page(store: SqliteStore) -> None:
-    first = store.list(limit=4)
+    first = store.list_runs(limit=4)
     store.add(record())
-    assert ids(store.list(limit=4, before=first[-1].id)) == [6, 5, 4, 3]
+    assert ids(store.list_runs(limit=4, before=first[-1].id)) == [6, 5, 4, 3]
 
 
 @pytest.mark.parametrize(
@@ -61,9 +61,9 @@ def test_a_new_run_does_not_shift_the_next_page(store: SqliteStore) -> None:
     ],
 )
 def test_filters_page_too(store: SqliteStore, filters: dict[str, Any], expected: list[int]) -> None:
-    assert ids(store.list(**filters)) == expected
-    assert ids(store.list(limit=1, **filters)) == expected[:1]
-    assert ids(store.list(limit=2, before=expected[0], **filters)) == expected[1:3]
+    assert ids(store.list_runs(**filters)) == expected
+    assert ids(store.list_runs(limit=1, **filters)) == expected[:1]
+    assert ids(store.list_runs(limit=2, before=expected[0], **filters)) == expected[1:3]
 
 
 @pytest.mark.parametrize(
@@ -93,5 +93,5 @@ def test_a_schema_2_store_gets_the_indexes(tmp_path: Path) -> None:
     indexes = {row[0] for row in store._db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"runs_state", "runs_type", "runs_key"} <= indexes and "runs_active" not in indexes
     assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    assert store.list(key="k") == [kept] and store.active() == [kept]
+    assert store.list_runs(key="k") == [kept] and store.active() == [kept]
     store.close()

@@ -110,7 +110,7 @@ class Scan(Module):
     async def stop(self, task_ids: TaskIds, *, caller: Identity) -> str:
         """Stop the scan of each id; ids with no active scan are skipped."""
         for task_id in self._bounded(task_ids):
-            for record in self.manager.list(key=_key(task_id)):
+            for record in self.manager.list_runs(key=_key(task_id)):
                 if record.state in ACTIVE:
                     await self.manager.stop(record.id, caller)
         return "stop ok"

@@ -77,7 +77,7 @@ class Tasks(Module):
         The next page: ``before`` = the last id of this one; a page shorter than its limit is the last.
         """
         manager = self.manager
-        records = manager.list(
+        records = manager.list_runs(
             state=state, type=type, key=key, limit=page_limit(limit, manager.config), before=before
         )
         return [record.to_dict() for record in records]

@@ -82,14 +82,21 @@ class ActiveRuns:
         mine = self._counts[caller]
         if mine + count > max_per_caller:
             raise Conflict(
-                f"task start refused: {caller} has {mine} active run(s) and asks for {count} more; the cap per "
-                f"caller is {max_per_caller} ([tasks] max_active_per_caller): start more when some have ended",
-                details={"cap": "max_active_per_caller", "value": max_per_caller, "active": mine, "asked": count},
+                f"task start refused: {caller} has {mine} active run(s) and asks for {count} more; "
+                f"the cap per caller is {max_per_caller} ([tasks] max_active_per_caller): "
+                "start more when some have ended",
+                details={
+                    "cap": "max_active_per_caller",
+                    "value": max_per_caller,
+                    "active": mine,
+                    "asked": count,
+                },
             )
         total = len(self._callers)
         if total + count > max_active:
             raise Conflict(
-                f"task start refused: {total} run(s) are active and {count} more were asked for; the daemon's cap "
+                f"task start refused: {total} run(s) are active and {count} more were asked for; "
+                "the daemon's cap "
                 f"is {max_active} ([tasks] max_active): start more when some have ended",
                 details={"cap": "max_active", "value": max_active, "active": total, "asked": count},
             )

@@ -31,7 +31,9 @@ def _controllers(types: Mapping[str, TaskType]) -> set[str]:
     return {_cgroup.CONTROLLER_OF[name] for task_type in types.values() for name in task_type.cgroup_limits}
 
 
-def open_containment(config: CgroupConfig, state_dir: Path, types: Mapping[str, TaskType]) -> CgroupTree | None:
+def open_containment(
+    config: CgroupConfig, state_dir: Path, types: Mapping[str, TaskType]
+) -> CgroupTree | None:
     """The cgroup tree runs and commands go into, or None (the older method; see the module rules).
 
     Raises:
@@ -41,21 +43,27 @@ def open_containment(config: CgroupConfig, state_dir: Path, types: Mapping[str, 
     if config.mode == "off":
         if limited:
             raise ConfigError(
-                f"[tasks.types.{limited[0]}] sets a cgroup limit, and [tasks.cgroup] mode is \"off\"; "
-                "remove the limit or set mode to \"auto\""
+                f'[tasks.types.{limited[0]}] sets a cgroup limit, and [tasks.cgroup] mode is "off"; '
+                'remove the limit or set mode to "auto"'
             )
         return None
     try:
         return _cgroup.open_tree(
-            None if config.parent is None else str(config.parent), config.name, str(state_dir), _controllers(types)
+            None if config.parent is None else str(config.parent),
+            config.name,
+            str(state_dir),
+            _controllers(types),
         )
     except _cgroup.CgroupError as exc:
         if limited:
-            raise ConfigError(f"[tasks.types.{limited[0]}] sets a cgroup limit that cannot be enforced: {exc}") from None
+            raise ConfigError(
+                f"[tasks.types.{limited[0]}] sets a cgroup limit that cannot be enforced: {exc}"
+            ) from None
         if config.mode == "required":
-            raise ConfigError(f"[tasks.cgroup] mode = \"required\", and no cgroup can be made: {exc}") from None
+            raise ConfigError(f'[tasks.cgroup] mode = "required", and no cgroup can be made: {exc}') from None
         log.warning(
-            "no cgroup for runs and commands (%s): stops find their processes by session, group and marker only, "
+            "no cgroup for runs and commands (%s): stops find their processes by session, group "
+            "and marker only, "
             "and a process that leaves all three survives; each run's record says cgroup: null",
             exc,
         )
@@ -72,8 +80,12 @@ def check_limits(tree: CgroupTree | None, types: Mapping[str, TaskType]) -> None
         if not task_type.cgroup_limits:
             continue
         if tree is None:
-            raise ConfigError(f"[tasks.types.{name}] sets a cgroup limit, and this daemon runs without cgroups")
+            raise ConfigError(
+                f"[tasks.types.{name}] sets a cgroup limit, and this daemon runs without cgroups"
+            )
         try:
             _cgroup.check_controllers(tree.root, {_cgroup.CONTROLLER_OF[k] for k in task_type.cgroup_limits})
         except _cgroup.CgroupError as exc:
-            raise ConfigError(f"[tasks.types.{name}] sets a cgroup limit that cannot be enforced: {exc}") from None
+            raise ConfigError(
+                f"[tasks.types.{name}] sets a cgroup limit that cannot be enforced: {exc}"
+            ) from None

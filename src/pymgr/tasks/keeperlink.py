@@ -13,7 +13,8 @@ Rules:
   ``on_lost`` is called once.
 - ``send`` never blocks. The first message of an event loop turn leaves at
   once (a lone start's spawn request reaches the keeper while the daemon
-  still answers the request, not after the reply's ~0.5 ms of work); the ones after it in the same turn queue and leave in one write at
+  still answers the request, not after the reply's ~0.5 ms of work); the
+  ones after it in the same turn queue and leave in one write at
   the end of the turn, or every ``FLUSH_BYTES`` (a burst of starts is a few
   system calls, not one per start). Nothing is sent
   while disconnected (``send`` raises ``Unavailable``); the manager holds
@@ -37,8 +38,19 @@ from typing import Any
 
 from pymgr._fsguard import ensure_private_dir, open_private
 from pymgr.errors import Unavailable
-from pymgr.protocol.keeper import CLOSED, PROTOCOL, FrameDecoder, FrameError
-from pymgr.protocol.keeper import encode_frame as encode
+from pymgr.protocol.keeper import (
+    CLOSED,
+    NEWS,
+    PROTOCOL,
+    FrameDecoder,
+    FrameError,
+    Hello,
+    KeeperMessageError,
+    News,
+    Request,
+    decode,
+    encode,
+)
 
 log = logging.getLogger("pymgr.keeper")
 
@@ -71,8 +83,8 @@ class KeeperLink:
         idle_exit_s: float,
         start_timeout_s: float,
         log_max_bytes: int = 1024 * 1024,
-        on_message: Callable[[dict[str, Any]], None],
-        on_lost: Callable[[], None],
+        on_message: Callable[[News], None] = lambda message: None,
+        on_lost: Callable[[], None] = lambda: None,
         batch: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
     ) -> None:
         self.run_dir = state_dir / "run"
@@ -92,7 +104,16 @@ class KeeperLink:
         #: A message left in this loop turn: the next ones wait for its end (``_end_turn``).
         self._turn_started = False
         #: The keeper's hello: its pid and boot id.
-        self.hello: dict[str, Any] = {}
+        self.hello: Hello | None = None
+
+    def listen(
+        self,
+        on_message: Callable[[News], None],
+        on_lost: Callable[[], None],
+        batch: Callable[[], contextlib.AbstractContextManager[Any]],
+    ) -> None:
+        """Who hears the keeper, if not given at construction (see the module rules)."""
+        self._on_message, self._on_lost, self._batch = on_message, on_lost, batch
 
     @property
     def connected(self) -> bool:
@@ -130,11 +151,10 @@ class KeeperLink:
                 decoder = FrameDecoder()
                 hello = await self._first_frame(reader, decoder, deadline)
                 if hello is not None:
-                    self._check(hello, writer)
+                    self.hello = self._check(hello, writer)
                     self._writer = writer
-                    self.hello = hello
                     self._reader_task = loop.create_task(self._read(reader, decoder))
-                    self._on_message(hello)
+                    self._on_message(self.hello)
                     return
                 writer.close()  # a keeper that was exiting: wait for it to go, then start ours
             if process is not None and process.poll() not in (None, 0):
@@ -156,14 +176,23 @@ class KeeperLink:
             return None
         return frame
 
-    def _check(self, hello: dict[str, Any], writer: asyncio.StreamWriter) -> None:
-        if hello.get("op") != "hello" or hello.get("protocol") != PROTOCOL:
+    def _check(self, hello: dict[str, Any], writer: asyncio.StreamWriter) -> Hello:
+        """The keeper's hello, if it speaks this daemon's protocol.
+
+        The raw frame is read first: a hello's shape never changes, whatever protocol follows it.
+        """
+        message = None
+        if hello.get("op") == "hello" and hello.get("protocol") == PROTOCOL:
+            with contextlib.suppress(KeeperMessageError):
+                message = decode(hello, NEWS)
+        if not isinstance(message, Hello):
             writer.close()
             raise Unavailable(
                 f"the task keeper (pid {hello.get('keeper_pid')}) speaks protocol {hello.get('protocol')!r}, "
                 f"this daemon {PROTOCOL}: it is from another pymgr version; stop it once its runs ended "
                 f"(kill -TERM lets it exit when idle) and restart the daemon"
             )
+        return message
 
     def _look(self) -> str:
         return f"see {self.run_dir / 'keeper.log'}"
@@ -201,7 +230,7 @@ class KeeperLink:
             while True:
                 with self._batch():  # everything one read brought, handled together (one store commit)
                     while isinstance(frame := decoder.next_frame(), dict):
-                        self._on_message(frame)
+                        self._deliver(frame)
                 if frame is CLOSED:
                     break
                 decoder.receive_data(await reader.read(_READ_BYTES))
@@ -209,6 +238,14 @@ class KeeperLink:
             log.error("task keeper connection broke: %s", exc)
         finally:
             self._lost()
+
+    def _deliver(self, frame: dict[str, Any]) -> None:
+        try:
+            message = decode(frame, NEWS)
+        except KeeperMessageError as exc:  # the link goes on: one bad message is that message's loss
+            log.error("task keeper sent a message this daemon cannot read: %s", exc)
+            return
+        self._on_message(message)
 
     def _lost(self) -> None:
         if self._writer is None:
@@ -218,11 +255,12 @@ class KeeperLink:
         _reap_started()
         self._on_lost()
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: Request) -> None:
         """Queue one message for the keeper; queued messages leave together at the end of the loop turn.
 
         Raises:
             Unavailable: not connected.
+            FrameError: the message is larger than a frame (nothing is queued).
         """
         if self._writer is None or self._writer.is_closing():
             raise Unavailable("the task keeper is not connected; the daemon is reconnecting, retry shortly")
@@ -239,7 +277,8 @@ class KeeperLink:
         self._flush()
 
     def _flush(self) -> None:
-        # One write for a burst of requests (a hundred starts in one loop turn): one system call, not a hundred.
+        # One write for a burst of requests (a hundred starts in one loop turn):
+        # one system call, not a hundred.
         data, self._outgoing = bytes(self._outgoing), bytearray()
         if data and self._writer is not None and not self._writer.is_closing():
             self._writer.write(data)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +75,9 @@ class LogReader:
     def _segments(self, task_id: int) -> list[tuple[int, Path]]:
         """(first offset, path) of every file, oldest first; the current file last."""
         prefix = f"{int(task_id)}.log."
-        bases = sorted(int(name[len(prefix) :]) for name in os.listdir(self._real) if _is_rotated(name, prefix))
+        bases = sorted(
+            int(name[len(prefix) :]) for name in os.listdir(self._real) if _is_rotated(name, prefix)
+        )
         segments = [(base, self._checked(f"{prefix}{base}")) for base in bases]
         current_base = 0
         if segments:
@@ -140,7 +142,7 @@ class LogReader:
 
     async def follow(
         self, task_id: int, offset: int, *, running: Callable[[], bool], poll_s: float
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes]:
         """New bytes from ``offset`` on, until the run ended and everything was read.
 
         Raises:
@@ -191,7 +193,8 @@ def _check_offset(task_id: int, offset: int, span: LogSpan) -> None:
         )
     if offset < span.start:
         raise ParamsInvalid(
-            f"offset {offset} of task {task_id}'s log was rotated away: the log now starts at offset {span.start}",
+            f"offset {offset} of task {task_id}'s log was rotated away: "
+            f"the log now starts at offset {span.start}",
             details={"offset": offset, "start": span.start, "end": span.end},
         )
 

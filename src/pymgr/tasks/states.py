@@ -11,9 +11,7 @@ Rules (after h11's ``_state.py``):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from enum import Enum
-from typing import Any
 
 from pymgr.errors import PymgrInternalError
 
@@ -82,15 +80,17 @@ def transition(current: TaskState, new: TaskState) -> TaskState:
     return new
 
 
-def end_state(cancel_source: str | None, status: Mapping[str, Any]) -> TaskState:
+def end_state(
+    cancel_source: str | None, *, exit_code: int | None, signal: str | None, exited_on_its_own: bool
+) -> TaskState:
     """The state a run ends in, from its cancel source and the keeper's exit status."""
     # A stop or deadline that came while the keeper stopped what an exited leader left is not the outcome.
-    if cancel_source == "deadline" and not status.get("exited_on_its_own"):
+    if cancel_source == "deadline" and not exited_on_its_own:
         return TaskState.TIMED_OUT
-    if cancel_source is not None and not status.get("exited_on_its_own"):
+    if cancel_source is not None and not exited_on_its_own:
         return TaskState.STOPPED
-    if status.get("exit_code") is None and status.get("signal") is None:
+    if exit_code is None and signal is None:
         return TaskState.LOST
-    if status.get("signal") is not None or status.get("exit_code") != 0:
+    if signal is not None or exit_code != 0:
         return TaskState.FAILED
     return TaskState.SUCCEEDED

@@ -86,4 +86,5 @@ class TaskStreams:
                         yield b"".join(sse(e.kind, e.data, e.seq) for e in batch)
                     last = time.monotonic()
             finally:
-                stopper.cancel()  # not awaited: it only waits on the event, and a generator may close outside a task
+                # Not awaited: it only waits on the event, and a generator may close outside a task.
+                stopper.cancel()

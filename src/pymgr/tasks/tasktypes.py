@@ -36,7 +36,7 @@ from pymgr.config import ConfigError, TasksConfig, TaskTypeConfig
 from pymgr.core.paramspec import build_params_model
 from pymgr.keeper.cgroup import limit_files
 from pymgr.core.paramvalues import argv_text
-from pymgr.tasks.policy import RestartRules
+from pymgr.tasks.restart import RestartRules
 
 #: A placeholder in an argv element: a lowercase identifier in braces.
 PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
@@ -78,7 +78,12 @@ class TaskType:
 
     def log_settings(self, log_dir: Path) -> dict[str, Any]:
         """How the keeper writes a run's log (the ``log`` of its ``spawn`` and ``adopt`` requests)."""
-        return {"dir": str(log_dir), "max_bytes": self.log_max_bytes, "keep": self.log_keep, "timestamps": self.log_timestamps}
+        return {
+            "dir": str(log_dir),
+            "max_bytes": self.log_max_bytes,
+            "keep": self.log_keep,
+            "timestamps": self.log_timestamps,
+        }
 
     def render_argv(self, params: BaseModel) -> list[str]:
         """The argv for one run, from validated parameters."""
@@ -98,7 +103,7 @@ class TaskType:
         """
         values = {name: render_value(value) for name, value in params.items()}
         values[PYTHON] = sys.executable
-        pins = []
+        pins: list[dict[str, Any]] = []
         for index, element in enumerate(self.argv):
             parts: list[Any] = []
             position = 0
@@ -147,7 +152,9 @@ def compile_type(name: str, config: TaskTypeConfig, defaults: TasksConfig) -> Ta
     """
     where = f"[tasks.types.{name}]"
     if PYTHON in config.params:
-        raise ConfigError(f"{where} params: {PYTHON!r} is reserved for the daemon's interpreter; rename the parameter")
+        raise ConfigError(
+            f"{where} params: {PYTHON!r} is reserved for the daemon's interpreter; rename the parameter"
+        )
     known = {PYTHON, *config.params}
     for index, element in enumerate(config.argv):
         for match in PLACEHOLDER.finditer(element):
@@ -204,7 +211,11 @@ def describe_changes(old: TasksConfig, new: TasksConfig) -> list[str]:
     """
     added = sorted(new.types.keys() - old.types.keys())
     removed = sorted(old.types.keys() - new.types.keys())
-    changes = [f"{label} type(s) {', '.join(names)}" for label, names in (("added", added), ("removed", removed)) if names]
+    changes = [
+        f"{label} type(s) {', '.join(names)}"
+        for label, names in (("added", added), ("removed", removed))
+        if names
+    ]
     for name in sorted(old.types.keys() & new.types.keys()):
         before = old.types[name].model_dump(by_alias=True)
         after = new.types[name].model_dump(by_alias=True)
@@ -234,4 +245,8 @@ def _field_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[
 
 
 def _show(value: Any) -> str:
-    return "unset" if value is None else (str(value) if isinstance(value, int | float | str | Path) else repr(value))
+    return (
+        "unset"
+        if value is None
+        else (str(value) if isinstance(value, int | float | str | Path) else repr(value))
+    )

@@ -1,4 +1,4 @@
-"""Group commit of starts against everything else the manager does meanwhile (real keeper, real store)."""
+"""The starts of one loop turn share one commit (intake.py), against everything else the manager does meanwhile (real keeper, real store)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from taskhelpers import CALLER, TYPES, MakeManager, fail_statements, py, tasks_config, wait_end, wait_running
 
 from pymgr.config import TaskTypeConfig
-from pymgr.errors import Unavailable
-from pymgr.protocol.keeper import FrameDecoder
+from pymgr.errors import Conflict, Unavailable
+from pymgr.protocol.keeper import Request, Spawn
 from pymgr.tasks.manager import TaskManager
 from pymgr.tasks.states import TaskState
 from pymgr.tasks.store import SqliteStore
@@ -22,25 +22,8 @@ async def first_and_staged(manager: TaskManager) -> tuple[asyncio.Task[Any], asy
     first = asyncio.create_task(manager.start("exit", {"code": 0}, None, CALLER))
     second = asyncio.create_task(manager.start("exit", {"code": 0}, None, CALLER))
     await asyncio.sleep(0)
-    assert first.done() and manager._store.group_open
+    assert first.done() and manager._intake.waiting
     return first, second
-
-
-async def test_a_failed_group_commit_at_a_keeper_read_fails_the_starts_not_the_keeper_link(
-    manager: TaskManager, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    await manager.open()
-    first, second = await first_and_staged(manager)
-    fail_statements(monkeypatch, manager, "COMMIT", "database or disk is full")
-    reader = asyncio.StreamReader()
-    reader.feed_eof()
-    # A keeper read in this turn commits the group first; the failure is the starts' and must not escape the
-    # link's reader (it would die with it, and with it every report of that read).
-    await manager._link._read(reader, FrameDecoder())
-    monkeypatch.undo()
-    with pytest.raises(Unavailable, match="database or disk is full"):
-        await second
-    assert [r.id for r in manager.list()] == [first.result().id]
 
 
 async def test_a_start_is_answered_when_the_keeper_link_breaks_before_its_spawn(manager: TaskManager) -> None:
@@ -57,7 +40,7 @@ async def test_queued_events_come_in_start_order_when_a_read_commits_a_group_ear
     with manager.events.subscribe() as events:
 
         async def listing() -> None:
-            manager.list()  # commits the group of the two starts before it; its announcing waits for the loop
+            manager.list_runs()  # commits the group of the two starts before it; its announcing waits for the loop
 
         starts = [
             asyncio.create_task(manager.start("exit", {"code": 0}, None, CALLER)),
@@ -68,16 +51,6 @@ async def test_queued_events_come_in_start_order_when_a_read_commits_a_group_ear
         await asyncio.gather(*starts)
         queued = [e.data["id"] for e in events.pending() if e.data.get("state") == "queued"]
     assert len(queued) == 3 and queued == sorted(queued)
-
-
-async def test_a_start_read_by_id_before_it_was_announced_is_still_announced(manager: TaskManager) -> None:
-    await manager.open()
-    with manager.events.subscribe() as events:
-        first, second = await first_and_staged(manager)
-        polled = manager.get(first.result().id + 1)  # a client guessing the next id: commits the group
-        await second
-        queued = [e.data["id"] for e in events.pending() if e.data.get("state") == "queued"]
-    assert queued == [first.result().id, polled.id]
 
 
 async def test_a_log_that_cannot_be_deleted_after_the_commit_loses_no_start(
@@ -93,7 +66,7 @@ async def test_a_log_that_cannot_be_deleted_after_the_commit_loses_no_start(
 
     monkeypatch.setattr(manager.logs, "remove", refused)
     first, second = await first_and_staged(manager)  # the second's prune drops the old run: its log cannot go
-    manager.list()  # an unrelated read commits the group: it must not fail for it
+    manager.list_runs()  # an unrelated read commits the group: it must not fail for it
     monkeypatch.undo()
     record = await asyncio.wait_for(second, 5)
     assert (await wait_end(manager, record.id)).state is TaskState.SUCCEEDED
@@ -119,15 +92,15 @@ async def test_a_restart_is_committed_before_its_spawn_request_leaves(tmp_path: 
                 order.append(sql.split()[0])
             return execute(what, sql, args)
 
-        def noting_send(message: dict[str, Any]) -> None:
-            if message["op"] == "spawn":
-                order.append(f"spawn {message['id']}")
+        def noting_send(message: Request) -> None:
+            if isinstance(message, Spawn):
+                order.append(f"spawn {message.id}")
             send(message)
 
         store._execute, link.send = noting_execute, noting_send  # type: ignore[method-assign]
         first = await manager.start("fail", {}, None, CALLER)
         async with asyncio.timeout(15):
-            while len(manager.list()) < 2 or manager.list()[0].state not in (TaskState.FAILED,):
+            while len(manager.list_runs()) < 2 or manager.list_runs()[0].state not in (TaskState.FAILED,):
                 await asyncio.sleep(0.02)
         retry = order.index(f"spawn {first.id + 1}")
         assert order[:retry][-2:] == ["INSERT", "COMMIT"], order  # its record, committed, then its spawn
@@ -145,13 +118,13 @@ async def test_a_keeper_link_that_breaks_in_the_middle_of_a_pump_loses_no_slot(m
     await manager.open()
     starts = [asyncio.create_task(manager.start("exit", {"code": 0}, None, CALLER)) for _ in range(3)]
     await asyncio.sleep(0)
-    assert starts[0].done() and manager._store.group_open
+    assert starts[0].done() and manager._intake.waiting
     assert manager._link._writer is not None
     manager._link._writer.close()  # the second start's spawn fails: the third is taken but never sent
     for start in starts:
         record = await asyncio.wait_for(start, 5)
         assert (await wait_end(manager, record.id)).state is TaskState.SUCCEEDED
-    assert manager._queue.busy("exit") == 0 and not manager._slots
+    assert manager._queue.busy("exit") == 0 and not manager._table.slots
 
 
 async def test_a_stop_is_not_failed_by_a_group_that_cannot_commit_and_the_run_stays_queued_till_then(
@@ -165,11 +138,11 @@ async def test_a_stop_is_not_failed_by_a_group_that_cannot_commit_and_the_run_st
     waiting = await manager.start("sleep", {}, None, CALLER)  # queued behind the limit
     await asyncio.sleep(0.01)
     first, second = await first_and_staged(manager)
-    fail_statements(monkeypatch, manager, "COMMIT", "database or disk is full", times=1)
-    stopped = await manager.stop(waiting.id, CALLER)  # commits the group first: that fails, the stop does not
-    monkeypatch.undo()
+    stopped = await manager.stop(waiting.id, CALLER)  # the group waits in memory: the stop commits alone
+    fail_statements(monkeypatch, manager, "COMMIT", "database or disk is full", times=1)  # the group's
     with pytest.raises(Unavailable, match="database or disk is full"):
         await second
+    monkeypatch.undo()
     assert stopped.state is TaskState.STOPPED and waiting.id not in manager._queue
 
     # And a stop whose own write fails leaves the run queued, spawned once the slot frees.
@@ -222,7 +195,7 @@ async def test_runs_whose_requests_could_not_leave_are_tried_again_without_a_rec
     manager: TaskManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await manager.open()
-    send_spawn = manager._send_spawn
+    send_spawn = manager._spawns.send_spawn
     refusals = [1]
 
     def refused_once(record: Any) -> None:
@@ -231,7 +204,19 @@ async def test_runs_whose_requests_could_not_leave_are_tried_again_without_a_rec
             raise Unavailable("the store could not be read")  # what a failed read in the pump raises
         send_spawn(record)
 
-    monkeypatch.setattr(manager, "_send_spawn", refused_once)
+    monkeypatch.setattr(manager._spawns, "send_spawn", refused_once)
     record = await manager.start("exit", {"code": 0}, None, CALLER)  # answered: its request waits in the queue
     assert record.id in manager._queue and manager.keeper_connected
     assert (await wait_end(manager, record.id)).state is TaskState.SUCCEEDED  # tried again after PUMP_RETRY_S
+
+
+async def test_a_start_with_the_key_of_a_start_waiting_in_its_turn_gets_that_run(manager: TaskManager) -> None:
+    await manager.open()
+    first = asyncio.create_task(manager.start("exit", {"code": 0}, None, CALLER))  # committed at once
+    same = asyncio.create_task(manager.start("exit", {"code": 0}, "k", CALLER))  # waits for the end of the turn
+    held = asyncio.create_task(manager.start("exit", {"code": 0}, "k", CALLER))
+    other = asyncio.create_task(manager.start("sleep", {}, "k", CALLER))
+    with pytest.raises(Conflict, match=r"^key 'k' is held by a task starting now of type 'exit', not 'sleep'$"):
+        await other
+    assert (await held).id == (await same).id == (await first).id + 1
+    assert [r.id for r in manager.list_runs(key="k")] == [(await same).id]

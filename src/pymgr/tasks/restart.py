@@ -82,7 +82,9 @@ class RestartRules:
     flap_window_s: float = 60.0
 
 
-def decide(rules: RestartRules, ended: TaskState, attempt: int, restarts_at: Sequence[float], now: float) -> Decision:
+def decide(
+    rules: RestartRules, ended: TaskState, attempt: int, restarts_at: Sequence[float], now: float
+) -> Decision:
     """Whether a run that ended in ``ended`` gets another attempt.
 
     Args:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pymgr.tasks.policy import Decision, RestartRules, decide, next_delay
+from pymgr.tasks.restart import Decision, RestartRules, decide, next_delay
 from pymgr.tasks.runqueue import RunQueue
 from pymgr.tasks.states import TaskState
 

@@ -31,7 +31,8 @@ def validate_params(task_type: TaskType, params: Mapping[str, Any]) -> pydantic.
     """
     if not isinstance(params, Mapping):
         raise ParamsInvalid(
-            f"params of task type {task_type.name!r} must be an object of name: value, not {type(params).__name__}"
+            f"params of task type {task_type.name!r} must be an object of name: value, "
+            f"not {type(params).__name__}"
         )
     try:
         return task_type.params_model.model_validate(dict(params))
