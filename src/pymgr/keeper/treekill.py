@@ -27,8 +27,12 @@ Rules:
   SIGKILL is ``cgroup.kill`` (which also takes what forks meanwhile), and
   the stop is over only when ``cgroup.events`` says ``populated 0``.
 - No sleeping and no threads: ``poll(now)`` is called by the keeper's loop
-  (on every child exit and on a short tick) and returns the survivors once
-  the stop is over, None until then.
+  (on every child exit and on a short tick), or by the daemon's event loop
+  for its commands (``modules/_cmdproc.py``), and returns the survivors
+  once the stop is over, None until then.
+- A stop knows a run's processes by one of three: its cgroup, a ``find``
+  of the caller's, or the run's marker. Never none of them: with an empty
+  marker, every process started since the leader would match.
 - Standard library only: the keeper imports this.
 """
 
@@ -61,6 +65,7 @@ class TreeKill:
         signal_leader: Callable[[signal.Signals], None],
         find: Callable[[], set[ProcRef]] | None = None,
         cgroup: Cgroup | None = None,
+        report: Callable[[str], None] | None = None,
     ) -> None:
         """
         Args:
@@ -75,7 +80,14 @@ class TreeKill:
                 which catches what they forked before the signal reached them.
             cgroup: the run's cgroup: its members are the run's processes, and
                 ``find`` is not used.
+            report: takes the line said when SIGKILL goes out (None: the keeper's
+                stderr, naming the run by its marker).
+
+        Raises:
+            ValueError: no cgroup, no ``find`` and an empty marker.
         """
+        if cgroup is None and find is None and not marker:
+            raise ValueError("a tree kill without a cgroup or a find needs the run's marker")
         self.leader = leader
         self.marker = marker
         self.grace_s = grace_s
@@ -86,6 +98,12 @@ class TreeKill:
         self._watched: set[ProcRef] = set()
         self._cheap_find = find
         self._cgroup = cgroup
+        self._report = report or self._to_keeper_log
+        #: Every process of the run the stop has signalled, leader excluded.
+        self.signalled: set[ProcRef] = set()
+
+    def _to_keeper_log(self, line: str) -> None:
+        print(f"keeper: run {self.marker.get(_proctree.TASK_ID_VAR)}: {line}", file=sys.stderr, flush=True)
 
     def _find(self) -> set[ProcRef]:
         if self._cgroup is not None:
@@ -100,6 +118,7 @@ class TreeKill:
         return _proctree.find_run_processes(self.leader, self.marker, leader_reaped=self._leader_gone())
 
     def _send(self, sig: signal.Signals, refs: set[ProcRef]) -> None:
+        self.signalled |= refs
         if not self._leader_gone():
             self._signal_leader(sig)
         if self._cgroup is not None:
@@ -140,11 +159,8 @@ class TreeKill:
             if self._empty():
                 return set()
             count = len(self._watched) + (not self._leader_gone())
-            print(
-                f"keeper: run {self.marker.get(_proctree.TASK_ID_VAR)}: still running after {self.grace_s:.1f}s "
-                f"grace, sending SIGKILL to {count} process(es)",
-                file=sys.stderr,
-                flush=True,
+            self._report(
+                f"still running after {self.grace_s:.1f}s grace, sending SIGKILL to {count} process(es)"
             )
             self._send(signal.SIGKILL, self._watched)
             self._phase = "kill"
