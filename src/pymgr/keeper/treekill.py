@@ -105,7 +105,8 @@ class TreeKill:
     def _to_keeper_log(self, line: str) -> None:
         print(f"keeper: run {self.marker.get(_proctree.TASK_ID_VAR)}: {line}", file=sys.stderr, flush=True)
 
-    def _find(self) -> set[ProcRef]:
+    def find(self) -> set[ProcRef]:
+        """The run's live processes now, leader excluded (by its cgroup, the ``find`` given, or its marker)."""
         if self._cgroup is not None:
             found = set()
             for pid in self._cgroup.pids():
@@ -135,7 +136,7 @@ class TreeKill:
 
     def start(self, now: float, known: set[ProcRef] | None = None) -> None:
         """Send SIGTERM to every process of the run (``known``: those, already found)."""
-        self._watched = self._find() if known is None else set(known)
+        self._watched = self.find() if known is None else set(known)
         self._send(signal.SIGTERM, self._watched)
         self._phase = "term"
         self._deadline = now + self.grace_s
@@ -148,14 +149,14 @@ class TreeKill:
             and self._leader_gone()
             and (self._cheap_find is not None or self._cgroup is not None)
         ):
-            self._watched = self._find()  # what the exited ones forked just before the signal reached them
+            self._watched = self.find()  # what the exited ones forked just before the signal reached them
             self._send(signal.SIGTERM if self._phase == "term" else signal.SIGKILL, self._watched)
         if self._empty():
             return set()
         if now < self._deadline:
             return None
         if self._phase == "term":
-            self._watched |= self._find()
+            self._watched |= self.find()
             if self._empty():
                 return set()
             count = len(self._watched) + (not self._leader_gone())
@@ -166,7 +167,7 @@ class TreeKill:
             self._phase = "kill"
             self._deadline = now + KILL_WAIT_S
             return None
-        survivors = self._watched | (self._find() if self._cgroup is not None else set())
+        survivors = self._watched | (self.find() if self._cgroup is not None else set())
         if not self._leader_gone():
             survivors.add(self.leader)
         return survivors

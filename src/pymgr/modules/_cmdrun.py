@@ -277,7 +277,10 @@ async def _stop_leftovers(process: Process, containment: Containment) -> int:
         ActionFailed: some outlived SIGKILL and ``KILL_WAIT_S`` (stuck in the kernel): never a silent leak.
     """
     kill = containment.stop(process)
-    kill.start(asyncio.get_running_loop().time())
+    found = kill.find()
+    if not found and (containment.cgroup is None or not containment.cgroup.populated()):
+        return 0  # the common case: one look, no signal
+    kill.start(asyncio.get_running_loop().time(), known=found)
     survivors = await drive(kill, process)
     if survivors:
         pids = ", ".join(str(ref.pid) for ref in sorted(survivors, key=lambda r: r.pid))
