@@ -1,65 +1,63 @@
-"""Starting one run's process in the keeper: session, limits, identity, output, exec.
+"""Starting one process (a keeper's run, a daemon's command): session, limits, identity, output, exec.
 
 Rules:
 - No shell and no ``preexec_fn``. The process gets its own session
-  (``setsid``), stdin ``/dev/null``, stdout and stderr on the run's output
-  pipe, exactly the environment it is given, the working directory, the
-  resource limits and the user, group and supplementary groups asked for;
-  every other file descriptor is closed, except ``pass_fds`` (the checked
-  paths the run names as ``/proc/self/fd/N``, ``_spawnpins.py``): those
-  reach it at the same number on all three ways, made inheritable by the
-  caller for the length of the spawn only.
+  (``setsid``), stdin ``/dev/null``, stdout and stderr on the descriptors
+  given (a run's output pipe; a command's two pipes), exactly the
+  environment it is given, the working directory, the resource limits and
+  the user, group and supplementary groups asked for; every other file
+  descriptor is closed, except ``pass_fds`` (checked paths the process
+  names as ``/proc/self/fd/N``): those reach it at the same number on all
+  three ways, made inheritable by the caller for the length of the spawn.
 - Three ways, one result. The common case (no rlimits, no user or group
   switch, a program path with a "/") is ``os.posix_spawn``: glibc's
   clone(CLONE_VM|CLONE_VFORK) with the session, the descriptors and the
   signal dispositions set by the C library, ~0.2 ms a spawn here against
-  ~0.35 ms for ``subprocess.Popen`` (which adds an error pipe, a
-  ``/dev/null`` open and Python bookkeeping per spawn). It cannot change
-  the working directory, so the single-threaded keeper changes its own
-  around the call and goes back at once; and it closes no descriptor, so it
-  is used only once ``private_descriptors()`` made every descriptor of the
-  process close-on-exec (the keeper does at start-up; Python creates all
-  later ones so). One difference remains: glibc's posix_spawn leaves its
-  own two internal signals (32 and 33, below ``SIGRTMIN``) ignored in the
-  child, and Python cannot ask for them back; glibc reinstalls its handlers
-  for them when the program uses them (threads, ``pthread_cancel``), and
-  no portable program can use those numbers. A user or group switch or a bare program name (looked up
-  along the run's own PATH) goes through ``subprocess.Popen`` (vfork too).
+  ~0.35 ms for ``subprocess.Popen`` (an error pipe, a ``/dev/null`` open
+  and Python bookkeeping more). It cannot change the working directory, so
+  the single-threaded keeper changes its own around the call and goes back
+  at once; and it closes no descriptor, so it is used only once
+  ``private_descriptors()`` made every descriptor close-on-exec (the
+  keeper does at start-up; Python creates all later ones so). One
+  difference remains: glibc's posix_spawn leaves its two internal signals
+  (32 and 33) ignored in the child, which glibc takes back when the program
+  uses them (threads, ``pthread_cancel``). A user or group switch or a bare program name (looked up along
+  the process's own PATH) goes through ``subprocess.Popen`` (vfork too).
   With rlimits, which neither can set without a ``preexec_fn``, the keeper
   forks itself (it is single-threaded, so the child may run Python safely)
   and the child calls ``setrlimit`` before it drops privileges and execs.
+- The daemon is multi-threaded: it never calls ``private_descriptors`` and
+  its commands have no rlimits, so they always take the Popen path (no
+  working directory changed under other threads, no fork of a threaded
+  process). Their identity is resolved at start-up and passed in.
 - Order in the child, as subprocess does it: chdir, setsid, setrlimit
   (before the privilege drop, which may forbid raising a limit), setgroups,
   setgid, setuid (last: it gives up the right to do the rest), every
   catchable signal back to its default and an empty signal mask, exec.
-- Signals: a run starts with every disposition at its default and nothing
-  blocked, whatever the daemon inherited (``nohup`` ignores SIGHUP, a
-  terminal multiplexer may ignore SIGQUIT, SIGTTIN, SIGTTOU). posix_spawn
-  and the forked child set that themselves; Popen resets only what Python
-  ignores, so the keeper (and the daemon, for commands) first gives up
-  every ignored disposition and blocked signal it inherited
-  (``reset_inherited_signals``): what is ignored across exec is inherited,
-  a handler is not.
-- A failure anywhere before exec reaches the keeper as ``SpawnError``
-  ("spawn failed: <strerror>: '<file>'"), through a close-on-exec pipe the
-  child writes its step and errno into: an empty read means exec worked.
-- Switching user needs root: asking for another user or group while the
-  keeper is not root fails before anything is forked, saying so.
+- Signals: a process starts with every disposition at its default and
+  nothing blocked, whatever its parent inherited (``nohup``, ``tmux``).
+  posix_spawn and the forked child set that themselves; Popen resets only
+  what Python ignores, so the keeper and the daemon first give up what they
+  inherited (``reset_inherited_signals``).
+- A failure anywhere before exec is a ``SpawnError`` ("spawn failed:
+  <strerror>: '<file>'"); the forked child reports it through a
+  close-on-exec pipe it writes its step and errno into (empty: exec worked).
+- Switching user needs root: asking for another user or group while not
+  root fails before anything is forked, saying so.
 - Standard library only: the keeper imports this.
 """
 
 from __future__ import annotations
 
 import errno
-import grp
 import os
-import pwd
 import resource
 import signal
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from pymgr.keeper.runas import RunAs, resolve_run_as
 from pymgr.protocol.keeper import Spawn
 
 #: rlimit names in the config and the spawn request, and their resources.
@@ -97,14 +95,10 @@ class _PosixSpawn:
 class SpawnError(Exception):
     """The process could not be started; the message is the run's ``error``."""
 
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """Whom the process runs as: None everywhere keeps the keeper's."""
-
-    uid: int | None = None
-    gid: int | None = None
-    groups: tuple[int, ...] | None = None
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        #: Why, in the system's words when it refused ("No such file or directory"), else the message.
+        self.reason = reason or message
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,43 +134,6 @@ class SpawnSpec:
             group=request.group,
             rlimits=dict(request.rlimits),
         )
-
-
-def resolve_identity(user: str | None, group: str | None) -> Identity:
-    """The uid, gid and supplementary groups for a type's ``user`` and ``group``.
-
-    Raises:
-        SpawnError: no such user or group, or the keeper is not root and was
-            asked to become someone else.
-    """
-    if user is None and group is None:
-        return Identity()
-    uid = gid = None
-    name = None
-    if user is not None:
-        try:
-            entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
-        except (KeyError, OverflowError):
-            raise SpawnError(f"spawn failed: no such user {user!r}") from None
-        uid, gid, name = entry.pw_uid, entry.pw_gid, entry.pw_name
-    if group is not None:
-        try:
-            gid = (grp.getgrgid(int(group)) if group.isdigit() else grp.getgrnam(group)).gr_gid
-        except (KeyError, OverflowError):
-            raise SpawnError(f"spawn failed: no such group {group!r}") from None
-    euid = os.geteuid()
-    if euid != 0:
-        if uid in (None, euid) and gid == os.getegid():
-            return Identity()  # already who it should be; and only root may call setgroups
-        raise SpawnError(
-            f"spawn failed: cannot run as user {user!r} group {group!r}: the keeper runs as uid {euid}, "
-            "and only root can switch users"
-        )
-    if name is not None and gid is not None:
-        groups: tuple[int, ...] | None = tuple(os.getgrouplist(name, gid))
-    else:
-        groups = None if gid is None else (gid,)
-    return Identity(uid=uid, gid=gid, groups=groups)
 
 
 def private_descriptors() -> None:
@@ -224,32 +181,45 @@ def _signal_name(sig: int) -> str:
         return f"signal {sig}"  # a real-time signal: no name
 
 
-def _describe(exc: OSError) -> str:
+def _failure(exc: OSError) -> SpawnError:
     if exc.filename is not None:
-        return f"spawn failed: {exc.strerror}: {os.fsdecode(exc.filename)!r}"
-    return f"spawn failed: {exc}"
+        return SpawnError(f"spawn failed: {exc.strerror}: {os.fsdecode(exc.filename)!r}", exc.strerror)
+    return SpawnError(f"spawn failed: {exc}", exc.strerror)
 
 
-def spawn(spec: SpawnSpec, output_fd: int) -> tuple[int, subprocess.Popen[bytes] | None]:
+def spawn(
+    spec: SpawnSpec, output_fd: int, *, stderr_fd: int | None = None, run_as: RunAs | None = None
+) -> tuple[int, subprocess.Popen[bytes] | None]:
     """Start the process; returns its pid and the Popen that started it (None when forked here).
 
     The caller owns the child from here: it must reap it (and set the
     Popen's ``returncode`` when it does, so Popen never reaps it too).
 
+    Args:
+        output_fd: the process's stdout, and its stderr unless ``stderr_fd`` is given.
+        run_as: whom it runs as, resolved already (None: ``spec.user`` and ``spec.group``).
+
     Raises:
         SpawnError: it could not be started (the message says why).
     """
-    identity = resolve_identity(spec.user, spec.group)
+    identity = run_as
+    if identity is None:
+        try:
+            identity = resolve_run_as(spec.user, spec.group)
+        except (LookupError, PermissionError) as exc:
+            raise SpawnError(f"spawn failed: {exc}") from None
+    if stderr_fd is None:
+        stderr_fd = output_fd
     if spec.rlimits:
-        return _fork_exec(spec, output_fd, identity), None
-    if _PosixSpawn.enabled and identity == Identity() and "/" in spec.argv[0]:
-        return _posix_spawn(spec, output_fd), None
+        return _fork_exec(spec, (output_fd, stderr_fd), identity), None
+    if _PosixSpawn.enabled and identity == RunAs() and "/" in spec.argv[0]:
+        return _posix_spawn(spec, (output_fd, stderr_fd)), None
     try:
         popen = subprocess.Popen(
             spec.argv,
             stdin=subprocess.DEVNULL,
             stdout=output_fd,
-            stderr=subprocess.STDOUT,
+            stderr=stderr_fd,
             cwd=spec.cwd,
             env=spec.env,
             close_fds=True,
@@ -260,16 +230,16 @@ def spawn(spec: SpawnSpec, output_fd: int) -> tuple[int, subprocess.Popen[bytes]
             extra_groups=list(identity.groups) if identity.groups is not None else None,
         )
     except OSError as exc:
-        raise SpawnError(_describe(exc)) from None
+        raise _failure(exc) from None
     return popen.pid, popen
 
 
-def _posix_spawn(spec: SpawnSpec, output_fd: int) -> int:
+def _posix_spawn(spec: SpawnSpec, output: tuple[int, int]) -> int:
     """The fast path (see the module rules): posix_spawn, in ``spec.cwd`` for the length of the call."""
     actions = [
         (os.POSIX_SPAWN_DUP2, _PosixSpawn.devnull, 0),
-        (os.POSIX_SPAWN_DUP2, output_fd, 1),
-        (os.POSIX_SPAWN_DUP2, output_fd, 2),
+        (os.POSIX_SPAWN_DUP2, output[0], 1),
+        (os.POSIX_SPAWN_DUP2, output[1], 2),
     ]
     previous = None
     try:
@@ -277,24 +247,29 @@ def _posix_spawn(spec: SpawnSpec, output_fd: int) -> int:
             previous = os.getcwd()
             os.chdir(spec.cwd)
         return os.posix_spawn(
-            spec.argv[0], spec.argv, spec.env, file_actions=actions, setsid=True,
-            setsigdef=CATCHABLE_SIGNALS, setsigmask=(),
-        )  # fmt: skip
+            spec.argv[0],
+            spec.argv,
+            spec.env,
+            file_actions=actions,
+            setsid=True,
+            setsigdef=CATCHABLE_SIGNALS,
+            setsigmask=(),
+        )
     except OSError as exc:
-        raise SpawnError(_describe(exc)) from None
+        raise _failure(exc) from None
     finally:
         if previous is not None:
             os.chdir(previous)
 
 
 def _exec_candidates(argv0: str, env: Mapping[str, str]) -> list[bytes]:
-    """Where exec looks for the program: as given with a "/", else along PATH (the run's, or /bin:/usr/bin)."""
+    """Where exec looks for the program: as given with a "/", else along PATH (its own, or /bin:/usr/bin)."""
     if "/" in argv0:
         return [os.fsencode(argv0)]
     return [os.fsencode(os.path.join(directory, argv0)) for directory in os.get_exec_path(dict(env))]
 
 
-def _fork_exec(spec: SpawnSpec, output_fd: int, identity: Identity) -> int:
+def _fork_exec(spec: SpawnSpec, output: tuple[int, int], identity: RunAs) -> int:
     candidates = _exec_candidates(spec.argv[0], spec.env)
     # No descriptor of the keeper is at or above its hard limit (which the
     # kernel caps at fs.nr_open, 2**20 by default): close up to there.
@@ -306,7 +281,7 @@ def _fork_exec(spec: SpawnSpec, output_fd: int, identity: Identity) -> int:
     try:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child; its outcome is checked through the pipe
-            _child(spec, candidates, identity, (devnull, output_fd, error_write, max_fd))
+            _child(spec, candidates, identity, (devnull, *output, error_write, max_fd))
         os.close(error_write)
         error_write = -1
         report = b""
@@ -324,7 +299,7 @@ def _fork_exec(spec: SpawnSpec, output_fd: int, identity: Identity) -> int:
     code = int(number) if number.isdigit() else errno.EINVAL
     filename = {"exec": spec.argv[0], "chdir": spec.cwd}.get(step)
     reason = os.strerror(code) if filename is not None else f"{step}: {os.strerror(code)}"
-    raise SpawnError(_describe(OSError(code, reason, filename)))
+    raise _failure(OSError(code, reason, filename))
 
 
 def _close_all_but(kept: set[int], max_fd: int) -> None:  # pragma: no cover - the forked child
@@ -337,9 +312,9 @@ def _close_all_but(kept: set[int], max_fd: int) -> None:  # pragma: no cover - t
 
 
 def _child(
-    spec: SpawnSpec, candidates: list[bytes], identity: Identity, fds: tuple[int, int, int, int]
+    spec: SpawnSpec, candidates: list[bytes], identity: RunAs, fds: tuple[int, int, int, int, int]
 ) -> None:  # pragma: no cover - runs in the forked child only
-    devnull, output_fd, error_fd, max_fd = fds
+    devnull, stdout_fd, stderr_fd, error_fd, max_fd = fds
     step = "setup"
     try:
         if spec.cwd is not None:
@@ -361,8 +336,8 @@ def _child(
             os.setuid(identity.uid)
         step = "dup2"
         os.dup2(devnull, 0)
-        os.dup2(output_fd, 1)
-        os.dup2(output_fd, 2)
+        os.dup2(stdout_fd, 1)
+        os.dup2(stderr_fd, 2)
         _close_all_but({error_fd, *spec.pass_fds}, max_fd)
         for sig in CATCHABLE_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)

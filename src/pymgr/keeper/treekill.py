@@ -27,8 +27,12 @@ Rules:
   SIGKILL is ``cgroup.kill`` (which also takes what forks meanwhile), and
   the stop is over only when ``cgroup.events`` says ``populated 0``.
 - No sleeping and no threads: ``poll(now)`` is called by the keeper's loop
-  (on every child exit and on a short tick) and returns the survivors once
-  the stop is over, None until then.
+  (on every child exit and on a short tick), or by the daemon's event loop
+  for its commands (``modules/_cmdproc.py``), and returns the survivors
+  once the stop is over, None until then.
+- A stop knows a run's processes by one of three: its cgroup, a ``find``
+  of the caller's, or the run's marker. Never none of them: with an empty
+  marker, every process started since the leader would match.
 - Standard library only: the keeper imports this.
 """
 
@@ -61,6 +65,7 @@ class TreeKill:
         signal_leader: Callable[[signal.Signals], None],
         find: Callable[[], set[ProcRef]] | None = None,
         cgroup: Cgroup | None = None,
+        report: Callable[[str], None] | None = None,
     ) -> None:
         """
         Args:
@@ -75,7 +80,14 @@ class TreeKill:
                 which catches what they forked before the signal reached them.
             cgroup: the run's cgroup: its members are the run's processes, and
                 ``find`` is not used.
+            report: takes the line said when SIGKILL goes out (None: the keeper's
+                stderr, naming the run by its marker).
+
+        Raises:
+            ValueError: no cgroup, no ``find`` and an empty marker.
         """
+        if cgroup is None and find is None and not marker:
+            raise ValueError("a tree kill without a cgroup or a find needs the run's marker")
         self.leader = leader
         self.marker = marker
         self.grace_s = grace_s
@@ -86,8 +98,15 @@ class TreeKill:
         self._watched: set[ProcRef] = set()
         self._cheap_find = find
         self._cgroup = cgroup
+        self._report = report or self._to_keeper_log
+        #: Every process of the run the stop has signalled, leader excluded.
+        self.signalled: set[ProcRef] = set()
 
-    def _find(self) -> set[ProcRef]:
+    def _to_keeper_log(self, line: str) -> None:
+        print(f"keeper: run {self.marker.get(_proctree.TASK_ID_VAR)}: {line}", file=sys.stderr, flush=True)
+
+    def find(self) -> set[ProcRef]:
+        """The run's live processes now, leader excluded (by its cgroup, the ``find`` given, or its marker)."""
         if self._cgroup is not None:
             found = set()
             for pid in self._cgroup.pids():
@@ -100,6 +119,7 @@ class TreeKill:
         return _proctree.find_run_processes(self.leader, self.marker, leader_reaped=self._leader_gone())
 
     def _send(self, sig: signal.Signals, refs: set[ProcRef]) -> None:
+        self.signalled |= refs
         if not self._leader_gone():
             self._signal_leader(sig)
         if self._cgroup is not None:
@@ -116,7 +136,7 @@ class TreeKill:
 
     def start(self, now: float, known: set[ProcRef] | None = None) -> None:
         """Send SIGTERM to every process of the run (``known``: those, already found)."""
-        self._watched = self._find() if known is None else set(known)
+        self._watched = self.find() if known is None else set(known)
         self._send(signal.SIGTERM, self._watched)
         self._phase = "term"
         self._deadline = now + self.grace_s
@@ -129,28 +149,25 @@ class TreeKill:
             and self._leader_gone()
             and (self._cheap_find is not None or self._cgroup is not None)
         ):
-            self._watched = self._find()  # what the exited ones forked just before the signal reached them
+            self._watched = self.find()  # what the exited ones forked just before the signal reached them
             self._send(signal.SIGTERM if self._phase == "term" else signal.SIGKILL, self._watched)
         if self._empty():
             return set()
         if now < self._deadline:
             return None
         if self._phase == "term":
-            self._watched |= self._find()
+            self._watched |= self.find()
             if self._empty():
                 return set()
             count = len(self._watched) + (not self._leader_gone())
-            print(
-                f"keeper: run {self.marker.get(_proctree.TASK_ID_VAR)}: still running after {self.grace_s:.1f}s "
-                f"grace, sending SIGKILL to {count} process(es)",
-                file=sys.stderr,
-                flush=True,
+            self._report(
+                f"still running after {self.grace_s:.1f}s grace, sending SIGKILL to {count} process(es)"
             )
             self._send(signal.SIGKILL, self._watched)
             self._phase = "kill"
             self._deadline = now + KILL_WAIT_S
             return None
-        survivors = self._watched | (self._find() if self._cgroup is not None else set())
+        survivors = self._watched | (self.find() if self._cgroup is not None else set())
         if not self._leader_gone():
             survivors.add(self.leader)
         return survivors

@@ -1,26 +1,26 @@
-"""Running one config-declared command: spawn, capture capped output, time out, reap.
+"""Running one config-declared command: spawn, capture capped output, time out, stop, reap.
 
 Rules:
-- No shell: argv goes to ``subprocess.Popen`` as a list; stdin is
-  /dev/null; the environment is exactly the declared one; every other fd is
-  closed; the command gets its own session (its process group id is its pid).
-- As a given user: ``Popen(user=, group=, extra_groups=)`` switches uid, gid
-  and supplementary groups in the child before exec.
-- No thread per command: the exit is watched with the task runner's pidfd
-  ``Process`` (``tasks/runner.py``); stdout and stderr are read by pipe
-  protocols on the event loop, each keeping its first ``max_output_bytes``
-  and only counting the rest (so a chatty command never blocks on a full pipe).
-- Nothing outlives the call. The command runs in a cgroup of its own when
-  the daemon has a tree (``keeper/cgroup.py``; it joins before its first
-  instruction), else its processes are its session's. On timeout, or when
-  the caller leaves and the command has ``cancel_on_disconnect``: SIGTERM
-  to the process group and to every process of the command,
-  ``KILL_GRACE_S`` later SIGKILL (``cgroup.kill``). Once the leader has
-  exited, whatever way, what it left running gets the same: SIGTERM,
-  ``KILL_GRACE_S``, SIGKILL, then a wait of up to ``KILL_WAIT_S`` until the
-  cgroup (or the session) is empty. The reply comes after that, and says how
-  many were stopped (``leftovers``) and whether the cgroup proved the end
-  (``contained``).
+- The spawn is the keeper's (``keeper/spawn.py``): no shell, argv as a
+  list; stdin /dev/null; the environment exactly the declared one; every
+  other fd closed; its own session (its process group id is its pid); as
+  its ``user`` (uid, gid and supplementary groups resolved at start-up).
+- No thread per command: the exit is watched through a pidfd
+  (``_cmdproc.Process``); stdout and stderr are read by pipe protocols on
+  the event loop, each keeping its first ``max_output_bytes`` and only
+  counting the rest (so a chatty command never blocks on a full pipe).
+- Nothing outlives the call, and the stop is the keeper's ``TreeKill``
+  driven from the event loop (``_cmdproc.drive``). The command runs in a
+  cgroup of its own when the daemon has a tree (``keeper/cgroup.py``; it
+  joins before its first instruction), else its processes are its
+  session's. On timeout, or when the caller leaves and the command has
+  ``cancel_on_disconnect``: SIGTERM to the process group and to every
+  process of the command, ``KILL_GRACE_S`` later SIGKILL (``cgroup.kill``)
+  if the leader is still there. Once the leader has exited, whatever way,
+  what it left running gets the same: SIGTERM, ``KILL_GRACE_S``, SIGKILL,
+  then a wait of up to ``KILL_WAIT_S`` (``keeper/treekill.py``) until the cgroup (or the session) is
+  empty. The reply comes after that, and says how many were stopped
+  (``leftovers``) and whether the cgroup proved the end (``contained``).
 - After the exit, pipes still held open by an escaped grandchild are waited
   for at most ``PIPE_DRAIN_S``, then closed.
 """
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -36,24 +37,25 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pymgr.errors import ActionFailed
 from pymgr.keeper import proctree as _proctree
 from pymgr.keeper.cgroup import Cgroup, inside
-from pymgr.keeper.proctree import ProcRef
-from pymgr.keeper.treekill import KILL_WAIT_S
-from pymgr.tasks.runner import ExitStatus, Process
+from pymgr.keeper.runas import RunAs
+from pymgr.keeper.spawn import SpawnSpec, spawn
+from pymgr.keeper.treekill import TreeKill
+from pymgr.modules._cmdproc import ExitStatus, Process, drive
 
-__all__ = ["KILL_GRACE_S", "PIPE_DRAIN_S", "Containment", "RunAs", "run_command"]
+__all__ = ["KILL_GRACE_S", "PIPE_DRAIN_S", "Containment", "run_command"]
 
 #: Seconds between SIGTERM and SIGKILL when a command times out: a command
 #: offered as an action should be short, and a caller is waiting.
 KILL_GRACE_S = 2.0
 #: Seconds to wait for stdout/stderr to close after the command exited.
 PIPE_DRAIN_S = 1.0
-#: Seconds between two looks at what a command left running while it is being stopped.
-_POLL_S = 0.05
+
+log = logging.getLogger("pymgr.commands")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,37 +74,18 @@ class Containment:
             return contextlib.nullcontext()
         return inside(self.cgroup, self.home)
 
-    def members(self, leader: ProcRef) -> set[ProcRef]:
-        """The command's live processes other than the leader."""
-        if self.cgroup is None:
-            return _proctree.session_members(leader)
-        found = set()
-        for pid in self.cgroup.pids():
-            started = _proctree.start_time(pid)
-            if pid != leader.pid and started is not None:
-                found.add(ProcRef(pid, started))
-        return found
-
-    def signal(self, leader: ProcRef, sig: signal.Signals) -> None:
-        if self.cgroup is not None:
-            self.cgroup.kill() if sig == signal.SIGKILL else self.cgroup.signal(sig)
-            return
-        for ref in self.members(leader):
-            _proctree.send_signal(ref, sig)
-
-    def empty(self, leader: ProcRef) -> bool:
-        if self.cgroup is not None:
-            return not self.cgroup.populated()
-        return not self.members(leader)
-
-
-@dataclass(frozen=True, slots=True)
-class RunAs:
-    """Whom a command runs as."""
-
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
+    def stop(self, leader: Process) -> TreeKill:
+        """A stop of the command's processes, and of the leader's group while the leader is unreaped."""
+        return TreeKill(
+            leader.ref,
+            {},
+            KILL_GRACE_S,
+            leader_gone=lambda: leader.reaped,
+            signal_leader=leader.signal_group,
+            find=lambda: _proctree.session_members(leader.ref),
+            cgroup=self.cgroup,
+            report=lambda line: log.info("command (pid %d): %s", leader.pid, line),
+        )
 
 
 class _CappedPipe(asyncio.Protocol):
@@ -123,26 +106,6 @@ class _CappedPipe(asyncio.Protocol):
             self.closed.set_result(None)
 
 
-def _spawn(
-    argv: Sequence[str], env: Mapping[str, str], cwd: Path, run_as: RunAs | None, pass_fds: Sequence[int]
-) -> subprocess.Popen[bytes]:
-    extra: dict[str, Any] = {}
-    if run_as is not None:
-        extra = {"user": run_as.uid, "group": run_as.gid, "extra_groups": list(run_as.groups)}
-    return subprocess.Popen(
-        list(argv),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=dict(env),
-        cwd=cwd,
-        close_fds=True,
-        pass_fds=tuple(pass_fds),
-        start_new_session=True,
-        **extra,
-    )
-
-
 async def run_command(
     argv: Sequence[str],
     *,
@@ -158,61 +121,84 @@ async def run_command(
     """Run one command to its end, and everything it started with it (see the module rules).
 
     Args:
+        run_as: whom it runs as (None: the daemon's user).
         containment: the command's cgroup, or none (its session).
-        caller_gone: set when the caller left: the command is stopped then
-            (None: it runs to its end or its timeout).
+        caller_gone: set when the caller left, to stop the command (None: it runs to its end or timeout).
         pass_fds: descriptors the command inherits at the same numbers (held-open
             path parameters, ``core/pathparam.py``); every other one is closed.
 
     Returns:
-        ``exit_code`` (None if a signal ended it), ``signal``, ``stdout``,
-        ``stderr`` (UTF-8, invalid bytes replaced, each capped), ``truncated``,
-        ``stdout_bytes``/``stderr_bytes`` (the full sizes), ``timed_out``,
-        ``cancelled`` (its caller left), ``leftovers`` (processes it left
-        running, stopped), ``contained`` (a cgroup proved none is left), ``duration_s``.
+        ``exit_code`` (None if a signal ended it), ``signal``, ``stdout``, ``stderr`` (UTF-8, invalid bytes
+        replaced, each capped), ``truncated``, ``stdout_bytes``/``stderr_bytes`` (full sizes), ``timed_out``,
+        ``cancelled`` (its caller left), ``leftovers`` (processes it left running, stopped),
+        ``contained`` (a cgroup proved none is left), ``duration_s``.
 
     Raises:
-        OSError: the program could not be started.
+        SpawnError: the program could not be started.
+        OSError: no descriptor left for its pipes.
         CgroupError: it could not be started inside its cgroup.
     """
     started = time.monotonic()
-    with containment.spawning():
-        popen = _spawn(argv, env, cwd, run_as, pass_fds)
+    spec = SpawnSpec(argv=list(argv), env=dict(env), cwd=str(cwd), pass_fds=tuple(pass_fds))
+    streams, pid, popen = _start(spec, run_as, containment)
     transports: list[asyncio.BaseTransport] = []
+    process = None  # until it is watched
     try:
-        process = Process(popen, asyncio.get_running_loop())
-        pipes = await _capture_output(popen, max_output_bytes, transports)
+        process = Process(pid, popen)
+        pipes = await _capture_output(streams, max_output_bytes, transports)
         status, ended_by = await _wait(process, containment, timeout_s, caller_gone)
-        leftovers = await _stop_leftovers(process.ref, containment)
+        leftovers = await _stop_leftovers(process, containment)
         await asyncio.wait([asyncio.ensure_future(p.closed) for p in pipes], timeout=PIPE_DRAIN_S)
-    except BaseException:
-        # never leave an unsupervised command behind (cancelled caller, watch failed)
-        _kill_all(popen, containment)
+    except BaseException:  # never leave an unsupervised command behind (cancelled caller, watch failed)
+        _kill_at_once((pid, popen), process, containment)
         raise
     finally:
-        _close_output(popen, transports)
-    duration_s = time.monotonic() - started
-    return _result(status, ended_by, pipes, leftovers, containment.cgroup is not None, duration_s)
+        _close_output(streams, transports)
+    contained = containment.cgroup is not None
+    return _result(status, ended_by, pipes, leftovers, contained, time.monotonic() - started)
+
+
+def _start(
+    spec: SpawnSpec, run_as: RunAs | None, containment: Containment
+) -> tuple[list[BinaryIO], int, subprocess.Popen[bytes] | None]:
+    """Spawn the command, its stdout and stderr on two new pipes; returns their read ends, pid and Popen."""
+    streams: list[BinaryIO] = []
+    write_ends: list[int] = []
+    try:
+        for _ in ("stdout", "stderr"):
+            read_end, write_end = os.pipe2(os.O_CLOEXEC)
+            write_ends.append(write_end)
+            streams.append(open(read_end, "rb", buffering=0))
+        with containment.spawning():
+            pid, popen = spawn(spec, write_ends[0], stderr_fd=write_ends[1], run_as=run_as)
+    except BaseException:
+        for stream in streams:
+            stream.close()
+        raise
+    finally:
+        for fd in write_ends:
+            os.close(fd)  # the child has its copies; the read ends see EOF once it and its heirs close them
+    return streams, pid, popen
 
 
 async def _capture_output(
-    popen: subprocess.Popen[bytes], max_output_bytes: int, transports: list[asyncio.BaseTransport]
+    streams: list[BinaryIO], max_output_bytes: int, transports: list[asyncio.BaseTransport]
 ) -> list[_CappedPipe]:
     """Read stdout and stderr into capped buffers; each transport goes into ``transports`` once open."""
     loop = asyncio.get_running_loop()
     pipes = []
-    for stream in (popen.stdout, popen.stderr):
+    for stream in streams:
         read_transport, pipe = await loop.connect_read_pipe(lambda: _CappedPipe(max_output_bytes), stream)
         transports.append(read_transport)
         pipes.append(pipe)
     return pipes
 
 
-def _close_output(popen: subprocess.Popen[bytes], transports: list[asyncio.BaseTransport]) -> None:
+def _close_output(streams: list[BinaryIO], transports: list[asyncio.BaseTransport]) -> None:
     for transport in transports:
         transport.close()
-    for stream in (popen.stdout, popen.stderr):
-        if stream is not None and not stream.closed:
+    for stream in streams:
+        if not stream.closed:
             stream.close()
 
 
@@ -242,72 +228,61 @@ def _result(
     }
 
 
-def _kill_all(popen: subprocess.Popen[bytes], containment: Containment) -> None:
+def _kill_at_once(
+    child: tuple[int, subprocess.Popen[bytes] | None], process: Process | None, containment: Containment
+) -> None:
+    """SIGKILL the command's cgroup and process group now: the call failed or was cancelled; no waiting."""
     if containment.cgroup is not None:
         containment.cgroup.kill()  # its members, whatever session they took
-    if popen.returncode is not None:
-        return  # reaped: its pid, and so its group id, may belong to someone else now
-    try:
-        os.killpg(popen.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass  # the whole group is gone already
+    if process is not None:
+        process.signal_group(signal.SIGKILL)  # a no-op once reaped; else the pidfd watch reaps it
+        return
+    # Never watched (no pidfd): it is ours to reap here, and its group is still its own until then.
+    pid, popen = child
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    status = os.waitpid(pid, 0)[1]
+    if popen is not None:
+        popen.returncode = os.waitstatus_to_exitcode(status)  # so Popen never waits for it again
 
 
 async def _wait(
     process: Process, containment: Containment, timeout_s: float, caller_gone: asyncio.Event | None
 ) -> tuple[ExitStatus, str | None]:
     """The leader's exit status, and what ended it early: "timeout", "caller_gone" or None (itself)."""
-    exited = asyncio.ensure_future(process.wait())
     gone = asyncio.ensure_future(caller_gone.wait()) if caller_gone is not None else None
     try:
         done, _ = await asyncio.wait(
-            [f for f in (exited, gone) if f is not None],
+            [f for f in (process.exited, gone) if f is not None],
             timeout=timeout_s,
             return_when=asyncio.FIRST_COMPLETED,
         )
     finally:
         if gone is not None:
             gone.cancel()
-    if exited in done:
-        return exited.result(), None
+    if process.exited in done:
+        return process.exited.result(), None
     ended_by = "timeout" if not done else "caller_gone"
-    _signal_all(process, containment, signal.SIGTERM)
-    try:
-        async with asyncio.timeout(KILL_GRACE_S):
-            return await asyncio.shield(exited), ended_by
-    except TimeoutError:
-        _signal_all(process, containment, signal.SIGKILL)
-    return await exited, ended_by
+    kill = containment.stop(process)
+    kill.start(asyncio.get_running_loop().time())
+    # Until the leader is gone only: what it leaves is counted and stopped next, as after any exit.
+    await drive(kill, process, until_leader_reaped=True)
+    return await process.wait(), ended_by
 
 
-def _signal_all(process: Process, containment: Containment, sig: signal.Signals) -> None:
-    process.signal_group(sig)
-    containment.signal(process.ref, sig)
-
-
-async def _stop_leftovers(leader: ProcRef, containment: Containment) -> int:
+async def _stop_leftovers(process: Process, containment: Containment) -> int:
     """Stop what the (reaped) leader left running: SIGTERM, grace, SIGKILL; the number of processes found.
 
     Raises:
         ActionFailed: some outlived SIGKILL and ``KILL_WAIT_S`` (stuck in the kernel): never a silent leak.
     """
-    found = containment.members(leader)
-    if not found and (containment.cgroup is None or containment.empty(leader)):
-        return 0
-    containment.signal(leader, signal.SIGTERM)
-    loop = asyncio.get_running_loop()
-    deadline, sent_kill = loop.time() + KILL_GRACE_S, False
-    while not containment.empty(leader):
-        found |= containment.members(leader)
-        if loop.time() >= deadline:
-            if sent_kill:
-                pids = ", ".join(
-                    str(ref.pid) for ref in sorted(containment.members(leader), key=lambda r: r.pid)
-                )
-                raise ActionFailed(
-                    f"the command's processes outlived SIGKILL: pid {pids}", details={"pids": pids}
-                )
-            containment.signal(leader, signal.SIGKILL)
-            deadline, sent_kill = loop.time() + KILL_WAIT_S, True
-        await asyncio.sleep(_POLL_S)
-    return len(found)
+    kill = containment.stop(process)
+    found = kill.find()
+    if not found and (containment.cgroup is None or not containment.cgroup.populated()):
+        return 0  # the common case: one look, no signal
+    kill.start(asyncio.get_running_loop().time(), known=found)
+    survivors = await drive(kill, process)
+    if survivors:
+        pids = ", ".join(str(ref.pid) for ref in sorted(survivors, key=lambda r: r.pid))
+        raise ActionFailed(f"the command's processes outlived SIGKILL: pid {pids}", details={"pids": pids})
+    return len(kill.signalled)

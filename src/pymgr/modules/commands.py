@@ -54,9 +54,11 @@ from pymgr.core.paramspec import param_field
 from pymgr.core.pathparam import PinnedPath, can_pin, pin
 from pymgr.core.registry import Module, action
 from pymgr.errors import ActionFailed, ParamsInvalid, RateLimited
-from pymgr.modules._cmdrun import Containment, RunAs, run_command
+from pymgr.modules._cmdrun import Containment, run_command
 from pymgr.modules.commandspec import COMMAND_NAME, CommandConfig
 from pymgr.keeper.cgroup import Cgroup, CgroupError, CgroupTree
+from pymgr.keeper.runas import RunAs
+from pymgr.keeper.spawn import SpawnError
 from pymgr.tasks.tasktypes import PLACEHOLDER, render_element, render_value
 
 __all__ = ["CommandModule", "command_modules"]
@@ -152,8 +154,11 @@ class Command:
                     caller_gone=gone,
                     pass_fds=[p.fd for p in pinned.values()],
                 )
-            except (OSError, CgroupError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            except (SpawnError, OSError, CgroupError) as exc:
+                if isinstance(exc, SpawnError):
+                    reason: object = exc.reason
+                else:
+                    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 raise ActionFailed(
                     f"{where} could not start {argv[0]}: {reason}", details={"executable": argv[0]}
                 ) from None
@@ -234,7 +239,7 @@ def _check(name: str, config: CommandConfig) -> RunAs | None:
             f"{where} user {config.user!r}: only a daemon running as root can run commands as another user"
         )
     groups = tuple(g for g in os.getgrouplist(user.pw_name, user.pw_gid) if g != user.pw_gid)
-    return RunAs(user.pw_uid, user.pw_gid, groups)
+    return RunAs(uid=user.pw_uid, gid=user.pw_gid, groups=groups)
 
 
 def _remove_stale(cgroups: CgroupTree) -> None:

@@ -2,7 +2,7 @@
 
 ``modules/commands.py`` turns each into an action; this file holds only the
 pydantic model, so ``pymgr.config`` can include it without importing the
-runner.
+runner (``modules/_cmdrun.py``).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from pymgr.config import Config
 from pymgr.service._unitsyntax import unit_value
 from pymgr.service.fdlimit import unit_nofile
 from pymgr.service.hardening import apply_overrides, hardening
-from pymgr.tasks.runner import KILL_WAIT_S
+from pymgr.keeper.treekill import KILL_WAIT_S
 
 #: What ProtectHome= hides.
 HOMES = (Path("/home"), Path("/root"), Path("/run/user"))
