@@ -266,9 +266,11 @@ def test_a_command_is_stopped_when_its_caller_leaves_if_configured(start_daemon:
 
 def test_max_concurrent_caps_a_commands_root_processes(start_daemon: Any) -> None:
     duration = unique_sleep()
+    # timeout_s: each command must outlast the arrival of all 20 calls, or a slot frees early
+    # and a sixth call is served (seen at a load average of 10 on 2 cores with 1 s).
     daemon = start_daemon(
         command_config(
-            f'\n[commands.slow]\nargv = ["/bin/sleep", "{duration}"]\ntimeout_s = 1\nmax_concurrent = 3\nmax_queued = 2\n'
+            f'\n[commands.slow]\nargv = ["/bin/sleep", "{duration}"]\ntimeout_s = 3\nmax_concurrent = 3\nmax_queued = 2\n'
         )
     )
     peak = 0
