@@ -85,9 +85,15 @@ class RunLog:
 
     @classmethod
     def resume(
-        cls, directory: str, task_id: int, *, max_bytes: int, keep: int, timestamps: bool,
+        cls,
+        directory: str,
+        task_id: int,
+        *,
+        max_bytes: int,
+        keep: int,
+        timestamps: bool,
         listdir: Callable[[str], list[str]] = os.listdir,
-    ) -> RunLog:  # fmt: skip
+    ) -> RunLog:
         """The log of a run another keeper wrote until it died: go on after its last byte.
 
         The files on disk say where: the rotated ones give the current

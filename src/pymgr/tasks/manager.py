@@ -27,6 +27,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -258,11 +259,7 @@ class TaskManager:
 
     def active_counts(self) -> dict[tuple[str, str], int]:
         """Runs queued or running now, by (type, state): a gauge of ``metrics``."""
-        counts: dict[tuple[str, str], int] = {}
-        for record in self._store.active():
-            key = (record.type, record.state.value)
-            counts[key] = counts.get(key, 0) + 1
-        return counts
+        return dict(Counter((record.type, record.state.value) for record in self._store.active()))
 
     def running(self, task_id: int) -> bool:
         """True while the run is queued or running (used by log followers)."""
