@@ -123,8 +123,8 @@ class _Unguarded:
     def http_server(self, app: Any, sockets: list[socket.socket], **options: Any) -> Any:
         # The same server and limits as "with" (they are hardening, not auth or audit): no guard in front.
         from pymgr.transport.conncount import ConnectionCounter
-        from pymgr.transport.http_limits import HttpLimits
-        from pymgr.transport.http_server import HttpServer
+        from pymgr.transport.http.limits import HttpLimits
+        from pymgr.transport.http.server import HttpServer
 
         http = self.config.http
         limits = HttpLimits(http.max_request_line_bytes, http.max_header_bytes, http.header_timeout_s, http.body_timeout_s,
@@ -155,7 +155,7 @@ def _take_out(layer: str) -> None:
 
         AuditLog.write_line = lambda self, line: None  # type: ignore[method-assign]
     elif layer == "no-signature":
-        from pymgr.transport.http_guard import GuardedApp
+        from pymgr.transport.http.guard import GuardedApp
 
         GuardedApp._authenticate = lambda self, request: self._signed_identity(request.identity, KEY_ID)  # type: ignore[method-assign]
 

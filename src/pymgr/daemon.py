@@ -41,7 +41,7 @@ from pymgr.service.hooks import NO_HOOKS, Runtime, ServiceHooks
 from pymgr.tasks._statedir import prepare_state_dir
 from pymgr.tasks.manager import TaskManager
 from pymgr.tasks.streams import TaskStreams
-from pymgr.transport.http import HttpApp
+from pymgr.transport.http.routes import HttpApp
 from pymgr.transport.legacy import LegacyServer
 from pymgr.transport.listeners import ListenerError, bind_tcp, bind_unix, unix_path_of
 

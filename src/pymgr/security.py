@@ -36,10 +36,10 @@ from pymgr.config import Config
 from pymgr.core.registry import Registry
 from pymgr.modules.tasks import TASK_OPERATIONS
 from pymgr.transport.conncount import ConnectionCounter
-from pymgr.transport.http_guard import GuardedApp
-from pymgr.transport.http_limits import HttpLimits
-from pymgr.transport.http_messages import Handler
-from pymgr.transport.http_server import HttpServer
+from pymgr.transport.http.guard import GuardedApp
+from pymgr.transport.http.limits import HttpLimits
+from pymgr.transport.http.messages import Handler
+from pymgr.transport.http.server import HttpServer
 
 __all__ = ["Security", "SecurityError", "build_security", "socket_group"]
 

@@ -35,9 +35,9 @@ from pymgr.auth.signing import NonceCache, Verifier
 from pymgr.config import LegacyConfig
 from pymgr.core.registry import Registry
 from pymgr.errors import error_class_for
-from pymgr.transport.http import HttpApp
-from pymgr.transport.http_guard import GuardedApp
-from pymgr.transport.http_messages import Reply, Request
+from pymgr.transport.http.routes import HttpApp
+from pymgr.transport.http.guard import GuardedApp
+from pymgr.transport.http.messages import Reply, Request
 from pymgr.transport.legacy import LegacyServer
 from examples.legacy_client import exchange, sign
 
@@ -179,8 +179,8 @@ def socket_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     import threading
 
     from pymgr.transport.conncount import ConnectionCounter
-    from pymgr.transport.http_limits import HttpLimits
-    from pymgr.transport.http_server import HttpServer
+    from pymgr.transport.http.limits import HttpLimits
+    from pymgr.transport.http.server import HttpServer
     from pymgr.transport.listeners import bind_unix
 
     tmp = tmp_path_factory.mktemp("fuzz")

@@ -6,7 +6,7 @@ Rules:
   so policy and audit see task operations like any other call.
 - Replies are ``{"ok": true, "result": ...}`` or ``{"ok": false, "error":
   {...}}`` with the status the error class owns.
-- The connection bounds the body before the app sees it (``http_conn``).
+- The connection bounds the body before the app sees it (``connection``).
 
 Why no framework: DESIGN.md measured a bare ASGI app at 33 µs of server CPU
 per call and Starlette at ~51 µs on this stack; the routing here is a handful
@@ -28,11 +28,11 @@ import pydantic_core
 from pymgr.core.dispatch import Call, Dispatcher
 from pymgr.core.identity import Identity
 from pymgr.errors import MalformedRequest, NotFound, PymgrError, PymgrInternalError
-from pymgr.transport.http_messages import Reply, Request, Stream, error_reply
-from pymgr.transport.http_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from pymgr.transport.http_metrics import render as render_metrics
-from pymgr.transport import openapi
-from pymgr.transport.http_stream import StreamSource, log_query
+from pymgr.transport.http.messages import Reply, Request, Stream, error_reply
+from pymgr.transport.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from pymgr.transport.http.metrics import render as render_metrics
+from pymgr.transport.http import openapi
+from pymgr.transport.http.streams import StreamSource, log_query
 
 log = logging.getLogger("pymgr.http")
 

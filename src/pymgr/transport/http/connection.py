@@ -65,7 +65,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote
 
 import httptools
@@ -73,12 +73,10 @@ import httptools
 from pymgr.auth.guard import caller_key
 from pymgr.core.callscope import caller_gone
 from pymgr.errors import MalformedRequest, PymgrError, PymgrInternalError, TooLarge
-from pymgr.transport.http_limits import (LINGER_S, RequestTimeout, check_content_length, connection_identity,
+from pymgr.transport.http.limits import (LINGER_S, RequestTimeout, check_content_length, connection_identity,
                                          framing_too_large, head_too_large, peer_gone)  # fmt: skip
-from pymgr.transport.http_messages import Reply, Request, Stream, encode_reply, error_reply, header, render_head
-
-if TYPE_CHECKING:
-    from pymgr.transport.http_server import ServerState
+from pymgr.transport.http.messages import Reply, Request, Stream, encode_reply, error_reply, header, render_head
+from pymgr.transport.http.state import ServerState
 
 log = logging.getLogger("pymgr.http")
 

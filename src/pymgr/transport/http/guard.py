@@ -26,7 +26,7 @@ from pymgr.auth.peercred import current
 from pymgr.auth.signing import SCHEME, SignedRequest, Verifier, parse_headers
 from pymgr.core.identity import Identity
 from pymgr.errors import PymgrError, Unauthenticated
-from pymgr.transport.http_messages import Handler, Reply, Request, Stream, error_reply
+from pymgr.transport.http.messages import Handler, Reply, Request, Stream, error_reply
 
 __all__ = ["GuardedApp"]
 
