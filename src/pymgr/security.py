@@ -1,21 +1,19 @@
-"""Wiring the security model into the daemon: identity, policy, audit, limits, TLS.
+"""Wiring the security model into the daemon: keys, policy, audit, rates, the call pipeline.
 
-``build_security`` turns the config's ``[auth]``, ``[policy]``, ``[audit]``,
-``[limits]`` and ``[http]`` limits into the objects the daemon serves with;
-everything that can be wrong (a bad rule, a key file readable by others, an
-audit log that cannot be opened, a TCP listener nobody could authenticate
-on) fails here, before any socket accepts. docs/security.md describes the
-model; each part lives in its own file under ``auth/`` and ``transport/``.
+``build_security`` turns the config's ``[auth]``, ``[policy]``, ``[audit]``
+and ``[limits]`` into the auth objects the daemon serves with; everything
+that can be wrong (a bad rule, a key file readable by others, an audit log
+that cannot be opened, a TCP listener nobody could authenticate on) fails
+here, before any socket accepts. The servers are the daemon's to build
+(``daemon.py``). docs/security.md describes the model; each part lives in
+its own file under ``auth/``.
 """
 
 from __future__ import annotations
 
-import grp
 import ipaddress
 import logging
 import os
-import socket
-import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +24,8 @@ from pymgr.auth._auditreserve import SpaceReserve
 from pymgr._fsguard import UnsafePathError, check_trusted
 from pymgr.auth.audit import AuditLog, Auditor, syslog_handler
 from pymgr.auth.refusals import RefusalTally
-from pymgr.auth.guard import EdgeGuard, GuardedDispatcher
+from pymgr.auth.guard import EdgeGuard
+from pymgr.auth.pipeline import GuardedDispatcher
 from pymgr.auth.keys import KeyLoadError, load_keys
 from pymgr.auth.peercred import set_names_max_age
 from pymgr.auth.policy import Policy, PolicyError
@@ -34,14 +33,10 @@ from pymgr.auth.ratelimit import RateLimiter
 from pymgr.auth.signing import NonceCache, Verifier
 from pymgr.config import Config
 from pymgr.core.registry import Registry
+from pymgr.metrics import Metrics
 from pymgr.modules.tasks import TASK_OPERATIONS
-from pymgr.transport.conncount import ConnectionCounter
-from pymgr.transport.http.guard import GuardedApp
-from pymgr.transport.http.limits import HttpLimits
-from pymgr.transport.http.messages import Handler
-from pymgr.transport.http.server import HttpServer
 
-__all__ = ["Security", "SecurityError", "build_security", "socket_group"]
+__all__ = ["Security", "SecurityError", "build_security"]
 
 log = logging.getLogger("pymgr.security")
 
@@ -52,44 +47,26 @@ class SecurityError(Exception):
 
 @dataclass
 class Security:
-    """The security parts of one running daemon."""
+    """The auth objects of one running daemon."""
 
     policy: Policy | None
     auditor: Auditor | None
+    #: The rate of each caller and the count of what an edge refuses itself, for every edge.
     edge: EdgeGuard
     verifier: Verifier | None
-    limits: HttpLimits
-    counter: ConnectionCounter
-    ssl_context: ssl.SSLContext | None
     max_params_bytes: int
-    max_body_bytes: int
     #: Builds the policy of a (reloaded) config, with the keys and the task manager of this daemon.
     policy_factory: Callable[[Config], Policy] | None = None
 
-    def dispatcher(self, registry: Registry) -> GuardedDispatcher:
-        """The dispatcher every transport calls: policy, params bound, audit; it can reload the policy."""
+    def dispatcher(self, registry: Registry, metrics: Metrics | None = None) -> GuardedDispatcher:
+        """The call pipeline every edge calls: audit, params bound, metrics, policy; it can reload the policy."""
         return GuardedDispatcher(
-            registry, policy=self.policy, auditor=self.auditor, max_params_bytes=self.max_params_bytes,
+            registry,
+            policy=self.policy,
+            auditor=self.auditor,
+            max_params_bytes=self.max_params_bytes,
+            metrics=metrics,
             policy_factory=self.policy_factory,
-        )
-
-    def wrap(self, app: Handler) -> GuardedApp:
-        """The HTTP app behind signature checks and the per-identity rate."""
-        return GuardedApp(app, edge=self.edge, verifier=self.verifier)
-
-    def http_server(
-        self, handler: Handler, sockets: list[socket.socket], *, keepalive_timeout_s: float, shutdown_timeout_s: float
-    ) -> HttpServer:
-        """The HTTP server for the listening sockets (TLS on the TCP ones when configured)."""
-        return HttpServer(
-            handler,
-            sockets,
-            limits=self.limits,
-            counter=self.counter,
-            max_body_bytes=self.max_body_bytes,
-            keepalive_timeout_s=keepalive_timeout_s,
-            shutdown_timeout_s=shutdown_timeout_s,
-            ssl_context=self.ssl_context,
         )
 
     def close(self) -> None:
@@ -136,18 +113,12 @@ def build_security(config: Config, registry: Registry, tasks: Any) -> Security:
             nonces=NonceCache(config.auth.nonce_cache_max, per_key=config.auth.nonce_quota()),
             clock=time.time,
         )
-    http = config.http
     return Security(
         policy=policy,
         auditor=auditor,
         edge=EdgeGuard(limiter, auditor),
         verifier=verifier,
-        limits=HttpLimits(http.max_request_line_bytes, http.max_header_bytes, http.header_timeout_s, http.body_timeout_s,
-                          http.send_timeout_s),
-        counter=ConnectionCounter(http.max_connections, http.max_connections_per_identity),
-        ssl_context=_ssl_context(config),
         max_params_bytes=limits.max_params_bytes,
-        max_body_bytes=http.max_body_bytes,
         policy_factory=policy_of,
     )
 
@@ -243,36 +214,3 @@ def _trusted_audit_dir(directory: Path) -> None:
         ) from None
     except OSError as exc:
         raise SecurityError(f"cannot create the audit log's directory {directory}: {exc.strerror or exc}") from None
-
-
-def _ssl_context(config: Config) -> ssl.SSLContext | None:
-    tls = config.http.tls
-    if tls is None or config.http.tcp is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(tls.certfile, tls.keyfile)
-        if tls.client_ca is not None:
-            context.load_verify_locations(cafile=tls.client_ca)
-            context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
-    except (OSError, ssl.SSLError) as exc:
-        raise SecurityError(f"[http.tls]: cannot load the certificate, key or CA: {exc}") from None
-    return context
-
-
-def socket_group(config: Config) -> str | None:
-    """The group to give the Unix socket: ``socket_group``, unless it cannot be
-    used and ``socket_group_required = false`` (then a warning and None)."""
-    group = config.http.socket_group
-    if group is None or config.http.socket_group_required:
-        return group
-    try:
-        gid = grp.getgrnam(group).gr_gid
-    except KeyError:
-        log.warning("socket_group %r does not exist on this host; the socket keeps the daemon's group", group)
-        return None
-    if os.geteuid() != 0 and gid not in os.getgroups() and gid != os.getegid():
-        log.warning("socket_group %r: this user may not give files that group; the socket keeps the daemon's group", group)
-        return None
-    return group

@@ -18,7 +18,7 @@ from pydantic import Field, SecretStr
 from pymgr import Identity, Module, action
 from pymgr.auth import auditfile as auditfile_module
 from pymgr.auth.audit import REDACTED, AuditLog, Auditor, redact, secret_params, syslog_handler
-from pymgr.auth.guard import GuardedDispatcher
+from pymgr.auth.pipeline import GuardedDispatcher
 from pymgr.auth.refusals import RefusalTally
 from pymgr.auth.policy import Policy, PolicyConfig, PolicyRule
 from pymgr.core.dispatch import Call

@@ -28,7 +28,8 @@ from pydantic import SecretStr
 
 from pymgr import Identity, Module, action
 from pymgr.auth.audit import AuditLog, Auditor
-from pymgr.auth.guard import EdgeGuard, GuardedDispatcher
+from pymgr.auth.guard import EdgeGuard
+from pymgr.auth.pipeline import GuardedDispatcher
 from pymgr.auth.hmac_auth import HmacAuth
 from pymgr.auth.policy import Policy, PolicyConfig, PolicyRule
 from pymgr.auth.signing import NonceCache, Verifier

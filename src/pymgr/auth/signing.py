@@ -388,7 +388,7 @@ class Verifier:
             )
         if self.nonces.seen(key_id, nonce, now):
             raise _replayed(key_id, nonce)
-        return signed  # type: ignore[return-value]
+        return signed
 
     def _head(self, method: str, path: str, query: str | bytes) -> str:
         """The canonical request's first four lines and a newline, cached.

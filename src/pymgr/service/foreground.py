@@ -35,10 +35,6 @@ from pymgr.service.reload import Reloader
 from pymgr.service.sdnotify import Notifier, ping_watchdog, watchdog_interval_s
 from pymgr.tasks._spawn import reset_inherited_signals
 
-try:
-    import uvloop
-except ModuleNotFoundError:  # pragma: no cover - Windows, or a minimal install
-    uvloop = None
 
 log = logging.getLogger("pymgr")
 
@@ -141,9 +137,8 @@ def run_service(
     except activation.ActivationError as exc:
         return _failed(str(exc), notifier, on_failure)
     hooks = ForegroundHooks(config_path, notifier, inherited, watchdog_s, on_ready)
-    runner_args = {"loop_factory": uvloop.new_event_loop} if uvloop is not None else {}
     try:
-        with asyncio.Runner(**runner_args) as runner:
+        with daemon.event_loop_runner() as runner:
             runner.run(daemon.run(config, hooks=hooks))
     except daemon.StartupError as exc:
         return _failed(str(exc), notifier, on_failure)

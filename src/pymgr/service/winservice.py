@@ -39,10 +39,6 @@ from pymgr.service._outcome import Outcome
 from pymgr.service.hooks import Runtime, ServiceHooks
 from pymgr.service.logsetup import setup_logging
 
-try:
-    import uvloop
-except ModuleNotFoundError:  # pragma: no cover - always so on Windows
-    uvloop = None
 
 log = logging.getLogger("pymgr.service")
 
@@ -134,9 +130,8 @@ class ServiceRunner:
             return EXIT_CONFIG
         if self.log_to_file:
             setup_logging(config.log_level, "text", config.service.log_file or config.state_dir / "pymgr.log")
-        runner_args = {"loop_factory": uvloop.new_event_loop} if uvloop is not None else {}
         try:
-            with asyncio.Runner(**runner_args) as runner:
+            with daemon.event_loop_runner() as runner:
                 runner.run(self._main(config))
         except daemon.StartupError as exc:
             log.error("cannot start: %s", exc)

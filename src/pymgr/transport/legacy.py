@@ -53,7 +53,7 @@ from pymgr.auth.guard import EdgeGuard
 from pymgr.auth.legacy import legacy_signature
 from pymgr.auth.sources import source_of
 from pymgr.config import ConfigError, LegacyConfig
-from pymgr.core.dispatch import Call, Dispatcher
+from pymgr.core.dispatch import Call, CallHandler
 from pymgr.core.identity import Identity
 from pymgr.errors import MalformedRequest, PymgrError, PymgrInternalError, RateLimited, Unauthenticated, Unavailable
 from pymgr.protocol import legacy as proto
@@ -137,7 +137,7 @@ class LegacyServer:
         edge: the per-caller rate and the audit of refused requests (none: neither).
     """
 
-    def __init__(self, config: LegacyConfig, dispatcher: Dispatcher, *, edge: EdgeGuard | None = None) -> None:
+    def __init__(self, config: LegacyConfig, dispatcher: CallHandler, *, edge: EdgeGuard | None = None) -> None:
         self.config = config
         self.dispatcher = dispatcher
         self._edge = edge
@@ -432,7 +432,7 @@ class _LegacyProtocol(asyncio.Protocol):
             if self._transport is not None:
                 self._transport.abort()
         finally:
-            self._server._tasks.discard(self._task)  # type: ignore[arg-type]  # set before the task ran
+            self._server._tasks.discard(self._task)  # set before the task ran
 
     async def _answer(self, command: proto.Command, qualname: str) -> None:
         try:

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from pymgr import Identity, Module, action
-from pymgr.auth.guard import EdgeGuard, GuardedDispatcher
+from pymgr.auth.guard import EdgeGuard
+from pymgr.auth.pipeline import GuardedDispatcher
 from pymgr.core.registry import Registry
 from pymgr.transport.conncount import ConnectionCounter
 from pymgr.transport.http.routes import HttpApp

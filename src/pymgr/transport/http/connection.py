@@ -70,7 +70,7 @@ from urllib.parse import unquote
 
 import httptools
 
-from pymgr.auth.guard import caller_key
+from pymgr.auth.guard import identity_key
 from pymgr.core.callscope import caller_gone
 from pymgr.errors import MalformedRequest, PymgrError, PymgrInternalError, TooLarge
 from pymgr.transport.http.limits import (LINGER_S, RequestTimeout, check_content_length, connection_identity,
@@ -145,7 +145,7 @@ class HttpConnection(asyncio.Protocol):
         self._codings = 0  # Transfer-Encoding fields in the head
         self._http10 = False  # the request being parsed is HTTP/1.0 (known once its head is)
         self._waiting = _HEAD
-        self._queue: deque[tuple[Request, bool]] = deque()  # parsed, not answered yet
+        self._queue: deque[tuple[Request, int]] = deque()  # parsed, not answered yet
         self._task: asyncio.Task[None] | None = None
         self._stream_task: asyncio.Task[None] | None = None
         self._refusal: bytes | None = None  # sent once the reply under way is out
@@ -368,7 +368,7 @@ class HttpConnection(asyncio.Protocol):
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         method, http10 = parser.get_method().decode("ascii"), self._http10
         request = Request(method, path, raw_path, query, self._headers, body, self._identity, http10)
-        keep = parser.should_keep_alive()
+        keep: int = parser.should_keep_alive()
         if keep and http10:
             keep = _CONFIRM  # an HTTP/1.0 client keeps the connection only if the reply says so
         self._queue.append((request, keep))
@@ -579,5 +579,5 @@ class HttpConnection(asyncio.Protocol):
             self._transport.close()
 
     def _who(self) -> str:
-        return caller_key(self._identity)
+        return identity_key(self._identity)
 

@@ -27,7 +27,7 @@ def render(snapshot: Mapping[str, Any]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=registry)
     registry.register(_SnapshotCollector(snapshot))
-    return generate_latest(registry)  # type: ignore[no-any-return]
+    return generate_latest(registry)
 
 
 class _SnapshotCollector:

@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl
 
 import pydantic_core
 
-from pymgr.core.dispatch import Call, Dispatcher
+from pymgr.core.dispatch import Call, CallHandler
 from pymgr.core.identity import Identity
 from pymgr.errors import MalformedRequest, NotFound, PymgrError, PymgrInternalError
 from pymgr.transport.http.messages import Reply, Request, Stream, error_reply
@@ -49,7 +49,7 @@ class MethodNotAllowed(PymgrError):
 class HttpApp:
     """The API's handler: a ``Request`` in, a JSON ``Reply`` (or a ``Stream``) out."""
 
-    def __init__(self, dispatcher: Dispatcher, *, version: str, streams: StreamSource | None = None) -> None:
+    def __init__(self, dispatcher: CallHandler, *, version: str, streams: StreamSource | None = None) -> None:
         self.dispatcher = dispatcher
         #: Task logs and events for the streaming routes (None: those routes are 404).
         self.streams = streams

@@ -17,6 +17,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import ssl
@@ -69,8 +70,8 @@ class HttpServer:
         for sock in self.sockets:
             label = _label(sock)
             tls = self._ssl if sock.family != socket.AF_UNIX else None
-            acceptor = Acceptor(loop, sock, lambda label=label: HttpConnection(state, label), listener=label,
-                                ssl_context=tls)
+            connect = functools.partial(HttpConnection, state, label)
+            acceptor = Acceptor(loop, sock, connect, listener=label, ssl_context=tls)
             acceptor.start()
             self._acceptors.append(acceptor)
 

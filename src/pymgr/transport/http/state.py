@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pymgr.auth.guard import caller_key
+from pymgr.auth.guard import identity_key
 from pymgr.core.identity import Identity
 from pymgr.errors import RateLimited, Unavailable
 from pymgr.transport.conncount import ConnectionCounter
@@ -54,7 +54,7 @@ class ServerState:
         self, listener: str, identity: Identity
     ) -> tuple[str, tuple[Any, ...] | None]:
         """Count a new connection; or the refusal (error and extra headers) of a cap it would pass."""
-        caller = caller_key(identity)
+        caller = identity_key(identity)
         refused = self.counter.open(listener, caller)
         if refused is None:
             return caller, None
