@@ -30,7 +30,8 @@ from pymgr.auth.keys import KeyLoadError, load_keys
 from pymgr.auth.peercred import set_names_max_age
 from pymgr.auth.policy import Policy, PolicyError
 from pymgr.auth.ratelimit import RateLimiter
-from pymgr.auth.signing import NonceCache, Verifier
+from pymgr.auth.nonces import NonceCache
+from pymgr.auth.signing import Verifier
 from pymgr.config import Config
 from pymgr.core.registry import Registry
 from pymgr.metrics import Metrics

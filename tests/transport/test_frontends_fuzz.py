@@ -32,7 +32,8 @@ from pymgr.auth.guard import EdgeGuard
 from pymgr.auth.pipeline import GuardedDispatcher
 from pymgr.auth.hmac_auth import HmacAuth
 from pymgr.auth.policy import Policy, PolicyConfig, PolicyRule
-from pymgr.auth.signing import NonceCache, Verifier
+from pymgr.auth.nonces import NonceCache
+from pymgr.auth.signing import Verifier
 from pymgr.config import LegacyConfig
 from pymgr.core.registry import Registry
 from pymgr.errors import error_class_for

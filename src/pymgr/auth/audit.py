@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pydantic_core
 from pydantic import BaseModel
 
 from pymgr.auth._auditreserve import SpaceReserve
@@ -106,12 +107,10 @@ def _identity_fields(identity: Identity) -> dict[str, Any]:
     return fields
 
 
-def _peer_only(identity: Identity) -> bool:
-    """Whether the identity has no field but its transport and peer (a legacy caller's, usually)."""
-    return (
-        identity.uid is None and identity.gid is None and identity.pid is None and identity.user is None
-        and identity.key_id is None and identity.cert is None and not identity.groups and identity.peer is not None
-    )
+def _caller_json(identity: Identity) -> str:
+    """The caller's part of a line; pydantic-core writes the same compact JSON as ``_dumps``, at a fifth of the cost."""
+    transport = pydantic_core.to_json(identity.transport).decode()
+    return f'"transport":{transport},"identity":{pydantic_core.to_json(_identity_fields(identity)).decode()}'
 
 
 #: One encoder for every line: ``json.dumps`` with non-default options builds a new one per call.
@@ -169,9 +168,8 @@ class Auditor:
         self._held = 0
         self._second = -1
         self._second_text = ""
-        #: The caller's fragment per Identity object, by id(): the entry holds the object, so the id
-        #: cannot be reused while it is cached (hashing the 9-field Identity cost 0.6 µs a line).
-        self._callers: dict[int, tuple[Identity, str]] = {}
+        #: The caller's fragment per identity (a busy caller makes the same one all day).
+        self._callers: dict[Identity, str] = {}
         self._operations: dict[tuple[str, str | None, str | None], str] = {}
 
     def hold(self, identity: Identity, module: str, action: str, params_json: str | None) -> int:
@@ -327,22 +325,15 @@ class Auditor:
         return f"{who},{what}"
 
     def _who(self, identity: Identity) -> str:
-        entry = self._callers.get(id(identity))
-        if entry is not None and entry[0] is identity:
-            return entry[1]
-        return self._caller(identity)
-
-    def _caller(self, identity: Identity) -> str:
-        """``"transport":...,"identity":{...}``; cached per object, but for legacy callers (one object per request)."""
-        if identity.transport == "legacy" and _peer_only(identity):
-            # A new object per legacy request, with nothing but the peer: 0.6 µs here against 3 µs for the
-            # general form below (getattr of every field, a dict, json of it).
-            return f'"transport":"legacy","identity":{{"peer":{_dumps(identity.peer)}}}'
-        who = f'"transport":{_dumps(identity.transport)},"identity":{_dumps(_identity_fields(identity))}'
-        if identity.transport != "legacy":
+        """``"transport":...,"identity":{...}`` with the caller's non-empty fields; kept per caller, but for
+        legacy callers (a new peer port each request: never seen again)."""
+        if identity.transport == "legacy":
+            return _caller_json(identity)
+        who = self._callers.get(identity)
+        if who is None:
             if len(self._callers) >= _CACHE_MAX:
                 self._callers.clear()
-            self._callers[id(identity)] = (identity, who)
+            who = self._callers[identity] = _caller_json(identity)
         return who
 
     def _unavailable(self, exc: OSError) -> Unavailable:
