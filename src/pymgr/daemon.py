@@ -77,14 +77,18 @@ def build_registry(config: Config, tasks: TaskManager, metrics: Metrics | None =
     """Every enabled module, instantiated with its context."""
     registry = Registry()
     for cls in module_classes(config.modules.enabled):
-        context = ModuleContext(tasks=tasks, settings=config.modules.settings.get(cls.name, {}), metrics=metrics)
+        context = ModuleContext(
+            tasks=tasks, settings=config.modules.settings.get(cls.name, {}), metrics=metrics
+        )
         registry.add(cls(context))
     for module in command_modules(config.commands, tasks.cgroups):  # [commands.NAME]: actions with no Python
         registry.add(module)
     return registry
 
 
-def bind_http(config: Config, inherited: Mapping[str, list[socket.socket]] | None = None) -> list[socket.socket]:
+def bind_http(
+    config: Config, inherited: Mapping[str, list[socket.socket]] | None = None
+) -> list[socket.socket]:
     """The HTTP listeners: passed ones (socket activation) replace the configured ones they name."""
     inherited = inherited or {}
     sockets = [*inherited.get("http", []), *inherited.get("http-tcp", [])]
@@ -109,7 +113,10 @@ def socket_group(config: Config) -> str | None:
         log.warning("socket_group %r does not exist on this host; the socket keeps the daemon's group", group)
         return None
     if os.geteuid() != 0 and gid not in os.getgroups() and gid != os.getegid():
-        log.warning("socket_group %r: this user may not give files that group; the socket keeps the daemon's group", group)
+        log.warning(
+            "socket_group %r: this user may not give files that group; the socket keeps the daemon's group",
+            group,
+        )
         return None
     return group
 
@@ -173,7 +180,9 @@ async def run(config: Config, stop: asyncio.Event | None = None, hooks: ServiceH
         stack.callback(_remove_files, [p for p in map(unix_path_of, owned) if p is not None])
         stack.push_async_callback(close_servers)
         app = HttpApp(dispatcher, version=pymgr.__version__, streams=TaskStreams(tasks, stop))
-        http = http_server(config, GuardedApp(app, edge=security.edge, verifier=security.verifier), sockets, tls)
+        http = http_server(
+            config, GuardedApp(app, edge=security.edge, verifier=security.verifier), sockets, tls
+        )
         await http.start()
         closers.append(http.close)
         _gauges(metrics, tasks, http)
@@ -200,7 +209,9 @@ def _task_manager(config: Config, metrics: Metrics) -> TaskManager:
             log.warning("state directory: %s", note)
         if config.http.unix_socket is not None and config.http.unix_socket.parent.exists():
             check_trusted(config.http.unix_socket.parent)  # others must not swap the socket under the clients
-        return TaskManager(config.tasks, config.state_dir, metrics=metrics)  # a cgroup limit it cannot enforce: refused
+        return TaskManager(
+            config.tasks, config.state_dir, metrics=metrics
+        )  # a cgroup limit it cannot enforce: refused
     except ConfigError as exc:
         raise StartupError(str(exc)) from None
     except OSError as exc:
@@ -213,7 +224,10 @@ def http_server(
     """The HTTP server for the listening sockets, with the ``[http]`` limits (TLS on the TCP ones when given)."""
     http = config.http
     limits = HttpLimits(
-        http.max_request_line_bytes, http.max_header_bytes, http.header_timeout_s, http.body_timeout_s,
+        http.max_request_line_bytes,
+        http.max_header_bytes,
+        http.header_timeout_s,
+        http.body_timeout_s,
         http.send_timeout_s,
     )
     return HttpServer(
@@ -238,7 +252,9 @@ async def _start_legacy(
 ) -> str:
     legacy = LegacyServer(config.legacy, dispatcher, edge=edge)
     metrics.gauge(
-        "pymgr_legacy_connections", "Open legacy-protocol connections.", lambda: float(legacy.open_connections)
+        "pymgr_legacy_connections",
+        "Open legacy-protocol connections.",
+        lambda: float(legacy.open_connections),
     )
     sock = passed[0] if passed else _bind_legacy(config.legacy)
     try:
@@ -287,12 +303,19 @@ def _gauges(metrics: Metrics, tasks: TaskManager, http: HttpServer) -> None:
         return {labels: float(count) for labels, count in tasks.active_counts().items()}
 
     metrics.gauge(
-        "pymgr_task_runs_active", "Task runs queued or running now, by type and state.", active_runs,
+        "pymgr_task_runs_active",
+        "Task runs queued or running now, by type and state.",
+        active_runs,
         labels=("type", "state"),
     )
-    metrics.gauge("pymgr_keeper_connected", "1 while the task keeper is connected.", lambda: float(tasks.keeper_connected))
     metrics.gauge(
-        "pymgr_http_connections", "Open HTTP connections, all listeners.",
+        "pymgr_keeper_connected",
+        "1 while the task keeper is connected.",
+        lambda: float(tasks.keeper_connected),
+    )
+    metrics.gauge(
+        "pymgr_http_connections",
+        "Open HTTP connections, all listeners.",
         lambda: float(len(http.state.connections)) if http.state is not None else 0.0,
     )
 

@@ -11,7 +11,6 @@ its own file under ``auth/``.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import time
@@ -36,6 +35,7 @@ from pymgr.config import Config
 from pymgr.core.registry import Registry
 from pymgr.metrics import Metrics
 from pymgr.modules.tasks import TASK_OPERATIONS
+from pymgr.transport.listeners import is_loopback
 
 __all__ = ["Security", "SecurityError", "build_security"]
 
@@ -91,9 +91,15 @@ def build_security(config: Config, registry: Registry, tasks: Any) -> Security:
 
     def policy_of(cfg: Config) -> Policy:
         # The keys are the daemon's (a reload does not change [auth]): a rule naming another key is refused.
-        policy = Policy(cfg.policy, registry, key_ids=keys, task_types=cfg.tasks.types,
-                        task_type_of=_type_lookup(tasks), task_operations=TASK_OPERATIONS,
-                        owner_uid=os.geteuid())
+        policy = Policy(
+            cfg.policy,
+            registry,
+            key_ids=keys,
+            task_types=cfg.tasks.types,
+            task_type_of=_type_lookup(tasks),
+            task_operations=TASK_OPERATIONS,
+            owner_uid=os.geteuid(),
+        )
         _log_policy(cfg, policy)
         return policy
 
@@ -153,18 +159,12 @@ def _check_tcp_auth(config: Config, keys: dict[str, bytes]) -> None:
             "(signed requests) or [http.tls] client_ca (client certificates)"
         )
     host = config.http.tcp.rpartition(":")[0].strip("[]")
-    if tls is None and not _is_loopback(host):
+    if tls is None and not is_loopback(host):
         log.warning(
             "TCP listener %s has no TLS: signed requests cannot be forged or replayed, but their bodies "
-            "and replies travel in clear; set [http.tls]", config.http.tcp
+            "and replies travel in clear; set [http.tls]",
+            config.http.tcp,
         )
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve to anything
-        return False
 
 
 def _auditor(config: Config) -> Auditor:
@@ -181,25 +181,41 @@ def _auditor(config: Config) -> Auditor:
         try:
             handler = syslog_handler(audit.syslog_address, audit.syslog_facility)
         except OSError as exc:
-            raise SecurityError(f"[audit] syslog_address {audit.syslog_address!r}: {exc.strerror or exc}") from None
+            raise SecurityError(
+                f"[audit] syslog_address {audit.syslog_address!r}: {exc.strerror or exc}"
+            ) from None
     # Named apart from the log (audit.log -> audit.reserve): a glob of the log and its rotations must not meet it.
     reserve = SpaceReserve(audit.path.with_suffix(".reserve"), audit.reserve_bytes)
-    audit_log = AuditLog(audit.path, max_bytes=audit.max_bytes, backups=audit.backups, syslog=handler, reserve=reserve)
-    refused_log = AuditLog(audit.refused_path, max_bytes=audit.refused_max_bytes, backups=audit.refused_backups,
-                           syslog=handler)
+    audit_log = AuditLog(
+        audit.path, max_bytes=audit.max_bytes, backups=audit.backups, syslog=handler, reserve=reserve
+    )
+    refused_log = AuditLog(
+        audit.refused_path, max_bytes=audit.refused_max_bytes, backups=audit.refused_backups, syslog=handler
+    )
     for directory in dict.fromkeys((audit.path.parent, audit.refused_path.parent)):
         _trusted_audit_dir(directory)
-    for path, opening in ((audit.path, audit_log.open), (reserve.path, reserve.open),
-                          (audit.refused_path, refused_log.open)):
+    for path, opening in (
+        (audit.path, audit_log.open),
+        (reserve.path, reserve.open),
+        (audit.refused_path, refused_log.open),
+    ):
         try:
             opening()
         except OSError as exc:
             raise SecurityError(f"cannot open the audit file {path}: {exc.strerror or exc}") from None
     if not reserve.full:
-        log.error("the filesystem of the audit log %s has no room for its space reserve (%d bytes): every call is "
-                  "refused (503) until there is", audit.path, audit.reserve_bytes)
-    refusals = RefusalTally(refused_log, window_s=audit.refused_window_s, max_sources=audit.refused_max_sources,
-                            max_operations=audit.refused_max_operations)
+        log.error(
+            "the filesystem of the audit log %s has no room for its space reserve (%d bytes): every call is "
+            "refused (503) until there is",
+            audit.path,
+            audit.reserve_bytes,
+        )
+    refusals = RefusalTally(
+        refused_log,
+        window_s=audit.refused_window_s,
+        max_sources=audit.refused_max_sources,
+        max_operations=audit.refused_max_operations,
+    )
     return Auditor(audit_log, fail_closed=audit.fail_closed, refusals=refusals)
 
 
@@ -214,4 +230,6 @@ def _trusted_audit_dir(directory: Path) -> None:
             f"the audit log's directory is refused: {exc.strerror}; or give the audit log a directory of its own"
         ) from None
     except OSError as exc:
-        raise SecurityError(f"cannot create the audit log's directory {directory}: {exc.strerror or exc}") from None
+        raise SecurityError(
+            f"cannot create the audit log's directory {directory}: {exc.strerror or exc}"
+        ) from None

@@ -46,7 +46,13 @@ from pymgr.core.identity import Identity
 from pymgr.errors import PymgrError, Unavailable
 
 __all__ = [
-    "OUTCOME_OK", "REDACTED", "AuditLog", "Auditor", "redact", "refused_path_beside", "secret_params",
+    "OUTCOME_OK",
+    "REDACTED",
+    "AuditLog",
+    "Auditor",
+    "redact",
+    "refused_path_beside",
+    "secret_params",
     "syslog_handler",
 ]
 
@@ -149,15 +155,20 @@ class Auditor:
     """
 
     def __init__(
-        self, audit_log: AuditLog, *, fail_closed: bool = True, clock: Any = time.time,
+        self,
+        audit_log: AuditLog,
+        *,
+        fail_closed: bool = True,
+        clock: Any = time.time,
         refusals: RefusalTally | None = None,
     ) -> None:
         self.log = audit_log
         self.fail_closed = fail_closed
         self._clock = clock
         if refusals is None:
-            refused_log = AuditLog(refused_path_beside(audit_log.path), max_bytes=audit_log.max_bytes,
-                                   backups=audit_log.backups)
+            refused_log = AuditLog(
+                refused_path_beside(audit_log.path), max_bytes=audit_log.max_bytes, backups=audit_log.backups
+            )
             refusals = RefusalTally(refused_log, clock=clock)
         self.refusals = refusals
         self.broken = False
@@ -224,10 +235,17 @@ class Auditor:
 
     def _resume(self) -> None:
         """The log broke: write a line that says so, or refuse (the write is the probe)."""
-        line = _dumps({
-            "time": iso_time(self._clock()), "event": "audit log writable again",
-            "broken_since": iso_time(self._broken_since), "unrecorded_calls": self._unrecorded,
-        }) + "\n"
+        line = (
+            _dumps(
+                {
+                    "time": iso_time(self._clock()),
+                    "event": "audit log writable again",
+                    "broken_since": iso_time(self._broken_since),
+                    "unrecorded_calls": self._unrecorded,
+                }
+            )
+            + "\n"
+        )
         try:
             self.log.write_line(line.encode())
         except OSError as exc:
@@ -280,8 +298,14 @@ class Auditor:
         self.record_json(identity, operation, module, action, params_text, outcome, duration_s)
 
     def record_json(
-        self, identity: Identity, operation: str, module: str | None, action: str | None, params_json: str,
-        outcome: str, duration_s: float,
+        self,
+        identity: Identity,
+        operation: str,
+        module: str | None,
+        action: str | None,
+        params_json: str,
+        outcome: str,
+        duration_s: float,
     ) -> None:
         """Write one line whose params and outcome are JSON already (``record`` without its keywords:
         the guard's path for a call that succeeded, 0.4 µs less a line).
@@ -298,7 +322,7 @@ class Auditor:
             self._second = second
             self._second_text = '{"time":"' + time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         line = (
-            f'{self._second_text}{_MILLIS[millis]},{self._prefix(identity, operation, module, action)},'
+            f"{self._second_text}{_MILLIS[millis]},{self._prefix(identity, operation, module, action)},"
             f'"params":{params_json},{outcome},"duration_ms":{duration_s * 1000:.3f}}}\n'
         )
         try:
@@ -342,4 +366,3 @@ class Auditor:
             "pymgr refuses requests it cannot record. Free the disk or fix the file, then retry",
             details={"audit_log": str(self.log.path), "reason": exc.strerror or str(exc)},
         )
-

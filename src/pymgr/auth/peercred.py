@@ -32,7 +32,13 @@ from typing import Any
 
 from pymgr.core.identity import Identity
 
-__all__ = ["DEFAULT_NAMES_MAX_AGE_S", "current", "forget_names", "identity_from_peercred", "set_names_max_age"]
+__all__ = [
+    "DEFAULT_NAMES_MAX_AGE_S",
+    "current",
+    "forget_names",
+    "identity_from_peercred",
+    "set_names_max_age",
+]
 
 _PEERCRED = struct.Struct("3i")  # struct ucred { pid_t pid; uid_t uid; gid_t gid; }
 

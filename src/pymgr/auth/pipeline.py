@@ -99,7 +99,9 @@ class GuardedDispatcher:
             PolicyError: the new policy does not build (nothing changed), or this dispatcher has no factory.
         """
         if self._policy_factory is None:
-            raise PolicyError("this dispatcher was built without a policy factory: restart to change [policy]")
+            raise PolicyError(
+                "this dispatcher was built without a policy factory: restart to change [policy]"
+            )
         old = self.policy
         new = self._policy_factory(config)
         self.policy = new
@@ -136,7 +138,9 @@ class GuardedDispatcher:
             # pydantic-core writes the same compact UTF-8 JSON as _ENCODER for what JSON can carry, at a tenth of
             # the cost.
             data = pydantic_core.to_json(call.params, fallback=str)
-        except ValueError:  # bytes that are not UTF-8, a cycle: the json module's answer, so nothing escapes the bound
+        except (
+            ValueError
+        ):  # bytes that are not UTF-8, a cycle: the json module's answer, so nothing escapes the bound
             try:
                 data = _ENCODER.encode(call.params).encode()
             except (TypeError, ValueError):  # not JSON-able at all; dispatch reports the type
@@ -214,15 +218,23 @@ class _AuditedCall:
         call = self.call
         operation, secrets = self.guard._names(call)
         if not self.held:
-            self.auditor.refused(identity_key(call.identity), call.identity.transport, operation, error or "ok")
+            self.auditor.refused(
+                identity_key(call.identity), call.identity.transport, operation, error or "ok"
+            )
             return
         params, params_json = call.params, self.params_json
         if secrets is None or not isinstance(params, Mapping) or not secrets.isdisjoint(params):
             params, params_json = redact(params, secrets), None
         try:
             self.auditor.record(
-                call.identity, operation=operation, module=call.module, action=call.action, params=params,
-                error=error, duration_s=time.perf_counter() - self.started, params_json=params_json,
+                call.identity,
+                operation=operation,
+                module=call.module,
+                action=call.action,
+                params=params,
+                error=error,
+                duration_s=time.perf_counter() - self.started,
+                params_json=params_json,
             )
         except Unavailable as exc:
             raise _not_recorded(call, error, result, exc) from None

@@ -35,9 +35,9 @@ import grp
 import pwd
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from pymgr.auth._policysyntax import (
     TYPED_TASK_OPS,
@@ -49,6 +49,7 @@ from pymgr.auth._policysyntax import (
     parse_subject,
     subject_matches,
 )
+from pymgr.auth.policyconfig import PolicyConfig, PolicyRule
 from pymgr.core.identity import Identity
 from pymgr.core.registry import ActionSpec, Registry
 from pymgr.errors import Forbidden, NotFound
@@ -77,42 +78,6 @@ _WHO = "\x00who\x00"
 
 class PolicyError(ValueError):
     """The policy cannot be built (a rule names an unknown key, a bad allow entry)."""
-
-
-def _check_subject(text: str) -> str:
-    parse_subject(text)
-    return text
-
-
-def _check_pattern(text: str) -> str:
-    parse_pattern(text)
-    return text
-
-
-# --- config -----------------------------------------------------------------
-
-
-class PolicyRule(BaseModel):
-    """One ``[[policy.rules]]`` entry."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    #: Shown in errors, start-up notes and 403 details.
-    name: str | None = None
-    #: Who the rule is for: any of these.
-    subjects: list[Annotated[str, AfterValidator(_check_subject)]] = Field(min_length=1)
-    #: What they may do: any of these patterns.
-    actions: list[Annotated[str, AfterValidator(_check_pattern)]] = Field(min_length=1)
-    #: Also lift an action's own ``@action(allow=...)`` requirement (logged at start).
-    override: bool = False
-
-
-class PolicyConfig(BaseModel):
-    """The ``[policy]`` section."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    rules: list[PolicyRule] = Field(default_factory=list)
 
 
 # --- the compiled policy ----------------------------------------------------
@@ -290,7 +255,14 @@ class Policy:
         The cache key leaves out what no subject looks at (pid, peer address),
         so every connection of the same caller shares one entry.
         """
-        who = (identity.transport, identity.uid, identity.user, identity.groups, identity.key_id, identity.cert)
+        who = (
+            identity.transport,
+            identity.uid,
+            identity.user,
+            identity.groups,
+            identity.key_id,
+            identity.cert,
+        )
         key = (who, spec.qualname, op.name)
         try:
             return self._cache[key]
@@ -374,7 +346,9 @@ def _requirement(spec: ActionSpec) -> tuple[Subject, ...]:
     try:
         return tuple(parse_subject(entry) for entry in spec.options.allow or ())
     except ValueError as exc:
-        raise PolicyError(f"action {spec.qualname}: @action(allow=...) entry is not a subject: {exc}") from None
+        raise PolicyError(
+            f"action {spec.qualname}: @action(allow=...) entry is not a subject: {exc}"
+        ) from None
 
 
 def _compile(index: int, rule: PolicyRule, key_ids: frozenset[str]) -> _Rule:

@@ -51,10 +51,17 @@ class RateLimiter:
     """
 
     def __init__(
-        self, rate_per_s: float, burst: int, *, max_keys: int = 10_000, clock: Callable[[], float] = time.monotonic
+        self,
+        rate_per_s: float,
+        burst: int,
+        *,
+        max_keys: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if rate_per_s <= 0 or burst < 1 or max_keys < 1:
-            raise ValueError(f"rate_per_s, burst and max_keys must be positive, not {rate_per_s}, {burst}, {max_keys}")
+            raise ValueError(
+                f"rate_per_s, burst and max_keys must be positive, not {rate_per_s}, {burst}, {max_keys}"
+            )
         self.rate_per_s = rate_per_s
         self.burst = burst
         self.max_keys = max_keys

@@ -154,7 +154,15 @@ def sign(secret: bytes, canonical: str) -> str:
 
 
 def signed_headers(
-    key_id: str, secret: bytes, method: str, path: str, query: str | bytes, body: bytes, *, timestamp: int, nonce: str
+    key_id: str,
+    secret: bytes,
+    method: str,
+    path: str,
+    query: str | bytes,
+    body: bytes,
+    *,
+    timestamp: int,
+    nonce: str,
 ) -> dict[str, str]:
     """The four headers a client adds to a request."""
     stamp = str(timestamp)
@@ -215,19 +223,31 @@ class Verifier:
     """
 
     def __init__(
-        self, keys: Mapping[str, bytes], *, clock_skew_s: float, nonces: NonceCache, clock: Callable[[], float]
+        self,
+        keys: Mapping[str, bytes],
+        *,
+        clock_skew_s: float,
+        nonces: NonceCache,
+        clock: Callable[[], float],
     ) -> None:
         self.keys = dict(keys)
         # One keyed HMAC per key, copied per request: a copy skips the key setup that a new HMAC repeats
         # (2-6 µs of a signed request here, bench/bench_guard.py).
-        self._macs = {key_id: hmac.new(secret, digestmod=hashlib.sha256) for key_id, secret in self.keys.items()}
+        self._macs = {
+            key_id: hmac.new(secret, digestmod=hashlib.sha256) for key_id, secret in self.keys.items()
+        }
         self.clock_skew_s = clock_skew_s
         self.nonces = nonces
         self._heads: dict[tuple[str, str, str | bytes], str] = {}
         self._clock = clock
 
     def verify(
-        self, method: str, path: str, query: str | bytes, body: bytes, headers: Mapping[str, str] | SignedRequest
+        self,
+        method: str,
+        path: str,
+        query: str | bytes,
+        body: bytes,
+        headers: Mapping[str, str] | SignedRequest,
     ) -> str:
         """The key id of a correctly signed, fresh, first-seen request; its nonce is remembered.
 
@@ -253,7 +273,12 @@ class Verifier:
             raise _replayed(key_id, nonce)
 
     def check(
-        self, method: str, path: str, query: str | bytes, body: bytes, headers: Mapping[str, str] | SignedRequest
+        self,
+        method: str,
+        path: str,
+        query: str | bytes,
+        body: bytes,
+        headers: Mapping[str, str] | SignedRequest,
     ) -> SignedRequest:
         """The signing headers of a correctly signed, fresh, not yet seen request; nothing is stored.
 

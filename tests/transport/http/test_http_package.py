@@ -38,7 +38,7 @@ def test_the_package_has_no_import_cycle() -> None:
 
     def visit(module: str, path: list[str]) -> None:
         if module in path:
-            cycle = path[path.index(module):] + [module]
+            cycle = path[path.index(module) :] + [module]
             pytest.fail("import cycle: " + " -> ".join(cycle))
         if module in done:
             return
@@ -52,6 +52,7 @@ def test_the_package_has_no_import_cycle() -> None:
 
 @pytest.mark.parametrize("module", MODULES)
 def test_each_module_imports_alone(module: str) -> None:
-    result = subprocess.run([sys.executable, "-c", f"import {PACKAGE}.{module}"], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", f"import {PACKAGE}.{module}"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr

@@ -77,9 +77,15 @@ class GuardedApp:
             if not headers and identity.cert is not None:
                 return identity, None  # a verified client certificate is enough
             if self.verifier is None:
-                raise Unauthenticated("this TCP listener accepts only verified client certificates; none was sent")
+                raise Unauthenticated(
+                    "this TCP listener accepts only verified client certificates; none was sent"
+                )
             signed = self.verifier.check(
-                request.method, request.raw_path.decode("latin-1"), request.query, request.body, parse_headers(headers)
+                request.method,
+                request.raw_path.decode("latin-1"),
+                request.query,
+                request.body,
+                parse_headers(headers),
             )
         except Unauthenticated as exc:
             what = f"http {request.method} {request.path}"
@@ -103,7 +109,9 @@ class GuardedApp:
         if caller is None:
             if len(self._identities) >= _IDENTITY_CACHE_MAX:
                 self._identities.clear()
-            caller = Identity(transport=identity.transport, peer=identity.peer, cert=identity.cert, key_id=key_id)
+            caller = Identity(
+                transport=identity.transport, peer=identity.peer, cert=identity.cert, key_id=key_id
+            )
             self._identities[cache_key] = caller
         return caller
 

@@ -22,8 +22,11 @@ _JSON = "application/json"
 
 
 def _ok(result: dict[str, Any] | None = None, description: str = "Success") -> dict[str, Any]:
-    envelope = {"type": "object", "required": ["ok", "result"],
-                "properties": {"ok": {"const": True}, "result": result or {}}}  # fmt: skip
+    envelope = {
+        "type": "object",
+        "required": ["ok", "result"],
+        "properties": {"ok": {"const": True}, "result": result or {}},
+    }
     return {"description": description, "content": {_JSON: {"schema": envelope}}}
 
 
@@ -66,8 +69,10 @@ def _fixed_routes() -> dict[str, Any]:
         return {"get": {"summary": summary, "responses": {"200": response, **_ERRORS}, **extra}}
 
     text = {"description": "Bytes", "content": {"text/plain": {"schema": {"type": "string"}}}}
-    query = [{"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
-             for name in ("state", "type", "key")]  # fmt: skip
+    query = [
+        {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+        for name in ("state", "type", "key")
+    ]
     return {
         "/v1/health": get("Liveness", _ok({"type": "object"})),
         "/v1/modules": get("Every module and action with their parameter schemas", _ok({"type": "array"})),
@@ -77,55 +82,108 @@ def _fixed_routes() -> dict[str, Any]:
             **get("Task records, newest first", _ok({"type": "array", "items": _RECORD}), parameters=query),
             "post": {
                 "summary": "Start a task (the tasks.start action)",
-                "requestBody": {"required": True, "content": {_JSON: {"schema": {
-                    "type": "object", "required": ["type"],
-                    "properties": {"type": {"type": "string"}, "params": {"type": "object"},
-                                   "key": {"type": ["string", "null"], "minLength": 1, "maxLength": 256}}}}}},
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        _JSON: {
+                            "schema": {
+                                "type": "object",
+                                "required": ["type"],
+                                "properties": {
+                                    "type": {"type": "string"},
+                                    "params": {"type": "object"},
+                                    "key": {"type": ["string", "null"], "minLength": 1, "maxLength": 256},
+                                },
+                            }
+                        }
+                    },
+                },
                 "responses": {"202": _ok(_RECORD, "Accepted: the queued record"), **_ERRORS},
-            },  # fmt: skip
+            },
         },
         "/v1/tasks/{id}": {**get("One task", _ok(_RECORD)), "parameters": [_TASK_ID]},
         "/v1/tasks/{id}/stop": {
-            "post": {"summary": "Stop a task (a no-op for an ended one)",
-                     "responses": {"202": _ok(_RECORD, "The record as it is now"), **_ERRORS}},
+            "post": {
+                "summary": "Stop a task (a no-op for an ended one)",
+                "responses": {"202": _ok(_RECORD, "The record as it is now"), **_ERRORS},
+            },
             "parameters": [_TASK_ID],
-        },  # fmt: skip
+        },
         "/v1/tasks/{id}/logs": {
-            **get("A task's output from a logical offset; follow=true streams until it ended", text, parameters=[
-                {"name": "offset", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
-                {"name": "follow", "in": "query", "required": False, "schema": {"type": "boolean"}}]),
+            **get(
+                "A task's output from a logical offset; follow=true streams until it ended",
+                text,
+                parameters=[
+                    {
+                        "name": "offset",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 0},
+                    },
+                    {"name": "follow", "in": "query", "required": False, "schema": {"type": "boolean"}},
+                ],
+            ),
             "parameters": [_TASK_ID],
-        },  # fmt: skip
-        "/v1/events": get("Server-sent events: state, progress, heartbeat, gap",
-                          {"description": "A stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}}),
+        },
+        "/v1/events": get(
+            "Server-sent events: state, progress, heartbeat, gap",
+            {"description": "A stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        ),
         "/metrics": get("Counters and gauges in the Prometheus text format (the metrics module)", text),
-    }  # fmt: skip
+    }
 
 
 def describe(registry: Registry, version: str) -> dict[str, Any]:
     """The OpenAPI 3.1 document of this daemon's API, with the actions ``registry`` serves now."""
     schemas: dict[str, Any] = {
-        "Error": {"type": "object", "required": ["ok", "error"], "properties": {
-            "ok": {"const": False},
-            "error": {"type": "object", "required": ["code", "message"], "properties": {
-                "code": {"type": "string"}, "message": {"type": "string"}, "details": {}}}}},
-        "TaskRecord": {"type": "object", "description": "docs/tasks.md, 'Records'", "properties": {
-            "id": {"type": "integer"}, "type": {"type": "string"}, "state": {"enum": [
-                "queued", "running", "succeeded", "failed", "stopped", "timed_out", "lost"]}}},
-    }  # fmt: skip
+        "Error": {
+            "type": "object",
+            "required": ["ok", "error"],
+            "properties": {
+                "ok": {"const": False},
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "details": {}},
+                },
+            },
+        },
+        "TaskRecord": {
+            "type": "object",
+            "description": "docs/tasks.md, 'Records'",
+            "properties": {
+                "id": {"type": "integer"},
+                "type": {"type": "string"},
+                "state": {
+                    "enum": ["queued", "running", "succeeded", "failed", "stopped", "timed_out", "lost"]
+                },
+            },
+        },
+    }
     paths = _fixed_routes()
     for module in registry.names():
         for spec in registry.actions(module):
             paths[f"/v1/modules/{spec.module}/{spec.name}"] = {"post": _action(spec, schemas)}
     return {
         "openapi": "3.1.0",
-        "info": {"title": "pymgr", "version": version,
-                 "description": "A privileged task daemon's HTTP API; the reference is docs/api.md. On the Unix "
-                                "socket the caller is who the kernel says; on TCP every request is signed "
-                                "(docs/security.md, 'Signed requests')."},
+        "info": {
+            "title": "pymgr",
+            "version": version,
+            "description": "A privileged task daemon's HTTP API; the reference is docs/api.md. On the Unix "
+            "socket the caller is who the kernel says; on TCP every request is signed "
+            "(docs/security.md, 'Signed requests').",
+        },
         "paths": paths,
-        "components": {"schemas": schemas, "securitySchemes": {"signed": {
-            "type": "apiKey", "in": "header", "name": "X-Pymgr-Signature",
-            "description": "HMAC-SHA256 of the canonical request, with X-Pymgr-Key, X-Pymgr-Timestamp and "
-                           "X-Pymgr-Nonce (docs/security.md)"}}},
-    }  # fmt: skip
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "signed": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-Pymgr-Signature",
+                    "description": "HMAC-SHA256 of the canonical request, with X-Pymgr-Key, X-Pymgr-Timestamp and "
+                    "X-Pymgr-Nonce (docs/security.md)",
+                }
+            },
+        },
+    }

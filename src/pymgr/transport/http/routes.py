@@ -90,7 +90,9 @@ class HttpApp:
             return 200, self.dispatcher.registry.describe()
         if route == ["openapi.json"]:  # the document itself, not in the envelope: what generators read
             _allow(method, "GET", request)
-            return 200, Reply(200, pydantic_core.to_json(openapi.describe(self.dispatcher.registry, self.version)))
+            return 200, Reply(
+                200, pydantic_core.to_json(openapi.describe(self.dispatcher.registry, self.version))
+            )
         if route[0] == "modules" and len(route) == 3:
             _allow(method, "POST", request)
             params = _json_body(request)
@@ -102,11 +104,15 @@ class HttpApp:
             return await self._tasks(method, route[1:], request, identity)
         if route == ["events"]:
             _allow(method, "GET", request)
-            await self._call("tasks", "events", {"limit": 0}, identity)  # the policy's say, as for tasks.events
+            await self._call(
+                "tasks", "events", {"limit": 0}, identity
+            )  # the policy's say, as for tasks.events
             return 200, Stream(b"text/event-stream", self._streams().events())
         raise NotFound(f"no route {request.path}; see GET /v1/modules and docs/api.md")
 
-    async def _tasks(self, method: str, rest: list[str], request: Request, identity: Identity) -> tuple[int, Any]:
+    async def _tasks(
+        self, method: str, rest: list[str], request: Request, identity: Identity
+    ) -> tuple[int, Any]:
         if not rest:
             if method == "GET":
                 query = dict(parse_qsl(request.query.decode("latin-1")))
@@ -129,7 +135,10 @@ class HttpApp:
             offset, follow = log_query(request.query)
             # The action checks policy, the id and the offset (limit 0: nothing read yet).
             span = await self._call("tasks", "logs", {"id": task_id, "offset": offset, "limit": 0}, identity)
-            headers = [(b"x-pymgr-log-start", str(span["start"]).encode()), (b"x-pymgr-log-end", str(span["end"]).encode())]
+            headers = [
+                (b"x-pymgr-log-start", str(span["start"]).encode()),
+                (b"x-pymgr-log-end", str(span["end"]).encode()),
+            ]
             chunks = self._streams().task_log(span["id"], span["offset"], follow)
             return 200, Stream(b"text/plain; charset=utf-8", chunks, headers)
         raise NotFound(
@@ -152,6 +161,7 @@ class HttpApp:
             "uptime_s": round(time.monotonic() - self.started_at, 3),
         }
 
+
 def _json_body(request: Request) -> Any:
     """The body of every route that takes one, as a JSON object of finite numbers."""
     body = request.body
@@ -162,14 +172,20 @@ def _json_body(request: Request) -> Any:
         # NaN and Infinity are not JSON: the decoder refuses them, else they come back in the reply and audit line.
         params = pydantic_core.from_json(body, allow_inf_nan=False)
     except (ValueError, UnicodeDecodeError) as exc:
-        hint = "; NaN and Infinity are not JSON: JSON carries finite numbers only" if _NOT_NUMBERS.search(body) else ""
+        hint = (
+            "; NaN and Infinity are not JSON: JSON carries finite numbers only"
+            if _NOT_NUMBERS.search(body)
+            else ""
+        )
         raise MalformedRequest(f"request body is not valid JSON: {exc}{hint}") from None
     if not isinstance(params, dict):
         raise MalformedRequest(f"request body must be a JSON object, not {type(params).__name__}")
     # It still reads a number too large for a double (1e999) as infinity.
     if (where := _not_finite(params, "")) is not None:
-        raise MalformedRequest(f"request body: {where} is a number too large for a 64-bit float; "
-                               "JSON carries finite numbers only")
+        raise MalformedRequest(
+            f"request body: {where} is a number too large for a 64-bit float; "
+            "JSON carries finite numbers only"
+        )
     return params
 
 

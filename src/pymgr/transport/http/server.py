@@ -93,8 +93,11 @@ class HttpServer:
             task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
-            log.info("%d requests still running after shutdown_timeout_s=%g were cancelled", len(pending),
-                     self._shutdown_timeout_s)
+            log.info(
+                "%d requests still running after shutdown_timeout_s=%g were cancelled",
+                len(pending),
+                self._shutdown_timeout_s,
+            )
         for conn in list(state.connections):
             conn.close_now()
 

@@ -50,9 +50,7 @@ class ServerState:
     connections: set[OpenConnection] = field(default_factory=set)
     shutting_down: bool = False
 
-    def admit_connection(
-        self, listener: str, identity: Identity
-    ) -> tuple[str, tuple[Any, ...] | None]:
+    def admit_connection(self, listener: str, identity: Identity) -> tuple[str, tuple[Any, ...] | None]:
         """Count a new connection; or the refusal (error and extra headers) of a cap it would pass."""
         caller = identity_key(identity)
         refused = self.counter.open(listener, caller)
@@ -60,8 +58,12 @@ class ServerState:
             return caller, None
         if refused == "listener":
             limit = self.counter.max_per_listener
-            log.warning("connection from %s refused: listener %s has max_connections=%d open", caller, listener, limit)
-            return caller, (Unavailable(f"too many connections: this listener serves at most max_connections={limit}"),)
+            log.warning(
+                "connection from %s refused: listener %s has max_connections=%d open", caller, listener, limit
+            )
+            return caller, (
+                Unavailable(f"too many connections: this listener serves at most max_connections={limit}"),
+            )
         error = RateLimited(
             f"too many connections from {caller}: at most max_connections_per_identity="
             f"{self.counter.max_per_caller}; reuse a kept-alive connection"
