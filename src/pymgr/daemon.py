@@ -141,12 +141,7 @@ def _address(sock: socket.socket) -> str:
 async def run(config: Config, stop: asyncio.Event | None = None, hooks: ServiceHooks = NO_HOOKS) -> None:
     """Serve until ``stop`` is set (or SIGTERM/SIGINT arrives); ``hooks`` hear when ready and stopping."""
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    # Windows has no loop signal handlers, and only the main thread may install them:
-    # elsewhere the caller (the Windows service's stop event) sets `stop` itself.
-    if sys.platform != "win32" and threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+    _stop_on_signals(stop)
     for warning in config_warnings(config):
         log.warning("%s", warning)
     metrics = Metrics()
@@ -174,15 +169,14 @@ async def run(config: Config, stop: asyncio.Event | None = None, hooks: ServiceH
         except Unavailable as exc:
             log.error("tasks: %s; task records can be read, starts fail until this is fixed", exc)
         stack.callback(security.close)
-        # The server closes the sockets on shutdown, so their paths are taken now.
-        # Passed sockets' files belong to the service manager (socket activation).
-        owned = [s for s in sockets if not any(s in socks for socks in hooks.inherited.values())]
-        stack.callback(_remove_files, [p for p in map(unix_path_of, owned) if p is not None])
+        stack.callback(_remove_files, _owned_socket_files(sockets, hooks.inherited))
         stack.push_async_callback(close_servers)
-        app = HttpApp(dispatcher, version=pymgr.__version__, streams=TaskStreams(tasks, stop))
-        http = http_server(
-            config, GuardedApp(app, edge=security.edge, verifier=security.verifier), sockets, tls
+        app = GuardedApp(
+            HttpApp(dispatcher, version=pymgr.__version__, streams=TaskStreams(tasks, stop)),
+            edge=security.edge,
+            verifier=security.verifier,
         )
+        http = http_server(config, app, sockets, tls)
         await http.start()
         closers.append(http.close)
         _gauges(metrics, tasks, http)
@@ -196,6 +190,29 @@ async def run(config: Config, stop: asyncio.Event | None = None, hooks: ServiceH
         await stop.wait()
         _call_hook(hooks.stopping)
     log.info("stopped")
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set ``stop``.
+
+    Windows has no loop signal handlers, and only the main thread may install them:
+    elsewhere the caller (the Windows service's stop event) sets ``stop`` itself.
+    """
+    if sys.platform != "win32" and threading.current_thread() is threading.main_thread():
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+
+
+def _owned_socket_files(
+    sockets: list[socket.socket], inherited: Mapping[str, list[socket.socket]]
+) -> list[Path]:
+    """The Unix socket files to remove at exit, taken now (the server closes the sockets on shutdown).
+
+    Passed sockets' files belong to the service manager (socket activation).
+    """
+    owned = [s for s in sockets if not any(s in socks for socks in inherited.values())]
+    return [path for path in map(unix_path_of, owned) if path is not None]
 
 
 def _task_manager(config: Config, metrics: Metrics) -> TaskManager:

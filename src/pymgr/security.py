@@ -112,22 +112,22 @@ def build_security(config: Config, registry: Registry, tasks: Any) -> Security:
     auditor = _auditor(config)
     limits = config.limits
     limiter = RateLimiter(limits.rate_per_s, limits.rate_burst, max_keys=limits.max_tracked_identities)
-    verifier = None
-    if keys:
-        verifier = Verifier(
-            keys,
-            clock_skew_s=config.auth.clock_skew_s,
-            nonces=NonceCache(config.auth.nonce_cache_max, per_key=config.auth.nonce_quota()),
-            clock=time.time,
-        )
     return Security(
         policy=policy,
         auditor=auditor,
         edge=EdgeGuard(limiter, auditor),
-        verifier=verifier,
+        verifier=_verifier(config, keys),
         max_params_bytes=limits.max_params_bytes,
         policy_factory=policy_of,
     )
+
+
+def _verifier(config: Config, keys: dict[str, bytes]) -> Verifier | None:
+    """The signature check of TCP requests; None when no key is configured (certificates only)."""
+    if not keys:
+        return None
+    nonces = NonceCache(config.auth.nonce_cache_max, per_key=config.auth.nonce_quota())
+    return Verifier(keys, clock_skew_s=config.auth.clock_skew_s, nonces=nonces, clock=time.time)
 
 
 def _type_lookup(tasks: Any) -> Any:

@@ -133,33 +133,35 @@ def _fixed_routes() -> dict[str, Any]:
     }
 
 
+#: The schemas every document has; the actions' own models join them.
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["ok", "error"],
+        "properties": {
+            "ok": {"const": False},
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "details": {}},
+            },
+        },
+    },
+    "TaskRecord": {
+        "type": "object",
+        "description": "docs/tasks.md, 'Records'",
+        "properties": {
+            "id": {"type": "integer"},
+            "type": {"type": "string"},
+            "state": {"enum": ["queued", "running", "succeeded", "failed", "stopped", "timed_out", "lost"]},
+        },
+    },
+}
+
+
 def describe(registry: Registry, version: str) -> dict[str, Any]:
     """The OpenAPI 3.1 document of this daemon's API, with the actions ``registry`` serves now."""
-    schemas: dict[str, Any] = {
-        "Error": {
-            "type": "object",
-            "required": ["ok", "error"],
-            "properties": {
-                "ok": {"const": False},
-                "error": {
-                    "type": "object",
-                    "required": ["code", "message"],
-                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "details": {}},
-                },
-            },
-        },
-        "TaskRecord": {
-            "type": "object",
-            "description": "docs/tasks.md, 'Records'",
-            "properties": {
-                "id": {"type": "integer"},
-                "type": {"type": "string"},
-                "state": {
-                    "enum": ["queued", "running", "succeeded", "failed", "stopped", "timed_out", "lost"]
-                },
-            },
-        },
-    }
+    schemas: dict[str, Any] = {**_SCHEMAS}
     paths = _fixed_routes()
     for module in registry.names():
         for spec in registry.actions(module):
