@@ -172,6 +172,10 @@ class Auditor:
         self._broken_since = 0.0
         #: Bytes of the records of calls let run and not yet written.
         self._held = 0
+        #: The time field up to its second, and that second: strftime once a second, not once a line
+        #: (4.5 µs a line here, 6 % of a control call's server CPU in a same-run A/B).
+        self._second = -1
+        self._second_text = ""
         #: The caller's fragment per identity (a busy caller makes the same one all day).
         self._callers: dict[Identity, str] = {}
         self._operations: dict[tuple[str, str | None, str | None], str] = {}
@@ -289,7 +293,7 @@ class Auditor:
             outcome = f'"outcome":"error","code":{_dumps(error.code)},"status":{error.http_status}'
         params_text = params_json if params_json is not None else _dumps(params)
         line = (
-            f'{{"time":"{iso_time(self._clock())}",{self._prefix(identity, operation, module, action)},'
+            f'{{"time":"{self._time_text()}",{self._prefix(identity, operation, module, action)},'
             f'"params":{params_text},{outcome},"duration_ms":{duration_s * 1000:.3f}}}\n'
         )
         try:
@@ -302,6 +306,14 @@ class Auditor:
             log.error("AUDIT LOG WRITE FAILED for %s %s: %s", identity.transport, operation, exc)
             if self.fail_closed:
                 raise self._unavailable(exc) from None
+
+    def _time_text(self) -> str:
+        """Now as ``iso_time`` writes it (UTC, ISO 8601, milliseconds)."""
+        second, millis = divmod(int(self._clock() * 1000), 1000)
+        if second != self._second:
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._second_text}.{millis:03d}Z"
 
     def _prefix(self, identity: Identity, operation: str, module: str | None, action: str | None) -> str:
         """The line's who-and-what fields as JSON: the caller's part and the operation's, each cached."""
