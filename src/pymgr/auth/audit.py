@@ -180,7 +180,9 @@ class Auditor:
         self._callers: dict[Identity, str] = {}
         self._operations: dict[tuple[str, str | None, str | None], str] = {}
 
-    def hold(self, identity: Identity, module: str, action: str, params_json: str | None) -> int:
+    def hold(
+        self, identity: Identity, module: str, action: str, params_json: str | None, *, who: str | None = None
+    ) -> int:
         """Once every check passed, just before the action runs: make sure its record can be written.
 
         With ``fail_closed``, refuse the call while the log is broken (a probe line must
@@ -193,7 +195,8 @@ class Auditor:
         Raises:
             Unavailable: naming the file and what to free or raise.
         """
-        who = self._who(identity)
+        if who is None:
+            who = self.caller_json(identity)
         if params_json is None:
             params_json = "x" * _UNSIZED_PARAMS_BYTES
         size = _RECORD_OVERHEAD_BYTES + len(who) + len(params_json) + 3 * (len(module) + len(action))
@@ -276,11 +279,13 @@ class Auditor:
         error: PymgrError | str | None,
         duration_s: float,
         params_json: str | None = None,
+        who: str | None = None,
     ) -> None:
         """Write one line.
 
         Args:
             params_json: ``params`` already as compact JSON, if the caller has it.
+            who: ``caller_json(identity)``, if the caller has it.
 
         Raises:
             Unavailable: the write failed and ``fail_closed`` is set.
@@ -293,7 +298,7 @@ class Auditor:
             outcome = f'"outcome":"error","code":{_dumps(error.code)},"status":{error.http_status}'
         params_text = params_json if params_json is not None else _dumps(params)
         line = (
-            f'{{"time":"{self._time_text()}",{self._prefix(identity, operation, module, action)},'
+            f'{{"time":"{self._time_text()}",{self._prefix(identity, operation, module, action, who)},'
             f'"params":{params_text},{outcome},"duration_ms":{duration_s * 1000:.3f}}}\n'
         )
         try:
@@ -315,9 +320,17 @@ class Auditor:
             self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         return f"{self._second_text}.{millis:03d}Z"
 
-    def _prefix(self, identity: Identity, operation: str, module: str | None, action: str | None) -> str:
+    def _prefix(
+        self,
+        identity: Identity,
+        operation: str,
+        module: str | None,
+        action: str | None,
+        who: str | None = None,
+    ) -> str:
         """The line's who-and-what fields as JSON: the caller's part and the operation's, each cached."""
-        who = self._who(identity)
+        if who is None:
+            who = self.caller_json(identity)
         what = self._operations.get((operation, module, action))
         if what is None:
             what = f'"operation":{_dumps(operation)},"module":{_dumps(module)},"action":{_dumps(action)}'
@@ -327,9 +340,10 @@ class Auditor:
                 self._operations[(operation, module, action)] = what
         return f"{who},{what}"
 
-    def _who(self, identity: Identity) -> str:
-        """``"transport":...,"identity":{...}`` with the caller's non-empty fields; kept per caller, but for
-        legacy callers (a new peer port each request: never seen again)."""
+    def caller_json(self, identity: Identity) -> str:
+        """The caller's part of a line, ``"transport":...,"identity":{...}`` with its non-empty fields (for
+        ``hold`` and ``record`` of one call); kept per caller, but for legacy callers (a new peer port each
+        request: never seen again)."""
         if identity.transport == "legacy":
             return _caller_json(identity)
         who = self._callers.get(identity)

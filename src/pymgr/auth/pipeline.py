@@ -185,6 +185,8 @@ class _AuditedCall:
         self.auditor = auditor
         self.call = call
         self.params_json: str | None = None
+        #: The caller's part of the audit line, made once for the hold and the record.
+        self.who = auditor.caller_json(call.identity)
         self.held = 0
         self.started = time.perf_counter()
 
@@ -207,7 +209,7 @@ class _AuditedCall:
     def hold(self) -> None:
         """Every check passed: hold room for the record, or refuse the call before it runs (``Auditor.hold``)."""
         call = self.call
-        self.held = self.auditor.hold(call.identity, call.module, call.action, self.params_json)
+        self.held = self.auditor.hold(call.identity, call.module, call.action, self.params_json, who=self.who)
 
     def finish(self, error: PymgrError | str | None, result: Any = None) -> None:
         """The call's record if it ran, else its refusal's count.
@@ -235,6 +237,7 @@ class _AuditedCall:
                 error=error,
                 duration_s=time.perf_counter() - self.started,
                 params_json=params_json,
+                who=self.who,
             )
         except Unavailable as exc:
             raise _not_recorded(call, error, result, exc) from None
