@@ -46,7 +46,11 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"
 sys.path.insert(0, os.environ.get("BENCH_GUARD_SRC", str(REPO / "src")))
 
 from pymgr.auth.audit import AuditLog, Auditor  # noqa: E402
-from pymgr.auth.guard import EdgeGuard, GuardedDispatcher  # noqa: E402
+from pymgr.auth.guard import EdgeGuard  # noqa: E402
+try:  # BENCH_GUARD_SRC may name a tree from before the call pipeline had its own module
+    from pymgr.auth.pipeline import GuardedDispatcher  # noqa: E402
+except ImportError:
+    from pymgr.auth.guard import GuardedDispatcher  # type: ignore[attr-defined,no-redef]  # noqa: E402
 from pymgr.auth.policy import Policy, PolicyConfig  # noqa: E402
 from pymgr.auth.ratelimit import RateLimiter  # noqa: E402
 from pymgr.auth.signing import NonceCache, Verifier, parse_headers, signed_headers  # noqa: E402

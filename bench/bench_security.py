@@ -108,32 +108,23 @@ class _Unguarded:
     """The seed's wiring, for the "without" daemon: what ``build_security`` replaced."""
 
     edge = None
+    verifier = None
 
     def __init__(self, config: Any, registry: Any, tasks: Any) -> None:
         self.config = config
 
-    def dispatcher(self, registry: Any) -> Any:
+    def dispatcher(self, registry: Any, metrics: Any = None) -> Any:
         from pymgr.core.dispatch import Dispatcher
 
-        return Dispatcher(registry)
-
-    def wrap(self, app: Any) -> Any:
-        return app
-
-    def http_server(self, app: Any, sockets: list[socket.socket], **options: Any) -> Any:
-        # The same server and limits as "with" (they are hardening, not auth or audit): no guard in front.
-        from pymgr.transport.conncount import ConnectionCounter
-        from pymgr.transport.http_limits import HttpLimits
-        from pymgr.transport.http_server import HttpServer
-
-        http = self.config.http
-        limits = HttpLimits(http.max_request_line_bytes, http.max_header_bytes, http.header_timeout_s, http.body_timeout_s,
-                            http.send_timeout_s)
-        counter = ConnectionCounter(http.max_connections, http.max_connections_per_identity)
-        return HttpServer(app, sockets, limits=limits, counter=counter, max_body_bytes=http.max_body_bytes, **options)
+        return Dispatcher(registry, metrics=metrics)
 
     def close(self) -> None:
         return None
+
+
+def _unguarded_app(app: Any, **checks: Any) -> Any:
+    """The HTTP app with no signature or rate check in front (the server and its limits stay: they are hardening)."""
+    return app
 
 
 #: ``--layers``: "with" daemons with one layer out, by name -> what is taken out.
@@ -147,27 +138,37 @@ LAYERS = {
 def _take_out(layer: str) -> None:
     """Take one security layer out of this ("with") daemon, for ``--layers``."""
     if layer == "no-audit":
-        from pymgr.auth.guard import GuardedDispatcher
+        from pymgr.auth.audit import Auditor
 
-        GuardedDispatcher._record = lambda self, *args: None  # type: ignore[method-assign]
+        Auditor.record = lambda self, *args, **fields: None  # type: ignore[method-assign]
     elif layer == "audit-unwritten":
         from pymgr.auth.audit import AuditLog
 
         AuditLog.write_line = lambda self, line: None  # type: ignore[method-assign]
     elif layer == "no-signature":
-        from pymgr.transport.http_guard import GuardedApp
+        from pymgr.transport.http.guard import GuardedApp
 
         GuardedApp._authenticate = lambda self, request: self._signed_identity(request.identity, KEY_ID)  # type: ignore[method-assign]
 
 
 def serve(mode: str, config_path: str) -> int:
+    import logging
+
     import pymgr.daemon as daemon
+    from pymgr.service.eventloop import new_runner
+    from pymgr.config import load_config
 
     if mode == "without":
         daemon.build_security = _Unguarded  # type: ignore[assignment,attr-defined]
+        daemon.GuardedApp = _unguarded_app  # type: ignore[assignment,misc]
     elif mode in LAYERS:
         _take_out(mode)
-    return daemon.serve(Path(config_path))
+    config = load_config(Path(config_path))
+    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with new_runner() as runner:
+        runner.run(daemon.run(config))
+    return 0
 
 
 # --- the client side ----------------------------------------------------------------

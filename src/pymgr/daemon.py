@@ -19,36 +19,41 @@ import signal
 import socket
 import sys
 import threading
+import grp
+import os
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import pymgr
 from pymgr._configtrust import config_warnings
 from pymgr._fsguard import check_trusted
 from pymgr.auth.legacy import PUBLISHED_SECRET
-from pymgr.config import Config, ConfigError, LegacyConfig, load_config
-from pymgr.core.dispatch import Dispatcher
+from pymgr.auth.guard import EdgeGuard
+from pymgr.config import Config, ConfigError, LegacyConfig
+from pymgr.core.dispatch import CallHandler
 from pymgr.core.loader import module_classes
 from pymgr.core.registry import ModuleContext, Registry, RegistryError
 from pymgr.errors import Unavailable
 from pymgr.metrics import Metrics
 from pymgr.modules.commands import command_modules
-from pymgr.security import Security, SecurityError, build_security, socket_group
+from pymgr.security import SecurityError, build_security
 from pymgr.service.fdlimit import FdBudgetError, check_fd_budget, fd_budget, raise_nofile
 from pymgr.service.hooks import NO_HOOKS, Runtime, ServiceHooks
 from pymgr.tasks._statedir import prepare_state_dir
 from pymgr.tasks.manager import TaskManager
 from pymgr.tasks.streams import TaskStreams
-from pymgr.transport.http import HttpApp
+from pymgr.transport.conncount import ConnectionCounter
+from pymgr.transport.http.guard import GuardedApp
+from pymgr.transport.http.limits import HttpLimits
+from pymgr.transport.http.messages import Handler
+from pymgr.transport.http.routes import HttpApp
+from pymgr.transport.http.server import HttpServer
+from pymgr.transport.http.tls import TlsError, server_context
 from pymgr.transport.legacy import LegacyServer
 from pymgr.transport.listeners import ListenerError, bind_tcp, bind_unix, unix_path_of
-
-try:
-    import uvloop
-except ModuleNotFoundError:  # pragma: no cover - Windows, or a minimal install
-    uvloop = None
 
 log = logging.getLogger("pymgr")
 
@@ -67,14 +72,18 @@ def build_registry(config: Config, tasks: TaskManager, metrics: Metrics | None =
     """Every enabled module, instantiated with its context."""
     registry = Registry()
     for cls in module_classes(config.modules.enabled):
-        context = ModuleContext(tasks=tasks, settings=config.modules.settings.get(cls.name, {}), metrics=metrics)
+        context = ModuleContext(
+            tasks=tasks, settings=config.modules.settings.get(cls.name, {}), metrics=metrics
+        )
         registry.add(cls(context))
     for module in command_modules(config.commands, tasks.cgroups):  # [commands.NAME]: actions with no Python
         registry.add(module)
     return registry
 
 
-def bind_http(config: Config, inherited: Mapping[str, list[socket.socket]] | None = None) -> list[socket.socket]:
+def bind_http(
+    config: Config, inherited: Mapping[str, list[socket.socket]] | None = None
+) -> list[socket.socket]:
     """The HTTP listeners: passed ones (socket activation) replace the configured ones they name."""
     inherited = inherited or {}
     sockets = [*inherited.get("http", []), *inherited.get("http-tcp", [])]
@@ -85,6 +94,26 @@ def bind_http(config: Config, inherited: Mapping[str, list[socket.socket]] | Non
     if not sockets:
         raise StartupError("no HTTP listener configured: set http.unix_socket or http.tcp")
     return sockets
+
+
+def socket_group(config: Config) -> str | None:
+    """The group to give the Unix socket: ``socket_group``, unless it cannot be
+    used and ``socket_group_required = false`` (then a warning and None)."""
+    group = config.http.socket_group
+    if group is None or config.http.socket_group_required:
+        return group
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        log.warning("socket_group %r does not exist on this host; the socket keeps the daemon's group", group)
+        return None
+    if os.geteuid() != 0 and gid not in os.getgroups() and gid != os.getegid():
+        log.warning(
+            "socket_group %r: this user may not give files that group; the socket keeps the daemon's group",
+            group,
+        )
+        return None
+    return group
 
 
 def http_listener_count(config: Config, inherited: Mapping[str, list[socket.socket]] | None = None) -> int:
@@ -107,38 +136,20 @@ def _address(sock: socket.socket) -> str:
 async def run(config: Config, stop: asyncio.Event | None = None, hooks: ServiceHooks = NO_HOOKS) -> None:
     """Serve until ``stop`` is set (or SIGTERM/SIGINT arrives); ``hooks`` hear when ready and stopping."""
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    # Windows has no loop signal handlers, and only the main thread may install them:
-    # elsewhere the caller (the Windows service's stop event) sets `stop` itself.
-    if sys.platform != "win32" and threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+    _stop_on_signals(stop)
     for warning in config_warnings(config):
         log.warning("%s", warning)
-    try:
-        for note in prepare_state_dir(config.state_dir):
-            log.warning("state directory: %s", note)
-        if config.http.unix_socket is not None and config.http.unix_socket.parent.exists():
-            check_trusted(config.http.unix_socket.parent)  # others must not swap the socket under the clients
-        metrics = Metrics()
-        tasks = TaskManager(config.tasks, config.state_dir, metrics=metrics)  # a cgroup limit it cannot enforce: refused
-    except ConfigError as exc:
-        raise StartupError(str(exc)) from None
-    except OSError as exc:
-        raise StartupError(f"unsafe files: {exc.strerror or exc}") from None
-    try:
-        tasks = TaskManager(config.tasks, config.state_dir, metrics=metrics)  # a cgroup limit it cannot enforce: refused
-    except ConfigError as exc:
-        raise StartupError(str(exc)) from None
+    metrics = Metrics()
+    tasks = _task_manager(config, metrics)
     try:
         # Before anything opens a descriptor that counts: the caps are checked against the raised limit.
         check_fd_budget(fd_budget(config, http_listener_count(config, hooks.inherited)), raise_nofile())
         registry = build_registry(config, tasks, metrics)
         security = build_security(config, registry, tasks)
-        dispatcher = security.dispatcher(registry)
-        dispatcher.metrics = metrics
+        dispatcher = security.dispatcher(registry, metrics)
+        tls = server_context(config.http)
         sockets = bind_http(config, hooks.inherited)
-    except (RegistryError, ListenerError, SecurityError, ConfigError, FdBudgetError) as exc:
+    except (RegistryError, ListenerError, SecurityError, TlsError, ConfigError, FdBudgetError) as exc:
         raise StartupError(str(exc)) from None
     closers: list[Callable[[], Awaitable[None]]] = []
 
@@ -153,24 +164,21 @@ async def run(config: Config, stop: asyncio.Event | None = None, hooks: ServiceH
         except Unavailable as exc:
             log.error("tasks: %s; task records can be read, starts fail until this is fixed", exc)
         stack.callback(security.close)
-        # The server closes the sockets on shutdown, so their paths are taken now.
-        # Passed sockets' files belong to the service manager (socket activation).
-        owned = [s for s in sockets if not any(s in socks for socks in hooks.inherited.values())]
-        stack.callback(_remove_files, [p for p in map(unix_path_of, owned) if p is not None])
+        stack.callback(_remove_files, _owned_socket_files(sockets, hooks.inherited))
         stack.push_async_callback(close_servers)
-        http = security.http_server(
-            security.wrap(HttpApp(dispatcher, version=pymgr.__version__, streams=TaskStreams(tasks, stop))),
-            sockets,
-            keepalive_timeout_s=config.http.keepalive_timeout_s,
-            shutdown_timeout_s=config.http.shutdown_timeout_s,
+        app = GuardedApp(
+            HttpApp(dispatcher, version=pymgr.__version__, streams=TaskStreams(tasks, stop)),
+            edge=security.edge,
+            verifier=security.verifier,
         )
+        http = http_server(config, app, sockets, tls)
         await http.start()
         closers.append(http.close)
         _gauges(metrics, tasks, http)
-        listeners = {"http": [_address(s) for s in sockets], "modules": dispatcher.registry.names()}
+        listeners: dict[str, Any] = {"http": [_address(s) for s in sockets], "modules": registry.names()}
         if config.legacy.enabled:
             listeners["legacy"] = await _start_legacy(
-                config, dispatcher, closers, hooks.inherited.get("legacy"), security, metrics
+                config, dispatcher, closers, hooks.inherited.get("legacy"), security.edge, metrics
             )
         log.info("ready %s", json.dumps(listeners))
         _call_hook(hooks.ready, Runtime(config, tasks, dispatcher, listeners))
@@ -179,18 +187,87 @@ async def run(config: Config, stop: asyncio.Event | None = None, hooks: ServiceH
     log.info("stopped")
 
 
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set ``stop``.
+
+    Windows has no loop signal handlers, and only the main thread may install them:
+    elsewhere the caller (the Windows service's stop event) sets ``stop`` itself.
+    """
+    if sys.platform != "win32" and threading.current_thread() is threading.main_thread():
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+
+
+def _owned_socket_files(
+    sockets: list[socket.socket], inherited: Mapping[str, list[socket.socket]]
+) -> list[Path]:
+    """The Unix socket files to remove at exit, taken now (the server closes the sockets on shutdown).
+
+    Passed sockets' files belong to the service manager (socket activation).
+    """
+    owned = [s for s in sockets if not any(s in socks for socks in inherited.values())]
+    return [path for path in map(unix_path_of, owned) if path is not None]
+
+
+def _task_manager(config: Config, metrics: Metrics) -> TaskManager:
+    """The task manager, once the state directory is safe to keep records in.
+
+    Raises:
+        StartupError: the state directory or the socket's directory is unsafe, or a task type cannot be run.
+    """
+    try:
+        for note in prepare_state_dir(config.state_dir):
+            log.warning("state directory: %s", note)
+        if config.http.unix_socket is not None and config.http.unix_socket.parent.exists():
+            check_trusted(config.http.unix_socket.parent)  # others must not swap the socket under the clients
+        return TaskManager(
+            config.tasks, config.state_dir, metrics=metrics
+        )  # a cgroup limit it cannot enforce: refused
+    except ConfigError as exc:
+        raise StartupError(str(exc)) from None
+    except OSError as exc:
+        raise StartupError(f"unsafe files: {exc.strerror or exc}") from None
+
+
+def http_server(
+    config: Config, handler: Handler, sockets: list[socket.socket], tls: ssl.SSLContext | None
+) -> HttpServer:
+    """The HTTP server for the listening sockets, with the ``[http]`` limits (TLS on the TCP ones when given)."""
+    http = config.http
+    limits = HttpLimits(
+        http.max_request_line_bytes,
+        http.max_header_bytes,
+        http.header_timeout_s,
+        http.body_timeout_s,
+        http.send_timeout_s,
+    )
+    return HttpServer(
+        handler,
+        sockets,
+        limits=limits,
+        counter=ConnectionCounter(http.max_connections, http.max_connections_per_identity),
+        max_body_bytes=http.max_body_bytes,
+        keepalive_timeout_s=http.keepalive_timeout_s,
+        shutdown_timeout_s=http.shutdown_timeout_s,
+        ssl_context=tls,
+    )
+
+
 async def _start_legacy(
     config: Config,
-    dispatcher: Dispatcher,
+    dispatcher: CallHandler,
     closers: list[Callable[[], Awaitable[None]]],
-    passed: list[socket.socket] | None = None,
-    security: Security | None = None,
-    metrics: Metrics | None = None,
+    passed: list[socket.socket] | None,
+    edge: EdgeGuard | None,
+    metrics: Metrics,
 ) -> str:
-    legacy = LegacyServer(config.legacy, dispatcher, edge=security.edge if security is not None else None)
-    if metrics is not None:
-        metrics.gauge("pymgr_legacy_connections", "Open legacy-protocol connections.",
-                      lambda: float(legacy.open_connections))  # fmt: skip
+    legacy = LegacyServer(config.legacy, dispatcher, edge=edge)
+    metrics.gauge(
+        "pymgr_legacy_connections",
+        "Open legacy-protocol connections.",
+        lambda: float(legacy.open_connections),
+    )
     sock = passed[0] if passed else _bind_legacy(config.legacy)
     try:
         await legacy.start(sock=sock)
@@ -199,7 +276,8 @@ async def _start_legacy(
             sock.close()
         if isinstance(exc, ConfigError):
             raise StartupError(str(exc)) from None
-        raise StartupError(f"cannot listen for the legacy protocol on {config.legacy.host}:{config.legacy.port}: {exc.strerror}") from None
+        where = f"{config.legacy.host}:{config.legacy.port}"
+        raise StartupError(f"cannot listen for the legacy protocol on {where}: {exc.strerror}") from None
     closers.append(functools.partial(legacy.close, config.http.shutdown_timeout_s))
     secret = config.legacy.secret
     if secret is not None and secret.get_secret_value() == PUBLISHED_SECRET:
@@ -232,12 +310,26 @@ def _bind_legacy(legacy: LegacyConfig) -> socket.socket | None:
         return None
 
 
-def _gauges(metrics: Metrics, tasks: TaskManager, http: Any) -> None:
-    metrics.gauge("pymgr_task_runs_active", "Task runs queued or running now, by type and state.",
-                  tasks.active_counts, labels=("type", "state"))  # fmt: skip
-    metrics.gauge("pymgr_keeper_connected", "1 while the task keeper is connected.", lambda: float(tasks.keeper_connected))
-    metrics.gauge("pymgr_http_connections", "Open HTTP connections, all listeners.",
-                  lambda: float(len(http.state.connections)) if http.state is not None else 0.0)  # fmt: skip
+def _gauges(metrics: Metrics, tasks: TaskManager, http: HttpServer) -> None:
+    def active_runs() -> dict[tuple[str, ...], float]:
+        return {labels: float(count) for labels, count in tasks.active_counts().items()}
+
+    metrics.gauge(
+        "pymgr_task_runs_active",
+        "Task runs queued or running now, by type and state.",
+        active_runs,
+        labels=("type", "state"),
+    )
+    metrics.gauge(
+        "pymgr_keeper_connected",
+        "1 while the task keeper is connected.",
+        lambda: float(tasks.keeper_connected),
+    )
+    metrics.gauge(
+        "pymgr_http_connections",
+        "Open HTTP connections, all listeners.",
+        lambda: float(len(http.state.connections)) if http.state is not None else 0.0,
+    )
 
 
 def _call_hook(hook: Callable[..., None], *args: object) -> None:
@@ -250,29 +342,3 @@ def _call_hook(hook: Callable[..., None], *args: object) -> None:
 def _remove_files(paths: list[Path]) -> None:
     for path in paths:
         path.unlink(missing_ok=True)
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
-def serve(config_path: Path, log_level: str | None = None) -> int:
-    """Run the daemon in the foreground; the exit code for the CLI."""
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        print(f"pymgr: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    setup_logging(log_level or config.log_level)
-    runner_args = {"loop_factory": uvloop.new_event_loop} if uvloop is not None else {}
-    try:
-        with asyncio.Runner(**runner_args) as runner:
-            runner.run(run(config))
-    except StartupError as exc:
-        log.error("cannot start: %s", exc)
-        return EXIT_CONFIG
-    return 0

@@ -12,7 +12,7 @@ Rules:
 - Gauges (open connections, active runs, the keeper) are read when a
   snapshot is taken, from the parts that own them (``gauge``).
 - No I/O and no exposition format here: the HTTP edge renders a snapshot
-  (``transport/http_metrics.py``); the legacy protocol and the CLI get the
+  (``transport/http/metrics.py``); the legacy protocol and the CLI get the
   same snapshot as JSON.
 """
 

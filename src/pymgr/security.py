@@ -1,21 +1,18 @@
-"""Wiring the security model into the daemon: identity, policy, audit, limits, TLS.
+"""Wiring the security model into the daemon: keys, policy, audit, rates, the call pipeline.
 
-``build_security`` turns the config's ``[auth]``, ``[policy]``, ``[audit]``,
-``[limits]`` and ``[http]`` limits into the objects the daemon serves with;
-everything that can be wrong (a bad rule, a key file readable by others, an
-audit log that cannot be opened, a TCP listener nobody could authenticate
-on) fails here, before any socket accepts. docs/security.md describes the
-model; each part lives in its own file under ``auth/`` and ``transport/``.
+``build_security`` turns the config's ``[auth]``, ``[policy]``, ``[audit]``
+and ``[limits]`` into the auth objects the daemon serves with; everything
+that can be wrong (a bad rule, a key file readable by others, an audit log
+that cannot be opened, a TCP listener nobody could authenticate on) fails
+here, before any socket accepts. The servers are the daemon's to build
+(``daemon.py``). docs/security.md describes the model; each part lives in
+its own file under ``auth/``.
 """
 
 from __future__ import annotations
 
-import grp
-import ipaddress
 import logging
 import os
-import socket
-import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,22 +23,21 @@ from pymgr.auth._auditreserve import SpaceReserve
 from pymgr._fsguard import UnsafePathError, check_trusted
 from pymgr.auth.audit import AuditLog, Auditor, syslog_handler
 from pymgr.auth.refusals import RefusalTally
-from pymgr.auth.guard import EdgeGuard, GuardedDispatcher
+from pymgr.auth.guard import EdgeGuard
+from pymgr.auth.pipeline import GuardedDispatcher
 from pymgr.auth.keys import KeyLoadError, load_keys
 from pymgr.auth.peercred import set_names_max_age
 from pymgr.auth.policy import Policy, PolicyError
 from pymgr.auth.ratelimit import RateLimiter
-from pymgr.auth.signing import NonceCache, Verifier
+from pymgr.auth.nonces import NonceCache
+from pymgr.auth.signing import Verifier
 from pymgr.config import Config
 from pymgr.core.registry import Registry
+from pymgr.metrics import Metrics
 from pymgr.modules.tasks import TASK_OPERATIONS
-from pymgr.transport.conncount import ConnectionCounter
-from pymgr.transport.http_guard import GuardedApp
-from pymgr.transport.http_limits import HttpLimits
-from pymgr.transport.http_messages import Handler
-from pymgr.transport.http_server import HttpServer
+from pymgr.transport.listeners import is_loopback
 
-__all__ = ["Security", "SecurityError", "build_security", "socket_group"]
+__all__ = ["Security", "SecurityError", "build_security"]
 
 log = logging.getLogger("pymgr.security")
 
@@ -52,44 +48,26 @@ class SecurityError(Exception):
 
 @dataclass
 class Security:
-    """The security parts of one running daemon."""
+    """The auth objects of one running daemon."""
 
     policy: Policy | None
     auditor: Auditor | None
+    #: The rate of each caller and the count of what an edge refuses itself, for every edge.
     edge: EdgeGuard
     verifier: Verifier | None
-    limits: HttpLimits
-    counter: ConnectionCounter
-    ssl_context: ssl.SSLContext | None
     max_params_bytes: int
-    max_body_bytes: int
     #: Builds the policy of a (reloaded) config, with the keys and the task manager of this daemon.
     policy_factory: Callable[[Config], Policy] | None = None
 
-    def dispatcher(self, registry: Registry) -> GuardedDispatcher:
-        """The dispatcher every transport calls: policy, params bound, audit; it can reload the policy."""
+    def dispatcher(self, registry: Registry, metrics: Metrics | None = None) -> GuardedDispatcher:
+        """The call pipeline every edge calls: audit, params bound, metrics, policy; it can reload the policy."""
         return GuardedDispatcher(
-            registry, policy=self.policy, auditor=self.auditor, max_params_bytes=self.max_params_bytes,
+            registry,
+            policy=self.policy,
+            auditor=self.auditor,
+            max_params_bytes=self.max_params_bytes,
+            metrics=metrics,
             policy_factory=self.policy_factory,
-        )
-
-    def wrap(self, app: Handler) -> GuardedApp:
-        """The HTTP app behind signature checks and the per-identity rate."""
-        return GuardedApp(app, edge=self.edge, verifier=self.verifier)
-
-    def http_server(
-        self, handler: Handler, sockets: list[socket.socket], *, keepalive_timeout_s: float, shutdown_timeout_s: float
-    ) -> HttpServer:
-        """The HTTP server for the listening sockets (TLS on the TCP ones when configured)."""
-        return HttpServer(
-            handler,
-            sockets,
-            limits=self.limits,
-            counter=self.counter,
-            max_body_bytes=self.max_body_bytes,
-            keepalive_timeout_s=keepalive_timeout_s,
-            shutdown_timeout_s=shutdown_timeout_s,
-            ssl_context=self.ssl_context,
         )
 
     def close(self) -> None:
@@ -113,9 +91,15 @@ def build_security(config: Config, registry: Registry, tasks: Any) -> Security:
 
     def policy_of(cfg: Config) -> Policy:
         # The keys are the daemon's (a reload does not change [auth]): a rule naming another key is refused.
-        policy = Policy(cfg.policy, registry, key_ids=keys, task_types=cfg.tasks.types,
-                        task_type_of=_type_lookup(tasks), task_operations=TASK_OPERATIONS,
-                        owner_uid=os.geteuid())
+        policy = Policy(
+            cfg.policy,
+            registry,
+            key_ids=keys,
+            task_types=cfg.tasks.types,
+            task_type_of=_type_lookup(tasks),
+            task_operations=TASK_OPERATIONS,
+            owner_uid=os.geteuid(),
+        )
         _log_policy(cfg, policy)
         return policy
 
@@ -128,28 +112,22 @@ def build_security(config: Config, registry: Registry, tasks: Any) -> Security:
     auditor = _auditor(config)
     limits = config.limits
     limiter = RateLimiter(limits.rate_per_s, limits.rate_burst, max_keys=limits.max_tracked_identities)
-    verifier = None
-    if keys:
-        verifier = Verifier(
-            keys,
-            clock_skew_s=config.auth.clock_skew_s,
-            nonces=NonceCache(config.auth.nonce_cache_max, per_key=config.auth.nonce_quota()),
-            clock=time.time,
-        )
-    http = config.http
     return Security(
         policy=policy,
         auditor=auditor,
         edge=EdgeGuard(limiter, auditor),
-        verifier=verifier,
-        limits=HttpLimits(http.max_request_line_bytes, http.max_header_bytes, http.header_timeout_s, http.body_timeout_s,
-                          http.send_timeout_s),
-        counter=ConnectionCounter(http.max_connections, http.max_connections_per_identity),
-        ssl_context=_ssl_context(config),
+        verifier=_verifier(config, keys),
         max_params_bytes=limits.max_params_bytes,
-        max_body_bytes=http.max_body_bytes,
         policy_factory=policy_of,
     )
+
+
+def _verifier(config: Config, keys: dict[str, bytes]) -> Verifier | None:
+    """The signature check of TCP requests; None when no key is configured (certificates only)."""
+    if not keys:
+        return None
+    nonces = NonceCache(config.auth.nonce_cache_max, per_key=config.auth.nonce_quota())
+    return Verifier(keys, clock_skew_s=config.auth.clock_skew_s, nonces=nonces, clock=time.time)
 
 
 def _type_lookup(tasks: Any) -> Any:
@@ -181,18 +159,12 @@ def _check_tcp_auth(config: Config, keys: dict[str, bytes]) -> None:
             "(signed requests) or [http.tls] client_ca (client certificates)"
         )
     host = config.http.tcp.rpartition(":")[0].strip("[]")
-    if tls is None and not _is_loopback(host):
+    if tls is None and not is_loopback(host):
         log.warning(
             "TCP listener %s has no TLS: signed requests cannot be forged or replayed, but their bodies "
-            "and replies travel in clear; set [http.tls]", config.http.tcp
+            "and replies travel in clear; set [http.tls]",
+            config.http.tcp,
         )
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve to anything
-        return False
 
 
 def _auditor(config: Config) -> Auditor:
@@ -209,25 +181,41 @@ def _auditor(config: Config) -> Auditor:
         try:
             handler = syslog_handler(audit.syslog_address, audit.syslog_facility)
         except OSError as exc:
-            raise SecurityError(f"[audit] syslog_address {audit.syslog_address!r}: {exc.strerror or exc}") from None
+            raise SecurityError(
+                f"[audit] syslog_address {audit.syslog_address!r}: {exc.strerror or exc}"
+            ) from None
     # Named apart from the log (audit.log -> audit.reserve): a glob of the log and its rotations must not meet it.
     reserve = SpaceReserve(audit.path.with_suffix(".reserve"), audit.reserve_bytes)
-    audit_log = AuditLog(audit.path, max_bytes=audit.max_bytes, backups=audit.backups, syslog=handler, reserve=reserve)
-    refused_log = AuditLog(audit.refused_path, max_bytes=audit.refused_max_bytes, backups=audit.refused_backups,
-                           syslog=handler)
+    audit_log = AuditLog(
+        audit.path, max_bytes=audit.max_bytes, backups=audit.backups, syslog=handler, reserve=reserve
+    )
+    refused_log = AuditLog(
+        audit.refused_path, max_bytes=audit.refused_max_bytes, backups=audit.refused_backups, syslog=handler
+    )
     for directory in dict.fromkeys((audit.path.parent, audit.refused_path.parent)):
         _trusted_audit_dir(directory)
-    for path, opening in ((audit.path, audit_log.open), (reserve.path, reserve.open),
-                          (audit.refused_path, refused_log.open)):
+    for path, opening in (
+        (audit.path, audit_log.open),
+        (reserve.path, reserve.open),
+        (audit.refused_path, refused_log.open),
+    ):
         try:
             opening()
         except OSError as exc:
             raise SecurityError(f"cannot open the audit file {path}: {exc.strerror or exc}") from None
     if not reserve.full:
-        log.error("the filesystem of the audit log %s has no room for its space reserve (%d bytes): every call is "
-                  "refused (503) until there is", audit.path, audit.reserve_bytes)
-    refusals = RefusalTally(refused_log, window_s=audit.refused_window_s, max_sources=audit.refused_max_sources,
-                            max_operations=audit.refused_max_operations)
+        log.error(
+            "the filesystem of the audit log %s has no room for its space reserve (%d bytes): every call is "
+            "refused (503) until there is",
+            audit.path,
+            audit.reserve_bytes,
+        )
+    refusals = RefusalTally(
+        refused_log,
+        window_s=audit.refused_window_s,
+        max_sources=audit.refused_max_sources,
+        max_operations=audit.refused_max_operations,
+    )
     return Auditor(audit_log, fail_closed=audit.fail_closed, refusals=refusals)
 
 
@@ -242,37 +230,6 @@ def _trusted_audit_dir(directory: Path) -> None:
             f"the audit log's directory is refused: {exc.strerror}; or give the audit log a directory of its own"
         ) from None
     except OSError as exc:
-        raise SecurityError(f"cannot create the audit log's directory {directory}: {exc.strerror or exc}") from None
-
-
-def _ssl_context(config: Config) -> ssl.SSLContext | None:
-    tls = config.http.tls
-    if tls is None or config.http.tcp is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(tls.certfile, tls.keyfile)
-        if tls.client_ca is not None:
-            context.load_verify_locations(cafile=tls.client_ca)
-            context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
-    except (OSError, ssl.SSLError) as exc:
-        raise SecurityError(f"[http.tls]: cannot load the certificate, key or CA: {exc}") from None
-    return context
-
-
-def socket_group(config: Config) -> str | None:
-    """The group to give the Unix socket: ``socket_group``, unless it cannot be
-    used and ``socket_group_required = false`` (then a warning and None)."""
-    group = config.http.socket_group
-    if group is None or config.http.socket_group_required:
-        return group
-    try:
-        gid = grp.getgrnam(group).gr_gid
-    except KeyError:
-        log.warning("socket_group %r does not exist on this host; the socket keeps the daemon's group", group)
-        return None
-    if os.geteuid() != 0 and gid not in os.getgroups() and gid != os.getegid():
-        log.warning("socket_group %r: this user may not give files that group; the socket keeps the daemon's group", group)
-        return None
-    return group
+        raise SecurityError(
+            f"cannot create the audit log's directory {directory}: {exc.strerror or exc}"
+        ) from None

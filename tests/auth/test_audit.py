@@ -18,7 +18,7 @@ from pydantic import Field, SecretStr
 from pymgr import Identity, Module, action
 from pymgr.auth import auditfile as auditfile_module
 from pymgr.auth.audit import REDACTED, AuditLog, Auditor, redact, secret_params, syslog_handler
-from pymgr.auth.guard import GuardedDispatcher
+from pymgr.auth.pipeline import GuardedDispatcher
 from pymgr.auth.refusals import RefusalTally
 from pymgr.auth.policy import Policy, PolicyConfig, PolicyRule
 from pymgr.core.dispatch import Call
@@ -305,17 +305,6 @@ def test_the_caller_fragment_is_the_json_of_its_non_empty_fields(tmp_path: Path,
     assert auditor._prefix(identity, "demo.echo", "demo", "echo") == (
         f'{_general_form(identity)},"operation":"demo.echo","module":"demo","action":"echo"'
     )
-
-
-def test_callers_are_cached_per_object_legacy_ones_not_at_all(tmp_path: Path) -> None:
-    auditor = Auditor(AuditLog(tmp_path / "audit.log", max_bytes=10_000, backups=1))
-    twin = Identity(transport="unix", uid=33, gid=33, pid=10, user="www-data", groups=("www-data",))
-    for identity in (WWW, WWW, twin, Identity(transport="legacy", peer="127.0.0.1:5000")):
-        auditor._prefix(identity, "vault.echo", "vault", "echo")
-    assert sorted(auditor._callers) == sorted((id(WWW), id(twin)))
-    # An entry under NOBODY's id that holds another object (as if the id had been reused): not used.
-    auditor._callers[id(NOBODY)] = (WWW, "wrong")
-    assert '"uid":65534' in auditor._prefix(NOBODY, "vault.echo", "vault", "echo")
 
 
 async def test_replacing_the_policy_rebinds_the_checks_and_the_names(tmp_path: Path) -> None:

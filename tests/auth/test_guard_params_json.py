@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pymgr.auth.guard import GuardedDispatcher
+from pymgr.auth.pipeline import GuardedDispatcher
 from pymgr.core.dispatch import Call
 from pymgr.core.identity import Identity
 from pymgr.core.registry import Registry

@@ -350,34 +350,6 @@ async def test_one_cached_decision_serves_every_connection_and_names_the_current
     assert len(p._cache) == 2  # one allowed, one denied: not one per connection
 
 
-async def test_an_allowed_call_is_remembered_per_identity_object_and_a_denial_never_is() -> None:
-    p = policy({"subjects": ["group:www-data"], "actions": ["firewall.*"]})
-    assert await call(p, WWW, "firewall", "rules") == ["22/tcp"]
-    assert await call(p, WWW, "firewall", "rules") == ["22/tcp"]
-    for _ in range(2):
-        with pytest.raises(Forbidden, match=r"^the policy allows user:www-data \(uid 33\) no admin\.uptime; "):
-            await call(p, WWW, "admin", "uptime")
-    spec = p._registry.get("firewall", "rules")
-    assert list(p._allowed.values()) == [(WWW, spec)]
-
-
-async def test_a_remembered_decision_needs_the_same_objects_not_just_their_ids() -> None:
-    p = policy({"subjects": ["group:www-data"], "actions": ["firewall.*"]})
-    spec = p._registry.get("firewall", "rules")
-    # An entry under NOBODY's id that holds another object (as if the id had been reused): not a hit.
-    nobody = Identity(transport="unix", uid=65534, user="nobody")
-    p._allowed[(id(nobody), id(spec))] = (WWW, spec)
-    with pytest.raises(Forbidden, match=r"^the policy allows user:nobody \(uid 65534\) no firewall\.rules; "):
-        await call(p, nobody, "firewall", "rules")
-
-
-async def test_legacy_callers_are_not_remembered_one_object_per_request() -> None:
-    p = policy({"subjects": ["legacy"], "actions": ["admin.uptime"]})
-    for port in (5001, 5002):
-        assert await call(p, Identity(transport="legacy", peer=f"127.0.0.1:{port}"), "admin", "uptime") == 1
-    assert p._allowed == {}
-
-
 async def test_a_typed_task_operation_is_still_decided_by_its_params() -> None:
     p = policy({"subjects": ["key:ci"], "actions": ["tasks.stop:scan"]})
     assert await call(p, CI, "tasks", "stop", id=1) == {"stopped": 1}

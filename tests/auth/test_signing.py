@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pymgr.auth.nonces import NonceCache
 from pymgr.auth.signing import (
-    NonceCache,
     Verifier,
     canonical_path,
     canonical_query,

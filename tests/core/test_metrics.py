@@ -6,7 +6,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pymgr.metrics import MAX_SERIES, Metrics
-from pymgr.transport.http_metrics import render
+from pymgr.transport.http.metrics import render
 
 
 def test_calls_are_counted_with_their_time_by_label_set() -> None:

@@ -219,7 +219,7 @@ def test_sighup_swaps_the_policy_and_refuses_one_that_does_not_build(
 
 
 def test_a_dispatcher_without_a_policy_factory_refuses_a_policy_change(tmp_path: Path) -> None:
-    from pymgr.auth.guard import GuardedDispatcher
+    from pymgr.auth.pipeline import GuardedDispatcher
 
     path = tmp_path / "pymgr.toml"
     path.write_text("")

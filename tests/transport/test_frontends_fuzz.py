@@ -28,16 +28,18 @@ from pydantic import SecretStr
 
 from pymgr import Identity, Module, action
 from pymgr.auth.audit import AuditLog, Auditor
-from pymgr.auth.guard import EdgeGuard, GuardedDispatcher
+from pymgr.auth.guard import EdgeGuard
+from pymgr.auth.pipeline import GuardedDispatcher
 from pymgr.auth.hmac_auth import HmacAuth
 from pymgr.auth.policy import Policy, PolicyConfig, PolicyRule
-from pymgr.auth.signing import NonceCache, Verifier
+from pymgr.auth.nonces import NonceCache
+from pymgr.auth.signing import Verifier
 from pymgr.config import LegacyConfig
 from pymgr.core.registry import Registry
 from pymgr.errors import error_class_for
-from pymgr.transport.http import HttpApp
-from pymgr.transport.http_guard import GuardedApp
-from pymgr.transport.http_messages import Reply, Request
+from pymgr.transport.http.routes import HttpApp
+from pymgr.transport.http.guard import GuardedApp
+from pymgr.transport.http.messages import Reply, Request
 from pymgr.transport.legacy import LegacyServer
 from examples.legacy_client import exchange, sign
 
@@ -179,8 +181,8 @@ def socket_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     import threading
 
     from pymgr.transport.conncount import ConnectionCounter
-    from pymgr.transport.http_limits import HttpLimits
-    from pymgr.transport.http_server import HttpServer
+    from pymgr.transport.http.limits import HttpLimits
+    from pymgr.transport.http.server import HttpServer
     from pymgr.transport.listeners import bind_unix
 
     tmp = tmp_path_factory.mktemp("fuzz")

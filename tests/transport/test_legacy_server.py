@@ -19,7 +19,8 @@ from pymgr.auth.legacy import legacy_signature, verify_legacy_signature
 from pymgr.config import ConfigError, LegacyConfig
 from pymgr.core.dispatch import Dispatcher
 from pymgr.core.registry import Registry
-from pymgr.transport.legacy import LegacyServer, _is_loopback
+from pymgr.transport.legacy import LegacyServer
+from pymgr.transport.listeners import is_loopback as _is_loopback
 from examples.legacy_client import call, encode_request, exchange, read_to_eof, sign
 
 SECRET = "s3cret"
@@ -412,7 +413,7 @@ async def test_a_reply_that_crashes_is_logged_and_the_connection_aborted(
     def broken(self: Any, reply: Any) -> None:
         raise RuntimeError("broken reply path")
 
-    monkeypatch.setattr("pymgr.transport.legacy._LegacyProtocol._send", broken)
+    monkeypatch.setattr("pymgr.transport.legacyconn.LegacyConnection._send", broken)
     request = encode_request("sample", "echo", sign(SECRET, "sample"))
     try:
         raw = await asyncio.to_thread(exchange, HOST, server.port, request)

@@ -144,7 +144,9 @@ def parse_pattern(text: str) -> Pattern:
     head, sep, tail = text.partition(":")
     if sep and head in TYPED_TASK_OPS:
         if not tail:
-            raise ValueError(f"action pattern {text!r} needs a task type after the colon, or * for every type")
+            raise ValueError(
+                f"action pattern {text!r} needs a task type after the colon, or * for every type"
+            )
         return Pattern(text, text, read_only=False)
     if sep:
         if tail != "read" or not head:
@@ -160,8 +162,12 @@ def parse_pattern(text: str) -> Pattern:
 
 def _check_plain(text: str, glob: str) -> None:
     if glob in TYPED_TASK_OPS:
-        raise ValueError(f"action pattern {text!r} needs a task type: write {glob}:TYPE, or {glob}:* for every type")
+        raise ValueError(
+            f"action pattern {text!r} needs a task type: write {glob}:TYPE, or {glob}:* for every type"
+        )
     if glob in ("tasks.list", "tasks.show", "tasks.types"):
         raise ValueError(f"action pattern {text!r}: task reads are one operation; write tasks.read")
     if "." not in glob and glob.strip("*") != "":
-        raise ValueError(f"action pattern {text!r} names no action: write {glob}.* for every action of module {glob!r}")
+        raise ValueError(
+            f"action pattern {text!r} names no action: write {glob}.* for every action of module {glob!r}"
+        )

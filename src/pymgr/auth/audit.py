@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pydantic_core
 from pydantic import BaseModel
 
 from pymgr.auth._auditreserve import SpaceReserve
@@ -45,7 +46,13 @@ from pymgr.core.identity import Identity
 from pymgr.errors import PymgrError, Unavailable
 
 __all__ = [
-    "OUTCOME_OK", "REDACTED", "AuditLog", "Auditor", "redact", "refused_path_beside", "secret_params",
+    "OUTCOME_OK",
+    "REDACTED",
+    "AuditLog",
+    "Auditor",
+    "redact",
+    "refused_path_beside",
+    "secret_params",
     "syslog_handler",
 ]
 
@@ -106,12 +113,10 @@ def _identity_fields(identity: Identity) -> dict[str, Any]:
     return fields
 
 
-def _peer_only(identity: Identity) -> bool:
-    """Whether the identity has no field but its transport and peer (a legacy caller's, usually)."""
-    return (
-        identity.uid is None and identity.gid is None and identity.pid is None and identity.user is None
-        and identity.key_id is None and identity.cert is None and not identity.groups and identity.peer is not None
-    )
+def _caller_json(identity: Identity) -> str:
+    """The caller's part of a line; pydantic-core writes the same compact JSON as ``_dumps``, at a fifth of the cost."""
+    transport = pydantic_core.to_json(identity.transport).decode()
+    return f'"transport":{transport},"identity":{pydantic_core.to_json(_identity_fields(identity)).decode()}'
 
 
 #: One encoder for every line: ``json.dumps`` with non-default options builds a new one per call.
@@ -119,11 +124,7 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=s
 _dumps = _ENCODER.encode
 
 
-#: The ".mmmZ" ends of timestamps (with the field's closing quote), made once: formatting them per
-#: line cost more than the rest of the time field.
-_MILLIS = tuple(f'.{n:03d}Z"' for n in range(1000))
-
-#: The ``outcome`` of a call that succeeded, as JSON (``record_json``'s argument on the usual path).
+#: The ``outcome`` of a call that succeeded, as JSON.
 OUTCOME_OK = '"outcome":"ok"'
 _OUTCOME_CANCELLED = '"outcome":"cancelled"'
 
@@ -134,11 +135,10 @@ _CACHE_MAX = 1024
 class Auditor:
     """Builds audit lines and writes them, failing closed when told to; counts refusals.
 
-    A line is assembled from cached JSON fragments (the caller's identity,
-    the operation's names, the current second's timestamp) and the params'
-    JSON; every fragment comes from ``json.dumps``, so the line is JSON. This
-    keeps the audit's cost per request to about one ``json.dumps`` of the
-    params and one ``write`` (bench/bench_security.py measures it).
+    A line is assembled from JSON fragments (the time, the caller's identity
+    and the operation's names, those two kept per caller and per operation)
+    and the params' JSON; every fragment is written by a JSON encoder, so the
+    line is JSON. The params' JSON is the one the pipeline bounded them with.
 
     Args:
         audit_log: where the records of calls that ran go.
@@ -150,15 +150,20 @@ class Auditor:
     """
 
     def __init__(
-        self, audit_log: AuditLog, *, fail_closed: bool = True, clock: Any = time.time,
+        self,
+        audit_log: AuditLog,
+        *,
+        fail_closed: bool = True,
+        clock: Any = time.time,
         refusals: RefusalTally | None = None,
     ) -> None:
         self.log = audit_log
         self.fail_closed = fail_closed
         self._clock = clock
         if refusals is None:
-            refused_log = AuditLog(refused_path_beside(audit_log.path), max_bytes=audit_log.max_bytes,
-                                   backups=audit_log.backups)
+            refused_log = AuditLog(
+                refused_path_beside(audit_log.path), max_bytes=audit_log.max_bytes, backups=audit_log.backups
+            )
             refusals = RefusalTally(refused_log, clock=clock)
         self.refusals = refusals
         self.broken = False
@@ -167,14 +172,17 @@ class Auditor:
         self._broken_since = 0.0
         #: Bytes of the records of calls let run and not yet written.
         self._held = 0
+        #: The time field up to its second, and that second: strftime once a second, not once a line
+        #: (4.5 µs a line here, 6 % of a control call's server CPU in a same-run A/B).
         self._second = -1
         self._second_text = ""
-        #: The caller's fragment per Identity object, by id(): the entry holds the object, so the id
-        #: cannot be reused while it is cached (hashing the 9-field Identity cost 0.6 µs a line).
-        self._callers: dict[int, tuple[Identity, str]] = {}
+        #: The caller's fragment per identity (a busy caller makes the same one all day).
+        self._callers: dict[Identity, str] = {}
         self._operations: dict[tuple[str, str | None, str | None], str] = {}
 
-    def hold(self, identity: Identity, module: str, action: str, params_json: str | None) -> int:
+    def hold(
+        self, identity: Identity, module: str, action: str, params_json: str | None, *, who: str | None = None
+    ) -> int:
         """Once every check passed, just before the action runs: make sure its record can be written.
 
         With ``fail_closed``, refuse the call while the log is broken (a probe line must
@@ -187,7 +195,8 @@ class Auditor:
         Raises:
             Unavailable: naming the file and what to free or raise.
         """
-        who = self._who(identity)
+        if who is None:
+            who = self.caller_json(identity)
         if params_json is None:
             params_json = "x" * _UNSIZED_PARAMS_BYTES
         size = _RECORD_OVERHEAD_BYTES + len(who) + len(params_json) + 3 * (len(module) + len(action))
@@ -226,10 +235,17 @@ class Auditor:
 
     def _resume(self) -> None:
         """The log broke: write a line that says so, or refuse (the write is the probe)."""
-        line = _dumps({
-            "time": iso_time(self._clock()), "event": "audit log writable again",
-            "broken_since": iso_time(self._broken_since), "unrecorded_calls": self._unrecorded,
-        }) + "\n"
+        line = (
+            _dumps(
+                {
+                    "time": iso_time(self._clock()),
+                    "event": "audit log writable again",
+                    "broken_since": iso_time(self._broken_since),
+                    "unrecorded_calls": self._unrecorded,
+                }
+            )
+            + "\n"
+        )
         try:
             self.log.write_line(line.encode())
         except OSError as exc:
@@ -263,11 +279,13 @@ class Auditor:
         error: PymgrError | str | None,
         duration_s: float,
         params_json: str | None = None,
+        who: str | None = None,
     ) -> None:
         """Write one line.
 
         Args:
             params_json: ``params`` already as compact JSON, if the caller has it.
+            who: ``caller_json(identity)``, if the caller has it.
 
         Raises:
             Unavailable: the write failed and ``fail_closed`` is set.
@@ -279,29 +297,9 @@ class Auditor:
         else:
             outcome = f'"outcome":"error","code":{_dumps(error.code)},"status":{error.http_status}'
         params_text = params_json if params_json is not None else _dumps(params)
-        self.record_json(identity, operation, module, action, params_text, outcome, duration_s)
-
-    def record_json(
-        self, identity: Identity, operation: str, module: str | None, action: str | None, params_json: str,
-        outcome: str, duration_s: float,
-    ) -> None:
-        """Write one line whose params and outcome are JSON already (``record`` without its keywords:
-        the guard's path for a call that succeeded, 0.4 µs less a line).
-
-        Args:
-            params_json: the params (secrets redacted) as compact JSON.
-            outcome: ``OUTCOME_OK``, or the outcome fields as ``record`` writes them.
-
-        Raises:
-            Unavailable: the write failed and ``fail_closed`` is set.
-        """
-        second, millis = divmod(int(self._clock() * 1000), 1000)
-        if second != self._second:
-            self._second = second
-            self._second_text = '{"time":"' + time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         line = (
-            f'{self._second_text}{_MILLIS[millis]},{self._prefix(identity, operation, module, action)},'
-            f'"params":{params_json},{outcome},"duration_ms":{duration_s * 1000:.3f}}}\n'
+            f'{{"time":"{self._time_text()}",{self._prefix(identity, operation, module, action, who)},'
+            f'"params":{params_text},{outcome},"duration_ms":{duration_s * 1000:.3f}}}\n'
         )
         try:
             self.log.write_line(line.encode())
@@ -314,9 +312,25 @@ class Auditor:
             if self.fail_closed:
                 raise self._unavailable(exc) from None
 
-    def _prefix(self, identity: Identity, operation: str, module: str | None, action: str | None) -> str:
+    def _time_text(self) -> str:
+        """Now as ``iso_time`` writes it (UTC, ISO 8601, milliseconds)."""
+        second, millis = divmod(int(self._clock() * 1000), 1000)
+        if second != self._second:
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._second_text}.{millis:03d}Z"
+
+    def _prefix(
+        self,
+        identity: Identity,
+        operation: str,
+        module: str | None,
+        action: str | None,
+        who: str | None = None,
+    ) -> str:
         """The line's who-and-what fields as JSON: the caller's part and the operation's, each cached."""
-        who = self._who(identity)
+        if who is None:
+            who = self.caller_json(identity)
         what = self._operations.get((operation, module, action))
         if what is None:
             what = f'"operation":{_dumps(operation)},"module":{_dumps(module)},"action":{_dumps(action)}'
@@ -326,23 +340,17 @@ class Auditor:
                 self._operations[(operation, module, action)] = what
         return f"{who},{what}"
 
-    def _who(self, identity: Identity) -> str:
-        entry = self._callers.get(id(identity))
-        if entry is not None and entry[0] is identity:
-            return entry[1]
-        return self._caller(identity)
-
-    def _caller(self, identity: Identity) -> str:
-        """``"transport":...,"identity":{...}``; cached per object, but for legacy callers (one object per request)."""
-        if identity.transport == "legacy" and _peer_only(identity):
-            # A new object per legacy request, with nothing but the peer: 0.6 µs here against 3 µs for the
-            # general form below (getattr of every field, a dict, json of it).
-            return f'"transport":"legacy","identity":{{"peer":{_dumps(identity.peer)}}}'
-        who = f'"transport":{_dumps(identity.transport)},"identity":{_dumps(_identity_fields(identity))}'
-        if identity.transport != "legacy":
+    def caller_json(self, identity: Identity) -> str:
+        """The caller's part of a line, ``"transport":...,"identity":{...}`` with its non-empty fields (for
+        ``hold`` and ``record`` of one call); kept per caller, but for legacy callers (a new peer port each
+        request: never seen again)."""
+        if identity.transport == "legacy":
+            return _caller_json(identity)
+        who = self._callers.get(identity)
+        if who is None:
             if len(self._callers) >= _CACHE_MAX:
                 self._callers.clear()
-            self._callers[id(identity)] = (identity, who)
+            who = self._callers[identity] = _caller_json(identity)
         return who
 
     def _unavailable(self, exc: OSError) -> Unavailable:
@@ -351,4 +359,3 @@ class Auditor:
             "pymgr refuses requests it cannot record. Free the disk or fix the file, then retry",
             details={"audit_log": str(self.log.path), "reason": exc.strerror or str(exc)},
         )
-

@@ -52,7 +52,12 @@ class AuditLog:
     """
 
     def __init__(
-        self, path: Path, *, max_bytes: int, backups: int, syslog: logging.Handler | None = None,
+        self,
+        path: Path,
+        *,
+        max_bytes: int,
+        backups: int,
+        syslog: logging.Handler | None = None,
         reserve: SpaceReserve | None = None,
     ) -> None:
         self.path = path
@@ -72,7 +77,9 @@ class AuditLog:
             OSError: it cannot be opened for appending.
         """
         self.close()
-        fd = open_private(self.path, _OPEN_FLAGS, 0o600)  # never through a link, ours, 0600 whatever the umask
+        fd = open_private(
+            self.path, _OPEN_FLAGS, 0o600
+        )  # never through a link, ours, 0600 whatever the umask
         self._fd = fd
         self._size = os.fstat(fd).st_size
 
@@ -89,9 +96,12 @@ class AuditLog:
             except OSError as exc:
                 if exc.errno not in NO_SPACE or self.reserve is None or not self.reserve.give_back():
                     raise
-                log.error("audit log %s: no space left; the space reserve %s was given back for the records "
-                          "of running calls, and no new call runs until it can be held again",
-                          self.path, self.reserve.path)
+                log.error(
+                    "audit log %s: no space left; the space reserve %s was given back for the records "
+                    "of running calls, and no new call runs until it can be held again",
+                    self.path,
+                    self.reserve.path,
+                )
                 self._append(line)
         except OSError:
             self.close()
@@ -115,7 +125,9 @@ class AuditLog:
             written = os.write(fd, line)  # raises with the reason (ENOSPC, EFBIG ...), or it fits now
             if written != len(line):  # twice: the filesystem has room for a part only (tmpfs says no more)
                 self._cut_back(fd, written)
-                raise OSError(errno.ENOSPC, f"no room for a whole line in {self.path}: {written} of {len(line)} bytes")
+                raise OSError(
+                    errno.ENOSPC, f"no room for a whole line in {self.path}: {written} of {len(line)} bytes"
+                )
         self._size += written
         self._torn = False
 
@@ -127,8 +139,13 @@ class AuditLog:
             self._size = end - written
         except OSError as exc:
             self._torn = True
-            log.error("audit log %s: a partial line (%d bytes) could not be removed (%s); the next record "
-                      "starts on a new line", self.path, written, exc.strerror or exc)
+            log.error(
+                "audit log %s: a partial line (%d bytes) could not be removed (%s); the next record "
+                "starts on a new line",
+                self.path,
+                written,
+                exc.strerror or exc,
+            )
 
     def _rotate(self) -> None:
         self.close()

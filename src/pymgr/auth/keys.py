@@ -50,7 +50,9 @@ def _read_secret_file(key: KeyConfig, path: Path) -> bytes:
     if len(data) > 64 * 1024:
         raise KeyLoadError(f"{where} is larger than 64 KiB; a secret is a short random string")
     if len(secret) < MIN_SECRET_BYTES:
-        raise KeyLoadError(f"{where} holds {len(secret)} bytes; a secret must be at least {MIN_SECRET_BYTES} bytes")
+        raise KeyLoadError(
+            f"{where} holds {len(secret)} bytes; a secret must be at least {MIN_SECRET_BYTES} bytes"
+        )
     return secret
 
 

@@ -32,7 +32,13 @@ from typing import Any
 
 from pymgr.core.identity import Identity
 
-__all__ = ["DEFAULT_NAMES_MAX_AGE_S", "current", "forget_names", "identity_from_peercred", "set_names_max_age"]
+__all__ = [
+    "DEFAULT_NAMES_MAX_AGE_S",
+    "current",
+    "forget_names",
+    "identity_from_peercred",
+    "set_names_max_age",
+]
 
 _PEERCRED = struct.Struct("3i")  # struct ucred { pid_t pid; uid_t uid; gid_t gid; }
 
@@ -110,12 +116,7 @@ def identity_from_peercred(sock: Any) -> Identity | None:
 
 def current(identity: Identity) -> Identity:
     """The Unix caller ``identity`` with names no older than the age: itself while they are fresh."""
-    callers = _CALLERS
-    key = (identity.pid, identity.uid, identity.gid)
-    # Once per request on the Unix socket: the usual answer (fresh, the same object) without a method call.
-    if callers._by_caller.get(key) is identity and callers._clock() < callers._expires_at:  # type: ignore[arg-type]
-        return identity
-    return callers.get(*key)  # type: ignore[arg-type]  # a unix identity has all three
+    return _CALLERS.get(identity.pid, identity.uid, identity.gid)  # type: ignore[arg-type]  # a unix identity has all three
 
 
 def forget_names() -> None:

@@ -51,10 +51,17 @@ class RateLimiter:
     """
 
     def __init__(
-        self, rate_per_s: float, burst: int, *, max_keys: int = 10_000, clock: Callable[[], float] = time.monotonic
+        self,
+        rate_per_s: float,
+        burst: int,
+        *,
+        max_keys: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if rate_per_s <= 0 or burst < 1 or max_keys < 1:
-            raise ValueError(f"rate_per_s, burst and max_keys must be positive, not {rate_per_s}, {burst}, {max_keys}")
+            raise ValueError(
+                f"rate_per_s, burst and max_keys must be positive, not {rate_per_s}, {burst}, {max_keys}"
+            )
         self.rate_per_s = rate_per_s
         self.burst = burst
         self.max_keys = max_keys
@@ -65,17 +72,7 @@ class RateLimiter:
         """Take a token for ``key``: 0.0 if allowed, else the seconds to wait."""
         now = self._clock()
         bucket = self._buckets.get(key)
-        if bucket is not None:
-            # ``take`` inlined for the usual request (a known caller with a token left): the same
-            # arithmetic without a call and min/max (0.4 µs of 1.2 a request).
-            elapsed = now - bucket[1]
-            tokens = bucket[0] + elapsed * self.rate_per_s if elapsed > 0.0 else bucket[0]
-            if tokens > self.burst:
-                tokens = self.burst
-            if tokens >= 1.0:
-                self._buckets[key] = (tokens - 1.0, now)
-                return 0.0
-        elif len(self._buckets) >= self.max_keys:
+        if bucket is None and len(self._buckets) >= self.max_keys:
             self._evict(now)
         new, wait_s = take(bucket, now, self.rate_per_s, self.burst)
         self._buckets[key] = new

@@ -41,7 +41,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pymgr.auth.auditfile import AuditLog
 
-__all__ = ["DEFAULT_MAX_OPERATIONS", "DEFAULT_MAX_SOURCES", "DEFAULT_WINDOW_S", "OTHER_SOURCES", "RefusalTally"]
+__all__ = [
+    "DEFAULT_MAX_OPERATIONS",
+    "DEFAULT_MAX_SOURCES",
+    "DEFAULT_WINDOW_S",
+    "OTHER_SOURCES",
+    "RefusalTally",
+]
 
 log = logging.getLogger("pymgr.audit")
 
@@ -87,11 +93,23 @@ class _Count:
             self.other_operations += 1
 
     def line(self, source: str) -> bytes:
-        return (json.dumps({
-            "time": iso_time(self.first), "last": iso_time(self.last), "refused": self.refused, "source": source,
-            "transport": self.transport, "codes": self.codes, "operations": self.operations,
-            "other_operations": self.other_operations,
-        }, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        return (
+            json.dumps(
+                {
+                    "time": iso_time(self.first),
+                    "last": iso_time(self.last),
+                    "refused": self.refused,
+                    "source": source,
+                    "transport": self.transport,
+                    "codes": self.codes,
+                    "operations": self.operations,
+                    "other_operations": self.other_operations,
+                },
+                ensure_ascii=False,
+                separators=(",", ":"),
+            )
+            + "\n"
+        ).encode()
 
 
 def iso_time(t: float) -> str:
@@ -115,12 +133,19 @@ class RefusalTally:
     """
 
     def __init__(
-        self, audit_log: AuditLog, *, window_s: float = DEFAULT_WINDOW_S, max_sources: int = DEFAULT_MAX_SOURCES,
-        max_operations: int = DEFAULT_MAX_OPERATIONS, clock: Callable[[], float] = time.time,
+        self,
+        audit_log: AuditLog,
+        *,
+        window_s: float = DEFAULT_WINDOW_S,
+        max_sources: int = DEFAULT_MAX_SOURCES,
+        max_operations: int = DEFAULT_MAX_OPERATIONS,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not (window_s > 0 and math.isfinite(window_s)) or max_sources < 1 or max_operations < 1:
-            raise ValueError(f"refusal window_s, max_sources and max_operations must be positive, not "
-                             f"{window_s}, {max_sources} and {max_operations}")
+            raise ValueError(
+                f"refusal window_s, max_sources and max_operations must be positive, not "
+                f"{window_s}, {max_sources} and {max_operations}"
+            )
         self.log = audit_log
         self.window_s = window_s
         self.max_sources = max_sources
@@ -161,8 +186,12 @@ class RefusalTally:
             try:
                 self.log.write_line(line)
             except OSError as exc:
-                log.error("AUDIT LOG WRITE FAILED for refusals (%s): %s lost: %s",
-                          self.log.path, exc.strerror or exc, line.decode().rstrip())
+                log.error(
+                    "AUDIT LOG WRITE FAILED for refusals (%s): %s lost: %s",
+                    self.log.path,
+                    exc.strerror or exc,
+                    line.decode().rstrip(),
+                )
 
     def close(self) -> None:
         """Write what is counted and stop the timer (the file stays open: its owner closes it)."""

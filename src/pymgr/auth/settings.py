@@ -102,8 +102,19 @@ class AuditConfig(_Section):
     #: which journald serves too); none turns syslog off.
     syslog_address: str | None = None
     #: Syslog facility of those lines.
-    syslog_facility: Literal["auth", "authpriv", "daemon", "local0", "local1", "local2", "local3", "local4",
-                             "local5", "local6", "local7"] = "authpriv"
+    syslog_facility: Literal[
+        "auth",
+        "authpriv",
+        "daemon",
+        "local0",
+        "local1",
+        "local2",
+        "local3",
+        "local4",
+        "local5",
+        "local6",
+        "local7",
+    ] = "authpriv"
     #: No call runs unless its record can be written: while the log is broken
     #: or the space reserve cannot be held, calls get 503 before they run; a
     #: call that ran but whose record failed gets ``not_recorded``. False only
@@ -158,5 +169,7 @@ class TlsConfig(_Section):
     @model_validator(mode="after")
     def _ca_for_required(self) -> TlsConfig:
         if self.require_client_cert and self.client_ca is None:
-            raise ValueError("require_client_cert = true needs client_ca, the CA that signs client certificates")
+            raise ValueError(
+                "require_client_cert = true needs client_ca, the CA that signs client certificates"
+            )
         return self

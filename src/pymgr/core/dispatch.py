@@ -2,9 +2,9 @@
 
 Rules:
 - Order: look up, authorize, validate, authorize the params (when a rule
-  depends on them, e.g. a task's type), ``invoking`` (the last word before
-  the action runs: the guard makes sure the call can be recorded), call. A caller who may not call an
-  action learns nothing from its parameter errors.
+  depends on them, e.g. a task's type), ``before_action`` (the caller's last
+  word before the action runs, e.g. that the call can be recorded), call.
+  A caller who may not call an action learns nothing from its parameter errors.
 - Sync actions run in the default executor so they never block the loop.
 - An action's own ``PymgrError`` passes through; any other exception becomes
   ``ActionFailed`` (logged with its traceback); cancellation propagates.
@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import pydantic
 import pydantic_core
@@ -40,6 +40,8 @@ Authorizer = Callable[[Identity, ActionSpec], None]
 #: Called after validation with the validated params, for rules that depend on
 #: them (``tasks.start:TYPE``); raises Forbidden to refuse.
 ParamsAuthorizer = Callable[[Identity, ActionSpec, pydantic.BaseModel], None]
+#: Called once every check passed, just before the action runs; raises a PymgrError to refuse the call.
+BeforeAction = Callable[[], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,14 @@ class Call:
     action: str
     params: Mapping[str, Any]
     identity: Identity
+
+
+class CallHandler(Protocol):
+    """What an edge hands its calls to: a ``Dispatcher``, or one with checks composed around it."""
+
+    registry: Registry
+
+    async def call(self, call: Call) -> Any: ...
 
 
 def allow_all(identity: Identity, spec: ActionSpec) -> None:
@@ -72,22 +82,33 @@ def params_error(qualname: str, exc: pydantic.ValidationError) -> ParamsInvalid:
 
 
 class Dispatcher:
-    """Runs calls against a registry."""
+    """Runs calls against a registry.
+
+    Args:
+        authorize: decides before validation whether the caller may call the action.
+        authorize_params: decides after validation, from the params.
+        metrics: counts every call (None: nothing is counted).
+    """
 
     def __init__(
         self,
         registry: Registry,
         authorize: Authorizer = allow_all,
         authorize_params: ParamsAuthorizer | None = None,
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
         self.registry = registry
         self.authorize = authorize
         self.authorize_params = authorize_params
-        #: Counts every call when set (the daemon sets it).
-        self.metrics: Metrics | None = None
+        self.metrics = metrics
 
-    async def call(self, call: Call) -> Any:
+    async def call(self, call: Call, *, before_action: BeforeAction | None = None) -> Any:
         """Run one action.
+
+        Args:
+            before_action: called once every check passed, just before the action runs; what it
+                raises refuses the call like any check's refusal.
 
         Returns:
             The action's result as JSON-ready data.
@@ -98,11 +119,11 @@ class Dispatcher:
         """
         metrics = self.metrics
         if metrics is None:
-            return await self._call(call)
+            return await self._call(call, before_action)
         started = time.perf_counter()
         outcome = "internal"
         try:
-            result = await self._call(call)
+            result = await self._call(call, before_action)
             outcome = "ok"
             return result
         except PymgrError as exc:
@@ -123,14 +144,7 @@ class Dispatcher:
                 time.perf_counter() - started,
             )
 
-    def invoking(self, call: Call) -> None:
-        """Called once every check passed, just before the action runs (a hook; this one does nothing).
-
-        Raises:
-            PymgrError: the call must not run after all (it is then refused like any check's refusal).
-        """
-
-    async def _call(self, call: Call) -> Any:
+    async def _call(self, call: Call, before_action: BeforeAction | None) -> Any:
         spec = self.registry.get(call.module, call.action)
         self.authorize(call.identity, spec)
         if not isinstance(call.params, Mapping):
@@ -144,15 +158,13 @@ class Dispatcher:
             raise params_error(spec.qualname, exc) from None
         if self.authorize_params is not None:
             self.authorize_params(call.identity, spec, params)
-        # dict(iter(...)), not dict(params): dict() first looks for a `keys`
-        # attribute, which a model answers through __getattr__ with an
-        # AttributeError, 6 µs per call (docs/performance.md).
+        # The model's (name, value) pairs, its extra params among them. Not dict(params): dict() first
+        # asks the model for a `keys` attribute, which pydantic refuses by raising, 6 µs a call.
         kwargs = dict(iter(params))
-        if params.model_extra:
-            kwargs.update(params.model_extra)
         if spec.identity_param is not None:
             kwargs[spec.identity_param] = call.identity
-        self.invoking(call)
+        if before_action is not None:
+            before_action()
         result = await self._invoke(spec, kwargs)
         try:
             return pydantic_core.to_jsonable_python(result)

@@ -1,7 +1,7 @@
 """The ``metrics`` module: the daemon's counters and gauges as one read-only action.
 
 ``GET /metrics`` serves the same snapshot in the Prometheus text format
-(``transport/http_metrics.py``); this action gives it as JSON to any
+(``transport/http/metrics.py``); this action gives it as JSON to any
 transport (``pymgr call metrics snapshot``). Enable it in ``[modules]
 enabled`` and allow ``metrics.snapshot`` (or ``*:read``) to the scraper.
 """

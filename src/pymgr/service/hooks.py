@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # annotations only: the daemon imports this module
     from pymgr.config import Config
-    from pymgr.core.dispatch import Dispatcher
+    from pymgr.core.dispatch import CallHandler
     from pymgr.tasks.manager import TaskManager
 
 
@@ -34,7 +34,7 @@ class Runtime:
     #: The config in force; ``reload`` replaces it with the one it applied.
     config: Config
     tasks: TaskManager
-    dispatcher: Dispatcher
+    dispatcher: CallHandler
     #: What the ready line logs: listener addresses by kind, module names.
     listeners: dict[str, Any] = field(default_factory=dict)
 

@@ -48,8 +48,13 @@ ACCEPTS_PER_WAKE = 128
 class AcceptErrorLog:
     """Failed accepts on one listener, logged at a bounded rate with their count."""
 
-    def __init__(self, listener: str, *, interval_s: float = ACCEPT_ERROR_LOG_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        listener: str,
+        *,
+        interval_s: float = ACCEPT_ERROR_LOG_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.listener = listener
         self.interval_s = interval_s
         self._clock = clock
@@ -71,7 +76,12 @@ class AcceptErrorLog:
             "accept on %s failed %d time(s) since the last report (last: %s, %s)%s; the Unix socket's share "
             "of descriptors is kept by the connection caps ([http] reserved_fds, max_connections): check "
             "what else holds descriptors (ls /proc/<pid>/fd) and RLIMIT_NOFILE; next report in %g s at the earliest",
-            self.listener, self._count, what, exc.strerror, then, self.interval_s,
+            self.listener,
+            self._count,
+            what,
+            exc.strerror,
+            then,
+            self.interval_s,
         )
         self._count = 0
         self._next_at = now + self.interval_s
@@ -87,9 +97,15 @@ class Acceptor:
         ssl_context: TLS for the accepted connections, or None.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
-                 protocol_factory: Callable[[], asyncio.BaseProtocol], *, listener: str,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        *,
+        listener: str,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self._loop = loop
         self.sock = sock
         self._factory = protocol_factory

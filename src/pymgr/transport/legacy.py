@@ -39,26 +39,29 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import hmac
-import ipaddress
 import logging
 import socket
-import sys
-import termios
 from collections.abc import Coroutine
-from typing import Any, cast
+from typing import Any
 
 from pymgr.auth.guard import EdgeGuard
 from pymgr.auth.legacy import legacy_signature
-from pymgr.auth.sources import source_of
 from pymgr.config import ConfigError, LegacyConfig
-from pymgr.core.dispatch import Call, Dispatcher
+from pymgr.core.dispatch import Call, CallHandler
 from pymgr.core.identity import Identity
-from pymgr.errors import MalformedRequest, PymgrError, PymgrInternalError, RateLimited, Unauthenticated, Unavailable
+from pymgr.errors import (
+    MalformedRequest,
+    PymgrError,
+    RateLimited,
+    Unauthenticated,
+    Unavailable,
+)
 from pymgr.protocol import legacy as proto
 from pymgr.transport.acceptor import Acceptor
 from pymgr.transport.conncount import ConnectionCounter
+from pymgr.transport.legacyconn import LegacyConnection
+from pymgr.transport.listeners import bind_host, is_loopback
 
 __all__ = ["LINGER_S", "ActionMissing", "LegacyServer"]
 
@@ -88,46 +91,6 @@ class ActionMissing(MalformedRequest):
     legacy_code = 3
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name, or "" for every interface
-        return False
-
-
-def _format_peer(peername: Any) -> str:
-    if isinstance(peername, tuple) and len(peername) >= 2:
-        host, port = peername[0], peername[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(peername)
-
-
-def _unread_bytes(transport: asyncio.Transport) -> int:
-    """Bytes the kernel holds that we have not read (1 when it cannot be told: linger to be safe)."""
-    sock = transport.get_extra_info("socket")
-    try:
-        raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
-    except (AttributeError, OSError, ValueError):  # no socket, or already closed
-        return 1
-    return int.from_bytes(raw, sys.byteorder)
-
-
-def _error_bytes(exc: PymgrError | proto.ProtocolError) -> bytes:
-    return proto.encode_reply(proto.error_reply(exc.legacy_code, exc.message))
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    """A listening socket on the first address ``host`` resolves to (at start-up: a blocking lookup is fine).
-
-    Raises:
-        OSError: the host does not resolve or the address cannot be bound.
-    """
-    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    return socket.create_server(address, family=family, backlog=_BACKLOG)
-
-
 class LegacyServer:
     """The legacy protocol's TCP listener.
 
@@ -137,7 +100,9 @@ class LegacyServer:
         edge: the per-caller rate and the audit of refused requests (none: neither).
     """
 
-    def __init__(self, config: LegacyConfig, dispatcher: Dispatcher, *, edge: EdgeGuard | None = None) -> None:
+    def __init__(
+        self, config: LegacyConfig, dispatcher: CallHandler, *, edge: EdgeGuard | None = None
+    ) -> None:
         self.config = config
         self.dispatcher = dispatcher
         self._edge = edge
@@ -145,12 +110,12 @@ class LegacyServer:
         self._port: int | None = None
         self._secret = ""
         self._server: Acceptor | None = None
-        self._connections: set[_LegacyProtocol] = set()
+        self._connections: set[LegacyConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Connections still reading their request, by deadline (loop time), in connect order.
-        self._waiting: dict[_LegacyProtocol, float] = {}
+        self._waiting: dict[LegacyConnection, float] = {}
         self._read_timer: asyncio.TimerHandle | None = None
         #: Expected signature (lower-case hex, bytes) by module name.
         self._signatures: dict[str, bytes] = {}
@@ -192,9 +157,9 @@ class LegacyServer:
         # Stored once: get_running_loop() costs a getpid() syscall on 3.11, and was called 3x a request.
         self._loop = loop = asyncio.get_running_loop()
         if sock is None:
-            sock = _bind(self.config.host, self.config.port)
+            sock = bind_host(self.config.host, self.config.port, _BACKLOG)
         # Our own accept loop, as the HTTP listeners': a shortage of descriptors pauses it and is logged.
-        self._server = Acceptor(loop, sock, lambda: _LegacyProtocol(self), listener="legacy")
+        self._server = Acceptor(loop, sock, lambda: LegacyConnection(self), listener="legacy")
         self._server.start()
         self._port = int(sock.getsockname()[1])
         self._warn_replayable()
@@ -208,7 +173,7 @@ class LegacyServer:
             host,
             port,
         )
-        if not _is_loopback(host):
+        if not is_loopback(host):
             log.warning(
                 "legacy listener is bound to %r, which is not a loopback address: any host that can reach "
                 'port %s can replay a captured signature; set host = "127.0.0.1" in [legacy] unless you must',
@@ -250,36 +215,64 @@ class LegacyServer:
                 timeout_s,
             )
 
-    # --- used by the per-connection protocol ------------------------------
+    # --- what a connection asks of its server (legacyconn.ConnectionHost) ----------
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        """Run ``coro`` as a task that ``close`` waits for (``coro`` leaves ``_tasks`` itself, logging its errors:
-        a done callback cost one more loop handle a request)."""
-        task = self._loop_now().create_task(coro)
-        self._tasks.add(task)
-        return task
+    @property
+    def linger_s(self) -> float:
+        """How long a connection lingers after its reply (``LINGER_S``, read when it lingers)."""
+        return LINGER_S
 
-    def _loop_now(self) -> asyncio.AbstractEventLoop:
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
             raise RuntimeError("LegacyServer is not started; await server.start() first")
         return self._loop
 
-    def _await_request(self, conn: _LegacyProtocol) -> None:
-        """Start ``conn``'s read deadline; one timer serves every waiting connection."""
-        loop = self._loop_now()
-        deadline = loop.time() + self.config.read_timeout_s
+    def connection_opened(self, conn: LegacyConnection) -> bool:
+        """Track ``conn`` and start its read deadline; False when shutting down (the request is refused)."""
+        self._connections.add(conn)
+        deadline = self.loop.time() + self.config.read_timeout_s
         self._waiting[conn] = deadline
         if self._read_timer is None:
-            self._read_timer = loop.call_at(deadline, self._expire_reads)
+            self._read_timer = self.loop.call_at(deadline, self._expire_reads)
+        return not self._closing
 
-    def _request_over(self, conn: _LegacyProtocol) -> None:
+    def count_connection(self, host: str) -> PymgrError | None:
+        """Count a connection from ``host`` against the caps; or the refusal of the cap it would pass."""
+        refused = self._counter.open("legacy", host)
+        if refused is None:
+            return None
+        if refused == "listener":
+            return Unavailable(f"too many connections: at most max_connections={self.config.max_connections}")
+        return RateLimited(
+            f"too many connections from {host}: at most max_connections_per_peer="
+            f"{self.config.max_connections_per_peer}"
+        )
+
+    def connection_closed(self, conn: LegacyConnection, counted: str | None) -> None:
+        self._waiting.pop(conn, None)
+        self._connections.discard(conn)
+        if counted is not None:
+            self._counter.close("legacy", counted)
+
+    def request_over(self, conn: LegacyConnection) -> None:
         """``conn`` has its request (or its reply, or is gone): its deadline no longer applies."""
         self._waiting.pop(conn, None)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``coro`` as a task that ``close`` waits for (it calls ``command_done`` itself, logging its
+        errors: a done callback cost one more loop handle a request)."""
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        return task
+
+    def command_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
 
     def _expire_reads(self) -> None:
         """Answer every connection past its deadline with err_code 9; set the timer for the next one."""
         self._read_timer = None
-        loop = self._loop_now()
+        loop = self.loop
         horizon = loop.time() + _TIMER_SLACK_S
         waiting = self._waiting
         while waiting:
@@ -290,7 +283,7 @@ class LegacyServer:
             del waiting[conn]
             conn.on_read_timeout()
 
-    async def _answer(self, command: proto.Command, peer: str) -> Any:
+    async def answer(self, command: proto.Command, peer: str) -> Any:
         """Check the signature and the action, then dispatch.
 
         Raises:
@@ -328,191 +321,3 @@ class LegacyServer:
                 f"signature for module {command.module!r} does not match; it must be the hex HMAC-MD5 "
                 "of the module name under the shared secret"
             )
-
-
-class _LegacyProtocol(asyncio.Protocol):
-    """One connection: feeds the codec, runs the command, writes one reply."""
-
-    def __init__(self, server: LegacyServer) -> None:
-        self._server = server
-        config = server.config
-        self._conn = proto.Connection(max_line_bytes=config.max_line_bytes, max_lines=config.max_lines)
-        self._transport: asyncio.Transport | None = None
-        self._peer = "?"
-        #: The linger's timer (the read deadline is the server's: ``_await_request``).
-        self._timer: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._peer_eof = False
-        self._replied = False
-        self._counted: str | None = None
-
-    # --- asyncio callbacks -------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
-        self._peer = _format_peer(transport.get_extra_info("peername"))
-        self._server._connections.add(self)
-        self._server._await_request(self)
-        if self._server._closing:  # accepted just before the listener closed
-            self.refuse_unfinished_request()
-            return
-        host = source_of(self._peer.rpartition(":")[0])  # 127.0.0.0/8 and an IPv6 /64 are one source each
-        refused = self._server._counter.open("legacy", host)
-        if refused is None:
-            self._counted = host
-            return
-        config = self._server.config
-        if refused == "listener":
-            error: PymgrError = Unavailable(f"too many connections: at most max_connections={config.max_connections}")
-        else:
-            error = RateLimited(f"too many connections from {host}: at most max_connections_per_peer="
-                                f"{config.max_connections_per_peer}")
-        log.warning("legacy connection from %s refused (err_code %d): %s", self._peer, error.legacy_code, error)
-        self._send(proto.error_reply(error.legacy_code, error.message))
-        # Closed at once, no linger: a refused connection is not counted, so a lingering one would
-        # hold a descriptor outside every cap (a flood of refusals could still exhaust them).
-        self.close_transport()
-
-    def data_received(self, data: bytes) -> None:
-        if self._replied:
-            return  # lingering after the reply: drop
-        self._conn.receive_data(data)
-        self._process_events()
-
-    def eof_received(self) -> bool:
-        self._peer_eof = True
-        if self._replied:
-            return False  # the peer closed after our reply: the transport closes now
-        self._conn.receive_data(b"")
-        self._process_events()
-        return True  # keep our side open: the reply is still to come
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_timer()
-        self._server._request_over(self)
-        self._server._connections.discard(self)
-        if self._counted is not None:
-            self._server._counter.close("legacy", self._counted)
-            self._counted = None
-        if self._task is not None and not self._task.done():
-            log.debug("legacy client %s left before its reply; the action keeps running", self._peer)
-
-    # --- request -----------------------------------------------------------
-
-    def _process_events(self) -> None:
-        while True:
-            try:
-                event = self._conn.next_event()
-            except proto.RemoteProtocolError as exc:
-                log.warning("legacy request from %s rejected (err_code %d): %s", self._peer, exc.legacy_code, exc)
-                self._finish(_error_bytes(exc))
-                return
-            if isinstance(event, proto.Command):
-                self._start_command(event)
-                return  # reading pauses: the next event can only come with the next call
-            if event is proto.NEED_DATA or event is proto.PAUSED:
-                return
-            # ConnectionClosed: the peer half-closed after its request; it still reads the reply.
-
-    def _start_command(self, command: proto.Command) -> None:
-        self._server._request_over(self)
-        transport = cast(asyncio.Transport, self._transport)
-        if transport.is_reading():
-            transport.pause_reading()  # one request per connection: read no further
-        self._task = self._server._spawn(self._run(command))
-
-    async def _run(self, command: proto.Command) -> None:
-        qualname = f"{command.module}.{command.action}"
-        try:
-            await self._answer(command, qualname)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # the reply itself failed: a bug in pymgr; the peer gets no reply
-            log.exception("legacy %s %r: answering crashed", self._peer, qualname)
-            if self._transport is not None:
-                self._transport.abort()
-        finally:
-            self._server._tasks.discard(self._task)  # type: ignore[arg-type]  # set before the task ran
-
-    async def _answer(self, command: proto.Command, qualname: str) -> None:
-        try:
-            result = await self._server._answer(command, self._peer)
-        except asyncio.CancelledError:
-            self._send(proto.error_reply(Unavailable.legacy_code, "pymgr shut down before the action finished"))
-            raise
-        except PymgrError as exc:
-            log.info("legacy %s %r -> err_code %d", self._peer, qualname, exc.legacy_code)
-            reply = proto.error_reply(exc.legacy_code, exc.message)
-        except Exception as exc:  # dispatch wraps action errors; this is a bug in pymgr
-            log.exception("legacy %s %r: dispatch failed", self._peer, qualname)
-            internal = PymgrInternalError(f"{qualname} failed inside pymgr: {type(exc).__name__}: {exc}")
-            reply = proto.error_reply(internal.legacy_code, internal.message)
-        else:
-            # debug, not info: the audit log has a line for every call already, HTTP logs
-            # none per request either, and this one cost 30 µs a request (docs/performance.md).
-            log.debug("legacy %s %r -> ok", self._peer, qualname)
-            reply = proto.Reply(True, result)
-        self._send(reply)
-
-    def on_read_timeout(self) -> None:
-        """The server's read deadline passed before the request was complete: err_code 9."""
-        message = f"request not complete within {self._server.config.read_timeout_s:g} s"
-        code = MalformedRequest.legacy_code
-        log.warning("legacy request from %s rejected (err_code %d): %s", self._peer, code, message)
-        self._send(proto.error_reply(code, message))
-
-    # --- reply and close ---------------------------------------------------
-
-    def _send(self, reply: proto.Reply) -> None:
-        try:
-            data = self._conn.send(reply)
-        except proto.LocalProtocolError as exc:
-            log.error("legacy reply to %s cannot be sent: %s", self._peer, exc)
-            data = _error_bytes(PymgrInternalError(f"the reply cannot be encoded: {exc}"))
-        self._finish(data)
-
-    def _finish(self, data: bytes) -> None:
-        """Write the one reply, then close, or half-close and linger while the peer may still send."""
-        if self._replied:
-            return
-        self._replied = True
-        self._server._request_over(self)
-        transport = cast(asyncio.Transport, self._transport)
-        if transport.is_closing():
-            return  # the peer is gone; the reply has nowhere to go
-        transport.write(data)
-        if self._peer_eof or not transport.can_write_eof() or self._nothing_unread(transport):
-            # No linger: it cost a shutdown(), a resume, a timer, an EOF read and one more
-            # loop turn per request (~10% of the daemon's CPU a request, bench figure 2a).
-            transport.close()
-            return
-        try:
-            transport.write_eof()
-        except OSError:  # the peer reset the connection while its action ran
-            transport.abort()
-            return
-        if not transport.is_reading():
-            transport.resume_reading()
-        self._timer = self._server._loop_now().call_later(LINGER_S, transport.close)
-
-    def _nothing_unread(self, transport: asyncio.Transport) -> bool:
-        """Whether closing now leaves no unread input: the request ended where the peer's bytes did."""
-        if self._task is None:
-            return False  # no complete request (refused, timed out): the peer may be sending still
-        return self._conn.trailing_bytes == 0 and _unread_bytes(transport) == 0
-
-    def refuse_unfinished_request(self) -> None:
-        """At shutdown: answer a request still being read with err_code 8."""
-        if self._task is None and not self._replied:
-            self._send(proto.error_reply(Unavailable.legacy_code, "pymgr is shutting down; retry later"))
-
-    def close_transport(self) -> None:
-        """At shutdown: close now, after writing what is buffered."""
-        self._cancel_timer()
-        if self._transport is not None:
-            self._transport.close()
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import grp
+import ipaddress
 import os
 import socket
 import stat
@@ -108,3 +109,25 @@ def unix_path_of(sock: socket.socket) -> Path | None:
         if isinstance(name, str) and name and not name.startswith("\0"):
             return Path(name)
     return None
+
+
+def bind_host(host: str, port: int, backlog: int) -> socket.socket:
+    """A listening socket on the first address ``host`` resolves to (at start-up: a blocking lookup is fine).
+
+    Raises:
+        OSError: the host does not resolve or the address cannot be bound.
+    """
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    return socket.create_server(address, family=family, backlog=backlog)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is ``localhost`` or a loopback address (a host name may resolve to anything: False)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name, or "" for every interface
+        return False

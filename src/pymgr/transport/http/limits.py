@@ -1,7 +1,7 @@
 """The HTTP limits, and who is on the other end of a connection.
 
 ``HttpLimits`` holds the ``[http]`` sizes and timeouts the connection
-enforces (``http_conn.py`` says how); the caps on connections are a
+enforces (``connection.py`` says how); the caps on connections are a
 ``ConnectionCounter``. The identity of a connection is taken once, when it
 is made: the peer of a connection cannot change, so reading
 ``SO_PEERCRED`` (or the TLS certificate) per request would cost a syscall
@@ -18,7 +18,14 @@ from pymgr.auth.peercred import identity_from_peercred
 from pymgr.core.identity import Identity
 from pymgr.errors import MalformedRequest, TooLarge
 
-__all__ = ["LINGER_S", "HttpLimits", "RequestTimeout", "check_content_length", "connection_identity", "peer_gone"]
+__all__ = [
+    "LINGER_S",
+    "HttpLimits",
+    "RequestTimeout",
+    "check_content_length",
+    "connection_identity",
+    "peer_gone",
+]
 
 #: Seconds to drop input after a refusal before closing; Apache httpd's
 #: lingering close waits 2 s (SECONDS_TO_LINGER) for the same reason.
@@ -47,20 +54,27 @@ class HttpLimits:
 def check_content_length(value: bytes, limit: int) -> None:
     """Refuse a declared body larger than ``limit`` before reading any of it."""
     if value.isdigit() and int(value) > limit:
-        raise TooLarge(f"request body of {int(value)} bytes is larger than max_body_bytes={limit}",
-                       details={"limit": limit})
+        raise TooLarge(
+            f"request body of {int(value)} bytes is larger than max_body_bytes={limit}",
+            details={"limit": limit},
+        )
 
 
 def head_too_large(size: int, limit: int) -> TooLarge:
     """The refusal of a request head of ``size`` bytes so far, over ``limit`` (max_header_bytes)."""
-    return TooLarge(f"request head is larger than max_header_bytes={limit} ({size} bytes so far)", details={"limit": limit})
+    return TooLarge(
+        f"request head is larger than max_header_bytes={limit} ({size} bytes so far)",
+        details={"limit": limit},
+    )
 
 
 def framing_too_large(size: int, limit: int) -> TooLarge:
     """The refusal of a request whose head, chunk framing and trailers reach ``size`` bytes, over ``limit``."""
-    return TooLarge(f"request head, chunk-size lines and trailers are larger than max_header_bytes={limit} "
-                    f"({size} bytes so far): a chunked body's framing and trailers count with the head",
-                    details={"limit": limit})
+    return TooLarge(
+        f"request head, chunk-size lines and trailers are larger than max_header_bytes={limit} "
+        f"({size} bytes so far): a chunked body's framing and trailers count with the head",
+        details={"limit": limit},
+    )
 
 
 def connection_identity(transport: asyncio.BaseTransport) -> Identity:

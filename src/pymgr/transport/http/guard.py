@@ -26,13 +26,11 @@ from pymgr.auth.peercred import current
 from pymgr.auth.signing import SCHEME, SignedRequest, Verifier, parse_headers
 from pymgr.core.identity import Identity
 from pymgr.errors import PymgrError, Unauthenticated
-from pymgr.transport.http_messages import Handler, Reply, Request, Stream, error_reply
+from pymgr.transport.http.messages import Handler, Reply, Request, Stream, error_reply
 
 __all__ = ["GuardedApp"]
 
 _SIGNING_PREFIX = b"x-pymgr-"
-#: Signed identities kept for reuse (by client address and key): bounded, cleared when full.
-_IDENTITY_CACHE_MAX = 4096
 _CHALLENGE = (b"www-authenticate", SCHEME.encode())
 
 
@@ -50,7 +48,6 @@ class GuardedApp:
         self.app = app
         self.edge = edge
         self.verifier = verifier
-        self._identities: dict[tuple[str | None, str | None, str], Identity] = {}
 
     async def __call__(self, request: Request) -> Reply | Stream:
         try:
@@ -77,9 +74,15 @@ class GuardedApp:
             if not headers and identity.cert is not None:
                 return identity, None  # a verified client certificate is enough
             if self.verifier is None:
-                raise Unauthenticated("this TCP listener accepts only verified client certificates; none was sent")
+                raise Unauthenticated(
+                    "this TCP listener accepts only verified client certificates; none was sent"
+                )
             signed = self.verifier.check(
-                request.method, request.raw_path.decode("latin-1"), request.query, request.body, parse_headers(headers)
+                request.method,
+                request.raw_path.decode("latin-1"),
+                request.query,
+                request.body,
+                parse_headers(headers),
             )
         except Unauthenticated as exc:
             what = f"http {request.method} {request.path}"
@@ -97,15 +100,8 @@ class GuardedApp:
             raise
 
     def _signed_identity(self, identity: Identity, key_id: str) -> Identity:
-        """The caller with its key id; one object per (connection, key), so every cache downstream hits."""
-        cache_key = (identity.peer, identity.cert, key_id)
-        caller = self._identities.get(cache_key)
-        if caller is None:
-            if len(self._identities) >= _IDENTITY_CACHE_MAX:
-                self._identities.clear()
-            caller = Identity(transport=identity.transport, peer=identity.peer, cert=identity.cert, key_id=key_id)
-            self._identities[cache_key] = caller
-        return caller
+        """The caller with its key id."""
+        return Identity(transport=identity.transport, peer=identity.peer, cert=identity.cert, key_id=key_id)
 
 
 def _signing_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:

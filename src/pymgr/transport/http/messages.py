@@ -23,9 +23,20 @@ from pymgr.errors import PymgrError, RateLimited
 __all__ = ["Handler", "Reply", "Request", "Stream", "encode_reply", "error_reply", "render_head"]
 
 REASONS = {
-    200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 413: "Content Too Large",
-    422: "Unprocessable Content", 429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
+    200: "OK",
+    202: "Accepted",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    409: "Conflict",
+    413: "Content Too Large",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
     503: "Service Unavailable",
 }
 #: Status lines rendered once: a reply's head is then a few concatenations.
@@ -79,7 +90,9 @@ def status_line(status: int) -> bytes:
     return line if line is not None else f"HTTP/1.1 {status} Error\r\n".encode()
 
 
-def render_head(status: int, headers: tuple[tuple[bytes, bytes], ...] | list[tuple[bytes, bytes]], tail: bytes) -> bytes:
+def render_head(
+    status: int, headers: tuple[tuple[bytes, bytes], ...] | list[tuple[bytes, bytes]], tail: bytes
+) -> bytes:
     """Status line, ``headers``, then ``tail`` (the framing headers and the blank line)."""
     parts = [status_line(status)]
     for name, value in headers:
@@ -90,14 +103,25 @@ def render_head(status: int, headers: tuple[tuple[bytes, bytes], ...] | list[tup
 
 def encode_reply(reply: Reply, head_only: bool, connection: bytes) -> bytes:
     """A whole reply's bytes: head (with ``connection``, a header line or nothing) and, unless ``head_only``, body."""
-    head = render_head(reply.status, reply.headers, b"content-type: " + reply.content_type + b"\r\ncontent-length: "
-                       + str(len(reply.body)).encode() + b"\r\n" + connection + b"\r\n")
+    head = render_head(
+        reply.status,
+        reply.headers,
+        b"content-type: "
+        + reply.content_type
+        + b"\r\ncontent-length: "
+        + str(len(reply.body)).encode()
+        + b"\r\n"
+        + connection
+        + b"\r\n",
+    )
     return head if head_only else head + reply.body
 
 
 def error_reply(error: PymgrError, *headers: tuple[bytes, bytes]) -> Reply:
     """The JSON envelope of ``error``, with ``Retry-After`` when the error carries one."""
-    body = json.dumps({"ok": False, "error": error.to_dict()}, separators=(",", ":"), ensure_ascii=False).encode()
+    body = json.dumps(
+        {"ok": False, "error": error.to_dict()}, separators=(",", ":"), ensure_ascii=False
+    ).encode()
     extra: tuple[tuple[bytes, bytes], ...] = headers
     if isinstance(error, RateLimited) and error.details and "retry_after_s" in error.details:
         extra = (*extra, (b"retry-after", str(error.details["retry_after_s"]).encode()))
@@ -110,4 +134,3 @@ def header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
         if key == name:
             return value
     return None
-

@@ -31,10 +31,10 @@ an HTTP/1.0 connection alive; pymgr does when asked: requests after that
 point are compared with nothing. The fuzzer found three real
 disagreements, each fixed in pymgr: a missing or doubled Host, "HTTP/2.0"
 parsed as HTTP/1, and "Transfer-Encoding: gzip, chunked" taken as chunked
-(tests/transport/test_http_hostile.py has each as a plain test).
+(tests/transport/http/test_http_hostile.py has each as a plain test).
 
 A bounded run is part of ``make test``. A longer run:
-``PYMGR_FUZZ_EXAMPLES=20000 .venv/bin/python -m pytest -q tests/transport/test_http_differential.py``.
+``PYMGR_FUZZ_EXAMPLES=20000 .venv/bin/python -m pytest -q tests/transport/http/test_http_differential.py``.
 """
 
 from __future__ import annotations
@@ -53,10 +53,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pymgr.transport.conncount import ConnectionCounter
-from pymgr.transport.http_conn import FEED_SLICE_BYTES, MAX_PIPELINED, HttpConnection
-from pymgr.transport.http_limits import HttpLimits
-from pymgr.transport.http_messages import Reply, Request
-from pymgr.transport.http_server import ServerState
+from pymgr.transport.http.connection import FEED_SLICE_BYTES, MAX_PIPELINED, HttpConnection
+from pymgr.transport.http.limits import HttpLimits
+from pymgr.transport.http.messages import Reply, Request
+from pymgr.transport.http.state import ServerState
 
 MAX_HEADER = 600
 MAX_BODY = 400
@@ -129,7 +129,7 @@ def held_within_limits(conn: HttpConnection) -> None:
     # The request being parsed: its head is counted per read while incomplete (one read, a slice at most, late).
     assert conn._fields_size() <= MAX_HEADER + FEED_SLICE_BYTES
     assert conn._body_size <= MAX_BODY and sum(map(len, conn._body)) <= MAX_BODY
-    # Parsed and waiting: a slice of tiny pipelined requests at most past MAX_PIPELINED (http_conn.py).
+    # Parsed and waiting: a slice of tiny pipelined requests at most past MAX_PIPELINED (http/connection.py).
     assert len(conn._queue) <= MAX_PIPELINED + FEED_SLICE_BYTES // 16
     for request, _ in conn._queue:
         assert request_fields(request) <= MAX_HEADER and len(request.body) <= MAX_BODY

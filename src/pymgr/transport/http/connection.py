@@ -65,20 +65,33 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote
 
 import httptools
 
-from pymgr.auth.guard import caller_key
+from pymgr.auth.guard import identity_key
 from pymgr.core.callscope import caller_gone
 from pymgr.errors import MalformedRequest, PymgrError, PymgrInternalError, TooLarge
-from pymgr.transport.http_limits import (LINGER_S, RequestTimeout, check_content_length, connection_identity,
-                                         framing_too_large, head_too_large, peer_gone)  # fmt: skip
-from pymgr.transport.http_messages import Reply, Request, Stream, encode_reply, error_reply, header, render_head
-
-if TYPE_CHECKING:
-    from pymgr.transport.http_server import ServerState
+from pymgr.transport.http.limits import (
+    LINGER_S,
+    RequestTimeout,
+    check_content_length,
+    connection_identity,
+    framing_too_large,
+    head_too_large,
+    peer_gone,
+)
+from pymgr.transport.http.messages import (
+    Reply,
+    Request,
+    Stream,
+    encode_reply,
+    error_reply,
+    header,
+    render_head,
+)
+from pymgr.transport.http.state import ServerState
 
 log = logging.getLogger("pymgr.http")
 
@@ -91,7 +104,11 @@ MAX_PIPELINED = 8
 FEED_SLICE_BYTES = 4096
 _CLOSE = (b"connection", b"close")
 #: The connection header of a reply, by (kept alive, an HTTP/1.0 client that must be told so).
-_CONNECTION = {(False, False): _CLOSE[0] + b": close\r\n", (True, False): b"", (True, True): b"connection: keep-alive\r\n"}
+_CONNECTION = {
+    (False, False): _CLOSE[0] + b": close\r\n",
+    (True, False): b"",
+    (True, True): b"connection: keep-alive\r\n",
+}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CHUNKED_TAIL = b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n"
 #: An HTTP/1.0 client knows no chunks (RFC 9112 6.1): its stream's body ends when the connection closes.
@@ -114,14 +131,18 @@ def _bad_host(count: int) -> MalformedRequest:
     """RFC 9112 3.2: an HTTP/1.1 request without a Host field, or any request with several, gets 400."""
     if count:
         return MalformedRequest(f"a request carries one Host header, not {count}")
-    return MalformedRequest("a request must carry a Host header (RFC 9112 3.2; only HTTP/1.0 may leave it out): "
-                            "any value does, e.g. Host: pymgr")
+    return MalformedRequest(
+        "a request must carry a Host header (RFC 9112 3.2; only HTTP/1.0 may leave it out): "
+        "any value does, e.g. Host: pymgr"
+    )
 
 
 def _bad_coding(value: bytes) -> MalformedRequest:
     """RFC 9112 6.1: a transfer coding the server does not know is refused (a gzip body must not pass as plain)."""
-    return MalformedRequest(f"Transfer-Encoding {value.decode('latin-1')!r} is not supported: send one "
-                            "Transfer-Encoding: chunked, or a Content-Length")
+    return MalformedRequest(
+        f"Transfer-Encoding {value.decode('latin-1')!r} is not supported: send one "
+        "Transfer-Encoding: chunked, or a Content-Length"
+    )
 
 
 class HttpConnection(asyncio.Protocol):
@@ -141,13 +162,15 @@ class HttpConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_size = 0
         self._head_bytes = 0
-        self._after_head = 0  # bytes read after the head, of which all but the body's data is framing or trailers
+        self._after_head = (
+            0  # bytes read after the head, of which all but the body's data is framing or trailers
+        )
         self._trailer_bytes = 0  # the head's fields and the trailers so far, once a trailer arrives
         self._hosts = 0  # Host fields in the head
         self._codings = 0  # Transfer-Encoding fields in the head
         self._http10 = False  # the request being parsed is HTTP/1.0 (known once its head is)
         self._waiting = _HEAD
-        self._queue: deque[tuple[Request, bool]] = deque()  # parsed, not answered yet
+        self._queue: deque[tuple[Request, int]] = deque()  # parsed, not answered yet
         self._task: asyncio.Task[None] | None = None
         self._stream_task: asyncio.Task[None] | None = None
         self._refusal: bytes | None = None  # sent once the reply under way is out
@@ -155,7 +178,9 @@ class HttpConnection(asyncio.Protocol):
         self._backlog = b""  # the unparsed rest of a large read, while MAX_PIPELINED wait
         self._closing = False  # refused, draining or shutting down: nothing more is parsed
         self._lost = False
-        self._gone: asyncio.Event | None = None  # ``caller_gone`` of this connection's calls, made on the first
+        self._gone: asyncio.Event | None = (
+            None  # ``caller_gone`` of this connection's calls, made on the first
+        )
         self._write_paused = False
         self._stalled: asyncio.TimerHandle | None = None  # armed while the client leaves replies unread
         self._drained: asyncio.Future[None] | None = None
@@ -201,8 +226,14 @@ class HttpConnection(asyncio.Protocol):
         self._queue.clear()
 
     def eof_received(self) -> bool | None:
-        if self._stream_task is not None or (self._task is None and not self._queue) or peer_gone(self._transport):
-            return None  # a stream's client, or nothing owed (idle, half a request), or the client left: close
+        if (
+            self._stream_task is not None
+            or (self._task is None and not self._queue)
+            or peer_gone(self._transport)
+        ):
+            return (
+                None  # a stream's client, or nothing owed (idle, half a request), or the client left: close
+            )
         self._closing = True  # half-closed: answer what was sent, then close (_after_reply)
         return True
 
@@ -237,7 +268,7 @@ class HttpConnection(asyncio.Protocol):
             # No switch is offered: answered as plain HTTP; httptools stopped at the upgrade, so the
             # rest of this read (the next request) is fed again (the parser goes on as HTTP).
             if exc.args and exc.args[0] < len(data):
-                self.data_received(data[exc.args[0]:])
+                self.data_received(data[exc.args[0] :])
             return
         except httptools.HttpParserError as exc:
             cause = exc.__context__
@@ -272,7 +303,7 @@ class HttpConnection(asyncio.Protocol):
                 if self._transport.is_reading():
                     self._transport.pause_reading()
                 return
-            self.data_received(data[start:start + FEED_SLICE_BYTES])
+            self.data_received(data[start : start + FEED_SLICE_BYTES])
             if self._closing:
                 return
 
@@ -322,28 +353,40 @@ class HttpConnection(asyncio.Protocol):
             if size > limits.max_header_bytes:
                 raise _Refused(head_too_large(size, self._limits.max_header_bytes))
         if len(self._url) > limits.max_request_line_bytes:
-            raise _Refused(TooLarge(
-                f"request target is longer than max_request_line_bytes={limits.max_request_line_bytes}",
-                details={"limit": limits.max_request_line_bytes},
-            ))
+            raise _Refused(
+                TooLarge(
+                    f"request target is longer than max_request_line_bytes={limits.max_request_line_bytes}",
+                    details={"limit": limits.max_request_line_bytes},
+                )
+            )
         version = self._parser.get_http_version()
         if version != "1.1" and version != "1.0":  # llhttp also takes 0.9, 2.0 and others in HTTP/1 syntax
-            raise _Refused(MalformedRequest(f"HTTP/{version} is not spoken here: send HTTP/1.1 (or HTTP/1.0)"))
+            raise _Refused(
+                MalformedRequest(f"HTTP/{version} is not spoken here: send HTTP/1.1 (or HTTP/1.0)")
+            )
         self._http10 = version == "1.0"
         if self._hosts != 1 and (self._hosts or not self._http10):
             raise _Refused(_bad_host(self._hosts))
         if self._codings and self._http10:  # RFC 9112 6.1: its framing is faulty, whatever else it says
-            raise _Refused(MalformedRequest("an HTTP/1.0 request cannot be chunked: send a Content-Length, or HTTP/1.1"))
+            raise _Refused(
+                MalformedRequest("an HTTP/1.0 request cannot be chunked: send a Content-Length, or HTTP/1.1")
+            )
         length = header(self._headers, b"content-length")
         if length is not None:
             try:
                 check_content_length(length, self._state.max_body_bytes)
             except TooLarge as exc:
                 raise _Refused(exc) from None
-        if self._parser.should_upgrade() and (length not in (None, b"0") or header(self._headers, b"transfer-encoding")):
+        if self._parser.should_upgrade() and (
+            length not in (None, b"0") or header(self._headers, b"transfer-encoding")
+        ):
             # httptools skips the body of an Upgrade request: it would be parsed as the next request.
-            raise _Refused(MalformedRequest("a request with Upgrade cannot carry a body: upgrades are not offered "
-                                            "here; send it without the Upgrade and Connection: upgrade headers"))
+            raise _Refused(
+                MalformedRequest(
+                    "a request with Upgrade cannot carry a body: upgrades are not offered "
+                    "here; send it without the Upgrade and Connection: upgrade headers"
+                )
+            )
         self._waiting = _BODY
         self._after_head = self._chunk = 0  # the rest of this read is not counted (one read at most)
         self._deadline = 0.0  # the body timer starts only if a read leaves the body incomplete
@@ -354,7 +397,9 @@ class HttpConnection(asyncio.Protocol):
         self._body_size += len(body)
         if self._body_size > self._state.max_body_bytes:
             limit = self._state.max_body_bytes
-            raise _Refused(TooLarge(f"request body is larger than max_body_bytes={limit}", details={"limit": limit}))
+            raise _Refused(
+                TooLarge(f"request body is larger than max_body_bytes={limit}", details={"limit": limit})
+            )
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -366,11 +411,13 @@ class HttpConnection(asyncio.Protocol):
             raw_path, query = parsed.path or b"/", parsed.query or b""
         path = raw_path.decode("latin-1")
         if "%" in path:
-            path = unquote(path)  # escapes are UTF-8 (RFC 3986), as every client sends them; bad ones become U+FFFD
+            path = unquote(
+                path
+            )  # escapes are UTF-8 (RFC 3986), as every client sends them; bad ones become U+FFFD
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         method, http10 = parser.get_method().decode("ascii"), self._http10
         request = Request(method, path, raw_path, query, self._headers, body, self._identity, http10)
-        keep = parser.should_keep_alive()
+        keep: int = parser.should_keep_alive()
         if keep and http10:
             keep = _CONFIRM  # an HTTP/1.0 client keeps the connection only if the reply says so
         self._queue.append((request, keep))
@@ -425,7 +472,9 @@ class HttpConnection(asyncio.Protocol):
         self._after_reply()
 
     def _send(self, reply: Reply, method: str, keep_alive: bool, confirm: bool = False) -> None:
-        self._transport.write(encode_reply(reply, method == "HEAD", _CONNECTION[keep_alive, confirm and keep_alive]))
+        self._transport.write(
+            encode_reply(reply, method == "HEAD", _CONNECTION[keep_alive, confirm and keep_alive])
+        )
 
     def _after_reply(self) -> None:
         if self._queue:
@@ -516,12 +565,18 @@ class HttpConnection(asyncio.Protocol):
             return
         name, part = ("header_timeout_s", "head") if what is _HEAD else ("body_timeout_s", "body")
         timeout_s = getattr(self._limits, name)
-        log.info("closing connection from %s: request %s not complete within %g s", self._who(), part, timeout_s)
+        log.info(
+            "closing connection from %s: request %s not complete within %g s", self._who(), part, timeout_s
+        )
         self._refuse(RequestTimeout(f"request {part} not complete within {name}={timeout_s:g}"))
 
     def _on_send_timeout(self) -> None:
         self._stalled = None
-        log.info("aborting connection from %s: replies unread for send_timeout_s=%g", self._who(), self._limits.send_timeout_s)
+        log.info(
+            "aborting connection from %s: replies unread for send_timeout_s=%g",
+            self._who(),
+            self._limits.send_timeout_s,
+        )
         self._closing = True
         self._transport.abort()  # nothing can be said to a client that does not read
 
@@ -581,5 +636,4 @@ class HttpConnection(asyncio.Protocol):
             self._transport.close()
 
     def _who(self) -> str:
-        return caller_key(self._identity)
-
+        return identity_key(self._identity)

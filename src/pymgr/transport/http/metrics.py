@@ -27,7 +27,7 @@ def render(snapshot: Mapping[str, Any]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=registry)
     registry.register(_SnapshotCollector(snapshot))
-    return generate_latest(registry)  # type: ignore[no-any-return]
+    return generate_latest(registry)
 
 
 class _SnapshotCollector:
@@ -38,18 +38,25 @@ class _SnapshotCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         snap = self.snapshot
-        calls = CounterMetricFamily("pymgr_requests", "Calls dispatched, by transport, module, action and outcome "
-                                    "(ok, or the error code).", labels=_REQUEST_LABELS)  # fmt: skip
-        seconds = CounterMetricFamily("pymgr_request_seconds", "Seconds spent answering dispatched calls.",
-                                      labels=_REQUEST_LABELS)  # fmt: skip
+        calls = CounterMetricFamily(
+            "pymgr_requests",
+            "Calls dispatched, by transport, module, action and outcome (ok, or the error code).",
+            labels=_REQUEST_LABELS,
+        )
+        seconds = CounterMetricFamily(
+            "pymgr_request_seconds", "Seconds spent answering dispatched calls.", labels=_REQUEST_LABELS
+        )
         for *labels, count, spent in snap["requests"]:
             calls.add_metric(labels, count)
             seconds.add_metric(labels, spent)
-        started = CounterMetricFamily("pymgr_task_runs_started", "Task runs spawned, by type.", labels=["type"])
+        started = CounterMetricFamily(
+            "pymgr_task_runs_started", "Task runs spawned, by type.", labels=["type"]
+        )
         for task_type, count in snap["tasks_started"]:
             started.add_metric([task_type], count)
-        ended = CounterMetricFamily("pymgr_task_runs_ended", "Task runs ended, by type and end state.",
-                                    labels=["type", "state"])  # fmt: skip
+        ended = CounterMetricFamily(
+            "pymgr_task_runs_ended", "Task runs ended, by type and end state.", labels=["type", "state"]
+        )
         for task_type, state, count in snap["tasks_ended"]:
             ended.add_metric([task_type, state], count)
         yield from (calls, seconds, started, ended)
@@ -58,7 +65,11 @@ class _SnapshotCollector:
             for *labels, value in gauge["values"]:
                 family.add_metric(labels, value)
             yield family
-        yield GaugeMetricFamily("pymgr_start_time_seconds", "When the daemon started (Unix time).",
-                                value=snap["started_at"])  # fmt: skip
-        yield CounterMetricFamily("pymgr_metrics_overflowed", "Counts that went to the _other label set: "
-                                  "a counter had max_series label sets already.", value=snap["overflowed"])  # fmt: skip
+        yield GaugeMetricFamily(
+            "pymgr_start_time_seconds", "When the daemon started (Unix time).", value=snap["started_at"]
+        )
+        yield CounterMetricFamily(
+            "pymgr_metrics_overflowed",
+            "Counts that went to the _other label set: a counter had max_series label sets already.",
+            value=snap["overflowed"],
+        )

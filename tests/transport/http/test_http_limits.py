@@ -19,13 +19,14 @@ from typing import Any
 import pytest
 
 from pymgr import Identity, Module, action
-from pymgr.auth.guard import EdgeGuard, GuardedDispatcher
+from pymgr.auth.guard import EdgeGuard
+from pymgr.auth.pipeline import GuardedDispatcher
 from pymgr.core.registry import Registry
 from pymgr.transport.conncount import ConnectionCounter
-from pymgr.transport.http import HttpApp
-from pymgr.transport.http_guard import GuardedApp
-from pymgr.transport.http_limits import HttpLimits
-from pymgr.transport.http_server import HttpServer
+from pymgr.transport.http.routes import HttpApp
+from pymgr.transport.http.guard import GuardedApp
+from pymgr.transport.http.limits import HttpLimits
+from pymgr.transport.http.server import HttpServer
 from pymgr.transport.listeners import bind_unix
 
 TIMEOUT_S = 0.6
@@ -174,7 +175,7 @@ async def test_trailers_count_with_the_head_both_sides(server: Server, in_reads:
 
 
 async def test_chunk_framing_counts_with_the_head_both_sides(server: Server) -> None:
-    # Framing arrives in reads of its own: counted as they arrive (a read at most late, see http_conn).
+    # Framing arrives in reads of its own: counted as they arrive (a read at most late, see http/connection.py).
     def pieces(extension_bytes: int, chunks: int) -> list[bytes]:
         ext = b";x=" + b"e" * (extension_bytes - 3)
         return chunked(extension=ext)[:1] + [b"1%s\r\n \r\n" % ext for _ in range(chunks)] + chunked()[1:]

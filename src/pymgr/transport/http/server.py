@@ -5,7 +5,7 @@ Rules:
   activation); the server only accepts on them, through ``Acceptor`` (a
   shortage of descriptors pauses accepting and is logged, never closes a
   listener). TLS applies to the TCP ones when a context is given.
-- Every connection of every listener shares one ``ServerState``: the
+- Every connection of every listener shares one ``ServerState`` (``state``): the
   handler, the limits, the connection counter (its per-caller cap spans
   listeners), the set of open connections.
 - Shutdown has two steps: stop accepting and close idle connections at
@@ -17,57 +17,23 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import ssl
-from dataclasses import dataclass, field
 from typing import Any
 
-from pymgr.auth.guard import caller_key
-from pymgr.core.identity import Identity
-from pymgr.errors import RateLimited, Unavailable
 from pymgr.transport.acceptor import Acceptor
 from pymgr.transport.conncount import ConnectionCounter
-from pymgr.transport.http_conn import HttpConnection
-from pymgr.transport.http_limits import HttpLimits
-from pymgr.transport.http_messages import Handler
+from pymgr.transport.http.connection import HttpConnection
+from pymgr.transport.http.limits import HttpLimits
+from pymgr.transport.http.messages import Handler
+from pymgr.transport.http.state import ServerState
 from pymgr.transport.listeners import unix_path_of
 
-__all__ = ["HttpServer", "ServerState"]
+__all__ = ["HttpServer"]
 
 log = logging.getLogger("pymgr.http")
-
-
-@dataclass(eq=False)
-class ServerState:
-    """What every connection of one server shares."""
-
-    handler: Handler
-    limits: HttpLimits
-    counter: ConnectionCounter
-    max_body_bytes: int
-    keepalive_timeout_s: float
-    loop: asyncio.AbstractEventLoop
-    connections: set[HttpConnection] = field(default_factory=set)
-    shutting_down: bool = False
-
-    def admit_connection(
-        self, listener: str, identity: Identity
-    ) -> tuple[str, tuple[Any, ...] | None]:
-        """Count a new connection; or the refusal (error and extra headers) of a cap it would pass."""
-        caller = caller_key(identity)
-        refused = self.counter.open(listener, caller)
-        if refused is None:
-            return caller, None
-        if refused == "listener":
-            limit = self.counter.max_per_listener
-            log.warning("connection from %s refused: listener %s has max_connections=%d open", caller, listener, limit)
-            return caller, (Unavailable(f"too many connections: this listener serves at most max_connections={limit}"),)
-        error = RateLimited(
-            f"too many connections from {caller}: at most max_connections_per_identity="
-            f"{self.counter.max_per_caller}; reuse a kept-alive connection"
-        )
-        return caller, (error, (b"retry-after", b"1"))  # both of type: (PymgrError, *extra headers)
 
 
 class HttpServer:
@@ -104,8 +70,8 @@ class HttpServer:
         for sock in self.sockets:
             label = _label(sock)
             tls = self._ssl if sock.family != socket.AF_UNIX else None
-            acceptor = Acceptor(loop, sock, lambda label=label: HttpConnection(state, label), listener=label,
-                                ssl_context=tls)
+            connect = functools.partial(HttpConnection, state, label)
+            acceptor = Acceptor(loop, sock, connect, listener=label, ssl_context=tls)
             acceptor.start()
             self._acceptors.append(acceptor)
 
@@ -127,8 +93,11 @@ class HttpServer:
             task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
-            log.info("%d requests still running after shutdown_timeout_s=%g were cancelled", len(pending),
-                     self._shutdown_timeout_s)
+            log.info(
+                "%d requests still running after shutdown_timeout_s=%g were cancelled",
+                len(pending),
+                self._shutdown_timeout_s,
+            )
         for conn in list(state.connections):
             conn.close_now()
 

@@ -1,9 +1,9 @@
 """The streaming routes' side of the HTTP app: task logs and server-sent events.
 
 Rules:
-- A route returns a ``Stream`` (``http_messages``) instead of a JSON result
+- A route returns a ``Stream`` (``messages``) instead of a JSON result
   when its reply is sent as it is produced; the connection sends it chunked
-  (``http_conn``) and cancels the producer when the client hangs up, even
+  (``connection``) and cancels the producer when the client hangs up, even
   while it waits for more (a followed log that is quiet, an event stream
   between events).
 - Errors are found before the stream starts (the route calls its action

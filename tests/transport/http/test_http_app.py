@@ -16,9 +16,9 @@ from pymgr import Module, action
 from pymgr.core.dispatch import Dispatcher
 from pymgr.core.registry import Registry
 from pymgr.transport.conncount import ConnectionCounter
-from pymgr.transport.http import HttpApp
-from pymgr.transport.http_limits import HttpLimits
-from pymgr.transport.http_server import HttpServer
+from pymgr.transport.http.routes import HttpApp
+from pymgr.transport.http.limits import HttpLimits
+from pymgr.transport.http.server import HttpServer
 from pymgr.transport.listeners import bind_tcp, bind_unix
 
 LIMIT = 1000

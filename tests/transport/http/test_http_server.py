@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 
 from pymgr.transport.conncount import ConnectionCounter
-from pymgr.transport.http_conn import MAX_PIPELINED
-from pymgr.transport.http_limits import HttpLimits
-from pymgr.transport.http_messages import Reply, Request, Stream
-from pymgr.transport.http_server import HttpServer
+from pymgr.transport.http.connection import MAX_PIPELINED
+from pymgr.transport.http.limits import HttpLimits
+from pymgr.transport.http.messages import Reply, Request, Stream
+from pymgr.transport.http.server import HttpServer
 from pymgr.transport.listeners import bind_unix
-from tests.transport.rawhttp import get, read_reply
+from tests.transport.http.rawhttp import get, read_reply
 
 LIMITS = HttpLimits(max_request_line_bytes=1000, max_header_bytes=4000, header_timeout_s=2, body_timeout_s=2)
 KEEPALIVE_S = 0.4

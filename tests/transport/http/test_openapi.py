@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from pymgr.core.registry import Module, ModuleContext, Registry, action
 from pymgr.modules.demo import Demo
 from pymgr.modules.tasks import Tasks
-from pymgr.transport.openapi import describe
+from pymgr.transport.http.openapi import describe
 from tests.conftest import BASE_CONFIG, Daemon
 
 

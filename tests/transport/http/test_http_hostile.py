@@ -22,12 +22,12 @@ from typing import Any
 import pytest
 
 from pymgr.transport.conncount import ConnectionCounter
-from pymgr.transport.http_conn import FEED_SLICE_BYTES, MAX_PIPELINED
-from pymgr.transport.http_limits import LINGER_S, HttpLimits
-from pymgr.transport.http_messages import Reply, Request, Stream
-from pymgr.transport.http_server import HttpServer
+from pymgr.transport.http.connection import FEED_SLICE_BYTES, MAX_PIPELINED
+from pymgr.transport.http.limits import LINGER_S, HttpLimits
+from pymgr.transport.http.messages import Reply, Request, Stream
+from pymgr.transport.http.server import HttpServer
 from pymgr.transport.listeners import bind_unix
-from tests.transport.rawhttp import get, read_reply
+from tests.transport.http.rawhttp import get, read_reply
 
 TIMEOUT_S = 0.5
 LIMITS = HttpLimits(max_request_line_bytes=1000, max_header_bytes=4000, header_timeout_s=0.5, body_timeout_s=0.5)
