@@ -39,7 +39,8 @@ from pymgr.core.registry import ModuleContext, Registry, RegistryError
 from pymgr.errors import Unavailable
 from pymgr.metrics import Metrics
 from pymgr.modules.commands import command_modules
-from pymgr.security import SecurityError, build_security
+from pymgr.auth.pipeline import GuardedDispatcher
+from pymgr.security import Security, SecurityError, build_security
 from pymgr.service.fdlimit import FdBudgetError, check_fd_budget, fd_budget, raise_nofile
 from pymgr.service.hooks import NO_HOOKS, Runtime, ServiceHooks
 from pymgr.tasks._statedir import prepare_state_dir
@@ -166,12 +167,7 @@ async def run(config: Config, stop: asyncio.Event | None = None, hooks: ServiceH
         stack.callback(security.close)
         stack.callback(_remove_files, _owned_socket_files(sockets, hooks.inherited))
         stack.push_async_callback(close_servers)
-        app = GuardedApp(
-            HttpApp(dispatcher, version=pymgr.__version__, streams=TaskStreams(tasks, stop)),
-            edge=security.edge,
-            verifier=security.verifier,
-        )
-        http = http_server(config, app, sockets, tls)
+        http = http_server(config, _http_app(dispatcher, security, tasks, stop), sockets, tls)
         await http.start()
         closers.append(http.close)
         _gauges(metrics, tasks, http)
@@ -185,6 +181,14 @@ async def run(config: Config, stop: asyncio.Event | None = None, hooks: ServiceH
         await stop.wait()
         _call_hook(hooks.stopping)
     log.info("stopped")
+
+
+def _http_app(
+    dispatcher: GuardedDispatcher, security: Security, tasks: TaskManager, stop: asyncio.Event
+) -> GuardedApp:
+    """The API's routes behind the edge's guard (who is calling, limits, signatures)."""
+    routes = HttpApp(dispatcher, version=pymgr.__version__, streams=TaskStreams(tasks, stop))
+    return GuardedApp(routes, edge=security.edge, verifier=security.verifier)
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:

@@ -108,13 +108,7 @@ class RunLog:
             ValueError: as the constructor.
         """
         log = cls(directory, task_id, max_bytes=max_bytes, keep=keep, timestamps=timestamps)
-        prefix = rotated_name(task_id, 0)[:-1]
-        try:
-            names = listdir(directory)
-        except FileNotFoundError:
-            names = []  # the directory is gone: write() reports it
-        tails = (name[len(prefix) :] for name in names if name.startswith(prefix))
-        offsets = sorted(int(tail) for tail in tails if tail.isascii() and tail.isdigit())
+        offsets = _rotated_offsets(directory, task_id, listdir)
         newest = None
         if offsets:
             log._rotated.extend(offsets[-keep:])
@@ -131,13 +125,7 @@ class RunLog:
         if log.size:
             log._at_line_start = os.pread(log._fd, 1, log.size - 1) == b"\n"
         elif newest is not None:  # the current file was just started: the line may have begun before
-            with contextlib.suppress(OSError):  # unreadable: a new stamp is the safe guess
-                fd = os.open(newest, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                try:
-                    size = os.fstat(fd).st_size
-                    log._at_line_start = size == 0 or os.pread(fd, 1, size - 1) == b"\n"
-                finally:
-                    os.close(fd)
+            log._at_line_start = _ends_a_line(newest)
         return log
 
     @property
@@ -201,3 +189,29 @@ class RunLog:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _rotated_offsets(directory: str, task_id: int, listdir: Callable[[str], list[str]]) -> list[int]:
+    """The logical offsets of a run's rotated files on disk, oldest first."""
+    prefix = rotated_name(task_id, 0)[:-1]
+    try:
+        names = listdir(directory)
+    except FileNotFoundError:
+        names = []  # the directory is gone: write() reports it
+    tails = (name[len(prefix) :] for name in names if name.startswith(prefix))
+    return sorted(int(tail) for tail in tails if tail.isascii() and tail.isdigit())
+
+
+def _ends_a_line(path: str) -> bool:
+    """The file is empty or ends with a newline (unreadable: True, a new stamp is the safe guess)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return True
+    try:
+        size = os.fstat(fd).st_size
+        return size == 0 or os.pread(fd, 1, size - 1) == b"\n"
+    except OSError:
+        return True
+    finally:
+        os.close(fd)

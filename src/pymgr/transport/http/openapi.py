@@ -71,6 +71,22 @@ _TASK_LIST_QUERY += [
 ]
 
 
+#: The body of POST /v1/tasks (the tasks.start action's params, as the route takes them).
+_START_BODY = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {
+        "type": {"type": "string"},
+        "params": {"type": "object"},
+        "key": {"type": ["string", "null"], "minLength": 1, "maxLength": 256},
+    },
+}
+_LOG_QUERY = [
+    {"name": "offset", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
+    {"name": "follow", "in": "query", "required": False, "schema": {"type": "boolean"}},
+]
+
+
 def _task_page() -> dict[str, Any]:
     """A page of GET /v1/tasks: the records, and the next page in a Link header."""
     page = _ok({"type": "array", "items": _RECORD}, "A page, newest first")
@@ -109,22 +125,7 @@ def _fixed_routes() -> dict[str, Any]:
             **get("Task records, newest first, a page at a time", page, parameters=_TASK_LIST_QUERY),
             "post": {
                 "summary": "Start a task (the tasks.start action)",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        _JSON: {
-                            "schema": {
-                                "type": "object",
-                                "required": ["type"],
-                                "properties": {
-                                    "type": {"type": "string"},
-                                    "params": {"type": "object"},
-                                    "key": {"type": ["string", "null"], "minLength": 1, "maxLength": 256},
-                                },
-                            }
-                        }
-                    },
-                },
+                "requestBody": {"required": True, "content": {_JSON: {"schema": _START_BODY}}},
                 "responses": {"202": _ok(_RECORD, "Accepted: the queued record"), **_ERRORS},
             },
         },
@@ -140,15 +141,7 @@ def _fixed_routes() -> dict[str, Any]:
             **get(
                 "A task's output from a logical offset; follow=true streams until it ended",
                 text,
-                parameters=[
-                    {
-                        "name": "offset",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "integer", "minimum": 0},
-                    },
-                    {"name": "follow", "in": "query", "required": False, "schema": {"type": "boolean"}},
-                ],
+                parameters=_LOG_QUERY,
             ),
             "parameters": [_TASK_ID],
         },
