@@ -16,9 +16,9 @@ from pymgr.modules.tasks import Tasks
 from pymgr.tasks.manager import TaskManager
 from pymgr.tasks.states import TaskState
 from pymgr.transport.conncount import ConnectionCounter
-from pymgr.transport.http import HttpApp
-from pymgr.transport.http_limits import HttpLimits
-from pymgr.transport.http_server import HttpServer
+from pymgr.transport.http.routes import HttpApp
+from pymgr.transport.http.limits import HttpLimits
+from pymgr.transport.http.server import HttpServer
 from pymgr.transport.listeners import bind_unix
 from tests.tasks.test_task_store import record
 
