@@ -1,0 +1,41 @@
+"""The core and the codecs depend on nothing at the edges (docs/architecture.md, "Packages").
+
+The keeper's own rule is pinned in tests/keeper/test_imports.py; this file reuses its walker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.keeper.test_imports import SRC, imported, outside
+
+#: What the core may import of pymgr: itself, the errors, what it counts calls with, and a
+#: standard-library leaf (a path param opened beneath its base without following links).
+CORE_ALLOWED = ("pymgr.core", "pymgr.errors", "pymgr.metrics", "pymgr._pinpath")
+#: Libraries the core may use: the params are pydantic models.
+CORE_LIBRARIES = ("pydantic", "pydantic_core")
+CORE = sorted((SRC / "core").glob("*.py"))
+LEGACY_CODEC = sorted((SRC / "protocol").glob("legacy*.py"))
+
+
+def _edges(path: Path, allowed: tuple[str, ...], libraries: tuple[str, ...] = ()) -> list[str]:
+    names = imported(path)
+    return sorted(n for n in names if outside(n, allowed) and n.split(".")[0] not in libraries)
+
+
+@pytest.mark.parametrize("path", CORE, ids=lambda p: p.name)
+def test_the_core_imports_nothing_of_transport_auth_tasks_or_storage(path: Path) -> None:
+    assert _edges(path, CORE_ALLOWED, CORE_LIBRARIES) == []
+
+
+@pytest.mark.parametrize("path", LEGACY_CODEC, ids=lambda p: p.name)
+def test_the_legacy_codec_is_pure(path: Path) -> None:
+    names = imported(path)
+    assert not {"socket", "asyncio", "selectors", "os"} & names, "the codec does no I/O"
+    assert _edges(path, ("pymgr.protocol.legacy", "pymgr.protocol.legacy_events", "pymgr.errors")) == []
+
+
+def test_metrics_the_core_counts_with_import_nothing_of_pymgr() -> None:
+    assert _edges(SRC / "metrics.py", ()) == []
