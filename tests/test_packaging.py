@@ -1,9 +1,11 @@
 """The wheel: a light base install (the client and the CLI), the daemon behind the ``daemon`` extra.
 
-The wheel is built from this checkout with ``pip wheel --no-deps`` (pip
-fetches the build backend, setuptools, from the package index). The slow
+The wheel is built with ``pip wheel --no-deps`` from a copy of this
+checkout's sources (so that the build leaves no ``build/`` behind in the
+checkout); pip fetches the build backend, setuptools, from the package
+index. The slow
 test installs it, without extras, into a new venv, as a web app would
-(docs/install.md, "The light client"), and runs the client and the CLI there
+(docs/install.md, "Install the package"), and runs the client and the CLI there
 against a real daemon.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import email.parser
 import json
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -52,8 +55,12 @@ def _pip(python: Path | str, *args: str) -> None:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     out_dir = tmp_path_factory.mktemp("wheel")
-    _pip(sys.executable, "wheel", "--no-deps", "-w", str(out_dir), str(REPO))
+    _pip(sys.executable, "wheel", "--no-deps", "-w", str(out_dir), str(source))
     [built] = out_dir.glob("pymgr-*.whl")
     return built
 

@@ -1,7 +1,7 @@
 """Is the daemon installed? The ``daemon`` extra's modules, and the one-line error when one is missing.
 
 ``pip install pymgr`` is the light client: ``pymgr.client`` and the CLI's
-client commands (docs/install.md, "The light client"). The daemon's own
+client commands (docs/install.md, "Install the package"). The daemon's own
 dependencies come with ``pip install 'pymgr[daemon]'``. The daemon commands
 (``serve``, ``daemon ...``, ``service ...``) check for them before they
 import anything of the daemon, so a light install says what to install
