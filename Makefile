@@ -16,12 +16,13 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 # Reinstall when the package metadata changes (editable install: code edits need nothing).
+# The daemon extra: a bare `pip install pymgr` is the light client (docs/install.md).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[daemon]'
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml $(VENV)/.installed
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[daemon,test]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -60,7 +61,7 @@ $(BENCH_BIN)/python:
 	$(BENCH_BIN)/pip install -q --upgrade pip
 
 $(BENCH_VENV)/.installed: pyproject.toml | $(BENCH_BIN)/python
-	$(BENCH_BIN)/pip install -q -e '.[bench]'
+	$(BENCH_BIN)/pip install -q -e '.[daemon,bench]'
 	touch $@
 
 bench: $(BENCH_VENV)/.installed

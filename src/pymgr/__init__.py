@@ -5,7 +5,11 @@ its full module path (``pymgr.client.Client``, ``pymgr.config.Config``).
 
 The re-exports are imported on first use (PEP 562 ``__getattr__``), so that
 importing a submodule costs only that submodule: the task keeper
-(``python -m pymgr.keeper``) runs on the standard library alone.
+(``python -m pymgr.keeper``) runs on the standard library alone, and the
+light install (``pip install pymgr``, without the ``daemon`` extra) imports
+``pymgr``, ``pymgr.client`` and the errors. What writing a module needs
+(``Module``, ``action``, ``Field``, ...) is the daemon's: in a light install
+it raises ``ModuleNotFoundError`` naming ``pip install 'pymgr[daemon]'``.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -53,7 +57,16 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'pymgr' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(module), name)
+    try:
+        value = getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.startswith("pymgr"):
+            raise
+        raise ModuleNotFoundError(
+            f"pymgr.{name} is for writing daemon modules and needs the daemon's dependencies "
+            f"({exc.name} is missing): pip install 'pymgr[daemon]'",
+            name=exc.name,
+        ) from exc
     globals()[name] = value
     return value
 

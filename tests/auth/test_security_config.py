@@ -61,6 +61,13 @@ def test_the_demo_config_shows_the_whole_model() -> None:
     assert config.http.tcp == "127.0.0.1:6668" and [k.id for k in config.auth.keys] == ["demo"]
     rules = {rule.name: rule for rule in config.policy.rules}
     assert rules["web back end"].subjects == ["group:www-data"]
-    assert rules["web back end"].actions == ["demo.*", "SCAN_MODULE.*", "tasks.read"]
+    assert rules["web back end"].actions == [
+        "demo.*",
+        "SCAN_MODULE.*",
+        "tasks.read",
+        "tasks.start:scan",
+        "tasks.stop:scan",
+        "tasks.logs:scan",
+    ]
     assert rules["legacy clients"].actions == ["SCAN_MODULE.*", "demo.echo"]
     assert rules["you"].subjects == ["owner"] and not any(rule.override for rule in rules.values())

@@ -8,6 +8,7 @@ import logging
 import logging.handlers
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,31 @@ def test_handlers_by_format_and_target(tmp_path: Path) -> None:
     file_handler.close()
     with pytest.raises(ValueError, match=r"^log format must be one of text, json, not 'xml'$"):
         make_handler("xml", None)  # type: ignore[arg-type]
+
+
+def test_json_lines_carry_the_extra_fields_under_their_own_names() -> None:
+    logger = logging.getLogger("pymgr.test.extra")
+    stream = io.StringIO()
+    handler = make_handler("json", None, stream)
+    logger.addHandler(handler)
+    try:
+        logger.warning("task %s stopped", 3, extra={"task_id": 3, "where": Path("/x"), "level_hint": None})
+    finally:
+        logger.removeHandler(handler)
+    entry = json.loads(stream.getvalue())
+    assert entry["message"] == "task 3 stopped" and entry["level"] == "warning"
+    assert (entry["task_id"], entry["where"], entry["level_hint"]) == (3, "/x", None)  # not JSON: its str
+    assert set(entry) == {"time", "level", "logger", "message", "pid", "task_id", "where", "level_hint"}
+
+
+def test_text_lines_start_with_the_utc_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        record = _record("ready")
+        record.created = 1700000000.25  # 2023-11-14T22:13:20.250Z
+        line = make_handler("text", None, io.StringIO()).format(record)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert line == "2023-11-14T22:13:20.250+00:00 INFO pymgr.tasks: ready"

@@ -154,8 +154,8 @@ def test_cli_logs_follow_and_watch(daemon: Daemon) -> None:
         watch.wait(10)
         reader.join(10)
         watch.stdout.close()
-    assert any(re.fullmatch(rf"\d\d:\d\d:\d\d  task {task['id']} scan  running(  \d+% scan 8)?", x) for x in seen), seen
-    assert any(re.fullmatch(rf"\d\d:\d\d:\d\d  task {task['id']}  progress  \d+% scan 8", x) for x in seen), seen
+    assert any(re.fullmatch(rf"\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ  task {task['id']} scan  running(  \d+% scan 8)?", x) for x in seen), seen
+    assert any(re.fullmatch(rf"\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ  task {task['id']}  progress  \d+% scan 8", x) for x in seen), seen
     out = subprocess.run(
         [str(PYMGR), "--socket", str(daemon.socket), "tasks", "logs", "-f", str(task["id"])],
         capture_output=True, timeout=60,

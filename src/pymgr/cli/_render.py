@@ -9,7 +9,7 @@ import shlex
 import signal
 import sys
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import typer
@@ -53,16 +53,35 @@ def _console() -> Console:
     return Console(width=_PIPE_WIDTH if wide else None, highlight=False)
 
 
+#: Times for people: UTC, ISO 8601, to the second (``2024-05-01T12:00:00Z``), as the daemon's
+#: records, logs and audit write them (to the millisecond): what one shows, the others find.
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def utc_now() -> str:
+    """The time now, as ``_when`` shows times."""
+    return datetime.now(timezone.utc).strftime(_TIME_FORMAT)
+
+
 def _when(value: Any) -> Any:
-    """A timestamp (epoch seconds or ISO 8601) as local time to the second; else as is."""
+    """A timestamp (epoch seconds or ISO 8601 with a zone) in UTC ISO 8601 to the second; else as is."""
     try:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return datetime.fromtimestamp(value).strftime("%Y-%m-%d %H:%M:%S")
+            return datetime.fromtimestamp(value, timezone.utc).strftime(_TIME_FORMAT)
         if isinstance(value, str):
-            return datetime.fromisoformat(value).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+            moment = datetime.fromisoformat(value)
+            if moment.tzinfo is not None:
+                return moment.astimezone(timezone.utc).strftime(_TIME_FORMAT)
     except (ValueError, OverflowError, OSError):
         pass  # not a time after all: show what the daemon sent
     return value
+
+
+def percent(progress: Any) -> Any:
+    """A progress value (0 to 100) as ``42%`` or ``12.5%``; anything else as is."""
+    if isinstance(progress, int | float) and not isinstance(progress, bool):
+        return f"{progress:g}%"
+    return progress
 
 
 def _exit_or_signal(record: dict[str, Any]) -> Any:
@@ -78,6 +97,8 @@ def _exit_or_signal(record: dict[str, Any]) -> Any:
 def _record_cell(name: str, value: Any) -> Any:
     if name.endswith("_at"):
         return _when(value)
+    if name == "progress":
+        return percent(value)
     if name == "argv" and isinstance(value, list):
         return shlex.join(str(part) for part in value)
     return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -125,10 +126,22 @@ def call(
     _run(ctx, request, _render_result)
 
 
+def hoist_json(argv: Sequence[str]) -> list[str]:
+    """``argv`` with every ``--json`` before ``--`` moved to the front, where the global option is read.
+
+    ``--json`` is one flag of the whole command line: ``pymgr tasks show 2 --json``
+    means ``pymgr --json tasks show 2``. No command takes a ``--json`` of its own,
+    and a parameter that is the text ``--json`` goes after ``--``.
+    """
+    end = argv.index("--") if "--" in argv else len(argv)
+    flags = [arg for arg in argv[:end] if arg == "--json"]
+    return [*flags, *(arg for arg in argv[:end] if arg != "--json"), *argv[end:]]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script: run the command line and return its exit code."""
     try:
-        app(args=argv, prog_name="pymgr")
+        app(args=hoist_json(sys.argv[1:] if argv is None else argv), prog_name="pymgr")
     except SystemExit as exc:  # click ends every run this way
         return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     return 0

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from pymgr.cli.daemondeps import no_daemon_message
+
 if TYPE_CHECKING:  # imported on use: the config models take a quarter second to import
     from pymgr.config import Config
 
@@ -70,7 +72,15 @@ LogLevelOpt = Annotated[
 
 
 def _unixd() -> ModuleType:
-    """The implementation, imported on use: it needs fcntl, which Windows lacks."""
+    """The implementation, imported on use: it needs fcntl, which Windows lacks.
+
+    Every daemon command calls this before it imports anything of the daemon,
+    so a light install (no ``daemon`` extra) stops here with one line.
+    """
+    missing = no_daemon_message("pymgr daemon")
+    if missing is not None:
+        typer.echo(missing, err=True)
+        raise typer.Exit(5)  # LSB: program is not installed
     try:
         from pymgr.service import unixd
     except ModuleNotFoundError as exc:  # pragma: no cover - Windows
@@ -93,9 +103,10 @@ def _load(config_path: Path | None) -> Config | None:
     """The config if one was given; a bad one ends the command with exit 6."""
     if config_path is None:
         return None
+    unixd = _unixd()
     from pymgr.config import Config
 
-    loaded = _unixd().read_config(config_path)
+    loaded = unixd.read_config(config_path)
     if not isinstance(loaded, Config):
         _finish(loaded)
     return loaded
@@ -118,11 +129,12 @@ def _options(
     log_format: LogFormatChoice = LogFormatChoice.text,
     log_level: str | None = None,
 ) -> Any:
+    unixd = _unixd()
     from pymgr.config import ServiceConfig
 
     service = config.service if config is not None else ServiceConfig()
     state_dir = config.state_dir if config is not None else Path("/var/lib/pymgr")
-    return _unixd().DaemonOptions(
+    return unixd.DaemonOptions(
         pidfile=(pidfile or service.pidfile).absolute(),
         log_file=(log_file or service.log_file or state_dir / "pymgr.log").absolute(),
         log_format=log_format.value,

@@ -26,7 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-#: The daemon is missing (a client-only install): the same code as a daemon error reply.
+from pymgr.cli.daemondeps import no_daemon_message
+
+#: The daemon's dependencies are missing (the light install): the same code as a daemon error reply.
 EXIT_NO_DAEMON = 1
 
 #: ``--log-format`` values.
@@ -118,13 +120,12 @@ def parse_serve(argv: Sequence[str]) -> tuple[Path, str | None, str, Path | None
 
 def run_serve(config: Path, log_level: str | None, log_format: str, log_file: Path | None) -> int:
     """Run the daemon in the foreground; its exit code."""
-    try:
-        from pymgr.service.foreground import serve as serve_daemon
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("pymgr.daemon", "pymgr.service.foreground"):
-            raise
-        print("error: unavailable: this pymgr has no daemon (pymgr.daemon is missing)", file=sys.stderr)
+    missing = no_daemon_message("pymgr serve")
+    if missing is not None:
+        print(missing, file=sys.stderr)
         return EXIT_NO_DAEMON
+    from pymgr.service.foreground import serve as serve_daemon
+
     return serve_daemon(config, log_level, log_format, log_file)  # type: ignore[arg-type]
 
 

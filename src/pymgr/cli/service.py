@@ -22,6 +22,8 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from pymgr.cli.daemondeps import no_daemon_message
+
 service_app = typer.Typer(
     help="Install and control pymgr as a system service (systemd units, or a Windows service).",
     no_args_is_help=True,
@@ -70,7 +72,14 @@ def _done(code: int, message: str = "") -> NoReturn:
 
 
 def _on_windows(command: str, unit_name: str, config: Path | None = None) -> None:
-    """Run ``command`` against the Windows SCM, if this is Windows (then never returns)."""
+    """Run ``command`` against the Windows SCM, if this is Windows (then never returns).
+
+    Every service command starts here, so this is also where a light install
+    (no ``daemon`` extra) stops with the one line that says what to install.
+    """
+    missing = no_daemon_message(f"pymgr service {command}")
+    if missing is not None:
+        _done(1, missing)
     if _platform() != "win32":
         return
     from pymgr.service.winservice import WindowsCommands

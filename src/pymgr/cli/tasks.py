@@ -12,10 +12,10 @@ import typer
 
 from pymgr.cli._params import _build_params, _find_schema
 from pymgr.cli._render import _render_record, _render_schemas, _render_tasks
-from pymgr.cli._render import _printable
+from pymgr.cli._render import _printable, percent, utc_now
 from pymgr.cli._session import _run, _session
 from pymgr.client import Client
-from pymgr.errors import ParamsInvalid
+from pymgr.errors import ParamsInvalid, Unavailable
 
 tasks_app = typer.Typer(
     help="Background tasks: list, show, start, stop, types, logs, watch.", no_args_is_help=True
@@ -84,10 +84,46 @@ def tasks_start(
     _run(ctx, request, _render_record)
 
 
+#: States a run leaves on its own (tasks/states.py ``ACTIVE``); every other state is final.
+_ACTIVE_STATES = frozenset({"queued", "running"})
+
+#: How often ``stop --wait`` reads the record: a stop takes the type's grace period at most.
+_WAIT_POLL_S = 0.1
+
+
 @tasks_app.command("stop")
-def tasks_stop(ctx: typer.Context, task_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
-    """Stop a task run (its whole process tree); prints its record."""
-    _run(ctx, lambda client: client.stop_task(task_id), _render_record)
+def tasks_stop(
+    ctx: typer.Context,
+    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait until the run has ended; print its final record.")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0, metavar="SECONDS", help="How long --wait waits.")
+    ] = 60.0,
+) -> None:
+    """Stop a task run (its whole process tree); prints its record (with --wait, the final one)."""
+
+    def request(client: Client) -> Any:
+        record = client.stop_task(task_id)
+        return _wait_final(client, record, timeout) if wait else record
+
+    _run(ctx, request, _render_record)
+
+
+def _wait_final(client: Client, record: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """``record``, read again until its state is final; ``Unavailable`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while record.get("state") in _ACTIVE_STATES:
+        if time.monotonic() >= deadline:
+            raise Unavailable(
+                f"task {record.get('id')} is still {record.get('state')} after {timeout_s:g} s; "
+                "see it with: pymgr tasks show ID (or wait longer with --timeout SECONDS)",
+                details={"task": record},
+            )
+        time.sleep(_WAIT_POLL_S)
+        record = client.task(record["id"])
+    return record
 
 
 @tasks_app.command("types")
@@ -155,11 +191,11 @@ def _event_line(event: dict[str, Any], as_json: bool) -> str | None:
         return None
     if as_json:
         return json.dumps({"event": kind, "data": data}, ensure_ascii=False)
-    clock = time.strftime("%H:%M:%S")
+    clock = utc_now()
     if kind == "gap":
         return f"{clock}  ({data.get('dropped')} event(s) missed: this terminal read too slowly)"
     progress = data.get("progress")
-    text = "" if progress is None else f"  {progress:g}%"
+    text = "" if progress is None else f"  {percent(progress)}"
     if data.get("progress_message"):
         text += f" {data['progress_message']}"
     if kind == "progress":

@@ -1,14 +1,19 @@
 """The daemon's log output: text or JSON lines, to stderr or a file.
 
 Rules:
+- Every time stamp is UTC, ISO 8601 to the millisecond
+  (``2024-05-01T12:00:00.123+00:00``), as in task records and the audit log,
+  whatever the host's time zone: lines from hosts in several zones sort and
+  compare as they are.
 - ``text`` is ``TIME LEVEL LOGGER: MESSAGE``. When stderr is connected to
   the journal (``$JOURNAL_STREAM`` names stderr's device and inode, see
   systemd.exec(5)), the time is left out (journald stamps every line) and
   each line starts with the ``<N>`` syslog priority prefix sd-daemon(3)
   defines, so ``journalctl -p warning`` filters by level.
 - ``json`` is one object per line: ``time`` (UTC, ISO 8601, ms), ``level``,
-  ``logger``, ``message``, ``pid``, and ``exc`` (the traceback) when there is
-  one. Hand-written: the formatter is a dozen lines, and the daemon's core
+  ``logger``, ``message``, ``pid``, ``exc`` (the traceback) when there is
+  one, and every field the call passed with ``extra=`` under its own name
+  (a value JSON cannot hold is written as its ``str``). Hand-written: the formatter is a dozen lines, and the daemon's core
   dependencies stay few (python-json-logger would do the same).
 - A log file is opened with ``WatchedFileHandler``: after logrotate moves it,
   the next line goes to a new file at the same path (no copytruncate needed).
@@ -43,12 +48,31 @@ JOURNAL_FORMAT = "%(levelname)s %(name)s: %(message)s"
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
+def utc_time(created: float) -> str:
+    """A record's time as UTC ISO 8601 to the millisecond."""
+    return datetime.fromtimestamp(created, timezone.utc).isoformat(timespec="milliseconds")
+
+
+#: The attributes every LogRecord has; any other one came from ``extra=``.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+class TextFormatter(logging.Formatter):
+    """``TEXT_FORMAT`` with the time in UTC ISO 8601 (logging's default is local time, no zone)."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        return utc_time(record.created)
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record, on one line."""
+    """One JSON object per record, on one line: the fixed fields, then the ``extra=`` ones."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+        entry: dict[str, object] = {
+            "time": utc_time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -56,7 +80,10 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        for name, value in vars(record).items():
+            if name not in _RECORD_ATTRIBUTES and name not in entry:
+                entry[name] = value
+        return json.dumps(entry, ensure_ascii=False, default=str)
 
 
 class JournalFormatter(logging.Formatter):
@@ -111,7 +138,7 @@ def make_handler(
     elif journal:
         handler.setFormatter(JournalFormatter())
     else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        handler.setFormatter(TextFormatter())
     return handler
 
 

@@ -92,7 +92,7 @@ def read_config(config_path: Path) -> Config | Outcome:
 def start(config_path: Path, config: Config, opts: DaemonOptions) -> Outcome:
     """Start the daemon detached, and wait until it serves (or says why it cannot)."""
     if not can_daemonize():
-        return Outcome(Lsb.NOT_INSTALLED, "pymgr daemon needs python-daemon: pip install python-daemon")
+        return Outcome(Lsb.NOT_INSTALLED, "pymgr daemon needs python-daemon: pip install 'pymgr[daemon]'")
     found = _probe(opts.pidfile)
     if isinstance(found, Outcome):
         return found
