@@ -127,8 +127,8 @@ class PymgrOutcome:
 def held_within_limits(conn: HttpConnection) -> None:
     """What the connection holds for the request it parses and the ones it queued, against the limits."""
     # The request being parsed: its head is counted per read while incomplete (one read, a slice at most, late).
-    assert conn._fields_size() <= MAX_HEADER + FEED_SLICE_BYTES
-    assert conn._body_size <= MAX_BODY and sum(map(len, conn._body)) <= MAX_BODY
+    assert conn._reader.fields_size() <= MAX_HEADER + FEED_SLICE_BYTES
+    assert conn._reader.body_size <= MAX_BODY and sum(map(len, conn._reader.body_parts)) <= MAX_BODY
     # Parsed and waiting: a slice of tiny pipelined requests at most past MAX_PIPELINED (http/connection.py).
     assert len(conn._queue) <= MAX_PIPELINED + FEED_SLICE_BYTES // 16
     for request, _ in conn._queue:

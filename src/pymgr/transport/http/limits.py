@@ -1,7 +1,7 @@
 """The HTTP limits, and who is on the other end of a connection.
 
 ``HttpLimits`` holds the ``[http]`` sizes and timeouts the connection
-enforces (``connection.py`` says how); the caps on connections are a
+enforces (``reader.py`` and ``connection.py`` say how); the caps on connections are a
 ``ConnectionCounter``. The identity of a connection is taken once, when it
 is made: the peer of a connection cannot change, so reading
 ``SO_PEERCRED`` (or the TLS certificate) per request would cost a syscall
