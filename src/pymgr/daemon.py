@@ -43,7 +43,7 @@ from pymgr.auth.pipeline import GuardedDispatcher
 from pymgr.security import Security, SecurityError, build_security
 from pymgr.service.fdlimit import FdBudgetError, check_fd_budget, fd_budget, raise_nofile
 from pymgr.service.hooks import NO_HOOKS, Runtime, ServiceHooks
-from pymgr.tasks._statedir import prepare_state_dir
+from pymgr.tasks.statedir import prepare_state_dir
 from pymgr.tasks.manager import TaskManager
 from pymgr.tasks.streams import TaskStreams
 from pymgr.transport.conncount import ConnectionCounter

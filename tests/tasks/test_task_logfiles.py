@@ -11,7 +11,7 @@ import pytest
 from pymgr.errors import ParamsInvalid, PymgrInternalError, Unavailable
 from pymgr.keeper.progress import MAX_LINE_BYTES, MAX_MESSAGE_CHARS, ProgressScanner, parse_line
 from pymgr.keeper.runlog import RunLog
-from pymgr.tasks.logs import LogReader, LogSpan
+from pymgr.tasks.logreader import LogReader, LogSpan
 
 
 def files(directory: Path) -> dict[str, int]:
@@ -57,7 +57,9 @@ def test_resume_continues_a_half_written_line_without_a_new_stamp(tmp_path: Path
     first.close()
 
 
-def test_resume_deletes_rotated_files_past_keep_and_knows_a_line_begun_before_a_rotation(tmp_path: Path) -> None:
+def test_resume_deletes_rotated_files_past_keep_and_knows_a_line_begun_before_a_rotation(
+    tmp_path: Path,
+) -> None:
     (tmp_path / "5.log.0").write_bytes(b"0123456789")  # a dead keeper left one more than keep=1
     (tmp_path / "5.log.10").write_bytes(b"half a lin")  # the newest ends mid-line ...
     (tmp_path / "5.log").write_bytes(b"")  # ... and the current file was just started
@@ -231,7 +233,7 @@ def test_scanner_cost_is_a_search_per_chunk() -> None:
 def test_a_log_rotating_faster_than_it_can_be_read_is_unavailable_not_an_internal_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pymgr.tasks.logs as logs
+    import pymgr.tasks.logreader as logs
 
     (tmp_path / "3.log.0").write_bytes(b"x")
     reader = LogReader(tmp_path)
@@ -250,17 +252,24 @@ def test_a_log_rotating_faster_than_it_can_be_read_is_unavailable_not_an_interna
         reader.read(3, 0, 10)
 
 
-def test_adopts_sharing_one_listing_resume_each_run_as_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_adopts_sharing_one_listing_resume_each_run_as_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pymgr.keeper.adoption import Listings
 
     for task_id in (1, 2, 3):  # three dead keeper's logs: 1, 2 and 3 rotations (keep=2: 3 has one too many)
-        RunLog(str(tmp_path), task_id, max_bytes=10, keep=3, timestamps=False).write(b"x" * (10 * task_id + task_id))
+        RunLog(str(tmp_path), task_id, max_bytes=10, keep=3, timestamps=False).write(
+            b"x" * (10 * task_id + task_id)
+        )
     expected = {1: (10, 1), 2: (20, 2), 3: (30, 3)}
     listed = []
     real = os.listdir
     monkeypatch.setattr(os, "listdir", lambda directory: listed.append(directory) or real(directory))
     shared = Listings()
-    logs = {i: RunLog.resume(str(tmp_path), i, max_bytes=10, keep=2, timestamps=False, listdir=shared) for i in (1, 2, 3)}
+    logs = {
+        i: RunLog.resume(str(tmp_path), i, max_bytes=10, keep=2, timestamps=False, listdir=shared)
+        for i in (1, 2, 3)
+    }
     assert listed == [str(tmp_path)]  # one listing for the three
     assert {i: (log.base, log.size) for i, log in logs.items()} == expected
     assert "3.log.0" not in real(tmp_path)  # past keep: deleted, as alone

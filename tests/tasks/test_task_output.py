@@ -11,7 +11,7 @@ from taskhelpers import CALLER, MakeManager, py, wait_end, wait_running
 
 from pymgr.config import TaskTypeConfig
 from pymgr.errors import Unavailable
-from pymgr.tasks.logs import LogSpan
+from pymgr.tasks.logreader import LogSpan
 from pymgr.tasks.manager import TaskManager
 from pymgr.tasks.states import TaskState
 
@@ -69,7 +69,9 @@ async def test_progress_lines_reach_the_record_and_the_events(make_manager: Make
                 assert event is not None
                 if event.kind == "progress":
                     seen.append((event.data["progress"], event.data["progress_message"]))
-                    assert manager.get(record.id).progress == event.data["progress"]  # the record has it at once
+                    assert (
+                        manager.get(record.id).progress == event.data["progress"]
+                    )  # the record has it at once
                 elif event.kind == "state":
                     states.append(event.data["state"])
     assert states == ["queued", "running", "succeeded"]
@@ -90,7 +92,9 @@ async def test_follow_yields_output_as_it_comes_until_the_run_ends(make_manager:
     record = await manager.start("steps", {}, None, CALLER)
     chunks = []
     async with asyncio.timeout(15):
-        async for chunk in manager.logs.follow(record.id, 0, running=lambda: manager.running(record.id), poll_s=0.02):
+        async for chunk in manager.logs.follow(
+            record.id, 0, running=lambda: manager.running(record.id), poll_s=0.02
+        ):
             chunks.append(chunk)
     assert len(chunks) >= 2  # it came in pieces, while the run went on
     assert b"".join(chunks).endswith(b"done\n")

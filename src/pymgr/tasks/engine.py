@@ -23,7 +23,7 @@ from pymgr.metrics import Metrics
 from pymgr.tasks.events import EventHub
 from pymgr.tasks.intake import Intake
 from pymgr.tasks.keeperlink import KeeperLink
-from pymgr.tasks.logs import LogReader
+from pymgr.tasks.logreader import LogReader
 from pymgr.tasks.runqueue import RunQueue
 from pymgr.tasks.runtable import RunTable
 from pymgr.tasks.spawnqueue import SpawnPump

@@ -21,7 +21,7 @@ from datetime import datetime
 
 from pymgr.config import TasksConfig
 from pymgr.errors import Unavailable
-from pymgr.tasks.logs import LogReader
+from pymgr.tasks.logreader import LogReader
 from pymgr.tasks.runtable import RunTable
 from pymgr.tasks.store import TaskStore
 from pymgr.tasks.supervision import Supervision

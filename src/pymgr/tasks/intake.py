@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from pymgr.errors import Conflict, PymgrError
-from pymgr.tasks.logs import LogReader
+from pymgr.tasks.logreader import LogReader
 from pymgr.tasks.records import TaskRecord
 from pymgr.tasks.runqueue import RunQueue
 from pymgr.tasks.runtable import RunTable

@@ -40,7 +40,7 @@ from pymgr.metrics import Metrics
 from pymgr.protocol.keeper import ExitWhenIdle
 from pymgr.keeper import cgroup as _cgroup
 from pymgr.keeper.treekill import KILL_WAIT_S
-from pymgr.tasks._statedir import lock_state_dir, open_store
+from pymgr.tasks.statedir import lock_state_dir, open_store
 from pymgr.tasks.containment import check_limits, open_containment
 from pymgr.tasks.engine import Hooks, build_engine
 from pymgr.tasks.housekeeping import housekeeping

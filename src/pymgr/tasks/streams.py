@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pymgr.tasks.logs import FOLLOW_CHUNK_BYTES
+from pymgr.tasks.logreader import FOLLOW_CHUNK_BYTES
 from pymgr.tasks.manager import TaskManager
 
 

@@ -4,7 +4,7 @@ Rules:
 - Only ``Transitions`` moves a run's state, through ``states.transition``;
   the record is stored before anything else hears of it.
 - One log line per transition, always the same shape: elapsed seconds since
-  the run was created, a mark, task id and type, outcome (``_translog.py``).
+  the run was created, a mark, task id and type, outcome (``transitionlines.py``).
   Every transition is also a ``state`` event.
 - Every cancellation keeps its source (``user``, ``deadline``,
   ``shutdown``) and who asked. A queued run that is stopped ends
@@ -29,7 +29,7 @@ from pymgr.errors import Unavailable
 from pymgr.metrics import Metrics
 from pymgr.protocol.keeper import Exit, Kill
 from pymgr.tasks import restart
-from pymgr.tasks._translog import MARKS, outcome, who
+from pymgr.tasks.transitionlines import MARKS, outcome, who
 from pymgr.tasks.events import EventHub
 from pymgr.tasks.keeperlink import KeeperLink
 from pymgr.tasks.records import CancelSource, TaskRecord

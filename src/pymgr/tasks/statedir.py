@@ -30,7 +30,7 @@ from pathlib import Path
 from pymgr._fsguard import check_trusted, ensure_private_dir, open_private, refuse_link, tighten_file
 from pymgr.config import TasksConfig
 from pymgr.errors import Unavailable
-from pymgr.tasks.logs import first_free_id
+from pymgr.tasks.logreader import first_free_id
 from pymgr.tasks.store import SqliteStore
 
 
