@@ -22,8 +22,17 @@ from typing import Any
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 #: Packages whose versions decide the figures; written into every result.
-VERSIONED_PACKAGES = ("pymgr", "uvicorn", "uvloop", "httptools", "pydantic", "pydantic-core", "supervisor", "gevent",
-                      "psutil")
+VERSIONED_PACKAGES = (
+    "pymgr",
+    "uvicorn",
+    "uvloop",
+    "httptools",
+    "pydantic",
+    "pydantic-core",
+    "supervisor",
+    "gevent",
+    "psutil",
+)
 
 
 def cpu_seconds(pid: int) -> float:

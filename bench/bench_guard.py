@@ -47,6 +47,7 @@ sys.path.insert(0, os.environ.get("BENCH_GUARD_SRC", str(REPO / "src")))
 
 from pymgr.auth.audit import AuditLog, Auditor  # noqa: E402
 from pymgr.auth.guard import EdgeGuard  # noqa: E402
+
 try:  # BENCH_GUARD_SRC may name a tree from before the call pipeline had its own module
     from pymgr.auth.pipeline import GuardedDispatcher  # noqa: E402
 except ImportError:
@@ -76,11 +77,15 @@ def build(audit_path: Path) -> tuple[GuardedDispatcher, Dispatcher, EdgeGuard, V
     """The guard as ``build_security`` wires it, and a plain dispatcher on the same registry."""
     registry = Registry()
     registry.add(Demo())
-    config = PolicyConfig.model_validate({"rules": [
-        {"name": "owner", "subjects": ["owner"], "actions": ["*"]},
-        {"name": "legacy", "subjects": ["legacy"], "actions": ["demo.echo"]},
-        {"name": "key", "subjects": [f"key:{KEY_ID}"], "actions": ["demo.*"]},
-    ]})
+    config = PolicyConfig.model_validate(
+        {
+            "rules": [
+                {"name": "owner", "subjects": ["owner"], "actions": ["*"]},
+                {"name": "legacy", "subjects": ["legacy"], "actions": ["demo.echo"]},
+                {"name": "key", "subjects": [f"key:{KEY_ID}"], "actions": ["demo.*"]},
+            ]
+        }
+    )
     policy = Policy(config, registry, key_ids=[KEY_ID], owner_uid=os.geteuid())
     audit_log = AuditLog(audit_path, max_bytes=1 << 30, backups=1)
     audit_log.open()
@@ -95,17 +100,23 @@ def signed_batch(count: int) -> list[dict[str, str]]:
     """Request headers (lower-case names) signed beforehand, each with its own nonce."""
     now = int(time.time())
     return [
-        {name.lower(): value for name, value in signed_headers(
-            KEY_ID, SECRET, "POST", PATH, b"", BODY, timestamp=now, nonce=secrets.token_urlsafe(18)).items()}
+        {
+            name.lower(): value
+            for name, value in signed_headers(
+                KEY_ID, SECRET, "POST", PATH, b"", BODY, timestamp=now, nonce=secrets.token_urlsafe(18)
+            ).items()
+        }
         for _ in range(count)
     ]
 
 
-def steps(guarded: GuardedDispatcher, plain: Dispatcher, edge: EdgeGuard, verifier: Verifier,
-          calls: int) -> dict[str, tuple[Step, Step]]:
+def steps(
+    guarded: GuardedDispatcher, plain: Dispatcher, edge: EdgeGuard, verifier: Verifier, calls: int
+) -> dict[str, tuple[Step, Step]]:
     """Per caller: (guarded step, plain step), each handling request number i."""
-    unix = Identity(transport="unix", uid=os.geteuid(), gid=os.getegid(), pid=os.getpid(), user="bench",
-                    groups=("bench",))
+    unix = Identity(
+        transport="unix", uid=os.geteuid(), gid=os.getegid(), pid=os.getpid(), user="bench", groups=("bench",)
+    )
     signed_caller = Identity(transport="tcp", peer="127.0.0.1:40000", key_id=KEY_ID)
     batches: list[list[dict[str, str]]] = []
 
@@ -166,8 +177,12 @@ async def run(calls: int, rounds: int, audit_path: Path) -> dict[str, dict[str, 
         await cpu_per_call(without_step, min(calls, 500), False)
         pairs = []
         for _ in range(rounds):
-            pairs.append((await cpu_per_call(with_step, calls, name == "signed"),
-                          await cpu_per_call(without_step, calls, False)))
+            pairs.append(
+                (
+                    await cpu_per_call(with_step, calls, name == "signed"),
+                    await cpu_per_call(without_step, calls, False),
+                )
+            )
         results[name] = {
             "guarded_us": statistics.median(w for w, _ in pairs) * 1e6,
             "plain_us": statistics.median(p for _, p in pairs) * 1e6,
@@ -203,8 +218,10 @@ def main() -> int:
             asyncio.run(profile(args.calls, audit_path, args.profile))
             return 0
         results = asyncio.run(run(args.calls, args.rounds, audit_path))
-    print(f"{'caller':<8}{'guarded':>12}{'plain':>11}{'ratio':>8}   (CPU per call, median of {args.rounds} rounds "
-          f"of {args.calls}; load {os.getloadavg()[0]:.1f})")
+    print(
+        f"{'caller':<8}{'guarded':>12}{'plain':>11}{'ratio':>8}   (CPU per call, median of {args.rounds} rounds "
+        f"of {args.calls}; load {os.getloadavg()[0]:.1f})"
+    )
     for name, r in results.items():
         print(f"{name:<8}{r['guarded_us']:>9.2f} µs{r['plain_us']:>8.2f} µs{r['ratio']:>7.2f}x")
     return 0

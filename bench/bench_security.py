@@ -164,8 +164,11 @@ def serve(mode: str, config_path: str) -> int:
     elif mode in LAYERS:
         _take_out(mode)
     config = load_config(Path(config_path))
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     with new_runner() as runner:
         runner.run(daemon.run(config))
     return 0
@@ -182,8 +185,9 @@ class Daemon:
         config.write_text(CONFIG)
         self.log = self.dir / "daemon.log"
         with self.log.open("wb") as out:
-            self.proc = subprocess.Popen([sys.executable, __file__, "--serve", mode, str(config)], stdout=out,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, __file__, "--serve", mode, str(config)], stdout=out, stderr=subprocess.STDOUT
+            )
         self.unix, self.tcp = self._wait_ready()
 
     def _wait_ready(self) -> tuple[str, tuple[str, int]]:
@@ -193,7 +197,11 @@ class Daemon:
                 if " pymgr: ready " in line:
                     ready = json.loads(line.split(" pymgr: ready ", 1)[1])
                     unix = next(a for a in ready["http"] if a.startswith("unix:")).removeprefix("unix:")
-                    host, port = next(a for a in ready["http"] if a.startswith("tcp:")).removeprefix("tcp:").rsplit(":", 1)
+                    host, port = (
+                        next(a for a in ready["http"] if a.startswith("tcp:"))
+                        .removeprefix("tcp:")
+                        .rsplit(":", 1)
+                    )
                     return unix, (host, int(port))
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited:\n{self.log.read_text()}")
@@ -209,8 +217,10 @@ class Daemon:
 
 
 def plain_request() -> bytes:
-    return (b"POST /v1/modules/demo/echo HTTP/1.1\r\nHost: pymgr\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\n\r\n%s" % (len(BODY), BODY))
+    return (
+        b"POST /v1/modules/demo/echo HTTP/1.1\r\nHost: pymgr\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%s" % (len(BODY), BODY)
+    )
 
 
 def signed_requests(count: int) -> list[bytes]:
@@ -219,11 +229,22 @@ def signed_requests(count: int) -> list[bytes]:
     now = int(time.time())
     out = []
     for _ in range(count):
-        headers = signed_headers(KEY_ID, SECRET.encode(), "POST", "/v1/modules/demo/echo", "", BODY, timestamp=now,
-                                 nonce=secrets.token_urlsafe(18))
+        headers = signed_headers(
+            KEY_ID,
+            SECRET.encode(),
+            "POST",
+            "/v1/modules/demo/echo",
+            "",
+            BODY,
+            timestamp=now,
+            nonce=secrets.token_urlsafe(18),
+        )
         extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode()
-        out.append(b"POST /v1/modules/demo/echo HTTP/1.1\r\nHost: pymgr\r\ncontent-type: application/json\r\n" + extra
-                   + b"content-length: %d\r\n\r\n%s" % (len(BODY), BODY))
+        out.append(
+            b"POST /v1/modules/demo/echo HTTP/1.1\r\nHost: pymgr\r\ncontent-type: application/json\r\n"
+            + extra
+            + b"content-length: %d\r\n\r\n%s" % (len(BODY), BODY)
+        )
     return out
 
 
@@ -281,6 +302,7 @@ def measure(on: Daemon, off: Daemon, layers: dict[str, Daemon] | None = None) ->
     withs = {"with": on, **(layers or {})}
     results: dict[str, dict[str, Any]] = {}
     for name in ("unix", "tcp_signed"):
+
         def requests(daemon: Daemon, count: int) -> tuple[Any, list[bytes]]:
             if name == "unix":
                 return daemon.unix, [plain] * count
@@ -290,10 +312,14 @@ def measure(on: Daemon, off: Daemon, layers: dict[str, Daemon] | None = None) ->
             load(daemon.proc.pid, *requests(daemon, WARMUP))
         rounds = []
         for _ in range(ROUNDS):
-            spent = {label: load(daemon.proc.pid, *requests(daemon, REQUESTS)) for label, daemon in withs.items()}
+            spent = {
+                label: load(daemon.proc.pid, *requests(daemon, REQUESTS)) for label, daemon in withs.items()
+            }
             without_s = load(off.proc.pid, *requests(off, REQUESTS))
-            rounds.append({f"{label}_us": round(s * 1e6, 2) for label, s in spent.items()}
-                          | {"without_us": round(without_s * 1e6, 2)})
+            rounds.append(
+                {f"{label}_us": round(s * 1e6, 2) for label, s in spent.items()}
+                | {"without_us": round(without_s * 1e6, 2)}
+            )
         results[name] = _ratios(rounds, "with")
         results[name]["layers"] = {label: _ratios(rounds, label) for label in layers or {}}
     return results
@@ -301,10 +327,13 @@ def measure(on: Daemon, off: Daemon, layers: dict[str, Daemon] | None = None) ->
 
 def _ratios(rounds: list[dict[str, float]], label: str) -> dict[str, Any]:
     ratios = [r[f"{label}_us"] / r["without_us"] for r in rounds]
-    return {"with_us": statistics.median(r[f"{label}_us"] for r in rounds),
-            "without_us": statistics.median(r["without_us"] for r in rounds),
-            "ratio": round(statistics.median(ratios), 3), "rounds": rounds if label == "with" else None,
-            "ratio_range": [round(min(ratios), 3), round(max(ratios), 3)]}
+    return {
+        "with_us": statistics.median(r[f"{label}_us"] for r in rounds),
+        "without_us": statistics.median(r["without_us"] for r in rounds),
+        "ratio": round(statistics.median(ratios), 3),
+        "rounds": rounds if label == "with" else None,
+        "ratio_range": [round(min(ratios), 3), round(max(ratios), 3)],
+    }
 
 
 def main() -> int:
@@ -330,25 +359,37 @@ def main() -> int:
         r = results[name]
         flag = "" if r["ratio"] <= TARGET_RATIO else f"  over the {TARGET_RATIO}x target"
         low, high = r["ratio_range"]
-        print(f"{label:<14}{r['with_us']:>14.1f} µs{r['without_us']:>8.1f} µs{r['ratio']:>7.2f}x   ({low:.2f}-{high:.2f}){flag}")
+        print(
+            f"{label:<14}{r['with_us']:>14.1f} µs{r['without_us']:>8.1f} µs{r['ratio']:>7.2f}x   ({low:.2f}-{high:.2f}){flag}"
+        )
         for layer, lr in r["layers"].items():
             low, high = lr["ratio_range"]
-            print(f"  {LAYERS[layer]:<52}{lr['with_us']:>8.1f} µs{lr['ratio']:>7.2f}x   ({low:.2f}-{high:.2f})")
-    print(f"server CPU per request (median of {ROUNDS} rounds of {REQUESTS}); load average {os.getloadavg()[0]:.1f} "
-          f"on {os.cpu_count()} CPUs")
+            print(
+                f"  {LAYERS[layer]:<52}{lr['with_us']:>8.1f} µs{lr['ratio']:>7.2f}x   ({low:.2f}-{high:.2f})"
+            )
+    print(
+        f"server CPU per request (median of {ROUNDS} rounds of {REQUESTS}); load average {os.getloadavg()[0]:.1f} "
+        f"on {os.cpu_count()} CPUs"
+    )
     RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps({
-        "what": "server CPU per request (utime+stime from /proc/PID/stat), POST /v1/modules/demo/echo",
-        "target_ratio": TARGET_RATIO,
-        "requests_per_round": REQUESTS,
-        "rounds": ROUNDS,
-        "client_threads": THREADS,
-        "results": results,
-        "audit_lines_in_current_file": audit_lines,
-        "load_average_1m": os.getloadavg()[0],
-        "machine": machine(),
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }, indent=2) + "\n")
+    RESULT.write_text(
+        json.dumps(
+            {
+                "what": "server CPU per request (utime+stime from /proc/PID/stat), POST /v1/modules/demo/echo",
+                "target_ratio": TARGET_RATIO,
+                "requests_per_round": REQUESTS,
+                "rounds": ROUNDS,
+                "client_threads": THREADS,
+                "results": results,
+                "audit_lines_in_current_file": audit_lines,
+                "load_average_1m": os.getloadavg()[0],
+                "machine": machine(),
+                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {RESULT.relative_to(REPO)}")
     return 0 if all(r["ratio"] <= TARGET_RATIO for r in results.values()) else 1
 

@@ -93,7 +93,10 @@ class Bench:
         if "seed" in fleet:
             self.targets["seed"] = (fleet["seed"], seed_targets(fleet["seed"], self.secret))
         self.targets["asgi floor"] = (fleet["floor-asgi"], floor_asgi_targets(fleet["floor-asgi"]))
-        self.targets["line floor"] = (fleet["floor-line"], floor_line_targets(fleet["floor-line"], self.secret))
+        self.targets["line floor"] = (
+            fleet["floor-line"],
+            floor_line_targets(fleet["floor-line"], self.secret),
+        )
 
     def columns(self, figure: Figure) -> list[str]:
         """The figure's columns whose server is running here."""
@@ -186,14 +189,19 @@ def _startup(bench: Bench, column: str, round_: int) -> Sample:
         server = servers.start_pymgr(workdir, name=f"pymgr-startup-{round_}")
     else:
         examples = Path(bench.fleet["pymgr"].info["config"]).parent
-        server = servers.start_supervisord(workdir, servers.scan_argv(), examples, name=f"supervisord-startup-{round_}")
+        server = servers.start_supervisord(
+            workdir, servers.scan_argv(), examples, name=f"supervisord-startup-{round_}"
+        )
     try:
         time.sleep(bench.settings.idle_settle_s)
         rss = rss_mib(server.pid)
     finally:
         stop_s = server.stop()
     values = {"ready_s": server.start_s, "rss_mib": rss}
-    raw = {"stop_s": stop_s, **({"ready_log_s": server.info["ready_log_s"]} if "ready_log_s" in server.info else {})}
+    raw = {
+        "stop_s": stop_s,
+        **({"ready_log_s": server.info["ready_log_s"]} if "ready_log_s" in server.info else {}),
+    }
     return Sample("", column, round_, values, raw)
 
 

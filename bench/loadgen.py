@@ -124,7 +124,9 @@ class Client:
         while not reply.complete:
             data = sock.recv(RECV_BYTES)
             if not data:
-                raise LoadError(f"{self.target.name}: the server closed the connection before the reply ended")
+                raise LoadError(
+                    f"{self.target.name}: the server closed the connection before the reply ended"
+                )
             self._parser.feed_data(data)
         status = self._parser.get_status_code()
         if status >= 400:
@@ -196,7 +198,9 @@ def run_load(target: Target, server_pid: int, *, clients: int, duration_s: float
     ctx = _context()
     barrier = ctx.Barrier(clients + 1)
     results = ctx.SimpleQueue()
-    workers = [ctx.Process(target=_worker, args=(target, duration_s, barrier, results)) for _ in range(clients)]
+    workers = [
+        ctx.Process(target=_worker, args=(target, duration_s, barrier, results)) for _ in range(clients)
+    ]
     for worker in workers:
         worker.start()
     try:

@@ -88,13 +88,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _profiled_load(args: argparse.Namespace, py_spy: str, workdir: Path, out: Path) -> tuple[object, str | None]:
+def _profiled_load(
+    args: argparse.Namespace, py_spy: str, workdir: Path, out: Path
+) -> tuple[object, str | None]:
     """Run the load with py-spy attached; returns the load's result and py-spy's error, if any."""
     with servers.Fleet() as fleet:
         pymgr = fleet.add(servers.start_pymgr(workdir / "pymgr"))
         target = pymgr_targets(pymgr)[args.load]
-        command = [py_spy, "record", "--format", "raw", "--rate", str(RATE_HZ),
-                   "-d", str(int(args.seconds) + 1), "-p", str(pymgr.pid), "-o", str(out)]
+        command = [
+            py_spy,
+            "record",
+            "--format",
+            "raw",
+            "--rate",
+            str(RATE_HZ),
+            "-d",
+            str(int(args.seconds) + 1),
+            "-p",
+            str(pymgr.pid),
+            "-o",
+            str(out),
+        ]
         # --native cannot sample without pausing the process; plain Python stacks can.
         command += ["--native"] if args.native else ["--nonblocking"]
         spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -51,7 +51,9 @@ def start_fleet(fleet: Fleet, workdir: Path, baseline: str | None = None) -> lis
         examples = Path(pymgr.info["config"]).parent
         fleet.add(servers.start_supervisord(workdir / "supervisord", servers.scan_argv(), examples))
     else:
-        notes.append("supervisord not measured: `supervisor` is not installed in this venv (make bench installs it)")
+        notes.append(
+            "supervisord not measured: `supervisor` is not installed in this venv (make bench installs it)"
+        )
     if servers.has_module("gevent"):
         fleet.add(servers.start_seed(workdir / "seed", pymgr.info["legacy_secret"]))
     else:
@@ -66,7 +68,9 @@ def warm_up(bench: Bench) -> None:
     for figure in FIGURES[:3]:
         for column in bench.columns(figure):
             server, targets = bench.targets[column]
-            load = {"control": "http", "newconn-legacy": "legacy", "newconn-http": "http-newconn"}[figure.name]
+            load = {"control": "http", "newconn-legacy": "legacy", "newconn-http": "http-newconn"}[
+                figure.name
+            ]
             run_load(targets[load], server.pid, clients=bench.settings.clients, duration_s=WARMUP_S)
 
 
@@ -82,7 +86,9 @@ def run_rounds(bench: Bench) -> list[Sample]:
                 sample = measure(figure, bench, column, round_)
                 samples.append(sample)
                 parts.append(f"{column} " + " ".join(f"{k}={v:,.1f}" for k, v in sample.values.items()))
-            print(f"round {round_ + 1}/{rounds} {figure.name}: " + "; ".join(parts), file=sys.stderr, flush=True)
+            print(
+                f"round {round_ + 1}/{rounds} {figure.name}: " + "; ".join(parts), file=sys.stderr, flush=True
+            )
     return samples
 
 
@@ -90,19 +96,31 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     defaults = Settings()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=defaults.rounds)
-    parser.add_argument("--duration", type=float, default=defaults.duration_s, help="seconds per throughput run")
+    parser.add_argument(
+        "--duration", type=float, default=defaults.duration_s, help="seconds per throughput run"
+    )
     parser.add_argument("--clients", type=int, default=defaults.clients)
     parser.add_argument("--latency-requests", type=int, default=defaults.latency_requests)
     parser.add_argument("--task-starts", type=int, default=defaults.task_starts)
-    parser.add_argument("--settle", type=float, default=defaults.idle_settle_s, help="idle seconds before RSS")
+    parser.add_argument(
+        "--settle", type=float, default=defaults.idle_settle_s, help="idle seconds before RSS"
+    )
     parser.add_argument("--no-warmup", action="store_true")
     parser.add_argument("--results", type=Path, default=RESULTS, help="directory of the JSON results")
     parser.add_argument("--docs", type=Path, default=DOCS, help="the markdown file that gets the table")
     parser.add_argument("--no-docs", action="store_true", help="leave docs/performance.md alone")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target does not hold")
-    parser.add_argument("--baseline", metavar="REF", help="also run pymgr as commit REF had it (an A/B column)")
+    parser.add_argument(
+        "--baseline", metavar="REF", help="also run pymgr as commit REF had it (an A/B column)"
+    )
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.duration <= 0 or args.clients < 1 or args.task_starts < 1 or args.latency_requests < 1:
+    if (
+        args.rounds < 1
+        or args.duration <= 0
+        or args.clients < 1
+        or args.task_starts < 1
+        or args.latency_requests < 1
+    ):
         parser.error("--rounds, --clients, --task-starts and --latency-requests must be >= 1, --duration > 0")
     return args
 
@@ -167,8 +185,11 @@ def docs_section(document: dict[str, Any], table: str, checks: str, json_path: P
         f"policy rules: {demo['policy_rules']}; HMAC keys: {len((demo['auth'] or {}).get('keys', []))}; "
         f"audit lines written during the run: {demo['audit_lines_written']:,}.",
         *(f"\nNote: {note}." for note in document["notes"]),
-        *([f"\nA/B: the column \"pymgr at the baseline commit\" ran `{document['baseline']}`."]
-          if document["baseline"] else []),
+        *(
+            [f'\nA/B: the column "pymgr at the baseline commit" ran `{document["baseline"]}`.']
+            if document["baseline"]
+            else []
+        ),
         "",
         table,
         "",
@@ -179,7 +200,9 @@ def docs_section(document: dict[str, Any], table: str, checks: str, json_path: P
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    settings = Settings(args.rounds, args.duration, args.clients, args.latency_requests, args.task_starts, args.settle)
+    settings = Settings(
+        args.rounds, args.duration, args.clients, args.latency_requests, args.task_starts, args.settle
+    )
     try:
         document = bench_once(settings, warmup=not args.no_warmup, baseline=args.baseline)
     except (ServerError, LoadError) as exc:

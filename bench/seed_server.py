@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--secret", required=True)
     args = parser.parse_args(argv)
     if StreamServer is None:
-        parser.error("the seed baseline runs on gevent: pip install gevent (make bench installs it in .venv-bench)")
+        parser.error(
+            "the seed baseline runs on gevent: pip install gevent (make bench installs it in .venv-bench)"
+        )
     server = StreamServer((args.host, args.port), make_handler(args.secret.encode()))
     server.start()
     print(f"listening {server.server_port}", flush=True)

@@ -104,7 +104,9 @@ def _spawn(name: str, argv: list[str], workdir: Path, **popen: Any) -> Server:
     log_path = workdir / f"{name}.log"
     log = open(log_path, "wb")  # noqa: SIM115 - the child owns it; closed below
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=popen.pop("stdout", log), stderr=log, **popen)
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=popen.pop("stdout", log), stderr=log, **popen
+        )
     finally:
         log.close()
     return Server(name, proc, log_path)
@@ -121,7 +123,9 @@ def _wait(server: Server, ready: Any, started: float) -> None:
             return
         if time.monotonic() > deadline:
             server.stop()
-            raise ServerError(f"{server.name} did not answer within {START_TIMEOUT_S} s:\n{server.log_tail()}")
+            raise ServerError(
+                f"{server.name} did not answer within {START_TIMEOUT_S} s:\n{server.log_tail()}"
+            )
         time.sleep(PROBE_INTERVAL_S)
 
 
@@ -189,9 +193,13 @@ def prepare_demo(workdir: Path, examples_src: Path = EXAMPLES) -> Path:
     raw = tomllib.loads(text)
     left = _fixed_ports(raw)
     if left:
-        raise ServerError(f"examples/demo.toml still has fixed ports after the rewrite: {left}; see bench/servers.py")
+        raise ServerError(
+            f"examples/demo.toml still has fixed ports after the rewrite: {left}; see bench/servers.py"
+        )
     if "limits" in raw:
-        raise ServerError("examples/demo.toml has a [limits] section; bench/servers.py must merge BENCH_LIMITS into it")
+        raise ServerError(
+            "examples/demo.toml has a [limits] section; bench/servers.py must merge BENCH_LIMITS into it"
+        )
     config.write_text(text + BENCH_LIMITS)
     return config
 
@@ -224,7 +232,9 @@ def _unix_address(ready_line: dict[str, Any]) -> str:
     for address in ready_line["http"]:
         if address.startswith("unix:"):
             return str(address.removeprefix("unix:"))
-    raise ServerError(f"pymgr listens on no Unix socket: {ready_line['http']}; the demo config should have one")
+    raise ServerError(
+        f"pymgr listens on no Unix socket: {ready_line['http']}; the demo config should have one"
+    )
 
 
 def start_pymgr(workdir: Path, name: str = "pymgr", source: Path | None = None) -> Server:
@@ -309,7 +319,9 @@ def xmlrpc_request(method: str, *string_params: str, close: bool = False) -> byt
     )
 
 
-def start_supervisord(workdir: Path, task_argv: list[str], task_cwd: Path, name: str = "supervisord") -> Server:
+def start_supervisord(
+    workdir: Path, task_argv: list[str], task_cwd: Path, name: str = "supervisord"
+) -> Server:
     """supervisord in the foreground, one program (the demo's scan task, startsecs=0)."""
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "supervisord.conf"
@@ -318,7 +330,9 @@ def start_supervisord(workdir: Path, task_argv: list[str], task_cwd: Path, name:
     started = time.monotonic()
     server = _spawn(name, [str(BIN / "supervisord"), "-n", "-c", str(conf)], workdir)
     sock = str(workdir / "supervisor.sock")
-    _wait(server, lambda: answers(sock, xmlrpc_request("supervisor.getState", close=True), b"RUNNING"), started)
+    _wait(
+        server, lambda: answers(sock, xmlrpc_request("supervisor.getState", close=True), b"RUNNING"), started
+    )
     server.info["unix"] = sock
     return server
 
@@ -405,5 +419,15 @@ def has_module(name: str) -> bool:
 
 def scan_argv(python: str = sys.executable) -> list[str]:
     """The demo's scan task as one fixed command (what supervisord runs)."""
-    return [python, "scan.py", "--task-id", "1", "--duration", "0", "--exit-code", "0", "--fork-child", "false"]
-
+    return [
+        python,
+        "scan.py",
+        "--task-id",
+        "1",
+        "--duration",
+        "0",
+        "--exit-code",
+        "0",
+        "--fork-child",
+        "false",
+    ]

@@ -30,8 +30,14 @@ def http_post(path: str, body: bytes, *, close: bool = False) -> bytes:
     """A POST as raw HTTP/1.1 bytes, JSON body."""
     connection = b"Connection: close\r\n" if close else b""
     return (
-        b"POST " + path.encode() + b" HTTP/1.1\r\nHost: pymgr\r\nContent-Type: application/json\r\n" + connection
-        + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        b"POST "
+        + path.encode()
+        + b" HTTP/1.1\r\nHost: pymgr\r\nContent-Type: application/json\r\n"
+        + connection
+        + b"Content-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
     )
 
 
@@ -50,9 +56,16 @@ def legacy_request(secret: str, module: str = "demo", action: str = "echo", **pa
 def pymgr_targets(server: Server) -> dict[str, Target]:
     unix = server.info["unix"]
     targets = {
-        "http": Target("pymgr", unix, http_post("/v1/modules/demo/echo", ECHO_BODY), "http", True, ECHO_REPLY),
+        "http": Target(
+            "pymgr", unix, http_post("/v1/modules/demo/echo", ECHO_BODY), "http", True, ECHO_REPLY
+        ),
         "http-newconn": Target(
-            "pymgr", unix, http_post("/v1/modules/demo/echo", ECHO_BODY, close=True), "http", False, ECHO_REPLY
+            "pymgr",
+            unix,
+            http_post("/v1/modules/demo/echo", ECHO_BODY, close=True),
+            "http",
+            False,
+            ECHO_REPLY,
         ),
     }
     if "legacy" in server.info:
@@ -64,9 +77,16 @@ def pymgr_targets(server: Server) -> dict[str, Target]:
 def supervisord_targets(server: Server) -> dict[str, Target]:
     unix = server.info["unix"]
     return {
-        "http": Target("supervisord", unix, xmlrpc_request("supervisor.getState"), "http", True, SUPERVISOR_OK),
+        "http": Target(
+            "supervisord", unix, xmlrpc_request("supervisor.getState"), "http", True, SUPERVISOR_OK
+        ),
         "http-newconn": Target(
-            "supervisord", unix, xmlrpc_request("supervisor.getState", close=True), "http", False, SUPERVISOR_OK
+            "supervisord",
+            unix,
+            xmlrpc_request("supervisor.getState", close=True),
+            "http",
+            False,
+            SUPERVISOR_OK,
         ),
     }
 
@@ -87,6 +107,8 @@ def floor_asgi_targets(server: Server) -> dict[str, Target]:
 
 def floor_line_targets(server: Server, secret: str) -> dict[str, Target]:
     return {
-        "http": Target("line floor", server.info["unix"], http_post("/echo", ECHO_BODY), "http", True, ECHO_REPLY),
+        "http": Target(
+            "line floor", server.info["unix"], http_post("/echo", ECHO_BODY), "http", True, ECHO_REPLY
+        ),
         "legacy": Target("line floor", server.info["tcp"], legacy_request(secret), "eof", False, LEGACY_OK),
     }

@@ -31,14 +31,18 @@ def sign(secret: str, module: str) -> str:
     return hmac.new(secret.encode(), module.encode(), hashlib.md5).hexdigest()
 
 
-def encode_request(module: str, action: str, signature: str, params: Mapping[str, object] | None = None) -> bytes:
+def encode_request(
+    module: str, action: str, signature: str, params: Mapping[str, object] | None = None
+) -> bytes:
     """``module:X\\naction:Y\\nsignature:HEX\\nkey:value\\n\\n``."""
     lines = [f"module:{module}", f"action:{action}", f"signature:{signature}"]
     lines += [f"{key}:{value}" for key, value in (params or {}).items()]
     return ("\n".join(lines) + "\n\n").encode()
 
 
-def exchange(host: str, port: int, data: bytes, *, half_close: bool = False, timeout_s: float = TIMEOUT_S) -> bytes:
+def exchange(
+    host: str, port: int, data: bytes, *, half_close: bool = False, timeout_s: float = TIMEOUT_S
+) -> bytes:
     """Send ``data``, then read until the server closes; the raw reply.
 
     ``half_close`` shuts our sending side after the data (EOF), as
@@ -70,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Send one legacy-protocol request and print the reply.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=6667)
-    parser.add_argument("--secret", default="YI-LUO-KEHAN", help="the shared secret (default: the demo's public one)")
+    parser.add_argument(
+        "--secret", default="YI-LUO-KEHAN", help="the shared secret (default: the demo's public one)"
+    )
     parser.add_argument("module")
     parser.add_argument("action")
     parser.add_argument("params", nargs="*", metavar="key=value")

@@ -177,7 +177,9 @@ def daemon(start_daemon: Callable[..., Daemon]) -> Daemon:
 
 def unix_http(daemon: Daemon, timeout_s: float = 60) -> httpx.Client:
     """A plain httpx client on the daemon's Unix socket (for replies the typed client would raise on)."""
-    return httpx.Client(transport=httpx.HTTPTransport(uds=str(daemon.socket)), base_url="http://pymgr", timeout=timeout_s)
+    return httpx.Client(
+        transport=httpx.HTTPTransport(uds=str(daemon.socket)), base_url="http://pymgr", timeout=timeout_s
+    )
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float = 20.0) -> Any:
@@ -197,9 +199,22 @@ AS_WWW_DATA = ["setpriv", "--reuid=33", "--regid=33", "--init-groups"]
 def curl_as_www_data(daemon: Daemon, path: str, body: str = "{}") -> tuple[int, dict[str, Any]]:
     """POST ``body`` to ``path`` on the daemon's Unix socket as www-data (uid 33): status and JSON reply."""
     out = subprocess.run(
-        [*AS_WWW_DATA, "curl", "-sS", "--unix-socket", str(daemon.socket), "-w", "\n%{http_code}", "-d", body,
-         f"http://pymgr{path}"],
-        capture_output=True, check=True, timeout=30, cwd="/",
-    )  # fmt: skip
+        [
+            *AS_WWW_DATA,
+            "curl",
+            "-sS",
+            "--unix-socket",
+            str(daemon.socket),
+            "-w",
+            "\n%{http_code}",
+            "-d",
+            body,
+            f"http://pymgr{path}",
+        ],
+        capture_output=True,
+        check=True,
+        timeout=30,
+        cwd="/",
+    )
     text, _, status = out.stdout.decode().rpartition("\n")
     return int(status), json.loads(text)

@@ -70,7 +70,9 @@ def test_bad_signature_and_malformed_requests_then_still_serving(daemon: Daemon)
     assert b'"err_code": 3' in bad_sig
     garbage = exchange("127.0.0.1", port, b"\x00\xff no colon here\n\n")
     assert garbage.startswith(b'{"success": false, "msg": {"err_code": 9')
-    no_action = exchange("127.0.0.1", port, f"module:demo\nsignature:{sign(LEGACY_SECRET, 'demo')}\n\n".encode())
+    no_action = exchange(
+        "127.0.0.1", port, f"module:demo\nsignature:{sign(LEGACY_SECRET, 'demo')}\n\n".encode()
+    )
     assert b'"err_code": 3' in no_action
     assert legacy(daemon, "demo", "echo") == {"success": True, "msg": {}}
 
@@ -87,7 +89,9 @@ def _escaped_processes(task_id: int, leader: int) -> list[psutil.Process]:
 
 def test_stop_kills_a_grandchild_that_called_setsid(daemon: Daemon) -> None:
     with httpx.Client(transport=httpx.HTTPTransport(uds=str(daemon.socket)), base_url="http://pymgr") as c:
-        task = c.post("/v1/tasks", json={"type": "scan", "params": {"task_id": 9, "fork_child": True}}).json()["result"]
+        task = c.post(
+            "/v1/tasks", json={"type": "scan", "params": {"task_id": 9, "fork_child": True}}
+        ).json()["result"]
         running = wait_for(lambda: (t := c.get(f"/v1/tasks/{task['id']}").json()["result"])["pid"] and t)
         escaped = wait_for(lambda: _escaped_processes(task["id"], running["pid"]))
         c.post(f"/v1/tasks/{task['id']}/stop")
@@ -97,9 +101,20 @@ def test_stop_kills_a_grandchild_that_called_setsid(daemon: Daemon) -> None:
 
 def test_example_client_script_runs(daemon: Daemon) -> None:
     out = subprocess.run(
-        [sys.executable, str(EXAMPLES / "legacy_client.py"), "--port", str(daemon.legacy_port), "--secret", LEGACY_SECRET,
-         "demo", "echo", "a=1"],
-        capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            str(EXAMPLES / "legacy_client.py"),
+            "--port",
+            str(daemon.legacy_port),
+            "--secret",
+            LEGACY_SECRET,
+            "demo",
+            "echo",
+            "a=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert out.returncode == 0 and out.stdout.strip() == '{"success": true, "msg": {"a": "1"}}'
 
@@ -107,7 +122,10 @@ def test_example_client_script_runs(daemon: Daemon) -> None:
 def test_published_secret_gets_a_loud_warning(start_daemon: Callable[..., Daemon]) -> None:
     daemon = start_daemon(BASE_CONFIG.replace(f'secret = "{LEGACY_SECRET}"', 'secret = "YI-LUO-KEHAN"'))
     assert "LEGACY SECRET IS PUBLIC" in daemon.log()
-    assert call("127.0.0.1", daemon.legacy_port, "YI-LUO-KEHAN", "demo", "echo") == {"success": True, "msg": {}}
+    assert call("127.0.0.1", daemon.legacy_port, "YI-LUO-KEHAN", "demo", "echo") == {
+        "success": True,
+        "msg": {},
+    }
 
 
 # --- the legacy listener bound by the daemon (no libuv thread pool, no idna codec) ---
@@ -137,4 +155,7 @@ def test_a_host_name_or_a_busy_port_goes_the_old_way() -> None:
 def test_a_host_name_still_serves(start_daemon: Callable[..., Daemon]) -> None:
     daemon = start_daemon(BASE_CONFIG.replace('host = "127.0.0.1"', 'host = "localhost"', 1))
     assert daemon.legacy_port is not None
-    assert call("localhost", daemon.legacy_port, LEGACY_SECRET, "demo", "echo") == {"success": True, "msg": {}}
+    assert call("localhost", daemon.legacy_port, LEGACY_SECRET, "demo", "echo") == {
+        "success": True,
+        "msg": {},
+    }

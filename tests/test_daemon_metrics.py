@@ -33,7 +33,11 @@ def scrape(daemon: Daemon) -> dict[str, Any]:
 
 
 def values(family: Any, *labels: str) -> dict[tuple[str, ...], float]:
-    return {tuple(s.labels[name] for name in labels): s.value for s in family.samples if not s.name.endswith("_created")}
+    return {
+        tuple(s.labels[name] for name in labels): s.value
+        for s in family.samples
+        if not s.name.endswith("_created")
+    }
 
 
 def test_metrics_count_calls_refusals_task_runs_and_connections(start_daemon: Callable[..., Daemon]) -> None:
@@ -52,11 +56,17 @@ def test_metrics_count_calls_refusals_task_runs_and_connections(start_daemon: Ca
     calls = values(families["pymgr_requests"], "transport", "module", "action", "outcome")
     assert calls[("unix", "demo", "echo", "ok")] == 3
     assert calls[("unix", "_unknown", "_unknown", "not_found")] == 1
-    assert calls[("unix", "tasks", "start", "bad_params")] == 1 and calls[("unix", "tasks", "start", "ok")] == 1
+    assert (
+        calls[("unix", "tasks", "start", "bad_params")] == 1 and calls[("unix", "tasks", "start", "ok")] == 1
+    )
     assert calls[("legacy", "demo", "echo", "ok")] == 1
     assert all(name != "no_such_module" for _, name, _, _ in calls)
-    assert values(families["pymgr_request_seconds"], "transport", "module", "action", "outcome")[
-        ("unix", "demo", "echo", "ok")] > 0  # fmt: skip
+    assert (
+        values(families["pymgr_request_seconds"], "transport", "module", "action", "outcome")[
+            ("unix", "demo", "echo", "ok")
+        ]
+        > 0
+    )
     assert values(families["pymgr_task_runs_started"], "type") == {("echo",): 1}
     assert values(families["pymgr_task_runs_ended"], "type", "state") == {("echo", "succeeded"): 1}
     assert values(families["pymgr_keeper_connected"]) == {(): 1}
@@ -79,11 +89,16 @@ def test_active_runs_are_a_gauge_by_type_and_state(start_daemon: Callable[..., D
     assert values(families["pymgr_task_runs_ended"], "type", "state") == {("scan", "stopped"): 1}
 
 
-def test_the_snapshot_is_an_action_too_and_the_policy_decides_who_reads_it(start_daemon: Callable[..., Daemon]) -> None:
+def test_the_snapshot_is_an_action_too_and_the_policy_decides_who_reads_it(
+    start_daemon: Callable[..., Daemon],
+) -> None:
     # The legacy callers may read nothing but demo.echo here; owner (this test) may call metrics.snapshot.
-    rules = BASE_CONFIG[BASE_CONFIG.index("[[policy.rules]]"):BASE_CONFIG.index("[modules]")]
-    config = CONFIG.replace(rules, '[[policy.rules]]\nname = "me"\nsubjects = ["owner"]\nactions = ["metrics.snapshot"]\n\n'
-                            '[[policy.rules]]\nname = "old clients"\nsubjects = ["legacy"]\nactions = ["demo.echo"]\n\n')
+    rules = BASE_CONFIG[BASE_CONFIG.index("[[policy.rules]]") : BASE_CONFIG.index("[modules]")]
+    config = CONFIG.replace(
+        rules,
+        '[[policy.rules]]\nname = "me"\nsubjects = ["owner"]\nactions = ["metrics.snapshot"]\n\n'
+        '[[policy.rules]]\nname = "old clients"\nsubjects = ["legacy"]\nactions = ["demo.echo"]\n\n',
+    )
     daemon = start_daemon(config)
     with Client(socket=daemon.socket) as client:
         snapshot = client.call("metrics", "snapshot")
@@ -93,9 +108,13 @@ def test_the_snapshot_is_an_action_too_and_the_policy_decides_who_reads_it(start
     assert scrape(daemon)["pymgr_requests"]  # owner scrapes
 
 
-def test_scraping_is_forbidden_without_a_rule_and_404_without_the_module(start_daemon: Callable[..., Daemon]) -> None:
-    rules = BASE_CONFIG[BASE_CONFIG.index("[[policy.rules]]"):BASE_CONFIG.index("[modules]")]
-    config = CONFIG.replace(rules, '[[policy.rules]]\nname = "me"\nsubjects = ["owner"]\nactions = ["demo.*"]\n\n')
+def test_scraping_is_forbidden_without_a_rule_and_404_without_the_module(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    rules = BASE_CONFIG[BASE_CONFIG.index("[[policy.rules]]") : BASE_CONFIG.index("[modules]")]
+    config = CONFIG.replace(
+        rules, '[[policy.rules]]\nname = "me"\nsubjects = ["owner"]\nactions = ["demo.*"]\n\n'
+    )
     with http(start_daemon(config, name="no-rule")) as c:
         reply = c.get("/metrics")
     assert reply.status_code == 403 and reply.json()["error"]["code"] == "forbidden"

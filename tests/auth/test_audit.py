@@ -65,13 +65,16 @@ class Vault(Module):
 MARKS: list[int] = []
 
 
-def make(tmp_path: Path, *, fail_closed: bool = True, path: Path | None = None, max_params: int = 1000) -> GuardedDispatcher:
+def make(
+    tmp_path: Path, *, fail_closed: bool = True, path: Path | None = None, max_params: int = 1000
+) -> GuardedDispatcher:
     reg = Registry()
     reg.add(Vault())
     rules = PolicyConfig(rules=[PolicyRule(subjects=["group:www-data"], actions=["vault.*"])])
     audit_log = AuditLog(path or tmp_path / "audit.log", max_bytes=1_000_000, backups=2)
-    tally = RefusalTally(AuditLog(tmp_path / "audit-refused.log", max_bytes=1_000_000, backups=2),
-                         clock=lambda: FIXED_TIME)
+    tally = RefusalTally(
+        AuditLog(tmp_path / "audit-refused.log", max_bytes=1_000_000, backups=2), clock=lambda: FIXED_TIME
+    )
     auditor = Auditor(audit_log, fail_closed=fail_closed, clock=lambda: FIXED_TIME, refusals=tally)
     policy = Policy(rules, reg, owner_uid=0)
     return GuardedDispatcher(reg, policy=policy, auditor=auditor, max_params_bytes=max_params)
@@ -86,7 +89,11 @@ def refusals(d: GuardedDispatcher, tmp_path: Path) -> dict[str, dict[str, Any]]:
     assert d.auditor is not None
     d.auditor.refusals.flush()
     path = tmp_path / "audit-refused.log"
-    return {line["source"]: line for line in map(json.loads, path.read_text().splitlines())} if path.exists() else {}
+    return (
+        {line["source"]: line for line in map(json.loads, path.read_text().splitlines())}
+        if path.exists()
+        else {}
+    )
 
 
 async def test_an_allowed_call_is_one_line_with_every_field(tmp_path: Path) -> None:
@@ -128,15 +135,33 @@ async def test_a_call_that_ran_and_failed_is_recorded_and_refusals_are_counted_a
         await d.call(Call("nope", "x", {"password": "s3cret"}, WWW))
     [failed] = lines(tmp_path)  # only the call that ran has a record
     assert (failed["operation"], failed["outcome"], failed["code"], failed["status"]) == (
-        "vault.boom", "error", "internal", 500)
+        "vault.boom",
+        "error",
+        "internal",
+        500,
+    )
     counted = refusals(d, tmp_path)
     assert counted == {
-        "uid:65534": {"time": "2023-11-14T22:13:20.250Z", "last": "2023-11-14T22:13:20.250Z", "refused": 1,
-                      "source": "uid:65534", "transport": "unix", "codes": {"forbidden": 1},
-                      "operations": {"vault.store": 1}, "other_operations": 0},
-        "uid:33": {"time": "2023-11-14T22:13:20.250Z", "last": "2023-11-14T22:13:20.250Z", "refused": 2,
-                   "source": "uid:33", "transport": "unix", "codes": {"bad_params": 1, "not_found": 1},
-                   "operations": {"vault.store": 1, "nope.x": 1}, "other_operations": 0},
+        "uid:65534": {
+            "time": "2023-11-14T22:13:20.250Z",
+            "last": "2023-11-14T22:13:20.250Z",
+            "refused": 1,
+            "source": "uid:65534",
+            "transport": "unix",
+            "codes": {"forbidden": 1},
+            "operations": {"vault.store": 1},
+            "other_operations": 0,
+        },
+        "uid:33": {
+            "time": "2023-11-14T22:13:20.250Z",
+            "last": "2023-11-14T22:13:20.250Z",
+            "refused": 2,
+            "source": "uid:33",
+            "transport": "unix",
+            "codes": {"bad_params": 1, "not_found": 1},
+            "operations": {"vault.store": 1, "nope.x": 1},
+            "other_operations": 0,
+        },
     }
     for name in ("audit.log", "audit-refused.log"):
         assert "s3cret" not in (tmp_path / name).read_text()
@@ -157,7 +182,9 @@ async def test_params_size_limit_both_sides(tmp_path: Path) -> None:
     at_limit = {"a": "x" * 12}  # {"a":"xxxxxxxxxxxx"} is 20 bytes
     assert len(json.dumps(at_limit, separators=(",", ":"))) == 20
     assert await d.call(Call("vault", "echo", at_limit, WWW)) == at_limit
-    with pytest.raises(TooLarge, match=r"^params of vault\.echo are 21 bytes of JSON, more than max_params_bytes=20$"):
+    with pytest.raises(
+        TooLarge, match=r"^params of vault\.echo are 21 bytes of JSON, more than max_params_bytes=20$"
+    ):
         await d.call(Call("vault", "echo", {"a": "x" * 13}, WWW))
     assert [line["outcome"] for line in lines(tmp_path)] == ["ok"]
     assert refusals(d, tmp_path)["uid:33"]["codes"] == {"too_large": 1}
@@ -212,14 +239,20 @@ async def test_a_failed_write_fails_closed_until_the_log_works_again(
     MARKS.clear()
     with caplog.at_level(logging.ERROR, logger="pymgr.audit"):
         # The log was fine when the call began: it runs, and its caller learns it ran unrecorded.
-        with pytest.raises(NotRecorded, match=r"^vault\.mark ran and succeeded, but its audit record could not be "
-                                              r"written to .*/full/audit.log \(No space left on device\); its effect stands"):
+        with pytest.raises(
+            NotRecorded,
+            match=r"^vault\.mark ran and succeeded, but its audit record could not be "
+            r"written to .*/full/audit.log \(No space left on device\); its effect stands",
+        ):
             await d.call(Call("vault", "mark", {"n": 1}, WWW))
     assert MARKS == [1] and "AUDIT LOG WRITE FAILED for unix vault.mark" in caplog.text
     assert d.auditor is not None and d.auditor.broken
     # Broken: the next call must first get a line through, which fails, so it does not run.
-    with pytest.raises(Unavailable, match=r"^the audit log .*/full/audit.log cannot be written \(No space left on device\); "
-                                          r"pymgr refuses requests it cannot record"):
+    with pytest.raises(
+        Unavailable,
+        match=r"^the audit log .*/full/audit.log cannot be written \(No space left on device\); "
+        r"pymgr refuses requests it cannot record",
+    ):
         await d.call(Call("vault", "mark", {"n": 2}, WWW))
     assert MARKS == [1]
     monkeypatch.undo()
@@ -227,8 +260,12 @@ async def test_a_failed_write_fails_closed_until_the_log_works_again(
     d.auditor.log.close()
     assert await d.call(Call("vault", "mark", {"n": 3}, WWW)) == 3
     resumed, record = lines(tmp_path)
-    assert resumed == {"time": "2023-11-14T22:13:20.250Z", "event": "audit log writable again",
-                       "broken_since": "2023-11-14T22:13:20.250Z", "unrecorded_calls": 1}
+    assert resumed == {
+        "time": "2023-11-14T22:13:20.250Z",
+        "event": "audit log writable again",
+        "broken_since": "2023-11-14T22:13:20.250Z",
+        "unrecorded_calls": 1,
+    }
     assert record["params"] == {"n": 3} and MARKS == [1, 3] and not d.auditor.broken
     assert refusals(d, tmp_path)["uid:33"]["codes"] == {"unavailable": 1}
 
@@ -238,11 +275,16 @@ async def test_a_call_that_ran_and_failed_unrecorded_says_how_it_ended(
 ) -> None:
     d = make(tmp_path, path=tmp_path / "full.log")
     monkeypatch.setattr(auditfile_module, "os", _FullDisk())
-    with pytest.raises(NotRecorded, match=r"^vault\.boom ran and failed \(internal\), but its audit record") as info:
+    with pytest.raises(
+        NotRecorded, match=r"^vault\.boom ran and failed \(internal\), but its audit record"
+    ) as info:
         await d.call(Call("vault", "boom", {}, WWW))
     assert info.value.details is not None
-    assert (info.value.details["ran"], info.value.details["outcome"], info.value.details["error"]["code"]) == (
-        True, "error", "internal")
+    assert (
+        info.value.details["ran"],
+        info.value.details["outcome"],
+        info.value.details["error"]["code"],
+    ) == (True, "error", "internal")
     assert info.value.http_status == 500 and info.value.legacy_code == 10
 
 
@@ -260,15 +302,26 @@ def test_syslog_gets_a_copy(tmp_path: Path) -> None:
     receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     receiver.bind(address)
     receiver.settimeout(5)
-    audit_log = AuditLog(tmp_path / "audit.log", max_bytes=10_000, backups=1, syslog=syslog_handler(address, "authpriv"))
+    audit_log = AuditLog(
+        tmp_path / "audit.log", max_bytes=10_000, backups=1, syslog=syslog_handler(address, "authpriv")
+    )
     try:
-        Auditor(audit_log).record(WWW, operation="vault.echo", module="vault", action="echo", params={},
-                                  error=None, duration_s=0.001)
+        Auditor(audit_log).record(
+            WWW,
+            operation="vault.echo",
+            module="vault",
+            action="echo",
+            params={},
+            error=None,
+            duration_s=0.001,
+        )
         message = receiver.recv(4096).decode()
     finally:
         audit_log.shutdown()
         receiver.close()
-    assert message.startswith("<86>pymgr-audit: {") and '"operation":"vault.echo"' in message  # authpriv.info = 10*8+6
+    assert (
+        message.startswith("<86>pymgr-audit: {") and '"operation":"vault.echo"' in message
+    )  # authpriv.info = 10*8+6
 
 
 def test_secret_params_and_redact() -> None:
@@ -284,22 +337,28 @@ def test_secret_params_and_redact() -> None:
 def _general_form(identity: Identity) -> str:
     """The caller fragment as json builds it, field by field (what the fast paths must equal)."""
     fields: dict[str, Any] = {
-        name: value for name in ("uid", "gid", "pid", "user", "key_id", "cert", "peer")
+        name: value
+        for name in ("uid", "gid", "pid", "user", "key_id", "cert", "peer")
         if (value := getattr(identity, name)) is not None
     }
     if identity.groups:
         fields["groups"] = list(identity.groups)
-    return (f'"transport":{json.dumps(identity.transport, ensure_ascii=False)},'
-            f'"identity":{json.dumps(fields, ensure_ascii=False, separators=(",", ":"))}')
+    return (
+        f'"transport":{json.dumps(identity.transport, ensure_ascii=False)},'
+        f'"identity":{json.dumps(fields, ensure_ascii=False, separators=(",", ":"))}'
+    )
 
 
-@pytest.mark.parametrize("identity", [
-    Identity(transport="legacy", peer="127.0.0.1:5000"),
-    Identity(transport="legacy", peer='host"with\\quotes é:1'),
-    Identity(transport="legacy", peer="10.0.0.1:1", uid=3),  # not peer-only: the general form
-    Identity(transport="tcp", peer="10.0.0.5:4000", key_id="ci"),
-    WWW,
-])
+@pytest.mark.parametrize(
+    "identity",
+    [
+        Identity(transport="legacy", peer="127.0.0.1:5000"),
+        Identity(transport="legacy", peer='host"with\\quotes é:1'),
+        Identity(transport="legacy", peer="10.0.0.1:1", uid=3),  # not peer-only: the general form
+        Identity(transport="tcp", peer="10.0.0.5:4000", key_id="ci"),
+        WWW,
+    ],
+)
 def test_the_caller_fragment_is_the_json_of_its_non_empty_fields(tmp_path: Path, identity: Identity) -> None:
     auditor = Auditor(AuditLog(tmp_path / "audit.log", max_bytes=10_000, backups=1))
     assert auditor._prefix(identity, "demo.echo", "demo", "echo") == (
@@ -318,7 +377,9 @@ async def test_replacing_the_policy_rebinds_the_checks_and_the_names(tmp_path: P
     d.policy = None
     assert await d.call(Call("vault", "echo", {"a": 2}, NOBODY)) == {"a": 2}
     assert [(line["operation"], line["outcome"]) for line in lines(tmp_path)] == [
-        ("vault.echo", "ok"), ("vault.echo", "ok")]
+        ("vault.echo", "ok"),
+        ("vault.echo", "ok"),
+    ]
     assert refusals(d, tmp_path)["uid:33"]["codes"] == {"forbidden": 1}
 
 
@@ -334,11 +395,21 @@ async def test_a_typed_task_operation_is_named_from_each_calls_params(tmp_path: 
     reg = Registry()
     reg.add(FakeTasks())
     rules = PolicyConfig(rules=[PolicyRule(subjects=["group:www-data"], actions=["tasks.start:*"])])
-    auditor = Auditor(AuditLog(tmp_path / "audit.log", max_bytes=1_000_000, backups=2), clock=lambda: FIXED_TIME)
-    policy = Policy(rules, reg, task_types=["scan", "backup"], task_operations={FakeTasks.start: "tasks.start"},
-                    owner_uid=0)
+    auditor = Auditor(
+        AuditLog(tmp_path / "audit.log", max_bytes=1_000_000, backups=2), clock=lambda: FIXED_TIME
+    )
+    policy = Policy(
+        rules,
+        reg,
+        task_types=["scan", "backup"],
+        task_operations={FakeTasks.start: "tasks.start"},
+        owner_uid=0,
+    )
     d = GuardedDispatcher(reg, policy=policy, auditor=auditor, max_params_bytes=1000)
     for task_type in ("scan", "backup", "scan"):
         assert await d.call(Call("tasks", "start", {"type": task_type}, WWW)) == task_type
-    assert [line["operation"] for line in lines(tmp_path)] == ["tasks.start:scan", "tasks.start:backup",
-                                                                "tasks.start:scan"]
+    assert [line["operation"] for line in lines(tmp_path)] == [
+        "tasks.start:scan",
+        "tasks.start:backup",
+        "tasks.start:scan",
+    ]

@@ -63,7 +63,9 @@ def test_a_partial_line_that_cannot_be_cut_starts_the_next_record_on_a_fresh_lin
     assert (tmp_path / "audit.log").read_bytes().splitlines() == [b'{"n', b'{"n":2}']
 
 
-def test_with_a_reserve_a_full_disk_still_takes_the_record_then_calls_wait(tmp_path: Path, monkeypatch: Any) -> None:
+def test_with_a_reserve_a_full_disk_still_takes_the_record_then_calls_wait(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
     reserve = SpaceReserve(tmp_path / "audit.reserve", 64 * 1024)
     reserve.open()
     assert reserve.full and (tmp_path / "audit.reserve").stat().st_size == 64 * 1024
@@ -72,7 +74,9 @@ def test_with_a_reserve_a_full_disk_still_takes_the_record_then_calls_wait(tmp_p
     writes = ShortThenFull(0)
     real_write = os.write
 
-    def write(fd: int, data: bytes) -> int:  # the log's writes find the disk full until the reserve is given back
+    def write(
+        fd: int, data: bytes
+    ) -> int:  # the log's writes find the disk full until the reserve is given back
         return real_write(fd, data) if not reserve.full else writes(fd, data)
 
     monkeypatch.setattr(os, "write", write)
@@ -80,7 +84,9 @@ def test_with_a_reserve_a_full_disk_still_takes_the_record_then_calls_wait(tmp_p
     auditor.release(held)
     assert not reserve.full and (tmp_path / "audit.reserve").stat().st_size == 0
     monkeypatch.setattr("shutil.disk_usage", lambda path: type("U", (), {"free": 64 * 1024})())
-    with pytest.raises(Unavailable, match=r"^the filesystem of the audit log .* has no room for its space reserve"):
+    with pytest.raises(
+        Unavailable, match=r"^the filesystem of the audit log .* has no room for its space reserve"
+    ):
         auditor.hold(WWW, "demo", "echo", "{}")
     monkeypatch.undo()
     auditor.hold(WWW, "demo", "echo", "{}")  # room again: held again
@@ -100,8 +106,11 @@ def test_the_records_held_at_once_fit_the_reserve_both_sides(tmp_path: Path, fit
     if fits:
         assert auditor.hold(WWW, "m", "a", "x" * (1000 - base)) == 1000
     else:
-        with pytest.raises(Unavailable, match=r"^the records of running calls would not fit in the audit space reserve "
-                                              r"\(reserve_bytes=65536; 48152 bytes held, this call's record up to 1001\)"):
+        with pytest.raises(
+            Unavailable,
+            match=r"^the records of running calls would not fit in the audit space reserve "
+            r"\(reserve_bytes=65536; 48152 bytes held, this call's record up to 1001\)",
+        ):
             auditor.hold(WWW, "m", "a", "x" * (1001 - base))
         auditor.release(first)
         auditor.hold(WWW, "m", "a", "x" * (1001 - base))  # once the running call's record is written

@@ -16,8 +16,12 @@ def test_the_kernel_names_this_process_and_a_caller_keeps_one_identity_object() 
     with first, peer1, second, peer2:
         identity = identity_from_peercred(first)
         assert identity is not None
-        assert (identity.transport, identity.uid, identity.gid, identity.pid) == ("unix", os.getuid(), os.getgid(),
-                                                                                   os.getpid())
+        assert (identity.transport, identity.uid, identity.gid, identity.pid) == (
+            "unix",
+            os.getuid(),
+            os.getgid(),
+            os.getpid(),
+        )
         # A second connection from the same process: the same object, so caches keyed by it hit.
         assert identity_from_peercred(second) is identity
 
@@ -27,8 +31,14 @@ def test_another_process_gets_its_own_identity() -> None:
     listener.bind("\0pymgr-test-peercred-%d" % os.getpid())
     listener.listen(1)
     with listener:
-        child = subprocess.Popen([sys.executable, "-c", "import socket,sys,time; s=socket.socket(socket.AF_UNIX); "
-                                  f"s.connect({listener.getsockname()!r}); time.sleep(5)"])
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import socket,sys,time; s=socket.socket(socket.AF_UNIX); "
+                f"s.connect({listener.getsockname()!r}); time.sleep(5)",
+            ]
+        )
         try:
             conn, _ = listener.accept()
             with conn:

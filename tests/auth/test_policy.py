@@ -120,8 +120,16 @@ async def call(p: Policy, identity: Identity, module: str, action_name: str, **p
 
 @pytest.mark.parametrize(
     ("text", "shown"),
-    [("user:www-data", "user:www-data"), ("uid:33", "uid:33"), ("group:adm", "group:adm"), ("key:ci", "key:ci"),
-     ("cert:backup.example", "cert:backup.example"), ("legacy", "legacy"), ("owner", "owner"), ("any", "any")],
+    [
+        ("user:www-data", "user:www-data"),
+        ("uid:33", "uid:33"),
+        ("group:adm", "group:adm"),
+        ("key:ci", "key:ci"),
+        ("cert:backup.example", "cert:backup.example"),
+        ("legacy", "legacy"),
+        ("owner", "owner"),
+        ("any", "any"),
+    ],
 )
 def test_subjects_parse(text: str, shown: str) -> None:
     assert str(parse_subject(text)) == shown
@@ -130,8 +138,11 @@ def test_subjects_parse(text: str, shown: str) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("usr:www-data", r"^unknown subject 'usr:www-data'; subjects are user:NAME, uid:N, group:NAME, key:ID, "
-                         r"cert:CN, legacy, owner or any$"),
+        (
+            "usr:www-data",
+            r"^unknown subject 'usr:www-data'; subjects are user:NAME, uid:N, group:NAME, key:ID, "
+            r"cert:CN, legacy, owner or any$",
+        ),
         ("root", r"^unknown subject 'root'; subjects are "),
         ("user:", r"^subject 'user:' needs a name after 'user':, without spaces$"),
         ("user: bob", r"^subject 'user: bob' needs a name after 'user':, without spaces$"),
@@ -147,9 +158,18 @@ def test_bad_subjects_say_what_to_write(text: str, message: str) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("firewall", r"^action pattern 'firewall' names no action: write firewall\.\* for every action of module 'firewall'$"),
-        ("tasks.start", r"^action pattern 'tasks\.start' needs a task type: write tasks\.start:TYPE, or tasks\.start:\* "),
-        ("tasks.stop:", r"^action pattern 'tasks\.stop:' needs a task type after the colon, or \* for every type$"),
+        (
+            "firewall",
+            r"^action pattern 'firewall' names no action: write firewall\.\* for every action of module 'firewall'$",
+        ),
+        (
+            "tasks.start",
+            r"^action pattern 'tasks\.start' needs a task type: write tasks\.start:TYPE, or tasks\.start:\* ",
+        ),
+        (
+            "tasks.stop:",
+            r"^action pattern 'tasks\.stop:' needs a task type after the colon, or \* for every type$",
+        ),
         ("tasks.list", r"^action pattern 'tasks\.list': task reads are one operation; write tasks\.read$"),
         ("demo.*:write", r"^action pattern 'demo\.\*:write': after ':' only 'read' may follow"),
         (":read", r"^action pattern ':read': after ':' only 'read' may follow"),
@@ -170,14 +190,22 @@ def test_unknown_subject_and_bad_rule_stop_start_up_naming_the_line(tmp_path: Pa
     with pytest.raises(ConfigError) as info:
         load_config(path)
     text = str(info.value)
-    assert re.search(r"^  policy\.rules\.1\.subjects\.0: Value error, unknown subject 'usr:ci'; .* \(line 7\)$", text, re.M)
-    assert re.search(r"^  policy\.rules\.1\.actions\.0: Value error, action pattern 'demo' names no action.* \(line 8\)$",
-                     text, re.M)
+    assert re.search(
+        r"^  policy\.rules\.1\.subjects\.0: Value error, unknown subject 'usr:ci'; .* \(line 7\)$", text, re.M
+    )
+    assert re.search(
+        r"^  policy\.rules\.1\.actions\.0: Value error, action pattern 'demo' names no action.* \(line 8\)$",
+        text,
+        re.M,
+    )
 
 
 def test_a_key_subject_must_name_a_configured_key() -> None:
-    with pytest.raises(PolicyError, match=r"^policy rule #1 \('ci'\): subject 'key:cj' names no key in \[\[auth\.keys\]\]; "
-                                          r"keys: ci$"):
+    with pytest.raises(
+        PolicyError,
+        match=r"^policy rule #1 \('ci'\): subject 'key:cj' names no key in \[\[auth\.keys\]\]; "
+        r"keys: ci$",
+    ):
         policy({"name": "ci", "subjects": ["key:cj"], "actions": ["*"]})
 
 
@@ -191,7 +219,9 @@ def test_a_malformed_allow_in_code_stops_start_up() -> None:
 
     reg = Registry()
     reg.add(Bad())
-    with pytest.raises(PolicyError, match=r"^action bad\.x: @action\(allow=\.\.\.\) entry is not a subject: unknown subject"):
+    with pytest.raises(
+        PolicyError, match=r"^action bad\.x: @action\(allow=\.\.\.\) entry is not a subject: unknown subject"
+    ):
         Policy(PolicyConfig(), reg, owner_uid=0)
 
 
@@ -227,8 +257,11 @@ async def test_read_only_role_is_one_rule() -> None:
     assert await call(p, ALICE, "admin", "uptime") == 1
     assert await call(p, ALICE, "tasks", "list") == []
     assert await call(p, ALICE, "tasks", "logs", id=1) == {"logs": 1}
-    for module, name, params in (("firewall", "allow_port", {"port": 1}), ("tasks", "start", {"type": "scan"}),
-                                 ("tasks", "stop", {"id": 1})):
+    for module, name, params in (
+        ("firewall", "allow_port", {"port": 1}),
+        ("tasks", "start", {"type": "scan"}),
+        ("tasks", "stop", {"id": 1}),
+    ):
         with pytest.raises(Forbidden):
             await call(p, ALICE, module, name, **params)
 
@@ -243,7 +276,13 @@ async def test_read_qualifier_narrows_a_pattern() -> None:
 
 
 async def test_a_key_based_ci_user() -> None:
-    p = policy({"name": "ci", "subjects": ["key:ci"], "actions": ["tasks.read", "tasks.start:scan", "tasks.stop:scan"]})
+    p = policy(
+        {
+            "name": "ci",
+            "subjects": ["key:ci"],
+            "actions": ["tasks.read", "tasks.start:scan", "tasks.stop:scan"],
+        }
+    )
     assert await call(p, CI, "tasks", "show", id=1) == {"id": 1}
     assert await call(p, CI, "tasks", "start", type="scan") == {"started": "scan"}
     assert await call(p, CI, "tasks", "stop", id=1) == {"stopped": 1}
@@ -274,10 +313,22 @@ async def test_a_caller_who_may_not_call_learns_nothing_from_param_errors() -> N
 @pytest.mark.parametrize(
     ("identity", "subject", "allowed"),
     [
-        (WWW, "user:www-data", True), (WWW, "uid:33", True), (WWW, "group:www-data", True), (WWW, "any", True),
-        (WWW, "owner", False), (ALICE, "owner", True), (ALICE, "group:adm", True), (CI, "key:ci", True),
-        (CI, "any", True), (CI, "user:www-data", False), (CERT, "cert:backup.example", True), (CERT, "any", True),
-        (LEGACY, "legacy", True), (LEGACY, "any", False), (UNSIGNED, "any", False), (UNSIGNED, "legacy", False),
+        (WWW, "user:www-data", True),
+        (WWW, "uid:33", True),
+        (WWW, "group:www-data", True),
+        (WWW, "any", True),
+        (WWW, "owner", False),
+        (ALICE, "owner", True),
+        (ALICE, "group:adm", True),
+        (CI, "key:ci", True),
+        (CI, "any", True),
+        (CI, "user:www-data", False),
+        (CERT, "cert:backup.example", True),
+        (CERT, "any", True),
+        (LEGACY, "legacy", True),
+        (LEGACY, "any", False),
+        (UNSIGNED, "any", False),
+        (UNSIGNED, "legacy", False),
         # A TCP identity never matches Unix subjects, whatever fields it carries.
         (Identity(transport="tcp", uid=33, user="www-data", key_id="ci"), "user:www-data", False),
     ],
@@ -294,9 +345,12 @@ async def test_which_identities_match_which_subjects(identity: Identity, subject
 async def test_code_requirement_can_be_tightened_but_not_loosened() -> None:
     p = policy({"subjects": ["any"], "actions": ["admin.*"]})
     assert await call(p, ROOT, "admin", "reboot") == "rebooting"
-    with pytest.raises(Forbidden, match=r"^admin\.reboot may only be called by uid:0 \(required by the action itself\); "
-                                        r"user:www-data \(uid 33\) is none of them, and a policy rule lifts that only "
-                                        r"with override = true$"):
+    with pytest.raises(
+        Forbidden,
+        match=r"^admin\.reboot may only be called by uid:0 \(required by the action itself\); "
+        r"user:www-data \(uid 33\) is none of them, and a policy rule lifts that only "
+        r"with override = true$",
+    ):
         await call(p, WWW, "admin", "reboot")
     tighter = policy({"subjects": ["group:www-data"], "actions": ["admin.*"]})
     with pytest.raises(Forbidden):  # root matches the code but not the policy
@@ -304,8 +358,10 @@ async def test_code_requirement_can_be_tightened_but_not_loosened() -> None:
 
 
 async def test_override_loosens_explicitly_and_is_reported() -> None:
-    p = policy({"name": "ops", "subjects": ["key:ci"], "actions": ["admin.reboot"], "override": True},
-               {"subjects": ["group:www-data"], "actions": ["admin.*"]})
+    p = policy(
+        {"name": "ops", "subjects": ["key:ci"], "actions": ["admin.reboot"], "override": True},
+        {"subjects": ["group:www-data"], "actions": ["admin.*"]},
+    )
     assert await call(p, CI, "admin", "reboot") == "rebooting"
     with pytest.raises(Forbidden):  # the override belongs to the ci rule only
         await call(p, WWW, "admin", "reboot")
@@ -315,9 +371,14 @@ async def test_override_loosens_explicitly_and_is_reported() -> None:
 
 
 def test_startup_notes_name_patterns_that_match_nothing_and_unknown_users() -> None:
-    p = policy({"name": "typo", "subjects": ["user:no-such-user-xyz", "group:www-data"],
-                "actions": ["firewal.*", "tasks.start:nope", "tasks.start:*"]},
-               {"subjects": ["any"], "actions": ["admin.uptime"], "override": True})
+    p = policy(
+        {
+            "name": "typo",
+            "subjects": ["user:no-such-user-xyz", "group:www-data"],
+            "actions": ["firewal.*", "tasks.start:nope", "tasks.start:*"],
+        },
+        {"subjects": ["any"], "actions": ["admin.uptime"], "override": True},
+    )
     assert p.startup_notes() == [
         "policy rule #1 ('typo'): action pattern 'firewal.*' matches no action this daemon serves",
         "policy rule #1 ('typo'): action pattern 'tasks.start:nope' matches no action this daemon serves",
@@ -345,7 +406,9 @@ async def test_one_cached_decision_serves_every_connection_and_names_the_current
     for port in (5001, 5002):
         caller = Identity(transport="legacy", peer=f"127.0.0.1:{port}")
         assert await call(p, caller, "admin", "uptime") == 1
-        with pytest.raises(Forbidden, match=rf"^the policy allows legacy caller 127\.0\.0\.1:{port} no firewall\.rules; "):
+        with pytest.raises(
+            Forbidden, match=rf"^the policy allows legacy caller 127\.0\.0\.1:{port} no firewall\.rules; "
+        ):
             await call(p, caller, "firewall", "rules")
     assert len(p._cache) == 2  # one allowed, one denied: not one per connection
 
@@ -377,12 +440,20 @@ async def test_task_operations_are_recognised_by_what_they_are_not_by_the_name_t
     reg = Registry()
     reg.add(Borrower())
     p = Policy(
-        PolicyConfig(rules=[PolicyRule(subjects=["user:www-data"], actions=["tasks.read", "tasks.logs:scan"])]),
-        reg, task_types=["scan"], task_type_of=task_type_of, task_operations=FAKE_TASK_OPERATIONS, owner_uid=0,
-    )  # fmt: skip
+        PolicyConfig(
+            rules=[PolicyRule(subjects=["user:www-data"], actions=["tasks.read", "tasks.logs:scan"])]
+        ),
+        reg,
+        task_types=["scan"],
+        task_type_of=task_type_of,
+        task_operations=FAKE_TASK_OPERATIONS,
+        owner_uid=0,
+    )
     dispatcher = Dispatcher(reg, authorize=p.authorize, authorize_params=p.authorize_params)
     for name in ("logs", "wipe"):
-        with pytest.raises(Forbidden, match=rf"^the policy allows user:www-data \(uid 33\) no tasks\.{name}; "):
+        with pytest.raises(
+            Forbidden, match=rf"^the policy allows user:www-data \(uid 33\) no tasks\.{name}; "
+        ):
             await dispatcher.call(Call("tasks", name, {}, WWW))
 
 
@@ -398,9 +469,16 @@ async def test_a_task_operation_whose_type_cannot_be_determined_is_denied() -> N
     reg.add(NoId())
     p = Policy(
         PolicyConfig(rules=[PolicyRule(subjects=["user:www-data"], actions=["tasks.logs:scan"])]),
-        reg, task_types=["scan"], task_type_of=task_type_of, task_operations={NoId.logs: "tasks.logs"}, owner_uid=0,
-    )  # fmt: skip
+        reg,
+        task_types=["scan"],
+        task_type_of=task_type_of,
+        task_operations={NoId.logs: "tasks.logs"},
+        owner_uid=0,
+    )
     dispatcher = Dispatcher(reg, authorize=p.authorize, authorize_params=p.authorize_params)
-    with pytest.raises(Forbidden, match=r"^tasks\.logs is decided by the task type, and the type of this call cannot be "
-                                        r"determined; denied to user:www-data \(uid 33\)$"):
+    with pytest.raises(
+        Forbidden,
+        match=r"^tasks\.logs is decided by the task type, and the type of this call cannot be "
+        r"determined; denied to user:www-data \(uid 33\)$",
+    ):
         await dispatcher.call(Call("tasks", "logs", {}, WWW))

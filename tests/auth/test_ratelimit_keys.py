@@ -24,7 +24,9 @@ from pymgr.auth.settings import AuthConfig, KeyConfig
         ((2.0, 10.0), 5.0, (1.0, 5.0), 0.0),  # clock went back: no refill, no error
     ],
 )
-def test_take_is_a_pure_function_of_state_and_time(bucket: Bucket | None, now: float, expected: Bucket, wait: float) -> None:
+def test_take_is_a_pure_function_of_state_and_time(
+    bucket: Bucket | None, now: float, expected: Bucket, wait: float
+) -> None:
     assert take(bucket, now, rate_per_s=2.0, burst=5) == (expected, pytest.approx(wait))
 
 

@@ -25,8 +25,9 @@ class Clock:
 
 
 def tally(tmp_path: Path, clock: Any = None, **limits: Any) -> RefusalTally:
-    return RefusalTally(AuditLog(tmp_path / "refused.log", max_bytes=1 << 20, backups=1), clock=clock or Clock(),
-                        **limits)
+    return RefusalTally(
+        AuditLog(tmp_path / "refused.log", max_bytes=1 << 20, backups=1), clock=clock or Clock(), **limits
+    )
 
 
 def lines(tmp_path: Path) -> list[dict[str, Any]]:
@@ -39,17 +40,37 @@ def test_one_line_per_source_per_window_written_when_the_next_window_starts(tmp_
     t = tally(tmp_path, clock)
     for n in range(5):
         clock.now = T0 + n * 0.1
-        t.add("tcp:10.0.0.1", "tcp", "http POST /v1/modules/demo/echo", "unauthenticated" if n < 3 else "rate_limited")
+        t.add(
+            "tcp:10.0.0.1",
+            "tcp",
+            "http POST /v1/modules/demo/echo",
+            "unauthenticated" if n < 3 else "rate_limited",
+        )
     t.add("uid:33", "unix", "demo.root_only", "forbidden")
     assert lines(tmp_path) == []  # the window is not over
     clock.now = T0 + 1.0
     t.add("uid:33", "unix", "demo.root_only", "forbidden")
     assert lines(tmp_path) == [
-        {"time": "2023-11-14T22:13:20.000Z", "last": "2023-11-14T22:13:20.400Z", "refused": 5, "source": "tcp:10.0.0.1",
-         "transport": "tcp", "codes": {"unauthenticated": 3, "rate_limited": 2},
-         "operations": {"http POST /v1/modules/demo/echo": 5}, "other_operations": 0},
-        {"time": "2023-11-14T22:13:20.400Z", "last": "2023-11-14T22:13:20.400Z", "refused": 1, "source": "uid:33",
-         "transport": "unix", "codes": {"forbidden": 1}, "operations": {"demo.root_only": 1}, "other_operations": 0},
+        {
+            "time": "2023-11-14T22:13:20.000Z",
+            "last": "2023-11-14T22:13:20.400Z",
+            "refused": 5,
+            "source": "tcp:10.0.0.1",
+            "transport": "tcp",
+            "codes": {"unauthenticated": 3, "rate_limited": 2},
+            "operations": {"http POST /v1/modules/demo/echo": 5},
+            "other_operations": 0,
+        },
+        {
+            "time": "2023-11-14T22:13:20.400Z",
+            "last": "2023-11-14T22:13:20.400Z",
+            "refused": 1,
+            "source": "uid:33",
+            "transport": "unix",
+            "codes": {"forbidden": 1},
+            "operations": {"demo.root_only": 1},
+            "other_operations": 0,
+        },
     ]
     t.close()  # shutdown writes the window in progress
     assert lines(tmp_path)[-1]["time"] == "2023-11-14T22:13:21.000Z" and len(lines(tmp_path)) == 3
@@ -87,7 +108,9 @@ def test_a_longer_window_counts_longer(tmp_path: Path) -> None:
 
 
 def test_limits_must_be_positive(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"^refusal window_s, max_sources and max_operations must be positive"):
+    with pytest.raises(
+        ValueError, match=r"^refusal window_s, max_sources and max_operations must be positive"
+    ):
         tally(tmp_path, window_s=0)
     with pytest.raises(ValueError):
         tally(tmp_path, max_sources=0)
@@ -102,8 +125,13 @@ async def test_a_timer_writes_the_window_when_no_later_refusal_comes(tmp_path: P
 
 
 def test_a_line_that_cannot_be_written_is_logged_with_its_counts(tmp_path: Path, caplog: Any) -> None:
-    t = RefusalTally(AuditLog(tmp_path / "missing" / "refused.log", max_bytes=1 << 20, backups=1), clock=Clock())
+    t = RefusalTally(
+        AuditLog(tmp_path / "missing" / "refused.log", max_bytes=1 << 20, backups=1), clock=Clock()
+    )
     t.add("uid:33", "unix", "demo.root_only", "forbidden")
     with caplog.at_level(logging.ERROR, logger="pymgr.audit"):
         t.flush()
-    assert "AUDIT LOG WRITE FAILED for refusals" in caplog.text and '"refused":1,"source":"uid:33"' in caplog.text
+    assert (
+        "AUDIT LOG WRITE FAILED for refusals" in caplog.text
+        and '"refused":1,"source":"uid:33"' in caplog.text
+    )

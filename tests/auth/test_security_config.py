@@ -28,8 +28,11 @@ def test_world_writable_socket_both_sides(tmp_path: Path, http: str, ok: bool) -
     if ok:
         load_config(path)
     else:
-        with pytest.raises(ConfigError, match=r"http\.socket_mode: Value error, \"066\d\" lets every local user write "
-                                              r"to the socket and call pymgr; .* \(line 2\)$"):
+        with pytest.raises(
+            ConfigError,
+            match=r"http\.socket_mode: Value error, \"066\d\" lets every local user write "
+            r"to the socket and call pymgr; .* \(line 2\)$",
+        ):
             load_config(path)
 
 

@@ -36,23 +36,48 @@ SKEW = 300.0
 
 def test_the_documented_worked_example() -> None:
     canonical = canonical_request(
-        "POST", "/v1/modules/demo/echo", "", EXAMPLE_BODY, timestamp="1700000000", nonce="Zm9vYmFyYmF6cXV4MTIz", key_id="ci"
+        "POST",
+        "/v1/modules/demo/echo",
+        "",
+        EXAMPLE_BODY,
+        timestamp="1700000000",
+        nonce="Zm9vYmFyYmF6cXV4MTIz",
+        key_id="ci",
     )
     assert canonical == EXAMPLE_CANONICAL
     assert sign(EXAMPLE_SECRET, canonical) == EXAMPLE_SIGNATURE
-    headers = signed_headers("ci", EXAMPLE_SECRET, "post", "/v1/modules/demo/echo", b"", EXAMPLE_BODY,
-                             timestamp=1700000000, nonce="Zm9vYmFyYmF6cXV4MTIz")
-    assert headers == {"X-Pymgr-Key": "ci", "X-Pymgr-Timestamp": "1700000000", "X-Pymgr-Nonce": "Zm9vYmFyYmF6cXV4MTIz",
-                       "X-Pymgr-Signature": EXAMPLE_SIGNATURE}
+    headers = signed_headers(
+        "ci",
+        EXAMPLE_SECRET,
+        "post",
+        "/v1/modules/demo/echo",
+        b"",
+        EXAMPLE_BODY,
+        timestamp=1700000000,
+        nonce="Zm9vYmFyYmF6cXV4MTIz",
+    )
+    assert headers == {
+        "X-Pymgr-Key": "ci",
+        "X-Pymgr-Timestamp": "1700000000",
+        "X-Pymgr-Nonce": "Zm9vYmFyYmF6cXV4MTIz",
+        "X-Pymgr-Signature": EXAMPLE_SIGNATURE,
+    }
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_another_implementation_agrees() -> None:
     # What a client in another language does, with openssl standing in for it.
     body_hash = hashlib.sha256(EXAMPLE_BODY).hexdigest()
-    text = f"PYMGR-HMAC-SHA256\nPOST\n/v1/modules/demo/echo\n\n{body_hash}\n1700000000\nZm9vYmFyYmF6cXV4MTIz\nci"
-    out = subprocess.run(["openssl", "dgst", "-sha256", "-hmac", EXAMPLE_SECRET.decode()], input=text.encode(),
-                         capture_output=True, check=True, timeout=30)
+    text = (
+        f"PYMGR-HMAC-SHA256\nPOST\n/v1/modules/demo/echo\n\n{body_hash}\n1700000000\nZm9vYmFyYmF6cXV4MTIz\nci"
+    )
+    out = subprocess.run(
+        ["openssl", "dgst", "-sha256", "-hmac", EXAMPLE_SECRET.decode()],
+        input=text.encode(),
+        capture_output=True,
+        check=True,
+        timeout=30,
+    )
     assert out.stdout.decode().strip().endswith(EXAMPLE_SIGNATURE)
 
 
@@ -73,8 +98,14 @@ def test_canonical_query(raw: str | bytes, canonical: str) -> None:
 
 @pytest.mark.parametrize(
     ("raw", "canonical"),
-    [("/v1/health", "/v1/health"), ("/v1/modules/a%20b/x", "/v1/modules/a%20b/x"), ("/v1/modules/a b/x", "/v1/modules/a%20b/x"),
-     ("/v1/tasks/%7e", "/v1/tasks/~"), ("/v1/modules/a%2Fb/x", "/v1/modules/a%2Fb/x"), ("/v1/modules/a%2fb/x", "/v1/modules/a%2Fb/x")],
+    [
+        ("/v1/health", "/v1/health"),
+        ("/v1/modules/a%20b/x", "/v1/modules/a%20b/x"),
+        ("/v1/modules/a b/x", "/v1/modules/a%20b/x"),
+        ("/v1/tasks/%7e", "/v1/tasks/~"),
+        ("/v1/modules/a%2Fb/x", "/v1/modules/a%2Fb/x"),
+        ("/v1/modules/a%2fb/x", "/v1/modules/a%2Fb/x"),
+    ],
 )
 def test_canonical_path(raw: str, canonical: str) -> None:
     assert canonical_path(raw) == canonical
@@ -103,15 +134,30 @@ def verifier(clock: Clock | None = None, max_nonces: int = 100) -> Verifier:
     return Verifier(keys, clock_skew_s=SKEW, nonces=NonceCache(max_nonces), clock=clock or Clock(NOW))
 
 
-def headers_for(key_id: str = "ci", secret: bytes = b"ci-secret-0123456789", *, timestamp: int = int(NOW),
-                nonce: str = "n" * 16, method: str = "POST", path: str = "/v1/modules/demo/echo", query: str = "",
-                body: bytes = b"{}") -> dict[str, str]:
+def headers_for(
+    key_id: str = "ci",
+    secret: bytes = b"ci-secret-0123456789",
+    *,
+    timestamp: int = int(NOW),
+    nonce: str = "n" * 16,
+    method: str = "POST",
+    path: str = "/v1/modules/demo/echo",
+    query: str = "",
+    body: bytes = b"{}",
+) -> dict[str, str]:
     headers = signed_headers(key_id, secret, method, path, query, body, timestamp=timestamp, nonce=nonce)
     return {name.lower(): value for name, value in headers.items()}
 
 
-def check(v: Verifier, headers: dict[str, str], *, method: str = "POST", path: str = "/v1/modules/demo/echo",
-          query: str = "", body: bytes = b"{}") -> str:
+def check(
+    v: Verifier,
+    headers: dict[str, str],
+    *,
+    method: str = "POST",
+    path: str = "/v1/modules/demo/echo",
+    query: str = "",
+    body: bytes = b"{}",
+) -> str:
     return v.verify(method, path, query, body, headers)
 
 
@@ -124,10 +170,19 @@ def test_a_good_request_gives_its_key_and_both_rotation_keys_work() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"drop": "x-pymgr-signature"}, r"^request is not signed: missing X-Pymgr-Signature; TCP callers sign every request"),
-        ({"drop": "all"}, r"^request is not signed: missing X-Pymgr-Key, X-Pymgr-Timestamp, X-Pymgr-Nonce, X-Pymgr-Signature;"),
+        (
+            {"drop": "x-pymgr-signature"},
+            r"^request is not signed: missing X-Pymgr-Signature; TCP callers sign every request",
+        ),
+        (
+            {"drop": "all"},
+            r"^request is not signed: missing X-Pymgr-Key, X-Pymgr-Timestamp, X-Pymgr-Nonce, X-Pymgr-Signature;",
+        ),
         ({"set": ("x-pymgr-timestamp", "17e8")}, r"^X-Pymgr-Timestamp must be Unix seconds, not '17e8'$"),
-        ({"set": ("x-pymgr-nonce", "short")}, r"^X-Pymgr-Nonce must be 16-64 of \[A-Za-z0-9_-\], not 'short'$"),
+        (
+            {"set": ("x-pymgr-nonce", "short")},
+            r"^X-Pymgr-Nonce must be 16-64 of \[A-Za-z0-9_-\], not 'short'$",
+        ),
         ({"set": ("x-pymgr-nonce", "n" * 15 + "\n")}, r"^X-Pymgr-Nonce must be 16-64 of"),
         ({"set": ("x-pymgr-key", "a b")}, r"^X-Pymgr-Key must be 1-64 of \[A-Za-z0-9\._-\], not 'a b'$"),
         ({"set": ("x-pymgr-signature", "zz")}, r"^X-Pymgr-Signature must be 64 hex digits, not 'zz'$"),
@@ -149,11 +204,21 @@ def test_malformed_and_unsigned_requests(change: dict[str, Any], message: str) -
 
 def test_wrong_signatures_show_the_canonical_request() -> None:
     v = verifier()
-    with pytest.raises(Unauthenticated, match=r"^signature does not match for key 'ci'; details\.canonical_request") as info:
+    with pytest.raises(
+        Unauthenticated, match=r"^signature does not match for key 'ci'; details\.canonical_request"
+    ) as info:
         check(v, headers_for(secret=b"wrong-secret-0123456789"))
-    assert info.value.details == {"canonical_request": canonical_request(
-        "POST", "/v1/modules/demo/echo", "", b"{}", timestamp=str(int(NOW)), nonce="n" * 16, key_id="ci")}
-    for tamper in ({"body": b'{"a":1}'}, {"path": "/v1/modules/demo/sleep"}, {"method": "PUT"}, {"query": "x=1"}):
+    assert info.value.details == {
+        "canonical_request": canonical_request(
+            "POST", "/v1/modules/demo/echo", "", b"{}", timestamp=str(int(NOW)), nonce="n" * 16, key_id="ci"
+        )
+    }
+    for tamper in (
+        {"body": b'{"a":1}'},
+        {"path": "/v1/modules/demo/sleep"},
+        {"method": "PUT"},
+        {"query": "x=1"},
+    ):
         with pytest.raises(Unauthenticated, match=r"^signature does not match"):
             check(v, headers_for(nonce="t" * 16), **tamper)  # type: ignore[arg-type]
 
@@ -162,8 +227,11 @@ def test_the_clock_skew_window_both_sides() -> None:
     v = verifier()
     assert check(v, headers_for(timestamp=int(NOW - SKEW), nonce="a" * 16)) == "ci"
     assert check(v, headers_for(timestamp=int(NOW + SKEW), nonce="b" * 16)) == "ci"
-    with pytest.raises(Unauthenticated, match=r"^X-Pymgr-Timestamp 1699999699 is 301 s in the past; the limit is "
-                                              r"clock_skew_s=300 \(server time 1700000000\): check the client's clock$"):
+    with pytest.raises(
+        Unauthenticated,
+        match=r"^X-Pymgr-Timestamp 1699999699 is 301 s in the past; the limit is "
+        r"clock_skew_s=300 \(server time 1700000000\): check the client's clock$",
+    ):
         check(v, headers_for(timestamp=int(NOW - SKEW - 1), nonce="c" * 16))
     with pytest.raises(Unauthenticated, match=r"^X-Pymgr-Timestamp 1700000301 is 301 s in the future; "):
         check(v, headers_for(timestamp=int(NOW + SKEW + 1), nonce="d" * 16))
@@ -174,7 +242,9 @@ def test_a_replay_inside_the_window_is_refused_and_expires_with_it() -> None:
     v = verifier(clock)
     headers = headers_for()
     assert check(v, headers) == "ci"
-    with pytest.raises(Unauthenticated, match=r"^X-Pymgr-Nonce 'nnnnnnnnnnnnnnnn' was already used with key 'ci': a replay; "):
+    with pytest.raises(
+        Unauthenticated, match=r"^X-Pymgr-Nonce 'nnnnnnnnnnnnnnnn' was already used with key 'ci': a replay; "
+    ):
         check(v, headers)
     # The same nonce under another key is another request.
     assert check(v, headers_for("old", b"old-secret-0123456789")) == "old"
@@ -197,7 +267,9 @@ def test_nonce_cache_size_limit_both_sides() -> None:
     assert cache.add("k", "a", expires_at=10, now=0)
     assert cache.add("k", "b", expires_at=20, now=0)
     assert len(cache) == 2
-    with pytest.raises(Unavailable, match=r"^the nonce cache is full \(2 live nonces, nonce_cache_max\); retry in a few "):
+    with pytest.raises(
+        Unavailable, match=r"^the nonce cache is full \(2 live nonces, nonce_cache_max\); retry in a few "
+    ):
         cache.add("k", "c", expires_at=30, now=5)
     assert cache.add("k", "c", expires_at=30, now=10.5)  # "a" expired at 10: room again
     assert not cache.add("k", "b", expires_at=20, now=11)
@@ -209,7 +281,9 @@ def test_nonce_cache_size_limit_both_sides() -> None:
 def test_nonce_quota_per_key_both_sides_and_other_keys_keep_their_room() -> None:
     cache = NonceCache(max_entries=4, per_key=2)
     assert cache.add("a", "n1", expires_at=10, now=0) and cache.add("a", "n2", expires_at=20, now=0)
-    with pytest.raises(Unavailable, match=r"^key 'a' has 2 live nonces, its quota \(nonce_quota_per_key=2\); "):
+    with pytest.raises(
+        Unavailable, match=r"^key 'a' has 2 live nonces, its quota \(nonce_quota_per_key=2\); "
+    ):
         cache.add("a", "n3", expires_at=30, now=1)
     assert cache.add("b", "n1", expires_at=30, now=1) and cache.add("b", "n2", expires_at=30, now=1)
     assert (cache.count("a"), cache.count("b"), len(cache)) == (2, 2, 4)
@@ -223,7 +297,9 @@ def test_nonce_quota_per_key_both_sides_and_other_keys_keep_their_room() -> None
 @settings(max_examples=200, deadline=None)
 @given(
     method=st.sampled_from(["GET", "POST", "DELETE"]),
-    path=st.lists(st.text(st.characters(codec="utf-8", exclude_characters="/"), min_size=1, max_size=8), max_size=4),
+    path=st.lists(
+        st.text(st.characters(codec="utf-8", exclude_characters="/"), min_size=1, max_size=8), max_size=4
+    ),
     query=st.lists(st.tuples(st.text(max_size=6), st.text(max_size=6)), max_size=4),
     body=st.binary(max_size=64),
 )
@@ -253,18 +329,34 @@ def test_a_header_with_a_newline_is_refused_naming_it(header: str) -> None:
         check(verifier(), headers)
 
 
-@pytest.mark.parametrize(("method", "path", "query"), [
-    ("POST", "/v1/modules/demo/echo", ""), ("post", "/v1/modules/a%20b/x", b"b=2&a=1"), ("GET", "/v1/tasks", "z=1&a"),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "query"),
+    [
+        ("POST", "/v1/modules/demo/echo", ""),
+        ("post", "/v1/modules/a%20b/x", b"b=2&a=1"),
+        ("GET", "/v1/tasks", "z=1&a"),
+    ],
+)
 def test_the_cached_head_gives_canonical_requests_text(method: str, path: str, query: str | bytes) -> None:
     v = verifier()
     for nonce in ("a" * 16, "b" * 16):  # the second uses the cached head
         with pytest.raises(Unauthenticated, match=r"^signature does not match") as info:
             v.verify(method, path, query, b"{}", headers_for(nonce=nonce, secret=b"wrong-secret-0123456789"))
-        assert info.value.details == {"canonical_request": canonical_request(
-            method, path, query, b"{}", timestamp=str(int(NOW)), nonce=nonce, key_id="ci")}
-    assert check(v, headers_for(nonce="c" * 16, method=method.upper(), path=path, query=query),  # type: ignore[arg-type]
-                 method=method, path=path, query=query) == "ci"  # type: ignore[arg-type]
+        assert info.value.details == {
+            "canonical_request": canonical_request(
+                method, path, query, b"{}", timestamp=str(int(NOW)), nonce=nonce, key_id="ci"
+            )
+        }
+    assert (
+        check(
+            v,
+            headers_for(nonce="c" * 16, method=method.upper(), path=path, query=query),  # type: ignore[arg-type]
+            method=method,
+            path=path,
+            query=query,
+        )
+        == "ci"
+    )  # type: ignore[arg-type]
     assert len(v._heads) == 1
 
 
@@ -280,6 +372,13 @@ def test_nonce_quota_config_both_sides_and_the_default_share() -> None:
 
     keys = [{"id": "a", "secret": "a" * 16}, {"id": "b", "secret": "b" * 16}]
     assert AuthConfig.model_validate({"keys": keys, "nonce_cache_max": 10}).nonce_quota() == 5
-    assert AuthConfig.model_validate({"keys": keys, "nonce_cache_max": 10, "nonce_quota_per_key": 5}).nonce_quota() == 5
-    with pytest.raises(ValueError, match=r"nonce_quota_per_key=6 x 2 keys = 12 is more than nonce_cache_max=10: "):
+    assert (
+        AuthConfig.model_validate(
+            {"keys": keys, "nonce_cache_max": 10, "nonce_quota_per_key": 5}
+        ).nonce_quota()
+        == 5
+    )
+    with pytest.raises(
+        ValueError, match=r"nonce_quota_per_key=6 x 2 keys = 12 is more than nonce_cache_max=10: "
+    ):
         AuthConfig.model_validate({"keys": keys, "nonce_cache_max": 10, "nonce_quota_per_key": 6})

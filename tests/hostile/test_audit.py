@@ -112,7 +112,9 @@ def tcp_address(daemon: Daemon) -> tuple[str, int]:
     for line in daemon.log().splitlines():
         if " pymgr: ready " in line:
             ready = json.loads(line.split(" pymgr: ready ", 1)[1])
-            host, port = next(a for a in ready["http"] if a.startswith("tcp:")).removeprefix("tcp:").rsplit(":", 1)
+            host, port = (
+                next(a for a in ready["http"] if a.startswith("tcp:")).removeprefix("tcp:").rsplit(":", 1)
+            )
             return host, int(port)
     raise AssertionError("no ready line")
 
@@ -136,13 +138,17 @@ def unsigned_flood(address: tuple[str, int], seconds: float, seen: Counter[int])
 
 def read_lines(directory: Path, name: str) -> list[dict[str, Any]]:
     """Every line of a log and its rotated files, oldest first (each must parse)."""
-    rotated = sorted((p for p in directory.glob(name + ".*") if p.suffix[1:].isdigit()), key=lambda p: -int(p.suffix[1:]))
+    rotated = sorted(
+        (p for p in directory.glob(name + ".*") if p.suffix[1:].isdigit()), key=lambda p: -int(p.suffix[1:])
+    )
     files = [*rotated, directory / name] if (directory / name).exists() else rotated
     return [json.loads(line) for path in files for line in path.read_text().splitlines()]
 
 
 def refused_total(state: Path, sources: set[str]) -> int:
-    return sum(line["refused"] for line in read_lines(state, "audit-refused.log") if line["source"] in sources)
+    return sum(
+        line["refused"] for line in read_lines(state, "audit-refused.log") if line["source"] in sources
+    )
 
 
 def test_a_flood_of_refusals_leaves_every_earlier_record_and_counts_each_refusal(open_dir: Path) -> None:
@@ -156,12 +162,26 @@ def test_a_flood_of_refusals_leaves_every_earlier_record_and_counts_each_refusal
         www = None
         if os.geteuid() == 0 and shutil.which("setpriv") and Path("/usr/bin/python3").exists():
             www = subprocess.Popen(
-                ["setpriv", "--reuid=33", "--regid=33", "--init-groups", "/usr/bin/python3", "-c", WWW_DATA_FLOOD,
-                 str(daemon.socket), str(FLOOD_S)], stdout=subprocess.PIPE, cwd="/")
+                [
+                    "setpriv",
+                    "--reuid=33",
+                    "--regid=33",
+                    "--init-groups",
+                    "/usr/bin/python3",
+                    "-c",
+                    WWW_DATA_FLOOD,
+                    str(daemon.socket),
+                    str(FLOOD_S),
+                ],
+                stdout=subprocess.PIPE,
+                cwd="/",
+            )
         seen: Counter[int] = Counter()
         counters = [Counter[int]() for _ in range(3)]
-        threads = [threading.Thread(target=unsigned_flood, args=(tcp_address(daemon), FLOOD_S, counter))
-                   for counter in counters]
+        threads = [
+            threading.Thread(target=unsigned_flood, args=(tcp_address(daemon), FLOOD_S, counter))
+            for counter in counters
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -180,8 +200,12 @@ def test_a_flood_of_refusals_leaves_every_earlier_record_and_counts_each_refusal
         markers = [line["params"].get("marker") for line in records if line.get("operation") == "demo.echo"]
         assert markers[:5] == [f"before-{n}" for n in range(5)], markers[:10]
         if www is not None:
-            assert [line["identity"]["uid"] for line in records if line.get("operation") == "demo.echo"][5] == 33
-        assert not [line for line in records if line.get("outcome") == "error"]  # no refusal among the records
+            assert [line["identity"]["uid"] for line in records if line.get("operation") == "demo.echo"][
+                5
+            ] == 33
+        assert not [
+            line for line in records if line.get("outcome") == "error"
+        ]  # no refusal among the records
 
         # Counted exactly: each window's lines come at its end (a timer), and once more at shutdown.
         deadline = time.monotonic() + 10
@@ -213,12 +237,22 @@ def test_ten_minutes_of_refusals_at_full_rate_leave_the_audit_file_untouched(tmp
     refused_log = AuditLog(tmp_path / "audit-refused.log", max_bytes=10 * 1024 * 1024, backups=5)
     auditor = Auditor(audit_log, clock=clock, refusals=RefusalTally(refused_log, clock=clock))
     for n in range(5):
-        auditor.record(Identity(transport="unix", uid=33, user="www-data"), operation="demo.echo", module="demo",
-                       action="echo", params={"marker": n}, error=None, duration_s=0.001)
+        auditor.record(
+            Identity(transport="unix", uid=33, user="www-data"),
+            operation="demo.echo",
+            module="demo",
+            action="echo",
+            params={"marker": n},
+            error=None,
+            duration_s=0.001,
+        )
     before = (tmp_path / "audit.log").read_bytes()
     edge = EdgeGuard(None, auditor)
-    callers = [Identity(transport="tcp", peer="127.0.0.1:40000"), Identity(transport="unix", uid=65534, pid=7),
-               Identity(transport="legacy", peer="127.0.0.1:50000")]
+    callers = [
+        Identity(transport="tcp", peer="127.0.0.1:40000"),
+        Identity(transport="unix", uid=65534, pid=7),
+        Identity(transport="legacy", peer="127.0.0.1:50000"),
+    ]
     callers += [Identity(transport="tcp", peer=f"10.1.{n // 250}.{n % 250}:1") for n in range(200)]
     errors: list[PymgrError] = [Unauthenticated("unsigned"), RateLimited("too many")]
     seconds, per_second = 600, REVIEW_RATE_PER_S
@@ -248,8 +282,11 @@ def test_ten_minutes_of_refusals_at_full_rate_leave_the_audit_file_untouched(tmp
 def _mount_tmpfs(directory: Path, size: str) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to mount a small tmpfs")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(directory)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(directory)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
 
@@ -311,7 +348,9 @@ pad = {{ type = "str", default = "", max_length = 8000 }}
 
 @pytest.mark.root
 def test_on_a_full_disk_no_action_runs_unrecorded_and_no_line_is_partial(
-    small_fs: Path, tmp_path: Path, start_daemon: Callable[..., Daemon],
+    small_fs: Path,
+    tmp_path: Path,
+    start_daemon: Callable[..., Daemon],
 ) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
@@ -339,7 +378,9 @@ def test_on_a_full_disk_no_action_runs_unrecorded_and_no_line_is_partial(
 
     text = (small_fs / "audit.log").read_text()
     assert text.endswith("\n")
-    records = [json.loads(line) for line in text.splitlines()]  # every line parses: nothing partial, nothing glued
+    records = [
+        json.loads(line) for line in text.splitlines()
+    ]  # every line parses: nothing partial, nothing glued
     recorded = {line["params"]["path"] for line in records if line.get("operation") == "commands.mark"}
     ran = {p.name for p in marks.iterdir()}
     print(f"outcomes: {outcomes}")

@@ -35,11 +35,15 @@ from tests.conftest import AS_WWW_DATA, BASE_CONFIG, PYMGR, READY_TIMEOUT_S, Dae
 
 ROOT_TOOLS = os.geteuid() == 0 and all(shutil.which(t) for t in ("setpriv", "curl", "prlimit"))
 #: Root-only: calls as nobody and www-data, lowers a process's RLIMIT_NOFILE, edits users and groups.
-_SKIP_UNLESS_ROOT = pytest.mark.skipif(not ROOT_TOOLS, reason="needs root, setpriv, curl and prlimit (acts as other users)")
+_SKIP_UNLESS_ROOT = pytest.mark.skipif(
+    not ROOT_TOOLS, reason="needs root, setpriv, curl and prlimit (acts as other users)"
+)
 
 
 def needs_root(test: Callable[..., None]) -> Callable[..., None]:
     return pytest.mark.root(_SKIP_UNLESS_ROOT(test))
+
+
 AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 KEY_A, KEY_B = "flooder", "victim"
 SECRET_A, SECRET_B = "flooder-secret-0123456789", "victim-secret-0123456789"
@@ -84,7 +88,9 @@ sys.stdin.read()  # hold every connection until the test is done
 def _config(extra_http: str = "", extra_legacy: str = "", tail: str = "") -> str:
     text = BASE_CONFIG.replace("read_timeout_s = 2", f"read_timeout_s = 60\n{extra_legacy}")
     text = text.replace("[http]\n", f'[http]\ntcp = "127.0.0.1:0"\nheader_timeout_s = 60\n{extra_http}\n', 1)
-    return text + f"""
+    return (
+        text
+        + f"""
 [[auth.keys]]
 id = "{KEY_A}"
 secret = "{SECRET_A}"
@@ -93,10 +99,12 @@ secret = "{SECRET_A}"
 id = "{KEY_B}"
 secret = "{SECRET_B}"
 {tail}"""
+    )
 
 
-def _launch(directory: Path, config_text: str, nofile: tuple[int, int] | None = None,
-            expect_ready: bool = True) -> Daemon:
+def _launch(
+    directory: Path, config_text: str, nofile: tuple[int, int] | None = None, expect_ready: bool = True
+) -> Daemon:
     """A daemon subprocess, optionally under a given RLIMIT_NOFILE (soft, hard)."""
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o755)
@@ -108,10 +116,16 @@ def _launch(directory: Path, config_text: str, nofile: tuple[int, int] | None = 
             resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
 
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([str(PYMGR), "serve", "--config", str(directory / "pymgr.toml")], stdout=log,
-                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                                preexec_fn=limit)  # fmt: skip
-    daemon = Daemon(proc=proc, dir=directory, socket=directory / "pymgr.sock", legacy_port=None, log_path=log_path)
+        proc = subprocess.Popen(
+            [str(PYMGR), "serve", "--config", str(directory / "pymgr.toml")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=limit,
+        )
+    daemon = Daemon(
+        proc=proc, dir=directory, socket=directory / "pymgr.sock", legacy_port=None, log_path=log_path
+    )
     if not expect_ready:
         return daemon
     deadline = time.monotonic() + READY_TIMEOUT_S
@@ -149,21 +163,53 @@ def daemons() -> Iterator[Callable[..., Daemon]]:
 def _unix_health(daemon: Daemon, as_user: list[str] | None = None) -> int:
     """The HTTP status of GET /v1/health on the Unix socket, as root or as another user (0: no answer)."""
     out = subprocess.run(
-        [*(as_user or []), "curl", "-sS", "-m", "10", "--unix-socket", str(daemon.socket), "-o", "/dev/null",
-         "-w", "%{http_code}", "http://pymgr/v1/health"],
-        capture_output=True, timeout=30, cwd="/",
-    )  # fmt: skip
+        [
+            *(as_user or []),
+            "curl",
+            "-sS",
+            "-m",
+            "10",
+            "--unix-socket",
+            str(daemon.socket),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://pymgr/v1/health",
+        ],
+        capture_output=True,
+        timeout=30,
+        cwd="/",
+    )
     return int(out.stdout or b"0")
 
 
-def _attack(daemon: Daemon, per_address: int, legacy_per_address: int, first: int = 2, last: int = 6,
-            ) -> tuple[subprocess.Popen[str], dict[str, int]]:
+def _attack(
+    daemon: Daemon,
+    per_address: int,
+    legacy_per_address: int,
+    first: int = 2,
+    last: int = 6,
+) -> tuple[subprocess.Popen[str], dict[str, int]]:
     """Start the attacker as nobody; it holds its connections until its stdin closes."""
     proc = subprocess.Popen(
-        [*AS_NOBODY, "/usr/bin/python3", "-c", ATTACKER, str(daemon.tcp_port),  # type: ignore[attr-defined]
-         str(daemon.legacy_port or 0), str(per_address), str(legacy_per_address), str(first), str(last)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/",
-    )  # fmt: skip
+        [
+            *AS_NOBODY,
+            "/usr/bin/python3",
+            "-c",
+            ATTACKER,
+            str(daemon.tcp_port),  # type: ignore[attr-defined]
+            str(daemon.legacy_port or 0),
+            str(per_address),
+            str(legacy_per_address),
+            str(first),
+            str(last),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd="/",
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line:
@@ -202,8 +248,10 @@ def test_tcp_and_legacy_at_their_caps_leave_root_and_www_data_answered_on_the_un
     open_dir: Path, daemons: Callable[..., Daemon]
 ) -> None:
     # Caps that fill most of a 1024 limit (400 + 400 + 100 + 64 reserved = 964); the attacker asks for more.
-    config = _config("max_connections = 400\nmax_connections_per_identity = 400\nreserved_fds = 64",
-                     "max_connections = 100\nmax_connections_per_peer = 100")  # fmt: skip
+    config = _config(
+        "max_connections = 400\nmax_connections_per_identity = 400\nreserved_fds = 64",
+        "max_connections = 100\nmax_connections_per_peer = 100",
+    )
     daemon = daemons(open_dir / "d", config, nofile=(1024, 1024))
     attacker, held = _attack(daemon, per_address=100, legacy_per_address=25)  # 500 TCP, 125 legacy
     try:
@@ -225,7 +273,8 @@ def test_caps_that_do_not_fit_under_the_descriptor_limit_refuse_start(
     assert re.search(
         r"cannot start: the connection caps could hold more file descriptors than the daemon may open: "
         r"\[http\] max_connections x 2 listeners=800 \+ \[legacy\] max_connections=161 \+ \[http\] "
-        r"reserved_fds=64 = 1025 > RLIMIT_NOFILE 1024; lower those keys, or raise the limit", daemon.log()
+        r"reserved_fds=64 = 1025 > RLIMIT_NOFILE 1024; lower those keys, or raise the limit",
+        daemon.log(),
     ), daemon.log()
     assert not daemon.socket.exists()
 
@@ -255,7 +304,9 @@ def test_accept_failing_for_want_of_descriptors_is_logged_at_a_bounded_rate_and_
             time.sleep(0.075)
     finally:
         subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={hard}:{hard}"], check=True)
-    reports = re.findall(r"accept on \S+ failed (\d+) time\(s\) since the last report \(last: EMFILE", daemon.log())
+    reports = re.findall(
+        r"accept on \S+ failed (\d+) time\(s\) since the last report \(last: EMFILE", daemon.log()
+    )
     assert len(reports) == 1, daemon.log()[-3000:]  # one line per 10 s, however many failures
     # The connections that waited in the queue are served once descriptors are back: no reset, no lost listener.
     for client in waiting:
@@ -273,10 +324,19 @@ if __name__ == "__main__":  # pragma: no cover
 
 def _signed_post(client: httpx.Client, key_id: str, secret: str, timestamp: int) -> int:
     body = b'{"params": {"text": "x"}}'
-    headers = signed_headers(key_id, secret.encode(), "POST", "/v1/modules/demo/echo", "", body,
-                             timestamp=timestamp, nonce=uuid.uuid4().hex)  # fmt: skip
-    return client.post("/v1/modules/demo/echo", content=body,
-                       headers={**headers, "content-type": "application/json"}).status_code  # fmt: skip
+    headers = signed_headers(
+        key_id,
+        secret.encode(),
+        "POST",
+        "/v1/modules/demo/echo",
+        "",
+        body,
+        timestamp=timestamp,
+        nonce=uuid.uuid4().hex,
+    )
+    return client.post(
+        "/v1/modules/demo/echo", content=body, headers={**headers, "content-type": "application/json"}
+    ).status_code
 
 
 @pytest.mark.parametrize(
@@ -293,7 +353,9 @@ def test_one_key_flooding_the_nonce_cache_at_the_windows_edge_never_refuses_anot
 ) -> None:
     tail = f"\n[limits]\n{limits}\n"
     config = _config(tail=tail)
-    config = config.replace("[[auth.keys]]", "[auth]\nnonce_cache_max = 200\nclock_skew_s = 300\n\n[[auth.keys]]", 1)
+    config = config.replace(
+        "[[auth.keys]]", "[auth]\nnonce_cache_max = 200\nclock_skew_s = 300\n\n[[auth.keys]]", 1
+    )
     daemon = daemons(tmp_path / "d", config)
     with httpx.Client(base_url=f"http://127.0.0.1:{daemon.tcp_port}", timeout=30, trust_env=False) as client:  # type: ignore[attr-defined]
         edge = int(time.time()) + 300 - 5  # nonces that live the longest the window allows
@@ -316,8 +378,11 @@ def group_member() -> Iterator[tuple[str, str, int, int]]:
     user, group = f"pmu{tag}", f"pmg{tag}"
     try:
         subprocess.run(["groupadd", group], check=True, capture_output=True)
-        subprocess.run(["useradd", "-M", "-N", "-g", "nogroup", "-s", "/usr/sbin/nologin", user], check=True,
-                       capture_output=True)  # fmt: skip
+        subprocess.run(
+            ["useradd", "-M", "-N", "-g", "nogroup", "-s", "/usr/sbin/nologin", user],
+            check=True,
+            capture_output=True,
+        )
         subprocess.run(["gpasswd", "-a", user, group], check=True, capture_output=True)
         out = subprocess.run(["id", "-u", user], check=True, capture_output=True, text=True)
         gid = int(subprocess.run(["id", "-g", user], check=True, capture_output=True, text=True).stdout)
@@ -329,17 +394,39 @@ def group_member() -> Iterator[tuple[str, str, int, int]]:
 
 def _echo_as(daemon: Daemon, uid: int, gid: int) -> int:
     out = subprocess.run(
-        ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "curl", "-sS", "-m", "10",
-         "--unix-socket", str(daemon.socket), "-o", "/dev/null", "-w", "%{http_code}",
-         "-H", "content-type: application/json", "-d", '{"params": {"text": "x"}}', "http://pymgr/v1/modules/demo/echo"],
-        capture_output=True, timeout=30, cwd="/",
-    )  # fmt: skip
+        [
+            "setpriv",
+            f"--reuid={uid}",
+            f"--regid={gid}",
+            "--clear-groups",
+            "curl",
+            "-sS",
+            "-m",
+            "10",
+            "--unix-socket",
+            str(daemon.socket),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            '{"params": {"text": "x"}}',
+            "http://pymgr/v1/modules/demo/echo",
+        ],
+        capture_output=True,
+        timeout=30,
+        cwd="/",
+    )
     return int(out.stdout or b"0")
 
 
 def _group_config(group: str, age: str) -> str:
     config = BASE_CONFIG.replace('subjects = ["any", "legacy"]', 'subjects = ["uid:0", "legacy"]')
-    config = config.replace("[modules]", f"""[[policy.rules]]
+    config = config.replace(
+        "[modules]",
+        f"""[[policy.rules]]
 name = "the test group may echo"
 subjects = ["group:{group}"]
 actions = ["demo.echo"]
@@ -347,7 +434,8 @@ actions = ["demo.echo"]
 [auth]
 {age}
 
-[modules]""")
+[modules]""",
+    )
     return config
 
 

@@ -66,7 +66,9 @@ def test_state_is_private_whatever_the_umask(start_daemon: Callable[..., Daemon]
     state = daemon.dir / "state"
     assert _mode(state) == 0o700
     assert _mode(state / "run") == 0o700 and _mode(state / "logs") == 0o700
-    files = [p for p in state.iterdir() if p.is_file()] + [p for p in (state / "run").iterdir() if p.is_file()]
+    files = [p for p in state.iterdir() if p.is_file()] + [
+        p for p in (state / "run").iterdir() if p.is_file()
+    ]
     assert {p.name for p in files} >= {"tasks.db", "audit.log", "daemon.lock"}
     assert {p.name: _mode(p) for p in files} == {p.name: 0o600 for p in files}
 
@@ -74,10 +76,20 @@ def test_state_is_private_whatever_the_umask(start_daemon: Callable[..., Daemon]
 def test_sqlite_side_files_are_private(start_daemon: Callable[..., Daemon]) -> None:
     daemon = start_daemon()
     started = subprocess.run(
-        ["curl", "-sS", "--unix-socket", str(daemon.socket), "-d", '{"type": "echo", "params": {"word": "x"}}',
-         "http://pymgr/v1/tasks"],
-        capture_output=True, text=True, timeout=30, check=True,
-    )  # fmt: skip
+        [
+            "curl",
+            "-sS",
+            "--unix-socket",
+            str(daemon.socket),
+            "-d",
+            '{"type": "echo", "params": {"word": "x"}}',
+            "http://pymgr/v1/tasks",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     assert '"id"' in started.stdout, started.stdout
     state = daemon.dir / "state"
     side = [state / "tasks.db-wal", state / "tasks.db-shm"]
@@ -85,7 +97,9 @@ def test_sqlite_side_files_are_private(start_daemon: Callable[..., Daemon]) -> N
     assert [_mode(p) for p in side] == [0o600, 0o600]
 
 
-def test_a_wide_state_dir_of_ours_is_tightened_and_said(start_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+def test_a_wide_state_dir_of_ours_is_tightened_and_said(
+    start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
     state = tmp_path / "d" / "state"
     (state / "run").mkdir(parents=True)
     state.chmod(0o755)
@@ -94,7 +108,9 @@ def test_a_wide_state_dir_of_ours_is_tightened_and_said(start_daemon: Callable[.
     (state / "audit.log.1").write_text("{}\n")
     (state / "audit.log.1").chmod(0o644)
     daemon = start_daemon()
-    assert _mode(state) == 0o700 and _mode(state / "tasks.db") == 0o600 and _mode(state / "audit.log.1") == 0o600
+    assert (
+        _mode(state) == 0o700 and _mode(state / "tasks.db") == 0o600 and _mode(state / "audit.log.1") == 0o600
+    )
     assert f"{state} had mode 0755: tightened to 0700" in daemon.log()
     assert f"{state / 'audit.log.1'} had mode 0644: tightened to 0600" in daemon.log()
 
@@ -116,7 +132,9 @@ def test_a_state_dir_others_can_replace_is_refused(tmp_path: Path) -> None:
     shared.chmod(0o777)  # no sticky bit: anyone may rename our state directory and put theirs
     config = BASE_CONFIG.replace('state_dir = "state"', f'state_dir = "{shared}/state"')
     output = _refused(tmp_path / "d", config)
-    assert f"{shared} (on the way to {shared}/state) is writable by every user; run chmod o-w {shared}" in output
+    assert (
+        f"{shared} (on the way to {shared}/state) is writable by every user; run chmod o-w {shared}" in output
+    )
 
 
 @pytest.mark.root
@@ -126,9 +144,18 @@ def test_nobody_cannot_read_the_records(start_daemon: Callable[..., Daemon], ope
     daemon = start_daemon(base=open_dir)
     open_dir.joinpath("d").chmod(0o755)
     read = subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "cat", str(daemon.dir / "state" / "tasks.db")],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        [
+            "setpriv",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            "cat",
+            str(daemon.dir / "state" / "tasks.db"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert read.returncode != 0 and "Permission denied" in read.stderr
 
 
@@ -137,7 +164,15 @@ def test_nobody_cannot_read_the_records(start_daemon: Callable[..., Daemon], ope
 
 @pytest.mark.parametrize(
     "name",
-    ["run/daemon.lock", "run/keeper.lock", "run/keeper.log", "tasks.db", "tasks.db-wal", "tasks.db-shm", "audit.log"],
+    [
+        "run/daemon.lock",
+        "run/keeper.lock",
+        "run/keeper.log",
+        "tasks.db",
+        "tasks.db-wal",
+        "tasks.db-shm",
+        "audit.log",
+    ],
 )
 def test_a_planted_link_is_refused_and_its_target_untouched(tmp_path: Path, victim: Path, name: str) -> None:
     state = tmp_path / "d" / "state"
@@ -237,7 +272,9 @@ def test_a_world_writable_config_is_refused(tmp_path: Path) -> None:
     config = directory / "pymgr.toml"
     config.write_text(BASE_CONFIG)
     config.chmod(0o666)
-    done = subprocess.run([str(PYMGR), "serve", "--config", str(config)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [str(PYMGR), "serve", "--config", str(config)], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == EXIT_CONFIG
     assert f"{config} is writable by every user; run chmod o-w {config}" in done.stderr
 
@@ -266,7 +303,9 @@ def test_a_config_owned_by_www_data_is_refused(tmp_path: Path) -> None:
     config = directory / "pymgr.toml"
     config.write_text(BASE_CONFIG)
     os.chown(config, _www_data(), -1)
-    done = subprocess.run([str(PYMGR), "serve", "--config", str(config)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [str(PYMGR), "serve", "--config", str(config)], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == EXIT_CONFIG
     assert f"{config} is owned by uid {_www_data()}" in done.stderr
 

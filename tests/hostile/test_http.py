@@ -59,8 +59,10 @@ argv = ["/bin/echo", "{{seconds}}"]
 seconds = {{ type = "float", min = 0 }}
 """
 
-CHUNKED_HEAD = (b"POST /v1/modules/demo/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
-                b"Content-Type: application/json\r\n\r\n")
+CHUNKED_HEAD = (
+    b"POST /v1/modules/demo/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+    b"Content-Type: application/json\r\n\r\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +78,9 @@ def tcp_address(daemon: Daemon) -> tuple[str, int]:
     for line in daemon.log().splitlines():
         if " pymgr: ready " in line:
             ready = json.loads(line.split(" pymgr: ready ", 1)[1])
-            host, _, port = next(a for a in ready["http"] if a.startswith("tcp:")).removeprefix("tcp:").rpartition(":")
+            host, _, port = (
+                next(a for a in ready["http"] if a.startswith("tcp:")).removeprefix("tcp:").rpartition(":")
+            )
             return host, int(port)
     raise AssertionError("no ready line")
 
@@ -98,7 +102,9 @@ def rss_bytes(daemon: Daemon) -> int:
     raise AssertionError("no VmRSS")
 
 
-def flood(sock: socket.socket, head: bytes, piece: bytes, end: bytes, limit: int = FLOOD_BYTES) -> tuple[int, bytes]:
+def flood(
+    sock: socket.socket, head: bytes, piece: bytes, end: bytes, limit: int = FLOOD_BYTES
+) -> tuple[int, bytes]:
     """Send ``head``, then ``piece`` until ``limit`` bytes went out or a reply came, then ``end``.
 
     Returns how many bytes went out before the reply, and the reply (all of it, until the daemon closes).
@@ -134,8 +140,9 @@ def status_and_error(reply: bytes) -> tuple[int, dict[str, Any]]:
     return status, json.loads(body).get("error", {})
 
 
-def assert_refused_early_and_nothing_kept(daemon: Daemon, over: str, piece: bytes, end: bytes,
-                                          body_start: bytes = b"2\r\n{}\r\n0\r\n") -> None:
+def assert_refused_early_and_nothing_kept(
+    daemon: Daemon, over: str, piece: bytes, end: bytes, body_start: bytes = b"2\r\n{}\r\n0\r\n"
+) -> None:
     with connect(daemon, over) as sock:  # the same path once, small: what it loads or caches is not counted
         flood(sock, CHUNKED_HEAD + body_start, piece, end, limit=256 * 1024)
     before = rss_bytes(daemon)
@@ -152,14 +159,18 @@ def assert_refused_early_and_nothing_kept(daemon: Daemon, over: str, piece: byte
 
 
 @pytest.mark.parametrize("over", ["unix", "tcp"])
-def test_endless_trailers_are_refused_by_the_header_limit_and_nothing_is_kept(daemon: Daemon, over: str) -> None:
+def test_endless_trailers_are_refused_by_the_header_limit_and_nothing_is_kept(
+    daemon: Daemon, over: str
+) -> None:
     trailer = b"X-Pad: " + b"a" * 1000 + b"\r\n"
     assert_refused_early_and_nothing_kept(daemon, over, trailer * 64, b"\r\n")
 
 
 @pytest.mark.parametrize("over", ["unix", "tcp"])
 def test_an_endless_chunk_extension_is_refused_by_the_header_limit(daemon: Daemon, over: str) -> None:
-    assert_refused_early_and_nothing_kept(daemon, over, b"a" * 65536, b"\r\n{}\r\n0\r\n\r\n", body_start=b"2;x=")
+    assert_refused_early_and_nothing_kept(
+        daemon, over, b"a" * 65536, b"\r\n{}\r\n0\r\n\r\n", body_start=b"2;x="
+    )
 
 
 @pytest.mark.parametrize("over", ["unix", "tcp"])
@@ -187,8 +198,10 @@ HUGE_ID = "99999999999999999999999"
 
 def call(daemon: Daemon, method: str, path: str, body: bytes = b"") -> tuple[int, dict[str, Any]]:
     with connect(daemon, "unix") as sock:
-        sock.sendall(b"%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
-                     % (method.encode(), path.encode(), len(body), body))
+        sock.sendall(
+            b"%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+            % (method.encode(), path.encode(), len(body), body)
+        )
         reply = b""
         while data := sock.recv(65536):
             reply += data
@@ -196,13 +209,18 @@ def call(daemon: Daemon, method: str, path: str, body: bytes = b"") -> tuple[int
     return status, json.loads(reply.partition(b"\r\n\r\n")[2])
 
 
-@pytest.mark.parametrize(("method", "path", "body"), [
-    ("GET", f"/v1/tasks/{HUGE_ID}", b""),
-    ("POST", f"/v1/tasks/{HUGE_ID}/stop", b""),
-    ("GET", f"/v1/tasks/{HUGE_ID}/logs", b""),
-    ("POST", "/v1/modules/tasks/show", b'{"id": %s}' % HUGE_ID.encode()),
-])  # fmt: skip
-def test_a_task_id_too_large_for_any_run_is_404_not_a_crash(daemon: Daemon, method: str, path: str, body: bytes) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", f"/v1/tasks/{HUGE_ID}", b""),
+        ("POST", f"/v1/tasks/{HUGE_ID}/stop", b""),
+        ("GET", f"/v1/tasks/{HUGE_ID}/logs", b""),
+        ("POST", "/v1/modules/tasks/show", b'{"id": %s}' % HUGE_ID.encode()),
+    ],
+)
+def test_a_task_id_too_large_for_any_run_is_404_not_a_crash(
+    daemon: Daemon, method: str, path: str, body: bytes
+) -> None:
     status, reply = call(daemon, method, path, body)
     assert (status, reply["error"]["code"]) == (404, "not_found"), reply
     assert "OverflowError" not in daemon.log()
@@ -210,14 +228,26 @@ def test_a_task_id_too_large_for_any_run_is_404_not_a_crash(daemon: Daemon, meth
 
 def strict_json(text: str | bytes) -> Any:
     """JSON as RFC 8259 has it: NaN and Infinity are not numbers."""
+
     def refuse(constant: str) -> Any:
         raise ValueError(f"{constant} in {text!r}")
+
     return json.loads(text, parse_constant=refuse)
 
 
-@pytest.mark.parametrize("body", [b'{"a": 1e999999}', b'{"a": NaN}', b'{"a": -Infinity}',
-                                  b'{"a": [1, {"b": 1.5e400}]}', b'{"a": ' + b"9" * 400 + b'.0}'])
-def test_a_non_finite_number_in_a_body_is_refused_and_reaches_neither_reply_nor_audit(daemon: Daemon, body: bytes) -> None:
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"a": 1e999999}',
+        b'{"a": NaN}',
+        b'{"a": -Infinity}',
+        b'{"a": [1, {"b": 1.5e400}]}',
+        b'{"a": ' + b"9" * 400 + b".0}",
+    ],
+)
+def test_a_non_finite_number_in_a_body_is_refused_and_reaches_neither_reply_nor_audit(
+    daemon: Daemon, body: bytes
+) -> None:
     status, reply = call(daemon, "POST", "/v1/modules/demo/echo", body)
     assert (status, reply["error"]["code"]) == (400, "bad_params"), reply
     assert "finite numbers only" in reply["error"]["message"], reply

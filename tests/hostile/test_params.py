@@ -87,7 +87,9 @@ def test_a_value_starting_with_a_dash_is_refused_unless_the_param_allows_options
         refused = error_of(lambda: c.call("commands", "say", word="-e"))
         assert isinstance(refused, ParamsInvalid) and re.search(
             r"^bad params for commands\.say: word: Value error, must not start with '-': a program would take it for "
-            r"an option; a parameter that expects one says allow_option = true \(got '-e'\)$", str(refused))
+            r"an option; a parameter that expects one says allow_option = true \(got '-e'\)$",
+            str(refused),
+        )
         assert isinstance(error_of(lambda: c.start_task("echo", {"word": "--help"})), ParamsInvalid)
         assert c.tasks(type="echo") == []
         assert c.call("commands", "say", word="a-b")["stdout"] == "a-b\n"
@@ -106,7 +108,9 @@ def test_a_pattern_matches_the_whole_value(start_daemon: Callable[..., Daemon]) 
     daemon = start_daemon(BASE_CONFIG + COMMANDS)
     with Client(socket=daemon.socket) as c:
         for bait in ("abc; rm -rf /", "-n", "abc\n"):  # before: each ran echo
-            assert isinstance(error_of(lambda bait=bait: c.call("commands", "greet", name=bait)), ParamsInvalid)
+            assert isinstance(
+                error_of(lambda bait=bait: c.call("commands", "greet", name=bait)), ParamsInvalid
+            )
         assert c.call("commands", "greet", name="abc")["stdout"] == "abc\n"
 
 
@@ -125,25 +129,36 @@ word = { type = "str", pattern = "(?=a)b" }
 """
 
 
-def test_a_pattern_the_validator_cannot_compile_is_a_config_error_at_start_and_on_sighup(tmp_path: Path) -> None:
+def test_a_pattern_the_validator_cannot_compile_is_a_config_error_at_start_and_on_sighup(
+    tmp_path: Path,
+) -> None:
     # Before: a traceback and exit 1 at start; "this is a bug" on SIGHUP.
     with pytest.raises(RuntimeError) as info:
         launch_daemon(tmp_path / "bad", BASE_CONFIG + BAD_PATTERN)
     text = str(info.value)
     assert text.startswith("daemon exited with 78:") and "Traceback" not in text
-    line = next(n for n, t in enumerate((BASE_CONFIG + BAD_PATTERN).splitlines(), 1) if t.startswith("word = { type"))
+    line = next(
+        n for n, t in enumerate((BASE_CONFIG + BAD_PATTERN).splitlines(), 1) if t.startswith("word = { type")
+    )
     assert re.search(
         r"commands\.grep\.params\.word: Value error, `pattern` '\[a-z\]\+\\\\Z' is not a regular expression the "
-        rf"validator accepts \(error: unrecognized escape sequence\); .* \(line {line}\)", text)
+        rf"validator accepts \(error: unrecognized escape sequence\); .* \(line {line}\)",
+        text,
+    )
 
     daemon = launch_daemon(tmp_path / "good", BASE_CONFIG)
     try:
         for bad in (BAD_TYPE_PATTERN, BAD_PATTERN):
             (daemon.dir / "pymgr.toml").write_text(BASE_CONFIG + bad)
             daemon.proc.send_signal(signal.SIGHUP)
-            wait_for(lambda: daemon.log().count("reload refused") == (1 if bad is BAD_TYPE_PATTERN else 2), "refusal")
+            wait_for(
+                lambda: daemon.log().count("reload refused") == (1 if bad is BAD_TYPE_PATTERN else 2),
+                "refusal",
+            )
         log = daemon.log()
-        assert "tasks.types.peek.params.word: Value error, `pattern` '(?=a)b' is not a regular expression" in log
+        assert (
+            "tasks.types.peek.params.word: Value error, `pattern` '(?=a)b' is not a regular expression" in log
+        )
         assert "commands.grep.params.word: Value error, `pattern`" in log
         assert "bug" not in log and "Traceback" not in log
         with Client(socket=daemon.socket) as c:
@@ -196,7 +211,7 @@ def launch_open(base: Path, name: str, config: str) -> Daemon:
     return daemon
 
 
-@pytest.mark.parametrize("extra", ["", 'read_only = true\n'])
+@pytest.mark.parametrize("extra", ["", "read_only = true\n"])
 def test_a_command_may_not_take_the_name_of_a_module_from_code(open_dir: Path, extra: str) -> None:
     config = WWW_DATA_POLICY.replace("{enabled}", '"demo"') + BORROWING_COMMANDS + extra
     try:
@@ -205,7 +220,9 @@ def test_a_command_may_not_take_the_name_of_a_module_from_code(open_dir: Path, e
         line = next(n for n, t in enumerate(config.splitlines(), 1) if t == 'module = "tasks"')
         assert re.search(
             r"commands\.logs\.module: Value error, module 'tasks' is the name of a module from code \(.*tasks\); "
-            rf"a command needs a module name of its own \(line {line}\)", str(exc)), str(exc)
+            rf"a command needs a module name of its own \(line {line}\)",
+            str(exc),
+        ), str(exc)
         return
     try:  # before: it started, and www-data (tasks.read, tasks.logs:scan) ran /usr/bin/id as root
         answer = curl_as_www_data(daemon, "/v1/modules/tasks/logs") if os.geteuid() == 0 else "(not root)"
@@ -236,7 +253,8 @@ class Borrower(pymgr.Module):
 
 @needs_www_data
 def test_task_operations_are_recognised_by_what_they_are_not_by_the_name_tasks(
-    open_dir: Path, monkeypatch: pytest.MonkeyPatch,
+    open_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     plugin = open_dir / "plugins"
     plugin.mkdir()
@@ -248,7 +266,8 @@ def test_task_operations_are_recognised_by_what_they_are_not_by_the_name_tasks(
             status, body = curl_as_www_data(daemon, f"/v1/modules/tasks/{action}")
             assert status == 403, body
             assert (status, body["error"]["message"]) == (
-                403, f"the policy allows user:www-data (uid 33) no tasks.{action}; an admin can add it to [[policy.rules]]"
+                403,
+                f"the policy allows user:www-data (uid 33) no tasks.{action}; an admin can add it to [[policy.rules]]",
             )
     finally:
         daemon.stop()
@@ -265,7 +284,10 @@ def test_a_typed_task_operation_on_no_task_is_refused_before_it_runs(open_dir: P
         status, body = curl_as_www_data(daemon, "/v1/modules/tasks/logs", json.dumps({"id": secret}))
         assert status == 403 and "no tasks.logs:secret" in body["error"]["message"]
         status, body = curl_as_www_data(daemon, "/v1/modules/tasks/logs", json.dumps({"id": secret + 1}))
-        assert (status, body["error"]["message"]) == (404, f"no task with id {secret + 1}; tasks.list shows the ones that exist")
+        assert (status, body["error"]["message"]) == (
+            404,
+            f"no task with id {secret + 1}; tasks.list shows the ones that exist",
+        )
     finally:
         daemon.stop()
 
@@ -273,24 +295,35 @@ def test_a_typed_task_operation_on_no_task_is_refused_before_it_runs(open_dir: P
 # --- 17.9: what a path error tells --------------------------------------------------------------
 
 
-def test_a_path_error_does_not_say_where_a_link_points(start_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+def test_a_path_error_does_not_say_where_a_link_points(
+    start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
     www = tmp_path / "www"
     www.mkdir()
     hidden = tmp_path / "hidden-dir" / "real-secret-name"
     hidden.mkdir(parents=True)
     (www / "link").symlink_to(hidden)
-    config = BASE_CONFIG + f"""
+    config = (
+        BASE_CONFIG
+        + f"""
 [commands.cat]
 argv = ["/bin/cat", "{{file}}"]
 [commands.cat.params]
 file = {{ type = "path", base = "{www}" }}
 """
+    )
     daemon = start_daemon(config)
     with Client(socket=daemon.socket) as c:
         refused = error_of(lambda: c.call("commands", "cat", file="link/x"))
     # Before: "must stay inside …/www (it resolves to …/hidden-dir/real-secret-name/x)".
-    assert isinstance(refused, ParamsInvalid) and "hidden-dir" not in str(refused) and "real-secret" not in str(refused)
-    assert str(refused).endswith(f"must stay inside {www}: it leaves it through a symbolic link (got 'link/x')")
+    assert (
+        isinstance(refused, ParamsInvalid)
+        and "hidden-dir" not in str(refused)
+        and "real-secret" not in str(refused)
+    )
+    assert str(refused).endswith(
+        f"must stay inside {www}: it leaves it through a symbolic link (got 'link/x')"
+    )
 
 
 # --- 17.10: numbers -----------------------------------------------------------------------------
@@ -340,27 +373,34 @@ def swap_site(tmp_path: Path) -> tuple[Path, Path]:
 
 
 async def test_a_directory_swapped_for_a_symlink_after_the_check_is_refused(
-    swap_site: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+    swap_site: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     base, outside = swap_site
     real_confine = paramspec.confine
 
     def confine_then_swap(root: Path, value: str) -> str:
         checked = real_confine(root, value)
-        (base / "site").rename(base / "site-old")  # between the check and the use, the directory becomes a link out
+        (base / "site").rename(
+            base / "site-old"
+        )  # between the check and the use, the directory becomes a link out
         (base / "site").symlink_to(outside)
         return checked
 
     monkeypatch.setattr(paramspec, "confine", confine_then_swap)
     d = cat_dispatcher(base)
     # Before: cat read …/www/site/data.txt through the new link, "s3cret".
-    with pytest.raises(ParamsInvalid, match=r"^bad params for commands\.cat: file: changed after it was checked: "
-                                            r"'site' is now a symbolic link$"):
+    with pytest.raises(
+        ParamsInvalid,
+        match=r"^bad params for commands\.cat: file: changed after it was checked: "
+        r"'site' is now a symbolic link$",
+    ):
         await d.call(Call("commands", "cat", {"file": "site/data.txt"}, CALLER))
 
 
 async def test_the_command_gets_the_checked_file_through_its_own_descriptor(
-    swap_site: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+    swap_site: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     base, _ = swap_site
     d = cat_dispatcher(base)
@@ -413,36 +453,47 @@ def task_state(client: Client, task_id: int, states: tuple[str, ...]) -> dict[st
 
 
 def test_a_directory_swapped_for_a_symlink_while_a_run_waits_is_refused_at_its_spawn(
-    start_daemon: Callable[..., Daemon], swap_site: tuple[Path, Path],
+    start_daemon: Callable[..., Daemon],
+    swap_site: tuple[Path, Path],
 ) -> None:
     base, outside = swap_site
     daemon = start_daemon(BASE_CONFIG + WRITER_TYPE.format(base=base))
     with Client(socket=daemon.socket) as client:
         holder = client.start_task("append", {"file": "site/data.txt", "seconds": 600})
         task_state(client, holder["id"], ("running",))
-        queued = client.start_task("append", {"file": "site/data.txt", "seconds": 0})  # checked now, spawned later
+        queued = client.start_task(
+            "append", {"file": "site/data.txt", "seconds": 0}
+        )  # checked now, spawned later
         assert client.task(queued["id"])["state"] == "queued"
-        (base / "site").rename(base / "site-old")  # while it waits, the directory becomes a link out of the base
+        (base / "site").rename(
+            base / "site-old"
+        )  # while it waits, the directory becomes a link out of the base
         (base / "site").symlink_to(outside)
         client.stop_task(holder["id"])
         record = task_state(client, queued["id"], ("failed", "succeeded"))
     # Before: the run appended to …/www/site/data.txt through the new link, outside the base.
     assert (outside / "data.txt").read_text() == "s3cret"
     assert (record["state"], record["pid"]) == ("failed", None), record
-    assert record["error"] == (f"spawn failed: argv[4]: path '{base}/site/data.txt' changed after it was checked: "
-                               "'site' is now a symbolic link")  # fmt: skip
+    assert record["error"] == (
+        f"spawn failed: argv[4]: path '{base}/site/data.txt' changed after it was checked: "
+        "'site' is now a symbolic link"
+    )
 
 
 @pytest.mark.parametrize("way", ["posix_spawn", "popen", "fork"])
 def test_a_run_gets_the_checked_file_through_its_own_descriptor(
-    start_daemon: Callable[..., Daemon], swap_site: tuple[Path, Path], way: str,
+    start_daemon: Callable[..., Daemon],
+    swap_site: tuple[Path, Path],
+    way: str,
 ) -> None:
     base, _ = swap_site
-    program = {"posix_spawn": "/bin/sh", "popen": "sh", "fork": "/bin/sh"}[way]  # a bare name goes through Popen
+    program = {"posix_spawn": "/bin/sh", "popen": "sh", "fork": "/bin/sh"}[
+        way
+    ]  # a bare name goes through Popen
     config = f"""
 [tasks.types.show]
 argv = ["{program}", "-c", "echo \\"$1\\" \\"$2\\"; cat -- \\"$1\\"", "sh", "{{file}}", "{{later}}"]
-{'rlimits = { nofile = 1024 }' if way == "fork" else ''}
+{"rlimits = { nofile = 1024 }" if way == "fork" else ""}
 
 [tasks.types.show.params]
 file = {{ type = "path", base = "{base}" }}
@@ -461,7 +512,9 @@ later = {{ type = "path", base = "{base}" }}
     assert open_below(base, f"/proc/{keeper_pid(daemon.dir / 'state')}/fd") == []  # the keeper closed them
 
 
-def test_a_restart_pins_its_paths_again(start_daemon: Callable[..., Daemon], swap_site: tuple[Path, Path]) -> None:
+def test_a_restart_pins_its_paths_again(
+    start_daemon: Callable[..., Daemon], swap_site: tuple[Path, Path]
+) -> None:
     base, outside = swap_site
     # The first attempt appends, then swaps the directory for a link out of the base itself (race-free), and fails.
     swap = 'echo first >> "$1"; mv "$2/site" "$2/site-old" && ln -s "$3" "$2/site"; exit 1'
@@ -480,11 +533,18 @@ file = {{ type = "path", base = "{base}" }}
         first = client.start_task("again", {"file": "site/data.txt"})
         task_state(client, first["id"], ("failed",))
         retry: dict[str, Any] = {}
-        wait_for(lambda: bool(retry.update(next((r for r in client.tasks() if r["retry_of"] == first["id"]), {})) or
-                              retry.get("state") in ("failed", "succeeded")), "the restart to end")  # fmt: skip
+        wait_for(
+            lambda: bool(
+                retry.update(next((r for r in client.tasks() if r["retry_of"] == first["id"]), {}))
+                or retry.get("state") in ("failed", "succeeded")
+            ),
+            "the restart to end",
+        )
     # Before: the restart followed the new link and appended to the file outside the base.
     assert (outside / "data.txt").read_text() == "s3cret"
     assert (base / "site-old" / "data.txt").read_text() == "publicfirst\n"
     assert (retry["state"], retry["pid"], retry["attempt"]) == ("failed", None, 2), retry
-    assert retry["error"].startswith(f"spawn failed: argv[4]: path '{base}/site/data.txt' changed after it was checked: "
-                                     "'site' is now a symbolic link"), retry  # fmt: skip
+    assert retry["error"].startswith(
+        f"spawn failed: argv[4]: path '{base}/site/data.txt' changed after it was checked: "
+        "'site' is now a symbolic link"
+    ), retry

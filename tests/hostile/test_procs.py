@@ -63,7 +63,9 @@ def unique_sleep() -> str:
 
 
 def config(extra: str, *, on_shutdown: str = "stop") -> str:
-    return BASE_CONFIG.replace("[tasks]\n", f"[tasks]\non_shutdown = \"{on_shutdown}\"\n", 1) + textwrap.dedent(extra)
+    return BASE_CONFIG.replace("[tasks]\n", f'[tasks]\non_shutdown = "{on_shutdown}"\n', 1) + textwrap.dedent(
+        extra
+    )
 
 
 def escape_type(name: str, duration: str, then: str) -> str:
@@ -137,9 +139,12 @@ def test_a_limit_the_controllers_cannot_enforce_refuses_to_start(tmp_path: Path)
     directory.mkdir()
     (directory / "pymgr.toml").write_text(text)
     done = subprocess.run(
-        [str(PYMGR), "serve", "--config", str(directory / "pymgr.toml")], capture_output=True, text=True, timeout=60,
+        [str(PYMGR), "serve", "--config", str(directory / "pymgr.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
         cwd=directory,
-    )  # fmt: skip
+    )
     home = _cgroup.own_cgroup()
     controllers = "" if home is None else Path(home, "cgroup.controllers").read_text()
     if reason is None and {"memory", "pids"} <= set(controllers.split()):
@@ -179,11 +184,15 @@ def test_runs_and_commands_start_with_default_signals_whatever_the_daemon_inheri
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-c", WRAPPER, str(PYMGR), "serve", "--config", str(directory / "pymgr.toml")],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     try:
         wait_for(lambda: " pymgr: ready " in log_path.read_text(errors="replace"))
-        daemon = Daemon(proc=proc, dir=directory, socket=directory / "pymgr.sock", legacy_port=None, log_path=log_path)
+        daemon = Daemon(
+            proc=proc, dir=directory, socket=directory / "pymgr.sock", legacy_port=None, log_path=log_path
+        )
         with unix_http(daemon) as c:
             run = start_task(c, "sigs")
             wait_for(lambda: task(c, run["id"])["state"] == "succeeded")
@@ -219,7 +228,9 @@ def command_config(extra: str) -> str:
 def test_a_timed_out_command_leaves_nothing_even_what_ignores_sigterm(start_daemon: Any) -> None:
     duration = unique_sleep()
     script = f"/bin/sh -c 'trap \"\" TERM; exec /bin/sleep {duration}' & /bin/sleep 100"
-    daemon = start_daemon(command_config(f'\n[commands.leave]\nargv = ["/bin/sh", "-c", {json.dumps(script)}]\ntimeout_s = 2\n'))
+    daemon = start_daemon(
+        command_config(f'\n[commands.leave]\nargv = ["/bin/sh", "-c", {json.dumps(script)}]\ntimeout_s = 2\n')
+    )
     with unix_http(daemon) as c:
         result = c.post("/v1/modules/commands/leave", json={}).json()["result"]
     assert result["timed_out"] is True
@@ -230,7 +241,9 @@ def test_a_timed_out_command_leaves_nothing_even_what_ignores_sigterm(start_daem
 def test_a_command_that_exits_leaves_no_background_process(start_daemon: Any) -> None:
     duration = unique_sleep()
     script = f"/bin/sleep {duration} >/dev/null 2>&1 & ( setsid env -i /bin/sleep {duration} & ); exit 0"
-    daemon = start_daemon(command_config(f'\n[commands.bg]\nargv = ["/bin/sh", "-c", {json.dumps(script)}]\n'))
+    daemon = start_daemon(
+        command_config(f'\n[commands.bg]\nargv = ["/bin/sh", "-c", {json.dumps(script)}]\n')
+    )
     with unix_http(daemon) as c:
         result = c.post("/v1/modules/commands/bg", json={}).json()["result"]
     assert result["exit_code"] == 0 and result["timed_out"] is False
@@ -257,7 +270,9 @@ def test_a_command_is_stopped_when_its_caller_leaves_if_configured(start_daemon:
     for name, needle in (("stay", kept), ("go", cancelled)):
         with socket.socket(socket.AF_UNIX) as sock:
             sock.connect(str(daemon.socket))
-            sock.sendall(f"POST /v1/modules/commands/{name} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{{}}".encode())
+            sock.sendall(
+                f"POST /v1/modules/commands/{name} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{{}}".encode()
+            )
             wait_for(lambda: processes_with(needle))
     wait_for(lambda: not processes_with(cancelled), timeout_s=5)  # SIGTERM at once, not after 60 s
     assert processes_with(kept), "without cancel_on_disconnect the command runs on"

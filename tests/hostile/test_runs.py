@@ -26,7 +26,9 @@ from tests.conftest import BASE_CONFIG, LEGACY_SECRET, PYMGR, Daemon
 from tests.tasks.survivalhelpers import reap_state_dir, states, stored_marker, wait_until
 
 #: Runs are left running when the daemon stops; "hold" runs one at a time, so a second one stays queued.
-HOLD_CONFIG = BASE_CONFIG.replace("[tasks]\n", '[tasks]\non_shutdown = "leave"\n', 1) + """
+HOLD_CONFIG = (
+    BASE_CONFIG.replace("[tasks]\n", '[tasks]\non_shutdown = "leave"\n', 1)
+    + """
 [tasks.types.hold]
 argv = ["/bin/sleep", "{seconds}"]
 max_concurrent = 1
@@ -34,6 +36,7 @@ max_concurrent = 1
 [tasks.types.hold.params]
 seconds = { type = "int", default = 600, min = 1 }
 """
+)
 
 #: uid and gid of www-data on Debian: the web back end, the attacker of these tests.
 WWW_DATA = 33
@@ -56,9 +59,13 @@ def impostor(task_id: int, marker: str, *, uid: int | None = None) -> subprocess
             os.setuid(uid)
 
     return subprocess.Popen(
-        ["/bin/sleep", "900"], env={TASK_ID_VAR: str(task_id), MARKER_VAR: marker},
-        start_new_session=True, preexec_fn=drop, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+        ["/bin/sleep", "900"],
+        env={TASK_ID_VAR: str(task_id), MARKER_VAR: marker},
+        start_new_session=True,
+        preexec_fn=drop,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def replay_hijack(start_daemon: Callable[..., Daemon], *, uid: int | None) -> None:
@@ -79,7 +86,9 @@ def replay_hijack(start_daemon: Callable[..., Daemon], *, uid: int | None) -> No
             record = states(client)[queued["id"]]
             assert (record["state"], record["pid"]) == ("queued", None), record  # not the impostor's run
             client.stop_task(first["id"])
-            ran = wait_until(lambda: (r := states(client)[queued["id"]])["state"] == "running" and r, "its own spawn")
+            ran = wait_until(
+                lambda: (r := states(client)[queued["id"]])["state"] == "running" and r, "its own spawn"
+            )
             assert ran["pid"] != fake.pid
             assert fake.poll() is None  # a stranger's process is left alone, not adopted, not signalled
     finally:
@@ -98,7 +107,9 @@ def test_www_data_cannot_hijack_a_queued_root_run(start_daemon: Callable[..., Da
 
 
 def test_the_marker_is_never_shown(start_daemon: Callable[..., Daemon]) -> None:
-    daemon = start_daemon(HOLD_CONFIG.replace('log_level = "debug"', 'log_level = "debug"\n\n[audit]\npath = "audit.log"'))
+    daemon = start_daemon(
+        HOLD_CONFIG.replace('log_level = "debug"', 'log_level = "debug"\n\n[audit]\npath = "audit.log"')
+    )
     with Client(socket=daemon.socket) as client:
         events = client.events()
         first = client.start_task("hold")
@@ -107,11 +118,18 @@ def test_the_marker_is_never_shown(start_daemon: Callable[..., Daemon]) -> None:
         shown = [client.task(queued["id"]), first, queued, *client.tasks(), *seen]
         cli = [
             subprocess.run(
-                [str(PYMGR), "--socket", str(daemon.socket), *args], capture_output=True, text=True, timeout=30
+                [str(PYMGR), "--socket", str(daemon.socket), *args],
+                capture_output=True,
+                text=True,
+                timeout=30,
             )
-            for args in (["--json", "tasks", "list"], ["--json", "tasks", "show", str(queued["id"])],
-                         ["tasks", "show", str(queued["id"])], ["tasks", "list"])
-        ]  # fmt: skip
+            for args in (
+                ["--json", "tasks", "list"],
+                ["--json", "tasks", "show", str(queued["id"])],
+                ["tasks", "show", str(queued["id"])],
+                ["tasks", "list"],
+            )
+        ]
     markers = [stored_marker(daemon, first["id"]), stored_marker(daemon, queued["id"])]
     texts = [json.dumps(shown), *(run.stdout + run.stderr for run in cli), daemon.log()]
     texts += [path.read_text(errors="replace") for path in daemon.dir.rglob("*.log")]
@@ -124,7 +142,9 @@ def test_the_marker_is_never_shown(start_daemon: Callable[..., Daemon]) -> None:
 
 
 def capped(max_active: int, per_caller: int, scan_ids: int = 32) -> str:
-    caps = f"max_active = {max_active}\nmax_active_per_caller = {per_caller}\nscan_max_task_ids = {scan_ids}\n"
+    caps = (
+        f"max_active = {max_active}\nmax_active_per_caller = {per_caller}\nscan_max_task_ids = {scan_ids}\n"
+    )
     return HOLD_CONFIG.replace("[tasks]\n", "[tasks]\n" + caps, 1)
 
 
@@ -135,7 +155,9 @@ def http_start(daemon: Daemon, type: str = "hold") -> httpx.Response:
 
 def legacy(daemon: Daemon, action: str, task_ids: str) -> dict[str, object]:
     assert daemon.legacy_port is not None
-    reply = call("127.0.0.1", daemon.legacy_port, LEGACY_SECRET, "SCAN_MODULE", action, {"task_ids": task_ids})
+    reply = call(
+        "127.0.0.1", daemon.legacy_port, LEGACY_SECRET, "SCAN_MODULE", action, {"task_ids": task_ids}
+    )
     return reply  # type: ignore[no-any-return]
 
 
@@ -144,7 +166,9 @@ def scans(daemon: Daemon) -> list[dict[str, object]]:
         return client.tasks(type="scan")  # type: ignore[no-any-return]
 
 
-def test_the_cap_per_caller_refuses_with_409_naming_it_then_admits_again(start_daemon: Callable[..., Daemon]) -> None:
+def test_the_cap_per_caller_refuses_with_409_naming_it_then_admits_again(
+    start_daemon: Callable[..., Daemon],
+) -> None:
     daemon = start_daemon(capped(max_active=10, per_caller=2))
     first, second = http_start(daemon), http_start(daemon)
     assert (first.status_code, second.status_code) == (202, 202)  # at the cap: admitted
@@ -168,18 +192,26 @@ def test_the_daemons_cap_counts_every_caller(start_daemon: Callable[..., Daemon]
     assert reply["success"] is False and reply["msg"]["err_code"] == 5  # type: ignore[index]
     refused = http_start(daemon)
     assert refused.status_code == 409 and refused.json()["error"]["details"] == {
-        "cap": "max_active", "value": 3, "active": 3, "asked": 1,
-    }  # fmt: skip
+        "cap": "max_active",
+        "value": 3,
+        "active": 3,
+        "asked": 1,
+    }
     assert "the daemon's cap is 3 ([tasks] max_active)" in refused.json()["error"]["message"]
 
 
-def test_one_legacy_request_fits_the_caps_whole_or_starts_nothing(start_daemon: Callable[..., Daemon]) -> None:
+def test_one_legacy_request_fits_the_caps_whole_or_starts_nothing(
+    start_daemon: Callable[..., Daemon],
+) -> None:
     daemon = start_daemon(capped(max_active=10, per_caller=3))
     reply = legacy(daemon, "start", "1,2,3,4")
     assert reply["success"] is False and reply["msg"]["err_code"] == 5, reply  # type: ignore[index]
     assert scans(daemon) == []
     assert legacy(daemon, "start", "1,2,3") == {"success": True, "msg": "start ok"}
-    assert legacy(daemon, "start", "1,2,3") == {"success": True, "msg": "start ok"}  # already active: no new run
+    assert legacy(daemon, "start", "1,2,3") == {
+        "success": True,
+        "msg": "start ok",
+    }  # already active: no new run
     assert len(scans(daemon)) == 3
 
 
@@ -193,7 +225,9 @@ def test_ids_per_legacy_request_are_bounded_by_the_config(start_daemon: Callable
     assert len(scans(daemon)) == 3
 
 
-def test_the_reviews_100_ids_with_the_default_config_start_nothing(start_daemon: Callable[..., Daemon]) -> None:
+def test_the_reviews_100_ids_with_the_default_config_start_nothing(
+    start_daemon: Callable[..., Daemon],
+) -> None:
     daemon = start_daemon(HOLD_CONFIG)
     reply = legacy(daemon, "start", ",".join(str(i) for i in range(100)))
     assert reply["success"] is False and reply["msg"]["err_code"] == 4, reply  # type: ignore[index]

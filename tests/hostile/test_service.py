@@ -60,7 +60,9 @@ def root_only_file(path: Path, text: str = "root's own\n") -> Path:
 
 @pytest.mark.root
 @as_root
-def test_a_link_planted_in_a_prefix_www_data_owns_is_never_written_through(open_dir: Path, tmp_path: Path) -> None:
+def test_a_link_planted_in_a_prefix_www_data_owns_is_never_written_through(
+    open_dir: Path, tmp_path: Path
+) -> None:
     """Was: the unit text went into the root-only file, which became 0644, and the unit became www-data's link."""
     secret = root_only_file(open_dir / "secret")
     prefix = open_dir / "prefix"
@@ -108,7 +110,8 @@ def test_a_value_never_becomes_a_unit_line_of_its_own(tmp_path: Path, toml: str,
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 6, result.stdout + result.stderr
     assert re.match(
-        rf"^error: config {re.escape(str(config))} cannot go into a systemd unit: {key}: must not ", result.stderr
+        rf"^error: config {re.escape(str(config))} cannot go into a systemd unit: {key}: must not ",
+        result.stderr,
     )
     assert MARKER not in result.stdout
 
@@ -128,7 +131,9 @@ class Daemon:
 
     def __call__(self, command: str, *extra: str) -> subprocess.CompletedProcess[str]:
         log = ["--log-file", str(self.log)] if command == "start" else []
-        result = pymgr("daemon", command, "--config", str(self.config), "--pidfile", str(self.pidfile), *log, *extra)
+        result = pymgr(
+            "daemon", command, "--config", str(self.config), "--pidfile", str(self.pidfile), *log, *extra
+        )
         if command == "start" and (found := re.search(r"pymgr started: pid (\d+)", result.stdout)):
             self.started.append(int(found.group(1)))
         return result
@@ -185,7 +190,9 @@ def test_a_link_planted_as_the_pidfile_is_never_written_or_deleted(daemon: Daemo
     assert (victim.read_text(), stat.S_IMODE(victim.stat().st_mode)) == ("root's own\n", 0o600)
     assert daemon.started == [] and started.returncode == 1
     owner = f"is owned by uid {WWW_DATA.pw_uid}, who could change what pymgr reads there"  # type: ignore[union-attr]
-    assert started.stderr.startswith(f"not trusting pidfile {daemon.pidfile}: {daemon.pidfile.parent} {owner}")
+    assert started.stderr.startswith(
+        f"not trusting pidfile {daemon.pidfile}: {daemon.pidfile.parent} {owner}"
+    )
     assert stopped.returncode == 1 and stopped.stderr.startswith(f"not trusting pidfile {daemon.pidfile}:")
     assert status.returncode == 4 and status.stdout.startswith(f"not trusting pidfile {daemon.pidfile}:")
 
@@ -217,7 +224,9 @@ def test_a_pidfile_www_data_locked_naming_a_root_process_is_never_signalled(daem
 def test_a_read_lock_www_data_holds_on_a_stale_pidfile_does_not_block_start(daemon: Daemon) -> None:
     """Was: "pymgr did not start: pidfile ... is locked by pid N: pymgr is already running", N long dead."""
     daemon.pidfile.parent.mkdir()
-    daemon.pidfile.write_text(f"{dead_pid()}\n")  # a crashed daemon's, readable by all as older versions left it
+    daemon.pidfile.write_text(
+        f"{dead_pid()}\n"
+    )  # a crashed daemon's, readable by all as older versions left it
     daemon.pidfile.chmod(0o644)
     holder = hold_as_www_data(
         daemon.pidfile, "fd = os.open(sys.argv[1], os.O_RDONLY)\nfcntl.lockf(fd, fcntl.LOCK_SH)"
@@ -232,7 +241,9 @@ def test_a_read_lock_www_data_holds_on_a_stale_pidfile_does_not_block_start(daem
         )
         assert stat.S_IMODE(daemon.pidfile.stat().st_mode) == 0o600  # nobody else can open (and lock) it now
         stopped = daemon("stop")
-        assert stopped.returncode == 0 and stopped.stdout.startswith(f"stopped pymgr (pid {daemon.started[0]})")
+        assert stopped.returncode == 0 and stopped.stdout.startswith(
+            f"stopped pymgr (pid {daemon.started[0]})"
+        )
     finally:
         end(holder)
     assert not daemon.pidfile.exists()

@@ -79,7 +79,9 @@ def test_malformed_reports_and_missing_keeper_pid_hold_nothing(
     assert len(holders) == 0 and "malformed output pipe" in caplog.text
 
 
-def test_the_limit_holds_and_is_logged_once(pipe: tuple[int, int, int], caplog: pytest.LogCaptureFixture) -> None:
+def test_the_limit_holds_and_is_logged_once(
+    pipe: tuple[int, int, int], caplog: pytest.LogCaptureFixture
+) -> None:
     read_end, _, inode = pipe
     holders = OutputHolders(limit=1)
     with caplog.at_level(logging.WARNING, logger="pymgr.tasks"):
@@ -121,7 +123,9 @@ def test_a_new_keeper_that_cannot_reopen_the_log_still_drains_the_pipe(pipe: tup
     run = Run(1, ProcRef(os.getpid(), 0), "t" * 32, "boot", 0.0)
     where = holders.where(1)
     assert where is not None
-    take_output(run, HeldPipe(**where), LogSettings(dir="/nonexistent/dir", max_bytes=0, keep=1))  # bad max_bytes
+    take_output(
+        run, HeldPipe(**where), LogSettings(dir="/nonexistent/dir", max_bytes=0, keep=1)
+    )  # bad max_bytes
     assert run.output_fd is not None and run.log is None
     assert run.log_error is not None and run.log_error.startswith("output dropped: cannot reopen the log")
     os.write(write_end, b"x" * 1000)

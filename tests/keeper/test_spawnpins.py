@@ -38,8 +38,13 @@ def test_a_swapped_directory_fails_the_spawn_and_holds_nothing(tmp_path: Path) -
     (tmp_path / "d").symlink_to(tmp_path / "elsewhere")
     held = set(os.listdir("/proc/self/fd"))
     pins = [{"index": 1, "parts": [{"base": str(tmp_path), "path": f"{tmp_path}/d"}]}]
-    message = f"spawn failed: argv[1]: path '{tmp_path}/d' changed after it was checked: 'd' is now a symbolic link"
-    with pytest.raises(SpawnError, match=f"^{re.escape(message)}$"), pinned(spec("/bin/ls", f"{tmp_path}/d"), pins):
+    message = (
+        f"spawn failed: argv[1]: path '{tmp_path}/d' changed after it was checked: 'd' is now a symbolic link"
+    )
+    with (
+        pytest.raises(SpawnError, match=f"^{re.escape(message)}$"),
+        pinned(spec("/bin/ls", f"{tmp_path}/d"), pins),
+    ):
         pass
     assert set(os.listdir("/proc/self/fd")) <= held
 

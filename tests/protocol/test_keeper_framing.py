@@ -44,7 +44,12 @@ def test_byte_by_byte() -> None:
     assert got == [{"x": 1}, {"y": [1, 2]}]
 
 
-@given(st.lists(st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=20), max_size=4), max_size=6), st.data())
+@given(
+    st.lists(
+        st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=20), max_size=4), max_size=6
+    ),
+    st.data(),
+)
 def test_any_split_gives_the_same_messages(messages: list[dict[str, object]], data: st.DataObject) -> None:
     stream = b"".join(encode(m) for m in messages)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=5)))
@@ -64,9 +69,13 @@ def test_max_frame_bytes_both_sides() -> None:
     assert at_limit.next_frame() == {"k": "x" * 10}
     over = FrameDecoder(max_frame_bytes=len(body) - 1)
     over.receive_data(HEADER.pack(len(body)))  # refused on the header alone
-    with pytest.raises(FrameError, match=rf"^frame of {len(body)} bytes is larger than max_frame_bytes={len(body) - 1}$"):
+    with pytest.raises(
+        FrameError, match=rf"^frame of {len(body)} bytes is larger than max_frame_bytes={len(body) - 1}$"
+    ):
         over.next_frame()
-    with pytest.raises(FrameError, match=rf"^frame of {len(body)} bytes is larger than max_frame_bytes={len(body) - 1}$"):
+    with pytest.raises(
+        FrameError, match=rf"^frame of {len(body)} bytes is larger than max_frame_bytes={len(body) - 1}$"
+    ):
         encode({"k": "x" * 10}, max_frame_bytes=len(body) - 1)
     assert encode({"k": "x" * 10}, max_frame_bytes=len(body))
 
@@ -107,7 +116,9 @@ def test_every_call_after_an_error_raises() -> None:
     decoder.receive_data(b"\x00\x00\x00\x01x")
     with pytest.raises(FrameError):
         decoder.next_frame()
-    with pytest.raises(FrameError, match=r"^decoder is broken by an earlier error: frame body is not UTF-8 JSON"):
+    with pytest.raises(
+        FrameError, match=r"^decoder is broken by an earlier error: frame body is not UTF-8 JSON"
+    ):
         decoder.next_frame()
     with pytest.raises(FrameError, match=r"^decoder is broken by an earlier error: "):
         decoder.receive_data(encode({}))

@@ -25,7 +25,10 @@ code = { type = "int", default = 0, min = 0, max = 255 }
 """
 
 #: The test daemon's config, leaving runs running when it stops, with the job type.
-LEAVE_CONFIG = BASE_CONFIG.replace("[tasks]\nstop_grace_s = 1\n", '[tasks]\nstop_grace_s = 1\non_shutdown = "leave"\n') + JOB
+LEAVE_CONFIG = (
+    BASE_CONFIG.replace("[tasks]\nstop_grace_s = 1\n", '[tasks]\nstop_grace_s = 1\non_shutdown = "leave"\n')
+    + JOB
+)
 assert 'on_shutdown = "leave"' in LEAVE_CONFIG
 
 #: Seconds any wait here may take.

@@ -45,7 +45,10 @@ TYPES: dict[str, dict[str, Any]] = {
         "argv": py("import json, os; print(json.dumps(dict(os.environ)))"),
         "env": {"LANG": "C.UTF-8", "GREETING": "hello"},
     },
-    "exit": {"argv": py("import sys; sys.exit(int(sys.argv[1]))", "{code}"), "params": {"code": {"type": "int"}}},
+    "exit": {
+        "argv": py("import sys; sys.exit(int(sys.argv[1]))", "{code}"),
+        "params": {"code": {"type": "int"}},
+    },
     "selfkill": {"argv": py("import os, signal; os.kill(os.getpid(), signal.SIGUSR1)")},
     "sleep": {"argv": py("import time; print('ready', flush=True); time.sleep(60)")},
     "stubborn": {
@@ -85,7 +88,9 @@ TYPES: dict[str, dict[str, Any]] = {
 def tasks_config(**overrides: Any) -> TasksConfig:
     types = {name: TaskTypeConfig.model_validate(spec) for name, spec in TYPES.items()}
     # A keeper left behind by a test ("leave", a killed daemon) goes soon.
-    return TasksConfig.model_validate({"stop_grace_s": 2.0, "keeper_idle_exit_s": 1.0, "types": types, **overrides})
+    return TasksConfig.model_validate(
+        {"stop_grace_s": 2.0, "keeper_idle_exit_s": 1.0, "types": types, **overrides}
+    )
 
 
 async def wait_end(manager: TaskManager, task_id: int) -> TaskRecord:
@@ -108,7 +113,9 @@ async def wait_log(record: TaskRecord, text: str) -> str:
             while text not in (content := path.read_text() if path.exists() else ""):
                 await asyncio.sleep(0.02)
     except TimeoutError:
-        raise AssertionError(f"{text!r} not in the log of task {record.id} after {WAIT_S}s: {content!r}") from None
+        raise AssertionError(
+            f"{text!r} not in the log of task {record.id} after {WAIT_S}s: {content!r}"
+        ) from None
     return content
 
 

@@ -23,9 +23,22 @@ def type_config(argv: list[str], **params: dict[str, Any]) -> TaskTypeConfig:
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [(True, "true"), (False, "false"), (0, "0"), (-7, "-7"), (2.5, "2.5"), (30.0, "30.0"), ("a b", "a b"), (None, ""),
-     (-0.0, "0.0"), (1e-7, "0.0000001"), (1e16, "10000000000000000.0"), (-1.5e-5, "-0.000015"), (0.1, "0.1"),
-     (10**20, "100000000000000000000")],
+    [
+        (True, "true"),
+        (False, "false"),
+        (0, "0"),
+        (-7, "-7"),
+        (2.5, "2.5"),
+        (30.0, "30.0"),
+        ("a b", "a b"),
+        (None, ""),
+        (-0.0, "0.0"),
+        (1e-7, "0.0000001"),
+        (1e16, "10000000000000000.0"),
+        (-1.5e-5, "-0.000015"),
+        (0.1, "0.1"),
+        (10**20, "100000000000000000000"),
+    ],
 )
 def test_render_value(value: Any, text: str) -> None:
     assert render_value(value) == text
@@ -76,24 +89,40 @@ def test_spawn_pins_name_each_checked_path_and_the_text_around_it(tmp_path: Path
     (tmp_path / "a").mkdir()
     t = compile_type(
         "t",
-        type_config(["/bin/cp", "--from={src}:{dst}", "{n}", "{dst}", "{opt}"],
-                    src={"type": "path", "base": str(tmp_path)}, dst={"type": "path", "base": str(tmp_path)},
-                    opt={"type": "path", "base": str(tmp_path), "required": False}, n={"type": "int"}),
+        type_config(
+            ["/bin/cp", "--from={src}:{dst}", "{n}", "{dst}", "{opt}"],
+            src={"type": "path", "base": str(tmp_path)},
+            dst={"type": "path", "base": str(tmp_path)},
+            opt={"type": "path", "base": str(tmp_path), "required": False},
+            n={"type": "int"},
+        ),
         TasksConfig(stop_grace_s=5.0),
-    )  # fmt: skip
+    )
     params = t.params_model.model_validate({"src": "a", "dst": "b", "n": 3}).model_dump(mode="json")
     argv = t.render_argv(t.params_model.model_validate(params))
-    src, dst = {"base": str(tmp_path), "path": f"{tmp_path}/a"}, {"base": str(tmp_path), "path": f"{tmp_path}/b"}
+    src, dst = (
+        {"base": str(tmp_path), "path": f"{tmp_path}/a"},
+        {"base": str(tmp_path), "path": f"{tmp_path}/b"},
+    )
     # An unset optional path is "" and no pin; an int stays text.
-    assert t.spawn_pins(params, argv) == [{"index": 1, "parts": ["--from=", src, ":", dst]}, {"index": 3, "parts": [dst]}]
+    assert t.spawn_pins(params, argv) == [
+        {"index": 1, "parts": ["--from=", src, ":", dst]},
+        {"index": 3, "parts": [dst]},
+    ]
     # A run whose argv the type no longer renders (changed since it was queued) keeps its text.
     assert t.spawn_pins(params, [*argv[:3], "other", argv[4]]) == []
-    assert compile_type("u", type_config(["/bin/true", "{n}"], n={"type": "int"}), TasksConfig()).spawn_pins(
-        {"n": 1}, ["/bin/true", "1"]) == []  # fmt: skip
+    assert (
+        compile_type("u", type_config(["/bin/true", "{n}"], n={"type": "int"}), TasksConfig()).spawn_pins(
+            {"n": 1}, ["/bin/true", "1"]
+        )
+        == []
+    )
 
 
 def test_unknown_placeholder_is_a_config_error() -> None:
-    config = TasksConfig(types={"scan": type_config(["{python}", "--id={task_idd}"], task_id={"type": "int"})})
+    config = TasksConfig(
+        types={"scan": type_config(["{python}", "--id={task_idd}"], task_id={"type": "int"})}
+    )
     with pytest.raises(
         ConfigError,
         match=r"^\[tasks\.types\.scan\] argv\[1\] '--id=\{task_idd\}': unknown placeholder '\{task_idd\}'; known: \{python\}, \{task_id\}$",
@@ -122,7 +151,9 @@ def test_type_grace_overrides_default() -> None:
 
 
 def test_describe_shows_the_params_schema() -> None:
-    t = compile_type("t", type_config(["x", "{n}"], n={"type": "int", "min": 0, "doc": "how many"}), TasksConfig())
+    t = compile_type(
+        "t", type_config(["x", "{n}"], n={"type": "int", "min": 0, "doc": "how many"}), TasksConfig()
+    )
     described = t.describe()
     assert described["name"] == "t"
     assert described["params"]["properties"]["n"] == {
@@ -153,7 +184,10 @@ async def test_pattern_rejects_shell_metacharacters(make_manager: Any) -> None:
     manager = make_manager(
         types={
             "safe": TaskTypeConfig.model_validate(
-                {"argv": py("pass", "{host}"), "params": {"host": {"type": "str", "pattern": r"^[a-z0-9.-]+$"}}}
+                {
+                    "argv": py("pass", "{host}"),
+                    "params": {"host": {"type": "str", "pattern": r"^[a-z0-9.-]+$"}},
+                }
             )
         }
     )

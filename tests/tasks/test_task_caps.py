@@ -34,7 +34,10 @@ def test_the_cap_per_caller_both_sides_and_others_unaffected() -> None:
     runs.add(1, ROOT)  # counted once
     runs.check(ROOT, 1, max_active=10, max_per_caller=2)  # at the cap: admitted
     runs.add(2, ROOT)
-    with pytest.raises(Conflict, match=r"^task start refused: uid 0 has 2 active run\(s\) and asks for 1 more; the cap per caller is 2 \(\[tasks\] max_active_per_caller\)"):
+    with pytest.raises(
+        Conflict,
+        match=r"^task start refused: uid 0 has 2 active run\(s\) and asks for 1 more; the cap per caller is 2 \(\[tasks\] max_active_per_caller\)",
+    ):
         runs.check(ROOT, 1, max_active=10, max_per_caller=2)
     runs.check(WWW, 2, max_active=10, max_per_caller=2)
     runs.discard(1)
@@ -48,6 +51,9 @@ def test_the_daemons_cap_both_sides_and_a_batch_fits_whole() -> None:
     for task_id in range(3):
         runs.add(task_id, WWW)
     runs.check(ROOT, 2, max_active=5, max_per_caller=5)  # 3 + 2 = 5: admitted
-    with pytest.raises(Conflict, match=r"^task start refused: 3 run\(s\) are active and 3 more were asked for; the daemon's cap is 5 \(\[tasks\] max_active\)") as refused:
+    with pytest.raises(
+        Conflict,
+        match=r"^task start refused: 3 run\(s\) are active and 3 more were asked for; the daemon's cap is 5 \(\[tasks\] max_active\)",
+    ) as refused:
         runs.check(ROOT, 3, max_active=5, max_per_caller=5)
     assert refused.value.details == {"cap": "max_active", "value": 5, "active": 3, "asked": 3}

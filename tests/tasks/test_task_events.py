@@ -17,7 +17,11 @@ async def test_subscribers_get_every_event_in_order() -> None:
             hub.publish("state", {"id": i})
         for sub in (a, b):
             got = [await sub.get(1.0) for _ in range(3)]
-            assert [(e.seq, e.kind, e.data) for e in got] == [(1, "state", {"id": 0}), (2, "state", {"id": 1}), (3, "state", {"id": 2})]  # type: ignore[union-attr]
+            assert [(e.seq, e.kind, e.data) for e in got] == [
+                (1, "state", {"id": 0}),
+                (2, "state", {"id": 1}),
+                (3, "state", {"id": 2}),
+            ]  # type: ignore[union-attr]
     assert hub.subscribers == 0
 
 
@@ -28,7 +32,6 @@ async def test_get_times_out_with_none_and_wakes_on_publish() -> None:
         asyncio.get_running_loop().call_later(0.02, hub.publish, "progress", {"id": 1})
         event = await sub.get(5.0)
         assert event is not None and event.kind == "progress"
-
 
 
 async def test_wake_ends_a_wait_with_none_and_a_cancelled_wait_leaves_nothing_behind() -> None:
@@ -44,6 +47,7 @@ async def test_wake_ends_a_wait_with_none_and_a_cancelled_wait_leaves_nothing_be
         hub.publish("state", {"id": 1})  # nobody waits now: it is queued, not lost
         event = await sub.get(0.0)
         assert event is not None and event.data == {"id": 1}
+
 
 async def test_a_slow_subscriber_loses_the_oldest_and_gets_a_gap_both_sides() -> None:
     hub = EventHub(queue_size=3)

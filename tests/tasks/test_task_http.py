@@ -22,12 +22,16 @@ from tests.conftest import PYMGR, Daemon
 
 @pytest.fixture
 def http(daemon: Daemon) -> Iterator[httpx.Client]:
-    with httpx.Client(transport=httpx.HTTPTransport(uds=str(daemon.socket)), base_url="http://pymgr", timeout=30) as c:
+    with httpx.Client(
+        transport=httpx.HTTPTransport(uds=str(daemon.socket)), base_url="http://pymgr", timeout=30
+    ) as c:
         yield c
 
 
 def ended(client: Client, task_id: int) -> dict[str, Any]:
-    return wait_until(lambda: (r := states(client)[task_id])["state"] not in ("queued", "running") and r, "the end")
+    return wait_until(
+        lambda: (r := states(client)[task_id])["state"] not in ("queued", "running") and r, "the end"
+    )
 
 
 def test_logs_by_offset(daemon: Daemon, http: httpx.Client) -> None:
@@ -42,7 +46,9 @@ def test_logs_by_offset(daemon: Daemon, http: httpx.Client) -> None:
         assert http.get(path, params={"offset": 3}).content == b"lo\n"
         assert http.get(path, params={"offset": 6}).content == b""  # exactly the end: empty, not an error
         assert client.logs(task["id"], 1) == b"ello\n"
-        with pytest.raises(ParamsInvalid, match=rf"^offset 7 is past the end of task {task['id']}'s log \(6 bytes\)$"):
+        with pytest.raises(
+            ParamsInvalid, match=rf"^offset 7 is past the end of task {task['id']}'s log \(6 bytes\)$"
+        ):
             client.logs(task["id"], 7)
         assert client.call("tasks", "logs", id=task["id"], offset=2)["data"] == "llo\n"
 
@@ -124,10 +130,14 @@ def test_client_events_iterator(daemon: Daemon) -> None:
 
 
 def test_cli_logs_follow_and_watch(daemon: Daemon) -> None:
-    watch = subprocess.Popen([str(PYMGR), "--socket", str(daemon.socket), "tasks", "watch"], stdout=subprocess.PIPE, text=True)
+    watch = subprocess.Popen(
+        [str(PYMGR), "--socket", str(daemon.socket), "tasks", "watch"], stdout=subprocess.PIPE, text=True
+    )
     lines: queue.Queue[str] = queue.Queue()
     assert watch.stdout is not None
-    reader = threading.Thread(target=lambda: [lines.put(line.rstrip("\n")) for line in watch.stdout], daemon=True)  # type: ignore[union-attr]
+    reader = threading.Thread(
+        target=lambda: [lines.put(line.rstrip("\n")) for line in watch.stdout], daemon=True
+    )  # type: ignore[union-attr]
     reader.start()
     seen: list[str] = []
 
@@ -154,15 +164,28 @@ def test_cli_logs_follow_and_watch(daemon: Daemon) -> None:
         watch.wait(10)
         reader.join(10)
         watch.stdout.close()
-    assert any(re.fullmatch(rf"\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ  task {task['id']} scan  running(  \d+% scan 8)?", x) for x in seen), seen
-    assert any(re.fullmatch(rf"\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ  task {task['id']}  progress  \d+% scan 8", x) for x in seen), seen
+    assert any(
+        re.fullmatch(
+            rf"\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ  task {task['id']} scan  running(  \d+% scan 8)?", x
+        )
+        for x in seen
+    ), seen
+    assert any(
+        re.fullmatch(rf"\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ  task {task['id']}  progress  \d+% scan 8", x)
+        for x in seen
+    ), seen
     out = subprocess.run(
         [str(PYMGR), "--socket", str(daemon.socket), "tasks", "logs", "-f", str(task["id"])],
-        capture_output=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and out.stdout.endswith(b"scan 8: 100%\nPYMGR_PROGRESS 100 scan 8\n")
     out = subprocess.run(
         [str(PYMGR), "--socket", str(daemon.socket), "tasks", "logs", "--offset", "999999", str(task["id"])],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert out.returncode == 1 and re.match(r"^error: bad_params: offset 999999 is past the end of task", out.stderr)
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1 and re.match(
+        r"^error: bad_params: offset 999999 is past the end of task", out.stderr
+    )

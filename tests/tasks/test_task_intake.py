@@ -35,7 +35,9 @@ async def test_a_start_is_answered_when_the_keeper_link_breaks_before_its_spawn(
     assert (await wait_end(manager, record.id)).state is TaskState.SUCCEEDED  # sent again after the reconnect
 
 
-async def test_queued_events_come_in_start_order_when_a_read_commits_a_group_early(manager: TaskManager) -> None:
+async def test_queued_events_come_in_start_order_when_a_read_commits_a_group_early(
+    manager: TaskManager,
+) -> None:
     await manager.open()
     with manager.events.subscribe() as events:
 
@@ -74,11 +76,16 @@ async def test_a_log_that_cannot_be_deleted_after_the_commit_loses_no_start(
 
 async def test_a_restart_is_committed_before_its_spawn_request_leaves(tmp_path: Path) -> None:
     types = {
-        "fail": TaskTypeConfig.model_validate({
-            "argv": py("import sys; sys.exit(1)"), "restart": "on-failure", "restart_delay_s": 0,
-            "restart_delay_max_s": 0, "max_attempts": 2,
-        })
-    }  # fmt: skip
+        "fail": TaskTypeConfig.model_validate(
+            {
+                "argv": py("import sys; sys.exit(1)"),
+                "restart": "on-failure",
+                "restart_delay_s": 0,
+                "restart_delay_max_s": 0,
+                "max_attempts": 2,
+            }
+        )
+    }
     manager = TaskManager(tasks_config(types=types), tmp_path / "state")
     try:
         await manager.open()
@@ -110,10 +117,14 @@ async def test_a_restart_is_committed_before_its_spawn_request_leaves(tmp_path: 
 
 def limited(**changes: dict[str, Any]) -> dict[str, TaskTypeConfig]:
     """The test types, with some settings of some types changed."""
-    return {name: TaskTypeConfig.model_validate({**spec, **changes.get(name, {})}) for name, spec in TYPES.items()}
+    return {
+        name: TaskTypeConfig.model_validate({**spec, **changes.get(name, {})}) for name, spec in TYPES.items()
+    }
 
 
-async def test_a_keeper_link_that_breaks_in_the_middle_of_a_pump_loses_no_slot(make_manager: MakeManager) -> None:
+async def test_a_keeper_link_that_breaks_in_the_middle_of_a_pump_loses_no_slot(
+    make_manager: MakeManager,
+) -> None:
     manager = make_manager(types=limited(exit={"max_concurrent": 3}))
     await manager.open()
     starts = [asyncio.create_task(manager.start("exit", {"code": 0}, None, CALLER)) for _ in range(3)]
@@ -158,10 +169,15 @@ async def test_a_stop_is_not_failed_by_a_group_that_cannot_commit_and_the_run_st
 
 async def test_a_freed_slot_does_not_wait_for_a_restarts_back_off(make_manager: MakeManager) -> None:
     types = limited(sleep={"max_concurrent": 1, "stop_grace_s": 0.5})
-    types["fail"] = TaskTypeConfig.model_validate({
-        "argv": py("import sys; sys.exit(1)"), "restart": "on-failure", "restart_delay_s": 30,
-        "restart_delay_max_s": 30, "max_attempts": 2,
-    })  # fmt: skip
+    types["fail"] = TaskTypeConfig.model_validate(
+        {
+            "argv": py("import sys; sys.exit(1)"),
+            "restart": "on-failure",
+            "restart_delay_s": 30,
+            "restart_delay_max_s": 30,
+            "max_attempts": 2,
+        }
+    )
     manager = make_manager(types=types)
     await manager.open()
     failed = await manager.start("fail", {}, None, CALLER)
@@ -178,14 +194,19 @@ async def test_a_freed_slot_does_not_wait_for_a_restarts_back_off(make_manager: 
 async def test_a_run_whose_spawn_request_cannot_be_sent_fails_alone(make_manager: MakeManager) -> None:
     types = limited()
     types["big"] = TaskTypeConfig.model_validate(
-        {"argv": ["{python}", "-c", "pass", *["{a}"] * 6], "params": {"a": {"type": "str", "max_length": 200_000}}}
+        {
+            "argv": ["{python}", "-c", "pass", *["{a}"] * 6],
+            "params": {"a": {"type": "str", "max_length": 200_000}},
+        }
     )  # six copies of a 200 kB parameter: a spawn request larger than the keeper link's 1 MiB frames
     manager = make_manager(types=types)
     await manager.open()
     big = await asyncio.wait_for(manager.start("big", {"a": "x" * 200_000}, None, CALLER), 5)
     ended = await wait_end(manager, big.id)
     assert ended.state is TaskState.FAILED
-    assert ended.error is not None and ended.error.startswith("spawn failed: the request cannot be sent: frame of ")
+    assert ended.error is not None and ended.error.startswith(
+        "spawn failed: the request cannot be sent: frame of "
+    )
     for _ in range(2):  # the queue goes on
         record = await asyncio.wait_for(manager.start("exit", {"code": 0}, None, CALLER), 5)
         assert (await wait_end(manager, record.id)).state is TaskState.SUCCEEDED
@@ -205,18 +226,26 @@ async def test_runs_whose_requests_could_not_leave_are_tried_again_without_a_rec
         send_spawn(record)
 
     monkeypatch.setattr(manager._spawns, "send_spawn", refused_once)
-    record = await manager.start("exit", {"code": 0}, None, CALLER)  # answered: its request waits in the queue
+    record = await manager.start(
+        "exit", {"code": 0}, None, CALLER
+    )  # answered: its request waits in the queue
     assert record.id in manager._queue and manager.keeper_connected
     assert (await wait_end(manager, record.id)).state is TaskState.SUCCEEDED  # tried again after PUMP_RETRY_S
 
 
-async def test_a_start_with_the_key_of_a_start_waiting_in_its_turn_gets_that_run(manager: TaskManager) -> None:
+async def test_a_start_with_the_key_of_a_start_waiting_in_its_turn_gets_that_run(
+    manager: TaskManager,
+) -> None:
     await manager.open()
     first = asyncio.create_task(manager.start("exit", {"code": 0}, None, CALLER))  # committed at once
-    same = asyncio.create_task(manager.start("exit", {"code": 0}, "k", CALLER))  # waits for the end of the turn
+    same = asyncio.create_task(
+        manager.start("exit", {"code": 0}, "k", CALLER)
+    )  # waits for the end of the turn
     held = asyncio.create_task(manager.start("exit", {"code": 0}, "k", CALLER))
     other = asyncio.create_task(manager.start("sleep", {}, "k", CALLER))
-    with pytest.raises(Conflict, match=r"^key 'k' is held by a task starting now of type 'exit', not 'sleep'$"):
+    with pytest.raises(
+        Conflict, match=r"^key 'k' is held by a task starting now of type 'exit', not 'sleep'$"
+    ):
         await other
     assert (await held).id == (await same).id == (await first).id + 1
     assert [r.id for r in manager.list_runs(key="k")] == [(await same).id]

@@ -92,7 +92,15 @@ def state(tmp_path: Path) -> Path:
 
 
 def start_keeper(state: Path, idle_exit_s: float = 30.0) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "pymgr.keeper", "--state-dir", str(state), "--idle-exit-s", str(idle_exit_s)]
+    argv = [
+        sys.executable,
+        "-m",
+        "pymgr.keeper",
+        "--state-dir",
+        str(state),
+        "--idle-exit-s",
+        str(idle_exit_s),
+    ]
     return subprocess.Popen(argv, stderr=subprocess.PIPE, start_new_session=True)
 
 
@@ -109,9 +117,15 @@ def keeper(state: Path) -> Iterator[subprocess.Popen[bytes]]:
 
 def spawn(peer: Peer, state: Path, task_id: int, argv: list[str], **extra: Any) -> dict[str, Any]:
     peer.send(
-        op="spawn", id=task_id, argv=argv, env={}, cwd="/", marker=f"m{task_id}",
-        log={"dir": str(state / "logs"), "max_bytes": 4096, "keep": 1, "timestamps": False}, **extra,
-    )  # fmt: skip
+        op="spawn",
+        id=task_id,
+        argv=argv,
+        env={},
+        cwd="/",
+        marker=f"m{task_id}",
+        log={"dir": str(state / "logs"), "max_bytes": 4096, "keep": 1, "timestamps": False},
+        **extra,
+    )
     return peer.until("spawned", id=task_id)
 
 
@@ -136,21 +150,34 @@ def test_a_second_keeper_leaves_the_first_serving(keeper: subprocess.Popen[bytes
     assert keeper.poll() is None and connect(state / "run").until("hello")["keeper_pid"] == keeper.pid
 
 
-def test_bad_requests_get_an_error_and_the_keeper_goes_on(keeper: subprocess.Popen[bytes], state: Path) -> None:
+def test_bad_requests_get_an_error_and_the_keeper_goes_on(
+    keeper: subprocess.Popen[bytes], state: Path
+) -> None:
     peer = connect(state / "run")
     peer.until("synced")
     peer.send(op="nope")
-    assert peer.until("error")["message"].startswith("bad request (op 'nope', id None, fields op); ops: spawn, kill")
+    assert peer.until("error")["message"].startswith(
+        "bad request (op 'nope', id None, fields op); ops: spawn, kill"
+    )
     peer.send(op="kill")  # no id
     assert "KeyError" in peer.until("error")["message"]
-    peer.send(op="spawn", id="7", env={"PYMGR_TASK_MARKER": "f00d"}, marker="f00d")  # never echoed: it goes to the logs
-    assert peer.until("error")["message"].startswith("bad request (op 'spawn', id '7', fields env, id, marker, op); ops:")
+    peer.send(
+        op="spawn", id="7", env={"PYMGR_TASK_MARKER": "f00d"}, marker="f00d"
+    )  # never echoed: it goes to the logs
+    assert peer.until("error")["message"].startswith(
+        "bad request (op 'spawn', id '7', fields env, id, marker, op); ops:"
+    )
     peer.send(op="spawn", id=1, argv=[], env={})
-    assert peer.until("spawn_failed", id=1)["error"] == "spawn failed: argv must be a non-empty list of strings, not []"
+    assert (
+        peer.until("spawn_failed", id=1)["error"]
+        == "spawn failed: argv must be a non-empty list of strings, not []"
+    )
     assert spawn(peer, state, 2, ["/bin/true"])["pid"] > 0
 
 
-def test_exit_statuses_wait_for_an_ack_across_connections(keeper: subprocess.Popen[bytes], state: Path) -> None:
+def test_exit_statuses_wait_for_an_ack_across_connections(
+    keeper: subprocess.Popen[bytes], state: Path
+) -> None:
     peer = connect(state / "run")
     peer.until("synced")
     spawn(peer, state, 5, ["/bin/sh", "-c", "echo out; exit 3"])
@@ -159,7 +186,9 @@ def test_exit_statuses_wait_for_an_ack_across_connections(keeper: subprocess.Pop
     peer.close()  # no ack: as if the daemon died before recording it
     journal = state / "run" / "status.journal"
     lines = [json.loads(line) for line in journal.read_text().splitlines()]
-    assert [line.get("exit_code") for line in lines if "id" in line] == [3]  # after its spawning and started lines
+    assert [line.get("exit_code") for line in lines if "id" in line] == [
+        3
+    ]  # after its spawning and started lines
     peer = connect(state / "run")
     again = peer.until("exit", id=5)
     assert again == first
@@ -187,13 +216,19 @@ def test_spawn_is_idempotent_by_id(keeper: subprocess.Popen[bytes], state: Path)
     assert gone(first["pid"])
 
 
-def test_a_new_connection_replaces_the_old_after_its_last_requests(keeper: subprocess.Popen[bytes], state: Path) -> None:
+def test_a_new_connection_replaces_the_old_after_its_last_requests(
+    keeper: subprocess.Popen[bytes], state: Path
+) -> None:
     old = connect(state / "run")
     old.until("synced")
     old.send(
-        op="spawn", id=9, argv=["/bin/sleep", "30"], env={}, marker="m9",
+        op="spawn",
+        id=9,
+        argv=["/bin/sleep", "30"],
+        env={},
+        marker="m9",
         log={"dir": str(state / "logs"), "max_bytes": 4096, "keep": 1, "timestamps": False},
-    )  # fmt: skip
+    )
     old.close()  # gone before any reply: the spawn still happens, once
     new = connect(state / "run")
     new.until("hello")
@@ -238,7 +273,9 @@ def test_exit_when_idle_waits_for_the_last_run(keeper: subprocess.Popen[bytes], 
     assert keeper.wait(WAIT_S) == 0
 
 
-def test_status_journal_replays_unacked_skips_a_torn_line_and_compacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_status_journal_replays_unacked_skips_a_torn_line_and_compacts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pymgr.keeper import journal as _keeperruns
     from pymgr.keeper.journal import StatusJournal
 
@@ -278,7 +315,9 @@ def test_a_run_a_killed_keeper_started_is_reported_by_the_next_as_an_orphan(stat
         try:
             frames = connect(state / "run").frames_until("synced")
             orphans = [f for f in frames if f["op"] == "orphan"]
-            assert [(f["id"], f["pid"], f["start_time"]) for f in orphans] == [(5, run["pid"], run["start_time"])]
+            assert [(f["id"], f["pid"], f["start_time"]) for f in orphans] == [
+                (5, run["pid"], run["start_time"])
+            ]
         finally:
             end(second)
     finally:
@@ -296,7 +335,12 @@ def test_a_spawn_cut_short_before_its_process_was_noted_ends_lost(state: Path) -
     try:
         peer = connect(state / "run")
         status = peer.until("exit", id=8)
-        assert (status["error"], status["pid"], status["exit_code"], status["signal"]) == (SPAWN_UNKNOWN, None, None, None)
+        assert (status["error"], status["pid"], status["exit_code"], status["signal"]) == (
+            SPAWN_UNKNOWN,
+            None,
+            None,
+            None,
+        )
         assert not [f for f in peer.frames_until("synced") if f["op"] == "orphan"]
     finally:
         end(process)

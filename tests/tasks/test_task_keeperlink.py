@@ -34,7 +34,9 @@ def frames(data: bytes) -> list[object]:
 
 
 async def test_the_first_request_of_a_turn_leaves_at_once_and_the_rest_at_its_end(tmp_path: Path) -> None:
-    link = KeeperLink(tmp_path, idle_exit_s=1.0, start_timeout_s=1.0, on_message=lambda m: None, on_lost=lambda: None)
+    link = KeeperLink(
+        tmp_path, idle_exit_s=1.0, start_timeout_s=1.0, on_message=lambda m: None, on_lost=lambda: None
+    )
     writer = FakeWriter()
     link._writer = writer  # type: ignore[assignment]
     for task_id in (1, 2, 3):
@@ -47,7 +49,9 @@ async def test_the_first_request_of_a_turn_leaves_at_once_and_the_rest_at_its_en
 
 
 async def test_a_burst_leaves_every_flush_bytes(tmp_path: Path) -> None:
-    link = KeeperLink(tmp_path, idle_exit_s=1.0, start_timeout_s=1.0, on_message=lambda m: None, on_lost=lambda: None)
+    link = KeeperLink(
+        tmp_path, idle_exit_s=1.0, start_timeout_s=1.0, on_message=lambda m: None, on_lost=lambda: None
+    )
     writer = FakeWriter()
     link._writer = writer  # type: ignore[assignment]
     padding = "x" * 500
@@ -76,8 +80,14 @@ async def test_a_started_keeper_writes_to_a_rotated_log(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir(mode=0o700)
     (run_dir / "keeper.log").write_bytes(b"x" * 100)
-    link = KeeperLink(tmp_path, idle_exit_s=0.5, start_timeout_s=10.0, log_max_bytes=50,
-                      on_message=lambda m: None, on_lost=lambda: None)  # fmt: skip
+    link = KeeperLink(
+        tmp_path,
+        idle_exit_s=0.5,
+        start_timeout_s=10.0,
+        log_max_bytes=50,
+        on_message=lambda m: None,
+        on_lost=lambda: None,
+    )
     await link.connect()
     await link.close(wait_exit_s=5.0)
     assert (run_dir / "keeper.log.1").read_bytes() == b"x" * 100

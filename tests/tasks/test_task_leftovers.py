@@ -18,7 +18,7 @@ from pymgr.tasks.states import TaskState
 #: and a double-forked daemon in a session of its own with stdio on /dev/null; prints their pids.
 LEAVER = py(
     "import os, subprocess, sys\n"
-    "code = 'import subprocess, sys, time; g = subprocess.Popen([sys.executable, \"-c\", \"import time; time.sleep(600)\"]); "
+    'code = \'import subprocess, sys, time; g = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"]); '
     "print(g.pid, flush=True); time.sleep(600)'\n"
     "child = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE)\n"
     "grandchild = int(child.stdout.readline())\n"
@@ -31,7 +31,7 @@ LEAVER = py(
 #: Leaves a child that ignores SIGTERM (once it said so): the leftovers' stop needs SIGKILL after the grace.
 STUBBORN_LEAVER = py(
     "import subprocess, sys\n"
-    "code = 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(\"armed\", flush=True); "
+    'code = \'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print("armed", flush=True); '
     "time.sleep(600)'\n"
     "child = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE)\n"
     "assert child.stdout.readline() == b'armed\\n'\n"
@@ -54,17 +54,28 @@ def all_gone(pids: list[int], timeout_s: float = 10.0) -> bool:
     return True
 
 
-async def test_what_an_exited_run_left_running_is_stopped_and_named_in_its_log(make_manager: MakeManager) -> None:
+async def test_what_an_exited_run_left_running_is_stopped_and_named_in_its_log(
+    make_manager: MakeManager,
+) -> None:
     manager = make_manager(types={"leaver": TaskTypeConfig(argv=LEAVER)})
     record = await manager.start("leaver", {}, None, CALLER)
     ended = await wait_end(manager, record.id)
     # The leader's own outcome: failed with its exit code, not "stopped" (nobody stopped the run).
-    assert (ended.state, ended.exit_code, ended.signal, ended.cancel_source) == (TaskState.FAILED, 3, None, None)
+    assert (ended.state, ended.exit_code, ended.signal, ended.cancel_source) == (
+        TaskState.FAILED,
+        3,
+        None,
+        None,
+    )
     assert ended.error is None
     child, grandchild, daemon = left_pids(ended.log_path)
-    assert all_gone([child, grandchild, daemon])  # in its group, under that, in a session of its own: all ours
+    assert all_gone(
+        [child, grandchild, daemon]
+    )  # in its group, under that, in a session of its own: all ours
     log = Path(ended.log_path).read_text()
-    assert re.search(r"pymgr: the run's first process exited; stopping the 3 process\(es\) it left running", log), log
+    assert re.search(
+        r"pymgr: the run's first process exited; stopping the 3 process\(es\) it left running", log
+    ), log
 
 
 async def test_the_run_ends_only_once_its_leftovers_are_gone_sigkill_after_grace(
@@ -108,7 +119,9 @@ def late_forker(pid_file: Path) -> list[str]:
     )
 
 
-async def test_a_leftover_forking_as_it_is_stopped_leaves_nothing_behind(make_manager: MakeManager, tmp_path: Path) -> None:
+async def test_a_leftover_forking_as_it_is_stopped_leaves_nothing_behind(
+    make_manager: MakeManager, tmp_path: Path
+) -> None:
     pid_file = tmp_path / "grandchild.pid"
     manager = make_manager(types={"late": TaskTypeConfig(argv=late_forker(pid_file))})
     record = await manager.start("late", {}, None, CALLER)
@@ -157,9 +170,15 @@ def test_leftovers_are_the_callers_children_in_the_runs_group_or_marked() -> Non
         assert start_time(in_group.pid) is not None
         found = leftovers(ref, marker, leaders=[leader.pid])
         assert {r.pid for r in found} == {in_group.pid, marked.pid}  # never the leader, never the stranger
-        assert leftovers(ref, marker, leaders=[leader.pid, marked.pid]) == {r for r in found if r.pid == in_group.pid}
-        assert leftovers(ProcRef(leader.pid, 2**62), marker, leaders=[]) == set()  # older than the run: not its
-        assert {r.pid for r in leftovers(ref, marker, [leader.pid], by_group=False)} == {marked.pid}  # later looks
+        assert leftovers(ref, marker, leaders=[leader.pid, marked.pid]) == {
+            r for r in found if r.pid == in_group.pid
+        }
+        assert (
+            leftovers(ProcRef(leader.pid, 2**62), marker, leaders=[]) == set()
+        )  # older than the run: not its
+        assert {r.pid for r in leftovers(ref, marker, [leader.pid], by_group=False)} == {
+            marked.pid
+        }  # later looks
     finally:
         for process in (leader, in_group, marked, stranger):
             process.kill()

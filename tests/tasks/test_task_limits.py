@@ -57,12 +57,16 @@ async def test_a_run_that_ends_within_its_timeout_succeeds(make_manager: MakeMan
 # -- max_concurrent ------------------------------------------------------------------------
 
 
-async def test_max_concurrent_queues_extra_starts_and_releases_them_in_order(make_manager: MakeManager) -> None:
+async def test_max_concurrent_queues_extra_starts_and_releases_them_in_order(
+    make_manager: MakeManager,
+) -> None:
     job = py("import time; time.sleep(0.3)")
     manager = make_manager(types=types(job={"argv": job, "max_concurrent": 2}))
     records = [await manager.start("job", {}, None, CALLER) for _ in range(5)]
     await asyncio.sleep(0.1)
-    assert [manager.get(r.id).state for r in records].count(TaskState.RUNNING) == 2  # at the limit, not past it
+    assert [manager.get(r.id).state for r in records].count(
+        TaskState.RUNNING
+    ) == 2  # at the limit, not past it
     ended = [await wait_end(manager, r.id) for r in records]
     assert all(r.state is TaskState.SUCCEEDED for r in ended)
     starts = [r.started_at for r in ended]
@@ -88,11 +92,19 @@ async def test_a_stopped_queued_run_frees_nothing_and_never_runs(make_manager: M
 
 
 async def test_on_failure_restarts_with_backoff_until_max_attempts(make_manager: MakeManager) -> None:
-    spec = {"argv": EXIT_1, "restart": "on-failure", "restart_delay_s": 0.2, "restart_delay_max_s": 0.4, "max_attempts": 4}
+    spec = {
+        "argv": EXIT_1,
+        "restart": "on-failure",
+        "restart_delay_s": 0.2,
+        "restart_delay_max_s": 0.4,
+        "max_attempts": 4,
+    }
     manager = make_manager(types=types(flaky=spec))
     first = await manager.start("flaky", {}, "flaky:1", CALLER)
     attempts = await chain(manager, first, 4)
-    assert [(r.attempt, r.state, r.exit_code) for r in attempts] == [(n, TaskState.FAILED, 1) for n in (1, 2, 3, 4)]
+    assert [(r.attempt, r.state, r.exit_code) for r in attempts] == [
+        (n, TaskState.FAILED, 1) for n in (1, 2, 3, 4)
+    ]
     assert [r.retry_of for r in attempts] == [None, *(r.id for r in attempts[:-1])]
     assert attempts[-1].error == "not restarted: max 4 attempts reached"
     assert all(r.error is None for r in attempts[:-1])
@@ -115,7 +127,13 @@ async def test_the_key_stays_held_during_the_backoff(make_manager: MakeManager) 
 
 
 async def test_always_restarts_a_success_until_the_flapping_guard(make_manager: MakeManager) -> None:
-    spec = {"argv": py("pass"), "restart": "always", "restart_delay_s": 0, "restart_delay_max_s": 0, "flap_restarts": 3}
+    spec = {
+        "argv": py("pass"),
+        "restart": "always",
+        "restart_delay_s": 0,
+        "restart_delay_max_s": 0,
+        "flap_restarts": 3,
+    }
     manager = make_manager(types=types(service=spec))
     first = await manager.start("service", {}, "svc", CALLER)
     attempts = await chain(manager, first, 4)
@@ -135,7 +153,13 @@ async def test_a_stopped_run_is_not_restarted(make_manager: MakeManager) -> None
 
 
 async def test_a_timed_out_run_is_restarted_on_failure(make_manager: MakeManager) -> None:
-    spec = {"argv": SLEEP_60, "timeout_s": 0.3, "restart": "on-failure", "restart_delay_s": 0, "max_attempts": 2}
+    spec = {
+        "argv": SLEEP_60,
+        "timeout_s": 0.3,
+        "restart": "on-failure",
+        "restart_delay_s": 0,
+        "max_attempts": 2,
+    }
     manager = make_manager(types=types(slow=spec))
     attempts = await chain(manager, await manager.start("slow", {}, "slow", CALLER), 2)
     assert [(r.attempt, r.state) for r in attempts] == [(1, TaskState.TIMED_OUT), (2, TaskState.TIMED_OUT)]
@@ -177,7 +201,11 @@ async def test_spawn_errors_read_the_same_on_both_paths(make_manager: MakeManage
         types=types(
             missing={"argv": ["/nonexistent/pymgr-test-program"], **limits},
             badcwd={"argv": py("pass"), "cwd": "/nonexistent/pymgr-test-dir", **limits},
-            env={"argv": py("import json, os; print(json.dumps(dict(os.environ)))"), "env": {"A": "1"}, **limits},
+            env={
+                "argv": py("import json, os; print(json.dumps(dict(os.environ)))"),
+                "env": {"A": "1"},
+                **limits,
+            },
         )
     )
     missing = await wait_end(manager, (await manager.start("missing", {}, None, CALLER)).id)
@@ -190,14 +218,23 @@ async def test_spawn_errors_read_the_same_on_both_paths(make_manager: MakeManage
     assert seen == {"A": "1", "PYMGR_TASK_ID": str(env.id), "PYMGR_TASK_MARKER": env.marker}
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root (the keeper runs as the test's user)")
-@pytest.mark.parametrize(("user", "group", "ids"), [("nobody", None, "65534 65534"), ("33", "nogroup", "33 65534")])
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="dropping privileges needs root (the keeper runs as the test's user)"
+)
+@pytest.mark.parametrize(
+    ("user", "group", "ids"), [("nobody", None, "65534 65534"), ("33", "nogroup", "33 65534")]
+)
 @pytest.mark.parametrize("path", ["vfork", "fork"])
 async def test_runs_as_the_types_user_and_group(
     make_manager: MakeManager, user: str, group: str | None, ids: str, path: str
 ) -> None:
     limits = {"rlimits": {"nofile": 1024}} if path == "fork" else {}
-    spec = {"argv": ["/bin/sh", "-c", "echo $(id -u) $(id -g) groups=$(id -G)"], "cwd": "/", "user": user, **limits}
+    spec = {
+        "argv": ["/bin/sh", "-c", "echo $(id -u) $(id -g) groups=$(id -G)"],
+        "cwd": "/",
+        "user": user,
+        **limits,
+    }
     manager = make_manager(types=types(who={**spec, **({"group": group} if group else {})}))
     ended = await wait_end(manager, (await manager.start("who", {}, None, CALLER)).id)
     assert ended.state is TaskState.SUCCEEDED, ended.error
@@ -217,4 +254,6 @@ async def test_an_unknown_user_fails_the_spawn(make_manager: MakeManager) -> Non
 async def test_switching_users_needs_root(make_manager: MakeManager) -> None:
     manager = make_manager(types=types(who={"argv": py("pass"), "user": "root"}))
     ended = await wait_end(manager, (await manager.start("who", {}, None, CALLER)).id)
-    assert re.match(r"^spawn failed: cannot run as user 'root' group None: the keeper runs as uid \d+", ended.error or "")
+    assert re.match(
+        r"^spawn failed: cannot run as user 'root' group None: the keeper runs as uid \d+", ended.error or ""
+    )

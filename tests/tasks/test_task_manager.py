@@ -49,7 +49,10 @@ async def test_a_lone_start_commits_at_once_and_the_rest_of_its_turn_share_one_c
 
     monkeypatch.setattr(store, "_execute", counting)
     records = await asyncio.gather(*(manager.start("exit", {"code": 0}, None, CALLER) for _ in range(5)))
-    assert sizes == [1, 4]  # the first of the turn at once (it waits for nothing), the burst after it together
+    assert sizes == [
+        1,
+        4,
+    ]  # the first of the turn at once (it waits for nothing), the burst after it together
     assert [r.id for r in records] == list(range(records[0].id, records[0].id + 5))
     lone = await manager.start("exit", {"code": 0}, None, CALLER)
     assert sizes == [1, 4, 1]
@@ -233,7 +236,9 @@ async def test_key_is_free_again_once_the_run_ended(manager: TaskManager) -> Non
 
 async def test_key_held_by_another_type_is_a_conflict(manager: TaskManager) -> None:
     held = await manager.start("sleep", {}, "k", CALLER)
-    with pytest.raises(Conflict, match=rf"^key 'k' is held by task {held.id} of type 'sleep', not 'binsleep'$"):
+    with pytest.raises(
+        Conflict, match=rf"^key 'k' is held by task {held.id} of type 'sleep', not 'binsleep'$"
+    ):
         await manager.start("binsleep", {}, "k", CALLER)
 
 
@@ -268,7 +273,8 @@ async def test_list_filters_and_orders_newest_first(manager: TaskManager) -> Non
 
 async def test_list_bad_state_names_the_valid_ones(manager: TaskManager) -> None:
     with pytest.raises(
-        ParamsInvalid, match=r"^state: must be one of queued, running, succeeded, failed, stopped, timed_out, lost; not 'done'$"
+        ParamsInvalid,
+        match=r"^state: must be one of queued, running, succeeded, failed, stopped, timed_out, lost; not 'done'$",
     ):
         manager.list_runs(state="done")
 
@@ -326,7 +332,9 @@ async def test_times_come_from_the_clock(tmp_path: Path) -> None:
     assert ended.ended_at is not None and ended.ended_at > ended.created_at
 
 
-async def test_one_log_line_per_transition_in_one_shape(manager: TaskManager, caplog: pytest.LogCaptureFixture) -> None:
+async def test_one_log_line_per_transition_in_one_shape(
+    manager: TaskManager, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="pymgr.tasks")
     record = await manager.start("exit", {"code": 3}, None, CALLER)
     await wait_end(manager, record.id)
@@ -354,7 +362,9 @@ async def test_runs_under_uvloop(tmp_path: Path) -> None:
     assert result == (TaskState.FAILED, 4)
 
 
-async def test_a_symlink_planted_as_the_next_log_is_never_followed(manager: TaskManager, tmp_path: Path) -> None:
+async def test_a_symlink_planted_as_the_next_log_is_never_followed(
+    manager: TaskManager, tmp_path: Path
+) -> None:
     first = await wait_end(manager, (await manager.start("exit", {"code": 0}, None, CALLER)).id)
     target = tmp_path / "precious"
     target.write_text("keep me")
@@ -364,7 +374,10 @@ async def test_a_symlink_planted_as_the_next_log_is_never_followed(manager: Task
     ended = await wait_end(manager, record.id)
     # The run ran; its output was dropped rather than written through the link, and the record says so.
     assert ended.state is TaskState.SUCCEEDED
-    assert re.match(r"^output dropped: cannot write the log: \[Errno 40\] Too many levels of symbolic links", ended.error or "")
+    assert re.match(
+        r"^output dropped: cannot write the log: \[Errno 40\] Too many levels of symbolic links",
+        ended.error or "",
+    )
     assert target.read_text() == "keep me"
 
 

@@ -48,7 +48,9 @@ def test_next_delay_rejects(args: tuple[int, float, float], message: str) -> Non
         next_delay(*args)
 
 
-ON_FAILURE = RestartRules(policy="on-failure", base_s=1.0, cap_s=8.0, max_attempts=3, flap_restarts=2, flap_window_s=10.0)
+ON_FAILURE = RestartRules(
+    policy="on-failure", base_s=1.0, cap_s=8.0, max_attempts=3, flap_restarts=2, flap_window_s=10.0
+)
 ALWAYS = RestartRules(policy="always", base_s=1.0, cap_s=8.0)
 NEVER = RestartRules(policy="no")
 
@@ -64,7 +66,14 @@ NEVER = RestartRules(policy="no")
         (ON_FAILURE, LOST, 1, [], 100.0, Decision(restart=False)),
         # max_attempts both sides: attempt 2 of 3 restarts, attempt 3 of 3 does not.
         (ON_FAILURE, FAILED, 2, [], 100.0, Decision(restart=True, delay_s=2.0)),
-        (ON_FAILURE, FAILED, 3, [], 100.0, Decision(restart=False, reason="not restarted: max 3 attempts reached")),
+        (
+            ON_FAILURE,
+            FAILED,
+            3,
+            [],
+            100.0,
+            Decision(restart=False, reason="not restarted: max 3 attempts reached"),
+        ),
         # flapping both sides: 1 restart within the window is fine, 2 are too many; an old one does not count.
         (ON_FAILURE, FAILED, 2, [95.0], 100.0, Decision(restart=True, delay_s=2.0)),
         (
@@ -75,17 +84,34 @@ NEVER = RestartRules(policy="no")
             100.0,
             Decision(restart=False, reason="not restarted: flapping (2 restarts within 10 s)"),
         ),
-        (RestartRules(policy="on-failure", flap_restarts=2, flap_window_s=10.0), FAILED, 3, [95.0, 89.0], 100.0,
-         Decision(restart=True, delay_s=4.0)),
-        (RestartRules(policy="on-failure", flap_restarts=2, flap_window_s=10.0), FAILED, 3, [95.0, 90.0], 100.0,
-         Decision(restart=False, reason="not restarted: flapping (2 restarts within 10 s)")),
+        (
+            RestartRules(policy="on-failure", flap_restarts=2, flap_window_s=10.0),
+            FAILED,
+            3,
+            [95.0, 89.0],
+            100.0,
+            Decision(restart=True, delay_s=4.0),
+        ),
+        (
+            RestartRules(policy="on-failure", flap_restarts=2, flap_window_s=10.0),
+            FAILED,
+            3,
+            [95.0, 90.0],
+            100.0,
+            Decision(restart=False, reason="not restarted: flapping (2 restarts within 10 s)"),
+        ),
         (ALWAYS, OK, 1, [], 100.0, Decision(restart=True, delay_s=1.0)),
         (ALWAYS, STOPPED, 1, [], 100.0, Decision(restart=False)),
         (ALWAYS, FAILED, 50, [], 100.0, Decision(restart=True, delay_s=8.0)),  # no max_attempts: only the cap
     ],
 )
 def test_decide(
-    rules: RestartRules, ended: TaskState, attempt: int, restarts_at: list[float], now: float, expected: Decision
+    rules: RestartRules,
+    ended: TaskState,
+    attempt: int,
+    restarts_at: list[float],
+    now: float,
+    expected: Decision,
 ) -> None:
     assert decide(rules, ended, attempt, restarts_at, now) == expected
 

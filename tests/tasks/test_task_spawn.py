@@ -39,7 +39,9 @@ PATHS: dict[str, dict[str, Any]] = {
 
 
 @pytest.mark.parametrize("path", sorted(PATHS))
-async def test_the_process_is_the_same_on_every_path(make_manager: MakeManager, tmp_path: Path, path: str) -> None:
+async def test_the_process_is_the_same_on_every_path(
+    make_manager: MakeManager, tmp_path: Path, path: str
+) -> None:
     spec = dict(PATHS[path], cwd=str(tmp_path))
     if path == "popen":  # a bare name is looked up along the run's own PATH
         spec["env"] = {"PATH": os.path.dirname(os.path.realpath(__import__("sys").executable))}
@@ -62,7 +64,10 @@ async def test_the_process_is_the_same_on_every_path(make_manager: MakeManager, 
 async def test_no_signal_is_ignored_on_any_path(make_manager: MakeManager, path: str) -> None:
     # The keeper is Python: it ignores SIGPIPE and SIGXFSZ; a run must get them back at their default.
     program = "grep" if path == "popen" else "/bin/grep"
-    spec: dict[str, Any] = {"argv": [program, "SigIgn", "/proc/self/status"], "env": {"PATH": "/bin:/usr/bin"}}
+    spec: dict[str, Any] = {
+        "argv": [program, "SigIgn", "/proc/self/status"],
+        "env": {"PATH": "/bin:/usr/bin"},
+    }
     if path == "fork":
         spec["rlimits"] = {"nofile": 1024}
     manager = make_manager(types={"probe": TaskTypeConfig.model_validate(spec)})
@@ -91,9 +96,13 @@ def test_private_descriptors_makes_every_descriptor_close_on_exec(monkeypatch: p
         pid, popen = _spawn.spawn(SpawnSpec(argv=["/bin/true"], env={}, cwd="/"), write_end)
         assert popen is None  # the posix_spawn path
         assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
-        with pytest.raises(_spawn.SpawnError, match=r"^spawn failed: No such file or directory: '/nonexistent/x'$"):
+        with pytest.raises(
+            _spawn.SpawnError, match=r"^spawn failed: No such file or directory: '/nonexistent/x'$"
+        ):
             _spawn.spawn(SpawnSpec(argv=["/nonexistent/x"], env={}), write_end)
-        with pytest.raises(_spawn.SpawnError, match=r"^spawn failed: No such file or directory: '/nonexistent/d'$"):
+        with pytest.raises(
+            _spawn.SpawnError, match=r"^spawn failed: No such file or directory: '/nonexistent/d'$"
+        ):
             _spawn.spawn(SpawnSpec(argv=["/bin/true"], env={}, cwd="/nonexistent/d"), write_end)
         assert os.getcwd() == cwd  # the keeper's own working directory is back after each spawn
     finally:

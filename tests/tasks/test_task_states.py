@@ -27,7 +27,15 @@ ALL_MOVES = list(itertools.product(TaskState, repeat=2))
 
 
 def test_values_are_lowercase_names() -> None:
-    assert [s.value for s in TaskState] == ["queued", "running", "succeeded", "failed", "stopped", "timed_out", "lost"]
+    assert [s.value for s in TaskState] == [
+        "queued",
+        "running",
+        "succeeded",
+        "failed",
+        "stopped",
+        "timed_out",
+        "lost",
+    ]
     assert all(s.value == s.name.lower() for s in TaskState)
     assert TaskState("running") is R
 

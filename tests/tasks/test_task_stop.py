@@ -32,7 +32,11 @@ async def started(manager: TaskManager, type: str, params: dict[str, object] | N
 async def test_stop_ends_stopped_by_sigterm(manager: TaskManager) -> None:
     record = await started(manager, "sleep")
     reply = await manager.stop(record.id, CALLER)
-    assert (reply.state, reply.cancel_source, reply.stopped_by) == (TaskState.RUNNING, "user", CALLER.to_dict())
+    assert (reply.state, reply.cancel_source, reply.stopped_by) == (
+        TaskState.RUNNING,
+        "user",
+        CALLER.to_dict(),
+    )
     ended = await wait_end(manager, record.id)
     assert (ended.state, ended.signal, ended.exit_code, ended.cancel_source) == (
         TaskState.STOPPED,
@@ -124,7 +128,9 @@ async def test_stop_of_missing_id_is_not_found(manager: TaskManager) -> None:
 
 
 async def test_stop_of_queued_run_never_spawns_it(make_manager: MakeManager) -> None:
-    manager = make_manager(types={"one": TaskTypeConfig(argv=py("import time; time.sleep(60)"), max_concurrent=1)})
+    manager = make_manager(
+        types={"one": TaskTypeConfig(argv=py("import time; time.sleep(60)"), max_concurrent=1)}
+    )
     first = await wait_running(manager, (await manager.start("one", {}, None, CALLER)).id)
     record = await manager.start("one", {}, None, CALLER)  # waits for the slot
     stopped = await manager.stop(record.id, CALLER)
@@ -155,7 +161,12 @@ async def test_process_exiting_on_its_own_during_stop_still_ends_stopped(make_ma
     await manager.stop(record.id, CALLER)
     ended = await wait_end(manager, record.id)
     assert time.monotonic() - before < 2.0  # ended with the process, not at the end of the grace period
-    assert (ended.state, ended.cancel_source, ended.exit_code, ended.signal) == (TaskState.STOPPED, "user", 0, None)
+    assert (ended.state, ended.cancel_source, ended.exit_code, ended.signal) == (
+        TaskState.STOPPED,
+        "user",
+        0,
+        None,
+    )
 
 
 def own_threads() -> int:

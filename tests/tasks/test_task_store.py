@@ -76,7 +76,9 @@ def test_records_round_trip_every_field(tmp_path: Path) -> None:
         error="e",
     )
     store.update(full)
-    store.update(dataclasses.replace(full, params={"changed": True}, attempt=9))  # fixed at add: not rewritten
+    store.update(
+        dataclasses.replace(full, params={"changed": True}, attempt=9)
+    )  # fixed at add: not rewritten
     store.close()
     assert make(tmp_path).get(full.id) == full
 
@@ -84,13 +86,32 @@ def test_records_round_trip_every_field(tmp_path: Path) -> None:
 def _every_field_set(n: int) -> TaskRecord:
     """A record where every field holds a value of its own (none is None), varied by ``n``."""
     return TaskRecord(
-        id=0, type=f"t{n}", key=f"k{n}", params={"n": n, "s": "é\u2028"}, argv=[f"/bin/{n}", "a b"],
-        state=TaskState.FAILED, started_by={"uid": n}, created_at=T0 + timedelta(seconds=n), log_path=f"/l{n}",
-        marker=f"m{n}", pid=100 + n, pid_start_time=200 + n, exit_code=n, signal=f"SIG{n}",
-        started_at=T0 + timedelta(seconds=n + 1), ended_at=T0 + timedelta(seconds=n + 2), cancel_source="deadline",
-        stopped_by={"uid": n + 1}, error=f"e{n}", attempt=n + 1, retry_of=n + 2,
-        not_before=T0 + timedelta(seconds=n + 3), boot_id=f"b{n}", progress=n + 0.5, progress_message=f"p{n}",
-    )  # fmt: skip
+        id=0,
+        type=f"t{n}",
+        key=f"k{n}",
+        params={"n": n, "s": "é\u2028"},
+        argv=[f"/bin/{n}", "a b"],
+        state=TaskState.FAILED,
+        started_by={"uid": n},
+        created_at=T0 + timedelta(seconds=n),
+        log_path=f"/l{n}",
+        marker=f"m{n}",
+        pid=100 + n,
+        pid_start_time=200 + n,
+        exit_code=n,
+        signal=f"SIG{n}",
+        started_at=T0 + timedelta(seconds=n + 1),
+        ended_at=T0 + timedelta(seconds=n + 2),
+        cancel_source="deadline",
+        stopped_by={"uid": n + 1},
+        error=f"e{n}",
+        attempt=n + 1,
+        retry_of=n + 2,
+        not_before=T0 + timedelta(seconds=n + 3),
+        boot_id=f"b{n}",
+        progress=n + 0.5,
+        progress_message=f"p{n}",
+    )
 
 
 def test_every_field_goes_to_its_own_column_on_add_and_on_update(tmp_path: Path) -> None:
@@ -101,7 +122,18 @@ def test_every_field_goes_to_its_own_column_on_add_and_on_update(tmp_path: Path)
     assert store.get(added.id) == added
     changed = dataclasses.replace(_every_field_set(2), id=added.id)
     store.update(changed)
-    fixed = {"id", "type", "key", "params", "argv", "started_by", "created_at", "marker", "attempt", "retry_of"}
+    fixed = {
+        "id",
+        "type",
+        "key",
+        "params",
+        "argv",
+        "started_by",
+        "created_at",
+        "marker",
+        "attempt",
+        "retry_of",
+    }
     expected = dataclasses.replace(changed, **{name: getattr(added, name) for name in fixed})
     store.close()
     assert make(tmp_path).get(added.id) == expected
@@ -137,7 +169,9 @@ def test_find_active_follows_the_state(tmp_path: Path) -> None:
 def test_a_second_active_record_with_a_key_is_refused_by_the_index(tmp_path: Path) -> None:
     store = make(tmp_path)
     store.add(record(key="k"))
-    with pytest.raises(PymgrInternalError, match=r"^task store .*tasks\.db: add a record: UNIQUE constraint failed"):
+    with pytest.raises(
+        PymgrInternalError, match=r"^task store .*tasks\.db: add a record: UNIQUE constraint failed"
+    ):
         store.add(record(key="k"))
     assert len(store.list_runs()) == 1
 
@@ -218,7 +252,10 @@ def test_max_age_both_sides(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"max_records": 0}, r"^max_records must be >= 1, not 0$"), ({"max_age_s": 0}, r"^max_age_s must be > 0 or None, not 0$")],
+    [
+        ({"max_records": 0}, r"^max_records must be >= 1, not 0$"),
+        ({"max_age_s": 0}, r"^max_age_s must be > 0 or None, not 0$"),
+    ],
 )
 def test_limits_are_checked(tmp_path: Path, kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -265,8 +302,13 @@ def test_the_checkpoint_starts_the_wal_over_so_the_next_commit_need_not(tmp_path
     wal = tmp_path / "tasks.db-wal"
     salts = wal.read_bytes()[16:24]  # WAL header salts: new ones each time the WAL starts over
     later = store.add(record())
-    assert wal.read_bytes()[16:24] == salts  # the commit appended; the header (and its fsync) was the worker's
-    assert store.get(later.id) == later and store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert (
+        wal.read_bytes()[16:24] == salts
+    )  # the commit appended; the header (and its fsync) was the worker's
+    assert (
+        store.get(later.id) == later
+        and store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    )
     store.checkpoint_passive()  # the daemon wrote since: the WAL starts over again, here
     salts = wal.read_bytes()[16:24]
     for _ in range(3):  # idle: nothing is written, however often the checkpoint runs
@@ -295,7 +337,8 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
     db.close()
     with pytest.raises(
-        Unavailable, match=rf"^task store {tmp_path}/tasks\.db has schema version {SCHEMA_VERSION + 1}, newer than"
+        Unavailable,
+        match=rf"^task store {tmp_path}/tasks\.db has schema version {SCHEMA_VERSION + 1}, newer than",
     ):
         make(tmp_path)
 
@@ -382,7 +425,9 @@ def test_full_state_dir_is_unavailable_and_nothing_is_lost(small_fs: Path) -> No
     store = SqliteStore(small_fs / "tasks.db", max_records=100000)
     added = []
     big = dataclasses.replace(record(), params={"blob": "x" * 20000})
-    with pytest.raises(Unavailable, match=rf"^task store {small_fs}/tasks\.db: cannot .*\(SQLITE_FULL\).*errno 28 \(ENOSPC\)"):
+    with pytest.raises(
+        Unavailable, match=rf"^task store {small_fs}/tasks\.db: cannot .*\(SQLITE_FULL\).*errno 28 \(ENOSPC\)"
+    ):
         for _ in range(200):
             added.append(store.add(big).id)
     (small_fs / "tasks.db-wal").stat()  # still there
@@ -410,7 +455,9 @@ def test_a_batch_that_cannot_commit_is_gone_whole(small_fs: Path) -> None:
         committed += staged
     else:
         pytest.fail("the file system never filled up")
-    assert re.match(rf"^task store {small_fs}/tasks\.db: cannot write: .*\(SQLITE_FULL\).*errno 28", str(failure))
+    assert re.match(
+        rf"^task store {small_fs}/tasks\.db: cannot write: .*\(SQLITE_FULL\).*errno 28", str(failure)
+    )
     assert [r.id for r in store.list_runs()] == committed[::-1]
     assert len(store) == len(committed)
     store.close()
@@ -484,5 +531,7 @@ async def test_a_manager_on_a_read_only_state_dir_serves_reads_and_refuses_start
         await manager.open()
     with pytest.raises(Unavailable, match=message):
         await manager.start("exit", {"code": 0}, None, CALLER)
-    assert [r.id for r in manager.list_runs()] == [kept.id] and manager.get(kept.id).state is TaskState.SUCCEEDED
+    assert [r.id for r in manager.list_runs()] == [kept.id] and manager.get(
+        kept.id
+    ).state is TaskState.SUCCEEDED
     await manager.aclose()

@@ -18,7 +18,15 @@ from typing import Any
 
 import httpx
 import pytest
-from survivalhelpers import LEAVE_CONFIG, WAIT_S, keeper_pid, reap_state_dir, states, stored_marker, wait_until
+from survivalhelpers import (
+    LEAVE_CONFIG,
+    WAIT_S,
+    keeper_pid,
+    reap_state_dir,
+    states,
+    stored_marker,
+    wait_until,
+)
 from taskhelpers import gone
 
 from pymgr.client import AsyncClient, Client
@@ -61,16 +69,25 @@ def test_kill_9_with_20_runs_every_run_is_accounted_for(start_daemon: Callable[.
         for task_id, (short, code) in expected.items():
             record = records[task_id]
             if short:
-                assert (record["state"], record["exit_code"]) == ("succeeded" if code == 0 else "failed", code), record
+                assert (record["state"], record["exit_code"]) == (
+                    "succeeded" if code == 0 else "failed",
+                    code,
+                ), record
             else:
                 assert record["state"] == "running" and not gone(record["pid"]), record
         assert len({r["pid"] for r in records.values()}) == 20
-        markers = [run_marker(i, stored_marker(daemon, i)) for i, r in records.items() if r["state"] == "running"]
-        assert all(len(refs) == 1 for refs in find_marked(markers).values())  # one process per run: no respawn
+        markers = [
+            run_marker(i, stored_marker(daemon, i)) for i, r in records.items() if r["state"] == "running"
+        ]
+        assert all(
+            len(refs) == 1 for refs in find_marked(markers).values()
+        )  # one process per run: no respawn
         long_ids = [task_id for task_id, (short, _) in expected.items() if not short]
         for task_id in long_ids:
             client.stop_task(task_id)
-        wait_until(lambda: all(states(client)[i]["state"] == "stopped" for i in long_ids), "the long runs stopped")
+        wait_until(
+            lambda: all(states(client)[i]["state"] == "stopped" for i in long_ids), "the long runs stopped"
+        )
         assert {states(client)[i]["signal"] for i in long_ids} == {"SIGTERM"}
         assert all(gone(records[i]["pid"]) for i in long_ids)
 
@@ -80,7 +97,9 @@ def test_sigterm_with_leave_then_restart_readopts_and_can_stop(start_daemon: Cal
     with Client(socket=daemon.socket) as client:
         long = client.start_task("job", {"seconds": 30})
         short = client.start_task("job", {"seconds": 0.8, "code": 7})
-        wait_until(lambda: all(states(client)[i]["state"] == "running" for i in (long["id"], short["id"])), "running")
+        wait_until(
+            lambda: all(states(client)[i]["state"] == "running" for i in (long["id"], short["id"])), "running"
+        )
         pid = states(client)[long["id"]]["pid"]
     assert daemon.stop(signal.SIGTERM) == 0
     assert "1 task(s) ended" not in daemon.log() and not gone(pid)
@@ -102,23 +121,31 @@ def printed(record: dict[str, object]) -> bool:
     return log.exists() and "started" in log.read_text()
 
 
-def test_killed_keeper_runs_are_readopted_then_lost_with_the_reason(start_daemon: Callable[..., Daemon]) -> None:
+def test_killed_keeper_runs_are_readopted_then_lost_with_the_reason(
+    start_daemon: Callable[..., Daemon],
+) -> None:
     daemon = start_daemon(LEAVE_CONFIG)
     state_dir = daemon.dir / "state"
     with Client(socket=daemon.socket) as client:
         long = client.start_task("job", {"seconds": 30})
         short = client.start_task("job", {"seconds": 2})
-        wait_until(lambda: all(states(client)[i]["state"] == "running" for i in (long["id"], short["id"])), "running")
+        wait_until(
+            lambda: all(states(client)[i]["state"] == "running" for i in (long["id"], short["id"])), "running"
+        )
         # "running" comes as soon as the keeper spawned them, a moment before the daemon holds their
         # pipes; once they printed, the daemon holds them (docs/tasks.md, "Output across a keeper's death").
-        wait_until(lambda: all(printed(states(client)[i]) for i in (long["id"], short["id"])), "the jobs' output")
+        wait_until(
+            lambda: all(printed(states(client)[i]) for i in (long["id"], short["id"])), "the jobs' output"
+        )
         pids = {i: states(client)[i]["pid"] for i in (long["id"], short["id"])}
         first_keeper = keeper_pid(state_dir)
         os.kill(first_keeper, signal.SIGKILL)
         wait_until(lambda: keeper_pid(state_dir) not in (0, first_keeper), "a new keeper")
         records = states(client)
         assert {i: records[i]["pid"] for i in pids} == pids and not gone(pids[long["id"]])
-        ended = wait_until(lambda: (r := states(client)[short["id"]])["state"] != "running" and r, "the short run ended")
+        ended = wait_until(
+            lambda: (r := states(client)[short["id"]])["state"] != "running" and r, "the short run ended"
+        )
         assert (ended["state"], ended["exit_code"], ended["error"]) == ("lost", None, UNKNOWN_EXIT)
         client.stop_task(long["id"])  # still stoppable: the new keeper adopted it
         stopped = wait_until(lambda: (r := states(client)[long["id"]])["state"] == "stopped" and r, "stopped")
@@ -134,7 +161,9 @@ argv = ["{python}", "-c", "import itertools, time\\nfor i in itertools.count():\
 """
 
 
-def test_a_killed_keeper_neither_kills_a_writing_run_nor_loses_its_output(start_daemon: Callable[..., Daemon]) -> None:
+def test_a_killed_keeper_neither_kills_a_writing_run_nor_loses_its_output(
+    start_daemon: Callable[..., Daemon],
+) -> None:
     daemon = start_daemon(LEAVE_CONFIG + TICKER)
     state_dir = daemon.dir / "state"
     with Client(socket=daemon.socket) as client:
@@ -152,13 +181,17 @@ def test_a_killed_keeper_neither_kills_a_writing_run_nor_loses_its_output(start_
         assert client.logs(run["id"]).startswith(b"0\n")  # the API reads it as one log
         client.stop_task(run["id"])
         stopped = wait_until(lambda: (r := states(client)[run["id"]])["state"] == "stopped" and r, "stopped")
-        assert stopped["signal"] is None and stopped["error"] == UNKNOWN_EXIT  # adopted: not the new keeper's child
+        assert (
+            stopped["signal"] is None and stopped["error"] == UNKNOWN_EXIT
+        )  # adopted: not the new keeper's child
         assert gone(pid)
     numbers = [int(line) for line in log.read_text().splitlines()]
     assert numbers == list(range(len(numbers))) and len(numbers) >= at_kill + 50  # no line lost, none twice
 
 
-def test_kill_9_in_a_burst_of_starts_keeps_every_acknowledged_start(start_daemon: Callable[..., Daemon]) -> None:
+def test_kill_9_in_a_burst_of_starts_keeps_every_acknowledged_start(
+    start_daemon: Callable[..., Daemon],
+) -> None:
     daemon = start_daemon(LEAVE_CONFIG)
     acknowledged: list[int] = []
     enough = threading.Event()
@@ -192,6 +225,7 @@ def test_kill_9_in_a_burst_of_starts_keeps_every_acknowledged_start(start_daemon
     assert set(acknowledged) <= stored and len(acknowledged) >= 40
     daemon = restart(start_daemon, daemon)  # the next daemon runs what was accepted and not yet run
     with Client(socket=daemon.socket) as client:
+
         def all_ended() -> dict[int, dict[str, object]] | None:
             now = states(client)
             return now if all(r["state"] == "succeeded" for r in now.values()) else None
@@ -218,7 +252,9 @@ def spawned(sock: socket.socket) -> dict[str, Any]:
         decoder.receive_data(sock.recv(65536))
 
 
-def test_a_queued_run_a_dying_keeper_spawned_is_adopted_not_run_twice(start_daemon: Callable[..., Daemon]) -> None:
+def test_a_queued_run_a_dying_keeper_spawned_is_adopted_not_run_twice(
+    start_daemon: Callable[..., Daemon],
+) -> None:
     daemon = start_daemon(LEAVE_CONFIG + HOLD)
     state_dir = daemon.dir / "state"
     with Client(socket=daemon.socket) as client:
@@ -233,12 +269,25 @@ def test_a_queued_run_a_dying_keeper_spawned_is_adopted_not_run_twice(start_daem
         marker = run_marker(queued["id"], stored_marker(daemon, queued["id"]))
         log = {"dir": str(state_dir / "logs"), "max_bytes": 4096, "keep": 1}
         argv = ["/bin/sleep", "600"]
-        sock.sendall(encode({"op": "spawn", "id": queued["id"], "argv": argv, "env": marker, "marker": marker[MARKER_VAR], "log": log}))
+        sock.sendall(
+            encode(
+                {
+                    "op": "spawn",
+                    "id": queued["id"],
+                    "argv": argv,
+                    "env": marker,
+                    "marker": marker[MARKER_VAR],
+                    "log": log,
+                }
+            )
+        )
         frame = spawned(sock)
     os.kill(keeper_pid(state_dir), signal.SIGKILL)
     daemon = start_daemon(LEAVE_CONFIG + HOLD, name=daemon.dir.name)
     with Client(socket=daemon.socket) as client:
-        record = wait_until(lambda: (r := states(client)[queued["id"]])["state"] == "running" and r, "adopted")
+        record = wait_until(
+            lambda: (r := states(client)[queued["id"]])["state"] == "running" and r, "adopted"
+        )
         assert (record["pid"], record["pid_start_time"]) == (frame["pid"], frame["start_time"])
         assert states(client)[first["id"]]["state"] == "running"  # re-adopted by its pid, as before
         client.stop_task(queued["id"])

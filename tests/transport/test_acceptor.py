@@ -23,5 +23,7 @@ def test_one_line_per_interval_with_the_count_since_the_last(caplog: pytest.LogC
         assert errors.note(emfile, paused=True)
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2 and errors.total == 502
-    assert lines[0].startswith("accept on tcp failed 1 time(s) since the last report (last: EMFILE, Too many open files)")
+    assert lines[0].startswith(
+        "accept on tcp failed 1 time(s) since the last report (last: EMFILE, Too many open files)"
+    )
     assert lines[1].startswith("accept on tcp failed 501 time(s) since the last report")

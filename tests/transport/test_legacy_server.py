@@ -95,7 +95,9 @@ async def send(server: LegacyServer, data: bytes, **kwargs: Any) -> Any:
     return one_json(await asyncio.to_thread(exchange, HOST, server.port, data, **kwargs))
 
 
-async def signed(server: LegacyServer, module: str, action: str, params: Mapping[str, object] | None = None) -> Any:
+async def signed(
+    server: LegacyServer, module: str, action: str, params: Mapping[str, object] | None = None
+) -> Any:
     return await asyncio.to_thread(call, HOST, server.port, SECRET, module, action, params)
 
 
@@ -151,7 +153,14 @@ ANSWERED_ERRORS = [
     ("sample", "echo", {}, "missing", 3, r"^no signature given; send signature:<hex HMAC-MD5"),
     ("nope", "echo", {}, "missing", 3, r"^no signature given"),
     ("sample", "", {}, "good", 3, r"^no action given; send action:<name> for module 'sample'$"),
-    ("sample", "add", {"a": "x", "b": "1"}, "good", 4, r"^bad params for sample\.add: a: Input should be a valid"),
+    (
+        "sample",
+        "add",
+        {"a": "x", "b": "1"},
+        "good",
+        4,
+        r"^bad params for sample\.add: a: Input should be a valid",
+    ),
     ("sample", "add", {"a": "1"}, "good", 4, r"^bad params for sample\.add: b: Field required$"),
     ("sample", "echo", {"colour": "red"}, "good", 4, r"^bad params for sample\.echo: colour: Extra inputs"),
 ]
@@ -159,7 +168,13 @@ ANSWERED_ERRORS = [
 
 @pytest.mark.parametrize(("module", "action", "params", "signature", "code", "message"), ANSWERED_ERRORS)
 async def test_errors_are_answered_with_their_code(
-    server: LegacyServer, module: str, action: str, params: dict[str, str], signature: str, code: int, message: str
+    server: LegacyServer,
+    module: str,
+    action: str,
+    params: dict[str, str],
+    signature: str,
+    code: int,
+    message: str,
 ) -> None:
     lines = [f"module:{module}"] + ([f"action:{action}"] if action else [])
     signatures = {"good": sign(SECRET, module), "bad": "0" * 32, "other module": sign(SECRET, "other")}
@@ -177,9 +192,21 @@ PROTOCOL_ERRORS = [
     (b"module:a\nmodule:b\n\n", 9, r"^duplicate key 'module' on request lines 1 and 2$"),
     (b"module:\xff\n\n", 9, r"^request line 1 is not UTF-8"),
     (b"\n", 9, r"^request is empty"),
-    (b"text:" + b"x" * 4092 + b"\n\n", 6, r"^request line of (at least )?4097 bytes is longer than max_line_bytes="),
-    (b"text:" + b"x" * 100_000, 6, r"^request line of at least \d+ bytes is longer than max_line_bytes=4096$"),
-    (b"".join(b"k%d:v\n" % i for i in range(65)) + b"\n", 6, r"^request has more than max_lines=64 key:value lines$"),
+    (
+        b"text:" + b"x" * 4092 + b"\n\n",
+        6,
+        r"^request line of (at least )?4097 bytes is longer than max_line_bytes=",
+    ),
+    (
+        b"text:" + b"x" * 100_000,
+        6,
+        r"^request line of at least \d+ bytes is longer than max_line_bytes=4096$",
+    ),
+    (
+        b"".join(b"k%d:v\n" % i for i in range(65)) + b"\n",
+        6,
+        r"^request has more than max_lines=64 key:value lines$",
+    ),
 ]
 
 
@@ -274,7 +301,9 @@ async def test_one_timer_times_out_every_late_connection_and_spares_the_rest() -
 
 
 async def test_signature_cache_keeps_only_correctly_signed_modules(server: LegacyServer) -> None:
-    assert_error(await send(server, encode_request("nope", "echo", "00" * 16)), 3, r"^signature for module 'nope'")
+    assert_error(
+        await send(server, encode_request("nope", "echo", "00" * 16)), 3, r"^signature for module 'nope'"
+    )
     assert await signed(server, "sample", "echo") == {"success": True, "msg": {"text": "hi"}}
     assert set(server._signatures) == {"sample"}
     reply = await send(server, encode_request("sample", "echo", "00" * 16))  # cached, still compared
@@ -354,11 +383,16 @@ async def test_a_request_that_ends_with_the_bytes_sent_is_closed_without_linger(
     monkeypatch.setattr("pymgr.transport.legacy.LINGER_S", 60.0)
     with socket.create_connection((HOST, server.port), timeout=5) as sock:
         sock.sendall(encode_request("sample", "echo", sign(SECRET, "sample")))
-        assert one_json(await asyncio.to_thread(read_to_eof, sock)) == {"success": True, "msg": {"text": "hi"}}
+        assert one_json(await asyncio.to_thread(read_to_eof, sock)) == {
+            "success": True,
+            "msg": {"text": "hi"},
+        }
         assert await wait_until_closed(server)  # the peer still has its socket open: we did not wait for it
 
 
-async def test_bytes_sent_while_the_action_runs_make_the_server_linger(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_bytes_sent_while_the_action_runs_make_the_server_linger(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Bytes left unread when the reply goes out: a close would reset, so the server lingers."""
     monkeypatch.setattr("pymgr.transport.legacy.LINGER_S", 60.0)
     srv = make_server()
@@ -397,8 +431,13 @@ async def test_a_peer_that_never_closes_is_closed_after_linger_s(
 ) -> None:
     monkeypatch.setattr("pymgr.transport.legacy.LINGER_S", 0.1)
     with socket.create_connection((HOST, server.port), timeout=5) as sock:
-        sock.sendall(encode_request("sample", "echo", sign(SECRET, "sample")) + b"trailing\n")  # so it lingers
-        assert one_json(await asyncio.to_thread(read_to_eof, sock)) == {"success": True, "msg": {"text": "hi"}}
+        sock.sendall(
+            encode_request("sample", "echo", sign(SECRET, "sample")) + b"trailing\n"
+        )  # so it lingers
+        assert one_json(await asyncio.to_thread(read_to_eof, sock)) == {
+            "success": True,
+            "msg": {"text": "hi"},
+        }
         assert server._connections  # we have not closed: the server lingers
         for _ in range(100):
             if not server._connections:
@@ -435,19 +474,26 @@ async def test_close_timeout_must_be_non_negative(server: LegacyServer) -> None:
     [
         ({"secret": None}, r"^\[legacy\] secret is not set: old clients sign requests with it; set secret"),
         ({"secret": ""}, r"^\[legacy\] secret is not set"),
-        ({"enabled": False}, r"^the legacy listener is disabled; set enabled = true in \[legacy\] to start it$"),
+        (
+            {"enabled": False},
+            r"^the legacy listener is disabled; set enabled = true in \[legacy\] to start it$",
+        ),
     ],
 )
 async def test_start_refuses_without_secret_or_when_disabled(overrides: dict[str, Any], message: str) -> None:
     srv = make_server(**overrides)
     with pytest.raises(ConfigError, match=message):
         await srv.start()
-    with pytest.raises(RuntimeError, match=r"^LegacyServer.port is known only after start\(\); await server.start"):
+    with pytest.raises(
+        RuntimeError, match=r"^LegacyServer.port is known only after start\(\); await server.start"
+    ):
         _ = srv.port
 
 
 async def test_start_twice_is_refused(server: LegacyServer) -> None:
-    with pytest.raises(RuntimeError, match=r"^LegacyServer.start\(\) was already called; create a new server"):
+    with pytest.raises(
+        RuntimeError, match=r"^LegacyServer.start\(\) was already called; create a new server"
+    ):
         await server.start()
 
 
@@ -458,12 +504,16 @@ async def test_start_warns_that_the_signature_is_replayable(
     srv = make_server(host=host)
     await srv.start()
     await srv.close(timeout_s=0)
-    warnings = [r.getMessage() for r in caplog.records if r.name == "pymgr.legacy" and r.levelno == logging.WARNING]
+    warnings = [
+        r.getMessage() for r in caplog.records if r.name == "pymgr.legacy" and r.levelno == logging.WARNING
+    ]
     assert len(warnings) == count
     assert warnings[0].startswith(f"LEGACY PROTOCOL ON {host}:{srv.port}: its signature is a static HMAC-MD5")
     assert "REPLAYABLE" in warnings[0]
     if count == 2:
-        assert warnings[1].startswith("legacy listener is bound to '0.0.0.0', which is not a loopback address")
+        assert warnings[1].startswith(
+            "legacy listener is bound to '0.0.0.0', which is not a loopback address"
+        )
 
 
 @pytest.mark.parametrize(
@@ -494,7 +544,9 @@ def test_the_server_runs_on_uvloop() -> None:
         try:
             return [
                 await signed(srv, "sample", "echo"),
-                await send(srv, encode_request("sample", "echo", sign(SECRET, "sample"))[:-1], half_close=True),
+                await send(
+                    srv, encode_request("sample", "echo", sign(SECRET, "sample"))[:-1], half_close=True
+                ),
                 await send(srv, b"garbage\n\n"),
                 await send(srv, b"module:x"),
             ]

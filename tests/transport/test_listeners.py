@@ -35,7 +35,9 @@ def test_live_socket_is_not_stolen(tmp_path: Path) -> None:
     path = tmp_path / "p.sock"
     live = bind_unix(path, 0o600)
     try:
-        with pytest.raises(ListenerError, match=rf"^another daemon is already listening on {path}; stop it first$"):
+        with pytest.raises(
+            ListenerError, match=rf"^another daemon is already listening on {path}; stop it first$"
+        ):
             bind_unix(path, 0o600)
     finally:
         live.close()
@@ -68,7 +70,9 @@ def test_tcp_ephemeral_and_in_use() -> None:
     try:
         port = sock.getsockname()[1]
         assert port > 0 and unix_path_of(sock) is None
-        with pytest.raises(ListenerError, match=rf"^cannot bind TCP 127\.0\.0\.1:{port}: .*\(is another daemon running\?\)$"):
+        with pytest.raises(
+            ListenerError, match=rf"^cannot bind TCP 127\.0\.0\.1:{port}: .*\(is another daemon running\?\)$"
+        ):
             bind_tcp(f"127.0.0.1:{port}")
     finally:
         sock.close()
@@ -76,5 +80,8 @@ def test_tcp_ephemeral_and_in_use() -> None:
 
 def test_socket_under_a_file_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
-    with pytest.raises(ListenerError, match=r"^cannot create the directory of Unix socket .*/file/p\.sock: (Not a directory|File exists)$"):
+    with pytest.raises(
+        ListenerError,
+        match=r"^cannot create the directory of Unix socket .*/file/p\.sock: (Not a directory|File exists)$",
+    ):
         bind_unix(tmp_path / "file" / "p.sock", 0o600)

@@ -71,8 +71,15 @@ async def server(tmp_path: Path) -> Any:
     registry.add(FakeTasks())
     app = HttpApp(Dispatcher(registry), version="9.9")
     sockets = [bind_unix(tmp_path / "h.sock", 0o600), bind_tcp("127.0.0.1:0")]
-    server = HttpServer(app, sockets, limits=HttpLimits(8192, 8192, 5, 5), counter=ConnectionCounter(100, 100),
-                        max_body_bytes=LIMIT, keepalive_timeout_s=5, shutdown_timeout_s=1)
+    server = HttpServer(
+        app,
+        sockets,
+        limits=HttpLimits(8192, 8192, 5, 5),
+        counter=ConnectionCounter(100, 100),
+        max_body_bytes=LIMIT,
+        keepalive_timeout_s=5,
+        shutdown_timeout_s=1,
+    )
     await server.start()
     yield server
     await server.close()
@@ -115,18 +122,60 @@ async def test_a_tcp_caller_reaches_the_app_without_peer_credentials(server: Htt
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "code", "message"),
     [
-        ("POST", "/v1/modules/nope/x", b"{}", 404, "not_found", r"^no module named 'nope'; modules: echo, tasks$"),
+        (
+            "POST",
+            "/v1/modules/nope/x",
+            b"{}",
+            404,
+            "not_found",
+            r"^no module named 'nope'; modules: echo, tasks$",
+        ),
         ("POST", "/v1/modules/echo/nope", b"{}", 404, "not_found", r"^module 'echo' has no action 'nope'"),
-        ("POST", "/v1/modules/echo/back", b"{not json", 400, "bad_params", r"^request body is not valid JSON: "),
-        ("POST", "/v1/modules/echo/back", b"[1, 2]", 400, "bad_params", r"^request body must be a JSON object, not list$"),
+        (
+            "POST",
+            "/v1/modules/echo/back",
+            b"{not json",
+            400,
+            "bad_params",
+            r"^request body is not valid JSON: ",
+        ),
+        (
+            "POST",
+            "/v1/modules/echo/back",
+            b"[1, 2]",
+            400,
+            "bad_params",
+            r"^request body must be a JSON object, not list$",
+        ),
         ("POST", "/v1/modules/echo/back", b"\xff\xfe", 400, "bad_params", r"^request body is not valid JSON"),
-        ("POST", "/v1/modules/echo/boom", b"", 500, "internal", r"^action echo\.boom failed: RuntimeError: kaput$"),
-        ("GET", "/v1/modules/echo/back", b"", 405, "not_found", r"^GET /v1/modules/echo/back is not allowed; use POST$"),
+        (
+            "POST",
+            "/v1/modules/echo/boom",
+            b"",
+            500,
+            "internal",
+            r"^action echo\.boom failed: RuntimeError: kaput$",
+        ),
+        (
+            "GET",
+            "/v1/modules/echo/back",
+            b"",
+            405,
+            "not_found",
+            r"^GET /v1/modules/echo/back is not allowed; use POST$",
+        ),
         ("POST", "/v1/health", b"", 405, "not_found", r"^POST /v1/health is not allowed; use GET$"),
         ("GET", "/", b"", 404, "not_found", r"^no route /; the API lives under /v1/"),
         ("GET", "/v1/nothing", b"", 404, "not_found", r"^no route /v1/nothing"),
         ("GET", "/v1/tasks/1/logs/x", b"", 404, "not_found", r"^no route /v1/tasks/1/logs/x; task routes"),
-        ("GET", "/v1/tasks?bogus=1", b"", 400, "bad_params", r"^unknown filter 'bogus'; filters: state, type, key$"),
+        (
+            "GET",
+            "/v1/tasks?bogus=1",
+            b"",
+            400,
+            "bad_params",
+            r"^unknown filter 'bogus'; filters: state, type, key$",
+        ),
         ("GET", "/v1/tasks/abc", b"", 400, "bad_params", r"^bad params for tasks\.show: id: "),
     ],
 )
@@ -148,7 +197,10 @@ async def test_body_limit_both_sides(client: httpx.AsyncClient) -> None:
     assert (await client.post("/v1/modules/echo/back", content=body_of(LIMIT))).status_code == 200
     r = await client.post("/v1/modules/echo/back", content=body_of(LIMIT + 1))
     assert r.status_code == 413
-    assert r.json()["error"]["message"] == f"request body of {LIMIT + 1} bytes is larger than max_body_bytes={LIMIT}"
+    assert (
+        r.json()["error"]["message"]
+        == f"request body of {LIMIT + 1} bytes is larger than max_body_bytes={LIMIT}"
+    )
 
 
 async def test_chunked_body_over_limit_is_cut_off(client: httpx.AsyncClient) -> None:
@@ -171,8 +223,10 @@ async def test_task_routes_map_to_task_actions(client: httpx.AsyncClient) -> Non
     assert (r.status_code, r.json()["result"]) == (202, {"stop": 7})
     assert (await client.get("/v1/task-types")).json()["result"] == ["scan"]
     r = await client.delete("/v1/tasks")
-    assert r.status_code == 405 and r.json()["error"]["message"] == "DELETE /v1/tasks is not allowed; use POST or GET"
-
+    assert (
+        r.status_code == 405
+        and r.json()["error"]["message"] == "DELETE /v1/tasks is not allowed; use POST or GET"
+    )
 
 
 async def test_head_is_get_without_the_body(client: httpx.AsyncClient) -> None:

@@ -60,7 +60,9 @@ from pymgr.transport.http.state import ServerState
 
 MAX_HEADER = 600
 MAX_BODY = 400
-LIMITS = HttpLimits(max_request_line_bytes=200, max_header_bytes=MAX_HEADER, header_timeout_s=60, body_timeout_s=60)
+LIMITS = HttpLimits(
+    max_request_line_bytes=200, max_header_bytes=MAX_HEADER, header_timeout_s=60, body_timeout_s=60
+)
 EXAMPLES = int(os.environ.get("PYMGR_FUZZ_EXAMPLES", "200"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 _STATUS = re.compile(rb"HTTP/1\.1 (\d{3}) ")
@@ -249,20 +251,45 @@ def mostly(usual: list[bytes], odd: list[bytes]) -> st.SearchStrategy[bytes]:
 
 
 EOL = mostly([b"\r\n"], [b"\n", b"\r", b"\n\r"])
-METHODS = mostly([b"GET", b"POST", b"PUT", b"HEAD", b"DELETE", b"OPTIONS", b"PATCH"], [b"get", b"G ET", b"PO\x00ST", b""])
-TARGETS = mostly([b"/", b"/v1/health", b"/a?b=c", b"/a?", b"/%41%2f", b"//x"],
-                 [b"/a b", b"/\x7f", b"/a#f", b"", b"*", b"http://x/a", b"/" + b"p" * 250])
-VERSIONS = mostly([b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0"], [b"HTTP/1.2", b"HTTP/2.0", b"http/1.1", b"HTTP/1.1 ", b"HTTP/1"])
+METHODS = mostly(
+    [b"GET", b"POST", b"PUT", b"HEAD", b"DELETE", b"OPTIONS", b"PATCH"], [b"get", b"G ET", b"PO\x00ST", b""]
+)
+TARGETS = mostly(
+    [b"/", b"/v1/health", b"/a?b=c", b"/a?", b"/%41%2f", b"//x"],
+    [b"/a b", b"/\x7f", b"/a#f", b"", b"*", b"http://x/a", b"/" + b"p" * 250],
+)
+VERSIONS = mostly(
+    [b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0"], [b"HTTP/1.2", b"HTTP/2.0", b"http/1.1", b"HTTP/1.1 ", b"HTTP/1"]
+)
 SPACE = mostly([b" "], [b"  ", b"\t"])
-NAMES = mostly([b"X-A", b"x-b", b"Accept", b"User-Agent", b"Content-Type"], [b"X A", b"X-A ", b" X-A", b"X\x00A", b"X:A", b""])
-VALUES = mostly([b"x", b"", b"a,b", b"application/json", b"v" * 120], [b" spaced ", b"a\x00b", b"\xff", b"a\tb", b"a\rb"])
+NAMES = mostly(
+    [b"X-A", b"x-b", b"Accept", b"User-Agent", b"Content-Type"],
+    [b"X A", b"X-A ", b" X-A", b"X\x00A", b"X:A", b""],
+)
+VALUES = mostly(
+    [b"x", b"", b"a,b", b"application/json", b"v" * 120], [b" spaced ", b"a\x00b", b"\xff", b"a\tb", b"a\rb"]
+)
 #: Fields that change how a message is framed or kept: each in its own example now and then.
-FRAMING_FIELDS = st.sampled_from([
-    b"Content-Length: 5", b"Content-Length: +5", b"Content-Length: 05", b"Content-Length: 5, 5", b"Content-Length: -1",
-    b"Transfer-Encoding: chunked", b"Transfer-Encoding: gzip, chunked", b"Transfer-Encoding: chunked, gzip",
-    b"Transfer-Encoding: identity", b"Connection: close", b"Connection: keep-alive", b"Connection: upgrade",
-    b"Upgrade: websocket", b"Expect: 100-continue", b"Trailer: X-T", b"Host: y",
-])  # fmt: skip
+FRAMING_FIELDS = st.sampled_from(
+    [
+        b"Content-Length: 5",
+        b"Content-Length: +5",
+        b"Content-Length: 05",
+        b"Content-Length: 5, 5",
+        b"Content-Length: -1",
+        b"Transfer-Encoding: chunked",
+        b"Transfer-Encoding: gzip, chunked",
+        b"Transfer-Encoding: chunked, gzip",
+        b"Transfer-Encoding: identity",
+        b"Connection: close",
+        b"Connection: keep-alive",
+        b"Connection: upgrade",
+        b"Upgrade: websocket",
+        b"Expect: 100-continue",
+        b"Trailer: X-T",
+        b"Host: y",
+    ]
+)
 
 
 @st.composite
@@ -280,11 +307,20 @@ def header_lines(draw: Any) -> bytes:
 @st.composite
 def chunked_body(draw: Any) -> bytes:
     parts = []
-    chunk = st.tuples(st.binary(min_size=1, max_size=40), mostly([0], [-1, 1]),
-                      mostly([b""], [b";a=b", b';a="q"', b";", b" ;a", b";a=" + b"e" * 200]))
+    chunk = st.tuples(
+        st.binary(min_size=1, max_size=40),
+        mostly([0], [-1, 1]),
+        mostly([b""], [b";a=b", b';a="q"', b";", b" ;a", b";a=" + b"e" * 200]),
+    )
     for data, skew, ext in draw(st.lists(chunk, max_size=4)):
         size = b"%x" % max(len(data) + skew, 0)
-        parts.append(draw(mostly([size, size.upper()], [b"0" + size, b"+" + size])) + ext + draw(EOL) + data + draw(EOL))
+        parts.append(
+            draw(mostly([size, size.upper()], [b"0" + size, b"+" + size]))
+            + ext
+            + draw(EOL)
+            + data
+            + draw(EOL)
+        )
     parts.append(b"0" + draw(mostly([b""], [b";a=b"])) + draw(EOL))
     for name, value in draw(st.lists(st.tuples(NAMES, VALUES), max_size=3)):  # trailers
         parts.append(name + b": " + value + draw(EOL))
@@ -316,7 +352,11 @@ def streams(draw: Any) -> list[bytes]:
     data = b"".join(draw(st.lists(message(), min_size=1, max_size=4)))
     if data and draw(st.integers(0, 7)) == 0:
         at = draw(st.integers(0, len(data) - 1))
-        data = data[:at] + draw(st.sampled_from([b"\r", b"\n", b" ", b"\x00", b":", b"0", b"\r\n\r\n"])) + data[at + 1:]
+        data = (
+            data[:at]
+            + draw(st.sampled_from([b"\r", b"\n", b" ", b"\x00", b":", b"0", b"\r\n\r\n"]))
+            + data[at + 1 :]
+        )
     cuts = sorted(set(draw(st.lists(st.integers(1, max(len(data) - 1, 1)), max_size=6))))
     return [data[start:end] for start, end in zip([0, *cuts], [*cuts, len(data)]) if data[start:end]]
 
@@ -328,18 +368,23 @@ def compare(runner: asyncio.Runner, reads: list[bytes]) -> tuple[PymgrOutcome, O
     ours = runner.run(run_pymgr(reads))
     stream = b"".join(reads)
     oracle = run_h11(stream)
-    assert all(head <= MAX_HEADER and body <= MAX_BODY for head, body in ours.sizes), f"{ours.sizes} for {stream!r}"
+    assert all(head <= MAX_HEADER and body <= MAX_BODY for head, body in ours.sizes), (
+        f"{ours.sizes} for {stream!r}"
+    )
     for index, request in enumerate(ours.seen):
         if index < len(oracle.seen):
             assert request == oracle.seen[index], f"request {index} differs from h11's in {stream!r}"
         else:  # only once h11 closed by its own rules (an HTTP/1.0 keep-alive), never past a refusal
-            assert oracle.state == "closed", f"pymgr accepted request {index}, h11 {oracle.state} in {stream!r}"
+            assert oracle.state == "closed", (
+                f"pymgr accepted request {index}, h11 {oracle.state} in {stream!r}"
+            )
     if oracle.state == "refused":
         assert ours.refused, f"h11 refused, pymgr did not, in {stream!r}"
     elif not ours.refused:
         fewer = len(ours.seen) < len(oracle.seen)
         assert not fewer and (oracle.state == "closed" or len(ours.seen) == len(oracle.seen)), (
-            f"{len(ours.seen)} requests, h11 {len(oracle.seen)}, in {stream!r}")
+            f"{len(ours.seen)} requests, h11 {len(oracle.seen)}, in {stream!r}"
+        )
     return ours, oracle
 
 

@@ -30,7 +30,9 @@ from pymgr.transport.listeners import bind_unix
 from tests.transport.http.rawhttp import get, read_reply
 
 TIMEOUT_S = 0.5
-LIMITS = HttpLimits(max_request_line_bytes=1000, max_header_bytes=4000, header_timeout_s=0.5, body_timeout_s=0.5)
+LIMITS = HttpLimits(
+    max_request_line_bytes=1000, max_header_bytes=4000, header_timeout_s=0.5, body_timeout_s=0.5
+)
 KEEPALIVE_S = 0.4
 HIGH_WATER = 64 * 1024  # asyncio's default high-water mark of a transport's write buffer
 
@@ -50,8 +52,13 @@ class Handler:
             await self.release.wait()
         if request.path in ("/stream", "/slow-stream"):
             return Stream(b"text/plain", self._chunks())
-        body = {"method": request.method, "path": request.path, "raw_path": request.raw_path.decode("latin-1"),
-                "query": request.query.decode(), "body": request.body.decode("latin-1")}
+        body = {
+            "method": request.method,
+            "path": request.path,
+            "raw_path": request.raw_path.decode("latin-1"),
+            "query": request.query.decode(),
+            "body": request.body.decode("latin-1"),
+        }
         return Reply(200, json.dumps(body).encode())
 
     async def _chunks(self) -> AsyncIterator[bytes]:
@@ -86,8 +93,15 @@ class Served:
 async def serving(tmp_path: Path, limits: HttpLimits = LIMITS) -> AsyncIterator[Served]:
     handler = Handler()
     path = tmp_path / "s.sock"
-    server = HttpServer(handler, [bind_unix(path, 0o600)], limits=limits, counter=ConnectionCounter(100, 100),
-                        max_body_bytes=1000, keepalive_timeout_s=KEEPALIVE_S, shutdown_timeout_s=5)
+    server = HttpServer(
+        handler,
+        [bind_unix(path, 0o600)],
+        limits=limits,
+        counter=ConnectionCounter(100, 100),
+        max_body_bytes=1000,
+        keepalive_timeout_s=KEEPALIVE_S,
+        shutdown_timeout_s=5,
+    )
     await server.start()
     try:
         yield Served(handler, server, path)
@@ -138,7 +152,9 @@ SMUGGLING = {
 
 
 @pytest.mark.parametrize("framing", SMUGGLING.values(), ids=list(SMUGGLING))
-async def test_ambiguous_framing_gets_one_400_and_nothing_after_it_is_parsed(served: Served, framing: bytes) -> None:
+async def test_ambiguous_framing_gets_one_400_and_nothing_after_it_is_parsed(
+    served: Served, framing: bytes
+) -> None:
     smuggled = get("/smuggled")
     reply = await exchange(served, b"POST /first HTTP/1.1\r\nHost: x\r\n" + framing + smuggled + smuggled)
     assert reply.startswith(b"HTTP/1.1 400 ") and reply.count(b"HTTP/1.1 ") == 1, reply
@@ -153,7 +169,9 @@ async def test_an_upgrade_request_with_a_body_is_refused_not_parsed_as_the_next_
 ) -> None:
     # httptools skips the body of an Upgrade request: its bytes would be parsed as a new request.
     reader, writer = await asyncio.open_unix_connection(str(served.path))
-    writer.write(b"POST /x HTTP/1.1\r\nHost: x\r\nUpgrade: foo\r\nConnection: upgrade\r\nContent-Length: 35\r\n\r\n")
+    writer.write(
+        b"POST /x HTTP/1.1\r\nHost: x\r\nUpgrade: foo\r\nConnection: upgrade\r\nContent-Length: 35\r\n\r\n"
+    )
     await asyncio.sleep(0.05 if split else 0)
     writer.write(get("/smuggled"))  # 35 bytes
     reply = await asyncio.wait_for(reader.read(-1), 5)
@@ -166,7 +184,10 @@ async def test_an_upgrade_request_with_a_body_is_refused_not_parsed_as_the_next_
 
 async def test_an_upgrade_request_is_answered_as_plain_http_and_the_next_one_too(served: Served) -> None:
     reader, writer = await asyncio.open_unix_connection(str(served.path))
-    upgrade = get("/up", b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n")
+    upgrade = get(
+        "/up",
+        b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n",
+    )
     writer.write(upgrade + get("/next") + upgrade.replace(b"/up", b"/up2") + get("/last"))
     paths = [json.loads((await read_reply(reader))[1])["path"] for _ in range(4)]
     writer.close()
@@ -177,29 +198,48 @@ async def test_an_upgrade_request_is_answered_as_plain_http_and_the_next_one_too
     assert [r.path for r in served.handler.seen] == ["/up", "/next", "/up2", "/last"]
 
 
-@pytest.mark.parametrize("data", [
-    b"GET / HTTP/1.1\nHost: x\n\n", b"GET / HTTP/1.1\r\nHost: x\n\r\n",  # bare LF line endings
-    b"GET /a\x00b HTTP/1.1\r\nHost: x\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nX\x00: 1\r\n\r\n",  # NULs
-], ids=["bare-lf", "bare-lf-in-a-header", "nul-in-target", "nul-in-header-name"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET / HTTP/1.1\nHost: x\n\n",
+        b"GET / HTTP/1.1\r\nHost: x\n\r\n",  # bare LF line endings
+        b"GET /a\x00b HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nX\x00: 1\r\n\r\n",  # NULs
+    ],
+    ids=["bare-lf", "bare-lf-in-a-header", "nul-in-target", "nul-in-header-name"],
+)
 async def test_bad_line_endings_and_nuls_get_one_400(served: Served, data: bytes) -> None:
     reply = await exchange(served, data + get("/smuggled"))
     assert reply.startswith(b"HTTP/1.1 400 ") and reply.count(b"HTTP/1.1 ") == 1, reply
     assert served.handler.seen == []
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    (b"GET / HTTP/1.1\r\n\r\n", "a request must carry a Host header (RFC 9112 3.2; only HTTP/1.0 may leave it out)"),
-    (b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", "a request carries one Host header, not 2"),
-    (b"GET / HTTP/1.0\r\nHost: x\r\nHost: x\r\n\r\n", "a request carries one Host header, not 2"),
-    (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", "HTTP/2.0 is not spoken here"),
-    (b"GET / HTTP/0.9\r\nHost: x\r\n\r\n", "HTTP/0.9 is not spoken here"),
-    (b"POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-     "an HTTP/1.0 request cannot be chunked"),
-], ids=["no-host", "two-hosts", "two-hosts-http-1.0", "http-2.0", "http-0.9", "chunked-http-1.0"])  # fmt: skip
-async def test_a_missing_or_doubled_host_and_other_versions_get_one_400(served: Served, data: bytes, message: str) -> None:
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            b"GET / HTTP/1.1\r\n\r\n",
+            "a request must carry a Host header (RFC 9112 3.2; only HTTP/1.0 may leave it out)",
+        ),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", "a request carries one Host header, not 2"),
+        (b"GET / HTTP/1.0\r\nHost: x\r\nHost: x\r\n\r\n", "a request carries one Host header, not 2"),
+        (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", "HTTP/2.0 is not spoken here"),
+        (b"GET / HTTP/0.9\r\nHost: x\r\n\r\n", "HTTP/0.9 is not spoken here"),
+        (
+            b"POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            "an HTTP/1.0 request cannot be chunked",
+        ),
+    ],
+    ids=["no-host", "two-hosts", "two-hosts-http-1.0", "http-2.0", "http-0.9", "chunked-http-1.0"],
+)
+async def test_a_missing_or_doubled_host_and_other_versions_get_one_400(
+    served: Served, data: bytes, message: str
+) -> None:
     reply = await exchange(served, data + get("/smuggled"))
     head, _, body = reply.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 400 ") and b"content-length: %d\r\n" % len(body) in head + b"\r\n", reply
+    assert head.startswith(b"HTTP/1.1 400 ") and b"content-length: %d\r\n" % len(body) in head + b"\r\n", (
+        reply
+    )
     assert message in json.loads(body)["error"]["message"]  # and nothing after it
     assert served.handler.seen == []
 
@@ -211,9 +251,13 @@ async def test_an_http_1_0_request_needs_no_host(served: Served) -> None:
 
 async def test_allowed_framing_variants_are_read_exactly(served: Served) -> None:
     reader, writer = await asyncio.open_unix_connection(str(served.path))
-    writer.write(get("/ows", b"Content-Length:  5 \r\n", b"POST") + b"hello"
-                 + get("/ext", b"Transfer-Encoding: chunked\r\n", b"POST") + b"5;name=value\r\nhello\r\n0\r\n\r\n"
-                 + get("/last"))
+    writer.write(
+        get("/ows", b"Content-Length:  5 \r\n", b"POST")
+        + b"hello"
+        + get("/ext", b"Transfer-Encoding: chunked\r\n", b"POST")
+        + b"5;name=value\r\nhello\r\n0\r\n\r\n"
+        + get("/last")
+    )
     bodies = [json.loads((await read_reply(reader))[1]) for _ in range(3)]
     writer.close()
     assert [(b["path"], b["body"]) for b in bodies] == [("/ows", "hello"), ("/ext", "hello"), ("/last", "")]
@@ -221,8 +265,12 @@ async def test_allowed_framing_variants_are_read_exactly(served: Served) -> None
 
 async def test_a_refusal_after_requests_in_flight_comes_after_all_their_replies(served: Served) -> None:
     reader, writer = await asyncio.open_unix_connection(str(served.path))
-    writer.write(get("/slow") + get("/queued") + b"POST /bad HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
-                 + get("/smuggled"))
+    writer.write(
+        get("/slow")
+        + get("/queued")
+        + b"POST /bad HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+        + get("/smuggled")
+    )
     await asyncio.sleep(0.1)
     served.handler.release.set()
     first, _ = await read_reply(reader)
@@ -247,7 +295,7 @@ async def flood(served: Served, data: bytes, seconds: float) -> tuple[socket.soc
     sent, deadline = 0, time.monotonic() + seconds
     while sent < len(data) and time.monotonic() < deadline:
         try:
-            sent += sock.send(data[sent:sent + 65536])
+            sent += sock.send(data[sent : sent + 65536])
         except BlockingIOError:
             await asyncio.sleep(0.02)
     return sock, sent
@@ -263,7 +311,9 @@ async def test_10000_pipelined_requests_never_read_cost_bounded_memory(served: S
     # Parsed ahead: bounded, even from one large read (before: ~260 here, a whole read's worth).
     assert len(conn._queue) <= MAX_PIPELINED + FEED_SLICE_BYTES // len(one) + 1
     assert len(conn._backlog) <= 256 * 1024  # the rest of that read waits unparsed
-    assert conn._transport.get_write_buffer_size() <= HIGH_WATER + 2000  # replies wait in the kernel, not here
+    assert (
+        conn._transport.get_write_buffer_size() <= HIGH_WATER + 2000
+    )  # replies wait in the kernel, not here
     assert len(served.handler.seen) < 2000
     sock.close()
     await served.counts_drop_to_zero()
@@ -292,7 +342,9 @@ async def test_send_timeout_both_sides(tmp_path: Path, reads_after_s: float | No
 
 
 async def test_a_client_that_never_reads_is_closed_at_shutdown(served: Served) -> None:
-    sock, _ = await flood(served, b"".join(get(f"/n/{n}", b"X-Pad: " + b"p" * 900 + b"\r\n") for n in range(3000)), 1)
+    sock, _ = await flood(
+        served, b"".join(get(f"/n/{n}", b"X-Pad: " + b"p" * 900 + b"\r\n") for n in range(3000)), 1
+    )
     started = time.monotonic()
     await asyncio.wait_for(served.server.close(), 10)
     assert time.monotonic() - started < 2  # nothing in flight to wait for
@@ -471,7 +523,12 @@ async def test_a_refused_client_that_keeps_sending_lingers_at_most_linger_s(serv
 
 
 async def test_counts_return_to_zero_after_a_reset_by_the_peer(served: Served) -> None:
-    for data in (b"", get("/slow"), get("/stream"), b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab"):
+    for data in (
+        b"",
+        get("/slow"),
+        get("/stream"),
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab",
+    ):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.connect(str(served.path))
@@ -504,7 +561,9 @@ async def test_shutdown_with_every_kind_of_connection_closes_them_all(served: Se
     served.handler.release.set()
     replies = [await asyncio.wait_for(reader.read(-1), 5) for reader, _ in clients]
     await asyncio.wait_for(closing, 10)
-    assert replies[0] == b"" and replies[1].startswith(b"HTTP/1.1 200 ") and b"connection: close" in replies[1]
+    assert (
+        replies[0] == b"" and replies[1].startswith(b"HTTP/1.1 200 ") and b"connection: close" in replies[1]
+    )
     assert replies[2].startswith(b"HTTP/1.1 200 ")
     for _, writer in clients:
         writer.close()
@@ -514,12 +573,17 @@ async def test_shutdown_with_every_kind_of_connection_closes_them_all(served: Se
 # --- the same on uvloop (the daemon's loop where installed: its transports differ) --------
 
 UVLOOP_CASES = [
-    test_pipelined_requests_then_half_close_all_get_replies, test_a_half_received_request_then_eof_is_just_closed,
-    test_10000_pipelined_requests_never_read_cost_bounded_memory, test_a_client_that_never_reads_is_closed_at_shutdown,
-    test_a_refusal_after_requests_in_flight_comes_after_all_their_replies, test_shutdown_ends_an_open_stream_at_once,
+    test_pipelined_requests_then_half_close_all_get_replies,
+    test_a_half_received_request_then_eof_is_just_closed,
+    test_10000_pipelined_requests_never_read_cost_bounded_memory,
+    test_a_client_that_never_reads_is_closed_at_shutdown,
+    test_a_refusal_after_requests_in_flight_comes_after_all_their_replies,
+    test_shutdown_ends_an_open_stream_at_once,
     test_an_upgrade_request_is_answered_as_plain_http_and_the_next_one_too,
-    test_a_stream_to_a_client_that_stops_reading_buffers_boundedly, test_a_stream_that_begins_during_shutdown_ends_at_once,
-    test_counts_return_to_zero_after_a_reset_by_the_peer, test_shutdown_with_every_kind_of_connection_closes_them_all,
+    test_a_stream_to_a_client_that_stops_reading_buffers_boundedly,
+    test_a_stream_that_begins_during_shutdown_ends_at_once,
+    test_counts_return_to_zero_after_a_reset_by_the_peer,
+    test_shutdown_with_every_kind_of_connection_closes_them_all,
 ]
 
 

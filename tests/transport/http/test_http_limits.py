@@ -30,7 +30,9 @@ from pymgr.transport.http.server import HttpServer
 from pymgr.transport.listeners import bind_unix
 
 TIMEOUT_S = 0.6
-LIMITS = HttpLimits(max_request_line_bytes=200, max_header_bytes=1000, header_timeout_s=TIMEOUT_S, body_timeout_s=TIMEOUT_S)
+LIMITS = HttpLimits(
+    max_request_line_bytes=200, max_header_bytes=1000, header_timeout_s=TIMEOUT_S, body_timeout_s=TIMEOUT_S
+)
 MAX_BODY = 10_000
 
 
@@ -53,7 +55,10 @@ class Server:
 
 
 async def start(
-    tmp_path: Path, max_connections: int = 1000, per_identity: int = 1000, limits: HttpLimits = LIMITS,
+    tmp_path: Path,
+    max_connections: int = 1000,
+    per_identity: int = 1000,
+    limits: HttpLimits = LIMITS,
     keepalive_timeout_s: float = 5,
 ) -> tuple[Server, HttpServer]:
     registry = Registry()
@@ -62,8 +67,15 @@ async def start(
     app = GuardedApp(HttpApp(dispatcher, version="t"), edge=EdgeGuard(None, None), verifier=None)
     path = tmp_path / "h.sock"
     counter = ConnectionCounter(max_connections, per_identity)
-    server = HttpServer(app, [bind_unix(path, 0o600)], limits=limits, counter=counter, max_body_bytes=MAX_BODY,
-                        keepalive_timeout_s=keepalive_timeout_s, shutdown_timeout_s=1)
+    server = HttpServer(
+        app,
+        [bind_unix(path, 0o600)],
+        limits=limits,
+        counter=counter,
+        max_body_bytes=MAX_BODY,
+        keepalive_timeout_s=keepalive_timeout_s,
+        shutdown_timeout_s=1,
+    )
     await server.start()
     return Server(path, counter), server
 
@@ -93,7 +105,13 @@ async def request(server: Server, data: bytes) -> tuple[int, dict[str, Any], byt
         writer.write(data)
         await writer.drain()
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        length = int(
+            next(
+                line.split(b":")[1]
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
+        )
         body = await asyncio.wait_for(reader.readexactly(length), 5)
         return int(head.split()[1]), json.loads(body), head
     finally:
@@ -101,7 +119,12 @@ async def request(server: Server, data: bytes) -> tuple[int, dict[str, Any], byt
 
 
 def post(path: str = "/v1/modules/echo/back", body: bytes = b"{}", extra: bytes = b"") -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n".encode() + extra + b"\r\n" + body)
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n".encode()
+        + extra
+        + b"\r\n"
+        + body
+    )
 
 
 async def assert_serving(server: Server) -> None:
@@ -118,20 +141,35 @@ async def test_request_line_limit_both_sides(server: Server) -> None:
     assert (await request(server, post(at_limit)))[0] == 200
     status, body, head = await request(server, post(at_limit + "a"))
     assert status == 413 and b"connection: close" in head
-    assert body["error"] == {"code": "too_large", "message": "request target is longer than max_request_line_bytes=200",
-                             "details": {"limit": 200}}
+    assert body["error"] == {
+        "code": "too_large",
+        "message": "request target is longer than max_request_line_bytes=200",
+        "details": {"limit": 200},
+    }
     await assert_serving(server)
 
 
 async def test_header_limit_both_sides(server: Server) -> None:
     def with_header(size: int) -> bytes:
         # request target + each header's name, value and 4 bytes of ": " and CRLF
-        fixed = len("/v1/modules/echo/back") + len("host") + 1 + 4 + len("content-length") + 1 + 4 + len("x-pad") + 4
+        fixed = (
+            len("/v1/modules/echo/back")
+            + len("host")
+            + 1
+            + 4
+            + len("content-length")
+            + 1
+            + 4
+            + len("x-pad")
+            + 4
+        )
         return post(extra=b"X-Pad: " + b"p" * (size - fixed) + b"\r\n")
 
     assert (await request(server, with_header(LIMITS.max_header_bytes)))[0] == 200
     status, body, _ = await request(server, with_header(LIMITS.max_header_bytes + 1))
-    assert status == 413 and body["error"]["message"].startswith("request head is larger than max_header_bytes=1000")
+    assert status == 413 and body["error"]["message"].startswith(
+        "request head is larger than max_header_bytes=1000"
+    )
 
 
 def chunked(trailers: bytes = b"", extension: bytes = b"", body: bytes = b'{"a":1}') -> list[bytes]:
@@ -157,20 +195,26 @@ async def send_in_reads(server: Server, pieces: list[bytes]) -> tuple[int, dict[
 
 @pytest.mark.parametrize("in_reads", [True, False])
 async def test_trailers_count_with_the_head_both_sides(server: Server, in_reads: bool) -> None:
-    fields = len("/v1/modules/echo/back") + len("host") + 1 + 4 + len("transfer-encoding") + len("chunked") + 4
+    fields = (
+        len("/v1/modules/echo/back") + len("host") + 1 + 4 + len("transfer-encoding") + len("chunked") + 4
+    )
     # Counted with the trailers when they come in reads of their own: "7\r\n", the data's CRLF, "0\r\n".
     framing = 8 if in_reads else 0
+
     def trailers(size: int) -> bytes:
         return b"X-T: " + b"t" * (size - fields - framing - len("x-t") - 4) + b"\r\n"
 
     async def send(size: int) -> tuple[int, dict[str, Any]]:
         pieces = chunked(trailers(size))
-        return await send_in_reads(server, pieces) if in_reads else (await request(server, b"".join(pieces)))[:2]
+        return (
+            await send_in_reads(server, pieces) if in_reads else (await request(server, b"".join(pieces)))[:2]
+        )
 
     assert await send(LIMITS.max_header_bytes) == (200, {"ok": True, "result": {"a": 1}})
     status, body = await send(LIMITS.max_header_bytes + 1)
     assert status == 413 and body["error"]["message"].startswith(
-        "request head, chunk-size lines and trailers are larger than max_header_bytes=1000")
+        "request head, chunk-size lines and trailers are larger than max_header_bytes=1000"
+    )
     await assert_serving(server)
 
 
@@ -180,7 +224,9 @@ async def test_chunk_framing_counts_with_the_head_both_sides(server: Server) -> 
         ext = b";x=" + b"e" * (extension_bytes - 3)
         return chunked(extension=ext)[:1] + [b"1%s\r\n \r\n" % ext for _ in range(chunks)] + chunked()[1:]
 
-    assert (await send_in_reads(server, pieces(100, 5)))[0] == 200  # ~550 bytes of framing with a ~60-byte head
+    assert (await send_in_reads(server, pieces(100, 5)))[
+        0
+    ] == 200  # ~550 bytes of framing with a ~60-byte head
     status, body = await send_in_reads(server, pieces(100, 12))  # ~1300 bytes
     assert status == 413 and "chunk-size lines" in body["error"]["message"]
     status, body = await send_in_reads(server, pieces(300, 6))  # one long extension after another
@@ -202,7 +248,9 @@ async def test_a_head_that_never_ends_is_cut_off_by_bytes(server: Server) -> Non
 
 async def test_a_huge_declared_body_is_refused_before_it_is_read(server: Server) -> None:
     started = time.monotonic()
-    reply = await exchange(server, post(extra=b"").replace(b"Content-Length: 2", b"Content-Length: 10000000000"))
+    reply = await exchange(
+        server, post(extra=b"").replace(b"Content-Length: 2", b"Content-Length: 10000000000")
+    )
     assert reply.startswith(b"HTTP/1.1 413 ") and time.monotonic() - started < 2
     assert b"request body of 10000000000 bytes is larger than max_body_bytes=10000" in reply
 
@@ -223,8 +271,13 @@ async def test_a_10_mib_body_is_refused_and_the_rest_never_parsed(server: Server
 
 @pytest.mark.parametrize(
     "garbage",
-    [b"\x00\x01\x02\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n", b"POST /v1/x HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-     b"GET /v1/health HTTP/1.1\r\nBad Header\r\n\r\n", b"\xff" * 100 + b"\r\n\r\n"],
+    [
+        b"\x00\x01\x02\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"POST /v1/x HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+        b"GET /v1/health HTTP/1.1\r\nBad Header\r\n\r\n",
+        b"\xff" * 100 + b"\r\n\r\n",
+    ],
 )
 async def test_garbage_gets_one_400_and_the_server_goes_on(server: Server, garbage: bytes) -> None:
     reply = await exchange(server, garbage)
@@ -262,19 +315,24 @@ async def test_slowloris_head_is_cut_at_the_head_timeout_while_others_are_served
     elapsed = time.monotonic() - started
     dripping.cancel()
     writer.close()
-    assert reply.startswith(b"HTTP/1.1 408 ") and b"request head not complete within header_timeout_s=0.6" in reply
+    assert (
+        reply.startswith(b"HTTP/1.1 408 ")
+        and b"request head not complete within header_timeout_s=0.6" in reply
+    )
     assert TIMEOUT_S - 0.05 <= elapsed < TIMEOUT_S + 2
 
 
 async def test_headers_at_one_byte_per_second_are_cut_at_the_head_timeout(tmp_path: Path) -> None:
-    limits = HttpLimits(max_request_line_bytes=200, max_header_bytes=1000, header_timeout_s=2.5, body_timeout_s=2.5)
+    limits = HttpLimits(
+        max_request_line_bytes=200, max_header_bytes=1000, header_timeout_s=2.5, body_timeout_s=2.5
+    )
     info, http_server = await start(tmp_path, limits=limits)
     try:
         reader, writer = await asyncio.open_unix_connection(str(info.path))
         started = time.monotonic()
         sent = 0
         while not reader.at_eof() and time.monotonic() - started < 10:
-            writer.write(b"GET /v1/health HTTP/1.1\r\n"[sent:sent + 1])
+            writer.write(b"GET /v1/health HTTP/1.1\r\n"[sent : sent + 1])
             sent += 1
             try:
                 reply = await asyncio.wait_for(reader.read(-1), 1.0)  # one byte per second
@@ -292,7 +350,9 @@ async def test_headers_at_one_byte_per_second_are_cut_at_the_head_timeout(tmp_pa
 async def test_a_body_that_stops_coming_is_cut_at_the_body_timeout(server: Server) -> None:
     started = time.monotonic()
     reply = await exchange(server, post(body=b'{"a":1}')[:-3])
-    assert reply.startswith(b"HTTP/1.1 408 ") and b"request body not complete within body_timeout_s=0.6" in reply
+    assert (
+        reply.startswith(b"HTTP/1.1 408 ") and b"request body not complete within body_timeout_s=0.6" in reply
+    )
     assert TIMEOUT_S - 0.05 <= time.monotonic() - started < TIMEOUT_S + 2
 
 
@@ -307,7 +367,9 @@ async def test_a_head_just_in_time_is_served(server: Server) -> None:
     assert head.startswith(b"HTTP/1.1 200 ")
 
 
-async def test_500_silent_connections_do_not_stall_others_and_are_closed_at_the_timeout(server: Server) -> None:
+async def test_500_silent_connections_do_not_stall_others_and_are_closed_at_the_timeout(
+    server: Server,
+) -> None:
     silent = [await asyncio.open_unix_connection(str(server.path)) for _ in range(500)]
     started = time.monotonic()
     await assert_serving(server)
@@ -343,7 +405,9 @@ async def test_connection_caps_both_sides(tmp_path: Path) -> None:
         held = [await asyncio.open_unix_connection(str(info.path)) for _ in range(2)]
         await asyncio.sleep(0.05)
         reply = await exchange(info, b"")
-        assert reply.startswith(b"HTTP/1.1 503 ") and b"this listener serves at most max_connections=2" in reply
+        assert (
+            reply.startswith(b"HTTP/1.1 503 ") and b"this listener serves at most max_connections=2" in reply
+        )
         for _, writer in held:
             writer.close()
     finally:

@@ -46,8 +46,12 @@ class Handler:
             await self.release.wait()
         if request.path == "/stream":
             return Stream(b"text/plain", self._chunks())
-        body = {"method": request.method, "path": request.path, "query": request.query.decode(),
-                "body": request.body.decode("latin-1")}
+        body = {
+            "method": request.method,
+            "path": request.path,
+            "query": request.query.decode(),
+            "body": request.body.decode("latin-1"),
+        }
         return Reply(200, json.dumps(body).encode())
 
     async def _chunks(self) -> AsyncIterator[bytes]:
@@ -65,8 +69,15 @@ class Handler:
 async def served(tmp_path: Path) -> AsyncIterator[tuple[Handler, HttpServer, Path]]:
     handler = Handler()
     path = tmp_path / "s.sock"
-    server = HttpServer(handler, [bind_unix(path, 0o600)], limits=LIMITS, counter=ConnectionCounter(100, 100),
-                        max_body_bytes=1000, keepalive_timeout_s=KEEPALIVE_S, shutdown_timeout_s=0.5)
+    server = HttpServer(
+        handler,
+        [bind_unix(path, 0o600)],
+        limits=LIMITS,
+        counter=ConnectionCounter(100, 100),
+        max_body_bytes=1000,
+        keepalive_timeout_s=KEEPALIVE_S,
+        shutdown_timeout_s=0.5,
+    )
     await server.start()
     yield handler, server, path
     handler.release.set()
@@ -122,7 +133,9 @@ async def test_expect_100_continue_gets_its_interim_reply_before_the_body(served
 async def test_a_chunked_body_is_read_whole(served: Any) -> None:
     _, _, path = served
     reader, writer = await asyncio.open_unix_connection(str(path))
-    writer.write(get("/c", b"Transfer-Encoding: chunked\r\n", method=b"POST") + b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+    writer.write(
+        get("/c", b"Transfer-Encoding: chunked\r\n", method=b"POST") + b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    )
     _, body = await read_reply(reader)
     writer.close()
     assert json.loads(body)["body"] == "abcde"

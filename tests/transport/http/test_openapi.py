@@ -33,10 +33,21 @@ def test_the_document_is_valid_openapi_3_1_with_every_action() -> None:
             operation = doc["paths"][f"/v1/modules/{module}/{spec.name}"]["post"]
             assert operation["operationId"] == spec.qualname
             assert operation["x-pymgr-read-only"] == spec.options.read_only
-    start = doc["paths"]["/v1/modules/tasks/start"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    start = doc["paths"]["/v1/modules/tasks/start"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"
+    ]
     assert start["required"] == ["type"] and "$defs" not in start  # models it names live in components
-    for route in ("/v1/health", "/v1/tasks", "/v1/tasks/{id}", "/v1/tasks/{id}/stop", "/v1/tasks/{id}/logs",
-                  "/v1/events", "/v1/task-types", "/v1/openapi.json", "/metrics"):
+    for route in (
+        "/v1/health",
+        "/v1/tasks",
+        "/v1/tasks/{id}",
+        "/v1/tasks/{id}/stop",
+        "/v1/tasks/{id}/logs",
+        "/v1/events",
+        "/v1/task-types",
+        "/v1/openapi.json",
+        "/metrics",
+    ):
         assert route in doc["paths"], route
 
 
@@ -59,7 +70,9 @@ def test_a_schema_that_refers_to_models_keeps_them_in_components() -> None:
     reg.add(Firewall(ModuleContext()))
     doc = describe(reg, "1")
     validate(doc)
-    body = doc["paths"]["/v1/modules/firewall/open"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    body = doc["paths"]["/v1/modules/firewall/open"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"
+    ]
     assert body["properties"]["port"] == {"$ref": "#/components/schemas/Port"}
     assert doc["components"]["schemas"]["Port"]["required"] == ["number"]
 
