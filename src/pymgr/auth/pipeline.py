@@ -17,7 +17,7 @@ outermost layer first:
 The audit sits outside the policy because a denied call must still be
 counted; the core knows nothing of policies or audit logs, only of the
 callables it is handed. Replacing the policy (SIGHUP) takes effect at the
-next call: the authorizers read the current one each time.
+next call: setting it hands its methods to the dispatcher.
 """
 
 from __future__ import annotations
@@ -28,15 +28,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import pydantic
 import pydantic_core
 
 from pymgr.auth.audit import Auditor, redact, secret_params
 from pymgr.auth.guard import identity_key
 from pymgr.auth.policy import Policy, PolicyError
-from pymgr.core.dispatch import Call, Dispatcher
-from pymgr.core.identity import Identity
-from pymgr.core.registry import ActionSpec, Registry
+from pymgr.core.dispatch import Call, Dispatcher, allow_all
+from pymgr.core.registry import Registry
 from pymgr.errors import NotFound, NotRecorded, PymgrError, PymgrInternalError, TooLarge, Unavailable
 from pymgr.metrics import Metrics
 
@@ -70,11 +68,9 @@ class GuardedDispatcher:
         self.registry = registry
         self.auditor = auditor
         self.max_params_bytes = max_params_bytes
-        self.policy = policy
         self._policy_factory = policy_factory
-        self._dispatcher = Dispatcher(
-            registry, authorize=self._authorize, authorize_params=self._authorize_params, metrics=metrics
-        )
+        self._dispatcher = Dispatcher(registry, metrics=metrics)
+        self.policy = policy
 
     async def call(self, call: Call) -> Any:
         """Run one call: audited, bounded, then dispatched (the module docstring has the order).
@@ -116,17 +112,12 @@ class GuardedDispatcher:
     @policy.setter
     def policy(self, policy: Policy | None) -> None:
         self._policy = policy
+        # The dispatcher's checks are the policy's own methods: calls in flight keep the ones they started with.
+        self._dispatcher.authorize = allow_all if policy is None else policy.authorize
+        self._dispatcher.authorize_params = None if policy is None else policy.authorize_params
         #: Per known (module, action): the audit's operation name (None: the params decide it) and
         #: the secret parameter names (from the params' JSON Schema, too slow to build per call).
         self._known_names: dict[tuple[str, str], tuple[str | None, frozenset[str]]] = {}
-
-    def _authorize(self, identity: Identity, spec: ActionSpec) -> None:
-        if self._policy is not None:
-            self._policy.authorize(identity, spec)
-
-    def _authorize_params(self, identity: Identity, spec: ActionSpec, params: pydantic.BaseModel) -> None:
-        if self._policy is not None:
-            self._policy.authorize_params(identity, spec, params)
 
     def _params_json(self, call: Call) -> str | None:
         """The params as compact JSON (reused by the audit line), bounded by ``max_params_bytes``.
@@ -179,6 +170,8 @@ class _AuditedCall:
     ``held`` stays 0 until ``hold`` succeeds: a call that ends with nothing held did not run, and is counted
     among the refusals instead of recorded.
     """
+
+    __slots__ = ("auditor", "call", "guard", "held", "params_json", "started", "who")
 
     def __init__(self, guard: GuardedDispatcher, auditor: Auditor, call: Call) -> None:
         self.guard = guard

@@ -130,10 +130,11 @@ class ActionSpec:
     is_async: bool
     doc: str
     options: ActionOptions
+    #: ``module.name``, made once: the policy and the dispatcher read it on every call.
+    qualname: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def qualname(self) -> str:
-        return f"{self.module}.{self.name}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "qualname", f"{self.module}.{self.name}")  # frozen: set once here
 
     def describe(self) -> dict[str, Any]:
         """The action as ``GET /v1/modules`` shows it."""
