@@ -1,10 +1,7 @@
 """What security costs: server CPU per request with auth and audit on, and off, in the same run.
 
-Run it: ``python bench/bench_security.py`` (``make bench`` runs it too). It prints
-
-    path          with auth+audit   without   ratio
-
-for the Unix-socket path and the signed-TCP path, and writes the figures
+Run it: ``python bench/bench_security.py`` (``make bench`` runs it too). It prints ``path, with
+auth+audit, without, ratio`` for the Unix-socket path and the signed-TCP path, and writes the figures
 (with the machine they were measured on) to bench/results/security.json.
 Target: each ratio <= 1.3 (issue 4).
 
@@ -14,8 +11,8 @@ How:
   log on, a rate limit too high to refuse anything): "with" is the daemon
   exactly as ``pymgr serve`` runs it; "without" swaps ``build_security``
   for the seed's wiring (plain dispatcher, no policy, no audit line, no
-  guard in front of the app; the same HTTP server and limits). There is no
-  config switch that turns security off, on purpose: only this bench can.
+  guard in front of the app; the same HTTP server and limits). No config
+  switch turns security off, on purpose: only this bench can.
 - The call is ``POST /v1/modules/demo/echo`` with ``{"a": 1}``, on persistent
   connections from ``THREADS`` client threads. Signed-TCP requests each
   carry their own nonce (built before the window, so the client's HMAC cost

@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import servers
+from bench import peers, servers
 from bench._events import EventStream
 from bench._proc import rss_mib
 from bench.loadgen import Client, LoadError, Target, latency_samples, run_load
-from bench.servers import Fleet, Server, xmlrpc_request
+from bench.peers import xmlrpc_request
+from bench.servers import Fleet, Server
 from bench.targets import (
     floor_asgi_targets,
     floor_line_targets,
@@ -189,7 +190,7 @@ def _startup(bench: Bench, column: str, round_: int) -> Sample:
         server = servers.start_pymgr(workdir, name=f"pymgr-startup-{round_}")
     else:
         examples = Path(bench.fleet["pymgr"].info["config"]).parent
-        server = servers.start_supervisord(
+        server = peers.start_supervisord(
             workdir, servers.scan_argv(), examples, name=f"supervisord-startup-{round_}"
         )
     try:

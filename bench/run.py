@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench import report, servers
+from bench import peers, report, servers
 from bench._proc import loadavg, machine, rss_mib
 from bench.figures import FIGURES, Bench, Sample, Settings, measure
 from bench.loadgen import LoadError, run_load
@@ -49,17 +49,17 @@ def start_fleet(fleet: Fleet, workdir: Path, baseline: str | None = None) -> lis
         fleet.add(servers.start_pymgr(workdir / "pymgr-base", name="pymgr-base", source=source))
     if servers.has_module("supervisor"):
         examples = Path(pymgr.info["config"]).parent
-        fleet.add(servers.start_supervisord(workdir / "supervisord", servers.scan_argv(), examples))
+        fleet.add(peers.start_supervisord(workdir / "supervisord", servers.scan_argv(), examples))
     else:
         notes.append(
             "supervisord not measured: `supervisor` is not installed in this venv (make bench installs it)"
         )
     if servers.has_module("gevent"):
-        fleet.add(servers.start_seed(workdir / "seed", pymgr.info["legacy_secret"]))
+        fleet.add(peers.start_seed(workdir / "seed", pymgr.info["legacy_secret"]))
     else:
         notes.append("seed not measured: `gevent` is not installed in this venv (make bench installs it)")
-    fleet.add(servers.start_floor_asgi(workdir / "floor-asgi"))
-    fleet.add(servers.start_floor_line(workdir / "floor-line"))
+    fleet.add(peers.start_floor_asgi(workdir / "floor-asgi"))
+    fleet.add(peers.start_floor_line(workdir / "floor-line"))
     return notes
 
 

@@ -100,7 +100,7 @@ class Server:
             return "(no log)"
 
 
-def _spawn(name: str, argv: list[str], workdir: Path, **popen: Any) -> Server:
+def spawn_server(name: str, argv: list[str], workdir: Path, **popen: Any) -> Server:
     log_path = workdir / f"{name}.log"
     log = open(log_path, "wb")  # noqa: SIM115 - the child owns it; closed below
     try:
@@ -112,7 +112,7 @@ def _spawn(name: str, argv: list[str], workdir: Path, **popen: Any) -> Server:
     return Server(name, proc, log_path)
 
 
-def _wait(server: Server, ready: Any, started: float) -> None:
+def wait_ready(server: Server, ready: Any, started: float) -> None:
     """Poll ``ready()`` until true; record the start-up time."""
     deadline = started + START_TIMEOUT_S
     while True:
@@ -145,7 +145,7 @@ def answers(address: str | tuple[str, int], request: bytes, expect: bytes) -> bo
         return False  # not listening yet
 
 
-def _read_port(server: Server) -> int:
+def read_port(server: Server) -> int:
     """The ``listening PORT`` line a bench server prints on stdout."""
     if server.proc.stdout is None:
         raise RuntimeError(f"{server.name} was started without stdout=PIPE; this is a bug in the bench")
@@ -252,7 +252,7 @@ def start_pymgr(workdir: Path, name: str = "pymgr", source: Path | None = None) 
         argv = [sys.executable, "-m", "pymgr"]
         env = {**os.environ, "PYTHONPATH": str(source / "src")}
     started = time.monotonic()
-    server = _spawn(name, [*argv, "serve", "--config", str(config)], workdir, env=env)
+    server = spawn_server(name, [*argv, "serve", "--config", str(config)], workdir, env=env)
     server.info["config"] = str(config)
     server.info["demo"] = demo_config_summary(config)
     ready_line: dict[str, Any] = {}
@@ -265,7 +265,7 @@ def start_pymgr(workdir: Path, name: str = "pymgr", source: Path | None = None) 
             ready_line.update(json.loads(match.group(1)), at=time.monotonic() - started)
         return answers(_unix_address(ready_line), health_request(), b'"ok":true')
 
-    _wait(server, ready, started)
+    wait_ready(server, ready, started)
     server.info["ready_log_s"] = ready_line["at"]
     server.info["unix"] = _unix_address(ready_line)
     if "legacy" in ready_line:
@@ -273,105 +273,6 @@ def start_pymgr(workdir: Path, name: str = "pymgr", source: Path | None = None) 
         server.info["legacy"] = (host, int(port))
         legacy = tomllib.loads(config.read_text())["legacy"]
         server.info["legacy_secret"] = legacy["secret"]
-    return server
-
-
-# --- supervisord -----------------------------------------------------------------
-
-SUPERVISORD_CONF = """\
-[unix_http_server]
-file = {workdir}/supervisor.sock
-chmod = 0700
-
-[supervisord]
-nodaemon = true
-logfile = {workdir}/supervisord-main.log
-pidfile = {workdir}/supervisord.pid
-childlogdir = {workdir}
-loglevel = info
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[program:scan]
-command = {command}
-directory = {directory}
-autostart = false
-autorestart = false
-startsecs = 0
-"""
-
-
-def xmlrpc_request(method: str, *string_params: str, close: bool = False) -> bytes:
-    """An XML-RPC call as raw HTTP/1.1 bytes (supervisord's /RPC2)."""
-    params = "".join(f"<param><value><string>{p}</string></value></param>" for p in string_params)
-    body = (
-        f'<?xml version="1.0"?><methodCall><methodName>{method}</methodName><params>{params}</params></methodCall>'
-    ).encode()
-    connection = b"Connection: close\r\n" if close else b""
-    return (
-        b"POST /RPC2 HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\n"
-        + connection
-        + b"Content-Length: "
-        + str(len(body)).encode()
-        + b"\r\n\r\n"
-        + body
-    )
-
-
-def start_supervisord(
-    workdir: Path, task_argv: list[str], task_cwd: Path, name: str = "supervisord"
-) -> Server:
-    """supervisord in the foreground, one program (the demo's scan task, startsecs=0)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    conf = workdir / "supervisord.conf"
-    command = " ".join(task_argv)
-    conf.write_text(SUPERVISORD_CONF.format(workdir=workdir, command=command, directory=task_cwd))
-    started = time.monotonic()
-    server = _spawn(name, [str(BIN / "supervisord"), "-n", "-c", str(conf)], workdir)
-    sock = str(workdir / "supervisor.sock")
-    _wait(
-        server, lambda: answers(sock, xmlrpc_request("supervisor.getState", close=True), b"RUNNING"), started
-    )
-    server.info["unix"] = sock
-    return server
-
-
-# --- the seed design and the floors -----------------------------------------------
-
-
-def start_seed(workdir: Path, secret: str) -> Server:
-    workdir.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, str(BENCH / "seed_server.py"), "--port", "0", "--secret", secret]
-    started = time.monotonic()
-    server = _spawn("seed", argv, workdir, stdout=subprocess.PIPE)
-    port = _read_port(server)
-    server.start_s = time.monotonic() - started
-    server.info["tcp"] = ("127.0.0.1", port)
-    return server
-
-
-def start_floor_asgi(workdir: Path) -> Server:
-    workdir.mkdir(parents=True, exist_ok=True)
-    uds = str(workdir / "floor-asgi.sock")
-    started = time.monotonic()
-    server = _spawn("floor-asgi", [sys.executable, str(BENCH / "floor_asgi.py"), "--uds", uds], workdir)
-    probe = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
-    _wait(server, lambda: answers(uds, probe, b'"ok":true'), started)
-    server.info["unix"] = uds
-    return server
-
-
-def start_floor_line(workdir: Path) -> Server:
-    workdir.mkdir(parents=True, exist_ok=True)
-    uds = str(workdir / "floor-line.sock")
-    argv = [sys.executable, str(BENCH / "floor_line.py"), "--uds", uds, "--port", "0"]
-    started = time.monotonic()
-    server = _spawn("floor-line", argv, workdir, stdout=subprocess.PIPE)
-    port = _read_port(server)
-    server.start_s = time.monotonic() - started
-    server.info["unix"] = uds
-    server.info["tcp"] = ("127.0.0.1", port)
     return server
 
 

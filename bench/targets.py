@@ -18,7 +18,8 @@ import hashlib
 import hmac
 
 from bench.loadgen import Target
-from bench.servers import Server, xmlrpc_request
+from bench.peers import xmlrpc_request
+from bench.servers import Server
 
 ECHO_BODY = b'{"greeting":"hi"}'
 ECHO_REPLY = b'"greeting":"hi"'
