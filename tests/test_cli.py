@@ -112,6 +112,15 @@ def test_modules_table_shows_actions_params_and_doc(run: Run) -> None:
     assert json.loads(run("--json", "modules").stdout)[0]["actions"][0]["name"] == "echo"
 
 
+def test_modules_allowed_asks_the_daemon_for_what_the_caller_may_call(run: Run, stub: StubServer) -> None:
+    assert run("modules", "--allowed").returncode == 0
+    assert stub.app.requests[-1][1:3] == ("/v1/modules", {"allowed": "true"})
+    assert json.loads(run("modules", "--allowed", "--json").stdout)[0]["name"] == "demo"
+    run("modules")
+    assert stub.app.requests[-1][1:3] == ("/v1/modules", {})
+    assert "--allowed" in run("modules", "--help").stdout
+
+
 def test_version_and_help(run: Run) -> None:
     out = run("--version", socket=None)
     assert (out.returncode, out.stdout) == (0, f"pymgr {__version__}\n")

@@ -304,6 +304,20 @@ def test_health_modules_and_task_types(stub: StubServer) -> None:
         assert client.task_types() == TASK_TYPES
 
 
+def test_modules_allowed_becomes_the_query(stub: StubServer) -> None:
+    with Client(socket=stub.socket) as client:
+        client.modules()
+        client.modules(allowed=True)
+    assert [r[1:3] for r in stub.app.requests] == [("/v1/modules", {}), ("/v1/modules", {"allowed": "true"})]
+
+
+async def test_modules_allowed_becomes_the_query_async(stub: StubServer) -> None:
+    async with AsyncClient(socket=stub.socket) as client:
+        await client.modules(allowed=True)
+        await client.modules(allowed=False)
+    assert [r[1:3] for r in stub.app.requests] == [("/v1/modules", {"allowed": "true"}), ("/v1/modules", {})]
+
+
 def test_socket_may_be_a_str_and_tcp_a_url(stub: StubServer) -> None:
     with Client(socket=str(stub.socket)) as by_socket, Client(url=stub.url) as by_url:
         assert by_socket.health()["status"] == by_url.health()["status"] == "ok"

@@ -183,6 +183,28 @@ class Policy:
             )
         self._check(identity, spec, Operation(f"{kind}:{task_type}", spec.options.read_only))
 
+    # --- for the module list -------------------------------------------
+
+    @property
+    def task_types(self) -> tuple[str, ...]:
+        """The configured task type names: what ``tasks.start|stop|logs:TYPE`` can name."""
+        return self._task_types[:-1]
+
+    def allows(self, identity: Identity, spec: ActionSpec, task_type: str | None = None) -> bool:
+        """Whether the caller may call the action: ``authorize``'s decision (and cache), without raising.
+
+        Args:
+            task_type: for an action decided by task type (``operation_depends_on_params``), the
+                type to ask about; None asks what ``authorize`` does, whether some type is allowed.
+                Other actions ignore it.
+        """
+        op = self._op(spec)
+        if isinstance(op, Operation):
+            return self._decide(identity, spec, op) is None
+        types = self._task_types if task_type is None else (task_type,)
+        read_only = spec.options.read_only
+        return any(self._decide(identity, spec, Operation(f"{op}:{t}", read_only)) is None for t in types)
+
     # --- for audit and start-up -----------------------------------------
 
     def operation_depends_on_params(self, spec: ActionSpec) -> bool:

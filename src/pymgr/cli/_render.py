@@ -167,6 +167,16 @@ def _render_modules(modules: list[dict[str, Any]]) -> Table:
     rows = []
     for module in modules:
         for act in module.get("actions") or []:
-            suffix = " (read-only)" if act.get("read_only") else ""
-            rows.append({**act, "name": f"{module.get('name')}.{act.get('name')}{suffix}"})
+            name = f"{module.get('name')}.{act.get('name')}{_action_marks(act)}"
+            rows.append({**act, "name": name})
     return _render_schemas("action", rows)
+
+
+def _action_marks(act: dict[str, Any]) -> str:
+    """`` (read-only)``, then `` (not allowed)`` or, for a typed task action, the types allowed."""
+    marks = " (read-only)" if act.get("read_only") else ""
+    if act.get("allowed") is False:
+        return marks + " (not allowed)"
+    types = act.get("task_types")
+    allowed_types = [str(t) for t, ok in types.items() if ok] if isinstance(types, dict) else []
+    return marks + (f" (types: {', '.join(allowed_types)})" if allowed_types else "")

@@ -102,9 +102,14 @@ def health(ctx: typer.Context) -> None:
 
 
 @app.command()
-def modules(ctx: typer.Context) -> None:
-    """List every module.action with its parameters (? marks optional ones)."""
-    _run(ctx, Client.modules, _render_modules)
+def modules(
+    ctx: typer.Context,
+    allowed: Annotated[
+        bool, typer.Option("--allowed", help="Only what you may call (the daemon's policy decides).")
+    ] = False,
+) -> None:
+    """List every module.action with its parameters (? marks optional ones) and what you may call."""
+    _run(ctx, lambda client: client.modules(allowed=allowed), _render_modules)
 
 
 @app.command()

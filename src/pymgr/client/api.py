@@ -94,9 +94,17 @@ class Api(abc.ABC, Generic[R]):
         """The daemon's status: ``{"status", "version", "pid", "uptime_s"}``."""
         return self._send(Request("GET", "/v1/health"))
 
-    def modules(self) -> R:
-        """Every module with its actions, docs and parameter JSON Schemas."""
-        return self._send(Request("GET", "/v1/modules"))
+    def modules(self, allowed: bool = False) -> R:
+        """Every module with its actions, docs and parameter JSON Schemas, marked for this caller.
+
+        Each action has ``allowed``: whether the daemon's policy lets this caller call it;
+        ``tasks.start``, ``stop`` and ``logs`` also have ``task_types``, each type and whether
+        this caller may do that operation on it.
+
+        Args:
+            allowed: list only what this caller may call (and modules that have some).
+        """
+        return self._send(Request("GET", "/v1/modules", query={"allowed": "true"} if allowed else None))
 
     def call(self, module: str, action: str, /, params: Mapping[str, Any] | None = None, **kwargs: Any) -> R:
         """Run ``module.action`` and return its result.

@@ -105,6 +105,16 @@ async def test_modules_lists_actions_with_schemas(client: httpx.AsyncClient) -> 
     assert echo["doc"] == "Echo things." and [a["name"] for a in echo["actions"]] == ["back", "boom"]
 
 
+async def test_without_a_policy_every_action_is_allowed(client: httpx.AsyncClient) -> None:
+    every = (await client.get("/v1/modules")).json()["result"]
+    assert all(a["allowed"] and "task_types" not in a for m in every for a in m["actions"])
+    assert (await client.get("/v1/modules?allowed=true")).json()["result"] == every
+    r = await client.get("/v1/modules?allowed=maybe")
+    assert (
+        r.status_code == 400 and r.json()["error"]["message"] == "allowed: must be true or false, not 'maybe'"
+    )
+
+
 async def test_call_action(client: httpx.AsyncClient) -> None:
     r = await client.post("/v1/modules/echo/back", json={"a": 1})
     assert (r.status_code, r.json()) == (200, {"ok": True, "result": {"a": 1}})

@@ -87,3 +87,20 @@ def test_the_daemon_serves_it_raw_not_in_the_envelope(start_daemon: Callable[...
     validate(doc)
     assert "/v1/modules/SCAN_MODULE/start" in doc["paths"] and "ok" not in doc
     assert head.status_code == 200 and head.content == b""
+
+
+def test_the_module_list_describes_allowed_and_task_types() -> None:
+    doc = describe(registry(), "9.9")
+    validate(doc)
+    listing = doc["paths"]["/v1/modules"]["get"]
+    [param] = listing["parameters"]
+    assert (param["name"], param["in"], param["schema"]["type"]) == ("allowed", "query", "boolean")
+    assert "400" in listing["responses"]
+    items = listing["responses"]["200"]["content"]["application/json"]["schema"]["properties"]["result"][
+        "items"
+    ]
+    assert items == {"$ref": "#/components/schemas/Module"}
+    action = doc["components"]["schemas"]["Action"]
+    assert "allowed" in action["required"] and action["properties"]["task_types"]["additionalProperties"] == {
+        "type": "boolean"
+    }

@@ -81,6 +81,15 @@ _START_BODY = {
         "key": {"type": ["string", "null"], "minLength": 1, "maxLength": 256},
     },
 }
+_MODULES_QUERY = [
+    {
+        "name": "allowed",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "boolean", "default": False},
+        "description": "true: only the actions (and task types) the caller may call, and modules that have one",
+    }
+]
 _LOG_QUERY = [
     {"name": "offset", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
     {"name": "follow", "in": "query", "required": False, "schema": {"type": "boolean"}},
@@ -118,7 +127,11 @@ def _fixed_routes() -> dict[str, Any]:
     page = _task_page()
     return {
         "/v1/health": get("Liveness", _ok({"type": "object"})),
-        "/v1/modules": get("Every module and action with their parameter schemas", _ok({"type": "array"})),
+        "/v1/modules": get(
+            "Every module and action with their parameter schemas, marked for the caller asking",
+            _ok({"type": "array", "items": {"$ref": "#/components/schemas/Module"}}),
+            parameters=_MODULES_QUERY,
+        ),
         "/v1/openapi.json": get("This document", {"description": "OpenAPI 3.1", "content": {_JSON: {}}}),
         "/v1/task-types": get("Task types that can be started", _ok({"type": "array"})),
         "/v1/tasks": {
@@ -164,6 +177,35 @@ _SCHEMAS: dict[str, Any] = {
                 "type": "object",
                 "required": ["code", "message"],
                 "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "details": {}},
+            },
+        },
+    },
+    "Module": {
+        "type": "object",
+        "required": ["name", "doc", "actions"],
+        "properties": {
+            "name": {"type": "string"},
+            "doc": {"type": "string"},
+            "actions": {"type": "array", "items": {"$ref": "#/components/schemas/Action"}},
+        },
+    },
+    "Action": {
+        "type": "object",
+        "required": ["name", "doc", "read_only", "params", "allowed"],
+        "properties": {
+            "name": {"type": "string"},
+            "doc": {"type": "string"},
+            "read_only": {"type": "boolean"},
+            "params": {"type": "object", "description": "The params' JSON Schema"},
+            "allowed": {
+                "type": "boolean",
+                "description": "The policy lets this caller call it (for a typed task action: on some type)",
+            },
+            "task_types": {
+                "type": "object",
+                "additionalProperties": {"type": "boolean"},
+                "description": "tasks.start, stop and logs only: per task type, whether the policy lets this "
+                "caller do this operation on it (tasks.start:TYPE ...); absent without a policy",
             },
         },
     },

@@ -25,6 +25,8 @@ from urllib.parse import parse_qsl, urlencode
 
 import pydantic_core
 
+from pymgr.auth.listing import list_modules
+from pymgr.auth.pipeline import GuardedDispatcher
 from pymgr.core.dispatch import Call, CallHandler
 from pymgr.core.identity import Identity
 from pymgr.errors import MalformedRequest, NotFound, PymgrError, PymgrInternalError
@@ -32,7 +34,7 @@ from pymgr.transport.http.messages import Reply, Request, Stream, error_reply
 from pymgr.transport.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from pymgr.transport.http.metrics import render as render_metrics
 from pymgr.transport.http import openapi
-from pymgr.transport.http.streams import StreamSource, log_query
+from pymgr.transport.http.streams import QUERY_BOOLEANS, StreamSource, log_query
 
 log = logging.getLogger("pymgr.http")
 
@@ -102,7 +104,7 @@ class HttpApp:
             return 200, self._health()
         if route == ["modules"]:
             _allow(method, "GET", request)
-            return 200, self.dispatcher.registry.describe()
+            return 200, self._modules(request)
         if route == ["openapi.json"]:  # the document itself, not in the envelope: what generators read
             _allow(method, "GET", request)
             return 200, Reply(
@@ -162,6 +164,15 @@ class HttpApp:
             f"no route {request.path}; task routes: /v1/tasks, /v1/tasks/ID, /v1/tasks/ID/stop, /v1/tasks/ID/logs"
         )
 
+    def _modules(self, request: Request) -> list[dict[str, Any]]:
+        """Every module and action, each marked with whether this caller may call it (``auth/listing.py``).
+
+        Not a call: it is not audited, and it reads the policy in force now (a SIGHUP swaps it).
+        """
+        policy = self.dispatcher.policy if isinstance(self.dispatcher, GuardedDispatcher) else None
+        only_allowed = _modules_query(request.query)
+        return list_modules(self.dispatcher.registry, policy, request.identity, only_allowed=only_allowed)
+
     def _streams(self) -> StreamSource:
         if self.streams is None:
             raise NotFound("this daemon serves no task streams (it runs without a task manager)")
@@ -177,6 +188,26 @@ class HttpApp:
             "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self.started_at, 3),
         }
+
+
+def _modules_query(query_string: bytes) -> bool:
+    """``allowed`` of ``GET /v1/modules``: list only what the caller may call.
+
+    Raises:
+        MalformedRequest: an unknown parameter, ``allowed`` twice, or not true/false.
+    """
+    pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+    unknown = sorted({name for name, _ in pairs} - {"allowed"})
+    if unknown:
+        raise MalformedRequest(
+            f"unknown query parameter {unknown[0]!r}; /v1/modules takes allowed=true|false"
+        )
+    if len(pairs) > 1:
+        raise MalformedRequest("allowed is given more than once; give it once: allowed=true or allowed=false")
+    value = pairs[0][1] if pairs else "false"
+    if value.lower() not in QUERY_BOOLEANS:
+        raise MalformedRequest(f"allowed: must be true or false, not {value!r}")
+    return QUERY_BOOLEANS[value.lower()]
 
 
 def _json_body(request: Request) -> Any:

@@ -24,7 +24,8 @@ from pymgr.errors import MalformedRequest
 #: Query parameters of ``GET /v1/tasks/ID/logs``.
 LOG_QUERY = frozenset({"offset", "follow"})
 
-_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+#: The words a boolean query parameter may be (any case).
+QUERY_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 
 
 class StreamSource(Protocol):
@@ -46,6 +47,6 @@ def log_query(query_string: bytes) -> tuple[str, bool]:
     if unknown:
         raise MalformedRequest(f"unknown query parameter {unknown[0]!r}; parameters: offset, follow")
     follow = query.get("follow", "false").lower()
-    if follow not in _BOOLEANS:
+    if follow not in QUERY_BOOLEANS:
         raise MalformedRequest(f"follow: must be true or false, not {query['follow']!r}")
-    return query.get("offset", "0"), _BOOLEANS[follow]
+    return query.get("offset", "0"), QUERY_BOOLEANS[follow]
