@@ -77,12 +77,17 @@ def test_each_action_is_marked_for_the_caller_asking() -> None:
     assert "task_types" not in www["tasks.list"]
     assert all(a["allowed"] for a in by_name(list_modules(p._registry, p, ROOT)).values())
     ci = by_name(list_modules(p._registry, p, CI))
-    assert ci["tasks.logs"] == {
-        **ci["tasks.logs"],
-        "allowed": True,
-        "task_types": {"scan": False, "backup": True},
-    }
+    assert ci["tasks.logs"] == {**ci["tasks.logs"], "allowed": True, "task_types": {"backup": True}}
     assert not ci["tasks.start"]["allowed"] and not ci["tasks.list"]["allowed"]
+
+
+@pytest.mark.parametrize("identity", (CI, ALICE, LEGACY), ids=lambda i: i.key_id or i.user or i.transport)
+def test_a_caller_who_may_not_read_the_types_learns_no_name_it_may_not_use(identity: Identity) -> None:
+    p = policy(*RULES)
+    listing = by_name(list_modules(p._registry, p, identity))
+    assert not listing["tasks.list"]["allowed"]
+    for typed in TYPED:
+        assert all(listing[typed]["task_types"].values()), (typed, listing[typed]["task_types"])
 
 
 def test_only_allowed_drops_actions_types_and_empty_modules() -> None:

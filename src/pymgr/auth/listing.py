@@ -6,6 +6,8 @@ Rules:
 - An action the policy decides by task type (``tasks.start|stop|logs``) also carries
   ``task_types``: each configured type and whether the caller may do that operation on a task
   of it. Its ``allowed`` is what ``authorize`` checks before the params are known: some type is.
+  A type the caller may not use is listed only to a caller who may read the types anyway
+  (the module's ``types`` or ``list`` action): the listing tells nobody a name it could not learn.
 - Without a policy (a dispatcher built without one, as in tests and benches) every call is
   allowed, so every action is marked allowed and none carries ``task_types``.
 - ``only_allowed`` drops what the caller may not call: actions, task types, and modules left
@@ -62,6 +64,13 @@ def _marked(
     spec = registry.get(module, action["name"])
     marked = {**action, "allowed": policy.allows(identity, spec)}
     if policy.operation_depends_on_params(spec):
+        show_denied = not only_allowed and _may_read_types(registry, policy, identity, module)
         by_type = {t: policy.allows(identity, spec, t) for t in policy.task_types}
-        marked["task_types"] = {t: ok for t, ok in by_type.items() if ok or not only_allowed}
+        marked["task_types"] = {t: ok for t, ok in by_type.items() if ok or show_denied}
     return marked
+
+
+def _may_read_types(registry: Registry, policy: Policy, identity: Identity, module: str) -> bool:
+    """The caller may learn every task type's name anyway: it may list the types or the runs."""
+    readers = (registry.get(module, name) for name in ("types", "list") if registry.has(module, name))
+    return any(policy.allows(identity, spec) for spec in readers)
