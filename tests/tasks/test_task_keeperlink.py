@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
+
+from taskhelpers import CALLER, MakeManager, wait_running
 
 from pymgr.protocol.keeper import Ack, FrameDecoder, LogSettings, Spawn
 from pymgr.tasks.keeperlink import FLUSH_BYTES, KeeperLink, rotate_keeper_log
+from pymgr.tasks.states import TaskState
 
 LOG = LogSettings(dir="/tmp", max_bytes=1, keep=1)
 
@@ -92,3 +96,23 @@ async def test_a_started_keeper_writes_to_a_rotated_log(tmp_path: Path) -> None:
     await link.close(wait_exit_s=5.0)
     assert (run_dir / "keeper.log.1").read_bytes() == b"x" * 100
     assert (run_dir / "keeper.log").exists()  # the new keeper's stderr
+
+
+async def test_an_exit_the_daemon_cannot_read_ends_its_run_lost_and_is_acknowledged(
+    make_manager: MakeManager,
+) -> None:
+    manager = make_manager()
+    record = await manager.start("binsleep", {}, None, CALLER)
+    await wait_running(manager, record.id)
+    link = manager._link
+    sent: list[Any] = []
+    link.send = sent.append  # type: ignore[method-assign]
+    unreadable = {"op": "exit", "id": record.id, "exit_code": "zero"}  # a mistyped, incomplete exit
+    with manager._supervision.read_batch():
+        link._deliver(unreadable)
+    ended = manager.get(record.id)
+    assert ended.state is TaskState.LOST
+    assert ended.error is not None and ended.error.startswith("its exit report could not be read:")
+    assert Ack(id=record.id) in sent  # the keeper forgets it: it is not sent again, unreadable
+    link._deliver({"op": "spawned", "id": "x"})  # other news: logged and dropped, nothing changes
+    assert manager.get(record.id).state is TaskState.LOST

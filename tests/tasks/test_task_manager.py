@@ -252,6 +252,17 @@ async def test_key_length_limit_both_sides(manager: TaskManager) -> None:
         await manager.start("exit", {"code": 0}, "", CALLER)
 
 
+async def test_a_key_given_twice_in_one_start_many_is_refused_and_nothing_starts(
+    manager: TaskManager,
+) -> None:
+    starts = [({"code": 0}, "dup"), ({"code": 0}, None), ({"code": 0}, "dup"), ({"code": 0}, "other")]
+    with pytest.raises(ParamsInvalid, match=r"^key: given more than once in one start: dup$"):
+        await manager.start_many("exit", starts, CALLER)
+    assert manager.list_runs() == []
+    ok = await manager.start_many("exit", [({"code": 0}, "dup"), ({"code": 0}, None)], CALLER)
+    assert [r.key for r in ok] == ["dup", None]
+
+
 async def test_get_missing_is_not_found(manager: TaskManager) -> None:
     with pytest.raises(NotFound, match=r"^no task with id 99; tasks\.list shows the ones that exist$"):
         manager.get(99)

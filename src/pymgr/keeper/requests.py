@@ -98,7 +98,10 @@ def _spawn(keeper: Keeper, request: Spawn) -> None:
         keeper.send(keeper.runs[task_id].report(Spawned))
         return
     if task_id in keeper.unacked:
-        _resend_one(keeper, keeper.unacked[task_id])
+        if not _resend_one(keeper, keeper.unacked[task_id]):  # the daemon must not wait on it forever
+            keeper.send(
+                SpawnFailed(id=task_id, error="its recorded exit is unreadable (keeper.log says why)")
+            )
         return
     keeper.journal.spawning(task_id)
     try:
@@ -236,10 +239,12 @@ def _resend(keeper: Keeper, request: Resend) -> None:
         _resend_one(keeper, status)
 
 
-def _resend_one(keeper: Keeper, status: dict[str, Any]) -> None:
+def _resend_one(keeper: Keeper, status: dict[str, Any]) -> bool:
+    """Send a journalled exit again; False if its line holds none (said on stderr)."""
     message = replayed_exit(status)
     if message is not None:
         keeper.send(message)
+    return message is not None
 
 
 def _exit_when_idle(keeper: Keeper, request: ExitWhenIdle) -> None:

@@ -82,7 +82,9 @@ def build_engine(
     link, transitions, spawns, supervision = _keeper_side(
         config, state_dir, store, events, queue, table, cgroups, clock, metrics, hooks
     )
-    link.listen(supervision.on_message, supervision.on_lost, supervision.read_batch)
+    link.listen(
+        supervision.on_message, supervision.on_lost, supervision.read_batch, supervision.on_unreadable
+    )
     intake = Intake(
         store=store, table=table, queue=queue, pump=spawns, transitions=transitions, logs=logs, clock=clock
     )

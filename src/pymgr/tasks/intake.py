@@ -159,6 +159,17 @@ class Intake:
                 # One error each: a shared instance would collect every waiter's traceback.
                 start.stored.set_exception(copy.copy(exc))
             return
+        try:
+            self._take_in(starts, stored, pruned)
+        finally:  # stored runs are answered, even if what follows the commit failed (a bug, logged)
+            for start, records in zip(starts, stored, strict=True):
+                if not start.stored.done():
+                    start.stored.set_result(records)
+
+    def _take_in(
+        self, starts: list[_Start], stored: list[list[TaskRecord]], pruned: list[TaskRecord]
+    ) -> None:
+        """After the commit: the runs remembered, queued, sent for, announced, and their starts answered."""
         for start, records in zip(starts, stored, strict=True):
             self._drop_provisional(start)
             for record in records:

@@ -86,6 +86,7 @@ class KeeperLink:
         on_message: Callable[[News], None] = lambda message: None,
         on_lost: Callable[[], None] = lambda: None,
         batch: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+        on_unreadable: Callable[[dict[str, Any], str], None] = lambda frame, reason: None,
     ) -> None:
         self.run_dir = state_dir / "run"
         self.state_dir = state_dir
@@ -95,6 +96,7 @@ class KeeperLink:
         self._on_message = on_message
         self._on_lost = on_lost
         self._batch = batch
+        self._on_unreadable = on_unreadable
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._dir_fd: int | None = None
@@ -111,9 +113,11 @@ class KeeperLink:
         on_message: Callable[[News], None],
         on_lost: Callable[[], None],
         batch: Callable[[], contextlib.AbstractContextManager[Any]],
+        on_unreadable: Callable[[dict[str, Any], str], None],
     ) -> None:
         """Who hears the keeper, if not given at construction (see the module rules)."""
         self._on_message, self._on_lost, self._batch = on_message, on_lost, batch
+        self._on_unreadable = on_unreadable
 
     @property
     def connected(self) -> bool:
@@ -244,6 +248,7 @@ class KeeperLink:
             message = decode(frame, NEWS)
         except KeeperMessageError as exc:  # the link goes on: one bad message is that message's loss
             log.error("task keeper sent a message this daemon cannot read: %s", exc)
+            self._on_unreadable(frame, str(exc))
             return
         self._on_message(message)
 

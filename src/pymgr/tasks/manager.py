@@ -46,7 +46,7 @@ from pymgr.tasks.engine import Hooks, build_engine
 from pymgr.tasks.housekeeping import housekeeping
 
 from pymgr.tasks.records import TaskRecord
-from pymgr.tasks.startchecks import MAX_KEY_CHARS, check_key, parse_state, validate_params
+from pymgr.tasks.startchecks import MAX_KEY_CHARS, check_keys, parse_state, validate_params
 from pymgr.tasks.states import TERMINAL, TaskState
 from pymgr.tasks.store import TaskStore
 from pymgr.tasks.tasktypes import TaskType, compile_types, describe_changes
@@ -181,8 +181,7 @@ class TaskManager:
             raise Unavailable("the task manager is shutting down; no new task can start")
         task_type = self._type(type)
         checked = [(validate_params(task_type, params), key) for params, key in starts]
-        for _, key in checked:
-            check_key(key)
+        check_keys([key for _, key in checked])
         await self.open()
         holders = [self._intake.holder(key, task_type.name) for _, key in checked]
         started_by = identity.to_dict()

@@ -50,6 +50,21 @@ def check_key(key: str | None) -> None:
         raise ParamsInvalid(f"key: must be at most {MAX_KEY_CHARS} characters, got {len(key)}")
 
 
+def check_keys(keys: list[str | None]) -> None:
+    """``check_key`` for each key of a ``start_many``, and no key twice (the second would take the
+    first's run, or fail the whole commit on the store's one-active-run-per-key index).
+
+    Raises:
+        ParamsInvalid: a key is not valid, or is given twice.
+    """
+    for key in keys:
+        check_key(key)
+    named = [key for key in keys if key is not None]
+    if len(named) != len(set(named)):
+        twice = sorted({key for key in named if named.count(key) > 1})
+        raise ParamsInvalid(f"key: given more than once in one start: {', '.join(twice)}")
+
+
 def parse_state(state: str | TaskState | None) -> TaskState | None:
     """A state filter: None, a ``TaskState`` or its name.
 

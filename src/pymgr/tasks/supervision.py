@@ -193,6 +193,23 @@ class Supervision:
             for task_id in self._acks:
                 self.link.send(Ack(id=task_id))
 
+    def on_unreadable(self, frame: dict[str, Any], reason: str) -> None:
+        """The link's ``on_unreadable``: an exit that cannot be read still ends its run.
+
+        Left alone, its run would stay ``running`` (holding its slot, caps and key) while the
+        keeper kept the exit, unacknowledged, sending it again unreadable. The run ends ``lost``
+        with the reason, and the exit is acknowledged once that is stored. Other news is the
+        keeper's state, reported again on the next connection.
+        """
+        task_id = frame.get("id")
+        if frame.get("op") != "exit" or type(task_id) is not int:
+            return
+        self._transitions.lost(task_id, f"its exit report could not be read: {reason}")
+        self._table.in_flight.discard(task_id)
+        self._known.add(task_id)
+        self._acks.append(task_id)
+        self._pump.schedule()
+
     def on_message(self, message: News) -> None:
         """The link's ``on_message``: one message of the keeper."""
         try:
