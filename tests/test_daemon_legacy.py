@@ -78,11 +78,21 @@ def test_bad_signature_and_malformed_requests_then_still_serving(daemon: Daemon)
 
 
 def _escaped_processes(task_id: int, leader: int) -> list[psutil.Process]:
-    """Processes of this run that left the leader's session (setsid)."""
+    """Processes of this run that left the leader's session (setsid).
+
+    Matched by the run's marker, read from the leader: the task id alone also matches another
+    daemon's run of the same id (another suite on the machine, a run left by an earlier test).
+    """
+    marker = psutil.Process(leader).environ().get("PYMGR_TASK_MARKER")
     found = []
     for proc in psutil.process_iter(["environ"]):
         env = proc.info.get("environ") or {}
-        if env.get("PYMGR_TASK_ID") == str(task_id) and proc.pid != leader and os.getsid(proc.pid) != leader:
+        if (
+            env.get("PYMGR_TASK_ID") == str(task_id)
+            and env.get("PYMGR_TASK_MARKER") == marker
+            and proc.pid != leader
+            and os.getsid(proc.pid) != leader
+        ):
             found.append(proc)
     return found
 
