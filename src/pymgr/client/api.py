@@ -57,6 +57,13 @@ def logs_request(task_id: str | int, offset: int, follow: bool) -> Request:
     return Request("GET", f"/v1/tasks/{_segment(task_id, 'task id')}/logs", query=query, raw=True)
 
 
+def events_request(task: int | None, type: str | None, key: str | None, since: int | None) -> Request:
+    filters = (("task", task), ("type", type), ("key", key), ("since", since))
+    return Request(
+        "GET", "/v1/events", query={name: str(value) for name, value in filters if value is not None}
+    )
+
+
 def stream_timeout(timeout_s: float) -> httpx.Timeout:
     """Connect within ``timeout_s``; then wait for the next chunk as long as it takes (a quiet log)."""
     return httpx.Timeout(timeout_s, read=None)

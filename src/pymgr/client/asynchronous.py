@@ -11,7 +11,7 @@ from typing import Any, Self
 import httpx
 
 from pymgr._sse import SseParser
-from pymgr.client.api import DEFAULT_TIMEOUT_S, Api, Request, logs_request, stream_timeout
+from pymgr.client.api import DEFAULT_TIMEOUT_S, Api, Request, events_request, logs_request, stream_timeout
 from pymgr.client.replies import connection_failed, decode
 from pymgr.client.target import security_options
 
@@ -57,10 +57,16 @@ class AsyncClient(Api[Awaitable[Any]]):
             if not got:
                 return
 
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
-        """As ``Client.events``: ``async for event in client.events()``."""
+    async def events(
+        self,
+        task: int | None = None,
+        type: str | None = None,
+        key: str | None = None,
+        since: int | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """As ``Client.events``: ``async for event in client.events(task=3)``."""
         parser = SseParser()
-        async for chunk in self._stream(Request("GET", "/v1/events")):
+        async for chunk in self._stream(events_request(task, type, key, since)):
             for event in parser.feed(chunk):
                 yield event
 

@@ -11,7 +11,7 @@ from typing import Any, Self
 import httpx
 
 from pymgr._sse import SseParser
-from pymgr.client.api import DEFAULT_TIMEOUT_S, Api, Request, logs_request, stream_timeout
+from pymgr.client.api import DEFAULT_TIMEOUT_S, Api, Request, events_request, logs_request, stream_timeout
 from pymgr.client.replies import connection_failed, decode
 from pymgr.client.target import security_options
 
@@ -72,13 +72,30 @@ class Client(Api[Any]):
             if not got:
                 return
 
-    def events(self) -> Iterator[dict[str, Any]]:
+    def events(
+        self,
+        task: int | None = None,
+        type: str | None = None,
+        key: str | None = None,
+        since: int | None = None,
+    ) -> Iterator[dict[str, Any]]:
         """Task events as they happen (``GET /v1/events``), heartbeats included.
 
-        Each is ``{"event", "id", "data"}``.
+        Each is ``{"id", "kind", "time", "data"}`` (and ``event``, the same as
+        ``kind``). The stream opens with a ``state`` event of each matching
+        active run (of run ``task`` even if it ended), so the end of a run is
+        never missed.
+
+        Args:
+            task, type, key: only the events of these runs (AND).
+            since: resume after this event ``id`` (a ``reset`` event and the
+                current state when the daemon no longer holds what came after).
+
+        Raises:
+            NotFound: no run ``task``.
         """
         parser = SseParser()
-        for chunk in self._stream(Request("GET", "/v1/events")):
+        for chunk in self._stream(events_request(task, type, key, since)):
             yield from parser.feed(chunk)
 
     def _stream(self, request: Request) -> Iterator[bytes]:
