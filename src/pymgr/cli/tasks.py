@@ -190,7 +190,7 @@ def _event_line(event: dict[str, Any], as_json: bool) -> str | None:
     if kind == "heartbeat":
         return None
     if as_json:
-        return json.dumps({"event": kind, "data": data}, ensure_ascii=False)
+        return json.dumps(event, ensure_ascii=False)  # the event's one shape, as the client has it
     clock = utc_now()
     if kind == "gap":
         return f"{clock}  ({data.get('dropped')} event(s) missed: this terminal read too slowly)"
