@@ -14,6 +14,7 @@ from pymgr._sse import SseParser
 from pymgr.client.api import DEFAULT_TIMEOUT_S, Api, Request, events_request, logs_request, stream_timeout
 from pymgr.client.replies import connection_failed, decode
 from pymgr.client.target import security_options
+from pymgr.keeper.progress import ProgressLineFilter
 
 
 class AsyncClient(Api[Awaitable[Any]]):
@@ -46,15 +47,21 @@ class AsyncClient(Api[Awaitable[Any]]):
             return response.content
         return decode(response, self._target)
 
-    async def follow_logs(self, task_id: str | int, offset: int = 0) -> AsyncIterator[bytes]:
+    async def follow_logs(
+        self, task_id: str | int, offset: int = 0, progress: bool = True
+    ) -> AsyncIterator[bytes]:
         """As ``Client.follow_logs``: ``async for chunk in client.follow_logs(3)``."""
+        lines = None if progress else ProgressLineFilter()
         while True:
             got = 0
             async for chunk in self._stream(logs_request(task_id, offset, follow=True)):
                 got += len(chunk)
                 offset += len(chunk)
-                yield chunk
+                if kept := chunk if lines is None else lines.feed(chunk):
+                    yield kept
             if not got:
+                if lines is not None and (rest := lines.flush()):
+                    yield rest
                 return
 
     async def events(

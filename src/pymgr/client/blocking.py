@@ -14,6 +14,7 @@ from pymgr._sse import SseParser
 from pymgr.client.api import DEFAULT_TIMEOUT_S, Api, Request, events_request, logs_request, stream_timeout
 from pymgr.client.replies import connection_failed, decode
 from pymgr.client.target import security_options
+from pymgr.keeper.progress import ProgressLineFilter
 
 
 class Client(Api[Any]):
@@ -56,20 +57,29 @@ class Client(Api[Any]):
             return response.content
         return decode(response, self._target)
 
-    def follow_logs(self, task_id: str | int, offset: int = 0) -> Iterator[bytes]:
+    def follow_logs(self, task_id: str | int, offset: int = 0, progress: bool = True) -> Iterator[bytes]:
         """A task's output from ``offset`` on, as it is written, until the task has ended.
+
+        Args:
+            progress: False leaves out the ``PYMGR_PROGRESS`` lines (``offset``
+                is taken to start a line).
 
         Raises:
             ParamsInvalid: as ``logs``; also when the daemon rotated bytes away
                 before this reader got them (``details["start"]``).
         """
+        # Filtered here, not by the daemon: the offset to resume from counts the log's own bytes.
+        lines = None if progress else ProgressLineFilter()
         while True:  # a stream ends when the task ended, or when it fell behind a rotation: ask again
             got = 0
             for chunk in self._stream(logs_request(task_id, offset, follow=True)):
                 got += len(chunk)
                 offset += len(chunk)
-                yield chunk
+                if kept := chunk if lines is None else lines.feed(chunk):
+                    yield kept
             if not got:
+                if lines is not None and (rest := lines.flush()):
+                    yield rest
                 return
 
     def events(

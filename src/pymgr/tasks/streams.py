@@ -4,7 +4,8 @@ Rules:
 - ``task_log`` yields the bytes of a run's log from an offset: up to the
   current end, or, with ``follow``, until the run has ended and its last
   bytes were sent (``logs.LogReader.follow``). Offsets were checked by the
-  ``tasks.logs`` action before the stream starts.
+  ``tasks.logs`` action before the stream starts. Without ``progress``, the
+  progress lines are left out (``keeper.progress.ProgressLineFilter``).
 - ``events`` yields server-sent events (``text/event-stream``): one
   ``heartbeat`` at once (the subscription is in place when the client sees
   it), then its opening, then every event of the hub the stream's filter
@@ -32,6 +33,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from pymgr.errors import NotFound
+from pymgr.keeper.progress import ProgressLineFilter
 from pymgr.tasks.eventfilter import EventFilter
 from pymgr.tasks.events import Event
 from pymgr.tasks.logreader import FOLLOW_CHUNK_BYTES
@@ -65,7 +67,21 @@ class TaskStreams:
         self.manager = manager
         self.stopping = stopping
 
-    async def task_log(self, task_id: int, offset: int, follow: bool) -> AsyncIterator[bytes]:
+    async def task_log(
+        self, task_id: int, offset: int, follow: bool, progress: bool = True
+    ) -> AsyncIterator[bytes]:
+        if progress:
+            async for data in self._log_bytes(task_id, offset, follow):
+                yield data
+            return
+        lines = ProgressLineFilter(self.manager.logs.starts_line(task_id, offset))
+        async for data in self._log_bytes(task_id, offset, follow):
+            if kept := lines.feed(data):
+                yield kept
+        if rest := lines.flush():
+            yield rest
+
+    async def _log_bytes(self, task_id: int, offset: int, follow: bool) -> AsyncIterator[bytes]:
         logs = self.manager.logs
         if not follow:
             end = logs.span(task_id).end

@@ -148,14 +148,14 @@ class HttpApp:
             return 202, await self._call("tasks", "stop", {"id": task_id}, identity)
         if rest[1:] == ["logs"]:
             _allow(method, "GET", request)
-            offset, follow = log_query(request.query)
+            offset, follow, progress = log_query(request.query)
             # The action checks policy, the id and the offset (limit 0: nothing read yet).
             span = await self._call("tasks", "logs", {"id": task_id, "offset": offset, "limit": 0}, identity)
             headers = [
                 (b"x-pymgr-log-start", str(span["start"]).encode()),
                 (b"x-pymgr-log-end", str(span["end"]).encode()),
             ]
-            chunks = self._streams().task_log(span["id"], span["offset"], follow)
+            chunks = self._streams().task_log(span["id"], span["offset"], follow, progress)
             return 200, Stream(b"text/plain; charset=utf-8", chunks, headers)
         raise NotFound(
             f"no route {request.path}; task routes: /v1/tasks, /v1/tasks/ID, /v1/tasks/ID/stop, /v1/tasks/ID/logs"
