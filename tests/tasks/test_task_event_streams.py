@@ -153,3 +153,12 @@ def test_bad_event_queries_are_400(
 def test_an_unknown_task_is_404_before_the_stream(http: httpx.Client) -> None:
     reply = http.get("/v1/events", params={"task": 999_999})
     assert (reply.status_code, reply.json()["error"]["code"]) == (404, "not_found")
+
+
+def test_a_caller_who_may_not_read_tasks_gets_no_stream(start_daemon: Callable[..., Daemon]) -> None:
+    daemon = start_daemon(BASE_CONFIG.replace('actions = ["*"]', 'actions = ["tasks.start:echo"]'))
+    with Client(socket=daemon.socket) as client, unix_http(daemon) as http:
+        task = client.start_task("echo", {"word": "x"})
+        for query in ({}, {"task": task["id"]}, {"type": "echo"}, {"since": 0}):
+            reply = http.get("/v1/events", params=query)
+            assert (reply.status_code, reply.json()["error"]["code"]) == (403, "forbidden"), query
