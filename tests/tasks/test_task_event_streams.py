@@ -162,3 +162,27 @@ def test_a_caller_who_may_not_read_tasks_gets_no_stream(start_daemon: Callable[.
         for query in ({}, {"task": task["id"]}, {"type": "echo"}, {"since": 0}):
             reply = http.get("/v1/events", params=query)
             assert (reply.status_code, reply.json()["error"]["code"]) == (403, "forbidden"), query
+
+
+def test_tasks_events_polls_on_from_an_id_or_says_reset(start_daemon: Callable[..., Daemon]) -> None:
+    daemon = start_daemon(BASE_CONFIG.replace("[tasks]\n", "[tasks]\nevents_history = 5\n"))
+    with Client(socket=daemon.socket) as client:
+        for word in ("a", "b", "c"):
+            task = client.start_task("echo", {"word": word})
+            wait_until(lambda: states(client)[task["id"]]["state"] == "succeeded", "the end")
+        latest = client.call("tasks", "events")
+        oldest, last = latest[0]["id"], latest[-1]["id"]
+        assert len(latest) == 5 and all(set(e) == SHAPE for e in latest)
+        page = client.call("tasks", "events", since=oldest - 1, limit=2)
+        assert [e["id"] for e in page] == [
+            oldest,
+            oldest + 1,
+        ]  # the first after the id: poll on from the last
+        assert client.call("tasks", "events", since=last) == []
+        reset, *held = client.call("tasks", "events", since=oldest - 2, limit=3)
+        assert (reset["id"], reset["kind"], reset["data"]) == (
+            None,
+            "reset",
+            {"since": oldest - 2, "oldest": oldest, "last": last},
+        )
+        assert [e["id"] for e in held] == [oldest, oldest + 1, oldest + 2]

@@ -161,10 +161,23 @@ class Tasks(Module):
 
     @action(read_only=True)
     async def events(
-        self, limit: Annotated[int, Field(ge=0, le=RECENT_EVENTS)] = RECENT_EVENTS
+        self,
+        limit: Annotated[int, Field(ge=0, le=RECENT_EVENTS)] = RECENT_EVENTS,
+        since: Annotated[int | None, Field(ge=0)] = None,
     ) -> list[dict[str, Any]]:
-        """The latest task events, oldest first (GET /v1/events streams them live)."""
-        return [event.to_dict() for event in self.manager.events.recent(limit)]
+        """The latest task events, oldest first (GET /v1/events streams them live).
+
+        With ``since``: the first ``limit`` events after that id (poll on from the last one's id);
+        if some of them are no longer held, a ``reset`` event comes first (as on the stream).
+        """
+        hub = self.manager.events
+        if since is None:
+            return [event.to_dict() for event in hub.recent(limit)]
+        missed = hub.since(since)
+        if missed is not None:
+            return [event.to_dict() for event in missed[:limit]]
+        held = hub.recent(hub.held)[:limit]
+        return [hub.reset(since).to_dict(), *(event.to_dict() for event in held)]
 
 
 #: What each action of this module is to the policy (``auth/policy.py``): the

@@ -167,6 +167,15 @@ class EventHub:
             return None
         return [event for event in self._history if event.seq > last_id]
 
+    def reset(self, since: int) -> Event:
+        """The marker that says the events after ``since`` are no longer all held (not itself held)."""
+        return Event(0, "reset", {"since": since, "oldest": self.oldest, "last": self._seq}, time.time())
+
+    @property
+    def held(self) -> int:
+        """Events held (at most ``history``)."""
+        return len(self._history)
+
     @property
     def last_id(self) -> int:
         """The id of the newest event published (0 before the first)."""

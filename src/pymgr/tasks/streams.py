@@ -145,8 +145,7 @@ class TaskStreams:
                 # A run's progress may come before its last state event: learn every run first.
                 wanted.learn(e.data for e in missed if e.kind == "state")
                 return b"".join(sse(e) for e in missed if wanted.accepts(e))
-            reset = {"since": since, "oldest": hub.oldest, "last": hub.last_id}
-            head = _marker("reset", reset)
+            head = sse(hub.reset(since))
         else:
             head = b""
         return head + b"".join(_marker("state", r.to_dict(), hub.last_id) for r in runs if wanted.matches(r))
