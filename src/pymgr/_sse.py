@@ -7,6 +7,11 @@ Rules (the subset of the WHATWG event-stream format pymgr sends):
   ``\\n``; lines starting with ``:`` are comments.
 - An event's data is JSON (pymgr sends nothing else); it is decoded, and
   data that is not JSON is handed over as text.
+- An event comes out in the shape ``tasks.events`` returns: ``{"id",
+  "kind", "time", "data"}`` (``id`` an int, or None for a marker without
+  one; ``time`` from pymgr's ``time:`` field, None without it), plus
+  ``event``, the same as ``kind`` (its name in the SSE format, which
+  callers of the first client read).
 - A line longer than ``max_line_bytes`` is an error: a stream that sends one
   is not pymgr's.
 """
@@ -21,7 +26,7 @@ MAX_LINE_BYTES = 1024 * 1024
 
 
 class SseParser:
-    """``feed(bytes)`` returns the events completed by those bytes: ``{"event", "id", "data"}``."""
+    """``feed(bytes)`` returns the events completed by those bytes (see the module rules)."""
 
     def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         self.max_line_bytes = max_line_bytes
@@ -52,7 +57,7 @@ class SseParser:
             value = value[1:] if value.startswith(" ") else value
             if name == "data":
                 self._data.append(value)
-            elif name in ("event", "id"):
+            elif name in ("event", "id", "time"):
                 self._fields[name] = value
         return events
 
@@ -62,6 +67,21 @@ class SseParser:
             data: Any = json.loads(text) if text else None
         except ValueError:
             data = text
-        event = {"event": self._fields.get("event", "message"), "id": self._fields.get("id"), "data": data}
+        kind = self._fields.get("event", "message")
+        event = {
+            "id": _number(self._fields.get("id"), int),
+            "kind": kind,
+            "time": _number(self._fields.get("time"), float),
+            "data": data,
+            "event": kind,
+        }
         self._fields, self._data = {}, []
         return event
+
+
+def _number(text: str | None, kind: type[int] | type[float]) -> int | float | None:
+    """A field's number, or None when it is absent or not a number (not pymgr's)."""
+    try:
+        return None if text is None else kind(text)
+    except ValueError:
+        return None

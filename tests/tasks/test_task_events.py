@@ -84,3 +84,34 @@ def test_recent_keeps_the_last_ones() -> None:
 def test_queue_size_must_be_positive() -> None:
     with pytest.raises(ValueError, match=r"^queue_size must be >= 1, not 0$"):
         EventHub(0)
+
+
+def test_since_replays_within_the_history_and_refuses_past_it_or_from_the_future() -> None:
+    hub = EventHub(queue_size=1, history=3)
+    assert hub.since(0) == [] and hub.oldest == 1
+    for i in range(5):
+        hub.publish("state", {"id": i})
+    assert hub.oldest == 3 and hub.last_id == 5
+    assert [e.seq for e in hub.since(2) or []] == [3, 4, 5]  # just inside: nothing was lost
+    assert hub.since(1) is None  # event 2 is gone
+    assert hub.since(5) == [] and hub.since(6) is None  # an id this daemon never gave
+    assert hub.recent(1)[0].to_dict()["id"] == 5
+
+
+def test_a_filtered_subscription_queues_only_its_runs() -> None:
+    from pymgr.tasks.eventfilter import EventFilter
+
+    wanted = EventFilter(type="scan")
+    hub = EventHub(queue_size=10)
+    with hub.subscribe(wanted.accepts) as sub:
+        hub.publish("state", {"id": 1, "type": "scan", "key": None, "state": "queued"})
+        hub.publish("state", {"id": 2, "type": "echo", "key": None, "state": "queued"})
+        hub.publish("progress", {"id": 2, "progress": 5.0, "progress_message": None})
+        hub.publish("progress", {"id": 1, "progress": 5.0, "progress_message": None})
+        hub.publish("state", {"id": 1, "type": "scan", "key": None, "state": "succeeded"})
+        assert [(e.kind, e.data["id"]) for e in sub.pending()] == [
+            ("state", 1),
+            ("progress", 1),
+            ("state", 1),
+        ]
+    assert wanted._runs == {2: False}  # the ended run is forgotten

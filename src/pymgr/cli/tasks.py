@@ -15,6 +15,7 @@ from pymgr.cli._render import _render_record, _render_schemas, _render_tasks
 from pymgr.cli._render import _printable, percent, utc_now
 from pymgr.cli._session import _run, _session
 from pymgr.client import Client
+from pymgr.keeper.progress import ProgressLineFilter
 from pymgr.errors import ParamsInvalid, Unavailable
 
 tasks_app = typer.Typer(
@@ -143,13 +144,21 @@ def tasks_logs(
         int | None,
         typer.Option("--offset", min=0, help="Start at this byte of the log (default: its start)."),
     ] = None,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Print the PYMGR_PROGRESS lines too.")
+    ] = True,
 ) -> None:
     """Print a task's output (stdout and stderr), as raw bytes."""
     out = sys.stdout.buffer
+    # Filtered here, not by the daemon: a resumed read counts the log's own bytes.
+    lines = None if progress else ProgressLineFilter()
     with _session(ctx) as client:
         for chunk in _log_chunks(client, task_id, offset, follow):
-            out.write(chunk)
+            out.write(chunk if lines is None else lines.feed(chunk))
             out.flush()
+    if lines is not None:
+        out.write(lines.flush())
+        out.flush()
 
 
 def _log_chunks(client: Client, task_id: str, offset: int | None, follow: bool) -> Iterator[bytes]:
@@ -190,7 +199,7 @@ def _event_line(event: dict[str, Any], as_json: bool) -> str | None:
     if kind == "heartbeat":
         return None
     if as_json:
-        return json.dumps({"event": kind, "data": data}, ensure_ascii=False)
+        return json.dumps(event, ensure_ascii=False)  # the event's one shape, as the client has it
     clock = utc_now()
     if kind == "gap":
         return f"{clock}  ({data.get('dropped')} event(s) missed: this terminal read too slowly)"

@@ -52,9 +52,18 @@ def _segment(value: str | int, what: str) -> str:
     return quote(text, safe="")
 
 
-def logs_request(task_id: str | int, offset: int, follow: bool) -> Request:
+def logs_request(task_id: str | int, offset: int, follow: bool, progress: bool = True) -> Request:
     query = {"offset": str(offset), **({"follow": "true"} if follow else {})}
+    if not progress:
+        query["progress"] = "false"
     return Request("GET", f"/v1/tasks/{_segment(task_id, 'task id')}/logs", query=query, raw=True)
+
+
+def events_request(task: int | None, type: str | None, key: str | None, since: int | None) -> Request:
+    filters = (("task", task), ("type", type), ("key", key), ("since", since))
+    return Request(
+        "GET", "/v1/events", query={name: str(value) for name, value in filters if value is not None}
+    )
 
 
 def stream_timeout(timeout_s: float) -> httpx.Timeout:
@@ -167,11 +176,14 @@ class Api(abc.ABC, Generic[R]):
         """The task types a client may start, with their parameter JSON Schemas."""
         return self._send(Request("GET", "/v1/task-types"))
 
-    def logs(self, task_id: str | int, offset: int = 0) -> R:
+    def logs(self, task_id: str | int, offset: int = 0, progress: bool = True) -> R:
         """A task's output (bytes) from logical ``offset`` to its current end.
+
+        Args:
+            progress: False leaves out the ``PYMGR_PROGRESS`` lines.
 
         Raises:
             ParamsInvalid: ``offset`` is negative, past the end, or rotated
                 away (``details["start"]`` is the first offset still kept).
         """
-        return self._send(logs_request(task_id, offset, follow=False))
+        return self._send(logs_request(task_id, offset, follow=False, progress=progress))

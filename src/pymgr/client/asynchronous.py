@@ -11,9 +11,10 @@ from typing import Any, Self
 import httpx
 
 from pymgr._sse import SseParser
-from pymgr.client.api import DEFAULT_TIMEOUT_S, Api, Request, logs_request, stream_timeout
+from pymgr.client.api import DEFAULT_TIMEOUT_S, Api, Request, events_request, logs_request, stream_timeout
 from pymgr.client.replies import connection_failed, decode
 from pymgr.client.target import security_options
+from pymgr.keeper.progress import ProgressLineFilter
 
 
 class AsyncClient(Api[Awaitable[Any]]):
@@ -46,21 +47,33 @@ class AsyncClient(Api[Awaitable[Any]]):
             return response.content
         return decode(response, self._target)
 
-    async def follow_logs(self, task_id: str | int, offset: int = 0) -> AsyncIterator[bytes]:
+    async def follow_logs(
+        self, task_id: str | int, offset: int = 0, progress: bool = True
+    ) -> AsyncIterator[bytes]:
         """As ``Client.follow_logs``: ``async for chunk in client.follow_logs(3)``."""
+        lines = None if progress else ProgressLineFilter()
         while True:
             got = 0
             async for chunk in self._stream(logs_request(task_id, offset, follow=True)):
                 got += len(chunk)
                 offset += len(chunk)
-                yield chunk
+                if kept := chunk if lines is None else lines.feed(chunk):
+                    yield kept
             if not got:
+                if lines is not None and (rest := lines.flush()):
+                    yield rest
                 return
 
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
-        """As ``Client.events``: ``async for event in client.events()``."""
+    async def events(
+        self,
+        task: int | None = None,
+        type: str | None = None,
+        key: str | None = None,
+        since: int | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """As ``Client.events``: ``async for event in client.events(task=3)``."""
         parser = SseParser()
-        async for chunk in self._stream(Request("GET", "/v1/events")):
+        async for chunk in self._stream(events_request(task, type, key, since)):
             for event in parser.feed(chunk):
                 yield event
 

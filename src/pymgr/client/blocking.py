@@ -11,9 +11,10 @@ from typing import Any, Self
 import httpx
 
 from pymgr._sse import SseParser
-from pymgr.client.api import DEFAULT_TIMEOUT_S, Api, Request, logs_request, stream_timeout
+from pymgr.client.api import DEFAULT_TIMEOUT_S, Api, Request, events_request, logs_request, stream_timeout
 from pymgr.client.replies import connection_failed, decode
 from pymgr.client.target import security_options
+from pymgr.keeper.progress import ProgressLineFilter
 
 
 class Client(Api[Any]):
@@ -56,29 +57,55 @@ class Client(Api[Any]):
             return response.content
         return decode(response, self._target)
 
-    def follow_logs(self, task_id: str | int, offset: int = 0) -> Iterator[bytes]:
+    def follow_logs(self, task_id: str | int, offset: int = 0, progress: bool = True) -> Iterator[bytes]:
         """A task's output from ``offset`` on, as it is written, until the task has ended.
+
+        Args:
+            progress: False leaves out the ``PYMGR_PROGRESS`` lines (``offset``
+                is taken to start a line).
 
         Raises:
             ParamsInvalid: as ``logs``; also when the daemon rotated bytes away
                 before this reader got them (``details["start"]``).
         """
+        # Filtered here, not by the daemon: the offset to resume from counts the log's own bytes.
+        lines = None if progress else ProgressLineFilter()
         while True:  # a stream ends when the task ended, or when it fell behind a rotation: ask again
             got = 0
             for chunk in self._stream(logs_request(task_id, offset, follow=True)):
                 got += len(chunk)
                 offset += len(chunk)
-                yield chunk
+                if kept := chunk if lines is None else lines.feed(chunk):
+                    yield kept
             if not got:
+                if lines is not None and (rest := lines.flush()):
+                    yield rest
                 return
 
-    def events(self) -> Iterator[dict[str, Any]]:
+    def events(
+        self,
+        task: int | None = None,
+        type: str | None = None,
+        key: str | None = None,
+        since: int | None = None,
+    ) -> Iterator[dict[str, Any]]:
         """Task events as they happen (``GET /v1/events``), heartbeats included.
 
-        Each is ``{"event", "id", "data"}``.
+        Each is ``{"id", "kind", "time", "data"}`` (and ``event``, the same as
+        ``kind``). The stream opens with a ``state`` event of each matching
+        active run (of run ``task`` even if it ended), so the end of a run is
+        never missed.
+
+        Args:
+            task, type, key: only the events of these runs (AND).
+            since: resume after this event ``id`` (a ``reset`` event and the
+                current state when the daemon no longer holds what came after).
+
+        Raises:
+            NotFound: no run ``task``.
         """
         parser = SseParser()
-        for chunk in self._stream(Request("GET", "/v1/events")):
+        for chunk in self._stream(events_request(task, type, key, since)):
             yield from parser.feed(chunk)
 
     def _stream(self, request: Request) -> Iterator[bytes]:

@@ -153,6 +153,9 @@ class TasksConfig(Section):
     events_heartbeat_s: float = Field(15.0, gt=0)
     #: Events buffered per /v1/events subscriber; a slower one loses the oldest and gets a "gap" event.
     events_queue_size: int = Field(1000, ge=1)
+    #: Events the daemon keeps for a reconnecting /v1/events stream (Last-Event-ID) to catch up from;
+    #: one that missed older ones gets a "reset" event and the current state instead.
+    events_history: int = Field(1000, ge=1)
     #: Seconds between two reads of a followed log (logs?follow=true) looking for new output.
     log_follow_poll_s: float = Field(0.1, gt=0)
     #: Seconds between two writes of the runs' latest progress to the store (events carry each update at

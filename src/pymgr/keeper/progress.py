@@ -13,6 +13,11 @@ Rules:
   only). Its cost is a C-level search for the word per chunk, so a task
   writing 100 MB/s of ordinary output costs almost nothing here; at most
   ``MAX_LINE_BYTES`` of one unfinished candidate line is held.
+- ``ProgressLineFilter`` removes the progress lines from output read in
+  chunks (a log read with ``progress=false``), by the same rule: a whole
+  line that ``parse_line`` takes goes, with its newline; an unfinished
+  last line is held only while it may still become one (at most
+  ``MAX_LINE_BYTES``), and ``flush`` hands it back as it is.
 - Standard library only: the keeper imports this.
 """
 
@@ -35,6 +40,9 @@ MAX_LINE_BYTES: Final = 4096
 
 #: Longest message kept: what fits in a status line of a web page.
 MAX_MESSAGE_CHARS: Final = 200
+
+#: A line that starts with the word: the ones ``ProgressLineFilter`` looks at.
+_CANDIDATE_LINE: Final = re.compile(rb"^(PYMGR_PROGRESS[^\n]*)\n", re.MULTILINE)
 
 #: A progress report: the percentage and the message (or None).
 Progress = tuple[float, str | None]
@@ -90,3 +98,49 @@ class ProgressScanner:
             self._held = tail  # the word itself may be cut by the chunk boundary
         self._at_line_start = not tail and tail_at_start
         return latest
+
+
+class ProgressLineFilter:
+    """Output without its progress lines, chunk by chunk (see the module rules).
+
+    Args:
+        at_line_start: the first chunk starts a line (False when a read
+            starts in the middle of one: that line is passed as it is).
+    """
+
+    def __init__(self, at_line_start: bool = True) -> None:
+        #: The start of the unfinished last line, held while it may be a progress line.
+        self._held = b""
+        #: The next byte continues a line that is not a progress line.
+        self._mid_line = not at_line_start
+
+    @property
+    def held(self) -> int:
+        """Bytes held back: the unfinished line that may still be a progress line."""
+        return len(self._held)
+
+    def feed(self, data: bytes) -> bytes:
+        """The bytes of ``data`` (and of what was held) that are not progress lines, as far as known."""
+        data, self._held = self._held + data, b""
+        head = b""
+        if self._mid_line:
+            newline = data.find(b"\n")
+            if newline < 0:
+                return data
+            head, data = data[: newline + 1], data[newline + 1 :]
+        last_newline = data.rfind(b"\n")
+        body, tail = data[: last_newline + 1], data[last_newline + 1 :]
+        if tail and len(tail) <= MAX_LINE_BYTES and (tail.startswith(WORD) or WORD.startswith(tail)):
+            self._held, tail = tail, b""
+        self._mid_line = bool(tail)
+        return head + _CANDIDATE_LINE.sub(_unless_progress, body) + tail
+
+    def flush(self) -> bytes:
+        """What is held, as it is: a last line without its newline is output, never progress."""
+        held, self._held = self._held, b""
+        self._mid_line = bool(held)
+        return held
+
+
+def _unless_progress(match: re.Match[bytes]) -> bytes:
+    return b"" if parse_line(match.group(1)) is not None else match.group(0)

@@ -19,6 +19,7 @@ from pymgr.core.identity import Identity
 from pymgr.core.registry import Module, action
 from pymgr.config import TasksConfig
 from pymgr.errors import ParamsInvalid, Unavailable
+from pymgr.keeper.progress import ProgressLineFilter
 from pymgr.tasks.events import RECENT_EVENTS
 from pymgr.tasks.manager import MAX_KEY_CHARS, TaskManager
 from pymgr.tasks.states import ACTIVE
@@ -118,26 +119,65 @@ class Tasks(Module):
         id: int,
         offset: int = 0,
         limit: Annotated[int, Field(ge=0, le=MAX_LOG_READ_BYTES)] = DEFAULT_LOG_READ_BYTES,
+        progress: bool = True,
     ) -> dict[str, Any]:
-        """Up to ``limit`` bytes of a run's output from logical ``offset`` (text; GET /v1/tasks/ID/logs gives raw bytes and follows)."""
+        """Up to ``limit`` bytes of a run's output from logical ``offset`` (text; GET /v1/tasks/ID/logs gives raw bytes and follows).
+
+        ``progress=false`` leaves the ``PYMGR_PROGRESS`` lines out; ``next_offset`` still counts
+        the log's bytes (it stops before an unfinished line that may be one: the next read has it).
+        """
         record = self.manager.get(id)
+        ended = record.state not in ACTIVE
         data, span = self.manager.logs.read(record.id, offset, limit)
+        next_offset = offset + len(data)
+        if not progress:
+            data, next_offset = self._without_progress(
+                record.id, offset, data, ended and next_offset == span.end
+            )
         return {
             "id": record.id,
             "offset": offset,
-            "next_offset": offset + len(data),
+            "next_offset": next_offset,
             "start": span.start,
             "end": span.end,
-            "ended": record.state not in ACTIVE,
+            "ended": ended,
             "data": data.decode("utf-8", "replace"),
         }
 
+    def _without_progress(self, task_id: int, offset: int, data: bytes, final: bool) -> tuple[bytes, int]:
+        """``data`` without progress lines, and the offset to read on from.
+
+        An unfinished last line that may be a progress line is held back, unless it is the end of
+        an ended run's log (it never will be one) or all there is (a ``limit`` shorter than the line).
+        """
+        lines = ProgressLineFilter(self.manager.logs.starts_line(task_id, offset))
+        kept = lines.feed(data)
+        next_offset = offset + len(data)
+        if lines.held and (final or not kept):
+            kept += lines.flush()
+        else:
+            next_offset -= lines.held
+        return kept, next_offset
+
     @action(read_only=True)
     async def events(
-        self, limit: Annotated[int, Field(ge=0, le=RECENT_EVENTS)] = RECENT_EVENTS
+        self,
+        limit: Annotated[int, Field(ge=0, le=RECENT_EVENTS)] = RECENT_EVENTS,
+        since: Annotated[int | None, Field(ge=0)] = None,
     ) -> list[dict[str, Any]]:
-        """The latest task events, oldest first (GET /v1/events streams them live)."""
-        return [event.to_dict() for event in self.manager.events.recent(limit)]
+        """The latest task events, oldest first (GET /v1/events streams them live).
+
+        With ``since``: the first ``limit`` events after that id (poll on from the last one's id);
+        if some of them are no longer held, a ``reset`` event comes first (as on the stream).
+        """
+        hub = self.manager.events
+        if since is None:
+            return [event.to_dict() for event in hub.recent(limit)]
+        missed = hub.since(since)
+        if missed is not None:
+            return [event.to_dict() for event in missed[:limit]]
+        held = hub.recent(hub.held)[:limit]
+        return [hub.reset(since).to_dict(), *(event.to_dict() for event in held)]
 
 
 #: What each action of this module is to the policy (``auth/policy.py``): the

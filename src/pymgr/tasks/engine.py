@@ -75,7 +75,7 @@ def build_engine(
 ) -> Engine:
     """Make and join the objects of the daemon side for ``state_dir``."""
     log_dir = state_dir / "logs"
-    events = EventHub(config.events_queue_size)
+    events = EventHub(config.events_queue_size, config.events_history)
     logs = LogReader(log_dir)
     queue = RunQueue(hooks.limit)
     table = RunTable(store, queue, clock, on_deadline=hooks.deadline_passed)

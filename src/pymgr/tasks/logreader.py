@@ -140,6 +140,16 @@ class LogReader:
             raise _Rotated()  # the current file was rotated while we read it
         return b"".join(chunks)
 
+    def starts_line(self, task_id: int, offset: int) -> bool:
+        """Whether byte ``offset`` starts a line (True when the byte before was rotated away: unknowable)."""
+        if offset <= 0:
+            return True
+        try:
+            before, _ = self.read(task_id, offset - 1, 1)
+        except ParamsInvalid:
+            return True
+        return before == b"\n"
+
     async def follow(
         self, task_id: int, offset: int, *, running: Callable[[], bool], poll_s: float
     ) -> AsyncGenerator[bytes]:

@@ -93,6 +93,27 @@ _MODULES_QUERY = [
 _LOG_QUERY = [
     {"name": "offset", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
     {"name": "follow", "in": "query", "required": False, "schema": {"type": "boolean"}},
+    {
+        "name": "progress",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "boolean", "default": True},
+        "description": "false: without the PYMGR_PROGRESS lines",
+    },
+]
+_ID = {"type": "integer", "minimum": 1}
+_EVENTS_QUERY = [
+    {"name": "task", "in": "query", "required": False, "schema": _ID, "description": "only this run"},
+    {"name": "type", "in": "query", "required": False, "schema": {"type": "string", "minLength": 1}},
+    {"name": "key", "in": "query", "required": False, "schema": {"type": "string", "minLength": 1}},
+    {
+        "name": "since",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 0},
+        "description": "resume after this event id (the Last-Event-ID header wins)",
+    },
+    {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "integer", "minimum": 0}},
 ]
 
 
@@ -159,8 +180,9 @@ def _fixed_routes() -> dict[str, Any]:
             "parameters": [_TASK_ID],
         },
         "/v1/events": get(
-            "Server-sent events: state, progress, heartbeat, gap",
+            "Server-sent events: state, progress, heartbeat, gap, reset; opens with the matching runs' state",
             {"description": "A stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            parameters=_EVENTS_QUERY,
         ),
         "/metrics": get("Counters and gauges in the Prometheus text format (the metrics module)", text),
     }

@@ -34,7 +34,7 @@ from pymgr.transport.http.messages import Reply, Request, Stream, error_reply
 from pymgr.transport.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from pymgr.transport.http.metrics import render as render_metrics
 from pymgr.transport.http import openapi
-from pymgr.transport.http.streams import QUERY_BOOLEANS, StreamSource, log_query
+from pymgr.transport.http.streams import QUERY_BOOLEANS, StreamSource, event_query, log_query
 
 log = logging.getLogger("pymgr.http")
 
@@ -121,10 +121,7 @@ class HttpApp:
             return await self._tasks(method, route[1:], request, identity)
         if route == ["events"]:
             _allow(method, "GET", request)
-            await self._call(
-                "tasks", "events", {"limit": 0}, identity
-            )  # the policy's say, as for tasks.events
-            return 200, Stream(b"text/event-stream", self._streams().events())
+            return 200, await self._events(request, identity)
         raise NotFound(f"no route {request.path}; see GET /v1/modules and docs/api.md")
 
     async def _tasks(
@@ -151,18 +148,27 @@ class HttpApp:
             return 202, await self._call("tasks", "stop", {"id": task_id}, identity)
         if rest[1:] == ["logs"]:
             _allow(method, "GET", request)
-            offset, follow = log_query(request.query)
+            offset, follow, progress = log_query(request.query)
             # The action checks policy, the id and the offset (limit 0: nothing read yet).
             span = await self._call("tasks", "logs", {"id": task_id, "offset": offset, "limit": 0}, identity)
             headers = [
                 (b"x-pymgr-log-start", str(span["start"]).encode()),
                 (b"x-pymgr-log-end", str(span["end"]).encode()),
             ]
-            chunks = self._streams().task_log(span["id"], span["offset"], follow)
+            chunks = self._streams().task_log(span["id"], span["offset"], follow, progress)
             return 200, Stream(b"text/plain; charset=utf-8", chunks, headers)
         raise NotFound(
             f"no route {request.path}; task routes: /v1/tasks, /v1/tasks/ID, /v1/tasks/ID/stop, /v1/tasks/ID/logs"
         )
+
+    async def _events(self, request: Request, identity: Identity) -> Stream:
+        """The event stream, once the query is checked and the policy has had its say (as for tasks.events)."""
+        query = event_query(request.query, request.headers)
+        await self._call("tasks", "events", {"limit": 0}, identity)
+        if query.task is not None:  # a run that does not exist is a 404 before the stream starts
+            await self._call("tasks", "show", {"id": query.task}, identity)
+        events = self._streams().events(task=query.task, type=query.type, key=query.key, since=query.since)
+        return Stream(b"text/event-stream", events)
 
     def _modules(self, request: Request) -> list[dict[str, Any]]:
         """Every module and action, each marked with whether this caller may call it (``auth/listing.py``).
