@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import abc
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from urllib.parse import quote
 
 import httpx
 
-from pymgr.client.target import Target
+from pymgr.client.target import Target, security_options
 
 #: Seconds to wait for a reply by default: long enough for a slow action,
 #: short enough that a wedged daemon does not hang a web request forever.
@@ -85,11 +86,30 @@ def _call_params(params: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> di
 class Api(abc.ABC, Generic[R]):
     """The API's methods, written once; ``R`` is what ``_send`` returns."""
 
-    def __init__(self, socket: str | Path | None, url: str | None, timeout_s: float) -> None:
+    def __init__(
+        self,
+        socket: str | Path | None = None,
+        url: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        *,
+        key_id: str | None = None,
+        secret: str | bytes | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, not {timeout_s!r}")
         self._target = Target.choose(socket, url)
         self._timeout_s = timeout_s
+        options = self._target.httpx_options(self._transport_class(), timeout_s)
+        self._open({**options, **security_options(self._target, key_id, secret, tls)})
+
+    @abc.abstractmethod
+    def _transport_class(self) -> type[Any]:
+        """The httpx transport class of this client's I/O (``HTTPTransport`` or ``AsyncHTTPTransport``)."""
+
+    @abc.abstractmethod
+    def _open(self, options: dict[str, Any]) -> None:
+        """Make the httpx client that does this client's I/O, from ``options``."""
 
     def __repr__(self) -> str:
         where = f"socket={str(self._target.socket)!r}" if self._target.socket else f"url={self._target.url!r}"

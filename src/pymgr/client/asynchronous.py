@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import AsyncIterator, Awaitable
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import httpx
 
 from pymgr._sse import SseParser
-from pymgr.client.api import DEFAULT_TIMEOUT_S, Api, Request, events_request, logs_request, stream_timeout
+from pymgr.client.api import Api, Request, events_request, logs_request, stream_timeout
 from pymgr.client.replies import connection_failed, decode
-from pymgr.client.target import security_options
 from pymgr.keeper.progress import ProgressLineFilter
 
 
@@ -24,19 +21,11 @@ class AsyncClient(Api[Awaitable[Any]]):
     awaitable, and ``close()`` is awaited too.
     """
 
-    def __init__(
-        self,
-        socket: str | Path | None = None,
-        url: str | None = None,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-        *,
-        key_id: str | None = None,
-        secret: str | bytes | None = None,
-        tls: ssl.SSLContext | None = None,
-    ) -> None:
-        super().__init__(socket, url, timeout_s)
-        options = self._target.httpx_options(httpx.AsyncHTTPTransport, timeout_s)
-        self._http = httpx.AsyncClient(**options, **security_options(self._target, key_id, secret, tls))
+    def _transport_class(self) -> type[httpx.AsyncHTTPTransport]:
+        return httpx.AsyncHTTPTransport
+
+    def _open(self, options: dict[str, Any]) -> None:
+        self._http = httpx.AsyncClient(**options)
 
     async def _send(self, request: Request) -> Any:
         try:
