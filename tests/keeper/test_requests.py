@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -9,6 +10,7 @@ from pymgr.keeper import requests
 from pymgr.keeper.loop import Keeper
 from pymgr.keeper.journal import status_entry
 from pymgr.protocol.keeper import Exit, News, SpawnFailed
+from tests.protocol.test_keeper import _EXIT as EXIT
 
 SPAWN = {
     "op": "spawn",
@@ -32,20 +34,7 @@ class StandIn:
 
 
 def exit_entry(task_id: int) -> dict[str, Any]:
-    status = Exit(
-        id=task_id,
-        pid=10,
-        start_time=20,
-        boot_id="b",
-        started_at=1.0,
-        ended_at=2.0,
-        exit_code=0,
-        signal=None,
-        error=None,
-        killed=False,
-        progress=None,
-    )
-    return status_entry(status)
+    return status_entry(dataclasses.replace(EXIT, id=task_id))
 
 
 def test_a_spawn_of_a_run_that_already_ended_gets_its_exit_again() -> None:
