@@ -242,6 +242,7 @@ def test_the_log_is_followed_live_until_a_stop_ends_the_run(app: App) -> None:
 
 def test_the_fastapi_app_relays_events_and_resumes_after_the_last_id(web: Web) -> None:
     app = web.apps["fastapi"]
+    _error(app.http.get("/scans/999999/events"), 404, "not_found")  # the status, not an error in a stream
     view = app.http.post("/scans", json={"task_id": 120, "duration": 1.0}).json()
     events = _sse(app.http, f"/scans/{view['id']}/events")
     assert events[-1]["event"] == "state" and events[-1]["data"]["state"] == "succeeded"
@@ -294,6 +295,10 @@ def test_a_denied_action_is_403_as_json_or_a_page(app: App) -> None:
     page = app.http.post("/actions/metrics/snapshot", json={}, headers={"Accept": "text/html"})
     assert page.status_code == 403 and page.headers["content-type"].startswith("text/html")
     assert "<h1>403</h1>" in page.text
+
+
+def test_a_start_without_a_scan_number_is_400(app: App) -> None:
+    assert app.http.post("/scans", json={"duration": 1}).status_code in (400, 422)  # FastAPI says 422
 
 
 def test_an_unknown_task_is_404(app: App) -> None:

@@ -22,6 +22,7 @@ decides what this app (the user it runs as) may do.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -33,6 +34,8 @@ from pydantic import BaseModel, Field
 
 from pymgr.client import AsyncClient, ConnectionFailed
 from pymgr.errors import PymgrError, RateLimited
+
+log = logging.getLogger("uvicorn.error")  # uvicorn prints this logger's lines
 
 PAGE = Path(__file__).with_name("page.html")
 #: A run in one of these states has ended: its event stream and log stop there.
@@ -112,6 +115,7 @@ async def pymgr_error(request: Request, exc: PymgrError) -> Response:
     if isinstance(exc, ConnectionFailed):
         # Say what is wrong without the socket path: that is for the server's log.
         status, message = 503, "the task service is not running; try again in a minute"
+        log.error("pymgr: %s", exc)
     else:
         status = exc.http_status if exc.http_status in PASSED_ON else 502
         message = exc.message

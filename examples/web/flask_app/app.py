@@ -126,7 +126,7 @@ def create_app() -> Flask:
         try:
             task_id, duration = int(body["task_id"]), float(body.get("duration", 10))
         except (KeyError, TypeError, ValueError):
-            abort(400, "send {task_id: int, duration: seconds}")
+            return {"error": "bad_params", "message": "send {task_id: int, duration: seconds}"}, 400
         # The key makes the start idempotent: a double click, a retried request or a
         # second browser tab gets the run already going instead of a second one.
         params = {"task_id": task_id, "duration": duration}
