@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import tomllib
@@ -340,3 +341,26 @@ def test_a_daemon_down_is_503_then_a_rate_limit_is_429_with_retry_after(web: Web
         response = wait_for(lambda app=app: (r := app.http.get("/actions")).status_code == 429 and r, 10)
         _error(response, 429, "rate_limited")
         assert 1 <= int(response.headers["Retry-After"]) <= 20
+
+
+# ---------------------------------------------------------------- the guide shows the apps' own code
+
+
+GUIDE = REPO / "docs" / "web-apps.md"
+
+
+def test_every_line_of_code_in_the_guide_is_in_an_app() -> None:
+    sources = "\n".join(path.read_text() for path in WEB.rglob("*.py"))
+    app_lines = {line.strip() for line in sources.splitlines()}
+    blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), flags=re.S)
+    assert blocks
+    for block in blocks:
+        for line in block.splitlines():
+            assert line.strip() in app_lines | {"", "..."}, f"not in examples/web: {line!r}"
+
+
+def test_every_file_the_guide_links_exists() -> None:
+    links = re.findall(r"\]\((\.\./examples/[^)#]+)\)", GUIDE.read_text())
+    assert links
+    for link in links:
+        assert (GUIDE.parent / link).exists(), link
