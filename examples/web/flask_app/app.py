@@ -16,6 +16,12 @@ What it shows:
 
 The browser never talks to the daemon: it talks to this app, and the daemon
 decides what this app (the user it runs as) may do.
+
+What it needs from the daemon: its user may connect to the socket (the
+socket's group, ``[http] socket_group``, or the daemon's own user), and a
+policy rule lets that user call ``demo.*`` and ``tasks.read``, and
+``tasks.start:scan``, ``tasks.stop:scan``, ``tasks.logs:scan``: the "web back
+end" rule of examples/demo.toml, for ``group:www-data``.
 """
 
 from __future__ import annotations

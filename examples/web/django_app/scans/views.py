@@ -2,6 +2,12 @@
 
 Each view calls the daemon through the process's one client (``client.pymgr``)
 and lets a pymgr error propagate: ``errors.PymgrErrorMiddleware`` answers it.
+
+What it needs from the daemon: its user may connect to the socket (the
+socket's group, ``[http] socket_group``, or the daemon's own user), and a
+policy rule lets that user call ``demo.*`` and ``tasks.read``, and
+``tasks.start:scan``, ``tasks.stop:scan``, ``tasks.logs:scan``: the "web back
+end" rule of examples/demo.toml, for ``group:www-data``.
 """
 
 from __future__ import annotations
