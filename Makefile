@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= examples/demo.toml
 
-.PHONY: run test venv system-deps clean bench
+.PHONY: run test venv web-venv system-deps clean bench
 
 # System tools the end-to-end tests drive for real (curl, setpriv; systemd's
 # socket activator and unit checker, which work without systemd as PID 1).
@@ -43,7 +43,21 @@ system-deps:
 PUBLIC_API := src/pymgr/__init__.py src/pymgr/errors.py src/pymgr/core/identity.py \
 	src/pymgr/core/registry.py src/pymgr/_sse.py src/pymgr/client
 
-test: $(VENV)/.test-installed system-deps
+# The example web apps (examples/web/, docs/web-apps.md) in a venv of their own:
+# the light client (pymgr without its daemon extra) and their requirements files,
+# nothing else, so that the tests that run them (tests/test_web_apps.py) prove it is enough.
+# `-e .` satisfies the `pymgr` line of each requirements file.
+WEB_VENV := .venv-web
+WEB_REQUIREMENTS := $(wildcard examples/web/*/requirements.txt)
+
+$(WEB_VENV)/.installed: pyproject.toml $(WEB_REQUIREMENTS)
+	$(PYTHON) -m venv $(WEB_VENV)
+	$(WEB_VENV)/bin/pip install -q -e . $(addprefix -r ,$(WEB_REQUIREMENTS))
+	touch $@
+
+web-venv: $(WEB_VENV)/.installed
+
+test: $(VENV)/.test-installed $(WEB_VENV)/.installed system-deps
 	$(BIN)/ruff check src tests examples
 	$(BIN)/mypy
 	$(BIN)/mypy --strict $(PUBLIC_API)
@@ -71,4 +85,4 @@ bench: $(BENCH_VENV)/.installed
 	done; exit $$status
 
 clean:
-	rm -rf $(VENV) var build src/*.egg-info
+	rm -rf $(VENV) $(WEB_VENV) var build src/*.egg-info

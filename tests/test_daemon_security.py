@@ -339,6 +339,7 @@ def test_rate_limit_per_identity_with_retry_after(start_daemon: Callable[..., Da
         ) as info:
             c.call("demo", "echo")
     assert info.value.details == {"retry_after_s": 2} and info.value.http_status == 429
+    assert info.value.retry_after_s == 2
     with httpx.Client(transport=httpx.HTTPTransport(uds=str(daemon.socket)), base_url="http://pymgr") as raw:
         r = raw.get("/v1/health")
     assert r.status_code == 429 and r.headers["retry-after"] == "2"

@@ -112,11 +112,21 @@ class TooLarge(PymgrError):
 
 
 class RateLimited(PymgrError):
-    """The caller sent too many requests; ``details.retry_after_s`` says when to retry."""
+    """The caller sent too many requests; ``retry_after_s`` says when to retry."""
 
     code = "rate_limited"
     http_status = 429
     legacy_code = 7
+
+    @property
+    def retry_after_s(self) -> int | None:
+        """Whole seconds to wait before retrying (the reply's ``Retry-After``), if the daemon said.
+
+        The per-identity rate limit always says; a limit that counts runs at
+        once (a command's ``max_queued``) has no time to give, and this is None.
+        """
+        value = (self.details or {}).get("retry_after_s")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class Unavailable(PymgrError):
