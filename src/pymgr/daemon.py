@@ -47,6 +47,7 @@ from pymgr.tasks.statedir import prepare_state_dir
 from pymgr.tasks.manager import TaskManager
 from pymgr.tasks.streams import TaskStreams
 from pymgr.transport.conncount import ConnectionCounter
+from pymgr.auth.delegation import Delegation
 from pymgr.transport.http.guard import GuardedApp
 from pymgr.transport.http.limits import HttpLimits
 from pymgr.transport.http.messages import Handler
@@ -188,7 +189,12 @@ def _http_app(
 ) -> GuardedApp:
     """The API's routes behind the edge's guard (who is calling, limits, signatures)."""
     routes = HttpApp(dispatcher, version=pymgr.__version__, streams=TaskStreams(tasks, stop))
-    return GuardedApp(routes, edge=security.edge, verifier=security.verifier)
+
+    def delegation() -> Delegation | None:
+        policy = dispatcher.policy
+        return None if policy is None else policy.delegation
+
+    return GuardedApp(routes, edge=security.edge, verifier=security.verifier, delegation=delegation)
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:
