@@ -38,6 +38,7 @@ from pymgr.core.loader import module_classes
 from pymgr.core.registry import ModuleContext, Registry, RegistryError
 from pymgr.errors import Unavailable
 from pymgr.metrics import Metrics
+from pymgr.modules.audit import AuditModule
 from pymgr.modules.commands import command_modules
 from pymgr.auth.pipeline import GuardedDispatcher
 from pymgr.security import Security, SecurityError, build_security
@@ -80,6 +81,7 @@ def build_registry(config: Config, tasks: TaskManager, metrics: Metrics | None =
         registry.add(cls(context))
     for module in command_modules(config.commands, tasks.cgroups):  # [commands.NAME]: actions with no Python
         registry.add(module)
+    registry.add(AuditModule(config.audit))  # every daemon: audit.read is the policy's to allow
     return registry
 
 

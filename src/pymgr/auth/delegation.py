@@ -30,7 +30,7 @@ Rules:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from pymgr.auth._policysyntax import Subject, describe_identity, parse_subject, subject_matches
 from pymgr.auth.policyconfig import ROLE_PATTERN, PolicyConfig
@@ -43,7 +43,6 @@ HEADER_ON_BEHALF_OF = "X-Pymgr-On-Behalf-Of"
 HEADER_ROLES = "X-Pymgr-Roles"
 _ON_BEHALF_OF = HEADER_ON_BEHALF_OF.lower().encode()
 _ROLES = HEADER_ROLES.lower().encode()
-_PREFIX = b"x-pymgr-"
 #: A person's name: what login names, e-mail addresses and LDAP uids are made of; no ':' (a subject's
 #: separator), no '/', no space, no control or non-ASCII character (which a log or a terminal could misread).
 PERSON_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]*$"
@@ -85,8 +84,8 @@ class Delegation:
             if roles_text is not None:
                 raise MalformedRequest(f"{HEADER_ROLES} without {HEADER_ON_BEHALF_OF}: roles are a person's")
             return identity
-        who = describe_identity(identity)
         if identity.transport != "unix":
+            who = describe_identity(identity)
             raise Forbidden(
                 f"{HEADER_ON_BEHALF_OF} is served on the Unix socket only ({who} called over "
                 f"{identity.transport}); send the request without it",
@@ -96,6 +95,7 @@ class Delegation:
             (d for d in self._delegates if subject_matches(d.subject, identity, self._owner_uid)), None
         )
         if delegate is None:
+            who = describe_identity(identity)
             raise Forbidden(
                 f"{who} is no delegate: it may not act on behalf of others ([[policy.delegates]] names who may); "
                 f"send the request without {HEADER_ON_BEHALF_OF} and {HEADER_ROLES}",
@@ -103,14 +103,20 @@ class Delegation:
             )
         self._check_name(name)
         roles = _roles(roles_text or "")
-        refused = [role for role in roles if role not in delegate.roles]
-        if refused:
-            allowed = ", ".join(sorted(delegate.roles)) or "(none)"
-            raise Forbidden(
-                f"{who} may not assert role {refused[0]!r}; its roles are: {allowed}",
-                details={"caller": who, "role": refused[0]},
-            )
-        return replace(identity, person=f"{delegate.namespace}:{name}", roles=roles)
+        if not delegate.roles.issuperset(roles):
+            raise _not_its_role(identity, delegate, roles)
+        # Built field by field: dataclasses.replace costs 9 µs here, five times this.
+        return Identity(
+            transport=identity.transport,
+            uid=identity.uid,
+            gid=identity.gid,
+            pid=identity.pid,
+            user=identity.user,
+            groups=identity.groups,
+            peer=identity.peer,
+            person=f"{delegate.namespace}:{name}",
+            roles=roles,
+        )
 
     def _check_name(self, name: str) -> None:
         if len(name) > self._max_name:
@@ -126,6 +132,15 @@ class Delegation:
             )
 
 
+def _not_its_role(identity: Identity, delegate: _Delegate, roles: tuple[str, ...]) -> Forbidden:
+    role = next(role for role in roles if role not in delegate.roles)
+    who = describe_identity(identity)
+    allowed = ", ".join(sorted(delegate.roles)) or "(none)"
+    return Forbidden(
+        f"{who} may not assert role {role!r}; its roles are: {allowed}", details={"caller": who, "role": role}
+    )
+
+
 def _headers(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
     """The two headers' values (latin-1, as sent), None where absent.
 
@@ -134,19 +149,16 @@ def _headers(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None
     """
     name = roles = None
     for key, value in headers:
-        if key[:8] != _PREFIX or key not in (_ON_BEHALF_OF, _ROLES):
-            continue
-        text = value.decode("latin-1")
         if key == _ON_BEHALF_OF:
             if name is not None:
                 raise MalformedRequest(f"{HEADER_ON_BEHALF_OF} appears more than once; send it once")
-            name = text
-        else:
+            name = value.decode("latin-1")
+        elif key == _ROLES:
             if roles is not None:
                 raise MalformedRequest(
                     f"{HEADER_ROLES} appears more than once; send the roles in one, comma-separated"
                 )
-            roles = text
+            roles = value.decode("latin-1")
     return name, roles
 
 
