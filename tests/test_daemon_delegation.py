@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -178,6 +180,18 @@ def test_a_signed_tcp_request_may_not_delegate(start_daemon: Callable[..., Daemo
         )
         assert http.post("/v1/modules/demo/whoami", json={}).status_code == 200
     wait_refused(secure, "key:ci", "forbidden", "delegation http POST /v1/modules/demo/whoami", 1)
+
+
+def test_a_sighup_swaps_the_delegates(console: Daemon) -> None:
+    assert as_person(console, "/v1/modules/demo/whoami", "alice").status_code == 200
+    (console.dir / "pymgr.toml").write_text(CONFIG.replace(f'subject = "{ME}"', 'subject = "uid:4242424"'))
+    console.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while "policy: replaced" not in console.log():
+        assert time.monotonic() < deadline, console.log()
+        time.sleep(0.05)
+    reply = as_person(console, "/v1/modules/demo/whoami", "alice")
+    assert reply.status_code == 403 and " is no delegate" in reply.json()["error"]["message"]
 
 
 # --- the audit read endpoint -----------------------------------------------------------

@@ -124,6 +124,8 @@ def test_the_decision_cache_tells_people_and_roles_apart() -> None:
         (CONSOLE, "al ice", None, MalformedRequest, r"is not a person's name"),
         (CONSOLE, "alicé", None, MalformedRequest, r"is not a person's name"),
         (CONSOLE, "alice\t", None, MalformedRequest, r"is not a person's name"),
+        (CONSOLE, "alice\n", None, MalformedRequest, r"is not a person's name"),
+        (CONSOLE, "alice", "operators\n", MalformedRequest, r"is not a role name"),
         (CONSOLE, "", None, MalformedRequest, r"is not a person's name"),
         (
             CONSOLE,

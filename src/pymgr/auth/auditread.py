@@ -87,7 +87,7 @@ def parse_cursor(text: str) -> tuple[int, int]:
     Raises:
         ValueError: not of that form.
     """
-    match = _CURSOR.match(text)
+    match = _CURSOR.fullmatch(text)
     if match is None:
         raise ValueError(f"{text[:80]!r} is not a cursor; give back a page's next as it came (INODE-OFFSET)")
     return int(match[1]), int(match[2])

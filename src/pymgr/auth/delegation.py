@@ -30,7 +30,7 @@ Rules:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pymgr.auth._policysyntax import Subject, describe_identity, parse_subject, subject_matches
 from pymgr.auth.policyconfig import ROLE_PATTERN, PolicyConfig
@@ -105,18 +105,7 @@ class Delegation:
         roles = _roles(roles_text or "")
         if not delegate.roles.issuperset(roles):
             raise _not_its_role(identity, delegate, roles)
-        # Built field by field: dataclasses.replace costs 9 µs here, five times this.
-        return Identity(
-            transport=identity.transport,
-            uid=identity.uid,
-            gid=identity.gid,
-            pid=identity.pid,
-            user=identity.user,
-            groups=identity.groups,
-            peer=identity.peer,
-            person=f"{delegate.namespace}:{name}",
-            roles=roles,
-        )
+        return replace(identity, person=f"{delegate.namespace}:{name}", roles=roles)
 
     def _check_name(self, name: str) -> None:
         if len(name) > self._max_name:
@@ -125,7 +114,7 @@ class Delegation:
                 f"{self._max_name}",
                 details={"limit": self._max_name, "size": len(name)},
             )
-        if not _PERSON_NAME.match(name):
+        if not _PERSON_NAME.fullmatch(name):  # fullmatch: "$" alone lets a trailing newline through
             raise MalformedRequest(
                 f"{HEADER_ON_BEHALF_OF} {name!r} is not a person's name: ASCII letters, digits and . _ @ -, "
                 "starting with a letter or digit"
@@ -172,7 +161,7 @@ def _roles(text: str) -> tuple[str, ...]:
         return ()
     roles = tuple(item.strip(" \t") for item in text.split(","))
     for index, role in enumerate(roles):
-        if not _ROLE.match(role):  # checked before it is named in a message: at most 64 characters then
+        if not _ROLE.fullmatch(role):  # checked before it is named in a message: at most 64 characters then
             raise MalformedRequest(
                 f"{HEADER_ROLES} holds {role[:64]!r}, which is not a role name (letters, digits, . _ -); "
                 "write roles as a,b"
