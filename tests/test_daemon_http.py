@@ -63,7 +63,7 @@ def test_health_modules_and_echo_through_curl(daemon: Daemon) -> None:
     assert body["result"]["pid"] == daemon.proc.pid
     status, body = curl(daemon, "/v1/modules")
     names = {m["name"] for m in body["result"]}
-    assert names == {"demo", "tasks", "SCAN_MODULE"}
+    assert names == {"audit", "demo", "tasks", "SCAN_MODULE"}  # audit: every daemon serves it
     status, body = curl(daemon, "/v1/modules/demo/echo", "-d", '{"greeting": "hi", "n": [1, 2]}')
     assert (status, body) == (200, {"ok": True, "result": {"greeting": "hi", "n": [1, 2]}})
 

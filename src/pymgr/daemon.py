@@ -38,6 +38,7 @@ from pymgr.core.loader import module_classes
 from pymgr.core.registry import ModuleContext, Registry, RegistryError
 from pymgr.errors import Unavailable
 from pymgr.metrics import Metrics
+from pymgr.modules.audit import AuditModule
 from pymgr.modules.commands import command_modules
 from pymgr.auth.pipeline import GuardedDispatcher
 from pymgr.security import Security, SecurityError, build_security
@@ -47,6 +48,7 @@ from pymgr.tasks.statedir import prepare_state_dir
 from pymgr.tasks.manager import TaskManager
 from pymgr.tasks.streams import TaskStreams
 from pymgr.transport.conncount import ConnectionCounter
+from pymgr.auth.delegation import Delegation
 from pymgr.transport.http.guard import GuardedApp
 from pymgr.transport.http.limits import HttpLimits
 from pymgr.transport.http.messages import Handler
@@ -79,6 +81,7 @@ def build_registry(config: Config, tasks: TaskManager, metrics: Metrics | None =
         registry.add(cls(context))
     for module in command_modules(config.commands, tasks.cgroups):  # [commands.NAME]: actions with no Python
         registry.add(module)
+    registry.add(AuditModule(config.audit))  # every daemon: audit.read is the policy's to allow
     return registry
 
 
@@ -188,7 +191,12 @@ def _http_app(
 ) -> GuardedApp:
     """The API's routes behind the edge's guard (who is calling, limits, signatures)."""
     routes = HttpApp(dispatcher, version=pymgr.__version__, streams=TaskStreams(tasks, stop))
-    return GuardedApp(routes, edge=security.edge, verifier=security.verifier)
+
+    def delegation() -> Delegation | None:
+        policy = dispatcher.policy
+        return None if policy is None else policy.delegation
+
+    return GuardedApp(routes, edge=security.edge, verifier=security.verifier, delegation=delegation)
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:

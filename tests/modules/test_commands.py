@@ -221,7 +221,7 @@ async def test_a_module_name_from_config_and_the_schema_clients_see() -> None:
         ),
         (
             {"argv": ["/bin/id"], "module": "tasks"},
-            r"module 'tasks' is the name of a module from code \(SCAN_MODULE, demo, "
+            r"module 'tasks' is the name of a module from code \(SCAN_MODULE, audit, demo, "
             r"metrics, tasks\); a command needs a module name of its own",
         ),
         (

@@ -5,7 +5,10 @@ says what each word means (docs/security.md, "Policy", is the same in prose):
 
 - Subjects: ``user:NAME``, ``uid:N``, ``group:NAME`` (Unix-socket callers),
   ``key:ID``, ``cert:CN``, ``legacy``, ``owner`` (the daemon's own uid on the
-  Unix socket) and ``any`` (every caller but a legacy one).
+  Unix socket) and ``any`` (every caller but a legacy one); for a person a
+  delegate acts for (``auth/delegation.py``), ``NAMESPACE:NAME`` (a delegate's
+  namespace) and ``role:NAME``, and nothing else: a person never matches the
+  delegate's own subjects, ``owner`` or ``any``.
 - Patterns: fnmatch-style over operation names, case-sensitive;
   ``PATTERN:read`` matches read-only operations only; ``tasks.start:TYPE``,
   ``tasks.stop:TYPE``, ``tasks.logs:TYPE`` name a task type.
@@ -15,11 +18,13 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pymgr.core.identity import Identity
 
 __all__ = [
+    "NAMESPACE_PATTERN",
+    "RESERVED_KINDS",
     "SUBJECT_HELP",
     "TYPED_TASK_OPS",
     "Operation",
@@ -31,7 +36,10 @@ __all__ = [
     "subject_matches",
 ]
 
-SUBJECT_HELP = "user:NAME, uid:N, group:NAME, key:ID, cert:CN, legacy, owner or any"
+SUBJECT_HELP = (
+    "user:NAME, uid:N, group:NAME, key:ID, cert:CN, legacy, owner, any, role:NAME "
+    "or NAMESPACE:NAME (a [[policy.delegates]] namespace)"
+)
 #: Task operations that name a task type after the colon.
 TYPED_TASK_OPS = ("tasks.start", "tasks.stop", "tasks.logs")
 #: Characters a pattern may hold: names, dots, colons and fnmatch's own.
@@ -53,11 +61,20 @@ class Subject:
 
 
 _BARE = frozenset({"legacy", "owner", "any"})
-_NAMED = frozenset({"user", "uid", "group", "key", "cert"})
+_NAMED = frozenset({"user", "uid", "group", "key", "cert", "role"})
+#: Every kind the policy itself names: a delegate's namespace may be none of these.
+RESERVED_KINDS = _BARE | _NAMED
+#: A delegate's namespace: a short lower-case word, so ``console:alice`` reads as one.
+NAMESPACE_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+_NAMESPACE = re.compile(NAMESPACE_PATTERN)
 
 
-def parse_subject(text: str) -> Subject:
+def parse_subject(text: str, namespaces: frozenset[str] | None = frozenset()) -> Subject:
     """Parse ``user:NAME``, ``uid:N``, ... or a bare kind.
+
+    Args:
+        namespaces: the delegates' namespaces, whose ``NAMESPACE:NAME`` are persons; None accepts any
+            well-formed namespace (the config's field check, before the delegates are known).
 
     Raises:
         ValueError: an unknown kind, an empty name or a uid that is not a number.
@@ -65,7 +82,10 @@ def parse_subject(text: str) -> Subject:
     if text in _BARE:
         return Subject(text)
     kind, sep, value = text.partition(":")
-    if not sep or kind not in _NAMED:
+    known = kind in _NAMED or (
+        _NAMESPACE.match(kind) is not None and (namespaces is None or kind in namespaces)
+    )
+    if not sep or not known:
         raise ValueError(f"unknown subject {text!r}; subjects are {SUBJECT_HELP}")
     if not value or value != value.strip():
         raise ValueError(f"subject {text!r} needs a name after {kind!r}:, without spaces")
@@ -79,6 +99,10 @@ def parse_subject(text: str) -> Subject:
 def subject_matches(subject: Subject, identity: Identity, owner_uid: int) -> bool:
     """Whether ``identity`` is ``subject``."""
     kind, value = subject.kind, subject.value
+    if identity.person is not None:  # the person a delegate acts for: only its own names
+        return (kind == "role" and value in identity.roles) or (
+            kind not in RESERVED_KINDS and identity.person == f"{kind}:{value}"
+        )
     unix = identity.transport == "unix"
     if kind == "any":
         return unix or identity.key_id is not None or identity.cert is not None
@@ -94,11 +118,15 @@ def subject_matches(subject: Subject, identity: Identity, owner_uid: int) -> boo
         return unix and value in identity.groups
     if kind == "key":
         return identity.key_id == value
-    return kind == "cert" and identity.cert == value
+    return kind == "cert" and identity.cert == value  # role and NAMESPACE:NAME: persons only
 
 
 def describe_identity(identity: Identity) -> str:
-    """The caller in a message: ``user:www-data (uid 33)``, ``key:ci``, ..."""
+    """The caller in a message: ``user:www-data (uid 33)``, ``key:ci``, ``console:alice (...)``."""
+    if identity.person is not None:
+        roles = "".join(f" role:{role}" for role in identity.roles)
+        delegate = describe_identity(replace(identity, person=None, roles=()))
+        return f"{identity.person}{roles} (through the delegate {delegate})"
     if identity.transport == "unix":
         name = f"user:{identity.user}" if identity.user else f"uid:{identity.uid}"
         return f"{name} (uid {identity.uid})"

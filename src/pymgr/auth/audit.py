@@ -4,7 +4,8 @@ Rules:
 - One line per call that ran (every check passed and the action was
   invoked, whatever its outcome), over every transport, in the audit file
   (``auditfile.py``). Fields: ``time`` (UTC, ISO 8601, ms), ``transport``,
-  ``identity`` (non-empty fields only), ``operation`` (``module.action`` or
+  ``identity`` (non-empty fields only; a delegate's call adds ``person``
+  and ``roles`` to the delegate's own), ``operation`` (``module.action`` or
   ``tasks.start:TYPE``), ``module``, ``action``, ``params``, ``outcome``
   (``ok``/``error``/``cancelled``), ``code`` and ``status`` (for errors),
   ``duration_ms``.
@@ -60,7 +61,7 @@ log = logging.getLogger("pymgr.audit")
 
 REDACTED = "[redacted]"
 NOT_RECORDED = "[not recorded: unknown action]"
-_IDENTITY_FIELDS = ("uid", "gid", "pid", "user", "key_id", "cert", "peer")
+_IDENTITY_FIELDS = ("uid", "gid", "pid", "user", "key_id", "cert", "peer", "person")
 #: A record's bytes besides the caller, the params and the names: the time, the field names, an
 #: outcome with its code, the duration, and a task type in the operation's name (config names, short).
 _RECORD_OVERHEAD_BYTES = 512
@@ -110,6 +111,8 @@ def _identity_fields(identity: Identity) -> dict[str, Any]:
     fields = {name: value for name in _IDENTITY_FIELDS if (value := getattr(identity, name)) is not None}
     if identity.groups:
         fields["groups"] = list(identity.groups)
+    if identity.person is not None:  # a delegate's call: the person and roles beside the delegate's fields
+        fields["roles"] = list(identity.roles)
     return fields
 
 

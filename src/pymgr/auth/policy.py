@@ -10,7 +10,8 @@ Rules:
   Unix socket), ``key:ID`` (a signed TCP request), ``cert:CN`` (a verified
   TLS client certificate), ``legacy`` (the 2014 line protocol), ``owner``
   (the daemon's own uid, on the Unix socket) and ``any`` (every caller
-  identified by the kernel, a key or a certificate; never ``legacy``).
+  identified by the kernel, a key or a certificate; never ``legacy``);
+  for a person a delegate acts for, only ``NAMESPACE:NAME`` and ``role:NAME``.
 - An operation is ``module.action``, except for the actions of the task
   module (recognised by what they are, the functions the daemon names in
   ``task_operations``, never by a module name a command could take): its
@@ -49,6 +50,7 @@ from pymgr.auth._policysyntax import (
     parse_subject,
     subject_matches,
 )
+from pymgr.auth.delegation import Delegation
 from pymgr.auth.policyconfig import PolicyConfig, PolicyRule
 from pymgr.core.identity import Identity
 from pymgr.core.registry import ActionSpec, Registry
@@ -132,7 +134,12 @@ class Policy:
         self._task_types = (*task_types, _ANY_TYPE)
         self._task_type_of = task_type_of
         self._owner_uid = owner_uid
-        self._rules = tuple(_compile(i, r, frozenset(key_ids)) for i, r in enumerate(config.rules))
+        namespaces = config.namespaces()
+        self._rules = tuple(
+            _compile(i, r, frozenset(key_ids), namespaces) for i, r in enumerate(config.rules)
+        )
+        #: Who may act for whom (``X-Pymgr-On-Behalf-Of``): read per request by the HTTP guard.
+        self.delegation = Delegation(config, owner_uid)
         self._specs = _all_specs(registry)
         self._required = {spec.qualname: _requirement(spec) for spec in self._specs if spec.options.allow}
         self._cache: dict[tuple[tuple[Any, ...], str, str], str | None] = {}
@@ -277,14 +284,8 @@ class Policy:
         The cache key leaves out what no subject looks at (pid, peer address),
         so every connection of the same caller shares one entry.
         """
-        who = (
-            identity.transport,
-            identity.uid,
-            identity.user,
-            identity.groups,
-            identity.key_id,
-            identity.cert,
-        )
+        i = identity
+        who = (i.transport, i.uid, i.user, i.groups, i.key_id, i.cert, i.person, i.roles)
         key = (who, spec.qualname, op.name)
         try:
             return self._cache[key]
@@ -373,9 +374,9 @@ def _requirement(spec: ActionSpec) -> tuple[Subject, ...]:
         ) from None
 
 
-def _compile(index: int, rule: PolicyRule, key_ids: frozenset[str]) -> _Rule:
+def _compile(index: int, rule: PolicyRule, key_ids: frozenset[str], namespaces: frozenset[str]) -> _Rule:
     label = _label(index, rule)
-    subjects = tuple(parse_subject(s) for s in rule.subjects)
+    subjects = tuple(parse_subject(s, namespaces) for s in rule.subjects)
     for subject in subjects:
         if subject.kind == "key" and subject.value not in key_ids:
             known = ", ".join(sorted(key_ids)) or "(none)"

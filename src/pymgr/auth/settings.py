@@ -137,6 +137,21 @@ class AuditConfig(_Section):
     refused_max_sources: int = Field(DEFAULT_MAX_SOURCES, ge=1, le=100_000)
     #: Distinct operations named on one line; the rest are counted together.
     refused_max_operations: int = Field(DEFAULT_MAX_OPERATIONS, ge=1, le=1000)
+    #: Records a page of ``audit.read`` (``GET /v1/audit``) holds when the caller gives no limit.
+    read_limit: int = Field(100, ge=1, le=10_000)
+    #: The largest ``limit`` a caller may ask for: a page is one reply, built in memory.
+    read_max_limit: int = Field(1000, ge=1, le=10_000)
+    #: Bytes of log lines one page reads at most (a rare filter pages on with a cursor): 4 MiB is
+    #: about 10,000 records, some tens of milliseconds of a thread, never the event loop.
+    read_max_scan_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024)
+
+    @model_validator(mode="after")
+    def _read_limits(self) -> AuditConfig:
+        if self.read_limit > self.read_max_limit:
+            raise ValueError(
+                f"read_limit={self.read_limit} is more than read_max_limit={self.read_max_limit}"
+            )
+        return self
 
 
 class LimitsConfig(_Section):

@@ -19,6 +19,7 @@ from pymgr._configtrust import check_config
 from pymgr._fsguard import absolute as _absolute
 from pymgr.auth.audit import refused_path_beside
 from pymgr.auth.policy import PolicyConfig
+from pymgr.auth.policyconfig import validation_context
 from pymgr.auth.settings import AuditConfig, AuthConfig, LimitsConfig
 from pymgr.config.listeners import HttpConfig, LegacyConfig
 from pymgr.config.section import Section
@@ -154,7 +155,7 @@ def load_config(path: Path) -> Config:
     if raw.get("http", {}).get("unix_socket") == "":
         raw["http"]["unix_socket"] = None
     try:
-        config = Config.model_validate(raw)
+        config = Config.model_validate(raw, context=validation_context(raw))
     except ValidationError as exc:
         lines = [f"config {path} is invalid:"]
         for err in exc.errors(include_url=False):

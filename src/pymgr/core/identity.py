@@ -28,12 +28,18 @@ class Identity:
     cert: str | None = None
     #: The peer's address for network transports ("host:port").
     peer: str | None = None
+    #: The person a delegate acts for (``NAMESPACE:NAME``, ``console:alice``); the fields above are then the
+    #: delegate's, and the policy sees only the person and ``roles`` (``auth/delegation.py``).
+    person: str | None = None
+    #: The roles the delegate asserted for ``person`` (each one its delegate may assert).
+    roles: tuple[str, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict[str, Any]:
         # Field by field, not dataclasses.asdict: that deep-copies recursively (~30 us here, on every
         # task start); every field is an immutable scalar or a tuple of str, so a shallow read is the same.
         data = {name: getattr(self, name) for name in _FIELDS}
         data["groups"] = list(self.groups)
+        data["roles"] = list(self.roles)
         return data
 
 

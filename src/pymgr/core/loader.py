@@ -23,14 +23,18 @@ ENTRY_POINT_GROUP = "pymgr.modules"
 #: The modules pymgr itself provides (its entry points in pyproject.toml),
 #: reserved even where the package's metadata is missing.
 BUILTIN_MODULE_NAMES = frozenset({"demo", "metrics", "SCAN_MODULE", "tasks"})
+#: The modules every daemon serves without an entry point (``daemon.build_registry``).
+DAEMON_MODULE_NAMES = frozenset({"audit"})
 
 
 def reserved_module_names() -> frozenset[str]:
-    """Names only a module from code may have: pymgr's own and every installed entry point's.
+    """Names only a module from code may have: pymgr's own, the daemon's and every installed entry point's.
 
     Reads the entry points' names only: nothing is imported.
     """
-    return BUILTIN_MODULE_NAMES | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return (
+        BUILTIN_MODULE_NAMES | DAEMON_MODULE_NAMES | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    )
 
 
 def _check(cls: object, source: str) -> type[Module]:

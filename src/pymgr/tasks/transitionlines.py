@@ -29,7 +29,7 @@ MARKS = {
 def who(identity: Mapping[str, Any]) -> str:
     """``unix user=www-data uid=33``: the transport and the identity fields that are set."""
     parts = [str(identity.get("transport"))]
-    for name in ("user", "uid", "key_id", "peer"):
+    for name in ("person", "user", "uid", "key_id", "peer"):
         if identity.get(name) is not None:
             parts.append(f"{name}={identity[name]}")
     return " ".join(parts)

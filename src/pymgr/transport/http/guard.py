@@ -16,11 +16,17 @@ Rules:
   request's nonce is stored only after that (``Verifier.remember``): a key
   over its rate fills no nonce room, and a key over its own nonce quota
   gets 503 while every other key's requests go on.
+- Then a delegate's request becomes its person's (``auth/delegation.py``,
+  the delegates of the policy in force now); the rate stays the delegate's.
+  A refused delegation is counted among the audit's refusals.
 - Replies are the app's JSON envelope; this file never dispatches.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from pymgr.auth.delegation import NO_DELEGATES, Delegation
 from pymgr.auth.guard import EdgeGuard
 from pymgr.auth.peercred import current
 from pymgr.auth.signing import SCHEME, SignedRequest, Verifier, parse_headers
@@ -42,12 +48,22 @@ class GuardedApp:
         edge: the rate limit and the audit of refusals.
         verifier: checks signatures; None means no keys are configured (only
             certificate callers get through on TCP).
+        delegation: the delegates of the policy in force (read per request: a SIGHUP swaps them); None,
+            or a function returning None, refuses every ``X-Pymgr-On-Behalf-Of``.
     """
 
-    def __init__(self, app: Handler, *, edge: EdgeGuard, verifier: Verifier | None) -> None:
+    def __init__(
+        self,
+        app: Handler,
+        *,
+        edge: EdgeGuard,
+        verifier: Verifier | None,
+        delegation: Callable[[], Delegation | None] | None = None,
+    ) -> None:
         self.app = app
         self.edge = edge
         self.verifier = verifier
+        self.delegation = delegation or (lambda: None)
 
     async def __call__(self, request: Request) -> Reply | Stream:
         try:
@@ -60,6 +76,7 @@ class GuardedApp:
                 # The connection's caller, with its group names re-read once they passed their age (or a SIGHUP).
                 request.identity = current(request.identity)
                 self.edge.admit(request.identity, "http", request.method, request.path)
+            request.identity = self._delegated(request)
         except Unauthenticated as exc:
             return error_reply(exc, _CHALLENGE)
         except PymgrError as exc:
@@ -90,6 +107,17 @@ class GuardedApp:
             self.edge.refused(identity, what, exc)
             raise
         return self._signed_identity(identity, signed.key_id), signed
+
+    def _delegated(self, request: Request) -> Identity:
+        """The person a delegate acts for, or the caller itself; a refusal is counted and raised."""
+        delegation = self.delegation()
+        try:
+            if delegation is None:
+                return NO_DELEGATES.resolve(request.identity, request.headers)
+            return delegation.resolve(request.identity, request.headers)
+        except PymgrError as exc:
+            self.edge.refused(request.identity, f"delegation http {request.method} {request.path}", exc)
+            raise
 
     def _remember(self, request: Request, signed: SignedRequest) -> None:
         """Store the nonce of a request its rate let through; a full quota is refused and audited."""

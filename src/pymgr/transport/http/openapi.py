@@ -116,6 +116,31 @@ _EVENTS_QUERY = [
     {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "integer", "minimum": 0}},
 ]
 
+_AUDIT_QUERY = [
+    {"name": name, "in": "query", "required": False, "schema": {"type": "string"}, "description": text}
+    for name, text in (
+        ("since", "ISO 8601: records at or after"),
+        ("until", "ISO 8601: records at or before"),
+        ("subject", "user:NAME, uid:N, group:NAME, key:ID, cert:CN, legacy, role:NAME or NAMESPACE:NAME"),
+        ("action", "an operation pattern (tasks.start:*)"),
+        ("outcome", "ok, error or cancelled"),
+        ("before", "a page's next: the cursor"),
+    )
+] + [{"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1}}]
+
+
+def _audit_route() -> dict[str, Any]:
+    """GET /v1/audit: the audit.read action, its filters in the query."""
+    page = _ok({"$ref": "#/components/schemas/AuditPage"}, "A page, newest first")
+    return {
+        "get": {
+            "operationId": "getAudit",
+            "summary": "The audit log's records, newest first, filtered, a page at a time (the audit.read action)",
+            "parameters": _AUDIT_QUERY,
+            "responses": {"200": page, **_ERRORS},
+        }
+    }
+
 
 def _task_page() -> dict[str, Any]:
     """A page of GET /v1/tasks: the records, and the next page in a Link header."""
@@ -184,6 +209,7 @@ def _fixed_routes() -> dict[str, Any]:
             {"description": "A stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
             parameters=_EVENTS_QUERY,
         ),
+        "/v1/audit": _audit_route(),
         "/metrics": get("Counters and gauges in the Prometheus text format (the metrics module)", text),
     }
 
@@ -229,6 +255,16 @@ _SCHEMAS: dict[str, Any] = {
                 "description": "tasks.start, stop and logs only: per task type, whether the policy lets this "
                 "caller do this operation on it (tasks.start:TYPE ...); absent without a policy",
             },
+        },
+    },
+    "AuditPage": {
+        "type": "object",
+        "required": ["records", "next", "scanned_bytes", "skipped_lines"],
+        "properties": {
+            "records": {"type": "array", "items": {"type": "object"}, "description": "docs/security.md"},
+            "next": {"type": ["string", "null"], "description": "give it back as before; null: the last"},
+            "scanned_bytes": {"type": "integer"},
+            "skipped_lines": {"type": "integer"},
         },
     },
     "TaskRecord": {

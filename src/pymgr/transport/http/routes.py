@@ -122,6 +122,9 @@ class HttpApp:
         if route == ["events"]:
             _allow(method, "GET", request)
             return 200, await self._events(request, identity)
+        if route == ["audit"]:  # the audit.read action, its filters in the query
+            _allow(method, "GET", request)
+            return 200, await self._call("audit", "read", _query(request, "audit.read"), identity)
         raise NotFound(f"no route {request.path}; see GET /v1/modules and docs/api.md")
 
     async def _tasks(
@@ -194,6 +197,20 @@ class HttpApp:
             "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self.started_at, 3),
         }
+
+
+def _query(request: Request, what: str) -> dict[str, str]:
+    """A query as params, each name once (the action's params model refuses unknown names).
+
+    Raises:
+        MalformedRequest: a name given twice.
+    """
+    pairs = parse_qsl(request.query.decode("latin-1"), keep_blank_values=True)
+    query = dict(pairs)
+    if len(query) != len(pairs):
+        twice = next(name for index, (name, _) in enumerate(pairs) if name in dict(pairs[:index]))
+        raise MalformedRequest(f"{what}: {twice} is given more than once in the query; give it once")
+    return query
 
 
 def _modules_query(query_string: bytes) -> bool:
