@@ -32,11 +32,12 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat(timespec="milliseconds")
 
 
-def _one_of(value: str | None, allowed: tuple[str, ...], what: str) -> None:
+def _one_of(value: str | None, allowed: tuple[str, ...], field: str) -> None:
+    """A task record's ``field`` holds one of the ``allowed`` names (or null)."""
     if value is not None and value not in allowed:
         raise BadReply(
-            f"{what} should be one of {', '.join(allowed)}, not {value!r}",
-            details={"field": what, "expected": list(allowed)},
+            f"task record: field {field!r} should be one of {', '.join(allowed)}, not {value!r}",
+            details={"object": "task record", "field": field, "expected": list(allowed)},
         )
 
 
@@ -99,8 +100,8 @@ class TaskRecord:
     def from_json(cls, value: JsonValue) -> TaskRecord:
         f = Fields(value, "task record")
         state, cancel = f.text("state"), f.opt_text("cancel_source")
-        _one_of(state, get_args(TaskState), "task record: field 'state'")
-        _one_of(cancel, get_args(CancelSource), "task record: field 'cancel_source'")
+        _one_of(state, get_args(TaskState), "state")
+        _one_of(cancel, get_args(CancelSource), "cancel_source")
         return cls(
             id=f.integer("id"),
             type=f.text("type"),
