@@ -14,7 +14,7 @@ Rules:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from typing import Literal, get_args
 
@@ -28,8 +28,19 @@ FINAL_STATES: frozenset[TaskState] = frozenset({"succeeded", "failed", "stopped"
 CancelSource = Literal["user", "deadline", "shutdown"]
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat(timespec="milliseconds")
+def _wire_value(value: object) -> JsonValue:
+    """One field as the daemon writes it: times in ISO 8601 to the millisecond, tuples as lists."""
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="milliseconds")
+    if isinstance(value, tuple):
+        return [_wire_value(item) for item in value]
+    assert value is None or isinstance(value, bool | int | float | str | list | dict)
+    return value
+
+
+def _wire(result: object) -> JsonObject:
+    """A result's fields in their order (the daemon's), as JSON: the declaration is the wire shape."""
+    return {field.name: _wire_value(getattr(result, field.name)) for field in fields(result)}  # type: ignore[arg-type]
 
 
 def _one_of(value: str | None, allowed: tuple[str, ...], field: str) -> None:
@@ -56,7 +67,7 @@ class Health:
         return cls(f.text("status"), f.text("version"), f.integer("pid"), f.number("uptime_s"))
 
     def to_json(self) -> JsonObject:
-        return {"status": self.status, "version": self.version, "pid": self.pid, "uptime_s": self.uptime_s}
+        return _wire(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,33 +143,7 @@ class TaskRecord:
 
     def to_json(self) -> JsonObject:
         """The record as the daemon sends it (``tasks/records.py`` ``to_dict``), in its field order."""
-        return {
-            "id": self.id,
-            "type": self.type,
-            "key": self.key,
-            "params": self.params,
-            "argv": list(self.argv),
-            "state": self.state,
-            "pid": self.pid,
-            "pid_start_time": self.pid_start_time,
-            "exit_code": self.exit_code,
-            "signal": self.signal,
-            "created_at": _iso(self.created_at),
-            "started_at": _iso(self.started_at),
-            "ended_at": _iso(self.ended_at),
-            "started_by": self.started_by,
-            "stopped_by": self.stopped_by,
-            "cancel_source": self.cancel_source,
-            "error": self.error,
-            "attempt": self.attempt,
-            "retry_of": self.retry_of,
-            "not_before": _iso(self.not_before),
-            "progress": self.progress,
-            "progress_message": self.progress_message,
-            "boot_id": self.boot_id,
-            "cgroup": self.cgroup,
-            "log_path": self.log_path,
-        }
+        return _wire(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,4 +253,4 @@ class TaskTypeInfo:
         return cls(f.text("name"), f.text("doc"), f.obj("params"))
 
     def to_json(self) -> JsonObject:
-        return {"name": self.name, "doc": self.doc, "params": self.params}
+        return _wire(self)
