@@ -229,10 +229,11 @@ class Client(api.Api):
             try:
                 with closing(self._events(request)) as events:
                     for event in events:
-                        opened = True
                         if waiting.ended(event):
                             return self.task(task_id)
-                        waiting.check()
+                        if opened:  # not at the opening heartbeat: the run's state comes right after it
+                            waiting.check()
+                        opened = True
             except ConnectionFailed as exc:
                 waiting.broken(exc, opened)
             waiting.check()
