@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import abc
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
