@@ -95,6 +95,12 @@ def test_the_daemon_check_knows_every_distribution_of_the_extra(wheel: Path) -> 
     assert set(DAEMON_MODULES) == names
 
 
+def test_the_wheel_says_it_is_typed(wheel: Path) -> None:
+    """PEP 561: without ``py.typed`` a type checker treats every client result as ``Any``."""
+    with zipfile.ZipFile(wheel) as archive:
+        assert "pymgr/py.typed" in archive.namelist()
+
+
 # ---------------------------------------------------------------- the light install, for real
 
 
