@@ -21,6 +21,7 @@ from pymgr.config import TasksConfig
 from pymgr.errors import ParamsInvalid, Unavailable
 from pymgr.keeper.progress import ProgressLineFilter
 from pymgr.tasks.events import RECENT_EVENTS
+from pymgr.tasks import shapes
 from pymgr.tasks.manager import MAX_KEY_CHARS, TaskManager
 from pymgr.tasks.states import ACTIVE
 
@@ -72,7 +73,7 @@ class Tasks(Module):
         key: Key = None,
         limit: Annotated[int | None, Field(ge=1)] = None,
         before: TaskId | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[shapes.TaskRecord]:
         """Task runs, newest first, filtered by state, type and key: a page of ``limit`` ([tasks] list_limit).
 
         The next page: ``before`` = the last id of this one; a page shorter than its limit is the last.
@@ -84,12 +85,12 @@ class Tasks(Module):
         return [record.to_dict() for record in records]
 
     @action(read_only=True)
-    async def show(self, id: int) -> dict[str, Any]:
+    async def show(self, id: int) -> shapes.TaskRecord:
         """One task run by id."""
         return self.manager.get(id).to_dict()
 
     @action(read_only=True)
-    async def types(self) -> list[dict[str, Any]]:
+    async def types(self) -> list[shapes.TaskType]:
         """The task types that can be started, with their parameter schemas."""
         return self.manager.describe_types()
 
@@ -102,13 +103,13 @@ class Tasks(Module):
         key: Key = None,
         *,
         caller: Identity,
-    ) -> dict[str, Any]:
+    ) -> shapes.TaskRecord:
         """Start a run of a task type; with a key, an active run holding that key is returned instead."""
         record = await self.manager.start(type, params, key, caller)
         return record.to_dict()
 
     @action
-    async def stop(self, id: int, *, caller: Identity) -> dict[str, Any]:
+    async def stop(self, id: int, *, caller: Identity) -> shapes.TaskRecord:
         """Stop a run (SIGTERM, grace period, SIGKILL to its whole process tree)."""
         record = await self.manager.stop(id, caller)
         return record.to_dict()
@@ -120,7 +121,7 @@ class Tasks(Module):
         offset: int = 0,
         limit: Annotated[int, Field(ge=0, le=MAX_LOG_READ_BYTES)] = DEFAULT_LOG_READ_BYTES,
         progress: bool = True,
-    ) -> dict[str, Any]:
+    ) -> shapes.LogChunk:
         """Up to ``limit`` bytes of a run's output from logical ``offset`` (text; GET /v1/tasks/ID/logs gives raw bytes and follows).
 
         ``progress=false`` leaves the ``PYMGR_PROGRESS`` lines out; ``next_offset`` still counts
@@ -164,7 +165,7 @@ class Tasks(Module):
         self,
         limit: Annotated[int, Field(ge=0, le=RECENT_EVENTS)] = RECENT_EVENTS,
         since: Annotated[int | None, Field(ge=0)] = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[shapes.Event]:
         """The latest task events, oldest first (GET /v1/events streams them live).
 
         With ``since``: the first ``limit`` events after that id (poll on from the last one's id);
