@@ -150,7 +150,6 @@ class ActionSpec:
             "params": self.params_model.model_json_schema(),
         }
 
-
     def result_schema(self, ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
         """The JSON Schema of the action's result, from its return annotation; ``{}`` (any JSON) without one.
 

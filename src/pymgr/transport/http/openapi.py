@@ -19,9 +19,11 @@ signed TCP requests are described as the headers they carry.
 from __future__ import annotations
 
 import re
+import typing
 from typing import Any
 
 from pymgr.core.registry import ActionSpec, Registry
+from pymgr.tasks import shapes
 from pymgr.transport.http.openapi_parts import (
     A_CALL,
     EVENTS_QUERY,
@@ -100,6 +102,22 @@ def _get(
     return {"get": {**operation, **extra, "responses": {"200": response, **errors_for(*statuses)}}}
 
 
+#: One event as the SSE fields carry it (the shape OpenAPI 3.2 names ``itemSchema``; 3.1 tools read it per event).
+_SSE_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$", "description": "Event.id: resume with Last-Event-ID"},
+        "event": {"enum": list(typing.get_args(shapes.EventKind))},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": REF.format(model="Event") + "/properties/data"},
+        },
+    },
+}
+
+
 def _streams() -> dict[str, Any]:
     """The two routes that stream: a run's log (text as produced) and the events (SSE)."""
     log_headers = {
@@ -115,14 +133,11 @@ def _streams() -> dict[str, Any]:
         "content": {"text/plain": {"schema": {"type": "string"}}},
     }
     events = {
-        "description": "Server-sent events (text/event-stream): `id`, `event` (the kind), `time` and `data` "
-        "(the event's data as JSON) lines; an Event of components/schemas each. Opens with a heartbeat and the "
-        "matching runs' state; a heartbeat after [tasks] events_heartbeat_s without an event.",
-        "content": {
-            "text/event-stream": {
-                "schema": {"type": "string", "x-pymgr-event": {"$ref": REF.format(model="Event")}}
-            }
-        },
+        "description": "Server-sent events, each an Event of components/schemas as SSE fields: `id` (absent for "
+        "a marker not in the history), `event` (the kind), `time` (epoch seconds; a field SSE parsers skip) and "
+        "`data` (the event's data as JSON). Opens with a heartbeat and the matching runs' state; a heartbeat "
+        "after [tasks] events_heartbeat_s without an event.",
+        "content": {"text/event-stream": {"schema": _SSE_EVENT}},
     }
     return {
         "/v1/tasks/{id}/logs": {
