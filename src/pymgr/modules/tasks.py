@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, WithJsonSchema
 
 from pymgr.core.identity import Identity
 from pymgr.core.registry import Module, action
@@ -23,7 +23,7 @@ from pymgr.keeper.progress import ProgressLineFilter
 from pymgr.tasks.events import RECENT_EVENTS
 from pymgr.tasks import shapes
 from pymgr.tasks.manager import MAX_KEY_CHARS, TaskManager
-from pymgr.tasks.states import ACTIVE
+from pymgr.tasks.states import ACTIVE, TaskState
 
 #: Bytes ``tasks.logs`` returns by default, and at most: a JSON reply stays small.
 DEFAULT_LOG_READ_BYTES = 64 * 1024
@@ -31,6 +31,10 @@ MAX_LOG_READ_BYTES = 1024 * 1024
 
 #: A key as callers send it (the manager checks the same bound).
 Key = Annotated[str | None, Field(min_length=1, max_length=MAX_KEY_CHARS)]
+#: A state filter: the manager checks the name (its message lists them); the schema shows them.
+StateFilter = Annotated[
+    str | None, WithJsonSchema({"anyOf": [{"enum": [s.value for s in TaskState]}, {"type": "null"}]})
+]
 #: A run's id, as a cursor: SQLite's INTEGER is a signed 64-bit number, so a larger one cannot even be asked.
 TaskId = Annotated[int, Field(ge=1, le=2**63 - 1)]
 
@@ -68,7 +72,7 @@ class Tasks(Module):
     @action(name="list", read_only=True)
     async def list_runs(
         self,
-        state: str | None = None,
+        state: StateFilter = None,
         type: str | None = None,
         key: Key = None,
         limit: Annotated[int | None, Field(ge=1)] = None,

@@ -80,7 +80,8 @@ def _action(spec: ActionSpec, components: _Components, taken: set[str]) -> dict[
         "summary": summary,
         "description": spec.doc or summary,
         "tags": [spec.module],
-        "requestBody": {"required": False, "content": {JSON: {"schema": params}}},
+        # No body is {}: required only when some param is.
+        "requestBody": {"required": bool(params.get("required")), "content": {JSON: {"schema": params}}},
         "responses": {"200": ok(result, "The action's result"), **errors_for(*A_CALL, "409")},
         "x-pymgr-read-only": spec.options.read_only,
     }
