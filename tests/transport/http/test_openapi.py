@@ -14,6 +14,8 @@ from pydantic import BaseModel
 
 from pymgr import errors
 from pymgr.core.registry import Module, ModuleContext, Registry, action
+from pymgr.modules.commands import command_modules
+from pymgr.modules.commandspec import CommandConfig
 from pymgr.modules.demo import Demo
 from pymgr.modules.metrics import MetricsModule
 from pymgr.modules.scan import Scan
@@ -245,8 +247,12 @@ def test_every_built_in_and_demo_action_has_a_return_annotation() -> None:
     reg = registry()
     reg.add(MetricsModule(ModuleContext()))
     reg.add(Scan(ModuleContext()))
+    for module in command_modules({"uptime": CommandConfig(argv=["/usr/bin/uptime"])}):
+        reg.add(module)
     unannotated = [s.qualname for m in reg.names() for s in reg.actions(m) if s.result_schema() == {}]
     assert unannotated == []
+    command = reg.get("commands", "uptime").result_schema()
+    assert command["title"] == "CommandResult" and "exit_code" in command["required"]
 
 
 def test_an_action_without_a_return_annotation_has_an_open_result_schema() -> None:

@@ -76,6 +76,11 @@ actions = ["*"]
 [modules]
 enabled = ["demo", "tasks", "SCAN_MODULE", "metrics"]
 
+# A command's reply is its outcome (CommandResult): fuzzed like the other actions.
+[commands.greet]
+argv = ["/bin/echo", "{{word}}"]
+params = {{ word = {{ type = "str", default = "hello" }} }}
+
 [tasks]
 stop_grace_s = 1
 keeper_idle_exit_s = 1
