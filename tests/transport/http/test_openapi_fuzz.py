@@ -183,3 +183,18 @@ def test_the_fuzz_finds_a_reply_that_breaks_the_document(fuzzed: Daemon) -> None
             assert "Response violates schema" in str(group)
         else:
             pytest.fail("the fuzzer passed a reply its document does not allow")
+
+
+def test_a_method_the_document_has_no_operation_for_is_405_naming_the_ones_it_has(fuzzed: Daemon) -> None:
+    """What the fuzzer does not send: every other method on every path of the document."""
+    transport = httpx.HTTPTransport(uds=str(fuzzed.socket))
+    with httpx.Client(transport=transport, base_url="http://localhost", timeout=30) as client:
+        document = client.get("/v1/openapi.json").json()
+        for path, item in document["paths"].items():
+            documented = {method.upper() for method in item if method != "parameters"}
+            allowed = documented | ({"HEAD"} if "GET" in documented else set())
+            for method in sorted({"GET", "POST", "PUT", "DELETE", "PATCH"} - documented):
+                reply = client.request(method, path.replace("{id}", "1"))
+                assert reply.status_code == 405, (method, path, reply.text)
+                assert set(reply.headers["allow"].split(", ")) == allowed, (method, path)
+                assert reply.json()["error"]["code"] == "not_found"
