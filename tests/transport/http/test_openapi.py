@@ -200,7 +200,7 @@ def test_every_operation_is_complete_and_every_ref_resolves() -> None:
             if method == "parameters":
                 continue
             responses = operation["responses"]
-            assert {"400", "401", "413", "429", "500", "503"} <= set(responses), (method, path)
+            assert {"400", "401", "408", "413", "429", "500", "503"} <= set(responses), (method, path)
             assert "Retry-After" in responses["429"]["headers"], (method, path)
             assert re.fullmatch(r"[a-z][a-z0-9_]*", operation["operationId"]), operation["operationId"]
 
@@ -274,3 +274,42 @@ def test_the_servers_explain_the_unix_socket_and_tcp() -> None:
     servers = describe(registry(), "1")["servers"]
     assert servers[0]["url"] == "http://localhost" and "--unix-socket" in servers[0]["description"]
     assert servers[1]["url"] == "http://{host}:{port}" and "signed" in servers[1]["description"]
+
+
+def _other_port() -> type[BaseModel]:
+    class Port(BaseModel):
+        """Another module's ``Port``: the same name, other fields."""
+
+        name: str
+
+    return Port
+
+
+OtherPort = _other_port()
+
+
+class Proxy(Module):
+    name = "proxy"
+
+    @action
+    async def forward(self, port: OtherPort) -> OtherPort:
+        """Forward a named port."""
+        return port
+
+
+def test_two_models_of_one_name_keep_their_own_schemas() -> None:
+    reg = registry()
+    reg.add(Firewall(ModuleContext()))
+    reg.add(Proxy(ModuleContext()))
+    doc = describe(reg, "1")
+    validate(doc)
+    assert _problems(doc) == []
+    schemas = doc["components"]["schemas"]
+    firewall = doc["paths"]["/v1/modules/firewall/open"]["post"]["requestBody"]["content"]["application/json"]
+    proxy = doc["paths"]["/v1/modules/proxy/forward"]["post"]
+    proxy_body = proxy["requestBody"]["content"]["application/json"]["schema"]
+    proxy_result = proxy["responses"]["200"]["content"]["application/json"]["schema"]["properties"]["result"]
+    assert firewall["schema"]["properties"]["port"] == {"$ref": "#/components/schemas/Port"}
+    assert proxy_body["properties"]["port"] == {"$ref": "#/components/schemas/Port_2"}
+    assert schemas["Port"]["required"] == ["number"] and schemas["Port_2"]["required"] == ["name"]
+    assert proxy_result == {"$ref": "#/components/schemas/Port_2"}

@@ -18,6 +18,7 @@ signed TCP requests are described as the headers they carry.
 
 from __future__ import annotations
 
+import json
 import re
 import typing
 from typing import Any
@@ -43,21 +44,49 @@ __all__ = ["describe"]
 
 
 class _Components:
-    """``components/schemas`` as the document is built: shared shapes by name, first one wins."""
+    """``components/schemas`` as the document is built: shared shapes by name.
+
+    Two modules may each name a model ``Options`` with different fields: the second gets
+    ``Options_2`` (and its refs are rewritten), so no schema's ref points at another's model.
+    """
 
     def __init__(self) -> None:
         self.schemas: dict[str, Any] = {**SCHEMAS}
 
     def take(self, schema: dict[str, Any]) -> dict[str, Any]:
         """``schema`` with its ``$defs`` moved here; a named object schema becomes a $ref to its copy here."""
+        defs = schema.get("$defs", {})
+        renames = {name: self._free_name(name, model) for name, model in defs.items()}
+        if any(old != new for old, new in renames.items()):
+            schema = _renamed(schema, renames)
         schema = dict(schema)
         for name, model in schema.pop("$defs", {}).items():
             self.schemas.setdefault(name, model)
         name = schema.get("title")
         if isinstance(name, str) and "properties" in schema and re.fullmatch(r"[A-Za-z0-9_]+", name):
-            if self.schemas.setdefault(name, schema) == schema:
-                return {"$ref": REF.format(model=name)}
+            name = self._free_name(name, schema)
+            self.schemas[name] = schema
+            return {"$ref": REF.format(model=name)}
         return schema
+
+    def _free_name(self, name: str, model: Any) -> str:
+        """``name``, or ``name_N`` when ``name`` holds a different schema already."""
+        found, n = name, 1
+        while found in self.schemas and self.schemas[found] != model:
+            n += 1
+            found = f"{name}_{n}"
+        return found
+
+
+def _renamed(schema: dict[str, Any], renames: dict[str, str]) -> dict[str, Any]:
+    """``schema`` with its ``$defs`` and the refs to them renamed (a JSON round trip: refs are strings)."""
+    text = json.dumps(schema)
+    for old, new in renames.items():
+        if old != new:
+            text = text.replace(f'"{REF.format(model=old)}"', f'"{REF.format(model=new)}"')
+    renamed: dict[str, Any] = json.loads(text)
+    renamed["$defs"] = {renames[name]: model for name, model in renamed["$defs"].items()}
+    return renamed
 
 
 def _operation_id(spec: ActionSpec, taken: set[str]) -> str:

@@ -43,6 +43,7 @@ _ERROR_TEXT = {
     "401": "Not authenticated: an unsigned or badly signed request on TCP",
     "403": "The policy does not allow this caller this operation",
     "404": "No such module, action, task or route",
+    "408": "The request's head or body did not arrive in time ([http] header_timeout_s, body_timeout_s)",
     "409": "Conflict: a task key held by a run of another type, or a cap on active runs reached",
     "413": "The request's head, body or params are over their limit",
     "429": "Rate limited; Retry-After says when to try again",
@@ -51,7 +52,7 @@ _ERROR_TEXT = {
 }
 
 #: The statuses every operation can reply with, whatever it does: the connection's and the TCP guard's.
-EVERY_ROUTE = ("400", "401", "413", "429", "500", "503")
+EVERY_ROUTE = ("400", "401", "408", "413", "429", "500", "503")
 #: What a call through the policy adds (a task route, ``/v1/events``, ``/metrics``).
 A_CALL = ("403", "404")
 
