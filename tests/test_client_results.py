@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import closing
 from datetime import datetime, timezone
 from typing import Any, get_args
 
@@ -153,8 +154,9 @@ def test_every_reply_of_a_real_daemon_reads(daemon: Daemon) -> None:
         assert client.health().pid == daemon.proc.pid
         scan = client.start_task("scan", {"task_id": 1, "duration": 0.3})
         updates = []
-        for event in client.events(task=scan.id):
-            updates += [event.progress()] if event.kind == "progress" else []
-            if (record := event.record()) is not None and record.is_final:
-                break
+        with closing(client.events(task=scan.id)) as events:
+            for event in events:
+                updates += [event.progress()] if event.kind == "progress" else []
+                if (record := event.record()) is not None and record.is_final:
+                    break
         assert updates and updates[-1] == Progress(scan.id, 100.0, updates[-1].progress_message)
