@@ -24,6 +24,7 @@ from pymgr.client import ActionInfo, AsyncClient, ModuleInfo, TaskState
 from pymgr.console import forms
 from pymgr.console.sessions import Session
 from pymgr.errors import PymgrError
+from pymgr.keeper.progress import ProgressLineFilter
 
 if TYPE_CHECKING:
     from pymgr.console.app import Console, Handler
@@ -120,11 +121,12 @@ def _task_id(request: Request) -> int:
 async def task_page(request: Request, console: Console, session: Session) -> Response:
     client = console.person(session)
     record = await client.task(_task_id(request))
-    log = b""
     try:
-        log = await client.logs(record.id, 0, progress=False)
+        raw = await client.logs(record.id, 0)
     except PymgrError:
-        log = b""
+        raw = b""
+    # The live view resumes at the log's own offset (progress lines count); they are not shown.
+    log = ProgressLineFilter().feed(raw)
     shown = log[-LOG_PAGE_BYTES:].decode(errors="replace")
     return console.render(
         request,
@@ -132,7 +134,7 @@ async def task_page(request: Request, console: Console, session: Session) -> Res
         session=session,
         run=record,
         log=shown,
-        log_offset=len(log),
+        log_offset=len(raw),
         cut=len(log) > LOG_PAGE_BYTES,
         params=json.dumps(record.params, indent=2),
         started_by=record.started_by.get("person") or record.started_by.get("user") or "",

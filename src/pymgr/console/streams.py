@@ -5,8 +5,8 @@ Rules:
   person may read task events (``tasks.events`` in the person's listing), checked when it opens.
 - A stream ends when its session ends (checked at each event and each heartbeat, without counting
   as use: a watching page does not keep a session from its idle timeout).
-- ``/tasks/N/log/stream`` follows the log as the person; each chunk's SSE id is the byte offset after
-  it, so a reconnecting EventSource (``Last-Event-ID``) resumes where it stopped. ``end`` closes it.
+- ``/tasks/N/log/stream`` follows the log as the person, without its progress lines; each chunk's SSE
+  id is the log's byte offset after it, so a reconnecting EventSource (``Last-Event-ID``) resumes where it stopped. ``end`` closes it.
 - A heartbeat comment every ``HEARTBEAT_S`` keeps proxies from closing a quiet stream.
 """
 
@@ -25,6 +25,7 @@ from starlette.routing import Route
 from pymgr.client import Event, TaskRecord
 from pymgr.console.sessions import Session
 from pymgr.errors import PymgrError
+from pymgr.keeper.progress import ProgressLineFilter
 
 if TYPE_CHECKING:
     from pymgr.console.app import Console
@@ -94,13 +95,17 @@ async def log_stream(request: Request, console: Console, session: Session) -> Re
     async def stream() -> AsyncIterator[bytes]:
         position = offset
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        # Progress lines are left out, as on the page; the id is the log's own offset of what was
+        # sent (a line the filter still holds is sent again after a resume, not lost).
+        progress_lines = ProgressLineFilter(at_line_start=offset == 0)
         try:
             async for chunk in client.follow_logs(task_id, offset):
                 if console.sessions.peek(token) is None:
                     return
                 position += len(chunk)
-                yield sse(decoder.decode(chunk), "log", position)
-            yield sse("", "end", position)
+                if kept := progress_lines.feed(chunk):
+                    yield sse(decoder.decode(kept), "log", position - progress_lines.held)
+            yield sse(decoder.decode(progress_lines.flush(), final=True), "end", position)
         except PymgrError as exc:
             yield sse(str(exc), "failed")
 

@@ -44,7 +44,11 @@
         offset = e.lastEventId;
         if (atEnd) { log.scrollTop = log.scrollHeight; }
       });
-      source.addEventListener("end", function () { source.close(); if (pause) { pause.hidden = true; } });
+      source.addEventListener("end", function (e) {
+        if (e.data) { log.append(document.createTextNode(e.data)); }
+        source.close();
+        if (pause) { pause.hidden = true; }
+      });
       source.addEventListener("failed", function () { source.close(); });
     }
     if (pause) {
