@@ -2,7 +2,7 @@
 so that a test can move the console's clock), driven over HTTP.
 
 The daemon's policy makes the test process the console's delegate (namespace ``console``): alice is
-an operator (starts and stops scans, calls demo actions), bob a viewer (reads tasks, calls whoami).
+an operator and an auditor (starts and stops scans, calls demo actions, reads the audit log), bob a viewer (reads tasks, calls whoami).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ DAEMON_CONFIG = (
 [[policy.delegates]]
 subject = "{ME}"
 namespace = "console"
-roles = ["operators", "viewers"]
+roles = ["operators", "viewers", "auditors"]
 
 [[policy.rules]]
 name = "the console itself: the shared event stream"
@@ -47,6 +47,11 @@ actions = ["tasks.read"]
 name = "operators"
 subjects = ["role:operators"]
 actions = ["demo.*", "tasks.read", "tasks.start:scan", "tasks.stop:scan", "tasks.logs:scan"]
+
+[[policy.rules]]
+name = "auditors"
+subjects = ["role:auditors"]
+actions = ["audit.read"]
 
 [[policy.rules]]
 name = "viewers"
@@ -117,7 +122,7 @@ def start_console(start_daemon: Callable[..., Daemon], tmp_path: Path) -> Iterat
     def start(**settings: object) -> Console:
         daemon = start_daemon(DAEMON_CONFIG)
         users_file = tmp_path / "users.json"
-        users.add(users_file, "alice", PASSWORDS["alice"], ["operators"])
+        users.add(users_file, "alice", PASSWORDS["alice"], ["operators", "auditors"])
         users.add(users_file, "bob", PASSWORDS["bob"], ["viewers"])
         config = ConsoleConfig.model_validate(
             {"socket": daemon.socket, "users_file": users_file, "login_delay_s": 5.0, **settings}

@@ -68,14 +68,14 @@ def test_a_scan_started_from_its_form_reaches_100_percent_without_a_reload(
     assert "scan 42: 100%" in log and "PYMGR_PROGRESS" not in log
     page.screenshot(path=tmp_path / "task-desktop.png", full_page=True)
     assert not [e for e in errors if "Content Security Policy" in e], errors
-    for name in ("actions", "status"):
+    for name in ("actions", "audit", "status"):
         page.goto(f"{console.url}/{name}")
         page.screenshot(path=tmp_path / f"{name}-desktop.png", full_page=True)
     phone = browser.new_page(viewport=VIEWPORTS["phone"])
     _sign_in(phone, console)
-    for name in ("tasks", f"tasks/{task_id}", "actions", "status"):
+    for name in ("tasks", f"tasks/{task_id}", "actions", "audit", "status"):
         phone.goto(f"{console.url}/{name}")
         phone.screenshot(path=tmp_path / f"{name.replace('/', '-')}-phone.png", full_page=True)
         assert phone.evaluate("document.documentElement.scrollWidth") <= 375 + 1, name
     shots = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert len(shots) == 8, shots
+    assert len(shots) == 10, shots

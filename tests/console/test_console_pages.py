@@ -123,3 +123,20 @@ def test_many_browsers_share_one_subscription_to_the_daemon(console: Console) ->
         finally:
             for s in streams:
                 s.__exit__(None, None, None)
+
+
+def test_the_audit_page_names_the_person_of_each_call_and_is_the_policys_to_allow(console: Console) -> None:
+    with closing(console.login("alice")) as http:
+        token = form_token(http.get("/actions").text)
+        assert http.post("/actions/demo/echo", data={"csrf": token}).status_code == 200
+        page = http.get("/audit", params={"person": "alice", "action": "demo.*"})
+        assert page.status_code == 200
+        row = re.search(
+            r"<tr><td>[^<]+</td><td>console:alice</td><td>([^<]*)</td><td>demo.echo</td>\s*<td>ok</td>",
+            page.text,
+        )
+        assert row, page.text
+        assert "console:bob" not in page.text
+    with closing(console.login("bob")) as http:
+        refused = http.get("/audit")
+        assert refused.status_code == 403 and "console:bob" in refused.text

@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from pymgr.client import ActionInfo, AsyncClient, ModuleInfo, TaskState
 from pymgr.console import forms
+from pymgr.console.audit_page import audit_page
 from pymgr.console.sessions import Session
 from pymgr.errors import PymgrError
 from pymgr.keeper.progress import ProgressLineFilter
@@ -244,4 +245,5 @@ def routes(page: Callable[..., Any]) -> list[Route]:
         get("/actions", actions_page),
         post("/actions/{module}/{action}", call_action),
         get("/status", status_page),
+        get("/audit", audit_page),
     ]
