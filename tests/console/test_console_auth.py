@@ -106,3 +106,9 @@ def test_logout_ends_the_session_on_the_server(console: Console) -> None:
     with console.http() as other:
         other.cookies.set("pymgr_console", cookie)
         assert other.get("/tasks").status_code == 303
+
+
+def test_a_host_name_not_allowed_is_refused_against_dns_rebinding(console: Console) -> None:
+    with console.http() as http:
+        assert http.get("/login", headers={"host": "evil.example:8765"}).status_code == 400
+        assert http.get("/login", headers={"host": "localhost"}).status_code == 200

@@ -55,6 +55,9 @@ class ConsoleConfig(BaseModel):
     #: The first delay after those; each further failure doubles it, up to ``login_max_delay_s``.
     login_delay_s: float = Field(1.0, gt=0)
     login_max_delay_s: float = Field(900.0, gt=0)
+    #: Host names the console answers to (the Host header; "*" for any): a page of another name that
+    #: resolves to this address (DNS rebinding) is refused. Behind a proxy: the name people use.
+    allowed_hosts: list[str] = Field(default_factory=lambda: ["127.0.0.1", "localhost"], min_length=1)
     #: Addresses whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's proxy headers).
     trusted_proxies: list[Annotated[str, AfterValidator(_check_proxy)]] = Field(default_factory=list)
     #: Most browsers watching events at once (each holds a queue and a connection).
