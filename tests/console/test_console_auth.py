@@ -112,3 +112,21 @@ def test_a_host_name_not_allowed_is_refused_against_dns_rebinding(console: Conso
     with console.http() as http:
         assert http.get("/login", headers={"host": "evil.example:8765"}).status_code == 400
         assert http.get("/login", headers={"host": "localhost"}).status_code == 200
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(start_console) -> None:  # type: ignore[no-untyped-def]
+    console = start_console(max_body_bytes=4096)
+    with console.http() as http:
+        big = http.post(
+            "/login",
+            content=b"name=" + b"a" * 5000,
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        assert big.status_code == 413 and big.text == "a request body is at most 4096 bytes\n"
+        chunked = http.post(
+            "/login",
+            content=iter([b"name=", b"a" * 5000]),
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        assert chunked.status_code == 413
+        assert submit_login(http, "alice", PASSWORDS["alice"]).status_code == 303

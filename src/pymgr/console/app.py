@@ -32,7 +32,7 @@ from pymgr.console.config import ConsoleConfig
 from pymgr.console.hub import EventHub
 from pymgr.console.sessions import Session, Sessions
 from pymgr.console.throttle import LoginThrottle
-from pymgr.console.websec import SecurityHeaders, same_site, token_matches
+from pymgr.console.websec import BodyLimit, SecurityHeaders, same_site, token_matches
 from pymgr.errors import PymgrError
 
 HERE = Path(__file__).parent
@@ -142,6 +142,7 @@ def create_app(config: ConsoleConfig, clock: Callable[[], float] | None = None) 
     ]
     middleware = [
         Middleware(SecurityHeaders),
+        Middleware(BodyLimit, max_bytes=config.max_body_bytes),
         Middleware(TrustedHostMiddleware, allowed_hosts=config.allowed_hosts),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

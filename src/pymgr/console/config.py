@@ -64,6 +64,8 @@ class ConsoleConfig(BaseModel):
     max_event_streams: int = Field(200, ge=1)
     #: Events a slow browser may fall behind before its stream is closed (its page reconnects).
     stream_queue_size: int = Field(256, ge=1)
+    #: Largest request body (a form) the console reads; larger ones get 413.
+    max_body_bytes: int = Field(256 * 1024, ge=1024)
     #: Rows per page of the tasks table.
     page_size: int = Field(50, ge=1, le=1000)
     #: Seconds the console waits for a reply of the daemon.
