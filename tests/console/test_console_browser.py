@@ -64,10 +64,16 @@ def test_a_scan_started_from_its_form_reaches_100_percent_without_a_reload(
     percent.filter(has_text="100 %").wait_for(timeout=30_000)
     page.locator(f'[data-state-of="{task_id}"]', has_text="succeeded").wait_for(timeout=30_000)
     assert page.evaluate("window.notReloaded") is True
+    assert page.locator(f'[data-stop-of="{task_id}"]').is_hidden()
     log = page.locator("#log").inner_text()
     assert "scan 42: 100%" in log and "PYMGR_PROGRESS" not in log
     page.screenshot(path=tmp_path / "task-desktop.png", full_page=True)
     assert not [e for e in errors if "Content Security Policy" in e], errors
+    page.goto(f"{console.url}/actions")
+    card = page.locator("#action-demo-whoami")
+    card.get_by_role("button", name="Call whoami").click()
+    page.locator("#action-demo-whoami pre.result", has_text="console:alice").wait_for(timeout=10_000)
+    assert page.url == f"{console.url}/actions"  # htmx replaced the card; the page stayed
     for name in ("actions", "audit", "status"):
         page.goto(f"{console.url}/{name}")
         page.screenshot(path=tmp_path / f"{name}-desktop.png", full_page=True)

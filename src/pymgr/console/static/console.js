@@ -12,7 +12,12 @@
     each('[data-message-of="' + data.id + '"]', function (el) { el.textContent = data.progress_message || ""; });
   }
 
+  var FINAL = ["succeeded", "failed", "stopped", "timed_out", "lost"];
+
   function onState(data) {
+    if (FINAL.indexOf(data.state) >= 0) {
+      each('[data-stop-of="' + data.id + '"]', function (el) { el.hidden = true; });
+    }
     each('[data-state-of="' + data.id + '"]', function (el) {
       el.textContent = data.state;
       el.className = "badge state-" + data.state;
