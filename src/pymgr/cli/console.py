@@ -26,7 +26,7 @@ console_app = typer.Typer(
 )
 
 _CONFIG = typer.Option(
-    "--config", metavar="FILE", help="The console's config: a [console] table, or the file itself."
+    "--config", metavar="FILE", help="The console's config file: its console table, or the whole file."
 )
 
 
