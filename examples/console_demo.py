@@ -29,7 +29,7 @@ def main() -> int:
             out.write(secrets.token_urlsafe(12) + "\n")
     password = PASSWORD_FILE.read_text().strip()
     if "demo" not in users.load(USERS_FILE):
-        users.add(USERS_FILE, "demo", password, ["operators"])
+        users.add(USERS_FILE, "demo", password, ["operators", "auditors"])
     if os.geteuid() == 0:
         entry = pwd.getpwnam(CONSOLE_USER)
         for path in (VAR, PASSWORD_FILE, USERS_FILE):
