@@ -7,9 +7,11 @@ CONFIG ?= examples/demo.toml
 .PHONY: run test venv web-venv system-deps clean bench
 
 # System tools the end-to-end tests drive for real (curl, setpriv; systemd's
-# socket activator and unit checker, which work without systemd as PID 1).
+# socket activator and unit checker, which work without systemd as PID 1; the
+# browser the console's tests drive through Playwright, never a downloaded one).
 # Installed with apt-get only when missing, so a machine that has them needs no root.
-SYSTEM_TOOLS := curl:curl setpriv:util-linux systemd-socket-activate:systemd systemd-analyze:systemd
+SYSTEM_TOOLS := curl:curl setpriv:util-linux systemd-socket-activate:systemd systemd-analyze:systemd \
+	chromium:chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,17 +20,24 @@ $(BIN)/python:
 # Reinstall when the package metadata changes (editable install: code edits need nothing).
 # The daemon extra: a bare `pip install pymgr` is the light client (docs/install.md).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[daemon]'
+	$(BIN)/pip install -q -e '.[daemon,console]'
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml $(VENV)/.installed
-	$(BIN)/pip install -q -e '.[daemon,test]'
+	$(BIN)/pip install -q -e '.[daemon,console,test]'
 	touch $@
 
 venv: $(VENV)/.installed
 
+# The daemon, and the web console next to it on 127.0.0.1:8765 (docs/console.md); the
+# console's demo account and its password are made on the first run and printed.
+CONSOLE_CONFIG ?= examples/console.toml
+
 run: $(VENV)/.installed
 	mkdir -p var
+	$(BIN)/python examples/console_demo.py
+	$(BIN)/pymgr console --config $(CONSOLE_CONFIG) & console=$$!; \
+	trap 'kill $$console 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/pymgr serve --config $(CONFIG)
 
 system-deps:

@@ -39,3 +39,19 @@ def test_the_legacy_codec_is_pure(path: Path) -> None:
 
 def test_metrics_the_core_counts_with_import_nothing_of_pymgr() -> None:
     assert _edges(SRC / "metrics.py", ()) == []
+
+
+#: What the web console may import of pymgr: itself, the client (its only way to the daemon),
+#: the errors the client raises, and the keeper's pure progress-line filter (a log shown without them).
+CONSOLE_ALLOWED = ("pymgr.console", "pymgr.client", "pymgr.errors", "pymgr.keeper.progress")
+CONSOLE = sorted((SRC / "console").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", CONSOLE, ids=lambda p: p.name)
+def test_the_console_reaches_the_daemon_through_the_client_only(path: Path) -> None:
+    names = {n for n in imported(path) if n == "pymgr" or n.startswith("pymgr.")}
+    assert _edges_of(names, CONSOLE_ALLOWED) == []
+
+
+def _edges_of(names: set[str], allowed: tuple[str, ...]) -> list[str]:
+    return sorted(n for n in names if outside(n, allowed))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from pymgr.cli import console as console_cli
 from pymgr.cli.daemondeps import DAEMON_MODULES, INSTALL_HINT
 from tests.conftest import REPO, Daemon
 
@@ -38,6 +39,16 @@ DAEMON = [
     'python-daemon>=3.0; sys_platform != "win32"',
     'pywin32>=306; sys_platform == "win32"',
     'uvloop>=0.19; sys_platform != "win32"',
+]
+
+#: The ``console`` extra, exactly.
+CONSOLE = [
+    "argon2-cffi>=23.1",
+    "jinja2>=3.1",
+    "pydantic>=2.6",
+    "python-multipart>=0.0.9",
+    "starlette>=0.37",
+    "uvicorn>=0.30",
 ]
 
 PIP_TIMEOUT_S = 600
@@ -86,13 +97,27 @@ def test_the_wheel_requires_the_client_only_and_the_daemon_extra_the_rest(wheel:
     base, extras = _requires(wheel)
     assert base == BASE
     assert extras["daemon"] == DAEMON
-    assert set(extras) == {"daemon", "test", "bench"}
+    assert set(extras) == {"daemon", "console", "test", "bench"}
+    assert extras["console"] == CONSOLE
 
 
 def test_the_daemon_check_knows_every_distribution_of_the_extra(wheel: Path) -> None:
     _, extras = _requires(wheel)
     names = {re.match(r"[\w.-]+", requirement)[0] for requirement in extras["daemon"]}  # type: ignore[index]
     assert set(DAEMON_MODULES) == names
+
+
+def test_the_console_check_knows_every_distribution_of_its_extra() -> None:
+    modules = {"argon2-cffi": "argon2", "python-multipart": "multipart"}
+    names = {re.match(r"[\w.-]+", r)[0] for r in CONSOLE}  # type: ignore[index]
+    assert set(console_cli.CONSOLE_MODULES) == {modules.get(n, n) for n in names}
+
+
+def test_the_wheel_ships_the_consoles_templates_and_htmx(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    assert {"pymgr/console/templates/base.html", "pymgr/console/static/htmx-2.0.11.min.js"} <= names
+    assert "pymgr/console/static/htmx-LICENSE.txt" in names
 
 
 def test_the_wheel_says_it_is_typed(wheel: Path) -> None:
@@ -128,6 +153,24 @@ def test_the_light_install_has_no_daemon_dependency(light_venv: Path) -> None:
     out = _in(light_venv, "python", "-c", script)
     assert (out.returncode, out.stderr) == (0, "")
     assert json.loads(out.stdout) == []
+
+
+@pytest.mark.slow
+def test_the_light_install_has_no_console_dependency_and_says_what_to_install(
+    light_venv: Path, tmp_path: Path
+) -> None:
+    script = (
+        "import importlib.util, json;"
+        f"print(json.dumps([m for m in {list(console_cli.CONSOLE_MODULES)!r} if importlib.util.find_spec(m)]))"
+    )
+    out = _in(light_venv, "python", "-c", script)
+    assert (out.returncode, json.loads(out.stdout)) == (0, [])
+    out = _in(light_venv, "pymgr", "console", "--config", str(tmp_path / "console.toml"))
+    assert (out.returncode, out.stdout) == (1, "")
+    assert out.stderr == (
+        "error: pymgr console needs the console's dependencies (starlette is missing): "
+        "pip install 'pymgr[console]'\n"
+    )
 
 
 @pytest.mark.slow

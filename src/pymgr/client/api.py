@@ -9,15 +9,17 @@ across a sync and an async client generically (httpx writes its two clients the 
 from __future__ import annotations
 
 import abc
+import copy
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
 
+from pymgr.client.delegation import OnBehalfOf
 from pymgr.client.fields import JsonObject, JsonValue, list_of
 from pymgr.client.replies import decode, opened
 from pymgr.client.results import Health, ModuleInfo, TaskRecord, TaskTypeInfo
@@ -47,9 +49,11 @@ class Request(Generic[T]):
     #: For a stream: the longest wait for its next bytes (None: as long as it takes, e.g. a quiet log).
     read_timeout_s: float | None = None
 
-    def httpx_args(self, timeout_s: float) -> dict[str, Any]:
-        """Keyword arguments for ``httpx.Client.build_request``; ``timeout_s`` the client's own."""
+    def httpx_args(self, timeout_s: float, headers: dict[str, str]) -> dict[str, Any]:
+        """Keyword arguments for ``httpx.Client.build_request``; ``timeout_s`` and ``headers`` the client's."""
         args: dict[str, Any] = {"method": self.method, "url": self.path}
+        if headers:
+            args["headers"] = headers
         if self.query:
             args["params"] = self.query
         if self.body is not None:
@@ -178,6 +182,8 @@ class Api(abc.ABC):
         self._target = Target.choose(socket, url)
         self._timeout_s = timeout_s
         self._retry = retry
+        #: Headers of every request: the delegation headers of a view made by ``acting_for``.
+        self._headers: dict[str, str] = {}
         options = self._target.httpx_options(self._transport_class(), timeout_s)
         self._open({**options, **security_options(self._target, key_id, secret, tls)})
 
@@ -192,6 +198,25 @@ class Api(abc.ABC):
     def __repr__(self) -> str:
         where = f"socket={str(self._target.socket)!r}" if self._target.socket else f"url={self._target.url!r}"
         return f"{type(self).__name__}({where})"
+
+    def acting_for(self, person: str, roles: Iterable[str] = ()) -> Self:
+        """A view of this client whose requests act for ``person`` with ``roles`` (delegation).
+
+        The daemon judges each request of the view as ``NAMESPACE:person`` with ``role:ROLE``
+        (docs/security.md, "Delegation"); this client must be one of its ``[[policy.delegates]]``.
+        The view shares this client's connections: close this client, not the view.
+
+        Raises:
+            ValueError: a name or role the daemon would refuse, or a client on a URL (the daemon
+                accepts delegation on its Unix socket only).
+        """
+        if self._target.socket is None:
+            raise ValueError(
+                "acting_for needs a client on the Unix socket: the daemon refuses delegation on TCP"
+            )
+        view = copy.copy(self)
+        view._headers = OnBehalfOf.of(person, roles).headers()
+        return view
 
     def _retry_delay_s(self, retry: int, error: PymgrError, request: Request[Any]) -> float | None:
         """Seconds to wait before sending ``request`` again after ``error``; None: raise it."""

@@ -49,7 +49,7 @@ class AsyncClient(api.Api):
 
     async def _exchange(self, request: api.Request[Any]) -> httpx.Response:
         try:
-            sent = self._http.build_request(**request.httpx_args(self._timeout_s))
+            sent = self._http.build_request(**request.httpx_args(self._timeout_s, self._headers))
             response = await self._http.send(sent, stream=request.stream)
             if request.stream and not response.is_success:
                 await response.aread()  # the error's envelope, for the request's reader

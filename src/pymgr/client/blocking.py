@@ -61,7 +61,7 @@ class Client(api.Api):
 
     def _exchange(self, request: api.Request[Any]) -> httpx.Response:
         try:
-            sent = self._http.build_request(**request.httpx_args(self._timeout_s))
+            sent = self._http.build_request(**request.httpx_args(self._timeout_s, self._headers))
             response = self._http.send(sent, stream=request.stream)
             if request.stream and not response.is_success:
                 response.read()  # the error's envelope, for the request's reader

@@ -1,0 +1,105 @@
+"""The console's settings: a ``[console]`` table in a TOML file (or the whole file), read once at start.
+
+Rules:
+- Unknown keys are errors (a typo must not silently keep a default).
+- Relative paths are relative to the file's directory, as in the daemon's config.
+- Every limit is explicit here, with its reason; docs/console.md lists them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+
+def _check_listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen must be HOST:PORT (e.g. 127.0.0.1:8765), not {value!r}")
+    return value
+
+
+def _check_proxy(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"a trusted proxy is an IP address or network (10.0.0.0/8), not {value!r}") from None
+    return value
+
+
+class ConsoleConfig(BaseModel):
+    """The ``[console]`` table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Where browsers connect; loopback by default (put a TLS reverse proxy in front for others).
+    listen: Annotated[str, AfterValidator(_check_listen)] = "127.0.0.1:8765"
+    #: The daemon's Unix socket (None: the client's default, $PYMGR_SOCKET or the installed one).
+    socket: Path | None = None
+    #: The users file (``pymgr console adduser``): names, argon2id hashes, roles.
+    users_file: Path = Path("console-users.json")
+    #: Started as root, the console becomes this user before it serves; as root without it, it refuses.
+    user: str | None = None
+    #: A session unused this long ends (OWASP: 15-30 minutes for an admin tool).
+    session_idle_s: float = Field(900.0, gt=0)
+    #: A session ends this long after its login, however busy (a stolen cookie dies with it).
+    session_absolute_s: float = Field(8 * 3600.0, gt=0)
+    #: Most sessions held at once; the oldest is ended to make room (memory stays bounded).
+    max_sessions: int = Field(1000, ge=1)
+    #: Failed logins a user name or an address may make before delays start.
+    login_free_failures: int = Field(3, ge=0)
+    #: The first delay after those; each further failure doubles it, up to ``login_max_delay_s``.
+    login_delay_s: float = Field(1.0, gt=0)
+    login_max_delay_s: float = Field(900.0, gt=0)
+    #: Host names the console answers to (the Host header; "*" for any): a page of another name that
+    #: resolves to this address (DNS rebinding) is refused. Behind a proxy: the name people use.
+    allowed_hosts: list[str] = Field(default_factory=lambda: ["127.0.0.1", "localhost"], min_length=1)
+    #: Addresses whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's proxy headers).
+    trusted_proxies: list[Annotated[str, AfterValidator(_check_proxy)]] = Field(default_factory=list)
+    #: Most browsers watching events at once (each holds a queue and a connection).
+    max_event_streams: int = Field(200, ge=1)
+    #: Events a slow browser may fall behind before its stream is closed (its page reconnects).
+    stream_queue_size: int = Field(256, ge=1)
+    #: Largest request body (a form) the console reads; larger ones get 413.
+    max_body_bytes: int = Field(256 * 1024, ge=1024)
+    #: Rows per page of the tasks table.
+    page_size: int = Field(50, ge=1, le=1000)
+    #: Seconds the console waits for a reply of the daemon.
+    daemon_timeout_s: float = Field(30.0, gt=0)
+
+    def listen_host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+class ConsoleConfigError(Exception):
+    """The console's config file is missing, unreadable or invalid (the message says where and why)."""
+
+
+def load_config(path: Path) -> ConsoleConfig:
+    """Read ``path``'s ``[console]`` table, or the whole file when it has none.
+
+    Raises:
+        ConsoleConfigError: the file cannot be read, is not TOML, or a setting is invalid.
+    """
+    try:
+        data: dict[str, Any] = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConsoleConfigError(f"cannot read the console config {path}: {exc}") from exc
+    table = data.get("console", data)
+    if not isinstance(table, dict):
+        raise ConsoleConfigError(f"{path}: [console] must be a table")
+    try:
+        config = ConsoleConfig.model_validate(table)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConsoleConfigError(f"{path}: {problems}") from None
+    base = path.parent.absolute()
+    updates: dict[str, Any] = {"users_file": base / config.users_file}
+    if config.socket is not None:
+        updates["socket"] = base / config.socket
+    return config.model_copy(update=updates)

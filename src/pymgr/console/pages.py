@@ -1,0 +1,252 @@
+"""The console's pages: tasks (table, one run, start, stop), actions (forms from JSON Schema), status.
+
+Rules:
+- Every page asks the daemon as the person (``Console.person``): what the daemon refuses the person,
+  the page refuses with the daemon's own status and message.
+- Only what the person may call is offered (``GET /v1/modules?allowed=true``, for the person); a
+  forced POST to anything else is refused by the console (403) before the daemon refuses it again.
+- Forms post whole pages and work without JavaScript; with htmx, an action's result replaces only
+  its own card (``HX-Request``).
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from pymgr.client import ActionInfo, AsyncClient, ModuleInfo, TaskState
+from pymgr.console import forms
+from pymgr.console.audit_page import audit_page
+from pymgr.console.sessions import Session
+from pymgr.errors import PymgrError
+from pymgr.keeper.progress import ProgressLineFilter
+
+if TYPE_CHECKING:
+    from pymgr.console.app import Console, Handler
+
+#: Modules with pages of their own rather than forms on the actions page.
+OWN_PAGES = {"tasks", "audit"}
+STATES: tuple[str, ...] = typing.get_args(TaskState)
+#: Runs the status page counts by state: one page of the daemon's (its default list_max_limit).
+STATUS_SAMPLE = 500
+#: Most bytes of a log shown inside the task page (the whole log is a download).
+LOG_PAGE_BYTES = 256 * 1024
+
+
+def _filters(request: Request) -> dict[str, str]:
+    return {k: v for k in ("state", "type", "key") if (v := request.query_params.get(k, "").strip())}
+
+
+def _before(request: Request) -> int | None:
+    text = request.query_params.get("before", "")
+    return int(text) if text.isdigit() else None
+
+
+async def _startable(client: AsyncClient) -> list[tuple[str, list[forms.Field]]]:
+    """The task types the person may start, each with its form."""
+    listing = await client.modules(allowed=True)
+    start = next((a for m in listing if m.name == "tasks" for a in m.actions if a.name == "start"), None)
+    if start is None or not start.allowed or not start.task_types:
+        return []
+    allowed = {name for name, ok in start.task_types.items() if ok}
+    return [(t.name, forms.fields_of(t.params)) for t in await client.task_types() if t.name in allowed]
+
+
+async def tasks_page(request: Request, console: Console, session: Session) -> Response:
+    client = console.person(session)
+    filters, before = _filters(request), _before(request)
+    size = console.config.page_size
+    runs = await client.tasks(limit=size, before=before, **filters)
+    older = runs[-1].id if len(runs) == size else None
+    return console.render(
+        request,
+        "tasks.html",
+        session=session,
+        runs=runs,
+        filters=filters,
+        states=STATES,
+        older=older,
+        live=not filters and before is None,
+        startable=await _startable(client),
+        errors={},
+        values={},
+        start_type=None,
+    )
+
+
+async def start_task(request: Request, console: Console, session: Session) -> Response:
+    client = console.person(session)
+    form = await request.form()
+    startable = dict(await _startable(client))
+    type_name = str(form.get("type", ""))
+    if type_name not in startable:
+        return console.render(
+            request, "error.html", 403, session=session, message=f"You may not start task type {type_name!r}."
+        )
+    values = {k: str(v) for k, v in form.items()}
+    params, errors = forms.read(startable[type_name], values)
+    if not errors:
+        try:
+            record = await client.start_task(type_name, params)
+            return RedirectResponse(f"/tasks/{record.id}", 303)
+        except PymgrError as exc:
+            errors = forms.daemon_errors(exc.details) or {"": str(exc)}
+    runs = await client.tasks(limit=console.config.page_size)
+    return console.render(
+        request,
+        "tasks.html",
+        400,
+        session=session,
+        runs=runs,
+        filters={},
+        states=STATES,
+        older=None,
+        live=True,
+        startable=list(startable.items()),
+        errors=errors,
+        values=values,
+        start_type=type_name,
+    )
+
+
+def _task_id(request: Request) -> int:
+    return int(request.path_params["task_id"])
+
+
+async def task_page(request: Request, console: Console, session: Session) -> Response:
+    client = console.person(session)
+    record = await client.task(_task_id(request))
+    try:
+        raw = await client.logs(record.id, 0)
+    except PymgrError:
+        raw = b""
+    # The live view resumes at the log's own offset (progress lines count); they are not shown.
+    log = ProgressLineFilter().feed(raw)
+    shown = log[-LOG_PAGE_BYTES:].decode(errors="replace")
+    return console.render(
+        request,
+        "task.html",
+        session=session,
+        run=record,
+        log=shown,
+        log_offset=len(raw),
+        cut=len(log) > LOG_PAGE_BYTES,
+        params=json.dumps(record.params, indent=2),
+        started_by=record.started_by.get("person") or record.started_by.get("user") or "",
+    )
+
+
+async def task_log(request: Request, console: Console, session: Session) -> Response:
+    task_id = _task_id(request)
+    log = await console.person(session).logs(task_id, 0, progress=False)
+    disposition = f'attachment; filename="task-{task_id}.log"'
+    return PlainTextResponse(log.decode(errors="replace"), headers={"content-disposition": disposition})
+
+
+async def stop_confirm(request: Request, console: Console, session: Session) -> Response:
+    record = await console.person(session).task(_task_id(request))
+    return console.render(request, "stop.html", session=session, run=record)
+
+
+async def stop_task(request: Request, console: Console, session: Session) -> Response:
+    await console.person(session).stop_task(_task_id(request))
+    return RedirectResponse(f"/tasks/{_task_id(request)}", 303)
+
+
+def _callable(
+    listing: list[ModuleInfo],
+) -> list[tuple[ModuleInfo, list[tuple[ActionInfo, list[forms.Field]]]]]:
+    shown = []
+    for module in listing:
+        actions = [(a, forms.fields_of(a.params)) for a in module.actions if a.allowed]
+        if actions and module.name not in OWN_PAGES:
+            shown.append((module, actions))
+    return shown
+
+
+async def actions_page(request: Request, console: Console, session: Session) -> Response:
+    modules = _callable(await console.person(session).modules(allowed=True))
+    return console.render(request, "actions.html", session=session, modules=modules, outcome={})
+
+
+async def call_action(request: Request, console: Console, session: Session) -> Response:
+    client = console.person(session)
+    module_name, action_name = request.path_params["module"], request.path_params["action"]
+    modules = _callable(await client.modules(allowed=True))
+    found = [
+        (m, a, f) for m, acts in modules for a, f in acts if (m.name, a.name) == (module_name, action_name)
+    ]
+    if not found:
+        message = f"You may not call {module_name}.{action_name} (or it does not exist)."
+        return console.render(request, "error.html", 403, session=session, message=message)
+    module, action, fields = found[0]
+    values = {k: str(v) for k, v in (await request.form()).items()}
+    params, errors = forms.read(fields, values)
+    outcome: dict[str, Any] = {"key": f"{module.name}.{action.name}", "errors": errors, "values": values}
+    status = 400 if errors else 200
+    if not errors:
+        try:
+            outcome["result"] = json.dumps(await client.call(module.name, action.name, params), indent=2)
+        except PymgrError as exc:
+            status = exc.http_status or 500
+            outcome.update(errors=forms.daemon_errors(exc.details), message=str(exc))
+    if request.headers.get("hx-request") == "true":
+        return console.render(
+            request,
+            "_action.html",
+            status,
+            session=session,
+            module=module,
+            action=action,
+            fields=fields,
+            outcome=outcome,
+        )
+    return console.render(request, "actions.html", status, session=session, modules=modules, outcome=outcome)
+
+
+async def status_page(request: Request, console: Console, session: Session) -> Response:
+    client = console.person(session)
+    health = await client.health()
+    try:
+        recent = await client.tasks(limit=STATUS_SAMPLE)
+    except PymgrError:  # a person who may not read tasks still sees the daemon's health
+        recent = []
+    counts = {state: sum(1 for r in recent if r.state == state) for state in STATES}
+    return console.render(
+        request,
+        "status.html",
+        session=session,
+        health=health,
+        counts=counts,
+        sampled=len(recent),
+        watching=console.hub.watching,
+        hub_connected=console.hub.connected,
+        sessions=len(console.sessions),
+    )
+
+
+def routes(page: Callable[..., Any]) -> list[Route]:
+    def get(path: str, handler: Handler) -> Route:
+        return Route(path, page(handler), methods=["GET"])
+
+    def post(path: str, handler: Handler) -> Route:
+        return Route(path, page(handler, state_changing=True), methods=["POST"])
+
+    return [
+        get("/tasks", tasks_page),
+        post("/tasks", start_task),
+        get("/tasks/{task_id:int}", task_page),
+        get("/tasks/{task_id:int}/log", task_log),
+        get("/tasks/{task_id:int}/stop", stop_confirm),
+        post("/tasks/{task_id:int}/stop", stop_task),
+        get("/actions", actions_page),
+        post("/actions/{module}/{action}", call_action),
+        get("/status", status_page),
+        get("/audit", audit_page),
+    ]

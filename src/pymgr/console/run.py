@@ -1,0 +1,118 @@
+"""``pymgr console``: read the config, stop being root, serve the app with uvicorn.
+
+Rules:
+- Never serves as root: started as root, it becomes the configured ``user`` (its group and
+  supplementary groups too) before it opens anything of the config's; with no ``user`` it refuses.
+  It does not go back: the switch is checked by trying to regain uid 0.
+- uvicorn believes X-Forwarded-For / X-Forwarded-Proto only from ``trusted_proxies``.
+- Access lines carry the path, never a cookie (uvicorn's access log writes no headers); the
+  console's own log lines never carry a password or a session id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import pwd
+from pathlib import Path
+
+from starlette.applications import Starlette
+
+from pymgr.console.config import ConsoleConfig, ConsoleConfigError, load_config
+
+
+class RootRefused(Exception):
+    """The console was started as root with nowhere to go (or could not leave root)."""
+
+
+def drop_root(config: ConsoleConfig, config_path: Path) -> None:
+    """As root, become ``config.user``; as anyone else, stay.
+
+    Raises:
+        RootRefused: root without a ``user``, an unknown user, a user that is root itself,
+            or a switch that did not hold.
+    """
+    if os.geteuid() != 0:
+        return
+    if not config.user:
+        raise RootRefused(
+            f'the console never serves as root: set user = "NAME" in {config_path} ([console]) '
+            "to have it switch to that user, or start it as that user"
+        )
+    try:
+        entry = pwd.getpwnam(config.user)
+    except KeyError:
+        raise RootRefused(f"user {config.user!r} (console.user in {config_path}) does not exist") from None
+    if entry.pw_uid == 0:
+        raise RootRefused(f"user {config.user!r} is root: the console must run as an unprivileged user")
+    os.initgroups(entry.pw_name, entry.pw_gid)
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    try:
+        os.setuid(0)
+    except PermissionError:
+        return
+    raise RootRefused("the switch away from root did not hold (setuid(0) succeeded again)")
+
+
+#: Modules imported on first use by what serves a request: imported before root is left, since the
+#: Python they come from may be readable by root only (a pyenv under /root).
+_LAZY_MODULES = (
+    "encodings.idna",
+    "encodings.unicode_escape",
+    "multipart",
+    "python_multipart",
+    "uvicorn.lifespan.on",
+    "uvicorn.loops.auto",
+    "uvicorn.loops.asyncio",
+    "uvicorn.loops.uvloop",
+    "uvicorn.protocols.http.auto",
+    "uvicorn.protocols.http.h11_impl",
+    "uvicorn.protocols.http.httptools_impl",
+    "uvicorn.protocols.websockets.auto",
+)
+
+
+def _warm(app: Starlette) -> None:
+    """Import and compile now what a request would load later (templates, uvicorn's parts)."""
+    for name in _LAZY_MODULES:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    templates = app.state.console.templates
+    for template in templates.list_templates():
+        templates.get_template(template)
+
+
+def serve(config_path: Path) -> None:
+    """Run the console until interrupted.
+
+    Raises:
+        ConsoleConfigError: the config cannot be read.
+        RootRefused: see ``drop_root``.
+    """
+    import uvicorn
+
+    from pymgr.console.app import create_app
+
+    config = load_config(config_path)
+    app = create_app(config)
+    _warm(app)
+    drop_root(config, config_path)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # One line per request at most (uvicorn's access log); httpx's per-request INFO lines say nothing more.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    host, port = config.listen_host_port()
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        proxy_headers=bool(config.trusted_proxies),
+        forwarded_allow_ips=config.trusted_proxies or None,
+        server_header=False,
+        log_level="info",
+    )
+
+
+__all__ = ["ConsoleConfigError", "RootRefused", "drop_root", "serve"]

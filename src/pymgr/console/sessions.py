@@ -1,0 +1,94 @@
+"""Server-side sessions: a random id in an HttpOnly cookie, everything else in memory here.
+
+Why server-side and not a signed cookie (itsdangerous): logout must end a session at once, and an idle
+timeout must be the server's to enforce; a signed cookie stays valid until it expires, wherever it was
+copied to. The price, sessions end when the console restarts, is a new login.
+
+Rules:
+- The id is 256 random bits (``secrets``); the table is keyed by its SHA-256, so the ids themselves
+  are nowhere in the console's memory dumps or logs.
+- A session ends after ``idle_s`` unused or ``absolute_s`` after its login, whichever comes first,
+  checked at every use; at most ``max_sessions`` are held (the least recently used one is ended).
+- Each session has its own CSRF token (``csrf``), sent in forms, never in a URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Session:
+    user: str
+    roles: tuple[str, ...]
+    created_s: float
+    seen_s: float
+    csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+
+
+def _key(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Sessions:
+    """The sessions in force; ``clock`` is monotonic seconds (a test passes its own)."""
+
+    def __init__(
+        self, idle_s: float, absolute_s: float, max_sessions: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._idle_s = idle_s
+        self._absolute_s = absolute_s
+        self._max = max_sessions
+        self._clock = clock
+        self._table: OrderedDict[str, Session] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def create(self, user: str, roles: tuple[str, ...]) -> tuple[str, Session]:
+        """A new session for ``user``: its id (for the cookie only) and the session."""
+        now = self._clock()
+        token = secrets.token_urlsafe(32)
+        session = Session(user, roles, created_s=now, seen_s=now)
+        self._table[_key(token)] = session
+        while len(self._table) > self._max:
+            self._table.popitem(last=False)
+        return token, session
+
+    def get(self, token: str | None) -> Session | None:
+        """The session of ``token`` if it is in force (and marks it used), else None."""
+        if not token:
+            return None
+        key = _key(token)
+        session = self._table.get(key)
+        if session is None:
+            return None
+        now = self._clock()
+        if now - session.seen_s > self._idle_s or now - session.created_s > self._absolute_s:
+            del self._table[key]
+            return None
+        session.seen_s = now
+        self._table.move_to_end(key)
+        return session
+
+    def peek(self, token: str | None) -> Session | None:
+        """The session of ``token`` if it is in force, without marking it used (an open event stream
+        is not a person at work: it must not keep a session from its idle timeout)."""
+        session = self._table.get(_key(token)) if token else None
+        now = self._clock()
+        if (
+            session is None
+            or now - session.seen_s > self._idle_s
+            or now - session.created_s > self._absolute_s
+        ):
+            return None
+        return session
+
+    def end(self, token: str | None) -> None:
+        if token:
+            self._table.pop(_key(token), None)
