@@ -23,7 +23,8 @@ Rules:
   never touched).
 - Patterns are fnmatch-style (``*``, ``?``, ``[...]``), case-sensitive.
   ``PATTERN:read`` matches only read-only operations (``*:read`` is a
-  read-only role in one line).
+  read-only role in one line). An ``@action(explicit=True)`` (``audit.read``)
+  is matched only by a pattern naming its module (``audit.*``), never ``*``.
 - An action's ``@action(allow=[...])`` is a requirement the config can
   tighten but not silently loosen: the caller must match it too, unless the
   allowing rule says ``override = true`` (logged at start).
@@ -270,7 +271,7 @@ class Policy:
         """The operation of an action that needs no params to name it."""
         if self._kind(spec) == "tasks.read":
             return Operation("tasks.read", True)
-        return Operation(spec.qualname, spec.options.read_only)
+        return Operation(spec.qualname, spec.options.read_only, spec.options.explicit)
 
     def _check(self, identity: Identity, spec: ActionSpec, op: Operation) -> None:
         denial = self._decide(identity, spec, op)

@@ -1,8 +1,9 @@
 """The ``audit`` module: the daemon's audit log, read back a page at a time (``audit.read``).
 
 Served by every daemon, like any action under the policy: ``audit.read`` is
-denied unless a rule allows it (``*:read`` does: it is read-only), and every
-read is itself a line of the audit log. The files are read as written,
+denied unless a rule names it (``audit.read`` or ``audit.*``: it is
+``explicit``, so ``*`` and ``*:read``, written before the log could be read
+back, do not grant it), and every read is itself a line of the audit log. The files are read as written,
 secrets already redacted (``auth/auditread.py`` has the rules of the scan);
 ``GET /v1/audit`` is the same call with its filters in the query.
 """
@@ -70,7 +71,7 @@ class AuditModule(Module):
             config.path, backups=config.backups, max_scan_bytes=config.read_max_scan_bytes
         )
 
-    @action(read_only=True)
+    @action(read_only=True, explicit=True)
     async def read(
         self,
         since: Time | None = None,
