@@ -105,6 +105,28 @@ def test_a_delegate_acts_for_a_person_and_the_audit_line_names_both(console: Dae
     assert line["identity"]["roles"] == [] and line["operation"] == "demo.echo"
 
 
+def test_the_delegate_calls_only_for_a_person_unless_its_entry_says_own_calls(
+    console: Daemon, start_daemon: Callable[..., Daemon]
+) -> None:
+    # "the delegate itself" grants it "*": own_calls = false (the default) still refuses its own calls.
+    with unix_http(console) as http:
+        assert http.get("/v1/health").status_code == 200  # outside the policy: a console may watch the daemon
+        reply = http.post("/v1/modules/demo/whoami", json={})
+    assert reply.status_code == 403, reply.text
+    assert re.fullmatch(
+        r"(user:\S+|uid:\d+) \(uid \d+\) is a delegate \(\[\[policy.delegates\]\], namespace 'console'\) and "
+        r"calls only for a person: send X-Pymgr-On-Behalf-Of, or set own_calls = true on its entry to let it "
+        r"call as itself",
+        reply.json()["error"]["message"],
+    )
+    wait_refused(console, ME, "forbidden", "demo.whoami", 1)
+    console.stop()
+    roles = 'roles = ["operators", "auditors"]'
+    own = start_daemon(CONFIG.replace(roles, roles + "\nown_calls = true"))
+    with unix_http(own) as http:
+        assert http.post("/v1/modules/demo/whoami", json={}).status_code == 200
+
+
 def test_the_person_gets_its_own_rules_never_the_delegates(console: Daemon) -> None:
     reply = as_person(console, "/v1/modules/demo/root_only", "alice")
     assert reply.status_code == 403
