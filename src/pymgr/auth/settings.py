@@ -144,6 +144,10 @@ class AuditConfig(_Section):
     #: Bytes of log lines one page reads at most (a rare filter pages on with a cursor): 4 MiB is
     #: about 10,000 records, some tens of milliseconds of a thread, never the event loop.
     read_max_scan_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024)
+    #: Pages read at once; more wait their turn before opening a file. Each holds ``backups + 1``
+    #: descriptors while it reads (counted in the descriptor budget, ``service/fdlimit.py``) and a
+    #: thread; two keep a host's reads going without letting a burst of them take every descriptor.
+    read_concurrency: int = Field(2, ge=1, le=64)
 
     @model_validator(mode="after")
     def _read_limits(self) -> AuditConfig:
