@@ -263,6 +263,8 @@ def test_audit_filters_by_time_and_refuses_bad_queries(console: Daemon) -> None:
         ("limit=1001", r"limit: at most 1000 records a page \(\[audit\] read_max_limit\), not 1001"),
         ("limit=0", r"limit"),
         ("since=yesterday", r"'yesterday' is not an ISO 8601 time"),
+        ("since=0001-01-01T00:00:00%2B14:00", r"out of range once in UTC: between years 1 and 9999"),
+        ("until=9999-12-31T23:59:59-14:00", r"out of range once in UTC"),
         ("subject=any", r"names no one in particular"),
         ("action=demo.echo;rm", r"an operation pattern like"),
         ("outcome=maybe", r"outcome"),

@@ -130,6 +130,9 @@ def test_unreadable_and_oversized_lines_are_skipped_and_counted(tmp_path: Path) 
         ("2026-01-31T12:00:00Z", "2026-01-31T12:00:00.000Z"),
         ("2026-01-31T12:00:00.5+02:00", "2026-01-31T10:00:00.500Z"),
         ("2026-01-31", "2026-01-31T00:00:00.000Z"),
+        ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00.000Z"),  # the ends of the range, just inside
+        ("0001-01-01T00:00:00-01:00", "0001-01-01T01:00:00.000Z"),
+        ("9999-12-31T23:59:59.999+01:00", "9999-12-31T22:59:59.999Z"),
     ],
 )
 def test_times_compare_as_the_log_writes_them(text: str, shown: str) -> None:
@@ -140,6 +143,13 @@ def test_times_compare_as_the_log_writes_them(text: str, shown: str) -> None:
     ("call", "text", "message"),
     [
         (parse_time, "yesterday", r"^'yesterday' is not an ISO 8601 time"),
+        (
+            parse_time,
+            "0001-01-01T00:00:00+14:00",
+            r"^'0001-01-01T00:00:00\+14:00' is out of range once in UTC",
+        ),
+        (parse_time, "0001-01-01T00:59:59+01:00", r"is out of range once in UTC: between years 1 and 9999"),
+        (parse_time, "9999-12-31T23:59:59-14:00", r"is out of range once in UTC"),
         (parse_cursor, "12", r"^'12' is not a cursor"),
         (parse_cursor, "1-2-3", r"is not a cursor"),
         (parse_filter_subject, "owner", r"names no one in particular"),

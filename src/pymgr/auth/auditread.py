@@ -82,7 +82,7 @@ def parse_time(text: str) -> str:
     """An ISO 8601 time as the audit line writes it (UTC, milliseconds): lines compare as text then.
 
     Raises:
-        ValueError: not an ISO 8601 time.
+        ValueError: not an ISO 8601 time, or one outside years 1 to 9999 in UTC.
     """
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
@@ -90,7 +90,14 @@ def parse_time(text: str) -> str:
         raise ValueError(f"{text!r} is not an ISO 8601 time, like 2026-01-31T12:00:00Z") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+    try:
+        utc = when.astimezone(UTC)
+    except (
+        OverflowError
+    ):  # 0001-01-01T00:00+14:00 is before year 1 in UTC (and 9999-12-31T23:59-14:00 after 9999)
+        raise ValueError(f"{text!r} is out of range once in UTC: between years 1 and 9999, please") from None
+    # isoformat, not strftime: glibc's %Y writes year 1 as "1", which sorts after "2026" as text.
+    return utc.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def parse_cursor(text: str) -> tuple[int, int]:

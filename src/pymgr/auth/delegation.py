@@ -43,12 +43,21 @@ from pymgr.auth.policyconfig import ROLE_PATTERN, PolicyConfig
 from pymgr.core.identity import Identity
 from pymgr.errors import Forbidden, MalformedRequest
 
-__all__ = ["HEADER_ON_BEHALF_OF", "HEADER_ROLES", "NO_DELEGATES", "PERSON_NAME_PATTERN", "Delegation"]
+__all__ = [
+    "HEADERS",
+    "HEADER_ON_BEHALF_OF",
+    "HEADER_ROLES",
+    "NO_DELEGATES",
+    "PERSON_NAME_PATTERN",
+    "Delegation",
+]
 
 HEADER_ON_BEHALF_OF = "X-Pymgr-On-Behalf-Of"
 HEADER_ROLES = "X-Pymgr-Roles"
 _ON_BEHALF_OF = HEADER_ON_BEHALF_OF.lower().encode()
 _ROLES = HEADER_ROLES.lower().encode()
+#: Both, as the HTTP reader gives names (lower case): ``x-pymgr-*`` but no signing headers (``guard``).
+HEADERS = frozenset({_ON_BEHALF_OF, _ROLES})
 #: A person's name: what login names, e-mail addresses and LDAP uids are made of; no ':' (a subject's
 #: separator), no '/', no space, no control or non-ASCII character (which a log or a terminal could misread).
 PERSON_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]*$"
