@@ -292,4 +292,5 @@ def test_the_audit_files_are_not_needed_to_exist_yet(tmp_path: Path) -> None:
         "next": None,
         "scanned_bytes": 0,
         "skipped_lines": 0,
+        "too_large_lines": 0,
     }

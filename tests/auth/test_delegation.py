@@ -139,7 +139,13 @@ def test_the_decision_cache_tells_people_and_roles_apart() -> None:
         ),
         (CONSOLE, None, "operators", MalformedRequest, r"^X-Pymgr-Roles without X-Pymgr-On-Behalf-Of"),
         # Either header from a caller that is no delegate is 403, roles alone included: who asks comes first.
-        (ROOT, None, "operators", Forbidden, r"^user:root \(uid 0\) is no delegate: it may not act on behalf"),
+        (
+            ROOT,
+            None,
+            "operators",
+            Forbidden,
+            r"^user:root \(uid 0\) is no delegate: it may not act on behalf",
+        ),
         (SIGNED, None, "operators", Forbidden, r"^X-Pymgr-On-Behalf-Of is served on the Unix socket only"),
         (CONSOLE, "user:root", None, MalformedRequest, r"^X-Pymgr-On-Behalf-Of 'user:root' is not a person"),
         (CONSOLE, "../root", None, MalformedRequest, r"^X-Pymgr-On-Behalf-Of '\.\./root' is not a person"),

@@ -89,6 +89,27 @@ class AuthConfig(_Section):
         return max(1, self.nonce_cache_max // max(1, len(self.keys)))
 
 
+#: What an audit line holds besides its params, at most for any usual caller: time, transport, the
+#: caller's fields (a few hundred group names), operation, module, action, outcome and error code. A
+#: line past it (a caller in thousands of groups) is reported by a read, never hidden (``too_large_lines``).
+AUDIT_LINE_OVERHEAD_BYTES = 64 * 1024
+
+
+def check_audit_read_fits(audit: AuditConfig, limits: LimitsConfig) -> None:
+    """A page must be able to hold the largest record the daemon writes.
+
+    Raises:
+        ValueError: ``read_max_scan_bytes`` is less than ``max_params_bytes`` plus the line's overhead.
+    """
+    needed = limits.max_params_bytes + AUDIT_LINE_OVERHEAD_BYTES
+    if audit.read_max_scan_bytes < needed:
+        raise ValueError(
+            f"[audit] read_max_scan_bytes={audit.read_max_scan_bytes} is less than [limits] max_params_bytes="
+            f"{limits.max_params_bytes} plus {AUDIT_LINE_OVERHEAD_BYTES} bytes of the line's other fields: a "
+            f"record of the largest params could be read by no page; raise it to at least {needed}"
+        )
+
+
 class AuditConfig(_Section):
     """The audit log: one JSON line per privileged request."""
 
