@@ -143,6 +143,14 @@ def test_the_person_gets_its_own_rules_never_the_delegates(console: Daemon) -> N
     listed = {(m["name"], a["name"]) for m in reply.json()["result"] for a in m["actions"]}
     assert listed == {("demo", "echo"), ("demo", "whoami")}
     wait_refused(console, ME, "forbidden", "demo.root_only", 1)
+    wait_refused(console, ME, "forbidden", "demo.echo", 1)
+    # Counted under the delegate (its rate and source), and naming the person it asked for.
+    refused = (console.dir / "state" / "audit-refused.log").read_text().splitlines()
+    persons = [json.loads(line).get("persons", {}) for line in refused]
+    assert (
+        sum(p.get("console:alice", 0) for p in persons) >= 1
+        and sum(p.get("console:root", 0) for p in persons) >= 1
+    )
 
 
 @pytest.mark.parametrize(

@@ -213,8 +213,9 @@ class _AuditedCall:
         call = self.call
         operation, secrets = self.guard._names(call)
         if not self.held:
+            identity = call.identity
             self.auditor.refused(
-                identity_key(call.identity), call.identity.transport, operation, error or "ok"
+                identity_key(identity), identity.transport, operation, error or "ok", identity.person
             )
             return
         params, params_json = call.params, self.params_json
