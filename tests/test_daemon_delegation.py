@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -302,3 +303,60 @@ def test_the_audit_files_are_not_needed_to_exist_yet(tmp_path: Path) -> None:
         "skipped_lines": 0,
         "too_large_lines": 0,
     }
+
+
+# --- open streams after a policy swap ------------------------------------------------------
+
+
+def open_events(daemon: Daemon, name: str, roles: str) -> socket.socket:
+    """An event stream opened as a person; returned once its opening heartbeat came (the stream is held)."""
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(str(daemon.socket))
+    sock.settimeout(10)
+    head = f"GET /v1/events HTTP/1.1\r\nHost: pymgr\r\nX-Pymgr-On-Behalf-Of: {name}\r\nX-Pymgr-Roles: {roles}\r\n\r\n"
+    sock.sendall(head.encode())
+    got = b""
+    while b"event: heartbeat" not in got:
+        data = sock.recv(65536)
+        assert data, got
+        got += data
+    assert got.startswith(b"HTTP/1.1 200 "), got
+    return sock
+
+
+def ended(sock: socket.socket, wait_s: float) -> bool:
+    """Whether the chunked body ends (its last chunk) within ``wait_s`` (heartbeats do not end it)."""
+    deadline = time.monotonic() + wait_s
+    got = b""
+    while not got.endswith(b"0\r\n\r\n"):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        sock.settimeout(left)
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            return False
+        if not data:
+            return False
+        got += data
+    return True
+
+
+def test_a_sighup_ends_the_streams_the_new_policy_no_longer_allows(console: Daemon) -> None:
+    bob = open_events(console, "bob", "operators")  # tasks.read by role:operators
+    dave = open_events(console, "dave", "operators")  # the same role, and a rule of his own after the swap
+    try:
+        new = CONFIG.replace('actions = ["tasks.read", "tasks.start:echo"]', 'actions = ["tasks.start:echo"]')
+        new += '\n[[policy.rules]]\nsubjects = ["console:dave"]\nactions = ["tasks.read"]\n'
+        (console.dir / "pymgr.toml").write_text(new)
+        console.proc.send_signal(signal.SIGHUP)
+        assert ended(bob, 20), console.log()  # the role lost tasks.read: its stream ends, cleanly
+        assert not ended(dave, 1)  # dave is still allowed: his stream stays
+        assert re.search(
+            r"stream GET /v1/events of console:bob role:operators .* ended: the policy in force",
+            console.log(),
+        )
+    finally:
+        bob.close()
+        dave.close()
