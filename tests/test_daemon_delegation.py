@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -105,6 +106,28 @@ def test_a_delegate_acts_for_a_person_and_the_audit_line_names_both(console: Dae
     assert line["identity"]["roles"] == [] and line["operation"] == "demo.echo"
 
 
+def test_the_delegate_calls_only_for_a_person_unless_its_entry_says_own_calls(
+    console: Daemon, start_daemon: Callable[..., Daemon]
+) -> None:
+    # "the delegate itself" grants it "*": own_calls = false (the default) still refuses its own calls.
+    with unix_http(console) as http:
+        assert http.get("/v1/health").status_code == 200  # outside the policy: a console may watch the daemon
+        reply = http.post("/v1/modules/demo/whoami", json={})
+    assert reply.status_code == 403, reply.text
+    assert re.fullmatch(
+        r"(user:\S+|uid:\d+) \(uid \d+\) is a delegate \(\[\[policy.delegates\]\], namespace 'console'\) and "
+        r"calls only for a person: send X-Pymgr-On-Behalf-Of, or set own_calls = true on its entry to let it "
+        r"call as itself",
+        reply.json()["error"]["message"],
+    )
+    wait_refused(console, ME, "forbidden", "demo.whoami", 1)
+    console.stop()
+    roles = 'roles = ["operators", "auditors"]'
+    own = start_daemon(CONFIG.replace(roles, roles + "\nown_calls = true"))
+    with unix_http(own) as http:
+        assert http.post("/v1/modules/demo/whoami", json={}).status_code == 200
+
+
 def test_the_person_gets_its_own_rules_never_the_delegates(console: Daemon) -> None:
     reply = as_person(console, "/v1/modules/demo/root_only", "alice")
     assert reply.status_code == 403
@@ -121,6 +144,14 @@ def test_the_person_gets_its_own_rules_never_the_delegates(console: Daemon) -> N
     listed = {(m["name"], a["name"]) for m in reply.json()["result"] for a in m["actions"]}
     assert listed == {("demo", "echo"), ("demo", "whoami")}
     wait_refused(console, ME, "forbidden", "demo.root_only", 1)
+    wait_refused(console, ME, "forbidden", "demo.echo", 1)
+    # Counted under the delegate (its rate and source), and naming the person it asked for.
+    refused = (console.dir / "state" / "audit-refused.log").read_text().splitlines()
+    persons = [json.loads(line).get("persons", {}) for line in refused]
+    assert (
+        sum(p.get("console:alice", 0) for p in persons) >= 1
+        and sum(p.get("console:root", 0) for p in persons) >= 1
+    )
 
 
 @pytest.mark.parametrize(
@@ -241,6 +272,8 @@ def test_audit_filters_by_time_and_refuses_bad_queries(console: Daemon) -> None:
         ("limit=1001", r"limit: at most 1000 records a page \(\[audit\] read_max_limit\), not 1001"),
         ("limit=0", r"limit"),
         ("since=yesterday", r"'yesterday' is not an ISO 8601 time"),
+        ("since=0001-01-01T00:00:00%2B14:00", r"out of range once in UTC: between years 1 and 9999"),
+        ("until=9999-12-31T23:59:59-14:00", r"out of range once in UTC"),
         ("subject=any", r"names no one in particular"),
         ("action=demo.echo;rm", r"an operation pattern like"),
         ("outcome=maybe", r"outcome"),
@@ -268,4 +301,62 @@ def test_the_audit_files_are_not_needed_to_exist_yet(tmp_path: Path) -> None:
         "next": None,
         "scanned_bytes": 0,
         "skipped_lines": 0,
+        "too_large_lines": 0,
     }
+
+
+# --- open streams after a policy swap ------------------------------------------------------
+
+
+def open_events(daemon: Daemon, name: str, roles: str) -> socket.socket:
+    """An event stream opened as a person; returned once its opening heartbeat came (the stream is held)."""
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(str(daemon.socket))
+    sock.settimeout(10)
+    head = f"GET /v1/events HTTP/1.1\r\nHost: pymgr\r\nX-Pymgr-On-Behalf-Of: {name}\r\nX-Pymgr-Roles: {roles}\r\n\r\n"
+    sock.sendall(head.encode())
+    got = b""
+    while b"event: heartbeat" not in got:
+        data = sock.recv(65536)
+        assert data, got
+        got += data
+    assert got.startswith(b"HTTP/1.1 200 "), got
+    return sock
+
+
+def ended(sock: socket.socket, wait_s: float) -> bool:
+    """Whether the chunked body ends (its last chunk) within ``wait_s`` (heartbeats do not end it)."""
+    deadline = time.monotonic() + wait_s
+    got = b""
+    while not got.endswith(b"0\r\n\r\n"):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        sock.settimeout(left)
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            return False
+        if not data:
+            return False
+        got += data
+    return True
+
+
+def test_a_sighup_ends_the_streams_the_new_policy_no_longer_allows(console: Daemon) -> None:
+    bob = open_events(console, "bob", "operators")  # tasks.read by role:operators
+    dave = open_events(console, "dave", "operators")  # the same role, and a rule of his own after the swap
+    try:
+        new = CONFIG.replace('actions = ["tasks.read", "tasks.start:echo"]', 'actions = ["tasks.start:echo"]')
+        new += '\n[[policy.rules]]\nsubjects = ["console:dave"]\nactions = ["tasks.read"]\n'
+        (console.dir / "pymgr.toml").write_text(new)
+        console.proc.send_signal(signal.SIGHUP)
+        assert ended(bob, 20), console.log()  # the role lost tasks.read: its stream ends, cleanly
+        assert not ended(dave, 1)  # dave is still allowed: his stream stays
+        assert re.search(
+            r"stream GET /v1/events of console:bob role:operators .* ended: the policy in force",
+            console.log(),
+        )
+    finally:
+        bob.close()
+        dave.close()

@@ -507,6 +507,15 @@ def test_tls_with_client_certificates_as_identity(start_daemon: Callable[..., Da
         assert (me["transport"], me["cert"], me["key_id"]) == ("tcp", "backup-host", None)
         with pytest.raises(Forbidden):
             c.call("demo", "echo")
+    # A certificate caller naming a person: the delegation header is no signing header, so it is not
+    # asked for a signature (401) but told delegation is the Unix socket's (403).
+    with httpx.Client(base_url=url, verify=with_cert, trust_env=False) as http:
+        for header in ("X-Pymgr-On-Behalf-Of", "X-Pymgr-Roles"):
+            reply = http.post("/v1/modules/demo/whoami", json={}, headers={header: "alice"})
+            assert reply.status_code == 403, reply.text
+            assert reply.json()["error"]["message"].startswith(
+                "X-Pymgr-On-Behalf-Of is served on the Unix socket only (cert:backup-host called over tcp)"
+            )
     with Client(url=url, tls=with_cert, key_id="ci", secret=CI_SECRET) as c:  # both names: both rules apply
         assert c.call("demo", "echo", x=1) == {"x": 1}
     without = ssl.create_default_context(cafile=str(pki / "ca.pem"))

@@ -9,6 +9,7 @@ tests/test_daemon_security.py run the same examples.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import signal
@@ -18,8 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from pymgr.auth.hmac_auth import HmacAuth
 from pymgr.config import load_config
 from pymgr.errors import Forbidden
 from tests.auth.test_policy import WWW, call, policy
@@ -110,3 +113,18 @@ def test_the_python_example_runs_against_the_demo(demo: Path) -> None:
     )
     assert (out.returncode, out.stderr) == (0, "")
     assert out.stdout.splitlines()[1] in ("queued", "running")
+
+
+def test_the_demos_read_anything_key_may_not_read_the_audit_log(demo: Path) -> None:
+    """``*:read`` (the demo key's "read anything") never grants ``audit.read``; the rule naming it does."""
+    ready = (demo / "daemon.log").read_text().split(" pymgr: ready ", 1)[1].splitlines()[0]
+    tcp = next(a for a in json.loads(ready)["http"] if a.startswith("tcp:")).removeprefix("tcp:")
+    key = HmacAuth("demo", "pymgr-demo-key--public--never-use-it")
+    with httpx.Client(base_url=f"http://{tcp}", auth=key, trust_env=False) as client:
+        assert client.get("/v1/tasks").status_code == 200  # the key's *:read
+        reply = client.get("/v1/audit")
+    assert reply.status_code == 403, reply.text
+    assert reply.json()["error"]["message"].startswith("the policy allows key:demo no audit.read; ")
+    unix = httpx.HTTPTransport(uds=str(demo / "var" / "pymgr.sock"))
+    with httpx.Client(transport=unix, base_url="http://pymgr") as client:
+        assert client.get("/v1/audit").status_code == 200  # the owner's rule names audit.read

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -116,12 +117,36 @@ def test_unreadable_and_oversized_lines_are_skipped_and_counted(tmp_path: Path) 
         line(0) + b"not json\n" + b'{"no":"time"}\n' + b"[1]\n" + b'"x' + b"y" * 5000 + b'"\n' + line(1)
     )
     reader = AuditReader(path, backups=0, max_scan_bytes=4096)
-    page = read(reader, AuditQuery(limit=10))
-    seen = [r["params"]["n"] for r in page["records"]]
-    while page["next"] is not None:
-        page = read(reader, AuditQuery(limit=10, before=parse_cursor(page["next"])))
-        seen += [r["params"]["n"] for r in page["records"]]
-    assert seen == [1, 0]
+    pages = [read(reader, AuditQuery(limit=10))]
+    while pages[-1]["next"] is not None:
+        pages.append(read(reader, AuditQuery(limit=10, before=parse_cursor(pages[-1]["next"]))))
+    assert [r["params"]["n"] for page in pages for r in page["records"]] == [1, 0]
+    # Every byte is counted as read, the too-large line's 5003 too; it is counted apart, not as skipped.
+    assert sum(page["scanned_bytes"] for page in pages) == path.stat().st_size
+    assert sum(page["skipped_lines"] for page in pages) == 3
+    assert sum(page["too_large_lines"] for page in pages) == 1
+
+
+def test_a_line_too_large_for_a_page_is_counted_whole_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "audit.log"
+    big = line(1, params={"pad": "x" * 10_000})
+    path.write_bytes(line(0) + big + line(2))
+    reader = AuditReader(path, backups=0, max_scan_bytes=4096)
+    with caplog.at_level(logging.WARNING, logger="pymgr.audit"):
+        first = read(reader, AuditQuery(limit=10))
+    # The budget is spent by the line: the page stops after it (it used to count 1 byte and read on).
+    assert [r["params"]["n"] for r in first["records"]] == [2]
+    assert first["scanned_bytes"] == len(line(2)) + len(big) and first["too_large_lines"] == 1
+    assert first["next"] == f"{path.stat().st_ino}-{len(line(0))}"
+    [message] = [r.getMessage() for r in caplog.records]
+    assert message == (
+        f"audit.read: the line at {path} offset {len(line(0))} is {len(big)} bytes, more than [audit] "
+        "read_max_scan_bytes=4096: no page can hold it; it is counted in too_large_lines"
+    )
+    rest = read(reader, AuditQuery(limit=10, before=parse_cursor(first["next"])))
+    assert [r["params"]["n"] for r in rest["records"]] == [0] and rest["next"] is None
 
 
 @pytest.mark.parametrize(
@@ -130,6 +155,9 @@ def test_unreadable_and_oversized_lines_are_skipped_and_counted(tmp_path: Path) 
         ("2026-01-31T12:00:00Z", "2026-01-31T12:00:00.000Z"),
         ("2026-01-31T12:00:00.5+02:00", "2026-01-31T10:00:00.500Z"),
         ("2026-01-31", "2026-01-31T00:00:00.000Z"),
+        ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00.000Z"),  # the ends of the range, just inside
+        ("0001-01-01T00:00:00-01:00", "0001-01-01T01:00:00.000Z"),
+        ("9999-12-31T23:59:59.999+01:00", "9999-12-31T22:59:59.999Z"),
     ],
 )
 def test_times_compare_as_the_log_writes_them(text: str, shown: str) -> None:
@@ -140,6 +168,13 @@ def test_times_compare_as_the_log_writes_them(text: str, shown: str) -> None:
     ("call", "text", "message"),
     [
         (parse_time, "yesterday", r"^'yesterday' is not an ISO 8601 time"),
+        (
+            parse_time,
+            "0001-01-01T00:00:00+14:00",
+            r"^'0001-01-01T00:00:00\+14:00' is out of range once in UTC",
+        ),
+        (parse_time, "0001-01-01T00:59:59+01:00", r"is out of range once in UTC: between years 1 and 9999"),
+        (parse_time, "9999-12-31T23:59:59-14:00", r"is out of range once in UTC"),
         (parse_cursor, "12", r"^'12' is not a cursor"),
         (parse_cursor, "1-2-3", r"is not a cursor"),
         (parse_filter_subject, "owner", r"names no one in particular"),

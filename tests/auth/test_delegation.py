@@ -91,10 +91,30 @@ def test_the_policy_judges_the_person_never_the_delegate_root_or_any() -> None:
     assert not any(p.allows(carol, spec) for spec in specs.values())
     # The code's own requirement (uid:0) is never a person's, whatever the rules say.
     assert not p.allows(person("alice", "operators,auditors"), specs["flush"])
-    # The console's own rule does not leak to the people it acts for, and its own call still gets it.
-    assert p.allows(CONSOLE, specs["allow_port"]) and not p.allows(alice, specs["allow_port"])
+    # The console's own rule does not leak to the people it acts for.
+    assert not p.allows(alice, specs["allow_port"])
     with pytest.raises(Forbidden, match=r"^the policy allows console:alice \(through the delegate "):
         p.authorize(alice, specs["allow_port"])
+
+
+def own_calls(allowed: bool) -> Policy:
+    return policy({**POLICY, "delegates": [{**POLICY["delegates"][0], "own_calls": allowed}]})  # type: ignore[index]
+
+
+def test_a_delegates_call_without_a_person_is_refused_unless_its_entry_says_own_calls() -> None:
+    spec = policy()._registry.get("firewall", "allow_port")
+    # Its own rule ("the console itself") and `any` ("root") match it: own_calls = false still refuses.
+    for p in (policy(), own_calls(False)):
+        assert not p.allows(CONSOLE, spec)
+        with pytest.raises(
+            Forbidden,
+            match=r"^user:pymgr-console \(uid 999\) is a delegate \(\[\[policy.delegates\]\], namespace "
+            r"'console'\) and calls only for a person: send X-Pymgr-On-Behalf-Of, or set own_calls = true ",
+        ):
+            p.authorize(CONSOLE, spec)
+        assert p.allows(person("bob", "operators"), spec)  # its people are unaffected
+        assert p.allows(ROOT, spec)  # and so is everyone else
+    assert own_calls(True).allows(CONSOLE, spec)  # the rules naming it, and `any`, apply to it then
 
 
 def test_the_decision_cache_tells_people_and_roles_apart() -> None:
@@ -118,6 +138,15 @@ def test_the_decision_cache_tells_people_and_roles_apart() -> None:
             r"^user:pymgr-console \(uid 999\) may not assert role 'admins'; ",
         ),
         (CONSOLE, None, "operators", MalformedRequest, r"^X-Pymgr-Roles without X-Pymgr-On-Behalf-Of"),
+        # Either header from a caller that is no delegate is 403, roles alone included: who asks comes first.
+        (
+            ROOT,
+            None,
+            "operators",
+            Forbidden,
+            r"^user:root \(uid 0\) is no delegate: it may not act on behalf",
+        ),
+        (SIGNED, None, "operators", Forbidden, r"^X-Pymgr-On-Behalf-Of is served on the Unix socket only"),
         (CONSOLE, "user:root", None, MalformedRequest, r"^X-Pymgr-On-Behalf-Of 'user:root' is not a person"),
         (CONSOLE, "../root", None, MalformedRequest, r"^X-Pymgr-On-Behalf-Of '\.\./root' is not a person"),
         (CONSOLE, ".hidden", None, MalformedRequest, r"is not a person's name"),
@@ -227,3 +256,28 @@ def test_a_rule_may_name_the_people_of_a_declared_namespace(tmp_path: Path) -> N
     assert load_config(path).policy.namespaces() == {"console"}
     with pytest.raises(ValueError, match=r"rule #1: unknown subject 'web:alice'"):
         PolicyConfig.model_validate({"rules": [{"subjects": ["web:alice"], "actions": ["*"]}]})
+
+
+def test_rules_naming_a_delegates_own_user_are_a_start_up_note() -> None:
+    # The delegate as root (uid:0 by name, its uid and its group all name it): every form is found.
+    config = {
+        "delegates": [{"subject": "user:root", "namespace": "console"}],
+        "rules": [
+            {"name": "by uid", "subjects": ["uid:0"], "actions": ["firewall.*"]},
+            {"name": "by group", "subjects": ["group:root"], "actions": ["firewall.*"]},
+            {"name": "people", "subjects": ["console:alice"], "actions": ["firewall.*"]},
+        ],
+    }
+    notes = [n for n in policy(config).startup_notes() if "delegate" in n]
+    assert notes == [
+        "policy rule #1 ('by uid') names uid:0, the delegate user:root itself: its calls without a person are "
+        "refused (own_calls = false), so this rule gives it nothing",
+        "policy rule #2 ('by group') names group:root, the delegate user:root itself: its calls without a "
+        "person are refused (own_calls = false), so this rule gives it nothing",
+    ]
+    config["delegates"] = [{"subject": "uid:0", "namespace": "console", "own_calls": True}]
+    [first, _] = [n for n in policy(config).startup_notes() if "delegate" in n]
+    assert first.startswith(
+        "policy rule #1 ('by uid') names uid:0, the delegate uid:0 itself (own_calls = true): "
+    )
+    assert first.endswith("give a delegate a user of its own and its people rules of their own")

@@ -13,7 +13,7 @@ from pymgr.errors import Forbidden
 from tests.auth.test_policy import ALICE, CI, LEGACY, ROOT, WWW, call, policy, registry
 
 RULES = (
-    {"subjects": ["uid:0"], "actions": ["*"]},
+    {"subjects": ["uid:0"], "actions": ["*", "ledger.read"]},
     {
         "subjects": ["group:www-data"],
         "actions": [

@@ -49,6 +49,16 @@ class Admin(Module):
         return 1
 
 
+class Ledger(Module):
+    """An explicit module, as ``audit`` is: only a rule naming it grants its actions."""
+
+    name = "ledger"
+
+    @action(read_only=True, explicit=True)
+    async def read(self) -> str:
+        return "records"
+
+
 class FakeTasks(Module):
     name = "tasks"
 
@@ -92,7 +102,7 @@ def task_type_of(task_id: int) -> str:
 
 def registry() -> Registry:
     reg = Registry()
-    for module in (Firewall(), Admin(), FakeTasks()):
+    for module in (Firewall(), Admin(), Ledger(), FakeTasks()):
         reg.add(module)
     return reg
 
@@ -264,6 +274,33 @@ async def test_read_only_role_is_one_rule() -> None:
     ):
         with pytest.raises(Forbidden):
             await call(p, ALICE, module, name, **params)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "granted"),
+    [
+        ("*", False),
+        ("*:read", False),
+        ("*.read", False),
+        ("l*.*", False),
+        ("[l]edger.read", False),
+        ("ledger.*", True),
+        ("ledger.read", True),
+        ("ledger.*:read", True),
+        ("ledger.r*", True),
+    ],
+)
+async def test_an_explicit_action_is_granted_only_by_a_pattern_naming_its_module(
+    pattern: str, granted: bool
+) -> None:
+    # A "read anything" rule written before the audit log could be read back must not grant it on upgrade.
+    p = policy({"subjects": ["user:alice"], "actions": [pattern]})
+    assert p.allows(ALICE, p._registry.get("ledger", "read")) is granted
+    if granted:
+        assert await call(p, ALICE, "ledger", "read") == "records"
+    else:
+        with pytest.raises(Forbidden, match=r"^the policy allows user:alice \(uid 1000\) no ledger\.read; "):
+            await call(p, ALICE, "ledger", "read")
 
 
 async def test_read_qualifier_narrows_a_pattern() -> None:

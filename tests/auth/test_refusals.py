@@ -97,6 +97,24 @@ def test_max_operations_both_sides(tmp_path: Path, operations: int, named: int, 
     assert (len(line["operations"]), line["other_operations"], line["refused"]) == (named, others, 30)
 
 
+@pytest.mark.parametrize(("persons", "named", "others"), [(2, 2, 0), (3, 2, 10)])
+def test_a_delegates_refusals_name_its_persons_bounded_both_sides(
+    tmp_path: Path, persons: int, named: int, others: int
+) -> None:
+    # The delegate may invent any number of names: the first max_operations are named, the rest counted.
+    t = tally(tmp_path, max_operations=2)
+    for n in range(30):
+        t.add("uid:999", "unix", "demo.root_only", "forbidden", person=f"console:p{n % persons}")
+    t.add("uid:999", "unix", "demo.root_only", "forbidden")  # its own call: no person
+    t.add("uid:33", "unix", "demo.root_only", "forbidden")
+    t.flush()
+    delegate, other = lines(tmp_path)
+    assert delegate["source"] == "uid:999" and delegate["refused"] == 31
+    assert (len(delegate["persons"]), delegate["other_persons"]) == (named, others)
+    assert sum(delegate["persons"].values()) + delegate["other_persons"] == 30
+    assert "persons" not in other and "other_persons" not in other  # a caller that is no delegate: as before
+
+
 def test_a_longer_window_counts_longer(tmp_path: Path) -> None:
     clock = Clock()
     t = tally(tmp_path, clock, window_s=60)

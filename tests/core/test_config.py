@@ -61,6 +61,24 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, message: str) -> No
         load_config(path)
 
 
+def test_an_audit_page_must_hold_the_largest_record(tmp_path: Path) -> None:
+    """read_max_scan_bytes >= max_params_bytes + 64 KiB of the line's other fields, both sides of it."""
+    path = tmp_path / "c.toml"
+    path.write_text("[audit]\nread_max_scan_bytes = 196608\n[limits]\nmax_params_bytes = 131072\n")
+    assert load_config(path).audit.read_max_scan_bytes == 128 * 1024 + 64 * 1024
+    path.write_text("[audit]\nread_max_scan_bytes = 196607\n[limits]\nmax_params_bytes = 131072\n")
+    with pytest.raises(
+        ConfigError,
+        match=r"\[audit\] read_max_scan_bytes=196607 is less than \[limits\] max_params_bytes=131072 plus 65536 "
+        r"bytes of the line's other fields: a record of the largest params could be read by no page; raise it "
+        r"to at least 196608",
+    ):
+        load_config(path)
+    path.write_text("[audit]\nread_max_scan_bytes = 65536\n")  # the floor, with the default params limit
+    with pytest.raises(ConfigError, match=r"raise it to at least 131072$"):
+        load_config(path)
+
+
 def test_unreadable_and_non_toml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^cannot read config .*missing\.toml: No such file or directory$"):
         load_config(tmp_path / "missing.toml")

@@ -247,7 +247,7 @@ def test_nobody_flooding_tcp_and_legacy_from_loopback_addresses_leaves_the_unix_
 def test_tcp_and_legacy_at_their_caps_leave_root_and_www_data_answered_on_the_unix_socket(
     open_dir: Path, daemons: Callable[..., Daemon]
 ) -> None:
-    # Caps that fill most of a 1024 limit (400 + 400 + 100 + 64 reserved = 964); the attacker asks for more.
+    # Caps that fill most of a 1024 limit (400 + 400 + 100 + 12 audit + 64 reserved = 976); the attacker asks for more.
     config = _config(
         "max_connections = 400\nmax_connections_per_identity = 400\nreserved_fds = 64",
         "max_connections = 100\nmax_connections_per_peer = 100",
@@ -266,13 +266,15 @@ def test_tcp_and_legacy_at_their_caps_leave_root_and_www_data_answered_on_the_un
 def test_caps_that_do_not_fit_under_the_descriptor_limit_refuse_start(
     open_dir: Path, daemons: Callable[..., Daemon]
 ) -> None:
-    # 400 x 2 HTTP listeners + 161 legacy + 64 reserved = 1025, one more than the limit (160 fits: unit tests).
-    config = _config("max_connections = 400\nreserved_fds = 64", "max_connections = 161")
+    # 400 x 2 HTTP listeners + 149 legacy + 2 audit reads x 6 files + 64 reserved = 1025, one more than the
+    # limit (148 fits: unit tests).
+    config = _config("max_connections = 400\nreserved_fds = 64", "max_connections = 149")
     daemon = daemons(open_dir / "d", config, nofile=(1024, 1024), expect_ready=False)
     assert daemon.proc.wait(timeout=30) == 78
     assert re.search(
         r"cannot start: the connection caps could hold more file descriptors than the daemon may open: "
-        r"\[http\] max_connections x 2 listeners=800 \+ \[legacy\] max_connections=161 \+ \[http\] "
+        r"\[http\] max_connections x 2 listeners=800 \+ \[legacy\] max_connections=149 \+ "
+        r"\[audit\] read_concurrency x \(backups \+ 1\) files=12 \+ \[http\] "
         r"reserved_fds=64 = 1025 > RLIMIT_NOFILE 1024; lower those keys, or raise the limit",
         daemon.log(),
     ), daemon.log()

@@ -11,7 +11,10 @@ says what each word means (docs/security.md, "Policy", is the same in prose):
   delegate's own subjects, ``owner`` or ``any``.
 - Patterns: fnmatch-style over operation names, case-sensitive;
   ``PATTERN:read`` matches read-only operations only; ``tasks.start:TYPE``,
-  ``tasks.stop:TYPE``, ``tasks.logs:TYPE`` name a task type.
+  ``tasks.stop:TYPE``, ``tasks.logs:TYPE`` name a task type. An *explicit*
+  operation (``@action(explicit=True)``: ``audit.read``) is matched only by a
+  pattern whose module part is its module, written out (``audit.read``,
+  ``audit.*``): ``*``, ``*:read`` or ``a*.*`` never grant it.
 """
 
 from __future__ import annotations
@@ -146,6 +149,8 @@ class Operation:
 
     name: str
     read_only: bool
+    #: Matched only by a pattern naming its module (``Pattern.module``), never by a wildcard over modules.
+    explicit: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +160,12 @@ class Pattern:
     text: str
     glob: str
     read_only: bool
+    #: The module the pattern names literally (``audit`` in ``audit.*``); None when a wildcard covers it.
+    module: str | None = None
 
     def matches(self, op: Operation) -> bool:
+        if op.explicit and (self.module is None or op.name.partition(".")[0] != self.module):
+            return False
         return (op.read_only or not self.read_only) and fnmatch.fnmatchcase(op.name, self.glob)
 
 
@@ -183,9 +192,15 @@ def parse_pattern(text: str) -> Pattern:
                 f"except in {', '.join(t + ':TYPE' for t in TYPED_TASK_OPS)}"
             )
         _check_plain(text, head)
-        return Pattern(text, head, read_only=True)
+        return Pattern(text, head, read_only=True, module=_literal_module(head))
     _check_plain(text, head)
-    return Pattern(text, head, read_only=False)
+    return Pattern(text, head, read_only=False, module=_literal_module(head))
+
+
+def _literal_module(glob: str) -> str | None:
+    """The module part of ``module.action`` when written without a wildcard, else None."""
+    module, sep, _ = glob.partition(".")
+    return module if sep and module and not any(c in module for c in "*?[]!") else None
 
 
 def _check_plain(text: str, glob: str) -> None:

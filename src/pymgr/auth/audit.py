@@ -226,9 +226,12 @@ class Auditor:
         """Give back what ``hold`` held, once the call's record is written (or failed)."""
         self._held -= record_bytes
 
-    def refused(self, source: str, transport: str, operation: str, error: PymgrError | str) -> None:
+    def refused(
+        self, source: str, transport: str, operation: str, error: PymgrError | str, person: str | None = None
+    ) -> None:
         """Count a request refused before its action ran (never raises: ``refusals.py`` logs failures)."""
-        self.refusals.add(source, transport, operation, error if isinstance(error, str) else error.code)
+        code = error if isinstance(error, str) else error.code
+        self.refusals.add(source, transport, operation, code, person)
 
     def close(self) -> None:
         """Write the counted refusals, then close every file (shutdown)."""

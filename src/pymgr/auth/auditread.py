@@ -4,12 +4,17 @@ Rules:
 - The files are read as the writer left them (``auditfile.py``): ``audit.log``
   then ``audit.log.1`` ... ``audit.log.N``, newest first, each line one
   record, already redacted. A line that is not a JSON object with a ``time``
-  is skipped and counted (``skipped_lines``), never returned.
+  is skipped and counted (``skipped_lines``), never returned. A line longer
+  than ``max_scan_bytes`` cannot fit in a page: it is counted apart
+  (``too_large_lines``) and logged with its file and offset, never hidden.
+  The config refuses a scan budget that a record within ``[limits]
+  max_params_bytes`` could outgrow (``settings.AUDIT_LINE_OVERHEAD_BYTES``).
 - Every file is opened (read-only, never through a symlink) before the scan
   starts, in the caller's thread; the scan may then run in another one: a
   rotation meanwhile renames files, and open descriptors do not move.
 - A page holds at most ``limit`` records, and a scan reads at most
-  ``max_scan_bytes`` of lines (a rare filter may return fewer than ``limit``
+  ``max_scan_bytes`` of lines, counted as read (a line too large to keep
+  counts every byte of it) (a rare filter may return fewer than ``limit``
   records, with a cursor to go on from); every request does bounded work.
 - The cursor (``next``, given back as ``before``) is ``INODE-OFFSET``: the
   file by its inode, which a rotation's rename keeps, and the offset of the
@@ -22,6 +27,7 @@ Rules:
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -36,6 +42,8 @@ from typing_extensions import TypedDict
 from pymgr.auth._policysyntax import Subject, parse_subject
 
 __all__ = ["AuditQuery", "AuditReader", "OpenFile", "parse_cursor", "parse_time"]
+
+log = logging.getLogger("pymgr.audit")
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
 #: Bytes read from a file at a time, from its end backwards.
@@ -54,15 +62,18 @@ class AuditPage(TypedDict):
     next: str | None
     scanned_bytes: int
     skipped_lines: int
+    #: Lines longer than ``[audit] read_max_scan_bytes``: records no page can hold (logged where they are).
+    too_large_lines: int
 
 
 @dataclass(frozen=True, slots=True)
 class OpenFile:
-    """One audit file, open: its descriptor, inode and size when opened."""
+    """One audit file, open: its descriptor, inode and size when opened, and its name (for the log)."""
 
     fd: int
     inode: int
     size: int
+    path: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +93,7 @@ def parse_time(text: str) -> str:
     """An ISO 8601 time as the audit line writes it (UTC, milliseconds): lines compare as text then.
 
     Raises:
-        ValueError: not an ISO 8601 time.
+        ValueError: not an ISO 8601 time, or one outside years 1 to 9999 in UTC.
     """
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
@@ -90,7 +101,14 @@ def parse_time(text: str) -> str:
         raise ValueError(f"{text!r} is not an ISO 8601 time, like 2026-01-31T12:00:00Z") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+    try:
+        utc = when.astimezone(UTC)
+    except (
+        OverflowError
+    ):  # 0001-01-01T00:00+14:00 is before year 1 in UTC (and 9999-12-31T23:59-14:00 after 9999)
+        raise ValueError(f"{text!r} is out of range once in UTC: between years 1 and 9999, please") from None
+    # isoformat, not strftime: glibc's %Y writes year 1 as "1", which sorts after "2026" as text.
+    return utc.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def parse_cursor(text: str) -> tuple[int, int]:
@@ -144,7 +162,7 @@ class AuditReader:
             except FileNotFoundError:
                 continue
             st = os.fstat(fd)
-            files.append(OpenFile(fd, st.st_ino, st.st_size))
+            files.append(OpenFile(fd, st.st_ino, st.st_size, name))
         return files
 
     @staticmethod
@@ -153,7 +171,7 @@ class AuditReader:
             os.close(file.fd)
 
     def scan(self, files: list[OpenFile], query: AuditQuery) -> AuditPage:
-        """One page: ``{"records", "next", "scanned_bytes", "skipped_lines"}`` (``next`` None: no more)."""
+        """One page: ``AuditPage`` (``next`` None: no more)."""
         page = _Page(query, self.max_scan_bytes)
         start = 0
         end: int | None = None
@@ -163,8 +181,17 @@ class AuditReader:
         for index in range(start, len(files)):
             file = files[index]
             top = file.size if end is None or index != start else min(end, file.size)
-            for offset, line in _lines_backwards(file.fd, top, self.max_scan_bytes):
-                if not page.take(offset, line):
+            for offset, size, line in _lines_backwards(file.fd, top, self.max_scan_bytes):
+                if line is None:
+                    log.warning(
+                        "audit.read: the line at %s offset %d is %d bytes, more than [audit] read_max_scan_bytes=%d: "
+                        "no page can hold it; it is counted in too_large_lines",
+                        file.path,
+                        offset,
+                        size,
+                        self.max_scan_bytes,
+                    )
+                if not page.take(size, line):
                     last = page.done or (offset == 0 and index == len(files) - 1)  # nothing is left to read
                     return page.reply(None if last else f"{file.inode}-{offset}")
         return page.reply(None)
@@ -179,14 +206,18 @@ class _Page:
         self.records: list[dict[str, Any]] = []
         self.scanned = 0
         self.skipped = 0
+        self.too_large = 0
         #: Nothing older can match (``since``): the page is the last.
         self.done = False
 
-    def take(self, offset: int, line: bytes | None) -> bool:
-        """Look at one line; False once the page is full, out of budget or past ``since``."""
-        self.scanned += 1 + (len(line) if line is not None else 0)
+    def take(self, size: int, line: bytes | None) -> bool:
+        """Look at one line of ``size`` bytes read (None: too large to keep); False once the page is full,
+        out of budget or past ``since``."""
+        self.scanned += size
         record = _record(line)
-        if record is None:
+        if line is None:
+            self.too_large += 1
+        elif record is None:
             self.skipped += 1
         else:
             when = record["time"]
@@ -203,6 +234,7 @@ class _Page:
             "next": next_cursor,
             "scanned_bytes": self.scanned,
             "skipped_lines": self.skipped,
+            "too_large_lines": self.too_large,
         }
 
 
@@ -249,11 +281,19 @@ def _is(subject: Subject, record: dict[str, Any]) -> bool:
     return identity.get(field) == value
 
 
-def _lines_backwards(fd: int, end: int, max_line_bytes: int) -> Iterator[tuple[int, bytes | None]]:
-    """The lines before ``end``, last first, each with the offset it starts at (None: longer than the bound).
+def _lines_backwards(fd: int, end: int, max_line_bytes: int) -> Iterator[tuple[int, int, bytes | None]]:
+    """The lines before ``end``, last first: the offset each starts at, its bytes read (its newline too) and
+    the line (None: longer than the bound).
 
-    A line that grows past ``max_line_bytes`` is not kept: it is yielded as None once its start is found.
+    A line that grows past ``max_line_bytes`` is not kept: it is yielded as None once its start is found,
+    with every byte of it counted.
     """
+    for start, line in _starts_backwards(fd, end, max_line_bytes):
+        yield start, end - start, line
+        end = start
+
+
+def _starts_backwards(fd: int, end: int, max_line_bytes: int) -> Iterator[tuple[int, bytes | None]]:
     position = end
     carry = b""
     oversize = False
@@ -267,9 +307,9 @@ def _lines_backwards(fd: int, end: int, max_line_bytes: int) -> Iterator[tuple[i
         for piece in reversed(pieces[1:]):
             offset -= len(piece) + 1
             if piece or offset + 1 < end:
-                yield offset + 1, (None if oversize else piece)
+                yield offset + 1, (None if oversize or len(piece) > max_line_bytes else piece)
             oversize = False
         if len(carry) > max_line_bytes:
             oversize, carry = True, b""
     if carry or oversize:
-        yield 0, (None if oversize else carry)
+        yield 0, (None if oversize or len(carry) > max_line_bytes else carry)

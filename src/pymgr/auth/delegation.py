@@ -8,8 +8,14 @@ Rules:
   nothing else (``_policysyntax.subject_matches``): not the delegate's user,
   uid or groups, not ``owner``, not ``any``. A delegate can name no one outside
   its namespace (the namespace is the daemon's to add, not the request's) and
-  no role outside its list, so a compromised delegate gets at most what the
-  policy grants its namespace and roles, never what root or it itself is granted.
+  no role outside its list.
+- A delegate's request without a person is refused (403) unless its entry
+  says ``own_calls = true``; then it is the delegate's own call, judged by the
+  rules naming its user, uid, groups or ``any``. So a compromised delegate
+  gets what the policy grants its namespace and roles, plus, with
+  ``own_calls``, whatever its own uid is granted (its user, uid, groups,
+  ``any``; ``owner`` too if it runs as the daemon's uid): a delegate wants a
+  user of its own (docs/security.md). Rules naming its user are a start-up note.
 - Names are checked strictly: ASCII letters, digits and ``. _ @ -``, starting
   with a letter or digit, at most ``[policy] max_person_name_length``
   characters; roles are a comma-separated list (spaces around commas allowed),
@@ -37,12 +43,21 @@ from pymgr.auth.policyconfig import ROLE_PATTERN, PolicyConfig
 from pymgr.core.identity import Identity
 from pymgr.errors import Forbidden, MalformedRequest
 
-__all__ = ["HEADER_ON_BEHALF_OF", "HEADER_ROLES", "NO_DELEGATES", "PERSON_NAME_PATTERN", "Delegation"]
+__all__ = [
+    "HEADERS",
+    "HEADER_ON_BEHALF_OF",
+    "HEADER_ROLES",
+    "NO_DELEGATES",
+    "PERSON_NAME_PATTERN",
+    "Delegation",
+]
 
 HEADER_ON_BEHALF_OF = "X-Pymgr-On-Behalf-Of"
 HEADER_ROLES = "X-Pymgr-Roles"
 _ON_BEHALF_OF = HEADER_ON_BEHALF_OF.lower().encode()
 _ROLES = HEADER_ROLES.lower().encode()
+#: Both, as the HTTP reader gives names (lower case): ``x-pymgr-*`` but no signing headers (``guard``).
+HEADERS = frozenset({_ON_BEHALF_OF, _ROLES})
 #: A person's name: what login names, e-mail addresses and LDAP uids are made of; no ':' (a subject's
 #: separator), no '/', no space, no control or non-ASCII character (which a log or a terminal could misread).
 PERSON_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]*$"
@@ -55,6 +70,7 @@ class _Delegate:
     subject: Subject
     namespace: str
     roles: frozenset[str]
+    own_calls: bool
 
 
 class Delegation:
@@ -67,7 +83,8 @@ class Delegation:
 
     def __init__(self, config: PolicyConfig, owner_uid: int) -> None:
         self._delegates = tuple(
-            _Delegate(parse_subject(d.subject), d.namespace, frozenset(d.roles)) for d in config.delegates
+            _Delegate(parse_subject(d.subject), d.namespace, frozenset(d.roles), d.own_calls)
+            for d in config.delegates
         )
         self._max_name = config.max_person_name_length
         self._owner_uid = owner_uid
@@ -80,9 +97,7 @@ class Delegation:
             Forbidden: the caller is no delegate, a role is not its to assert, or not on the Unix socket.
         """
         name, roles_text = _headers(headers)
-        if name is None:
-            if roles_text is not None:
-                raise MalformedRequest(f"{HEADER_ROLES} without {HEADER_ON_BEHALF_OF}: roles are a person's")
+        if name is None and roles_text is None:
             return identity
         if identity.transport != "unix":
             who = describe_identity(identity)
@@ -91,9 +106,7 @@ class Delegation:
                 f"{identity.transport}); send the request without it",
                 details={"caller": who},
             )
-        delegate = next(
-            (d for d in self._delegates if subject_matches(d.subject, identity, self._owner_uid)), None
-        )
+        delegate = self._delegate_of(identity)
         if delegate is None:
             who = describe_identity(identity)
             raise Forbidden(
@@ -101,11 +114,32 @@ class Delegation:
                 f"send the request without {HEADER_ON_BEHALF_OF} and {HEADER_ROLES}",
                 details={"caller": who},
             )
+        if name is None:  # after "is no delegate": either header from anyone else is 403, as documented
+            raise MalformedRequest(f"{HEADER_ROLES} without {HEADER_ON_BEHALF_OF}: roles are a person's")
         self._check_name(name)
         roles = _roles(roles_text or "")
         if not delegate.roles.issuperset(roles):
             raise _not_its_role(identity, delegate, roles)
         return replace(identity, person=f"{delegate.namespace}:{name}", roles=roles)
+
+    def own_call_refusal(self, identity: Identity, who: str) -> str | None:
+        """Why a delegate's call without a person is refused (None: it is no delegate, or ``own_calls``).
+
+        Args:
+            who: the caller as the message names it.
+        """
+        delegate = self._delegate_of(identity)
+        if delegate is None or delegate.own_calls:
+            return None
+        return (
+            f"{who} is a delegate ([[policy.delegates]], namespace {delegate.namespace!r}) and calls only for "
+            f"a person: send {HEADER_ON_BEHALF_OF}, or set own_calls = true on its entry to let it call as itself"
+        )
+
+    def _delegate_of(self, identity: Identity) -> _Delegate | None:
+        return next(
+            (d for d in self._delegates if subject_matches(d.subject, identity, self._owner_uid)), None
+        )
 
     def _check_name(self, name: str) -> None:
         if len(name) > self._max_name:

@@ -77,4 +77,4 @@ class EdgeGuard:
     def refused(self, identity: Identity, what: str, error: PymgrError) -> None:
         """Count a request the transport refused in the audit's refusals (never raises)."""
         if self.auditor is not None:
-            self.auditor.refused(identity_key(identity), identity.transport, what, error)
+            self.auditor.refused(identity_key(identity), identity.transport, what, error, identity.person)

@@ -69,6 +69,8 @@ class GuardedDispatcher:
         self.auditor = auditor
         self.max_params_bytes = max_params_bytes
         self._policy_factory = policy_factory
+        #: Called after every policy swap (the HTTP edge asks its open streams again).
+        self.policy_watchers: list[Callable[[], None]] = []
         self._dispatcher = Dispatcher(registry, metrics=metrics)
         self.policy = policy
 
@@ -101,6 +103,8 @@ class GuardedDispatcher:
         old = self.policy
         new = self._policy_factory(config)
         self.policy = new
+        for watcher in self.policy_watchers:
+            watcher()
         before = "none" if old is None else f"{old.rule_count} rules"
         return [f"replaced ({before} -> {new.rule_count} rules)"]
 
@@ -213,8 +217,9 @@ class _AuditedCall:
         call = self.call
         operation, secrets = self.guard._names(call)
         if not self.held:
+            identity = call.identity
             self.auditor.refused(
-                identity_key(call.identity), call.identity.transport, operation, error or "ok"
+                identity_key(identity), identity.transport, operation, error or "ok", identity.person
             )
             return
         params, params_json = call.params, self.params_json

@@ -23,7 +23,8 @@ Rules:
   never touched).
 - Patterns are fnmatch-style (``*``, ``?``, ``[...]``), case-sensitive.
   ``PATTERN:read`` matches only read-only operations (``*:read`` is a
-  read-only role in one line).
+  read-only role in one line). An ``@action(explicit=True)`` (``audit.read``)
+  is matched only by a pattern naming its module (``audit.*``), never ``*``.
 - An action's ``@action(allow=[...])`` is a requirement the config can
   tighten but not silently loosen: the caller must match it too, unless the
   allowing rule says ``override = true`` (logged at start).
@@ -32,14 +33,13 @@ Rules:
 
 from __future__ import annotations
 
-import grp
-import pwd
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 
+from pymgr.auth._policynotes import delegate_notes, unknown_name_notes
 from pymgr.auth._policysyntax import (
     TYPED_TASK_OPS,
     Operation,
@@ -140,6 +140,7 @@ class Policy:
         )
         #: Who may act for whom (``X-Pymgr-On-Behalf-Of``): read per request by the HTTP guard.
         self.delegation = Delegation(config, owner_uid)
+        self._delegates = tuple(config.delegates)
         self._specs = _all_specs(registry)
         self._required = {spec.qualname: _requirement(spec) for spec in self._specs if spec.options.allow}
         self._cache: dict[tuple[tuple[Any, ...], str, str], str | None] = {}
@@ -246,10 +247,12 @@ class Policy:
         return len(self._rules)
 
     def startup_notes(self) -> list[str]:
-        """Warnings for the start-up log: overrides, patterns that match nothing, unknown names."""
+        """Warnings for the start-up log: overrides, patterns that match nothing, unknown names, delegates."""
         notes = []
         for rule in self._rules:
-            notes += self._override_notes(rule) + self._unmatched_notes(rule) + _unknown_name_notes(rule)
+            notes += self._override_notes(rule) + self._unmatched_notes(rule)
+            notes += unknown_name_notes(rule.label, rule.subjects)
+            notes += delegate_notes(rule.label, rule.subjects, self._delegates)
         return notes
 
     # --- internals ------------------------------------------------------
@@ -270,7 +273,7 @@ class Policy:
         """The operation of an action that needs no params to name it."""
         if self._kind(spec) == "tasks.read":
             return Operation("tasks.read", True)
-        return Operation(spec.qualname, spec.options.read_only)
+        return Operation(spec.qualname, spec.options.read_only, spec.options.explicit)
 
     def _check(self, identity: Identity, spec: ActionSpec, op: Operation) -> None:
         denial = self._decide(identity, spec, op)
@@ -301,6 +304,8 @@ class Policy:
         if identity.transport == "internal":
             return None
         who = _WHO
+        if identity.person is None and (refusal := self.delegation.own_call_refusal(identity, who)):
+            return refusal
         allowing = [r for r in self._rules if r.allows(op) and self._is(identity, r.subjects)]
         if not allowing:
             shown = op.name.replace(_ANY_TYPE, "TYPE")
@@ -382,16 +387,3 @@ def _compile(index: int, rule: PolicyRule, key_ids: frozenset[str], namespaces: 
             known = ", ".join(sorted(key_ids)) or "(none)"
             raise PolicyError(f"{label}: subject '{subject}' names no key in [[auth.keys]]; keys: {known}")
     return _Rule(label, subjects, tuple(parse_pattern(p) for p in rule.actions), rule.override)
-
-
-def _unknown_name_notes(rule: _Rule) -> list[str]:
-    notes = []
-    for subject in rule.subjects:
-        lookup = {"user": pwd.getpwnam, "group": grp.getgrnam}.get(subject.kind)
-        if lookup is None:
-            continue
-        try:
-            lookup(str(subject.value))
-        except KeyError:
-            notes.append(f"{rule.label}: subject '{subject}' names no {subject.kind} on this host (yet)")
-    return notes

@@ -85,6 +85,9 @@ class DelegateConfig(BaseModel):
     namespace: str = Field(pattern=NAMESPACE_PATTERN)
     #: The roles it may assert for them (``role:NAME``); any other is refused.
     roles: list[Annotated[str, Field(pattern=ROLE_PATTERN)]] = Field(default_factory=list)
+    #: Whether its calls without ``X-Pymgr-On-Behalf-Of`` are its own (judged by the rules naming its
+    #: user, uid, groups, ``any``); false refuses them (403): a delegate acts for people, not for itself.
+    own_calls: bool = False
 
     @model_validator(mode="after")
     def _not_a_policy_word(self) -> DelegateConfig:

@@ -14,7 +14,10 @@ Rules:
   first refusal), ``last``, ``refused`` (the count), ``source``,
   ``transport``, ``codes`` (count per error code), ``operations`` (count per
   operation asked, the first ``max_operations`` distinct ones) and
-  ``other_operations`` (the count of the rest).
+  ``other_operations`` (the count of the rest). A source whose refused calls
+  were a delegate's for persons also has ``persons`` (count per person, the
+  first ``max_operations`` distinct ones: a delegate can invent any number
+  of names) and ``other_persons``; the source stays the delegate's.
 - A window holds at most ``max_sources`` sources; refusals from any further
   source are counted together on one line whose source is ``[other sources]``.
   So the lines a flood can cause are bounded by ``(max_sources + 1)`` per
@@ -77,8 +80,12 @@ class _Count:
     codes: dict[str, int] = field(default_factory=dict)
     operations: dict[str, int] = field(default_factory=dict)
     other_operations: int = 0
+    persons: dict[str, int] = field(default_factory=dict)
+    other_persons: int = 0
 
-    def add(self, now: float, transport: str, operation: str, code: str, max_operations: int) -> None:
+    def add(
+        self, now: float, transport: str, operation: str, code: str, max_operations: int, person: str | None
+    ) -> None:
         self.refused += 1
         self.last = now
         if transport != self.transport:
@@ -91,20 +98,31 @@ class _Count:
             operations[operation] = 1
         else:
             self.other_operations += 1
+        if person is None:
+            return
+        if person in self.persons:
+            self.persons[person] += 1
+        elif len(self.persons) < max_operations:
+            self.persons[person] = 1
+        else:
+            self.other_persons += 1
 
     def line(self, source: str) -> bytes:
+        fields = {
+            "time": iso_time(self.first),
+            "last": iso_time(self.last),
+            "refused": self.refused,
+            "source": source,
+            "transport": self.transport,
+            "codes": self.codes,
+            "operations": self.operations,
+            "other_operations": self.other_operations,
+        }
+        if self.persons or self.other_persons:
+            fields |= {"persons": self.persons, "other_persons": self.other_persons}
         return (
             json.dumps(
-                {
-                    "time": iso_time(self.first),
-                    "last": iso_time(self.last),
-                    "refused": self.refused,
-                    "source": source,
-                    "transport": self.transport,
-                    "codes": self.codes,
-                    "operations": self.operations,
-                    "other_operations": self.other_operations,
-                },
+                fields,
                 ensure_ascii=False,
                 separators=(",", ":"),
             )
@@ -156,8 +174,12 @@ class RefusalTally:
         self._others: _Count | None = None
         self._timer: asyncio.TimerHandle | None = None
 
-    def add(self, source: str, transport: str, operation: str, code: str) -> None:
-        """Count one refusal of ``source`` (writing the previous window's lines first if it is over)."""
+    def add(self, source: str, transport: str, operation: str, code: str, person: str | None = None) -> None:
+        """Count one refusal of ``source`` (writing the previous window's lines first if it is over).
+
+        Args:
+            person: the person a delegate asked for (``console:alice``), counted on the delegate's line.
+        """
         now = self._clock()
         window = math.floor(now / self.window_s)
         if window != self._window:
@@ -172,7 +194,7 @@ class RefusalTally:
                 count = self._others
                 if count is None:
                     count = self._others = _Count(transport, now)
-        count.add(now, transport, operation, code, self.max_operations)
+        count.add(now, transport, operation, code, self.max_operations, person)
 
     def flush(self) -> None:
         """Write the current window's lines now (shutdown; tests)."""

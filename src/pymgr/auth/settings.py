@@ -89,6 +89,27 @@ class AuthConfig(_Section):
         return max(1, self.nonce_cache_max // max(1, len(self.keys)))
 
 
+#: What an audit line holds besides its params, at most for any usual caller: time, transport, the
+#: caller's fields (a few hundred group names), operation, module, action, outcome and error code. A
+#: line past it (a caller in thousands of groups) is reported by a read, never hidden (``too_large_lines``).
+AUDIT_LINE_OVERHEAD_BYTES = 64 * 1024
+
+
+def check_audit_read_fits(audit: AuditConfig, limits: LimitsConfig) -> None:
+    """A page must be able to hold the largest record the daemon writes.
+
+    Raises:
+        ValueError: ``read_max_scan_bytes`` is less than ``max_params_bytes`` plus the line's overhead.
+    """
+    needed = limits.max_params_bytes + AUDIT_LINE_OVERHEAD_BYTES
+    if audit.read_max_scan_bytes < needed:
+        raise ValueError(
+            f"[audit] read_max_scan_bytes={audit.read_max_scan_bytes} is less than [limits] max_params_bytes="
+            f"{limits.max_params_bytes} plus {AUDIT_LINE_OVERHEAD_BYTES} bytes of the line's other fields: a "
+            f"record of the largest params could be read by no page; raise it to at least {needed}"
+        )
+
+
 class AuditConfig(_Section):
     """The audit log: one JSON line per privileged request."""
 
@@ -144,6 +165,10 @@ class AuditConfig(_Section):
     #: Bytes of log lines one page reads at most (a rare filter pages on with a cursor): 4 MiB is
     #: about 10,000 records, some tens of milliseconds of a thread, never the event loop.
     read_max_scan_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024)
+    #: Pages read at once; more wait their turn before opening a file. Each holds ``backups + 1``
+    #: descriptors while it reads (counted in the descriptor budget, ``service/fdlimit.py``) and a
+    #: thread; two keep a host's reads going without letting a burst of them take every descriptor.
+    read_concurrency: int = Field(2, ge=1, le=64)
 
     @model_validator(mode="after")
     def _read_limits(self) -> AuditConfig:

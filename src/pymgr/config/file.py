@@ -13,14 +13,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from pymgr._configtrust import check_config
 from pymgr._fsguard import absolute as _absolute
 from pymgr.auth.audit import refused_path_beside
 from pymgr.auth.policy import PolicyConfig
 from pymgr.auth.policyconfig import validation_context
-from pymgr.auth.settings import AuditConfig, AuthConfig, LimitsConfig
+from pymgr.auth.settings import AuditConfig, AuthConfig, LimitsConfig, check_audit_read_fits
 from pymgr.config.listeners import HttpConfig, LegacyConfig
 from pymgr.config.section import Section
 from pymgr.config.service import ServiceConfig
@@ -68,6 +68,11 @@ class Config(Section):
     commands: dict[str, CommandConfig] = Field(default_factory=dict)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
+
+    @model_validator(mode="after")
+    def _audit_pages_hold_every_record(self) -> Config:
+        check_audit_read_fits(self.audit, self.limits)
+        return self
 
     def resolve_paths(self, base: Path) -> Config:
         """A copy with every relative path made absolute against ``base``."""

@@ -44,6 +44,8 @@ class ActionOptions:
     name: str
     allow: tuple[str, ...] | None
     read_only: bool
+    #: Only a rule naming the module grants it (``audit.read``, ``audit.*``): never ``*`` nor ``*:read``.
+    explicit: bool = False
 
 
 def action(
@@ -52,6 +54,7 @@ def action(
     name: str | None = None,
     allow: Iterable[str] | None = None,
     read_only: bool = False,
+    explicit: bool = False,
 ) -> Any:
     """Mark a method of a ``Module`` as an action callers may invoke.
 
@@ -60,6 +63,9 @@ def action(
         allow: identities this action allows by default (``"user:root"``,
             ``"group:www-data"``); policy in the config may tighten it.
         read_only: the action changes nothing (read-only roles may call it).
+        explicit: only a policy pattern that names the module grants it (``audit.read``, ``audit.*``);
+            a wildcard over modules (``*``, ``*:read``, ``*.read``) never does. For actions whose
+            reach goes beyond what a read-anything role was written for (the audit log).
     """
 
     def mark(f: F) -> F:
@@ -69,6 +75,7 @@ def action(
             name=name or f.__name__,
             allow=tuple(allow) if allow is not None else None,
             read_only=read_only,
+            explicit=explicit,
         )
         setattr(f, _ACTION_ATTR, options)
         return f

@@ -1,10 +1,14 @@
 """The ``audit`` module: the daemon's audit log, read back a page at a time (``audit.read``).
 
 Served by every daemon, like any action under the policy: ``audit.read`` is
-denied unless a rule allows it (``*:read`` does: it is read-only), and every
-read is itself a line of the audit log. The files are read as written,
+denied unless a rule names it (``audit.read`` or ``audit.*``: it is
+``explicit``, so ``*`` and ``*:read``, written before the log could be read
+back, do not grant it), and every read is itself a line of the audit log. The files are read as written,
 secrets already redacted (``auth/auditread.py`` has the rules of the scan);
-``GET /v1/audit`` is the same call with its filters in the query.
+``GET /v1/audit`` is the same call with its filters in the query. At most
+``[audit] read_concurrency`` reads hold their files open at once (each holds
+``backups + 1`` descriptors, counted in the daemon's descriptor budget); the
+others wait for a turn before opening any.
 """
 
 from __future__ import annotations
@@ -66,11 +70,13 @@ class AuditModule(Module):
         if config.path is None:
             raise ValueError("the audit path is resolved by load_config; a Config built by hand must set it")
         self.config = config
+        #: Taken before the files are opened: a burst of reads waits here holding no descriptor.
+        self._reading = asyncio.Semaphore(config.read_concurrency)
         self.reader = AuditReader(
             config.path, backups=config.backups, max_scan_bytes=config.read_max_scan_bytes
         )
 
-    @action(read_only=True)
+    @action(read_only=True, explicit=True)
     async def read(
         self,
         since: Time | None = None,
@@ -98,11 +104,12 @@ class AuditModule(Module):
             outcome=outcome,
             before=None if before is None else parse_cursor(before),
         )
-        files = self.reader.open()  # here, between two writes: a rotation cannot move them under the scan
-        try:
-            return await asyncio.to_thread(self.reader.scan, files, query)
-        finally:
-            self.reader.close(files)
+        async with self._reading:  # at most [audit] read_concurrency pages hold their files open
+            files = self.reader.open()  # here, between two writes: a rotation cannot move them under the scan
+            try:
+                return await asyncio.to_thread(self.reader.scan, files, query)
+            finally:
+                self.reader.close(files)
 
     def _limit(self, limit: int | None) -> int:
         if limit is None:

@@ -10,7 +10,9 @@ Rules:
   the daemon's own files (task store, logs, audit log, keeper link, the
   pipes of running commands) and for the listening sockets themselves; the
   Unix socket's share is its own listener cap, so callers on it can always
-  connect while TCP and legacy clients sit at their caps.
+  connect while TCP and legacy clients sit at their caps. The audit log's
+  readers (``audit.read``) hold ``backups + 1`` files each, at most
+  ``[audit] read_concurrency`` of them at once: that product is counted too.
 - A config whose caps do not fit is refused at start, naming the keys, the
   sum and the limit. Clamping the caps instead would silently give the
   operator other limits than the ones written down; a refusal at start is
@@ -65,6 +67,9 @@ def fd_budget(config: Config, http_listeners: int) -> FdBudget:
     parts = [(f"[http] max_connections x {http_listeners} listeners", http.max_connections * http_listeners)]
     if legacy.enabled:
         parts.append(("[legacy] max_connections", legacy.max_connections))
+    audit = config.audit
+    reads = audit.read_concurrency * (audit.backups + 1)
+    parts.append(("[audit] read_concurrency x (backups + 1) files", reads))
     parts.append(("[http] reserved_fds", http.reserved_fds))
     return FdBudget(tuple(parts))
 

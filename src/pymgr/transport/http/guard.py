@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from pymgr.auth.delegation import HEADERS as DELEGATION_HEADERS
 from pymgr.auth.delegation import NO_DELEGATES, Delegation
 from pymgr.auth.guard import EdgeGuard
 from pymgr.auth.peercred import current
@@ -133,14 +134,15 @@ class GuardedApp:
 
 
 def _signing_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
-    """The ``x-pymgr-*`` headers.
+    """The ``x-pymgr-*`` headers but the delegation's: a certificate caller that sends only those is a
+    certificate caller still (refused 403 by the delegation, not 401 for a signature it need not send).
 
     Raises:
         Unauthenticated: a signing header appears twice.
     """
     headers: dict[str, str] = {}
     for name, value in raw:
-        if name[:8] == _SIGNING_PREFIX:
+        if name[:8] == _SIGNING_PREFIX and name not in DELEGATION_HEADERS:
             text = name.decode("latin-1")
             if text in headers:
                 raise Unauthenticated(f"header {text} appears more than once; send each signing header once")

@@ -34,6 +34,7 @@ from pymgr.transport.http.messages import Reply, Request, Stream, error_reply
 from pymgr.transport.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from pymgr.transport.http.metrics import render as render_metrics
 from pymgr.transport.http import openapi
+from pymgr.transport.http.streamgrants import StreamGrants
 from pymgr.transport.http.streams import QUERY_BOOLEANS, StreamSource, event_query, log_query
 
 log = logging.getLogger("pymgr.http")
@@ -78,6 +79,11 @@ class HttpApp:
         self.streams = streams
         self.version = version
         self.started_at = time.monotonic()
+        guarded = dispatcher if isinstance(dispatcher, GuardedDispatcher) else None
+        #: Open streams, asked again at every policy swap (a SIGHUP may revoke what opened them).
+        self.grants = StreamGrants(lambda: None if guarded is None else guarded.policy, dispatcher.registry)
+        if guarded is not None:
+            guarded.policy_watchers.append(self.grants.recheck)
 
     async def __call__(self, request: Request) -> Reply | Stream:
         try:
@@ -167,7 +173,8 @@ class HttpApp:
                 (b"x-pymgr-log-end", str(span["end"]).encode()),
             ]
             chunks = self._streams().task_log(span["id"], span["offset"], follow, progress)
-            return 200, Stream(b"text/plain; charset=utf-8", chunks, headers)
+            held = self.grants.hold(chunks, request, identity, "logs", span["id"])
+            return 200, Stream(b"text/plain; charset=utf-8", held, headers)
         raise NotFound(
             f"no route {request.path}; task routes: /v1/tasks, /v1/tasks/ID, /v1/tasks/ID/stop, /v1/tasks/ID/logs"
         )
@@ -179,7 +186,7 @@ class HttpApp:
         if query.task is not None:  # a run that does not exist is a 404 before the stream starts
             await self._call("tasks", "show", {"id": query.task}, identity)
         events = self._streams().events(task=query.task, type=query.type, key=query.key, since=query.since)
-        return Stream(b"text/event-stream", events)
+        return Stream(b"text/event-stream", self.grants.hold(events, request, identity, "events"))
 
     def _modules(self, request: Request) -> list[dict[str, Any]]:
         """Every module and action, each marked with whether this caller may call it (``auth/listing.py``).
