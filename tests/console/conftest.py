@@ -37,6 +37,7 @@ DAEMON_CONFIG = (
 subject = "{ME}"
 namespace = "console"
 roles = ["operators", "viewers", "auditors"]
+own_calls = true
 
 [[policy.rules]]
 name = "the console itself: the shared event stream"
