@@ -7,9 +7,10 @@ CONFIG ?= examples/demo.toml
 .PHONY: run test venv web-venv system-deps clean bench
 
 # System tools the end-to-end tests drive for real (curl, setpriv; systemd's
-# socket activator and unit checker, which work without systemd as PID 1).
+# socket activator and unit checker, which work without systemd as PID 1; the Redis server
+# the fleet tests start on a temporary Unix socket, tests/fleet/conftest.py).
 # Installed with apt-get only when missing, so a machine that has them needs no root.
-SYSTEM_TOOLS := curl:curl setpriv:util-linux systemd-socket-activate:systemd systemd-analyze:systemd
+SYSTEM_TOOLS := curl:curl setpriv:util-linux systemd-socket-activate:systemd systemd-analyze:systemd redis-server:redis-server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from pymgr.cli.daemondeps import DAEMON_MODULES, INSTALL_HINT
+from pymgr.cli.daemondeps import DAEMON_MODULES, FLEET_MODULES, INSTALL_HINT
 from tests.conftest import REPO, Daemon
 
 #: The light install's dependencies, exactly: what ``pymgr.client`` and the CLI import.
@@ -86,13 +86,20 @@ def test_the_wheel_requires_the_client_only_and_the_daemon_extra_the_rest(wheel:
     base, extras = _requires(wheel)
     assert base == BASE
     assert extras["daemon"] == DAEMON
-    assert set(extras) == {"daemon", "test", "bench"}
+    assert set(extras) == {"daemon", "fleet", "test", "bench"}
+    assert "pymgr[fleet]" in extras["test"]
 
 
 def test_the_daemon_check_knows_every_distribution_of_the_extra(wheel: Path) -> None:
     _, extras = _requires(wheel)
     names = {re.match(r"[\w.-]+", requirement)[0] for requirement in extras["daemon"]}  # type: ignore[index]
     assert set(DAEMON_MODULES) == names
+
+
+def test_the_fleet_check_knows_every_distribution_of_its_extra(wheel: Path) -> None:
+    _, extras = _requires(wheel)
+    names = {re.match(r"[\w.-]+", requirement)[0] for requirement in extras["fleet"]}  # type: ignore[index]
+    assert set(FLEET_MODULES) == names
 
 
 # ---------------------------------------------------------------- the light install, for real
@@ -122,6 +129,8 @@ def test_the_light_install_has_no_daemon_dependency(light_venv: Path) -> None:
     out = _in(light_venv, "python", "-c", script)
     assert (out.returncode, out.stderr) == (0, "")
     assert json.loads(out.stdout) == []
+    fleet = f"import importlib.util; print([m for m in {list(FLEET_MODULES.values())!r} if importlib.util.find_spec(m)])"
+    assert _in(light_venv, "python", "-c", fleet).stdout == "[]\n"
 
 
 @pytest.mark.slow

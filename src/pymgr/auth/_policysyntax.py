@@ -4,7 +4,7 @@
 says what each word means (docs/security.md, "Policy", is the same in prose):
 
 - Subjects: ``user:NAME``, ``uid:N``, ``group:NAME`` (Unix-socket callers),
-  ``key:ID``, ``cert:CN``, ``legacy``, ``owner`` (the daemon's own uid on the
+  ``key:ID``, ``cert:CN``, ``fleet:ID`` (a fleet job signed with that key), ``legacy``, ``owner`` (the daemon's own uid on the
   Unix socket) and ``any`` (every caller but a legacy one); for a person a
   delegate acts for (``auth/delegation.py``), ``NAMESPACE:NAME`` (a delegate's
   namespace) and ``role:NAME``, and nothing else: a person never matches the
@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 SUBJECT_HELP = (
-    "user:NAME, uid:N, group:NAME, key:ID, cert:CN, legacy, owner, any, role:NAME "
+    "user:NAME, uid:N, group:NAME, key:ID, cert:CN, fleet:ID, legacy, owner, any, role:NAME "
     "or NAMESPACE:NAME (a [[policy.delegates]] namespace)"
 )
 #: Task operations that name a task type after the colon.
@@ -61,7 +61,7 @@ class Subject:
 
 
 _BARE = frozenset({"legacy", "owner", "any"})
-_NAMED = frozenset({"user", "uid", "group", "key", "cert", "role"})
+_NAMED = frozenset({"user", "uid", "group", "key", "cert", "fleet", "role"})
 #: Every kind the policy itself names: a delegate's namespace may be none of these.
 RESERVED_KINDS = _BARE | _NAMED
 #: A delegate's namespace: a short lower-case word, so ``console:alice`` reads as one.
@@ -118,6 +118,8 @@ def subject_matches(subject: Subject, identity: Identity, owner_uid: int) -> boo
         return unix and value in identity.groups
     if kind == "key":
         return identity.key_id == value
+    if kind == "fleet":  # never ``any``: a fleet job gets only what a rule grants its key by name
+        return identity.transport == "fleet" and identity.fleet_key == value
     return kind == "cert" and identity.cert == value  # role and NAMESPACE:NAME: persons only
 
 
@@ -130,6 +132,8 @@ def describe_identity(identity: Identity) -> str:
     if identity.transport == "unix":
         name = f"user:{identity.user}" if identity.user else f"uid:{identity.uid}"
         return f"{name} (uid {identity.uid})"
+    if identity.fleet_key is not None:
+        return f"fleet:{identity.fleet_key} ({identity.peer or 'a fleet job'})"
     parts = [f"key:{identity.key_id}"] if identity.key_id else []
     parts += [f"cert:{identity.cert}"] if identity.cert else []
     if parts:
