@@ -175,9 +175,7 @@ async def run(config: Config, stop: asyncio.Event | None = None, hooks: ServiceH
         await http.start()
         closers.append(http.close)
         _gauges(metrics, tasks, http)
-        if fleet is not None:  # after the tasks are open: it follows the runs of jobs taken before
-            fleet.start()
-            stack.push_async_callback(fleet.aclose)
+        _start_fleet(fleet, stack)  # after the tasks are open: it follows the runs of jobs taken before
         listeners: dict[str, Any] = {"http": [_address(s) for s in sockets], "modules": registry.names()}
         if config.legacy.enabled:
             listeners["legacy"] = await _start_legacy(
@@ -223,6 +221,13 @@ def _fleet_agent(
         return FleetAgent(fleet, dispatcher, tasks, security.auditor)
     except FleetKeyError as exc:
         raise StartupError(f"[fleet]: {exc}") from None
+
+
+def _start_fleet(fleet: Any, stack: AsyncExitStack) -> None:
+    """Start the fleet agent, if there is one, and stop it first at shutdown (before the task manager)."""
+    if fleet is not None:
+        fleet.start()
+        stack.push_async_callback(fleet.aclose)
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:

@@ -17,7 +17,10 @@ says what each word means (docs/security.md, "Policy", is the same in prose):
 from __future__ import annotations
 
 import fnmatch
+import grp
+import pwd
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from pymgr.core.identity import Identity
@@ -34,6 +37,8 @@ __all__ = [
     "parse_pattern",
     "parse_subject",
     "subject_matches",
+    "unknown_key",
+    "unknown_name_notes",
 ]
 
 SUBJECT_HELP = (
@@ -121,6 +126,33 @@ def subject_matches(subject: Subject, identity: Identity, owner_uid: int) -> boo
     if kind == "fleet":  # never ``any``: a fleet job gets only what a rule grants its key by name
         return identity.transport == "fleet" and identity.fleet_key == value
     return kind == "cert" and identity.cert == value  # role and NAMESPACE:NAME: persons only
+
+
+#: Where the keys a ``key:`` or ``fleet:`` subject names are configured.
+_KEY_TABLES = {"key": "[[auth.keys]]", "fleet": "[[fleet.keys]]"}
+
+
+def unknown_key(subject: Subject, key_ids: Mapping[str, frozenset[str]]) -> str | None:
+    """Why ``subject`` names no configured key (``key:ID`` or ``fleet:ID``), or None when it does or is no key."""
+    known_ids = key_ids.get(subject.kind)
+    if known_ids is None or subject.value in known_ids:
+        return None
+    known = ", ".join(sorted(known_ids)) or "(none)"
+    return f"subject '{subject}' names no key in {_KEY_TABLES[subject.kind]}; keys: {known}"
+
+
+def unknown_name_notes(label: str, subjects: Iterable[Subject]) -> list[str]:
+    """Start-up notes for ``user:`` and ``group:`` subjects that name nobody on this host (yet)."""
+    notes = []
+    for subject in subjects:
+        lookup = {"user": pwd.getpwnam, "group": grp.getgrnam}.get(subject.kind)
+        if lookup is None:
+            continue
+        try:
+            lookup(str(subject.value))
+        except KeyError:
+            notes.append(f"{label}: subject '{subject}' names no {subject.kind} on this host (yet)")
+    return notes
 
 
 def describe_identity(identity: Identity) -> str:

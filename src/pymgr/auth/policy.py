@@ -32,8 +32,6 @@ Rules:
 
 from __future__ import annotations
 
-import grp
-import pwd
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +47,8 @@ from pymgr.auth._policysyntax import (
     parse_pattern,
     parse_subject,
     subject_matches,
+    unknown_key,
+    unknown_name_notes,
 )
 from pymgr.auth.delegation import Delegation
 from pymgr.auth.policyconfig import PolicyConfig, PolicyRule
@@ -252,7 +252,11 @@ class Policy:
         """Warnings for the start-up log: overrides, patterns that match nothing, unknown names."""
         notes = []
         for rule in self._rules:
-            notes += self._override_notes(rule) + self._unmatched_notes(rule) + _unknown_name_notes(rule)
+            notes += (
+                self._override_notes(rule)
+                + self._unmatched_notes(rule)
+                + unknown_name_notes(rule.label, rule.subjects)
+            )
         return notes
 
     # --- internals ------------------------------------------------------
@@ -377,32 +381,13 @@ def _requirement(spec: ActionSpec) -> tuple[Subject, ...]:
         ) from None
 
 
-#: Where the keys a ``key:`` or ``fleet:`` subject names are configured.
-_KEY_TABLES = {"key": "[[auth.keys]]", "fleet": "[[fleet.keys]]"}
-
-
 def _compile(
     index: int, rule: PolicyRule, key_ids: Mapping[str, frozenset[str]], namespaces: frozenset[str]
 ) -> _Rule:
     label = _label(index, rule)
     subjects = tuple(parse_subject(s, namespaces) for s in rule.subjects)
     for subject in subjects:
-        known_ids = key_ids.get(subject.kind)
-        if known_ids is not None and subject.value not in known_ids:
-            known = ", ".join(sorted(known_ids)) or "(none)"
-            table = _KEY_TABLES[subject.kind]
-            raise PolicyError(f"{label}: subject '{subject}' names no key in {table}; keys: {known}")
+        unknown = unknown_key(subject, key_ids)
+        if unknown is not None:
+            raise PolicyError(f"{label}: {unknown}")
     return _Rule(label, subjects, tuple(parse_pattern(p) for p in rule.actions), rule.override)
-
-
-def _unknown_name_notes(rule: _Rule) -> list[str]:
-    notes = []
-    for subject in rule.subjects:
-        lookup = {"user": pwd.getpwnam, "group": grp.getgrnam}.get(subject.kind)
-        if lookup is None:
-            continue
-        try:
-            lookup(str(subject.value))
-        except KeyError:
-            notes.append(f"{rule.label}: subject '{subject}' names no {subject.kind} on this host (yet)")
-    return notes

@@ -232,7 +232,7 @@ class FleetAgent:
     async def _refuse(self, stream: str, entry_id: str, exc: JobRefused) -> None:
         log.warning("fleet: refused entry %s of %s: %s", entry_id, stream, exc)
         if self._auditor is not None:
-            self._auditor.refused(f"fleet:{stream}", "fleet", "fleet.job", exc.reason)
+            self._auditor.refused(stream, "fleet", "fleet.job", exc.reason)
         if exc.job_id is not None:
             fields = {"state": JobState.REFUSED.value, "error": str(exc), "refused_by": self._config.host_id}
             await self._redis.hset(job_key(exc.job_id), mapping=fields)

@@ -165,9 +165,9 @@ def decode(fields: Mapping[Any, Any], max_bytes: int = MAX_JOB_BYTES) -> SignedJ
     try:
         again = canonical(job)
     except ValueError:  # a number JSON reads as an infinity (1e999): no canonical form
-        raise JobRefused("malformed", "the job holds a number out of range", job.id) from None
+        raise JobRefused("malformed", f"job {job.id}: the job holds a number out of range", job.id) from None
     if again != body:
-        raise JobRefused("malformed", "the job is not in its canonical encoding", job.id)
+        raise JobRefused("malformed", f"job {job.id}: the job is not in its canonical encoding", job.id)
     return SignedJob(job, body, signature)
 
 
@@ -204,10 +204,9 @@ def check(
         )
     age_s = now - job.submitted_at
     if abs(age_s) > max_age_s:
+        when = f"{age_s:.0f} s ago" if age_s > 0 else f"{-age_s:.0f} s in the future"
         raise JobRefused(
-            "too_old",
-            f"job {job.id} was signed {age_s:.0f} s from now; at most {max_age_s:g} s is accepted",
-            job.id,
+            "too_old", f"job {job.id} was signed {when}; at most {max_age_s:g} s either way", job.id
         )
     return job
 
