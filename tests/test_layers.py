@@ -39,3 +39,22 @@ def test_the_legacy_codec_is_pure(path: Path) -> None:
 
 def test_metrics_the_core_counts_with_import_nothing_of_pymgr() -> None:
     assert _edges(SRC / "metrics.py", ()) == []
+
+
+#: The modules that may import the fleet (docs/architecture.md): the daemon starts its agent, the CLI submits.
+FLEET_USERS = {"daemon.py", "cli/fleet.py"}
+
+
+def test_the_fleet_is_an_edge_only_the_daemon_and_its_cli_reach() -> None:
+    users = {
+        str(path.relative_to(SRC))
+        for path in SRC.rglob("*.py")
+        if "fleet" not in path.relative_to(SRC).parts[:1]
+        and any(name == "pymgr.fleet" or name.startswith("pymgr.fleet.") for name in imported(path))
+    }
+    assert users == FLEET_USERS
+
+
+def test_the_job_codec_does_no_io() -> None:
+    names = imported(SRC / "fleet" / "jobs.py")
+    assert not {"socket", "asyncio", "selectors", "os", "redis"} & names
