@@ -198,3 +198,23 @@ def test_redis_restarted_mid_flight_the_agent_reconnects_and_the_accepted_job_fi
         assert [run["state"] for run in runs_of(host, job_id)] == ["succeeded"]
     finally:
         server.stop()
+
+
+def test_a_redelivered_action_job_is_not_called_twice(
+    start_host: Callable[..., Daemon], fleet: FleetClient, redis_url: str
+) -> None:
+    host = start_host("a", allow='"demo.echo"')
+    job_id = fleet.submit("demo.echo", {"greeting": "once"}, host="a", kind="action")
+    assert fleet.wait(job_id, timeout_s=30).state == "succeeded"
+    with redis.Redis.from_url(redis_url) as client:
+        [(_, fields)] = client.xrange("fleet:host:a", count=1)
+        client.xadd("fleet:host:a", fields)
+        wait_for(
+            lambda: (
+                client.xpending("fleet:host:a", "pymgr")["pending"] == 0 and client.xlen("fleet:host:a") == 2
+            )
+        )
+    wait_for(lambda: f"action job {job_id} ran here already" in host.log())
+    host.stop()
+    audit = (host.dir / "state" / "audit.log").read_text()
+    assert audit.count('"greeting":"once"') == 1

@@ -103,6 +103,8 @@ class FleetAgent:
         #: The jobs running now, by (stream, entry id).
         self._open: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._freed = asyncio.Event()
+        #: Action jobs run here, by id, with when they can be forgotten (older jobs are refused as too old).
+        self._actions_done: dict[str, float] = {}
         self._backoff_s = FIRST_BACKOFF_S
         self._main: asyncio.Task[None] | None = None
 
@@ -211,6 +213,10 @@ class FleetAgent:
         except JobRefused as exc:
             await self._refuse(stream, entry_id, exc)
             return
+        if job.id in self._actions_done:  # a redelivered action job: it ran here once already
+            log.info("fleet: action job %s ran here already; acknowledged again, not run", job.id)
+            await self._redis.xack(stream, GROUP, entry_id)
+            return
         task = asyncio.create_task(self._run(stream, entry_id, job), name=f"pymgr-fleet-job-{job.id}")
         self._open[(stream, entry_id)] = task
 
@@ -218,6 +224,8 @@ class FleetAgent:
         started = time.monotonic()
         try:
             final = await self._runner.run(job)
+            if job.kind == "action":
+                self._remember(job)
             await self.write(lambda r: r.xack(stream, GROUP, entry_id))
             elapsed = time.monotonic() - started
             log.info("%6.2fs fleet job %s %s:%s -> %s", elapsed, job.id, job.kind, job.type, final["state"])
@@ -228,6 +236,14 @@ class FleetAgent:
         finally:
             self._open.pop((stream, entry_id), None)
             self._freed.set()
+
+    def _remember(self, job: Job) -> None:
+        now = self._clock()
+        done = self._actions_done
+        for job_id, forget_at in list(done.items()):
+            if forget_at < now:
+                del done[job_id]
+        done[job.id] = job.submitted_at + self._config.max_age_s
 
     async def _refuse(self, stream: str, entry_id: str, exc: JobRefused) -> None:
         log.warning("fleet: refused entry %s of %s: %s", entry_id, stream, exc)
