@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
 
@@ -138,46 +139,49 @@ def keygen(
     )
 
 
+TypeArg = Annotated[str, typer.Argument(metavar="TYPE", help="A task type, or module.action with --action.")]
+ParamsArg = Annotated[
+    list[str] | None, typer.Argument(metavar="NAME=VALUE...", help="Params: name=text or name:=JSON.")
+]
+HostOpt = Annotated[str | None, typer.Option("--host", metavar="ID", help="Run it on this host.")]
+TagOpt = Annotated[str | None, typer.Option("--tag", metavar="TAG", help="Run it on one host with this tag.")]
+JobKeyOpt = Annotated[
+    str | None,
+    typer.Option("--key", metavar="K", help="The job's id; a second submit with it queues nothing."),
+]
+ActionOpt = Annotated[bool, typer.Option("--action", help="TYPE is module.action, called once on the host.")]
+WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait until the job has ended, and print how.")]
+TakenTimeoutOpt = Annotated[
+    float,
+    typer.Option("--timeout", min=0.1, metavar="SECONDS", help="How long to wait for a host to take it."),
+]
+KeyIdOpt = Annotated[
+    str | None,
+    typer.Option("--key-id", metavar="ID", envvar="PYMGR_FLEET_KEY_ID", help="The signing key's id."),
+]
+SigningKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--signing-key", metavar="FILE", envvar="PYMGR_FLEET_SIGNING_KEY", help="The private key (ID.key)."
+    ),
+]
+
+
 @fleet_app.command()
 def submit(
     ctx: typer.Context,
-    type: Annotated[str, typer.Argument(metavar="TYPE", help="A task type, or module.action with --action.")],
-    params: Annotated[
-        list[str] | None, typer.Argument(metavar="NAME=VALUE...", help="Params: name=text or name:=JSON.")
-    ] = None,
-    host: Annotated[str | None, typer.Option("--host", metavar="ID", help="Run it on this host.")] = None,
-    tag: Annotated[
-        str | None, typer.Option("--tag", metavar="TAG", help="Run it on one host with this tag.")
-    ] = None,
-    key: Annotated[
-        str | None,
-        typer.Option("--key", metavar="K", help="The job's id; a second submit with it queues nothing."),
-    ] = None,
-    action: Annotated[
-        bool, typer.Option("--action", help="TYPE is module.action, called once on the host.")
-    ] = False,
-    wait: Annotated[
-        bool, typer.Option("--wait", help="Wait until the job has ended, and print how.")
-    ] = False,
-    timeout: Annotated[
-        float,
-        typer.Option("--timeout", min=0.1, metavar="SECONDS", help="How long to wait for a host to take it."),
-    ] = 30.0,
+    type: TypeArg,
+    params: ParamsArg = None,
+    host: HostOpt = None,
+    tag: TagOpt = None,
+    key: JobKeyOpt = None,
+    action: ActionOpt = False,
+    wait: WaitOpt = False,
+    timeout: TakenTimeoutOpt = 30.0,
     redis_url: RedisOpt = None,
     config: ConfigOpt = None,
-    key_id: Annotated[
-        str | None,
-        typer.Option("--key-id", metavar="ID", envvar="PYMGR_FLEET_KEY_ID", help="The signing key's id."),
-    ] = None,
-    signing_key: Annotated[
-        Path | None,
-        typer.Option(
-            "--signing-key",
-            metavar="FILE",
-            envvar="PYMGR_FLEET_SIGNING_KEY",
-            help="The private key (ID.key).",
-        ),
-    ] = None,
+    key_id: KeyIdOpt = None,
+    signing_key: SigningKeyOpt = None,
 ) -> None:
     """Sign and queue a job for one host (--host) or one host with a tag (--tag); print who took it."""
     from pymgr.cli._params import _build_params, _UsageError
@@ -190,24 +194,20 @@ def submit(
         values = _build_params(params or [], lambda: None, f"fleet job {type}")
     except _UsageError as exc:
         _fail(str(exc), 2)
+    kind: Literal["task", "action"] = "action" if action else "task"
     with _client(redis_url, config, key_id, signing_key) as client:
         try:
-            job_id = client.submit(
-                type, values, host=host, tag=tag, key=key, kind="action" if action else "task"
-            )
+            job_id = client.submit(type, values, host=host, tag=tag, key=key, kind=kind)
             info = client.wait_received(job_id, timeout_s=timeout)
             if wait:
-                info = client.wait(job_id, timeout_s=1e9)
+                info = client.wait(job_id, timeout_s=math.inf)
         except ValueError as exc:
             _fail(str(exc), 2)
         except TimeoutError as exc:
             _fail(f"{exc}; the job stays queued", EXIT_NOT_TAKEN)
     who = info.received_by or info.fields.get("refused_by", "?")
-    _print(
-        ctx,
-        _job_data(info),
-        [f"job {job_id}: {info.state} by {who}" + (f": {info.error}" if info.error else "")],
-    )
+    line = f"job {job_id}: {info.state} by {who}" + (f": {info.error}" if info.error else "")
+    _print(ctx, _job_data(info), [line])
     if info.state == "refused" or (wait and info.state != "succeeded"):
         raise typer.Exit(EXIT_JOB_FAILED)
 

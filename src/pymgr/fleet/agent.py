@@ -107,6 +107,7 @@ class FleetAgent:
         self._actions_done: dict[str, float] = {}
         self._backoff_s = FIRST_BACKOFF_S
         self._main: asyncio.Task[None] | None = None
+        self._closing = False
 
     def start(self) -> None:
         """Start serving in the running event loop."""
@@ -120,6 +121,9 @@ class FleetAgent:
 
     async def aclose(self) -> None:
         """Stop reading and following: unacknowledged jobs stay pending in Redis for the next start."""
+        # The flag as well as the cancel: redis-py may turn a cancelled read into a connection error,
+        # which the loops below take for Redis going away and would wait out forever.
+        self._closing = True
         pending = [task for task in (self._main, *self._open.values()) if task is not None]
         for task in pending:
             task.cancel()
@@ -130,6 +134,8 @@ class FleetAgent:
         """Run one Redis operation until Redis takes it, waiting between attempts as reconnecting does."""
         wait_s = FIRST_BACKOFF_S
         while True:
+            if self._closing:  # unwritten: the entry stays pending, and is taken up at the next start
+                raise asyncio.CancelledError
             try:
                 await operation(self._redis)
                 return
@@ -141,7 +147,7 @@ class FleetAgent:
     # --- the read loop -----------------------------------------------------
 
     async def _serve(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 await self._session()
             except REDIS_DOWN as exc:
@@ -165,7 +171,7 @@ class FleetAgent:
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
             await self._read_pending()
-            while True:
+            while not self._closing:
                 await self._read_new()
         finally:
             heartbeat.cancel()

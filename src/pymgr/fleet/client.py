@@ -238,7 +238,11 @@ def _job_info(job_id: str, fields: dict[str, str]) -> JobInfo:
         except ValueError:
             return None
 
-    result = fields.get("result")
+    result: Any = fields.get("result")
+    try:
+        result = None if result is None else json.loads(result)
+    except ValueError:  # a host wrote something else: shown as the text it is
+        pass
     return JobInfo(
         id=job_id,
         state=fields.get("state", "unknown"),
@@ -250,7 +254,7 @@ def _job_info(job_id: str, fields: dict[str, str]) -> JobInfo:
         exit_code=number("exit_code", int),
         progress=number("progress", float),
         error=fields.get("error"),
-        result=None if result is None else json.loads(result),
+        result=result,
         fields=fields,
     )
 
