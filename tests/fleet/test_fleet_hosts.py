@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from collections import Counter
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -19,7 +21,7 @@ from pymgr.fleet.keys import load_private_key
 from pymgr.fleet.keyspace import job_key
 from pymgr.fleet.runner import run_key
 from tests.conftest import Daemon, unix_http, wait_for
-from tests.fleet.conftest import KEY_ID, RedisServer
+from tests.fleet.conftest import KEY_ID, RedisServer, host_config
 
 
 def runs_of(daemon: Daemon, job_id: str) -> list[dict[str, Any]]:
@@ -226,3 +228,24 @@ def test_a_redelivered_action_job_is_not_called_twice(
     host.stop()
     audit = (host.dir / "state" / "audit.log").read_text()
     assert audit.count('"greeting":"once"') == 1
+
+
+def test_a_key_file_that_cannot_be_used_stops_start_up_naming_it(
+    start_daemon: Callable[..., Daemon], redis_url: str, keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    missing = tmp_path / "nope.pub"
+    with pytest.raises(
+        RuntimeError, match=rf"\[fleet\]: fleet key {re.escape(str(missing))} cannot be checked: No such file"
+    ):
+        start_daemon(host_config(redis_url, missing, "a"), name="missing")
+    not_a_key = tmp_path / "console.pem"
+    not_a_key.write_text("hello\n")
+    with pytest.raises(
+        RuntimeError, match=rf"\[fleet\]: fleet key {re.escape(str(not_a_key))} is not a PEM public key"
+    ):
+        start_daemon(host_config(redis_url, not_a_key, "a"), name="garbage")
+    with pytest.raises(
+        RuntimeError,
+        match=rf"\[fleet\]: fleet key {re.escape(str(keys[0]))} is not a PEM public key: .*BEGIN PUBLIC KEY",
+    ):
+        start_daemon(host_config(redis_url, keys[0], "a"), name="private")
