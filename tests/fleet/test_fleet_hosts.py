@@ -249,3 +249,26 @@ def test_a_key_file_that_cannot_be_used_stops_start_up_naming_it(
         match=rf"\[fleet\]: fleet key {re.escape(str(keys[0]))} is not a PEM public key: .*BEGIN PUBLIC KEY",
     ):
         start_daemon(host_config(redis_url, keys[0], "a"), name="private")
+
+
+async def test_the_async_client_submits_waits_and_reads_like_the_sync_one(
+    start_host: Callable[..., Daemon], redis_url: str, keys: tuple[Path, Path]
+) -> None:
+    from pymgr.fleet import AsyncFleetClient
+
+    start_host("a", ("scanner",))
+    async with AsyncFleetClient(redis_url, key_id=KEY_ID, signing_key=load_private_key(keys[0])) as fleet:
+        job_id = await fleet.submit("echo", {"word": "async"}, tag="scanner", key="nightly-1")
+        assert await fleet.submit("echo", {"word": "again"}, tag="scanner", key="nightly-1") == "nightly-1"
+        assert (await fleet.wait_received(job_id, timeout_s=20)).received_by == "a"
+        assert (await fleet.wait(job_id, timeout_s=30)).state == "succeeded"
+        assert await fleet.output(job_id) == b"async\n"  # the second submit queued nothing
+        assert [host.id for host in await fleet.hosts()] == ["a"]
+        with pytest.raises(LookupError, match=r"^no fleet job 'nope'"):
+            await fleet.show("nope")
+        with pytest.raises(ValueError, match=r"give exactly one$"):
+            await fleet.submit("echo", {}, host="a", tag="scanner")
+        with pytest.raises(
+            TimeoutError, match=r"^fleet job nope was not ended within 0.1 s \(state: no hash\)$"
+        ):
+            await fleet.wait("nope", timeout_s=0.1)

@@ -28,13 +28,13 @@ from pymgr.fleet import jobs
 from pymgr.fleet.jobs import Job, JobRefused, Target
 from pymgr.fleet.keyspace import FINAL, HOSTS, JobState, heartbeat_key, job_key, output_key
 
-__all__ = ["FleetClient", "HostInfo", "JobInfo"]
+__all__ = ["FleetClient", "HostInfo", "JobInfo", "host_info_of", "job_info_of", "submission"]
 
 #: Seconds between two looks at a job's hash while waiting.
 POLL_S = 0.05
 
 # The job's hash and its stream entry in one step, unless the id is taken (idempotent submit).
-_SUBMIT = """
+SUBMIT_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('XADD', KEYS[2], '*', 'job', ARGV[1], 'sig', ARGV[2])
@@ -105,7 +105,7 @@ class FleetClient:
         self._redis: Any = redis.Redis.from_url(redis_url, username=username, password=password)
         self._key_id = key_id
         self._signing_key = signing_key
-        self._submit_script = self._redis.register_script(_SUBMIT)
+        self._submit_script = self._redis.register_script(SUBMIT_SCRIPT)
 
     def close(self) -> None:
         self._redis.close()
@@ -139,32 +139,9 @@ class FleetClient:
             ValueError: not exactly one of host and tag, no signing key, or a job hosts would refuse as malformed.
             redis.RedisError: Redis cannot be reached or refuses the write.
         """
-        if (host is None) == (tag is None):
-            raise ValueError(
-                "a job goes to one host (host=ID) or one host with a tag (tag=TAG): give exactly one"
-            )
-        if self._key_id is None or self._signing_key is None:
-            raise ValueError("submitting needs a signing key: FleetClient(..., key_id=ID, signing_key=KEY)")
-        target = Target("host", host) if host is not None else Target("tag", tag or "")
-        job = Job(
-            key or uuid.uuid4().hex,
-            kind,
-            type,
-            dict(params or {}),
-            target,
-            round(time.time(), 3),
-            self._key_id,
-        )
-        try:
-            entry = jobs.encode(job, self._signing_key.sign)
-            jobs.decode(entry)
-        except JobRefused as exc:
-            raise ValueError(f"this job would be refused: {exc}") from None
-        fields = {"state": JobState.QUEUED.value, "kind": kind, "type": type, "target": str(target)}
-        fields["submitted_at"] = str(job.submitted_at)
-        argv: list[Any] = [entry["job"], entry["sig"], *(x for pair in fields.items() for x in pair)]
-        self._submit_script(keys=[job_key(job.id), target.stream], args=argv)
-        return job.id
+        job_id, keys, args = submission(type, params, host, tag, key, kind, self._key_id, self._signing_key)
+        self._submit_script(keys=keys, args=args)
+        return job_id
 
     def show(self, job_id: str) -> JobInfo:
         """The job as its hash shows it now.
@@ -172,12 +149,7 @@ class FleetClient:
         Raises:
             LookupError: no job has this id (or its hash expired).
         """
-        raw = self._redis.hgetall(job_key(job_id))
-        if not raw:
-            raise LookupError(
-                f"no fleet job {job_id!r}; pymgr fleet submit prints the id of the jobs it queues"
-            )
-        return _job_info(job_id, {_text(k): _text(v) for k, v in raw.items()})
+        return job_info_of(job_id, self._redis.hgetall(job_key(job_id)))
 
     def wait_received(self, job_id: str, timeout_s: float = 30.0) -> JobInfo:
         """Wait until a host has taken the job (or refused it); the job then.
@@ -185,7 +157,7 @@ class FleetClient:
         Raises:
             TimeoutError: no host took it within ``timeout_s`` (is a host with that id or tag alive?).
         """
-        return self._wait(job_id, timeout_s, lambda info: info.received_by is not None or info.final, "taken")
+        return self._wait(job_id, timeout_s, taken, "taken")
 
     def wait(self, job_id: str, timeout_s: float = 300.0) -> JobInfo:
         """Wait until the job has ended; its final state.
@@ -193,7 +165,7 @@ class FleetClient:
         Raises:
             TimeoutError: it had not ended within ``timeout_s``.
         """
-        return self._wait(job_id, timeout_s, lambda info: info.final, "ended")
+        return self._wait(job_id, timeout_s, ended, "ended")
 
     def output(self, job_id: str) -> bytes:
         """The job's output as its capped stream still holds it."""
@@ -201,17 +173,8 @@ class FleetClient:
 
     def hosts(self) -> list[HostInfo]:
         """Every host that has sent a heartbeat, by id: alive or not, its tags and running jobs."""
-        hosts = []
-        for host_id in sorted(_text(h) for h in self._redis.smembers(HOSTS)):
-            beat = self._redis.get(heartbeat_key(host_id))
-            if beat is None:
-                hosts.append(HostInfo(host_id, (), False, None, None))
-                continue
-            data = json.loads(beat)
-            hosts.append(
-                HostInfo(host_id, tuple(data["tags"]), True, float(data["at"]), int(data["running"]))
-            )
-        return hosts
+        ids = sorted(text_of(h) for h in self._redis.smembers(HOSTS))
+        return [host_info_of(host_id, self._redis.get(heartbeat_key(host_id))) for host_id in ids]
 
     def _wait(self, job_id: str, timeout_s: float, done: Any, what: str) -> JobInfo:
         deadline = time.monotonic() + timeout_s
@@ -223,11 +186,77 @@ class FleetClient:
             if info is not None and done(info):
                 return info
             if time.monotonic() >= deadline:
-                state = "no hash" if info is None else info.state
-                raise TimeoutError(
-                    f"fleet job {job_id} was not {what} within {timeout_s:g} s (state: {state})"
-                )
+                raise not_in_time(job_id, what, timeout_s, info)
             time.sleep(POLL_S)
+
+
+def submission(
+    type: str,
+    params: Mapping[str, Any] | None,
+    host: str | None,
+    tag: str | None,
+    key: str | None,
+    kind: Literal["task", "action"],
+    key_id: str | None,
+    signing_key: Ed25519PrivateKey | None,
+) -> tuple[str, list[str], list[Any]]:
+    """A signed job, as the submit script's keys and args, and its id (the sync and async clients share it).
+
+    Raises:
+        ValueError: as ``FleetClient.submit`` says.
+    """
+    if (host is None) == (tag is None):
+        raise ValueError(
+            "a job goes to one host (host=ID) or one host with a tag (tag=TAG): give exactly one"
+        )
+    if key_id is None or signing_key is None:
+        raise ValueError("submitting needs a signing key: FleetClient(..., key_id=ID, signing_key=KEY)")
+    target = Target("host", host) if host is not None else Target("tag", tag or "")
+    job_id = key or uuid.uuid4().hex
+    job = Job(job_id, kind, type, dict(params or {}), target, round(time.time(), 3), key_id)
+    try:
+        entry = jobs.encode(job, signing_key.sign)
+        jobs.decode(entry)
+    except (JobRefused, ValueError) as exc:
+        raise ValueError(f"this job would be refused: {exc}") from None
+    fields = {"state": JobState.QUEUED.value, "kind": kind, "type": type, "target": str(target)}
+    fields["submitted_at"] = str(job.submitted_at)
+    args: list[Any] = [entry["job"], entry["sig"], *(x for pair in fields.items() for x in pair)]
+    return job_id, [job_key(job_id), target.stream], args
+
+
+def taken(info: JobInfo) -> bool:
+    """Whether a host has taken the job (or refused it)."""
+    return info.received_by is not None or info.final
+
+
+def ended(info: JobInfo) -> bool:
+    return info.final
+
+
+def not_in_time(job_id: str, what: str, timeout_s: float, info: JobInfo | None) -> TimeoutError:
+    """The error of a wait that ran out: what the job was not, and the state it is in."""
+    state = "no hash" if info is None else info.state
+    return TimeoutError(f"fleet job {job_id} was not {what} within {timeout_s:g} s (state: {state})")
+
+
+def host_info_of(host_id: str, beat: bytes | None) -> HostInfo:
+    """A host from its heartbeat (None: expired)."""
+    if beat is None:
+        return HostInfo(host_id, (), False, None, None)
+    data = json.loads(beat)
+    return HostInfo(host_id, tuple(data["tags"]), True, float(data["at"]), int(data["running"]))
+
+
+def job_info_of(job_id: str, raw: Mapping[Any, Any]) -> JobInfo:
+    """A job from its hash as Redis returns it.
+
+    Raises:
+        LookupError: the hash is empty (no such job).
+    """
+    if not raw:
+        raise LookupError(f"no fleet job {job_id!r}; pymgr fleet submit prints the id of the jobs it queues")
+    return _job_info(job_id, {text_of(k): text_of(v) for k, v in raw.items()})
 
 
 def _job_info(job_id: str, fields: dict[str, str]) -> JobInfo:
@@ -259,5 +288,6 @@ def _job_info(job_id: str, fields: dict[str, str]) -> JobInfo:
     )
 
 
-def _text(value: Any) -> str:
+def text_of(value: Any) -> str:
+    """A Redis reply as text."""
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
