@@ -42,7 +42,7 @@ system-deps:
 # (and the modules that define it) and pymgr.client; all of src/ is checked
 # with the settings in pyproject.toml.
 PUBLIC_API := src/pymgr/__init__.py src/pymgr/errors.py src/pymgr/core/identity.py \
-	src/pymgr/core/registry.py src/pymgr/_sse.py src/pymgr/client
+	src/pymgr/core/registry.py src/pymgr/_sse.py src/pymgr/client examples/client_typed.py
 
 # The example web apps (examples/web/, docs/web-apps.md) in a venv of their own:
 # the light client (pymgr without its daemon extra) and their requirements files,

@@ -363,14 +363,14 @@ def test_tasks_list_table(run: Run) -> None:
     assert out.returncode == 0
     lines = out.stdout.splitlines()
     assert re.match(r"^\s*id\s+type\s+key\s+state\s+pid\s+exit/signal\s+started\s+ended\s*$", lines[0])
-    t2 = next(line for line in lines if line.lstrip().startswith("t2 "))
+    t2 = next(line for line in lines if line.lstrip().startswith("12 "))
     assert re.search(
-        r"t2\s+scan\s+scan:2\s+stopped\s+4343\s+SIGTERM\s+2023-11-14T22:13:21Z\s+2023-11-14T22:15:00Z$", t2
+        r"12\s+scan\s+scan:2\s+stopped\s+4343\s+SIGTERM\s+2023-11-14T22:13:21Z\s+2023-11-14T22:15:00Z$", t2
     )
-    t1 = next(line for line in lines if line.lstrip().startswith("t1 "))
-    assert re.search(r"t1\s+scan\s+scan:1\s+succeeded\s+4242\s+0\s", t1)
-    t0 = next(line for line in lines if line.lstrip().startswith("t0 "))
-    assert re.search(r"t0\s+echo\s+-\s+running\s+4242\s+-\s+2023-11-14T22:13:21Z\s+-\s*$", t0)
+    t1 = next(line for line in lines if line.lstrip().startswith("11 "))
+    assert re.search(r"11\s+scan\s+scan:1\s+succeeded\s+4242\s+0\s", t1)
+    t0 = next(line for line in lines if line.lstrip().startswith("10 "))
+    assert re.search(r"10\s+echo\s+-\s+running\s+4242\s+-\s+2023-11-14T22:13:21Z\s+-\s*$", t0)
 
 
 def test_tasks_list_filters_and_json(run: Run, stub: StubServer) -> None:
@@ -385,17 +385,17 @@ def test_tasks_list_pages(run: Run, stub: StubServer) -> None:
     assert stub.app.requests[-1][2] == {"limit": "2", "before": "41"}
     assert out.returncode == 0 and out.stderr == ""  # an empty page: nothing older to ask for
     out = run("tasks", "list")
-    assert out.stderr == "older tasks: the same command with --before t0\n"
+    assert out.stderr == "older tasks: the same command with --before 10\n"
     assert run("tasks", "list", "--limit", "0").returncode == 2
 
 
 def test_tasks_show(run: Run) -> None:
-    out = run("tasks", "show", "t1")
+    out = run("tasks", "show", "11")
     assert out.returncode == 0
     assert re.search(r"(?m)^argv\s+scan --task-id 1$", out.stdout)
     assert re.search(r"(?m)^state\s+succeeded$", out.stdout)
     assert re.search(r"(?m)^params\s+\{\"task_id\": 1\}$", out.stdout)
-    assert json.loads(run("--json", "tasks", "show", "t1").stdout) == TASKS[1]
+    assert json.loads(run("--json", "tasks", "show", "11").stdout) == TASKS[1]
 
 
 def test_tasks_start_types_params_by_the_task_type(run: Run, stub: StubServer) -> None:
@@ -410,7 +410,7 @@ def test_tasks_start_types_params_by_the_task_type(run: Run, stub: StubServer) -
 
 
 def test_tasks_stop_and_types(run: Run) -> None:
-    out = run("tasks", "stop", "t2")
+    out = run("tasks", "stop", "12")
     assert out.returncode == 0 and re.search(r"(?m)^state\s+stopped$", out.stdout)
     out = run("tasks", "types")
     assert re.search(

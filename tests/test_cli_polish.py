@@ -19,6 +19,8 @@ import pytest
 from pymgr.cli import main
 from pymgr.cli.app import hoist_json
 from pymgr.cli.tasks import _event_line
+from pymgr._sse import SseParser
+from pymgr.client import Event
 from tests.conftest import BASE_CONFIG, PYMGR, READY_TIMEOUT_S, Daemon, wait_for
 from tests.test_cli import Run, clean_env, daemon_run
 from tests.test_client import StubServer, serving_stub
@@ -51,8 +53,8 @@ def run(stub: StubServer, tmp_path: Path) -> Run:
 @pytest.mark.parametrize(
     "after",
     [
-        ["tasks", "show", "t2", "--json"],
-        ["tasks", "--json", "show", "t2"],
+        ["tasks", "show", "12", "--json"],
+        ["tasks", "--json", "show", "12"],
         ["call", "demo", "echo", "a=1", "--json"],
         ["health", "--json"],
     ],
@@ -125,21 +127,21 @@ def test_help_shows_arguments_with_their_help(capsys: pytest.CaptureFixture[str]
 
 
 def test_records_show_utc_times_and_progress_in_percent(run: Run) -> None:
-    out = run("tasks", "show", "t1")
+    out = run("tasks", "show", "11")
     assert out.returncode == 0, out.stderr
     assert re.search(r"(?m)^started_at\s+2023-11-14T22:13:21Z$", out.stdout)
     assert re.search(r"(?m)^ended_at\s+2023-11-14T22:15:00Z$", out.stdout)
-    shown = run("--json", "tasks", "show", "t1").stdout
-    assert json.loads(shown)["ended_at"] == "2023-11-14T22:15:00+00:00"  # --json: exactly as sent
+    shown = run("--json", "tasks", "show", "11").stdout
+    assert json.loads(shown)["ended_at"] == "2023-11-14T22:15:00.000+00:00"  # --json: exactly as sent
 
 
 def test_watch_lines_carry_utc_time_and_percent() -> None:
     line = _event_line(
-        {"event": "progress", "data": {"id": 7, "progress": 42.5, "progress_message": "x"}}, False
+        Event(1, "progress", None, {"id": 7, "progress": 42.5, "progress_message": "x"}), False
     )
     assert line is not None and re.fullmatch(rf"{CLI_TIME}  task 7  progress  42\.5% x", line)
     line = _event_line(
-        {"event": "state", "data": {"id": 7, "type": "scan", "state": "running", "progress": 3}}, False
+        Event(2, "state", None, {"id": 7, "type": "scan", "state": "running", "progress": 3}), False
     )
     assert line is not None and re.fullmatch(rf"{CLI_TIME}  task 7 scan  running  3%", line)
 
@@ -234,3 +236,10 @@ def test_text_log_lines_start_with_the_utc_time(tmp_path: Path) -> None:
     assert lines and all(
         re.match(rf"{LOG_TIME} (DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+: ", line) for line in lines
     ), lines
+
+
+def test_watch_json_prints_the_event_as_the_stream_carried_it() -> None:
+    """Byte for byte what `tasks watch --json` printed when the client yielded the parser's dicts."""
+    stream = b'id: 5\nevent: progress\ntime: 1765104343.120\ndata: {"id": 7, "progress": 42.5}\n\n'
+    [parsed] = SseParser().feed(stream)
+    assert _event_line(Event.from_json(parsed), True) == json.dumps(parsed, ensure_ascii=False)

@@ -33,6 +33,7 @@ from pymgr.client import (
     BadReply,
     Client,
     ConnectionFailed,
+    Health,
     default_socket,
 )
 from pymgr.core.registry import Module, Registry, action
@@ -91,7 +92,8 @@ SCAN_PARAMS = {
 TASK_TYPES = [{"name": "scan", "doc": "Scan hosts for vulnerabilities.\n\nLong.", "params": SCAN_PARAMS}]
 
 
-def _record(id: str, type: str = "scan", key: str | None = None, **fields: Any) -> dict[str, Any]:
+def _record(id: int, type: str = "scan", key: str | None = None, **fields: Any) -> dict[str, Any]:
+    """A task record in the daemon's shape (tasks/records.py ``to_dict``)."""
     return {
         "id": id,
         "type": type,
@@ -100,24 +102,40 @@ def _record(id: str, type: str = "scan", key: str | None = None, **fields: Any) 
         "argv": ["scan", "--task-id", "1"],
         "state": "running",
         "pid": 4242,
+        "pid_start_time": 123456,
         "exit_code": None,
         "signal": None,
-        "created_at": 1700000000.0,
-        "started_at": 1700000001.0,
+        "created_at": "2023-11-14T22:13:20.000+00:00",
+        "started_at": "2023-11-14T22:13:21.000+00:00",
         "ended_at": None,
-        "started_by": "uid:0",
+        "started_by": {"kind": "unix", "uid": 0, "user": "root"},
+        "stopped_by": None,
         "cancel_source": None,
         "error": None,
+        "attempt": 1,
+        "retry_of": None,
+        "not_before": None,
+        "progress": None,
+        "progress_message": None,
+        "boot_id": None,
+        "cgroup": None,
+        "log_path": f"/var/lib/pymgr/logs/{id}.log",
         **fields,
     }
 
 
 TASKS = [
     _record(
-        "t2", key="scan:2", state="stopped", pid=4343, signal=15, ended_at=1700000100.0, cancel_source="user"
+        12,
+        key="scan:2",
+        state="stopped",
+        pid=4343,
+        signal="SIGTERM",
+        ended_at="2023-11-14T22:15:00.000+00:00",
+        cancel_source="user",
     ),
-    _record("t1", key="scan:1", state="succeeded", exit_code=0, ended_at="2023-11-14T22:15:00+00:00"),
-    _record("t0", type="echo", state="running"),
+    _record(11, key="scan:1", state="succeeded", exit_code=0, ended_at="2023-11-14T22:15:00.000+00:00"),
+    _record(10, type="echo", state="running"),
 ]
 
 
@@ -176,7 +194,12 @@ class StubApp:
         if (method, parts) == ("GET", ["modules"]):
             if self.modules_forbidden:
                 return fail("forbidden", "user 'nobody' may not list modules")
-            return ok(REGISTRY.describe())
+            return ok(
+                [
+                    {**m, "actions": [{**a, "allowed": True} for a in m["actions"]]}
+                    for m in REGISTRY.describe()
+                ]
+            )
         if (method, parts) == ("GET", ["task-types"]):
             return ok(TASK_TYPES)
         if parts[0] == "modules" and len(parts) == 3 and method == "POST":
@@ -205,7 +228,7 @@ class StubApp:
         if (method, rest) == ("POST", []):
             return ok(
                 _record(
-                    "t3",
+                    13,
                     type=body["type"],
                     key=body.get("key"),
                     params=body["params"],
@@ -215,7 +238,7 @@ class StubApp:
                 ),
                 status=202,
             )
-        found = [t for t in TASKS if rest and t["id"] == rest[0]]
+        found = [t for t in TASKS if rest and str(t["id"]) == rest[0]]
         if not found:
             return fail("not_found", f"no task {rest[0]!r}", details={"id": rest[0]})
         if (method, rest[1:]) == ("POST", ["stop"]):
@@ -298,10 +321,11 @@ def refusing_socket(directory: Path) -> Path:
 
 def test_health_modules_and_task_types(stub: StubServer) -> None:
     with Client(socket=stub.socket) as client:
-        assert client.health() == {"status": "ok", "version": "0.1.0", "pid": os.getpid(), "uptime_s": 1.5}
+        assert client.health() == Health("ok", "0.1.0", os.getpid(), 1.5)
         [demo] = client.modules()
-        assert demo["name"] == "demo" and demo["actions"][0]["params"]["required"] == ["count"]
-        assert client.task_types() == TASK_TYPES
+        assert demo.name == "demo" and demo.actions[0].params["required"] == ["count"]
+        assert demo.actions[0].allowed and demo.actions[0].task_types is None
+        assert [t.to_json() for t in client.task_types()] == TASK_TYPES
 
 
 def test_modules_allowed_becomes_the_query(stub: StubServer) -> None:
@@ -320,7 +344,7 @@ async def test_modules_allowed_becomes_the_query_async(stub: StubServer) -> None
 
 def test_socket_may_be_a_str_and_tcp_a_url(stub: StubServer) -> None:
     with Client(socket=str(stub.socket)) as by_socket, Client(url=stub.url) as by_url:
-        assert by_socket.health()["status"] == by_url.health()["status"] == "ok"
+        assert by_socket.health().status == by_url.health().status == "ok"
 
 
 def test_call_takes_keywords_a_params_dict_or_both(stub: StubServer) -> None:
@@ -344,10 +368,16 @@ def test_call_rejects_a_parameter_given_twice(stub: StubServer) -> None:
 
 def test_tasks_filters_become_the_query(stub: StubServer) -> None:
     with Client(socket=stub.socket) as client:
-        assert [t["id"] for t in client.tasks()] == ["t2", "t1", "t0"]
-        assert [t["id"] for t in client.tasks(state="running", type="echo")] == ["t0"]
+        assert [t.id for t in client.tasks()] == [12, 11, 10]
+        assert [t.to_json() for t in client.tasks()] == TASKS
+        assert [t.id for t in client.tasks(state="running", type="echo")] == [10]
         assert client.tasks(key="scan:9") == []
-    assert [r[2] for r in stub.app.requests] == [{}, {"state": "running", "type": "echo"}, {"key": "scan:9"}]
+    assert [r[2] for r in stub.app.requests] == [
+        {},
+        {},
+        {"state": "running", "type": "echo"},
+        {"key": "scan:9"},
+    ]
 
 
 def test_tasks_paging_becomes_the_query(stub: StubServer) -> None:
@@ -358,16 +388,16 @@ def test_tasks_paging_becomes_the_query(stub: StubServer) -> None:
 
 def test_task_start_and_stop(stub: StubServer) -> None:
     with Client(socket=stub.socket) as client:
-        assert client.task("t1")["state"] == "succeeded"
+        assert client.task("11").state == "succeeded"
         started = client.start_task("scan", {"task_id": 7}, key="scan:7")
-        assert (started["id"], started["state"], started["key"]) == ("t3", "queued", "scan:7")
+        assert (started.id, started.state, started.key) == (13, "queued", "scan:7")
         client.start_task("scan")
-        assert client.stop_task("t2")["cancel_source"] == "user"
+        assert client.stop_task(12).cancel_source == "user"
     posts = [r for r in stub.app.requests if r[0] == "POST"]
     assert posts == [
         ("POST", "/v1/tasks", {}, {"type": "scan", "params": {"task_id": 7}, "key": "scan:7"}),
         ("POST", "/v1/tasks", {}, {"type": "scan", "params": {}}),
-        ("POST", "/v1/tasks/t2/stop", {}, None),
+        ("POST", "/v1/tasks/12/stop", {}, None),
     ]
 
 
@@ -518,7 +548,7 @@ async def test_a_closed_client_cannot_send(stub: StubServer) -> None:
     with pytest.raises(RuntimeError):
         client.health()
     async_client = AsyncClient(url=stub.url)  # closed without a context manager
-    assert (await async_client.health())["status"] == "ok"
+    assert (await async_client.health()).status == "ok"
     await async_client.close()
     with pytest.raises(RuntimeError):
         await async_client.health()
@@ -526,14 +556,14 @@ async def test_a_closed_client_cannot_send(stub: StubServer) -> None:
 
 async def test_async_client_covers_the_api(stub: StubServer) -> None:
     async with AsyncClient(socket=stub.socket) as client:
-        assert (await client.health())["status"] == "ok"
+        assert (await client.health()).status == "ok"
         assert (await client.call("demo", "echo", params={"class": 1}, count=2)) == {"class": 1, "count": 2}
-        assert [t["id"] for t in await client.tasks(state="stopped")] == ["t2"]
-        assert (await client.task("t0"))["type"] == "echo"
-        assert (await client.start_task("scan", {"task_id": 1}))["state"] == "queued"
-        assert (await client.stop_task("t1"))["state"] == "stopped"
-        assert (await client.task_types())[0]["name"] == "scan"
-        assert (await client.modules())[0]["name"] == "demo"
+        assert [t.id for t in await client.tasks(state="stopped")] == [12]
+        assert (await client.task(10)).type == "echo"
+        assert (await client.start_task("scan", {"task_id": 1})).state == "queued"
+        assert (await client.stop_task(11)).state == "stopped"
+        assert (await client.task_types())[0].name == "scan"
+        assert (await client.modules())[0].name == "demo"
 
 
 def test_socket_env_is_honoured(
@@ -542,7 +572,7 @@ def test_socket_env_is_honoured(
     monkeypatch.setenv("PYMGR_SOCKET", str(stub.socket))
     assert default_socket() == stub.socket
     with Client() as client:
-        assert client.health()["status"] == "ok"
+        assert client.health().status == "ok"
     assert repr(client) == f"Client(socket={str(stub.socket)!r})"
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from pymgr.client import AsyncClient, Client
+from pymgr.client import AsyncClient, Client, ModuleInfo
 from pymgr.core.registry import Registry
 from pymgr.transport.http.openapi import describe
 from tests.conftest import AS_WWW_DATA, PYMGR, Daemon, launch_daemon
@@ -67,8 +67,10 @@ def daemon() -> Iterator[Daemon]:
     shutil.rmtree(base, ignore_errors=True)
 
 
-def by_name(listing: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {f"{m['name']}.{a['name']}": a for m in listing for a in m["actions"]}
+def by_name(listing: list[ModuleInfo] | list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each action by its ``module.action`` name, as the API sends it (a JSON listing read by the client's type)."""
+    modules = [m if isinstance(m, ModuleInfo) else ModuleInfo.from_json(m) for m in listing]
+    return {f"{m.name}.{a.name}": a.to_json() for m in modules for a in m.actions}
 
 
 def as_www_data(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -165,7 +167,7 @@ async def test_the_async_client_lists_the_same(daemon: Daemon) -> None:
 def test_the_client_as_www_data(daemon: Daemon) -> None:
     script = (
         "import json, sys; from pymgr.client import Client; c = Client(socket=sys.argv[1]); "
-        "print(json.dumps([c.modules(), c.modules(allowed=True)]))"
+        "print(json.dumps([[m.to_json() for m in c.modules(allowed=a)] for a in (False, True)]))"
     )
     out = as_www_data(sys.executable, "-c", script, str(daemon.socket))
     assert out.returncode == 0, out.stderr

@@ -50,7 +50,7 @@ def test_metrics_count_calls_refusals_task_runs_and_connections(start_daemon: Ca
         with pytest.raises(ParamsInvalid):
             client.start_task("echo", {})  # "word" missing
         run = client.start_task("echo", {"word": "hi"})
-        wait_for(lambda: client.task(run["id"])["state"] == "succeeded")
+        wait_for(lambda: client.task(run.id).state == "succeeded")
     legacy_call("127.0.0.1", daemon.legacy_port, LEGACY_SECRET, "demo", "echo", {})
     families = scrape(daemon)
     calls = values(families["pymgr_requests"], "transport", "module", "action", "outcome")
@@ -80,10 +80,10 @@ def test_active_runs_are_a_gauge_by_type_and_state(start_daemon: Callable[..., D
     daemon = start_daemon(CONFIG)
     with Client(socket=daemon.socket) as client:
         run = client.start_task("scan", {"task_id": 1, "duration": 30})
-        wait_for(lambda: client.task(run["id"])["state"] == "running")
+        wait_for(lambda: client.task(run.id).state == "running")
         assert values(scrape(daemon)["pymgr_task_runs_active"], "type", "state") == {("scan", "running"): 1}
-        client.stop_task(run["id"])
-        wait_for(lambda: client.task(run["id"])["state"] == "stopped")
+        client.stop_task(run.id)
+        wait_for(lambda: client.task(run.id).state == "stopped")
     families = scrape(daemon)
     assert values(families["pymgr_task_runs_active"], "type", "state") == {}
     assert values(families["pymgr_task_runs_ended"], "type", "state") == {("scan", "stopped"): 1}

@@ -216,7 +216,7 @@ def test_a_signed_request_is_identified_by_its_key(secure: Daemon) -> None:
         assert c.call("demo", "echo", q="a b&c") == {"q": "a b&c"}
         assert c.tasks(type="echo") == []
         record = c.start_task("echo", {"word": "hi; rm -rf /"})
-        assert record["argv"] == ["/bin/echo", "hi; rm -rf /"]
+        assert record.argv == ("/bin/echo", "hi; rm -rf /")
         with pytest.raises(Forbidden, match=r"^the policy allows key:ci no tasks\.start:scan"):
             c.start_task("scan", {"task_id": 1})
         with pytest.raises(Forbidden, match=r"^the policy allows key:ci no demo\.sleep"):

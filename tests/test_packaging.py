@@ -102,6 +102,12 @@ def test_the_fleet_check_knows_every_distribution_of_its_extra(wheel: Path) -> N
     assert set(FLEET_MODULES) == names
 
 
+def test_the_wheel_says_it_is_typed(wheel: Path) -> None:
+    """PEP 561: without ``py.typed`` a type checker treats every client result as ``Any``."""
+    with zipfile.ZipFile(wheel) as archive:
+        assert "pymgr/py.typed" in archive.namelist()
+
+
 # ---------------------------------------------------------------- the light install, for real
 
 

@@ -278,8 +278,8 @@ def test_a_typed_task_operation_on_no_task_is_refused_before_it_runs(open_dir: P
     daemon = launch_open(open_dir, "d", WWW_DATA_POLICY.replace("{enabled}", '"tasks"'))
     try:
         with Client(socket=daemon.socket) as c:
-            scan = c.start_task("scan")["id"]
-            secret = c.start_task("secret")["id"]
+            scan = c.start_task("scan").id
+            secret = c.start_task("secret").id
         assert curl_as_www_data(daemon, "/v1/modules/tasks/logs", json.dumps({"id": scan}))[0] == 200
         status, body = curl_as_www_data(daemon, "/v1/modules/tasks/logs", json.dumps({"id": secret}))
         assert status == 403 and "no tasks.logs:secret" in body["error"]["message"]
@@ -445,7 +445,7 @@ def task_state(client: Client, task_id: int, states: tuple[str, ...]) -> dict[st
     record: dict[str, Any] = {}
 
     def ended() -> bool:
-        record.update(client.task(task_id))
+        record.update(client.task(task_id).to_json())
         return record["state"] in states
 
     wait_for(ended, f"run {task_id} to be {' or '.join(states)}")
@@ -460,17 +460,17 @@ def test_a_directory_swapped_for_a_symlink_while_a_run_waits_is_refused_at_its_s
     daemon = start_daemon(BASE_CONFIG + WRITER_TYPE.format(base=base))
     with Client(socket=daemon.socket) as client:
         holder = client.start_task("append", {"file": "site/data.txt", "seconds": 600})
-        task_state(client, holder["id"], ("running",))
+        task_state(client, holder.id, ("running",))
         queued = client.start_task(
             "append", {"file": "site/data.txt", "seconds": 0}
         )  # checked now, spawned later
-        assert client.task(queued["id"])["state"] == "queued"
+        assert client.task(queued.id).state == "queued"
         (base / "site").rename(
             base / "site-old"
         )  # while it waits, the directory becomes a link out of the base
         (base / "site").symlink_to(outside)
-        client.stop_task(holder["id"])
-        record = task_state(client, queued["id"], ("failed", "succeeded"))
+        client.stop_task(holder.id)
+        record = task_state(client, queued.id, ("failed", "succeeded"))
     # Before: the run appended to …/www/site/data.txt through the new link, outside the base.
     assert (outside / "data.txt").read_text() == "s3cret"
     assert (record["state"], record["pid"]) == ("failed", None), record
@@ -503,11 +503,11 @@ later = {{ type = "path", base = "{base}" }}
     with Client(socket=daemon.socket) as client:
         for _ in range(2):  # two spawns: the first one's descriptors were closed in the keeper, not leaked
             run = client.start_task("show", {"file": "site/data.txt", "later": "site/new/out.txt"})
-            record = task_state(client, run["id"], ("succeeded", "failed"))
+            record = task_state(client, run.id, ("succeeded", "failed"))
             assert record["state"] == "succeeded", record
             # The record keeps the checked paths; the process got descriptors opened beneath the base.
             assert record["argv"][4:] == [f"{base}/site/data.txt", f"{base}/site/new/out.txt"]
-            shown = client.logs(run["id"]).decode()
+            shown = client.logs(run.id).decode()
             assert re.fullmatch(r"/proc/self/fd/(\d+) /proc/self/fd/(\d+)/new/out\.txt\npublic", shown), shown
     assert open_below(base, f"/proc/{keeper_pid(daemon.dir / 'state')}/fd") == []  # the keeper closed them
 
@@ -531,11 +531,11 @@ file = {{ type = "path", base = "{base}" }}
     daemon = start_daemon(BASE_CONFIG + config)
     with Client(socket=daemon.socket) as client:
         first = client.start_task("again", {"file": "site/data.txt"})
-        task_state(client, first["id"], ("failed",))
+        task_state(client, first.id, ("failed",))
         retry: dict[str, Any] = {}
         wait_for(
             lambda: bool(
-                retry.update(next((r for r in client.tasks() if r["retry_of"] == first["id"]), {}))
+                retry.update(next((r.to_json() for r in client.tasks() if r.retry_of == first.id), {}))
                 or retry.get("state") in ("failed", "succeeded")
             ),
             "the restart to end",

@@ -74,20 +74,20 @@ def replay_hijack(start_daemon: Callable[..., Daemon], *, uid: int | None) -> No
     with Client(socket=daemon.socket) as client:
         first = client.start_task("hold")
         queued = client.start_task("hold")
-        wait_until(lambda: states(client)[first["id"]]["state"] == "running", "the first run")
-        assert states(client)[queued["id"]]["state"] == "queued"
-    fake = impostor(queued["id"], stored_marker(daemon, queued["id"]), uid=uid)
+        wait_until(lambda: states(client)[first.id]["state"] == "running", "the first run")
+        assert states(client)[queued.id]["state"] == "queued"
+    fake = impostor(queued.id, stored_marker(daemon, queued.id), uid=uid)
     try:
         time.sleep(0.2)  # its environment is in /proc
         daemon.proc.kill()
         assert daemon.proc.wait(10) == -signal.SIGKILL
         daemon = start_daemon(HOLD_CONFIG, name=daemon.dir.name)
         with Client(socket=daemon.socket) as client:
-            record = states(client)[queued["id"]]
+            record = states(client)[queued.id]
             assert (record["state"], record["pid"]) == ("queued", None), record  # not the impostor's run
-            client.stop_task(first["id"])
+            client.stop_task(first.id)
             ran = wait_until(
-                lambda: (r := states(client)[queued["id"]])["state"] == "running" and r, "its own spawn"
+                lambda: (r := states(client)[queued.id])["state"] == "running" and r, "its own spawn"
             )
             assert ran["pid"] != fake.pid
             assert fake.poll() is None  # a stranger's process is left alone, not adopted, not signalled
@@ -115,7 +115,8 @@ def test_the_marker_is_never_shown(start_daemon: Callable[..., Daemon]) -> None:
         first = client.start_task("hold")
         queued = client.start_task("hold")
         seen = [next(events) for _ in range(3)]
-        shown = [client.task(queued["id"]), first, queued, *client.tasks(), *seen]
+        results = [client.task(queued.id), first, queued, *client.tasks(), *seen]
+        shown = [result.to_json() for result in results]
         cli = [
             subprocess.run(
                 [str(PYMGR), "--socket", str(daemon.socket), *args],
@@ -125,12 +126,12 @@ def test_the_marker_is_never_shown(start_daemon: Callable[..., Daemon]) -> None:
             )
             for args in (
                 ["--json", "tasks", "list"],
-                ["--json", "tasks", "show", str(queued["id"])],
-                ["tasks", "show", str(queued["id"])],
+                ["--json", "tasks", "show", str(queued.id)],
+                ["tasks", "show", str(queued.id)],
                 ["tasks", "list"],
             )
         ]
-    markers = [stored_marker(daemon, first["id"]), stored_marker(daemon, queued["id"])]
+    markers = [stored_marker(daemon, first.id), stored_marker(daemon, queued.id)]
     texts = [json.dumps(shown), *(run.stdout + run.stderr for run in cli), daemon.log()]
     texts += [path.read_text(errors="replace") for path in daemon.dir.rglob("*.log")]
     for text in texts:
@@ -163,7 +164,7 @@ def legacy(daemon: Daemon, action: str, task_ids: str) -> dict[str, object]:
 
 def scans(daemon: Daemon) -> list[dict[str, object]]:
     with Client(socket=daemon.socket) as client:
-        return client.tasks(type="scan")  # type: ignore[no-any-return]
+        return [record.to_json() for record in client.tasks(type="scan")]
 
 
 def test_the_cap_per_caller_refuses_with_409_naming_it_then_admits_again(
@@ -180,7 +181,7 @@ def test_the_cap_per_caller_refuses_with_409_naming_it_then_admits_again(
     with Client(socket=daemon.socket) as client:
         assert len(client.tasks(type="hold")) == 2  # nothing stored for the refused start
         client.stop_task(first.json()["result"]["id"])
-        wait_until(lambda: client.task(first.json()["result"]["id"])["state"] == "stopped", "stopped")
+        wait_until(lambda: client.task(first.json()["result"]["id"]).state == "stopped", "stopped")
     assert http_start(daemon).status_code == 202  # one ended: room again
 
 

@@ -205,7 +205,7 @@ def test_serve_takes_its_listeners_from_systemd_socket_activate(tmp_path: Path) 
         wait_for(api.exists, what="the activation socket")
         # the first connection makes systemd-socket-activate exec the daemon
         with Client(socket=api) as client:
-            assert client.health()["pid"] == proc.pid
+            assert client.health().pid == proc.pid
             assert client.call("demo", "echo", x=1) == {"x": 1}
         # The old clients' bytes, on the passed TCP socket.
         signature = hmac.new(LEGACY_SECRET.encode(), b"demo", "md5").hexdigest()

@@ -135,7 +135,7 @@ def test_sighup_keeps_a_request_and_a_task_and_shows_a_new_type(start_daemon: Ca
     config = daemon.dir / "pymgr.toml"
     with Client(socket=daemon.socket) as client:
         task = client.start_task("scan", {"task_id": 1, "duration": 30})
-        wait_for(lambda: client.task(task["id"])["state"] == "running", what="task running")
+        wait_for(lambda: client.task(task.id).state == "running", what="task running")
         slow: dict[str, Any] = {}
         request = threading.Thread(target=lambda: slow.update(client_call_sleep(daemon.socket)))
         request.start()
@@ -147,8 +147,8 @@ def test_sighup_keeps_a_request_and_a_task_and_shows_a_new_type(start_daemon: Ca
         assert request.is_alive()  # the reload happened while the request was in flight
         request.join(timeout=10)
         assert slow == {"result": {"slept_s": 1.5}}  # the in-flight request finished normally
-        assert client.task(task["id"])["state"] == "running"  # the task was not touched
-        assert "extra" in [t["name"] for t in client.task_types()]
+        assert client.task(task.id).state == "running"  # the task was not touched
+        assert "extra" in [t.name for t in client.task_types()]
         log = daemon.log()
         assert re.search(r"config reloaded from \S+: tasks: .*extra.*; modules\.settings\.demo changed", log)
         assert re.search(r"changes legacy\.read_timeout_s: these take effect only after a restart", log)
@@ -160,9 +160,9 @@ def test_sighup_keeps_a_request_and_a_task_and_shows_a_new_type(start_daemon: Ca
             r"reload refused, the daemon keeps its current config: .*unknown placeholder '\{missing\}'",
             daemon.log(),
         )
-        assert "extra" in [t["name"] for t in client.task_types()]
-        assert client.task(task["id"])["state"] == "running"
-        client.stop_task(task["id"])
+        assert "extra" in [t.name for t in client.task_types()]
+        assert client.task(task.id).state == "running"
+        client.stop_task(task.id)
     assert daemon.stop() == 0
 
 

@@ -180,7 +180,7 @@ def test_serve_notifies_ready_after_bind_then_watchdog_then_stopping(
         # Bound and serving by the time READY=1 arrives: the API answers at once.
         assert re.match(rb"^READY=1\nSTATUS=serving unix:\S+/pymgr.sock; legacy tcp:127.0.0.1:\d+$", first)
         with Client(socket=tmp_path / "pymgr.sock") as client:
-            assert client.health()["status"] == "ok"
+            assert client.health().status == "ok"
         started = time.monotonic()
         pings = [
             m

@@ -74,7 +74,7 @@ def test_start_status_reload_restart_stop(site: Site) -> None:
     daemon = psutil.Process(pid)
     assert daemon.ppid() != os.getpid() and os.getsid(pid) != os.getsid(0)  # detached, its own session
     with Client(socket=site.socket) as client:  # `start` returned only once the daemon serves
-        assert client.health()["pid"] == pid
+        assert client.health().pid == pid
 
     again = site.daemon("start")
     assert (again.returncode, again.stdout.strip()) == (

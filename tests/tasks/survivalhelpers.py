@@ -45,10 +45,11 @@ def wait_until(predicate: Callable[[], Any], what: str, timeout_s: float = WAIT_
 
 
 def states(client: Client) -> dict[int, dict[str, Any]]:
-    """Every record, by id: the list comes a page at a time, so this walks the pages to an empty one."""
+    """Every record, by id, as the API sends it: the list comes a page at a time, so this walks the pages
+    to an empty one."""
     found: dict[int, dict[str, Any]] = {}
     while page := client.tasks(before=min(found, default=None)):
-        found.update((record["id"], record) for record in page)
+        found.update((record.id, record.to_json()) for record in page)
     return found
 
 

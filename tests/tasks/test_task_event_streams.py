@@ -60,10 +60,10 @@ def ended_state(task_id: int) -> Callable[[dict[str, Any]], bool]:
 def test_a_run_that_ended_opens_its_stream_with_its_end(daemon: Daemon, http: httpx.Client) -> None:
     with Client(socket=daemon.socket) as client:
         task = client.start_task("echo", {"word": "x"})
-        wait_until(lambda: states(client)[task["id"]]["state"] == "succeeded", "the end")
+        wait_until(lambda: states(client)[task.id]["state"] == "succeeded", "the end")
         last = client.call("tasks", "events", limit=1)[-1]
         assert set(last) == SHAPE
-    seen = read_events(http, ended_state(task["id"]), task=task["id"])
+    seen = read_events(http, ended_state(task.id), task=task.id)
     assert len(seen) == 1 and seen[0]["id"] == last["id"]  # the opening: as of the newest event
 
 
@@ -71,35 +71,36 @@ def test_runs_that_end_right_at_subscription_are_never_missed(daemon: Daemon, ht
     with Client(socket=daemon.socket) as client:
         for _ in range(5):  # echo ends within milliseconds: before, while or after the stream opens
             task = client.start_task("echo", {"word": "race"})
-            seen = read_events(http, ended_state(task["id"]), task=task["id"])
-            assert {e["data"]["id"] for e in seen} == {task["id"]}
+            seen = read_events(http, ended_state(task.id), task=task.id)
+            assert {e["data"]["id"] for e in seen} == {task.id}
 
 
 def test_type_and_key_filters_take_only_their_runs(daemon: Daemon, http: httpx.Client) -> None:
     with Client(socket=daemon.socket) as client:
         scan = client.start_task("scan", {"task_id": 1, "duration": 30})
         other = client.start_task("echo", {"word": "a"}, key="other")
-        wait_until(lambda: states(client)[other["id"]]["state"] == "succeeded", "the other echo")
+        wait_until(lambda: states(client)[other.id]["state"] == "succeeded", "the other echo")
         mine: dict[str, Any] = {}
-        start = lambda: mine.update(client.start_task("echo", {"word": "b"}, key="mine"))  # noqa: E731
+        start = lambda: mine.update(client.start_task("echo", {"word": "b"}, key="mine").to_json())  # noqa: E731
         done = lambda e: e["kind"] == "state" and e["data"]["state"] == "succeeded"  # noqa: E731
         seen = read_events(http, done, then=start, type="echo", key="mine")
         assert {e["data"]["id"] for e in seen} == {mine["id"]}
         seen = read_events(http, lambda e: e["kind"] == "progress", type="scan")
-        assert {e["data"]["id"] for e in seen} == {scan["id"]} and seen[0]["kind"] == "state"
-        client.stop_task(scan["id"])
+        assert {e["data"]["id"] for e in seen} == {scan.id} and seen[0]["kind"] == "state"
+        client.stop_task(scan.id)
 
 
 def test_client_events_take_filters_and_carry_the_one_shape(daemon: Daemon) -> None:
     with Client(socket=daemon.socket) as client:
         task = client.start_task("echo", {"word": "x"})
-        events = client.events(task=task["id"])
+        events = client.events(task=task.id)
         heartbeat = next(events)
-        assert heartbeat["kind"] == heartbeat["event"] == "heartbeat" and heartbeat["id"] is None
+        assert heartbeat.kind == "heartbeat" and heartbeat.id is None
         for event in events:
-            assert set(event) == SHAPE | {"event"} and event["data"]["id"] == task["id"]
-            assert isinstance(event["id"], int) and isinstance(event["time"], float)
-            if event["data"]["state"] == "succeeded":
+            assert set(event.to_json()) == SHAPE and (record := event.record()) is not None
+            assert record.id == task.id and isinstance(event.id, int) and event.time is not None
+            assert event.time.tzinfo is not None and isinstance(event.to_json()["time"], float)
+            if record.state == "succeeded":
                 break
         events.close()
 
@@ -109,8 +110,8 @@ def test_a_reconnect_replays_what_it_missed_or_says_reset(start_daemon: Callable
     with Client(socket=daemon.socket) as client, unix_http(daemon, timeout_s=20) as http:
         for word in ("a", "b", "c"):  # 3 events each: more than the history holds
             task = client.start_task("echo", {"word": word})
-            wait_until(lambda: states(client)[task["id"]]["state"] == "succeeded", "the end")
-        done, one = ended_state(task["id"]), task["id"]
+            wait_until(lambda: states(client)[task.id]["state"] == "succeeded", "the end")
+        done, one = ended_state(task.id), task.id
         reset = read_events(http, done, since=1, task=one)
         assert reset[0]["kind"] == "reset" and reset[0]["data"]["since"] == 1
         oldest, last = reset[0]["data"]["oldest"], reset[0]["data"]["last"]
@@ -159,7 +160,7 @@ def test_a_caller_who_may_not_read_tasks_gets_no_stream(start_daemon: Callable[.
     daemon = start_daemon(BASE_CONFIG.replace('actions = ["*"]', 'actions = ["tasks.start:echo"]'))
     with Client(socket=daemon.socket) as client, unix_http(daemon) as http:
         task = client.start_task("echo", {"word": "x"})
-        for query in ({}, {"task": task["id"]}, {"type": "echo"}, {"since": 0}):
+        for query in ({}, {"task": task.id}, {"type": "echo"}, {"since": 0}):
             reply = http.get("/v1/events", params=query)
             assert (reply.status_code, reply.json()["error"]["code"]) == (403, "forbidden"), query
 
@@ -169,7 +170,7 @@ def test_tasks_events_polls_on_from_an_id_or_says_reset(start_daemon: Callable[.
     with Client(socket=daemon.socket) as client:
         for word in ("a", "b", "c"):
             task = client.start_task("echo", {"word": word})
-            wait_until(lambda: states(client)[task["id"]]["state"] == "succeeded", "the end")
+            wait_until(lambda: states(client)[task.id]["state"] == "succeeded", "the end")
         latest = client.call("tasks", "events")
         oldest, last = latest[0]["id"], latest[-1]["id"]
         assert len(latest) == 5 and all(set(e) == SHAPE for e in latest)

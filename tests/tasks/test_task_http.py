@@ -37,20 +37,20 @@ def ended(client: Client, task_id: int) -> dict[str, Any]:
 def test_logs_by_offset(daemon: Daemon, http: httpx.Client) -> None:
     with Client(socket=daemon.socket) as client:
         task = client.start_task("echo", {"word": "hello"})
-        ended(client, task["id"])
-        path = f"/v1/tasks/{task['id']}/logs"
+        ended(client, task.id)
+        path = f"/v1/tasks/{task.id}/logs"
         reply = http.get(path)
         assert (reply.status_code, reply.content) == (200, b"hello\n")
         assert reply.headers["content-type"].startswith("text/plain")
         assert (reply.headers["x-pymgr-log-start"], reply.headers["x-pymgr-log-end"]) == ("0", "6")
         assert http.get(path, params={"offset": 3}).content == b"lo\n"
         assert http.get(path, params={"offset": 6}).content == b""  # exactly the end: empty, not an error
-        assert client.logs(task["id"], 1) == b"ello\n"
+        assert client.logs(task.id, 1) == b"ello\n"
         with pytest.raises(
-            ParamsInvalid, match=rf"^offset 7 is past the end of task {task['id']}'s log \(6 bytes\)$"
+            ParamsInvalid, match=rf"^offset 7 is past the end of task {task.id}'s log \(6 bytes\)$"
         ):
-            client.logs(task["id"], 7)
-        assert client.call("tasks", "logs", id=task["id"], offset=2)["data"] == "llo\n"
+            client.logs(task.id, 7)
+        assert client.call("tasks", "logs", id=task.id, offset=2)["data"] == "llo\n"
 
 
 #: Bad log requests, and the message each gets (all 400 bad_params).
@@ -66,9 +66,9 @@ BAD_LOG_QUERIES = [
 def test_bad_log_requests(daemon: Daemon, http: httpx.Client) -> None:
     with Client(socket=daemon.socket) as client:
         task = client.start_task("echo", {"word": "w"})
-        ended(client, task["id"])
+        ended(client, task.id)
         for query, message in BAD_LOG_QUERIES:
-            reply = http.get(f"/v1/tasks/{task['id']}/logs", params=query)
+            reply = http.get(f"/v1/tasks/{task.id}/logs", params=query)
             assert reply.status_code == 400 and reply.json()["error"]["code"] == "bad_params", query
             assert re.match(message, reply.json()["error"]["message"]), reply.json()
 
@@ -82,13 +82,13 @@ def test_follow_streams_until_the_run_ends(daemon: Daemon, http: httpx.Client) -
     with Client(socket=daemon.socket) as client:
         task = client.start_task("scan", {"task_id": 4, "duration": 1})
         chunks = []
-        with http.stream("GET", f"/v1/tasks/{task['id']}/logs", params={"follow": "true"}) as reply:
+        with http.stream("GET", f"/v1/tasks/{task.id}/logs", params={"follow": "true"}) as reply:
             assert reply.status_code == 200
             chunks = list(reply.iter_bytes())
-        assert states(client)[task["id"]]["state"] == "succeeded"  # the stream ended with the run
+        assert states(client)[task.id]["state"] == "succeeded"  # the stream ended with the run
         text = b"".join(chunks).decode()
         assert "scan 4: 0%" in text and text.endswith("scan 4: 100%\nPYMGR_PROGRESS 100 scan 4\n")
-        followed = b"".join(client.follow_logs(task["id"], 5)).decode()
+        followed = b"".join(client.follow_logs(task.id, 5)).decode()
         assert followed == text[5:]
 
 
@@ -107,11 +107,11 @@ def test_events_are_server_sent_to_a_real_client(daemon: Daemon, http: httpx.Cli
             elif line.startswith("data: ") and kind in ("state", "progress"):
                 data = json.loads(line[6:])
                 seen.append((kind, data))
-                if kind == "state" and data["id"] == task["id"] and data["state"] == "succeeded":
+                if kind == "state" and data["id"] == task.id and data["state"] == "succeeded":
                     break
-    states_seen = [d["state"] for k, d in seen if k == "state" and d["id"] == task["id"]]
+    states_seen = [d["state"] for k, d in seen if k == "state" and d["id"] == task.id]
     assert states_seen == ["queued", "running", "succeeded"]
-    progress = [d["progress"] for k, d in seen if k == "progress" and d["id"] == task["id"]]
+    progress = [d["progress"] for k, d in seen if k == "progress" and d["id"] == task.id]
     assert progress and progress == sorted(progress)
     final = next(d for k, d in reversed(seen) if k == "state")
     assert (final["progress"], final["progress_message"]) == (100.0, "scan 6")
@@ -120,11 +120,11 @@ def test_events_are_server_sent_to_a_real_client(daemon: Daemon, http: httpx.Cli
 def test_client_events_iterator(daemon: Daemon) -> None:
     with Client(socket=daemon.socket) as watcher, Client(socket=daemon.socket) as client:
         events = watcher.events()
-        assert next(events)["event"] == "heartbeat"
+        assert next(events).kind == "heartbeat"
         task = client.start_task("echo", {"word": "x"})
         for event in events:
-            if event["event"] == "state" and event["data"]["state"] == "succeeded":
-                assert event["data"]["id"] == task["id"] and int(event["id"]) > 0
+            if (record := event.record()) is not None and record.state == "succeeded":
+                assert record.id == task.id and event.id is not None and event.id > 0
                 break
         events.close()
 
@@ -158,30 +158,28 @@ def test_cli_logs_follow_and_watch(daemon: Daemon) -> None:
         with Client(socket=daemon.socket) as client:
             until(r"task \d+ echo\s+succeeded", 30, lambda: client.start_task("echo", {"word": "probe"}))
             task = client.start_task("scan", {"task_id": 8, "duration": 0.5})
-            until(rf"task {task['id']} scan\s+succeeded", 30)
+            until(rf"task {task.id} scan\s+succeeded", 30)
     finally:
         watch.terminate()
         watch.wait(10)
         reader.join(10)
         watch.stdout.close()
     assert any(
-        re.fullmatch(
-            rf"\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ  task {task['id']} scan  running(  \d+% scan 8)?", x
-        )
+        re.fullmatch(rf"\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ  task {task.id} scan  running(  \d+% scan 8)?", x)
         for x in seen
     ), seen
     assert any(
-        re.fullmatch(rf"\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ  task {task['id']}  progress  \d+% scan 8", x)
+        re.fullmatch(rf"\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ  task {task.id}  progress  \d+% scan 8", x)
         for x in seen
     ), seen
     out = subprocess.run(
-        [str(PYMGR), "--socket", str(daemon.socket), "tasks", "logs", "-f", str(task["id"])],
+        [str(PYMGR), "--socket", str(daemon.socket), "tasks", "logs", "-f", str(task.id)],
         capture_output=True,
         timeout=60,
     )
     assert out.returncode == 0 and out.stdout.endswith(b"scan 8: 100%\nPYMGR_PROGRESS 100 scan 8\n")
     out = subprocess.run(
-        [str(PYMGR), "--socket", str(daemon.socket), "tasks", "logs", "--offset", "999999", str(task["id"])],
+        [str(PYMGR), "--socket", str(daemon.socket), "tasks", "logs", "--offset", "999999", str(task.id)],
         capture_output=True,
         text=True,
         timeout=60,

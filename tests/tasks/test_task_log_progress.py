@@ -37,8 +37,8 @@ def test_the_filter_passes_a_line_it_joined_midway_and_holds_no_more_than_a_prog
 def ended_scan(daemon: Daemon) -> Iterator[tuple[Client, int]]:
     with Client(socket=daemon.socket) as client:
         task = client.start_task("scan", {"task_id": 4, "duration": 0.3})
-        wait_until(lambda: states(client)[task["id"]]["state"] == "succeeded", "the end")
-        yield client, task["id"]
+        wait_until(lambda: states(client)[task.id]["state"] == "succeeded", "the end")
+        yield client, task.id
 
 
 def test_logs_without_progress_everywhere_and_with_it_by_default(

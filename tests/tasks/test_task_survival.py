@@ -57,7 +57,7 @@ def test_kill_9_with_20_runs_every_run_is_accounted_for(start_daemon: Callable[.
             short = i % 2 == 0
             code = i % 4 if short else 0
             record = client.start_task("job", {"seconds": 0.5 if short else 30, "code": code})
-            expected[record["id"]] = (short, code)
+            expected[record.id] = (short, code)
         wait_until(lambda: all(r["state"] != "queued" for r in states(client).values()), "all 20 spawned")
     daemon.proc.kill()
     assert daemon.proc.wait(10) == -signal.SIGKILL
@@ -98,19 +98,19 @@ def test_sigterm_with_leave_then_restart_readopts_and_can_stop(start_daemon: Cal
         long = client.start_task("job", {"seconds": 30})
         short = client.start_task("job", {"seconds": 0.8, "code": 7})
         wait_until(
-            lambda: all(states(client)[i]["state"] == "running" for i in (long["id"], short["id"])), "running"
+            lambda: all(states(client)[i]["state"] == "running" for i in (long.id, short.id)), "running"
         )
-        pid = states(client)[long["id"]]["pid"]
+        pid = states(client)[long.id]["pid"]
     assert daemon.stop(signal.SIGTERM) == 0
     assert "1 task(s) ended" not in daemon.log() and not gone(pid)
     time.sleep(1.0)
     daemon = restart(start_daemon, daemon)
     with Client(socket=daemon.socket) as client:
         records = states(client)
-        assert (records[long["id"]]["state"], records[long["id"]]["pid"]) == ("running", pid)
-        assert (records[short["id"]]["state"], records[short["id"]]["exit_code"]) == ("failed", 7)
-        client.stop_task(long["id"])
-        ended = wait_until(lambda: (r := states(client)[long["id"]])["state"] == "stopped" and r, "stopped")
+        assert (records[long.id]["state"], records[long.id]["pid"]) == ("running", pid)
+        assert (records[short.id]["state"], records[short.id]["exit_code"]) == ("failed", 7)
+        client.stop_task(long.id)
+        ended = wait_until(lambda: (r := states(client)[long.id])["state"] == "stopped" and r, "stopped")
         assert (ended["signal"], ended["cancel_source"]) == ("SIGTERM", "user")
         assert gone(pid)
 
@@ -130,27 +130,25 @@ def test_killed_keeper_runs_are_readopted_then_lost_with_the_reason(
         long = client.start_task("job", {"seconds": 30})
         short = client.start_task("job", {"seconds": 2})
         wait_until(
-            lambda: all(states(client)[i]["state"] == "running" for i in (long["id"], short["id"])), "running"
+            lambda: all(states(client)[i]["state"] == "running" for i in (long.id, short.id)), "running"
         )
         # "running" comes as soon as the keeper spawned them, a moment before the daemon holds their
         # pipes; once they printed, the daemon holds them (docs/tasks.md, "Output across a keeper's death").
-        wait_until(
-            lambda: all(printed(states(client)[i]) for i in (long["id"], short["id"])), "the jobs' output"
-        )
-        pids = {i: states(client)[i]["pid"] for i in (long["id"], short["id"])}
+        wait_until(lambda: all(printed(states(client)[i]) for i in (long.id, short.id)), "the jobs' output")
+        pids = {i: states(client)[i]["pid"] for i in (long.id, short.id)}
         first_keeper = keeper_pid(state_dir)
         os.kill(first_keeper, signal.SIGKILL)
         wait_until(lambda: keeper_pid(state_dir) not in (0, first_keeper), "a new keeper")
         records = states(client)
-        assert {i: records[i]["pid"] for i in pids} == pids and not gone(pids[long["id"]])
+        assert {i: records[i]["pid"] for i in pids} == pids and not gone(pids[long.id])
         ended = wait_until(
-            lambda: (r := states(client)[short["id"]])["state"] != "running" and r, "the short run ended"
+            lambda: (r := states(client)[short.id])["state"] != "running" and r, "the short run ended"
         )
         assert (ended["state"], ended["exit_code"], ended["error"]) == ("lost", None, UNKNOWN_EXIT)
-        client.stop_task(long["id"])  # still stoppable: the new keeper adopted it
-        stopped = wait_until(lambda: (r := states(client)[long["id"]])["state"] == "stopped" and r, "stopped")
+        client.stop_task(long.id)  # still stoppable: the new keeper adopted it
+        stopped = wait_until(lambda: (r := states(client)[long.id])["state"] == "stopped" and r, "stopped")
         assert (stopped["cancel_source"], stopped["error"]) == ("user", UNKNOWN_EXIT)
-        assert gone(pids[long["id"]])
+        assert gone(pids[long.id])
     assert "lost the task keeper; reconnecting" in daemon.log()
 
 
@@ -168,19 +166,19 @@ def test_a_killed_keeper_neither_kills_a_writing_run_nor_loses_its_output(
     state_dir = daemon.dir / "state"
     with Client(socket=daemon.socket) as client:
         run = client.start_task("ticker")
-        log = Path(run["log_path"])
+        log = Path(run.log_path)
         wait_until(lambda: log.exists() and log.read_text().count("\n") >= 5, "its first lines")
-        pid = states(client)[run["id"]]["pid"]
+        pid = states(client)[run.id]["pid"]
         first_keeper = keeper_pid(state_dir)
         os.kill(first_keeper, signal.SIGKILL)
         at_kill = log.read_text().count("\n")
         wait_until(lambda: keeper_pid(state_dir) not in (0, first_keeper), "a new keeper")
         # It goes on writing: into the pipe the daemon holds, then to the new keeper, into the same log.
         wait_until(lambda: log.read_text().count("\n") >= at_kill + 50, "lines written after the keeper died")
-        assert not gone(pid) and states(client)[run["id"]]["state"] == "running"
-        assert client.logs(run["id"]).startswith(b"0\n")  # the API reads it as one log
-        client.stop_task(run["id"])
-        stopped = wait_until(lambda: (r := states(client)[run["id"]])["state"] == "stopped" and r, "stopped")
+        assert not gone(pid) and states(client)[run.id]["state"] == "running"
+        assert client.logs(run.id).startswith(b"0\n")  # the API reads it as one log
+        client.stop_task(run.id)
+        stopped = wait_until(lambda: (r := states(client)[run.id])["state"] == "stopped" and r, "stopped")
         assert (
             stopped["signal"] is None and stopped["error"] == UNKNOWN_EXIT
         )  # adopted: not the new keeper's child
@@ -204,7 +202,7 @@ def test_kill_9_in_a_burst_of_starts_keeps_every_acknowledged_start(
                     record = await client.start_task("job", {"seconds": 0.1})
                 except (httpx.HTTPError, OSError, Exception):  # the daemon died under it: not acknowledged
                     return
-                acknowledged.append(record["id"])
+                acknowledged.append(record.id)
                 if len(acknowledged) >= 40:
                     enough.set()
 
@@ -259,21 +257,21 @@ def test_a_queued_run_a_dying_keeper_spawned_is_adopted_not_run_twice(
     state_dir = daemon.dir / "state"
     with Client(socket=daemon.socket) as client:
         first, queued = client.start_task("hold"), client.start_task("hold")
-        wait_until(lambda: states(client)[first["id"]]["state"] == "running", "the first run")
+        wait_until(lambda: states(client)[first.id]["state"] == "running", "the first run")
     daemon.proc.kill()
     daemon.proc.wait(10)
     # The daemon's last request reaches the keeper, which spawns it and dies before anyone records it.
     with socket.socket(socket.AF_UNIX) as sock:
         sock.connect(str(state_dir / "run" / "keeper.sock"))
         sock.settimeout(WAIT_S)
-        marker = run_marker(queued["id"], stored_marker(daemon, queued["id"]))
+        marker = run_marker(queued.id, stored_marker(daemon, queued.id))
         log = {"dir": str(state_dir / "logs"), "max_bytes": 4096, "keep": 1}
         argv = ["/bin/sleep", "600"]
         sock.sendall(
             encode(
                 {
                     "op": "spawn",
-                    "id": queued["id"],
+                    "id": queued.id,
                     "argv": argv,
                     "env": marker,
                     "marker": marker[MARKER_VAR],
@@ -285,13 +283,11 @@ def test_a_queued_run_a_dying_keeper_spawned_is_adopted_not_run_twice(
     os.kill(keeper_pid(state_dir), signal.SIGKILL)
     daemon = start_daemon(LEAVE_CONFIG + HOLD, name=daemon.dir.name)
     with Client(socket=daemon.socket) as client:
-        record = wait_until(
-            lambda: (r := states(client)[queued["id"]])["state"] == "running" and r, "adopted"
-        )
+        record = wait_until(lambda: (r := states(client)[queued.id])["state"] == "running" and r, "adopted")
         assert (record["pid"], record["pid_start_time"]) == (frame["pid"], frame["start_time"])
-        assert states(client)[first["id"]]["state"] == "running"  # re-adopted by its pid, as before
-        client.stop_task(queued["id"])
-        wait_until(lambda: states(client)[queued["id"]]["state"] == "stopped", "stopped")
+        assert states(client)[first.id]["state"] == "running"  # re-adopted by its pid, as before
+        client.stop_task(queued.id)
+        wait_until(lambda: states(client)[queued.id]["state"] == "stopped", "stopped")
         assert gone(frame["pid"])
 
 

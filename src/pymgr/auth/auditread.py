@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pydantic_core
+from typing_extensions import TypedDict
 
 from pymgr.auth._policysyntax import Subject, parse_subject
 
@@ -42,6 +43,17 @@ _BLOCK_BYTES = 64 * 1024
 _CURSOR = re.compile(r"^([0-9]{1,20})-([0-9]{1,20})$")
 #: Kinds a subject filter may have: those an audit line's identity carries.
 _FILTER_KINDS = frozenset({"user", "uid", "group", "key", "cert", "role", "legacy"})
+
+
+class AuditPage(TypedDict):
+    """One page of ``audit.read`` (the result schema of ``GET /v1/audit``)."""
+
+    #: The records as written, newest first (docs/security.md, "The audit log").
+    records: list[dict[str, Any]]
+    #: The next page's cursor (give it back as ``before``); None on the last page.
+    next: str | None
+    scanned_bytes: int
+    skipped_lines: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +152,7 @@ class AuditReader:
         for file in files:
             os.close(file.fd)
 
-    def scan(self, files: list[OpenFile], query: AuditQuery) -> dict[str, Any]:
+    def scan(self, files: list[OpenFile], query: AuditQuery) -> AuditPage:
         """One page: ``{"records", "next", "scanned_bytes", "skipped_lines"}`` (``next`` None: no more)."""
         page = _Page(query, self.max_scan_bytes)
         start = 0
@@ -185,7 +197,7 @@ class _Page:
                 self.records.append(record)
         return len(self.records) < self.query.limit and self.scanned < self.budget
 
-    def reply(self, next_cursor: str | None) -> dict[str, Any]:
+    def reply(self, next_cursor: str | None) -> AuditPage:
         return {
             "records": self.records,
             "next": next_cursor,

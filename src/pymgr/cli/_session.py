@@ -13,7 +13,16 @@ import typer
 
 from pymgr.cli._params import _UsageError
 from pymgr.cli._render import _printable, _show
-from pymgr.client import Client, ConnectionFailed
+from pymgr.client import (
+    ActionInfo,
+    Client,
+    ConnectionFailed,
+    Event,
+    Health,
+    ModuleInfo,
+    TaskRecord,
+    TaskTypeInfo,
+)
 from pymgr.errors import PymgrError
 
 #: The daemon answered with an error.
@@ -60,8 +69,19 @@ def _session(ctx: typer.Context) -> Iterator[Client]:
         _fail(ctx, {"code": "usage", "message": str(exc)}, EXIT_USAGE)
 
 
+#: The client's result types: each has ``to_json()``, the wire shape the CLI prints and renders.
+_RESULTS = (ActionInfo, Event, Health, ModuleInfo, TaskRecord, TaskTypeInfo)
+
+
+def _wire(result: Any) -> Any:
+    """A client result as the daemon sent it (JSON data): ``--json`` prints what the API carries."""
+    if isinstance(result, list):
+        return [_wire(item) for item in result]
+    return result.to_json() if isinstance(result, _RESULTS) else result
+
+
 def _run(ctx: typer.Context, request: Callable[[Client], Any], render: Callable[[Any], Any]) -> None:
     """Send one request in a ``_session`` and print its result."""
     with _session(ctx) as client:
-        result = request(client)
+        result = _wire(request(client))
     _show(ctx, result, render)

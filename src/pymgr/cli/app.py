@@ -22,6 +22,7 @@ from pymgr.cli._render import (
 from pymgr.cli._session import (
     _Options,
     _run,
+    _wire,
 )
 from pymgr.cli.daemon import LogFormatChoice, daemon_app
 from pymgr.cli.fleet import fleet_app
@@ -127,7 +128,7 @@ def call(
     """Call MODULE.ACTION with parameters and print its result."""
 
     def request(client: Client) -> Any:
-        schema = lambda: _find_schema(client.modules(), action, actions_of=module)  # noqa: E731
+        schema = lambda: _find_schema(_wire(client.modules()), action, actions_of=module)  # noqa: E731
         return client.call(module, action, _build_params(params or [], schema, f"{module}.{action}"))
 
     _run(ctx, request, _render_result)

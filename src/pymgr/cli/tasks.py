@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Iterator
 from typing import Annotated, Any
 
@@ -13,8 +12,8 @@ import typer
 from pymgr.cli._params import _build_params, _find_schema
 from pymgr.cli._render import _render_record, _render_schemas, _render_tasks
 from pymgr.cli._render import _printable, percent, utc_now
-from pymgr.cli._session import _run, _session
-from pymgr.client import Client
+from pymgr.cli._session import _run, _session, _wire
+from pymgr.client import Client, Event, TaskRecord, WaitTimeout
 from pymgr.keeper.progress import ProgressLineFilter
 from pymgr.errors import ParamsInvalid, Unavailable
 
@@ -77,19 +76,12 @@ def tasks_start(
     """Start a task run; prints its record at once."""
 
     def request(client: Client) -> Any:
-        schema = lambda: _find_schema(client.task_types(), task_type)  # noqa: E731
+        schema = lambda: _find_schema(_wire(client.task_types()), task_type)  # noqa: E731
         return client.start_task(
             task_type, _build_params(params or [], schema, f"task type {task_type}"), key=key
         )
 
     _run(ctx, request, _render_record)
-
-
-#: States a run leaves on its own (tasks/states.py ``ACTIVE``); every other state is final.
-_ACTIVE_STATES = frozenset({"queued", "running"})
-
-#: How often ``stop --wait`` reads the record: a stop takes the type's grace period at most.
-_WAIT_POLL_S = 0.1
 
 
 @tasks_app.command("stop")
@@ -112,19 +104,18 @@ def tasks_stop(
     _run(ctx, request, _render_record)
 
 
-def _wait_final(client: Client, record: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    """``record``, read again until its state is final; ``Unavailable`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while record.get("state") in _ACTIVE_STATES:
-        if time.monotonic() >= deadline:
-            raise Unavailable(
-                f"task {record.get('id')} is still {record.get('state')} after {timeout_s:g} s; "
-                "see it with: pymgr tasks show ID (or wait longer with --timeout SECONDS)",
-                details={"task": record},
-            )
-        time.sleep(_WAIT_POLL_S)
-        record = client.task(record["id"])
-    return record
+def _wait_final(client: Client, record: TaskRecord, timeout_s: float) -> TaskRecord:
+    """The run's final record; ``Unavailable`` if it has not ended after ``timeout_s``."""
+    if record.is_final:
+        return record
+    try:
+        return client.wait(record.id, timeout_s)
+    except WaitTimeout as exc:
+        raise Unavailable(
+            f"task {record.id} is still {exc.last_state or record.state} after {timeout_s:g} s; "
+            "see it with: pymgr tasks show ID (or wait longer with --timeout SECONDS)",
+            details={"task": record.to_json()},
+        ) from None
 
 
 @tasks_app.command("types")
@@ -194,12 +185,12 @@ def tasks_watch(ctx: typer.Context) -> None:
             return
 
 
-def _event_line(event: dict[str, Any], as_json: bool) -> str | None:
-    kind, data = event.get("event"), event.get("data") or {}
+def _event_line(event: Event, as_json: bool) -> str | None:
+    kind, data = event.kind, event.data if isinstance(event.data, dict) else {}
     if kind == "heartbeat":
         return None
-    if as_json:
-        return json.dumps(event, ensure_ascii=False)  # the event's one shape, as the client has it
+    if as_json:  # the event's one shape, and ``event`` (the same as kind) that scripts read
+        return json.dumps({**event.to_json(), "event": kind}, ensure_ascii=False)
     clock = utc_now()
     if kind == "gap":
         return f"{clock}  ({data.get('dropped')} event(s) missed: this terminal read too slowly)"

@@ -1,10 +1,14 @@
 """Clients of the daemon's HTTP/JSON API: ``Client`` (blocking) and ``AsyncClient`` (asyncio).
 
 Rules:
-- Every API method is written once, in ``api.Api``, as a pure description
-  of its request (``api.Request``); every reply is decoded once, by
-  ``replies.decode``. The two clients (``blocking``, ``asynchronous``) add
-  only the I/O call between them (``_send``).
+- Every API request is written once, in ``api``, as a pure description
+  (``api.Request``) that carries the reader of its reply; every envelope is
+  decoded once, by ``replies.decode``, and every result read once into the
+  frozen dataclasses of ``results`` (``TaskRecord``, ``Event``, ...), never
+  ``Any``. The two clients (``blocking``, ``asynchronous``) add only the I/O
+  (``_send``) and one typed line per method.
+- Retries are opt-in (``retry=Retry(...)``, ``retry.py``); ``wait`` watches one
+  run to its end without a race (``waiting.py``).
 - A reply ``{"ok": false, "error": {...}}`` raises the class that
   ``pymgr.errors.error_class_for`` gives its code, carrying the reply's
   ``code``, ``message``, ``details`` and the HTTP status (``http_status``).
@@ -21,17 +25,44 @@ are its layout, not its API.
 from pymgr.client.api import DEFAULT_TIMEOUT_S
 from pymgr.client.asynchronous import AsyncClient
 from pymgr.client.blocking import Client
-from pymgr.client.replies import BadReply, ConnectionFailed
+from pymgr.client.fields import BadReply, JsonObject, JsonValue
+from pymgr.client.replies import ConnectionFailed
+from pymgr.client.results import (
+    FINAL_STATES,
+    ActionInfo,
+    CancelSource,
+    Event,
+    Health,
+    ModuleInfo,
+    TaskRecord,
+    TaskState,
+    TaskTypeInfo,
+)
+from pymgr.client.retry import Retry
 from pymgr.client.target import DEV_SOCKET, SOCKET_ENV, SYSTEM_SOCKET, default_socket
+from pymgr.client.waiting import WaitTimeout
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "DEV_SOCKET",
+    "FINAL_STATES",
     "SOCKET_ENV",
     "SYSTEM_SOCKET",
+    "ActionInfo",
     "AsyncClient",
     "BadReply",
+    "CancelSource",
     "Client",
     "ConnectionFailed",
+    "Event",
+    "Health",
+    "JsonObject",
+    "JsonValue",
+    "ModuleInfo",
+    "Retry",
+    "TaskRecord",
+    "TaskState",
+    "TaskTypeInfo",
+    "WaitTimeout",
     "default_socket",
 ]

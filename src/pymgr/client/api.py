@@ -1,14 +1,16 @@
-"""The API's methods, written once: each builds a ``Request``, a pure description before any I/O.
+"""The API's requests, written once: each function builds a ``Request``, a pure description before any I/O.
 
-``Client`` and ``AsyncClient`` subclass ``Api`` and add only the I/O call
-(``_send``) that turns a ``Request`` into its decoded reply.
+A ``Request`` carries the reader of its reply (``results``), so ``Client`` and
+``AsyncClient`` (both ``Api``) add only the I/O (``_send``) and a typed
+one-line method per request: Python cannot type "the result of this request"
+across a sync and an async client generically (httpx writes its two clients the same way).
 """
 
 from __future__ import annotations
 
 import abc
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -16,33 +18,59 @@ from urllib.parse import quote
 
 import httpx
 
+from pymgr.client.fields import JsonObject, JsonValue, list_of
+from pymgr.client.replies import decode, opened
+from pymgr.client.results import Health, ModuleInfo, TaskRecord, TaskTypeInfo
+from pymgr.client.retry import Retry
 from pymgr.client.target import Target, security_options
+from pymgr.errors import PymgrError
 
 #: Seconds to wait for a reply by default: long enough for a slow action,
 #: short enough that a wedged daemon does not hang a web request forever.
 DEFAULT_TIMEOUT_S = 30.0
 
-R = TypeVar("R")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
-class Request:
-    """One API request, before any I/O."""
+class Request(Generic[T]):
+    """One API request, before any I/O, with the reader of its reply (so each reply is decoded once)."""
 
     method: str
     path: str
+    #: Turns the daemon's reply into the method's result, or raises its error.
+    read: Callable[[httpx.Response, Target], T]
     query: dict[str, str] | None = None
-    body: dict[str, Any] | None = None
-    #: A success reply is the body's bytes (a log), not the JSON envelope.
-    raw: bool = False
+    body: JsonObject | None = None
+    #: A stream (logs, events): the reply is read as it comes; ``read`` gets it unread.
+    stream: bool = False
+    #: For a stream: the longest wait for its next bytes (None: as long as it takes, e.g. a quiet log).
+    read_timeout_s: float | None = None
 
-    def httpx_args(self) -> dict[str, Any]:
+    def httpx_args(self, timeout_s: float) -> dict[str, Any]:
+        """Keyword arguments for ``httpx.Client.build_request``; ``timeout_s`` the client's own."""
         args: dict[str, Any] = {"method": self.method, "url": self.path}
         if self.query:
             args["params"] = self.query
         if self.body is not None:
             args["json"] = self.body
+        if self.stream:
+            args["timeout"] = httpx.Timeout(timeout_s, read=self.read_timeout_s)
         return args
+
+
+def _json(parse: Callable[[JsonValue], T]) -> Callable[[httpx.Response, Target], T]:
+    """A reader of the JSON envelope whose ``result`` ``parse`` turns into the method's result."""
+    return lambda response, target: parse(decode(response, target))
+
+
+def _any_json(value: JsonValue) -> JsonValue:
+    return value
+
+
+def _raw(response: httpx.Response, target: Target) -> bytes:
+    """A success reply's body as bytes (a log); an error reply raises its error."""
+    return opened(response, target).content
 
 
 def _segment(value: str | int, what: str) -> str:
@@ -51,25 +79,6 @@ def _segment(value: str | int, what: str) -> str:
     if text in ("", ".", ".."):
         raise ValueError(f"{what} must be a non-empty name, not {text!r}")
     return quote(text, safe="")
-
-
-def logs_request(task_id: str | int, offset: int, follow: bool, progress: bool = True) -> Request:
-    query = {"offset": str(offset), **({"follow": "true"} if follow else {})}
-    if not progress:
-        query["progress"] = "false"
-    return Request("GET", f"/v1/tasks/{_segment(task_id, 'task id')}/logs", query=query, raw=True)
-
-
-def events_request(task: int | None, type: str | None, key: str | None, since: int | None) -> Request:
-    filters = (("task", task), ("type", type), ("key", key), ("since", since))
-    return Request(
-        "GET", "/v1/events", query={name: str(value) for name, value in filters if value is not None}
-    )
-
-
-def stream_timeout(timeout_s: float) -> httpx.Timeout:
-    """Connect within ``timeout_s``; then wait for the next chunk as long as it takes (a quiet log)."""
-    return httpx.Timeout(timeout_s, read=None)
 
 
 def _call_params(params: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -83,8 +92,75 @@ def _call_params(params: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> di
     return merged
 
 
-class Api(abc.ABC, Generic[R]):
-    """The API's methods, written once; ``R`` is what ``_send`` returns."""
+def health() -> Request[Health]:
+    return Request("GET", "/v1/health", _json(Health.from_json))
+
+
+def modules(allowed: bool) -> Request[list[ModuleInfo]]:
+    query = {"allowed": "true"} if allowed else None
+    return Request("GET", "/v1/modules", _json(list_of(ModuleInfo.from_json, "module list")), query=query)
+
+
+def call(
+    module: str, action: str, params: Mapping[str, Any] | None, kwargs: dict[str, Any]
+) -> Request[JsonValue]:
+    path = f"/v1/modules/{_segment(module, 'module')}/{_segment(action, 'action')}"
+    return Request("POST", path, _json(_any_json), body=_call_params(params, kwargs))
+
+
+def tasks(
+    state: str | None, type: str | None, key: str | None, limit: int | None, before: int | None
+) -> Request[list[TaskRecord]]:
+    filters = (("state", state), ("type", type), ("key", key), ("limit", limit), ("before", before))
+    query = {name: str(value) for name, value in filters if value is not None}
+    return Request("GET", "/v1/tasks", _json(list_of(TaskRecord.from_json, "task list")), query=query)
+
+
+def task(task_id: str | int) -> Request[TaskRecord]:
+    return Request("GET", f"/v1/tasks/{_segment(task_id, 'task id')}", _json(TaskRecord.from_json))
+
+
+def start_task(type: str, params: Mapping[str, Any] | None, key: str | None) -> Request[TaskRecord]:
+    body: JsonObject = {"type": type, "params": dict(params or {})}
+    if key is not None:
+        body["key"] = key
+    return Request("POST", "/v1/tasks", _json(TaskRecord.from_json), body=body)
+
+
+def stop_task(task_id: str | int) -> Request[TaskRecord]:
+    return Request("POST", f"/v1/tasks/{_segment(task_id, 'task id')}/stop", _json(TaskRecord.from_json))
+
+
+def task_types() -> Request[list[TaskTypeInfo]]:
+    return Request("GET", "/v1/task-types", _json(list_of(TaskTypeInfo.from_json, "task type list")))
+
+
+def logs(task_id: str | int, offset: int, progress: bool = True) -> Request[bytes]:
+    query = {"offset": str(offset), **({} if progress else {"progress": "false"})}
+    return Request("GET", f"/v1/tasks/{_segment(task_id, 'task id')}/logs", _raw, query=query)
+
+
+def follow_logs(task_id: str | int, offset: int) -> Request[httpx.Response]:
+    """The log from ``offset`` as it is written (the progress lines are filtered by the client,
+    whose offset to resume from counts the log's own bytes)."""
+    path = f"/v1/tasks/{_segment(task_id, 'task id')}/logs"
+    return Request("GET", path, opened, query={"offset": str(offset), "follow": "true"}, stream=True)
+
+
+def events(
+    task: int | None,
+    type: str | None,
+    key: str | None,
+    since: int | None,
+    read_timeout_s: float | None = None,
+) -> Request[httpx.Response]:
+    filters = (("task", task), ("type", type), ("key", key), ("since", since))
+    query = {name: str(value) for name, value in filters if value is not None}
+    return Request("GET", "/v1/events", opened, query=query, stream=True, read_timeout_s=read_timeout_s)
+
+
+class Api(abc.ABC):
+    """What both clients share: the target, the timeout, the retry policy; each adds its I/O."""
 
     def __init__(
         self,
@@ -95,11 +171,13 @@ class Api(abc.ABC, Generic[R]):
         key_id: str | None = None,
         secret: str | bytes | None = None,
         tls: ssl.SSLContext | None = None,
+        retry: Retry | None = None,
     ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, not {timeout_s!r}")
         self._target = Target.choose(socket, url)
         self._timeout_s = timeout_s
+        self._retry = retry
         options = self._target.httpx_options(self._transport_class(), timeout_s)
         self._open({**options, **security_options(self._target, key_id, secret, tls)})
 
@@ -115,95 +193,6 @@ class Api(abc.ABC, Generic[R]):
         where = f"socket={str(self._target.socket)!r}" if self._target.socket else f"url={self._target.url!r}"
         return f"{type(self).__name__}({where})"
 
-    @abc.abstractmethod
-    def _send(self, request: Request) -> R:
-        """Do the I/O of one request: the only part sync and async clients do differently."""
-
-    def health(self) -> R:
-        """The daemon's status: ``{"status", "version", "pid", "uptime_s"}``."""
-        return self._send(Request("GET", "/v1/health"))
-
-    def modules(self, allowed: bool = False) -> R:
-        """Every module with its actions, docs and parameter JSON Schemas, marked for this caller.
-
-        Each action has ``allowed``: whether the daemon's policy lets this caller call it;
-        ``tasks.start``, ``stop`` and ``logs`` also have ``task_types``, each type and whether
-        this caller may do that operation on it.
-
-        Args:
-            allowed: list only what this caller may call (and modules that have some).
-        """
-        return self._send(Request("GET", "/v1/modules", query={"allowed": "true"} if allowed else None))
-
-    def call(self, module: str, action: str, /, params: Mapping[str, Any] | None = None, **kwargs: Any) -> R:
-        """Run ``module.action`` and return its result.
-
-        Args:
-            module, action: the action's names (positional only, so an
-                action may have parameters called ``module`` or ``action``).
-            params: the action's parameters as a dict; use it for names that
-                are Python keywords (``{"from": 1}``) or ``params`` itself.
-            kwargs: more parameters, by keyword; merged with ``params``.
-
-        Raises:
-            TypeError: a parameter was given both in ``params`` and by keyword.
-            PymgrError: the daemon's error, typed by its code.
-        """
-        body = _call_params(params, kwargs)
-        path = f"/v1/modules/{_segment(module, 'module')}/{_segment(action, 'action')}"
-        return self._send(Request("POST", path, body=body))
-
-    def tasks(
-        self,
-        state: str | None = None,
-        type: str | None = None,
-        key: str | None = None,
-        limit: int | None = None,
-        before: int | None = None,
-    ) -> R:
-        """One page of task records, newest first, filtered by state, type and key.
-
-        Args:
-            limit: records a page (None: the daemon's ``[tasks] list_limit``).
-            before: only records with a lower id; the next page is
-                ``before=`` the last id of this one, and an empty page is past the end.
-        """
-        filters = (("state", state), ("type", type), ("key", key), ("limit", limit), ("before", before))
-        query = {name: str(value) for name, value in filters if value is not None}
-        return self._send(Request("GET", "/v1/tasks", query=query))
-
-    def task(self, task_id: str | int) -> R:
-        """One task record (``NotFound`` if there is none)."""
-        return self._send(Request("GET", f"/v1/tasks/{_segment(task_id, 'task id')}"))
-
-    def start_task(self, type: str, params: Mapping[str, Any] | None = None, key: str | None = None) -> R:
-        """Start a task of a declared type; returns its record at once.
-
-        Args:
-            key: makes the start idempotent (e.g. ``"scan:1"``): while a run
-                holds the key, the daemon returns that run instead of a new one.
-        """
-        body: dict[str, Any] = {"type": type, "params": dict(params or {})}
-        if key is not None:
-            body["key"] = key
-        return self._send(Request("POST", "/v1/tasks", body=body))
-
-    def stop_task(self, task_id: str | int) -> R:
-        """Ask the daemon to stop a task (its whole process tree); returns its record."""
-        return self._send(Request("POST", f"/v1/tasks/{_segment(task_id, 'task id')}/stop"))
-
-    def task_types(self) -> R:
-        """The task types a client may start, with their parameter JSON Schemas."""
-        return self._send(Request("GET", "/v1/task-types"))
-
-    def logs(self, task_id: str | int, offset: int = 0, progress: bool = True) -> R:
-        """A task's output (bytes) from logical ``offset`` to its current end.
-
-        Args:
-            progress: False leaves out the ``PYMGR_PROGRESS`` lines.
-
-        Raises:
-            ParamsInvalid: ``offset`` is negative, past the end, or rotated
-                away (``details["start"]`` is the first offset still kept).
-        """
-        return self._send(logs_request(task_id, offset, follow=False, progress=progress))
+    def _retry_delay_s(self, retry: int, error: PymgrError, request: Request[Any]) -> float | None:
+        """Seconds to wait before sending ``request`` again after ``error``; None: raise it."""
+        return None if self._retry is None else self._retry.delay_s(retry, error, request.method)

@@ -1,24 +1,32 @@
-"""``AsyncClient``: the asyncio client of the daemon's HTTP/JSON API (same methods as ``Client``)."""
+"""``AsyncClient``: the asyncio client of the daemon's HTTP/JSON API (the methods of ``Client``, awaited)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import httpx
 
 from pymgr._sse import SseParser
-from pymgr.client.api import Api, Request, events_request, logs_request, stream_timeout
-from pymgr.client.replies import connection_failed, decode
+from pymgr.client import api
+from pymgr.client.fields import JsonValue
+from pymgr.client.replies import ConnectionFailed, connection_failed
+from pymgr.client.results import Event, Health, ModuleInfo, TaskRecord, TaskTypeInfo
+from pymgr.client.waiting import Waiting
+from pymgr.errors import PymgrError
 from pymgr.keeper.progress import ProgressLineFilter
 
+T = TypeVar("T")
 
-class AsyncClient(Api[Awaitable[Any]]):
+
+class AsyncClient(api.Api):
     """An asyncio client: ``async with AsyncClient() as c: await c.health()``.
 
-    Same arguments, methods and errors as ``Client``; each method returns an
-    awaitable, and ``close()`` is awaited too.
+    Same arguments, methods, results and errors as ``Client`` (whose methods
+    carry the docs); each method is awaited, and ``close()`` is awaited too.
     """
 
     def _transport_class(self) -> type[httpx.AsyncHTTPTransport]:
@@ -27,14 +35,75 @@ class AsyncClient(Api[Awaitable[Any]]):
     def _open(self, options: dict[str, Any]) -> None:
         self._http = httpx.AsyncClient(**options)
 
-    async def _send(self, request: Request) -> Any:
+    async def _send(self, request: api.Request[T]) -> T:
+        retry = 0
+        while True:
+            try:
+                return request.read(await self._exchange(request), self._target)
+            except PymgrError as exc:
+                delay_s = self._retry_delay_s(retry, exc, request)
+                if delay_s is None:
+                    raise
+            await asyncio.sleep(delay_s)
+            retry += 1
+
+    async def _exchange(self, request: api.Request[Any]) -> httpx.Response:
         try:
-            response = await self._http.request(**request.httpx_args())
+            sent = self._http.build_request(**request.httpx_args(self._timeout_s))
+            response = await self._http.send(sent, stream=request.stream)
+            if request.stream and not response.is_success:
+                await response.aread()  # the error's envelope, for the request's reader
+                await response.aclose()
+            return response
         except httpx.TransportError as exc:
             raise connection_failed(exc, self._target, self._timeout_s) from exc
-        if request.raw and response.is_success:
-            return response.content
-        return decode(response, self._target)
+
+    async def health(self) -> Health:
+        """As ``Client.health``."""
+        return await self._send(api.health())
+
+    async def modules(self, allowed: bool = False) -> list[ModuleInfo]:
+        """As ``Client.modules``."""
+        return await self._send(api.modules(allowed))
+
+    async def call(
+        self, module: str, action: str, /, params: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> JsonValue:
+        """As ``Client.call``."""
+        return await self._send(api.call(module, action, params, kwargs))
+
+    async def tasks(
+        self,
+        state: str | None = None,
+        type: str | None = None,
+        key: str | None = None,
+        limit: int | None = None,
+        before: int | None = None,
+    ) -> list[TaskRecord]:
+        """As ``Client.tasks``."""
+        return await self._send(api.tasks(state, type, key, limit, before))
+
+    async def task(self, task_id: str | int) -> TaskRecord:
+        """As ``Client.task``."""
+        return await self._send(api.task(task_id))
+
+    async def start_task(
+        self, type: str, params: Mapping[str, Any] | None = None, key: str | None = None
+    ) -> TaskRecord:
+        """As ``Client.start_task``."""
+        return await self._send(api.start_task(type, params, key))
+
+    async def stop_task(self, task_id: str | int) -> TaskRecord:
+        """As ``Client.stop_task``."""
+        return await self._send(api.stop_task(task_id))
+
+    async def task_types(self) -> list[TaskTypeInfo]:
+        """As ``Client.task_types``."""
+        return await self._send(api.task_types())
+
+    async def logs(self, task_id: str | int, offset: int = 0, progress: bool = True) -> bytes:
+        """As ``Client.logs``."""
+        return await self._send(api.logs(task_id, offset, progress))
 
     async def follow_logs(
         self, task_id: str | int, offset: int = 0, progress: bool = True
@@ -43,7 +112,7 @@ class AsyncClient(Api[Awaitable[Any]]):
         lines = None if progress else ProgressLineFilter()
         while True:
             got = 0
-            async for chunk in self._stream(logs_request(task_id, offset, follow=True)):
+            async for chunk in self._stream(api.follow_logs(task_id, offset)):
                 got += len(chunk)
                 offset += len(chunk)
                 if kept := chunk if lines is None else lines.feed(chunk):
@@ -53,31 +122,51 @@ class AsyncClient(Api[Awaitable[Any]]):
                     yield rest
                 return
 
-    async def events(
+    def events(
         self,
         task: int | None = None,
         type: str | None = None,
         key: str | None = None,
         since: int | None = None,
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[Event, None]:
         """As ``Client.events``: ``async for event in client.events(task=3)``."""
-        parser = SseParser()
-        async for chunk in self._stream(events_request(task, type, key, since)):
-            for event in parser.feed(chunk):
-                yield event
+        return self._events(api.events(task, type, key, since))
 
-    async def _stream(self, request: Request) -> AsyncIterator[bytes]:
+    async def wait(self, task_id: int, timeout_s: float | None = None) -> TaskRecord:
+        """As ``Client.wait``; ``timeout_s`` is kept exactly, and cancelling the wait cancels it at once."""
+        waiting = Waiting(task_id, timeout_s)
         try:
-            async with self._http.stream(
-                **request.httpx_args(), timeout=stream_timeout(self._timeout_s)
-            ) as response:
-                if not response.is_success:
-                    await response.aread()
-                    decode(response, self._target)  # raises the reply's error
-                async for chunk in response.aiter_bytes():
-                    yield chunk
+            async with asyncio.timeout(timeout_s) as scope:
+                while True:
+                    opened = False
+                    try:
+                        async with aclosing(self._events(api.events(task_id, None, None, None))) as events:
+                            async for event in events:
+                                opened = True
+                                if waiting.ended(event):
+                                    return await self.task(task_id)
+                    except ConnectionFailed as exc:
+                        waiting.broken(exc, opened)
+        except TimeoutError:
+            if scope.expired():
+                raise waiting.timeout() from None
+            raise
+
+    async def _events(self, request: api.Request[httpx.Response]) -> AsyncGenerator[Event, None]:
+        parser = SseParser()
+        async for chunk in self._stream(request):
+            for event in parser.feed(chunk):
+                yield Event.from_json(event)
+
+    async def _stream(self, request: api.Request[httpx.Response]) -> AsyncIterator[bytes]:
+        response = await self._send(request)
+        try:
+            async for chunk in response.aiter_bytes():
+                yield chunk
         except httpx.TransportError as exc:
             raise connection_failed(exc, self._target, self._timeout_s) from exc
+        finally:
+            await response.aclose()
 
     async def close(self) -> None:
         """Close the connection pool."""

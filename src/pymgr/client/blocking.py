@@ -1,20 +1,28 @@
-"""``Client``: the blocking client of the daemon's HTTP/JSON API."""
+"""``Client``: the blocking client of the daemon's HTTP/JSON API; its methods carry the API's docs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Generator, Iterator, Mapping
+from contextlib import closing
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import httpx
 
 from pymgr._sse import SseParser
-from pymgr.client.api import Api, Request, events_request, logs_request, stream_timeout
-from pymgr.client.replies import connection_failed, decode
+from pymgr.client import api
+from pymgr.client.fields import JsonValue
+from pymgr.client.replies import ConnectionFailed, connection_failed
+from pymgr.client.results import Event, Health, ModuleInfo, TaskRecord, TaskTypeInfo
+from pymgr.client.waiting import Waiting, event_read_timeout_s
+from pymgr.errors import PymgrError
 from pymgr.keeper.progress import ProgressLineFilter
 
+T = TypeVar("T")
 
-class Client(Api[Any]):
+
+class Client(api.Api):
     """A blocking client: ``with Client() as c: c.call("demo", "echo", x=1)``.
 
     Args:
@@ -25,6 +33,8 @@ class Client(Api[Any]):
             docs/security.md, "Signed requests").
         tls: the TLS settings of an ``https://`` URL (CA to trust, client
             certificate); default: the system's CAs.
+        retry: retry 429, 503 and connections that could not be made (``Retry``);
+            default: no retry.
 
     Raises:
         ValueError: both socket and url, a URL that is not http(s), a
@@ -37,14 +47,114 @@ class Client(Api[Any]):
     def _open(self, options: dict[str, Any]) -> None:
         self._http = httpx.Client(**options)
 
-    def _send(self, request: Request) -> Any:
+    def _send(self, request: api.Request[T]) -> T:
+        retry = 0
+        while True:
+            try:
+                return request.read(self._exchange(request), self._target)
+            except PymgrError as exc:
+                delay_s = self._retry_delay_s(retry, exc, request)
+                if delay_s is None:
+                    raise
+            time.sleep(delay_s)
+            retry += 1
+
+    def _exchange(self, request: api.Request[Any]) -> httpx.Response:
         try:
-            response = self._http.request(**request.httpx_args())
+            sent = self._http.build_request(**request.httpx_args(self._timeout_s))
+            response = self._http.send(sent, stream=request.stream)
+            if request.stream and not response.is_success:
+                response.read()  # the error's envelope, for the request's reader
+                response.close()
+            return response
         except httpx.TransportError as exc:
             raise connection_failed(exc, self._target, self._timeout_s) from exc
-        if request.raw and response.is_success:
-            return response.content
-        return decode(response, self._target)
+
+    def health(self) -> Health:
+        """The daemon's status: up, its version, pid and uptime."""
+        return self._send(api.health())
+
+    def modules(self, allowed: bool = False) -> list[ModuleInfo]:
+        """Every module with its actions, docs and parameter JSON Schemas, marked for this caller.
+
+        Each action has ``allowed``: whether the daemon's policy lets this caller call it;
+        ``tasks.start``, ``stop`` and ``logs`` also have ``task_types``, each type and whether
+        this caller may do that operation on it.
+
+        Args:
+            allowed: list only what this caller may call (and modules that have some).
+        """
+        return self._send(api.modules(allowed))
+
+    def call(
+        self, module: str, action: str, /, params: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> JsonValue:
+        """Run ``module.action`` and return its result (any JSON value).
+
+        Args:
+            module, action: the action's names (positional only, so an
+                action may have parameters called ``module`` or ``action``).
+            params: the action's parameters as a dict; use it for names that
+                are Python keywords (``{"from": 1}``) or ``params`` itself.
+            kwargs: more parameters, by keyword; merged with ``params``.
+
+        Raises:
+            TypeError: a parameter was given both in ``params`` and by keyword.
+            PymgrError: the daemon's error, typed by its code.
+        """
+        return self._send(api.call(module, action, params, kwargs))
+
+    def tasks(
+        self,
+        state: str | None = None,
+        type: str | None = None,
+        key: str | None = None,
+        limit: int | None = None,
+        before: int | None = None,
+    ) -> list[TaskRecord]:
+        """One page of task records, newest first, filtered by state, type and key.
+
+        Args:
+            limit: records a page (None: the daemon's ``[tasks] list_limit``).
+            before: only records with a lower id; the next page is
+                ``before=`` the last id of this one, and an empty page is past the end.
+        """
+        return self._send(api.tasks(state, type, key, limit, before))
+
+    def task(self, task_id: str | int) -> TaskRecord:
+        """One task record (``NotFound`` if there is none)."""
+        return self._send(api.task(task_id))
+
+    def start_task(
+        self, type: str, params: Mapping[str, Any] | None = None, key: str | None = None
+    ) -> TaskRecord:
+        """Start a task of a declared type; returns its record at once.
+
+        Args:
+            key: makes the start idempotent (e.g. ``"scan:1"``): while a run
+                holds the key, the daemon returns that run instead of a new one.
+        """
+        return self._send(api.start_task(type, params, key))
+
+    def stop_task(self, task_id: str | int) -> TaskRecord:
+        """Ask the daemon to stop a task (its whole process tree); returns its record."""
+        return self._send(api.stop_task(task_id))
+
+    def task_types(self) -> list[TaskTypeInfo]:
+        """The task types a client may start, with their parameter JSON Schemas."""
+        return self._send(api.task_types())
+
+    def logs(self, task_id: str | int, offset: int = 0, progress: bool = True) -> bytes:
+        """A task's output from logical ``offset`` to its current end.
+
+        Args:
+            progress: False leaves out the ``PYMGR_PROGRESS`` lines.
+
+        Raises:
+            ParamsInvalid: ``offset`` is negative, past the end, or rotated
+                away (``details["start"]`` is the first offset still kept).
+        """
+        return self._send(api.logs(task_id, offset, progress))
 
     def follow_logs(self, task_id: str | int, offset: int = 0, progress: bool = True) -> Iterator[bytes]:
         """A task's output from ``offset`` on, as it is written, until the task has ended.
@@ -57,11 +167,10 @@ class Client(Api[Any]):
             ParamsInvalid: as ``logs``; also when the daemon rotated bytes away
                 before this reader got them (``details["start"]``).
         """
-        # Filtered here, not by the daemon: the offset to resume from counts the log's own bytes.
         lines = None if progress else ProgressLineFilter()
         while True:  # a stream ends when the task ended, or when it fell behind a rotation: ask again
             got = 0
-            for chunk in self._stream(logs_request(task_id, offset, follow=True)):
+            for chunk in self._stream(api.follow_logs(task_id, offset)):
                 got += len(chunk)
                 offset += len(chunk)
                 if kept := chunk if lines is None else lines.feed(chunk):
@@ -77,37 +186,73 @@ class Client(Api[Any]):
         type: str | None = None,
         key: str | None = None,
         since: int | None = None,
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Generator[Event, None, None]:
         """Task events as they happen (``GET /v1/events``), heartbeats included.
 
-        Each is ``{"id", "kind", "time", "data"}`` (and ``event``, the same as
-        ``kind``). The stream opens with a ``state`` event of each matching
-        active run (of run ``task`` even if it ended), so the end of a run is
-        never missed.
+        The stream opens with a ``state`` event of each matching active run (of
+        run ``task`` even if it ended), so the end of a run is never missed.
 
         Args:
             task, type, key: only the events of these runs (AND).
             since: resume after this event ``id`` (a ``reset`` event and the
                 current state when the daemon no longer holds what came after).
 
-        Raises:
-            NotFound: no run ``task``.
-        """
-        parser = SseParser()
-        for chunk in self._stream(events_request(task, type, key, since)):
-            yield from parser.feed(chunk)
+        Returns:
+            A generator: ``close()`` it to hang up before the stream ends.
 
-    def _stream(self, request: Request) -> Iterator[bytes]:
+        Raises:
+            NotFound: no run ``task`` (at the first ``next``).
+        """
+        return self._events(api.events(task, type, key, since))
+
+    def wait(self, task_id: int, timeout_s: float | None = None) -> TaskRecord:
+        """Wait until run ``task_id`` has ended, and return its final record.
+
+        Race-free: the events of the run open with its current state, so a run
+        that ended before (or while) this is called is seen. A stream the daemon
+        ends (a restart) is opened again, obeying ``retry`` (``waiting.py``).
+
+        Args:
+            timeout_s: the most seconds to wait (None: no limit). This blocking
+                client notices it when the stream next says something, at the latest
+                one ``[tasks] events_heartbeat_s`` after it (``AsyncClient`` keeps it exactly).
+
+        Raises:
+            WaitTimeout: still not ended after ``timeout_s`` (a ``TimeoutError`` too).
+            NotFound: no run ``task_id``.
+            ConnectionFailed: the daemon could not be reached (after ``retry``, if any).
+        """
+        waiting = Waiting(task_id, timeout_s)
+        while True:
+            opened = False
+            request = api.events(task_id, None, None, None, event_read_timeout_s(waiting))
+            try:
+                with closing(self._events(request)) as events:
+                    for event in events:
+                        if waiting.ended(event):
+                            return self.task(task_id)
+                        if opened:  # not at the opening heartbeat: the run's state comes right after it
+                            waiting.check()
+                        opened = True
+            except ConnectionFailed as exc:
+                waiting.broken(exc, opened)
+            waiting.check()
+
+    def _events(self, request: api.Request[httpx.Response]) -> Generator[Event, None, None]:
+        parser = SseParser()
+        for chunk in self._stream(request):
+            for event in parser.feed(chunk):
+                yield Event.from_json(event)
+
+    def _stream(self, request: api.Request[httpx.Response]) -> Iterator[bytes]:
+        """The stream's bytes; only its opening is retried (what was read cannot be read again)."""
+        response = self._send(request)
         try:
-            with self._http.stream(
-                **request.httpx_args(), timeout=stream_timeout(self._timeout_s)
-            ) as response:
-                if not response.is_success:
-                    response.read()
-                    decode(response, self._target)  # raises the reply's error
-                yield from response.iter_bytes()
+            yield from response.iter_bytes()
         except httpx.TransportError as exc:
             raise connection_failed(exc, self._target, self._timeout_s) from exc
+        finally:
+            response.close()
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from pymgr.client.fields import BadReply, JsonValue
 from pymgr.client.target import SOCKET_ENV, Target
 from pymgr.errors import PymgrError, Unavailable, error_class_for
 
@@ -24,14 +25,17 @@ _SNIPPET_CHARS = 200
 
 
 class ConnectionFailed(Unavailable):
-    """The daemon could not be reached, or the connection broke before its reply."""
+    """The daemon could not be reached, or the connection broke before its reply.
 
+    ``request_sent`` says whether the request may have reached the daemon (False: no
+    connection was made, so nothing ran; ``Retry`` retries those).
+    """
 
-class BadReply(PymgrError):
-    """The server's reply is not pymgr's JSON envelope (wrong server or a bug)."""
-
-    code = "internal"
-    http_status = 502
+    def __init__(
+        self, message: str, *, details: dict[str, Any] | None = None, request_sent: bool = True
+    ) -> None:
+        super().__init__(message, details=details)
+        self.request_sent = request_sent
 
 
 def _os_errno(exc: BaseException) -> int | None:
@@ -69,7 +73,9 @@ def connection_failed(exc: httpx.TransportError, target: Target, timeout_s: floa
         message = (
             f"cannot reach pymgr at {where}: {details['reason']}; {start}, and check this user may connect"
         )
-    return ConnectionFailed(message, details=details)
+    # httpx raises ConnectError / ConnectTimeout only before a byte of the request is sent.
+    sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+    return ConnectionFailed(message, details=details, request_sent=sent)
 
 
 def _bad_reply(response: httpx.Response, target: Target, what: str) -> BadReply:
@@ -97,11 +103,12 @@ def _server_error(error: Any, status: int) -> PymgrError | None:
     return exc
 
 
-def decode(response: httpx.Response, target: Target) -> Any:
+def decode(response: httpx.Response, target: Target) -> JsonValue:
     """The ``result`` of a reply, or raise its error.
 
     Raises:
-        PymgrError: the typed error of an ``ok: false`` reply.
+        PymgrError: the typed error of an ``ok: false`` reply (its ``details.retry_after_s``
+            from the ``Retry-After`` header when the body has none).
         BadReply: the body is not a pymgr JSON envelope.
     """
     try:
@@ -113,8 +120,25 @@ def decode(response: httpx.Response, target: Target) -> Any:
     if body["ok"]:
         if "result" not in body:
             raise _bad_reply(response, target, 'an "ok" reply without "result"')
-        return body["result"]
+        result: JsonValue = body["result"]
+        return result
     exc = _server_error(body.get("error"), response.status_code)
     if exc is None:
         raise _bad_reply(response, target, 'an error reply without "error.code" and "error.message"')
+    retry_after = response.headers.get("retry-after", "")
+    if retry_after.isdigit() and "retry_after_s" not in (exc.details or {}):
+        exc.details = {**(exc.details or {}), "retry_after_s": int(retry_after)}
     raise exc
+
+
+def opened(response: httpx.Response, target: Target) -> httpx.Response:
+    """A success reply as is (a stream to read); an error reply raises its error.
+
+    Raises:
+        PymgrError: the typed error of the reply (its body already read).
+        BadReply: an error status with a body that is not an error envelope.
+    """
+    if response.is_success:
+        return response
+    decode(response, target)  # raises the reply's error
+    raise _bad_reply(response, target, 'an "ok" envelope on an error status')

@@ -6,6 +6,9 @@ Rules:
   gives both validation and the JSON Schema clients see.
 - A parameter annotated ``Identity`` is not a parameter: dispatch passes the
   caller's identity there, and the schema never shows it.
+- The return annotation is the result's schema (``ActionSpec.result_schema``):
+  pydantic's ``TypeAdapter`` makes it, as the params model makes theirs. An
+  action without one has an open schema (any JSON).
 - A duplicate module name is an error at start-up, never a silent override.
 """
 
@@ -17,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import BaseModel, ConfigDict, TypeAdapter, create_model
 
 from pymgr.core.identity import Identity
 from pymgr.errors import NotFound
@@ -130,6 +133,8 @@ class ActionSpec:
     is_async: bool
     doc: str
     options: ActionOptions
+    #: The return annotation (``inspect.Signature.empty`` when the action has none).
+    result_type: Any = inspect.Signature.empty
     #: ``module.name``, made once: the policy and the dispatcher read it on every call.
     qualname: str = field(init=False, repr=False, compare=False)
 
@@ -144,6 +149,16 @@ class ActionSpec:
             "read_only": self.options.read_only,
             "params": self.params_model.model_json_schema(),
         }
+
+    def result_schema(self, ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
+        """The JSON Schema of the action's result, from its return annotation; ``{}`` (any JSON) without one.
+
+        Models it refers to are under ``$defs``, named as ``ref_template`` says (the HTTP edge
+        moves them to ``components/schemas``).
+        """
+        if self.result_type is inspect.Signature.empty:
+            return {}
+        return TypeAdapter(self.result_type).json_schema(ref_template=ref_template, mode="serialization")
 
 
 class RegistryError(Exception):
@@ -188,6 +203,7 @@ def _action_specs(module: Module) -> list[ActionSpec]:
             continue
         method = getattr(module, attr)
         model, identity_param = _params_model(module.name, method)
+        hints = typing.get_type_hints(method, include_extras=True)
         specs.append(
             ActionSpec(
                 module=module.name,
@@ -198,6 +214,7 @@ def _action_specs(module: Module) -> list[ActionSpec]:
                 is_async=inspect.iscoroutinefunction(method),
                 doc=inspect.getdoc(method) or "",
                 options=options,
+                result_type=hints.get("return", inspect.Signature.empty),
             )
         )
     return specs

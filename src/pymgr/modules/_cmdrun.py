@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from typing_extensions import TypedDict
+
 from pymgr.errors import ActionFailed
 from pymgr.keeper import proctree as _proctree
 from pymgr.keeper.cgroup import Cgroup, inside
@@ -47,7 +49,29 @@ from pymgr.keeper.spawn import SpawnSpec, spawn
 from pymgr.keeper.treekill import TreeKill
 from pymgr.modules._cmdproc import ExitStatus, Process, drive
 
-__all__ = ["KILL_GRACE_S", "PIPE_DRAIN_S", "Containment", "run_command"]
+__all__ = ["KILL_GRACE_S", "PIPE_DRAIN_S", "CommandResult", "Containment", "run_command"]
+
+
+class CommandResult(TypedDict):
+    """A command's outcome: the result of every action a ``[commands]`` entry makes (``run_command``).
+
+    A ``typing_extensions.TypedDict`` (pydantic reads only that one before Python 3.12): the
+    action's return annotation, so its result schema in the OpenAPI document is this.
+    """
+
+    exit_code: int | None
+    signal: str | None
+    stdout: str
+    stderr: str
+    truncated: bool
+    stdout_bytes: int
+    stderr_bytes: int
+    timed_out: bool
+    duration_s: float
+    cancelled: bool
+    leftovers: int
+    contained: bool
+
 
 #: Seconds between SIGTERM and SIGKILL when a command times out: a command
 #: offered as an action should be short, and a caller is waiting.
@@ -117,7 +141,7 @@ async def run_command(
     containment: Containment = Containment(),
     caller_gone: asyncio.Event | None = None,
     pass_fds: Sequence[int] = (),
-) -> dict[str, Any]:
+) -> CommandResult:
     """Run one command to its end, and everything it started with it (see the module rules).
 
     Args:
@@ -209,7 +233,7 @@ def _result(
     leftovers: int,
     contained: bool,
     duration_s: float,
-) -> dict[str, Any]:
+) -> CommandResult:
     """The command's outcome, as ``run_command`` documents it."""
     out, err = pipes
     return {

@@ -10,11 +10,18 @@ secrets already redacted (``auth/auditread.py`` has the rules of the scan);
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field
 
-from pymgr.auth.auditread import AuditQuery, AuditReader, parse_cursor, parse_filter_subject, parse_time
+from pymgr.auth.auditread import (
+    AuditPage,
+    AuditQuery,
+    AuditReader,
+    parse_cursor,
+    parse_filter_subject,
+    parse_time,
+)
 from pymgr.auth.settings import AuditConfig
 from pymgr.core.registry import Module, action
 from pymgr.errors import ParamsInvalid
@@ -73,7 +80,7 @@ class AuditModule(Module):
         outcome: Literal["ok", "error", "cancelled"] | None = None,
         limit: Annotated[int | None, Field(ge=1)] = None,
         before: Annotated[str, AfterValidator(_cursor)] | None = None,
-    ) -> dict[str, Any]:
+    ) -> AuditPage:
         """Records of calls that ran, newest first: those at or after ``since`` and at or before ``until``
         (ISO 8601), of ``subject`` (``user:NAME``, ``uid:N``, ``key:ID``, ``role:NAME``, ``console:alice``,
         ...), whose operation matches ``action`` (``tasks.start:*``), with ``outcome``.

@@ -54,7 +54,7 @@ from pymgr.core.paramspec import param_field
 from pymgr.core.pathparam import PinnedPath, can_pin, pin
 from pymgr.core.registry import Module, action
 from pymgr.errors import ActionFailed, ParamsInvalid, RateLimited
-from pymgr.modules._cmdrun import Containment, run_command
+from pymgr.modules._cmdrun import CommandResult, Containment, run_command
 from pymgr.modules.commandspec import COMMAND_NAME, CommandConfig
 from pymgr.keeper.cgroup import Cgroup, CgroupError, CgroupTree
 from pymgr.keeper.runas import RunAs
@@ -130,7 +130,7 @@ class Command:
     cgroups: CgroupTree | None = None
     gate: _Gate = field(default_factory=lambda: _Gate(1, 0))
 
-    async def run(self, params: Mapping[str, Any]) -> dict[str, Any]:
+    async def run(self, params: Mapping[str, Any]) -> CommandResult:
         where = f"command {self.config.module}.{self.name}"
         gone = caller_gone.get() if self.config.cancel_on_disconnect else None
         async with self.gate.held(where, gone):
@@ -263,7 +263,7 @@ def _remove_stale(cgroups: CgroupTree) -> None:
 def _action_for(command: Command) -> Any:
     """A method with the command's parameters as its signature, marked as an action."""
 
-    async def run(self: CommandModule, **params: Any) -> dict[str, Any]:
+    async def run(self: CommandModule, **params: Any) -> CommandResult:
         params.pop(_CALLER, None)
         return await command.run(params)
 
@@ -274,6 +274,7 @@ def _action_for(command: Command) -> Any:
         parameters.append(inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY, default=field))
     parameters.append(inspect.Parameter(_CALLER, inspect.Parameter.KEYWORD_ONLY, annotation=Identity))
     annotations[_CALLER] = Identity
+    annotations["return"] = CommandResult  # the result schema (core/registry.py)
     run.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     run.__annotations__ = annotations
     run.__name__ = run.__qualname__ = command.name

@@ -68,7 +68,11 @@ def _parse_id(position: int, item: Any) -> int:
 
 
 #: ``task_ids`` as both protocols send it.
-TaskIds = Annotated[list[int], BeforeValidator(_parse_ids), Field(min_length=1, max_length=MAX_TASK_IDS)]
+TaskIds = Annotated[
+    list[Annotated[int, Field(ge=0)]],
+    BeforeValidator(_parse_ids),
+    Field(min_length=1, max_length=MAX_TASK_IDS),
+]
 
 
 def _key(task_id: int) -> str:

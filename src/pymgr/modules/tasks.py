@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, WithJsonSchema
 
 from pymgr.core.identity import Identity
 from pymgr.core.registry import Module, action
@@ -21,8 +21,9 @@ from pymgr.config import TasksConfig
 from pymgr.errors import ParamsInvalid, Unavailable
 from pymgr.keeper.progress import ProgressLineFilter
 from pymgr.tasks.events import RECENT_EVENTS
+from pymgr.tasks import shapes
 from pymgr.tasks.manager import MAX_KEY_CHARS, TaskManager
-from pymgr.tasks.states import ACTIVE
+from pymgr.tasks.states import ACTIVE, TaskState
 
 #: Bytes ``tasks.logs`` returns by default, and at most: a JSON reply stays small.
 DEFAULT_LOG_READ_BYTES = 64 * 1024
@@ -30,6 +31,10 @@ MAX_LOG_READ_BYTES = 1024 * 1024
 
 #: A key as callers send it (the manager checks the same bound).
 Key = Annotated[str | None, Field(min_length=1, max_length=MAX_KEY_CHARS)]
+#: A state filter: the manager checks the name (its message lists them); the schema shows them.
+StateFilter = Annotated[
+    str | None, WithJsonSchema({"anyOf": [{"enum": [s.value for s in TaskState]}, {"type": "null"}]})
+]
 #: A run's id, as a cursor: SQLite's INTEGER is a signed 64-bit number, so a larger one cannot even be asked.
 TaskId = Annotated[int, Field(ge=1, le=2**63 - 1)]
 
@@ -67,12 +72,12 @@ class Tasks(Module):
     @action(name="list", read_only=True)
     async def list_runs(
         self,
-        state: str | None = None,
+        state: StateFilter = None,
         type: str | None = None,
         key: Key = None,
         limit: Annotated[int | None, Field(ge=1)] = None,
         before: TaskId | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[shapes.TaskRecord]:
         """Task runs, newest first, filtered by state, type and key: a page of ``limit`` ([tasks] list_limit).
 
         The next page: ``before`` = the last id of this one; a page shorter than its limit is the last.
@@ -84,12 +89,12 @@ class Tasks(Module):
         return [record.to_dict() for record in records]
 
     @action(read_only=True)
-    async def show(self, id: int) -> dict[str, Any]:
+    async def show(self, id: int) -> shapes.TaskRecord:
         """One task run by id."""
         return self.manager.get(id).to_dict()
 
     @action(read_only=True)
-    async def types(self) -> list[dict[str, Any]]:
+    async def types(self) -> list[shapes.TaskType]:
         """The task types that can be started, with their parameter schemas."""
         return self.manager.describe_types()
 
@@ -102,13 +107,13 @@ class Tasks(Module):
         key: Key = None,
         *,
         caller: Identity,
-    ) -> dict[str, Any]:
+    ) -> shapes.TaskRecord:
         """Start a run of a task type; with a key, an active run holding that key is returned instead."""
         record = await self.manager.start(type, params, key, caller)
         return record.to_dict()
 
     @action
-    async def stop(self, id: int, *, caller: Identity) -> dict[str, Any]:
+    async def stop(self, id: int, *, caller: Identity) -> shapes.TaskRecord:
         """Stop a run (SIGTERM, grace period, SIGKILL to its whole process tree)."""
         record = await self.manager.stop(id, caller)
         return record.to_dict()
@@ -120,7 +125,7 @@ class Tasks(Module):
         offset: int = 0,
         limit: Annotated[int, Field(ge=0, le=MAX_LOG_READ_BYTES)] = DEFAULT_LOG_READ_BYTES,
         progress: bool = True,
-    ) -> dict[str, Any]:
+    ) -> shapes.LogChunk:
         """Up to ``limit`` bytes of a run's output from logical ``offset`` (text; GET /v1/tasks/ID/logs gives raw bytes and follows).
 
         ``progress=false`` leaves the ``PYMGR_PROGRESS`` lines out; ``next_offset`` still counts
@@ -164,7 +169,7 @@ class Tasks(Module):
         self,
         limit: Annotated[int, Field(ge=0, le=RECENT_EVENTS)] = RECENT_EVENTS,
         since: Annotated[int | None, Field(ge=0)] = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[shapes.Event]:
         """The latest task events, oldest first (GET /v1/events streams them live).
 
         With ``since``: the first ``limit`` events after that id (poll on from the last one's id);

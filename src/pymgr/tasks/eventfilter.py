@@ -17,7 +17,7 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +54,7 @@ class EventFilter:
             if record.state not in TERMINAL:
                 self._runs[record.id] = self.matches(record)
 
-    def learn(self, records: Iterable[dict[str, Any]]) -> None:
+    def learn(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Learn the runs of ``state`` events about to be replayed, so their earlier progress is judged."""
         for record in records:
             run_id = record.get("id")
@@ -73,7 +73,7 @@ class EventFilter:
             return self._runs.get(run_id, False) if isinstance(run_id, int) else False
         return self._state(event.data)
 
-    def _state(self, record: dict[str, Any]) -> bool:
+    def _state(self, record: Mapping[str, Any]) -> bool:
         run_id = record.get("id")
         if not isinstance(run_id, int):
             return False

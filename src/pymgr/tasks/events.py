@@ -32,8 +32,10 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from types import TracebackType
-from collections.abc import Callable
-from typing import Any, Self
+from collections.abc import Callable, Mapping
+from typing import Any, Self, cast
+
+from pymgr.tasks import shapes
 
 #: Most events one ``tasks.events`` call returns: a JSON reply stays small.
 RECENT_EVENTS = 100
@@ -50,13 +52,14 @@ class Event:
     #: Increasing from 1 for the daemon's lifetime (0 for a gap marker).
     seq: int
     kind: str
-    data: dict[str, Any]
+    data: Mapping[str, Any]
     #: Epoch seconds.
     time: float
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> shapes.Event:
         """The one shape of an event: SSE, the client and ``tasks.events`` all carry it."""
-        return {"id": self.seq or None, "kind": self.kind, "time": round(self.time, 3), "data": self.data}
+        kind = cast(shapes.EventKind, self.kind)
+        return {"id": self.seq or None, "kind": kind, "time": round(self.time, 3), "data": self.data}
 
 
 class Subscription:
@@ -140,7 +143,7 @@ class EventHub:
         self._subscribers: set[Subscription] = set()
         self._history: deque[Event] = deque(maxlen=history)
 
-    def publish(self, kind: str, data: dict[str, Any]) -> Event:
+    def publish(self, kind: str, data: Mapping[str, Any]) -> Event:
         self._seq += 1
         event = Event(self._seq, kind, data, time.time())
         self._history.append(event)

@@ -45,6 +45,7 @@ from pymgr.tasks.containment import check_limits, open_containment
 from pymgr.tasks.engine import Hooks, build_engine
 from pymgr.tasks.housekeeping import housekeeping
 
+from pymgr.tasks import shapes
 from pymgr.tasks.records import TaskRecord
 from pymgr.tasks.startchecks import MAX_KEY_CHARS, check_keys, parse_state, validate_params
 from pymgr.tasks.states import TERMINAL, TaskState
@@ -252,7 +253,7 @@ class TaskManager:
         )
         return [self._table.with_progress(r) for r in records]
 
-    def describe_types(self) -> list[dict[str, Any]]:
+    def describe_types(self) -> list[shapes.TaskType]:
         """Every task type: name, doc and the JSON Schema of its parameters."""
         return [self._types[name].describe() for name in sorted(self._types)]
 

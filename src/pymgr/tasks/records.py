@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
+from pymgr.tasks import shapes
 from pymgr.tasks.states import TaskState
 
 #: Who or what cancelled a run (STYLE.md "Every cancellation has a source").
@@ -83,7 +84,7 @@ class TaskRecord:
     #: session and dropped its marker was not looked for, and may have outlived it.
     cgroup: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> shapes.TaskRecord:
         """The record as JSON-ready data (what every API, event and CLI shows): everything but the marker."""
         return {
             "id": self.id,
@@ -96,11 +97,11 @@ class TaskRecord:
             "pid_start_time": self.pid_start_time,
             "exit_code": self.exit_code,
             "signal": self.signal,
-            "created_at": _iso(self.created_at),
+            "created_at": self.created_at.isoformat(timespec="milliseconds"),
             "started_at": _iso(self.started_at),
             "ended_at": _iso(self.ended_at),
-            "started_by": dict(self.started_by),
-            "stopped_by": None if self.stopped_by is None else dict(self.stopped_by),
+            "started_by": cast(shapes.Caller, dict(self.started_by)),
+            "stopped_by": None if self.stopped_by is None else cast(shapes.Caller, dict(self.stopped_by)),
             "cancel_source": self.cancel_source,
             "error": self.error,
             "attempt": self.attempt,

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from pymgr.errors import NotFound
@@ -56,7 +56,7 @@ def sse(event: Event) -> bytes:
     return f"{head}event: {event.kind}\ntime: {event.time:.3f}\ndata: {_encode(event.data)}\n\n".encode()
 
 
-def _marker(kind: str, data: dict[str, Any], seq: int = 0) -> bytes:
+def _marker(kind: str, data: Mapping[str, Any], seq: int = 0) -> bytes:
     return sse(Event(seq, kind, data, time.time()))
 
 

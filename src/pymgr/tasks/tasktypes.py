@@ -36,6 +36,7 @@ from pymgr.config import ConfigError, TasksConfig, TaskTypeConfig
 from pymgr.core.paramspec import build_params_model
 from pymgr.keeper.cgroup import limit_files
 from pymgr.core.paramvalues import argv_text
+from pymgr.tasks import shapes
 from pymgr.tasks.restart import RestartRules
 
 #: A placeholder in an argv element: a lowercase identifier in braces.
@@ -72,7 +73,7 @@ class TaskType:
     #: Path parameter name -> the directory it is confined to.
     path_bases: Mapping[str, Path] = field(default_factory=dict)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> shapes.TaskType:
         """The type as ``tasks.types`` shows it."""
         return {"name": self.name, "doc": self.doc, "params": self.params_model.model_json_schema()}
 

@@ -44,9 +44,15 @@ _TASK_QUERY = frozenset({*_TASK_FILTERS, "limit", "before"})
 
 
 class MethodNotAllowed(PymgrError):
+    """A path that exists, asked with a method it does not take; ``allow`` names those it takes."""
+
     code = "not_found"
     http_status = 405
     legacy_code = 1
+
+    def __init__(self, message: str, allow: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.allow = allow
 
 
 def _page_reply(records: Any, query: dict[str, str]) -> Reply:
@@ -81,6 +87,8 @@ class HttpApp:
             # pydantic-core's encoder: the same compact UTF-8 JSON as json.dumps(separators=(",", ":"),
             # ensure_ascii=False), 10x cheaper (0.4 µs, not 3.6 µs, for a small reply; docs/performance.md).
             return Reply(status, pydantic_core.to_json({"ok": True, "result": result}))
+        except MethodNotAllowed as exc:  # RFC 9110 15.5.6: a 405 names the methods the path takes
+            return error_reply(exc, (b"allow", ", ".join(exc.allow).encode()))
         except PymgrError as exc:
             return error_reply(exc)
         except Exception:
@@ -287,4 +295,5 @@ def _not_finite(value: Any, where: str) -> str | None:
 def _allow(method: str, allowed: str, request: Request, also: str | None = None) -> None:
     if method != allowed:
         methods = f"{allowed} or {also}" if also else allowed
-        raise MethodNotAllowed(f"{method} {request.path} is not allowed; use {methods}")
+        allow = tuple(sorted({allowed, also or allowed} | ({"HEAD"} if "GET" in (allowed, also) else set())))
+        raise MethodNotAllowed(f"{method} {request.path} is not allowed; use {methods}", allow)

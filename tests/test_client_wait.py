@@ -1,0 +1,156 @@
+"""``wait(task_id, timeout_s)`` of both clients against a real daemon (client/waiting.py).
+
+Every test runs once with ``Client`` and once with ``AsyncClient``: the same
+promise, the same errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pymgr.client import AsyncClient, Client, ConnectionFailed, Retry, TaskRecord, WaitTimeout
+from pymgr.errors import NotFound, PymgrError
+from tests.conftest import Daemon
+from tests.tasks.survivalhelpers import LEAVE_CONFIG, wait_until
+
+Wait = Callable[..., TaskRecord]
+
+
+@pytest.fixture(params=["sync", "async"])
+def wait(request: pytest.FixtureRequest) -> Wait:
+    """``wait(socket, task_id, timeout_s, retry=None)`` through one client or the other."""
+
+    def sync(socket: Path, task_id: int, timeout_s: float | None, retry: Retry | None = None) -> TaskRecord:
+        with Client(socket=socket, retry=retry) as client:
+            return client.wait(task_id, timeout_s)
+
+    def through_async(
+        socket: Path, task_id: int, timeout_s: float | None, retry: Retry | None = None
+    ) -> TaskRecord:
+        async def run() -> TaskRecord:
+            async with AsyncClient(socket=socket, retry=retry) as client:
+                return await client.wait(task_id, timeout_s)
+
+        return asyncio.run(run())
+
+    return sync if request.param == "sync" else through_async
+
+
+def test_a_run_that_ended_before_the_wait_is_returned_at_once(daemon: Daemon, wait: Wait) -> None:
+    with Client(socket=daemon.socket) as client:
+        run = client.start_task("echo", {"word": "x"})
+        wait_until(lambda: client.task(run.id).is_final, "the end")
+        started = time.monotonic()
+        final = wait(daemon.socket, run.id, 10)
+        assert time.monotonic() - started < 5
+        assert final == client.task(run.id) and final.state == "succeeded" and final.exit_code == 0
+
+
+def test_a_run_that_ends_during_the_wait(daemon: Daemon, wait: Wait) -> None:
+    with Client(socket=daemon.socket) as client:
+        run = client.start_task("scan", {"task_id": 1, "duration": 1, "exit_code": 3})
+        final = wait(daemon.socket, run.id, 30)
+        assert (final.state, final.exit_code) == ("failed", 3)
+        assert final.ended_at is not None and final == client.task(run.id)  # the complete record
+
+
+def test_a_wait_that_times_out_says_which_run_and_where_it_was(daemon: Daemon, wait: Wait) -> None:
+    with Client(socket=daemon.socket) as client:
+        run = client.start_task("scan", {"task_id": 2, "duration": 30})
+        wait_until(lambda: client.task(run.id).state == "running", "running")
+        started = time.monotonic()
+        with pytest.raises(WaitTimeout) as info:
+            wait(daemon.socket, run.id, 0.5)
+        took = time.monotonic() - started
+        client.stop_task(run.id)
+    assert 0.5 <= took < 5
+    assert isinstance(info.value, TimeoutError) and isinstance(info.value, PymgrError)
+    assert (info.value.task_id, info.value.last_state) == (run.id, "running")
+    assert (
+        str(info.value) == f"task {run.id} did not end within 0.5 s (still running); wait longer, or stop it"
+    )
+
+
+def test_a_wait_for_no_run_is_not_found(daemon: Daemon, wait: Wait) -> None:
+    with pytest.raises(NotFound):
+        wait(daemon.socket, 999999, 5)
+
+
+def test_a_negative_timeout_is_refused(daemon: Daemon, wait: Wait) -> None:
+    with pytest.raises(ValueError, match=r"^timeout_s must be 0 or more \(or None: no limit\), not -1$"):
+        wait(daemon.socket, 1, -1)
+
+
+def _kill_and_restart(
+    start_daemon: Callable[..., Daemon], daemon: Daemon, after_s: float
+) -> threading.Thread:
+    """In a thread: after ``after_s``, kill the daemon with -9 (its runs live on in the keeper), start a new one."""
+
+    def restart() -> None:
+        time.sleep(after_s)
+        daemon.stop(signal.SIGKILL)
+        start_daemon(LEAVE_CONFIG, name=daemon.dir.name)
+
+    thread = threading.Thread(target=restart)
+    thread.start()
+    return thread
+
+
+#: httpcore's sync backend leaves the socket of a failed Unix connect unclosed (anyio, the async one,
+#: closes it): each refused retry while the daemon is down leaves one to the garbage collector.
+HTTPCORE_UNCLOSED_SOCKET = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@HTTPCORE_UNCLOSED_SOCKET
+def test_a_wait_outlives_a_daemon_restart_with_retry(start_daemon: Callable[..., Daemon], wait: Wait) -> None:
+    """The stream breaks; the wait opens it again (retrying while the daemon is down) and sees the end."""
+    daemon = start_daemon(LEAVE_CONFIG)
+    with Client(socket=daemon.socket) as client:
+        run = client.start_task("job", {"seconds": 4, "code": 5})
+        wait_until(lambda: client.task(run.id).state == "running", "running")
+    thread = _kill_and_restart(start_daemon, daemon, 0.5)
+    try:
+        final = wait(daemon.socket, run.id, 60, Retry(attempts=100, backoff_s=0.1, max_backoff_s=0.5))
+    finally:
+        thread.join()
+    assert (final.state, final.exit_code) == ("failed", 5)
+
+
+@HTTPCORE_UNCLOSED_SOCKET
+def test_a_wait_without_retry_says_the_daemon_is_gone(
+    start_daemon: Callable[..., Daemon], wait: Wait
+) -> None:
+    daemon = start_daemon(LEAVE_CONFIG)
+    with Client(socket=daemon.socket) as client:
+        run = client.start_task("job", {"seconds": 30})
+        wait_until(lambda: client.task(run.id).state == "running", "running")
+    killer = threading.Timer(0.5, daemon.stop, args=(signal.SIGKILL,))
+    killer.start()
+    try:
+        with pytest.raises(ConnectionFailed, match=r"^cannot reach pymgr at socket "):
+            wait(daemon.socket, run.id, 30)
+    finally:
+        killer.join()
+    start_daemon(LEAVE_CONFIG, name=daemon.dir.name)  # to stop the run it left behind
+    with Client(socket=daemon.socket) as client:
+        client.stop_task(run.id)
+
+
+async def test_cancelling_an_async_wait_ends_it_at_once(daemon: Daemon) -> None:
+    async with AsyncClient(socket=daemon.socket) as client:
+        run = await client.start_task("scan", {"task_id": 3, "duration": 30})
+        waiter = asyncio.create_task(client.wait(run.id))
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert time.monotonic() - started < 1
+        await client.stop_task(run.id)
