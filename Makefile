@@ -42,7 +42,18 @@ system-deps:
 # (and the modules that define it) and pymgr.client; all of src/ is checked
 # with the settings in pyproject.toml.
 PUBLIC_API := src/pymgr/__init__.py src/pymgr/errors.py src/pymgr/core/identity.py \
-	src/pymgr/core/registry.py src/pymgr/_sse.py src/pymgr/client examples/client_typed.py
+	src/pymgr/core/registry.py src/pymgr/_sse.py src/pymgr/client
+
+# The examples, type-checked under --strict as a user's code would be: the
+# scripts of examples/ (client_typed.py is the client's type test) and each web
+# app. They are checked with the python of .venv-web (--python-executable),
+# where the frameworks live (FastAPI and Flask ship their types; Django's are
+# django-stubs, which only this check needs, so it is installed here and not in
+# the app's requirements). One mypy per app: each is a program of its own
+# (two have an app.py). pyproject.toml names the untyped modules mypy may skip,
+# so a missing stub package fails the check instead of turning into Any.
+EXAMPLES_TYPED := "$(wildcard examples/*.py)" $(wildcard examples/web/*_app)
+WEB_TYPE_STUBS := django-stubs
 
 # The example web apps (examples/web/, docs/web-apps.md) in a venv of their own:
 # the light client (pymgr without its daemon extra) and their requirements files,
@@ -58,10 +69,17 @@ $(WEB_VENV)/.installed: pyproject.toml $(WEB_REQUIREMENTS)
 
 web-venv: $(WEB_VENV)/.installed
 
-test: $(VENV)/.test-installed $(WEB_VENV)/.installed system-deps
+$(WEB_VENV)/.typed: $(WEB_VENV)/.installed
+	$(WEB_VENV)/bin/pip install -q $(WEB_TYPE_STUBS)
+	touch $@
+
+test: $(VENV)/.test-installed $(WEB_VENV)/.installed $(WEB_VENV)/.typed system-deps
 	$(BIN)/ruff check src tests examples
 	$(BIN)/mypy
 	$(BIN)/mypy --strict $(PUBLIC_API)
+	for target in $(EXAMPLES_TYPED); do \
+	  $(BIN)/mypy --strict --python-executable $(WEB_VENV)/bin/python $$target || exit 1; \
+	done
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Benchmarks against the peers (docs/performance.md): a venv of their own, with

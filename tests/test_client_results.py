@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import closing
 from datetime import datetime, timezone
 from typing import Any, get_args
 
@@ -16,6 +17,7 @@ from pymgr.client import (
     Event,
     Health,
     ModuleInfo,
+    Progress,
     TaskRecord,
     TaskState,
     TaskTypeInfo,
@@ -100,6 +102,22 @@ def test_an_event_has_a_zoned_time_and_its_record() -> None:
         Event.from_json({**wire, "kind": 3})
 
 
+def test_a_progress_event_has_its_progress_and_a_state_event_none() -> None:
+    wire = {
+        "id": 8,
+        "kind": "progress",
+        "time": 1.5,
+        "data": {"id": 3, "progress": 40, "progress_message": None},
+    }
+    update = Event.from_json(wire).progress()
+    assert update == Progress(id=3, progress=40.0, progress_message=None)
+    assert update.to_json() == wire["data"]
+    assert Event.from_json({**wire, "kind": "state", "data": TASKS[0]}).progress() is None
+    assert Event.from_json(wire).record() is None
+    with pytest.raises(BadReply, match=r"^progress: field 'progress' should be a number, not str '40'$"):
+        Event.from_json({**wire, "data": {"id": 3, "progress": "40"}}).progress()
+
+
 def test_an_action_and_a_module_keep_task_types_only_where_sent() -> None:
     typed = {"name": "start", "doc": "", "read_only": False, "params": {}, "allowed": True}
     marks = {**typed, "task_types": {"scan": True, "backup": False}}
@@ -134,3 +152,11 @@ def test_every_reply_of_a_real_daemon_reads(daemon: Daemon) -> None:
         assert [ModuleInfo.from_json(m) for m in listing] == client.modules()
         assert all(isinstance(t, TaskTypeInfo) for t in client.task_types())
         assert client.health().pid == daemon.proc.pid
+        scan = client.start_task("scan", {"task_id": 1, "duration": 0.3})
+        updates = []
+        with closing(client.events(task=scan.id)) as events:
+            for event in events:
+                updates += [event.progress()] if event.kind == "progress" else []
+                if (record := event.record()) is not None and record.is_final:
+                    break
+        assert updates and updates[-1] == Progress(scan.id, 100.0, updates[-1].progress_message)

@@ -103,9 +103,12 @@ def _kill_and_restart(
     return thread
 
 
-#: httpcore's sync backend leaves the socket of a failed Unix connect unclosed (anyio, the async one,
-#: closes it): each refused retry while the daemon is down leaves one to the garbage collector.
-HTTPCORE_UNCLOSED_SOCKET = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def HTTPCORE_UNCLOSED_SOCKET(test: Callable[..., None]) -> Callable[..., None]:  # noqa: N802 (a mark)
+    """httpcore's sync backend leaves the socket of a failed Unix connect unclosed (anyio, the async one,
+    closes it): each refused retry while the daemon is down leaves one to the garbage collector, which
+    this test's end runs (``collect_unclosed_sockets``) so that no later test gets its warning."""
+    test = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")(test)
+    return pytest.mark.usefixtures("collect_unclosed_sockets")(test)
 
 
 @HTTPCORE_UNCLOSED_SOCKET

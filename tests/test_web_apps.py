@@ -3,8 +3,8 @@
 FastAPI under uvicorn, Flask under its own (werkzeug) server, Django under
 runserver: each runs with the python of .venv-web, which holds the light
 client (pymgr without its daemon extra) and the three requirements files only
-(`make web-venv`; `make test` builds it first), so these tests also prove that
-the apps need nothing of the daemon's. The daemon runs from a config like
+(`make web-venv`; `make test` builds it first, and adds django-stubs, which
+only mypy reads), so these tests also prove that the apps need nothing of the daemon's. The daemon runs from a config like
 examples/demo.toml, with the demo's "web back end" rule given to the tests'
 own user (the apps run as that user, not as www-data).
 
@@ -273,6 +273,19 @@ def test_the_django_command_starts_and_watches_a_scan(web: Web) -> None:
     out = _manage(web, "pymgr_scan", "130", "--duration", "0.5")
     assert out.returncode == 0, out.stderr
     assert "scan:130" in out.stdout and "100 %" in out.stdout and out.stdout.endswith("succeeded\n")
+
+
+def test_the_django_command_waits_quietly_within_its_timeout(web: Web) -> None:
+    done = _manage(web, "pymgr_scan", "132", "--duration", "0.5", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "%" not in done.stdout and done.stdout.endswith("succeeded\n")
+    late = _manage(web, "pymgr_scan", "133", "--duration", "60", "--quiet", "--timeout", "0.5")
+    run = int(re.match(r"run (\d+) ", late.stdout)[1])  # type: ignore[index]
+    try:
+        assert late.returncode == 1 and f"task {run} did not end within 0.5 s" in late.stderr
+    finally:
+        web.apps["django"].http.post(f"/scans/{run}/stop", json={})
+        assert _ended(web.apps["django"], run)["state"] == "stopped"
 
 
 def _manage(web: Web, *args: str) -> subprocess.CompletedProcess[str]:

@@ -17,5 +17,7 @@ MIDDLEWARE = [
     # pymgr's errors as the answers a browser should get (scans/errors.py).
     "scans.errors.PymgrErrorMiddleware",
 ]
-DATABASES: dict = {}  # this example keeps nothing of its own: the daemon keeps the task records
+DATABASES: dict[
+    str, dict[str, str]
+] = {}  # this example keeps nothing of its own: the daemon keeps the task records
 USE_TZ = True

@@ -8,6 +8,8 @@ Run it (docs/web-apps.md has the whole walk-through):
 What it shows:
 - one ``AsyncClient`` for the whole process, opened and closed with the app
   (``lifespan``): it keeps a pool of connections to the daemon's socket;
+- the daemon's results as typed objects (``TaskRecord``, ``Event``), of which
+  the page gets only what it shows (``ScanView``);
 - each pymgr error class turned into the HTTP answer a browser should get
   (``pymgr_error``): 403, 404, 409, 429 with ``Retry-After``, 503 when the
   daemon is down;
@@ -32,20 +34,17 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from pymgr.client import AsyncClient, ConnectionFailed
+from pymgr.client import AsyncClient, ConnectionFailed, Event, JsonValue, TaskRecord, TaskState
 from pymgr.errors import PymgrError, RateLimited
 
 log = logging.getLogger("uvicorn.error")  # uvicorn prints this logger's lines
 
 PAGE = Path(__file__).with_name("page.html")
-#: A run in one of these states has ended: its event stream and log stop there.
-ENDED = {"succeeded", "failed", "stopped", "timed_out", "lost"}
 #: The daemon's error statuses a browser gets as they are; any other error
 #: (400 aside, which is the browser's own mistake) is the back end's problem: 502.
 PASSED_ON = {400, 403, 404, 409, 429, 503}
@@ -79,40 +78,45 @@ def pymgr(request: Request) -> AsyncClient:
     return client
 
 
-# ---- Reading the daemon's results: the only places that know their fields.
+class ScanView(BaseModel):
+    """What the page shows of a task record: no more (a record also holds the command line,
+    pids and who started the run), and it is this app's answer model in its OpenAPI schema."""
+
+    id: int
+    key: str | None
+    state: TaskState
+    progress: float | None
+    message: str | None
+    exit_code: int | None
+    ended: bool
+
+    @classmethod
+    def of(cls, record: TaskRecord) -> ScanView:
+        return cls(
+            id=record.id,
+            key=record.key,
+            state=record.state,
+            progress=record.progress,
+            message=record.progress_message,
+            exit_code=record.exit_code,
+            ended=record.is_final,
+        )
 
 
-def task_view(record: dict[str, Any]) -> dict[str, Any]:
-    """What the page shows of a task record."""
-    return {
-        "id": record["id"],
-        "key": record["key"],
-        "state": record["state"],
-        "progress": record["progress"],
-        "message": record["progress_message"],
-        "exit_code": record["exit_code"],
-        "ended": record["state"] in ENDED,
-    }
-
-
-def action_list(modules: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The listing of modules as one flat list of the actions in it."""
-    return [
-        {"module": module["name"], "action": action["name"], "doc": action["doc"]}
-        for module in modules
-        for action in module["actions"]
-    ]
-
-
-def sse_message(event: dict[str, Any]) -> tuple[str, bool]:
+def sse_message(event: Event) -> tuple[str, bool]:
     """One daemon event as a server-sent event for the browser, and whether the run has ended."""
-    if event["kind"] == "heartbeat":
+    if event.kind == "heartbeat":
         return ": heartbeat\n\n", False  # a comment: keeps proxies from closing an idle stream
-    data = task_view(event["data"]) if event["kind"] == "state" else event["data"]
-    ended = event["kind"] == "state" and data["ended"]
+    record, update = event.record(), event.progress()
+    data: JsonValue = event.data  # gap, reset: relayed as the daemon sent them
+    if record is not None:
+        data = ScanView.of(record).model_dump()
+    elif update is not None:
+        data = update.to_json()
     # A gap or reset marker has no id: the browser keeps the last one it had.
-    id_line = f"id: {event['id']}\n" if event.get("id") is not None else ""
-    return f"{id_line}event: {event['kind']}\ndata: {json.dumps(data)}\n\n", ended
+    id_line = f"id: {event.id}\n" if event.id is not None else ""
+    ended = record is not None and record.is_final
+    return f"{id_line}event: {event.kind}\ndata: {json.dumps(data)}\n\n", ended
 
 
 @app.exception_handler(PymgrError)
@@ -145,13 +149,15 @@ async def page() -> str:
 
 
 @app.get("/actions")
-async def actions(request: Request) -> list[dict[str, Any]]:
+async def actions(request: Request) -> list[dict[str, str]]:
     """The actions this app may call: the daemon's policy decides, the page offers only those."""
-    return action_list(await pymgr(request).modules(allowed=True))
+    modules = await pymgr(request).modules(allowed=True)
+    return [{"module": m.name, "action": a.name, "doc": a.doc} for m in modules for a in m.actions]
 
 
-@app.post("/actions/{module}/{action}")
-async def call(request: Request, module: str, action: str) -> dict[str, Any]:
+# response_model=None: an action's result is any JSON, there is no model to check it against.
+@app.post("/actions/{module}/{action}", response_model=None)
+async def call(request: Request, module: str, action: str) -> dict[str, JsonValue]:
     params = await request.json() if await request.body() else {}
     return {"result": await pymgr(request).call(module, action, params)}
 
@@ -162,22 +168,22 @@ class ScanStart(BaseModel):
 
 
 @app.post("/scans", status_code=202)
-async def start_scan(request: Request, scan: ScanStart) -> dict[str, Any]:
+async def start_scan(request: Request, scan: ScanStart) -> ScanView:
     # The key makes the start idempotent: a double click, a retried request or a
     # second browser tab gets the run already going instead of a second one.
     params = {"task_id": scan.task_id, "duration": scan.duration}
     record = await pymgr(request).start_task("scan", params, key=f"scan:{scan.task_id}")
-    return task_view(record)
+    return ScanView.of(record)
 
 
 @app.get("/scans/{task_id}")
-async def show_scan(request: Request, task_id: int) -> dict[str, Any]:
-    return task_view(await pymgr(request).task(task_id))
+async def show_scan(request: Request, task_id: int) -> ScanView:
+    return ScanView.of(await pymgr(request).task(task_id))
 
 
 @app.post("/scans/{task_id}/stop", status_code=202)
-async def stop_scan(request: Request, task_id: int) -> dict[str, Any]:
-    return task_view(await pymgr(request).stop_task(task_id))
+async def stop_scan(request: Request, task_id: int) -> ScanView:
+    return ScanView.of(await pymgr(request).stop_task(task_id))
 
 
 @app.get("/scans/{task_id}/events")
@@ -190,15 +196,15 @@ async def scan_events(
     last event it saw as ``Last-Event-ID``; passing it on as ``since`` makes the
     daemon replay what the browser missed.
     """
-    events: AsyncGenerator[dict[str, Any], None] = pymgr(request).events(task=task_id, since=last_event_id)
+    events = pymgr(request).events(task=task_id, since=last_event_id)
     # Wait for the first event before answering, so that a 403 or 404 from the
     # daemon becomes this response's status, not an error inside a 200 stream.
     first = await anext(events)
     return StreamingResponse(_sse(first, events), media_type="text/event-stream")
 
 
-async def _sse(first: dict[str, Any], events: AsyncGenerator[dict[str, Any], None]) -> AsyncIterator[str]:
-    event: dict[str, Any] | None = first
+async def _sse(first: Event, events: AsyncGenerator[Event, None]) -> AsyncIterator[str]:
+    event: Event | None = first
     try:
         while event is not None:
             message, ended = sse_message(event)

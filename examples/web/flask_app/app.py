@@ -8,6 +8,8 @@ Run it (docs/web-apps.md has the whole walk-through):
 What it shows:
 - one blocking ``Client`` for the whole process, made when the app is
   (``create_app``); Flask's threads share it (httpx clients are thread-safe);
+- the daemon's results as typed objects (``TaskRecord``), of which the page
+  gets only what it shows (``scan_view``);
 - each pymgr error class turned into the HTTP answer a browser should get
   (``pymgr_error``): 403, 404, 409, 429 with ``Retry-After``, 503 when the
   daemon is down;
@@ -29,47 +31,43 @@ from __future__ import annotations
 from collections.abc import Iterator
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
-from flask import Flask, Response, abort, current_app, request
+from flask import Flask, Response, abort, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
 
-from pymgr.client import Client, ConnectionFailed
+from pymgr.client import Client, ConnectionFailed, TaskRecord, TaskState
 from pymgr.errors import PymgrError, RateLimited
 
 PAGE = Path(__file__).with_name("page.html")
-#: A run in one of these states has ended.
-ENDED = {"succeeded", "failed", "stopped", "timed_out", "lost"}
 #: The daemon's error statuses a browser gets as they are; any other error
 #: (400 aside, which is the browser's own mistake) is the back end's problem: 502.
 PASSED_ON = {400, 403, 404, 409, 429, 503}
 
 
-# ---- Reading the daemon's results: the only places that know their fields.
+class ScanView(TypedDict):
+    """What the page shows of a task record (its JSON answer for a scan)."""
+
+    id: int
+    key: str | None
+    state: TaskState
+    progress: float | None
+    message: str | None
+    exit_code: int | None
+    ended: bool
 
 
-def task_view(record: dict[str, Any]) -> dict[str, Any]:
-    """What the page shows of a task record."""
+def scan_view(record: TaskRecord) -> ScanView:
+    """No more than the page shows: a record also holds the command line, pids and who started the run."""
     return {
-        "id": record["id"],
-        "key": record["key"],
-        "state": record["state"],
-        "progress": record["progress"],
-        "message": record["progress_message"],
-        "exit_code": record["exit_code"],
-        "ended": record["state"] in ENDED,
+        "id": record.id,
+        "key": record.key,
+        "state": record.state,
+        "progress": record.progress,
+        "message": record.progress_message,
+        "exit_code": record.exit_code,
+        "ended": record.is_final,
     }
-
-
-def action_list(modules: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The listing of modules as one flat list of the actions in it."""
-    return [
-        {"module": module["name"], "action": action["name"], "doc": action["doc"]}
-        for module in modules
-        for action in module["actions"]
-    ]
-
-
-# ---- The app.
 
 
 def pymgr() -> Client:
@@ -90,7 +88,7 @@ def pymgr_error(exc: PymgrError) -> Response:
         html = f"<!doctype html><title>{status}</title><h1>{status}</h1><p>{escape(message)}</p>"
         response = Response(html, status=status, mimetype="text/html")
     else:
-        response = current_app.json.response({"error": exc.code, "message": message})
+        response = jsonify({"error": exc.code, "message": message})
         response.status_code = status
     if isinstance(exc, RateLimited) and exc.retry_after_s is not None:
         response.headers["Retry-After"] = str(exc.retry_after_s)
@@ -117,17 +115,18 @@ def create_app() -> Flask:
         return PAGE.read_text()
 
     @app.get("/actions")
-    def actions() -> Any:
+    def actions() -> list[dict[str, str]]:
         """The actions this app may call: the daemon's policy decides, the page offers only those."""
-        return action_list(pymgr().modules(allowed=True))
+        modules = pymgr().modules(allowed=True)
+        return [{"module": m.name, "action": a.name, "doc": a.doc} for m in modules for a in m.actions]
 
     @app.post("/actions/<module>/<action>")
-    def call(module: str, action: str) -> Any:
+    def call(module: str, action: str) -> ResponseReturnValue:
         params = request.get_json() if request.data else {}
         return {"result": pymgr().call(module, action, params)}
 
     @app.post("/scans")
-    def start_scan() -> Any:
+    def start_scan() -> ResponseReturnValue:
         body = request.get_json()
         try:
             task_id, duration = int(body["task_id"]), float(body.get("duration", 10))
@@ -136,16 +135,16 @@ def create_app() -> Flask:
         # The key makes the start idempotent: a double click, a retried request or a
         # second browser tab gets the run already going instead of a second one.
         params = {"task_id": task_id, "duration": duration}
-        return task_view(pymgr().start_task("scan", params, key=f"scan:{task_id}")), 202
+        return scan_view(pymgr().start_task("scan", params, key=f"scan:{task_id}")), 202
 
     @app.get("/scans/<int:task_id>")
-    def show_scan(task_id: int) -> Any:
+    def show_scan(task_id: int) -> ScanView:
         """What the page polls for live progress."""
-        return task_view(pymgr().task(task_id))
+        return scan_view(pymgr().task(task_id))
 
     @app.post("/scans/<int:task_id>/stop")
-    def stop_scan(task_id: int) -> Any:
-        return task_view(pymgr().stop_task(task_id)), 202
+    def stop_scan(task_id: int) -> ResponseReturnValue:
+        return scan_view(pymgr().stop_task(task_id)), 202
 
     @app.get("/scans/<int:task_id>/log")
     def scan_log(task_id: int) -> Response:

@@ -9,7 +9,8 @@ Rules:
 - Times are timezone-aware ``datetime`` (the daemon sends UTC ISO 8601;
   an event's time is epoch seconds on the wire).
 - The shapes are the daemon's: ``tasks/records.py`` (a record),
-  ``tasks/events.py`` (an event), ``auth/listing.py`` (the module list).
+  ``tasks/events.py`` (an event; a progress event's data is published by
+  ``tasks/supervision.py``), ``auth/listing.py`` (the module list).
 """
 
 from __future__ import annotations
@@ -147,6 +148,25 @@ class TaskRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Progress:
+    """The data of a ``progress`` event: a run's latest progress line (the record's two fields)."""
+
+    #: The run's id.
+    id: int
+    #: Percent, 0-100.
+    progress: float
+    progress_message: str | None
+
+    @classmethod
+    def from_json(cls, value: JsonValue) -> Progress:
+        f = Fields(value, "progress")
+        return cls(f.integer("id"), f.number("progress"), f.opt_text("progress_message"))
+
+    def to_json(self) -> JsonObject:
+        return _wire(self)
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     """One event of ``GET /v1/events``: ``state`` (``data`` is a record), ``progress``,
     ``heartbeat``, ``gap`` (``{"dropped": N}``), ``reset``; a newer daemon may send other kinds."""
@@ -175,6 +195,14 @@ class Event:
             BadReply: a ``state`` event whose data is not a task record.
         """
         return TaskRecord.from_json(self.data) if self.kind == "state" else None
+
+    def progress(self) -> Progress | None:
+        """The progress of a ``progress`` event (None for any other kind).
+
+        Raises:
+            BadReply: a ``progress`` event whose data is not ``{"id", "progress", "progress_message"}``.
+        """
+        return Progress.from_json(self.data) if self.kind == "progress" else None
 
     def to_json(self) -> JsonObject:
         """The event's one shape, ``{"id", "kind", "time", "data"}``, time in epoch seconds."""

@@ -8,6 +8,7 @@ the server's log only); any other daemon error is this back end's problem: 502.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.html import escape
@@ -42,7 +43,7 @@ def error_response(request: HttpRequest, exc: PymgrError) -> HttpResponse:
 class PymgrErrorMiddleware:
     """Turns a ``PymgrError`` raised by a view into ``error_response``."""
 
-    def __init__(self, get_response):  # type: ignore[no-untyped-def]
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:

@@ -20,7 +20,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
-from scans.client import action_list, pymgr, task_view
+from scans.client import pymgr, scan_view
 
 PAGE = Path(__file__).with_name("page.html")
 
@@ -34,7 +34,9 @@ def page(request: HttpRequest) -> HttpResponse:
 @require_GET
 def actions(request: HttpRequest) -> JsonResponse:
     """The actions this app may call: the daemon's policy decides, the page offers only those."""
-    return JsonResponse(action_list(pymgr().modules(allowed=True)), safe=False)
+    modules = pymgr().modules(allowed=True)
+    listing = [{"module": m.name, "action": a.name, "doc": a.doc} for m in modules for a in m.actions]
+    return JsonResponse(listing, safe=False)
 
 
 @require_POST
@@ -55,18 +57,18 @@ def start_scan(request: HttpRequest) -> JsonResponse:
     # The key makes the start idempotent: a double click, a retried request or a
     # second browser tab gets the run already going instead of a second one.
     record = pymgr().start_task("scan", {"task_id": task_id, "duration": duration}, key=f"scan:{task_id}")
-    return JsonResponse(task_view(record), status=202)
+    return JsonResponse(scan_view(record), status=202)
 
 
 @require_GET
 def show_scan(request: HttpRequest, task_id: int) -> JsonResponse:
     """What the page polls for live progress."""
-    return JsonResponse(task_view(pymgr().task(task_id)))
+    return JsonResponse(scan_view(pymgr().task(task_id)))
 
 
 @require_POST
 def stop_scan(request: HttpRequest, task_id: int) -> JsonResponse:
-    return JsonResponse(task_view(pymgr().stop_task(task_id)), status=202)
+    return JsonResponse(scan_view(pymgr().stop_task(task_id)), status=202)
 
 
 @require_GET
