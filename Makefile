@@ -8,10 +8,11 @@ CONFIG ?= examples/demo.toml
 
 # System tools the end-to-end tests drive for real (curl, setpriv; systemd's
 # socket activator and unit checker, which work without systemd as PID 1; the
-# browser the console's tests drive through Playwright, never a downloaded one).
+# browser the console's tests drive through Playwright, never a downloaded one; the Redis
+# server the fleet tests start on a temporary Unix socket, tests/fleet/conftest.py).
 # Installed with apt-get only when missing, so a machine that has them needs no root.
 SYSTEM_TOOLS := curl:curl setpriv:util-linux systemd-socket-activate:systemd systemd-analyze:systemd \
-	chromium:chromium
+	chromium:chromium redis-server:redis-server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

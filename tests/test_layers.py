@@ -55,3 +55,22 @@ def test_the_console_reaches_the_daemon_through_the_client_only(path: Path) -> N
 
 def _edges_of(names: set[str], allowed: tuple[str, ...]) -> list[str]:
     return sorted(n for n in names if outside(n, allowed))
+
+
+#: The modules that may import the fleet (docs/architecture.md): the daemon starts its agent, the CLI submits.
+FLEET_USERS = {"daemon.py", "cli/fleet.py"}
+
+
+def test_the_fleet_is_an_edge_only_the_daemon_and_its_cli_reach() -> None:
+    users = {
+        str(path.relative_to(SRC))
+        for path in SRC.rglob("*.py")
+        if "fleet" not in path.relative_to(SRC).parts[:1]
+        and any(name == "pymgr.fleet" or name.startswith("pymgr.fleet.") for name in imported(path))
+    }
+    assert users == FLEET_USERS
+
+
+def test_the_job_codec_does_no_io() -> None:
+    names = imported(SRC / "fleet" / "jobs.py")
+    assert not {"socket", "asyncio", "selectors", "os", "redis"} & names

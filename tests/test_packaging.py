@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from pymgr.cli import console as console_cli
-from pymgr.cli.daemondeps import DAEMON_MODULES, INSTALL_HINT
+from pymgr.cli.daemondeps import DAEMON_MODULES, FLEET_MODULES, INSTALL_HINT
 from tests.conftest import REPO, Daemon
 
 #: The light install's dependencies, exactly: what ``pymgr.client`` and the CLI import.
@@ -97,8 +97,9 @@ def test_the_wheel_requires_the_client_only_and_the_daemon_extra_the_rest(wheel:
     base, extras = _requires(wheel)
     assert base == BASE
     assert extras["daemon"] == DAEMON
-    assert set(extras) == {"daemon", "console", "test", "bench"}
+    assert set(extras) == {"daemon", "console", "fleet", "test", "bench"}
     assert extras["console"] == CONSOLE
+    assert "pymgr[fleet]" in extras["test"]
 
 
 def test_the_daemon_check_knows_every_distribution_of_the_extra(wheel: Path) -> None:
@@ -118,6 +119,12 @@ def test_the_wheel_ships_the_consoles_templates_and_htmx(wheel: Path) -> None:
         names = set(archive.namelist())
     assert {"pymgr/console/templates/base.html", "pymgr/console/static/htmx-2.0.11.min.js"} <= names
     assert "pymgr/console/static/htmx-LICENSE.txt" in names
+
+
+def test_the_fleet_check_knows_every_distribution_of_its_extra(wheel: Path) -> None:
+    _, extras = _requires(wheel)
+    names = {re.match(r"[\w.-]+", requirement)[0] for requirement in extras["fleet"]}  # type: ignore[index]
+    assert set(FLEET_MODULES) == names
 
 
 def test_the_wheel_says_it_is_typed(wheel: Path) -> None:
@@ -153,6 +160,8 @@ def test_the_light_install_has_no_daemon_dependency(light_venv: Path) -> None:
     out = _in(light_venv, "python", "-c", script)
     assert (out.returncode, out.stderr) == (0, "")
     assert json.loads(out.stdout) == []
+    fleet = f"import importlib.util; print([m for m in {list(FLEET_MODULES.values())!r} if importlib.util.find_spec(m)])"
+    assert _in(light_venv, "python", "-c", fleet).stdout == "[]\n"
 
 
 @pytest.mark.slow

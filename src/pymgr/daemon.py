@@ -32,7 +32,7 @@ from pymgr._configtrust import config_warnings
 from pymgr._fsguard import check_trusted
 from pymgr.auth.legacy import PUBLISHED_SECRET
 from pymgr.auth.guard import EdgeGuard
-from pymgr.config import Config, ConfigError, LegacyConfig
+from pymgr.config import Config, ConfigError, FleetConfig, LegacyConfig
 from pymgr.core.dispatch import CallHandler
 from pymgr.core.loader import module_classes
 from pymgr.core.registry import ModuleContext, Registry, RegistryError
@@ -153,6 +153,7 @@ async def run(config: Config, stop: asyncio.Event | None = None, hooks: ServiceH
         dispatcher = security.dispatcher(registry, metrics)
         tls = server_context(config.http)
         sockets = bind_http(config, hooks.inherited)
+        fleet = None if config.fleet is None else _fleet_agent(config.fleet, dispatcher, tasks, security)
     except (RegistryError, ListenerError, SecurityError, TlsError, ConfigError, FdBudgetError) as exc:
         raise StartupError(str(exc)) from None
     closers: list[Callable[[], Awaitable[None]]] = []
@@ -174,6 +175,7 @@ async def run(config: Config, stop: asyncio.Event | None = None, hooks: ServiceH
         await http.start()
         closers.append(http.close)
         _gauges(metrics, tasks, http)
+        _start_fleet(fleet, stack)  # after the tasks are open: it follows the runs of jobs taken before
         listeners: dict[str, Any] = {"http": [_address(s) for s in sockets], "modules": registry.names()}
         if config.legacy.enabled:
             listeners["legacy"] = await _start_legacy(
@@ -197,6 +199,35 @@ def _http_app(
         return None if policy is None else policy.delegation
 
     return GuardedApp(routes, edge=security.edge, verifier=security.verifier, delegation=delegation)
+
+
+def _fleet_agent(
+    fleet: FleetConfig, dispatcher: GuardedDispatcher, tasks: TaskManager, security: Security
+) -> Any:
+    """The fleet agent of ``[fleet]`` (docs/fleet.md); imported only then, so a plain daemon never loads Redis.
+
+    Raises:
+        StartupError: the fleet's dependencies are missing, or a key or password file cannot be used.
+    """
+    from pymgr.cli.daemondeps import no_fleet_message
+
+    missing = no_fleet_message("[fleet]")
+    if missing is not None:
+        raise StartupError(missing.removeprefix("error: "))
+    from pymgr.fleet.agent import FleetAgent
+    from pymgr.fleet.keys import FleetKeyError
+
+    try:
+        return FleetAgent(fleet, dispatcher, tasks, security.auditor)
+    except FleetKeyError as exc:
+        raise StartupError(f"[fleet]: {exc}") from None
+
+
+def _start_fleet(fleet: Any, stack: AsyncExitStack) -> None:
+    """Start the fleet agent, if there is one, and stop it first at shutdown (before the task manager)."""
+    if fleet is not None:
+        fleet.start()
+        stack.push_async_callback(fleet.aclose)
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:

@@ -89,12 +89,16 @@ def build_security(config: Config, registry: Registry, tasks: Any) -> Security:
     except KeyLoadError as exc:
         raise SecurityError(str(exc)) from None
 
+    # The fleet's keys are read once, by the fleet agent at start: a reload does not change them either.
+    fleet_keys = [key.id for key in config.fleet.keys] if config.fleet is not None else []
+
     def policy_of(cfg: Config) -> Policy:
         # The keys are the daemon's (a reload does not change [auth]): a rule naming another key is refused.
         policy = Policy(
             cfg.policy,
             registry,
             key_ids=keys,
+            fleet_key_ids=fleet_keys,
             task_types=cfg.tasks.types,
             task_type_of=_type_lookup(tasks),
             task_operations=TASK_OPERATIONS,

@@ -151,7 +151,7 @@ def test_subjects_parse(text: str, shown: str) -> None:
         (
             "usr:www-data",
             r"^unknown subject 'usr:www-data'; subjects are user:NAME, uid:N, group:NAME, key:ID, "
-            r"cert:CN, legacy, owner, any, role:NAME or NAMESPACE:NAME \(a \[\[policy.delegates\]\] namespace\)$",
+            r"cert:CN, fleet:ID, legacy, owner, any, role:NAME or NAMESPACE:NAME \(a \[\[policy.delegates\]\] namespace\)$",
         ),
         ("root", r"^unknown subject 'root'; subjects are "),
         ("user:", r"^subject 'user:' needs a name after 'user':, without spaces$"),

@@ -4,7 +4,7 @@
 says what each word means (docs/security.md, "Policy", is the same in prose):
 
 - Subjects: ``user:NAME``, ``uid:N``, ``group:NAME`` (Unix-socket callers),
-  ``key:ID``, ``cert:CN``, ``legacy``, ``owner`` (the daemon's own uid on the
+  ``key:ID``, ``cert:CN``, ``fleet:ID`` (a fleet job signed with that key), ``legacy``, ``owner`` (the daemon's own uid on the
   Unix socket) and ``any`` (every caller but a legacy one); for a person a
   delegate acts for (``auth/delegation.py``), ``NAMESPACE:NAME`` (a delegate's
   namespace) and ``role:NAME``, and nothing else: a person never matches the
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from pymgr.core.identity import Identity
@@ -37,10 +38,11 @@ __all__ = [
     "parse_pattern",
     "parse_subject",
     "subject_matches",
+    "unknown_key",
 ]
 
 SUBJECT_HELP = (
-    "user:NAME, uid:N, group:NAME, key:ID, cert:CN, legacy, owner, any, role:NAME "
+    "user:NAME, uid:N, group:NAME, key:ID, cert:CN, fleet:ID, legacy, owner, any, role:NAME "
     "or NAMESPACE:NAME (a [[policy.delegates]] namespace)"
 )
 #: Task operations that name a task type after the colon.
@@ -64,7 +66,7 @@ class Subject:
 
 
 _BARE = frozenset({"legacy", "owner", "any"})
-_NAMED = frozenset({"user", "uid", "group", "key", "cert", "role"})
+_NAMED = frozenset({"user", "uid", "group", "key", "cert", "fleet", "role"})
 #: Every kind the policy itself names: a delegate's namespace may be none of these.
 RESERVED_KINDS = _BARE | _NAMED
 #: A delegate's namespace: a short lower-case word, so ``console:alice`` reads as one.
@@ -121,7 +123,22 @@ def subject_matches(subject: Subject, identity: Identity, owner_uid: int) -> boo
         return unix and value in identity.groups
     if kind == "key":
         return identity.key_id == value
+    if kind == "fleet":  # never ``any``: a fleet job gets only what a rule grants its key by name
+        return identity.transport == "fleet" and identity.fleet_key == value
     return kind == "cert" and identity.cert == value  # role and NAMESPACE:NAME: persons only
+
+
+#: Where the keys a ``key:`` or ``fleet:`` subject names are configured.
+_KEY_TABLES = {"key": "[[auth.keys]]", "fleet": "[[fleet.keys]]"}
+
+
+def unknown_key(subject: Subject, key_ids: Mapping[str, frozenset[str]]) -> str | None:
+    """Why ``subject`` names no configured key (``key:ID`` or ``fleet:ID``), or None when it does or is no key."""
+    known_ids = key_ids.get(subject.kind)
+    if known_ids is None or subject.value in known_ids:
+        return None
+    known = ", ".join(sorted(known_ids)) or "(none)"
+    return f"subject '{subject}' names no key in {_KEY_TABLES[subject.kind]}; keys: {known}"
 
 
 def describe_identity(identity: Identity) -> str:
@@ -133,6 +150,8 @@ def describe_identity(identity: Identity) -> str:
     if identity.transport == "unix":
         name = f"user:{identity.user}" if identity.user else f"uid:{identity.uid}"
         return f"{name} (uid {identity.uid})"
+    if identity.fleet_key is not None:
+        return f"fleet:{identity.fleet_key} ({identity.peer or 'a fleet job'})"
     parts = [f"key:{identity.key_id}"] if identity.key_id else []
     parts += [f"cert:{identity.cert}"] if identity.cert else []
     if parts:

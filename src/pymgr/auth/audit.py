@@ -61,7 +61,7 @@ log = logging.getLogger("pymgr.audit")
 
 REDACTED = "[redacted]"
 NOT_RECORDED = "[not recorded: unknown action]"
-_IDENTITY_FIELDS = ("uid", "gid", "pid", "user", "key_id", "cert", "peer", "person")
+_IDENTITY_FIELDS = ("uid", "gid", "pid", "user", "key_id", "cert", "fleet_key", "peer", "person")
 #: A record's bytes besides the caller, the params and the names: the time, the field names, an
 #: outcome with its code, the duration, and a task type in the operation's name (config names, short).
 _RECORD_OVERHEAD_BYTES = 512

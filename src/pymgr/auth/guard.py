@@ -32,6 +32,8 @@ def identity_key(identity: Identity) -> str:
         return f"key:{identity.key_id}"
     if identity.cert is not None:
         return f"cert:{identity.cert}"
+    if identity.fleet_key is not None:
+        return f"fleet:{identity.fleet_key}"
     host = (identity.peer or "?").rsplit(":", 1)[0]
     return f"{identity.transport}:{source_of(host)}"
 

@@ -8,7 +8,7 @@ Rules:
   no transport can produce that identity.)
 - Subjects: ``user:NAME``, ``uid:N``, ``group:NAME`` (peer credentials on the
   Unix socket), ``key:ID`` (a signed TCP request), ``cert:CN`` (a verified
-  TLS client certificate), ``legacy`` (the 2014 line protocol), ``owner``
+  TLS client certificate), ``fleet:ID`` (a fleet job signed with that key), ``legacy`` (the 2014 line protocol), ``owner``
   (the daemon's own uid, on the Unix socket) and ``any`` (every caller
   identified by the kernel, a key or a certificate; never ``legacy``);
   for a person a delegate acts for, only ``NAMESPACE:NAME`` and ``role:NAME``.
@@ -49,6 +49,7 @@ from pymgr.auth._policysyntax import (
     parse_pattern,
     parse_subject,
     subject_matches,
+    unknown_key,
 )
 from pymgr.auth.delegation import Delegation
 from pymgr.auth.policyconfig import PolicyConfig, PolicyRule
@@ -107,6 +108,7 @@ class Policy:
         config: the ``[policy]`` section.
         registry: every served action (for code requirements and start-up notes).
         key_ids: the configured HMAC key ids (``key:ID`` must name one).
+        fleet_key_ids: the ``[[fleet.keys]]`` ids (``fleet:ID`` must name one).
         task_types: the configured task type names.
         task_type_of: the type of a task by id; raises ``NotFound`` when no task has the id.
         task_operations: the task module's actions (their functions) and the
@@ -124,6 +126,7 @@ class Policy:
         registry: Registry,
         *,
         key_ids: Iterable[str] = (),
+        fleet_key_ids: Iterable[str] = (),
         task_types: Iterable[str] = (),
         task_type_of: Callable[[int], str | None] = lambda task_id: None,
         task_operations: Mapping[Callable[..., Any], str] | None = None,
@@ -136,7 +139,8 @@ class Policy:
         self._owner_uid = owner_uid
         namespaces = config.namespaces()
         self._rules = tuple(
-            _compile(i, r, frozenset(key_ids), namespaces) for i, r in enumerate(config.rules)
+            _compile(i, r, {"key": frozenset(key_ids), "fleet": frozenset(fleet_key_ids)}, namespaces)
+            for i, r in enumerate(config.rules)
         )
         #: Who may act for whom (``X-Pymgr-On-Behalf-Of``): read per request by the HTTP guard.
         self.delegation = Delegation(config, owner_uid)
@@ -288,7 +292,7 @@ class Policy:
         so every connection of the same caller shares one entry.
         """
         i = identity
-        who = (i.transport, i.uid, i.user, i.groups, i.key_id, i.cert, i.person, i.roles)
+        who = (i.transport, i.uid, i.user, i.groups, i.key_id, i.cert, i.fleet_key, i.person, i.roles)
         key = (who, spec.qualname, op.name)
         try:
             return self._cache[key]
@@ -379,11 +383,13 @@ def _requirement(spec: ActionSpec) -> tuple[Subject, ...]:
         ) from None
 
 
-def _compile(index: int, rule: PolicyRule, key_ids: frozenset[str], namespaces: frozenset[str]) -> _Rule:
+def _compile(
+    index: int, rule: PolicyRule, key_ids: Mapping[str, frozenset[str]], namespaces: frozenset[str]
+) -> _Rule:
     label = _label(index, rule)
     subjects = tuple(parse_subject(s, namespaces) for s in rule.subjects)
     for subject in subjects:
-        if subject.kind == "key" and subject.value not in key_ids:
-            known = ", ".join(sorted(key_ids)) or "(none)"
-            raise PolicyError(f"{label}: subject '{subject}' names no key in [[auth.keys]]; keys: {known}")
+        unknown = unknown_key(subject, key_ids)
+        if unknown is not None:
+            raise PolicyError(f"{label}: {unknown}")
     return _Rule(label, subjects, tuple(parse_pattern(p) for p in rule.actions), rule.override)

@@ -26,6 +26,7 @@ from pymgr.cli._session import (
 )
 from pymgr.cli.console import console_app
 from pymgr.cli.daemon import LogFormatChoice, daemon_app
+from pymgr.cli.fleet import fleet_app
 from pymgr.cli.service import service_app
 from pymgr.cli.serve import SERVE_HELP, SERVE_OPTIONS, run_serve
 from pymgr.cli.tasks import tasks_app
@@ -47,6 +48,7 @@ app.add_typer(tasks_app, name="tasks")
 app.add_typer(daemon_app, name="daemon")
 app.add_typer(service_app, name="service")
 app.add_typer(console_app, name="console")
+app.add_typer(fleet_app, name="fleet")
 
 
 def _print_version(value: bool) -> None:

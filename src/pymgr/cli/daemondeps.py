@@ -35,6 +35,13 @@ DAEMON_MODULES: dict[str, tuple[str, str]] = {
 #: What a light install is told to run.
 INSTALL_HINT = "pip install 'pymgr[daemon]'"
 
+#: The ``fleet`` extra's distributions and the module each provides: a daemon with a ``[fleet]``
+#: section and the ``pymgr fleet`` commands need them; nothing else imports them.
+FLEET_MODULES: dict[str, str] = {"redis": "redis", "cryptography": "cryptography"}
+
+#: What an install without the fleet extra is told to run.
+FLEET_INSTALL_HINT = "pip install 'pymgr[fleet]'"
+
 
 def _required_here(where: str) -> bool:
     return where == "any" or (where == "win32") == (sys.platform == "win32")
@@ -45,6 +52,16 @@ def missing_daemon_module() -> str | None:
     for module, where in DAEMON_MODULES.values():
         if _required_here(where) and importlib.util.find_spec(module) is None:
             return module
+    return None
+
+
+def no_fleet_message(command: str) -> str | None:
+    """The one-line error for ``command`` when the fleet extra is missing; ``None`` if it can run."""
+    for module in FLEET_MODULES.values():
+        if importlib.util.find_spec(module) is None:
+            return (
+                f"error: {command} needs the fleet's dependencies ({module} is missing): {FLEET_INSTALL_HINT}"
+            )
     return None
 
 

@@ -9,13 +9,14 @@ on the way before ``O_NOFOLLOW`` or a trust check could see it. The file
 itself must be one only root or the daemon's user can change (``_configtrust``).
 
 One module per concern: ``listeners`` (``[http]``, ``[legacy]``), ``tasks``
-(``[tasks]``), ``service`` (``[service]``), ``file`` (the root model, the
+(``[tasks]``), ``service`` (``[service]``), ``fleet`` (``[fleet]``), ``file`` (the root model, the
 small tables and ``load_config``). The tables of other concerns live beside
 their code: ``auth.settings``, ``auth.policy``, ``modules.commandspec``,
 ``core.paramspec``. Import every name from ``pymgr.config``.
 """
 
 from pymgr.config.file import Config, ConfigError, ModulesConfig, SecurityConfig, load_config
+from pymgr.config.fleet import FleetConfig, FleetKeyConfig
 from pymgr.config.listeners import HttpConfig, LegacyConfig
 from pymgr.config.service import ServiceConfig
 from pymgr.config.tasks import CgroupConfig, Rlimit, RlimitsConfig, TasksConfig, TaskTypeConfig
@@ -24,6 +25,8 @@ __all__ = [
     "CgroupConfig",
     "Config",
     "ConfigError",
+    "FleetConfig",
+    "FleetKeyConfig",
     "HttpConfig",
     "LegacyConfig",
     "ModulesConfig",

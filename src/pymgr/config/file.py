@@ -21,6 +21,7 @@ from pymgr.auth.audit import refused_path_beside
 from pymgr.auth.policy import PolicyConfig
 from pymgr.auth.policyconfig import validation_context
 from pymgr.auth.settings import AuditConfig, AuthConfig, LimitsConfig, check_audit_read_fits
+from pymgr.config.fleet import FleetConfig
 from pymgr.config.listeners import HttpConfig, LegacyConfig
 from pymgr.config.section import Section
 from pymgr.config.service import ServiceConfig
@@ -67,6 +68,8 @@ class Config(Section):
     #: Commands served as actions, by name (docs/security.md, "Commands").
     commands: dict[str, CommandConfig] = Field(default_factory=dict)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
+    #: This daemon as a fleet member (docs/fleet.md); None: not one, and Redis is never imported.
+    fleet: FleetConfig | None = None
     security: SecurityConfig = Field(default_factory=SecurityConfig)
 
     @model_validator(mode="after")
@@ -108,6 +111,7 @@ class Config(Section):
                     name: c.model_copy(update={"cwd": absolute(c.cwd)}) for name, c in self.commands.items()
                 },
                 "tasks": self.tasks.model_copy(update={"types": types}),
+                "fleet": None if self.fleet is None else self.fleet.resolve_paths(absolute),
                 "service": self.service.model_copy(
                     update={
                         "pidfile": absolute(self.service.pidfile),

@@ -15,7 +15,7 @@ from typing import Any
 class Identity:
     """The caller of one request, as the daemon sees it."""
 
-    #: "unix", "tcp", "legacy" or "internal" (the daemon itself).
+    #: "unix", "tcp", "legacy", "fleet" (a signed fleet job) or "internal" (the daemon itself).
     transport: str
     uid: int | None = None
     gid: int | None = None
@@ -28,6 +28,8 @@ class Identity:
     cert: str | None = None
     #: The peer's address for network transports ("host:port").
     peer: str | None = None
+    #: The fleet key id a fleet job was signed with (``fleet:ID`` in the policy; docs/fleet.md).
+    fleet_key: str | None = None
     #: The person a delegate acts for (``NAMESPACE:NAME``, ``console:alice``); the fields above are then the
     #: delegate's, and the policy sees only the person and ``roles`` (``auth/delegation.py``).
     person: str | None = None

@@ -33,7 +33,7 @@ def _doc(text: str) -> Any:
 class Caller(TypedDict):
     """Who called, as the daemon saw it (``Identity.to_dict``)."""
 
-    transport: Annotated[str, _doc("unix, tcp, legacy or internal (the daemon itself)")]
+    transport: Annotated[str, _doc("unix, tcp, legacy, fleet (a fleet job) or internal (the daemon itself)")]
     uid: int | None
     gid: int | None
     pid: int | None
@@ -41,6 +41,7 @@ class Caller(TypedDict):
     groups: list[str]
     key_id: Annotated[str | None, _doc("The HMAC key id of a signed TCP request")]
     cert: Annotated[str | None, _doc("The common name of a verified TLS client certificate")]
+    fleet_key: Annotated[str | None, _doc("The fleet key a fleet job was signed with (docs/fleet.md)")]
     peer: Annotated[str | None, _doc("host:port of a network peer")]
     person: Annotated[
         str | None, _doc("The person a delegate acted for (NAMESPACE:NAME; docs/security.md, 'Delegation')")

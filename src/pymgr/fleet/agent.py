@@ -1,0 +1,277 @@
+"""The fleet agent: this daemon's member of the fleet, a task in its event loop (started when ``[fleet]`` is set).
+
+Rules:
+- It reads its host stream and one stream per tag in the consumer group
+  ``keyspace.GROUP``, its host id as consumer (``XREADGROUP``): a tag's job
+  goes to exactly one host with the tag.
+- Every entry is decoded and checked (``jobs.py``: a known key's signature,
+  for the stream it came from, not older than ``max_age_s``). A refused entry
+  is counted among the audit's refusals, logged, marked ``refused`` in its
+  job's hash when the id can be read, and acknowledged: it will never pass.
+- An accepted job runs through ``runner.py`` (the local policy and audit,
+  the task key that keeps it from running twice). Its entry is acknowledged
+  (``XACK``) only after its final state is written; until then it stays in
+  the pending-entries list.
+- When Redis goes away the agent waits (0.1 s, doubling up to
+  ``reconnect_max_s``) and starts over: it makes the groups again if Redis
+  lost them, re-reads its own pending entries from id 0 and takes up each
+  one that is not already running here. A pending task job whose run is in
+  the task store is followed whatever its age (it was accepted before); a
+  fresh entry must be younger than ``max_age_s``.
+- Reports into Redis (``write``) retry the same way, so a run that ends
+  while Redis is down is reported when it is back.
+- A heartbeat key (``fleet:hb:<host>``: tags, running jobs, time) lives
+  ``lease_s`` and is refreshed every third of it.
+- No more than ``max_jobs`` jobs are open at once: the agent reads none
+  while that many are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from pymgr.auth.audit import Auditor
+from pymgr.config import FleetConfig
+from pymgr.core.dispatch import CallHandler
+from pymgr.fleet import jobs
+from pymgr.fleet.jobs import Job, JobRefused
+from pymgr.fleet.keys import load_public_key, read_secret_file
+from pymgr.fleet.keyspace import GROUP, HOSTS, JobState, heartbeat_key, job_key
+from pymgr.fleet.runner import JobRunner
+from pymgr.tasks.manager import TaskManager
+
+__all__ = ["FleetAgent"]
+
+log = logging.getLogger("pymgr.fleet")
+
+#: What a lost or restarting Redis raises: the agent waits and starts over.
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+#: The first wait after Redis went away; it doubles up to ``[fleet] reconnect_max_s``.
+FIRST_BACKOFF_S = 0.1
+
+
+class FleetAgent:
+    """Takes this host's fleet jobs from Redis and runs them through the daemon.
+
+    Raises (at construction):
+        FleetKeyError: a key or the password file cannot be used.
+    """
+
+    def __init__(
+        self,
+        config: FleetConfig,
+        dispatcher: CallHandler,
+        tasks: TaskManager | None,
+        auditor: Auditor | None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self._keys = {key.id: load_public_key(key.key_file) for key in config.keys}
+        password = None if config.password_file is None else read_secret_file(config.password_file)
+        # Any: redis-py types each command's reply as the union of its sync and async forms.
+        self._redis: Any = aioredis.from_url(
+            config.redis_url,
+            username=config.username,
+            password=password,
+            socket_connect_timeout=config.block_s + 1,
+            socket_timeout=config.block_s + 5,
+        )
+        self._auditor = auditor
+        self._clock = clock
+        self._streams = [f"fleet:host:{config.host_id}", *(f"fleet:tag:{tag}" for tag in config.tags)]
+        self._runner = JobRunner(
+            config.host_id,
+            dispatcher,
+            tasks,
+            self.write,
+            poll_s=config.poll_s,
+            output_max_entries=config.output_max_entries,
+            output_chunk_bytes=config.output_chunk_bytes,
+        )
+        #: The jobs running now, by (stream, entry id).
+        self._open: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._freed = asyncio.Event()
+        #: Action jobs run here, by id, with when they can be forgotten (older jobs are refused as too old).
+        self._actions_done: dict[str, float] = {}
+        self._backoff_s = FIRST_BACKOFF_S
+        self._main: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        """Start serving in the running event loop."""
+        self._main = asyncio.create_task(self._serve(), name="pymgr-fleet")
+        log.info(
+            "fleet: host %s, tags %s, redis %s",
+            self._config.host_id,
+            self._config.tags,
+            self._config.redis_url,
+        )
+
+    async def aclose(self) -> None:
+        """Stop reading and following: unacknowledged jobs stay pending in Redis for the next start."""
+        # The flag as well as the cancel: redis-py may turn a cancelled read into a connection error,
+        # which the loops below take for Redis going away and would wait out forever.
+        self._closing = True
+        pending = [task for task in (self._main, *self._open.values()) if task is not None]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        await self._redis.aclose()
+
+    async def write(self, operation: Callable[[Any], Awaitable[Any]]) -> None:
+        """Run one Redis operation until Redis takes it, waiting between attempts as reconnecting does."""
+        wait_s = FIRST_BACKOFF_S
+        while True:
+            if self._closing:  # unwritten: the entry stays pending, and is taken up at the next start
+                raise asyncio.CancelledError
+            try:
+                await operation(self._redis)
+                return
+            except REDIS_DOWN as exc:
+                log.debug("fleet: a report waits for Redis (%s)", exc)
+                await asyncio.sleep(wait_s)
+                wait_s = min(wait_s * 2, self._config.reconnect_max_s)
+
+    # --- the read loop -----------------------------------------------------
+
+    async def _serve(self) -> None:
+        while not self._closing:
+            try:
+                await self._session()
+            except REDIS_DOWN as exc:
+                self._retry_later(f"Redis is unreachable ({exc})")
+            except ResponseError as exc:  # NOGROUP: Redis restarted without its data
+                self._retry_later(f"Redis answered {exc}")
+            await asyncio.sleep(self._backoff_s)
+            self._backoff_s = min(self._backoff_s * 2, self._config.reconnect_max_s)
+
+    def _retry_later(self, why: str) -> None:
+        log.warning("fleet: %s; trying again in %.1f s", why, self._backoff_s)
+
+    async def _session(self) -> None:
+        for stream in self._streams:
+            try:
+                await self._redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        self._backoff_s = FIRST_BACKOFF_S
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            await self._read_pending()
+            while not self._closing:
+                await self._read_new()
+        finally:
+            heartbeat.cancel()
+
+    async def _read_pending(self) -> None:
+        """This host's entries read before but never acknowledged: from id 0, page by page."""
+        after = {stream: "0" for stream in self._streams}
+        while after:
+            reply = await self._redis.xreadgroup(GROUP, self._config.host_id, after, count=100)
+            for stream_name, entries in reply or []:
+                stream = _text(stream_name)
+                if not entries:
+                    after.pop(stream, None)
+                    continue
+                for entry_id, fields in entries:
+                    after[stream] = _text(entry_id)
+                    await self._take(stream, _text(entry_id), fields, pending=True)
+            if not reply:
+                return
+
+    async def _read_new(self) -> None:
+        while len(self._open) >= self._config.max_jobs:
+            self._freed.clear()
+            await self._freed.wait()
+        room = self._config.max_jobs - len(self._open)
+        block_ms = int(self._config.block_s * 1000)
+        streams = {stream: ">" for stream in self._streams}
+        reply = await self._redis.xreadgroup(GROUP, self._config.host_id, streams, count=room, block=block_ms)
+        for stream_name, entries in reply or []:
+            for entry_id, fields in entries:
+                await self._take(_text(stream_name), _text(entry_id), fields, pending=False)
+
+    # --- one entry ---------------------------------------------------------
+
+    async def _take(self, stream: str, entry_id: str, fields: Any, *, pending: bool) -> None:
+        if (stream, entry_id) in self._open or fields is None:  # running already; or deleted (XDEL)
+            if fields is None:
+                await self._redis.xack(stream, GROUP, entry_id)
+            return
+        try:
+            signed = jobs.decode(fields)
+            accepted = pending and self._runner.accepted_before(signed.job)
+            max_age_s = math.inf if accepted else self._config.max_age_s
+            job = jobs.check(signed, self._keys, stream=stream, now=self._clock(), max_age_s=max_age_s)
+        except JobRefused as exc:
+            await self._refuse(stream, entry_id, exc)
+            return
+        if job.id in self._actions_done:  # a redelivered action job: it ran here once already
+            log.info("fleet: action job %s ran here already; acknowledged again, not run", job.id)
+            await self._redis.xack(stream, GROUP, entry_id)
+            return
+        task = asyncio.create_task(self._run(stream, entry_id, job), name=f"pymgr-fleet-job-{job.id}")
+        self._open[(stream, entry_id)] = task
+
+    async def _run(self, stream: str, entry_id: str, job: Job) -> None:
+        started = time.monotonic()
+        try:
+            final = await self._runner.run(job)
+            if job.kind == "action":
+                self._remember(job)
+            await self.write(lambda r: r.xack(stream, GROUP, entry_id))
+            elapsed = time.monotonic() - started
+            log.info("%6.2fs fleet job %s %s:%s -> %s", elapsed, job.id, job.kind, job.type, final["state"])
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug: the entry stays pending and is taken up again at the next start
+            log.exception("fleet job %s failed in the agent; this is a bug", job.id)
+        finally:
+            self._open.pop((stream, entry_id), None)
+            self._freed.set()
+
+    def _remember(self, job: Job) -> None:
+        now = self._clock()
+        done = self._actions_done
+        for job_id, forget_at in list(done.items()):
+            if forget_at < now:
+                del done[job_id]
+        done[job.id] = job.submitted_at + self._config.max_age_s
+
+    async def _refuse(self, stream: str, entry_id: str, exc: JobRefused) -> None:
+        log.warning("fleet: refused entry %s of %s: %s", entry_id, stream, exc)
+        if self._auditor is not None:
+            self._auditor.refused(stream, "fleet", "fleet.job", exc.reason)
+        if exc.job_id is not None:
+            fields = {"state": JobState.REFUSED.value, "error": str(exc), "refused_by": self._config.host_id}
+            await self._redis.hset(job_key(exc.job_id), mapping=fields)
+        await self._redis.xack(stream, GROUP, entry_id)
+
+    async def _heartbeat(self) -> None:
+        ttl_s = max(1, math.ceil(self._config.lease_s))
+        while True:
+            beat = {"host": self._config.host_id, "tags": self._config.tags, "running": len(self._open)}
+            beat["at"] = round(self._clock(), 3)
+            try:
+                await self._redis.set(heartbeat_key(self._config.host_id), json.dumps(beat), ex=ttl_s)
+                await self._redis.sadd(HOSTS, self._config.host_id)
+            except REDIS_DOWN:
+                pass  # the read loop notices and reconnects
+            await asyncio.sleep(self._config.lease_s / 3)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,58 @@
+"""The fleet's Redis keys and the states a job's hash goes through: one list, for hosts and submitters.
+
+Keys (docs/fleet.md, "The key layout"):
+- ``fleet:host:<id>``, ``fleet:tag:<tag>``: the job streams (``jobs.Target.stream``);
+  every host reads them in the consumer group ``GROUP``, its host id as consumer name.
+- ``fleet:job:<id>``: the job's hash (``JobState`` in ``state``; who received it, progress, exit).
+- ``fleet:job:<id>:out``: its output, a stream capped by ``[fleet] output_max_entries``.
+- ``fleet:hb:<host>``: the host's heartbeat (JSON), expiring after ``[fleet] lease_s``.
+- ``fleet:hosts``: the set of host ids that ever sent a heartbeat.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+#: The consumer group of every job stream: one group per stream, shared by every host that reads it,
+#: so a job on a tag stream goes to exactly one of them.
+GROUP = "pymgr"
+#: The set of every host id that has sent a heartbeat.
+HOSTS = "fleet:hosts"
+
+
+class JobState(str, Enum):
+    """Where a fleet job is, as its hash's ``state`` says."""
+
+    #: Written by the submitter with the job; no host has read it yet.
+    QUEUED = "queued"
+    #: A host read it, checked it and took it (``received_by``).
+    RECEIVED = "received"
+    #: Its task run is running on the host (``task_id``).
+    RUNNING = "running"
+    #: It ended well: the run exited 0, or the action returned (``result``).
+    SUCCEEDED = "succeeded"
+    #: The run exited non-zero, was killed, or the action raised (``error``, ``code``).
+    FAILED = "failed"
+    #: The run was stopped on the host.
+    STOPPED = "stopped"
+    #: The host would not run it: bad signature, too old, not for this host, or its policy (``error``).
+    REFUSED = "refused"
+
+
+#: The states a job does not leave.
+FINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.REFUSED})
+
+
+def job_key(job_id: str) -> str:
+    """The hash of a job."""
+    return f"fleet:job:{job_id}"
+
+
+def output_key(job_id: str) -> str:
+    """The output stream of a job."""
+    return f"fleet:job:{job_id}:out"
+
+
+def heartbeat_key(host_id: str) -> str:
+    """The heartbeat of a host."""
+    return f"fleet:hb:{host_id}"

@@ -1,0 +1,62 @@
+"""``pymgr fleet``: the console script against a real Redis and a real fleet member."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import PYMGR, Daemon
+from tests.fleet.conftest import KEY_ID
+
+
+def pymgr(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(PYMGR), *argv], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_keygen_submit_show_and_hosts(
+    start_host: Callable[..., Daemon], redis_url: str, tmp_path: Path
+) -> None:
+    out = pymgr("fleet", "keygen", "ops", "--dir", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "ops.key").stat().st_mode & 0o777 == 0o600
+    assert pymgr("fleet", "keygen", "ops", "--dir", str(tmp_path)).returncode == 1  # never overwritten
+    host = start_host("a", ("scanner",))
+    signing = [
+        "--redis",
+        redis_url,
+        "--key-id",
+        KEY_ID,
+        "--signing-key",
+        str(host.dir.parent / "keys" / "console.key"),
+    ]
+    out = pymgr("--json", "fleet", "submit", "echo", "word=from-cli", "--tag", "scanner", "--wait", *signing)
+    assert out.returncode == 0, out.stderr
+    job = json.loads(out.stdout)
+    assert (job["state"], job["received_by"], job["exit_code"]) == ("succeeded", "a", 0)
+    out = pymgr("fleet", "show", job["id"], "--config", str(host.dir / "pymgr.toml"))
+    assert out.returncode == 0, out.stderr
+    assert "received_by: a\n" in out.stdout and "state: succeeded\n" in out.stdout
+    out = pymgr("--json", "fleet", "hosts", "--redis", redis_url)
+    [entry] = json.loads(out.stdout)
+    assert (entry["id"], entry["tags"], entry["alive"]) == ("a", ["scanner"], True)
+
+
+def test_submit_says_what_is_wrong(start_host: Callable[..., Daemon], redis_url: str, tmp_path: Path) -> None:
+    pymgr("fleet", "keygen", KEY_ID, "--dir", str(tmp_path))
+    signing = ["--redis", redis_url, "--key-id", KEY_ID, "--signing-key", str(tmp_path / f"{KEY_ID}.key")]
+    out = pymgr("fleet", "submit", "echo", "word=x", *signing)
+    assert (out.returncode, out.stderr) == (2, "error: give --host ID or --tag TAG (exactly one)\n")
+    out = pymgr("fleet", "submit", "echo", "--host", "a", "--redis", redis_url)
+    assert out.returncode == 2 and "submitting needs --key-id ID and --signing-key FILE" in out.stderr
+    out = pymgr("fleet", "submit", "echo", "word=x", "--host", "nobody", "--timeout", "0.5", *signing)
+    assert (
+        out.returncode == 3
+        and "was not taken within 0.5 s (state: queued); the job stays queued" in out.stderr
+    )
+    (tmp_path / f"{KEY_ID}.key").chmod(0o644)
+    out = pymgr("fleet", "submit", "echo", "--host", "a", *signing)
+    assert out.returncode == 1 and "others may read it; run chmod 600" in out.stderr
+    out = pymgr("fleet", "show", "nope", "--redis", redis_url)
+    assert out.returncode == 1 and "no fleet job 'nope'" in out.stderr
