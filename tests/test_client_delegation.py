@@ -15,9 +15,16 @@ from tests.conftest import Daemon
 from tests.test_daemon_delegation import CONFIG, UID
 
 
+#: The delegate may also call as itself (``own_calls``): the tests below hold the client apart from its views.
+OWN_CALLS_CONFIG = CONFIG.replace(
+    'roles = ["operators", "auditors"]', 'roles = ["operators", "auditors"]\nown_calls = true'
+)
+
+
 @pytest.fixture
 def console(start_daemon: Callable[..., Daemon]) -> Daemon:
-    return start_daemon(CONFIG)
+    assert OWN_CALLS_CONFIG != CONFIG
+    return start_daemon(OWN_CALLS_CONFIG)
 
 
 def test_the_header_names_are_the_daemons() -> None:
