@@ -1,4 +1,4 @@
-"""The console's Starlette app: its state (``Console``), its routes, and what every page shares.
+"""The console's Starlette app: its routes (the state they share is ``state.Console``), and what every page shares.
 
 Rules:
 - Each page runs as the person signed in: ``Console.person(request)`` is the session's
@@ -12,74 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
-from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from pymgr.client import AsyncClient, ConnectionFailed
-from pymgr.console import users
+from pymgr.client import ConnectionFailed
 from pymgr.console.config import ConsoleConfig
-from pymgr.console.hub import EventHub
-from pymgr.console.sessions import Session, Sessions
-from pymgr.console.throttle import LoginThrottle
 from pymgr.console.websec import BodyLimit, SecurityHeaders, same_site, token_matches
 from pymgr.errors import PymgrError
 
-HERE = Path(__file__).parent
-#: The session cookie's name (a name with the __Host- prefix when served over HTTPS: host-only, Secure).
-COOKIE = "pymgr_console"
-SECURE_COOKIE = "__Host-pymgr_console"
-
-
-class Console:
-    """What the routes share: settings, the daemon client, sessions, login limits, templates, events."""
-
-    def __init__(self, config: ConsoleConfig, clock: Callable[[], float] | None = None) -> None:
-        self.config = config
-        self.client = AsyncClient(socket=config.socket, timeout_s=config.daemon_timeout_s)
-        clock = clock or time.monotonic
-        self.sessions = Sessions(config.session_idle_s, config.session_absolute_s, config.max_sessions, clock)
-        self.throttle = LoginThrottle(
-            config.login_free_failures, config.login_delay_s, config.login_max_delay_s, clock
-        )
-        self.hub = EventHub(self.client, config.stream_queue_size, config.max_event_streams)
-        self.templates = Environment(
-            loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True)
-        )
-        self._users: dict[str, users.User] = {}
-        self._users_mtime: float | None = None
-
-    def users(self) -> dict[str, users.User]:
-        """The users file, read again when it changed (``adduser`` needs no restart)."""
-        path = self.config.users_file
-        mtime = path.stat().st_mtime if path.exists() else None
-        if mtime != self._users_mtime:
-            self._users, self._users_mtime = users.load(path), mtime
-        return self._users
-
-    def session(self, request: Request) -> tuple[str | None, Session | None]:
-        token = request.cookies.get(SECURE_COOKIE) or request.cookies.get(COOKIE)
-        return token, self.sessions.get(token)
-
-    def person(self, session: Session) -> AsyncClient:
-        return self.client.acting_for(session.user, session.roles)
-
-    def render(self, request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
-        page = self.templates.get_template(name).render(request=request, **context)
-        return HTMLResponse(page, status_code=status)
-
-
-Handler = Callable[[Request, Console, Session], Awaitable[Response]]
+from pymgr.console.state import HERE, Console, Handler
 
 
 def page(handler: Handler, state_changing: bool = False) -> Callable[[Request], Awaitable[Response]]:

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from pymgr.console.sessions import Session
 
 if TYPE_CHECKING:
-    from pymgr.console.app import Console
+    from pymgr.console.state import Console
 
 #: The query names the page passes on to ``audit.read``.
 FILTERS = ("since", "until", "subject", "action", "outcome", "before")

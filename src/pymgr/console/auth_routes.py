@@ -24,7 +24,7 @@ from pymgr.console import users
 from pymgr.console.websec import same_site, token_matches
 
 if TYPE_CHECKING:
-    from pymgr.console.app import Console
+    from pymgr.console.state import Console
 
 log = logging.getLogger("pymgr.console")
 

@@ -28,7 +28,7 @@ from pymgr.errors import PymgrError
 from pymgr.keeper.progress import ProgressLineFilter
 
 if TYPE_CHECKING:
-    from pymgr.console.app import Console, Handler
+    from pymgr.console.state import Console, Handler
 
 #: Modules with pages of their own rather than forms on the actions page.
 OWN_PAGES = {"tasks", "audit"}

@@ -28,7 +28,7 @@ from pymgr.errors import PymgrError
 from pymgr.keeper.progress import ProgressLineFilter
 
 if TYPE_CHECKING:
-    from pymgr.console.app import Console
+    from pymgr.console.state import Console
 
 HEARTBEAT_S = 15.0
 SSE_HEADERS = {"cache-control": "no-store", "x-accel-buffering": "no"}
