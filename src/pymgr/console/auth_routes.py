@@ -21,6 +21,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from pymgr.console import users
+from pymgr.console.state import COOKIE, SECURE_COOKIE
 from pymgr.console.websec import same_site, token_matches
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ async def login(request: Request) -> Response:
 
 def _set_session_cookie(request: Request, reply: Response, token: str) -> None:
     secure = request.url.scheme == "https"
-    name = "__Host-pymgr_console" if secure else "pymgr_console"
+    name = SECURE_COOKIE if secure else COOKIE
     reply.set_cookie(name, token, httponly=True, samesite="strict", secure=secure, path="/")
 
 
@@ -105,7 +106,7 @@ async def logout(request: Request) -> Response:
     if session is not None:
         log.info("logout of %s", session.user)
     reply = RedirectResponse("/login", 303)
-    for name in ("pymgr_console", "__Host-pymgr_console"):
+    for name in (COOKIE, SECURE_COOKIE):
         reply.delete_cookie(
             name, path="/", secure=name.startswith("__Host-"), httponly=True, samesite="strict"
         )
