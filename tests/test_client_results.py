@@ -119,7 +119,7 @@ def test_a_progress_event_has_its_progress_and_a_state_event_none() -> None:
 
 
 def test_an_action_and_a_module_keep_task_types_only_where_sent() -> None:
-    typed = {"name": "start", "doc": "", "read_only": False, "params": {}, "allowed": True}
+    typed = {"name": "start", "doc": "", "read_only": False, "dangerous": True, "params": {}, "allowed": True}
     marks = {**typed, "task_types": {"scan": True, "backup": False}}
     module = {"name": "tasks", "doc": "Tasks.", "actions": [typed, marks]}
     read = ModuleInfo.from_json(module)

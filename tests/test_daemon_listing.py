@@ -101,6 +101,8 @@ def test_root_may_call_everything_and_allowed_true_lists_the_same(daemon: Daemon
     actions = by_name(listing)
     assert {"demo.echo", "demo.root_only", "tasks.list", *TYPED} <= actions.keys()
     assert all(a["allowed"] for a in actions.values())
+    dangerous = {name for name, a in actions.items() if a["dangerous"]}
+    assert {"demo.reboot", "tasks.stop"} <= dangerous and not {"demo.echo", "tasks.start"} & dangerous
     for typed in TYPED:
         assert actions[typed]["task_types"] == {"echo": True, "scan": True}
 

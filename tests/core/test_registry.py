@@ -15,7 +15,7 @@ class Firewall(Module):
 
     name = "firewall"
 
-    @action(allow=["group:www-data"])
+    @action(allow=["group:www-data"], dangerous=True)
     async def allow_port(self, port: int = Field(ge=1, le=65535), proto: str = "tcp") -> str:
         """Open one port."""
         return f"{proto}/{port}"
@@ -121,6 +121,8 @@ def test_describe_lists_modules_and_actions() -> None:
     assert module["name"] == "firewall" and module["doc"] == "Open and close ports."
     assert [a["name"] for a in module["actions"]] == ["allow_port", "list"]
     assert module["actions"][1]["read_only"] is True
+    # dangerous: what a front end asks to confirm; off unless the action says so
+    assert [a["dangerous"] for a in module["actions"]] == [True, False]
 
 
 class Gauge(Module):

@@ -185,7 +185,7 @@ async def test_run_as_a_user() -> None:
 
 async def test_a_module_name_from_config_and_the_schema_clients_see() -> None:
     d = dispatcher(
-        reload={"module": "nginx", "argv": ["/bin/true"], "doc": "Reload nginx.", "read_only": False},
+        reload={"module": "nginx", "argv": ["/bin/true"], "doc": "Reload nginx.", "dangerous": True},
         port={
             "module": "nginx",
             "argv": ["/bin/echo", "{port}"],
@@ -194,6 +194,7 @@ async def test_a_module_name_from_config_and_the_schema_clients_see() -> None:
     )
     [module] = d.registry.describe()
     assert module["name"] == "nginx" and [a["name"] for a in module["actions"]] == ["port", "reload"]
+    assert [a["dangerous"] for a in module["actions"]] == [False, True]
     schema = module["actions"][0]["params"]
     assert schema["properties"]["port"] == {
         "description": "TCP port",

@@ -173,8 +173,10 @@ def _render_modules(modules: list[dict[str, Any]]) -> Table:
 
 
 def _action_marks(act: dict[str, Any]) -> str:
-    """`` (read-only)``, then `` (not allowed)`` or, for a typed task action, the types allowed."""
+    """`` (read-only)`` or `` (dangerous)``, then `` (not allowed)`` or, for a typed task action, the
+    types allowed."""
     marks = " (read-only)" if act.get("read_only") else ""
+    marks += " (dangerous)" if act.get("dangerous") else ""
     if act.get("allowed") is False:
         return marks + " (not allowed)"
     types = act.get("task_types")

@@ -217,6 +217,8 @@ class ActionInfo:
     name: str
     doc: str
     read_only: bool
+    #: Hard to undo (a reboot, a delete): ask the person before calling it.
+    dangerous: bool
     #: The JSON Schema of its parameters.
     params: JsonObject
     #: Whether the daemon's policy lets this caller call it.
@@ -231,6 +233,7 @@ class ActionInfo:
             name=f.text("name"),
             doc=f.text("doc"),
             read_only=f.flag("read_only"),
+            dangerous=f.flag("dangerous"),
             params=f.obj("params"),
             allowed=f.flag("allowed"),
             task_types=f.opt_flags("task_types"),
@@ -241,6 +244,7 @@ class ActionInfo:
             "name": self.name,
             "doc": self.doc,
             "read_only": self.read_only,
+            "dangerous": self.dangerous,
             "params": self.params,
             "allowed": self.allowed,
         }

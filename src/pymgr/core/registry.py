@@ -46,6 +46,9 @@ class ActionOptions:
     read_only: bool
     #: Only a rule naming the module grants it (``audit.read``, ``audit.*``): never ``*`` nor ``*:read``.
     explicit: bool = False
+    #: Hard to undo (a reboot, a delete, a kill): the listing says so, and people's front ends (the
+    #: console) ask for a confirmation first. A hint to clients; the policy alone decides who may call.
+    dangerous: bool = False
 
 
 def action(
@@ -55,6 +58,7 @@ def action(
     allow: Iterable[str] | None = None,
     read_only: bool = False,
     explicit: bool = False,
+    dangerous: bool = False,
 ) -> Any:
     """Mark a method of a ``Module`` as an action callers may invoke.
 
@@ -66,6 +70,9 @@ def action(
         explicit: only a policy pattern that names the module grants it (``audit.read``, ``audit.*``);
             a wildcard over modules (``*``, ``*:read``, ``*.read``) never does. For actions whose
             reach goes beyond what a read-anything role was written for (the audit log).
+        dangerous: the action is hard to undo (a reboot, a delete, a kill): ``GET /v1/modules`` marks
+            it, and the console asks the person to confirm (and, after a while, for their password)
+            before it calls. It grants and refuses nothing: that stays the policy's.
     """
 
     def mark(f: F) -> F:
@@ -76,6 +83,7 @@ def action(
             allow=tuple(allow) if allow is not None else None,
             read_only=read_only,
             explicit=explicit,
+            dangerous=dangerous,
         )
         setattr(f, _ACTION_ATTR, options)
         return f
@@ -154,6 +162,7 @@ class ActionSpec:
             "name": self.name,
             "doc": self.doc,
             "read_only": self.options.read_only,
+            "dangerous": self.options.dangerous,
             "params": self.params_model.model_json_schema(),
         }
 

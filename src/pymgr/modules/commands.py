@@ -279,7 +279,8 @@ def _action_for(command: Command) -> Any:
     run.__annotations__ = annotations
     run.__name__ = run.__qualname__ = command.name
     run.__doc__ = command.config.doc or f"Runs {command.config.argv[0]}."
-    return action(name=command.name, read_only=command.config.read_only)(run)
+    config = command.config
+    return action(name=command.name, read_only=config.read_only, dangerous=config.dangerous)(run)
 
 
 def command_modules(

@@ -60,6 +60,8 @@ class CommandConfig(BaseModel):
     cancel_on_disconnect: bool = False
     #: The command changes nothing: read-only roles (``*:read``) may call it.
     read_only: bool = False
+    #: Hard to undo: the action listing marks it, and the console asks before it calls (``@action``).
+    dangerous: bool = False
     doc: str = ""
 
     @field_validator("module")

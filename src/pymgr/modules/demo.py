@@ -12,10 +12,12 @@ from pymgr.core.registry import Module, action
 
 #: Longest demo sleep; enough to watch a graceful shutdown wait for a request.
 MAX_SLEEP_S = 60.0
+#: Longest reason a pretended reboot keeps (it is echoed back and written to the audit log).
+MAX_REASON_CHARS = 200
 
 
 class Demo(Module):
-    """Demo actions: echo params back, show the caller, sleep."""
+    """Demo actions: echo params back, show the caller, sleep, pretend to reboot."""
 
     name = "demo"
 
@@ -39,3 +41,13 @@ class Demo(Module):
         """Sleep, then reply: a slow request, to watch shutdown wait for it."""
         await asyncio.sleep(seconds)
         return {"slept_s": seconds}
+
+    @action(dangerous=True)
+    async def reboot(
+        self,
+        reason: str = Field(min_length=1, max_length=MAX_REASON_CHARS),
+        delay_s: int = Field(0, ge=0, le=3600),
+    ) -> dict[str, Any]:
+        """Pretend to reboot the machine (nothing happens): an action marked dangerous, which the console
+        asks to confirm before it calls."""
+        return {"rebooted": False, "would_reboot_in_s": delay_s, "reason": reason}

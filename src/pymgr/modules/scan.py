@@ -110,7 +110,7 @@ class Scan(Module):
         await self.manager.start_many(SCAN_TYPE, starts, caller)
         return "start ok"
 
-    @action
+    @action(dangerous=True)
     async def stop(self, task_ids: TaskIds, *, caller: Identity) -> str:
         """Stop the scan of each id; ids with no active scan are skipped."""
         for task_id in self._bounded(task_ids):

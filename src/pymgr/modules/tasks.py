@@ -112,7 +112,7 @@ class Tasks(Module):
         record = await self.manager.start(type, params, key, caller)
         return record.to_dict()
 
-    @action
+    @action(dangerous=True)
     async def stop(self, id: int, *, caller: Identity) -> shapes.TaskRecord:
         """Stop a run (SIGTERM, grace period, SIGKILL to its whole process tree)."""
         record = await self.manager.stop(id, caller)

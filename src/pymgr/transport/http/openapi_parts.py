@@ -176,11 +176,15 @@ _ERROR = {
 }
 _ACTION = {
     "type": "object",
-    "required": ["name", "doc", "read_only", "params", "allowed"],
+    "required": ["name", "doc", "read_only", "dangerous", "params", "allowed"],
     "properties": {
         "name": {"type": "string"},
         "doc": {"type": "string"},
         "read_only": {"type": "boolean"},
+        "dangerous": {
+            "type": "boolean",
+            "description": "Hard to undo (@action(dangerous=True)): a front end should ask before calling it",
+        },
         "params": {"type": "object", "description": "The params' JSON Schema"},
         "allowed": {
             "type": "boolean",
