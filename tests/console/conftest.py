@@ -8,6 +8,7 @@ an operator and an auditor (starts and stops scans, calls demo actions, reads th
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import socket
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -83,6 +85,11 @@ class Console:
     def http(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, follow_redirects=False)
 
+    def audit(self) -> list[dict[str, Any]]:
+        """The daemon's audit lines (its one file: the tests write few)."""
+        path = self.daemon.dir / "state" / "audit.log"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
     def login(self, name: str, password: str | None = None) -> httpx.Client:
         http = self.http()
         reply = submit_login(http, name, PASSWORDS[name] if password is None else password)
@@ -106,7 +113,7 @@ def submit_login(http: httpx.Client, name: str, password: str) -> httpx.Response
 def _serve(app: Starlette) -> tuple[str, uvicorn.Server, threading.Thread]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", proxy_headers=False))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -24,6 +24,7 @@ from starlette.staticfiles import StaticFiles
 
 from pymgr.client import ConnectionFailed
 from pymgr.console.config import ConsoleConfig
+from pymgr.console.proxy import ProxyTrust
 from pymgr.console.websec import BodyLimit, SecurityHeaders, same_site, token_matches
 from pymgr.errors import PymgrError
 
@@ -90,6 +91,7 @@ def create_app(config: ConsoleConfig, clock: Callable[[], float] | None = None) 
     ]
     middleware = [
         Middleware(SecurityHeaders),
+        Middleware(ProxyTrust, console=console),
         Middleware(BodyLimit, max_bytes=config.max_body_bytes),
         Middleware(TrustedHostMiddleware, allowed_hosts=config.allowed_hosts),
     ]

@@ -7,6 +7,9 @@ Rules:
   cannot sign a browser in under the attacker's account.
 - The cookie is HttpOnly and SameSite=Strict, and Secure (with the ``__Host-`` prefix) over HTTPS.
 - Neither a password nor a session id is ever logged; a failed login logs the name and address.
+- A person the sign-in proxy names (``proxy.py``) is not shown the login form, and signing out of
+  the console says that signing out is the proxy's (``proxy_logout_url``): the proxy would sign
+  them in again at their next request.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from pymgr.console import users
-from pymgr.console.state import COOKIE, SECURE_COOKIE
+from pymgr.console.state import COOKIE, SECURE_COOKIE, set_session_cookie
 from pymgr.console.websec import same_site, token_matches
 
 if TYPE_CHECKING:
@@ -53,6 +56,10 @@ def _login_page(request: Request, status: int = 200, message: str = "") -> Respo
 
 
 async def login_form(request: Request) -> Response:
+    console: Console = request.app.state.console
+    _, session = console.session(request)
+    if session is not None and session.via_proxy:  # the sign-in proxy has signed this person in
+        return RedirectResponse(_next(request), 303)
     return _login_page(request)
 
 
@@ -83,15 +90,9 @@ async def login(request: Request) -> Response:
     token, _ = console.sessions.create(user.name, user.roles)
     log.info("login of %s from %s", user.name, address)
     reply = RedirectResponse(_next(request), 303)
-    _set_session_cookie(request, reply, token)
+    set_session_cookie(request, reply, token)
     reply.delete_cookie(LOGIN_COOKIE, path="/login")
     return reply
-
-
-def _set_session_cookie(request: Request, reply: Response, token: str) -> None:
-    secure = request.url.scheme == "https"
-    name = SECURE_COOKIE if secure else COOKIE
-    reply.set_cookie(name, token, httponly=True, samesite="strict", secure=secure, path="/")
 
 
 async def logout(request: Request) -> Response:
@@ -105,7 +106,10 @@ async def logout(request: Request) -> Response:
     console.sessions.end(token)
     if session is not None:
         log.info("logout of %s", session.user)
-    reply = RedirectResponse("/login", 303)
+    reply: Response = RedirectResponse("/login", 303)
+    if session is not None and session.via_proxy:
+        # The proxy signed them in and would again at the next request: signing out is the proxy's.
+        reply = console.render(request, "signed_out.html", logout_url=console.config.proxy_logout_url)
     for name in (COOKIE, SECURE_COOKIE):
         reply.delete_cookie(
             name, path="/", secure=name.startswith("__Host-"), httponly=True, samesite="strict"

@@ -9,11 +9,17 @@ Rules:
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pymgr.console.users import ROLE
+
+#: An HTTP header's name (RFC 9110 token, letters, digits and '-' in practice).
+_HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 
 
 def _check_listen(value: str) -> str:
@@ -28,6 +34,18 @@ def _check_proxy(value: str) -> str:
         ipaddress.ip_network(value, strict=False)
     except ValueError:
         raise ValueError(f"a trusted proxy is an IP address or network (10.0.0.0/8), not {value!r}") from None
+    return value
+
+
+def _check_header(value: str | None) -> str | None:
+    if value is not None and not _HEADER_NAME.fullmatch(value):
+        raise ValueError(f"a header name is letters, digits and '-' (X-Remote-User), not {value!r}")
+    return value
+
+
+def _check_role(value: str) -> str:
+    if not ROLE.fullmatch(value):
+        raise ValueError(f"a role is 1 to 64 ASCII letters, digits and . _ -, not {value!r}")
     return value
 
 
@@ -58,8 +76,27 @@ class ConsoleConfig(BaseModel):
     #: Host names the console answers to (the Host header; "*" for any): a page of another name that
     #: resolves to this address (DNS rebinding) is refused. Behind a proxy: the name people use.
     allowed_hosts: list[str] = Field(default_factory=lambda: ["127.0.0.1", "localhost"], min_length=1)
-    #: Addresses whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's proxy headers).
+    #: Addresses whose X-Forwarded-For / X-Forwarded-Proto, and user header, are believed.
     trusted_proxies: list[Annotated[str, AfterValidator(_check_proxy)]] = Field(default_factory=list)
+    #: The header in which a sign-in proxy names the person (oauth2-proxy: X-Auth-Request-User); None:
+    #: people sign in with a password only. Believed from ``trusted_proxies`` only; from anyone else a
+    #: request carrying it is refused (docs/console.md, "Sign-in by a reverse proxy").
+    proxy_user_header: Annotated[str | None, AfterValidator(_check_header)] = None
+    #: The header with the person's groups, comma-separated (oauth2-proxy: X-Auth-Request-Groups); None:
+    #: roles are the users file's entry of that name, else ``proxy_default_roles``.
+    proxy_roles_header: Annotated[str | None, AfterValidator(_check_header)] = None
+    #: The roles taken from ``proxy_roles_header``; the proxy's other groups are ignored (an identity
+    #: provider sends many, and the daemon refuses a role its delegate may not assert).
+    proxy_roles: list[Annotated[str, AfterValidator(_check_role)]] = Field(default_factory=list)
+    #: The roles of a person the proxy names who has no entry in the users file (no roles header).
+    proxy_default_roles: list[Annotated[str, AfterValidator(_check_role)]] = Field(default_factory=list)
+    #: Where the proxy signs people out (oauth2-proxy: /oauth2/sign_out), linked from the console's logout.
+    proxy_logout_url: str | None = None
+    #: A dangerous action asks for the password again when the last one was typed longer ago than this
+    #: (GitHub's sudo mode: a few minutes); it always asks for a confirmation.
+    reauth_after_s: float = Field(300.0, gt=0)
+    #: A dangerous action's confirmation must come within this (the call it holds is then forgotten).
+    confirm_timeout_s: float = Field(300.0, gt=0)
     #: Most browsers watching events at once (each holds a queue and a connection).
     max_event_streams: int = Field(200, ge=1)
     #: Events a slow browser may fall behind before its stream is closed (its page reconnects).
@@ -70,6 +107,20 @@ class ConsoleConfig(BaseModel):
     page_size: int = Field(50, ge=1, le=1000)
     #: Seconds the console waits for a reply of the daemon.
     daemon_timeout_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _proxy_settings_fit(self) -> ConsoleConfig:
+        if self.proxy_user_header and not self.trusted_proxies:
+            raise ValueError(
+                "proxy_user_header needs trusted_proxies: the addresses of the proxy it is believed from"
+            )
+        if self.proxy_roles_header and not self.proxy_roles:
+            raise ValueError("proxy_roles_header needs proxy_roles: the roles the console takes from it")
+        if (self.proxy_roles_header or self.proxy_logout_url) and not self.proxy_user_header:
+            raise ValueError("proxy_roles_header and proxy_logout_url need proxy_user_header")
+        if self.proxy_logout_url and not self.proxy_logout_url.startswith(("https://", "http://", "/")):
+            raise ValueError(f"proxy_logout_url is a URL or a path, not {self.proxy_logout_url!r}")
+        return self
 
     def listen_host_port(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")

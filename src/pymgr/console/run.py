@@ -4,7 +4,8 @@ Rules:
 - Never serves as root: started as root, it becomes the configured ``user`` (its group and
   supplementary groups too) before it opens anything of the config's; with no ``user`` it refuses.
   It does not go back: the switch is checked by trying to regain uid 0.
-- uvicorn believes X-Forwarded-For / X-Forwarded-Proto only from ``trusted_proxies``.
+- uvicorn believes no X-Forwarded-For / X-Forwarded-Proto itself: the app does (``proxy.py``), from
+  ``trusted_proxies`` only, after it has read the TCP peer that the user header is trusted by.
 - Access lines carry the path, never a cookie (uvicorn's access log writes no headers); the
   console's own log lines never carry a password or a session id.
 """
@@ -108,8 +109,7 @@ def serve(config_path: Path) -> None:
         app,
         host=host,
         port=port,
-        proxy_headers=bool(config.trusted_proxies),
-        forwarded_allow_ips=config.trusted_proxies or None,
+        proxy_headers=False,  # the app's (proxy.py)
         server_header=False,
         log_level="info",
     )

@@ -10,6 +10,10 @@ Rules:
 - A session ends after ``idle_s`` unused or ``absolute_s`` after its login, whichever comes first,
   checked at every use; at most ``max_sessions`` are held (the least recently used one is ended).
 - Each session has its own CSRF token (``csrf``), sent in forms, never in a URL.
+- A session opened by a reverse proxy's user header (``via_proxy``, ``proxy.py``) holds no password:
+  it is believed only on requests that carry the header again, from a trusted proxy.
+- A dangerous call waits in its session (``pending``, at most ``MAX_PENDING``, the oldest dropped)
+  until the person confirms it: its params, secrets included, never go back into a page.
 """
 
 from __future__ import annotations
@@ -20,6 +24,21 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+#: Dangerous calls one session may hold unconfirmed: a person confirms one at a time; a few tabs
+#: are enough, and the bound keeps a session's memory small whatever a page posts.
+MAX_PENDING = 8
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCall:
+    """A dangerous call waiting for its confirmation (``actions_page``)."""
+
+    module: str
+    action: str
+    params: dict[str, Any]
+    created_s: float
 
 
 @dataclass(slots=True)
@@ -29,6 +48,20 @@ class Session:
     created_s: float
     seen_s: float
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    #: Signed in by the reverse proxy's user header, not by a password typed here.
+    via_proxy: bool = False
+    #: When the password was last typed here: the login, or a dangerous call's confirmation.
+    authenticated_s: float = 0.0
+    #: Dangerous calls waiting for their confirmation, by a random id.
+    pending: OrderedDict[str, PendingCall] = field(default_factory=OrderedDict)
+
+    def hold(self, call: PendingCall) -> str:
+        """Keep ``call`` until it is confirmed; its id (for the confirmation form)."""
+        call_id = secrets.token_urlsafe(16)
+        self.pending[call_id] = call
+        while len(self.pending) > MAX_PENDING:
+            self.pending.popitem(last=False)
+        return call_id
 
 
 def _key(token: str) -> str:
@@ -50,11 +83,11 @@ class Sessions:
     def __len__(self) -> int:
         return len(self._table)
 
-    def create(self, user: str, roles: tuple[str, ...]) -> tuple[str, Session]:
+    def create(self, user: str, roles: tuple[str, ...], via_proxy: bool = False) -> tuple[str, Session]:
         """A new session for ``user``: its id (for the cookie only) and the session."""
         now = self._clock()
         token = secrets.token_urlsafe(32)
-        session = Session(user, roles, created_s=now, seen_s=now)
+        session = Session(user, roles, created_s=now, seen_s=now, via_proxy=via_proxy, authenticated_s=now)
         self._table[_key(token)] = session
         while len(self._table) > self._max:
             self._table.popitem(last=False)

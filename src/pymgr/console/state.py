@@ -27,6 +27,8 @@ HERE = Path(__file__).parent
 #: The session cookie's name (a name with the __Host- prefix when served over HTTPS: host-only, Secure).
 COOKIE = "pymgr_console"
 SECURE_COOKIE = "__Host-pymgr_console"
+#: Where a request's scope keeps the session a sign-in proxy's header stands for (``proxy.py``).
+PROXY_SESSION = "pymgr.proxy_session"
 
 
 class Console:
@@ -56,6 +58,16 @@ class Console:
         return self._users
 
     def session(self, request: Request) -> tuple[str | None, Session | None]:
+        """The request's session: the one the sign-in proxy's header stands for, else the cookie's
+        (unless the proxy opened it: without the header, it is not believed)."""
+        signed: tuple[str, Session] | None = request.scope.get(PROXY_SESSION)
+        if signed is not None:
+            return signed
+        token, session = self.session_cookie(request)
+        return token, None if session is not None and session.via_proxy else session
+
+    def session_cookie(self, request: Request) -> tuple[str | None, Session | None]:
+        """The session the request's cookie names, if it is in force (and marks it used)."""
         token = request.cookies.get(SECURE_COOKIE) or request.cookies.get(COOKIE)
         return token, self.sessions.get(token)
 
@@ -65,6 +77,13 @@ class Console:
     def render(self, request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
         page = self.templates.get_template(name).render(request=request, **context)
         return HTMLResponse(page, status_code=status)
+
+
+def set_session_cookie(request: Request, reply: Response, token: str) -> None:
+    """The session cookie: HttpOnly, SameSite=Strict; over HTTPS, Secure with the ``__Host-`` prefix."""
+    secure = request.url.scheme == "https"
+    name = SECURE_COOKIE if secure else COOKIE
+    reply.set_cookie(name, token, httponly=True, samesite="strict", secure=secure, path="/")
 
 
 Handler = Callable[[Request, Console, Session], Awaitable[Response]]
