@@ -69,7 +69,7 @@ def page(handler: Handler, state_changing: bool = False) -> Callable[[Request], 
 
 def create_app(config: ConsoleConfig, clock: Callable[[], float] | None = None) -> Starlette:
     """The console's ASGI app; ``clock`` (monotonic seconds) is for tests of the timeouts."""
-    from pymgr.console import auth_routes, pages, streams
+    from pymgr.console import actions_page, auth_routes, pages, streams
 
     console = Console(config, clock)
 
@@ -85,6 +85,7 @@ def create_app(config: ConsoleConfig, clock: Callable[[], float] | None = None) 
     routes = [
         *auth_routes.routes(),
         *pages.routes(page),
+        *actions_page.routes(page),
         *streams.routes(page),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         Route("/", lambda request: RedirectResponse("/tasks", 303)),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from starlette.concurrency import run_in_threadpool
@@ -36,6 +37,32 @@ LOGIN_COOKIE = "pymgr_login"
 #: Longest name and password a login form may carry (argon2 hashes any length: bound the work).
 MAX_NAME_CHARS = 64
 MAX_PASSWORD_CHARS = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    status: int
+    message: str
+
+
+async def check_password(
+    console: Console, name: str, password: str, address: str, what: str
+) -> users.User | Refusal:
+    """``name``'s password checked as a login checks it, for a login and a dangerous action's re-entry
+    alike: the same delays, failures counted and logged (``what``: which), a success clearing the name's.
+    """
+    if len(password) > MAX_PASSWORD_CHARS:
+        return Refusal(400, f"A password is at most {MAX_PASSWORD_CHARS} characters.")
+    wait_s = console.throttle.wait_s(name, address)
+    if wait_s > 0:
+        return Refusal(429, f"Too many failed sign-ins: try again in {wait_s:.0f} s.")
+    user = await run_in_threadpool(users.verify, console.users(), name, password)
+    if user is None:
+        console.throttle.failed(name, address)
+        log.warning("failed %s for %r from %s", what, name[:MAX_NAME_CHARS], address)
+        return Refusal(401, "Wrong password.")
+    console.throttle.succeeded(name)
+    return user
 
 
 def _next(request: Request) -> str:
@@ -72,18 +99,13 @@ async def login(request: Request) -> Response:
         return _login_page(request, 403, "This form is stale or not from this site: try again.")
     name, password = str(form.get("name", "")), str(form.get("password", ""))
     address = request.client.host if request.client else "?"
-    if len(name) > MAX_NAME_CHARS or len(password) > MAX_PASSWORD_CHARS:
+    if len(name) > MAX_NAME_CHARS:
         return _login_page(request, 400, f"A name is at most {MAX_NAME_CHARS} characters.")
-    wait_s = console.throttle.wait_s(name, address)
-    if wait_s > 0:
-        return _login_page(request, 429, f"Too many failed sign-ins: try again in {wait_s:.0f} s.")
-    known = console.users()
-    user = await run_in_threadpool(users.verify, known, name, password)
-    if user is None:
-        console.throttle.failed(name, address)
-        log.warning("failed login for %r from %s", name[:MAX_NAME_CHARS], address)
-        return _login_page(request, 401, "Wrong name or password.")
-    console.throttle.succeeded(name)
+    checked = await check_password(console, name, password, address, "login")
+    if isinstance(checked, Refusal):
+        message = "Wrong name or password." if checked.status == 401 else checked.message
+        return _login_page(request, checked.status, message)
+    user, known = checked, console.users()
     if users.needs_rehash(user):
         known[name] = users.rehashed(user, password)
         users.save(console.config.users_file, known)

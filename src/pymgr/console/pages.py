@@ -1,12 +1,11 @@
-"""The console's pages: tasks (table, one run, start, stop), actions (forms from JSON Schema), status.
+"""The console's pages: tasks (table, one run, start, stop) and status (the actions: ``actions_page``).
 
 Rules:
 - Every page asks the daemon as the person (``Console.person``): what the daemon refuses the person,
   the page refuses with the daemon's own status and message.
 - Only what the person may call is offered (``GET /v1/modules?allowed=true``, for the person); a
   forced POST to anything else is refused by the console (403) before the daemon refuses it again.
-- Forms post whole pages and work without JavaScript; with htmx, an action's result replaces only
-  its own card (``HX-Request``).
+- Forms post whole pages and work without JavaScript.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from pymgr.client import ActionInfo, AsyncClient, ModuleInfo, TaskState
+from pymgr.client import AsyncClient, TaskState
 from pymgr.console import forms
 from pymgr.console.audit_page import audit_page
 from pymgr.console.sessions import Session
@@ -30,8 +29,6 @@ from pymgr.keeper.progress import ProgressLineFilter
 if TYPE_CHECKING:
     from pymgr.console.state import Console, Handler
 
-#: Modules with pages of their own rather than forms on the actions page.
-OWN_PAGES = {"tasks", "audit"}
 STATES: tuple[str, ...] = typing.get_args(TaskState)
 #: Runs the status page counts by state: one page of the daemon's (its default list_max_limit).
 STATUS_SAMPLE = 500
@@ -159,57 +156,6 @@ async def stop_task(request: Request, console: Console, session: Session) -> Res
     return RedirectResponse(f"/tasks/{_task_id(request)}", 303)
 
 
-def _callable(
-    listing: list[ModuleInfo],
-) -> list[tuple[ModuleInfo, list[tuple[ActionInfo, list[forms.Field]]]]]:
-    shown = []
-    for module in listing:
-        actions = [(a, forms.fields_of(a.params)) for a in module.actions if a.allowed]
-        if actions and module.name not in OWN_PAGES:
-            shown.append((module, actions))
-    return shown
-
-
-async def actions_page(request: Request, console: Console, session: Session) -> Response:
-    modules = _callable(await console.person(session).modules(allowed=True))
-    return console.render(request, "actions.html", session=session, modules=modules, outcome={})
-
-
-async def call_action(request: Request, console: Console, session: Session) -> Response:
-    client = console.person(session)
-    module_name, action_name = request.path_params["module"], request.path_params["action"]
-    modules = _callable(await client.modules(allowed=True))
-    found = [
-        (m, a, f) for m, acts in modules for a, f in acts if (m.name, a.name) == (module_name, action_name)
-    ]
-    if not found:
-        message = f"You may not call {module_name}.{action_name} (or it does not exist)."
-        return console.render(request, "error.html", 403, session=session, message=message)
-    module, action, fields = found[0]
-    values = {k: str(v) for k, v in (await request.form()).items()}
-    params, errors = forms.read(fields, values)
-    outcome: dict[str, Any] = {"key": f"{module.name}.{action.name}", "errors": errors, "values": values}
-    status = 400 if errors else 200
-    if not errors:
-        try:
-            outcome["result"] = json.dumps(await client.call(module.name, action.name, params), indent=2)
-        except PymgrError as exc:
-            status = exc.http_status or 500
-            outcome.update(errors=forms.daemon_errors(exc.details), message=str(exc))
-    if request.headers.get("hx-request") == "true":
-        return console.render(
-            request,
-            "_action.html",
-            status,
-            session=session,
-            module=module,
-            action=action,
-            fields=fields,
-            outcome=outcome,
-        )
-    return console.render(request, "actions.html", status, session=session, modules=modules, outcome=outcome)
-
-
 async def status_page(request: Request, console: Console, session: Session) -> Response:
     client = console.person(session)
     health = await client.health()
@@ -245,8 +191,6 @@ def routes(page: Callable[..., Any]) -> list[Route]:
         get("/tasks/{task_id:int}/log", task_log),
         get("/tasks/{task_id:int}/stop", stop_confirm),
         post("/tasks/{task_id:int}/stop", stop_task),
-        get("/actions", actions_page),
-        post("/actions/{module}/{action}", call_action),
         get("/status", status_page),
         get("/audit", audit_page),
     ]

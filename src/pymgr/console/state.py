@@ -37,7 +37,8 @@ class Console:
     def __init__(self, config: ConsoleConfig, clock: Callable[[], float] | None = None) -> None:
         self.config = config
         self.client = AsyncClient(socket=config.socket, timeout_s=config.daemon_timeout_s)
-        clock = clock or time.monotonic
+        #: Monotonic seconds (a test moves its own): sessions, login delays, confirmations.
+        self.clock = clock = clock or time.monotonic
         self.sessions = Sessions(config.session_idle_s, config.session_absolute_s, config.max_sessions, clock)
         self.throttle = LoginThrottle(
             config.login_free_failures, config.login_delay_s, config.login_max_delay_s, clock

@@ -5,19 +5,21 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from pymgr.core.identity import Identity
 from pymgr.core.registry import Module, action
 
 #: Longest demo sleep; enough to watch a graceful shutdown wait for a request.
 MAX_SLEEP_S = 60.0
-#: Longest reason a pretended reboot keeps (it is echoed back and written to the audit log).
-MAX_REASON_CHARS = 200
+#: Longest text a pretended reboot or password reset takes (it is echoed back and written to the audit log).
+MAX_TEXT_CHARS = 200
+#: Longest delay a pretended reboot takes: an hour, as an admin's `shutdown -r +60` would give.
+MAX_REBOOT_DELAY_S = 3600
 
 
 class Demo(Module):
-    """Demo actions: echo params back, show the caller, sleep, pretend to reboot."""
+    """Demo actions: echo params back, show the caller, sleep; pretend to reboot or to reset a password."""
 
     name = "demo"
 
@@ -45,9 +47,19 @@ class Demo(Module):
     @action(dangerous=True)
     async def reboot(
         self,
-        reason: str = Field(min_length=1, max_length=MAX_REASON_CHARS),
-        delay_s: int = Field(0, ge=0, le=3600),
+        reason: str = Field(min_length=1, max_length=MAX_TEXT_CHARS),
+        delay_s: int = Field(0, ge=0, le=MAX_REBOOT_DELAY_S),
     ) -> dict[str, Any]:
         """Pretend to reboot the machine (nothing happens): an action marked dangerous, which the console
         asks to confirm before it calls."""
         return {"rebooted": False, "would_reboot_in_s": delay_s, "reason": reason}
+
+    @action(dangerous=True)
+    async def reset_password(
+        self,
+        account: str = Field(min_length=1, max_length=MAX_TEXT_CHARS),
+        new_password: SecretStr = Field(),
+    ) -> dict[str, Any]:
+        """Pretend to set an account's password (nothing changes): a dangerous action with a secret
+        parameter, which the audit log redacts and the console never shows again."""
+        return {"account": account, "changed": False, "password_chars": len(new_password.get_secret_value())}
