@@ -135,3 +135,22 @@ def test_proxy_settings_that_cannot_work_are_config_errors(
     path.write_text(f"[console]\n{settings}\n")
     with pytest.raises(ConsoleConfigError, match=message):
         load_config(path)
+
+
+def test_forwarded_headers_from_a_trusted_proxy_make_the_cookies_secure(
+    start_console: Callable[..., Console],
+) -> None:
+    https = {"x-forwarded-proto": "https", "x-forwarded-for": "10.1.2.3"}
+    trusted = start_console(**PROXY)
+    with closing(trusted.http()) as http:
+        assert "Secure" in http.get("/login", headers=https).headers["set-cookie"]
+        page = http.get("/tasks", headers={**https, "x-remote-user": "alice"})
+        cookie = page.headers["set-cookie"]
+        assert cookie.startswith("__Host-pymgr_console=") and "Secure" in cookie
+
+
+def test_forwarded_headers_from_an_untrusted_peer_mean_nothing(start_console: Callable[..., Console]) -> None:
+    https = {"x-forwarded-proto": "https", "x-forwarded-for": "10.1.2.3"}
+    untrusted = start_console(trusted_proxies=["10.0.0.0/8"])
+    with closing(untrusted.http()) as http:
+        assert "Secure" not in http.get("/login", headers=https).headers["set-cookie"]

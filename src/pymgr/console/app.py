@@ -92,9 +92,10 @@ def create_app(config: ConsoleConfig, clock: Callable[[], float] | None = None) 
     ]
     middleware = [
         Middleware(SecurityHeaders),
-        Middleware(ProxyTrust, console=console),
         Middleware(BodyLimit, max_bytes=config.max_body_bytes),
         Middleware(TrustedHostMiddleware, allowed_hosts=config.allowed_hosts),
+        # Last: no session is opened for a request the others refuse.
+        Middleware(ProxyTrust, console=console),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.console = console
