@@ -34,12 +34,15 @@ venv: $(VENV)/.installed
 # console's demo account and its password are made on the first run and printed.
 CONSOLE_CONFIG ?= examples/console.toml
 
+# The console acts for people as the daemon's delegate: www-data when run as root (the console
+# becomes it), else whoever runs make run, named in a copy of the config that console_demo.py
+# writes (var/demo.run.toml) and prints; the daemon serves what it prints.
 run: $(VENV)/.installed
 	mkdir -p var
-	$(BIN)/python examples/console_demo.py
+	config=$$($(BIN)/python examples/console_demo.py $(CONFIG)) || exit 1; \
 	$(BIN)/pymgr console --config $(CONSOLE_CONFIG) & console=$$!; \
 	trap 'kill $$console 2>/dev/null' EXIT INT TERM; \
-	$(BIN)/pymgr serve --config $(CONFIG)
+	$(BIN)/pymgr serve --config "$$config"
 
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
