@@ -17,10 +17,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from pymgr.client import AsyncClient
-from pymgr.console import users
+from pymgr.console import forms, users
 from pymgr.console.config import ConsoleConfig
 from pymgr.console.hub import EventHub
 from pymgr.console.streams import browser_event
+from pymgr.console.timedcache import TimedCache
 from pymgr.console.sessions import Session, Sessions
 from pymgr.console.throttle import LoginThrottle
 
@@ -53,6 +54,10 @@ class Console:
             loader=FileSystemLoader(HERE / "templates"),
             autoescape=select_autoescape(default=True),
             auto_reload=False,
+        )
+        #: The start form of the tasks page, per person (``pages._startable``).
+        self.forms: TimedCache[list[tuple[str, list[forms.Field]]]] = TimedCache(
+            config.form_cache_s, config.max_sessions, clock
         )
         self._users: dict[str, users.User] = {}
         self._users_mtime: float | None = None
