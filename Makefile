@@ -34,12 +34,15 @@ venv: $(VENV)/.installed
 # console's demo account and its password are made on the first run and printed.
 CONSOLE_CONFIG ?= examples/console.toml
 
+# The console acts for people as the daemon's delegate: www-data when run as root (the console
+# becomes it), else whoever runs make run, named in a copy of the config that console_demo.py
+# writes (var/demo.run.toml) and prints; the daemon serves what it prints.
 run: $(VENV)/.installed
 	mkdir -p var
-	$(BIN)/python examples/console_demo.py
+	config=$$($(BIN)/python examples/console_demo.py $(CONFIG)) || exit 1; \
 	$(BIN)/pymgr console --config $(CONSOLE_CONFIG) & console=$$!; \
 	trap 'kill $$console 2>/dev/null' EXIT INT TERM; \
-	$(BIN)/pymgr serve --config $(CONFIG)
+	$(BIN)/pymgr serve --config "$$config"
 
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
@@ -92,8 +95,8 @@ test: $(VENV)/.test-installed $(WEB_VENV)/.installed $(WEB_VENV)/.typed system-d
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Benchmarks against the peers (docs/performance.md): a venv of their own, with
-# what they compare against (supervisor, gevent); then the task and security
-# benches of bench/, when they exist. Under 10 minutes on 2 cores.
+# what they compare against (supervisor, gevent) and the web console; then the task, security
+# and console benches of bench/. Under 10 minutes on 2 cores.
 BENCH_VENV := .venv-bench
 BENCH_BIN := $(BENCH_VENV)/bin
 BENCH_ARGS ?=
@@ -103,12 +106,12 @@ $(BENCH_BIN)/python:
 	$(BENCH_BIN)/pip install -q --upgrade pip
 
 $(BENCH_VENV)/.installed: pyproject.toml | $(BENCH_BIN)/python
-	$(BENCH_BIN)/pip install -q -e '.[daemon,bench]'
+	$(BENCH_BIN)/pip install -q -e '.[daemon,console,bench]'
 	touch $@
 
 bench: $(BENCH_VENV)/.installed
 	$(BENCH_BIN)/python -m bench.run $(BENCH_ARGS)
-	@status=0; for bench in bench_tasks bench_security; do \
+	@status=0; for bench in bench_tasks bench_security bench_console; do \
 	  echo "== bench/$$bench.py"; $(BENCH_BIN)/python -m bench.$$bench || status=1; \
 	done; exit $$status
 

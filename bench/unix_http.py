@@ -1,7 +1,8 @@
-"""A minimal HTTP/1.1 client over a Unix socket for bench_tasks.py: no library, so its own cost stays small.
+"""A minimal HTTP/1.1 client over a Unix socket (or TCP) for the benches: no library, so its own cost stays small.
 
 Rules:
-- One ``Conn`` is one keep-alive connection; its requests go in sequence.
+- One ``Conn`` is one keep-alive connection; its requests go in sequence, each with its ``host`` and
+  ``headers`` (the console checks the Host and wants its session cookie).
 - Replies are read by ``content-length``; the event stream by its chunks.
 """
 
@@ -16,12 +17,23 @@ from typing import Any
 class Conn:
     """One keep-alive connection; requests in sequence."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        host: str = "pymgr",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.reader, self.writer = reader, writer
+        self.head = f"host: {host}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
 
     @classmethod
     async def open(cls, path: str) -> Conn:
         return cls(*await asyncio.open_unix_connection(path))
+
+    @classmethod
+    async def open_tcp(cls, host: str, port: int, headers: dict[str, str] | None = None) -> Conn:
+        return cls(*await asyncio.open_connection(host, port), host=f"{host}:{port}", headers=headers)
 
     async def request(
         self, method: str, target: str, body: dict[str, Any] | None = None
@@ -33,7 +45,7 @@ class Conn:
         self, method: str, target: str, body: dict[str, Any] | None = None
     ) -> tuple[int, dict[str, str], bytes]:
         data = b"" if body is None else json.dumps(body).encode()
-        head = f"{method} {target} HTTP/1.1\r\nhost: pymgr\r\ncontent-length: {len(data)}\r\n"
+        head = f"{method} {target} HTTP/1.1\r\n{self.head}content-length: {len(data)}\r\n"
         self.writer.write(
             head.encode() + (b"content-type: application/json\r\n" if data else b"") + b"\r\n" + data
         )

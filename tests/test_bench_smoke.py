@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import bench_tasks, report, run, seed_server, task_history
+from bench import bench_console, bench_tasks, report, run, seed_server, task_history
 from bench.figures import Settings
 from bench.targets import legacy_request
 from pymgr.tasks.states import TaskState
@@ -119,3 +119,26 @@ def test_the_scale_table_checks_each_target() -> None:
     )
     assert "; deep page 10.5 / 2.0 / 0.75; the figure is the worst p99, deep page)" in text
     assert re.search(r"(?m)^100 starts until all running \(ms\), median\s+150\.00\s+-\s+-\s+none$", text)
+
+
+def test_the_console_bench_runs_a_real_daemon_and_console(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [
+        "--history",
+        "60",
+        "--requests",
+        "3",
+        "--streams",
+        "3",
+        "--rounds",
+        "1",
+        "--results",
+        str(tmp_path),
+    ]
+    assert bench_console.main(args) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"daemon event subscribers, 3 streams\s+1\.00\s+1\.00\s+1\.00\s+1 ok", out), out
+    figures = json.loads((tmp_path / "console.json").read_text())["figures"]
+    assert figures["streams"]["3"]["events"] >= 10 * 3  # every run's three states at least
+    assert set(figures["tasks_page"]) == {"newest", "state=failed"}

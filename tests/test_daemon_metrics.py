@@ -82,6 +82,11 @@ def test_active_runs_are_a_gauge_by_type_and_state(start_daemon: Callable[..., D
         run = client.start_task("scan", {"task_id": 1, "duration": 30})
         wait_for(lambda: client.task(run.id).state == "running")
         assert values(scrape(daemon)["pymgr_task_runs_active"], "type", "state") == {("scan", "running"): 1}
+        assert values(scrape(daemon)["pymgr_event_subscribers"]) == {(): 0}
+        stream = client.events()
+        next(stream)  # the running scan's state: the stream is open
+        assert values(scrape(daemon)["pymgr_event_subscribers"]) == {(): 1}
+        stream.close()
         client.stop_task(run.id)
         wait_for(lambda: client.task(run.id).state == "stopped")
     families = scrape(daemon)

@@ -369,6 +369,11 @@ def _gauges(metrics: Metrics, tasks: TaskManager, http: HttpServer) -> None:
         lambda: float(tasks.keeper_connected),
     )
     metrics.gauge(
+        "pymgr_event_subscribers",
+        "Open GET /v1/events streams (a web console holds one, however many browsers watch).",
+        lambda: float(tasks.events.subscribers),
+    )
+    metrics.gauge(
         "pymgr_http_connections",
         "Open HTTP connections, all listeners.",
         lambda: float(len(http.state.connections)) if http.state is not None else 0.0,

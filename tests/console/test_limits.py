@@ -99,12 +99,20 @@ def _event(n: int) -> Event:
 
 async def test_the_hub_takes_max_streams_and_closes_a_browser_that_falls_behind() -> None:
     client = AsyncClient(socket="/nonexistent.sock")
-    hub = EventHub(client, queue_size=2, max_streams=2)
+    rendered: list[int | None] = []
+
+    def render(event: Event) -> bytes:
+        rendered.append(event.id)
+        return f"event {event.id}".encode()
+
+    hub = EventHub(client, queue_size=2, max_streams=2, render=render)
+    hub.publish(_event(0))  # nobody watches: not even rendered
     slow, fast = hub.subscribe(), hub.subscribe()
     assert slow is not None and fast is not None and hub.subscribe() is None
     hub.publish(_event(1))
     hub.publish(_event(2))
-    assert fast.queue.get_nowait().id == 1 and fast.queue.get_nowait().id == 2
+    assert fast.queue.get_nowait() == b"event 1" and fast.queue.get_nowait() == b"event 2"
+    assert rendered == [1, 2]  # once an event, however many browsers
     hub.publish(_event(3))  # slow holds 2 already: it is closed, fast goes on
     assert slow.overflowed and not fast.overflowed and hub.watching == 1
     assert hub.subscribe() is not None  # its place is free again

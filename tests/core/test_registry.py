@@ -125,6 +125,17 @@ def test_describe_lists_modules_and_actions() -> None:
     assert [a["dangerous"] for a in module["actions"]] == [True, False]
 
 
+def test_the_params_schema_is_made_once_and_each_caller_gets_its_own_copy() -> None:
+    registry = Registry()
+    registry.add(Firewall())
+    spec = registry.get("firewall", "allow_port")
+    first = registry.describe()[0]["actions"][0]["params"]
+    assert first == spec.params_model.model_json_schema()
+    assert spec._params_schema is not None  # kept: the next listing does not build it again
+    first["properties"].clear()  # a caller's change stays its own
+    assert registry.describe()[0]["actions"][0]["params"] == spec.params_model.model_json_schema()
+
+
 class Gauge(Module):
     name = "gauge"
 

@@ -107,34 +107,43 @@ def _unit(name: str) -> str:
         _done(2, f"error: --unit-name: {exc}")
 
 
+ConsoleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--console", help="Also write NAME-console.service: the web console as its own unprivileged unit."
+    ),
+]
+ConsoleConfigOpt = Annotated[
+    Path,
+    typer.Option(
+        "--console-config", metavar="FILE", dir_okay=False, help="The console's TOML config (with --console)."
+    ),
+]
+#: Where `install --console` looks for the console's config when --console-config is not given.
+DEFAULT_CONSOLE_CONFIG = Path("/etc/pymgr/console.toml")
+
+
 @service_app.command("install")
 def service_install(
     config: ConfigOpt = DEFAULT_CONFIG,
     dry_run: DryRunOpt = False,
     prefix: PrefixOpt = None,
     unit_name: UnitNameOpt = "pymgr",
+    console: ConsoleOpt = False,
+    console_config: ConsoleConfigOpt = DEFAULT_CONSOLE_CONFIG,
 ) -> None:
-    """Write pymgr.service and pymgr.socket (then daemon-reload and enable them), or install the Windows service."""
-    config = config.absolute()
-    _on_windows("install", unit_name, config)
-    from pymgr.config import ConfigError, load_config
+    """Write pymgr.service and pymgr.socket (then daemon-reload and enable them), or install the Windows service.
 
+    With --console, pymgr-console.service too: the web console, after the daemon, as its own user.
+    """
+    config = config.absolute()
+    if console and _platform() == "win32":
+        _done(2, "error: --console writes a systemd unit; on Windows run pymgr console yourself")
+    _on_windows("install", unit_name, config)
     systemd = _systemd()
     name = _unit(unit_name)
-    try:
-        loaded = load_config(config)
-    except ConfigError as exc:
-        _done(6, f"error: {exc}")
-    from pymgr.service._unitsyntax import UnitValueError
-    from pymgr.service.systemd_units import placement_warnings, render_units
-
-    try:
-        units = render_units(loaded, config, name)
-    except UnitValueError as exc:
-        _done(6, f"error: config {config} cannot go into a systemd unit: {exc}")
+    units = _render(config, name, console_config.absolute() if console else None)
     directory = systemd.unit_dir(prefix)
-    for warning in placement_warnings(config):
-        typer.echo(f"warning: {warning}", err=True)
     if dry_run:
         for unit in units:
             typer.echo(f"# ---- {directory / unit.name}\n{unit.text}")
@@ -153,6 +162,38 @@ def service_install(
     _activate(systemd, [unit.name for unit in units])
 
 
+def _render(config: Path, name: str, console_config: Path | None) -> list[Any]:
+    """The units to write (exit 6 on a config that is invalid or cannot go into a unit); prints warnings."""
+    from pymgr.config import ConfigError, load_config
+    from pymgr.service._unitsyntax import UnitValueError
+    from pymgr.service.systemd_units import placement_warnings, render_units
+
+    try:
+        loaded = load_config(config)
+        units = render_units(loaded, config, name)
+    except ConfigError as exc:
+        _done(6, f"error: {exc}")
+    except UnitValueError as exc:
+        _done(6, f"error: config {config} cannot go into a systemd unit: {exc}")
+    warnings = placement_warnings(config)
+    if console_config is not None:
+        from pymgr.console.config import ConsoleConfigError
+        from pymgr.console.config import load_config as load_console_config
+        from pymgr.service.console_unit import console_warnings, render_console_unit
+
+        try:
+            console = load_console_config(console_config)
+            units.append(render_console_unit(loaded, console, console_config, name))
+        except ConsoleConfigError as exc:
+            _done(6, f"error: {exc}")
+        except UnitValueError as exc:
+            _done(6, f"error: console config {console_config} cannot go into a systemd unit: {exc}")
+        warnings += placement_warnings(console_config) + console_warnings(loaded, console)
+    for warning in warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    return units
+
+
 def _activate(systemd: Any, names: list[str]) -> NoReturn:
     if not systemd.systemd_running():
         _done(
@@ -168,12 +209,15 @@ def _activate(systemd: Any, names: list[str]) -> NoReturn:
 
 @service_app.command("remove")
 def service_remove(prefix: PrefixOpt = None, unit_name: UnitNameOpt = "pymgr") -> None:
-    """Stop and disable the units, then delete them (only files pymgr wrote), or remove the Windows service."""
+    """Stop and disable the units (the console's too), then delete them (only files pymgr wrote).
+
+    On Windows, remove the Windows service.
+    """
     _on_windows("remove", unit_name)
     systemd = _systemd()
     name = _unit(unit_name)
     directory = systemd.unit_dir(prefix)
-    units = [f"{name}.{kind}" for kind in ("socket", "service") if (directory / f"{name}.{kind}").exists()]
+    units = [unit for unit in _unit_files(name) if (directory / unit).exists()]
     if prefix is None and units and systemd.systemd_running():
         systemd.systemctl("disable", "--now", *units)
     from pymgr._fsguard import UnsafePathError
@@ -207,22 +251,30 @@ def _control(
         _done(unavailable_code, f"error: {exc}")
 
 
-def _with_socket(name: str) -> list[str]:
-    """The units to start or stop together: the socket too, if pymgr installed one."""
-    socket = _systemd().unit_dir(None) / f"{name}.socket"
-    return [f"{name}.socket", f"{name}.service"] if socket.exists() else [f"{name}.service"]
+def _unit_files(name: str) -> list[str]:
+    """The files a service of this name may have, in start order: socket, daemon, console."""
+    from pymgr.service.console_unit import console_unit_name
+
+    return [f"{name}.socket", f"{name}.service", f"{console_unit_name(name)}.service"]
+
+
+def _installed_units(name: str) -> list[str]:
+    """The units to start or stop together: the socket and the console too, if pymgr installed them."""
+    directory = _systemd().unit_dir(None)
+    service = f"{name}.service"
+    return [unit for unit in _unit_files(name) if unit == service or (directory / unit).exists()]
 
 
 @service_app.command("start")
 def service_start(unit_name: UnitNameOpt = "pymgr") -> None:
-    """Start the service (systemctl start, its socket too)."""
-    _control("start", unit_name, lambda name: ["start", *_with_socket(name)])
+    """Start the service (systemctl start, its socket and console too)."""
+    _control("start", unit_name, lambda name: ["start", *_installed_units(name)])
 
 
 @service_app.command("stop")
 def service_stop(unit_name: UnitNameOpt = "pymgr") -> None:
-    """Stop the service and its socket (else the next connection would start it again)."""
-    _control("stop", unit_name, lambda name: ["stop", *_with_socket(name)])
+    """Stop the service, its console and its socket (else the next connection would start it again)."""
+    _control("stop", unit_name, lambda name: ["stop", *_installed_units(name)])
 
 
 @service_app.command("restart")
@@ -233,8 +285,8 @@ def service_restart(unit_name: UnitNameOpt = "pymgr") -> None:
 
 @service_app.command("status")
 def service_status(unit_name: UnitNameOpt = "pymgr") -> None:
-    """Show the service's status (exit 0 running, 3 not running)."""
-    _control("status", unit_name, lambda name: ["status", "--no-pager", *_with_socket(name)], 4)
+    """Show the status of the service, its socket and console (exit 0 running, 3 not running)."""
+    _control("status", unit_name, lambda name: ["status", "--no-pager", *_installed_units(name)], 4)
 
 
 @service_app.command("reload")

@@ -105,6 +105,9 @@ class ConsoleConfig(BaseModel):
     max_body_bytes: int = Field(256 * 1024, ge=1024)
     #: Rows per page of the tasks table.
     page_size: int = Field(50, ge=1, le=1000)
+    #: Seconds the tasks page's start form (the person's listing and the task types) is kept per
+    #: person: two calls to the daemon less per page; 0 asks the daemon every time.
+    form_cache_s: float = Field(5.0, ge=0, le=300)
     #: Seconds the console waits for a reply of the daemon.
     daemon_timeout_s: float = Field(30.0, gt=0)
 

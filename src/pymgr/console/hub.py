@@ -6,6 +6,8 @@ Rules:
   pause (1 s to 30 s), from the last event id seen, so nothing held by the daemon is missed.
 - ``publish`` never waits: each browser has a bounded queue; one that falls ``queue_size`` events
   behind is closed (its page's EventSource reconnects and reads the table again).
+- An event is made into what browsers are sent (``render``: the SSE bytes, a state's table row
+  included) once, in ``publish``, not once per browser: 200 browsers cost one render an event.
 - At most ``max_streams`` browsers at once; ``subscribe`` returns None beyond that.
 """
 
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+
+from collections.abc import Callable
 
 from pymgr.client import AsyncClient, ConnectionFailed, Event
 from pymgr.errors import PymgrError
@@ -26,14 +30,26 @@ RETRY_MAX_S = 30.0
 
 class Subscriber:
     def __init__(self, queue_size: int) -> None:
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(queue_size)
+        #: What this browser is to be sent, each event as ``render`` made it.
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
         #: Set when this browser fell behind: its stream ends.
         self.overflowed = False
 
 
 class EventHub:
-    def __init__(self, client: AsyncClient, queue_size: int, max_streams: int) -> None:
+    """Args:
+    render: an event as browsers are sent it (None: browsers are not sent this kind).
+    """
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        queue_size: int,
+        max_streams: int,
+        render: Callable[[Event], bytes | None],
+    ) -> None:
         self._client = client
+        self._render = render
         self._queue_size = queue_size
         self._max_streams = max_streams
         self._subscribers: set[Subscriber] = set()
@@ -57,9 +73,11 @@ class EventHub:
         self._subscribers.discard(subscriber)
 
     def publish(self, event: Event) -> None:
+        if not self._subscribers or (chunk := self._render(event)) is None:
+            return
         for subscriber in list(self._subscribers):
             try:
-                subscriber.queue.put_nowait(event)
+                subscriber.queue.put_nowait(chunk)
             except asyncio.QueueFull:
                 subscriber.overflowed = True
                 self._subscribers.discard(subscriber)

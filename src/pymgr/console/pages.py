@@ -70,7 +70,7 @@ async def tasks_page(request: Request, console: Console, session: Session) -> Re
         states=STATES,
         older=older,
         live=not filters and before is None,
-        startable=await _startable(client),
+        startable=await console.forms.get((session.user, session.roles), lambda: _startable(client)),
         errors={},
         values={},
         start_type=None,

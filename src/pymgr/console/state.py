@@ -17,9 +17,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from pymgr.client import AsyncClient
-from pymgr.console import users
+from pymgr.console import forms, users
 from pymgr.console.config import ConsoleConfig
 from pymgr.console.hub import EventHub
+from pymgr.console.streams import browser_event
+from pymgr.console.timedcache import TimedCache
 from pymgr.console.sessions import Session, Sessions
 from pymgr.console.throttle import LoginThrottle
 
@@ -43,9 +45,22 @@ class Console:
         self.throttle = LoginThrottle(
             config.login_free_failures, config.login_delay_s, config.login_max_delay_s, clock
         )
-        self.hub = EventHub(self.client, config.stream_queue_size, config.max_event_streams)
+        self.hub = EventHub(
+            self.client,
+            config.stream_queue_size,
+            config.max_event_streams,
+            lambda event: browser_event(self, event),
+        )
+        # auto_reload off: the templates ship in the package and do not change while the console
+        # runs; on, Jinja2 stats every template a page uses (and those it extends) at every render.
         self.templates = Environment(
-            loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True)
+            loader=FileSystemLoader(HERE / "templates"),
+            autoescape=select_autoescape(default=True),
+            auto_reload=False,
+        )
+        #: The start form of the tasks page, per person (``pages._startable``).
+        self.forms: TimedCache[list[tuple[str, list[forms.Field]]]] = TimedCache(
+            config.form_cache_s, config.max_sessions, clock
         )
         self._users: dict[str, users.User] = {}
         self._users_mtime: float | None = None

@@ -39,7 +39,8 @@ def sse(data: str, event: str | None = None, id: int | None = None) -> bytes:
     return (head + "".join(f"data: {line}\n" for line in data.split("\n")) + "\n").encode()
 
 
-def _browser_event(console: Console, event: Event) -> bytes | None:
+def browser_event(console: Console, event: Event) -> bytes | None:
+    """An event of the daemon as browsers are sent it (the hub's ``render``), or None for other kinds."""
     data = event.data
     if event.kind == "progress" and isinstance(data, dict):
         return sse(json.dumps(data), "progress")
@@ -68,12 +69,9 @@ async def events(request: Request, console: Console, session: Session) -> Respon
             yield b": the console's task events\n\n"
             while not subscriber.overflowed and console.sessions.peek(token) is not None:
                 try:
-                    event = await asyncio.wait_for(subscriber.queue.get(), HEARTBEAT_S)
+                    yield await asyncio.wait_for(subscriber.queue.get(), HEARTBEAT_S)
                 except TimeoutError:
                     yield b": heartbeat\n\n"
-                    continue
-                if (chunk := _browser_event(console, event)) is not None:
-                    yield chunk
         finally:
             console.hub.unsubscribe(subscriber)
 

@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 from pymgr._fsguard import check_own_dir, make_own_dir
+from pymgr.service.console_unit import console_unit_name
 from pymgr.service.systemd_units import MARKER, UnitFile
 
 UNIT_DIR = Path("etc/systemd/system")
@@ -109,7 +110,9 @@ def _replace_file(path: Path, data: bytes, mode: int) -> None:
 
 
 def remove_units(name: str, directory: Path) -> list[Path]:
-    """Delete ``NAME.service`` and ``NAME.socket`` if pymgr wrote them; the paths removed.
+    """Delete ``NAME.service``, ``NAME.socket`` and ``NAME-console.service`` if pymgr wrote them.
+
+    Returns the paths removed.
 
     Raises:
         UnsafePathError: ``directory`` (or one above it) may be changed by another user.
@@ -118,7 +121,10 @@ def remove_units(name: str, directory: Path) -> list[Path]:
     if not directory.exists():
         return []
     check_own_dir(directory)
-    paths = [directory / f"{name}.{kind}" for kind in ("service", "socket")]
+    paths = [
+        directory / unit
+        for unit in (f"{name}.service", f"{name}.socket", f"{console_unit_name(name)}.service")
+    ]
     for path in paths:
         _check_ours(path)
     removed = [path for path in paths if path.exists()]

@@ -93,15 +93,17 @@ def render_units(
     return units
 
 
-def _header(unit: str, config_path: Path) -> list[str]:
+def unit_header(unit: str, config_path: Path, command: str = "pymgr service install") -> list[str]:
+    """The first lines of a unit: ``MARKER``, where it came from, and how to change it."""
     return [
         f"{MARKER} (pymgr {pymgr.__version__}) from {config_path}.",
-        f"# {unit}: do not edit; change the config and run `pymgr service install` again,",
+        f"# {unit}: do not edit; change the config and run `{command}` again,",
         f"# or put local changes in a drop-in (`systemctl edit {unit}`).",
     ]
 
 
-def _directive(lines: list[str], name: str, value: str, why: str) -> None:
+def add_directive(lines: list[str], name: str, value: str, why: str) -> None:
+    """Append ``NAME=VALUE`` to ``lines``, after a blank line and ``why`` as a comment."""
     lines.append("")
     lines += _wrap_comment(why)
     lines.append(f"{name}={value}")
@@ -121,7 +123,7 @@ def render_service(
     config: Config, config_path: Path, name: str, command: list[str] | None, with_socket: bool
 ) -> str:
     lines = [
-        *_header(f"{name}.service", config_path),
+        *unit_header(f"{name}.service", config_path),
         "",
         "[Unit]",
         "Description=pymgr privileged task daemon",
@@ -138,7 +140,7 @@ def render_service(
     for directive, value, why in apply_overrides(
         _service_lines(config, config_path, command), config.service.overrides
     ):
-        _directive(lines, directive, value, why)
+        add_directive(lines, directive, value, why)
     lines += ["", "[Install]", "WantedBy=multi-user.target", ""]
     return "\n".join(lines)
 
@@ -150,7 +152,7 @@ def _service_lines(config: Config, config_path: Path, command: list[str] | None)
     """Every [Service] directive, as (name, value, why), before overrides."""
     argv = command if command is not None else default_command(config_path)
     sandbox = hardening(config.service.hardening, _writable(config))
-    home_readable = _fit_home(sandbox, [Path(argv[0]), config_path])
+    home_readable = fit_home(sandbox, [Path(argv[0]), config_path])
     return _start_lines(argv) + _lifecycle_lines(config) + _optional_lines(config) + home_readable
 
 
@@ -170,7 +172,7 @@ def _start_lines(argv: list[str]) -> list[Line]:
         ),
         (
             "ExecStart",
-            " ".join(_exec_arg(unit_value("the daemon's command line", a)) for a in argv),
+            " ".join(exec_arg(unit_value("the daemon's command line", a)) for a in argv),
             "The daemon in the foreground; it logs to stderr, "
             "which journald stores (with levels: journalctl -u pymgr -p warning).",
         ),
@@ -263,13 +265,13 @@ def _writable(config: Config) -> list[tuple[str, Path]]:
     ]
 
 
-def _fit_home(lines: list[Line], needed: list[Path]) -> list[Line]:
+def fit_home(lines: list[Line], needed: list[Path]) -> list[Line]:
     """ProtectHome=read-only instead of yes when pymgr itself or its config lives under a home."""
     inside = [str(p) for p in needed if any(p.is_relative_to(home) for home in HOMES)]
     if not inside:
         return lines
     why = (
-        f"read-only, not yes: {', '.join(inside)} must stay readable for the daemon to start. Users' files "
+        f"read-only, not yes: {', '.join(inside)} must stay readable for the service to start. Users' files "
         "stay unwritable; install pymgr outside /home and /root for ProtectHome=yes."
     )
     return [(n, "read-only", why) if n == "ProtectHome" and v == "yes" else (n, v, w) for n, v, w in lines]
@@ -310,7 +312,7 @@ def _stop_timeout_s(config: Config) -> int:
     return math.ceil(config.http.shutdown_timeout_s + longest + KILL_WAIT_S + STOP_MARGIN_S)
 
 
-def _exec_arg(arg: str) -> str:
+def exec_arg(arg: str) -> str:
     """One argument in systemd's command-line syntax (systemd.service(5) "Command lines")."""
     text = arg.replace("%", "%%").replace("$", "$$")
     if text and not re.search(r"[\s\"'\\;]", text):
@@ -321,7 +323,7 @@ def _exec_arg(arg: str) -> str:
 def render_socket(config: Config, config_path: Path, name: str) -> str:
     http = config.http
     lines = [
-        *_header(f"{name}.socket", config_path),
+        *unit_header(f"{name}.socket", config_path),
         "",
         "[Unit]",
         "Description=pymgr API socket",
@@ -363,6 +365,6 @@ def render_socket(config: Config, config_path: Path, name: str) -> str:
         ("Service", f"{name}.service", "The service that receives the socket."),
     ]
     for directive, value, why in entries:
-        _directive(lines, directive, value, why)
+        add_directive(lines, directive, value, why)
     lines += ["", "[Install]", "WantedBy=sockets.target", ""]
     return "\n".join(lines)
