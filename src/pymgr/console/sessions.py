@@ -29,6 +29,9 @@ class Session:
     created_s: float
     seen_s: float
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    #: Whether the policy lets the person read the audit log (the nav's Audit link): asked of the
+    #: daemon once per session, None until then (a policy reloaded meanwhile shows at the next login).
+    may_audit: bool | None = None
 
 
 def _key(token: str) -> str:

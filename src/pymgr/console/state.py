@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from pymgr.client import AsyncClient
-from pymgr.console import users
+from pymgr.console import runview, users
 from pymgr.console.config import ConsoleConfig
 from pymgr.console.hub import EventHub
 from pymgr.console.sessions import Session, Sessions
@@ -44,6 +44,10 @@ class Console:
         self.templates = Environment(
             loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True)
         )
+        self.templates.filters.update(
+            elapsed_s=runview.elapsed_s, duration=runview.duration_text, ending=runview.ending
+        )
+        self.templates.tests["ticking"] = runview.ticking
         self._users: dict[str, users.User] = {}
         self._users_mtime: float | None = None
 

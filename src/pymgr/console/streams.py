@@ -23,6 +23,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from pymgr.client import Event, TaskRecord
+from pymgr.console import runview
 from pymgr.console.sessions import Session
 from pymgr.errors import PymgrError
 from pymgr.keeper.progress import ProgressLineFilter
@@ -39,6 +40,17 @@ def sse(data: str, event: str | None = None, id: int | None = None) -> bytes:
     return (head + "".join(f"data: {line}\n" for line in data.split("\n")) + "\n").encode()
 
 
+def _took(record: TaskRecord) -> dict[str, Any]:
+    """What the task page shows of a run's time and end (its row has the same in ``row``)."""
+    elapsed = runview.elapsed_s(record)
+    ticking = runview.ticking(record)
+    return {
+        "elapsed": elapsed if ticking else None,
+        "duration": runview.duration_text(elapsed),
+        "ending": runview.ending(record),
+    }
+
+
 def _browser_event(console: Console, event: Event) -> bytes | None:
     data = event.data
     if event.kind == "progress" and isinstance(data, dict):
@@ -46,7 +58,7 @@ def _browser_event(console: Console, event: Event) -> bytes | None:
     if event.kind == "state":
         record = TaskRecord.from_json(data)
         row = console.templates.get_template("_row.html").render(run=record)
-        return sse(json.dumps({"id": record.id, "state": record.state, "row": row}), "state")
+        return sse(json.dumps({"id": record.id, "state": record.state, "row": row, **_took(record)}), "state")
     if event.kind == "gap":
         return sse("{}", "gap")
     return None
@@ -96,8 +108,11 @@ async def log_stream(request: Request, console: Console, session: Session) -> Re
         position = offset
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         # Progress lines are left out, as on the page; the id is the log's own offset of what was
-        # sent (a line the filter still holds is sent again after a resume, not lost).
-        progress_lines = ProgressLineFilter(at_line_start=offset == 0)
+        # sent (a line the filter still holds is sent again after a resume, not lost). A resume
+        # starts a line: an id that is not after a newline is the start of a held line, which is
+        # the one place a progress line can begin (a chunk that ends mid-line in plain text is the
+        # other, and its rest does not start with the progress word).
+        progress_lines = ProgressLineFilter()
         try:
             async for chunk in client.follow_logs(task_id, offset):
                 if console.sessions.peek(token) is None:

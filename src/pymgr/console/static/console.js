@@ -14,10 +14,36 @@
 
   var FINAL = ["succeeded", "failed", "stopped", "timed_out", "lost"];
 
+  // The same text as runview.duration_text on the server: change both.
+  function formatDuration(seconds) {
+    if (seconds < 60) { return seconds.toFixed(1) + " s"; }
+    var whole = Math.floor(seconds);
+    function two(n) { return (n < 10 ? "0" : "") + n; }
+    if (whole < 3600) { return Math.floor(whole / 60) + " min " + two(whole % 60) + " s"; }
+    return Math.floor(whole / 3600) + " h " + two(Math.floor(whole % 3600 / 60)) + " min";
+  }
+
+  // A running run's duration counts on from what the server wrote (data-elapsed, seconds) when the
+  // element appeared; the browser's clock is never compared with the server's.
+  function tick() {
+    var now = Date.now();
+    each("[data-elapsed]", function (el) {
+      if (!el.dataset.since) { el.dataset.since = String(now); }
+      var seconds = Number(el.dataset.elapsed) + (now - Number(el.dataset.since)) / 1000;
+      el.textContent = formatDuration(seconds);
+    });
+  }
+
   function onState(data) {
     if (FINAL.indexOf(data.state) >= 0) {
       each('[data-stop-of="' + data.id + '"]', function (el) { el.hidden = true; });
+      each('[data-ending-of="' + data.id + '"]', function (el) { el.textContent = data.ending; });
     }
+    each('[data-duration-of="' + data.id + '"]', function (el) {
+      el.removeAttribute("data-since");
+      if (data.elapsed === null) { el.removeAttribute("data-elapsed"); } else { el.dataset.elapsed = data.elapsed; }
+      el.textContent = data.duration;
+    });
     each('[data-state-of="' + data.id + '"]', function (el) {
       el.textContent = data.state;
       el.className = "badge state-" + data.state;
@@ -67,6 +93,8 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
+    tick();
+    window.setInterval(tick, 1000);
     if (!window.EventSource) { return; }
     var live = document.querySelector("[data-live-events]");
     if (live) { watchEvents(live); }
