@@ -13,6 +13,7 @@ import httpx
 from pymgr.client import Client
 from tests.conftest import wait_for
 from tests.console.conftest import Console, form_token
+from tests.console.test_console_pages import _sse_events
 
 ROW = re.compile(r'<tr id="task-(\d+)">')
 
@@ -81,3 +82,16 @@ def test_the_audit_link_is_only_for_people_who_may_read_the_audit(console: Conso
         page = bob.get("/tasks").text
         assert '<a href="/status">Status</a>' in page and 'href="/audit"' not in page
         assert bob.get("/audit").status_code == 403  # the link's absence is not the guard
+
+
+def test_a_log_resumed_at_a_progress_line_does_not_show_it(console: Console) -> None:
+    with closing(console.login("alice")) as http, Client(socket=console.daemon.socket) as daemon:
+        task_id = _start(http, 4, duration="0.3")
+        daemon.wait(task_id, timeout_s=20)
+        raw = daemon.logs(task_id, 0)
+        at = raw.index(b"PYMGR_PROGRESS")
+        assert raw[at - 1 : at] == b"\n"  # a line's start: where a resumed stream's id may point
+        events = _sse_events(http, f"/tasks/{task_id}/log/stream", "end", {"last-event-id": str(at)})
+        shown = "".join(data for event, _, data in events if event == "log")
+        assert shown and "PYMGR_PROGRESS" not in shown
+        assert shown.rstrip("\n") == daemon.logs(task_id, at, progress=False).decode().rstrip("\n")

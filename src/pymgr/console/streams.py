@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from pymgr.console.state import Console
 
 HEARTBEAT_S = 15.0
+#: How soon a browser opens a dropped log stream again (SSE ``retry``; Chromium's default is 3 s).
+RECONNECT_MS = 1000
 SSE_HEADERS = {"cache-control": "no-store", "x-accel-buffering": "no"}
 
 
@@ -114,6 +116,7 @@ async def log_stream(request: Request, console: Console, session: Session) -> Re
         # other, and its rest does not start with the progress word).
         progress_lines = ProgressLineFilter()
         try:
+            yield f"retry: {RECONNECT_MS}\n\n".encode()
             async for chunk in client.follow_logs(task_id, offset):
                 if console.sessions.peek(token) is None:
                     return
