@@ -6,7 +6,8 @@ Rules:
 - A stream ends when its session ends (checked at each event and each heartbeat, without counting
   as use: a watching page does not keep a session from its idle timeout).
 - ``/tasks/N/log/stream`` follows the log as the person, without its progress lines; each chunk's SSE
-  id is the log's byte offset after it, so a reconnecting EventSource (``Last-Event-ID``) resumes where it stopped. ``end`` closes it.
+  id is the log's byte offset after it, so a reconnecting EventSource (``Last-Event-ID``) resumes where it stopped
+  (after ``RECONNECT_MS``, which the stream's ``retry`` asks for). ``end`` closes it.
 - A heartbeat comment every ``HEARTBEAT_S`` keeps proxies from closing a quiet stream.
 """
 
@@ -110,10 +111,10 @@ async def log_stream(request: Request, console: Console, session: Session) -> Re
         position = offset
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         # Progress lines are left out, as on the page; the id is the log's own offset of what was
-        # sent (a line the filter still holds is sent again after a resume, not lost). A resume
-        # starts a line: an id that is not after a newline is the start of a held line, which is
-        # the one place a progress line can begin (a chunk that ends mid-line in plain text is the
-        # other, and its rest does not start with the progress word).
+        # sent (a line the filter still holds is sent again after a resume, not lost). A resume is
+        # taken to start a line: its id is after a newline, or at a held line (maybe a progress line,
+        # which must stay hidden), or rarely inside a plain line, whose rest is then checked as a
+        # line of its own (and, not starting with the progress word, passes as it is).
         progress_lines = ProgressLineFilter()
         try:
             yield f"retry: {RECONNECT_MS}\n\n".encode()
