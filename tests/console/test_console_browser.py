@@ -139,10 +139,6 @@ def test_a_scan_started_from_its_form_reaches_100_percent_without_a_reload(
     page.wait_for_url(f"{console.url}/tasks/*")
     task_id = page.url.rsplit("/", 1)[1]
     page.evaluate("window.notReloaded = true")
-    duration = page.locator(f'[data-duration-of="{task_id}"]')
-    page.locator(f'[data-state-of="{task_id}"]', has_text="running").wait_for(timeout=SHOWN_MS)
-    seen = duration.inner_text()
-    wait_for(lambda: duration.inner_text() != seen, timeout_s=5)  # it counts on while the scan runs
     page.locator(f'[data-pct-of="{task_id}"]', has_text="100 %").wait_for(timeout=SHOWN_MS)
     page.locator(f'[data-state-of="{task_id}"]', has_text="succeeded").wait_for(timeout=SHOWN_MS)
     page.locator(f'[data-ending-of="{task_id}"]', has_text="exit code 0").wait_for(timeout=SHOWN_MS)
@@ -210,6 +206,10 @@ def test_a_long_scan_stopped_from_the_page_leaves_no_process_of_its_tree(page: A
     with Client(socket=console.daemon.socket) as daemon:
         leader = daemon.task(task_id).pid
     assert leader and not gone(leader) and not gone(grandchild)
+    page.locator(f'[data-state-of="{task_id}"]', has_text="running").wait_for(timeout=SHOWN_MS)
+    duration = page.locator(f'[data-duration-of="{task_id}"]')
+    seen = duration.inner_text()
+    wait_for(lambda: duration.inner_text() != seen, timeout_s=5)  # it counts on while the scan runs
     page.get_by_role("link", name="Stop…").click()
     page.get_by_role("heading", name=f"Stop task {task_id}?").wait_for()
     page.get_by_role("button", name=f"Stop task {task_id}").click()
@@ -307,3 +307,21 @@ def test_a_form_with_bad_fields_shows_each_error_beside_its_field(
     page.locator("#start-scan-duration-error").wait_for()
     page.locator("#start-scan").scroll_into_view_if_needed()
     shoot(page, shots, "form-errors")
+
+
+def test_a_run_that_ended_before_the_page_listened_is_shown_ended(page: Any, console: Console) -> None:
+    signed_in(page, console)
+    held: list[Any] = []
+    page.route("**/events", lambda route: held.append(route))  # the page's event stream waits here
+    task_id = start_scan(console, duration=30)
+    with Client(socket=console.daemon.socket) as daemon:
+        wait_for(lambda: daemon.task(task_id).state == "running")
+        page.goto(f"{console.url}/tasks/{task_id}")
+        assert page.locator(f'[data-state-of="{task_id}"]').inner_text() == "running"
+        wait_for(lambda: held)
+        daemon.stop_task(task_id)
+        daemon.wait(task_id, timeout_s=20)  # its events are sent while the page cannot hear them
+    held[0].continue_()
+    page.locator(f'[data-state-of="{task_id}"]', has_text="stopped").wait_for(timeout=SHOWN_MS)
+    page.locator(f'[data-ending-of="{task_id}"]', has_text="signal SIGTERM").wait_for(timeout=SHOWN_MS)
+    assert page.locator(f'[data-stop-of="{task_id}"]').is_hidden()

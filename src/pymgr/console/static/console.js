@@ -57,10 +57,48 @@
     if (old) { old.replaceWith(row); } else if (rows.dataset.prepend) { rows.prepend(row); }
   }
 
+  var LIVE = ["data-state-of", "data-progress-of", "data-pct-of", "data-message-of", "data-duration-of",
+    "data-ending-of", "data-stop-of"];
+
+  // The live parts of this page as a fresh copy of it has them: the table's rows whole, or each
+  // element marked live (a Stop link the fresh copy no longer has is hidden).
+  function refresh(fresh) {
+    var rows = document.getElementById("task-rows");
+    var freshRows = fresh.getElementById("task-rows");
+    if (rows && freshRows) { rows.innerHTML = freshRows.innerHTML; return; }
+    LIVE.forEach(function (attr) {
+      each("[" + attr + "]", function (el) {
+        var twin = fresh.querySelector("[" + attr + '="' + el.getAttribute(attr) + '"]');
+        if (twin) { el.replaceWith(document.importNode(twin, true)); }
+        else if (attr === "data-stop-of") { el.hidden = true; }
+      });
+    });
+  }
+
+  // Events sent before this page's stream opened never reach it: once the stream is open (again,
+  // after a drop), the page is fetched anew and its live parts copied over; events that arrive
+  // meanwhile wait and are applied after, in order, so the newest state is the one left.
   function watchEvents(root) {
     var source = new EventSource(root.getAttribute("data-live-events"));
-    source.addEventListener("progress", function (e) { onProgress(JSON.parse(e.data)); });
-    source.addEventListener("state", function (e) { onState(JSON.parse(e.data)); });
+    var waiting = null;
+    function handle(kind, data) {
+      if (waiting) { waiting.push([kind, data]); return; }
+      if (kind === "progress") { onProgress(data); } else { onState(data); }
+    }
+    source.addEventListener("open", function () {
+      waiting = [];
+      fetch(window.location.href, { credentials: "same-origin", headers: { "accept": "text/html" } })
+        .then(function (reply) { return reply.ok ? reply.text() : null; })
+        .then(function (html) { if (html) { refresh(new DOMParser().parseFromString(html, "text/html")); } })
+        .catch(function () { return null; })
+        .then(function () {
+          var held = waiting;
+          waiting = null;
+          held.forEach(function (e) { handle(e[0], e[1]); });
+        });
+    });
+    source.addEventListener("progress", function (e) { handle("progress", JSON.parse(e.data)); });
+    source.addEventListener("state", function (e) { handle("state", JSON.parse(e.data)); });
   }
 
   function followLog(log) {
