@@ -374,9 +374,21 @@ def test_tasks_list_table(run: Run) -> None:
 
 
 def test_tasks_list_filters_and_json(run: Run, stub: StubServer) -> None:
-    out = run("--json", "tasks", "list", "--state", "running", "--type", "echo", "--key", "k")
+    out = run(
+        "--json",
+        "tasks",
+        "list",
+        "--state",
+        "running",
+        "--type",
+        "echo",
+        "--key",
+        "k",
+        "--started-by",
+        "root",
+    )
     assert out.returncode == 0 and json.loads(out.stdout) == []
-    assert stub.app.requests[-1][2] == {"state": "running", "type": "echo", "key": "k"}
+    assert stub.app.requests[-1][2] == {"state": "running", "type": "echo", "key": "k", "started_by": "root"}
     assert json.loads(run("--json", "tasks", "list").stdout) == TASKS
 
 

@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
+from pymgr.client import Client
+from pymgr.errors import ParamsInvalid
 from tests.conftest import Daemon, unix_http
 from tests.test_daemon_security import SECURE_CONFIG, signed, wait_refused
 
@@ -185,6 +187,18 @@ def test_a_task_started_for_a_person_records_who(console: Daemon) -> None:
     assert record["started_by"]["uid"] == UID
     reply = as_person(console, "/v1/tasks", "bob", "", body={"type": "echo", "params": {"word": "hi"}})
     assert reply.status_code == 403  # without the role, bob may start nothing
+
+
+def test_the_runs_a_person_started_are_listed_by_started_by(console: Daemon) -> None:
+    with Client(socket=console.socket) as client:
+        bob, alice = client.acting_for("bob", ["operators"]), client.acting_for("alice", ["operators"])
+        started = [who.start_task("echo", {"word": "hi"}).id for who in (bob, alice, bob)]
+        assert [r.id for r in bob.tasks(started_by="console:bob")] == [started[2], started[0]]
+        assert [r.id for r in bob.tasks(started_by="console:alice")] == [started[1]]
+        assert bob.tasks(started_by="console:bob", limit=1, before=started[2])[0].id == started[0]
+        assert bob.tasks(started_by="console:carol") == []
+        with pytest.raises(ParamsInvalid, match=r"started_by: String should have at most 256 characters"):
+            bob.tasks(started_by="x" * 257)
 
 
 def test_a_non_delegate_sending_the_header_is_refused_and_counted(

@@ -81,6 +81,12 @@ class Console:
     clock: Clock
     daemon: Daemon
     dir: Path
+    server: uvicorn.Server
+
+    def drop_connections(self) -> None:
+        """Close every open connection of the console, as a network failure would (its streams too)."""
+        for connection in list(self.server.server_state.connections):
+            connection.loop.call_soon_threadsafe(connection.transport.close)
 
     def http(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, follow_redirects=False)
@@ -139,7 +145,7 @@ def start_console(start_daemon: Callable[..., Daemon], tmp_path: Path) -> Iterat
         app = create_app(config, clock)
         url, server, thread = _serve(app)
         servers.append((server, thread))
-        return Console(url, app, clock, daemon, tmp_path)
+        return Console(url, app, clock, daemon, tmp_path, server)
 
     yield start
     for server, thread in servers:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from pymgr.tasks.records import TaskRecord
 from pymgr.tasks.states import TaskState
 from pymgr.tasks.store import SCHEMA_VERSION, SqliteStore
+from pymgr.tasks.store.schema import STARTER_SQL
 from tests.tasks.test_task_store import end, make, record
 
 
@@ -83,7 +85,7 @@ def test_a_schema_2_store_gets_the_indexes(tmp_path: Path) -> None:
     kept = store.add(record(key="k"))
     store.close()
     db = sqlite3.connect(tmp_path / "tasks.db")
-    for name in ("runs_state", "runs_type", "runs_key"):
+    for name in ("runs_state", "runs_type", "runs_key", "runs_started_by"):
         db.execute(f"DROP INDEX {name}")
     db.execute("CREATE INDEX runs_active ON runs(state) WHERE state IN ('queued', 'running')")
     db.execute("PRAGMA user_version=2")
@@ -91,7 +93,45 @@ def test_a_schema_2_store_gets_the_indexes(tmp_path: Path) -> None:
     db.close()
     store = make(tmp_path)
     indexes = {row[0] for row in store._db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert {"runs_state", "runs_type", "runs_key"} <= indexes and "runs_active" not in indexes
+    assert {
+        "runs_state",
+        "runs_type",
+        "runs_key",
+        "runs_started_by",
+    } <= indexes and "runs_active" not in indexes
     assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert store.list_runs(key="k") == [kept] and store.active() == [kept]
+    store.close()
+
+
+def test_started_by_is_the_person_a_delegate_called_for_else_the_user(tmp_path: Path) -> None:
+    store = make(tmp_path, max_records=100)
+    alice = {"transport": "unix", "user": "www-data", "person": "console:alice"}
+    root = {"transport": "unix", "user": "root", "person": None}
+    added = [store.add(dataclasses.replace(record(), started_by=who)) for who in (alice, root, alice)]
+    assert ids(store.list_runs(started_by="console:alice")) == [added[2].id, added[0].id]
+    assert ids(store.list_runs(started_by="root")) == [added[1].id]
+    assert store.list_runs(started_by="www-data") == []  # the delegate did not start them: alice did
+    assert ids(store.list_runs(started_by="console:alice", before=added[2].id)) == [added[0].id]
+    query = (
+        f"EXPLAIN QUERY PLAN SELECT * FROM runs WHERE {STARTER_SQL} = ? AND id < ? ORDER BY id DESC LIMIT ?"
+    )
+    found = " | ".join(row[3] for row in store._db.execute(query, ("root", 5, 3)))
+    assert "USING INDEX runs_started_by (" in found and "TEMP B-TREE" not in found, found
+
+
+def test_a_schema_3_store_gets_the_started_by_index(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    kept = store.add(dataclasses.replace(record(), started_by={"transport": "unix", "user": "root"}))
+    store.close()
+    db = sqlite3.connect(tmp_path / "tasks.db")
+    db.execute("DROP INDEX runs_started_by")
+    db.execute("PRAGMA user_version=3")
+    db.commit()
+    db.close()
+    store = make(tmp_path)
+    indexes = {row[0] for row in store._db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "runs_started_by" in indexes
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert store.list_runs(started_by="root") == [kept]
     store.close()

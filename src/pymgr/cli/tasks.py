@@ -30,6 +30,10 @@ def tasks_list(
     ] = None,
     type_: Annotated[str | None, typer.Option("--type", help="Only tasks of this type.")] = None,
     key: Annotated[str | None, typer.Option("--key", help="Only tasks with this key.")] = None,
+    started_by: Annotated[
+        str | None,
+        typer.Option("--started-by", help="Only tasks started by this person (console:alice) or user."),
+    ] = None,
     limit: Annotated[
         int | None,
         typer.Option("--limit", min=1, help="Tasks a page (default: the daemon's [tasks] list_limit)."),
@@ -41,7 +45,9 @@ def tasks_list(
     """List task runs, newest first, a page at a time (the next page's option is printed on stderr)."""
     _run(
         ctx,
-        lambda client: client.tasks(state=state, type=type_, key=key, limit=limit, before=before),
+        lambda client: client.tasks(
+            state=state, type=type_, key=key, limit=limit, before=before, started_by=started_by
+        ),
         _render_page,
     )
 

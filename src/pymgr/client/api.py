@@ -113,9 +113,21 @@ def call(
 
 
 def tasks(
-    state: str | None, type: str | None, key: str | None, limit: int | None, before: int | None
+    state: str | None,
+    type: str | None,
+    key: str | None,
+    limit: int | None,
+    before: int | None,
+    started_by: str | None = None,
 ) -> Request[list[TaskRecord]]:
-    filters = (("state", state), ("type", type), ("key", key), ("limit", limit), ("before", before))
+    filters = (
+        ("state", state),
+        ("type", type),
+        ("key", key),
+        ("started_by", started_by),
+        ("limit", limit),
+        ("before", before),
+    )
     query = {name: str(value) for name, value in filters if value is not None}
     return Request("GET", "/v1/tasks", _json(list_of(TaskRecord.from_json, "task list")), query=query)
 

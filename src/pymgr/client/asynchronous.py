@@ -79,9 +79,10 @@ class AsyncClient(api.Api):
         key: str | None = None,
         limit: int | None = None,
         before: int | None = None,
+        started_by: str | None = None,
     ) -> list[TaskRecord]:
         """As ``Client.tasks``."""
-        return await self._send(api.tasks(state, type, key, limit, before))
+        return await self._send(api.tasks(state, type, key, limit, before, started_by))
 
     async def task(self, task_id: str | int) -> TaskRecord:
         """As ``Client.task``."""

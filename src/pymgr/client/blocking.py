@@ -111,15 +111,17 @@ class Client(api.Api):
         key: str | None = None,
         limit: int | None = None,
         before: int | None = None,
+        started_by: str | None = None,
     ) -> list[TaskRecord]:
-        """One page of task records, newest first, filtered by state, type and key.
+        """One page of task records, newest first, filtered by state, type, key and who started them.
 
         Args:
+            started_by: the person a delegate acted for (``console:alice``), else the caller's user name.
             limit: records a page (None: the daemon's ``[tasks] list_limit``).
             before: only records with a lower id; the next page is
                 ``before=`` the last id of this one, and an empty page is past the end.
         """
-        return self._send(api.tasks(state, type, key, limit, before))
+        return self._send(api.tasks(state, type, key, limit, before, started_by))
 
     def task(self, task_id: str | int) -> TaskRecord:
         """One task record (``NotFound`` if there is none)."""

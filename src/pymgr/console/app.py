@@ -25,10 +25,17 @@ from starlette.staticfiles import StaticFiles
 from pymgr.client import ConnectionFailed
 from pymgr.console.config import ConsoleConfig
 from pymgr.console.proxy import ProxyTrust
+from pymgr.console.sessions import Session
 from pymgr.console.websec import BodyLimit, SecurityHeaders, same_site, token_matches
 from pymgr.errors import PymgrError
 
 from pymgr.console.state import HERE, Console, Handler
+
+
+async def may_read_audit(console: Console, session: Session) -> bool:
+    """Whether the policy lets the person call ``audit.read`` (the daemon's listing, for the person)."""
+    listing = await console.person(session).modules(allowed=True)
+    return any(m.name == "audit" and a.name == "read" and a.allowed for m in listing for a in m.actions)
 
 
 def page(handler: Handler, state_changing: bool = False) -> Callable[[Request], Awaitable[Response]]:
@@ -54,6 +61,8 @@ def page(handler: Handler, state_changing: bool = False) -> Callable[[Request], 
                     message="This form is stale or not from this site: reload the page and try again.",
                 )
         try:
+            if session.may_audit is None:
+                session.may_audit = await may_read_audit(console, session)
             return await handler(request, console, session)
         except ConnectionFailed:
             return console.render(

@@ -32,12 +32,14 @@ if TYPE_CHECKING:
 STATES: tuple[str, ...] = typing.get_args(TaskState)
 #: Runs the status page counts by state: one page of the daemon's (its default list_max_limit).
 STATUS_SAMPLE = 500
+#: The tasks page's filters: each a ``GET /v1/tasks`` filter of the same name.
+FILTERS = ("state", "type", "key", "started_by")
 #: Most bytes of a log shown inside the task page (the whole log is a download).
 LOG_PAGE_BYTES = 256 * 1024
 
 
 def _filters(request: Request) -> dict[str, str]:
-    return {k: v for k in ("state", "type", "key") if (v := request.query_params.get(k, "").strip())}
+    return {k: v for k in FILTERS if (v := request.query_params.get(k, "").strip())}
 
 
 def _before(request: Request) -> int | None:
@@ -69,6 +71,7 @@ async def tasks_page(request: Request, console: Console, session: Session) -> Re
         filters=filters,
         states=STATES,
         older=older,
+        paged=before is not None,
         live=not filters and before is None,
         startable=await console.forms.get((session.user, session.roles), lambda: _startable(client)),
         errors={},
@@ -104,6 +107,7 @@ async def start_task(request: Request, console: Console, session: Session) -> Re
         filters={},
         states=STATES,
         older=None,
+        paged=False,
         live=True,
         startable=list(startable.items()),
         errors=errors,
@@ -123,8 +127,10 @@ async def task_page(request: Request, console: Console, session: Session) -> Res
         raw = await client.logs(record.id, 0)
     except PymgrError:
         raw = b""
-    # The live view resumes at the log's own offset (progress lines count); they are not shown.
-    log = ProgressLineFilter().feed(raw)
+    # The live view resumes at the log's own offset (progress lines count); they are not shown. A last
+    # line the filter holds (it may be a progress line still being written) is left to the live view.
+    progress_lines = ProgressLineFilter()
+    log = progress_lines.feed(raw)
     shown = log[-LOG_PAGE_BYTES:].decode(errors="replace")
     return console.render(
         request,
@@ -132,7 +138,7 @@ async def task_page(request: Request, console: Console, session: Session) -> Res
         session=session,
         run=record,
         log=shown,
-        log_offset=len(raw),
+        log_offset=len(raw) - progress_lines.held,
         cut=len(log) > LOG_PAGE_BYTES,
         params=json.dumps(record.params, indent=2),
         started_by=record.started_by.get("person") or record.started_by.get("user") or "",

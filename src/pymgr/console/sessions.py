@@ -54,6 +54,9 @@ class Session:
     authenticated_s: float = 0.0
     #: Dangerous calls waiting for their confirmation, by a random id.
     pending: OrderedDict[str, PendingCall] = field(default_factory=OrderedDict)
+    #: Whether the policy lets the person read the audit log (the nav's Audit link): asked of the
+    #: daemon once per session, None until then (a policy reloaded meanwhile shows at the next login).
+    may_audit: bool | None = None
 
     def hold(self, call: PendingCall) -> str:
         """Keep ``call`` until it is confirmed; its id (for the confirmation form)."""

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from pymgr.client import AsyncClient
-from pymgr.console import forms, users
+from pymgr.console import forms, runview, users
 from pymgr.console.config import ConsoleConfig
 from pymgr.console.hub import EventHub
 from pymgr.console.streams import browser_event
@@ -62,6 +62,10 @@ class Console:
         self.forms: TimedCache[list[tuple[str, list[forms.Field]]]] = TimedCache(
             config.form_cache_s, config.max_sessions, clock
         )
+        self.templates.filters.update(
+            elapsed_s=runview.elapsed_s, duration=runview.duration_text, ending=runview.ending
+        )
+        self.templates.tests["ticking"] = runview.ticking
         self._users: dict[str, users.User] = {}
         self._users_mtime: float | None = None
 

@@ -6,7 +6,8 @@ Rules:
 - A stream ends when its session ends (checked at each event and each heartbeat, without counting
   as use: a watching page does not keep a session from its idle timeout).
 - ``/tasks/N/log/stream`` follows the log as the person, without its progress lines; each chunk's SSE
-  id is the log's byte offset after it, so a reconnecting EventSource (``Last-Event-ID``) resumes where it stopped. ``end`` closes it.
+  id is the log's byte offset after it, so a reconnecting EventSource (``Last-Event-ID``) resumes where it stopped
+  (after ``RECONNECT_MS``, which the stream's ``retry`` asks for). ``end`` closes it.
 - A heartbeat comment every ``HEARTBEAT_S`` keeps proxies from closing a quiet stream.
 """
 
@@ -23,6 +24,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from pymgr.client import Event, TaskRecord
+from pymgr.console import runview
 from pymgr.console.sessions import Session
 from pymgr.errors import PymgrError
 from pymgr.keeper.progress import ProgressLineFilter
@@ -31,12 +33,25 @@ if TYPE_CHECKING:
     from pymgr.console.state import Console
 
 HEARTBEAT_S = 15.0
+#: How soon a browser opens a dropped log stream again (SSE ``retry``; Chromium's default is 3 s).
+RECONNECT_MS = 1000
 SSE_HEADERS = {"cache-control": "no-store", "x-accel-buffering": "no"}
 
 
 def sse(data: str, event: str | None = None, id: int | None = None) -> bytes:
     head = (f"event: {event}\n" if event else "") + (f"id: {id}\n" if id is not None else "")
     return (head + "".join(f"data: {line}\n" for line in data.split("\n")) + "\n").encode()
+
+
+def _took(record: TaskRecord) -> dict[str, Any]:
+    """What the task page shows of a run's time and end (its row has the same in ``row``)."""
+    elapsed = runview.elapsed_s(record)
+    ticking = runview.ticking(record)
+    return {
+        "elapsed": elapsed if ticking else None,
+        "duration": runview.duration_text(elapsed),
+        "ending": runview.ending(record),
+    }
 
 
 def browser_event(console: Console, event: Event) -> bytes | None:
@@ -47,7 +62,7 @@ def browser_event(console: Console, event: Event) -> bytes | None:
     if event.kind == "state":
         record = TaskRecord.from_json(data)
         row = console.templates.get_template("_row.html").render(run=record)
-        return sse(json.dumps({"id": record.id, "state": record.state, "row": row}), "state")
+        return sse(json.dumps({"id": record.id, "state": record.state, "row": row, **_took(record)}), "state")
     if event.kind == "gap":
         return sse("{}", "gap")
     return None
@@ -94,9 +109,13 @@ async def log_stream(request: Request, console: Console, session: Session) -> Re
         position = offset
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         # Progress lines are left out, as on the page; the id is the log's own offset of what was
-        # sent (a line the filter still holds is sent again after a resume, not lost).
-        progress_lines = ProgressLineFilter(at_line_start=offset == 0)
+        # sent (a line the filter still holds is sent again after a resume, not lost). A resume is
+        # taken to start a line: its id is after a newline, or at a held line (maybe a progress line,
+        # which must stay hidden), or rarely inside a plain line, whose rest is then checked as a
+        # line of its own (and, not starting with the progress word, passes as it is).
+        progress_lines = ProgressLineFilter()
         try:
+            yield f"retry: {RECONNECT_MS}\n\n".encode()
             async for chunk in client.follow_logs(task_id, offset):
                 if console.sessions.peek(token) is None:
                     return

@@ -35,6 +35,9 @@ Key = Annotated[str | None, Field(min_length=1, max_length=MAX_KEY_CHARS)]
 StateFilter = Annotated[
     str | None, WithJsonSchema({"anyOf": [{"enum": [s.value for s in TaskState]}, {"type": "null"}]})
 ]
+#: Who started a run, as ``tasks.list`` filters it (``console:alice``, ``root``): a person's name is
+#: at most 64 characters and its namespace a word; 256 bounds both with room, as for a key.
+StartedBy = Annotated[str | None, Field(min_length=1, max_length=256)]
 #: A run's id, as a cursor: SQLite's INTEGER is a signed 64-bit number, so a larger one cannot even be asked.
 TaskId = Annotated[int, Field(ge=1, le=2**63 - 1)]
 
@@ -77,14 +80,18 @@ class Tasks(Module):
         key: Key = None,
         limit: Annotated[int | None, Field(ge=1)] = None,
         before: TaskId | None = None,
+        started_by: StartedBy = None,
     ) -> list[shapes.TaskRecord]:
-        """Task runs, newest first, filtered by state, type and key: a page of ``limit`` ([tasks] list_limit).
+        """Task runs, newest first, filtered by state, type, key and who started them: a page of
+        ``limit`` ([tasks] list_limit).
 
+        ``started_by``: the person a delegate acted for (``console:alice``), else the caller's user name.
         The next page: ``before`` = the last id of this one; a page shorter than its limit is the last.
         """
         manager = self.manager
+        limit = page_limit(limit, manager.config)
         records = manager.list_runs(
-            state=state, type=type, key=key, limit=page_limit(limit, manager.config), before=before
+            state=state, type=type, key=key, limit=limit, before=before, started_by=started_by
         )
         return [record.to_dict() for record in records]
 

@@ -44,7 +44,6 @@ from pymgr.tasks.statedir import lock_state_dir, open_store
 from pymgr.tasks.containment import check_limits, open_containment
 from pymgr.tasks.engine import Hooks, build_engine
 from pymgr.tasks.housekeeping import housekeeping
-
 from pymgr.tasks import shapes
 from pymgr.tasks.records import TaskRecord
 from pymgr.tasks.startchecks import MAX_KEY_CHARS, check_keys, parse_state, validate_params
@@ -242,6 +241,7 @@ class TaskManager:
         key: str | None = None,
         limit: int | None = None,
         before: int | None = None,
+        started_by: str | None = None,
     ) -> list[TaskRecord]:
         """Records matching every filter, newest first: at most ``limit`` (None: all), ids below ``before``.
 
@@ -249,7 +249,7 @@ class TaskManager:
             ParamsInvalid: ``state`` is not a state name (the message lists them).
         """
         records = self._store.list_runs(
-            state=parse_state(state), type=type, key=key, limit=limit, before=before
+            state=parse_state(state), type=type, key=key, limit=limit, before=before, started_by=started_by
         )
         return [self._table.with_progress(r) for r in records]
 

@@ -184,7 +184,7 @@ async def test_a_tcp_caller_reaches_the_app_without_peer_credentials(server: Htt
             b"",
             400,
             "bad_params",
-            r"^unknown filter 'bogus'; filters: state, type, key$",
+            r"^unknown filter 'bogus'; filters: state, type, key, started_by$",
         ),
         ("GET", "/v1/tasks/abc", b"", 400, "bad_params", r"^bad params for tasks\.show: id: "),
     ],

@@ -14,10 +14,36 @@
 
   var FINAL = ["succeeded", "failed", "stopped", "timed_out", "lost"];
 
+  // The same text as runview.duration_text on the server: change both.
+  function formatDuration(seconds) {
+    if (seconds < 60) { return seconds.toFixed(1) + " s"; }
+    var whole = Math.floor(seconds);
+    function two(n) { return (n < 10 ? "0" : "") + n; }
+    if (whole < 3600) { return Math.floor(whole / 60) + " min " + two(whole % 60) + " s"; }
+    return Math.floor(whole / 3600) + " h " + two(Math.floor(whole % 3600 / 60)) + " min";
+  }
+
+  // A running run's duration counts on from what the server wrote (data-elapsed, seconds) when the
+  // element appeared; the browser's clock is never compared with the server's.
+  function tick() {
+    var now = Date.now();
+    each("[data-elapsed]", function (el) {
+      if (!el.dataset.since) { el.dataset.since = String(now); }
+      var seconds = Number(el.dataset.elapsed) + (now - Number(el.dataset.since)) / 1000;
+      el.textContent = formatDuration(seconds);
+    });
+  }
+
   function onState(data) {
     if (FINAL.indexOf(data.state) >= 0) {
       each('[data-stop-of="' + data.id + '"]', function (el) { el.hidden = true; });
+      each('[data-ending-of="' + data.id + '"]', function (el) { el.textContent = data.ending; });
     }
+    each('[data-duration-of="' + data.id + '"]', function (el) {
+      el.removeAttribute("data-since");
+      if (data.elapsed === null) { el.removeAttribute("data-elapsed"); } else { el.dataset.elapsed = data.elapsed; }
+      el.textContent = data.duration;
+    });
     each('[data-state-of="' + data.id + '"]', function (el) {
       el.textContent = data.state;
       el.className = "badge state-" + data.state;
@@ -31,10 +57,48 @@
     if (old) { old.replaceWith(row); } else if (rows.dataset.prepend) { rows.prepend(row); }
   }
 
+  var LIVE = ["data-state-of", "data-progress-of", "data-pct-of", "data-message-of", "data-duration-of",
+    "data-ending-of", "data-stop-of"];
+
+  // The live parts of this page as a fresh copy of it has them: the table's rows whole, or each
+  // element marked live (a Stop link the fresh copy no longer has is hidden).
+  function refresh(fresh) {
+    var rows = document.getElementById("task-rows");
+    var freshRows = fresh.getElementById("task-rows");
+    if (rows && freshRows) { rows.innerHTML = freshRows.innerHTML; return; }
+    LIVE.forEach(function (attr) {
+      each("[" + attr + "]", function (el) {
+        var twin = fresh.querySelector("[" + attr + '="' + el.getAttribute(attr) + '"]');
+        if (twin) { el.replaceWith(document.importNode(twin, true)); }
+        else if (attr === "data-stop-of") { el.hidden = true; }
+      });
+    });
+  }
+
+  // Events sent before this page's stream opened never reach it: once the stream is open (again,
+  // after a drop), the page is fetched anew and its live parts copied over; events that arrive
+  // meanwhile wait and are applied after, in order, so the newest state is the one left.
   function watchEvents(root) {
     var source = new EventSource(root.getAttribute("data-live-events"));
-    source.addEventListener("progress", function (e) { onProgress(JSON.parse(e.data)); });
-    source.addEventListener("state", function (e) { onState(JSON.parse(e.data)); });
+    var waiting = null;
+    function handle(kind, data) {
+      if (waiting) { waiting.push([kind, data]); return; }
+      if (kind === "progress") { onProgress(data); } else { onState(data); }
+    }
+    source.addEventListener("open", function () {
+      waiting = [];
+      fetch(window.location.href, { credentials: "same-origin", headers: { "accept": "text/html" } })
+        .then(function (reply) { return reply.ok ? reply.text() : null; })
+        .then(function (html) { if (html) { refresh(new DOMParser().parseFromString(html, "text/html")); } })
+        .catch(function () { return null; })
+        .then(function () {
+          var held = waiting;
+          waiting = null;
+          held.forEach(function (e) { handle(e[0], e[1]); });
+        });
+    });
+    source.addEventListener("progress", function (e) { handle("progress", JSON.parse(e.data)); });
+    source.addEventListener("state", function (e) { handle("state", JSON.parse(e.data)); });
   }
 
   function followLog(log) {
@@ -67,6 +131,8 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
+    tick();
+    window.setInterval(tick, 1000);
     if (!window.EventSource) { return; }
     var live = document.querySelector("[data-live-events]");
     if (live) { watchEvents(live); }

@@ -46,8 +46,10 @@ class TaskStore(Protocol):
         key: str | None = None,
         limit: int | None = None,
         before: int | None = None,
+        started_by: str | None = None,
     ) -> list[TaskRecord]:
-        """Records matching every filter given, newest first: at most ``limit``, ids below ``before``."""
+        """Records matching every filter given, newest first: at most ``limit``, ids below ``before``;
+        ``started_by``: the person a delegate acted for (``console:alice``), else the caller's user name."""
         ...
 
     def find_active(self, key: str) -> TaskRecord | None:

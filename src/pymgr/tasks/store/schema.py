@@ -18,8 +18,13 @@ from pymgr.errors import Unavailable
 from pymgr.tasks.states import ACTIVE, TERMINAL
 
 #: The schema this code writes (``PRAGMA user_version``).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
+#: Who started a run, as ``list_runs`` filters it: the person a delegate acted for (``console:alice``),
+#: else the direct caller's user name. Written once: SQLite uses an index on an expression only for a
+#: query that spells the same expression.
+STARTER_SQL = "coalesce(json_extract(started_by, '$.person'), json_extract(started_by, '$.user'))"
+STARTER_INDEX = f"CREATE INDEX runs_started_by ON runs({STARTER_SQL})"
 #: One index per ``list_runs`` filter: each holds the rowid (the id) after its column, so a filtered
 #: page newest first is a seek and a walk backwards, whatever the history's size (``runs(state)``
 #: also serves ``active``, as the partial index of schema 2 did).
@@ -27,11 +32,13 @@ LIST_INDEXES = (
     "CREATE INDEX runs_state ON runs(state)",
     "CREATE INDEX runs_type ON runs(type)",
     "CREATE INDEX runs_key ON runs(key) WHERE key IS NOT NULL",
+    STARTER_INDEX,
 )
 #: What brings a store of an older schema to this one, by the version it starts from.
 UPGRADES = {
     1: ("ALTER TABLE runs ADD COLUMN cgroup TEXT", "DROP INDEX IF EXISTS runs_active", *LIST_INDEXES),
     2: ("DROP INDEX IF EXISTS runs_active", *LIST_INDEXES),
+    3: (STARTER_INDEX,),
 }
 
 #: The states a query writes into SQL, quoted (``state IN (...)``).

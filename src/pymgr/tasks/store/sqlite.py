@@ -40,7 +40,7 @@ from pymgr.errors import PymgrError, PymgrInternalError, Unavailable
 from pymgr.tasks.records import TaskRecord
 from pymgr.tasks.states import TaskState
 from pymgr.tasks.store import failures, rows
-from pymgr.tasks.store.schema import ACTIVE_SQL, SCHEMA_VERSION, TERMINAL_SQL, migrate
+from pymgr.tasks.store.schema import ACTIVE_SQL, SCHEMA_VERSION, STARTER_SQL, TERMINAL_SQL, migrate
 
 #: The largest id a run can have: SQLite's INTEGER is a signed 64-bit number.
 _MAX_ID = 2**63 - 1
@@ -285,11 +285,17 @@ class SqliteStore:
         key: str | None = None,
         limit: int | None = None,
         before: int | None = None,
+        started_by: str | None = None,
     ) -> list[TaskRecord]:
         """Records matching every filter given, newest first: at most ``limit``, ids below ``before``."""
         conditions: list[str] = ["1"]
         args: list[str | int] = []
-        filters = (("state = ?", state.value if state else None), ("type = ?", type), ("key = ?", key))
+        filters = (
+            ("state = ?", state.value if state else None),
+            ("type = ?", type),
+            ("key = ?", key),
+            (f"{STARTER_SQL} = ?", started_by),
+        )
         for condition, value in (*filters, ("id < ?", before)):
             if value is not None:
                 conditions.append(condition)

@@ -95,6 +95,11 @@ TASK_LIST_QUERY = [
     query("type", _NAME, "Only runs of this task type"),
     query("key", {**_NAME, "maxLength": 256}, "Only runs holding this key"),
     query(
+        "started_by",
+        {**_NAME, "maxLength": 256},
+        "Only runs started by this person (console:alice, for a delegate's call) or, for a direct call, user",
+    ),
+    query(
         "limit",
         {"type": "integer", "minimum": 1},
         "Records a page ([tasks] list_limit; at most list_max_limit)",

@@ -40,7 +40,7 @@ from pymgr.transport.http.streams import QUERY_BOOLEANS, StreamSource, event_que
 log = logging.getLogger("pymgr.http")
 
 #: Query parameters `GET /v1/tasks` understands: filters, then paging; others are a client mistake.
-_TASK_FILTERS = ("state", "type", "key")
+_TASK_FILTERS = ("state", "type", "key", "started_by")
 _TASK_QUERY = frozenset({*_TASK_FILTERS, "limit", "before"})
 
 
