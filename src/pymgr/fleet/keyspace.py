@@ -7,6 +7,8 @@ Keys (docs/fleet.md, "The key layout"):
 - ``fleet:job:<id>:out``: its output, a stream capped by ``[fleet] output_max_entries``.
 - ``fleet:hb:<host>``: the host's heartbeat (JSON), expiring after ``[fleet] lease_s``.
 - ``fleet:hosts``: the set of host ids that ever sent a heartbeat.
+- ``fleet:reaper``: the reaper lock, the id of the one host that marks dead hosts' pinned jobs lost.
+- ``fleet:dead``: the dead-letter stream: jobs delivered more than ``[fleet] max_deliveries`` times.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from enum import Enum
 GROUP = "pymgr"
 #: The set of every host id that has sent a heartbeat.
 HOSTS = "fleet:hosts"
+#: The reaper lock (a string with a TTL): the host id of the one live daemon acting as reaper.
+REAPER = "fleet:reaper"
+#: The dead-letter stream: each entry the job (``job``, ``sig``) and why it was given up.
+DEAD = "fleet:dead"
 
 
 class JobState(str, Enum):
@@ -37,10 +43,16 @@ class JobState(str, Enum):
     STOPPED = "stopped"
     #: The host would not run it: bad signature, too old, not for this host, or its policy (``error``).
     REFUSED = "refused"
+    #: Pinned to a host that died: its lease ran out while the job was pending or queued there (``error``).
+    LOST = "lost"
+    #: Delivered more than ``max_deliveries`` times without an end: on the dead-letter stream (``error``).
+    DEAD = "dead"
 
 
 #: The states a job does not leave.
-FINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.REFUSED})
+FINAL = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.REFUSED, JobState.LOST, JobState.DEAD}
+)
 
 
 def job_key(job_id: str) -> str:
