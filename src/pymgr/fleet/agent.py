@@ -24,6 +24,10 @@ Rules:
   ``lease_s`` and is refreshed every third of it.
 - No more than ``max_jobs`` jobs are open at once: the agent reads none
   while that many are.
+- Dead hosts (``reaper.py``, a task beside the heartbeat): entries of dead
+  hosts on this host's tag streams are claimed and taken as if delivered;
+  an entry re-read or claimed more than ``max_deliveries`` times goes to the
+  dead-letter stream instead (unless its run is in this host's store).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from pymgr.fleet import jobs
 from pymgr.fleet.jobs import Job, JobRefused
 from pymgr.fleet.keys import load_public_key, read_secret_file
 from pymgr.fleet.keyspace import GROUP, HOSTS, JobState, heartbeat_key, job_key
+from pymgr.fleet.reaper import Reaper
 from pymgr.fleet.runner import JobRunner
 from pymgr.tasks.manager import TaskManager
 
@@ -100,6 +105,13 @@ class FleetAgent:
             output_max_entries=config.output_max_entries,
             output_chunk_bytes=config.output_chunk_bytes,
         )
+        self._reaper = Reaper(
+            config,
+            self._redis,
+            self._keys,
+            take=lambda stream, entry_id, fields, n: self._take(stream, entry_id, fields, True, n),
+            room=lambda: config.max_jobs - len(self._open),
+        )
         #: The jobs running now, by (stream, entry id).
         self._open: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._freed = asyncio.Event()
@@ -128,6 +140,7 @@ class FleetAgent:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        await self._reaper.release()
         await self._redis.aclose()
 
     async def write(self, operation: Callable[[Any], Awaitable[Any]]) -> None:
@@ -168,13 +181,14 @@ class FleetAgent:
                 if "BUSYGROUP" not in str(exc):
                     raise
         self._backoff_s = FIRST_BACKOFF_S
-        heartbeat = asyncio.create_task(self._heartbeat())
+        beside = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._reaper.serve())]
         try:
             await self._read_pending()
             while not self._closing:
                 await self._read_new()
         finally:
-            heartbeat.cancel()
+            for task in beside:
+                task.cancel()
 
     async def _read_pending(self) -> None:
         """This host's entries read before but never acknowledged: from id 0, page by page."""
@@ -188,7 +202,7 @@ class FleetAgent:
                     continue
                 for entry_id, fields in entries:
                     after[stream] = _text(entry_id)
-                    await self._take(stream, _text(entry_id), fields, pending=True)
+                    await self._take(stream, _text(entry_id), fields, True)
             if not reply:
                 return
 
@@ -202,11 +216,14 @@ class FleetAgent:
         reply = await self._redis.xreadgroup(GROUP, self._config.host_id, streams, count=room, block=block_ms)
         for stream_name, entries in reply or []:
             for entry_id, fields in entries:
-                await self._take(_text(stream_name), _text(entry_id), fields, pending=False)
+                await self._take(_text(stream_name), _text(entry_id), fields, False)
 
     # --- one entry ---------------------------------------------------------
 
-    async def _take(self, stream: str, entry_id: str, fields: Any, *, pending: bool) -> None:
+    async def _take(
+        self, stream: str, entry_id: str, fields: Any, pending: bool, deliveries: int | None = None
+    ) -> None:
+        """Check and start one entry; ``pending``: read before (re-read or claimed), ``deliveries`` counted."""
         if (stream, entry_id) in self._open or fields is None:  # running already; or deleted (XDEL)
             if fields is None:
                 await self._redis.xack(stream, GROUP, entry_id)
@@ -218,6 +235,12 @@ class FleetAgent:
             job = jobs.check(signed, self._keys, stream=stream, now=self._clock(), max_age_s=max_age_s)
         except JobRefused as exc:
             await self._refuse(stream, entry_id, exc)
+            return
+        if (
+            pending
+            and not accepted
+            and await self._reaper.claims.given_up(stream, entry_id, fields, job.id, deliveries)
+        ):
             return
         if job.id in self._actions_done:  # a redelivered action job: it ran here once already
             log.info("fleet: action job %s ran here already; acknowledged again, not run", job.id)
