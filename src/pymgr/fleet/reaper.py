@@ -21,7 +21,8 @@ Rules:
   (written before the host died) is only acknowledged. One Lua script
   checks and writes each, and does nothing if the host's heartbeat is back.
 - A tag's jobs are never lost: they wait for any host with the tag.
-- Redis errors end the round; the next round tries again (the read loop
+- Redis errors end the round (a dead host's stream Redis refuses to read
+  ends only that host's part); the next round tries again (the read loop
   does the reconnecting).
 """
 
@@ -35,7 +36,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from pymgr.config import FleetConfig
 from pymgr.fleet import jobs
@@ -125,6 +126,8 @@ class Reaper:
                 await self.round()
             except (RedisError, OSError) as exc:
                 log.debug("fleet: the reaper's round ended early (%s)", exc)
+            except Exception:  # a bug: log it, and look after dead hosts again next round
+                log.exception("fleet: the reaper's round failed; this is a bug")
             await asyncio.sleep(self._config.reap_every_s)
 
     async def round(self) -> None:
@@ -139,7 +142,12 @@ class Reaper:
             for raw in sorted(await self._redis.smembers(HOSTS)):
                 host = text(raw)
                 if host != self._config.host_id and not await self._redis.exists(heartbeat_key(host)):
-                    await self._reap(host)
+                    try:
+                        await self._reap(host)
+                    except (
+                        ResponseError
+                    ) as exc:  # e.g. NOGROUP: a stream Redis lost and a submitter made again
+                        log.debug("fleet: the stream of dead host %s cannot be reaped (%s)", host, exc)
 
     async def release(self) -> None:
         """Let the lock go if this host holds it (a clean stop), so another host reaps without waiting."""
