@@ -7,6 +7,8 @@ Keys (docs/fleet.md, "The key layout"):
 - ``fleet:job:<id>:out``: its output, a stream capped by ``[fleet] output_max_entries``.
 - ``fleet:hb:<host>``: the host's heartbeat (JSON), expiring after ``[fleet] lease_s``.
 - ``fleet:hosts``: the set of host ids that ever sent a heartbeat.
+- ``fleet:ctl:<host>``: the host's control stream (signed stops), read in ``GROUP`` too.
+- ``fleet:jobs``: the index of recent jobs (a sorted set of ids by submit time, capped by the submitter).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from enum import Enum
 GROUP = "pymgr"
 #: The set of every host id that has sent a heartbeat.
 HOSTS = "fleet:hosts"
+#: The index of recent jobs: ids scored by ``submitted_at``, the oldest trimmed past the submitter's cap.
+JOBS = "fleet:jobs"
 
 
 class JobState(str, Enum):
@@ -37,10 +41,14 @@ class JobState(str, Enum):
     STOPPED = "stopped"
     #: The host would not run it: bad signature, too old, not for this host, or its policy (``error``).
     REFUSED = "refused"
+    #: Stopped before any host took it: no host will run it.
+    CANCELLED = "cancelled"
 
 
 #: The states a job does not leave.
-FINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.REFUSED})
+FINAL = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.REFUSED, JobState.CANCELLED}
+)
 
 
 def job_key(job_id: str) -> str:
@@ -56,3 +64,8 @@ def output_key(job_id: str) -> str:
 def heartbeat_key(host_id: str) -> str:
     """The heartbeat of a host."""
     return f"fleet:hb:{host_id}"
+
+
+def control_key(host_id: str) -> str:
+    """The control stream of a host (signed stops for the jobs it took)."""
+    return f"fleet:ctl:{host_id}"
