@@ -55,6 +55,8 @@ def test_list_shows_recent_jobs_newest_first_with_filters_and_the_index_is_cappe
     out = pymgr("fleet", "list", "--redis", redis_url, "--limit", "1")
     assert out.stdout.startswith(f"{third}\techo\thost:nobody\tqueued\t-\t")
     assert pymgr("fleet", "list", "--redis", redis_url, "--limit", "0").returncode == 2
+    out = pymgr("fleet", "list", "--redis", redis_url, "--state", "done")
+    assert out.returncode == 2 and "state 'done' is not a job's state; one of queued," in out.stderr
     with FleetClient(
         redis_url, key_id=KEY_ID, signing_key=load_private_key(keys[0]), index_max_jobs=2
     ) as small:

@@ -6,6 +6,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil
 import pytest
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pymgr.fleet import jobs
 from pymgr.fleet.client import FleetClient
+from pymgr.fleet.keys import load_private_key
 from tests.conftest import Daemon, wait_for
 from tests.fleet.conftest import KEY_ID
 from tests.fleet.test_fleet_hosts import _refusals, runs_of
@@ -119,3 +121,29 @@ def test_forged_and_unsigned_stops_are_refused_and_audited_and_policy_decides(
     assert operations == {"tasks.stop:scan": 1}
     with FleetClient(redis_url) as unsigned, pytest.raises(ValueError, match="need a signing key"):
         unsigned.stop(job_id)
+
+
+async def test_the_async_client_follows_stops_and_lists_like_the_sync_one(
+    start_host: Callable[..., Daemon], redis_url: str, keys: tuple[Path, Path]
+) -> None:
+    from pymgr.fleet import AsyncFleetClient
+
+    start_host("a", allow=MAY_STOP)
+    async with AsyncFleetClient(redis_url, key_id=KEY_ID, signing_key=load_private_key(keys[0])) as fleet:
+        short = await fleet.submit("scan", {"task_id": 1, "duration": 1}, host="a")
+        chunks = [chunk async for chunk in fleet.follow(short)]
+        assert (await fleet.show(short)).state == "succeeded"
+        followed = b"".join(chunk.data for chunk in chunks)
+        assert followed == await fleet.output(short) and b"scan 1: 100%" in followed
+        long = await fleet.submit("scan", {"task_id": 2, "duration": 60}, host="a")
+        await fleet.wait_received(long, timeout_s=20)  # taken; its run may not have started yet
+        assert (await fleet.stop(long)).how == "sent"
+        assert (await fleet.wait(long, timeout_s=30)).state == "stopped"
+        queued = await fleet.submit("echo", {"word": "x"}, host="nobody")
+        assert (await fleet.stop(queued)).how == "cancelled"
+        assert [job.id for job in await fleet.jobs()] == [queued, long, short]
+        assert [job.id for job in await fleet.jobs(state="stopped")] == [long]
+        with pytest.raises(ValueError, match=r"^state 'nope' is not a job's state; one of queued, "):
+            await fleet.jobs(state="nope")
+        with pytest.raises(LookupError, match=r"^no fleet job 'nope'"):
+            await fleet.stop("nope")

@@ -88,7 +88,10 @@ def list_jobs(
 ) -> None:
     """Recent jobs, newest first: id, type, target, state, host, age."""
     with client_of(redis_url, config) as client:
-        found = client.jobs(state=state, host=host, tag=tag, limit=limit)
+        try:
+            found = client.jobs(state=state, host=host, tag=tag, limit=limit)
+        except ValueError as exc:
+            fail(str(exc), 2)
     now = time.time()
     lines = [
         "\t".join(
@@ -188,7 +191,7 @@ def acl(
 
     try:
         specs = [HostSpec.parse(text) for text in hosts]
-        HostSpec.parse(submitter)
+        submitter_user(submitter)
     except ValueError as exc:
         fail(str(exc), 2)
     passwords = {}

@@ -68,7 +68,13 @@ def host_user(host_id: str) -> str:
 
 
 def submitter_user(name: str) -> str:
-    """The ACL user of a submitter (``FleetClient(username=...)``)."""
+    """The ACL user of a submitter (``FleetClient(username=...)``).
+
+    Raises:
+        ValueError: a name that is no fleet name.
+    """
+    if not _NAME.match(name):
+        raise ValueError(f"submitter {name!r}: letters, digits, '.', '_' and '-' only, 1 to 64 of them")
     return f"fleet-submitter-{name}"
 
 

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pymgr.fleet.api import LIST_PAGE, POLL_S, FleetApi, check_list_limit, matches, now_text
+from pymgr.fleet.api import LIST_PAGE, POLL_S, FleetApi, check_list_filters, matches, now_text
 from pymgr.fleet.keyspace import HOSTS, JOBS, heartbeat_key, job_key, output_key
 from pymgr.fleet.results import (
     HostInfo,
@@ -87,7 +87,7 @@ class AsyncFleetClient(FleetApi):
         self, *, state: str | None = None, host: str | None = None, tag: str | None = None, limit: int = 50
     ) -> list[JobInfo]:
         """``FleetClient.jobs``."""
-        check_list_limit(limit)
+        check_list_filters(state, limit)
         found: list[JobInfo] = []
         for start in range(0, await self._redis.zcard(JOBS), LIST_PAGE):
             ids = [text_of(i) for i in await self._redis.zrevrange(JOBS, start, start + LIST_PAGE - 1)]

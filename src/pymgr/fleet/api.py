@@ -195,8 +195,11 @@ def matches(info: JobInfo, state: str | None, host: str | None, tag: str | None)
     return tag is None or info.target == f"tag:{tag}"
 
 
-def check_list_limit(limit: int) -> None:
-    """Raises ValueError: ``limit`` outside 1..``MAX_LIST``."""
+def check_list_filters(state: str | None, limit: int) -> None:
+    """Raises ValueError: a state no job has, or ``limit`` outside 1..``MAX_LIST``."""
+    states = [s.value for s in JobState]
+    if state is not None and state not in states:
+        raise ValueError(f"state {state!r} is not a job's state; one of {', '.join(states)}")
     if not 1 <= limit <= MAX_LIST:
         raise ValueError(f"limit must be between 1 and {MAX_LIST}, not {limit!r}")
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import redis
 
-from pymgr.fleet.api import LIST_PAGE, POLL_S, FleetApi, check_list_limit, matches, now_text
+from pymgr.fleet.api import LIST_PAGE, POLL_S, FleetApi, check_list_filters, matches, now_text
 from pymgr.fleet.keyspace import HOSTS, JOBS, heartbeat_key, job_key, output_key
 from pymgr.fleet.results import (
     HostInfo,
@@ -118,9 +118,9 @@ class FleetClient(FleetApi):
             limit: 1 to ``MAX_LIST``.
 
         Raises:
-            ValueError: a limit out of range.
+            ValueError: a state no job has, or a limit out of range.
         """
-        check_list_limit(limit)
+        check_list_filters(state, limit)
         found: list[JobInfo] = []
         for start in range(0, self._redis.zcard(JOBS), LIST_PAGE):
             ids = [text_of(i) for i in self._redis.zrevrange(JOBS, start, start + LIST_PAGE - 1)]

@@ -109,6 +109,8 @@ class FleetControl:
                 await self._session()
             except (*REDIS_DOWN, ResponseError) as exc:  # ResponseError: NOGROUP, Redis restarted empty
                 log.debug("fleet: the control stream waits for Redis (%s)", exc)
+            except Exception:  # a bug: logged, and the loop starts over (the entry stays pending)
+                log.exception("fleet: the control stream failed; this is a bug")
             await asyncio.sleep(wait_s)
             wait_s = min(wait_s * 2, self._config.reconnect_max_s)
 

@@ -63,7 +63,12 @@ def run_key(job_id: str) -> str:
 
 def identity_of(job: Job) -> Identity:
     """Who a job calls as: its key, named ``fleet:<key id>`` by the policy."""
-    return Identity(transport="fleet", fleet_key=job.key_id, peer=f"fleet job {job.id}")
+    peer = (
+        f"fleet job {job.id}"
+        if job.kind != "control"
+        else f"fleet {job.type} {job.id} of job {job.params['job']}"
+    )
+    return Identity(transport="fleet", fleet_key=job.key_id, peer=peer)
 
 
 class JobRunner:
