@@ -28,6 +28,8 @@ Rules:
   hosts on this host's tag streams are claimed and taken as if delivered;
   an entry re-read or claimed more than ``max_deliveries`` times goes to the
   dead-letter stream instead (unless its run is in this host's store).
+- Stops come through the host's control stream, read by ``control.py``
+  beside the job streams (never held back by ``max_jobs``).
 """
 
 from __future__ import annotations
@@ -41,14 +43,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pymgr.auth.audit import Auditor
 from pymgr.config import FleetConfig
 from pymgr.core.dispatch import CallHandler
 from pymgr.fleet import jobs
+from pymgr.fleet.backoff import FIRST_BACKOFF_S, REDIS_DOWN
+from pymgr.fleet.control import FleetControl
 from pymgr.fleet.jobs import Job, JobRefused
 from pymgr.fleet.keys import load_public_key, read_secret_file
 from pymgr.fleet.keyspace import GROUP, HOSTS, JobState, heartbeat_key, job_key
@@ -59,11 +61,6 @@ from pymgr.tasks.manager import TaskManager
 __all__ = ["FleetAgent"]
 
 log = logging.getLogger("pymgr.fleet")
-
-#: What a lost or restarting Redis raises: the agent waits and starts over.
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
-#: The first wait after Redis went away; it doubles up to ``[fleet] reconnect_max_s``.
-FIRST_BACKOFF_S = 0.1
 
 
 class FleetAgent:
@@ -120,10 +117,12 @@ class FleetAgent:
         self._backoff_s = FIRST_BACKOFF_S
         self._main: asyncio.Task[None] | None = None
         self._closing = False
+        self._control = FleetControl(config, dispatcher, tasks, auditor, self._keys, self._redis, clock=clock)
 
     def start(self) -> None:
         """Start serving in the running event loop."""
         self._main = asyncio.create_task(self._serve(), name="pymgr-fleet")
+        self._control.start()
         log.info(
             "fleet: host %s, tags %s, redis %s",
             self._config.host_id,
@@ -136,6 +135,7 @@ class FleetAgent:
         # The flag as well as the cancel: redis-py may turn a cancelled read into a connection error,
         # which the loops below take for Redis going away and would wait out forever.
         self._closing = True
+        await self._control.aclose()
         pending = [task for task in (self._main, *self._open.values()) if task is not None]
         for task in pending:
             task.cancel()
@@ -143,15 +143,14 @@ class FleetAgent:
         await self._reaper.release()
         await self._redis.aclose()
 
-    async def write(self, operation: Callable[[Any], Awaitable[Any]]) -> None:
-        """Run one Redis operation until Redis takes it, waiting between attempts as reconnecting does."""
+    async def write(self, operation: Callable[[Any], Awaitable[Any]]) -> Any:
+        """Run one Redis operation until Redis takes it, waiting between attempts as reconnecting does; its reply."""
         wait_s = FIRST_BACKOFF_S
         while True:
             if self._closing:  # unwritten: the entry stays pending, and is taken up at the next start
                 raise asyncio.CancelledError
             try:
-                await operation(self._redis)
-                return
+                return await operation(self._redis)
             except REDIS_DOWN as exc:
                 log.debug("fleet: a report waits for Redis (%s)", exc)
                 await asyncio.sleep(wait_s)

@@ -9,6 +9,8 @@ Keys (docs/fleet.md, "The key layout"):
 - ``fleet:hosts``: the set of host ids that ever sent a heartbeat.
 - ``fleet:reaper``: the reaper lock, the id of the one host that marks dead hosts' pinned jobs lost.
 - ``fleet:dead``: the dead-letter stream: jobs delivered more than ``[fleet] max_deliveries`` times.
+- ``fleet:ctl:<host>``: the host's control stream (signed stops), read in ``GROUP`` too.
+- ``fleet:jobs``: the index of recent jobs (a sorted set of ids by submit time, capped by the submitter).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ HOSTS = "fleet:hosts"
 REAPER = "fleet:reaper"
 #: The dead-letter stream: each entry the job (``job``, ``sig``) and why it was given up.
 DEAD = "fleet:dead"
+#: The index of recent jobs: ids scored by ``submitted_at``, the oldest trimmed past the submitter's cap.
+JOBS = "fleet:jobs"
 
 
 class JobState(str, Enum):
@@ -47,11 +51,21 @@ class JobState(str, Enum):
     LOST = "lost"
     #: Delivered more than ``max_deliveries`` times without an end: on the dead-letter stream (``error``).
     DEAD = "dead"
+    #: Stopped before any host took it: no host will run it.
+    CANCELLED = "cancelled"
 
 
 #: The states a job does not leave.
 FINAL = frozenset(
-    {JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.REFUSED, JobState.LOST, JobState.DEAD}
+    {
+        JobState.SUCCEEDED,
+        JobState.FAILED,
+        JobState.STOPPED,
+        JobState.REFUSED,
+        JobState.CANCELLED,
+        JobState.LOST,
+        JobState.DEAD,
+    }
 )
 
 
@@ -68,3 +82,8 @@ def output_key(job_id: str) -> str:
 def heartbeat_key(host_id: str) -> str:
     """The heartbeat of a host."""
     return f"fleet:hb:{host_id}"
+
+
+def control_key(host_id: str) -> str:
+    """The control stream of a host (signed stops for the jobs it took)."""
+    return f"fleet:ctl:{host_id}"
