@@ -147,3 +147,17 @@ async def test_the_async_client_follows_stops_and_lists_like_the_sync_one(
             await fleet.jobs(state="nope")
         with pytest.raises(LookupError, match=r"^no fleet job 'nope'"):
             await fleet.stop("nope")
+
+
+def test_a_job_cancelled_while_queued_stays_cancelled_when_read_too_late_to_run(
+    start_host: Callable[..., Daemon], fleet: FleetClient, redis_url: str
+) -> None:
+    job_id = fleet.submit("echo", {"word": "never"}, host="a")
+    assert fleet.stop(job_id).how == "cancelled"
+    time.sleep(1.2)  # past the host's max_age_s: the entry is refused as too old when it is read
+    host = start_host("a", allow=MAY_STOP, fleet="lease_s = 3\nmax_age_s = 1")
+    with redis.Redis.from_url(redis_url) as client:
+        wait_for(lambda: client.xpending("fleet:host:a", "pymgr")["pending"] == 0)
+        wait_for(lambda: [g["entries-read"] for g in client.xinfo_groups("fleet:host:a")] == [1])
+    assert "at most 1 s either way" in host.log()  # refused as too old
+    assert fleet.show(job_id).state == "cancelled" and runs_of(host, job_id) == []

@@ -53,7 +53,7 @@ from pymgr.fleet.backoff import FIRST_BACKOFF_S, REDIS_DOWN
 from pymgr.fleet.control import FleetControl
 from pymgr.fleet.jobs import Job, JobRefused
 from pymgr.fleet.keys import load_public_key, read_secret_file
-from pymgr.fleet.keyspace import GROUP, HOSTS, JobState, heartbeat_key, job_key
+from pymgr.fleet.keyspace import FINAL, GROUP, HOSTS, JobState, heartbeat_key, job_key
 from pymgr.fleet.reaper import Reaper
 from pymgr.fleet.runner import JobRunner
 from pymgr.tasks.manager import TaskManager
@@ -61,6 +61,19 @@ from pymgr.tasks.manager import TaskManager
 __all__ = ["FleetAgent"]
 
 log = logging.getLogger("pymgr.fleet")
+
+# Mark a job refused (the fields after the empty ARGV), unless its state is one of the final ones before it.
+REFUSE_SCRIPT = """
+local state = redis.call('HGET', KEYS[1], 'state')
+local i = 1
+while ARGV[i] ~= '' do
+  if ARGV[i] == state then return 0 end
+  i = i + 1
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, i + 1))
+return 1
+"""
+FINAL_NAMES = sorted(state.value for state in FINAL)
 
 
 class FleetAgent:
@@ -117,6 +130,7 @@ class FleetAgent:
         self._backoff_s = FIRST_BACKOFF_S
         self._main: asyncio.Task[None] | None = None
         self._closing = False
+        self._refuse_script = self._redis.register_script(REFUSE_SCRIPT)
         self._control = FleetControl(config, dispatcher, tasks, auditor, self._keys, self._redis, clock=clock)
 
     def start(self) -> None:
@@ -277,9 +291,9 @@ class FleetAgent:
         log.warning("fleet: refused entry %s of %s: %s", entry_id, stream, exc)
         if self._auditor is not None:
             self._auditor.refused(stream, "fleet", "fleet.job", exc.reason)
-        if exc.job_id is not None:
-            fields = {"state": JobState.REFUSED.value, "error": str(exc), "refused_by": self._config.host_id}
-            await self._redis.hset(job_key(exc.job_id), mapping=fields)
+        if exc.job_id is not None:  # a job already ended (cancelled while queued, lost) keeps its state
+            fields = ["state", JobState.REFUSED.value, "error", str(exc), "refused_by", self._config.host_id]
+            await self._refuse_script(keys=[job_key(exc.job_id)], args=[*FINAL_NAMES, "", *fields])
         await self._redis.xack(stream, GROUP, entry_id)
 
     async def _heartbeat(self) -> None:
