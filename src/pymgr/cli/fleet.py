@@ -5,7 +5,8 @@ share (where Redis is, the client, the options) in ``_fleetshared.py``.
 
 Exit codes: 0 done, 1 an error (the message on stderr), 2 a usage error,
 3 no host took the job in time (``submit``) or the job had not ended in time
-(``stop``), 4 the job ended but not well (``submit --wait``).
+(``stop``), 4 the job ended without a run (refused, lost, dead, cancelled), or
+with ``submit --wait`` ended other than succeeded.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -120,11 +121,27 @@ def submit(
             fail(str(exc), 2)
         except TimeoutError as exc:
             fail(f"{exc}; the job stays queued", EXIT_NOT_TAKEN)
-    who = info.received_by or info.fields.get("refused_by", "?")
-    line = f"job {job_id}: {info.state} by {who}" + (f": {info.error}" if info.error else "")
-    echo(ctx, job_data(info), [line])
-    if info.state == "refused" or (wait and info.state != "succeeded"):
+    echo(ctx, job_data(info), [_said(job_id, info)])
+    if info.state in UNSEEN_THROUGH or (wait and info.state != "succeeded"):
         raise typer.Exit(EXIT_JOB_FAILED)
+
+
+#: The ends of a job no host saw through: ``submit`` exits EXIT_JOB_FAILED on them, with --wait or not.
+UNSEEN_THROUGH = frozenset({"refused", "lost", "dead", "cancelled"})
+#: The ends a host other than the job's own wrote (the reaper, or a host that gave it up).
+MARKED = frozenset({"lost", "dead"})
+
+
+def _said(job_id: str, info: Any) -> str:
+    """``job ID: STATE by HOST[: error]``: the host that took or refused it, or that marked it lost or dead;
+    no ``by`` when there is none (cancelled before any host took it)."""
+    if info.state in MARKED:
+        marked = info.fields.get("reaped_by")
+        how = f" (marked by host {marked})" if marked else ""
+    else:
+        who = info.received_by or info.fields.get("refused_by")
+        how = f" by {who}" if who else ""
+    return f"job {job_id}: {info.state}{how}" + (f": {info.error}" if info.error else "")
 
 
 @fleet_app.command()

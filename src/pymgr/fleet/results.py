@@ -58,7 +58,7 @@ class JobInfo:
 
     @property
     def final(self) -> bool:
-        """Whether the job has ended (succeeded, failed, stopped, refused or cancelled)."""
+        """Whether the job has ended (succeeded, failed, stopped, refused, cancelled, lost or dead)."""
         return self.state in _FINAL_NAMES
 
 
@@ -104,7 +104,7 @@ class OutputChunk:
 
 
 def taken(info: JobInfo) -> bool:
-    """Whether a host has taken the job (or it ended without one: refused, cancelled)."""
+    """Whether a host has taken the job (or it ended without one: refused, cancelled, lost, dead)."""
     return info.received_by is not None or info.final
 
 
