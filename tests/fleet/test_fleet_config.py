@@ -26,6 +26,7 @@ def _fleet(**fields: Any) -> FleetConfig:
 def test_defaults_and_paths_resolved_against_the_config_file() -> None:
     fleet = _fleet(password_file="redis.pass")
     assert fleet.host_id and fleet.tags == [] and fleet.lease_s == 30 and fleet.max_age_s == 300
+    assert fleet.reaper is True and _fleet(reaper=False).reaper is False
     config = Config.model_validate({"fleet": fleet.model_dump()}).resolve_paths(Path("/etc/pymgr"))
     assert config.fleet is not None
     assert config.fleet.keys[0].key_file == Path("/etc/pymgr/console.pub")
@@ -58,6 +59,7 @@ def test_the_three_redis_schemes(url: str) -> None:
             {"lease_s": 10, "reap_interval_s": 10},
             r"reap_interval_s \(10\) must be shorter than lease_s \(10\): the reaper renews its lock",
         ),
+        ({"reaper": "maybe"}, r"reaper\n  Input should be a valid boolean"),
         ({"colour": "red"}, r"colour\n  Extra inputs are not permitted"),
     ],
 )

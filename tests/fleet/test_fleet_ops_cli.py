@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -11,14 +12,20 @@ from pathlib import Path
 
 import pytest
 import redis
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pymgr.fleet.acl import HostSpec
 from pymgr.fleet.api import CLIENT_NAME
 from pymgr.fleet.client import FleetClient
 from pymgr.fleet.keys import load_private_key
+from pymgr.fleet import jobs
+from pymgr.fleet.keyspace import GROUP, REAPER, job_key
+from pymgr.fleet.reaper import LOCK_SCRIPT
 from tests.conftest import PYMGR, Daemon, wait_for
 from tests.fleet.conftest import KEY_ID, host_config
 from tests.fleet.test_fleet_cli import pymgr
+from tests.fleet.test_fleet_dead_hosts import LEASE_S
+from tests.fleet.test_fleet_hosts import _queue
 from tests.fleet.test_fleet_stop import MAY_STOP
 
 
@@ -129,26 +136,29 @@ def test_stop_from_the_command_line(
 @pytest.fixture
 def acl_users(redis_url: str) -> Iterator[list[str]]:
     """The ACL users a test makes, deleted after it (Redis keeps users across FLUSHALL)."""
-    users = ["fleet-host-a", "fleet-host-b", "fleet-submitter-console"]
+    users = ["fleet-host-a", "fleet-host-b", "fleet-host-c", "fleet-submitter-console"]
     yield users
     with redis.Redis.from_url(redis_url) as admin:
         admin.acl_deluser(*users)
 
 
-def test_acl_lines_confine_each_host_to_its_own_keys(
-    start_daemon: Callable[..., Daemon],
-    redis_url: str,
-    keys: tuple[Path, Path],
-    tmp_path: Path,
-    acl_users: list[str],
-) -> None:
-    secrets = tmp_path / "secrets"
-    secrets.mkdir()
+@pytest.fixture
+def secrets(tmp_path: Path, acl_users: list[str]) -> Path:
+    """A --password-dir: each ACL user's password is ``pw-<user>``."""
+    directory = tmp_path / "secrets"
+    directory.mkdir()
     for user in acl_users:
-        (secrets / f"{user}.pass").write_text(f"pw-{user}\n")
-        (secrets / f"{user}.pass").chmod(0o600)
+        (directory / f"{user}.pass").write_text(f"pw-{user}\n")
+        (directory / f"{user}.pass").chmod(0o600)
+    return directory
+
+
+def test_acl_lines_confine_each_host_to_its_own_keys(
+    start_daemon: Callable[..., Daemon], redis_url: str, keys: tuple[Path, Path], secrets: Path
+) -> None:
     out = pymgr("fleet", "acl", "a:scanner", "b", "--password-dir", str(secrets))
     assert out.returncode == 0, out.stderr
+    assert "no --reapers: no host may mark dead hosts' pinned jobs lost" in out.stderr
     lines = out.stdout.splitlines()
     assert len(lines) == 3 and "pw-" not in out.stdout  # passwords only as their SHA-256
     with redis.Redis.from_url(redis_url) as admin:
@@ -157,7 +167,7 @@ def test_acl_lines_confine_each_host_to_its_own_keys(
     config = host_config(redis_url, keys[1], "a", ("scanner",), MAY_STOP).replace(
         "[fleet]\n", f'[fleet]\nusername = "fleet-host-a"\npassword_file = "{secrets}/fleet-host-a.pass"\n'
     )
-    start_daemon(config, name="a")
+    daemon = start_daemon(config, name="a")
     signing = load_private_key(keys[0])
     submitter = {"username": "fleet-submitter-console", "password": "pw-fleet-submitter-console"}
     with FleetClient(redis_url, key_id=KEY_ID, signing_key=signing, **submitter) as fleet:
@@ -168,6 +178,14 @@ def test_acl_lines_confine_each_host_to_its_own_keys(
         wait_for(lambda: fleet.show(long).state == "running")
         assert fleet.stop(long).how == "sent" and fleet.wait(long, timeout_s=30).state == "stopped"
         assert [job.id for job in fleet.jobs()] == [long, tagged]
+    # A forged job is marked refused under the host's user (the refuse script: EVALSHA) and acknowledged.
+    forged = jobs.Job("forged", "task", "echo", {"word": "x"}, jobs.Target("host", "a"), time.time(), KEY_ID)
+    _queue(redis_url, forged, Ed25519PrivateKey.generate())
+    with redis.Redis.from_url(redis_url) as admin:
+        wait_for(lambda: admin.hget(job_key("forged"), "state") == b"refused")
+        wait_for(lambda: admin.xpending("fleet:host:a", GROUP)["pending"] == 0)
+    # Not made a reaper by the ACL, but [fleet] reaper left true: it says so once, and still works.
+    assert daemon.log().count("Redis user may not take the reaper lock") == 1
     host_a = redis.Redis.from_url(redis_url, username="fleet-host-a", password="pw-fleet-host-a")
     submitting = redis.Redis.from_url(redis_url, **submitter)
     with host_a, submitting:
@@ -186,3 +204,74 @@ def test_acl_lines_confine_each_host_to_its_own_keys(
     assert HostSpec.parse("b") == HostSpec("b", ())
     out = pymgr("fleet", "acl", "a:bad tag")
     assert out.returncode == 2 and "a host is ID or ID:TAG,TAG" in out.stderr
+    out = pymgr("fleet", "acl", "a", "--reapers", "a,z")
+    assert (out.returncode, out.stderr) == (2, "error: reapers z: not among the hosts given\n")
+
+
+def _confined(redis_url: str, public_key: Path, secrets: Path, host_id: str, reaper: bool) -> str:
+    """A host's config as its ACL user, with the short lease of the dead-host tests."""
+    user = f"fleet-host-{host_id}"
+    fleet = f"lease_s = {LEASE_S}\nreaper = {'true' if reaper else 'false'}"
+    return host_config(redis_url, public_key, host_id, ("scanner",), fleet=fleet).replace(
+        "[fleet]\n", f'[fleet]\nusername = "{user}"\npassword_file = "{secrets}/{user}.pass"\n'
+    )
+
+
+def test_only_the_hosts_the_acl_makes_reapers_reap_and_the_others_still_claim(
+    start_daemon: Callable[..., Daemon], redis_url: str, keys: tuple[Path, Path], secrets: Path
+) -> None:
+    out = pymgr(
+        "fleet",
+        "acl",
+        "a:scanner",
+        "b:scanner",
+        "c:scanner",
+        "--reapers",
+        "a",
+        "--password-dir",
+        str(secrets),
+    )
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    signing = load_private_key(keys[0])
+    with (
+        redis.Redis.from_url(redis_url) as admin,
+        FleetClient(redis_url, key_id=KEY_ID, signing_key=signing) as fleet,
+    ):
+        for line in out.stdout.splitlines():
+            assert admin.execute_command(*shlex.split(line)) in (b"OK", "OK", True)
+        admin.acl_log_reset()
+        c = start_daemon(_confined(redis_url, keys[1], secrets, "c", False), name="c")
+        tagged = fleet.submit("scan", {"task_id": 1, "duration": 10}, tag="scanner")
+        pinned = fleet.submit("scan", {"task_id": 2, "duration": 60}, host="c")
+        wait_for(lambda: {fleet.show(tagged).state, fleet.show(pinned).state} == {"running"})
+        a = start_daemon(_confined(redis_url, keys[1], secrets, "a", True), name="a")
+        b = start_daemon(_confined(redis_url, keys[1], secrets, "b", False), name="b")
+        wait_for(lambda: admin.get(REAPER) == b"a")
+        c.stop(signal.SIGKILL)
+        # The tag's job is claimed by a or b under its own user; the pinned one marked lost by a, the reaper.
+        info = fleet.wait(tagged, timeout_s=30)
+        assert (info.state, info.received_by in ("a", "b")) == ("succeeded", True), info
+        info = fleet.wait(pinned, timeout_s=30)
+        assert (info.state, info.fields["reaped_by"]) == ("lost", "a"), info
+        # Submitted to the dead host from the shell: lost, said so without "by ?", exit 4.
+        out = pymgr(
+            "fleet", "submit", "echo", "word=x", "--host", "c", "--key", "late", *_signing(redis_url, keys)
+        )
+        assert out.returncode == 4, out.stderr
+        assert out.stdout == (
+            f"job late: lost (marked by host a): host c had no heartbeat for {LEASE_S:g} s;"
+            " the job was never delivered\n"
+        )
+        assert admin.get(REAPER) == b"a"  # b never held it
+        denied = [entry for entry in admin.acl_log() if entry["username"].startswith("fleet-host-")]
+        assert denied == [] and "no permissions" not in a.log() + b.log()
+    with redis.Redis.from_url(redis_url, username="fleet-host-b", password="pw-fleet-host-b") as host_b:
+        refused = [
+            lambda: host_b.xack("fleet:host:c", GROUP, "0-1"),
+            lambda: host_b.xrange("fleet:host:c"),
+            lambda: host_b.eval(LOCK_SCRIPT, 1, REAPER, "b", 2000),
+            lambda: host_b.xclaim("fleet:host:c", GROUP, "b", 0, ["0-1"]),
+        ]
+        for command in refused:
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                command()

@@ -174,6 +174,15 @@ def acl(
     submitter: Annotated[
         str, typer.Option("--submitter", metavar="NAME", help="The submitter's user: fleet-submitter-NAME.")
     ] = "console",
+    reapers: Annotated[
+        str,
+        typer.Option(
+            "--reapers",
+            metavar="ID,ID",
+            help="The hosts that may take the reaper lock and reap other hosts' streams; others need "
+            "[fleet] reaper = false.",
+        ),
+    ] = "",
     password_dir: Annotated[
         Path | None,
         typer.Option(
@@ -189,9 +198,11 @@ def acl(
     from pymgr.fleet.acl import HostSpec, acl_lines, host_user, submitter_user
     from pymgr.fleet.keys import FleetKeyError, read_secret_file
 
+    reaper_ids = {name for name in reapers.split(",") if name}
     try:
         specs = [HostSpec.parse(text) for text in hosts]
         submitter_user(submitter)
+        lines = acl_lines(specs, submitter, reapers=reaper_ids)
     except ValueError as exc:
         fail(str(exc), 2)
     passwords = {}
@@ -201,5 +212,7 @@ def acl(
             passwords = {user: read_secret_file(password_dir / f"{user}.pass") for user in users}
         except FleetKeyError as exc:
             fail(str(exc))
-    lines = acl_lines(specs, submitter, passwords)
+        lines = acl_lines(specs, submitter, passwords, reaper_ids)
+    if not reaper_ids:
+        typer.echo("note: no --reapers: no host may mark dead hosts' pinned jobs lost", err=True)
     echo(ctx, {"lines": lines}, lines)

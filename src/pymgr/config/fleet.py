@@ -82,6 +82,10 @@ class FleetConfig(Section):
     #: Seconds between two looks for dead hosts' jobs (and renewals of the reaper lock). None: a third
     #: of ``lease_s``, so the lock's holder renews it twice before it would run out.
     reap_interval_s: float | None = Field(None, gt=0, le=3600)
+    #: Whether this host may take the reaper lock and mark dead hosts' pinned jobs lost. False: it never
+    #: takes the lock (its Redis user need not reach other hosts' streams: ``pymgr fleet acl --reapers``);
+    #: it still claims its own tags' orphans.
+    reaper: bool = True
 
     @field_validator("redis_url")
     @classmethod

@@ -6,12 +6,23 @@ or a Redis ``aclfile``.
 Rules:
 - Each user starts from ``reset`` (no commands, no keys, no channels) and
   gets only the commands its side sends, inside the Lua scripts included
-  (Redis checks those too), and only its key patterns.
+  (Redis checks those too, and checks the keys a script is given as if it
+  wrote them), and only its key patterns.
 - A host reads and acknowledges its own host stream, its tags' streams and
   its control stream; writes its own heartbeat; and writes job hashes and
   output streams (``fleet:job:*``: it cannot know the ids of jobs in
   advance, so it can write another job's hash, but it cannot queue, take or
   stop another host's jobs, nor forge a job: they are signed).
+- Every host claims its tags' orphans (``claims.py``): it reads every
+  heartbeat (``EXISTS``), claims on its own streams, and appends to the
+  dead-letter stream ``fleet:dead``.
+- Only the hosts named as reapers may take the lock ``fleet:reaper`` and
+  reap (``reaper.py``). They get it through Redis 7 ACL selectors, each a
+  set of commands bound to a set of keys: read the other hosts' streams
+  (``XPENDING``, ``XRANGE``, ``XINFO GROUPS``) and acknowledge or delete
+  their entries (``XACK``, ``XDEL``), but neither add to them nor read them
+  as a consumer. Any other host gets NOPERM on all of it; its
+  ``[fleet] reaper`` must be false.
 - The submitter queues into any host's or tag's stream and any control
   stream, writes job hashes and the index, and reads heartbeats; it runs no
   consumer-group command, so it cannot take a job.
@@ -23,13 +34,38 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["HOST_COMMANDS", "SUBMITTER_COMMANDS", "HostSpec", "acl_lines", "host_user", "submitter_user"]
+__all__ = [
+    "HOST_COMMANDS",
+    "REAPER_SELECTORS",
+    "SUBMITTER_COMMANDS",
+    "HostSpec",
+    "acl_lines",
+    "host_user",
+    "submitter_user",
+]
 
-#: What a host sends: its consumer groups, reports, heartbeat, and the take script (EVAL: HGET, HSET).
-HOST_COMMANDS = tuple("ping xgroup|create xreadgroup xack xadd hset hget hmget eval set sadd".split())
+#: What a host sends: its consumer groups, reports, heartbeat, the take script (EVAL: HGET, HSET), the
+#: refuse and dead-letter scripts (EVALSHA, loaded once: HGET, HSET, XADD, XACK), and its claims
+#: (XPENDING, XCLAIM, EXISTS of heartbeats).
+HOST_COMMANDS = tuple(
+    "ping xgroup|create xreadgroup xack xadd hset hget hmget eval evalsha script|load set sadd"
+    " xpending xclaim exists".split()
+)
+#: What only a reaper sends, as ACL selectors ``(commands, keys)``: the lock script (GET, SET, DEL of
+#: ``fleet:reaper``); the reading of dead hosts' streams, and their entries acknowledged or deleted;
+#: and the lost script, given a job hash, a host stream and a heartbeat (Redis checks a script's keys
+#: against one selector; the commands inside it against each one: HSET by the root's ``fleet:job:*``).
+REAPER_SELECTORS = (
+    (("evalsha", "get", "set", "del"), ("~fleet:reaper",)),
+    (
+        ("smembers", "exists", "xpending", "xrange", "xinfo|groups", "xack", "xdel"),
+        ("~fleet:host:*", "%R~fleet:hosts"),
+    ),
+    (("evalsha",), ("~fleet:host:*", "~fleet:job:*", "~fleet:hb:*")),
+)
 #: What a submitter sends: its connection's name (``api.CLIENT_NAME``), the submit and cancel scripts
 #: (EVALSHA, loaded once: EXISTS, HSET, HGET, XADD, ZADD, ZREMRANGEBYRANK), a stop (XADD), and the
 #: reads of show, jobs, output, follow and hosts.
@@ -79,19 +115,32 @@ def submitter_user(name: str) -> str:
 
 
 def acl_lines(
-    hosts: Iterable[HostSpec], submitter: str, passwords: Mapping[str, str] | None = None
+    hosts: Iterable[HostSpec],
+    submitter: str,
+    passwords: Mapping[str, str] | None = None,
+    reapers: Collection[str] = (),
 ) -> list[str]:
     """``ACL SETUSER`` lines: one per host, then the submitter's.
 
     Args:
         passwords: by user name; a user without one gets ``resetpass``.
+        reapers: the ids of the hosts that may take the reaper lock and reap (``REAPER_SELECTORS``).
+
+    Raises:
+        ValueError: a reaper that is none of ``hosts``.
     """
+    hosts = list(hosts)
+    unknown = sorted(set(reapers) - {host.id for host in hosts})
+    if unknown:
+        raise ValueError(f"reapers {', '.join(unknown)}: not among the hosts given")
     passwords = passwords or {}
     lines = []
     for host in hosts:
         keys = [f"fleet:host:{host.id}", *(f"fleet:tag:{tag}" for tag in host.tags)]
-        keys += [f"fleet:ctl:{host.id}", "fleet:job:*", f"fleet:hb:{host.id}", "fleet:hosts"]
-        lines.append(_line(host_user(host.id), passwords, HOST_COMMANDS, [f"~{key}" for key in keys]))
+        keys += [f"fleet:ctl:{host.id}", "fleet:job:*", f"fleet:hb:{host.id}", "fleet:hosts", "fleet:dead"]
+        patterns = [f"~{key}" for key in keys] + ["%R~fleet:hb:*"]
+        selectors = REAPER_SELECTORS if host.id in reapers else ()
+        lines.append(_line(host_user(host.id), passwords, HOST_COMMANDS, patterns, selectors))
     patterns = ["~fleet:host:*", "~fleet:tag:*", "~fleet:ctl:*", "~fleet:job:*", "~fleet:jobs"]
     patterns += ["%R~fleet:hb:*", "%R~fleet:hosts"]
     user = submitter_user(submitter)
@@ -99,8 +148,18 @@ def acl_lines(
     return lines
 
 
-def _line(user: str, passwords: Mapping[str, str], commands: Iterable[str], keys: list[str]) -> str:
+def _line(
+    user: str,
+    passwords: Mapping[str, str],
+    commands: Iterable[str],
+    keys: list[str],
+    selectors: Iterable[tuple[Iterable[str], Iterable[str]]] = (),
+) -> str:
     password = passwords.get(user)
     secret = "resetpass" if password is None else "#" + hashlib.sha256(password.encode()).hexdigest()
-    allowed = " ".join(f"+{command}" for command in commands)
-    return f"ACL SETUSER {user} reset on {secret} -@all {allowed} {' '.join(keys)}"
+    line = f"ACL SETUSER {user} reset on {secret} -@all {_rules(commands, keys)}"
+    return "".join([line, *(f" ({_rules(*selector)})" for selector in selectors)])
+
+
+def _rules(commands: Iterable[str], keys: Iterable[str]) -> str:
+    return " ".join([*(f"+{command}" for command in commands), *keys])

@@ -5,7 +5,10 @@ Rules:
   ``lease_s``) is gone. A round runs every ``reap_interval_s`` (a third of
   ``lease_s`` by default) on every host: it renews or takes the reaper lock,
   claims on this host's tag streams (``claims.py``), and, if this host holds
-  the lock, reaps the streams of dead hosts.
+  the lock, reaps the streams of dead hosts. A host with ``[fleet] reaper =
+  false`` never takes the lock (its Redis user may not reach other hosts'
+  streams: ``acl.py``); one whose user may not take it says so once, and
+  still claims.
 - The reaper lock is ``fleet:reaper``: the holder's host id with a TTL of
   ``lease_s``. One Lua script renews it if this host holds it, takes it if
   nobody does, and else leaves it; so exactly one live daemon reaps, and when
@@ -36,7 +39,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from pymgr.config import FleetConfig
 from pymgr.fleet import jobs
@@ -85,7 +88,7 @@ class Reaper:
     """This host's share of looking after dead hosts: its claims each round, the reaping when it holds the lock.
 
     Args:
-        config: ``[fleet]`` (``host_id``, ``tags``, ``lease_s``, ``reap_every_s``).
+        config: ``[fleet]`` (``host_id``, ``tags``, ``lease_s``, ``reap_every_s``, ``reaper``).
         redis: the agent's ``redis.asyncio`` client.
         keys: the public keys of ``[[fleet.keys]]`` by id (a job is marked lost only if its signature verifies).
         take, room: what ``Claims`` runs a claimed entry with, and how many more jobs this host may open.
@@ -118,6 +121,7 @@ class Reaper:
         self._release = redis.register_script(RELEASE_SCRIPT)
         self._lost = redis.register_script(LOST_SCRIPT)
         self.holder = False
+        self._refused = False
 
     async def serve(self) -> None:
         """Run a round every ``reap_every_s`` until cancelled."""
@@ -132,7 +136,7 @@ class Reaper:
 
     async def round(self) -> None:
         """Renew or take the lock, claim on this host's tags, and reap if this host holds the lock."""
-        holder = bool(await self._lock(keys=[REAPER], args=[self._config.host_id, self._lease_ms]))
+        holder = await self._hold()
         if holder != self.holder:
             log.info("fleet: this host %s the reaper", "is now" if holder else "is no longer")
             self.holder = holder
@@ -148,6 +152,22 @@ class Reaper:
                         ResponseError
                     ) as exc:  # e.g. NOGROUP: a stream Redis lost and a submitter made again
                         log.debug("fleet: the stream of dead host %s cannot be reaped (%s)", host, exc)
+
+    async def _hold(self) -> bool:
+        """Renew or take the reaper lock: whether this host holds it (never with ``[fleet] reaper = false``)."""
+        if not self._config.reaper:
+            return False
+        try:
+            return bool(await self._lock(keys=[REAPER], args=[self._config.host_id, self._lease_ms]))
+        except NoPermissionError as exc:
+            if not self._refused:
+                log.warning(
+                    "fleet: this host's Redis user may not take the reaper lock (%s): grant it "
+                    "(pymgr fleet acl --reapers) or set [fleet] reaper = false; it still claims its tags' jobs",
+                    exc,
+                )
+                self._refused = True
+            return False
 
     async def release(self) -> None:
         """Let the lock go if this host holds it (a clean stop), so another host reaps without waiting."""
