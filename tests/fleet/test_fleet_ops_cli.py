@@ -73,6 +73,8 @@ def test_list_shows_recent_jobs_newest_first_with_filters_and_the_index_is_cappe
             small.jobs(limit=0)
     with pytest.raises(ValueError, match=r"^index_max_jobs must be at least 1, not 0$"):
         FleetClient(redis_url, index_max_jobs=0)
+    burst = [fleet.submit("echo", {"word": "b"}, host="nobody") for _ in range(30)]  # many within 1 ms
+    assert [job.id for job in fleet.jobs(limit=30)] == burst[::-1]
 
 
 def _client_ids(admin: redis.Redis) -> list[int]:

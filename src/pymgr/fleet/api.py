@@ -46,7 +46,7 @@ LIST_PAGE = 200
 CLIENT_NAME = "pymgr-fleet-client"
 
 # The job's hash, its stream entry and its index entry in one step, unless the id is taken.
-# ARGV: job, sig, job id, submitted_at, index cap, then the hash's fields and values.
+# ARGV: job, sig, job id, the index's score (the submit time), index cap, then the hash's fields and values.
 SUBMIT_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 6))
@@ -141,11 +141,13 @@ class FleetApi(abc.ABC):
             )
         target = Target("host", host) if host is not None else Target("tag", tag or "")
         job_id = key or uuid.uuid4().hex
-        job = Job(job_id, kind, type, dict(params or {}), target, round(time.time(), 3), self._key_id or "")
+        # The index's score is the time unrounded: jobs submitted within one millisecond stay in order.
+        now = time.time()
+        job = Job(job_id, kind, type, dict(params or {}), target, round(now, 3), self._key_id or "")
         entry = self._signed(job)
         fields = {"state": JobState.QUEUED.value, "kind": kind, "type": type, "target": str(target)}
         fields["submitted_at"] = str(job.submitted_at)
-        args: list[Any] = [entry["job"], entry["sig"], job_id, job.submitted_at, self._index_max_jobs]
+        args: list[Any] = [entry["job"], entry["sig"], job_id, repr(now), self._index_max_jobs]
         args += [x for pair in fields.items() for x in pair]
         return job_id, [job_key(job_id), target.stream, JOBS], args
 

@@ -26,7 +26,8 @@ HOSTS = "fleet:hosts"
 REAPER = "fleet:reaper"
 #: The dead-letter stream: each entry the job (``job``, ``sig``) and why it was given up.
 DEAD = "fleet:dead"
-#: The index of recent jobs: ids scored by ``submitted_at``, the oldest trimmed past the submitter's cap.
+#: The index of recent jobs: ids scored by their submit time (``submitted_at`` unrounded), the oldest
+#: trimmed past the submitter's cap.
 JOBS = "fleet:jobs"
 
 
