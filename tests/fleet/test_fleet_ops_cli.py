@@ -211,10 +211,11 @@ def test_acl_lines_confine_each_host_to_its_own_keys(
 
 
 def _confined(redis_url: str, public_key: Path, secrets: Path, host_id: str, reaper: bool) -> str:
-    """A host's config as its ACL user, with the short lease of the dead-host tests."""
+    """A host's config as its ACL user, with the short lease of the dead-host tests; b and c have the tag."""
     user = f"fleet-host-{host_id}"
     fleet = f"lease_s = {LEASE_S}\nreaper = {'true' if reaper else 'false'}"
-    return host_config(redis_url, public_key, host_id, ("scanner",), fleet=fleet).replace(
+    tags = ("scanner",) if host_id in ("b", "c") else ()
+    return host_config(redis_url, public_key, host_id, tags, fleet=fleet).replace(
         "[fleet]\n", f'[fleet]\nusername = "{user}"\npassword_file = "{secrets}/{user}.pass"\n'
     )
 
@@ -225,7 +226,7 @@ def test_only_the_hosts_the_acl_makes_reapers_reap_and_the_others_still_claim(
     out = pymgr(
         "fleet",
         "acl",
-        "a:scanner",
+        "a",
         "b:scanner",
         "c:scanner",
         "--reapers",
@@ -250,9 +251,9 @@ def test_only_the_hosts_the_acl_makes_reapers_reap_and_the_others_still_claim(
         b = start_daemon(_confined(redis_url, keys[1], secrets, "b", False), name="b")
         wait_for(lambda: admin.get(REAPER) == b"a")
         c.stop(signal.SIGKILL)
-        # The tag's job is claimed by a or b under its own user; the pinned one marked lost by a, the reaper.
+        # The tag's job is claimed by b, no reaper, under its own user; the pinned one marked lost by a.
         info = fleet.wait(tagged, timeout_s=30)
-        assert (info.state, info.received_by in ("a", "b")) == ("succeeded", True), info
+        assert (info.state, info.received_by) == ("succeeded", "b"), info
         info = fleet.wait(pinned, timeout_s=30)
         assert (info.state, info.fields["reaped_by"]) == ("lost", "a"), info
         # Submitted to the dead host from the shell: lost, said so without "by ?", exit 4.
@@ -267,6 +268,9 @@ def test_only_the_hosts_the_acl_makes_reapers_reap_and_the_others_still_claim(
         assert admin.get(REAPER) == b"a"  # b never held it
         denied = [entry for entry in admin.acl_log() if entry["username"].startswith("fleet-host-")]
         assert denied == [] and "no permissions" not in a.log() + b.log()
+        assert (
+            "from c (no heartbeat" in b.log() and "reaper lock" not in b.log()
+        )  # reaper = false: never tried
     with redis.Redis.from_url(redis_url, username="fleet-host-b", password="pw-fleet-host-b") as host_b:
         refused = [
             lambda: host_b.xack("fleet:host:c", GROUP, "0-1"),
