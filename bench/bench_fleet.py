@@ -1,33 +1,43 @@
 """The fleet against RQ and Celery: jobs/s submitted and completed through three workers, and start latency.
 
-    python -m bench.bench_fleet [--jobs 2000] [--warmup 200] [--rq-worker fork|simple] [--strict]
+    python -m bench.bench_fleet [--jobs 1000] [--warmup 100] [--latency-jobs 100] [--latency-rate 15]
+                                [--systems pymgr,pymgr-action,rq,celery] [--rq-worker fork|simple] [--strict]
 
-Prints pymgr, RQ and Celery side by side (jobs/s submitted, jobs/s
-completed, submit -> running latency p50 and p99) and the target, writes
-bench/results/fleet.json.
+Prints pymgr, RQ and Celery side by side and the target, writes
+bench/results/fleet.json (docs/fleet.md, "Performance", reads the table).
 
-How it measures (issue 16, docs/fleet.md "Performance"):
+How it measures (issue 16):
 
-- ONE ``redis-server`` started here on a Unix socket in a temporary
-  directory (no persistence), shared by the three systems, one after the
-  other in the same run; each system's workers are started before and
-  stopped after its own measurement, so none idles beside another's.
-- pymgr: three daemons as fleet hosts of one tag, a ``FleetClient``
-  submitting the task type ``noop`` (``/bin/true``) to the tag
-  (``fleet_pymgr.py``); RQ and Celery: three workers each doing a no-op
-  Python function (``fleet_peers.py`` says which workers and why).
-- One submitter, in this process, submits the jobs one after the other as
-  fast as the client returns, while the workers take them. **Submitted/s**:
-  jobs over the time of that loop. **Completed/s**: jobs over the time from
-  the first submit to the last job's end, as the system recorded it.
-  **Latency**: from the submit (pymgr: the submitter's clock before
-  ``submit``; RQ: the job's ``enqueued_at``; Celery: the submitter's clock in
-  the task's args) to the job's start (pymgr: ``running_at`` in the job's
-  hash, the run's process started; RQ: ``started_at``; Celery: the clock
-  the task reads when it starts). Every clock is this machine's
-  ``time.time()``. A warm-up of ``--warmup`` jobs runs first, not recorded.
-- The target (issue 16): pymgr completes at least 2x RQ's jobs/s, with a
-  lower p50, doing its signing, policy and audit.
+- ONE ``redis-server``, started here on a Unix socket in a temporary
+  directory (no persistence), serves every system, one after the other in
+  the same run; each system's workers are started before and stopped after
+  its own measurement, so none idles beside another's.
+- pymgr: three daemons as fleet hosts of one tag and a ``FleetClient``
+  submitting to the tag (``fleet_pymgr.py``): task jobs of the type ``noop``
+  (``/bin/true``: a process per job; the target's row) and, as
+  ``pymgr-action``, action jobs (``demo.echo``, in the daemon). RQ and
+  Celery: three workers each doing a no-op Python function
+  (``fleet_peers.py`` says which workers and why).
+- One submitter, this process, submits one job after the other.
+- **Throughput run**: ``--jobs`` submitted as fast as the client returns,
+  while the workers take them. *Submitted/s*: jobs over the time of the
+  submit loop. *Completed/s*: jobs over the time from the first submit to
+  the last job's end, as the system recorded it. *Loaded p50*: the median
+  submit -> start of that run, mostly the time a job waits behind the
+  others. *CPU ms/job*: CPU time of the workers (with their children: runs,
+  work horses, pool children), of Redis and of the submit loop, per job.
+- **Latency run**: ``--latency-jobs`` submitted at ``--latency-rate`` a
+  second (below every system's throughput, RQ's ~30/s included when the
+  machine is loaded: above it, RQ's latency is its backlog): *p50*, *p99* of submit ->
+  start. Submit: pymgr the submitter's clock before ``submit``, RQ the
+  job's ``enqueued_at``, Celery the submitter's clock in the task's args.
+  Start: pymgr ``running_at`` in the job's hash (the run's process has
+  started, or the action is called), RQ ``started_at`` (in the work horse,
+  before the function), Celery the clock the task reads as it starts. Every
+  clock is this machine's ``time.time()``.
+- A warm-up of ``--warmup`` jobs runs first on each system, not recorded.
+- The target (issue 16): pymgr's task jobs complete at least 2x RQ's jobs/s,
+  with a lower p50, doing its signing, policy and audit.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ import json
 import math
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -96,7 +107,7 @@ def start_redis(directory: Path) -> tuple[Server, Path]:
     """A redis-server on a Unix socket in ``directory``, nothing kept on disk; the server and its socket."""
     binary = shutil.which("redis-server")
     if binary is None:
-        raise ServerError("redis-server is missing (apt-get install redis-server; `make test` installs it)")
+        raise ServerError("redis-server is missing: `make bench` installs it (apt-get install redis-server)")
     socket = directory / "redis.sock"
     argv = [binary, "--port", "0", "--unixsocket", str(socket), "--unixsocketperm", "700"]
     argv += ["--save", "", "--appendonly", "no", "--dir", str(directory), "--daemonize", "no"]
@@ -207,8 +218,8 @@ def throughput(system: System, args: argparse.Namespace, redis_pid: int) -> dict
 
 def measure(system: System, args: argparse.Namespace, redis_pid: int) -> Figures:
     """Warm-up, the throughput run (every job at once), then the latency run (jobs at a steady rate)."""
-    system.start()
     try:
+        system.start()  # in the try: a start that fails half-way stops what it started
         if args.warmup:
             run_jobs(system, args.warmup, args.timeout)
         burst = throughput(system, args, redis_pid)
@@ -236,26 +247,24 @@ def systems(workdir: Path, socket: Path, args: argparse.Namespace) -> tuple[list
     url = f"unix://{socket}"
     found: list[System] = []
     if "pymgr" in args.systems:
-        found.append(PymgrFleet(workdir / "pymgr", url))
+        found.append(PymgrFleet(workdir / "pymgr", url, max_jobs=args.max_jobs))
     if "pymgr-action" in args.systems:
-        found.append(PymgrFleet(workdir / "pymgr-action", url, kind="action"))
+        found.append(PymgrFleet(workdir / "pymgr-action", url, kind="action", max_jobs=args.max_jobs))
     notes = []
-    if "rq" not in args.systems:
-        pass
-    elif has_module("rq"):
-        from bench.fleet_peers import RQPeer
+    if "rq" in args.systems:
+        if has_module("rq"):
+            from bench.fleet_peers import RQPeer
 
-        found.append(RQPeer(workdir / "rq", url, simple=args.rq_worker == "simple"))
-    else:
-        notes.append("RQ not measured: `rq` is not installed (the bench extra has it)")
-    if "celery" not in args.systems:
-        pass
-    elif has_module("celery"):
-        from bench.fleet_peers import CeleryPeer
+            found.append(RQPeer(workdir / "rq", url, simple=args.rq_worker == "simple"))
+        else:
+            notes.append("RQ not measured: `rq` is not installed (the bench extra has it)")
+    if "celery" in args.systems:
+        if has_module("celery"):
+            from bench.fleet_peers import CeleryPeer
 
-        found.append(CeleryPeer(workdir / "celery", url, socket))
-    else:
-        notes.append("Celery not measured: `celery` is not installed (the bench extra has it)")
+            found.append(CeleryPeer(workdir / "celery", url, socket))
+        else:
+            notes.append("Celery not measured: `celery` is not installed (the bench extra has it)")
     return found, notes
 
 
@@ -299,13 +308,16 @@ def _systems(text: str) -> tuple[str, ...]:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--jobs", type=int, default=2000, help="jobs measured per system")
+    parser.add_argument("--jobs", type=int, default=1000, help="jobs measured per system")
     parser.add_argument("--warmup", type=int, default=100, help="jobs run first per system, not measured")
     parser.add_argument(
         "--rq-worker", choices=("fork", "simple"), default="fork", help="RQ's Worker (fork) or SimpleWorker"
     )
-    parser.add_argument("--latency-jobs", type=int, default=150, help="jobs of the latency run per system")
-    parser.add_argument("--latency-rate", type=float, default=30.0, help="jobs/s of the latency run")
+    parser.add_argument("--latency-jobs", type=int, default=100, help="jobs of the latency run per system")
+    parser.add_argument("--latency-rate", type=float, default=15.0, help="jobs/s of the latency run")
+    parser.add_argument(
+        "--max-jobs", type=int, default=16, help="[fleet] max_jobs of each pymgr host (pymgr's default: 16)"
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds a system gets to end its jobs")
     parser.add_argument("--results", type=Path, default=RESULTS / "fleet.json", help="the JSON file written")
     parser.add_argument(
@@ -316,12 +328,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if (
         args.jobs < 1
         or args.latency_jobs < 1
+        or args.max_jobs < 1
         or args.warmup < 0
         or args.timeout <= 0
         or args.latency_rate <= 0
     ):
         parser.error(
-            "--jobs and --latency-jobs must be >= 1, --warmup >= 0, --timeout and --latency-rate > 0"
+            "--jobs, --latency-jobs and --max-jobs must be >= 1, --warmup >= 0, --timeout and --latency-rate > 0"
         )
     return args
 
@@ -366,8 +379,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _redis_version() -> str:
     binary = shutil.which("redis-server") or "redis-server"
-    import subprocess
-
     return subprocess.run([binary, "--version"], capture_output=True, text=True, check=False).stdout.strip()
 
 

@@ -63,6 +63,7 @@ cwd = "/"
 redis_url = "{redis_url}"
 host_id = "{host_id}"
 tags = ["{tag}"]
+max_jobs = {max_jobs}
 
 [[fleet.keys]]
 id = "{key_id}"
@@ -78,9 +79,12 @@ actions = ["tasks.start:noop", "demo.echo"]
 class PymgrFleet:
     """Three hosts and a submitter; ``submit``, ``remaining`` and ``timestamps`` as the bench needs them."""
 
-    def __init__(self, workdir: Path, redis_url: str, hosts: int = 3, kind: str = "task") -> None:
+    def __init__(
+        self, workdir: Path, redis_url: str, hosts: int = 3, kind: str = "task", max_jobs: int = 16
+    ) -> None:
         self.name = "pymgr" if kind == "task" else "pymgr (action)"
         self._kind = kind
+        self._max_jobs = max_jobs
         self._workdir = workdir
         self._redis_url = redis_url
         self._host_ids = [f"host{i + 1}" for i in range(hosts)]
@@ -103,7 +107,12 @@ class PymgrFleet:
             directory = self._workdir / host_id
             directory.mkdir()
             config = HOST_CONFIG.format(
-                redis_url=self._redis_url, host_id=host_id, tag=TAG, key_id=KEY_ID, public_key=keys[1]
+                redis_url=self._redis_url,
+                host_id=host_id,
+                tag=TAG,
+                key_id=KEY_ID,
+                public_key=keys[1],
+                max_jobs=self._max_jobs,
             )
             (directory / "pymgr.toml").write_text(config)
             argv = [sys.executable, "-m", "pymgr", "serve", "--config", str(directory / "pymgr.toml")]

@@ -55,7 +55,12 @@ def test_without_rq_the_target_is_not_checked() -> None:
 
 
 def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["--jobs", "0"], ["--latency-rate", "0"], ["--systems", "pymgr,sidekiq"]):
+    for argv in (
+        ["--jobs", "0"],
+        ["--max-jobs", "0"],
+        ["--latency-rate", "0"],
+        ["--systems", "pymgr,sidekiq"],
+    ):
         with pytest.raises(SystemExit):
             bench_fleet.parse(argv)
     assert "--systems takes pymgr,pymgr-action,rq,celery" in capsys.readouterr().err
