@@ -92,8 +92,9 @@ test: $(VENV)/.test-installed $(WEB_VENV)/.installed $(WEB_VENV)/.typed system-d
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Benchmarks against the peers (docs/performance.md): a venv of their own, with
-# what they compare against (supervisor, gevent); then the task and security
-# benches of bench/, when they exist. Under 10 minutes on 2 cores.
+# what they compare against (supervisor, gevent, RQ, Celery); then the task, security
+# and fleet benches of bench/ (the fleet's starts its own redis-server, hence system-deps).
+# Under 12 minutes on 2 cores.
 BENCH_VENV := .venv-bench
 BENCH_BIN := $(BENCH_VENV)/bin
 BENCH_ARGS ?=
@@ -106,9 +107,9 @@ $(BENCH_VENV)/.installed: pyproject.toml | $(BENCH_BIN)/python
 	$(BENCH_BIN)/pip install -q -e '.[daemon,bench]'
 	touch $@
 
-bench: $(BENCH_VENV)/.installed
+bench: $(BENCH_VENV)/.installed system-deps
 	$(BENCH_BIN)/python -m bench.run $(BENCH_ARGS)
-	@status=0; for bench in bench_tasks bench_security; do \
+	@status=0; for bench in bench_tasks bench_security bench_fleet; do \
 	  echo "== bench/$$bench.py"; $(BENCH_BIN)/python -m bench.$$bench || status=1; \
 	done; exit $$status
 

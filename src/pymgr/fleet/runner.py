@@ -14,7 +14,7 @@ Rules:
   takes it (``received``) in one script that checks for that first, so a
   cancelled job never runs, and a job taken is never cancelled.
 - The hash gets ``received`` before anything runs, ``running`` with the run's
-  id, progress while it runs, and the final state with the exit; the output
+  id and ``running_at``, progress while it runs, and the final state with the exit; the output
   goes into the job's capped stream as the run writes it.
 - Every Redis write goes through ``write``, which retries until Redis takes
   it (the agent's ``write``): a Redis restart delays a report, never loses it.
@@ -23,6 +23,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -127,7 +128,7 @@ class JobRunner:
 
     async def _run_action(self, job: Job) -> dict[str, str]:
         module, action = job.type.split(".", 1)
-        await self._set(job, state=JobState.RUNNING.value)
+        await self._set(job, state=JobState.RUNNING.value, running_at=_now())
         result = await self._dispatcher.call(Call(module, action, dict(job.params), identity_of(job)))
         return {"state": JobState.SUCCEEDED.value, "result": json.dumps(result, default=str)}
 
@@ -140,7 +141,7 @@ class JobRunner:
             params = {"type": job.type, "params": dict(job.params), "key": run_key(job.id)}
             started = await self._dispatcher.call(Call("tasks", "start", params, identity_of(job)))
             record = tasks.get(int(started["id"]))
-        await self._set(job, state=JobState.RUNNING.value, task_id=str(record.id))
+        await self._set(job, state=JobState.RUNNING.value, running_at=_now(), task_id=str(record.id))
         record = await self._follow(job, tasks, record)
         final = {
             "state": _FINAL_OF_RUN.get(record.state, JobState.FAILED).value,
@@ -164,7 +165,9 @@ class JobRunner:
                 await self._set(job, progress=str(progress), progress_message=record.progress_message or "")
             if not running:
                 return record
-            await asyncio.sleep(self._poll_s)
+            # Woken by the run's end, so a short run is reported at once rather than at the next look.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(tasks.wait(record.id), self._poll_s)
 
     async def _copy_output(self, job: Job, tasks: TaskManager, task_id: int, offset: int) -> int:
         while True:
