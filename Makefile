@@ -95,8 +95,9 @@ test: $(VENV)/.test-installed $(WEB_VENV)/.installed $(WEB_VENV)/.typed system-d
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Benchmarks against the peers (docs/performance.md): a venv of their own, with
-# what they compare against (supervisor, gevent) and the web console; then the task, security
-# and console benches of bench/. Under 10 minutes on 2 cores.
+# what they compare against (supervisor, gevent, RQ, Celery) and the web console; then the task,
+# security, console and fleet benches of bench/ (the fleet's starts its own redis-server, hence
+# system-deps). Under 12 minutes on 2 cores.
 BENCH_VENV := .venv-bench
 BENCH_BIN := $(BENCH_VENV)/bin
 BENCH_ARGS ?=
@@ -109,9 +110,9 @@ $(BENCH_VENV)/.installed: pyproject.toml | $(BENCH_BIN)/python
 	$(BENCH_BIN)/pip install -q -e '.[daemon,console,bench]'
 	touch $@
 
-bench: $(BENCH_VENV)/.installed
+bench: $(BENCH_VENV)/.installed system-deps
 	$(BENCH_BIN)/python -m bench.run $(BENCH_ARGS)
-	@status=0; for bench in bench_tasks bench_security bench_console; do \
+	@status=0; for bench in bench_tasks bench_security bench_console bench_fleet; do \
 	  echo "== bench/$$bench.py"; $(BENCH_BIN)/python -m bench.$$bench || status=1; \
 	done; exit $$status
 

@@ -32,6 +32,11 @@ VERSIONED_PACKAGES = (
     "supervisor",
     "gevent",
     "psutil",
+    "redis",
+    "cryptography",
+    "rq",
+    "celery",
+    "kombu",
 )
 
 

@@ -100,6 +100,20 @@ class Server:
             return "(no log)"
 
 
+def stop_all(servers: list[Server], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """Stop servers together: SIGTERM to each, so that their shutdowns overlap; SIGKILL after ``timeout_s``."""
+    for server in servers:
+        if server.proc.poll() is None:
+            server.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for server in servers:
+        try:
+            server.proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+        server.stop()
+
+
 def spawn_server(name: str, argv: list[str], workdir: Path, **popen: Any) -> Server:
     log_path = workdir / f"{name}.log"
     log = open(log_path, "wb")  # noqa: SIM115 - the child owns it; closed below

@@ -96,9 +96,15 @@ def fleet(redis_url: str, keys: tuple[Path, Path]) -> Iterator[FleetClient]:
 
 
 def host_config(
-    redis_url: str, public_key: Path, host_id: str, tags: tuple[str, ...] = (), allow: str = '"tasks.start:*"'
+    redis_url: str,
+    public_key: Path,
+    host_id: str,
+    tags: tuple[str, ...] = (),
+    allow: str = '"tasks.start:*"',
+    fleet: str = "lease_s = 3",
 ) -> str:
-    """The tests' daemon config, as fleet member ``host_id``; ``allow``: what ``fleet:console`` may do."""
+    """The tests' daemon config, as fleet member ``host_id``; ``allow``: what ``fleet:console`` may do;
+    ``fleet``: more lines of ``[fleet]`` (``lease_s`` among them)."""
     tag_list = ", ".join(f'"{tag}"' for tag in tags)
     return (
         BASE_CONFIG
@@ -107,7 +113,7 @@ def host_config(
 redis_url = "{redis_url}"
 host_id = "{host_id}"
 tags = [{tag_list}]
-lease_s = 3
+{fleet}
 block_s = 0.5
 poll_s = 0.05
 reconnect_max_s = 0.5
@@ -131,9 +137,13 @@ def start_host(
     """Factory: a fleet member with an id, tags and the policy for ``fleet:console``."""
 
     def start(
-        host_id: str, tags: tuple[str, ...] = (), allow: str = '"tasks.start:*"', url: str = ""
+        host_id: str,
+        tags: tuple[str, ...] = (),
+        allow: str = '"tasks.start:*"',
+        url: str = "",
+        fleet: str = "lease_s = 3",
     ) -> Daemon:
-        config = host_config(url or redis_url, keys[1], host_id, tags, allow)
+        config = host_config(url or redis_url, keys[1], host_id, tags, allow, fleet)
         return start_daemon(config, name=host_id)
 
     return start

@@ -7,7 +7,9 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import PYMGR, Daemon
+from pymgr.fleet.client import FleetClient
+from pymgr.fleet.keys import load_private_key
+from tests.conftest import PYMGR, Daemon, wait_for
 from tests.fleet.conftest import KEY_ID
 
 
@@ -60,3 +62,23 @@ def test_submit_says_what_is_wrong(start_host: Callable[..., Daemon], redis_url:
     assert out.returncode == 1 and "others may read it; run chmod 600" in out.stderr
     out = pymgr("fleet", "show", "nope", "--redis", redis_url)
     assert out.returncode == 1 and "no fleet job 'nope'" in out.stderr
+
+
+def test_submit_exits_4_on_a_job_cancelled_before_any_host_took_it(
+    redis_url: str, keys: tuple[Path, Path]
+) -> None:
+    signing = ["--redis", redis_url, "--key-id", KEY_ID, "--signing-key", str(keys[0])]
+    argv = [str(PYMGR), "fleet", "submit", "echo", "word=x", "--host", "nobody", "--key", "k1", *signing]
+    submitting = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with FleetClient(redis_url, key_id=KEY_ID, signing_key=load_private_key(keys[0])) as fleet:
+        wait_for(lambda: _queued(fleet, "k1"))
+        assert fleet.stop("k1").how == "cancelled"
+    out, err = submitting.communicate(timeout=60)
+    assert (submitting.returncode, out) == (4, "job k1: cancelled\n"), err
+
+
+def _queued(fleet: FleetClient, job_id: str) -> bool:
+    try:
+        return fleet.show(job_id).state == "queued"
+    except LookupError:
+        return False

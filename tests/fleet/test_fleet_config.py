@@ -26,6 +26,7 @@ def _fleet(**fields: Any) -> FleetConfig:
 def test_defaults_and_paths_resolved_against_the_config_file() -> None:
     fleet = _fleet(password_file="redis.pass")
     assert fleet.host_id and fleet.tags == [] and fleet.lease_s == 30 and fleet.max_age_s == 300
+    assert fleet.reaper is True and _fleet(reaper=False).reaper is False
     config = Config.model_validate({"fleet": fleet.model_dump()}).resolve_paths(Path("/etc/pymgr"))
     assert config.fleet is not None
     assert config.fleet.keys[0].key_file == Path("/etc/pymgr/console.pub")
@@ -51,6 +52,14 @@ def test_the_three_redis_schemes(url: str) -> None:
         ({"max_age_s": 0}, r"max_age_s\n  Input should be greater than 0"),
         ({"max_jobs": 0}, r"max_jobs\n  Input should be greater than or equal to 1"),
         ({"output_max_entries": 0}, r"output_max_entries\n  Input should be greater than or equal to 1"),
+        ({"max_deliveries": 0}, r"max_deliveries\n  Input should be greater than or equal to 1"),
+        ({"dead_max_entries": 0}, r"dead_max_entries\n  Input should be greater than or equal to 1"),
+        ({"reap_interval_s": 0}, r"reap_interval_s\n  Input should be greater than 0"),
+        (
+            {"lease_s": 10, "reap_interval_s": 10},
+            r"reap_interval_s \(10\) must be shorter than lease_s \(10\): the reaper renews its lock",
+        ),
+        ({"reaper": "maybe"}, r"reaper\n  Input should be a valid boolean"),
         ({"colour": "red"}, r"colour\n  Extra inputs are not permitted"),
     ],
 )
@@ -61,6 +70,9 @@ def test_bad_settings_are_refused_naming_them(fields: dict[str, Any], message: s
 
 def test_limits_hold_at_their_edges() -> None:
     assert _fleet(lease_s=1, max_jobs=1, output_max_entries=1).max_jobs == 1
+    assert _fleet(max_deliveries=1, dead_max_entries=1).max_deliveries == 1
+    assert _fleet(lease_s=30).reap_every_s == 10  # a third of the lease unless set
+    assert _fleet(lease_s=30, reap_interval_s=29.5).reap_every_s == 29.5
     assert _fleet(max_jobs=10_000).max_jobs == 10_000
     with pytest.raises(ValidationError, match="less than or equal to 10000"):
         _fleet(max_jobs=10_001)

@@ -57,11 +57,24 @@ def _body(**changes: Any) -> dict[str, bytes]:
         ({"job": b"{", "sig": b""}, r"^the job is not JSON: "),
         (_body(id="a b"), r"^the job id must match "),
         (_body(v=2), r"^job j1: version 2 is not 1$"),
-        (_body(kind="shell"), r"^job j1: kind must be one of task, action$"),
+        (_body(kind="shell"), r"^job j1: kind must be one of task, action, control$"),
         (_body(kind="action", type="demo"), r"^job j1: an action job's type is module.action, not 'demo'$"),
         (_body(params=[1]), r"^job j1: params must be an object$"),
-        (_body(target="hosts:a"), r"^job j1: target must be host:ID or tag:TAG$"),
-        (_body(target="host:a:b"), r"^job j1: target must be host:ID or tag:TAG$"),
+        (_body(target="hosts:a"), r"^job j1: target must be host:ID, tag:TAG or ctl:ID$"),
+        (_body(target="host:a:b"), r"^job j1: target must be host:ID, tag:TAG or ctl:ID$"),
+        (
+            _body(target="ctl:a"),
+            r"^job j1: a control job goes to a host's control stream \(ctl:ID\), and nothing",
+        ),
+        (_body(kind="control", type="stop", params={"job": "j0"}), r"^job j1: a control job goes to"),
+        (
+            _body(kind="control", type="kill", params={"job": "j0"}, target="ctl:a"),
+            r"^job j1: a control job's type is one of stop, not 'kill'$",
+        ),
+        (
+            _body(kind="control", type="stop", params={"job": "a b"}, target="ctl:a"),
+            r'^job j1: a stop\'s params are \{"job": ID\}, the id of the job to stop$',
+        ),
         (_body(submitted_at=True), r"^job j1: submitted_at must be a number of seconds$"),
         (_body(key_id="a/b"), r"^job j1: key_id must be a key id$"),
         (
@@ -184,3 +197,12 @@ def test_the_decoder_refuses_arbitrary_bodies_cleanly(data: dict[str, Any]) -> N
 def test_every_encodable_job_round_trips(params: dict[str, Any], kind: str) -> None:
     job = Job("j-1", kind, "demo.echo", params, Target("host", "h1"), NOW, "console")  # type: ignore[arg-type]
     assert _check(_entry(job), stream="fleet:host:h1") == job
+
+
+def test_a_stop_is_checked_as_a_job_and_for_its_control_stream_only() -> None:
+    stop = Job("s1", "control", "stop", {"job": "j1"}, Target("ctl", "a"), NOW, "console")
+    assert _check(_entry(stop), stream="fleet:ctl:a") == stop
+    with pytest.raises(JobRefused, match=r"signed for ctl:a, found in fleet:ctl:b$"):
+        _check(_entry(stop), stream="fleet:ctl:b")
+    with pytest.raises(JobRefused, match=r"signature does not verify"):
+        _check(_entry(stop, Ed25519PrivateKey.generate()), stream="fleet:ctl:a")

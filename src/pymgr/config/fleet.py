@@ -74,6 +74,18 @@ class FleetConfig(Section):
     block_s: float = Field(2.0, gt=0, le=60)
     #: Longest wait between two attempts to reach Redis (the wait doubles from 0.1 s up to this).
     reconnect_max_s: float = Field(10.0, ge=0.1, le=600)
+    #: Deliveries a job may have without being acknowledged; the next one puts it on the dead-letter
+    #: stream (``fleet:dead``) instead of running it. 3: a job may outlive two dead hosts, not a third.
+    max_deliveries: int = Field(3, ge=1, le=1000)
+    #: Entries kept in the dead-letter stream (``XADD MAXLEN ~``).
+    dead_max_entries: int = Field(10_000, ge=1, le=1_000_000)
+    #: Seconds between two looks for dead hosts' jobs (and renewals of the reaper lock). None: a third
+    #: of ``lease_s``, so the lock's holder renews it twice before it would run out.
+    reap_interval_s: float | None = Field(None, gt=0, le=3600)
+    #: Whether this host may take the reaper lock and mark dead hosts' pinned jobs lost. False: it never
+    #: takes the lock (its Redis user need not reach other hosts' streams: ``pymgr fleet acl --reapers``);
+    #: it still claims its own tags' orphans.
+    reaper: bool = True
 
     @field_validator("redis_url")
     @classmethod
@@ -102,6 +114,20 @@ class FleetConfig(Section):
         if len(set(ids)) != len(ids):
             raise ValueError(f"[[fleet.keys]] ids must be unique; got {ids}")
         return self
+
+    @model_validator(mode="after")
+    def _reap_within_lease(self) -> FleetConfig:
+        if self.reap_interval_s is not None and self.reap_interval_s >= self.lease_s:
+            raise ValueError(
+                f"reap_interval_s ({self.reap_interval_s:g}) must be shorter than lease_s ({self.lease_s:g}): "
+                "the reaper renews its lock every reap_interval_s, and the lock lives lease_s"
+            )
+        return self
+
+    @property
+    def reap_every_s(self) -> float:
+        """Seconds between two reaper rounds: ``reap_interval_s``, or a third of ``lease_s``."""
+        return self.lease_s / 3 if self.reap_interval_s is None else self.reap_interval_s
 
     def resolve_paths(self, absolute: Callable[[Path | None], Path | None]) -> FleetConfig:
         """A copy with ``password_file`` and each key's file made absolute by ``absolute`` (Config's)."""

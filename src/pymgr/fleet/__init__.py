@@ -7,14 +7,16 @@ imported unless ``[fleet]`` is configured or ``pymgr fleet`` runs (it needs
 - ``jobs.py``: a job's canonical encoding, signature and decoder (pure).
 - ``keys.py``: the Ed25519 key files; ``keyspace.py``: the Redis key names and job states.
 - ``agent.py``: the host side (a task in the daemon's loop); ``runner.py``: one job on this host.
-- ``client.py``: the submitting side, ``FleetClient``; ``aclient.py``, ``AsyncFleetClient``.
+- ``client.py``: the submitting side, ``FleetClient``; ``aclient.py``, ``AsyncFleetClient``;
+  ``api.py`` what both share (constructor, scripts, signed entries); ``results.py`` what they return.
+- ``control.py``: the host side of stops (its control stream).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["AsyncFleetClient", "FleetClient", "HostInfo", "JobInfo"]
+__all__ = ["AsyncFleetClient", "FleetClient", "HostInfo", "JobInfo", "OutputChunk", "StopResult"]
 
 
 def __getattr__(name: str) -> Any:
@@ -23,8 +25,12 @@ def __getattr__(name: str) -> Any:
         from pymgr.fleet.aclient import AsyncFleetClient
 
         return AsyncFleetClient
-    if name in __all__:
-        from pymgr.fleet import client
+    if name == "FleetClient":
+        from pymgr.fleet.client import FleetClient
 
-        return getattr(client, name)
+        return FleetClient
+    if name in __all__:
+        from pymgr.fleet import results
+
+        return getattr(results, name)
     raise AttributeError(f"module 'pymgr.fleet' has no attribute {name!r}")

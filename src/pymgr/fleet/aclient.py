@@ -1,55 +1,48 @@
 """``AsyncFleetClient``: ``FleetClient`` for an asyncio program (a console's web back end).
 
-The same job, checks and results as the sync client (``client.py``: the
-submission, the readers of hashes and heartbeats and the wait conditions are
-shared); only the I/O differs, through ``redis.asyncio``.
+The same jobs, checks and results as the sync client (``api.py`` holds the
+constructor, the scripts and the signed entries; ``results.py`` the readers);
+only the I/O differs, through ``redis.asyncio``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pymgr.fleet.client import (
-    SUBMIT_SCRIPT,
-    POLL_S,
+from pymgr.fleet.api import LIST_PAGE, POLL_S, FleetApi, check_list_filters, matches, now_text
+from pymgr.fleet.keyspace import HOSTS, JOBS, heartbeat_key, job_key, output_key
+from pymgr.fleet.results import (
     HostInfo,
     JobInfo,
-    text_of,
+    OutputChunk,
+    StopResult,
+    chunk_of,
     ended,
     host_info_of,
     job_info_of,
     not_in_time,
-    submission,
     taken,
+    text_of,
 )
-from pymgr.fleet.keyspace import HOSTS, heartbeat_key, job_key, output_key
 
 __all__ = ["AsyncFleetClient"]
 
+#: What a dropped or restarting Redis raises while following; the follow waits and goes on.
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 
-class AsyncFleetClient:
-    """Submit jobs to a fleet and read their state (asyncio); arguments and errors as ``FleetClient``'s."""
 
-    def __init__(
-        self,
-        redis_url: str,
-        *,
-        key_id: str | None = None,
-        signing_key: Ed25519PrivateKey | None = None,
-        username: str | None = None,
-        password: str | None = None,
-    ) -> None:
-        # Any: redis-py types each command's reply as the union of its sync and async forms.
-        self._redis: Any = aioredis.from_url(redis_url, username=username, password=password)
-        self._key_id = key_id
-        self._signing_key = signing_key
-        self._submit_script = self._redis.register_script(SUBMIT_SCRIPT)
+class AsyncFleetClient(FleetApi):
+    """Submit jobs to a fleet, stop them and read their state (asyncio); as ``FleetClient``."""
+
+    def _connect(self, redis_url: str, **options: Any) -> Any:
+        return aioredis.from_url(redis_url, **options)
 
     async def aclose(self) -> None:
         await self._redis.aclose()
@@ -71,13 +64,42 @@ class AsyncFleetClient:
         kind: Literal["task", "action"] = "task",
     ) -> str:
         """``FleetClient.submit``."""
-        job_id, keys, args = submission(type, params, host, tag, key, kind, self._key_id, self._signing_key)
+        job_id, keys, args = self._submission(type, params, host, tag, key, kind)
         await self._submit_script(keys=keys, args=args)
         return job_id
+
+    async def stop(self, job_id: str) -> StopResult:
+        """``FleetClient.stop``."""
+        state = await self._cancel_script(keys=[job_key(job_id)], args=[now_text()])
+        result = self._stop_before_sending(job_id, state)
+        if result is not None:
+            return result
+        result, stream, entry = self._stop_entry(await self.show(job_id))
+        if stream is not None:
+            await self._redis.xadd(stream, entry)
+        return result
 
     async def show(self, job_id: str) -> JobInfo:
         """``FleetClient.show``."""
         return job_info_of(job_id, await self._redis.hgetall(job_key(job_id)))
+
+    async def jobs(
+        self, *, state: str | None = None, host: str | None = None, tag: str | None = None, limit: int = 50
+    ) -> list[JobInfo]:
+        """``FleetClient.jobs``."""
+        check_list_filters(state, limit)
+        found: list[JobInfo] = []
+        for start in range(0, await self._redis.zcard(JOBS), LIST_PAGE):
+            ids = [text_of(i) for i in await self._redis.zrevrange(JOBS, start, start + LIST_PAGE - 1)]
+            pipe = self._redis.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hgetall(job_key(job_id))
+            for job_id, raw in zip(ids, await pipe.execute(), strict=True):
+                if raw and matches(info := job_info_of(job_id, raw), state, host, tag):
+                    found.append(info)
+                    if len(found) == limit:
+                        return found
+        return found
 
     async def wait_received(self, job_id: str, timeout_s: float = 30.0) -> JobInfo:
         """``FleetClient.wait_received``."""
@@ -90,6 +112,42 @@ class AsyncFleetClient:
     async def output(self, job_id: str) -> bytes:
         """``FleetClient.output``."""
         return b"".join(fields[b"data"] for _, fields in await self._redis.xrange(output_key(job_id)))
+
+    async def follow(
+        self,
+        job_id: str,
+        after: str = "0",
+        *,
+        block_s: float = 0.5,
+        on_reconnect: Callable[[str, Exception], None] | None = None,
+    ) -> AsyncIterator[OutputChunk]:
+        """``FleetClient.follow``."""
+        await self.show(job_id)
+        last, ended_seen = after, False
+        while True:
+            block = None if ended_seen else int(block_s * 1000)
+            try:
+                reply = await self._redis.xread({output_key(job_id): last}, count=100, block=block)
+                if not reply:
+                    if ended_seen:
+                        return
+                    ended_seen = await self._ended(job_id)
+                    continue
+            except REDIS_DOWN as exc:
+                if on_reconnect is not None:
+                    on_reconnect(last, exc)
+                await asyncio.sleep(block_s)
+                continue
+            for entry_id, fields in reply[0][1]:
+                chunk = chunk_of(entry_id, fields)
+                yield chunk
+                last = chunk.entry_id
+
+    async def _ended(self, job_id: str) -> bool:
+        try:
+            return (await self.show(job_id)).final
+        except LookupError:
+            return False
 
     async def hosts(self) -> list[HostInfo]:
         """``FleetClient.hosts``."""

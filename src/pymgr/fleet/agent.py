@@ -24,6 +24,12 @@ Rules:
   ``lease_s`` and is refreshed every third of it.
 - No more than ``max_jobs`` jobs are open at once: the agent reads none
   while that many are.
+- Dead hosts (``reaper.py``, a task beside the heartbeat): entries of dead
+  hosts on this host's tag streams are claimed and taken as if delivered;
+  an entry re-read or claimed more than ``max_deliveries`` times goes to the
+  dead-letter stream instead (unless its run is in this host's store).
+- Stops come through the host's control stream, read by ``control.py``
+  beside the job streams (never held back by ``max_jobs``).
 """
 
 from __future__ import annotations
@@ -37,17 +43,18 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pymgr.auth.audit import Auditor
 from pymgr.config import FleetConfig
 from pymgr.core.dispatch import CallHandler
 from pymgr.fleet import jobs
+from pymgr.fleet.backoff import FIRST_BACKOFF_S, REDIS_DOWN
+from pymgr.fleet.control import FleetControl
 from pymgr.fleet.jobs import Job, JobRefused
 from pymgr.fleet.keys import load_public_key, read_secret_file
-from pymgr.fleet.keyspace import GROUP, HOSTS, JobState, heartbeat_key, job_key
+from pymgr.fleet.keyspace import FINAL, GROUP, HOSTS, JobState, heartbeat_key, job_key
+from pymgr.fleet.reaper import Reaper
 from pymgr.fleet.runner import JobRunner
 from pymgr.tasks.manager import TaskManager
 
@@ -55,10 +62,18 @@ __all__ = ["FleetAgent"]
 
 log = logging.getLogger("pymgr.fleet")
 
-#: What a lost or restarting Redis raises: the agent waits and starts over.
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
-#: The first wait after Redis went away; it doubles up to ``[fleet] reconnect_max_s``.
-FIRST_BACKOFF_S = 0.1
+# Mark a job refused (the fields after the empty ARGV), unless its state is one of the final ones before it.
+REFUSE_SCRIPT = """
+local state = redis.call('HGET', KEYS[1], 'state')
+local i = 1
+while ARGV[i] ~= '' do
+  if ARGV[i] == state then return 0 end
+  i = i + 1
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, i + 1))
+return 1
+"""
+FINAL_NAMES = sorted(state.value for state in FINAL)
 
 
 class FleetAgent:
@@ -100,6 +115,13 @@ class FleetAgent:
             output_max_entries=config.output_max_entries,
             output_chunk_bytes=config.output_chunk_bytes,
         )
+        self._reaper = Reaper(
+            config,
+            self._redis,
+            self._keys,
+            take=lambda stream, entry_id, fields, n: self._take(stream, entry_id, fields, True, n),
+            room=lambda: config.max_jobs - len(self._open),
+        )
         #: The jobs running now, by (stream, entry id).
         self._open: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._freed = asyncio.Event()
@@ -108,10 +130,13 @@ class FleetAgent:
         self._backoff_s = FIRST_BACKOFF_S
         self._main: asyncio.Task[None] | None = None
         self._closing = False
+        self._refuse_script = self._redis.register_script(REFUSE_SCRIPT)
+        self._control = FleetControl(config, dispatcher, tasks, auditor, self._keys, self._redis, clock=clock)
 
     def start(self) -> None:
         """Start serving in the running event loop."""
         self._main = asyncio.create_task(self._serve(), name="pymgr-fleet")
+        self._control.start()
         log.info(
             "fleet: host %s, tags %s, redis %s",
             self._config.host_id,
@@ -124,21 +149,22 @@ class FleetAgent:
         # The flag as well as the cancel: redis-py may turn a cancelled read into a connection error,
         # which the loops below take for Redis going away and would wait out forever.
         self._closing = True
+        await self._control.aclose()
         pending = [task for task in (self._main, *self._open.values()) if task is not None]
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        await self._reaper.release()
         await self._redis.aclose()
 
-    async def write(self, operation: Callable[[Any], Awaitable[Any]]) -> None:
-        """Run one Redis operation until Redis takes it, waiting between attempts as reconnecting does."""
+    async def write(self, operation: Callable[[Any], Awaitable[Any]]) -> Any:
+        """Run one Redis operation until Redis takes it, waiting between attempts as reconnecting does; its reply."""
         wait_s = FIRST_BACKOFF_S
         while True:
             if self._closing:  # unwritten: the entry stays pending, and is taken up at the next start
                 raise asyncio.CancelledError
             try:
-                await operation(self._redis)
-                return
+                return await operation(self._redis)
             except REDIS_DOWN as exc:
                 log.debug("fleet: a report waits for Redis (%s)", exc)
                 await asyncio.sleep(wait_s)
@@ -168,13 +194,14 @@ class FleetAgent:
                 if "BUSYGROUP" not in str(exc):
                     raise
         self._backoff_s = FIRST_BACKOFF_S
-        heartbeat = asyncio.create_task(self._heartbeat())
+        beside = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._reaper.serve())]
         try:
             await self._read_pending()
             while not self._closing:
                 await self._read_new()
         finally:
-            heartbeat.cancel()
+            for task in beside:
+                task.cancel()
 
     async def _read_pending(self) -> None:
         """This host's entries read before but never acknowledged: from id 0, page by page."""
@@ -188,7 +215,7 @@ class FleetAgent:
                     continue
                 for entry_id, fields in entries:
                     after[stream] = _text(entry_id)
-                    await self._take(stream, _text(entry_id), fields, pending=True)
+                    await self._take(stream, _text(entry_id), fields, True)
             if not reply:
                 return
 
@@ -202,11 +229,14 @@ class FleetAgent:
         reply = await self._redis.xreadgroup(GROUP, self._config.host_id, streams, count=room, block=block_ms)
         for stream_name, entries in reply or []:
             for entry_id, fields in entries:
-                await self._take(_text(stream_name), _text(entry_id), fields, pending=False)
+                await self._take(_text(stream_name), _text(entry_id), fields, False)
 
     # --- one entry ---------------------------------------------------------
 
-    async def _take(self, stream: str, entry_id: str, fields: Any, *, pending: bool) -> None:
+    async def _take(
+        self, stream: str, entry_id: str, fields: Any, pending: bool, deliveries: int | None = None
+    ) -> None:
+        """Check and start one entry; ``pending``: read before (re-read or claimed), ``deliveries`` counted."""
         if (stream, entry_id) in self._open or fields is None:  # running already; or deleted (XDEL)
             if fields is None:
                 await self._redis.xack(stream, GROUP, entry_id)
@@ -218,6 +248,12 @@ class FleetAgent:
             job = jobs.check(signed, self._keys, stream=stream, now=self._clock(), max_age_s=max_age_s)
         except JobRefused as exc:
             await self._refuse(stream, entry_id, exc)
+            return
+        if (
+            pending
+            and not accepted
+            and await self._reaper.claims.given_up(stream, entry_id, fields, job.id, deliveries)
+        ):
             return
         if job.id in self._actions_done:  # a redelivered action job: it ran here once already
             log.info("fleet: action job %s ran here already; acknowledged again, not run", job.id)
@@ -255,9 +291,9 @@ class FleetAgent:
         log.warning("fleet: refused entry %s of %s: %s", entry_id, stream, exc)
         if self._auditor is not None:
             self._auditor.refused(stream, "fleet", "fleet.job", exc.reason)
-        if exc.job_id is not None:
-            fields = {"state": JobState.REFUSED.value, "error": str(exc), "refused_by": self._config.host_id}
-            await self._redis.hset(job_key(exc.job_id), mapping=fields)
+        if exc.job_id is not None:  # a job already ended (cancelled while queued, lost) keeps its state
+            fields = ["state", JobState.REFUSED.value, "error", str(exc), "refused_by", self._config.host_id]
+            await self._refuse_script(keys=[job_key(exc.job_id)], args=[*FINAL_NAMES, "", *fields])
         await self._redis.xack(stream, GROUP, entry_id)
 
     async def _heartbeat(self) -> None:

@@ -1,111 +1,45 @@
-"""The submitting side of the fleet: ``FleetClient`` signs jobs, queues them and reads what hosts report.
+"""``FleetClient``: submit signed jobs to a fleet, stop them, and read what hosts report (sync).
 
-Rules:
-- A job is checked before it leaves by the decoder hosts use (``jobs.decode``
-  of its own entry): a job a host would refuse as malformed is a
-  ``ValueError`` here.
-- ``submit`` is idempotent by ``key``: the key is the job's id, and a submit
-  whose id already has a hash queues nothing and returns the id. The hash and
-  the stream entry are written by one Lua script, so a job is never queued
-  without its hash, nor its hash written without the job.
-- Results are frozen dataclasses read from the job's hash; what a host wrote
-  there is data, never trusted for more than showing.
+What it shares with ``AsyncFleetClient`` (the constructor, the scripts, the
+signed entries) is in ``api.py``; what both return is in ``results.py``.
+Here is the I/O, through redis-py's blocking client.
 """
 
 from __future__ import annotations
 
-import json
 import time
-import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
 import redis
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from pymgr.fleet import jobs
-from pymgr.fleet.jobs import Job, JobRefused, Target
-from pymgr.fleet.keyspace import FINAL, HOSTS, JobState, heartbeat_key, job_key, output_key
+from pymgr.fleet.api import LIST_PAGE, POLL_S, FleetApi, check_list_filters, matches, now_text
+from pymgr.fleet.keyspace import HOSTS, JOBS, heartbeat_key, job_key, output_key
+from pymgr.fleet.results import (
+    HostInfo,
+    JobInfo,
+    OutputChunk,
+    StopResult,
+    chunk_of,
+    ended,
+    host_info_of,
+    job_info_of,
+    not_in_time,
+    taken,
+    text_of,
+)
 
-__all__ = ["FleetClient", "HostInfo", "JobInfo", "host_info_of", "job_info_of", "submission"]
+__all__ = ["FleetClient", "HostInfo", "JobInfo", "OutputChunk", "StopResult"]
 
-#: Seconds between two looks at a job's hash while waiting.
-POLL_S = 0.05
-
-# The job's hash and its stream entry in one step, unless the id is taken (idempotent submit).
-SUBMIT_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('XADD', KEYS[2], '*', 'job', ARGV[1], 'sig', ARGV[2])
-return 1
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class JobInfo:
-    """A job as its hash shows it."""
-
-    id: str
-    state: str
-    kind: str | None
-    type: str | None
-    target: str | None
-    #: The host that took it; None while no host has.
-    received_by: str | None
-    #: The id of its task run on that host.
-    task_id: int | None
-    exit_code: int | None
-    progress: float | None
-    error: str | None
-    #: An action job's result (JSON, decoded).
-    result: Any
-    #: Every field of the hash, as text.
-    fields: Mapping[str, str]
-
-    @property
-    def final(self) -> bool:
-        """Whether the job has ended (succeeded, failed, stopped or refused)."""
-        return self.state in {state.value for state in FINAL}
+#: What a dropped or restarting Redis raises while following; the follow waits and goes on.
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 
 
-@dataclass(frozen=True, slots=True)
-class HostInfo:
-    """A fleet member as its heartbeat shows it."""
+class FleetClient(FleetApi):
+    """Submit jobs to a fleet, stop them and read their state (sync); arguments as ``FleetApi``'s."""
 
-    id: str
-    tags: tuple[str, ...]
-    #: False when its heartbeat has expired (``[fleet] lease_s`` without one).
-    alive: bool
-    #: Seconds since the epoch of its last heartbeat; None when it has expired.
-    last_seen: float | None
-    running: int | None
-
-
-class FleetClient:
-    """Submit jobs to a fleet and read their state (sync).
-
-    Args:
-        redis_url: ``unix:///path/redis.sock``, ``redis://host:6379/0`` or ``rediss://...``.
-        key_id: the id of the signing key, as hosts know it (``[[fleet.keys]] id``); needed to submit.
-        signing_key: the Ed25519 private key (``keys.load_private_key``); needed to submit.
-        username, password: the Redis ACL user.
-    """
-
-    def __init__(
-        self,
-        redis_url: str,
-        *,
-        key_id: str | None = None,
-        signing_key: Ed25519PrivateKey | None = None,
-        username: str | None = None,
-        password: str | None = None,
-    ) -> None:
-        # Any: redis-py types each command's reply as the union of its sync and async forms.
-        self._redis: Any = redis.Redis.from_url(redis_url, username=username, password=password)
-        self._key_id = key_id
-        self._signing_key = signing_key
-        self._submit_script = self._redis.register_script(SUBMIT_SCRIPT)
+    def _connect(self, redis_url: str, **options: Any) -> Any:
+        return redis.Redis.from_url(redis_url, **options)
 
     def close(self) -> None:
         self._redis.close()
@@ -139,9 +73,30 @@ class FleetClient:
             ValueError: not exactly one of host and tag, no signing key, or a job hosts would refuse as malformed.
             redis.RedisError: Redis cannot be reached or refuses the write.
         """
-        job_id, keys, args = submission(type, params, host, tag, key, kind, self._key_id, self._signing_key)
+        job_id, keys, args = self._submission(type, params, host, tag, key, kind)
         self._submit_script(keys=keys, args=args)
         return job_id
+
+    def stop(self, job_id: str) -> StopResult:
+        """Stop a job: cancel it if no host has taken it, else send its host a signed stop.
+
+        The host stops the run's whole process tree as a local stop does, if its own
+        policy allows the key ``tasks.stop`` of the job's type; a host that is cut off
+        applies the stop when it is back. ``wait`` then tells the job's final state.
+
+        Raises:
+            ValueError: no signing key.
+            LookupError: no such job, or a job that names no host.
+            redis.RedisError: Redis cannot be reached or refuses the write.
+        """
+        state = self._cancel_script(keys=[job_key(job_id)], args=[now_text()])
+        result = self._stop_before_sending(job_id, state)
+        if result is not None:
+            return result
+        result, stream, entry = self._stop_entry(self.show(job_id))
+        if stream is not None:
+            self._redis.xadd(stream, entry)
+        return result
 
     def show(self, job_id: str) -> JobInfo:
         """The job as its hash shows it now.
@@ -150,6 +105,34 @@ class FleetClient:
             LookupError: no job has this id (or its hash expired).
         """
         return job_info_of(job_id, self._redis.hgetall(job_key(job_id)))
+
+    def jobs(
+        self, *, state: str | None = None, host: str | None = None, tag: str | None = None, limit: int = 50
+    ) -> list[JobInfo]:
+        """The newest jobs of the index first, at most ``limit``, those passing every filter given.
+
+        Args:
+            state: only jobs in this state.
+            host: only jobs this host took or that were pinned to it.
+            tag: only jobs for this tag.
+            limit: 1 to ``MAX_LIST``.
+
+        Raises:
+            ValueError: a state no job has, or a limit out of range.
+        """
+        check_list_filters(state, limit)
+        found: list[JobInfo] = []
+        for start in range(0, self._redis.zcard(JOBS), LIST_PAGE):
+            ids = [text_of(i) for i in self._redis.zrevrange(JOBS, start, start + LIST_PAGE - 1)]
+            pipe = self._redis.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hgetall(job_key(job_id))
+            for job_id, raw in zip(ids, pipe.execute(), strict=True):
+                if raw and matches(info := job_info_of(job_id, raw), state, host, tag):
+                    found.append(info)
+                    if len(found) == limit:
+                        return found
+        return found
 
     def wait_received(self, job_id: str, timeout_s: float = 30.0) -> JobInfo:
         """Wait until a host has taken the job (or refused it); the job then.
@@ -171,16 +154,60 @@ class FleetClient:
         """The job's output as its capped stream still holds it."""
         return b"".join(fields[b"data"] for _, fields in self._redis.xrange(output_key(job_id)))
 
+    def follow(
+        self,
+        job_id: str,
+        after: str = "0",
+        *,
+        block_s: float = 0.5,
+        on_reconnect: Callable[[str, Exception], None] | None = None,
+    ) -> Iterator[OutputChunk]:
+        """The job's output as it comes, from after the stream id ``after``, until the job has ended.
+
+        A dropped connection or a Redis restart does not end it: it waits, and reads on after
+        the last chunk it gave (``on_reconnect(last id, error)`` is told each time).
+
+        Raises:
+            LookupError: no such job.
+        """
+        self.show(job_id)
+        last, ended_seen = after, False
+        while True:
+            # Once the job has ended, one more read without blocking takes what came just before the end.
+            block = None if ended_seen else int(block_s * 1000)
+            try:
+                reply = self._redis.xread({output_key(job_id): last}, count=100, block=block)
+                if not reply:
+                    if ended_seen:
+                        return
+                    ended_seen = self._ended(job_id)
+                    continue
+            except REDIS_DOWN as exc:
+                if on_reconnect is not None:
+                    on_reconnect(last, exc)
+                time.sleep(block_s)
+                continue
+            for entry_id, fields in reply[0][1]:
+                chunk = chunk_of(entry_id, fields)
+                yield chunk
+                last = chunk.entry_id
+
+    def _ended(self, job_id: str) -> bool:
+        try:
+            return self.show(job_id).final
+        except LookupError:  # Redis restarted empty: the host writes the hash again when the job ends
+            return False
+
     def hosts(self) -> list[HostInfo]:
         """Every host that has sent a heartbeat, by id: alive or not, its tags and running jobs."""
         ids = sorted(text_of(h) for h in self._redis.smembers(HOSTS))
         return [host_info_of(host_id, self._redis.get(heartbeat_key(host_id))) for host_id in ids]
 
-    def _wait(self, job_id: str, timeout_s: float, done: Any, what: str) -> JobInfo:
+    def _wait(self, job_id: str, timeout_s: float, done: Callable[[JobInfo], bool], what: str) -> JobInfo:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                info = self.show(job_id)
+                info: JobInfo | None = self.show(job_id)
             except LookupError:
                 info = None
             if info is not None and done(info):
@@ -188,106 +215,3 @@ class FleetClient:
             if time.monotonic() >= deadline:
                 raise not_in_time(job_id, what, timeout_s, info)
             time.sleep(POLL_S)
-
-
-def submission(
-    type: str,
-    params: Mapping[str, Any] | None,
-    host: str | None,
-    tag: str | None,
-    key: str | None,
-    kind: Literal["task", "action"],
-    key_id: str | None,
-    signing_key: Ed25519PrivateKey | None,
-) -> tuple[str, list[str], list[Any]]:
-    """A signed job, as the submit script's keys and args, and its id (the sync and async clients share it).
-
-    Raises:
-        ValueError: as ``FleetClient.submit`` says.
-    """
-    if (host is None) == (tag is None):
-        raise ValueError(
-            "a job goes to one host (host=ID) or one host with a tag (tag=TAG): give exactly one"
-        )
-    if key_id is None or signing_key is None:
-        raise ValueError("submitting needs a signing key: FleetClient(..., key_id=ID, signing_key=KEY)")
-    target = Target("host", host) if host is not None else Target("tag", tag or "")
-    job_id = key or uuid.uuid4().hex
-    job = Job(job_id, kind, type, dict(params or {}), target, round(time.time(), 3), key_id)
-    try:
-        entry = jobs.encode(job, signing_key.sign)
-        jobs.decode(entry)
-    except (JobRefused, ValueError) as exc:
-        raise ValueError(f"this job would be refused: {exc}") from None
-    fields = {"state": JobState.QUEUED.value, "kind": kind, "type": type, "target": str(target)}
-    fields["submitted_at"] = str(job.submitted_at)
-    args: list[Any] = [entry["job"], entry["sig"], *(x for pair in fields.items() for x in pair)]
-    return job_id, [job_key(job_id), target.stream], args
-
-
-def taken(info: JobInfo) -> bool:
-    """Whether a host has taken the job (or refused it)."""
-    return info.received_by is not None or info.final
-
-
-def ended(info: JobInfo) -> bool:
-    return info.final
-
-
-def not_in_time(job_id: str, what: str, timeout_s: float, info: JobInfo | None) -> TimeoutError:
-    """The error of a wait that ran out: what the job was not, and the state it is in."""
-    state = "no hash" if info is None else info.state
-    return TimeoutError(f"fleet job {job_id} was not {what} within {timeout_s:g} s (state: {state})")
-
-
-def host_info_of(host_id: str, beat: bytes | None) -> HostInfo:
-    """A host from its heartbeat (None: expired)."""
-    if beat is None:
-        return HostInfo(host_id, (), False, None, None)
-    data = json.loads(beat)
-    return HostInfo(host_id, tuple(data["tags"]), True, float(data["at"]), int(data["running"]))
-
-
-def job_info_of(job_id: str, raw: Mapping[Any, Any]) -> JobInfo:
-    """A job from its hash as Redis returns it.
-
-    Raises:
-        LookupError: the hash is empty (no such job).
-    """
-    if not raw:
-        raise LookupError(f"no fleet job {job_id!r}; pymgr fleet submit prints the id of the jobs it queues")
-    return _job_info(job_id, {text_of(k): text_of(v) for k, v in raw.items()})
-
-
-def _job_info(job_id: str, fields: dict[str, str]) -> JobInfo:
-    def number(name: str, cast: Any) -> Any:
-        value = fields.get(name)
-        try:
-            return None if value in (None, "") else cast(value)
-        except ValueError:
-            return None
-
-    result: Any = fields.get("result")
-    try:
-        result = None if result is None else json.loads(result)
-    except ValueError:  # a host wrote something else: shown as the text it is
-        pass
-    return JobInfo(
-        id=job_id,
-        state=fields.get("state", "unknown"),
-        kind=fields.get("kind"),
-        type=fields.get("type"),
-        target=fields.get("target"),
-        received_by=fields.get("received_by"),
-        task_id=number("task_id", int),
-        exit_code=number("exit_code", int),
-        progress=number("progress", float),
-        error=fields.get("error"),
-        result=result,
-        fields=fields,
-    )
-
-
-def text_of(value: Any) -> str:
-    """A Redis reply as text."""
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

@@ -16,6 +16,10 @@ Rules:
   cannot move a job signed for one host into another's stream), the kind,
   the type, the params and the time it was signed (so an old job replayed
   later is refused, ``max_age_s``).
+- A *control* job (kind ``control``, type ``stop``, params ``{"job": ID}``)
+  asks a host to stop a job it took. It is signed and checked like any job,
+  and goes to the host's control stream only (target ``ctl:<host>``; a
+  ``ctl:`` target carries a control job and nothing else).
 - ``decode`` says whether an entry is a well-formed job; ``check`` whether
   this host may believe it. Every refusal is a ``JobRefused`` whose
   ``reason`` is one short word for the audit and whose message says more.
@@ -37,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 __all__ = [
     "JOB_ID_PATTERN",
+    "CONTROL_TYPES",
     "KINDS",
     "MAX_JOB_BYTES",
     "SIGNING_CONTEXT",
@@ -53,8 +58,11 @@ __all__ = [
 SIGNING_CONTEXT = b"pymgr fleet job v1\n"
 #: The body's format version.
 JOB_VERSION = 1
-#: ``task`` runs a configured task type (``tasks.start``); ``action`` calls ``module.action``.
-KINDS = ("task", "action")
+#: ``task`` runs a configured task type (``tasks.start``); ``action`` calls ``module.action``;
+#: ``control`` acts on a job a host took (``CONTROL_TYPES``).
+KINDS = ("task", "action", "control")
+#: What a control job can do: ``stop`` the run of the job named by its params' ``job``.
+CONTROL_TYPES = ("stop",)
 #: A job id (the submitter's ``key``, or a random one): part of Redis key names and of a task key.
 JOB_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 #: Largest body a host decodes. A job names a type and small params, like an API call
@@ -79,14 +87,14 @@ class JobRefused(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where a job goes: one host (``host``) or any one host with a tag (``tag``)."""
+    """Where a job goes: one host (``host``), any one host with a tag (``tag``), a host's control (``ctl``)."""
 
-    kind: Literal["host", "tag"]
+    kind: Literal["host", "tag", "ctl"]
     name: str
 
     @property
     def stream(self) -> str:
-        """The Redis stream of this target: ``fleet:host:<id>`` or ``fleet:tag:<tag>``."""
+        """The Redis stream of this target: ``fleet:host:<id>``, ``fleet:tag:<tag>`` or ``fleet:ctl:<id>``."""
         return f"fleet:{self.kind}:{self.name}"
 
     def __str__(self) -> str:
@@ -98,8 +106,8 @@ class Job:
     """One job, as signed."""
 
     id: str
-    kind: Literal["task", "action"]
-    #: A task type (kind ``task``) or ``module.action`` (kind ``action``).
+    kind: Literal["task", "action", "control"]
+    #: A task type (kind ``task``), ``module.action`` (kind ``action``) or ``stop`` (kind ``control``).
     type: str
     params: Mapping[str, Any]
     target: Target
@@ -255,13 +263,25 @@ def _problem(data: dict[str, Any]) -> str | None:
         return "params must be an object"
     target = data["target"]
     kind, _, name = target.partition(":") if isinstance(target, str) else ("", "", "")
-    if kind not in ("host", "tag") or not _NAME.match(name):
-        return "target must be host:ID or tag:TAG"
+    if kind not in ("host", "tag", "ctl") or not _NAME.match(name):
+        return "target must be host:ID, tag:TAG or ctl:ID"
+    if (kind == "ctl") != (data["kind"] == "control"):
+        return "a control job goes to a host's control stream (ctl:ID), and nothing else goes there"
     at = data["submitted_at"]
     if not isinstance(at, int | float) or isinstance(at, bool) or not math.isfinite(at):
         return "submitted_at must be a number of seconds"
     if not isinstance(data["key_id"], str) or not _NAME.match(data["key_id"]):
         return "key_id must be a key id"
+    return _control_problem(data) if data["kind"] == "control" else None
+
+
+def _control_problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with a control job's type and params (its target is checked), or None."""
+    if data["type"] not in CONTROL_TYPES:
+        return f"a control job's type is one of {', '.join(CONTROL_TYPES)}, not {data['type']!r}"
+    params = data["params"]
+    if set(params) != {"job"} or not isinstance(params["job"], str) or not _JOB_ID.match(params["job"]):
+        return 'a stop\'s params are {"job": ID}, the id of the job to stop'
     return None
 
 

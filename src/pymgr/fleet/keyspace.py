@@ -7,6 +7,10 @@ Keys (docs/fleet.md, "The key layout"):
 - ``fleet:job:<id>:out``: its output, a stream capped by ``[fleet] output_max_entries``.
 - ``fleet:hb:<host>``: the host's heartbeat (JSON), expiring after ``[fleet] lease_s``.
 - ``fleet:hosts``: the set of host ids that ever sent a heartbeat.
+- ``fleet:reaper``: the reaper lock, the id of the one host that marks dead hosts' pinned jobs lost.
+- ``fleet:dead``: the dead-letter stream: jobs delivered more than ``[fleet] max_deliveries`` times.
+- ``fleet:ctl:<host>``: the host's control stream (signed stops), read in ``GROUP`` too.
+- ``fleet:jobs``: the index of recent jobs (a sorted set of ids by submit time, capped by the submitter).
 """
 
 from __future__ import annotations
@@ -18,6 +22,13 @@ from enum import Enum
 GROUP = "pymgr"
 #: The set of every host id that has sent a heartbeat.
 HOSTS = "fleet:hosts"
+#: The reaper lock (a string with a TTL): the host id of the one live daemon acting as reaper.
+REAPER = "fleet:reaper"
+#: The dead-letter stream: each entry the job (``job``, ``sig``) and why it was given up.
+DEAD = "fleet:dead"
+#: The index of recent jobs: ids scored by their submit time (``submitted_at`` unrounded), the oldest
+#: trimmed past the submitter's cap.
+JOBS = "fleet:jobs"
 
 
 class JobState(str, Enum):
@@ -37,10 +48,26 @@ class JobState(str, Enum):
     STOPPED = "stopped"
     #: The host would not run it: bad signature, too old, not for this host, or its policy (``error``).
     REFUSED = "refused"
+    #: Pinned to a host that died: its lease ran out while the job was pending or queued there (``error``).
+    LOST = "lost"
+    #: Delivered more than ``max_deliveries`` times without an end: on the dead-letter stream (``error``).
+    DEAD = "dead"
+    #: Stopped before any host took it: no host will run it.
+    CANCELLED = "cancelled"
 
 
 #: The states a job does not leave.
-FINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.REFUSED})
+FINAL = frozenset(
+    {
+        JobState.SUCCEEDED,
+        JobState.FAILED,
+        JobState.STOPPED,
+        JobState.REFUSED,
+        JobState.CANCELLED,
+        JobState.LOST,
+        JobState.DEAD,
+    }
+)
 
 
 def job_key(job_id: str) -> str:
@@ -56,3 +83,8 @@ def output_key(job_id: str) -> str:
 def heartbeat_key(host_id: str) -> str:
     """The heartbeat of a host."""
     return f"fleet:hb:{host_id}"
+
+
+def control_key(host_id: str) -> str:
+    """The control stream of a host (signed stops for the jobs it took)."""
+    return f"fleet:ctl:{host_id}"

@@ -10,8 +10,11 @@ Rules:
   ended), the job was already accepted here, and the runner follows that run
   instead of starting another. So a redelivered job never runs twice on one
   host, even across a daemon restart (as long as the record is kept).
+- A job stopped while it was queued is ``cancelled`` in its hash: the runner
+  takes it (``received``) in one script that checks for that first, so a
+  cancelled job never runs, and a job taken is never cancelled.
 - The hash gets ``received`` before anything runs, ``running`` with the run's
-  id, progress while it runs, and the final state with the exit; the output
+  id and ``running_at``, progress while it runs, and the final state with the exit; the output
   goes into the job's capped stream as the run writes it.
 - Every Redis write goes through ``write``, which retries until Redis takes
   it (the agent's ``write``): a Redis restart delays a report, never loses it.
@@ -20,6 +23,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -36,8 +40,15 @@ from pymgr.tasks.states import TaskState
 
 __all__ = ["JobRunner", "Report", "run_key"]
 
-#: A report to Redis: called with a client, retried by the agent until it succeeds.
-Report = Callable[[Callable[[Any], Awaitable[Any]]], Awaitable[None]]
+#: A report to Redis: called with a client, retried by the agent until it succeeds; its reply.
+Report = Callable[[Callable[[Any], Awaitable[Any]]], Awaitable[Any]]
+
+# Take a job (its fields in ARGV), unless it was cancelled while queued: 1 taken, 0 cancelled.
+TAKE_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'state') == 'cancelled' then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
 
 #: A task run's end state, as the job's state.
 _FINAL_OF_RUN = {
@@ -53,7 +64,12 @@ def run_key(job_id: str) -> str:
 
 def identity_of(job: Job) -> Identity:
     """Who a job calls as: its key, named ``fleet:<key id>`` by the policy."""
-    return Identity(transport="fleet", fleet_key=job.key_id, peer=f"fleet job {job.id}")
+    peer = (
+        f"fleet job {job.id}"
+        if job.kind != "control"
+        else f"fleet {job.type} {job.id} of job {job.params['job']}"
+    )
+    return Identity(transport="fleet", fleet_key=job.key_id, peer=peer)
 
 
 class JobRunner:
@@ -92,7 +108,10 @@ class JobRunner:
 
     async def run(self, job: Job) -> dict[str, str]:
         """Run ``job`` to its end; the final fields of its hash (already written when this returns)."""
-        await self._set(job, state=JobState.RECEIVED.value, received_by=self._host_id, received_at=_now())
+        fields = ("state", JobState.RECEIVED.value, "received_by", self._host_id, "received_at", _now())
+        key = job_key(job.id)
+        if not await self._write(lambda r: r.eval(TAKE_SCRIPT, 1, key, *fields)):
+            return {"state": JobState.CANCELLED.value}
         try:
             if job.kind == "task":
                 final = await self._run_task(job)
@@ -109,7 +128,7 @@ class JobRunner:
 
     async def _run_action(self, job: Job) -> dict[str, str]:
         module, action = job.type.split(".", 1)
-        await self._set(job, state=JobState.RUNNING.value)
+        await self._set(job, state=JobState.RUNNING.value, running_at=_now())
         result = await self._dispatcher.call(Call(module, action, dict(job.params), identity_of(job)))
         return {"state": JobState.SUCCEEDED.value, "result": json.dumps(result, default=str)}
 
@@ -122,7 +141,7 @@ class JobRunner:
             params = {"type": job.type, "params": dict(job.params), "key": run_key(job.id)}
             started = await self._dispatcher.call(Call("tasks", "start", params, identity_of(job)))
             record = tasks.get(int(started["id"]))
-        await self._set(job, state=JobState.RUNNING.value, task_id=str(record.id))
+        await self._set(job, state=JobState.RUNNING.value, running_at=_now(), task_id=str(record.id))
         record = await self._follow(job, tasks, record)
         final = {
             "state": _FINAL_OF_RUN.get(record.state, JobState.FAILED).value,
@@ -146,7 +165,9 @@ class JobRunner:
                 await self._set(job, progress=str(progress), progress_message=record.progress_message or "")
             if not running:
                 return record
-            await asyncio.sleep(self._poll_s)
+            # Woken by the run's end, so a short run is reported at once rather than at the next look.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(tasks.wait(record.id), self._poll_s)
 
     async def _copy_output(self, job: Job, tasks: TaskManager, task_id: int, offset: int) -> int:
         while True:

@@ -1,0 +1,165 @@
+"""The Redis ACL users of a fleet: one per host, confined to its own keys, and one for a submitter.
+
+Pure functions: ``pymgr fleet acl`` prints what they return, for ``redis-cli``
+or a Redis ``aclfile``.
+
+Rules:
+- Each user starts from ``reset`` (no commands, no keys, no channels) and
+  gets only the commands its side sends, inside the Lua scripts included
+  (Redis checks those too, and checks the keys a script is given as if it
+  wrote them), and only its key patterns.
+- A host reads and acknowledges its own host stream, its tags' streams and
+  its control stream; writes its own heartbeat; and writes job hashes and
+  output streams (``fleet:job:*``: it cannot know the ids of jobs in
+  advance, so it can write another job's hash, but it cannot queue, take or
+  stop another host's jobs, nor forge a job: they are signed).
+- Every host claims its tags' orphans (``claims.py``): it reads every
+  heartbeat (``EXISTS``), claims on its own streams, and appends to the
+  dead-letter stream ``fleet:dead``.
+- Only the hosts named as reapers may take the lock ``fleet:reaper`` and
+  reap (``reaper.py``). They get it through Redis 7 ACL selectors, each a
+  set of commands bound to a set of keys: read the other hosts' streams
+  (``XPENDING``, ``XRANGE``, ``XINFO GROUPS``) and acknowledge or delete
+  their entries (``XACK``, ``XDEL``), but neither add to them nor read them
+  as a consumer. Any other host gets NOPERM on all of it; its
+  ``[fleet] reaper`` must be false.
+- The submitter queues into any host's or tag's stream and any control
+  stream, writes job hashes and the index, and reads heartbeats; it runs no
+  consumer-group command, so it cannot take a job.
+- A password is given as its SHA-256 (``#<hex>``), never in clear; a user
+  without one is printed ``resetpass`` (it cannot log in until one is set).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+
+__all__ = [
+    "HOST_COMMANDS",
+    "REAPER_SELECTORS",
+    "SUBMITTER_COMMANDS",
+    "HostSpec",
+    "acl_lines",
+    "host_user",
+    "submitter_user",
+]
+
+#: What a host sends: its consumer groups, reports, heartbeat, the take script (EVAL: HGET, HSET), the
+#: refuse and dead-letter scripts (EVALSHA, loaded once: HGET, HSET, XADD, XACK), and its claims
+#: (XPENDING, XCLAIM, EXISTS of heartbeats).
+HOST_COMMANDS = tuple(
+    "ping xgroup|create xreadgroup xack xadd hset hget hmget eval evalsha script|load set sadd"
+    " xpending xclaim exists".split()
+)
+#: What only a reaper sends, as ACL selectors ``(commands, keys)``: the lock script (GET, SET, DEL of
+#: ``fleet:reaper``); the reading of dead hosts' streams, and their entries acknowledged or deleted;
+#: and the lost script, given a job hash, a host stream and a heartbeat (Redis checks a script's keys
+#: against one selector; the commands inside it against each one: HSET by the root's ``fleet:job:*``).
+REAPER_SELECTORS = (
+    (("evalsha", "get", "set", "del"), ("~fleet:reaper",)),
+    (
+        ("smembers", "exists", "xpending", "xrange", "xinfo|groups", "xack", "xdel"),
+        ("~fleet:host:*", "%R~fleet:hosts"),
+    ),
+    (("evalsha",), ("~fleet:host:*", "~fleet:job:*", "~fleet:hb:*")),
+)
+#: What a submitter sends: its connection's name (``api.CLIENT_NAME``), the submit and cancel scripts
+#: (EVALSHA, loaded once: EXISTS, HSET, HGET, XADD, ZADD, ZREMRANGEBYRANK), a stop (XADD), and the
+#: reads of show, jobs, output, follow and hosts.
+SUBMITTER_COMMANDS = tuple(
+    "ping client|setname evalsha eval script|load exists hset hget hgetall xadd zadd zremrangebyrank"
+    " zcard zrevrange xrange xread smembers get".split()
+)
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class HostSpec:
+    """A host as its ACL user needs it: its id and tags (``[fleet] host_id`` and ``tags``)."""
+
+    id: str
+    tags: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> HostSpec:
+        """``ID`` or ``ID:TAG,TAG``.
+
+        Raises:
+            ValueError: an id or tag that is no fleet name.
+        """
+        host_id, _, tags = text.partition(":")
+        spec = cls(host_id, tuple(tag for tag in tags.split(",") if tag))
+        for name in (spec.id, *spec.tags):
+            if not _NAME.match(name):
+                raise ValueError(f"{text!r}: a host is ID or ID:TAG,TAG (letters, digits, '.', '_', '-')")
+        return spec
+
+
+def host_user(host_id: str) -> str:
+    """The ACL user of a host (its ``[fleet] username``)."""
+    return f"fleet-host-{host_id}"
+
+
+def submitter_user(name: str) -> str:
+    """The ACL user of a submitter (``FleetClient(username=...)``).
+
+    Raises:
+        ValueError: a name that is no fleet name.
+    """
+    if not _NAME.match(name):
+        raise ValueError(f"submitter {name!r}: letters, digits, '.', '_' and '-' only, 1 to 64 of them")
+    return f"fleet-submitter-{name}"
+
+
+def acl_lines(
+    hosts: Iterable[HostSpec],
+    submitter: str,
+    passwords: Mapping[str, str] | None = None,
+    reapers: Collection[str] = (),
+) -> list[str]:
+    """``ACL SETUSER`` lines: one per host, then the submitter's.
+
+    Args:
+        passwords: by user name; a user without one gets ``resetpass``.
+        reapers: the ids of the hosts that may take the reaper lock and reap (``REAPER_SELECTORS``).
+
+    Raises:
+        ValueError: a reaper that is none of ``hosts``.
+    """
+    hosts = list(hosts)
+    unknown = sorted(set(reapers) - {host.id for host in hosts})
+    if unknown:
+        raise ValueError(f"reapers {', '.join(unknown)}: not among the hosts given")
+    passwords = passwords or {}
+    lines = []
+    for host in hosts:
+        keys = [f"fleet:host:{host.id}", *(f"fleet:tag:{tag}" for tag in host.tags)]
+        keys += [f"fleet:ctl:{host.id}", "fleet:job:*", f"fleet:hb:{host.id}", "fleet:hosts", "fleet:dead"]
+        patterns = [f"~{key}" for key in keys] + ["%R~fleet:hb:*"]
+        selectors = REAPER_SELECTORS if host.id in reapers else ()
+        lines.append(_line(host_user(host.id), passwords, HOST_COMMANDS, patterns, selectors))
+    patterns = ["~fleet:host:*", "~fleet:tag:*", "~fleet:ctl:*", "~fleet:job:*", "~fleet:jobs"]
+    patterns += ["%R~fleet:hb:*", "%R~fleet:hosts"]
+    user = submitter_user(submitter)
+    lines.append(_line(user, passwords, SUBMITTER_COMMANDS, patterns))
+    return lines
+
+
+def _line(
+    user: str,
+    passwords: Mapping[str, str],
+    commands: Iterable[str],
+    keys: list[str],
+    selectors: Iterable[tuple[Iterable[str], Iterable[str]]] = (),
+) -> str:
+    password = passwords.get(user)
+    secret = "resetpass" if password is None else "#" + hashlib.sha256(password.encode()).hexdigest()
+    line = f"ACL SETUSER {user} reset on {secret} -@all {_rules(commands, keys)}"
+    return "".join([line, *(f" ({_rules(*selector)})" for selector in selectors)])
+
+
+def _rules(commands: Iterable[str], keys: Iterable[str]) -> str:
+    return " ".join([*(f"+{command}" for command in commands), *keys])

@@ -1,0 +1,147 @@
+"""Dead hosts, for real: daemons killed with -9, their tagged jobs claimed, pinned ones lost, dead letters."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+
+import redis
+
+from pymgr.fleet.client import FleetClient
+from pymgr.fleet.keyspace import DEAD, GROUP, REAPER
+from tests.conftest import Daemon, wait_for
+from tests.fleet.test_fleet_hosts import runs_of
+
+#: A short lease keeps these tests fast: a host without a heartbeat for 2 s is dead.
+LEASE_S = 2
+FAST = f"lease_s = {LEASE_S}"
+
+
+def _pending(redis_url: str, stream: str) -> int:
+    with redis.Redis.from_url(redis_url) as client:
+        return int(client.xpending(stream, GROUP)["pending"])
+
+
+def test_a_dead_hosts_tagged_job_is_claimed_and_finished_by_another_host_with_the_tag(
+    start_host: Callable[..., Daemon], fleet: FleetClient, redis_url: str
+) -> None:
+    hosts = {name: start_host(name, ("scanner",), fleet=FAST) for name in ("a", "b")}
+    job_id = fleet.submit("scan", {"task_id": 1, "duration": 5}, tag="scanner")
+    wait_for(lambda: fleet.show(job_id).state == "running")
+    first = fleet.show(job_id).received_by
+    assert first in hosts
+    other = "b" if first == "a" else "a"
+    # A live host keeps its long job past the lease: its entry is idle, but its heartbeat is there.
+    time.sleep(2 * LEASE_S + 0.5)
+    assert fleet.show(job_id).received_by == first and runs_of(hosts[other], job_id) == []
+    hosts[first].stop(signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait_for(lambda: fleet.show(job_id).received_by == other, timeout_s=20)
+    assert time.monotonic() - killed_at > LEASE_S / 3  # not before its heartbeat could have run out
+    info = fleet.wait(job_id, timeout_s=30)
+    assert (info.state, info.exit_code, info.received_by) == ("succeeded", 0, other)
+    assert [run["state"] for run in runs_of(hosts[other], job_id)] == ["succeeded"]
+    assert f"from {first} (no heartbeat" in hosts[other].log()
+    assert _pending(redis_url, "fleet:tag:scanner") == 0
+    # The killed host comes back: its entry is gone from its pending list, it starts no second run.
+    back = start_host(first, ("scanner",), fleet=FAST)
+    time.sleep(1)
+    assert len(runs_of(back, job_id)) == 1  # the run it had started before it was killed
+    assert fleet.show(job_id).received_by == other
+
+
+def test_a_job_pinned_to_a_dead_host_is_marked_lost_once_its_lease_runs_out(
+    start_host: Callable[..., Daemon], fleet: FleetClient, redis_url: str
+) -> None:
+    a, b = start_host("a", fleet=FAST), start_host("b", fleet=FAST)
+    taken = fleet.submit("scan", {"task_id": 1, "duration": 10}, host="a")
+    wait_for(lambda: fleet.show(taken).state == "running")
+    a.stop(signal.SIGKILL)
+    queued = fleet.submit("echo", {"word": "never"}, host="a")  # queued for a host that is dead
+    for job_id in (taken, queued):
+        info = fleet.wait(job_id, timeout_s=20)
+        assert (info.state, info.fields["reaped_by"]) == ("lost", "b"), info
+    assert "host a stopped sending heartbeats and its lease (2 s) ran out" in (fleet.show(taken).error or "")
+    assert "host a had no heartbeat for 2 s; the job was never delivered" in (fleet.show(queued).error or "")
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.xpending("fleet:host:a", GROUP)["pending"] == 0
+        assert client.xlen("fleet:host:a") == 1  # the never-delivered entry is deleted, not left for a
+    assert "fleet: job" in b.log() and "is lost" in b.log()
+    # The host comes back: a job marked lost is not run there after all.
+    back = start_host("a", fleet=FAST)
+    echo = fleet.submit("echo", {"word": "back"}, host="a")
+    assert fleet.wait(echo, timeout_s=20).state == "succeeded"
+    assert runs_of(back, queued) == [] and fleet.show(queued).state == "lost"
+
+
+def test_a_job_delivered_more_than_max_deliveries_times_goes_to_the_dead_letter_stream(
+    start_host: Callable[..., Daemon], fleet: FleetClient, redis_url: str
+) -> None:
+    poison = fleet.submit("echo", {"word": "poison"}, tag="scanner")
+    fine = fleet.submit("echo", {"word": "fine"}, tag="scanner")
+    with redis.Redis.from_url(redis_url) as client:
+        # Taken by a host that died before it ran them (no heartbeat), delivered 3 times and once.
+        client.xgroup_create("fleet:tag:scanner", GROUP, id="0")
+        [(_, entries)] = client.xreadgroup(GROUP, "gone", {"fleet:tag:scanner": ">"})
+        (poison_entry, poison_fields), (fine_entry, _) = entries
+        client.xclaim("fleet:tag:scanner", GROUP, "gone", 0, [poison_entry], idle=60_000, retrycount=3)
+        client.xclaim("fleet:tag:scanner", GROUP, "gone", 0, [fine_entry], idle=60_000, retrycount=1)
+    host = start_host("b", ("scanner",), fleet=f"{FAST}\nmax_deliveries = 3")
+    assert fleet.wait(fine, timeout_s=20).received_by == "b"
+    info = fleet.wait(poison, timeout_s=20)
+    assert info.state == "dead" and info.fields["deliveries"] == "4"
+    assert info.error == "delivered 4 times without an end, more than max_deliveries (3): given up by b"
+    with redis.Redis.from_url(redis_url) as client:
+        [(_, dead)] = client.xrange(DEAD)
+        assert client.xpending("fleet:tag:scanner", GROUP)["pending"] == 0
+    assert (dead[b"job"], dead[b"sig"], dead[b"entry"]) == (
+        poison_fields[b"job"],
+        poison_fields[b"sig"],
+        poison_entry,
+    )
+    assert (dead[b"stream"], dead[b"deliveries"], dead[b"host"]) == (b"fleet:tag:scanner", b"4", b"b")
+    assert runs_of(host, poison) == []
+
+
+def test_a_host_that_keeps_dying_gives_up_a_job_it_never_started_but_follows_the_run_it_has(
+    start_host: Callable[..., Daemon], fleet: FleetClient, redis_url: str
+) -> None:
+    settings = f"{FAST}\nmax_deliveries = 1"
+    host = start_host("a", fleet=settings)
+    started = fleet.submit("scan", {"task_id": 1, "duration": 2}, host="a")
+    wait_for(lambda: fleet.show(started).state == "running")
+    host.stop(signal.SIGKILL)
+    unstarted = fleet.submit("echo", {"word": "x"}, host="a")
+    with redis.Redis.from_url(redis_url) as client:  # read by the host just before it died
+        client.xreadgroup(GROUP, "a", {"fleet:host:a": ">"})
+    host = start_host("a", fleet=settings)  # its second delivery of both: the re-read of its pending entries
+    assert fleet.wait(started, timeout_s=30).state == "succeeded"  # its run is in the store: followed
+    assert fleet.wait(unstarted, timeout_s=20).state == "dead"
+    assert runs_of(host, unstarted) == [] and len(runs_of(host, started)) == 1
+    assert _pending(redis_url, "fleet:host:a") == 0
+
+
+def test_exactly_one_live_daemon_is_the_reaper_and_another_takes_over_when_it_dies(
+    start_host: Callable[..., Daemon], redis_url: str
+) -> None:
+    hosts = {name: start_host(name, fleet=FAST) for name in ("a", "b")}
+    with redis.Redis.from_url(redis_url) as client:
+        holder = wait_for(lambda: client.get(REAPER)).decode()
+        assert 0 < client.pttl(REAPER) <= LEASE_S * 1000
+        time.sleep(LEASE_S + 0.5)  # renewed, not handed around
+        assert client.get(REAPER).decode() == holder
+        other = "b" if holder == "a" else "a"
+        assert "is now the reaper" in hosts[holder].log()
+        assert "is now the reaper" not in hosts[other].log()
+        hosts[holder].stop(signal.SIGKILL)
+        killed_at = time.monotonic()
+        wait_for(lambda: client.get(REAPER) == other.encode(), timeout_s=LEASE_S + 10)
+        assert time.monotonic() - killed_at > LEASE_S / 3  # the lock ran out first
+        # A clean stop lets the lock go at once: the next host takes it within a round.
+        hosts["c"] = start_host("c", fleet=FAST)
+        wait_for(lambda: client.get("fleet:hb:c"))
+        hosts[other].stop()
+        stopped_at = time.monotonic()
+        wait_for(lambda: client.get(REAPER) == b"c", timeout_s=LEASE_S + 10)
+        assert time.monotonic() - stopped_at < LEASE_S

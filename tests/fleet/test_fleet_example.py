@@ -1,0 +1,84 @@
+"""``examples/fleet/run.sh``: a Redis and three hosts in the foreground, used as docs/fleet.md says, and Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import psutil
+
+from pymgr.fleet.client import FleetClient
+from tests.conftest import EXAMPLES, PYMGR, wait_for
+from tests.fleet.test_fleet_cli import pymgr
+
+RUN_SH = EXAMPLES / "fleet" / "run.sh"
+
+
+def _left(directory: Path) -> list[psutil.Process]:
+    """The processes still running for the fleet in ``directory`` (Redis, hosts, their keepers)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = " ".join(proc.info.get("cmdline") or [])
+        if str(directory) in cmdline and proc.info.get("status") != psutil.STATUS_ZOMBIE:
+            found.append(proc)
+    return found
+
+
+def test_run_sh_starts_a_fleet_that_takes_jobs_and_ctrl_c_stops_all_of_it(tmp_path: Path) -> None:
+    directory = tmp_path / "fleet"
+    log = (tmp_path / "run.log").open("wb")
+    env = {**os.environ, "PYMGR_FLEET_DIR": str(directory), "PYMGR": str(PYMGR)}
+    script = subprocess.Popen(
+        [str(RUN_SH)], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+    try:
+        wait_for(lambda: "Ctrl-C here stops" in (tmp_path / "run.log").read_text(), timeout_s=30)
+        text = (tmp_path / "run.log").read_text()
+        url = f"unix://{directory}/redis.sock"
+        assert f"export PYMGR_FLEET_REDIS={url} PYMGR_FLEET_KEY_ID=console" in text
+        with FleetClient(url) as fleet:
+            wait_for(lambda: sum(host.alive for host in fleet.hosts()) == 3, timeout_s=60)
+            tags = {host.id: host.tags for host in fleet.hosts()}
+        assert tags == {"host1": ("scanner", "eu"), "host2": ("scanner",), "host3": ()}
+        submitter = {
+            **os.environ,
+            "PYMGR_FLEET_REDIS": url,
+            "PYMGR_FLEET_KEY_ID": "console",
+            "PYMGR_FLEET_SIGNING_KEY": str(directory / "console.key"),
+        }
+        out = pymgr(
+            "fleet",
+            "submit",
+            "scan",
+            "task_id:=1",
+            "duration:=0.5",
+            "--tag",
+            "scanner",
+            "--wait",
+            env=submitter,
+        )
+        assert out.returncode == 0 and ": succeeded by host" in out.stdout, out.stdout + out.stderr
+        out = pymgr(
+            "fleet",
+            "submit",
+            "demo.echo",
+            "greeting=hi",
+            "--action",
+            "--host",
+            "host3",
+            "--wait",
+            env=submitter,
+        )
+        assert out.returncode == 0 and "succeeded by host3" in out.stdout, out.stdout + out.stderr
+        assert len(_left(directory)) >= 4  # Redis and three hosts (and their keepers)
+        script.send_signal(signal.SIGINT)  # Ctrl-C
+        assert script.wait(timeout=60) == 130
+        wait_for(lambda: not _left(directory), timeout_s=30)
+    finally:
+        if script.poll() is None:
+            os.killpg(script.pid, signal.SIGKILL)
+        for proc in _left(directory):
+            proc.kill()
+        log.close()
