@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import redis
+
 from pymgr.fleet.client import FleetClient
+from pymgr.fleet.keyspace import HOSTS, job_key
 from pymgr.fleet.keys import load_private_key
 from tests.conftest import PYMGR, Daemon, wait_for
 from tests.fleet.conftest import KEY_ID
@@ -40,9 +45,30 @@ def test_keygen_submit_show_and_hosts(
     out = pymgr("fleet", "show", job["id"], "--config", str(host.dir / "pymgr.toml"))
     assert out.returncode == 0, out.stderr
     assert "received_by: a\n" in out.stdout and "state: succeeded\n" in out.stdout
+    assert f"run: {job['task_id']} on a\n" in out.stdout and "task_id" not in out.stdout
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(job["fields"]["ended_at"])))
+    assert f"ended_at: {when}\n" in out.stdout and "exit_code: 0\n" in out.stdout
+    out = pymgr("--json", "fleet", "show", job["id"], "--redis", redis_url)
+    assert json.loads(out.stdout)["submitted_at"] == job["submitted_at"]  # numbers in --json
     out = pymgr("--json", "fleet", "hosts", "--redis", redis_url)
     [entry] = json.loads(out.stdout)
     assert (entry["id"], entry["tags"], entry["alive"]) == ("a", ["scanner"], True)
+    out = pymgr("fleet", "hosts", "--redis", redis_url)
+    assert re.fullmatch(r"a\talive\ttags=scanner\trunning=0\tlast_heartbeat=\d+s ago\n", out.stdout)
+
+
+def test_show_leaves_out_empty_fields_and_hosts_says_an_expired_heartbeat(redis_url: str) -> None:
+    with redis.Redis.from_url(redis_url) as admin:
+        admin.hset(job_key("j"), mapping={"state": "stopped", "exit_code": "", "ended_at": "soon"})
+        admin.sadd(HOSTS, "gone")  # a host whose heartbeat has expired
+    out = pymgr("fleet", "show", "j", "--redis", redis_url)
+    assert out.stdout == "ended_at: soon\nstate: stopped\n"  # a time that is not one: as the hash has it
+    out = pymgr("fleet", "hosts", "--redis", redis_url)
+    assert out.stdout == "gone\tsilent\ttags=-\trunning=-\tlast_heartbeat=expired\n"
+    out = pymgr("fleet", "list", "--redis", redis_url)
+    assert out.stdout == "no job yet\n"
+    out = pymgr("fleet", "list", "--redis", redis_url, "--state", "failed")
+    assert out.stdout == "no job matches (the index keeps the newest jobs only)\n"
 
 
 def test_submit_says_what_is_wrong(start_host: Callable[..., Daemon], redis_url: str, tmp_path: Path) -> None:

@@ -102,6 +102,17 @@ def echo(ctx: typer.Context, data: Any, lines: list[str]) -> None:
             typer.echo(line)
 
 
+def age(epoch_s: float | None, now: float) -> str:
+    """How long ago ``epoch_s`` was, in the largest whole unit: ``4s``, ``12m``, ``3h``, ``2d``; ``-`` if unknown."""
+    if epoch_s is None:
+        return "-"
+    seconds = max(0.0, now - epoch_s)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
 def job_data(info: Any) -> dict[str, Any]:
     data = dataclasses.asdict(info)
     data["fields"] = dict(info.fields)

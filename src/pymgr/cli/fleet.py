@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
 
 from pymgr.cli import fleetjobs
+from pymgr.cli._render import _when
 from pymgr.cli._fleetshared import (
     EXIT_JOB_FAILED,
     EXIT_NOT_TAKEN,
@@ -26,6 +29,7 @@ from pymgr.cli._fleetshared import (
     KeyIdOpt,
     RedisOpt,
     SigningKeyOpt,
+    age,
     client_of,
     echo,
     fail,
@@ -151,23 +155,51 @@ def show(
     redis_url: RedisOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """A job as its hash shows it: state, host, run, exit, error."""
+    """A job as its hash shows it: state, host, its run there, exit, error; times in UTC."""
     with client_of(redis_url, config) as client:
         try:
             info = client.show(job_id)
         except LookupError as exc:
             fail(str(exc))
-    lines = [f"{name}: {value}" for name, value in sorted(info.fields.items())]
-    echo(ctx, job_data(info), lines)
+    echo(ctx, job_data(info), show_lines(info.fields))
+
+
+def show_lines(fields: Mapping[str, str]) -> list[str]:
+    """``name: value`` for each field of a job's hash that has a value, by name; ``*_at`` times in UTC
+    ISO 8601, and ``task_id`` (the run's id in its host's own task store) as ``run: ID on HOST``."""
+    lines = []
+    for name, value in sorted(fields.items()):
+        if value == "":
+            continue
+        if name == "task_id":
+            name, value = "run", f"{value} on {fields.get('received_by') or '?'}"
+        elif name.endswith("_at"):
+            value = _when_text(value)
+        lines.append(f"{name}: {value}")
+    return lines
+
+
+def _when_text(value: str) -> str:
+    try:
+        return str(_when(float(value)))
+    except ValueError:
+        return value  # not a number: shown as the hash holds it
 
 
 @fleet_app.command()
 def hosts(ctx: typer.Context, redis_url: RedisOpt = None, config: ConfigOpt = None) -> None:
-    """Every host that has sent a heartbeat: alive or not, tags, running jobs."""
+    """Every host that has sent a heartbeat: alive or not, tags, running jobs, its last heartbeat's age."""
     with client_of(redis_url, config) as client:
         found = client.hosts()
+    now = time.time()
     lines = [
-        f"{h.id}\t{'alive' if h.alive else 'silent'}\ttags={','.join(h.tags) or '-'}\trunning={h.running if h.alive else '-'}"
+        f"{h.id}\t{'alive' if h.alive else 'silent'}\ttags={','.join(h.tags) or '-'}"
+        f"\trunning={h.running if h.alive else '-'}\tlast_heartbeat={_ago(h.last_seen, now)}"
         for h in found
     ]
     echo(ctx, [dataclasses.asdict(h) for h in found], lines or ["no host has sent a heartbeat"])
+
+
+def _ago(epoch_s: float | None, now: float) -> str:
+    # A silent host's heartbeat has expired in Redis: when it was sent is no longer known.
+    return "expired" if epoch_s is None else f"{age(epoch_s, now)} ago"

@@ -21,6 +21,7 @@ from pymgr.cli._fleetshared import (
     KeyIdOpt,
     RedisOpt,
     SigningKeyOpt,
+    age,
     client_of,
     echo,
     fail,
@@ -101,22 +102,14 @@ def list_jobs(
                 info.target or "-",
                 info.state,
                 info.received_by or "-",
-                _age(info, now),
+                age(info.submitted_at, now),
             ]
         )
         for info in found
     ]
-    echo(ctx, [job_data(info) for info in found], lines or ["no job (the index keeps the newest jobs only)"])
-
-
-def _age(info: Any, now: float) -> str:
-    if info.submitted_at is None:
-        return "-"
-    seconds = max(0.0, now - info.submitted_at)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit}"
-    return f"{seconds:.0f}s"
+    filtered = state is not None or host is not None or tag is not None
+    none = "no job matches (the index keeps the newest jobs only)" if filtered else "no job yet"
+    echo(ctx, [job_data(info) for info in found], lines or [none])
 
 
 def logs(
@@ -125,11 +118,22 @@ def logs(
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Follow the output until the job ends.")
     ] = False,
+    progress: Annotated[
+        bool,
+        typer.Option(
+            "--progress/--no-progress",
+            help="Print the PYMGR_PROGRESS lines too (fleet show has the latest).",
+        ),
+    ] = False,
     redis_url: RedisOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """A job's output as its capped stream holds it; -f follows it to the job's end."""
+    from pymgr.keeper.progress import ProgressLineFilter
+
     as_json = ctx.obj is not None and ctx.obj.json
+    # As the console's log view: without the progress lines. --json gives the chunks as stored.
+    lines = None if progress or as_json else ProgressLineFilter()
     with client_of(redis_url, config) as client:
         try:
             if not follow:
@@ -138,9 +142,11 @@ def logs(
             else:
                 chunks = client.follow(job_id, on_reconnect=_reconnecting)
             for chunk in chunks:
-                _write(chunk, as_json)
+                _write(chunk, as_json, lines)
         except LookupError as exc:
             fail(str(exc))
+    if lines is not None:
+        _write(_whole(lines.flush()), False, None)
 
 
 def _whole(data: bytes) -> Any:
@@ -149,7 +155,8 @@ def _whole(data: bytes) -> Any:
     return OutputChunk("", 0, data)
 
 
-def _write(chunk: Any, as_json: bool) -> None:
+def _write(chunk: Any, as_json: bool, lines: Any) -> None:
+    """One chunk: as a JSON line, or its bytes (less the progress lines when ``lines`` filters them)."""
     if as_json:
         line = {
             "entry_id": chunk.entry_id,
@@ -158,7 +165,7 @@ def _write(chunk: Any, as_json: bool) -> None:
         }
         typer.echo(json.dumps(line, ensure_ascii=False))
         return
-    sys.stdout.buffer.write(chunk.data)
+    sys.stdout.buffer.write(chunk.data if lines is None else lines.feed(chunk.data))
     sys.stdout.buffer.flush()
 
 
