@@ -32,7 +32,7 @@ rm -f "$dir/redis.sock"  # left by a Redis that was killed: Redis's own socket i
 stop() {
     trap - INT TERM
     echo "run.sh: stopping the hosts, then Redis" >&2
-    # Hosts first, waited for (each finishes what it writes to Redis), then Redis.
+    # Hosts first, waited for (each finishes the writes to Redis it has begun), then Redis.
     for pid in $host_pids; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in $host_pids; do wait "$pid" || true; done
     [ -z "$redis_pid" ] || kill -TERM "$redis_pid" 2>/dev/null || true

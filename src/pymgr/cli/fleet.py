@@ -14,14 +14,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
 
 from pymgr.cli import fleetjobs
-from pymgr.cli._render import _when
+from pymgr.cli._render import _when, percent
 from pymgr.cli._fleetshared import (
     EXIT_JOB_FAILED,
     EXIT_NOT_TAKEN,
@@ -166,22 +166,25 @@ def show(
 
 def show_lines(fields: Mapping[str, str]) -> list[str]:
     """``name: value`` for each field of a job's hash that has a value, by name; ``*_at`` times in UTC
-    ISO 8601, and ``task_id`` (the run's id in its host's own task store) as ``run: ID on HOST``."""
-    lines = []
-    for name, value in sorted(fields.items()):
+    ISO 8601, ``progress`` in percent, and ``task_id`` (the run's id in its host's own task store) as
+    ``run: ID on HOST``."""
+    shown = {}
+    for name, value in fields.items():
         if value == "":
             continue
         if name == "task_id":
             name, value = "run", f"{value} on {fields.get('received_by') or '?'}"
+        elif name == "progress":
+            value = _number(value, percent)
         elif name.endswith("_at"):
-            value = _when_text(value)
-        lines.append(f"{name}: {value}")
-    return lines
+            value = _number(value, _when)
+        shown[name] = value
+    return [f"{name}: {value}" for name, value in sorted(shown.items())]
 
 
-def _when_text(value: str) -> str:
+def _number(value: str, shown: Callable[[float], Any]) -> str:
     try:
-        return str(_when(float(value)))
+        return str(shown(float(value)))
     except ValueError:
         return value  # not a number: shown as the hash holds it
 
