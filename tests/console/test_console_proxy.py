@@ -60,6 +60,23 @@ def test_roles_from_the_proxy_are_those_listed_in_proxy_roles(start_console: Cal
         assert "demo.echo" in http.get("/actions").text
 
 
+def test_the_roles_header_sent_twice_is_refused_and_logged_never_merged(
+    start_console: Callable[..., Console], caplog: pytest.LogCaptureFixture
+) -> None:
+    console = start_console(
+        **PROXY, proxy_roles_header="X-Remote-Groups", proxy_roles=["viewers", "operators"]
+    )
+    caplog.set_level(logging.WARNING, "pymgr.console")
+    with closing(console.http()) as http:
+        twice = [("x-remote-user", "dave"), ("x-remote-groups", "viewers"), ("x-remote-groups", "operators")]
+        reply = http.get("/actions", headers=twice)
+        assert reply.status_code == 400 and "X-Remote-Groups 2 times" in reply.text
+        assert "demo.echo" not in reply.text and "set-cookie" not in reply.headers
+        once = http.get("/actions", headers=twice[:2])
+        assert once.status_code == 200 and "demo.whoami" in once.text and "demo.echo" not in once.text
+    assert "refused a request from the proxy 127.0.0.1 with X-Remote-Groups given 2 times" in caplog.text
+
+
 def test_the_header_from_an_untrusted_peer_is_refused_and_logged(
     start_console: Callable[..., Console], caplog: pytest.LogCaptureFixture
 ) -> None:

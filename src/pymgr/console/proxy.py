@@ -13,7 +13,8 @@ Rules:
   person in: a session of their own (``via_proxy``: a CSRF token, the timeouts), the same session
   while the proxy keeps naming the same person. Twice the header, or an odd name, is 400 and logged.
   Without the header the request is an ordinary one: a cookie of a password login, or the login form.
-- Roles: ``proxy_roles_header`` (comma-separated) filtered to ``proxy_roles``; without it, the users
+- Roles: ``proxy_roles_header`` (comma-separated, once: twice is 400 and logged, never merged)
+  filtered to ``proxy_roles``; without it, the users
   file's entry of that name, else ``proxy_default_roles``. Read at every request: the proxy decides.
 """
 
@@ -146,10 +147,20 @@ class ProxyTrust:
         return token, session, True
 
     def _roles(self, request: Request, name: str) -> tuple[str, ...]:
+        """The person's roles (module docstring).
+
+        Raises:
+            _Refused: the roles header sent more than once.
+        """
         config = self.console.config
         if not self.roles_header:
             entry = self.console.users().get(name)
             return entry.roles if entry is not None else tuple(config.proxy_default_roles)
-        sent = b",".join(v for n, v in request.scope["headers"] if n == self.roles_header).decode("latin-1")
-        given = {part.strip() for part in sent.split(",")}
+        sent = [v for n, v in request.scope["headers"] if n == self.roles_header]
+        if len(sent) > 1:
+            # Merged, a second header (a browser's, passed along by a proxy that appends) adds roles.
+            header, peer = config.proxy_roles_header, request.scope[PEER]
+            log.warning("refused a request from the proxy %s with %s given %d times", peer, header, len(sent))
+            raise _Refused(400, f"The sign-in proxy sent {header} {len(sent)} times; it must send it once.")
+        given = {part.strip() for part in (sent[0] if sent else b"").decode("latin-1").split(",")}
         return tuple(role for role in config.proxy_roles if role in given)
