@@ -115,6 +115,22 @@ def test_a_proxy_session_is_believed_only_with_its_header(start_console: Callabl
         assert page.status_code == 200 and '<span class="who">bob</span>' in page.text
 
 
+def test_requests_without_a_cookie_reuse_the_persons_session_and_sign_no_one_out(
+    start_console: Callable[..., Console],
+) -> None:
+    console = start_console(**PROXY, max_sessions=4)
+    with closing(console.login("bob")) as bob:
+        tokens = set()
+        for _ in range(2 * 4):  # each a new client: no cookie
+            with console.http() as http:
+                page = http.get("/tasks", headers={"x-remote-user": "alice"})
+                assert page.status_code == 200 and "set-cookie" in page.headers
+                tokens.add(form_token(page.text))
+        assert bob.get("/tasks").status_code == 200  # bob's password session is still in force
+        assert len(tokens) == 1  # alice's one session: one CSRF token
+    assert len(console.app.state.console.sessions) == 2
+
+
 def test_signing_out_is_the_proxys(start_console: Callable[..., Console]) -> None:
     console = start_console(**PROXY, proxy_logout_url="/oauth2/sign_out")
     with closing(console.http()) as http:
