@@ -123,9 +123,7 @@ def _confirm_page(
 ) -> Response:
     module, action, fields = found
     shown = [
-        (f.label, "(hidden)" if f.kind == "password" else json.dumps(params[f.name]))
-        for f in fields
-        if f.name in params
+        (f.label, "(hidden)" if f.secret else json.dumps(params[f.name])) for f in fields if f.name in params
     ]
     return console.render(
         request,
