@@ -60,6 +60,19 @@ def test_roles_from_the_proxy_are_those_listed_in_proxy_roles(start_console: Cal
         assert "demo.echo" in http.get("/actions").text
 
 
+def test_the_audit_link_follows_the_roles_the_proxy_sends(start_console: Callable[..., Console]) -> None:
+    console = start_console(
+        **PROXY, proxy_roles_header="X-Remote-Groups", proxy_roles=["viewers", "auditors"]
+    )
+    with closing(console.http()) as http:
+        http.headers.update({"x-remote-user": "dave", "x-remote-groups": "viewers"})
+        assert 'href="/audit"' not in http.get("/tasks").text
+        http.headers["x-remote-groups"] = "viewers, auditors"  # the same session, other roles
+        assert 'href="/audit"' in http.get("/tasks").text
+        http.headers["x-remote-groups"] = "viewers"
+        assert 'href="/audit"' not in http.get("/tasks").text
+
+
 def test_the_roles_header_sent_twice_is_refused_and_logged_never_merged(
     start_console: Callable[..., Console], caplog: pytest.LogCaptureFixture
 ) -> None:

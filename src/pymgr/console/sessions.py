@@ -58,8 +58,11 @@ class Session:
     #: Dangerous calls waiting for their confirmation, by a random id.
     pending: OrderedDict[str, PendingCall] = field(default_factory=OrderedDict)
     #: Whether the policy lets the person read the audit log (the nav's Audit link): asked of the
-    #: daemon once per session, None until then (a policy reloaded meanwhile shows at the next login).
+    #: daemon once per session and roles, None until then (a policy reloaded meanwhile shows at the
+    #: next login). A proxy session's roles are the proxy's at every request: ``may_audit_roles``
+    #: are those it was asked for, and other roles ask again.
     may_audit: bool | None = None
+    may_audit_roles: tuple[str, ...] = ()
 
     def hold(self, call: PendingCall) -> str:
         """Keep ``call`` until it is confirmed; its id (for the confirmation form)."""
