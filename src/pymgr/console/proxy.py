@@ -11,11 +11,12 @@ Rules:
   console past the proxy must not be able to name themselves.
 - From a trusted proxy, one header with a name of the users file's shape (``users.NAME``) signs the
   person in: a session of their own (``via_proxy``: a CSRF token, the timeouts), the same session
-  while the proxy keeps naming the same person, with or without its cookie (``Sessions.proxied``). Twice the header, or an odd name, is 400 and logged.
-  Without the header the request is an ordinary one: a cookie of a password login, or the login form.
-- Roles: ``proxy_roles_header`` (comma-separated, once: twice is 400 and logged, never merged)
-  filtered to ``proxy_roles``; without it, the users
-  file's entry of that name, else ``proxy_default_roles``. Read at every request: the proxy decides.
+  while the proxy keeps naming the same person, with or without its cookie (``Sessions.proxied``).
+  Twice the header, or an odd name, is 400 and logged. Without the header the request is an
+  ordinary one: a cookie of a password login, or the login form.
+- Roles: ``proxy_roles_header`` (comma-separated; twice is 400 and logged, never merged) filtered
+  to ``proxy_roles``; without it, the users file's entry of that name, else ``proxy_default_roles``.
+  Read at every request: the proxy decides.
 """
 
 from __future__ import annotations
