@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from pymgr.client import Client
 from tests.console.conftest import PASSWORDS, Console, form_token, submit_login
 
 PROXY = {"trusted_proxies": ["127.0.0.1"], "proxy_user_header": "X-Remote-User"}
@@ -132,3 +133,28 @@ def test_a_forced_confirmation_of_an_action_not_offered_is_403(console: Console)
         token = form_token(http.get("/actions").text)
         reply = http.post("/actions/demo/reboot/confirm", data={"csrf": token, "call": "x"})
         assert reply.status_code == 403 and re.search("You may not call demo.reboot", reply.text)
+
+
+def test_stopping_a_task_after_an_old_login_types_the_password_again(console: Console) -> None:
+    with closing(console.login("alice")) as http:
+        token = form_token(http.get("/tasks").text)
+        started = http.post("/tasks", data={"csrf": token, "type": "scan", "task_id": "7", "duration": "60"})
+        task_id = int(started.headers["location"].rsplit("/", 1)[1])
+        console.clock.now += 301  # reauth_after_s
+        page = http.get(f"/tasks/{task_id}/stop")
+        assert 'name="password" type="password"' in page.text and "type it again" in page.text
+        stop = {"csrf": form_token(page.text)}
+        assert http.post(f"/tasks/{task_id}/stop", data=stop).status_code == 401  # no password
+        wrong = http.post(f"/tasks/{task_id}/stop", data={**stop, "password": "not-hers"})
+        assert wrong.status_code == 401 and "Wrong password." in wrong.text
+        for _ in range(2):  # with the two above, login_free_failures (3) spent, then the first delay
+            http.post(f"/tasks/{task_id}/stop", data={**stop, "password": "not-hers"})
+        with console.http() as other:
+            assert submit_login(other, "alice", PASSWORDS["alice"]).status_code == 429  # counted as logins
+        assert not [a for a in console.audit() if (a["module"], a["action"]) == ("tasks", "stop")]
+        console.clock.now += 5.1
+        right = http.post(f"/tasks/{task_id}/stop", data={**stop, "password": PASSWORDS["alice"]})
+        assert right.status_code == 303 and right.headers["location"] == f"/tasks/{task_id}"
+        with Client(socket=console.daemon.socket) as daemon:
+            assert daemon.wait(task_id, timeout_s=20).state == "stopped"
+        assert 'name="password"' not in http.get(f"/tasks/{task_id}/stop").text  # typed just now

@@ -60,6 +60,36 @@ def test_roles_from_the_proxy_are_those_listed_in_proxy_roles(start_console: Cal
         assert "demo.echo" in http.get("/actions").text
 
 
+def test_the_audit_link_follows_the_roles_the_proxy_sends(start_console: Callable[..., Console]) -> None:
+    console = start_console(
+        **PROXY, proxy_roles_header="X-Remote-Groups", proxy_roles=["viewers", "auditors"]
+    )
+    with closing(console.http()) as http:
+        http.headers.update({"x-remote-user": "dave", "x-remote-groups": "viewers"})
+        assert 'href="/audit"' not in http.get("/tasks").text
+        http.headers["x-remote-groups"] = "viewers, auditors"  # the same session, other roles
+        assert 'href="/audit"' in http.get("/tasks").text
+        http.headers["x-remote-groups"] = "viewers"
+        assert 'href="/audit"' not in http.get("/tasks").text
+
+
+def test_the_roles_header_sent_twice_is_refused_and_logged_never_merged(
+    start_console: Callable[..., Console], caplog: pytest.LogCaptureFixture
+) -> None:
+    console = start_console(
+        **PROXY, proxy_roles_header="X-Remote-Groups", proxy_roles=["viewers", "operators"]
+    )
+    caplog.set_level(logging.WARNING, "pymgr.console")
+    with closing(console.http()) as http:
+        twice = [("x-remote-user", "dave"), ("x-remote-groups", "viewers"), ("x-remote-groups", "operators")]
+        reply = http.get("/actions", headers=twice)
+        assert reply.status_code == 400 and "X-Remote-Groups 2 times" in reply.text
+        assert "demo.echo" not in reply.text and "set-cookie" not in reply.headers
+        once = http.get("/actions", headers=twice[:2])
+        assert once.status_code == 200 and "demo.whoami" in once.text and "demo.echo" not in once.text
+    assert "refused a request from the proxy 127.0.0.1 with X-Remote-Groups given 2 times" in caplog.text
+
+
 def test_the_header_from_an_untrusted_peer_is_refused_and_logged(
     start_console: Callable[..., Console], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -96,6 +126,22 @@ def test_a_proxy_session_is_believed_only_with_its_header(start_console: Callabl
         # another name from the proxy is another person: a session of their own
         page = http.get("/tasks", headers={"x-remote-user": "bob"})
         assert page.status_code == 200 and '<span class="who">bob</span>' in page.text
+
+
+def test_requests_without_a_cookie_reuse_the_persons_session_and_sign_no_one_out(
+    start_console: Callable[..., Console],
+) -> None:
+    console = start_console(**PROXY, max_sessions=4)
+    with closing(console.login("bob")) as bob:
+        tokens = set()
+        for _ in range(2 * 4):  # each a new client: no cookie
+            with console.http() as http:
+                page = http.get("/tasks", headers={"x-remote-user": "alice"})
+                assert page.status_code == 200 and "set-cookie" in page.headers
+                tokens.add(form_token(page.text))
+        assert bob.get("/tasks").status_code == 200  # bob's password session is still in force
+        assert len(tokens) == 1  # alice's one session: one CSRF token
+    assert len(console.app.state.console.sessions) == 2
 
 
 def test_signing_out_is_the_proxys(start_console: Callable[..., Console]) -> None:

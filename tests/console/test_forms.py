@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+from jinja2 import Environment, FileSystemLoader
 
 from pymgr.console import forms
+
+TEMPLATES = Path(forms.__file__).parent / "templates"
 
 SCHEMA: dict[str, Any] = {
     "properties": {
@@ -45,7 +49,7 @@ def test_each_property_becomes_the_field_of_its_type() -> None:
 
 
 def test_a_secret_default_is_never_shown() -> None:
-    field = forms.Field("token", "Token", "password", False, default="hunter2")
+    field = forms.Field("token", "Token", "password", False, default="hunter2", secret=True)
     assert field.shown_default() == ""
 
 
@@ -89,3 +93,28 @@ def test_the_daemons_field_errors_are_read_by_field() -> None:
     }
     assert forms.daemon_errors(details) == {"duration": "too long", "ids": "bad"}
     assert forms.daemon_errors(None) == {}
+
+
+SECRETS: dict[str, Any] = {
+    "properties": {
+        "pin": {"type": "integer", "secret": True},
+        "api_key": {"type": "string", "secret": True, "default": "k-default"},
+        "hidden": {"type": "string", "writeOnly": True},
+        "maybe": {"anyOf": [{"type": "string", "format": "password"}, {"type": "null"}]},
+        "plain": {"type": "string", "default": "shown"},
+    }
+}
+
+
+def test_what_the_audit_redacts_is_a_secret_field_never_shown() -> None:
+    fields = {f.name: f for f in forms.fields_of(SECRETS)}
+    assert {n for n, f in fields.items() if f.secret} == {n for n in SECRETS["properties"] if n != "plain"}
+    assert fields["api_key"].kind == "password" and fields["api_key"].shown_default() == ""
+    assert fields["pin"].kind == "integer"  # read as a number, shown as a password input
+    assert forms.read([fields["pin"]], {"pin": "1234"}) == ({"pin": 1234}, {})
+    templates = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True)
+    macro = templates.get_template("_field.html").module.field  # type: ignore[attr-defined]
+    for name in ("pin", "api_key"):
+        html = str(macro(fields[name], "f", {name: "typed-before"}, {}))
+        assert 'type="password"' in html and "typed-before" not in html and "k-default" not in html
+    assert 'value="shown"' in str(macro(fields["plain"], "f", {}, {}))

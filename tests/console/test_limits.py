@@ -57,6 +57,26 @@ def test_at_most_max_sessions_the_least_recently_used_ends() -> None:
     assert sessions.get(first) is not None and sessions.get(third) is not None
 
 
+def test_a_person_the_proxy_names_has_one_session_kept_in_step_with_the_table() -> None:
+    clock = Clock()
+    sessions = Sessions(idle_s=10, absolute_s=100, max_sessions=2, clock=clock)
+    password, _ = sessions.create("bob", ())
+    token, session, new = sessions.proxied("carol", ("viewers",))
+    assert new and session.via_proxy
+    for roles in [("operators",)] * 4:  # however often, without a cookie: the same session
+        assert sessions.proxied("carol", roles) == (token, session, False)
+    assert session.roles == ("operators",) and len(sessions) == 2 and sessions.get(password) is not None
+    sessions.end(token)
+    assert sessions._proxied == {}
+    again, _, new = sessions.proxied("carol", ())
+    assert new and again != token
+    sessions.create("dave", ())
+    sessions.create("erin", ())  # carol's is the least recently used: evicted, and out of the index
+    assert sessions._proxied == {} and sessions.proxied("carol", ())[2]
+    clock.now += 11  # past idle_s: expired, and out of the index at its next use
+    assert sessions.proxied("carol", ())[2] and list(sessions._proxied) == ["carol"]
+
+
 def test_session_ids_are_random_and_not_kept() -> None:
     sessions = Sessions(idle_s=10, absolute_s=100, max_sessions=5, clock=Clock())
     token, session = sessions.create("a", ())

@@ -16,7 +16,7 @@ Rules:
 - Secrets never reach the file: a parameter whose JSON Schema says
   ``format: password`` (pydantic ``SecretStr``), ``writeOnly`` or
   ``"secret": true`` (``json_schema_extra={"secret": True}``) is written as
-  ``"[redacted]"``. For an unknown module or action there is no schema, so
+  ``"[redacted]"`` (``pymgr._secretparam``: the console hides the same ones). For an unknown module or action there is no schema, so
   only the parameter names are written.
 - No action runs unless its record can be written: ``hold`` is called once
   every check passed, just before the action runs. It refuses (503) while
@@ -40,6 +40,7 @@ from typing import Any
 import pydantic_core
 from pydantic import BaseModel
 
+from pymgr._secretparam import is_secret
 from pymgr.auth._auditreserve import SpaceReserve
 from pymgr.auth.auditfile import AuditLog, syslog_handler
 from pymgr.auth.refusals import RefusalTally, iso_time
@@ -81,16 +82,10 @@ def refused_path_beside(path: Path) -> Path:
 # --- redaction --------------------------------------------------------------
 
 
-def _is_secret(schema: Mapping[str, Any]) -> bool:
-    if schema.get("format") == "password" or schema.get("writeOnly") is True or schema.get("secret") is True:
-        return True
-    return any(_is_secret(s) for key in ("anyOf", "oneOf", "allOf") for s in schema.get(key, ()))
-
-
 def secret_params(model: type[BaseModel]) -> frozenset[str]:
     """Names of the top-level parameters the model's JSON Schema marks secret."""
     properties = model.model_json_schema().get("properties", {})
-    return frozenset(name for name, schema in properties.items() if _is_secret(schema))
+    return frozenset(name for name, schema in properties.items() if is_secret(schema))
 
 
 def redact(params: Any, secrets: frozenset[str] | None) -> Any:

@@ -8,8 +8,7 @@ Rules:
   secrets never go back into a page) and a confirmation page shows what would be called. Only its
   POST, with the CSRF token, within ``confirm_timeout_s``, calls; each confirmation calls once.
 - The confirmation asks for the password again when it was last typed more than ``reauth_after_s``
-  ago, checked as a login is (``auth_routes.check_password``: the same delays, failures counted). A
-  session the sign-in proxy opened has no password here: it confirms only (docs/console.md).
+  ago: ``reauth.confirmed``, the gate every dangerous call of the console passes.
 - With htmx, a plain action's result replaces only its own card (``HX-Request``); a dangerous one's
   form posts a whole page, as the confirmation is one.
 """
@@ -26,7 +25,8 @@ from starlette.routing import Route
 
 from pymgr.client import ActionInfo, AsyncClient, ModuleInfo
 from pymgr.console import forms
-from pymgr.console.auth_routes import Refusal, check_password
+from pymgr.console.auth_routes import Refusal
+from pymgr.console.reauth import asks_password, confirmed
 from pymgr.console.sessions import PendingCall, Session
 from pymgr.errors import PymgrError
 
@@ -103,21 +103,13 @@ async def confirm_action(request: Request, console: Console, session: Session) -
         session.pending.pop(call_id, None)
         message = "This confirmation has expired or was used already: fill in the action's form again."
         return console.render(request, "error.html", 409, session=session, message=message)
-    if _asks_password(console, session):
-        address = request.client.host if request.client else "?"
-        password = str(form.get("password", ""))
-        checked = await check_password(console, session.user, password, address, "password confirmation")
-        if isinstance(checked, Refusal):
-            return _confirm_page(request, console, session, found, call.params, call_id, checked)
-        session.authenticated_s = console.clock()
+    refusal = await confirmed(request, console, session, form)
+    if refusal is not None:
+        return _confirm_page(request, console, session, found, call.params, call_id, refusal)
     del session.pending[call_id]
     outcome: dict[str, Any] = {"key": f"{module.name}.{action.name}", "errors": {}, "values": {}}
     status = await _call(client, module, action, call.params, outcome)
     return _outcome(request, console, session, modules, found, outcome, status)
-
-
-def _asks_password(console: Console, session: Session) -> bool:
-    return not session.via_proxy and console.clock() - session.authenticated_s > console.config.reauth_after_s
 
 
 def _confirm_page(
@@ -131,9 +123,7 @@ def _confirm_page(
 ) -> Response:
     module, action, fields = found
     shown = [
-        (f.label, "(hidden)" if f.kind == "password" else json.dumps(params[f.name]))
-        for f in fields
-        if f.name in params
+        (f.label, "(hidden)" if f.secret else json.dumps(params[f.name])) for f in fields if f.name in params
     ]
     return console.render(
         request,
@@ -144,7 +134,7 @@ def _confirm_page(
         action=action,
         shown=shown,
         call_id=call_id,
-        ask_password=_asks_password(console, session),
+        ask_password=asks_password(console, session),
         reauth_after_s=console.config.reauth_after_s,
         message=refusal.message if refusal else "",
     )

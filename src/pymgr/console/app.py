@@ -61,8 +61,9 @@ def page(handler: Handler, state_changing: bool = False) -> Callable[[Request], 
                     message="This form is stale or not from this site: reload the page and try again.",
                 )
         try:
-            if session.may_audit is None:
+            if session.may_audit is None or session.may_audit_roles != session.roles:
                 session.may_audit = await may_read_audit(console, session)
+                session.may_audit_roles = session.roles
             return await handler(request, console, session)
         except ConnectionFailed:
             return console.render(

@@ -2,8 +2,10 @@
 
 Rules:
 - One ``Field`` per property: strings, numbers and integers (with their range), booleans, enums,
-  arrays of scalars (one item a line), defaults and descriptions; ``format: password`` or
-  ``writeOnly`` make a password input whose value is never written back into a page.
+  arrays of scalars (one item a line), defaults and descriptions.
+- A property the audit log redacts (``pymgr._secretparam.is_secret``: ``format: password``,
+  ``writeOnly`` or ``"secret": true``) is ``secret``: a password input, its value and default never
+  written back into a page nor shown on a confirmation. One test for both, so they never disagree.
 - ``read`` turns the browser's strings into typed params and says, per field, what is wrong; an
   empty optional field is left out (the daemon applies its default). The daemon validates again:
   its per-field errors (``details.errors``) are shown beside the same fields.
@@ -17,6 +19,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from pymgr._secretparam import is_secret
 
 #: Longest value of one field the console accepts (the daemon has its own limits too).
 MAX_FIELD_CHARS = 65536
@@ -36,9 +40,11 @@ class Field:
     choices: tuple[str, ...] = ()
     #: For a list: the kind of its items (text, integer or number).
     item_kind: str = "text"
+    #: Never shown nor written back (module docstring); a text one is of kind password.
+    secret: bool = False
 
     def shown_default(self) -> str:
-        if self.default is None or self.kind == "password":
+        if self.default is None or self.secret:
             return ""
         if self.kind == "list":
             return "\n".join(map(str, self.default))
@@ -58,11 +64,11 @@ def _non_null(prop: Mapping[str, Any]) -> tuple[Mapping[str, Any], bool]:
 _SCALARS = {"string": "text", "integer": "integer", "number": "number", "boolean": "boolean"}
 
 
-def _kind(prop: Mapping[str, Any]) -> tuple[str, str]:
+def _kind(prop: Mapping[str, Any], secret: bool) -> tuple[str, str]:
     if "enum" in prop:
         return "choice", "text"
     kind = _SCALARS.get(prop.get("type", ""), "json")
-    if kind == "text" and (prop.get("format") == "password" or prop.get("writeOnly")):
+    if kind == "text" and secret:
         return "password", "text"
     if prop.get("type") == "array":
         items = prop.get("items")
@@ -80,7 +86,8 @@ def fields_of(schema: Mapping[str, Any]) -> list[Field]:
     out = []
     for name, raw in (schema.get("properties") or {}).items():
         prop, nullable = _non_null(raw if isinstance(raw, dict) else {})
-        kind, item_kind = _kind(prop)
+        secret = is_secret(raw) if isinstance(raw, dict) else False
+        kind, item_kind = _kind(prop, secret)
         label = str(prop.get("title") or name.replace("_", " ").capitalize())
         out.append(
             Field(
@@ -94,6 +101,7 @@ def fields_of(schema: Mapping[str, Any]) -> list[Field]:
                 maximum=prop.get("maximum", prop.get("exclusiveMaximum")),
                 choices=tuple(str(c) for c in prop.get("enum", ())),
                 item_kind=item_kind,
+                secret=secret,
             )
         )
     return out

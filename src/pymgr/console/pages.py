@@ -6,6 +6,8 @@ Rules:
 - Only what the person may call is offered (``GET /v1/modules?allowed=true``, for the person); a
   forced POST to anything else is refused by the console (403) before the daemon refuses it again.
 - Forms post whole pages and work without JavaScript.
+- Stopping a run (``tasks.stop``, dangerous) asks first: its page is the confirmation, and its POST
+  passes ``reauth.confirmed`` (the password again after ``reauth_after_s``), as the actions page's do.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from pymgr.client import AsyncClient, TaskState
-from pymgr.console import forms
+from pymgr.console import forms, reauth
 from pymgr.console.audit_page import audit_page
+from pymgr.console.auth_routes import Refusal
 from pymgr.console.sessions import Session
 from pymgr.errors import PymgrError
 from pymgr.keeper.progress import ProgressLineFilter
@@ -153,13 +156,33 @@ async def task_log(request: Request, console: Console, session: Session) -> Resp
 
 
 async def stop_confirm(request: Request, console: Console, session: Session) -> Response:
-    record = await console.person(session).task(_task_id(request))
-    return console.render(request, "stop.html", session=session, run=record)
+    return await _stop_page(request, console, session)
 
 
 async def stop_task(request: Request, console: Console, session: Session) -> Response:
+    """``tasks.stop`` is dangerous: the POST is its confirmation, through the same gate as the actions
+    page's (``reauth.confirmed``)."""
+    refusal = await reauth.confirmed(request, console, session, await request.form())
+    if refusal is not None:
+        return await _stop_page(request, console, session, refusal)
     await console.person(session).stop_task(_task_id(request))
     return RedirectResponse(f"/tasks/{_task_id(request)}", 303)
+
+
+async def _stop_page(
+    request: Request, console: Console, session: Session, refusal: Refusal | None = None
+) -> Response:
+    record = await console.person(session).task(_task_id(request))
+    return console.render(
+        request,
+        "stop.html",
+        refusal.status if refusal else 200,
+        session=session,
+        run=record,
+        ask_password=reauth.asks_password(console, session),
+        reauth_after_s=console.config.reauth_after_s,
+        message=refusal.message if refusal else "",
+    )
 
 
 async def status_page(request: Request, console: Console, session: Session) -> Response:

@@ -11,10 +11,12 @@ Rules:
   console past the proxy must not be able to name themselves.
 - From a trusted proxy, one header with a name of the users file's shape (``users.NAME``) signs the
   person in: a session of their own (``via_proxy``: a CSRF token, the timeouts), the same session
-  while the proxy keeps naming the same person. Twice the header, or an odd name, is 400 and logged.
-  Without the header the request is an ordinary one: a cookie of a password login, or the login form.
-- Roles: ``proxy_roles_header`` (comma-separated) filtered to ``proxy_roles``; without it, the users
-  file's entry of that name, else ``proxy_default_roles``. Read at every request: the proxy decides.
+  while the proxy keeps naming the same person, with or without its cookie (``Sessions.proxied``).
+  Twice the header, or an odd name, is 400 and logged. Without the header the request is an
+  ordinary one: a cookie of a password login, or the login form.
+- Roles: ``proxy_roles_header`` (comma-separated; twice is 400 and logged, never merged) filtered
+  to ``proxy_roles``; without it, the users file's entry of that name, else ``proxy_default_roles``.
+  Read at every request: the proxy decides.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from pymgr.console import users
 from pymgr.console.sessions import Session
-from pymgr.console.state import PROXY_SESSION, set_session_cookie
+from pymgr.console.state import PROXY_SESSION, cookie_token, set_session_cookie
 
 if TYPE_CHECKING:
     from pymgr.console.state import Console
@@ -113,7 +115,8 @@ class ProxyTrust:
         await self.app(scope, receive, send_with_cookie)
 
     def _session(self, request: Request, names: list[bytes]) -> tuple[str, Session, bool]:
-        """The session the header stands for, and whether it is new (its cookie to set).
+        """The session the header stands for, and whether its cookie is to be set (the request's
+        cookie names another session, or none).
 
         Raises:
             _Refused: a peer that is no trusted proxy, or a header that names no one clearly.
@@ -136,20 +139,26 @@ class ProxyTrust:
                 f"The sign-in proxy named a person the console does not accept ({header}): a name is 1 to 64 "
                 "ASCII letters, digits and . _ @ -, starting with a letter or digit.",
             )
-        roles = self._roles(request, name)
-        token, session = self.console.session_cookie(request)
-        if session is not None and session.via_proxy and session.user == name and token:
-            session.roles = roles
-            return token, session, False
-        token, session = self.console.sessions.create(name, roles, via_proxy=True)
-        log.info("sign-in of %s by the proxy %s", name, peer)
-        return token, session, True
+        token, session, new = self.console.sessions.proxied(name, self._roles(request, name))
+        if new:
+            log.info("sign-in of %s by the proxy %s", name, peer)
+        return token, session, token != cookie_token(request)
 
     def _roles(self, request: Request, name: str) -> tuple[str, ...]:
+        """The person's roles (module docstring).
+
+        Raises:
+            _Refused: the roles header sent more than once.
+        """
         config = self.console.config
         if not self.roles_header:
             entry = self.console.users().get(name)
             return entry.roles if entry is not None else tuple(config.proxy_default_roles)
-        sent = b",".join(v for n, v in request.scope["headers"] if n == self.roles_header).decode("latin-1")
-        given = {part.strip() for part in sent.split(",")}
+        sent = [v for n, v in request.scope["headers"] if n == self.roles_header]
+        if len(sent) > 1:
+            # Merged, a second header (a browser's, passed along by a proxy that appends) adds roles.
+            header, peer = config.proxy_roles_header, request.scope[PEER]
+            log.warning("refused a request from the proxy %s with %s given %d times", peer, header, len(sent))
+            raise _Refused(400, f"The sign-in proxy sent {header} {len(sent)} times; it must send it once.")
+        given = {part.strip() for part in (sent[0] if sent else b"").decode("latin-1").split(",")}
         return tuple(role for role in config.proxy_roles if role in given)

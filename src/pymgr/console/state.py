@@ -88,7 +88,7 @@ class Console:
 
     def session_cookie(self, request: Request) -> tuple[str | None, Session | None]:
         """The session the request's cookie names, if it is in force (and marks it used)."""
-        token = request.cookies.get(SECURE_COOKIE) or request.cookies.get(COOKIE)
+        token = cookie_token(request)
         return token, self.sessions.get(token)
 
     def person(self, session: Session) -> AsyncClient:
@@ -97,6 +97,11 @@ class Console:
     def render(self, request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
         page = self.templates.get_template(name).render(request=request, **context)
         return HTMLResponse(page, status_code=status)
+
+
+def cookie_token(request: Request) -> str | None:
+    """The session id the request's cookie carries, if any (in force or not)."""
+    return request.cookies.get(SECURE_COOKIE) or request.cookies.get(COOKIE)
 
 
 def set_session_cookie(request: Request, reply: Response, token: str) -> None:
