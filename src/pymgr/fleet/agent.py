@@ -12,9 +12,9 @@ Rules:
   the task key that keeps it from running twice). An action job's id goes
   into ``replay.py``'s record before its call: one found there is
   acknowledged and not called again (marked ``lost`` if its call was cut
-  short by a crash or a stop and its hash has no final state). Its entry is acknowledged
-  (``XACK``) only after its final state is written; until then it stays in
-  the pending-entries list.
+  short by a crash or a stop and its hash has no final state). An entry is
+  acknowledged (``XACK``) only after its final state is written; until then
+  it stays in the pending-entries list.
 - When Redis goes away the agent waits (0.1 s, doubling up to
   ``reconnect_max_s``) and starts over: it makes the groups again if Redis
   lost them, re-reads its own pending entries from id 0 and takes up each
