@@ -63,6 +63,7 @@ def test_a_call_cut_short_by_kill_9_is_not_made_again_and_its_job_is_lost(
     info = fleet.wait(job_id, timeout_s=30)
     assert info.state == "lost"
     assert "not called again" in info.error
+    assert info.received_by == "a"
     _replay(redis_url)
     wait_for(lambda: host.log().count(f"action job {job_id} was called here already") == 2)
     assert host.stop() == 0  # a call running now would be cancelled and audited

@@ -301,7 +301,8 @@ class FleetAgent:
             return True
         log.info("fleet: action job %s was called here already; acknowledged again, not called", job.id)
         if claim is Claim.CALLED:  # a final state stays; a call cut short by a crash or a stop is lost
-            fields = ["state", JobState.LOST.value, "error", CUT_SHORT, "lost_by", self._config.host_id]
+            # The host is the hash's received_by already; ended_at as the reaper writes it for a lost job.
+            fields = ["state", JobState.LOST.value, "error", CUT_SHORT, "ended_at", f"{time.time():.3f}"]
             await self._refuse_script(keys=[job_key(job.id)], args=[*FINAL_NAMES, "", *fields])
         await self._redis.xack(stream, GROUP, entry_id)
         return False
