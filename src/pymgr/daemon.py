@@ -32,7 +32,7 @@ from pymgr._configtrust import config_warnings
 from pymgr._fsguard import check_trusted
 from pymgr.auth.legacy import PUBLISHED_SECRET
 from pymgr.auth.guard import EdgeGuard
-from pymgr.config import Config, ConfigError, FleetConfig, LegacyConfig
+from pymgr.config import Config, ConfigError, LegacyConfig
 from pymgr.core.dispatch import CallHandler
 from pymgr.core.loader import module_classes
 from pymgr.core.registry import ModuleContext, Registry, RegistryError
@@ -153,7 +153,7 @@ async def run(config: Config, stop: asyncio.Event | None = None, hooks: ServiceH
         dispatcher = security.dispatcher(registry, metrics)
         tls = server_context(config.http)
         sockets = bind_http(config, hooks.inherited)
-        fleet = None if config.fleet is None else _fleet_agent(config.fleet, dispatcher, tasks, security)
+        fleet = _fleet_agent(config, dispatcher, tasks, security)
     except (RegistryError, ListenerError, SecurityError, TlsError, ConfigError, FdBudgetError) as exc:
         raise StartupError(str(exc)) from None
     closers: list[Callable[[], Awaitable[None]]] = []
@@ -202,13 +202,17 @@ def _http_app(
 
 
 def _fleet_agent(
-    fleet: FleetConfig, dispatcher: GuardedDispatcher, tasks: TaskManager, security: Security
+    config: Config, dispatcher: GuardedDispatcher, tasks: TaskManager, security: Security
 ) -> Any:
-    """The fleet agent of ``[fleet]`` (docs/fleet.md); imported only then, so a plain daemon never loads Redis.
+    """The fleet agent of ``[fleet]`` (docs/fleet.md), or None; imported only then, so a plain daemon never
+    loads Redis.
 
     Raises:
-        StartupError: the fleet's dependencies are missing, or a key or password file cannot be used.
+        StartupError: the fleet's dependencies are missing, a key or password file cannot be used, or the
+            record of action jobs in the state directory cannot be opened.
     """
+    if config.fleet is None:
+        return None
     from pymgr.cli.daemondeps import no_fleet_message
 
     missing = no_fleet_message("[fleet]")
@@ -216,10 +220,11 @@ def _fleet_agent(
         raise StartupError(missing.removeprefix("error: "))
     from pymgr.fleet.agent import FleetAgent
     from pymgr.fleet.keys import FleetKeyError
+    from pymgr.fleet.replay import RecordError
 
     try:
-        return FleetAgent(fleet, dispatcher, tasks, security.auditor)
-    except FleetKeyError as exc:
+        return FleetAgent(config.fleet, dispatcher, tasks, security.auditor, state_dir=config.state_dir)
+    except (FleetKeyError, RecordError) as exc:
         raise StartupError(f"[fleet]: {exc}") from None
 
 

@@ -54,6 +54,11 @@ def test_the_three_redis_schemes(url: str) -> None:
         ({"output_max_entries": 0}, r"output_max_entries\n  Input should be greater than or equal to 1"),
         ({"max_deliveries": 0}, r"max_deliveries\n  Input should be greater than or equal to 1"),
         ({"dead_max_entries": 0}, r"dead_max_entries\n  Input should be greater than or equal to 1"),
+        ({"replay_max_entries": 0}, r"replay_max_entries\n  Input should be greater than or equal to 1"),
+        (
+            {"replay_max_entries": 10_000_001},
+            r"replay_max_entries\n  Input should be less than or equal to 10000000",
+        ),
         ({"reap_interval_s": 0}, r"reap_interval_s\n  Input should be greater than 0"),
         (
             {"lease_s": 10, "reap_interval_s": 10},
@@ -71,6 +76,9 @@ def test_bad_settings_are_refused_naming_them(fields: dict[str, Any], message: s
 def test_limits_hold_at_their_edges() -> None:
     assert _fleet(lease_s=1, max_jobs=1, output_max_entries=1).max_jobs == 1
     assert _fleet(max_deliveries=1, dead_max_entries=1).max_deliveries == 1
+    assert _fleet().replay_max_entries == 100_000
+    assert _fleet(replay_max_entries=1).replay_max_entries == 1
+    assert _fleet(replay_max_entries=10_000_000).replay_max_entries == 10_000_000
     assert _fleet(lease_s=30).reap_every_s == 10  # a third of the lease unless set
     assert _fleet(lease_s=30, reap_interval_s=29.5).reap_every_s == 29.5
     assert _fleet(max_jobs=10_000).max_jobs == 10_000

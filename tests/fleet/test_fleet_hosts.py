@@ -224,7 +224,7 @@ def test_a_redelivered_action_job_is_not_called_twice(
                 client.xpending("fleet:host:a", "pymgr")["pending"] == 0 and client.xlen("fleet:host:a") == 2
             )
         )
-    wait_for(lambda: f"action job {job_id} ran here already" in host.log())
+    wait_for(lambda: f"action job {job_id} was called here already" in host.log())
     host.stop()
     audit = (host.dir / "state" / "audit.log").read_text()
     assert audit.count('"greeting":"once"') == 1

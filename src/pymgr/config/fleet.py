@@ -61,6 +61,10 @@ class FleetConfig(Section):
     #: Oldest job accepted, in seconds since it was signed (either way, for clock skew): a job replayed
     #: later than this is refused. Five minutes, as for signed requests (``[auth] clock_skew_s``).
     max_age_s: float = Field(300.0, gt=0, le=86400)
+    #: Action jobs remembered as called here (``<state_dir>/fleet-actions.sqlite3``), each for ``max_age_s``
+    #: after it was signed, so a replay is not called again. Full, a new action job is refused rather than
+    #: risk a second call. 100 000 is 333 action jobs a second for the default 300 s, in about 10 MB.
+    replay_max_entries: int = Field(100_000, ge=1, le=10_000_000)
     #: Jobs this host runs at once; it reads no more from Redis while this many are open.
     max_jobs: int = Field(16, ge=1, le=10_000)
     #: Entries kept in a job's output stream (``fleet:job:<id>:out``, XADD MAXLEN ~): the tail of a

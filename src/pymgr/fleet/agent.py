@@ -9,9 +9,12 @@ Rules:
   is counted among the audit's refusals, logged, marked ``refused`` in its
   job's hash when the id can be read, and acknowledged: it will never pass.
 - An accepted job runs through ``runner.py`` (the local policy and audit,
-  the task key that keeps it from running twice). Its entry is acknowledged
-  (``XACK``) only after its final state is written; until then it stays in
-  the pending-entries list.
+  the task key that keeps it from running twice). An action job's id goes
+  into ``replay.py``'s record before its call: one found there is
+  acknowledged and not called again (marked ``lost`` if its call was cut
+  short by a crash or a stop and its hash has no final state). An entry is
+  acknowledged (``XACK``) only after its final state is written; until then
+  it stays in the pending-entries list.
 - When Redis goes away the agent waits (0.1 s, doubling up to
   ``reconnect_max_s``) and starts over: it makes the groups again if Redis
   lost them, re-reads its own pending entries from id 0 and takes up each
@@ -40,6 +43,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -55,6 +59,7 @@ from pymgr.fleet.jobs import Job, JobRefused
 from pymgr.fleet.keys import load_public_key, read_secret_file
 from pymgr.fleet.keyspace import FINAL, GROUP, HOSTS, JobState, heartbeat_key, job_key
 from pymgr.fleet.reaper import Reaper
+from pymgr.fleet.replay import FILE_NAME, CallGuard, Claim, RecordError, RecordFull
 from pymgr.fleet.runner import JobRunner
 from pymgr.tasks.manager import TaskManager
 
@@ -74,6 +79,11 @@ redis.call('HSET', KEYS[1], unpack(ARGV, i + 1))
 return 1
 """
 FINAL_NAMES = sorted(state.value for state in FINAL)
+#: The error of an action job found in the record, not running here, with no final state.
+CUT_SHORT = (
+    "the daemon stopped after it took this action job (during its call, or just before it); its outcome "
+    "is unknown, and it is not called again (an action job is called at most once per host)"
+)
 
 
 class FleetAgent:
@@ -81,6 +91,7 @@ class FleetAgent:
 
     Raises (at construction):
         FleetKeyError: a key or the password file cannot be used.
+        RecordError: the record of action jobs (in ``state_dir``) cannot be opened.
     """
 
     def __init__(
@@ -90,6 +101,7 @@ class FleetAgent:
         tasks: TaskManager | None,
         auditor: Auditor | None,
         *,
+        state_dir: Path,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
@@ -125,8 +137,8 @@ class FleetAgent:
         #: The jobs running now, by (stream, entry id).
         self._open: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._freed = asyncio.Event()
-        #: Action jobs run here, by id, with when they can be forgotten (older jobs are refused as too old).
-        self._actions_done: dict[str, float] = {}
+        #: Action jobs called here, across restarts.
+        self._called = CallGuard(state_dir / FILE_NAME, max_entries=config.replay_max_entries, clock=clock)
         self._backoff_s = FIRST_BACKOFF_S
         self._main: asyncio.Task[None] | None = None
         self._closing = False
@@ -156,6 +168,7 @@ class FleetAgent:
         await asyncio.gather(*pending, return_exceptions=True)
         await self._reaper.release()
         await self._redis.aclose()
+        self._called.close()
 
     async def write(self, operation: Callable[[Any], Awaitable[Any]]) -> Any:
         """Run one Redis operation until Redis takes it, waiting between attempts as reconnecting does; its reply."""
@@ -255,9 +268,7 @@ class FleetAgent:
             and await self._reaper.claims.given_up(stream, entry_id, fields, job.id, deliveries)
         ):
             return
-        if job.id in self._actions_done:  # a redelivered action job: it ran here once already
-            log.info("fleet: action job %s ran here already; acknowledged again, not run", job.id)
-            await self._redis.xack(stream, GROUP, entry_id)
+        if job.kind == "action" and not await self._first_call(stream, entry_id, job):
             return
         task = asyncio.create_task(self._run(stream, entry_id, job), name=f"pymgr-fleet-job-{job.id}")
         self._open[(stream, entry_id)] = task
@@ -266,8 +277,6 @@ class FleetAgent:
         started = time.monotonic()
         try:
             final = await self._runner.run(job)
-            if job.kind == "action":
-                self._remember(job)
             await self.write(lambda r: r.xack(stream, GROUP, entry_id))
             elapsed = time.monotonic() - started
             log.info("%6.2fs fleet job %s %s:%s -> %s", elapsed, job.id, job.kind, job.type, final["state"])
@@ -277,15 +286,26 @@ class FleetAgent:
             log.exception("fleet job %s failed in the agent; this is a bug", job.id)
         finally:
             self._open.pop((stream, entry_id), None)
+            self._called.ended(job.id)
             self._freed.set()
 
-    def _remember(self, job: Job) -> None:
-        now = self._clock()
-        done = self._actions_done
-        for job_id, forget_at in list(done.items()):
-            if forget_at < now:
-                del done[job_id]
-        done[job.id] = job.submitted_at + self._config.max_age_s
+    async def _first_call(self, stream: str, entry_id: str, job: Job) -> bool:
+        """Record an action job before its call; False (the entry refused or acknowledged) if it must not run."""
+        try:
+            claim = await self._called.claim(job.id, job.submitted_at + self._config.max_age_s)
+        except RecordError as exc:  # full, or not writable: refused rather than risk a second call
+            reason = "replay-record-full" if isinstance(exc, RecordFull) else "replay-record-error"
+            await self._refuse(stream, entry_id, JobRefused(reason, str(exc), job.id))
+            return False
+        if claim is Claim.FIRST:
+            return True
+        log.info("fleet: action job %s was called here already; acknowledged again, not called", job.id)
+        if claim is Claim.CALLED:  # a final state stays; a call cut short by a crash or a stop is lost
+            # The host is the hash's received_by already; ended_at as the reaper writes it for a lost job.
+            fields = ["state", JobState.LOST.value, "error", CUT_SHORT, "ended_at", f"{time.time():.3f}"]
+            await self._refuse_script(keys=[job_key(job.id)], args=[*FINAL_NAMES, "", *fields])
+        await self._redis.xack(stream, GROUP, entry_id)
+        return False
 
     async def _refuse(self, stream: str, entry_id: str, exc: JobRefused) -> None:
         log.warning("fleet: refused entry %s of %s: %s", entry_id, stream, exc)
