@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pymgr.fleet import jobs
 from pymgr.fleet.client import FleetClient
 from pymgr.fleet.keys import load_private_key
+from pymgr.fleet.keyspace import job_key
 from tests.conftest import Daemon, wait_for
 from tests.fleet.conftest import KEY_ID
 from tests.fleet.test_fleet_hosts import _refusals, runs_of
@@ -161,3 +162,18 @@ def test_a_job_cancelled_while_queued_stays_cancelled_when_read_too_late_to_run(
         wait_for(lambda: [g["entries-read"] for g in client.xinfo_groups("fleet:host:a")] == [1])
     assert "at most 1 s either way" in host.log()  # refused as too old
     assert fleet.show(job_id).state == "cancelled" and runs_of(host, job_id) == []
+
+
+def test_a_pinned_jobs_stop_goes_to_its_host_whatever_received_by_says(
+    start_host: Callable[..., Daemon], fleet: FleetClient, redis_url: str
+) -> None:
+    a, b = start_host("a", allow=MAY_STOP), start_host("b", allow=MAY_STOP)
+    job_id = fleet.submit("scan", {"task_id": 1, "duration": 60}, host="a")
+    wait_for(lambda: fleet.show(job_id).state == "running")
+    # Any host may write a job's hash (docs/fleet.md, the ACL): one tries to turn the stop away.
+    with redis.Redis.from_url(redis_url) as client:
+        client.hset(job_key(job_id), "received_by", "b")
+    stopped = fleet.stop(job_id)
+    assert (stopped.how, stopped.host) == ("sent", "a")
+    assert fleet.wait(job_id, timeout_s=30).state == "stopped"
+    assert [run["state"] for run in runs_of(a, job_id)] == ["stopped"] and runs_of(b, job_id) == []
