@@ -158,6 +158,7 @@ def test_a_job_cancelled_while_queued_stays_cancelled_when_read_too_late_to_run(
     time.sleep(1.2)  # past the host's max_age_s: the entry is refused as too old when it is read
     host = start_host("a", allow=MAY_STOP, fleet="lease_s = 3\nmax_age_s = 1")
     with redis.Redis.from_url(redis_url) as client:
+        wait_for(lambda: client.xinfo_groups("fleet:host:a"))  # XPENDING answers NOGROUP until then
         wait_for(lambda: client.xpending("fleet:host:a", "pymgr")["pending"] == 0)
         wait_for(lambda: [g["entries-read"] for g in client.xinfo_groups("fleet:host:a")] == [1])
     assert "at most 1 s either way" in host.log()  # refused as too old
