@@ -163,3 +163,9 @@ def test_a_host_keeps_its_heartbeat_when_redis_refuses_a_write_and_keeps_its_tag
         assert client.exists(heartbeat_key(first)) and client.exists(heartbeat_key(other))
     assert fleet.show(job_id).received_by == first and runs_of(hosts[other], job_id) == []
     assert fleet.wait(job_id, timeout_s=30).state == "succeeded"
+    # A host started now cannot join the set of hosts, but beats all the same, and says why once.
+    late = start_host("c", fleet=FAST)
+    time.sleep(LEASE_S + 0.5)
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.exists(heartbeat_key("c"))
+    assert late.log().count("the host is not in fleet:hosts (WRONGTYPE") == 1
