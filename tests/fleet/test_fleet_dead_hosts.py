@@ -9,7 +9,7 @@ from collections.abc import Callable
 import redis
 
 from pymgr.fleet.client import FleetClient
-from pymgr.fleet.keyspace import DEAD, GROUP, REAPER
+from pymgr.fleet.keyspace import DEAD, GROUP, HOSTS, REAPER, heartbeat_key
 from tests.conftest import Daemon, wait_for
 from tests.fleet.test_fleet_hosts import runs_of
 
@@ -145,3 +145,27 @@ def test_exactly_one_live_daemon_is_the_reaper_and_another_takes_over_when_it_di
         stopped_at = time.monotonic()
         wait_for(lambda: client.get(REAPER) == b"c", timeout_s=LEASE_S + 10)
         assert time.monotonic() - stopped_at < LEASE_S
+
+
+def test_a_host_keeps_its_heartbeat_when_redis_refuses_a_write_and_keeps_its_tagged_job(
+    start_host: Callable[..., Daemon], fleet: FleetClient, redis_url: str
+) -> None:
+    hosts = {name: start_host(name, ("scanner",), fleet=FAST) for name in ("a", "b")}
+    job_id = fleet.submit("scan", {"task_id": 1, "duration": 3 * LEASE_S + 1}, tag="scanner")
+    wait_for(lambda: fleet.show(job_id).state == "running")
+    first = fleet.show(job_id).received_by
+    assert first in hosts
+    other = "b" if first == "a" else "a"
+    # Every SADD to the set of hosts now answers WRONGTYPE, a ResponseError, not a lost Redis.
+    with redis.Redis.from_url(redis_url) as client:
+        client.set(HOSTS, "not a set")
+        time.sleep(2 * LEASE_S + 1)
+        assert client.exists(heartbeat_key(first)) and client.exists(heartbeat_key(other))
+    assert fleet.show(job_id).received_by == first and runs_of(hosts[other], job_id) == []
+    assert fleet.wait(job_id, timeout_s=30).state == "succeeded"
+    # A host started now cannot join the set of hosts, but beats all the same, and says why once.
+    late = start_host("c", fleet=FAST)
+    time.sleep(LEASE_S + 0.5)
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.exists(heartbeat_key("c"))
+    assert late.log().count("the host is not in fleet:hosts (WRONGTYPE") == 1

@@ -272,3 +272,26 @@ async def test_the_async_client_submits_waits_and_reads_like_the_sync_one(
             TimeoutError, match=r"^fleet job nope was not ended within 0.1 s \(state: no hash\)$"
         ):
             await fleet.wait("nope", timeout_s=0.1)
+
+
+def test_a_local_caller_may_not_take_a_fleet_jobs_run_key(
+    start_host: Callable[..., Daemon], fleet: FleetClient
+) -> None:
+    host = start_host("a")
+    # The tests' local caller may start any task (tests/conftest.py); the key's namespace is the fleet's.
+    with unix_http(host) as http:
+        reply = http.post(
+            "/v1/modules/tasks/start",
+            json={"type": "echo", "params": {"word": "squat"}, "key": run_key("next-job")},
+        )
+        assert reply.status_code == 400, reply.text
+        assert "'fleet:next-job' starts with 'fleet:', which only fleet jobs' runs use" in reply.text
+        assert http.post("/v1/modules/tasks/list", json={}).json()["result"] == []
+        reply = http.post(
+            "/v1/modules/tasks/start", json={"type": "echo", "params": {"word": "w"}, "key": "fleet"}
+        )
+        assert reply.status_code == 200, reply.text
+    # The job with that id runs, as its own run, not as the local one.
+    job_id = fleet.submit("echo", {"word": "mine"}, host="a", key="next-job")
+    assert fleet.wait(job_id, timeout_s=30).state == "succeeded" and fleet.output(job_id) == b"mine\n"
+    assert len(runs_of(host, job_id)) == 1

@@ -170,6 +170,7 @@ def test_acl_lines_confine_each_host_to_its_own_keys(
     with redis.Redis.from_url(redis_url) as admin:
         for line in lines:
             assert admin.execute_command(*shlex.split(line)) in (b"OK", "OK", True)
+        admin.acl_log_reset()
     config = host_config(redis_url, keys[1], "a", ("scanner",), MAY_STOP).replace(
         "[fleet]\n", f'[fleet]\nusername = "fleet-host-a"\npassword_file = "{secrets}/fleet-host-a.pass"\n'
     )
@@ -190,6 +191,9 @@ def test_acl_lines_confine_each_host_to_its_own_keys(
     with redis.Redis.from_url(redis_url) as admin:
         wait_for(lambda: admin.hget(job_key("forged"), "state") == b"refused")
         wait_for(lambda: admin.xpending("fleet:host:a", GROUP)["pending"] == 0)
+        # Its work refused nothing but the reaper lock (below).
+        denied = {entry["object"] for entry in admin.acl_log() if entry["username"] == "fleet-host-a"}
+        assert denied == {"fleet:reaper"}, denied
     # Not made a reaper by the ACL, but [fleet] reaper left true: it says so once, and still works.
     assert daemon.log().count("Redis user may not take the reaper lock") == 1
     host_a = redis.Redis.from_url(redis_url, username="fleet-host-a", password="pw-fleet-host-a")
@@ -199,6 +203,11 @@ def test_acl_lines_confine_each_host_to_its_own_keys(
             lambda: host_a.xadd("fleet:host:b", {"job": "x", "sig": "y"}),
             lambda: host_a.xreadgroup("pymgr", "a", {"fleet:host:b": ">"}),
             lambda: host_a.set("fleet:hb:b", "{}"),
+            lambda: host_a.xadd("fleet:tag:scanner", {"a": "b"}, maxlen=0, approximate=False),
+            lambda: host_a.set("fleet:hosts", "x"),
+            lambda: host_a.xadd("fleet:job:x", {"a": "b"}),
+            lambda: host_a.hset("fleet:hb:a", "a", "b"),
+            lambda: host_a.srem("fleet:hosts", "b"),
             lambda: host_a.xadd("fleet:ctl:b", {"job": "x"}),
             lambda: host_a.flushall(),
             lambda: submitting.xreadgroup("pymgr", "x", {"fleet:host:a": ">"}),

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pymgr.fleet import jobs
 from pymgr.fleet.client import FleetClient
 from pymgr.fleet.keys import load_private_key
+from pymgr.fleet.keyspace import job_key
 from tests.conftest import Daemon, wait_for
 from tests.fleet.conftest import KEY_ID
 from tests.fleet.test_fleet_hosts import _refusals, runs_of
@@ -162,3 +163,37 @@ def test_a_job_cancelled_while_queued_stays_cancelled_when_read_too_late_to_run(
         wait_for(lambda: client.xpending("fleet:host:a", "pymgr")["pending"] == 0)
     assert "at most 1 s either way" in host.log()  # refused as too old
     assert fleet.show(job_id).state == "cancelled" and runs_of(host, job_id) == []
+
+
+def test_a_pinned_jobs_stop_goes_to_its_host_whatever_received_by_says(
+    start_host: Callable[..., Daemon], fleet: FleetClient, redis_url: str
+) -> None:
+    a, b = start_host("a", allow=MAY_STOP), start_host("b", allow=MAY_STOP)
+    job_id = fleet.submit("scan", {"task_id": 1, "duration": 60}, host="a")
+    wait_for(lambda: fleet.show(job_id).state == "running")
+    # Any host may write a job's hash (docs/fleet.md, the ACL): one tries to turn the stop away.
+    with redis.Redis.from_url(redis_url) as client:
+        client.hset(job_key(job_id), "received_by", "b")
+    stopped = fleet.stop(job_id)
+    assert (stopped.how, stopped.host) == ("sent", "a")
+    assert fleet.wait(job_id, timeout_s=30).state == "stopped"
+    assert [run["state"] for run in runs_of(a, job_id)] == ["stopped"] and runs_of(b, job_id) == []
+
+
+def test_a_stop_that_fails_to_apply_holds_back_no_later_stop_and_is_given_up(
+    start_host: Callable[..., Daemon], fleet: FleetClient, redis_url: str, keys: tuple[Path, Path]
+) -> None:
+    host = start_host("a", allow=MAY_STOP)  # max_deliveries: 3 (the default)
+    job_id = fleet.submit("scan", {"task_id": 1, "duration": 60}, host="a")
+    wait_for(lambda: fleet.show(job_id).state == "running")
+    # A well signed stop whose job's "hash" is a string: reading it answers WRONGTYPE, every time.
+    bad = jobs.Job("s1", "control", "stop", {"job": "broken"}, jobs.Target("ctl", "a"), time.time(), KEY_ID)
+    with redis.Redis.from_url(redis_url) as client:
+        client.set(job_key("broken"), "not a hash")
+        client.xadd("fleet:ctl:a", jobs.encode(bad, load_private_key(keys[0]).sign))
+        assert fleet.stop(job_id).how == "sent"
+        assert fleet.wait(job_id, timeout_s=30).state == "stopped"
+        wait_for(lambda: client.xpending("fleet:ctl:a", "pymgr")["pending"] == 0)
+    assert "failed (try 2 of 3)" in host.log() and "WRONGTYPE" in host.log()
+    codes, operations = _refusals(host, "fleet:ctl:a")
+    assert (operations, codes) == ({"fleet.stop": 1}, {"failed": 1})

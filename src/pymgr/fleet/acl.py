@@ -8,11 +8,22 @@ Rules:
   gets only the commands its side sends, inside the Lua scripts included
   (Redis checks those too, and checks the keys a script is given as if it
   wrote them), and only its key patterns.
-- A host reads and acknowledges its own host stream, its tags' streams and
-  its control stream; writes its own heartbeat; and writes job hashes and
-  output streams (``fleet:job:*``: it cannot know the ids of jobs in
-  advance, so it can write another job's hash, but it cannot queue, take or
-  stop another host's jobs, nor forge a job: they are signed).
+- A host's rights are ACL selectors (Redis 7), each a set of commands
+  bound to a set of keys (``host_selectors``): consumer-group commands on
+  its own host stream, its tags' streams and its control stream only;
+  ``SET`` on its own heartbeat only; ``SADD`` on ``fleet:hosts`` only;
+  ``XADD`` on output streams (``fleet:job:*:out``: a job id has no ``:``,
+  so no job hash matches) and the dead-letter stream only; ``EXISTS`` on
+  heartbeats; and the hash commands on ``fleet:job:*``.
+- What a confined host can still do: write any job's hash (hosts report
+  into job hashes, and a host cannot know the ids of jobs in advance), so
+  it can fake a job's result, mark it cancelled or change its
+  ``received_by`` or ``target`` (and so turn a stop away from the job's
+  host: ``api.FleetApi._stop_entry``); append to or trim (``XADD MAXLEN``) any job's output
+  stream and the dead-letter stream. What it cannot: queue into, trim, read
+  or acknowledge another host's or another tag's stream, write another
+  host's heartbeat or control stream, touch ``fleet:hosts`` but by
+  ``SADD``, nor make any host run anything (a job is signed).
 - Every host claims its tags' orphans (``claims.py``): it reads every
   heartbeat (``EXISTS``), claims on its own streams, and appends to the
   dead-letter stream ``fleet:dead``.
@@ -37,23 +48,28 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
+from pymgr.fleet.keyspace import DEAD, HOSTS, heartbeat_key
+
 __all__ = [
-    "HOST_COMMANDS",
+    "HOST_JOB_COMMANDS",
+    "HOST_KEYLESS_COMMANDS",
+    "HOST_STREAM_COMMANDS",
     "REAPER_SELECTORS",
     "SUBMITTER_COMMANDS",
     "HostSpec",
     "acl_lines",
+    "host_selectors",
     "host_user",
     "submitter_user",
 ]
 
-#: What a host sends: its consumer groups, reports, heartbeat, the take script (EVAL: HGET, HSET), the
-#: refuse and dead-letter scripts (EVALSHA, loaded once: HGET, HSET, XADD, XACK), and its claims
-#: (XPENDING, XCLAIM, EXISTS of heartbeats).
-HOST_COMMANDS = tuple(
-    "ping xgroup|create xreadgroup xack xadd hset hget hmget eval evalsha script|load set sadd"
-    " xpending xclaim exists".split()
-)
+#: What a host sends on its own streams (host, tags, control): its consumer groups, and its claims.
+HOST_STREAM_COMMANDS = tuple("xgroup|create xreadgroup xack xpending xclaim".split())
+#: What a host sends on any key or none: a ping, and the loading of its scripts.
+HOST_KEYLESS_COMMANDS = ("ping", "script|load")
+#: What a host sends on job hashes: its reports, the take script (EVAL: HGET, HSET), the refuse script
+#: (EVALSHA: HGET, HSET).
+HOST_JOB_COMMANDS = tuple("hset hget hmget eval evalsha".split())
 #: What only a reaper sends, as ACL selectors ``(commands, keys)``: the lock script (GET, SET, DEL of
 #: ``fleet:reaper``); the reading of dead hosts' streams, and their entries acknowledged or deleted;
 #: and the lost script, given a job hash, a host stream and a heartbeat (Redis checks a script's keys
@@ -114,6 +130,26 @@ def submitter_user(name: str) -> str:
     return f"fleet-submitter-{name}"
 
 
+def host_selectors(host: HostSpec) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """A host's rights as ``(commands, key patterns)``: the first is the user's root, the others selectors.
+
+    Redis allows a command when one of them allows it with every key it names; it checks the keys a
+    script is given against the selector of its ``EVALSHA``, then each command inside the script again.
+    """
+    own = [f"fleet:host:{host.id}", *(f"fleet:tag:{tag}" for tag in host.tags), f"fleet:ctl:{host.id}"]
+    own_keys = tuple(f"~{key}" for key in own)
+    return [
+        (HOST_KEYLESS_COMMANDS + HOST_STREAM_COMMANDS, own_keys),
+        (HOST_JOB_COMMANDS, ("~fleet:job:*",)),
+        (("xadd",), ("~fleet:job:*:out", f"~{DEAD}")),
+        (("set",), (f"%W~{heartbeat_key(host.id)}",)),
+        (("sadd",), (f"~{HOSTS}",)),
+        (("exists",), ("%R~fleet:hb:*",)),
+        # The dead-letter script (claims.py): an own stream (XACK), fleet:dead (XADD), a job hash (HGET, HSET).
+        (("evalsha",), (*own_keys, f"~{DEAD}", "~fleet:job:*")),
+    ]
+
+
 def acl_lines(
     hosts: Iterable[HostSpec],
     submitter: str,
@@ -136,11 +172,11 @@ def acl_lines(
     passwords = passwords or {}
     lines = []
     for host in hosts:
-        keys = [f"fleet:host:{host.id}", *(f"fleet:tag:{tag}" for tag in host.tags)]
-        keys += [f"fleet:ctl:{host.id}", "fleet:job:*", f"fleet:hb:{host.id}", "fleet:hosts", "fleet:dead"]
-        patterns = [f"~{key}" for key in keys] + ["%R~fleet:hb:*"]
-        selectors = REAPER_SELECTORS if host.id in reapers else ()
-        lines.append(_line(host_user(host.id), passwords, HOST_COMMANDS, patterns, selectors))
+        selectors = host_selectors(host)
+        if host.id in reapers:
+            selectors += REAPER_SELECTORS
+        root_commands, root_keys = selectors[0]
+        lines.append(_line(host_user(host.id), passwords, root_commands, list(root_keys), selectors[1:]))
     patterns = ["~fleet:host:*", "~fleet:tag:*", "~fleet:ctl:*", "~fleet:job:*", "~fleet:jobs"]
     patterns += ["%R~fleet:hb:*", "%R~fleet:hosts"]
     user = submitter_user(submitter)

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from pymgr.auth.audit import Auditor
 from pymgr.config import FleetConfig
@@ -84,6 +84,8 @@ CUT_SHORT = (
     "the daemon stopped after it took this action job (during its call, or just before it); its outcome "
     "is unknown, and it is not called again (an action job is called at most once per host)"
 )
+#: Seconds between two warnings of a failing heartbeat: one a minute says it goes on without filling the log.
+HEARTBEAT_WARN_EVERY_S = 60.0
 
 
 class FleetAgent:
@@ -317,15 +319,34 @@ class FleetAgent:
         await self._redis.xack(stream, GROUP, entry_id)
 
     async def _heartbeat(self) -> None:
+        """Refresh ``fleet:hb:<host>`` every third of ``lease_s`` whatever Redis answers, until cancelled.
+
+        Any Redis error (unreachable, WRONGTYPE, OOM, READONLY after a failover) is logged and the next beat
+        tries again: a heartbeat that stopped would make this live host look dead, and its tagged jobs
+        would be claimed and run again elsewhere while it still runs them. The host joins ``fleet:hosts``
+        once per session (the agent's read loop starts a new one after Redis went away), apart from the
+        beat so that a failing ``SADD`` does not stop the ``SET``.
+        """
         ttl_s = max(1, math.ceil(self._config.lease_s))
+        joined = False
+        warned_at = -math.inf
         while True:
             beat = {"host": self._config.host_id, "tags": self._config.tags, "running": len(self._open)}
             beat["at"] = round(self._clock(), 3)
+            failure = None
             try:
                 await self._redis.set(heartbeat_key(self._config.host_id), json.dumps(beat), ex=ttl_s)
-                await self._redis.sadd(HOSTS, self._config.host_id)
-            except REDIS_DOWN:
-                pass  # the read loop notices and reconnects
+            except (RedisError, OSError) as exc:
+                failure = f"the heartbeat was not written ({exc})"
+            if not joined:
+                try:
+                    await self._redis.sadd(HOSTS, self._config.host_id)
+                    joined = True
+                except (RedisError, OSError) as exc:
+                    failure = failure or f"the host is not in {HOSTS} ({exc})"
+            if failure is not None and time.monotonic() - warned_at >= HEARTBEAT_WARN_EVERY_S:
+                warned_at = time.monotonic()
+                log.warning("fleet: %s; trying again every %.1f s", failure, self._config.lease_s / 3)
             await asyncio.sleep(self._config.lease_s / 3)
 
 

@@ -174,10 +174,18 @@ class FleetApi(abc.ABC):
         return self._signing_key
 
     def _stop_entry(self, info: JobInfo) -> tuple[StopResult, str | None, dict[str, bytes]]:
-        """For a job a host took: the result, and the signed stop with its stream (None: it has ended)."""
+        """For a job a host took: the result, and the signed stop with its stream (None: it has ended).
+
+        A pinned job's stop goes to the host it was signed for (its hash's ``target``, written with the
+        job), whatever ``received_by`` says: only that host can take it. Any host may write a job's hash
+        (``acl.py``), so a host that rewrites ``target`` too can still turn the stop away. A tagged job's
+        stop goes to ``received_by``: which host of the tag took it is known only there.
+        """
         host = info.received_by
         if info.final:
             return StopResult(info.id, "ended", host, info.state), None, {}
+        if info.target is not None and info.target.startswith("host:"):
+            host = info.target.removeprefix("host:")
         if host is None:
             raise LookupError(f"fleet job {info.id} is {info.state} but names no host; nothing to stop")
         target = Target("ctl", host)

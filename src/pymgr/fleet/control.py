@@ -22,6 +22,10 @@ Rules:
   it to (an ended job, a job of another host, an action job: an action is
   one call, which cannot be stopped). A task job this host has taken whose
   run has not started yet keeps its stop pending until it has.
+- An entry that fails to apply (a Redis error such as WRONGTYPE, or a bug)
+  stays pending and the entries after it are applied all the same; it is
+  tried again ``reconnect_max_s`` later, and after ``[fleet] max_deliveries``
+  failures it is refused (reason ``failed``), audited and acknowledged.
 """
 
 from __future__ import annotations
@@ -90,6 +94,9 @@ class FleetControl:
         self._stream = control_key(config.host_id)
         self._main: asyncio.Task[None] | None = None
         self._closing = False
+        #: The entries that failed and are still pending, by id (bytes, as read): failures, and the
+        #: ``time.monotonic()`` before which they are not tried again.
+        self._failures: dict[bytes, tuple[int, float]] = {}
 
     def start(self) -> None:
         """Start reading in the running event loop."""
@@ -134,11 +141,44 @@ class FleetControl:
             )
             entries = reply[0][1] if reply else []
             for entry_id, fields in entries:
-                if fields is None or await self._apply(fields):  # None: deleted (XDEL)
-                    await self._redis.xack(self._stream, GROUP, entry_id)
+                await self._take_up(entry_id, fields)
                 after = entry_id if after != ">" else after
             if after == ">" or len(entries) < READ_COUNT:
                 return
+
+    async def _take_up(self, entry_id: Any, fields: Any) -> None:
+        """Apply one entry and acknowledge it once done with; one that keeps failing is given up.
+
+        An error applying an entry (a Redis answer such as WRONGTYPE, or a bug) leaves it pending and
+        the read goes on with the next one, so one bad entry never holds back the stops after it. It is
+        tried again at a turn ``reconnect_max_s`` later at the soonest (an error of a failover passes);
+        after ``max_deliveries`` failures it is refused, audited and acknowledged. Only a lost Redis
+        ends the read (the session starts over).
+        """
+        failures, retry_at = self._failures.get(entry_id, (0, 0.0))
+        if time.monotonic() < retry_at:
+            return
+        try:
+            done = fields is None or await self._apply(fields)  # None: deleted (XDEL)
+        except REDIS_DOWN:
+            raise
+        except Exception as exc:
+            done = self._failed(entry_id, failures + 1, exc)
+        if done:
+            self._failures.pop(entry_id, None)
+            await self._redis.xack(self._stream, GROUP, entry_id)
+
+    def _failed(self, entry_id: Any, failures: int, exc: Exception) -> bool:
+        """Count the ``failures``-th failure of an entry; whether it is given up (acknowledge it)."""
+        name, most, why = entry_id.decode(), self._config.max_deliveries, f"{type(exc).__name__}: {exc}"
+        if failures < most:
+            log.warning(
+                "fleet: entry %s of %s failed (try %d of %d): %s", name, self._stream, failures, most, why
+            )
+            self._failures[entry_id] = (failures, time.monotonic() + self._config.reconnect_max_s)
+            return False
+        self._refuse("failed", f"entry {name} failed {failures} times and is given up: {why}")
+        return True
 
     async def _apply(self, fields: Any) -> bool:
         """Apply one stop; whether it is done with (acknowledge it) or waits for its run (keep it)."""

@@ -36,6 +36,7 @@ from pymgr.fleet.jobs import Job
 from pymgr.fleet.keyspace import JobState, job_key, output_key
 from pymgr.tasks.manager import TaskManager
 from pymgr.tasks.records import TaskRecord
+from pymgr.tasks.startchecks import FLEET_KEY_PREFIX
 from pymgr.tasks.states import TaskState
 
 __all__ = ["JobRunner", "Report", "run_key"]
@@ -59,7 +60,7 @@ _FINAL_OF_RUN = {
 
 def run_key(job_id: str) -> str:
     """The task key of a job's run on a host."""
-    return f"fleet:{job_id}"
+    return f"{FLEET_KEY_PREFIX}{job_id}"
 
 
 def identity_of(job: Job) -> Identity:

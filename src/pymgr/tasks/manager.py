@@ -181,7 +181,7 @@ class TaskManager:
             raise Unavailable("the task manager is shutting down; no new task can start")
         task_type = self._type(type)
         checked = [(validate_params(task_type, params), key) for params, key in starts]
-        check_keys([key for _, key in checked])
+        check_keys([key for _, key in checked], identity)
         await self.open()
         holders = [self._intake.holder(key, task_type.name) for _, key in checked]
         started_by = identity.to_dict()
