@@ -20,7 +20,7 @@ from pymgr.client import AsyncClient
 from pymgr.console import forms, runview, users
 from pymgr.console.config import ConsoleConfig
 from pymgr.console.hub import EventHub
-from pymgr.console.streams import browser_event
+from pymgr.console.eventview import browser_event
 from pymgr.console.timedcache import TimedCache
 from pymgr.console.sessions import Session, Sessions
 from pymgr.console.throttle import LoginThrottle
@@ -49,7 +49,7 @@ class Console:
             self.client,
             config.stream_queue_size,
             config.max_event_streams,
-            lambda event: browser_event(self, event),
+            lambda event: browser_event(self.templates, event),
         )
         # auto_reload off: the templates ship in the package and do not change while the console
         # runs; on, Jinja2 stats every template a page uses (and those it extends) at every render.

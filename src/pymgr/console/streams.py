@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import json
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from pymgr.client import Event, TaskRecord
-from pymgr.console import runview
+from pymgr.console.eventview import sse
 from pymgr.console.sessions import Session
 from pymgr.errors import PymgrError
 from pymgr.keeper.progress import ProgressLineFilter
@@ -36,36 +34,6 @@ HEARTBEAT_S = 15.0
 #: How soon a browser opens a dropped log stream again (SSE ``retry``; Chromium's default is 3 s).
 RECONNECT_MS = 1000
 SSE_HEADERS = {"cache-control": "no-store", "x-accel-buffering": "no"}
-
-
-def sse(data: str, event: str | None = None, id: int | None = None) -> bytes:
-    head = (f"event: {event}\n" if event else "") + (f"id: {id}\n" if id is not None else "")
-    return (head + "".join(f"data: {line}\n" for line in data.split("\n")) + "\n").encode()
-
-
-def _took(record: TaskRecord) -> dict[str, Any]:
-    """What the task page shows of a run's time and end (its row has the same in ``row``)."""
-    elapsed = runview.elapsed_s(record)
-    ticking = runview.ticking(record)
-    return {
-        "elapsed": elapsed if ticking else None,
-        "duration": runview.duration_text(elapsed),
-        "ending": runview.ending(record),
-    }
-
-
-def browser_event(console: Console, event: Event) -> bytes | None:
-    """An event of the daemon as browsers are sent it (the hub's ``render``), or None for other kinds."""
-    data = event.data
-    if event.kind == "progress" and isinstance(data, dict):
-        return sse(json.dumps(data), "progress")
-    if event.kind == "state":
-        record = TaskRecord.from_json(data)
-        row = console.templates.get_template("_row.html").render(run=record)
-        return sse(json.dumps({"id": record.id, "state": record.state, "row": row, **_took(record)}), "state")
-    if event.kind == "gap":
-        return sse("{}", "gap")
-    return None
 
 
 async def events(request: Request, console: Console, session: Session) -> Response:
