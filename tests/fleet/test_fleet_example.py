@@ -45,8 +45,14 @@ def test_run_sh_starts_a_fleet_that_takes_jobs_and_ctrl_c_stops_all_of_it(tmp_pa
     (directory / "host2" / "state" / "tasks.db").write_text("the last run's")
     log = (tmp_path / "run.log").open("wb")
     env = {**os.environ, "PYMGR_FLEET_DIR": str(directory), "PYMGR": str(PYMGR)}
+    # A shell cannot trap a signal ignored when it started: launched in the background by a
+    # non-interactive shell (nohup, CI), SIGINT is ignored, so it is put back for run.sh's Ctrl-C.
     script = subprocess.Popen(
-        [str(RUN_SH)], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        ["env", "--default-signal=INT", str(RUN_SH)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
     )
     try:
         wait_for(lambda: "Ctrl-C here stops" in (tmp_path / "run.log").read_text(), timeout_s=30)
@@ -111,6 +117,7 @@ def test_run_sh_starts_a_fleet_that_takes_jobs_and_ctrl_c_stops_all_of_it(tmp_pa
     finally:
         if script.poll() is None:
             os.killpg(script.pid, signal.SIGKILL)
+            script.wait()
         for proc in _left(directory):
             proc.kill()
         log.close()
