@@ -85,6 +85,11 @@ $(WEB_VENV)/.typed: $(WEB_VENV)/.installed
 	$(WEB_VENV)/bin/pip install -q $(WEB_TYPE_STUBS)
 	touch $@
 
+# Most of the suite's time is spent waiting on real daemons, browsers and Redis, so it runs on
+# several workers (pytest-xdist), a module's tests on one worker so that module fixtures start once.
+# PYTEST_WORKERS= runs it in one process.
+PYTEST_WORKERS ?= -n auto --maxprocesses 4 --dist loadscope
+
 test: $(VENV)/.test-installed $(WEB_VENV)/.installed $(WEB_VENV)/.typed system-deps
 	$(BIN)/ruff check src tests examples
 	$(BIN)/mypy
@@ -92,7 +97,7 @@ test: $(VENV)/.test-installed $(WEB_VENV)/.installed $(WEB_VENV)/.typed system-d
 	for target in $(EXAMPLES_TYPED); do \
 	  $(BIN)/mypy --strict --python-executable $(WEB_VENV)/bin/python $$target || exit 1; \
 	done
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # Benchmarks against the peers (docs/performance.md): a venv of their own, with
 # what they compare against (supervisor, gevent, RQ, Celery) and the web console; then the task,
