@@ -56,6 +56,11 @@ def _body(**changes: Any) -> dict[str, bytes]:
         ({"job": b"[1]", "sig": b""}, r"^a job is an object with .*, not list$"),
         ({"job": b"{", "sig": b""}, r"^the job is not JSON: "),
         (_body(id="a b"), r"^the job id must match "),
+        # A trailing newline is no part of a name ($ alone would let it through, and into key names).
+        (_body(id="j1\n"), r"^the job id must match "),
+        (_body(type="scan\n"), r"^job j1: type must be a task type or module.action "),
+        (_body(target="host:a\n"), r"^job j1: target must be host:ID, tag:TAG or ctl:ID$"),
+        (_body(key_id="console\n"), r"^job j1: key_id must be a key id$"),
         (_body(v=2), r"^job j1: version 2 is not 1$"),
         (_body(kind="shell"), r"^job j1: kind must be one of task, action, control$"),
         (_body(kind="action", type="demo"), r"^job j1: an action job's type is module.action, not 'demo'$"),

@@ -71,6 +71,10 @@ def test_logs_without_progress_everywhere_and_with_it_by_default(
         timeout=30,
     )
     assert (cli.returncode, cli.stdout) == (0, without)
+    for flags in ([], ["--progress"]):  # by default as the run wrote it, as `pymgr fleet logs` prints it
+        argv = [str(PYMGR), "--socket", str(daemon.socket), "tasks", "logs", *flags, str(task_id)]
+        cli = subprocess.run(argv, capture_output=True, timeout=30)
+        assert (cli.returncode, cli.stdout) == (0, full)
 
 
 def test_the_action_reads_on_from_the_start_of_a_line_it_could_not_judge(

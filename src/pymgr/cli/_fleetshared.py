@@ -9,12 +9,19 @@ Rules:
   a host's config never holds it.
 - They need the fleet extra; without it each says what to install. Nothing
   of the fleet is imported until one of them runs.
+- ``client_of`` turns what goes wrong with Redis into a message and an exit
+  code: a URL redis-py cannot read (2), a Redis it cannot reach or that
+  refuses the user (``EXIT_NO_REDIS``), any other refusal (1); never a traceback.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -29,6 +36,9 @@ if TYPE_CHECKING:
 EXIT_NOT_TAKEN = 3
 #: Exit code of ``submit --wait`` when the job ended other than succeeded.
 EXIT_JOB_FAILED = 4
+#: sysexits.h EX_UNAVAILABLE, as ``pymgr`` exits when the daemon cannot be reached: Redis cannot
+#: be reached, or refuses the user and password.
+EXIT_NO_REDIS = 69
 
 RedisOpt = Annotated[
     str | None,
@@ -52,6 +62,12 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def check_timeout(seconds: float) -> None:
+    """``--timeout`` checked before anything is sent: NaN passes click's range check, and waits for ever."""
+    if math.isnan(seconds):
+        fail("--timeout must be a number of seconds, not nan", 2)
+
+
 def need_fleet() -> None:
     missing = no_fleet_message("pymgr fleet")
     if missing is not None:
@@ -59,10 +75,14 @@ def need_fleet() -> None:
         raise typer.Exit(1)
 
 
+@contextmanager
 def client_of(
     redis_url: str | None, config: Path | None, key_id: str | None = None, key: Path | None = None
-) -> FleetClient:
+) -> Iterator[FleetClient]:
+    """A client for the Redis the options name, closed after the ``with`` block (see the module rules)."""
     need_fleet()
+    import redis
+
     from pymgr.fleet.client import FleetClient
     from pymgr.fleet.keys import FleetKeyError, load_private_key, read_secret_file
 
@@ -77,9 +97,27 @@ def client_of(
         fail(str(exc))
     if redis_url is None:
         fail("say where Redis is: --redis URL, --config FILE (its [fleet] table) or $PYMGR_FLEET_REDIS", 2)
-    return FleetClient(
-        redis_url, key_id=key_id, signing_key=signing_key, username=username, password=password
-    )
+    where = _without_password(redis_url)
+    try:
+        client = FleetClient(
+            redis_url, key_id=key_id, signing_key=signing_key, username=username, password=password
+        )
+    except ValueError as exc:
+        fail(f"--redis {where}: {exc}", 2)
+    try:
+        with client:
+            yield client
+    except ValueError as exc:  # an argument the client refuses (a timeout that is not a number)
+        fail(str(exc), 2)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:  # a wrong password too
+        fail(f"cannot reach Redis at {where}: {exc}", EXIT_NO_REDIS)
+    except redis.RedisError as exc:
+        fail(f"Redis at {where} refused: {exc}")
+
+
+def _without_password(redis_url: str) -> str:
+    """The URL to print: without the user and password it may hold (``redis://user:secret@host``)."""
+    return re.sub(r"//[^/@]*@", "//", redis_url, count=1)
 
 
 def _fleet_table(path: Path) -> Any:

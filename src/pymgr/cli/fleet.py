@@ -6,7 +6,8 @@ share (where Redis is, the client, the options) in ``_fleetshared.py``.
 Exit codes: 0 done, 1 an error (the message on stderr), 2 a usage error,
 3 no host took the job in time (``submit``) or the job had not ended in time
 (``stop``), 4 the job ended without a run (refused, lost, dead, cancelled), or
-with ``submit --wait`` ended other than succeeded.
+with ``submit --wait`` ended other than succeeded, 69 Redis cannot be reached
+or refuses the user (``_fleetshared.EXIT_NO_REDIS``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pymgr.cli._fleetshared import (
     RedisOpt,
     SigningKeyOpt,
     age,
+    check_timeout,
     client_of,
     echo,
     fail,
@@ -108,6 +110,7 @@ def submit(
 
     if (host is None) == (tag is None):
         fail("give --host ID or --tag TAG (exactly one)", 2)
+    check_timeout(timeout)
     if key_id is None or signing_key is None:
         fail("submitting needs --key-id ID and --signing-key FILE (pymgr fleet keygen makes a pair)", 2)
     try:

@@ -22,6 +22,7 @@ from pymgr.cli._fleetshared import (
     RedisOpt,
     SigningKeyOpt,
     age,
+    check_timeout,
     client_of,
     echo,
     fail,
@@ -48,6 +49,7 @@ def stop(
     signing_key: SigningKeyOpt = None,
 ) -> None:
     """Stop a job: cancel it if no host took it, else send its host a signed stop (its whole tree)."""
+    check_timeout(timeout)
     if key_id is None or signing_key is None:
         fail("stopping needs --key-id ID and --signing-key FILE (the key jobs are submitted with)", 2)
     with client_of(redis_url, config, key_id, signing_key) as client:
@@ -124,7 +126,7 @@ def logs(
             "--progress/--no-progress",
             help="Print the PYMGR_PROGRESS lines too (fleet show has the latest).",
         ),
-    ] = False,
+    ] = True,
     redis_url: RedisOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -132,8 +134,10 @@ def logs(
     from pymgr.keeper.progress import ProgressLineFilter
 
     as_json = ctx.obj is not None and ctx.obj.json
-    # As the console's log view: without the progress lines. --json gives the chunks as stored.
-    lines = None if progress or as_json else ProgressLineFilter()
+    if as_json and not progress:
+        fail("--json prints the output's entries as stored; --no-progress goes without it", 2)
+    # The log as the run wrote it, as `pymgr tasks logs` prints it (docs/fleet.md, "Output").
+    lines = None if progress else ProgressLineFilter()
     with client_of(redis_url, config) as client:
         try:
             if not follow:

@@ -8,7 +8,8 @@ imported unless ``[fleet]`` is configured or ``pymgr fleet`` runs (it needs
 - ``keys.py``: the Ed25519 key files; ``keyspace.py``: the Redis key names and job states.
 - ``agent.py``: the host side (a task in the daemon's loop); ``runner.py``: one job on this host.
 - ``client.py``: the submitting side, ``FleetClient``; ``aclient.py``, ``AsyncFleetClient``;
-  ``api.py`` what both share (constructor, scripts, signed entries); ``results.py`` what they return.
+  ``steps.py`` each of their requests once, as pure steps both drive; ``api.py`` what both share
+  (constructor, scripts, signed submits and stops); ``results.py`` what they return.
 - ``control.py``: the host side of stops (its control stream).
 """
 

@@ -12,8 +12,11 @@ Rules:
   it is ``queued``, which a host changes, in its own script, when it takes
   the job); if a host has taken it, the stop is signed for that host and
   added to its control stream.
-- The two clients differ in their I/O only (``_connect``, and a method per
-  request written once for each: Python cannot type one method for both).
+- The two clients differ in their I/O only: ``_connect``, and the loop that
+  drives a request's steps (``steps.py``; ``_submit_steps`` and
+  ``_stop_steps`` here, as they sign). Each public method is a one-line call
+  of that loop, written once per client: Python cannot type one method that
+  is both sync and async (the daemon's clients do the same, ``client/api.py``).
 """
 
 from __future__ import annotations
@@ -26,22 +29,17 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from pymgr.fleet import jobs
+from pymgr.fleet import jobs, steps
 from pymgr.fleet.jobs import Job, JobRefused, Target
 from pymgr.fleet.keyspace import JOBS, JobState, job_key
 from pymgr.fleet.results import JobInfo, StopResult, text_of
+from pymgr.fleet.steps import MAX_LIST, Command, Pipeline, Script, Steps
 
 __all__ = ["DEFAULT_INDEX_MAX_JOBS", "MAX_LIST", "FleetApi"]
 
-#: Seconds between two looks at a job's hash while waiting.
-POLL_S = 0.05
 #: Jobs the index ``fleet:jobs`` keeps (the newest); ``pymgr fleet list`` sees these. About 1 MB of
 #: Redis memory for the index itself; the jobs' hashes are the submitter's to expire or delete.
 DEFAULT_INDEX_MAX_JOBS = 10_000
-#: The most jobs one ``jobs`` call returns.
-MAX_LIST = 1000
-#: Job ids read from the index per round trip while listing.
-LIST_PAGE = 200
 #: The name of a client's Redis connections (``CLIENT LIST``), to tell them from the hosts'.
 CLIENT_NAME = "pymgr-fleet-client"
 
@@ -102,8 +100,11 @@ class FleetApi(abc.ABC):
         self._key_id = key_id
         self._signing_key = signing_key
         self._index_max_jobs = index_max_jobs
-        self._submit_script = self._redis.register_script(SUBMIT_SCRIPT)
-        self._cancel_script = self._redis.register_script(CANCEL_SCRIPT)
+        #: The scripts a ``steps.Script`` names, registered on this client's Redis connection.
+        self._scripts: dict[str, Any] = {
+            "submit": self._redis.register_script(SUBMIT_SCRIPT),
+            "cancel": self._redis.register_script(CANCEL_SCRIPT),
+        }
 
     @abc.abstractmethod
     def _connect(self, redis_url: str, **options: Any) -> Any:
@@ -111,6 +112,17 @@ class FleetApi(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(key_id={self._key_id!r})"
+
+    def _send(self, op: Command | Pipeline | Script) -> Any:
+        """Sends ``op`` through this client's redis-py client: its reply (sync), or an awaitable of it."""
+        if isinstance(op, Script):
+            return self._scripts[op.name](keys=op.keys, args=op.args)
+        if isinstance(op, Pipeline):
+            pipe = self._redis.pipeline(transaction=False)
+            for command in op.commands:  # queued, not sent: no await on either client
+                getattr(pipe, command.name)(*command.args, **command.kwargs)
+            return pipe.execute()
+        return getattr(self._redis, op.name)(*op.args, **op.kwargs)
 
     def _signed(self, job: Job) -> dict[str, bytes]:
         signing_key = self._signing_key_or_error()
@@ -121,7 +133,7 @@ class FleetApi(abc.ABC):
             raise ValueError(f"this job would be refused: {exc}") from None
         return entry
 
-    def _submission(
+    def _submit_steps(
         self,
         type: str,
         params: Mapping[str, Any] | None,
@@ -129,11 +141,11 @@ class FleetApi(abc.ABC):
         tag: str | None,
         key: str | None,
         kind: Literal["task", "action"],
-    ) -> tuple[str, list[str], list[Any]]:
-        """A signed job, as the submit script's keys and args, and its id.
+    ) -> Steps[str]:
+        """``submit``: the signed job, written by the submit script (its keys and args); the job's id.
 
         Raises:
-            ValueError: as ``FleetClient.submit`` says.
+            ValueError: as ``FleetClient.submit`` says (before the script is sent).
         """
         if (host is None) == (tag is None):
             raise ValueError(
@@ -149,7 +161,20 @@ class FleetApi(abc.ABC):
         fields["submitted_at"] = str(job.submitted_at)
         args: list[Any] = [entry["job"], entry["sig"], job_id, repr(now), self._index_max_jobs]
         args += [x for pair in fields.items() for x in pair]
-        return job_id, [job_key(job_id), target.stream, JOBS], args
+        yield Script("submit", [job_key(job_id), target.stream, JOBS], args)
+        return job_id
+
+    def _stop_steps(self, job_id: str) -> Steps[StopResult]:
+        """``stop``: cancel the job in its hash, else add a signed stop to its host's control stream."""
+        steps.check_job_id(job_id)
+        state = yield Script("cancel", [job_key(job_id)], [now_text()])
+        result = self._stop_before_sending(job_id, state)
+        if result is not None:
+            return result
+        result, stream, entry = self._stop_entry((yield from steps.show(job_id)))
+        if stream is not None:
+            yield Command("xadd", (stream, entry))
+        return result
 
     def _stop_before_sending(self, job_id: str, state: Any) -> StopResult | None:
         """What the cancel script's answer means: a result, or None when a stop must go to the host.
@@ -194,24 +219,6 @@ class FleetApi(abc.ABC):
             uuid.uuid4().hex, "control", "stop", params, target, round(time.time(), 3), self._key_id or ""
         )
         return StopResult(info.id, "sent", host, info.state), target.stream, self._signed(stop)
-
-
-def matches(info: JobInfo, state: str | None, host: str | None, tag: str | None) -> bool:
-    """Whether a listed job passes the filters: its state; the host that took it or is its target; its tag."""
-    if state is not None and info.state != state:
-        return False
-    if host is not None and host != info.received_by and info.target != f"host:{host}":
-        return False
-    return tag is None or info.target == f"tag:{tag}"
-
-
-def check_list_filters(state: str | None, limit: int) -> None:
-    """Raises ValueError: a state no job has, or ``limit`` outside 1..``MAX_LIST``."""
-    states = [s.value for s in JobState]
-    if state is not None and state not in states:
-        raise ValueError(f"state {state!r} is not a job's state; one of {', '.join(states)}")
-    if not 1 <= limit <= MAX_LIST:
-        raise ValueError(f"limit must be between 1 and {MAX_LIST}, not {limit!r}")
 
 
 def now_text() -> str:

@@ -232,7 +232,7 @@ def _parse(body: bytes) -> Job:
         fields = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise JobRefused("malformed", f"a job is an object with {sorted(_FIELDS)}, not {fields}")
     job_id = data["id"]
-    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
         raise JobRefused("malformed", f"the job id must match {JOB_ID_PATTERN}")
     problem = _problem(data)
     if problem is not None:
@@ -255,7 +255,7 @@ def _problem(data: dict[str, Any]) -> str | None:
         return f"version {data['v']!r} is not {JOB_VERSION}"
     if data["kind"] not in KINDS:
         return f"kind must be one of {', '.join(KINDS)}"
-    if not isinstance(data["type"], str) or not _NAME.match(data["type"]):
+    if not isinstance(data["type"], str) or not _NAME.fullmatch(data["type"]):
         return "type must be a task type or module.action (letters, digits, '.', '_', '-')"
     if data["kind"] == "action" and data["type"].count(".") != 1:
         return f"an action job's type is module.action, not {data['type']!r}"
@@ -263,14 +263,14 @@ def _problem(data: dict[str, Any]) -> str | None:
         return "params must be an object"
     target = data["target"]
     kind, _, name = target.partition(":") if isinstance(target, str) else ("", "", "")
-    if kind not in ("host", "tag", "ctl") or not _NAME.match(name):
+    if kind not in ("host", "tag", "ctl") or not _NAME.fullmatch(name):
         return "target must be host:ID, tag:TAG or ctl:ID"
     if (kind == "ctl") != (data["kind"] == "control"):
         return "a control job goes to a host's control stream (ctl:ID), and nothing else goes there"
     at = data["submitted_at"]
     if not isinstance(at, int | float) or isinstance(at, bool) or not math.isfinite(at):
         return "submitted_at must be a number of seconds"
-    if not isinstance(data["key_id"], str) or not _NAME.match(data["key_id"]):
+    if not isinstance(data["key_id"], str) or not _NAME.fullmatch(data["key_id"]):
         return "key_id must be a key id"
     return _control_problem(data) if data["kind"] == "control" else None
 
@@ -280,7 +280,7 @@ def _control_problem(data: dict[str, Any]) -> str | None:
     if data["type"] not in CONTROL_TYPES:
         return f"a control job's type is one of {', '.join(CONTROL_TYPES)}, not {data['type']!r}"
     params = data["params"]
-    if set(params) != {"job"} or not isinstance(params["job"], str) or not _JOB_ID.match(params["job"]):
+    if set(params) != {"job"} or not isinstance(params["job"], str) or not _JOB_ID.fullmatch(params["job"]):
         return 'a stop\'s params are {"job": ID}, the id of the job to stop'
     return None
 

@@ -11,6 +11,7 @@ Rules:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -119,11 +120,25 @@ def not_in_time(job_id: str, what: str, timeout_s: float, info: JobInfo | None) 
 
 
 def host_info_of(host_id: str, beat: bytes | None) -> HostInfo:
-    """A host from its heartbeat (None: expired)."""
+    """A host from its heartbeat (None: expired); what does not parse in it is None or no tags."""
     if beat is None:
         return HostInfo(host_id, (), False, None, None)
-    data = json.loads(beat)
-    return HostInfo(host_id, tuple(data["tags"]), True, float(data["at"]), int(data["running"]))
+    try:
+        data = json.loads(beat)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        return HostInfo(host_id, (), True, None, None)
+    tags = data.get("tags")
+    tags = tuple(str(t) for t in tags) if isinstance(tags, list) else ()
+    return HostInfo(host_id, tags, True, _number(data.get("at"), float), _number(data.get("running"), int))
+
+
+def _number(value: Any, cast: Any) -> Any:
+    """``value`` as ``cast`` (float or int), or None when it is not a finite number."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return cast(value)
 
 
 def job_info_of(job_id: str, raw: Mapping[Any, Any]) -> JobInfo:
