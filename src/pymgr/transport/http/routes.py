@@ -190,7 +190,8 @@ class HttpApp:
     async def _events(self, request: Request, identity: Identity) -> Stream:
         """The event stream, once the query is checked and the policy has had its say (as for tasks.events)."""
         query = event_query(request.query, request.headers)
-        await self._call("tasks", "events", {"limit": 0}, identity)
+        # The action checks the policy and the filters and cursor (its parameters are their definition).
+        await self._call("tasks", "events", {"limit": 0, **query.params()}, identity)
         if query.task is not None:  # a run that does not exist is a 404 before the stream starts
             await self._call("tasks", "show", {"id": query.task}, identity)
         events = self._streams().events(task=query.task, type=query.type, key=query.key, since=query.since)
