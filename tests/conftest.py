@@ -8,7 +8,6 @@ so tests pass while a demo runs.
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import shutil
@@ -17,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,17 +218,3 @@ def curl_as_www_data(daemon: Daemon, path: str, body: str = "{}") -> tuple[int, 
     )
     text, _, status = out.stdout.decode().rpartition("\n")
     return int(status), json.loads(text)
-
-
-@pytest.fixture
-def collect_unclosed_sockets() -> Iterator[None]:
-    """Free, at the end of the test that made them, the sockets httpcore leaves unclosed.
-
-    httpcore's sync backend leaves the socket of a failed Unix connect unclosed (anyio, the async
-    one, closes it); it is closed when its exception's frames are collected. Left to the collector,
-    that happens in whichever test runs next, and its ResourceWarning fails that test.
-    """
-    yield
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()

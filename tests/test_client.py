@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import gc
 import json
 import os
 import re
 import socket
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -463,22 +461,10 @@ def test_a_reply_that_is_not_pymgr_json_raises_bad_reply(
 
 
 def failed_health(client: Client) -> ConnectionFailed:
-    """The ConnectionFailed of ``client.health()``, its chain already let go.
-
-    httpcore's sync backend leaves the socket of a failed Unix connect unclosed
-    (anyio, the async one, closes it); it is closed when the exception chain is
-    freed. Free it here, where its ResourceWarning is expected."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        try:
-            with client:
-                client.health()
-        except ConnectionFailed as exc:
-            failure = ConnectionFailed(exc.message, details=exc.details)
-        else:
-            raise AssertionError("health() did not fail")
-        gc.collect()
-    return failure
+    """The ConnectionFailed of ``client.health()``."""
+    with client, pytest.raises(ConnectionFailed) as info:
+        client.health()
+    return info.value
 
 
 def test_a_missing_socket_says_to_start_the_daemon(tmp_path: Path) -> None:

@@ -16,7 +16,6 @@ from pymgr.client import AsyncClient, BadReply, Client, ConnectionFailed, Health
 from pymgr.client.retry import retryable
 from tests.conftest import BASE_CONFIG, Daemon
 from tests.test_client import StubServer, stub, stub_server  # noqa: F401  (the stub's fixtures)
-from tests.test_client_wait import HTTPCORE_UNCLOSED_SOCKET
 
 NOT_SENT = ConnectionFailed("refused", request_sent=False)
 MAY_HAVE_ARRIVED = ConnectionFailed("reset after sending", request_sent=True)
@@ -142,7 +141,6 @@ def test_a_rate_limited_call_waits_its_retry_after(start_daemon: Callable[..., D
     assert time.monotonic() - started >= 0.9  # waited the daemon's Retry-After, not the 0.01 s backoff
 
 
-@HTTPCORE_UNCLOSED_SOCKET
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_a_daemon_that_starts_late_is_waited_for(
     start_daemon: Callable[..., Daemon], tmp_path: Path, kind: str
@@ -167,7 +165,6 @@ def test_a_daemon_that_starts_late_is_waited_for(
     assert health.status == "ok"
 
 
-@HTTPCORE_UNCLOSED_SOCKET
 def test_a_daemon_that_is_not_there_is_given_up_on_in_bounded_time(tmp_path: Path) -> None:
     retry = Retry(attempts=4, backoff_s=0.05, max_backoff_s=0.1)
     started = time.monotonic()

@@ -17,7 +17,7 @@ import pytest
 
 from pymgr.client import AsyncClient, Client, ConnectionFailed, Retry, TaskRecord, WaitTimeout
 from pymgr.errors import NotFound, PymgrError
-from tests.conftest import Daemon
+from tests.conftest import BASE_CONFIG, Daemon
 from tests.tasks.survivalhelpers import LEAVE_CONFIG, wait_until
 
 Wait = Callable[..., TaskRecord]
@@ -78,6 +78,54 @@ def test_a_wait_that_times_out_says_which_run_and_where_it_was(daemon: Daemon, w
     )
 
 
+#: A daemon whose stream is quiet for a minute between events, with a run type that reports
+#: progress every 0.2 s for ``ticks`` times, then sleeps without a word.
+QUIET_CONFIG = (
+    BASE_CONFIG.replace("[tasks]\nstop_grace_s = 1\n", "[tasks]\nstop_grace_s = 1\nevents_heartbeat_s = 60\n")
+    + """
+[tasks.types.ticks]
+argv = ["{python}", "-c", "import sys, time\\nfor n in range(int(sys.argv[1])):\\n    print('PYMGR_PROGRESS', n, flush=True)\\n    time.sleep(0.2)\\ntime.sleep(60)", "{ticks}"]
+
+[tasks.types.ticks.params]
+ticks = { type = "int", min = 0 }
+"""
+)
+assert "events_heartbeat_s = 60" in QUIET_CONFIG
+
+
+@pytest.mark.parametrize(
+    ("ticks", "timeout_s"),
+    [
+        pytest.param(0, 0.5, id="a quiet run"),
+        # Progress until 0.5 s before the end: a read timeout fixed when the stream opened would
+        # wait for its full 3 s from the last event, and raise 2.5 s late.
+        pytest.param(13, 3.0, id="a run quiet after a while"),
+    ],
+)
+def test_a_wait_times_out_at_its_timeout_however_quiet_the_stream(
+    start_daemon: Callable[..., Daemon], wait: Wait, ticks: int, timeout_s: float
+) -> None:
+    daemon = start_daemon(QUIET_CONFIG)
+    with Client(socket=daemon.socket) as client:
+        run = client.start_task("ticks", {"ticks": ticks})
+        wait_until(lambda: client.task(run.id).state == "running", "running")
+        started = time.monotonic()
+        with pytest.raises(WaitTimeout):
+            wait(daemon.socket, run.id, timeout_s)
+        took = time.monotonic() - started
+        client.stop_task(run.id)
+    assert timeout_s <= took < timeout_s + 1.0
+
+
+def test_the_retries_of_a_wait_end_at_its_timeout(daemon: Daemon, wait: Wait) -> None:
+    """A daemon that is gone, retried every 2 s at least: the wait still ends at its 0.5 s."""
+    daemon.stop(signal.SIGKILL)
+    started = time.monotonic()
+    with pytest.raises(WaitTimeout, match=r"^task 1 did not end within 0\.5 s before its state was seen; "):
+        wait(daemon.socket, 1, 0.5, Retry(attempts=5, backoff_s=4, max_backoff_s=4))
+    assert 0.5 <= time.monotonic() - started < 1.5
+
+
 def test_a_wait_for_no_run_is_not_found(daemon: Daemon, wait: Wait) -> None:
     with pytest.raises(NotFound):
         wait(daemon.socket, 999999, 5)
@@ -103,15 +151,6 @@ def _kill_and_restart(
     return thread
 
 
-def HTTPCORE_UNCLOSED_SOCKET(test: Callable[..., None]) -> Callable[..., None]:  # noqa: N802 (a mark)
-    """httpcore's sync backend leaves the socket of a failed Unix connect unclosed (anyio, the async one,
-    closes it): each refused retry while the daemon is down leaves one to the garbage collector, which
-    this test's end runs (``collect_unclosed_sockets``) so that no later test gets its warning."""
-    test = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")(test)
-    return pytest.mark.usefixtures("collect_unclosed_sockets")(test)
-
-
-@HTTPCORE_UNCLOSED_SOCKET
 def test_a_wait_outlives_a_daemon_restart_with_retry(start_daemon: Callable[..., Daemon], wait: Wait) -> None:
     """The stream breaks; the wait opens it again (retrying while the daemon is down) and sees the end."""
     daemon = start_daemon(LEAVE_CONFIG)
@@ -126,7 +165,6 @@ def test_a_wait_outlives_a_daemon_restart_with_retry(start_daemon: Callable[...,
     assert (final.state, final.exit_code) == ("failed", 5)
 
 
-@HTTPCORE_UNCLOSED_SOCKET
 def test_a_wait_without_retry_says_the_daemon_is_gone(
     start_daemon: Callable[..., Daemon], wait: Wait
 ) -> None:

@@ -222,6 +222,8 @@ def test_a_started_scan_is_one_run_per_key_with_progress_to_the_end(app: App) ->
     assert seen == sorted(seen)
     log = app.http.get(f"/scans/{view['id']}/log")
     assert log.status_code == 200 and f"scan {number}: 100%" in log.text
+    assert log.headers["content-type"] == "text/plain; charset=utf-8"  # shown as text,
+    assert log.headers["x-content-type-options"] == "nosniff"  # even if it looks like HTML
     assert "PYMGR_PROGRESS" not in log.text
 
 

@@ -12,6 +12,7 @@ import pytest
 from survivalhelpers import states, wait_until
 
 from pymgr._sse import SseParser
+from pymgr import errors
 from pymgr.client import Client
 from tests.conftest import BASE_CONFIG, Daemon, unix_http
 
@@ -134,11 +135,25 @@ def test_a_reconnect_replays_what_it_missed_or_says_reset(start_daemon: Callable
 @pytest.mark.parametrize(
     ("query", "headers", "message"),
     [
-        ({"task": "x"}, {}, r"^task: must be a whole number from 1 to \d+, not 'x'$"),
-        ({"task": "0"}, {}, r"^task: must be a whole number from 1"),
-        ({"since": "-1"}, {}, r"^since: must be a whole number from 0"),
-        ({}, {"Last-Event-ID": "abc"}, r"^Last-Event-ID: must be a whole number from 0"),
-        ({"type": ""}, {}, r"^type: must not be empty"),
+        ({"task": "x"}, {}, r"^task: must be a whole number, not 'x'$"),
+        (
+            {"task": "0"},
+            {},
+            r"^bad params for tasks\.events: task: Input should be greater than or equal to 1 \(got 0\)$",
+        ),
+        (
+            {"task": str(2**63)},
+            {},
+            r"^bad params for tasks\.events: task: Input should be less than or equal",
+        ),
+        (
+            {"since": "-1"},
+            {},
+            r"^bad params for tasks\.events: since: Input should be greater than or equal to 0 \(got -1\)$",
+        ),
+        ({}, {"Last-Event-ID": "abc"}, r"^Last-Event-ID: must be a whole number, not 'abc'$"),
+        ({"type": ""}, {}, r"^bad params for tasks\.events: type: String should have at least 1 character"),
+        ({"key": ""}, {}, r"^bad params for tasks\.events: key: String should have at least 1 character"),
         ({"state": "running"}, {}, r"^unknown query parameter 'state'; parameters: task, type, key, since$"),
         ("task=1&task=2", {}, r"^a query parameter is given more than once"),
     ],
@@ -187,3 +202,45 @@ def test_tasks_events_polls_on_from_an_id_or_says_reset(start_daemon: Callable[.
             {"since": oldest - 2, "oldest": oldest, "last": last},
         )
         assert [e["id"] for e in held] == [oldest, oldest + 1, oldest + 2]
+
+
+def test_tasks_events_takes_the_filters_of_the_stream(daemon: Daemon, http: httpx.Client) -> None:
+    """task, type and key as on GET /v1/events: the same events, the same checks, the same 404."""
+    with Client(socket=daemon.socket) as client:
+        one = client.start_task("echo", {"word": "one"}, key="k1")
+        two = client.start_task("echo", {"word": "two"})
+        scan = client.start_task("scan", {"task_id": 1, "duration": 0.5})
+        for run in (one, two, scan):
+            wait_until(lambda run=run: states(client)[run.id]["state"] == "succeeded", "the end")
+        every = client.call("tasks", "events")
+        last = every[-1]["id"]
+
+        def of(*runs: Any) -> list[int]:
+            return [e["id"] for e in every if e["data"]["id"] in {run.id for run in runs}]
+
+        assert any(e["kind"] == "progress" and e["data"]["id"] == scan.id for e in every)
+        for query, runs in (
+            ({"type": "scan"}, [scan]),  # its progress too, judged by its run's type
+            ({"type": "echo"}, [one, two]),
+            ({"task": two.id}, [two]),
+            ({"key": "k1"}, [one]),
+            ({"type": "echo", "key": "k1"}, [one]),
+            ({"type": "scan", "key": "k1"}, []),
+        ):
+            expected = of(*runs)
+            assert [e["id"] for e in client.call("tasks", "events", **query)] == expected, query
+            assert [e["id"] for e in client.call("tasks", "events", since=0, **query)] == expected, query
+            if expected:  # the stream, resumed from the start, sends the same
+                streamed = read_events(http, lambda e: e["id"] == expected[-1], since=0, **query)
+                assert [e["id"] for e in streamed if e["id"] is not None] == expected, query
+        assert [e["id"] for e in client.call("tasks", "events", type="echo", limit=2)] == of(one, two)[-2:]
+        assert client.call("tasks", "events", since=last, task=one.id) == []
+        for params, message in (
+            ({"task": 0}, r"task: Input should be greater than or equal to 1 \(got 0\)$"),
+            ({"type": ""}, r"type: String should have at least 1 character"),
+            ({"key": ""}, r"key: String should have at least 1 character"),
+        ):
+            with pytest.raises(errors.ParamsInvalid, match=rf"^bad params for tasks\.events: {message}"):
+                client.call("tasks", "events", **params)
+        with pytest.raises(errors.NotFound, match=r"999999"):
+            client.call("tasks", "events", task=999_999)

@@ -41,7 +41,10 @@ def test_logs_by_offset(daemon: Daemon, http: httpx.Client) -> None:
         path = f"/v1/tasks/{task.id}/logs"
         reply = http.get(path)
         assert (reply.status_code, reply.content) == (200, b"hello\n")
-        assert reply.headers["content-type"].startswith("text/plain")
+        # The bytes the run wrote, labelled as text a browser shows (never sniffs), followed or not.
+        for reply in (reply, http.get(path, params={"follow": "true"})):
+            assert reply.headers["content-type"] == "text/plain; charset=utf-8"
+            assert reply.headers["x-content-type-options"] == "nosniff"
         assert (reply.headers["x-pymgr-log-start"], reply.headers["x-pymgr-log-end"]) == ("0", "6")
         assert http.get(path, params={"offset": 3}).content == b"lo\n"
         assert http.get(path, params={"offset": 6}).content == b""  # exactly the end: empty, not an error

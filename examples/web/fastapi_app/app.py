@@ -221,7 +221,12 @@ async def scan_log(request: Request, task_id: int) -> StreamingResponse:
     """The run's output as it is written, until the run ends (progress lines left out)."""
     chunks = pymgr(request).follow_logs(task_id, progress=False)
     first = await anext(chunks, b"")  # errors before the 200, as for events
-    return StreamingResponse(_chain(first, chunks), media_type="text/plain; charset=utf-8")
+    # Text a browser shows, never sniffed: a log may look like HTML.
+    return StreamingResponse(
+        _chain(first, chunks),
+        media_type="text/plain; charset=utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
 
 
 async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -153,7 +153,10 @@ def create_app() -> Flask:
         # Read the first chunk before answering, so that a 403 or 404 from the
         # daemon becomes this response's status, not an error inside a 200 stream.
         first = next(chunks, b"")
-        return Response(_chain(first, chunks), mimetype="text/plain")
+        # Text a browser shows (Flask adds charset=utf-8), never sniffed: a log may look like HTML.
+        return Response(
+            _chain(first, chunks), mimetype="text/plain", headers={"X-Content-Type-Options": "nosniff"}
+        )
 
     return app
 

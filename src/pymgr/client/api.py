@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import copy
 import ssl
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,9 @@ from pymgr.client.results import Health, ModuleInfo, TaskRecord, TaskTypeInfo
 from pymgr.client.retry import Retry
 from pymgr.client.target import Target, security_options
 from pymgr.errors import PymgrError
+
+#: The shortest timeout given to a socket (see ``Request.seconds_left``).
+_LEAST_TIMEOUT_S = 0.001
 
 #: Seconds to wait for a reply by default: long enough for a slow action,
 #: short enough that a wedged daemon does not hang a web request forever.
@@ -46,8 +50,9 @@ class Request(Generic[T]):
     body: JsonObject | None = None
     #: A stream (logs, events): the reply is read as it comes; ``read`` gets it unread.
     stream: bool = False
-    #: For a stream: the longest wait for its next bytes (None: as long as it takes, e.g. a quiet log).
-    read_timeout_s: float | None = None
+    #: For a stream: the ``time.monotonic()`` by which its reads give up, its opening's included
+    #: (a wait's timeout); None: a read waits as long as it takes (a quiet log).
+    deadline: float | None = None
 
     def httpx_args(self, timeout_s: float, headers: dict[str, str]) -> dict[str, Any]:
         """Keyword arguments for ``httpx.Client.build_request``; ``timeout_s`` and ``headers`` the client's."""
@@ -59,8 +64,14 @@ class Request(Generic[T]):
         if self.body is not None:
             args["json"] = self.body
         if self.stream:
-            args["timeout"] = httpx.Timeout(timeout_s, read=self.read_timeout_s)
+            args["timeout"] = httpx.Timeout(timeout_s, read=self.seconds_left())
         return args
+
+    def seconds_left(self) -> float | None:
+        """Seconds until ``deadline`` (at least a moment: a socket's timeout of 0 means "do not block")."""
+        if self.deadline is None:
+            return None
+        return max(self.deadline - time.monotonic(), _LEAST_TIMEOUT_S)
 
 
 def _json(parse: Callable[[JsonValue], T]) -> Callable[[httpx.Response, Target], T]:
@@ -168,11 +179,11 @@ def events(
     type: str | None,
     key: str | None,
     since: int | None,
-    read_timeout_s: float | None = None,
+    deadline: float | None = None,
 ) -> Request[httpx.Response]:
     filters = (("task", task), ("type", type), ("key", key), ("since", since))
     query = {name: str(value) for name, value in filters if value is not None}
-    return Request("GET", "/v1/events", opened, query=query, stream=True, read_timeout_s=read_timeout_s)
+    return Request("GET", "/v1/events", opened, query=query, stream=True, deadline=deadline)
 
 
 class Api(abc.ABC):
@@ -196,8 +207,8 @@ class Api(abc.ABC):
         self._retry = retry
         #: Headers of every request: the delegation headers of a view made by ``acting_for``.
         self._headers: dict[str, str] = {}
-        options = self._target.httpx_options(self._transport_class(), timeout_s)
-        self._open({**options, **security_options(self._target, key_id, secret, tls)})
+        options = self._target.httpx_options(self._transport_class(), timeout_s, tls)
+        self._open({**options, **security_options(self._target, key_id, secret)})
 
     @abc.abstractmethod
     def _transport_class(self) -> type[Any]:

@@ -13,9 +13,10 @@ import httpx
 from pymgr._sse import SseParser
 from pymgr.client import api
 from pymgr.client.fields import JsonValue
+from pymgr.client.network import BlockingTransport, reads_until
 from pymgr.client.replies import ConnectionFailed, connection_failed
 from pymgr.client.results import Event, Health, ModuleInfo, TaskRecord, TaskTypeInfo
-from pymgr.client.waiting import Waiting, event_read_timeout_s
+from pymgr.client.waiting import Waiting
 from pymgr.errors import PymgrError
 from pymgr.keeper.progress import ProgressLineFilter
 
@@ -42,7 +43,7 @@ class Client(api.Api):
     """
 
     def _transport_class(self) -> type[httpx.HTTPTransport]:
-        return httpx.HTTPTransport
+        return BlockingTransport
 
     def _open(self, options: dict[str, Any]) -> None:
         self._http = httpx.Client(**options)
@@ -55,6 +56,10 @@ class Client(api.Api):
             except PymgrError as exc:
                 delay_s = self._retry_delay_s(retry, exc, request)
                 if delay_s is None:
+                    raise
+                left_s = request.seconds_left()
+                if left_s is not None and left_s <= delay_s:  # the retry would come after the deadline
+                    time.sleep(left_s)
                     raise
             time.sleep(delay_s)
             retry += 1
@@ -215,9 +220,8 @@ class Client(api.Api):
         ends (a restart) is opened again, obeying ``retry`` (``waiting.py``).
 
         Args:
-            timeout_s: the most seconds to wait (None: no limit). This blocking
-                client notices it when the stream next says something, at the latest
-                one ``[tasks] events_heartbeat_s`` after it (``AsyncClient`` keeps it exactly).
+            timeout_s: the most seconds to wait (None: no limit), kept exactly: every
+                read of the stream, and every retry, ends by then.
 
         Raises:
             WaitTimeout: still not ended after ``timeout_s`` (a ``TimeoutError`` too).
@@ -227,7 +231,7 @@ class Client(api.Api):
         waiting = Waiting(task_id, timeout_s)
         while True:
             opened = False
-            request = api.events(task_id, None, None, None, event_read_timeout_s(waiting))
+            request = api.events(task_id, None, None, None, waiting.deadline)
             try:
                 with closing(self._events(request)) as events:
                     for event in events:
@@ -250,7 +254,8 @@ class Client(api.Api):
         """The stream's bytes; only its opening is retried (what was read cannot be read again)."""
         response = self._send(request)
         try:
-            yield from response.iter_bytes()
+            with reads_until(response, request.deadline):
+                yield from response.iter_bytes()
         except httpx.TransportError as exc:
             raise connection_failed(exc, self._target, self._timeout_s) from exc
         finally:

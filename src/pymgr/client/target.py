@@ -63,21 +63,26 @@ class Target:
     def describe(self) -> str:
         return f"socket {self.socket}" if self.socket is not None else f"URL {self.url}"
 
-    def httpx_options(self, transport_class: type[Any], timeout_s: float) -> dict[str, Any]:
-        """Keyword arguments for ``httpx.Client`` or ``httpx.AsyncClient``."""
-        options: dict[str, Any] = {"timeout": timeout_s, "trust_env": False}
-        if self.socket is not None:
-            options["transport"] = transport_class(uds=str(self.socket))
-            options["base_url"] = _UDS_BASE_URL
-        else:
-            options["base_url"] = self.url
-        return options
+    def httpx_options(
+        self, transport_class: type[Any], timeout_s: float, tls: ssl.SSLContext | None
+    ) -> dict[str, Any]:
+        """Keyword arguments for ``httpx.Client`` or ``httpx.AsyncClient``, with a transport of ``transport_class``.
+
+        Args:
+            tls: the TLS settings of an ``https://`` URL; None: the system's CAs.
+        """
+        uds = None if self.socket is None else str(self.socket)
+        verify = True if tls is None else tls
+        return {
+            "timeout": timeout_s,
+            "trust_env": False,
+            "transport": transport_class(uds=uds, verify=verify, trust_env=False),
+            "base_url": _UDS_BASE_URL if self.socket is not None else self.url,
+        }
 
 
-def security_options(
-    target: Target, key_id: str | None, secret: str | bytes | None, tls: ssl.SSLContext | None
-) -> dict[str, Any]:
-    """httpx options for request signing and TLS."""
+def security_options(target: Target, key_id: str | None, secret: str | bytes | None) -> dict[str, Any]:
+    """httpx options for request signing."""
     options: dict[str, Any] = {}
     if (key_id is None) != (secret is None):
         raise ValueError("pass both key_id and secret to sign requests, or neither")
@@ -87,6 +92,4 @@ def security_options(
                 "key_id and secret sign TCP requests; on a Unix socket the kernel says who you are: pass url="
             )
         options["auth"] = HmacAuth(key_id, secret)
-    if tls is not None:
-        options["verify"] = tls
     return options

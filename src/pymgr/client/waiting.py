@@ -11,9 +11,10 @@ Rules:
   ``retry``: without one, a daemon that is not back at once raises
   ``ConnectionFailed``.
 - ``timeout_s`` bounds the whole wait; past it, ``WaitTimeout`` names the run
-  and the last state seen. The async client keeps it exactly; the blocking
-  client notices it when a read of the stream returns, which the daemon's
-  heartbeat (``[tasks] events_heartbeat_s``) makes happen at least that often.
+  and the last state seen. Both clients keep it exactly, whatever the daemon's
+  heartbeat (``[tasks] events_heartbeat_s``): the async one under
+  ``asyncio.timeout``, the blocking one with reads and retries that end at
+  ``deadline`` (``network.py``).
 - Pure: no I/O; the clients do theirs.
 """
 
@@ -61,9 +62,10 @@ class Waiting:
         self.last_state = record.state
         return record.is_final
 
-    def remaining_s(self) -> float | None:
-        """Seconds left (None: no limit)."""
-        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+    @property
+    def deadline(self) -> float | None:
+        """The ``time.monotonic()`` at which the time is up (None: no limit)."""
+        return self._deadline
 
     def check(self) -> None:
         """Raise ``WaitTimeout`` if the time is up."""
@@ -79,9 +81,3 @@ class Waiting:
         self.check()
         if not opened:
             raise error
-
-
-def event_read_timeout_s(waiting: Waiting) -> float | None:
-    """The blocking client's longest wait for the stream's next bytes: the time left (at least a moment)."""
-    remaining = waiting.remaining_s()
-    return None if remaining is None else max(remaining, 0.001)

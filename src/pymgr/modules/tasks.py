@@ -20,9 +20,11 @@ from pymgr.core.registry import Module, action
 from pymgr.config import TasksConfig
 from pymgr.errors import ParamsInvalid, Unavailable
 from pymgr.keeper.progress import ProgressLineFilter
+from pymgr.tasks.eventfilter import EventFilter
 from pymgr.tasks.events import RECENT_EVENTS
 from pymgr.tasks import shapes
 from pymgr.tasks.manager import MAX_KEY_CHARS, TaskManager
+from pymgr.tasks.streams import active_runs
 from pymgr.tasks.states import ACTIVE, TaskState
 
 #: Bytes ``tasks.logs`` returns by default, and at most: a JSON reply stays small.
@@ -40,6 +42,10 @@ StateFilter = Annotated[
 StartedBy = Annotated[str | None, Field(min_length=1, max_length=256)]
 #: A run's id, as a cursor: SQLite's INTEGER is a signed 64-bit number, so a larger one cannot even be asked.
 TaskId = Annotated[int, Field(ge=1, le=2**63 - 1)]
+#: An event's id, as a cursor to resume after (0: from the first); the hub's counter is signed 64-bit.
+EventId = Annotated[int | None, Field(ge=0, le=2**63 - 1)]
+#: A task type as a filter of events: a name, never empty (leave it out to take every type).
+TypeName = Annotated[str | None, Field(min_length=1)]
 
 
 def page_limit(limit: int | None, config: TasksConfig) -> int:
@@ -175,20 +181,30 @@ class Tasks(Module):
     async def events(
         self,
         limit: Annotated[int, Field(ge=0, le=RECENT_EVENTS)] = RECENT_EVENTS,
-        since: Annotated[int | None, Field(ge=0)] = None,
+        since: EventId = None,
+        task: TaskId | None = None,
+        type: TypeName = None,
+        key: Key = None,
     ) -> list[shapes.Event]:
-        """The latest task events, oldest first (GET /v1/events streams them live).
+        """The latest task events, oldest first (GET /v1/events streams them live, with the same parameters).
 
         With ``since``: the first ``limit`` events after that id (poll on from the last one's id);
         if some of them are no longer held, a ``reset`` event comes first (as on the stream).
+        ``task``, ``type``, ``key``: only the events of the runs matching every one given (markers
+        that are about no run pass); an unknown ``task`` is ``not_found``.
         """
-        hub = self.manager.events
+        manager, hub = self.manager, self.manager.events
+        wanted = EventFilter(task, type, key)
+        if task is not None:
+            manager.get(task)  # NotFound
+        wanted.seed(active_runs(manager, type, key))
         if since is None:
-            return [event.to_dict() for event in hub.recent(limit)]
+            latest = wanted.replay(hub.recent(hub.held))
+            return [event.to_dict() for event in latest[len(latest) - limit :]]
         missed = hub.since(since)
         if missed is not None:
-            return [event.to_dict() for event in missed[:limit]]
-        held = hub.recent(hub.held)[:limit]
+            return [event.to_dict() for event in wanted.replay(missed)[:limit]]
+        held = wanted.replay(hub.recent(hub.held))[:limit]
         return [hub.reset(since).to_dict(), *(event.to_dict() for event in held)]
 
 

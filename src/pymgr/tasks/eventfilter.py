@@ -1,4 +1,6 @@
-"""Which runs' events one stream wants: ``GET /v1/events?task=&type=&key=`` (pure, no I/O).
+"""Which runs' events a stream (``GET /v1/events?task=&type=&key=``) or a poll (``tasks.events``) wants.
+
+Pure, no I/O.
 
 Rules:
 - Filters combine with AND; none given means every run.
@@ -17,7 +19,7 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +62,12 @@ class EventFilter:
             run_id = record.get("id")
             if isinstance(run_id, int):
                 self._runs[run_id] = self._matches(run_id, record.get("type"), record.get("key"))
+
+    def replay(self, events: Sequence[Event]) -> list[Event]:
+        """The held ``events`` (oldest first) this filter accepts; a run's progress may come before
+        its last ``state`` event, so every run's is learnt first."""
+        self.learn(event.data for event in events if event.kind == "state")
+        return [event for event in events if self.accepts(event)]
 
     def accepts(self, event: Event) -> bool:
         if event.kind not in _RUN_KINDS:

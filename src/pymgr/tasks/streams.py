@@ -142,9 +142,7 @@ class TaskStreams:
         if since is not None:
             missed = hub.since(since)
             if missed is not None:
-                # A run's progress may come before its last state event: learn every run first.
-                wanted.learn(e.data for e in missed if e.kind == "state")
-                return b"".join(sse(e) for e in missed if wanted.accepts(e))
+                return b"".join(sse(e) for e in wanted.replay(missed))
             head = sse(hub.reset(since))
         else:
             head = b""
@@ -157,9 +155,10 @@ class TaskStreams:
                 return [self.manager.get(wanted.task)]
             except NotFound:
                 return []  # dropped by retention since the route looked it up
-        runs = [
-            record
-            for state in ACTIVE
-            for record in self.manager.list_runs(state=state, type=wanted.type, key=wanted.key)
-        ]
-        return sorted(runs, key=lambda record: record.id)
+        return active_runs(self.manager, wanted.type, wanted.key)
+
+
+def active_runs(manager: TaskManager, type: str | None, key: str | None) -> list[TaskRecord]:
+    """The runs not ended, of task type ``type`` and holding ``key`` if given, oldest first."""
+    runs = [record for state in ACTIVE for record in manager.list_runs(state=state, type=type, key=key)]
+    return sorted(runs, key=lambda record: record.id)

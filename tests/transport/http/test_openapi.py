@@ -313,3 +313,16 @@ def test_two_models_of_one_name_keep_their_own_schemas() -> None:
     assert proxy_body["properties"]["port"] == {"$ref": "#/components/schemas/Port_2"}
     assert schemas["Port"]["required"] == ["number"] and schemas["Port_2"]["required"] == ["name"]
     assert proxy_result == {"$ref": "#/components/schemas/Port_2"}
+
+
+def test_tasks_events_takes_the_streams_filters_with_the_same_bounds() -> None:
+    doc = describe(registry(), "9.9")
+    body = doc["paths"]["/v1/modules/tasks/events"]["post"]["requestBody"]["content"]["application/json"]
+    taken = body["schema"]["properties"]
+    streamed = {
+        p["name"]: p["schema"] for p in doc["paths"]["/v1/events"]["get"]["parameters"] if p["in"] == "query"
+    }
+    assert set(streamed) <= set(taken)
+    for name, schema in streamed.items():
+        [given] = [s for s in taken[name]["anyOf"] if s.get("type") != "null"]
+        assert {k: given[k] for k in schema} == schema, name  # the stream's bounds are the action's

@@ -78,7 +78,8 @@ def scan_log(request: HttpRequest, task_id: int) -> StreamingHttpResponse:
     # Read the first chunk before answering, so that a 403 or 404 from the
     # daemon becomes this response's status, not an error inside a 200 stream.
     first = next(chunks, b"")
-    return StreamingHttpResponse(_chain(first, chunks), content_type="text/plain")
+    # Text a browser shows, never sniffed (SecurityMiddleware adds nosniff): a log may look like HTML.
+    return StreamingHttpResponse(_chain(first, chunks), content_type="text/plain; charset=utf-8")
 
 
 def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:

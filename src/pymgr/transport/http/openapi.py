@@ -160,8 +160,13 @@ def _streams() -> dict[str, Any]:
             ("X-Pymgr-Log-End", "The log's end when the reply started"),
         )
     }
+    log_headers["X-Content-Type-Options"] = {
+        "description": "Always nosniff: a browser shows the log as text, whatever it looks like",
+        "schema": {"const": "nosniff"},
+    }
     log = {
-        "description": "The run's output from offset, as it is produced (chunked)",
+        "description": "The run's output from offset, as it is produced (chunked): the bytes the run wrote, "
+        "labelled `text/plain; charset=utf-8`",
         "headers": log_headers,
         "content": {"text/plain": {"schema": {"type": "string"}}},
     }

@@ -42,6 +42,13 @@ log = logging.getLogger("pymgr.http")
 #: Query parameters `GET /v1/tasks` understands: filters, then paging; others are a client mistake.
 _TASK_FILTERS = ("state", "type", "key", "started_by")
 _TASK_QUERY = frozenset({*_TASK_FILTERS, "limit", "before"})
+#: A run's output is the bytes it wrote, read mostly as text and shown by browsers (through a web app
+#: that relays it). Declared UTF-8, what runs write in practice: a browser shows a stray byte as
+#: U+FFFD instead of guessing a legacy charset, and a client gets the bytes as sent (a charset is a
+#: label). Never sniffed: a log that looks like HTML stays text. Not octet-stream: a browser would
+#: download it instead of showing it (a web app offering a download sets Content-Disposition).
+LOG_CONTENT_TYPE = b"text/plain; charset=utf-8"
+_LOG_HEADERS = [(b"x-content-type-options", b"nosniff")]
 
 
 class MethodNotAllowed(PymgrError):
@@ -171,10 +178,11 @@ class HttpApp:
             headers = [
                 (b"x-pymgr-log-start", str(span["start"]).encode()),
                 (b"x-pymgr-log-end", str(span["end"]).encode()),
+                *_LOG_HEADERS,
             ]
             chunks = self._streams().task_log(span["id"], span["offset"], follow, progress)
             held = self.grants.hold(chunks, request, identity, "logs", span["id"])
-            return 200, Stream(b"text/plain; charset=utf-8", held, headers)
+            return 200, Stream(LOG_CONTENT_TYPE, held, headers)
         raise NotFound(
             f"no route {request.path}; task routes: /v1/tasks, /v1/tasks/ID, /v1/tasks/ID/stop, /v1/tasks/ID/logs"
         )
@@ -182,7 +190,8 @@ class HttpApp:
     async def _events(self, request: Request, identity: Identity) -> Stream:
         """The event stream, once the query is checked and the policy has had its say (as for tasks.events)."""
         query = event_query(request.query, request.headers)
-        await self._call("tasks", "events", {"limit": 0}, identity)
+        # The action checks the policy and the filters and cursor (its parameters are their definition).
+        await self._call("tasks", "events", {"limit": 0, **query.params()}, identity)
         if query.task is not None:  # a run that does not exist is a 404 before the stream starts
             await self._call("tasks", "show", {"id": query.task}, identity)
         events = self._streams().events(task=query.task, type=query.type, key=query.key, since=query.since)

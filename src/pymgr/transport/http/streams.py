@@ -10,11 +10,15 @@ Rules:
   first: policy, 404, bad offsets), so they still get the JSON envelope.
   An error in the middle of a stream can only end it: it is logged.
 - Query parameters of the streaming routes are parsed here, strictly: an
-  unknown name or a bad value is a ``bad_params`` error naming it.
+  unknown name or a bad value is a ``bad_params`` error naming it. The
+  events' filters and cursor are only read here (a number is a number):
+  the ``tasks.events`` action, which the route calls with them, is their
+  one definition and checks them, so the stream and the action take the same.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -27,9 +31,6 @@ LOG_QUERY = frozenset({"offset", "follow", "progress"})
 
 #: Query parameters of ``GET /v1/events``.
 EVENT_QUERY = ("task", "type", "key", "since")
-
-#: Largest id or cursor: SQLite's INTEGER and the hub's counter are signed 64-bit.
-_MAX_ID = 2**63 - 1
 
 #: The words a boolean query parameter may be (any case).
 QUERY_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
@@ -54,6 +55,11 @@ class EventQuery:
     key: str | None = None
     since: int | None = None
 
+    def params(self) -> dict[str, int | str]:
+        """The ones given, as ``tasks.events`` takes them."""
+        given = {"task": self.task, "type": self.type, "key": self.key, "since": self.since}
+        return {name: value for name, value in given.items() if value is not None}
+
 
 def event_query(query_string: bytes, headers: list[tuple[bytes, bytes]]) -> EventQuery:
     """The filters and cursor of an events request.
@@ -62,8 +68,8 @@ def event_query(query_string: bytes, headers: list[tuple[bytes, bytes]]) -> Even
     reconnects, to the same URL) wins over ``since``: it is the newer of the two.
 
     Raises:
-        MalformedRequest: an unknown or repeated parameter, an empty filter,
-            or an id or cursor that is not a whole number in range.
+        MalformedRequest: an unknown or repeated parameter, or an id or cursor
+            that is not a whole number (``tasks.events`` checks the values).
     """
     pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
     query = dict(pairs)
@@ -74,23 +80,19 @@ def event_query(query_string: bytes, headers: list[tuple[bytes, bytes]]) -> Even
         )
     if len(query) < len(pairs):
         raise MalformedRequest("a query parameter is given more than once; give each once")
-    for name in ("type", "key"):
-        if query.get(name) == "":
-            raise MalformedRequest(f"{name}: must not be empty; leave it out to take every {name}")
     last_event_id = next((value for name, value in headers if name.lower() == b"last-event-id"), b"")
-    since = _whole(query.get("since"), "since", 0)
+    since = _whole(query.get("since"), "since")
     if last_event_id.strip():
-        since = _whole(last_event_id.decode("latin-1"), "Last-Event-ID", 0)
-    return EventQuery(_whole(query.get("task"), "task", 1), query.get("type"), query.get("key"), since)
+        since = _whole(last_event_id.decode("latin-1"), "Last-Event-ID")
+    return EventQuery(_whole(query.get("task"), "task"), query.get("type"), query.get("key"), since)
 
 
-def _whole(text: str | None, name: str, least: int) -> int | None:
+def _whole(text: str | None, name: str) -> int | None:
     if text is None:
         return None
-    value = text.strip()
-    if not value.isascii() or not value.isdigit() or not least <= int(value) <= _MAX_ID:
-        raise MalformedRequest(f"{name}: must be a whole number from {least} to {_MAX_ID}, not {text!r}")
-    return int(value)
+    if re.fullmatch(r"\s*-?[0-9]+\s*", text, flags=re.ASCII) is None:
+        raise MalformedRequest(f"{name}: must be a whole number, not {text!r}")
+    return int(text)
 
 
 def log_query(query_string: bytes) -> tuple[str, bool, bool]:
