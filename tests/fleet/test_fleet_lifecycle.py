@@ -18,7 +18,7 @@ from pymgr.fleet.client import FleetClient
 from pymgr.fleet.keyspace import DEAD, GROUP, HOSTS, REAPER, SILENT, job_key
 from tests.conftest import Daemon, wait_for
 from tests.fleet.conftest import KEY_ID, host_config
-from tests.fleet.test_fleet_dead_hosts import FAST, LEASE_S
+from tests.fleet.test_fleet_dead_hosts import FAST, LEASE_S, PAST_LEASE_S
 from tests.fleet.test_fleet_hosts import _queue, runs_of
 
 
@@ -45,7 +45,7 @@ def test_a_clean_stop_reports_the_end_of_its_runs_and_no_host_runs_them_again(
         assert info.fields["cancel_source"] == "shutdown" and info.fields["signal"] == "SIGTERM", info
         assert info.error == f"host a shut down and stopped run {info.task_id}"
     assert "fleet job" in a.log() and "-> stopped" in a.log()
-    time.sleep(2 * LEASE_S + 1)  # a's heartbeat has run out: b would have claimed a pending entry by now
+    time.sleep(PAST_LEASE_S)  # a's heartbeat has run out: b would have claimed a pending entry by now
     assert runs_of(b, tagged) == [] and fleet.show(tagged).received_by == "a"
     # Back, a starts neither again: the pinned job stays as its stop left it.
     back = start_host("a", ("scanner",), fleet=FAST)
@@ -96,13 +96,16 @@ def test_an_entry_that_keeps_failing_holds_back_no_later_one_and_is_dead_lettere
 
 
 def test_a_host_silent_past_forget_host_after_s_with_nothing_pending_is_forgotten(
-    start_host: Callable[..., Daemon], fleet: FleetClient, redis_url: str
+    start_host: Callable[..., Daemon],
+    start_hosts: Callable[..., list[Daemon]],
+    fleet: FleetClient,
+    redis_url: str,
 ) -> None:
     settings = f"{FAST}\nforget_host_after_s = 1"
     b = start_host("b", fleet=settings)
     with redis.Redis.from_url(redis_url) as client:
         wait_for(lambda: client.get(REAPER) == b"b")
-        a, c = start_host("a", fleet=settings), start_host("c", fleet=settings)
+        a, c = start_hosts(("a", ()), ("c", ()), fleet=settings)
         pinned = fleet.submit("scan", {"task_id": 1, "duration": 60}, host="a")
         wait_for(lambda: fleet.show(pinned).state == "running")
         wait_for(lambda: {h.id for h in fleet.hosts()} == {"a", "b", "c"})
@@ -113,7 +116,7 @@ def test_a_host_silent_past_forget_host_after_s_with_nothing_pending_is_forgotte
         assert fleet.wait(pinned, timeout_s=20).state == "lost"  # marked lost first, then forgotten
         wait_for(lambda: [h.id for h in fleet.hosts()] == ["b", "c"], timeout_s=20)
         assert client.zscore(SILENT, "a") is None and client.zscore(SILENT, "c") is not None
-        time.sleep(LEASE_S)
+        time.sleep(LEASE_S / 2)  # rounds more
         assert client.smembers(HOSTS) == {b"b", b"c"}  # c is silent too, but not idle
     assert "host a was silent for" in b.log() and "forgotten" in b.log()
     # Back, a host is listed again at its first heartbeat.

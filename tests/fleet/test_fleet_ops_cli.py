@@ -234,7 +234,11 @@ def _confined(redis_url: str, public_key: Path, secrets: Path, host_id: str, rea
 
 
 def test_only_the_hosts_the_acl_makes_reapers_reap_and_the_others_still_claim(
-    start_daemon: Callable[..., Daemon], redis_url: str, keys: tuple[Path, Path], secrets: Path
+    start_daemon: Callable[..., Daemon],
+    start_daemons: Callable[..., list[Daemon]],
+    redis_url: str,
+    keys: tuple[Path, Path],
+    secrets: Path,
 ) -> None:
     out = pymgr(
         "fleet",
@@ -260,8 +264,10 @@ def test_only_the_hosts_the_acl_makes_reapers_reap_and_the_others_still_claim(
         tagged = fleet.submit("scan", {"task_id": 1, "duration": 10}, tag="scanner")
         pinned = fleet.submit("scan", {"task_id": 2, "duration": 60}, host="c")
         wait_for(lambda: {fleet.show(tagged).state, fleet.show(pinned).state} == {"running"})
-        a = start_daemon(_confined(redis_url, keys[1], secrets, "a", True), name="a")
-        b = start_daemon(_confined(redis_url, keys[1], secrets, "b", False), name="b")
+        a, b = start_daemons(
+            (_confined(redis_url, keys[1], secrets, "a", True), "a"),
+            (_confined(redis_url, keys[1], secrets, "b", False), "b"),
+        )
         wait_for(lambda: admin.get(REAPER) == b"a")
         c.stop(signal.SIGKILL)
         # Submitted to the dead host from the shell: lost, said so without "by ?", exit 4.
