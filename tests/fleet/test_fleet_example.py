@@ -39,6 +39,13 @@ def _left(directory: Path) -> list[psutil.Process]:
     return found
 
 
+def _default_sigint() -> None:
+    """SIGINT as a terminal's shell leaves it: a test run started in the background (``make test &``, some
+    CI runners) has it ignored, and a shell cannot trap a signal ignored when it started, so run.sh's
+    Ctrl-C trap would never run."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_run_sh_starts_a_fleet_that_takes_jobs_and_ctrl_c_stops_all_of_it(tmp_path: Path) -> None:
     directory = tmp_path / "fleet"
     (directory / "host2" / "state").mkdir(parents=True)  # as a last run left it
@@ -46,7 +53,12 @@ def test_run_sh_starts_a_fleet_that_takes_jobs_and_ctrl_c_stops_all_of_it(tmp_pa
     log = (tmp_path / "run.log").open("wb")
     env = {**os.environ, "PYMGR_FLEET_DIR": str(directory), "PYMGR": str(PYMGR)}
     script = subprocess.Popen(
-        [str(RUN_SH)], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        [str(RUN_SH)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+        preexec_fn=_default_sigint,
     )
     try:
         wait_for(lambda: "Ctrl-C here stops" in (tmp_path / "run.log").read_text(), timeout_s=30)
