@@ -121,6 +121,26 @@ def _wait_ready(proc: subprocess.Popen[bytes], log_path: Path) -> dict[str, obje
 
 def launch_daemon(directory: Path, config_text: str = BASE_CONFIG) -> Daemon:
     """Write a config into ``directory`` and start a daemon on it."""
+    return _ready(*_spawn(directory, config_text))
+
+
+def launch_daemons(specs: list[tuple[Path, str]]) -> list[Daemon]:
+    """Start several daemons at once (directory, config text each): all spawned, then each waited for.
+
+    Each daemon spends most of its start importing Python; started one after the other, a test with
+    three of them waits three times for that.
+    """
+    spawned = [_spawn(directory, config_text) for directory, config_text in specs]
+    try:
+        return [_ready(directory, proc, log_path) for directory, proc, log_path in spawned]
+    except BaseException:
+        for _, proc, _ in spawned:
+            proc.kill()
+            proc.wait(timeout=10)
+        raise
+
+
+def _spawn(directory: Path, config_text: str) -> tuple[Path, subprocess.Popen[bytes], Path]:
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "pymgr.toml"
     config.write_text(config_text)
@@ -132,6 +152,10 @@ def launch_daemon(directory: Path, config_text: str = BASE_CONFIG) -> Daemon:
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+    return directory, proc, log_path
+
+
+def _ready(directory: Path, proc: subprocess.Popen[bytes], log_path: Path) -> Daemon:
     ready = _wait_ready(proc, log_path)
     legacy = ready.get("legacy")
     return Daemon(
@@ -154,6 +178,24 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
         return daemon
 
     yield start
+    _kill(started)
+
+
+@pytest.fixture
+def start_daemons(tmp_path: Path) -> Iterator[Callable[..., list[Daemon]]]:
+    """Factory: start several daemons at once, (config text, name) each; all are stopped after the test."""
+    started: list[Daemon] = []
+
+    def start(*configs: tuple[str, str]) -> list[Daemon]:
+        daemons = launch_daemons([(tmp_path / name, config_text) for config_text, name in configs])
+        started.extend(daemons)
+        return daemons
+
+    yield start
+    _kill(started)
+
+
+def _kill(started: list[Daemon]) -> None:
     for daemon in started:
         if daemon.proc.poll() is None:
             daemon.proc.kill()

@@ -14,7 +14,7 @@ import pytest
 
 from examples.legacy_client import call, exchange, sign
 from pymgr.config import LegacyConfig
-from pymgr.daemon import _bind_legacy
+from pymgr.transport.legacy import bind_legacy
 from tests.conftest import BASE_CONFIG, EXAMPLES, LEGACY_SECRET, Daemon
 from tests.test_daemon_http import wait_for
 
@@ -143,7 +143,7 @@ def test_published_secret_gets_a_loud_warning(start_daemon: Callable[..., Daemon
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 def test_an_ip_host_is_bound_like_create_server(host: str) -> None:
-    sock = _bind_legacy(LegacyConfig(enabled=True, host=host, port=0, secret="s"))
+    sock = bind_legacy(LegacyConfig(enabled=True, host=host, port=0, secret="s"))
     try:
         assert sock is not None
         assert sock.getsockname()[0] == host
@@ -156,10 +156,10 @@ def test_an_ip_host_is_bound_like_create_server(host: str) -> None:
 
 
 def test_a_host_name_or_a_busy_port_goes_the_old_way() -> None:
-    assert _bind_legacy(LegacyConfig(enabled=True, host="localhost", port=0, secret="s")) is None
+    assert bind_legacy(LegacyConfig(enabled=True, host="localhost", port=0, secret="s")) is None
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
-        assert _bind_legacy(LegacyConfig(enabled=True, host="127.0.0.1", port=port, secret="s")) is None
+        assert bind_legacy(LegacyConfig(enabled=True, host="127.0.0.1", port=port, secret="s")) is None
 
 
 def test_a_host_name_still_serves(start_daemon: Callable[..., Daemon]) -> None:

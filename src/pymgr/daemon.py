@@ -3,16 +3,15 @@
 Rules:
 - Everything that can fail on bad config fails before the first socket
   accepts: modules load, listeners bind, then servers start.
-- Shutdown (SIGTERM/SIGINT) has two steps: stop accepting and let in-flight
-  requests finish within ``http.shutdown_timeout_s``; then deal with tasks
-  (``tasks.on_shutdown``), remove the socket file and exit 0.
+- Shutdown (SIGTERM/SIGINT): stop accepting (and taking fleet jobs), let in-flight requests finish
+  within ``http.shutdown_timeout_s``; deal with tasks (``tasks.on_shutdown``), then let the fleet's jobs
+  report their runs' ends (``fleet.stop_report_s``); remove the socket file and exit 0.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import json
 import logging
 import signal
@@ -32,7 +31,7 @@ from pymgr._configtrust import config_warnings
 from pymgr._fsguard import check_trusted
 from pymgr.auth.legacy import PUBLISHED_SECRET
 from pymgr.auth.guard import EdgeGuard
-from pymgr.config import Config, ConfigError, LegacyConfig
+from pymgr.config import Config, ConfigError
 from pymgr.core.dispatch import CallHandler
 from pymgr.core.loader import module_classes
 from pymgr.core.registry import ModuleContext, Registry, RegistryError
@@ -55,16 +54,13 @@ from pymgr.transport.http.messages import Handler
 from pymgr.transport.http.routes import HttpApp
 from pymgr.transport.http.server import HttpServer
 from pymgr.transport.http.tls import TlsError, server_context
-from pymgr.transport.legacy import LegacyServer
+from pymgr.transport.legacy import LegacyServer, bind_legacy
 from pymgr.transport.listeners import ListenerError, bind_tcp, bind_unix, unix_path_of
 
 log = logging.getLogger("pymgr")
 
 #: Exit code for a config or start-up error (EX_CONFIG from sysexits.h).
 EXIT_CONFIG = 78
-
-#: Backlog of the legacy listener ``_bind_legacy`` binds: asyncio's create_server default.
-LEGACY_BACKLOG = 100
 
 
 class StartupError(Exception):
@@ -163,7 +159,7 @@ async def run(config: Config, stop: asyncio.Event | None = None, hooks: ServiceH
         await asyncio.gather(*(close() for close in closers))
 
     async with AsyncExitStack() as stack:
-        stack.push_async_callback(tasks.aclose)
+        stack.push_async_callback(_close_tasks, tasks, fleet)
         try:  # re-adopt the runs left by an earlier daemon, record those that ended meanwhile
             await tasks.open()
         except Unavailable as exc:
@@ -229,10 +225,19 @@ def _fleet_agent(
 
 
 def _start_fleet(fleet: Any, stack: AsyncExitStack) -> None:
-    """Start the fleet agent, if there is one, and stop it first at shutdown (before the task manager)."""
+    """Start the fleet agent, if there is one; at shutdown it first takes no new job (``_close_tasks``)."""
     if fleet is not None:
         fleet.start()
-        stack.push_async_callback(fleet.aclose)
+        stack.push_async_callback(fleet.stop_reading)
+
+
+async def _close_tasks(tasks: TaskManager, fleet: Any) -> None:
+    """Stop or leave the runs (``[tasks] on_shutdown``); then the fleet agent reports their ends and closes."""
+    try:
+        await tasks.aclose()
+    finally:
+        if fleet is not None:
+            await fleet.aclose()
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:
@@ -316,7 +321,7 @@ async def _start_legacy(
         "Open legacy-protocol connections.",
         lambda: float(legacy.open_connections),
     )
-    sock = passed[0] if passed else _bind_legacy(config.legacy)
+    sock = passed[0] if passed else bind_legacy(config.legacy)
     try:
         await legacy.start(sock=sock)
     except (ConfigError, OSError) as exc:
@@ -334,28 +339,6 @@ async def _start_legacy(
             "requests with it. Fine for the demo on loopback, never on a real host: set your own secret"
         )
     return f"tcp:{config.legacy.host}:{legacy.port}"
-
-
-def _bind_legacy(legacy: LegacyConfig) -> socket.socket | None:
-    """The legacy listener when ``host`` is an IP address; ``None`` leaves binding to ``LegacyServer.start``.
-
-    ``loop.create_server(host, port)`` resolves the host in libuv's thread pool
-    (4 threads) and imports the idna codec: 0.5 MiB of the idle daemon's RSS
-    (measured: VmRSS of the demo daemon after 1 s idle, 6 threads -> 2). This
-    binds as create_server does (SO_REUSEADDR, IPV6_V6ONLY, its backlog); a
-    host name or a failed bind goes the old way, with the same errors.
-    """
-    try:
-        address = ipaddress.ip_address(legacy.host)
-    except ValueError:
-        return None
-    if "%" in legacy.host:  # a scoped IPv6 address: create_server resolves the scope
-        return None
-    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-    try:
-        return socket.create_server((legacy.host, legacy.port), family=family, backlog=LEGACY_BACKLOG)
-    except OSError:
-        return None
 
 
 def _gauges(metrics: Metrics, tasks: TaskManager, http: HttpServer) -> None:

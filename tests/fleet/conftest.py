@@ -147,3 +147,19 @@ def start_host(
         return start_daemon(config, name=host_id)
 
     return start
+
+
+@pytest.fixture
+def start_hosts(
+    start_daemons: Callable[..., list[Daemon]], redis_url: str, keys: tuple[Path, Path]
+) -> Callable[..., list[Daemon]]:
+    """Factory: several fleet members started at once, ``(host id, tags)`` each, with the same policy for
+    ``fleet:console`` (``allow``) and ``fleet`` lines."""
+
+    def start(
+        *hosts: tuple[str, tuple[str, ...]], allow: str = '"tasks.start:*"', fleet: str = "lease_s = 3"
+    ) -> list[Daemon]:
+        configs = [(host_config(redis_url, keys[1], name, tags, allow, fleet), name) for name, tags in hosts]
+        return start_daemons(*configs)
+
+    return start

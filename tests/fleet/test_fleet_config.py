@@ -65,6 +65,13 @@ def test_the_three_redis_schemes(url: str) -> None:
             r"reap_interval_s \(10\) must be shorter than lease_s \(10\): the reaper renews its lock",
         ),
         ({"reaper": "maybe"}, r"reaper\n  Input should be a valid boolean"),
+        ({"forget_host_after_s": 0.5}, r"forget_host_after_s\n  Input should be greater than or equal to 1"),
+        (
+            {"forget_host_after_s": 366 * 86400 + 1},
+            r"forget_host_after_s\n  Input should be less than or equal",
+        ),
+        ({"stop_report_s": -1}, r"stop_report_s\n  Input should be greater than or equal to 0"),
+        ({"stop_report_s": 601}, r"stop_report_s\n  Input should be less than or equal to 600"),
         ({"colour": "red"}, r"colour\n  Extra inputs are not permitted"),
     ],
 )
@@ -82,6 +89,9 @@ def test_limits_hold_at_their_edges() -> None:
     assert _fleet(lease_s=30).reap_every_s == 10  # a third of the lease unless set
     assert _fleet(lease_s=30, reap_interval_s=29.5).reap_every_s == 29.5
     assert _fleet(max_jobs=10_000).max_jobs == 10_000
+    assert (_fleet().forget_host_after_s, _fleet().stop_report_s) == (7 * 86400, 5)
+    assert _fleet(forget_host_after_s=1, stop_report_s=0).forget_host_after_s == 1
+    assert _fleet(forget_host_after_s=366 * 86400, stop_report_s=600).stop_report_s == 600
     with pytest.raises(ValidationError, match="less than or equal to 10000"):
         _fleet(max_jobs=10_001)
 

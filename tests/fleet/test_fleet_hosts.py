@@ -33,9 +33,9 @@ def runs_of(daemon: Daemon, job_id: str) -> list[dict[str, Any]]:
 
 
 def test_a_job_pinned_to_a_host_runs_there_and_reports_its_output(
-    start_host: Callable[..., Daemon], fleet: FleetClient
+    start_hosts: Callable[..., list[Daemon]], fleet: FleetClient
 ) -> None:
-    a, b = start_host("a"), start_host("b")
+    a, b = start_hosts(("a", ()), ("b", ()))
     job_id = fleet.submit("echo", {"word": "hello-fleet"}, host="b")
     assert fleet.wait_received(job_id, timeout_s=20).received_by == "b"
     info = fleet.wait(job_id, timeout_s=30)
@@ -50,13 +50,10 @@ def test_a_job_pinned_to_a_host_runs_there_and_reports_its_output(
 
 
 def test_a_tagged_job_runs_on_exactly_one_host_with_the_tag(
-    start_host: Callable[..., Daemon], fleet: FleetClient
+    start_hosts: Callable[..., list[Daemon]], fleet: FleetClient
 ) -> None:
-    hosts = {
-        "a": start_host("a", ("scanner",)),
-        "b": start_host("b", ("scanner", "eu")),
-        "c": start_host("c"),
-    }
+    started = start_hosts(("a", ("scanner",)), ("b", ("scanner", "eu")), ("c", ()))
+    hosts = dict(zip("abc", started))
     ids = [fleet.submit("echo", {"word": f"w{n}"}, tag="scanner") for n in range(8)]
     for job_id in ids:
         info = fleet.wait(job_id, timeout_s=30)

@@ -226,7 +226,7 @@ def test_acl_lines_confine_each_host_to_its_own_keys(
 def _confined(redis_url: str, public_key: Path, secrets: Path, host_id: str, reaper: bool) -> str:
     """A host's config as its ACL user, with the short lease of the dead-host tests; b and c have the tag."""
     user = f"fleet-host-{host_id}"
-    fleet = f"lease_s = {LEASE_S}\nreaper = {'true' if reaper else 'false'}"
+    fleet = f"lease_s = {LEASE_S}\nreaper = {'true' if reaper else 'false'}\nforget_host_after_s = 1"
     tags = ("scanner",) if host_id in ("b", "c") else ()
     return host_config(redis_url, public_key, host_id, tags, fleet=fleet).replace(
         "[fleet]\n", f'[fleet]\nusername = "{user}"\npassword_file = "{secrets}/{user}.pass"\n'
@@ -234,7 +234,11 @@ def _confined(redis_url: str, public_key: Path, secrets: Path, host_id: str, rea
 
 
 def test_only_the_hosts_the_acl_makes_reapers_reap_and_the_others_still_claim(
-    start_daemon: Callable[..., Daemon], redis_url: str, keys: tuple[Path, Path], secrets: Path
+    start_daemon: Callable[..., Daemon],
+    start_daemons: Callable[..., list[Daemon]],
+    redis_url: str,
+    keys: tuple[Path, Path],
+    secrets: Path,
 ) -> None:
     out = pymgr(
         "fleet",
@@ -260,15 +264,12 @@ def test_only_the_hosts_the_acl_makes_reapers_reap_and_the_others_still_claim(
         tagged = fleet.submit("scan", {"task_id": 1, "duration": 10}, tag="scanner")
         pinned = fleet.submit("scan", {"task_id": 2, "duration": 60}, host="c")
         wait_for(lambda: {fleet.show(tagged).state, fleet.show(pinned).state} == {"running"})
-        a = start_daemon(_confined(redis_url, keys[1], secrets, "a", True), name="a")
-        b = start_daemon(_confined(redis_url, keys[1], secrets, "b", False), name="b")
+        a, b = start_daemons(
+            (_confined(redis_url, keys[1], secrets, "a", True), "a"),
+            (_confined(redis_url, keys[1], secrets, "b", False), "b"),
+        )
         wait_for(lambda: admin.get(REAPER) == b"a")
         c.stop(signal.SIGKILL)
-        # The tag's job is claimed by b, no reaper, under its own user; the pinned one marked lost by a.
-        info = fleet.wait(tagged, timeout_s=30)
-        assert (info.state, info.received_by) == ("succeeded", "b"), info
-        info = fleet.wait(pinned, timeout_s=30)
-        assert (info.state, info.fields["reaped_by"]) == ("lost", "a"), info
         # Submitted to the dead host from the shell: lost, said so without "by ?", exit 4.
         out = pymgr(
             "fleet", "submit", "echo", "word=x", "--host", "c", "--key", "late", *_signing(redis_url, keys)
@@ -278,6 +279,14 @@ def test_only_the_hosts_the_acl_makes_reapers_reap_and_the_others_still_claim(
             f"job late: lost (marked by host a): host c had no heartbeat for {LEASE_S:g} s;"
             " the job was never delivered\n"
         )
+        # The tag's job is claimed by b, no reaper, under its own user; the pinned one marked lost by a.
+        info = fleet.wait(tagged, timeout_s=30)
+        assert (info.state, info.received_by) == ("succeeded", "b"), info
+        info = fleet.wait(pinned, timeout_s=30)
+        assert (info.state, info.fields["reaped_by"]) == ("lost", "a"), info
+        # Silent past forget_host_after_s with nothing pending: a drops c from the hosts, under its user.
+        wait_for(lambda: [host.id for host in fleet.hosts()] == ["a", "b"])
+        assert "host c was silent for" in a.log()
         assert admin.get(REAPER) == b"a"  # b never held it
         denied = [entry for entry in admin.acl_log() if entry["username"].startswith("fleet-host-")]
         assert denied == [] and "no permissions" not in a.log() + b.log()
@@ -290,6 +299,9 @@ def test_only_the_hosts_the_acl_makes_reapers_reap_and_the_others_still_claim(
             lambda: host_b.xrange("fleet:host:c"),
             lambda: host_b.eval(LOCK_SCRIPT, 1, REAPER, "b", 2000),
             lambda: host_b.xclaim("fleet:host:c", GROUP, "b", 0, ["0-1"]),
+            lambda: host_b.srem("fleet:hosts", "a"),
+            lambda: host_b.zadd("fleet:silent", {"a": 1}),
+            lambda: host_b.xpending("fleet:ctl:a", GROUP),
         ]
         for command in refused:
             with pytest.raises(redis.exceptions.NoPermissionError):

@@ -166,9 +166,9 @@ def test_a_job_cancelled_while_queued_stays_cancelled_when_read_too_late_to_run(
 
 
 def test_a_pinned_jobs_stop_goes_to_its_host_whatever_received_by_says(
-    start_host: Callable[..., Daemon], fleet: FleetClient, redis_url: str
+    start_hosts: Callable[..., list[Daemon]], fleet: FleetClient, redis_url: str
 ) -> None:
-    a, b = start_host("a", allow=MAY_STOP), start_host("b", allow=MAY_STOP)
+    a, b = start_hosts(("a", ()), ("b", ()), allow=MAY_STOP)
     job_id = fleet.submit("scan", {"task_id": 1, "duration": 60}, host="a")
     wait_for(lambda: fleet.show(job_id).state == "running")
     # Any host may write a job's hash (docs/fleet.md, the ACL): one tries to turn the stop away.

@@ -84,6 +84,13 @@ def test_the_service_is_type_notify_with_watchdog_and_restart(tmp_path: Path) ->
     }
 
 
+def test_a_fleet_members_stop_time_counts_its_jobs_reports(tmp_path: Path) -> None:
+    fleet = '[fleet]\nredis_url = "unix:///run/redis.sock"\nstop_report_s = 7\n'
+    config, path = _load(tmp_path, extra=fleet + '[[fleet.keys]]\nid = "console"\nkey_file = "console.pub"\n')
+    d = _directives(render_units(config, path)[0].text)
+    assert d["TimeoutStopSec"] == "37"  # 30 as above, and 7 s for the fleet's jobs to report their end
+
+
 @pytest.mark.parametrize(("on_shutdown", "mode"), [("leave", "process"), ("stop", "mixed")])
 def test_kill_mode_follows_on_shutdown(tmp_path: Path, on_shutdown: str, mode: str) -> None:
     config, path = _load(tmp_path, on_shutdown=on_shutdown)

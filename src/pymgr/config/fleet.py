@@ -90,6 +90,15 @@ class FleetConfig(Section):
     #: takes the lock (its Redis user need not reach other hosts' streams: ``pymgr fleet acl --reapers``);
     #: it still claims its own tags' orphans.
     reaper: bool = True
+    #: Seconds a host may be silent (no heartbeat, as a reaper saw it) before the reaper drops it from
+    #: ``fleet:hosts``, provided nothing is pending for it; ``pymgr fleet hosts`` then stops listing it and
+    #: no reaper visits it again. A week: a host down for a long weekend is still listed when it is missed.
+    forget_host_after_s: float = Field(7 * 86400, ge=1, le=366 * 86400)
+    #: Seconds a stopping daemon gives its fleet jobs to report the end of the runs its shutdown stopped
+    #: (the final state and the ``XACK``), after the task manager has stopped them; what has not reported
+    #: by then stays pending and is reported at the next start. Writes of a few ms each: 5 s leaves room
+    #: for a slow Redis, and is counted in the service unit's stop timeout.
+    stop_report_s: float = Field(5.0, ge=0, le=600)
 
     @field_validator("redis_url")
     @classmethod

@@ -30,9 +30,11 @@ Rules:
 - Only the hosts named as reapers may take the lock ``fleet:reaper`` and
   reap (``reaper.py``). They get it through Redis 7 ACL selectors, each a
   set of commands bound to a set of keys: read the other hosts' streams
-  (``XPENDING``, ``XRANGE``, ``XINFO GROUPS``) and acknowledge or delete
-  their entries (``XACK``, ``XDEL``), but neither add to them nor read them
-  as a consumer. Any other host gets NOPERM on all of it; its
+  (``XPENDING``, ``XRANGE``, ``XREVRANGE``, ``XINFO GROUPS``) and
+  acknowledge or delete their entries (``XACK``, ``XDEL``), but neither add
+  to them nor read them as a consumer; look at the other hosts' control
+  streams (``XPENDING``); keep ``fleet:silent`` and drop a silent host from
+  ``fleet:hosts`` (``SREM``, through the roster's script: ``roster.py``). Any other host gets NOPERM on all of it; its
   ``[fleet] reaper`` must be false.
 - The submitter queues into any host's or tag's stream and any control
   stream, writes job hashes and the index, and reads heartbeats; it runs no
@@ -48,7 +50,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
-from pymgr.fleet.keyspace import DEAD, HOSTS, heartbeat_key
+from pymgr.fleet.keyspace import DEAD, HOSTS, SILENT, heartbeat_key
 
 __all__ = [
     "HOST_JOB_COMMANDS",
@@ -74,13 +76,20 @@ HOST_JOB_COMMANDS = tuple("hset hget hmget eval evalsha".split())
 #: ``fleet:reaper``); the reading of dead hosts' streams, and their entries acknowledged or deleted;
 #: and the lost script, given a job hash, a host stream and a heartbeat (Redis checks a script's keys
 #: against one selector; the commands inside it against each one: HSET by the root's ``fleet:job:*``).
+#: The roster (``roster.py``): ``fleet:silent`` kept, a silent host's control stream looked at for a
+#: stop it read and never applied, and the forget script (EXISTS of the heartbeat by the host's root,
+#: XREVRANGE of its stream, SREM of ``fleet:hosts``, ZREM of ``fleet:silent``).
 REAPER_SELECTORS = (
     (("evalsha", "get", "set", "del"), ("~fleet:reaper",)),
     (
-        ("smembers", "exists", "xpending", "xrange", "xinfo|groups", "xack", "xdel"),
+        ("smembers", "exists", "xpending", "xrange", "xrevrange", "xinfo|groups", "xack", "xdel"),
         ("~fleet:host:*", "%R~fleet:hosts"),
     ),
     (("evalsha",), ("~fleet:host:*", "~fleet:job:*", "~fleet:hb:*")),
+    (("zrange", "zadd", "zrem"), (f"~{SILENT}",)),
+    (("exists", "xpending"), ("%R~fleet:ctl:*",)),
+    (("srem",), (f"~{HOSTS}",)),
+    (("evalsha",), (f"~{HOSTS}", f"~{SILENT}", "~fleet:hb:*", "~fleet:host:*")),
 )
 #: What a submitter sends: its connection's name (``api.CLIENT_NAME``), the submit and cancel scripts
 #: (EVALSHA, loaded once: EXISTS, HSET, HGET, XADD, ZADD, ZREMRANGEBYRANK), a stop (XADD), and the

@@ -24,7 +24,7 @@ Rules:
 - Reports into Redis (``write``) retry the same way, so a run that ends
   while Redis is down is reported when it is back.
 - A heartbeat key (``fleet:hb:<host>``: tags, running jobs, time) lives
-  ``lease_s`` and is refreshed every third of it.
+  ``lease_s`` and is refreshed every third of it (``heartbeat.py``).
 - No more than ``max_jobs`` jobs are open at once: the agent reads none
   while that many are.
 - Dead hosts (``reaper.py``, a task beside the heartbeat): entries of dead
@@ -33,12 +33,22 @@ Rules:
   dead-letter stream instead (unless its run is in this host's store).
 - Stops come through the host's control stream, read by ``control.py``
   beside the job streams (never held back by ``max_jobs``).
+- An entry whose taking up fails (a Redis answer such as ``WRONGTYPE``, or a
+  bug) stays pending while the entries after it are taken up; it is tried
+  again later and given up (dead-lettered) after ``max_deliveries``
+  failures (``failures.py``).
+- A clean stop comes in two steps around the task manager's: ``stop_reading``
+  (no new job, no stop, the reaper lock let go) before the daemon stops its
+  runs, ``aclose`` after. The jobs whose runs have ended then report their
+  end and are acknowledged, within ``stop_report_s``; an action job still in
+  its call is cut short, marked ``lost`` and acknowledged; a job whose run
+  goes on (``[tasks] on_shutdown = "leave"``, or still stopping) stays
+  pending and is followed again at the next start, as after ``kill -9``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
@@ -55,9 +65,12 @@ from pymgr.core.dispatch import CallHandler
 from pymgr.fleet import jobs
 from pymgr.fleet.backoff import FIRST_BACKOFF_S, REDIS_DOWN
 from pymgr.fleet.control import FleetControl
+from pymgr.fleet.failures import EntryFailures
 from pymgr.fleet.jobs import Job, JobRefused
 from pymgr.fleet.keys import load_public_key, read_secret_file
-from pymgr.fleet.keyspace import FINAL, GROUP, HOSTS, JobState, heartbeat_key, job_key
+from pymgr.fleet.heartbeat import heartbeat
+from pymgr.fleet.keyspace import GROUP
+from pymgr.fleet.marks import Marks
 from pymgr.fleet.reaper import Reaper
 from pymgr.fleet.replay import FILE_NAME, CallGuard, Claim, RecordError, RecordFull
 from pymgr.fleet.runner import JobRunner
@@ -66,26 +79,6 @@ from pymgr.tasks.manager import TaskManager
 __all__ = ["FleetAgent"]
 
 log = logging.getLogger("pymgr.fleet")
-
-# Mark a job refused (the fields after the empty ARGV), unless its state is one of the final ones before it.
-REFUSE_SCRIPT = """
-local state = redis.call('HGET', KEYS[1], 'state')
-local i = 1
-while ARGV[i] ~= '' do
-  if ARGV[i] == state then return 0 end
-  i = i + 1
-end
-redis.call('HSET', KEYS[1], unpack(ARGV, i + 1))
-return 1
-"""
-FINAL_NAMES = sorted(state.value for state in FINAL)
-#: The error of an action job found in the record, not running here, with no final state.
-CUT_SHORT = (
-    "the daemon stopped after it took this action job (during its call, or just before it); its outcome "
-    "is unknown, and it is not called again (an action job is called at most once per host)"
-)
-#: Seconds between two warnings of a failing heartbeat: one a minute says it goes on without filling the log.
-HEARTBEAT_WARN_EVERY_S = 60.0
 
 
 class FleetAgent:
@@ -108,16 +101,7 @@ class FleetAgent:
     ) -> None:
         self._config = config
         self._keys = {key.id: load_public_key(key.key_file) for key in config.keys}
-        password = None if config.password_file is None else read_secret_file(config.password_file)
-        # Any: redis-py types each command's reply as the union of its sync and async forms.
-        self._redis: Any = aioredis.from_url(
-            config.redis_url,
-            username=config.username,
-            password=password,
-            socket_connect_timeout=config.block_s + 1,
-            socket_timeout=config.block_s + 5,
-        )
-        self._auditor = auditor
+        self._redis = _connect(config)
         self._clock = clock
         self._streams = [f"fleet:host:{config.host_id}", *(f"fleet:tag:{tag}" for tag in config.tags)]
         self._runner = JobRunner(
@@ -133,18 +117,25 @@ class FleetAgent:
             config,
             self._redis,
             self._keys,
-            take=lambda stream, entry_id, fields, n: self._take(stream, entry_id, fields, True, n),
+            take=lambda stream, entry_id, fields, n: self._take_up(stream, entry_id, fields, True, n),
             room=lambda: config.max_jobs - len(self._open),
         )
-        #: The jobs running now, by (stream, entry id).
+        #: The jobs running now, by (stream, entry id), and what each runs.
         self._open: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._jobs: dict[tuple[str, str], Job] = {}
+        #: Entries that failed to be taken up, by (stream, entry id); their payload: their fields.
+        self._failures: EntryFailures[tuple[str, str]] = EntryFailures(
+            config.max_deliveries, config.reconnect_max_s
+        )
         self._freed = asyncio.Event()
         #: Action jobs called here, across restarts.
         self._called = CallGuard(state_dir / FILE_NAME, max_entries=config.replay_max_entries, clock=clock)
         self._backoff_s = FIRST_BACKOFF_S
         self._main: asyncio.Task[None] | None = None
+        #: False once stopping: no more reads (jobs, stops, claims). ``_closing``: no more writes either.
+        self._reading = True
         self._closing = False
-        self._refuse_script = self._redis.register_script(REFUSE_SCRIPT)
+        self._marks = Marks(self._redis, config.host_id, auditor)
         self._control = FleetControl(config, dispatcher, tasks, auditor, self._keys, self._redis, clock=clock)
 
     def start(self) -> None:
@@ -158,19 +149,48 @@ class FleetAgent:
             self._config.redis_url,
         )
 
-    async def aclose(self) -> None:
-        """Stop reading and following: unacknowledged jobs stay pending in Redis for the next start."""
+    async def stop_reading(self) -> None:
+        """The first step of a clean stop, before the runs are stopped: take no new job nor stop.
+
+        An action job still in its call is cut short now (the audit is still open to record it), marked
+        ``lost`` and acknowledged; the task jobs go on, so that each reports the end its run gets from
+        the daemon's shutdown (``aclose``).
+        """
         # The flag as well as the cancel: redis-py may turn a cancelled read into a connection error,
         # which the loops below take for Redis going away and would wait out forever.
-        self._closing = True
+        self._reading = False
         await self._control.aclose()
-        pending = [task for task in (self._main, *self._open.values()) if task is not None]
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        if self._main is not None:
+            self._main.cancel()
+            await asyncio.gather(self._main, return_exceptions=True)
         await self._reaper.release()
+        calls = {key: job for key, job in self._jobs.items() if job.kind == "action"}
+        await self._cancel([self._open[key] for key in calls])
+        for (stream, entry_id), job in calls.items():
+            await self._mark_cut_short(stream, entry_id, job)
+
+    async def aclose(self) -> None:
+        """The last step, once the runs were stopped: let the jobs report their end, then close.
+
+        The jobs whose runs have ended get ``stop_report_s`` to report it; the others (a run left to the
+        keeper, or still stopping) stay pending in Redis, followed again at the next start.
+        """
+        await self.stop_reading()
+        await self._cancel(
+            [self._open[key] for key, job in self._jobs.items() if not self._runner.run_ended(job)]
+        )
+        if self._open:
+            await asyncio.wait(list(self._open.values()), timeout=self._config.stop_report_s)
+        self._closing = True
+        await self._cancel(list(self._open.values()))
         await self._redis.aclose()
         self._called.close()
+
+    @staticmethod
+    async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def write(self, operation: Callable[[Any], Awaitable[Any]]) -> Any:
         """Run one Redis operation until Redis takes it, waiting between attempts as reconnecting does; its reply."""
@@ -188,7 +208,7 @@ class FleetAgent:
     # --- the read loop -----------------------------------------------------
 
     async def _serve(self) -> None:
-        while not self._closing:
+        while self._reading:
             try:
                 await self._session()
             except REDIS_DOWN as exc:
@@ -209,10 +229,12 @@ class FleetAgent:
                 if "BUSYGROUP" not in str(exc):
                     raise
         self._backoff_s = FIRST_BACKOFF_S
-        beside = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._reaper.serve())]
+        beat = heartbeat(self._config, self._redis, lambda: len(self._open), self._clock)
+        beside = [asyncio.create_task(beat), asyncio.create_task(self._reaper.serve())]
         try:
             await self._read_pending()
-            while not self._closing:
+            while self._reading:
+                await self._retry_failed()
                 await self._read_new()
         finally:
             for task in beside:
@@ -230,7 +252,7 @@ class FleetAgent:
                     continue
                 for entry_id, fields in entries:
                     after[stream] = _text(entry_id)
-                    await self._take(stream, _text(entry_id), fields, True)
+                    await self._take_up(stream, _text(entry_id), fields, True)
             if not reply:
                 return
 
@@ -244,9 +266,37 @@ class FleetAgent:
         reply = await self._redis.xreadgroup(GROUP, self._config.host_id, streams, count=room, block=block_ms)
         for stream_name, entries in reply or []:
             for entry_id, fields in entries:
-                await self._take(_text(stream_name), _text(entry_id), fields, False)
+                await self._take_up(_text(stream_name), _text(entry_id), fields, False)
 
     # --- one entry ---------------------------------------------------------
+
+    async def _take_up(
+        self, stream: str, entry_id: str, fields: Any, pending: bool, deliveries: int | None = None
+    ) -> None:
+        """Take one entry up; one that fails stays pending, tried again later, and is given up at last.
+
+        Only a lost Redis ends the read (the session starts over): any other error is this entry's, and
+        the entries after it are taken up all the same (``failures.py``).
+        """
+        key = (stream, entry_id)
+        if not self._failures.due(key):
+            return
+        try:
+            await self._take(stream, entry_id, fields, pending, deliveries)
+        except REDIS_DOWN:
+            raise
+        except Exception as exc:
+            given_up = self._failures.failed(key, f"{entry_id} of {stream}", exc, fields)
+            if given_up is not None:
+                await self._reaper.claims.dead_letter(stream, entry_id, fields, given_up)
+                await self._marks.dead(fields, given_up)
+            return
+        self._failures.forget(key)
+
+    async def _retry_failed(self) -> None:
+        """Take up again the entries that failed, once their wait is over (they are still pending)."""
+        for (stream, entry_id), fields in self._failures.due_now():
+            await self._take_up(stream, entry_id, fields, True)
 
     async def _take(
         self, stream: str, entry_id: str, fields: Any, pending: bool, deliveries: int | None = None
@@ -262,7 +312,7 @@ class FleetAgent:
             max_age_s = math.inf if accepted else self._config.max_age_s
             job = jobs.check(signed, self._keys, stream=stream, now=self._clock(), max_age_s=max_age_s)
         except JobRefused as exc:
-            await self._refuse(stream, entry_id, exc)
+            await self._marks.refuse(stream, entry_id, exc)
             return
         if (
             pending
@@ -274,6 +324,7 @@ class FleetAgent:
             return
         task = asyncio.create_task(self._run(stream, entry_id, job), name=f"pymgr-fleet-job-{job.id}")
         self._open[(stream, entry_id)] = task
+        self._jobs[(stream, entry_id)] = job
 
     async def _run(self, stream: str, entry_id: str, job: Job) -> None:
         started = time.monotonic()
@@ -288,6 +339,7 @@ class FleetAgent:
             log.exception("fleet job %s failed in the agent; this is a bug", job.id)
         finally:
             self._open.pop((stream, entry_id), None)
+            self._jobs.pop((stream, entry_id), None)
             self._called.ended(job.id)
             self._freed.set()
 
@@ -297,57 +349,41 @@ class FleetAgent:
             claim = await self._called.claim(job.id, job.submitted_at + self._config.max_age_s)
         except RecordError as exc:  # full, or not writable: refused rather than risk a second call
             reason = "replay-record-full" if isinstance(exc, RecordFull) else "replay-record-error"
-            await self._refuse(stream, entry_id, JobRefused(reason, str(exc), job.id))
+            await self._marks.refuse(stream, entry_id, JobRefused(reason, str(exc), job.id))
             return False
         if claim is Claim.FIRST:
             return True
         log.info("fleet: action job %s was called here already; acknowledged again, not called", job.id)
         if claim is Claim.CALLED:  # a final state stays; a call cut short by a crash or a stop is lost
-            # The host is the hash's received_by already; ended_at as the reaper writes it for a lost job.
-            fields = ["state", JobState.LOST.value, "error", CUT_SHORT, "ended_at", f"{time.time():.3f}"]
-            await self._refuse_script(keys=[job_key(job.id)], args=[*FINAL_NAMES, "", *fields])
+            await self._marks.lost_call(job.id)
         await self._redis.xack(stream, GROUP, entry_id)
         return False
 
-    async def _refuse(self, stream: str, entry_id: str, exc: JobRefused) -> None:
-        log.warning("fleet: refused entry %s of %s: %s", entry_id, stream, exc)
-        if self._auditor is not None:
-            self._auditor.refused(stream, "fleet", "fleet.job", exc.reason)
-        if exc.job_id is not None:  # a job already ended (cancelled while queued, lost) keeps its state
-            fields = ["state", JobState.REFUSED.value, "error", str(exc), "refused_by", self._config.host_id]
-            await self._refuse_script(keys=[job_key(exc.job_id)], args=[*FINAL_NAMES, "", *fields])
-        await self._redis.xack(stream, GROUP, entry_id)
+    async def _mark_cut_short(self, stream: str, entry_id: str, job: Job) -> None:
+        """At a clean stop: an action job cancelled in its call is ``lost`` now, not at the next start."""
+        try:
+            async with asyncio.timeout(self._config.stop_report_s):
+                await self._marks.lost_call(job.id)
+                await self._redis.xack(stream, GROUP, entry_id)
+        except (TimeoutError, RedisError, OSError) as exc:  # it stays pending: marked at the next start
+            log.warning("fleet: action job %s cut short by the stop is not marked yet (%s)", job.id, exc)
 
-    async def _heartbeat(self) -> None:
-        """Refresh ``fleet:hb:<host>`` every third of ``lease_s`` whatever Redis answers, until cancelled.
 
-        Any Redis error (unreachable, WRONGTYPE, OOM, READONLY after a failover) is logged and the next beat
-        tries again: a heartbeat that stopped would make this live host look dead, and its tagged jobs
-        would be claimed and run again elsewhere while it still runs them. The host joins ``fleet:hosts``
-        once per session (the agent's read loop starts a new one after Redis went away), apart from the
-        beat so that a failing ``SADD`` does not stop the ``SET``.
-        """
-        ttl_s = max(1, math.ceil(self._config.lease_s))
-        joined = False
-        warned_at = -math.inf
-        while True:
-            beat = {"host": self._config.host_id, "tags": self._config.tags, "running": len(self._open)}
-            beat["at"] = round(self._clock(), 3)
-            failure = None
-            try:
-                await self._redis.set(heartbeat_key(self._config.host_id), json.dumps(beat), ex=ttl_s)
-            except (RedisError, OSError) as exc:
-                failure = f"the heartbeat was not written ({exc})"
-            if not joined:
-                try:
-                    await self._redis.sadd(HOSTS, self._config.host_id)
-                    joined = True
-                except (RedisError, OSError) as exc:
-                    failure = failure or f"the host is not in {HOSTS} ({exc})"
-            if failure is not None and time.monotonic() - warned_at >= HEARTBEAT_WARN_EVERY_S:
-                warned_at = time.monotonic()
-                log.warning("fleet: %s; trying again every %.1f s", failure, self._config.lease_s / 3)
-            await asyncio.sleep(self._config.lease_s / 3)
+def _connect(config: FleetConfig) -> Any:
+    """The agent's Redis client (no connection yet).
+
+    Raises:
+        FleetKeyError: the password file cannot be used.
+    """
+    password = None if config.password_file is None else read_secret_file(config.password_file)
+    # Any: redis-py types each command's reply as the union of its sync and async forms.
+    return aioredis.from_url(
+        config.redis_url,
+        username=config.username,
+        password=password,
+        socket_connect_timeout=config.block_s + 1,
+        socket_timeout=config.block_s + 5,
+    )
 
 
 def _text(value: Any) -> str:

@@ -64,6 +64,14 @@ redis.call('HSET', KEYS[3], 'state', ARGV[10], 'error', ARGV[6], 'deliveries', A
 redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
 return 1
 """
+# KEYS: the job stream, the dead-letter stream. ARGV: entry id, group, maxlen, job, sig, error, host, at.
+# An entry that failed to be taken up: it goes to the dead letters without touching its hash (which may
+# be what fails: WRONGTYPE), and is acknowledged.
+FAILED_SCRIPT = """
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'job', ARGV[4], 'sig', ARGV[5], 'stream', KEYS[1],
+  'entry', ARGV[1], 'error', ARGV[6], 'host', ARGV[7], 'at', ARGV[8])
+redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
+"""
 
 
 class Claims:
@@ -97,6 +105,7 @@ class Claims:
         self._take = take
         self._room = room
         self._dead_script = redis.register_script(DEAD_SCRIPT)
+        self._failed_script = redis.register_script(FAILED_SCRIPT)
 
     async def claim(self, stream: str) -> None:
         """Claim and take up the entries of ``stream`` that dead hosts held past the lease, as room allows."""
@@ -155,6 +164,18 @@ class Claims:
         if await self._dead_script(keys=keys, args=args):
             log.warning("fleet: job %s (entry %s of %s) is dead: %s", job_id, entry_id, stream, error)
         return True
+
+    async def dead_letter(self, stream: str, entry_id: str, fields: Any, error: str) -> None:
+        """Give up an entry that kept failing to be taken up: onto the dead-letter stream, acknowledged.
+
+        Its hash is left to the caller (it may be what fails: ``Marks.dead`` tries).
+        """
+        entry = {text(name): value for name, value in (fields or {}).items()}
+        head = [entry_id, GROUP, self._dead_max_entries, entry.get("job", ""), entry.get("sig", "")]
+        await self._failed_script(
+            keys=[stream, DEAD], args=[*head, error, self._host_id, f"{time.time():.3f}"]
+        )
+        log.warning("fleet: entry %s of %s is on %s: %s", entry_id, stream, DEAD, error)
 
     async def _ended(self, fields: Any) -> bool:
         """Whether the entry's job already has a final state (read from the entry's unchecked id)."""

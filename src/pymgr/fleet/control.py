@@ -46,6 +46,7 @@ from pymgr.core.dispatch import Call, CallHandler
 from pymgr.errors import PymgrError
 from pymgr.fleet import jobs
 from pymgr.fleet.backoff import FIRST_BACKOFF_S, REDIS_DOWN
+from pymgr.fleet.failures import EntryFailures
 from pymgr.fleet.jobs import Job, JobRefused
 from pymgr.fleet.keyspace import FINAL, GROUP, control_key, job_key
 from pymgr.fleet.runner import identity_of, run_key
@@ -94,9 +95,8 @@ class FleetControl:
         self._stream = control_key(config.host_id)
         self._main: asyncio.Task[None] | None = None
         self._closing = False
-        #: The entries that failed and are still pending, by id (bytes, as read): failures, and the
-        #: ``time.monotonic()`` before which they are not tried again.
-        self._failures: dict[bytes, tuple[int, float]] = {}
+        #: The entries that failed and are still pending, by id (bytes, as read).
+        self._failures: EntryFailures[bytes] = EntryFailures(config.max_deliveries, config.reconnect_max_s)
 
     def start(self) -> None:
         """Start reading in the running event loop."""
@@ -155,30 +155,20 @@ class FleetControl:
         after ``max_deliveries`` failures it is refused, audited and acknowledged. Only a lost Redis
         ends the read (the session starts over).
         """
-        failures, retry_at = self._failures.get(entry_id, (0, 0.0))
-        if time.monotonic() < retry_at:
+        if not self._failures.due(entry_id):
             return
         try:
             done = fields is None or await self._apply(fields)  # None: deleted (XDEL)
         except REDIS_DOWN:
             raise
         except Exception as exc:
-            done = self._failed(entry_id, failures + 1, exc)
+            given_up = self._failures.failed(entry_id, f"{entry_id.decode()} of {self._stream}", exc)
+            if given_up is not None:
+                self._refuse("failed", given_up)
+            done = given_up is not None
         if done:
-            self._failures.pop(entry_id, None)
+            self._failures.forget(entry_id)
             await self._redis.xack(self._stream, GROUP, entry_id)
-
-    def _failed(self, entry_id: Any, failures: int, exc: Exception) -> bool:
-        """Count the ``failures``-th failure of an entry; whether it is given up (acknowledge it)."""
-        name, most, why = entry_id.decode(), self._config.max_deliveries, f"{type(exc).__name__}: {exc}"
-        if failures < most:
-            log.warning(
-                "fleet: entry %s of %s failed (try %d of %d): %s", name, self._stream, failures, most, why
-            )
-            self._failures[entry_id] = (failures, time.monotonic() + self._config.reconnect_max_s)
-            return False
-        self._refuse("failed", f"entry {name} failed {failures} times and is given up: {why}")
-        return True
 
     async def _apply(self, fields: Any) -> bool:
         """Apply one stop; whether it is done with (acknowledge it) or waits for its run (keep it)."""

@@ -6,7 +6,9 @@ Keys (docs/fleet.md, "The key layout"):
 - ``fleet:job:<id>``: the job's hash (``JobState`` in ``state``; who received it, progress, exit).
 - ``fleet:job:<id>:out``: its output, a stream capped by ``[fleet] output_max_entries``.
 - ``fleet:hb:<host>``: the host's heartbeat (JSON), expiring after ``[fleet] lease_s``.
-- ``fleet:hosts``: the set of host ids that ever sent a heartbeat.
+- ``fleet:hosts``: the set of host ids that sent a heartbeat (a reaper drops one silent for
+  ``[fleet] forget_host_after_s`` with nothing pending).
+- ``fleet:silent``: the hosts a reaper found without a heartbeat, scored by when it first did.
 - ``fleet:reaper``: the reaper lock, the id of the one host that marks dead hosts' pinned jobs lost.
 - ``fleet:dead``: the dead-letter stream: jobs delivered more than ``[fleet] max_deliveries`` times.
 - ``fleet:ctl:<host>``: the host's control stream (signed stops), read in ``GROUP`` too.
@@ -20,8 +22,10 @@ from enum import Enum
 #: The consumer group of every job stream: one group per stream, shared by every host that reads it,
 #: so a job on a tag stream goes to exactly one of them.
 GROUP = "pymgr"
-#: The set of every host id that has sent a heartbeat.
+#: The set of the host ids that have sent a heartbeat and were not forgotten (``roster.py``).
 HOSTS = "fleet:hosts"
+#: The hosts of ``HOSTS`` a reaper found without a heartbeat (a sorted set, scored by when it first did).
+SILENT = "fleet:silent"
 #: The reaper lock (a string with a TTL): the host id of the one live daemon acting as reaper.
 REAPER = "fleet:reaper"
 #: The dead-letter stream: each entry the job (``job``, ``sig``) and why it was given up.

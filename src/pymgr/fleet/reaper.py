@@ -24,6 +24,8 @@ Rules:
   (written before the host died) is only acknowledged. One Lua script
   checks and writes each, and does nothing if the host's heartbeat is back.
 - A tag's jobs are never lost: they wait for any host with the tag.
+- A dead host silent for ``forget_host_after_s`` with nothing pending is
+  dropped from ``fleet:hosts`` after its round (``roster.py``).
 - Redis errors end the round (a dead host's stream Redis refuses to read
   ends only that host's part); the next round tries again (the read loop
   does the reconnecting).
@@ -45,7 +47,8 @@ from pymgr.config import FleetConfig
 from pymgr.fleet import jobs
 from pymgr.fleet.claims import FINAL_STATES, PAGE, Claims, Take, pending_pages, text
 from pymgr.fleet.jobs import Job, JobRefused
-from pymgr.fleet.keyspace import GROUP, HOSTS, REAPER, JobState, heartbeat_key, job_key
+from pymgr.fleet.keyspace import GROUP, REAPER, JobState, heartbeat_key, job_key
+from pymgr.fleet.roster import Roster
 
 __all__ = ["Reaper"]
 
@@ -120,6 +123,7 @@ class Reaper:
         self._lock = redis.register_script(LOCK_SCRIPT)
         self._release = redis.register_script(RELEASE_SCRIPT)
         self._lost = redis.register_script(LOST_SCRIPT)
+        self._roster = Roster(redis, config.forget_host_after_s)
         self.holder = False
         self._refused = False
 
@@ -143,15 +147,13 @@ class Reaper:
         for stream in self._tag_streams:
             await self.claims.claim(stream)
         if holder:
-            for raw in sorted(await self._redis.smembers(HOSTS)):
-                host = text(raw)
-                if host != self._config.host_id and not await self._redis.exists(heartbeat_key(host)):
-                    try:
-                        await self._reap(host)
-                    except (
-                        ResponseError
-                    ) as exc:  # e.g. NOGROUP: a stream Redis lost and a submitter made again
-                        log.debug("fleet: the stream of dead host %s cannot be reaped (%s)", host, exc)
+            for host, silent_since in (await self._roster.silent_hosts(self._config.host_id)).items():
+                try:
+                    await self._reap(host)
+                except ResponseError as exc:  # e.g. NOGROUP: a stream Redis lost and a submitter made again
+                    log.debug("fleet: the stream of dead host %s cannot be reaped (%s)", host, exc)
+                    continue
+                await self._roster.forget_if_idle(host, silent_since)
 
     async def _hold(self) -> bool:
         """Renew or take the reaper lock: whether this host holds it (never with ``[fleet] reaper = false``)."""

@@ -14,8 +14,9 @@ Rules:
   takes it (``received``) in one script that checks for that first, so a
   cancelled job never runs, and a job taken is never cancelled.
 - The hash gets ``received`` before anything runs, ``running`` with the run's
-  id and ``running_at``, progress while it runs, and the final state with the exit; the output
-  goes into the job's capped stream as the run writes it.
+  id and ``running_at``, progress while it runs, and the final state with the exit
+  (``exit_code``, ``signal``, ``cancel_source``: ``shutdown`` for a run the host's own stop ended);
+  the output goes into the job's capped stream as the run writes it.
 - Every Redis write goes through ``write``, which retries until Redis takes
   it (the agent's ``write``): a Redis restart delays a report, never loses it.
 """
@@ -37,7 +38,7 @@ from pymgr.fleet.keyspace import JobState, job_key, output_key
 from pymgr.tasks.manager import TaskManager
 from pymgr.tasks.records import TaskRecord
 from pymgr.tasks.startchecks import FLEET_KEY_PREFIX
-from pymgr.tasks.states import TaskState
+from pymgr.tasks.states import TERMINAL, TaskState
 
 __all__ = ["JobRunner", "Report", "run_key"]
 
@@ -107,6 +108,11 @@ class JobRunner:
         """Whether this host already took ``job`` (a task job whose run is in the store)."""
         return job.kind == "task" and self._existing_run(job) is not None
 
+    def run_ended(self, job: Job) -> bool:
+        """Whether ``job``'s run is in the store and has ended (its follower is about to report it)."""
+        record = self._existing_run(job)
+        return record is not None and record.state in TERMINAL
+
     async def run(self, job: Job) -> dict[str, str]:
         """Run ``job`` to its end; the final fields of its hash (already written when this returns)."""
         fields = ("state", JobState.RECEIVED.value, "received_by", self._host_id, "received_at", _now())
@@ -150,6 +156,12 @@ class JobRunner:
             "task_id": str(record.id),
             "exit_code": "" if record.exit_code is None else str(record.exit_code),
         }
+        if record.signal:
+            final["signal"] = record.signal
+        if record.cancel_source:
+            final["cancel_source"] = record.cancel_source
+        if record.cancel_source == "shutdown":
+            final["error"] = f"host {self._host_id} shut down and stopped run {record.id}"
         if record.error:
             final["error"] = record.error
         return final

@@ -200,7 +200,8 @@ def _lifecycle_lines(config: Config) -> list[Line]:
             "TimeoutStopSec",
             str(_stop_timeout_s(config)),
             "Shutdown time: in-flight requests ([http] shutdown_timeout_s), "
-            "then task stops (the longest stop grace, then SIGKILL), plus a margin.",
+            "then task stops (the longest stop grace, then SIGKILL), the fleet's reports of them "
+            "([fleet] stop_report_s), plus a margin.",
         ),
         _kill_mode(config),
         (
@@ -309,7 +310,8 @@ def _kill_mode(config: Config) -> Line:
 def _stop_timeout_s(config: Config) -> int:
     graces = [t.stop_grace_s for t in config.tasks.types.values() if t.stop_grace_s is not None]
     longest = max([config.tasks.stop_grace_s, *graces])
-    return math.ceil(config.http.shutdown_timeout_s + longest + KILL_WAIT_S + STOP_MARGIN_S)
+    fleet_s = 0.0 if config.fleet is None else config.fleet.stop_report_s
+    return math.ceil(config.http.shutdown_timeout_s + longest + KILL_WAIT_S + fleet_s + STOP_MARGIN_S)
 
 
 def exec_arg(arg: str) -> str:

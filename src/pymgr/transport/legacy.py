@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 import socket
 from collections.abc import Coroutine
@@ -63,7 +64,7 @@ from pymgr.transport.conncount import ConnectionCounter
 from pymgr.transport.legacyconn import LegacyConnection
 from pymgr.transport.listeners import bind_host, is_loopback
 
-__all__ = ["LINGER_S", "ActionMissing", "LegacyServer"]
+__all__ = ["LEGACY_BACKLOG", "LINGER_S", "ActionMissing", "LegacyServer", "bind_legacy"]
 
 log = logging.getLogger("pymgr.legacy")
 
@@ -321,3 +322,29 @@ class LegacyServer:
                 f"signature for module {command.module!r} does not match; it must be the hex HMAC-MD5 "
                 "of the module name under the shared secret"
             )
+
+
+#: Backlog of the legacy listener ``bind_legacy`` binds: asyncio's create_server default.
+LEGACY_BACKLOG = 100
+
+
+def bind_legacy(legacy: LegacyConfig) -> socket.socket | None:
+    """The legacy listener when ``host`` is an IP address; ``None`` leaves binding to ``LegacyServer.start`` (the daemon's).
+
+    ``loop.create_server(host, port)`` resolves the host in libuv's thread pool
+    (4 threads) and imports the idna codec: 0.5 MiB of the idle daemon's RSS
+    (measured: VmRSS of the demo daemon after 1 s idle, 6 threads -> 2). This
+    binds as create_server does (SO_REUSEADDR, IPV6_V6ONLY, its backlog); a
+    host name or a failed bind goes the old way, with the same errors.
+    """
+    try:
+        address = ipaddress.ip_address(legacy.host)
+    except ValueError:
+        return None
+    if "%" in legacy.host:  # a scoped IPv6 address: create_server resolves the scope
+        return None
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    try:
+        return socket.create_server((legacy.host, legacy.port), family=family, backlog=LEGACY_BACKLOG)
+    except OSError:
+        return None
