@@ -61,6 +61,23 @@ def test_a_run_that_ends_during_the_wait(daemon: Daemon, wait: Wait) -> None:
         assert final.ended_at is not None and final == client.task(run.id)  # the complete record
 
 
+def test_a_timeout_of_0_looks_once_returning_an_ended_run_and_timing_out_a_running_one(
+    daemon: Daemon, wait: Wait
+) -> None:
+    with Client(socket=daemon.socket) as client:
+        ended = client.start_task("echo", {"word": "x"})
+        wait_until(lambda: client.task(ended.id).is_final, "the end")
+        assert wait(daemon.socket, ended.id, 0) == client.task(ended.id)
+        running = client.start_task("scan", {"task_id": 4, "duration": 30})
+        wait_until(lambda: client.task(running.id).state == "running", "running")
+        with pytest.raises(WaitTimeout) as info:
+            wait(daemon.socket, running.id, 0)
+        client.stop_task(running.id)
+        with pytest.raises(NotFound):
+            wait(daemon.socket, 999_999, 0)
+    assert (info.value.task_id, info.value.last_state, info.value.timeout_s) == (running.id, "running", 0)
+
+
 def test_a_wait_that_times_out_says_which_run_and_where_it_was(daemon: Daemon, wait: Wait) -> None:
     with Client(socket=daemon.socket) as client:
         run = client.start_task("scan", {"task_id": 2, "duration": 30})

@@ -136,6 +136,8 @@ class AsyncClient(api.Api):
     async def wait(self, task_id: int, timeout_s: float | None = None) -> TaskRecord:
         """As ``Client.wait``; ``timeout_s`` is kept exactly, and cancelling the wait cancels it at once."""
         waiting = Waiting(task_id, timeout_s)
+        if waiting.looks_once:
+            return waiting.at_once(await self.task(task_id))
         try:
             async with asyncio.timeout(timeout_s) as scope:
                 while True:

@@ -221,7 +221,8 @@ class Client(api.Api):
 
         Args:
             timeout_s: the most seconds to wait (None: no limit), kept exactly: every
-                read of the stream, and every retry, ends by then.
+                read of the stream, and every retry, ends by then. 0: no wait, the
+                run's record is read once (returned if it has ended).
 
         Raises:
             WaitTimeout: still not ended after ``timeout_s`` (a ``TimeoutError`` too).
@@ -229,6 +230,8 @@ class Client(api.Api):
             ConnectionFailed: the daemon could not be reached (after ``retry``, if any).
         """
         waiting = Waiting(task_id, timeout_s)
+        if waiting.looks_once:
+            return waiting.at_once(self.task(task_id))
         while True:
             opened = False
             request = api.events(task_id, None, None, None, waiting.deadline)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 
 from pymgr.client.replies import ConnectionFailed
-from pymgr.client.results import Event, TaskState
+from pymgr.client.results import Event, TaskRecord, TaskState
 from pymgr.errors import PymgrError
 
 
@@ -71,6 +71,18 @@ class Waiting:
         """Raise ``WaitTimeout`` if the time is up."""
         if self._deadline is not None and time.monotonic() >= self._deadline:
             raise self.timeout()
+
+    @property
+    def looks_once(self) -> bool:
+        """``timeout_s=0``: no wait at all; the run's record is read once (``at_once``)."""
+        return self.timeout_s == 0
+
+    def at_once(self, record: TaskRecord) -> TaskRecord:
+        """The record of a run looked at once: returned if it has ended, else ``WaitTimeout``."""
+        self.last_state = record.state
+        if record.is_final:
+            return record
+        raise self.timeout()
 
     def timeout(self) -> WaitTimeout:
         assert self.timeout_s is not None
