@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from pymgr.client import AsyncClient, TaskState
+from pymgr.client import AsyncClient, TaskRecord, TaskState
 from pymgr.console import forms, reauth
 from pymgr.console.audit_page import audit_page
 from pymgr.console.auth_routes import Refusal
@@ -60,12 +60,19 @@ async def _startable(client: AsyncClient) -> list[tuple[str, list[forms.Field]]]
     return [(t.name, forms.fields_of(t.params)) for t in await client.task_types() if t.name in allowed]
 
 
+async def _runs_page(
+    client: AsyncClient, size: int, before: int | None = None, **filters: str
+) -> tuple[list[TaskRecord], int | None]:
+    """A page of runs, and the cursor of the older page (None: this is the last). One more run than
+    the page holds is asked for, so that a last page exactly full links to no empty page."""
+    runs = await client.tasks(limit=size + 1, before=before, **filters)
+    return runs[:size], (runs[size - 1].id if len(runs) > size else None)
+
+
 async def tasks_page(request: Request, console: Console, session: Session) -> Response:
     client = console.person(session)
     filters, before = _filters(request), _before(request)
-    size = console.config.page_size
-    runs = await client.tasks(limit=size, before=before, **filters)
-    older = runs[-1].id if len(runs) == size else None
+    runs, older = await _runs_page(client, console.config.page_size, before, **filters)
     return console.render(
         request,
         "tasks.html",
@@ -100,7 +107,7 @@ async def start_task(request: Request, console: Console, session: Session) -> Re
             return RedirectResponse(f"/tasks/{record.id}", 303)
         except PymgrError as exc:
             errors = forms.daemon_errors(exc.details) or {"": str(exc)}
-    runs = await client.tasks(limit=console.config.page_size)
+    runs, older = await _runs_page(client, console.config.page_size)
     return console.render(
         request,
         "tasks.html",
@@ -109,7 +116,7 @@ async def start_task(request: Request, console: Console, session: Session) -> Re
         runs=runs,
         filters={},
         states=STATES,
-        older=None,
+        older=older,
         paged=False,
         live=True,
         startable=list(startable.items()),
