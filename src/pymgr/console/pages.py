@@ -33,8 +33,6 @@ if TYPE_CHECKING:
     from pymgr.console.state import Console, Handler
 
 STATES: tuple[str, ...] = typing.get_args(TaskState)
-#: Runs the status page counts by state: one page of the daemon's (its default list_max_limit).
-STATUS_SAMPLE = 500
 #: The tasks page's filters: each a ``GET /v1/tasks`` filter of the same name.
 FILTERS = ("state", "type", "key", "started_by")
 #: Most bytes of a log shown inside the task page (the whole log is a download).
@@ -196,17 +194,15 @@ async def status_page(request: Request, console: Console, session: Session) -> R
     client = console.person(session)
     health = await client.health()
     try:
-        recent = await client.tasks(limit=STATUS_SAMPLE)
+        counts = await client.task_counts()
     except PymgrError:  # a person who may not read tasks still sees the daemon's health
-        recent = []
-    counts = {state: sum(1 for r in recent if r.state == state) for state in STATES}
+        counts = None
     return console.render(
         request,
         "status.html",
         session=session,
         health=health,
         counts=counts,
-        sampled=len(recent),
         watching=console.hub.watching,
         hub_connected=console.hub.connected,
         sessions=len(console.sessions),

@@ -101,6 +101,12 @@ class Tasks(Module):
         return self.manager.get(id).to_dict()
 
     @action(read_only=True)
+    async def counts(self) -> shapes.TaskCounts:
+        """How many runs the daemon holds in each state: all of them (as far as the retention keeps
+        them), counted by the store in one query, not a page of records."""
+        return self.manager.count_runs()
+
+    @action(read_only=True)
     async def types(self) -> list[shapes.TaskType]:
         """The task types that can be started, with their parameter schemas."""
         return self.manager.describe_types()
@@ -199,6 +205,7 @@ class Tasks(Module):
 TASK_OPERATIONS: dict[Callable[..., Any], str] = {
     Tasks.list_runs: "tasks.read",
     Tasks.show: "tasks.read",
+    Tasks.counts: "tasks.read",
     Tasks.types: "tasks.read",
     Tasks.events: "tasks.read",
     Tasks.start: "tasks.start",

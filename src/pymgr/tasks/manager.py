@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pymgr.config import TasksConfig
 from pymgr.core.identity import INTERNAL, Identity
@@ -100,12 +100,7 @@ class TaskManager:
         self._clock = clock
         engine = build_engine(config, state_dir, store, self.cgroups, clock, metrics, self._hooks())
         self.events, self.logs = engine.events, engine.logs
-        self._store, self._queue, self._table, self._link = (
-            engine.store,
-            engine.queue,
-            engine.table,
-            engine.link,
-        )
+        self._store, self._table, self._link = engine.store, engine.table, engine.link
         self._transitions, self._spawns, self._intake = engine.transitions, engine.spawns, engine.intake
         self._supervision = engine.supervision
         self._table.use_types(self._types, config.stop_grace_s)
@@ -252,6 +247,11 @@ class TaskManager:
             state=parse_state(state), type=type, key=key, limit=limit, before=before, started_by=started_by
         )
         return [self._table.with_progress(r) for r in records]
+
+    def count_runs(self) -> shapes.TaskCounts:
+        """The runs in the store by state, every state named: one query, whatever the history's size."""
+        counts = self._store.count_by_state()  # cast: a comprehension cannot build a TypedDict
+        return cast(shapes.TaskCounts, {state.value: counts.get(state, 0) for state in TaskState})
 
     def describe_types(self) -> list[shapes.TaskType]:
         """Every task type: name, doc and the JSON Schema of its parameters."""
