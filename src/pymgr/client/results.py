@@ -285,9 +285,8 @@ class TaskCounts:
     @classmethod
     def from_json(cls, value: JsonValue) -> TaskCounts:
         f = Fields(value, "task counts")
-        return cls(
-            *(f.integer(state) for state in get_args(TaskState))
-        )  # the fields are in TaskState's order
+        # The fields are declared in TaskState's order.
+        return cls(*(f.integer(state) for state in get_args(TaskState)))
 
     def by_state(self) -> dict[TaskState, int]:
         """The counts keyed by state, in ``TaskState``'s order."""
