@@ -24,6 +24,7 @@ from pymgr.client import (
     JsonValue,
     ModuleInfo,
     Retry,
+    TaskCounts,
     TaskRecord,
     TaskState,
     TaskTypeInfo,
@@ -40,6 +41,9 @@ def blocking(socket: str | None) -> TaskRecord:
         callable_actions = [f"{m.name}.{a.name}" for m in modules for a in m.actions if a.allowed]
         print("you may call:", ", ".join(callable_actions))
         assert_type(client.task_types(), list[TaskTypeInfo])
+        counts = assert_type(client.task_counts(), TaskCounts)
+        assert_type(counts.by_state(), dict[TaskState, int])
+        print(f"{counts.total} runs kept, {counts.running} running")
         assert_type(client.call("demo", "echo", word="hi"), JsonValue)
 
         run = assert_type(
@@ -66,6 +70,7 @@ def blocking(socket: str | None) -> TaskRecord:
 async def asynchronous(socket: str | None, task_id: int) -> TaskRecord:
     async with AsyncClient(socket=socket) as client:
         assert_type(await client.tasks(limit=5), list[TaskRecord])
+        assert_type(await client.task_counts(), TaskCounts)
         return assert_type(await client.wait(task_id, timeout_s=60), TaskRecord)
 
 

@@ -24,6 +24,7 @@ PAIRS = [
     (results.ModuleInfo, "Module"),
     (results.ActionInfo, "Action"),
     (results.TaskTypeInfo, "TaskType"),
+    (results.TaskCounts, "TaskCounts"),
     (results.Event, "Event"),
 ]
 

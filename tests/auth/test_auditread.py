@@ -82,6 +82,15 @@ def test_a_scan_reads_at_most_its_budget_and_pages_on(tmp_path: Path) -> None:
     assert seen == list(range(29, -1, -1)) and pages == 6
 
 
+def test_a_last_page_exactly_full_has_no_cursor_to_an_empty_page(tmp_path: Path) -> None:
+    lines = [line(n, outcome="error" if 10 <= n < 20 else "ok") for n in range(40)]
+    write(tmp_path / "audit.log", lines)  # across rotations: older files with nothing that matches
+    reader = AuditReader(tmp_path / "audit.log", backups=20, max_scan_bytes=1 << 20)
+    assert walk(reader, limit=10, outcome="error") == (list(range(19, 9, -1)), 1)
+    assert walk(reader, limit=5, outcome="error") == (list(range(19, 9, -1)), 2)  # each page's last match
+    assert walk(reader, limit=20) == (list(range(39, -1, -1)), 2)
+
+
 def test_filters(tmp_path: Path) -> None:
     alice = {"uid": 999, "user": "pymgr-console", "person": "console:alice", "roles": ["operators"]}
     lines = [

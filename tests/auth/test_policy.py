@@ -181,6 +181,10 @@ def test_bad_subjects_say_what_to_write(text: str, message: str) -> None:
             r"^action pattern 'tasks\.stop:' needs a task type after the colon, or \* for every type$",
         ),
         ("tasks.list", r"^action pattern 'tasks\.list': task reads are one operation; write tasks\.read$"),
+        (
+            "tasks.counts",
+            r"^action pattern 'tasks\.counts': task reads are one operation; write tasks\.read$",
+        ),
         ("demo.*:write", r"^action pattern 'demo\.\*:write': after ':' only 'read' may follow"),
         (":read", r"^action pattern ':read': after ':' only 'read' may follow"),
         ("demo.echo; rm", r"^action pattern 'demo\.echo; rm' has characters other than names"),

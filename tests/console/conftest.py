@@ -82,6 +82,16 @@ class Console:
     daemon: Daemon
     dir: Path
     server: uvicorn.Server
+    #: The console's event loop (in its own thread): its state is touched only from there.
+    loop: asyncio.AbstractEventLoop
+
+    def in_loop(self, fn: Callable[[], object]) -> None:
+        """Call ``fn`` in the console's event loop, and wait for it."""
+
+        async def call() -> None:
+            fn()
+
+        asyncio.run_coroutine_threadsafe(call(), self.loop).result(timeout=10)
 
     def drop_connections(self) -> None:
         """Close every open connection of the console, as a network failure would (its streams too)."""
@@ -116,17 +126,23 @@ def submit_login(http: httpx.Client, name: str, password: str) -> httpx.Response
     )
 
 
-def _serve(app: Starlette) -> tuple[str, uvicorn.Server, threading.Thread]:
+def _serve(app: Starlette) -> tuple[str, uvicorn.Server, threading.Thread, asyncio.AbstractEventLoop]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", proxy_headers=False))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def serve() -> None:
+        loops.append(asyncio.get_running_loop())
+        await server.serve(sockets=[sock])
+
+    thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started:
         assert time.monotonic() < deadline, "the console did not start"
         time.sleep(0.02)
-    return f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread
+    return f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread, loops[0]
 
 
 @pytest.fixture
@@ -143,9 +159,9 @@ def start_console(start_daemon: Callable[..., Daemon], tmp_path: Path) -> Iterat
         )
         clock = Clock()
         app = create_app(config, clock)
-        url, server, thread = _serve(app)
+        url, server, thread, loop = _serve(app)
         servers.append((server, thread))
-        return Console(url, app, clock, daemon, tmp_path, server)
+        return Console(url, app, clock, daemon, tmp_path, server, loop)
 
     yield start
     for server, thread in servers:

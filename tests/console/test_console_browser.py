@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from pymgr.client import Client
+from pymgr.client import Client, Event
 from tests.conftest import wait_for
 from tests.console.conftest import PASSWORDS, Console
 from tests.tasks.taskhelpers import gone
@@ -327,3 +327,41 @@ def test_a_run_that_ended_before_the_page_listened_is_shown_ended(page: Any, con
     page.locator(f'[data-state-of="{task_id}"]', has_text="stopped").wait_for(timeout=SHOWN_MS)
     page.locator(f'[data-ending-of="{task_id}"]', has_text="signal SIGTERM").wait_for(timeout=SHOWN_MS)
     assert page.locator(f'[data-stop-of="{task_id}"]').is_hidden()
+
+
+def test_a_gap_brings_the_pages_live_parts_up_to_date_without_a_reload(page: Any, console: Console) -> None:
+    signed_in(page, console)
+    hub = console.app.state.console.hub
+    publish = hub.publish
+    gap = Event(id=None, kind="gap", time=None, data={"dropped": 1})
+    task_id = start_scan(console, duration=30)
+    url = f"{console.url}/tasks/{task_id}"
+    with Client(socket=console.daemon.socket) as daemon:
+        wait_for(lambda: daemon.task(task_id).state == "running")
+        with page.expect_response(lambda r: r.url == url and r.request.resource_type == "fetch"):
+            page.goto(url)  # the page copies itself once its event stream is open: then it listens
+        page.locator("#log", has_text="scan 5: ").wait_for(timeout=SHOWN_MS)
+        page.evaluate("window.notReloaded = true")
+        log = page.locator("#log").inner_text()
+        console.in_loop(lambda: setattr(hub, "publish", lambda event: None))  # the events are lost
+        daemon.stop_task(task_id)
+        daemon.wait(task_id, timeout_s=20)
+        time.sleep(0.5)
+        assert page.locator(f'[data-state-of="{task_id}"]').inner_text() == "running"
+        console.in_loop(lambda: (delattr(hub, "publish"), publish(gap)))
+        page.locator(f'[data-state-of="{task_id}"]', has_text="stopped").wait_for(timeout=SHOWN_MS)
+        page.locator(f'[data-ending-of="{task_id}"]', has_text="signal SIGTERM").wait_for(timeout=SHOWN_MS)
+        assert page.locator(f'[data-stop-of="{task_id}"]').is_hidden()
+        assert page.evaluate("window.notReloaded") is True
+        assert page.locator("#log").inner_text().startswith(log)  # the log view is the one it was
+        with page.expect_response(
+            lambda r: r.url == f"{console.url}/tasks" and r.request.resource_type == "fetch"
+        ):
+            page.goto(f"{console.url}/tasks")
+        console.in_loop(lambda: setattr(hub, "publish", lambda event: None))
+        newer = start_scan(console, duration=0)
+        daemon.wait(newer, timeout_s=20)
+        time.sleep(0.5)
+        assert page.locator(f"#task-{newer}").count() == 0
+        console.in_loop(lambda: (delattr(hub, "publish"), publish(gap)))
+        page.locator(f"#task-{newer}", has_text="succeeded").wait_for(timeout=SHOWN_MS)

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from contextlib import closing
+from pathlib import Path
 
 import httpx
+import pytest
 
+from bench import task_history
 from pymgr.client import Client
+from pymgr.errors import Forbidden
 from tests.conftest import wait_for
 from tests.console.conftest import Console, form_token
 
@@ -140,3 +145,25 @@ def test_the_audit_page_names_the_person_of_each_call_and_is_the_policys_to_allo
     with closing(console.login("bob")) as http:
         refused = http.get("/audit")
         assert refused.status_code == 403 and "console:bob" in refused.text
+
+
+def test_the_status_page_counts_every_run_by_state_not_the_newest_page(
+    start_console: Callable[..., Console], tmp_path: Path
+) -> None:
+    task_history.seed(tmp_path / "d" / "state", 600)  # the daemon's store, before it starts
+    console = start_console()
+    with closing(console.login("bob")) as bob, Client(socket=console.daemon.socket) as daemon:
+        page = bob.get("/status").text
+        with pytest.raises(Forbidden, match="tasks"):  # as for the list: a person without tasks.read
+            daemon.acting_for("carol").task_counts()
+    shown = dict(re.findall(r'<a href="/tasks\?state=(\w+)">\w+</a></td><td>(\d+)</td>', page))
+    assert shown == {
+        "queued": "0",
+        "running": "0",
+        "succeeded": "510",
+        "failed": "60",
+        "stopped": "30",
+        "timed_out": "0",
+        "lost": "0",
+    }, page
+    assert '<th scope="row">all</th><td>600</td>' in page

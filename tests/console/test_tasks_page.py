@@ -9,8 +9,11 @@ from collections.abc import Callable
 from contextlib import closing
 
 import httpx
+import pydantic
+import pytest
 
 from pymgr.client import Client
+from pymgr.console.config import ConsoleConfig
 from tests.conftest import wait_for
 from tests.console.conftest import Console, form_token
 from tests.console.test_console_pages import _sse_events
@@ -53,6 +56,26 @@ def test_filters_by_person_state_and_key_and_pages_by_the_cursor(
         assert nobody.status_code == 200 and "No runs match these filters" in nobody.text
         bad = alice.get("/tasks", params={"state": "sleeping"})
         assert bad.status_code == 400 and "sleeping" in bad.text
+
+
+def test_a_last_page_exactly_full_links_to_no_older_page(start_console: Callable[..., Console]) -> None:
+    console = start_console(page_size=2)
+    with closing(console.login("alice")) as alice, Client(socket=console.daemon.socket) as daemon:
+        runs = [
+            daemon.acting_for("alice", ["operators"]).start_task("scan", {"task_id": n}).id for n in range(4)
+        ]
+        first = alice.get("/tasks").text
+        assert _rows(first) == [runs[3], runs[2]]
+        older = re.search(r'href="(/tasks\?before=\d+)" rel="next"', first)
+        assert older, first
+        second = alice.get(older.group(1)).text
+        assert _rows(second) == [runs[1], runs[0]] and 'rel="next"' not in second  # nothing older to link
+        assert 'rel="next"' not in alice.get("/tasks", params={"key": "none-such"}).text
+
+
+def test_the_page_size_leaves_room_for_the_one_more_run_asked() -> None:
+    with pytest.raises(pydantic.ValidationError, match="less than or equal to 499"):
+        ConsoleConfig.model_validate({"socket": "/x.sock", "users_file": "/x.json", "page_size": 500})
 
 
 def test_a_runs_duration_and_end_are_written_by_the_server(console: Console) -> None:

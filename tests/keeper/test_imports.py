@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 import pymgr
+import pymgr.keeper
+from tests.importcycles import first_cycle
 
 SRC = Path(pymgr.__file__).parent
 KEEPER = sorted((SRC / "keeper").glob("*.py"))
@@ -53,6 +55,12 @@ def test_the_link_protocol_imports_nothing_of_the_keeper(path: Path) -> None:
 @pytest.mark.parametrize("name", LEAVES)
 def test_each_allowed_leaf_imports_only_the_standard_library(name: str) -> None:
     assert sorted(name for name in imported(SRC / name) if outside(name, ())) == []
+
+
+def test_the_keeper_package_has_no_import_cycle() -> None:
+    """Type-only imports count: the request handlers name the loop's state by a Protocol of their own."""
+    cycle = first_cycle(pymgr.keeper)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
 def test_the_keeper_package_is_where_it_is_pinned() -> None:

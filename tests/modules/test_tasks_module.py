@@ -94,10 +94,11 @@ async def test_types(dispatcher: Dispatcher) -> None:
 
 def test_schema_hides_the_caller_and_marks_read_only(dispatcher: Dispatcher) -> None:
     described = {a["name"]: a for a in dispatcher.registry.describe()[0]["actions"]}
-    assert set(described) == {"list", "show", "types", "start", "stop", "logs", "events"}
+    assert set(described) == {"list", "show", "counts", "types", "start", "stop", "logs", "events"}
     assert {name for name, a in described.items() if a["read_only"]} == {
         "list",
         "show",
+        "counts",
         "types",
         "logs",
         "events",

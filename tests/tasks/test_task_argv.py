@@ -165,6 +165,18 @@ def test_describe_shows_the_params_schema() -> None:
     assert described["params"]["required"] == ["n"]
 
 
+def test_the_params_schema_is_made_once_and_each_caller_gets_its_own_copy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    t = compile_type("t", type_config(["x", "{n}"], n={"type": "int"}), TasksConfig())
+    first = t.describe()["params"]
+    made: list[object] = []
+    monkeypatch.setattr(t.params_model, "model_json_schema", lambda *a, **k: made.append(a) or {})
+    first["properties"].clear()  # a caller's change stays its own
+    assert t.describe()["params"]["properties"] == {"n": {"title": "N", "type": "integer"}}
+    assert made == []  # the second describe did not build it again
+
+
 INJECTION = "1; touch {marker} && echo pwned $(id) `id` | cat > {marker}"
 
 

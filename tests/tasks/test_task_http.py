@@ -15,7 +15,7 @@ import httpx
 import pytest
 from survivalhelpers import states, wait_until
 
-from pymgr.client import Client
+from pymgr.client import AsyncClient, Client
 from pymgr.errors import NotFound, ParamsInvalid
 from tests.conftest import PYMGR, Daemon
 
@@ -190,3 +190,24 @@ def test_cli_logs_follow_and_watch(daemon: Daemon) -> None:
     assert out.returncode == 1 and re.match(
         r"^error: bad_params: offset 999999 is past the end of task", out.stderr
     )
+
+
+async def test_counts_by_state_through_http_and_both_clients(daemon: Daemon, http: httpx.Client) -> None:
+    with Client(socket=daemon.socket) as client:
+        ok = client.start_task("echo", {"word": "x"})
+        client.wait(ok.id, timeout_s=20)
+        counts = client.task_counts()
+    assert counts.succeeded == 1 and counts.total == 1 and counts.by_state()["failed"] == 0
+    assert list(counts.by_state()) == [
+        "queued",
+        "running",
+        "succeeded",
+        "failed",
+        "stopped",
+        "timed_out",
+        "lost",
+    ]
+    assert http.get("/v1/task-counts").json() == {"ok": True, "result": counts.to_json()}
+    assert http.post("/v1/task-counts").status_code == 405
+    async with AsyncClient(socket=daemon.socket) as aclient:
+        assert await aclient.task_counts() == counts

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench import task_history
 from pymgr.tasks.records import TaskRecord
 from pymgr.tasks.states import TaskState
 from pymgr.tasks.store import SCHEMA_VERSION, SqliteStore
 from pymgr.tasks.store.schema import STARTER_SQL
+from pymgr.tasks.store.sqlite import COUNT_BY_STATE_SQL
 from tests.tasks.test_task_store import end, make, record
 
 
@@ -78,6 +81,30 @@ def test_each_filter_walks_its_index_in_id_order(
     query = f"EXPLAIN QUERY PLAN SELECT * FROM runs WHERE {column} = ? AND id < ? ORDER BY id DESC LIMIT ?"
     found = " | ".join(row[3] for row in store._db.execute(query, (value, 5, 3)))
     assert f"USING INDEX {index} (" in found and "TEMP B-TREE" not in found, found
+
+
+def test_the_counts_by_state_are_one_group_by_over_the_state_index(store: SqliteStore) -> None:
+    assert store.count_by_state() == {TaskState.QUEUED: 2, TaskState.SUCCEEDED: 8}
+    plan = " | ".join(row[3] for row in store._db.execute(f"EXPLAIN QUERY PLAN {COUNT_BY_STATE_SQL}"))
+    assert "USING COVERING INDEX runs_state" in plan and "TEMP B-TREE" not in plan, plan
+
+
+def test_counting_a_full_history_stays_cheap(tmp_path: Path) -> None:
+    """Not a benchmark (docs/performance.md has those): a bound far above what it takes, so that a
+    count that came to read every row, or a row at a time, fails here."""
+    task_history.seed(tmp_path, 10_000)  # [tasks] max_records's default, shaped like a busy host's
+    store = make(tmp_path, max_records=10_000)
+    assert store.count_by_state() == {
+        TaskState.SUCCEEDED: 8500,
+        TaskState.FAILED: 1000,
+        TaskState.STOPPED: 500,
+    }
+    took = []
+    for _ in range(5):
+        started = time.perf_counter()
+        store.count_by_state()
+        took.append(time.perf_counter() - started)
+    assert min(took) < 0.05, took  # about 1 ms on a quiet machine
 
 
 def test_a_schema_2_store_gets_the_indexes(tmp_path: Path) -> None:

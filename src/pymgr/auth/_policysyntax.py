@@ -227,7 +227,7 @@ def _check_plain(text: str, glob: str) -> None:
         raise ValueError(
             f"action pattern {text!r} needs a task type: write {glob}:TYPE, or {glob}:* for every type"
         )
-    if glob in ("tasks.list", "tasks.show", "tasks.types"):
+    if glob in ("tasks.list", "tasks.show", "tasks.counts", "tasks.types"):
         raise ValueError(f"action pattern {text!r}: task reads are one operation; write tasks.read")
     if "." not in glob and glob.strip("*") != "":
         raise ValueError(

@@ -16,6 +16,9 @@ Rules:
   ``max_scan_bytes`` of lines, counted as read (a line too large to keep
   counts every byte of it) (a rare filter may return fewer than ``limit``
   records, with a cursor to go on from); every request does bounded work.
+  A full page reads on, within the same budget, for one more match: ``next``
+  is None when nothing older matches, so a last page exactly full does not
+  lead to an empty one.
 - The cursor (``next``, given back as ``before``) is ``INODE-OFFSET``: the
   file by its inode, which a rotation's rename keeps, and the offset of the
   first line not read yet. A cursor whose file has been rotated away gives an
@@ -191,9 +194,10 @@ class AuditReader:
                         size,
                         self.max_scan_bytes,
                     )
-                if not page.take(size, line):
-                    last = page.done or (offset == 0 and index == len(files) - 1)  # nothing is left to read
-                    return page.reply(None if last else f"{file.inode}-{offset}")
+                here = f"{file.inode}-{offset}"
+                if not page.take(size, line, here):
+                    at_end = offset == 0 and index == len(files) - 1  # nothing is left to read
+                    return page.reply(page.next_cursor(here, at_end))
         return page.reply(None)
 
 
@@ -209,10 +213,15 @@ class _Page:
         self.too_large = 0
         #: Nothing older can match (``since``): the page is the last.
         self.done = False
+        #: Once the page is full: the cursor after its last record. The scan goes on for one more match,
+        #: so that a last page exactly full has no cursor to an empty page.
+        self.full_at: str | None = None
+        #: A match past a full page was found: there is an older page.
+        self.more = False
 
-    def take(self, size: int, line: bytes | None) -> bool:
-        """Look at one line of ``size`` bytes read (None: too large to keep); False once the page is full,
-        out of budget or past ``since``."""
+    def take(self, size: int, line: bytes | None, here: str) -> bool:
+        """Look at one line of ``size`` bytes read (None: too large to keep) at cursor ``here``; False once
+        a match is found past a full page, or out of budget, or past ``since``."""
         self.scanned += size
         record = _record(line)
         if line is None:
@@ -225,8 +234,21 @@ class _Page:
                 self.done = True
                 return False
             if _matches(self.query, record):
+                if self.full_at is not None:
+                    self.more = True
+                    return False
                 self.records.append(record)
-        return len(self.records) < self.query.limit and self.scanned < self.budget
+                if len(self.records) == self.query.limit:
+                    self.full_at = here
+        return self.scanned < self.budget
+
+    def next_cursor(self, here: str, at_end: bool) -> str | None:
+        """The next page's cursor once the scan stopped at ``here`` (None: nothing older matches)."""
+        if self.more:
+            return self.full_at
+        if self.done or at_end:
+            return None
+        return self.full_at or here  # out of budget: what is older is not known
 
     def reply(self, next_cursor: str | None) -> AuditPage:
         return {

@@ -23,7 +23,7 @@ import httpx
 from pymgr.client.delegation import OnBehalfOf
 from pymgr.client.fields import JsonObject, JsonValue, list_of
 from pymgr.client.replies import decode, opened
-from pymgr.client.results import Health, ModuleInfo, TaskRecord, TaskTypeInfo
+from pymgr.client.results import Health, ModuleInfo, TaskCounts, TaskRecord, TaskTypeInfo
 from pymgr.client.retry import Retry
 from pymgr.client.target import Target, security_options
 from pymgr.errors import PymgrError
@@ -160,6 +160,10 @@ def stop_task(task_id: str | int) -> Request[TaskRecord]:
 
 def task_types() -> Request[list[TaskTypeInfo]]:
     return Request("GET", "/v1/task-types", _json(list_of(TaskTypeInfo.from_json, "task type list")))
+
+
+def task_counts() -> Request[TaskCounts]:
+    return Request("GET", "/v1/task-counts", _json(TaskCounts.from_json))
 
 
 def logs(task_id: str | int, offset: int, progress: bool = True) -> Request[bytes]:

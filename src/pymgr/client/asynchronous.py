@@ -14,7 +14,7 @@ from pymgr._sse import SseParser
 from pymgr.client import api
 from pymgr.client.fields import JsonValue
 from pymgr.client.replies import ConnectionFailed, connection_failed
-from pymgr.client.results import Event, Health, ModuleInfo, TaskRecord, TaskTypeInfo
+from pymgr.client.results import Event, Health, ModuleInfo, TaskCounts, TaskRecord, TaskTypeInfo
 from pymgr.client.waiting import Waiting
 from pymgr.errors import PymgrError
 from pymgr.keeper.progress import ProgressLineFilter
@@ -101,6 +101,10 @@ class AsyncClient(api.Api):
     async def task_types(self) -> list[TaskTypeInfo]:
         """As ``Client.task_types``."""
         return await self._send(api.task_types())
+
+    async def task_counts(self) -> TaskCounts:
+        """As ``Client.task_counts``."""
+        return await self._send(api.task_counts())
 
     async def logs(self, task_id: str | int, offset: int = 0, progress: bool = True) -> bytes:
         """As ``Client.logs``."""

@@ -15,7 +15,7 @@ from pymgr.client import api
 from pymgr.client.fields import JsonValue
 from pymgr.client.network import BlockingTransport, reads_until
 from pymgr.client.replies import ConnectionFailed, connection_failed
-from pymgr.client.results import Event, Health, ModuleInfo, TaskRecord, TaskTypeInfo
+from pymgr.client.results import Event, Health, ModuleInfo, TaskCounts, TaskRecord, TaskTypeInfo
 from pymgr.client.waiting import Waiting
 from pymgr.errors import PymgrError
 from pymgr.keeper.progress import ProgressLineFilter
@@ -150,6 +150,15 @@ class Client(api.Api):
     def task_types(self) -> list[TaskTypeInfo]:
         """The task types a client may start, with their parameter JSON Schemas."""
         return self._send(api.task_types())
+
+    def task_counts(self) -> TaskCounts:
+        """How many runs the daemon holds in each state: every run its store keeps, counted by the daemon
+        (``tasks.counts``; the policy decides as for ``tasks.list``).
+
+        Raises:
+            Forbidden: the policy does not let the caller read tasks.
+        """
+        return self._send(api.task_counts())
 
     def logs(self, task_id: str | int, offset: int = 0, progress: bool = True) -> bytes:
         """A task's output from logical ``offset`` to its current end.

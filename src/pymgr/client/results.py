@@ -271,6 +271,36 @@ class ModuleInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskCounts:
+    """``GET /v1/task-counts``: how many runs the daemon holds in each state (all it keeps, not a page)."""
+
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    stopped: int
+    timed_out: int
+    lost: int
+
+    @classmethod
+    def from_json(cls, value: JsonValue) -> TaskCounts:
+        f = Fields(value, "task counts")
+        # The fields are declared in TaskState's order.
+        return cls(*(f.integer(state) for state in get_args(TaskState)))
+
+    def by_state(self) -> dict[TaskState, int]:
+        """The counts keyed by state, in ``TaskState``'s order."""
+        return {state: getattr(self, state) for state in get_args(TaskState)}
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_state().values())
+
+    def to_json(self) -> JsonObject:
+        return _wire(self)
+
+
+@dataclass(frozen=True, slots=True)
 class TaskTypeInfo:
     """One task type of ``GET /v1/task-types``."""
 

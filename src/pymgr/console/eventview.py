@@ -3,7 +3,9 @@
 Rules:
 - A ``state`` event carries the run's table row, rendered here (``_row.html``), with its duration and
   how it ended, so a page replaces the row without asking the console again; ``progress`` is passed on
-  as it came; ``gap`` tells a page it missed events. Other kinds are not sent.
+  as it came; ``gap`` tells a page it missed events (the daemon's ``gap``: the hub fell behind; or its
+  ``reset``: the hub's stream reopened past events the daemon no longer holds), and the page fetches
+  its live parts again. Other kinds are not sent.
 - It knows the templates only, not the console's state, so the state can give it to the hub.
 """
 
@@ -43,6 +45,6 @@ def browser_event(templates: Environment, event: Event) -> bytes | None:
         record = TaskRecord.from_json(data)
         row = templates.get_template("_row.html").render(run=record)
         return sse(json.dumps({"id": record.id, "state": record.state, "row": row, **_took(record)}), "state")
-    if event.kind == "gap":
+    if event.kind in ("gap", "reset"):
         return sse("{}", "gap")
     return None

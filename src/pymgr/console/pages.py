@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from pymgr.client import AsyncClient, TaskState
+from pymgr.client import AsyncClient, TaskRecord, TaskState
 from pymgr.console import forms, reauth
 from pymgr.console.audit_page import audit_page
 from pymgr.console.auth_routes import Refusal
@@ -33,8 +33,6 @@ if TYPE_CHECKING:
     from pymgr.console.state import Console, Handler
 
 STATES: tuple[str, ...] = typing.get_args(TaskState)
-#: Runs the status page counts by state: one page of the daemon's (its default list_max_limit).
-STATUS_SAMPLE = 500
 #: The tasks page's filters: each a ``GET /v1/tasks`` filter of the same name.
 FILTERS = ("state", "type", "key", "started_by")
 #: Most bytes of a log shown inside the task page (the whole log is a download).
@@ -60,12 +58,19 @@ async def _startable(client: AsyncClient) -> list[tuple[str, list[forms.Field]]]
     return [(t.name, forms.fields_of(t.params)) for t in await client.task_types() if t.name in allowed]
 
 
+async def _runs_page(
+    client: AsyncClient, size: int, before: int | None = None, **filters: str
+) -> tuple[list[TaskRecord], int | None]:
+    """A page of runs, and the cursor of the older page (None: this is the last). One more run than
+    the page holds is asked for, so that a last page exactly full links to no empty page."""
+    runs = await client.tasks(limit=size + 1, before=before, **filters)
+    return runs[:size], (runs[size - 1].id if len(runs) > size else None)
+
+
 async def tasks_page(request: Request, console: Console, session: Session) -> Response:
     client = console.person(session)
     filters, before = _filters(request), _before(request)
-    size = console.config.page_size
-    runs = await client.tasks(limit=size, before=before, **filters)
-    older = runs[-1].id if len(runs) == size else None
+    runs, older = await _runs_page(client, console.config.page_size, before, **filters)
     return console.render(
         request,
         "tasks.html",
@@ -100,7 +105,7 @@ async def start_task(request: Request, console: Console, session: Session) -> Re
             return RedirectResponse(f"/tasks/{record.id}", 303)
         except PymgrError as exc:
             errors = forms.daemon_errors(exc.details) or {"": str(exc)}
-    runs = await client.tasks(limit=console.config.page_size)
+    runs, older = await _runs_page(client, console.config.page_size)
     return console.render(
         request,
         "tasks.html",
@@ -109,7 +114,7 @@ async def start_task(request: Request, console: Console, session: Session) -> Re
         runs=runs,
         filters={},
         states=STATES,
-        older=None,
+        older=older,
         paged=False,
         live=True,
         startable=list(startable.items()),
@@ -189,17 +194,15 @@ async def status_page(request: Request, console: Console, session: Session) -> R
     client = console.person(session)
     health = await client.health()
     try:
-        recent = await client.tasks(limit=STATUS_SAMPLE)
+        counts = await client.task_counts()
     except PymgrError:  # a person who may not read tasks still sees the daemon's health
-        recent = []
-    counts = {state: sum(1 for r in recent if r.state == state) for state in STATES}
+        counts = None
     return console.render(
         request,
         "status.html",
         session=session,
         health=health,
         counts=counts,
-        sampled=len(recent),
         watching=console.hub.watching,
         hub_connected=console.hub.connected,
         sessions=len(console.sessions),

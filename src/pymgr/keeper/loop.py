@@ -81,7 +81,7 @@ class Keeper:
         #: The keeper's own cgroup, where it returns after spawning inside a run's (``cgroup.inside``).
         self.cgroup_home = cgroups.own_cgroup()
         self.started_at = time.time()
-        self.sel = selectors.DefaultSelector()
+        self.sel: selectors.BaseSelector = selectors.DefaultSelector()
         self.sel.register(listener, selectors.EVENT_READ, self._on_accept)
         self.journal = StatusJournal(os.path.join(run_dir, "status.journal"))
         self.boot_id = proctree.boot_id()

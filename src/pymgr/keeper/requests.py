@@ -22,12 +22,12 @@ import signal
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pymgr.keeper import cgroup as cgroups
 from pymgr.keeper import proctree
-from pymgr.keeper.adoption import adopted_cgroup, take_output, vanished
-from pymgr.keeper.journal import replayed_exit
+from pymgr.keeper.adoption import Listings, adopted_cgroup, take_output, vanished
+from pymgr.keeper.journal import StatusJournal, replayed_exit
 from pymgr.keeper.proctree import ProcRef
 from pymgr.keeper.runlog import RunLog
 from pymgr.keeper.runs import UNKNOWN_EXIT, Run, run_log
@@ -47,6 +47,7 @@ from pymgr.protocol.keeper import (
     KeeperMessageError,
     Kill,
     MissingField,
+    News,
     Request,
     Resend,
     Spawn,
@@ -56,8 +57,29 @@ from pymgr.protocol.keeper import (
     decode,
 )
 
-if TYPE_CHECKING:
-    from pymgr.keeper.loop import Keeper
+
+class Keeper(Protocol):
+    """What a request may use of the keeper's loop (``loop.Keeper``): declared here, so that the loop
+    imports this module and this module does not import the loop back."""
+
+    runs: dict[int, Run]
+    by_pid: dict[int, Run]
+    #: The journal's exits the daemon has not acknowledged, by run id.
+    unacked: dict[int, dict[str, Any]]
+    journal: StatusJournal
+    listings: Listings
+    sel: selectors.BaseSelector
+    boot_id: str
+    cgroup_home: str | None
+    exit_when_idle: bool
+
+    def send(self, message: News) -> None: ...
+
+    def first_spawn_replied(self) -> None: ...
+
+    def watch_output(self, run: Run) -> None: ...
+
+    def on_adopted_exit(self, run: Run) -> None: ...
 
 
 def handle(keeper: Keeper, frame: dict[str, Any]) -> None:

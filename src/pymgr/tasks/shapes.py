@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 from typing_extensions import TypedDict
 
-__all__ = ["Caller", "Event", "EventKind", "LogChunk", "StateName", "TaskRecord", "TaskType"]
+__all__ = ["Caller", "Event", "EventKind", "LogChunk", "StateName", "TaskCounts", "TaskRecord", "TaskType"]
 
 #: ``TaskState``'s values (a test holds the two equal).
 StateName = Literal["queued", "running", "succeeded", "failed", "stopped", "timed_out", "lost"]
@@ -116,3 +116,16 @@ class TaskType(TypedDict):
     name: str
     doc: str
     params: Annotated[dict[str, Any], _doc("The params' JSON Schema")]
+
+
+class TaskCounts(TypedDict):
+    """The runs in the store by state, every state named (``tasks.counts``): the whole history the
+    retention keeps, not a page."""
+
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    stopped: int
+    timed_out: int
+    lost: int

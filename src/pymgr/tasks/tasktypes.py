@@ -23,6 +23,7 @@ Rules:
 
 from __future__ import annotations
 
+import copy
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -72,10 +73,18 @@ class TaskType:
     cgroup_limits: Mapping[str, str] = field(default_factory=dict)
     #: Path parameter name -> the directory it is confined to.
     path_bases: Mapping[str, Path] = field(default_factory=dict)
+    #: The params' JSON Schema, made at its first use: pydantic builds it anew at each
+    #: ``model_json_schema()`` call (0.3-0.5 ms a type), and the console asks for the types with
+    #: every tasks page it renders for a new person (as ``ActionSpec.params_schema`` does for actions).
+    _params_schema: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def describe(self) -> shapes.TaskType:
-        """The type as ``tasks.types`` shows it."""
-        return {"name": self.name, "doc": self.doc, "params": self.params_model.model_json_schema()}
+        """The type as ``tasks.types`` shows it (the schema a copy: the caller may change it)."""
+        schema = self._params_schema
+        if schema is None:
+            schema = self.params_model.model_json_schema()
+            object.__setattr__(self, "_params_schema", schema)  # frozen: set once here
+        return {"name": self.name, "doc": self.doc, "params": copy.deepcopy(schema)}
 
     def log_settings(self, log_dir: Path) -> dict[str, Any]:
         """How the keeper writes a run's log (the ``log`` of its ``spawn`` and ``adopt`` requests)."""

@@ -69,6 +69,7 @@ def test_the_document_is_valid_openapi_3_1_with_every_action() -> None:
         "/v1/tasks/{id}/logs",
         "/v1/events",
         "/v1/task-types",
+        "/v1/task-counts",
         "/v1/openapi.json",
         "/metrics",
     ):

@@ -75,17 +75,20 @@
     });
   }
 
-  // Events sent before this page's stream opened never reach it: once the stream is open (again,
-  // after a drop), the page is fetched anew and its live parts copied over; events that arrive
-  // meanwhile wait and are applied after, in order, so the newest state is the one left.
+  // Events sent before this page's stream opened never reach it, nor those the hub says it missed
+  // (``gap``): once the stream is open (again, after a drop), and at each gap, the page is fetched
+  // anew and its live parts copied over (the rest, a followed log among it, stays as it is); events
+  // that arrive meanwhile wait and are applied after, in order, so the newest state is the one left.
   function watchEvents(root) {
     var source = new EventSource(root.getAttribute("data-live-events"));
     var waiting = null;
+    var again = false;
     function handle(kind, data) {
       if (waiting) { waiting.push([kind, data]); return; }
       if (kind === "progress") { onProgress(data); } else { onState(data); }
     }
-    source.addEventListener("open", function () {
+    function catchUp() {
+      if (waiting) { again = true; return; }  // the copy under way may predate what was missed: one more
       waiting = [];
       fetch(window.location.href, { credentials: "same-origin", headers: { "accept": "text/html" } })
         .then(function (reply) { return reply.ok ? reply.text() : null; })
@@ -95,8 +98,11 @@
           var held = waiting;
           waiting = null;
           held.forEach(function (e) { handle(e[0], e[1]); });
+          if (again) { again = false; catchUp(); }
         });
-    });
+    }
+    source.addEventListener("open", catchUp);
+    source.addEventListener("gap", catchUp);
     source.addEventListener("progress", function (e) { handle("progress", JSON.parse(e.data)); });
     source.addEventListener("state", function (e) { handle("state", JSON.parse(e.data)); });
   }

@@ -52,6 +52,10 @@ class TaskStore(Protocol):
         ``started_by``: the person a delegate acted for (``console:alice``), else the caller's user name."""
         ...
 
+    def count_by_state(self) -> dict[TaskState, int]:
+        """How many records there are in each state (a state without any is left out)."""
+        ...
+
     def find_active(self, key: str) -> TaskRecord | None:
         """The queued or running record with this key, or None."""
         ...

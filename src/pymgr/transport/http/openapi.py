@@ -243,6 +243,12 @@ def _task_routes(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
             ok(results.get("tasks.types", any_json), "Every type"),
             *A_CALL,
         ),
+        "/v1/task-counts": _get(
+            "count_tasks",
+            "How many runs there are in each state, over the whole history the store keeps (tasks.counts)",
+            ok(results.get("tasks.counts", any_json), "A count for every state"),
+            *A_CALL,
+        ),
         "/v1/tasks": {
             **_get(
                 "list_tasks",

@@ -138,6 +138,9 @@ class HttpApp:
         if route == ["task-types"]:
             _allow(method, "GET", request)
             return 200, await self._call("tasks", "types", {}, identity)
+        if route == ["task-counts"]:
+            _allow(method, "GET", request)
+            return 200, await self._call("tasks", "counts", {}, identity)
         if route[0] == "tasks":
             return await self._tasks(method, route[1:], request, identity)
         if route == ["events"]:
