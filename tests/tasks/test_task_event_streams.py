@@ -135,7 +135,12 @@ def test_a_reconnect_replays_what_it_missed_or_says_reset(start_daemon: Callable
 @pytest.mark.parametrize(
     ("query", "headers", "message"),
     [
-        ({"task": "x"}, {}, r"^task: must be a whole number, not 'x'$"),
+        ({"task": "x"}, {}, r"^task: must be a whole number of at most 19 digits, not 'x'$"),
+        (
+            {"since": "9" * 5000},
+            {},
+            r"^since: must be a whole number of at most 19 digits, not '9{40}\.\.\. \(5000 characters\)'$",
+        ),
         (
             {"task": "0"},
             {},
@@ -151,7 +156,12 @@ def test_a_reconnect_replays_what_it_missed_or_says_reset(start_daemon: Callable
             {},
             r"^bad params for tasks\.events: since: Input should be greater than or equal to 0 \(got -1\)$",
         ),
-        ({}, {"Last-Event-ID": "abc"}, r"^Last-Event-ID: must be a whole number, not 'abc'$"),
+        (
+            {},
+            {"Last-Event-ID": "abc"},
+            r"^Last-Event-ID: must be a whole number of at most 19 digits, not 'abc'$",
+        ),
+        ({}, {"Last-Event-ID": "1" * 4400}, r"^Last-Event-ID: must be a whole number of at most 19 digits"),
         ({"type": ""}, {}, r"^bad params for tasks\.events: type: String should have at least 1 character"),
         ({"key": ""}, {}, r"^bad params for tasks\.events: key: String should have at least 1 character"),
         ({"state": "running"}, {}, r"^unknown query parameter 'state'; parameters: task, type, key, since$"),

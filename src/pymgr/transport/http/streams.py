@@ -87,11 +87,19 @@ def event_query(query_string: bytes, headers: list[tuple[bytes, bytes]]) -> Even
     return EventQuery(_whole(query.get("task"), "task"), query.get("type"), query.get("key"), since)
 
 
+#: The most digits a number of the query may have: an id is below 2**63 (19 digits; the action
+#: checks the range). Bounded before int(), which refuses over 4,300 digits with a ValueError.
+MAX_DIGITS = 19
+
+
 def _whole(text: str | None, name: str) -> int | None:
     if text is None:
         return None
-    if re.fullmatch(r"\s*-?[0-9]+\s*", text, flags=re.ASCII) is None:
-        raise MalformedRequest(f"{name}: must be a whole number, not {text!r}")
+    if re.fullmatch(rf"\s*-?0*[0-9]{{1,{MAX_DIGITS}}}\s*", text, flags=re.ASCII) is None:
+        shown = text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
+        raise MalformedRequest(
+            f"{name}: must be a whole number of at most {MAX_DIGITS} digits, not {shown!r}"
+        )
     return int(text)
 
 
