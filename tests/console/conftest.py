@@ -149,8 +149,10 @@ def _serve(app: Starlette) -> tuple[str, uvicorn.Server, threading.Thread, async
 def start_console(start_daemon: Callable[..., Daemon], tmp_path: Path) -> Iterator[Callable[..., Console]]:
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
 
-    def start(**settings: object) -> Console:
-        daemon = start_daemon(DAEMON_CONFIG)
+    def start(daemon_tasks: str = "", **settings: object) -> Console:
+        """A console with ``settings``, before a daemon with ``daemon_tasks`` added to its ``[tasks]``."""
+        assert DAEMON_CONFIG.count("[tasks]\n") == 1
+        daemon = start_daemon(DAEMON_CONFIG.replace("[tasks]\n", f"[tasks]\n{daemon_tasks}"))
         users_file = tmp_path / "users.json"
         users.add(users_file, "alice", PASSWORDS["alice"], ["operators", "auditors"])
         users.add(users_file, "bob", PASSWORDS["bob"], ["viewers"])

@@ -73,9 +73,23 @@ def test_a_last_page_exactly_full_links_to_no_older_page(start_console: Callable
         assert 'rel="next"' not in alice.get("/tasks", params={"key": "none-such"}).text
 
 
-def test_the_page_size_leaves_room_for_the_one_more_run_asked() -> None:
-    with pytest.raises(pydantic.ValidationError, match="less than or equal to 499"):
-        ConsoleConfig.model_validate({"socket": "/x.sock", "users_file": "/x.json", "page_size": 500})
+def test_a_page_as_large_as_the_daemons_list_max_limit_works_and_pages(
+    start_console: Callable[..., Console],
+) -> None:
+    console = start_console(page_size=2, daemon_tasks="list_limit = 2\nlist_max_limit = 2\n")
+    with closing(console.login("alice")) as alice, Client(socket=console.daemon.socket) as daemon:
+        alice_runs = daemon.acting_for("alice", ["operators"])
+        runs = [alice_runs.start_task("scan", {"task_id": n}).id for n in range(3)]
+        first = alice.get("/tasks")
+        assert first.status_code == 200 and _rows(first.text) == [runs[2], runs[1]], first.text
+        older = re.search(r'href="(/tasks\?before=\d+)" rel="next"', first.text)
+        assert older, first.text
+        assert _rows(alice.get(older.group(1)).text) == [runs[0]]
+
+
+def test_the_page_size_is_bounded() -> None:
+    with pytest.raises(pydantic.ValidationError, match="less than or equal to 1000"):
+        ConsoleConfig.model_validate({"socket": "/x.sock", "users_file": "/x.json", "page_size": 1001})
 
 
 def test_a_runs_duration_and_end_are_written_by_the_server(console: Console) -> None:

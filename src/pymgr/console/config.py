@@ -103,9 +103,8 @@ class ConsoleConfig(BaseModel):
     stream_queue_size: int = Field(256, ge=1)
     #: Largest request body (a form) the console reads; larger ones get 413.
     max_body_bytes: int = Field(256 * 1024, ge=1024)
-    #: Rows per page of the tasks table. The console asks the daemon for one more, to know whether an
-    #: older page exists: so at most one less than the daemon's ``[tasks] list_max_limit`` (500 by default).
-    page_size: int = Field(50, ge=1, le=499)
+    #: Rows per page of the tasks table: at most the daemon's ``[tasks] list_max_limit`` (500 by default).
+    page_size: int = Field(50, ge=1, le=1000)
     #: Seconds the tasks page's start form (the person's listing and the task types) is kept per
     #: person: two calls to the daemon less per page; 0 asks the daemon every time.
     form_cache_s: float = Field(5.0, ge=0, le=300)

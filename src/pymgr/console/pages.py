@@ -61,10 +61,13 @@ async def _startable(client: AsyncClient) -> list[tuple[str, list[forms.Field]]]
 async def _runs_page(
     client: AsyncClient, size: int, before: int | None = None, **filters: str
 ) -> tuple[list[TaskRecord], int | None]:
-    """A page of runs, and the cursor of the older page (None: this is the last). One more run than
-    the page holds is asked for, so that a last page exactly full links to no empty page."""
-    runs = await client.tasks(limit=size + 1, before=before, **filters)
-    return runs[:size], (runs[size - 1].id if len(runs) > size else None)
+    """A page of runs, and the cursor of the older page (None: this is the last). A full page asks
+    for one run past it, so that a last page exactly full links to no empty page (a page of
+    ``size + 1`` would not do: the daemon's ``list_max_limit`` may be the console's page size)."""
+    runs = await client.tasks(limit=size, before=before, **filters)
+    if len(runs) < size or not await client.tasks(limit=1, before=runs[-1].id, **filters):
+        return runs, None
+    return runs, runs[-1].id
 
 
 async def tasks_page(request: Request, console: Console, session: Session) -> Response:
