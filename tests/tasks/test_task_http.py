@@ -76,6 +76,15 @@ def test_bad_log_requests(daemon: Daemon, http: httpx.Client) -> None:
             assert re.match(message, reply.json()["error"]["message"]), reply.json()
 
 
+def test_an_id_of_thousands_of_digits_is_400_on_every_task_route(daemon: Daemon, http: httpx.Client) -> None:
+    huge = "9" * 5000  # past the 4,300 digits int() takes: the policy's look-up of the run's type
+    for method, path in [("GET", ""), ("GET", "/logs"), ("POST", "/stop")]:
+        reply = http.request(method, f"/v1/tasks/{huge}{path}")
+        assert reply.status_code == 400 and reply.json()["error"]["code"] == "bad_params", (path, reply.text)
+    with Client(socket=daemon.socket) as client:
+        assert client.health().status == "ok"
+
+
 def test_logs_of_a_missing_task_are_404(daemon: Daemon) -> None:
     with Client(socket=daemon.socket) as client, pytest.raises(NotFound, match=r"^no task with id 4242; "):
         client.logs(4242)

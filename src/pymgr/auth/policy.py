@@ -333,7 +333,8 @@ class Policy:
         return self._type_by_id(getattr(params, "id", None))
 
     def _type_by_id(self, task_id: Any) -> str | None:
-        if isinstance(task_id, str) and task_id.isascii() and task_id.isdigit():
+        # A run id is below 2**63 (19 digits); int() refuses over 4,300 with a ValueError.
+        if isinstance(task_id, str) and task_id.isascii() and task_id.isdigit() and len(task_id) <= 19:
             task_id = int(task_id)
         if not isinstance(task_id, int) or isinstance(task_id, bool):
             return None
