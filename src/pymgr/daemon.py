@@ -5,7 +5,8 @@ Rules:
   accepts: modules load, listeners bind, then servers start.
 - Shutdown (SIGTERM/SIGINT): stop accepting (and taking fleet jobs), let in-flight requests finish
   within ``http.shutdown_timeout_s``; deal with tasks (``tasks.on_shutdown``), then let the fleet's jobs
-  report their runs' ends (``fleet.stop_report_s``); remove the socket file and exit 0.
+  report their runs' ends (``fleet.stop_report_s``); close the audit last (what the host does while it
+  stops is audited); remove the socket file and exit 0.
 """
 
 from __future__ import annotations
@@ -159,12 +160,13 @@ async def run(config: Config, stop: asyncio.Event | None = None, hooks: ServiceH
         await asyncio.gather(*(close() for close in closers))
 
     async with AsyncExitStack() as stack:
+        # Closed last: everything the host still does while it stops (the fleet's reports too) is audited.
+        stack.callback(security.close)
         stack.push_async_callback(_close_tasks, tasks, fleet)
         try:  # re-adopt the runs left by an earlier daemon, record those that ended meanwhile
             await tasks.open()
         except Unavailable as exc:
             log.error("tasks: %s; task records can be read, starts fail until this is fixed", exc)
-        stack.callback(security.close)
         stack.callback(_remove_files, _owned_socket_files(sockets, hooks.inherited))
         stack.push_async_callback(close_servers)
         http = http_server(config, _http_app(dispatcher, security, tasks, stop), sockets, tls)

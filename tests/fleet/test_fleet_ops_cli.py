@@ -226,6 +226,14 @@ def test_acl_lines_confine_each_host_to_its_own_keys(
     assert (out.returncode, out.stderr) == (2, "error: reapers z: not among the hosts given\n")
 
 
+def test_acl_refuses_a_host_id_tag_or_submitter_name_that_ends_in_a_newline() -> None:
+    for text in ("a\n", "a:scanner\n"):
+        out = pymgr("fleet", "acl", text)
+        assert out.returncode == 2 and "a host is ID or ID:TAG,TAG" in out.stderr, out.stderr
+    out = pymgr("fleet", "acl", "a", "--submitter", "console\n")
+    assert out.returncode == 2 and "submitter 'console\\n': letters, digits" in out.stderr, out.stderr
+
+
 def _confined(redis_url: str, public_key: Path, secrets: Path, host_id: str, reaper: bool) -> str:
     """A host's config as its ACL user, with the short lease of the dead-host tests; b and c have the tag."""
     user = f"fleet-host-{host_id}"

@@ -98,7 +98,7 @@ SUBMITTER_COMMANDS = tuple(
     "ping client|setname evalsha eval script|load exists hset hget hgetall xadd zadd zremrangebyrank"
     " zcard zrevrange xrange xread smembers get".split()
 )
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +118,7 @@ class HostSpec:
         host_id, _, tags = text.partition(":")
         spec = cls(host_id, tuple(tag for tag in tags.split(",") if tag))
         for name in (spec.id, *spec.tags):
-            if not _NAME.match(name):
+            if not _NAME.fullmatch(name):
                 raise ValueError(f"{text!r}: a host is ID or ID:TAG,TAG (letters, digits, '.', '_', '-')")
         return spec
 
@@ -134,7 +134,7 @@ def submitter_user(name: str) -> str:
     Raises:
         ValueError: a name that is no fleet name.
     """
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise ValueError(f"submitter {name!r}: letters, digits, '.', '_' and '-' only, 1 to 64 of them")
     return f"fleet-submitter-{name}"
 

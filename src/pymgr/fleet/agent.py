@@ -24,7 +24,9 @@ Rules:
 - Reports into Redis (``write``) retry the same way, so a run that ends
   while Redis is down is reported when it is back.
 - A heartbeat key (``fleet:hb:<host>``: tags, running jobs, time) lives
-  ``lease_s`` and is refreshed every third of it (``heartbeat.py``).
+  ``lease_s`` and is refreshed every third of it (``heartbeat.py``), from
+  ``start`` until the last report of a clean stop: a host that stops for
+  longer than its lease keeps its jobs.
 - No more than ``max_jobs`` jobs are open at once: the agent reads none
   while that many are.
 - Dead hosts (``reaper.py``, a task beside the heartbeat): entries of dead
@@ -39,11 +41,13 @@ Rules:
   failures (``failures.py``).
 - A clean stop comes in two steps around the task manager's: ``stop_reading``
   (no new job, no stop, the reaper lock let go) before the daemon stops its
-  runs, ``aclose`` after. The jobs whose runs have ended then report their
-  end and are acknowledged, within ``stop_report_s``; an action job still in
-  its call is cut short, marked ``lost`` and acknowledged; a job whose run
-  goes on (``[tasks] on_shutdown = "leave"``, or still stopping) stays
-  pending and is followed again at the next start, as after ``kill -9``.
+  runs, ``aclose`` after. An action job still in its call is cut short,
+  marked ``lost`` and acknowledged; a task job whose run has not started yet
+  stays pending (its hash as it was, or ``received``) and is taken up at the
+  next start. The jobs whose runs have ended report their end and are
+  acknowledged, within ``stop_report_s``; a job whose run goes on (``[tasks]
+  on_shutdown = "leave"``, or still stopping) stays pending and is followed
+  again at the next start, as after ``kill -9``.
 """
 
 from __future__ import annotations
@@ -132,6 +136,8 @@ class FleetAgent:
         self._called = CallGuard(state_dir / FILE_NAME, max_entries=config.replay_max_entries, clock=clock)
         self._backoff_s = FIRST_BACKOFF_S
         self._main: asyncio.Task[None] | None = None
+        #: The heartbeat: from ``start`` until ``aclose`` has written its last report.
+        self._beat: asyncio.Task[None] | None = None
         #: False once stopping: no more reads (jobs, stops, claims). ``_closing``: no more writes either.
         self._reading = True
         self._closing = False
@@ -141,6 +147,8 @@ class FleetAgent:
     def start(self) -> None:
         """Start serving in the running event loop."""
         self._main = asyncio.create_task(self._serve(), name="pymgr-fleet")
+        beat = heartbeat(self._config, self._redis, lambda: len(self._open), self._clock)
+        self._beat = asyncio.create_task(beat, name="pymgr-fleet-heartbeat")
         self._control.start()
         log.info(
             "fleet: host %s, tags %s, redis %s",
@@ -152,9 +160,10 @@ class FleetAgent:
     async def stop_reading(self) -> None:
         """The first step of a clean stop, before the runs are stopped: take no new job nor stop.
 
-        An action job still in its call is cut short now (the audit is still open to record it), marked
-        ``lost`` and acknowledged; the task jobs go on, so that each reports the end its run gets from
-        the daemon's shutdown (``aclose``).
+        An action job still in its call is cut short now, marked ``lost`` and acknowledged; a task job
+        whose run has not started yet is let go (pending, its hash as it was or ``received``: taken up at
+        the next start); the task jobs with a run go on, so that each reports the end its run gets from
+        the daemon's shutdown (``aclose``). The heartbeat goes on too, until ``aclose`` has reported.
         """
         # The flag as well as the cancel: redis-py may turn a cancelled read into a connection error,
         # which the loops below take for Redis going away and would wait out forever.
@@ -165,7 +174,9 @@ class FleetAgent:
             await asyncio.gather(self._main, return_exceptions=True)
         await self._reaper.release()
         calls = {key: job for key, job in self._jobs.items() if job.kind == "action"}
-        await self._cancel([self._open[key] for key in calls])
+        # The action jobs, and the task jobs whose run has not started (none to report the end of).
+        let_go = [key for key, job in self._jobs.items() if not self._runner.accepted_before(job)]
+        await self._cancel([self._open[key] for key in let_go])
         for (stream, entry_id), job in calls.items():
             await self._mark_cut_short(stream, entry_id, job)
 
@@ -182,7 +193,7 @@ class FleetAgent:
         if self._open:
             await asyncio.wait(list(self._open.values()), timeout=self._config.stop_report_s)
         self._closing = True
-        await self._cancel(list(self._open.values()))
+        await self._cancel([*self._open.values(), *([self._beat] if self._beat is not None else [])])
         await self._redis.aclose()
         self._called.close()
 
@@ -229,16 +240,14 @@ class FleetAgent:
                 if "BUSYGROUP" not in str(exc):
                     raise
         self._backoff_s = FIRST_BACKOFF_S
-        beat = heartbeat(self._config, self._redis, lambda: len(self._open), self._clock)
-        beside = [asyncio.create_task(beat), asyncio.create_task(self._reaper.serve())]
+        reaper = asyncio.create_task(self._reaper.serve())
         try:
             await self._read_pending()
             while self._reading:
                 await self._retry_failed()
                 await self._read_new()
         finally:
-            for task in beside:
-                task.cancel()
+            reaper.cancel()
 
     async def _read_pending(self) -> None:
         """This host's entries read before but never acknowledged: from id 0, page by page."""
@@ -329,8 +338,7 @@ class FleetAgent:
     async def _run(self, stream: str, entry_id: str, job: Job) -> None:
         started = time.monotonic()
         try:
-            final = await self._runner.run(job)
-            await self.write(lambda r: r.xack(stream, GROUP, entry_id))
+            final = await self._runner.run(job, stream, entry_id)
             elapsed = time.monotonic() - started
             log.info("%6.2fs fleet job %s %s:%s -> %s", elapsed, job.id, job.kind, job.type, final["state"])
         except asyncio.CancelledError:

@@ -17,6 +17,15 @@ Rules:
   id and ``running_at``, progress while it runs, and the final state with the exit
   (``exit_code``, ``signal``, ``cancel_source``: ``shutdown`` for a run the host's own stop ended);
   the output goes into the job's capped stream as the run writes it.
+- The final state and the entry's acknowledgement go in one script, each
+  only if the job is still this host's: the entry is acknowledged only when
+  this host's consumer still holds it (``XPENDING`` on its id); the hash is
+  written only then, or when its ``received_by`` is still this host (or the
+  hash was lost with Redis's data). A host that ran past its lease (paused,
+  cut off) never writes over nor acknowledges the job another host claimed
+  and took meanwhile; a ``received_by`` rewritten by hand (any host may
+  write a job's hash) does not keep the host holding the entry from
+  reporting.
 - Every Redis write goes through ``write``, which retries until Redis takes
   it (the agent's ``write``): a Redis restart delays a report, never loses it.
 """
@@ -26,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -34,13 +44,15 @@ from pymgr.core.dispatch import Call, CallHandler
 from pymgr.core.identity import Identity
 from pymgr.errors import Forbidden, ParamsInvalid, PymgrError
 from pymgr.fleet.jobs import Job
-from pymgr.fleet.keyspace import JobState, job_key, output_key
+from pymgr.fleet.keyspace import GROUP, JobState, job_key, output_key
 from pymgr.tasks.manager import TaskManager
 from pymgr.tasks.records import TaskRecord
 from pymgr.tasks.startchecks import FLEET_KEY_PREFIX
 from pymgr.tasks.states import TERMINAL, TaskState
 
 __all__ = ["JobRunner", "Report", "run_key"]
+
+log = logging.getLogger("pymgr.fleet")
 
 #: A report to Redis: called with a client, retried by the agent until it succeeds; its reply.
 Report = Callable[[Callable[[Any], Awaitable[Any]]], Awaitable[Any]]
@@ -50,6 +62,25 @@ TAKE_SCRIPT = """
 if redis.call('HGET', KEYS[1], 'state') == 'cancelled' then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
+"""
+
+# The final report (KEYS: the job's hash, its stream; ARGV: host, group, entry id, then the fields),
+# only while the job is still this host's (the rules above; pcall: a Redis that lost the group has
+# nothing to acknowledge). Returns 1 if the fields were written, + 2 if the entry was acknowledged.
+END_SCRIPT = """
+local pending = redis.pcall('XPENDING', KEYS[2], ARGV[2], ARGV[3], ARGV[3], 1)
+local held = type(pending) == 'table' and not pending.err and pending[1] and pending[1][2] == ARGV[1]
+local by = redis.call('HGET', KEYS[1], 'received_by')
+local done = 0
+if held or not by or by == ARGV[1] then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+  done = 1
+end
+if held then
+  redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
+  done = done + 2
+end
+return done
 """
 
 #: A task run's end state, as the job's state.
@@ -113,11 +144,15 @@ class JobRunner:
         record = self._existing_run(job)
         return record is not None and record.state in TERMINAL
 
-    async def run(self, job: Job) -> dict[str, str]:
-        """Run ``job`` to its end; the final fields of its hash (already written when this returns)."""
+    async def run(self, job: Job, stream: str, entry_id: str) -> dict[str, str]:
+        """Run ``job`` (entry ``entry_id`` of ``stream``) to its end, report it and acknowledge the entry.
+
+        Returns the final fields (not written if the job was another host's by then: logged).
+        """
         fields = ("state", JobState.RECEIVED.value, "received_by", self._host_id, "received_at", _now())
         key = job_key(job.id)
         if not await self._write(lambda r: r.eval(TAKE_SCRIPT, 1, key, *fields)):
+            await self._write(lambda r: r.xack(stream, GROUP, entry_id))
             return {"state": JobState.CANCELLED.value}
         try:
             if job.kind == "task":
@@ -130,7 +165,12 @@ class JobRunner:
         # The final write names the host (and the run) again: alone it tells the whole outcome, even
         # when Redis lost what came before it (a restart without persistence).
         final.update(received_by=self._host_id, ended_at=_now())
-        await self._set(job, **final)
+        args = [self._host_id, GROUP, entry_id, *(item for pair in final.items() for item in pair)]
+        done = await self._write(lambda r: r.register_script(END_SCRIPT)(keys=[key, stream], args=args))
+        if not done & 1:
+            log.warning(
+                "fleet job %s was taken by another host meanwhile: its end here is not written", job.id
+            )
         return final
 
     async def _run_action(self, job: Job) -> dict[str, str]:
