@@ -205,6 +205,18 @@ def test_install_console_warns_when_the_console_would_miss_the_daemons_socket(tm
     assert result.returncode == 0
     assert "warning: the console's socket (/run/other/pymgr.sock) is not the daemon's" in result.stderr
     assert "# ---- /etc/systemd/system/pymgr-console.service\n" in result.stdout
+    assert "believes" not in result.stderr  # no user header: nothing believed from loopback
+
+
+@pytest.mark.parametrize("trusted", ['["127.0.0.1"]', '["0.0.0.0/0"]', '["10.0.0.0/8", "::1"]'])
+def test_install_console_warns_of_a_user_header_believed_from_loopback(tmp_path: Path, trusted: str) -> None:
+    console = CONSOLE.replace('["127.0.0.1"]', trusted) + USER + 'proxy_user_header = "X-Remote-User"\n'
+    for text, warned in [(console, True), (ON_SOCKET + 'proxy_user_header = "X-Remote-User"\n', False)]:
+        daemon_path, console_path = _configs(tmp_path, text)
+        args = ["--config", str(daemon_path), "--console", "--console-config", str(console_path)]
+        result = pymgr("service", "install", *args, "--dry-run")
+        assert result.returncode == 0, result.stderr
+        assert ('believes X-Remote-User from any local process: listen = "unix:' in result.stderr) is warned
 
 
 def test_start_stop_and_status_name_the_console_once_it_is_installed(

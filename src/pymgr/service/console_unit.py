@@ -24,6 +24,7 @@ Rules:
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from pathlib import Path
 
@@ -228,10 +229,32 @@ def _sandbox(console: ConsoleConfig, argv: list[str], console_path: Path) -> lis
 
 
 def console_warnings(daemon: Config, console: ConsoleConfig) -> list[str]:
-    """What would keep the installed console from reaching the daemon."""
+    """What would keep the installed console from reaching the daemon, or open it to local users."""
+    found = _loopback_warnings(console)
     socket = daemon.http.unix_socket
     if socket is None:
-        return ["the daemon's config has no [http] unix_socket: the console has no socket to reach it on"]
+        return [
+            "the daemon's config has no [http] unix_socket: the console has no socket to reach it on",
+            *found,
+        ]
     if console.socket is not None and console.socket != socket:
-        return [f"the console's socket ({console.socket}) is not the daemon's [http] unix_socket ({socket})"]
+        found.insert(
+            0, f"the console's socket ({console.socket}) is not the daemon's [http] unix_socket ({socket})"
+        )
+    return found
+
+
+def _loopback_warnings(console: ConsoleConfig) -> list[str]:
+    """A user header believed from loopback: every local process could name any person."""
+    if console.proxy_user_header is None or console.listen_path() is not None:
+        return []
+    loopback = [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
+    for proxy in console.trusted_proxies:
+        network = ipaddress.ip_network(proxy, strict=False)
+        if any(address in network for address in loopback):
+            return [
+                f"trusted_proxies {proxy!r} believes {console.proxy_user_header} from any local process: "
+                'listen = "unix:/run/pymgr-console/console.sock" with trusted_proxies = ["unix"] '
+                "lets only the proxy's user name a person (docs/console.md, On a Unix socket)"
+            ]
     return []
