@@ -26,6 +26,7 @@ import uvicorn
 from pymgr.console import users
 from pymgr.console.app import create_app
 from pymgr.console.config import ConsoleConfig
+from pymgr.console.listener import UnixListener, bind_unix
 from starlette.applications import Starlette
 from tests.conftest import BASE_CONFIG, Daemon
 
@@ -84,6 +85,8 @@ class Console:
     server: uvicorn.Server
     #: The console's event loop (in its own thread): its state is touched only from there.
     loop: asyncio.AbstractEventLoop
+    #: With ``listen = "unix:PATH"``: that socket, served beside the TCP port of ``url``.
+    unix: UnixListener | None = None
 
     def in_loop(self, fn: Callable[[], object]) -> None:
         """Call ``fn`` in the console's event loop, and wait for it."""
@@ -100,6 +103,12 @@ class Console:
 
     def http(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, follow_redirects=False)
+
+    def http_unix(self) -> httpx.Client:
+        """A client of the console's Unix socket (as the reverse proxy is)."""
+        assert self.unix is not None
+        transport = httpx.HTTPTransport(uds=str(self.unix.path))
+        return httpx.Client(transport=transport, base_url="http://127.0.0.1", timeout=30)
 
     def audit(self) -> list[dict[str, Any]]:
         """The daemon's audit lines (its one file: the tests write few)."""
@@ -126,7 +135,9 @@ def submit_login(http: httpx.Client, name: str, password: str) -> httpx.Response
     )
 
 
-def _serve(app: Starlette) -> tuple[str, uvicorn.Server, threading.Thread, asyncio.AbstractEventLoop]:
+def _serve(
+    app: Starlette, also: list[socket.socket]
+) -> tuple[str, uvicorn.Server, threading.Thread, asyncio.AbstractEventLoop]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", proxy_headers=False))
@@ -134,7 +145,7 @@ def _serve(app: Starlette) -> tuple[str, uvicorn.Server, threading.Thread, async
 
     async def serve() -> None:
         loops.append(asyncio.get_running_loop())
-        await server.serve(sockets=[sock])
+        await server.serve(sockets=[sock, *also])
 
     thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
     thread.start()
@@ -161,14 +172,21 @@ def start_console(start_daemon: Callable[..., Daemon], tmp_path: Path) -> Iterat
         )
         clock = Clock()
         app = create_app(config, clock)
-        url, server, thread, loop = _serve(app)
+        path = config.listen_path()
+        unix = None if path is None else bind_unix(path, config.listen_mode)
+        if unix is not None:
+            listeners.append(unix)
+        url, server, thread, loop = _serve(app, [] if unix is None else [unix.sock])
         servers.append((server, thread))
-        return Console(url, app, clock, daemon, tmp_path, server, loop)
+        return Console(url, app, clock, daemon, tmp_path, server, loop, unix)
 
+    listeners: list[UnixListener] = []
     yield start
     for server, thread in servers:
         server.should_exit = True
         thread.join(timeout=10)
+    for listener in listeners:
+        listener.close()
 
 
 @pytest.fixture

@@ -101,10 +101,34 @@ def test_a_users_file_under_home_gets_protect_home_read_only(tmp_path: Path) -> 
     assert d["ReadWritePaths"] == ["-/home/ops/console"]
 
 
+ON_SOCKET = (
+    CONSOLE.replace('trusted_proxies = ["127.0.0.1"]', 'trusted_proxies = ["unix"]')
+    + USER
+    + 'listen = "unix:/run/pymgr-console/console.sock"\nlisten_group = "www-data"\n'
+)
+
+
+def test_a_console_on_a_unix_socket_gets_its_runtime_directory_and_no_ip(tmp_path: Path) -> None:
+    d = _directives(_render(tmp_path, ON_SOCKET))
+    assert d["RuntimeDirectory"] == ["pymgr-console"] and d["RuntimeDirectoryMode"] == ["0755"]
+    assert d["SupplementaryGroups"] == ["pymgr", "www-data"]
+    assert d["SystemCallFilter"] == ["@system-service", "~@privileged", "@chown"]  # its socket's chown
+    assert d["RestrictAddressFamilies"] == ["AF_UNIX"]
+    elsewhere = ON_SOCKET.replace("/run/pymgr-console/", "/srv/console/").replace(
+        'listen_group = "www-data"', ""
+    )
+    d = _directives(_render(tmp_path, elsewhere))
+    assert "RuntimeDirectory" not in d and d["ReadWritePaths"] == ["-/var/lib/pymgr-console", "-/srv/console"]
+    assert d["SystemCallFilter"] == ["@system-service", "~@privileged"] and d["SupplementaryGroups"] == [
+        "pymgr"
+    ]
+
+
 @needs_analyze
-def test_systemd_analyze_verify_accepts_the_console_unit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("console", [CONSOLE + USER, ON_SOCKET], ids=["tcp", "unix"])
+def test_systemd_analyze_verify_accepts_the_console_unit(tmp_path: Path, console: str) -> None:
     (tmp_path / "units").mkdir()
-    (tmp_path / "units" / "pymgr-console.service").write_text(_render(tmp_path))
+    (tmp_path / "units" / "pymgr-console.service").write_text(_render(tmp_path, console))
     result = subprocess.run(
         [str(ANALYZE), "verify", "./pymgr-console.service"],
         cwd=tmp_path / "units",
@@ -181,6 +205,18 @@ def test_install_console_warns_when_the_console_would_miss_the_daemons_socket(tm
     assert result.returncode == 0
     assert "warning: the console's socket (/run/other/pymgr.sock) is not the daemon's" in result.stderr
     assert "# ---- /etc/systemd/system/pymgr-console.service\n" in result.stdout
+    assert "believes" not in result.stderr  # no user header: nothing believed from loopback
+
+
+@pytest.mark.parametrize("trusted", ['["127.0.0.1"]', '["0.0.0.0/0"]', '["10.0.0.0/8", "::1"]'])
+def test_install_console_warns_of_a_user_header_believed_from_loopback(tmp_path: Path, trusted: str) -> None:
+    console = CONSOLE.replace('["127.0.0.1"]', trusted) + USER + 'proxy_user_header = "X-Remote-User"\n'
+    for text, warned in [(console, True), (ON_SOCKET + 'proxy_user_header = "X-Remote-User"\n', False)]:
+        daemon_path, console_path = _configs(tmp_path, text)
+        args = ["--config", str(daemon_path), "--console", "--console-config", str(console_path)]
+        result = pymgr("service", "install", *args, "--dry-run")
+        assert result.returncode == 0, result.stderr
+        assert ('believes X-Remote-User from any local process: listen = "unix:' in result.stderr) is warned
 
 
 def test_start_stop_and_status_name_the_console_once_it_is_installed(

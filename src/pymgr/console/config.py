@@ -20,26 +20,48 @@ from pymgr.console.users import ROLE
 
 #: An HTTP header's name (RFC 9110 token, letters, digits and '-' in practice).
 _HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
+#: A group's name (as useradd accepts it) or number.
+_GROUP = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|[0-9]{1,10}")
+#: ``listen``'s prefix of a Unix socket, and the ``trusted_proxies`` entry that trusts it: a
+#: connection there has no address, and the socket file's mode decides who may connect.
+UNIX = "unix"
+_UNIX_PREFIX = UNIX + ":"
 
 
 def _check_listen(value: str) -> str:
+    if value.startswith(_UNIX_PREFIX):
+        if not value[len(_UNIX_PREFIX) :] or "\0" in value:
+            raise ValueError(
+                f"listen = unix:PATH names the socket's file (unix:/run/x/x.sock), not {value!r}"
+            )
+        return value
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"listen must be HOST:PORT (e.g. 127.0.0.1:8765), not {value!r}")
+        raise ValueError(f"listen must be HOST:PORT (127.0.0.1:8765) or unix:PATH, not {value!r}")
     return value
 
 
 def _check_proxy(value: str) -> str:
+    if value == UNIX:
+        return value
     try:
         ipaddress.ip_network(value, strict=False)
     except ValueError:
-        raise ValueError(f"a trusted proxy is an IP address or network (10.0.0.0/8), not {value!r}") from None
+        raise ValueError(
+            f"a trusted proxy is an IP address or network (10.0.0.0/8), or 'unix', not {value!r}"
+        ) from None
     return value
 
 
 def _check_header(value: str | None) -> str | None:
     if value is not None and not _HEADER_NAME.fullmatch(value):
         raise ValueError(f"a header name is letters, digits and '-' (X-Remote-User), not {value!r}")
+    return value
+
+
+def _check_group(value: str | None) -> str | None:
+    if value is not None and not _GROUP.fullmatch(value):
+        raise ValueError(f"listen_group is a group's name or number (www-data), not {value!r}")
     return value
 
 
@@ -55,7 +77,13 @@ class ConsoleConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     #: Where browsers connect; loopback by default (put a TLS reverse proxy in front for others).
+    #: ``unix:PATH``: a Unix socket only the proxy's user may connect to (``listen_mode``, ``listen_group``).
     listen: Annotated[str, AfterValidator(_check_listen)] = "127.0.0.1:8765"
+    #: The Unix socket's mode: who may connect (connecting needs write permission). Others never
+    #: may when ``trusted_proxies`` has "unix": every local user could name a person.
+    listen_mode: int = Field(0o660, ge=0, le=0o777, strict=True)
+    #: The Unix socket's group (the proxy's, www-data); None: the console's user's own group.
+    listen_group: Annotated[str | None, AfterValidator(_check_group)] = None
     #: The daemon's Unix socket (None: the client's default, $PYMGR_SOCKET or the installed one).
     socket: Path | None = None
     #: The users file (``pymgr console adduser``): names, argon2id hashes, roles.
@@ -76,7 +104,8 @@ class ConsoleConfig(BaseModel):
     #: Host names the console answers to (the Host header; "*" for any): a page of another name that
     #: resolves to this address (DNS rebinding) is refused. Behind a proxy: the name people use.
     allowed_hosts: list[str] = Field(default_factory=lambda: ["127.0.0.1", "localhost"], min_length=1)
-    #: Addresses whose X-Forwarded-For / X-Forwarded-Proto, and user header, are believed.
+    #: Addresses whose X-Forwarded-For / X-Forwarded-Proto, and user header, are believed; "unix":
+    #: every connection to the Unix socket of ``listen`` (its mode and group decide who connects).
     trusted_proxies: list[Annotated[str, AfterValidator(_check_proxy)]] = Field(default_factory=list)
     #: The header in which a sign-in proxy names the person (oauth2-proxy: X-Auth-Request-User); None:
     #: people sign in with a password only. Believed from ``trusted_proxies`` only; from anyone else a
@@ -123,7 +152,28 @@ class ConsoleConfig(BaseModel):
             raise ValueError("proxy_roles_header and proxy_logout_url need proxy_user_header")
         if self.proxy_logout_url and not self.proxy_logout_url.startswith(("https://", "http://", "/")):
             raise ValueError(f"proxy_logout_url is a URL or a path, not {self.proxy_logout_url!r}")
+        return self._unix_settings_fit()
+
+    def _unix_settings_fit(self) -> ConsoleConfig:
+        if self.listen_path() is None:
+            if {"listen_mode", "listen_group"} & self.model_fields_set:
+                raise ValueError("listen_mode and listen_group are for listen = unix:PATH")
+            if UNIX in self.trusted_proxies:
+                raise ValueError(
+                    'trusted_proxies "unix" needs listen = unix:PATH: the console listens on TCP'
+                )
+        elif UNIX in self.trusted_proxies and self.listen_mode & 0o007:
+            raise ValueError(
+                f"listen_mode {self.listen_mode:#o} lets every local user connect, and trusted_proxies has "
+                '"unix": anyone could name a person; give others nothing (0o660)'
+            )
         return self
+
+    def listen_path(self) -> Path | None:
+        """The Unix socket of ``listen = unix:PATH``, or None (TCP)."""
+        if not self.listen.startswith(_UNIX_PREFIX):
+            return None
+        return Path(self.listen[len(_UNIX_PREFIX) :])
 
     def listen_host_port(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")
@@ -156,4 +206,7 @@ def load_config(path: Path) -> ConsoleConfig:
     updates: dict[str, Any] = {"users_file": base / config.users_file}
     if config.socket is not None:
         updates["socket"] = base / config.socket
+    listen_path = config.listen_path()
+    if listen_path is not None:
+        updates["listen"] = f"{_UNIX_PREFIX}{base / listen_path}"
     return config.model_copy(update=updates)

@@ -2,7 +2,10 @@
 which a sign-in proxy (oauth2-proxy, nginx ``auth_request``, Authelia) names the person.
 
 Rules:
-- Both are believed only when the TCP peer, the address that connected, is in ``trusted_proxies``.
+- Both are believed only when the TCP peer, the address that connected, is in ``trusted_proxies``;
+  or, with ``listen = "unix:PATH"`` and "unix" in ``trusted_proxies``, for every connection to that
+  socket: it has no address, and the file's mode and group (``listener.py``) decide who connects.
+  Such a peer is named "unix" (in the logs, and as the request's client without X-Forwarded-For).
   The peer is read here, before ``X-Forwarded-For`` replaces it (uvicorn's ``ProxyHeadersMiddleware``,
   run inside this middleware, never by uvicorn itself: ``run.py``), so that a forwarded address can
   never pass for a trusted proxy.
@@ -31,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from pymgr.console import users
+from pymgr.console.config import UNIX
 from pymgr.console.sessions import Session
 from pymgr.console.state import PROXY_SESSION, cookie_token, set_session_cookie
 
@@ -59,7 +63,11 @@ class ProxyTrust:
         self.app = app
         self.console = console
         config = console.config
-        self.networks = [ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies]
+        self.networks = [ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies if p != UNIX]
+        # Connections with no address are the Unix socket's only when the console listens on one:
+        # on TCP, uvicorn gives none to a peer that went away before it asked (never trusted).
+        self.unix_peer = UNIX if config.listen_path() is not None else ""
+        self.unix_trusted = UNIX in config.trusted_proxies
         self.user_header = (config.proxy_user_header or "").lower().encode()
         self.roles_header = (config.proxy_roles_header or "").lower().encode()
         self.forwarded: ASGIApp = self._sign_in
@@ -73,11 +81,18 @@ class ProxyTrust:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        peer = scope["client"][0] if scope.get("client") else ""
+        if scope.get("client"):
+            peer = scope["client"][0]
+        else:
+            peer = self.unix_peer
+            if peer:
+                scope["client"] = (peer, 0)  # believed as "unix" by uvicorn's middleware too
         scope[PEER], scope[TRUSTED_PEER] = peer, self._trusted(peer)
         await self.forwarded(scope, receive, send)
 
     def _trusted(self, peer: str) -> bool:
+        if peer == UNIX:
+            return self.unix_trusted
         try:
             address = ipaddress.ip_address(peer)
         except ValueError:

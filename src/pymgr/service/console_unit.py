@@ -12,6 +12,10 @@ Rules:
   not switch). No ``user`` is an error naming the key.
 - The console reaches the daemon's socket through the socket's group
   (``[http] socket_group`` of the daemon's config, as ``SupplementaryGroups=``).
+- On a Unix socket of its own (``listen = "unix:/run/DIR/NAME"``): ``RuntimeDirectory=DIR``
+  (systemd makes it, the console's user's, and removes it at stop), the socket's
+  ``listen_group`` as a supplementary group with the chown calls it needs to give the
+  socket to it, and no IP socket at all (``RestrictAddressFamilies=AF_UNIX``).
 - Not set: ``PrivateUsers=`` (the console's groups must stay the host's to reach
   the daemon's socket), ``PrivateNetwork=`` and ``IPAddressDeny=`` (browsers reach it).
 - Every directive has its reason in a comment above it, as in the daemon's
@@ -20,6 +24,7 @@ Rules:
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from pathlib import Path
 
@@ -35,6 +40,9 @@ from pymgr.service.systemd_units import (
     fit_home,
     unit_header,
 )
+
+#: Where ``RuntimeDirectory=`` directories are.
+RUN_ROOT = Path("/run")
 
 #: The console unit's name beside the daemon's: ``pymgr`` -> ``pymgr-console``.
 SUFFIX = "-console"
@@ -111,6 +119,40 @@ def _start_lines(daemon: Config, console: ConsoleConfig, argv: list[str]) -> lis
                 "[http] socket_group of the daemon: the group that may connect to its socket.",
             )
         )
+    if console.listen_path() is not None and console.listen_group is not None:
+        group = unit_value("console.listen_group", console.listen_group, word=True)
+        why = "[console] listen_group: the console gives its socket to that group (the proxy's) as a member."
+        lines.append(("SupplementaryGroups", group.replace("%", "%%"), why))
+    return lines
+
+
+def _listen_lines(console: ConsoleConfig) -> list[Line]:
+    """Where the console's own Unix socket lives, and what it may do there."""
+    path = console.listen_path()
+    if path is None:
+        return []
+    where = path.parent
+    if where.is_relative_to(RUN_ROOT) and where != RUN_ROOT:
+        below = unit_value("console.listen", str(where.relative_to(RUN_ROOT)), word=True)
+        lines: list[Line] = [
+            (
+                "RuntimeDirectory",
+                below.replace("%", "%%"),
+                f"systemd makes {where} for the console's socket.",
+            ),
+            (
+                "RuntimeDirectoryMode",
+                "0755",
+                "The proxy passes through; the socket's own mode says who connects.",
+            ),
+        ]
+    else:
+        dir_value = unit_value("console.listen", str(where), word=True).replace("%", "%%")
+        why = "The console's socket is made there ('-': skipped if missing)."
+        lines = [("ReadWritePaths", f"-{dir_value}", why)]
+    if console.listen_group is not None:
+        why = "Back from ~@privileged: the chown of its socket to listen_group (a group it is a member of)."
+        lines.append(("SystemCallFilter", "@chown", why))
     return lines
 
 
@@ -176,14 +218,43 @@ SANDBOX: tuple[Line, ...] = (
 
 def _sandbox(console: ConsoleConfig, argv: list[str], console_path: Path) -> list[Line]:
     needed = [Path(argv[0]), console_path, console.users_file]
-    return fit_home(list(SANDBOX), needed) + _state_lines(console)
+    sandbox = fit_home(list(SANDBOX), needed)
+    if console.listen_path() is not None:
+        why = "AF_UNIX only: the daemon's socket, the journal and its own socket; no browser connects by IP."
+        sandbox = [
+            ("RestrictAddressFamilies", "AF_UNIX", why) if n == "RestrictAddressFamilies" else (n, v, w)
+            for n, v, w in sandbox
+        ]
+    return sandbox + _state_lines(console) + _listen_lines(console)
 
 
 def console_warnings(daemon: Config, console: ConsoleConfig) -> list[str]:
-    """What would keep the installed console from reaching the daemon."""
+    """What would keep the installed console from reaching the daemon, or open it to local users."""
+    found = _loopback_warnings(console)
     socket = daemon.http.unix_socket
     if socket is None:
-        return ["the daemon's config has no [http] unix_socket: the console has no socket to reach it on"]
+        return [
+            "the daemon's config has no [http] unix_socket: the console has no socket to reach it on",
+            *found,
+        ]
     if console.socket is not None and console.socket != socket:
-        return [f"the console's socket ({console.socket}) is not the daemon's [http] unix_socket ({socket})"]
+        found.insert(
+            0, f"the console's socket ({console.socket}) is not the daemon's [http] unix_socket ({socket})"
+        )
+    return found
+
+
+def _loopback_warnings(console: ConsoleConfig) -> list[str]:
+    """A user header believed from loopback: every local process could name any person."""
+    if console.proxy_user_header is None or console.listen_path() is not None:
+        return []
+    loopback = [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
+    for proxy in console.trusted_proxies:
+        network = ipaddress.ip_network(proxy, strict=False)
+        if any(address in network for address in loopback):
+            return [
+                f"trusted_proxies {proxy!r} believes {console.proxy_user_header} from any local process: "
+                'listen = "unix:/run/pymgr-console/console.sock" with trusted_proxies = ["unix"] '
+                "lets only the proxy's user name a person (docs/console.md, On a Unix socket)"
+            ]
     return []
