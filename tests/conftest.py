@@ -23,6 +23,12 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, settings
+
+# make test runs the suite on several workers of a small machine: how long hypothesis takes to make
+# an example says nothing of pymgr, so its speed checks are off (failures of the property still fail).
+settings.register_profile("pymgr", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("pymgr")
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
