@@ -183,3 +183,34 @@ def test_a_host_keeps_its_heartbeat_when_redis_refuses_a_write_and_keeps_its_tag
     with redis.Redis.from_url(redis_url) as client:
         assert client.exists(heartbeat_key("c"))
     assert late.log().count("the host is not in fleet:hosts (WRONGTYPE") == 1
+
+
+def test_a_host_that_cannot_read_its_streams_sends_no_heartbeat_and_its_tagged_job_runs_elsewhere(
+    start_host: Callable[..., Daemon], fleet: FleetClient, redis_url: str
+) -> None:
+    with redis.Redis.from_url(redis_url) as client:
+        client.xgroup_create("fleet:tag:scanner", GROUP, id="0", mkstream=True)
+        job_id = fleet.submit("scan", {"task_id": 1, "duration": 0}, tag="scanner")
+        # Read by a before it restarted (pending on a); a's own stream is now no stream: every session
+        # of a fails on XGROUP CREATE (WRONGTYPE), so a can take up nothing.
+        client.xreadgroup(GROUP, "a", {"fleet:tag:scanner": ">"})
+        client.set("fleet:host:a", "not a stream")
+        a = start_host("a", ("scanner",), fleet=FAST)
+        start_host("b", ("scanner",), fleet=FAST)
+        info = fleet.wait(job_id, timeout_s=30)
+        assert (info.state, info.received_by) == ("succeeded", "b"), info.fields
+        assert "WRONGTYPE" in a.log() and not client.exists(heartbeat_key("a"))
+
+
+def test_a_host_whose_reads_start_failing_stops_its_heartbeat(
+    start_host: Callable[..., Daemon], redis_url: str
+) -> None:
+    a = start_host("a", ("scanner",), fleet=FAST)
+    with redis.Redis.from_url(redis_url) as client:
+        wait_for(lambda: client.exists(heartbeat_key("a")))
+        client.delete("fleet:host:a")
+        client.set("fleet:host:a", "not a stream")  # every read fails from now on
+        wait_for(lambda: not client.exists(heartbeat_key("a")), timeout_s=PAST_LEASE_S + 5)
+        time.sleep(LEASE_S)  # its sessions keep failing: it does not beat again
+        assert not client.exists(heartbeat_key("a"))
+    assert "WRONGTYPE" in a.log()

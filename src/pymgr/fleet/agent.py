@@ -23,10 +23,10 @@ Rules:
   fresh entry must be younger than ``max_age_s``.
 - Reports into Redis (``write``) retry the same way, so a run that ends
   while Redis is down is reported when it is back.
-- A heartbeat key (``fleet:hb:<host>``: tags, running jobs, time) lives
-  ``lease_s`` and is refreshed every third of it (``heartbeat.py``), from
-  ``start`` until the last report of a clean stop: a host that stops for
-  longer than its lease keeps its jobs.
+- A heartbeat (``fleet:hb:<host>``, ``heartbeat.py``) beats while a session
+  reads (groups made, ``XREADGROUP`` answered); a failed session stops it (a
+  host that cannot read looks dead once it expires), except in a clean stop:
+  then it beats until the last report (a long stop keeps the host's jobs).
 - No more than ``max_jobs`` jobs are open at once: the agent reads none
   while that many are.
 - Dead hosts (``reaper.py``, a task beside the heartbeat): entries of dead
@@ -72,7 +72,7 @@ from pymgr.fleet.control import FleetControl
 from pymgr.fleet.failures import EntryFailures
 from pymgr.fleet.jobs import Job, JobRefused
 from pymgr.fleet.keys import load_public_key, read_secret_file
-from pymgr.fleet.heartbeat import heartbeat
+from pymgr.fleet.heartbeat import Heartbeat
 from pymgr.fleet.keyspace import GROUP
 from pymgr.fleet.marks import Marks
 from pymgr.fleet.reaper import Reaper
@@ -136,8 +136,8 @@ class FleetAgent:
         self._called = CallGuard(state_dir / FILE_NAME, max_entries=config.replay_max_entries, clock=clock)
         self._backoff_s = FIRST_BACKOFF_S
         self._main: asyncio.Task[None] | None = None
-        #: The heartbeat: from ``start`` until ``aclose`` has written its last report.
-        self._beat: asyncio.Task[None] | None = None
+        #: While a session reads, and from ``stop_reading`` until ``aclose`` has written its last report.
+        self._beat = Heartbeat(config, self._redis, lambda: len(self._open), clock)
         #: False once stopping: no more reads (jobs, stops, claims). ``_closing``: no more writes either.
         self._reading = True
         self._closing = False
@@ -147,8 +147,6 @@ class FleetAgent:
     def start(self) -> None:
         """Start serving in the running event loop."""
         self._main = asyncio.create_task(self._serve(), name="pymgr-fleet")
-        beat = heartbeat(self._config, self._redis, lambda: len(self._open), self._clock)
-        self._beat = asyncio.create_task(beat, name="pymgr-fleet-heartbeat")
         self._control.start()
         log.info(
             "fleet: host %s, tags %s, redis %s",
@@ -193,7 +191,8 @@ class FleetAgent:
         if self._open:
             await asyncio.wait(list(self._open.values()), timeout=self._config.stop_report_s)
         self._closing = True
-        await self._cancel([*self._open.values(), *([self._beat] if self._beat is not None else [])])
+        await self._cancel(list(self._open.values()))
+        await self._beat.stop()
         await self._redis.aclose()
         self._called.close()
 
@@ -248,12 +247,15 @@ class FleetAgent:
                 await self._read_new()
         finally:
             reaper.cancel()
+            if self._reading:  # failed: a host that cannot read must look dead (not so once stopping)
+                await self._beat.stop()
 
     async def _read_pending(self) -> None:
         """This host's entries read before but never acknowledged: from id 0, page by page."""
         after = {stream: "0" for stream in self._streams}
         while after:
             reply = await self._redis.xreadgroup(GROUP, self._config.host_id, after, count=100)
+            self._beat.start()  # reading: the host can work
             for stream_name, entries in reply or []:
                 stream = _text(stream_name)
                 if not entries:

@@ -10,6 +10,9 @@ Rules:
   silent for ``forget_host_after_s`` (``roster.py``), and one that was
   paused or cut off that long must be listed again when it is back. The
   ``SADD`` is apart from the ``SET``, so that a failing one does not stop it.
+- It beats only while the host can work (``Heartbeat``, started and stopped
+  by the agent): a host whose reads keep failing must look dead, so that
+  its tagged jobs are claimed elsewhere and its pinned jobs marked lost.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from redis.exceptions import RedisError
 from pymgr.config import FleetConfig
 from pymgr.fleet.keyspace import HOSTS, heartbeat_key
 
-__all__ = ["heartbeat"]
+__all__ = ["Heartbeat", "heartbeat"]
 
 log = logging.getLogger("pymgr.fleet")
 
@@ -63,3 +66,25 @@ async def heartbeat(
             warned_at = time.monotonic()
             log.warning("fleet: %s; trying again every %.1f s", failure, config.lease_s / 3)
         await asyncio.sleep(config.lease_s / 3)
+
+
+class Heartbeat:
+    """The heartbeat as a task that starts and stops: ``heartbeat``'s arguments."""
+
+    def __init__(
+        self, config: FleetConfig, redis: Any, running: Callable[[], int], clock: Callable[[], float]
+    ) -> None:
+        self._args = (config, redis, running, clock)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Beat from now on (at once), unless it beats already."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(heartbeat(*self._args), name="pymgr-fleet-heartbeat")
+
+    async def stop(self) -> None:
+        """Beat no more; the key is left to expire after ``lease_s``."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None

@@ -25,7 +25,7 @@ from pymgr.fleet import jobs
 from pymgr.fleet.jobs import JobRefused
 from pymgr.fleet.keyspace import FINAL, GROUP, JobState, job_key
 
-__all__ = ["CUT_SHORT", "Marks"]
+__all__ = ["CUT_SHORT", "FINAL_NAMES", "MARK_SCRIPT", "Marks"]
 
 log = logging.getLogger("pymgr.fleet")
 

@@ -11,8 +11,10 @@ Rules:
   instead of starting another. So a redelivered job never runs twice on one
   host, even across a daemon restart (as long as the record is kept).
 - A job stopped while it was queued is ``cancelled`` in its hash: the runner
-  takes it (``received``) in one script that checks for that first, so a
-  cancelled job never runs, and a job taken is never cancelled.
+  takes it (``received``) in one script that checks for any final state
+  first (``marks.py``), so a cancelled job never runs, a job taken is never
+  cancelled, and a claimed job whose old host wrote its end between the
+  claim and the take is acknowledged, not run again.
 - The hash gets ``received`` before anything runs, ``running`` with the run's
   id and ``running_at``, progress while it runs, and the final state with the exit
   (``exit_code``, ``signal``, ``cancel_source``: ``shutdown`` for a run the host's own stop ended);
@@ -45,6 +47,7 @@ from pymgr.core.identity import Identity
 from pymgr.errors import Forbidden, ParamsInvalid, PymgrError
 from pymgr.fleet.jobs import Job
 from pymgr.fleet.keyspace import GROUP, JobState, job_key, output_key
+from pymgr.fleet.marks import FINAL_NAMES, MARK_SCRIPT
 from pymgr.tasks.manager import TaskManager
 from pymgr.tasks.records import TaskRecord
 from pymgr.tasks.startchecks import FLEET_KEY_PREFIX
@@ -56,13 +59,6 @@ log = logging.getLogger("pymgr.fleet")
 
 #: A report to Redis: called with a client, retried by the agent until it succeeds; its reply.
 Report = Callable[[Callable[[Any], Awaitable[Any]]], Awaitable[Any]]
-
-# Take a job (its fields in ARGV), unless it was cancelled while queued: 1 taken, 0 cancelled.
-TAKE_SCRIPT = """
-if redis.call('HGET', KEYS[1], 'state') == 'cancelled' then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
-return 1
-"""
 
 # The final report (KEYS: the job's hash, its stream; ARGV: host, group, entry id, then the fields),
 # only while the job is still this host's (the rules above; pcall: a Redis that lost the group has
@@ -151,9 +147,11 @@ class JobRunner:
         """
         fields = ("state", JobState.RECEIVED.value, "received_by", self._host_id, "received_at", _now())
         key = job_key(job.id)
-        if not await self._write(lambda r: r.eval(TAKE_SCRIPT, 1, key, *fields)):
+        take = [*FINAL_NAMES, "", *fields]
+        if not await self._write(lambda r: r.eval(MARK_SCRIPT, 1, key, *take)):  # final: cancelled, ended
             await self._write(lambda r: r.xack(stream, GROUP, entry_id))
-            return {"state": JobState.CANCELLED.value}
+            state = await self._write(lambda r: r.hget(key, "state"))
+            return {"state": state.decode() if isinstance(state, bytes) else str(state)}
         try:
             if job.kind == "task":
                 final = await self._run_task(job)
