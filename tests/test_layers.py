@@ -43,13 +43,15 @@ def test_metrics_the_core_counts_with_import_nothing_of_pymgr() -> None:
 
 #: What the web console may import of pymgr: itself, the client (its only way to the daemon),
 #: the errors the client raises, the keeper's pure progress-line filter (a log shown without them),
-#: and the standard-library leaf that says which params are secret (hidden as the audit redacts them).
+#: the standard-library leaf that says which params are secret (hidden as the audit redacts them),
+#: and the one that clears a stale Unix socket before the daemon or the console binds its own.
 CONSOLE_ALLOWED = (
     "pymgr.console",
     "pymgr.client",
     "pymgr.errors",
     "pymgr.keeper.progress",
     "pymgr._secretparam",
+    "pymgr._unixsocket",
 )
 CONSOLE = sorted((SRC / "console").glob("*.py"))
 

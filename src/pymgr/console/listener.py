@@ -10,7 +10,8 @@ Rules:
 - At exit the file is removed only while it is still the one this console bound (same inode): a
   socket another console bound since is left alone.
 - Written by hand: uvicorn's ``uds=`` makes the socket 0666 and follows a symlink in the way, and
-  the daemon's own binding (``pymgr.transport``) is out of the console's reach (tests/test_layers.py).
+  the daemon's own binding (``pymgr.transport``) is out of the console's reach (tests/test_layers.py);
+  clearing a stale socket is the leaf both share (``pymgr._unixsocket``).
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import grp
 import logging
 import os
 import socket
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from pymgr._unixsocket import clear_stale_socket
 from pymgr.console.config import ConsoleConfigError
 
 log = logging.getLogger("pymgr.console")
@@ -72,20 +73,11 @@ def group_id(group: str) -> int:
 
 def _clear(path: Path) -> None:
     """Remove a stale socket at ``path``; refuse anything else in the way."""
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a socket"
-        raise ListenError(f"{path} exists and is {kind}; refusing to remove it (listen = unix:PATH)")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-        except (ConnectionRefusedError, FileNotFoundError):
-            path.unlink(missing_ok=True)  # stale: its console died
-            return
-    raise ListenError(f"something already listens on {path}; stop it first")
+    in_the_way = clear_stale_socket(path)
+    if in_the_way == "a live socket":
+        raise ListenError(f"something already listens on {path}; stop it first")
+    if in_the_way is not None:
+        raise ListenError(f"{path} exists and is {in_the_way}; refusing to remove it (listen = unix:PATH)")
 
 
 def bind_unix(path: Path, mode: int, owner: int = -1, group: int = -1) -> UnixListener:

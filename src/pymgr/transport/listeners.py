@@ -18,8 +18,9 @@ import grp
 import ipaddress
 import os
 import socket
-import stat
 from pathlib import Path
+
+from pymgr._unixsocket import clear_stale_socket
 
 #: Pending connections the kernel queues per listener: web back ends connect in bursts (uvicorn's default too).
 BACKLOG = 2048
@@ -30,21 +31,11 @@ class ListenerError(Exception):
 
 
 def _remove_stale_socket(path: Path) -> None:
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
+    in_the_way = clear_stale_socket(path)
+    if in_the_way == "a live socket":
+        raise ListenerError(f"another daemon is already listening on {path}; stop it first")
+    if in_the_way is not None:
         raise ListenerError(f"{path} exists and is not a socket; refusing to remove it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except (ConnectionRefusedError, FileNotFoundError):
-        path.unlink(missing_ok=True)  # stale: left by a daemon that died
-        return
-    finally:
-        probe.close()
-    raise ListenerError(f"another daemon is already listening on {path}; stop it first")
 
 
 def bind_unix(path: Path, mode: int, group: str | None = None) -> socket.socket:
