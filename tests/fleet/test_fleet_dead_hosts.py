@@ -26,18 +26,26 @@ def _pending(redis_url: str, stream: str) -> int:
         return int(client.xpending(stream, GROUP)["pending"])
 
 
+def _a_tagged_job_running(
+    start_hosts: Callable[..., list[Daemon]], fleet: FleetClient, duration_s: float
+) -> tuple[dict[str, Daemon], str, str, str]:
+    """Hosts a and b tagged scanner, and a scan of ``duration_s`` running on one of them: the hosts,
+    the job, the host that took it and the other."""
+    hosts = dict(zip("ab", start_hosts(("a", ("scanner",)), ("b", ("scanner",)), fleet=FAST)))
+    job_id = fleet.submit("scan", {"task_id": 1, "duration": duration_s}, tag="scanner")
+    wait_for(lambda: fleet.show(job_id).state == "running")
+    first = fleet.show(job_id).received_by
+    assert first in hosts
+    return hosts, job_id, first, "b" if first == "a" else "a"
+
+
 def test_a_dead_hosts_tagged_job_is_claimed_and_finished_by_another_host_with_the_tag(
     start_host: Callable[..., Daemon],
     start_hosts: Callable[..., list[Daemon]],
     fleet: FleetClient,
     redis_url: str,
 ) -> None:
-    hosts = dict(zip("ab", start_hosts(("a", ("scanner",)), ("b", ("scanner",)), fleet=FAST)))
-    job_id = fleet.submit("scan", {"task_id": 1, "duration": PAST_LEASE_S + 1}, tag="scanner")
-    wait_for(lambda: fleet.show(job_id).state == "running")
-    first = fleet.show(job_id).received_by
-    assert first in hosts
-    other = "b" if first == "a" else "a"
+    hosts, job_id, first, other = _a_tagged_job_running(start_hosts, fleet, PAST_LEASE_S + 1)
     # A live host keeps its long job past the lease: its entry is idle, but its heartbeat is there.
     time.sleep(PAST_LEASE_S)
     assert fleet.show(job_id).received_by == first and runs_of(hosts[other], job_id) == []
@@ -163,12 +171,7 @@ def test_a_host_keeps_its_heartbeat_when_redis_refuses_a_write_and_keeps_its_tag
     fleet: FleetClient,
     redis_url: str,
 ) -> None:
-    hosts = dict(zip("ab", start_hosts(("a", ("scanner",)), ("b", ("scanner",)), fleet=FAST)))
-    job_id = fleet.submit("scan", {"task_id": 1, "duration": PAST_LEASE_S + 2}, tag="scanner")
-    wait_for(lambda: fleet.show(job_id).state == "running")
-    first = fleet.show(job_id).received_by
-    assert first in hosts
-    other = "b" if first == "a" else "a"
+    hosts, job_id, first, other = _a_tagged_job_running(start_hosts, fleet, PAST_LEASE_S + 2)
     # Every SADD to the set of hosts now answers WRONGTYPE, a ResponseError, not a lost Redis.
     with redis.Redis.from_url(redis_url) as client:
         client.set(HOSTS, "not a set")
